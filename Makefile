@@ -1,0 +1,104 @@
+# imgdedup - build, test, install.
+#   make            build/imgdedup and build/libimgdedup.a
+#   make check      unit + end-to-end tests, normal build and ASan+UBSan build, fuzz smoke
+#   make bench      benchmarks (docs/performance.md)
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make deps       install the Debian packages everything needs
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= cc
+SAN     ?= 0
+PKG_CONFIG ?= pkg-config
+
+PKGS := libcrypto libzstd libarchive libcurl zlib
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+CMOCKA_CFLAGS := $(shell $(PKG_CONFIG) --cflags cmocka 2>/dev/null)
+CMOCKA_LIBS   := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
+
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -pthread -Ilib $(PKG_CFLAGS) $(CFLAGS)
+ifeq ($(SAN),1)
+ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDSAN := -fsanitize=address,undefined
+endif
+LDLIBS := $(PKG_LIBS) -pthread -lm
+
+LIB_SRC  := $(sort $(wildcard lib/*.c))
+CMD_SRC  := $(sort $(wildcard cmd/*.c))
+TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CMD_OBJ  := $(CMD_SRC:%.c=$(BUILD)/%.o)
+TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TEST_HELPER_OBJ := $(BUILD)/tests/unit/testutil.o
+
+.PHONY: all check check-build check-one unit e2e fuzz-smoke fuzz bench install uninstall clean deps demo
+all: $(BUILD)/imgdedup
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libimgdedup.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/imgdedup: $(CMD_OBJ) $(BUILD)/libimgdedup.a
+	$(CC) $(ALL_CFLAGS) $(LDSAN) -o $@ $(CMD_OBJ) $(BUILD)/libimgdedup.a $(LDLIBS)
+
+$(BUILD)/tests/unit/%.o: tests/unit/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(CMOCKA_CFLAGS) -Itests/unit -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_HELPER_OBJ) $(BUILD)/libimgdedup.a
+	$(CC) $(ALL_CFLAGS) $(LDSAN) -o $@ $< $(TEST_HELPER_OBJ) $(BUILD)/libimgdedup.a $(CMOCKA_LIBS) $(LDLIBS)
+
+check-build: $(BUILD)/imgdedup $(TESTS)
+
+unit: check-build
+	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
+
+e2e: $(BUILD)/imgdedup
+	IMGDEDUP=$(abspath $(BUILD)/imgdedup) tests/e2e/run-all.sh
+
+check-one: unit e2e
+
+# The whole suite twice: a normal build, then AddressSanitizer + UBSan.
+check:
+	@scripts/install-deps --check-only
+	$(MAKE) check-one
+	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 check-one
+	$(MAKE) fuzz-smoke
+
+fuzz-smoke fuzz:
+	@FUZZ_MODE=$@ scripts/fuzz.sh
+
+bench: $(BUILD)/imgdedup
+	IMGDEDUP=$(abspath $(BUILD)/imgdedup) bench/run-all.sh
+
+demo: $(BUILD)/imgdedup
+	scripts/demo.sh
+
+deps:
+	scripts/install-deps
+
+install: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	           $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 $(BUILD)/imgdedup $(DESTDIR)$(PREFIX)/bin/imgdedup
+	install -m 644 $(BUILD)/libimgdedup.a $(DESTDIR)$(PREFIX)/lib/libimgdedup.a
+	install -m 644 lib/imgdedup.h $(DESTDIR)$(PREFIX)/include/imgdedup.h
+	install -m 644 imgdedup.1 $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/imgdedup $(DESTDIR)$(PREFIX)/lib/libimgdedup.a \
+	      $(DESTDIR)$(PREFIX)/include/imgdedup.h $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,3 @@
+build/lib/indexfile.o: lib/indexfile.c lib/internal.h lib/imgdedup.h
+lib/internal.h:
+lib/imgdedup.h:

@@ -1,0 +1,299 @@
+/* indexfile.c - the container every index file uses (magic, version,
+ * zstd payload, SHA-256 trailer), atomic replacement and the index lock. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+int idd_mkdir_p(const char *path, idd_error *err)
+{
+	char *p = idd_strdup(path, err);
+	if (!p)
+		return IDD_ERR;
+	for (char *s = p + 1;; s++) {
+		if (*s == '/' || *s == 0) {
+			char c = *s;
+			*s = 0;
+			if (mkdir(p, 0777) && errno != EEXIST) {
+				int rc = idd_fail_errno(err, p, "cannot create directory");
+				free(p);
+				return rc;
+			}
+			*s = c;
+			if (!c)
+				break;
+		}
+	}
+	free(p);
+	struct stat st;
+	if (stat(path, &st) || !S_ISDIR(st.st_mode))
+		return idd_fail(err, "%s: not a directory", path);
+	return IDD_OK;
+}
+
+int idd_fsync_dir(const char *dir, idd_error *err)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return idd_fail_errno(err, dir, "cannot open directory");
+	int rc = IDD_OK;
+	if (fsync(fd) && errno != EINVAL)
+		rc = idd_fail_errno(err, dir, "fsync");
+	close(fd);
+	return rc;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	const unsigned char *c = p;
+	while (n) {
+		ssize_t w = write(fd, c, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		c += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Write pieces to PATH.tmp.PID, fsync it, rename over PATH, fsync the
+ * directory: readers see the old file or the new one, never a mix. */
+static int write_atomic_iov(const char *path, const void *const *parts, const size_t *lens,
+                            size_t nparts, idd_error *err)
+{
+	char *tmp = idd_asprintf(err, "%s.tmp.%ld", path, (long)getpid());
+	if (!tmp)
+		return IDD_ERR;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int rc = idd_fail_errno(err, tmp, "cannot create");
+		free(tmp);
+		return rc;
+	}
+	for (size_t i = 0; i < nparts; i++) {
+		if (write_all(fd, parts[i], lens[i])) {
+			idd_fail_errno(err, tmp, "write");
+			goto fail;
+		}
+	}
+	if (fsync(fd)) {
+		idd_fail_errno(err, tmp, "fsync");
+		goto fail;
+	}
+	if (close(fd)) {
+		fd = -1;
+		idd_fail_errno(err, tmp, "close");
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, path)) {
+		idd_fail_errno(err, path, "cannot rename temporary file into place");
+		goto fail;
+	}
+	free(tmp);
+	char *d = idd_strdup(path, err);
+	if (!d)
+		return IDD_ERR;
+	int rc = idd_fsync_dir(dirname(d), err);
+	free(d);
+	return rc;
+fail:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	free(tmp);
+	return IDD_ERR;
+}
+
+int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_error *err)
+{
+	const void *parts[1] = {data};
+	size_t lens[1] = {len};
+	return write_atomic_iov(path, parts, lens, 1, err);
+}
+
+int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
+                        const void *payload, size_t len, bool compress, idd_error *err)
+{
+	unsigned char hdr[IDD_IF_HEADER];
+	void *stored = (void *)payload;
+	size_t stored_len = len;
+	void *zbuf = NULL;
+	if (compress) {
+		size_t bound = ZSTD_compressBound(len);
+		zbuf = idd_malloc(bound, err);
+		if (!zbuf)
+			return IDD_ERR;
+		size_t z = ZSTD_compress(zbuf, bound, payload, len, 3);
+		if (ZSTD_isError(z)) {
+			free(zbuf);
+			return idd_fail(err, "%s: zstd: %s", path, ZSTD_getErrorName(z));
+		}
+		stored = zbuf;
+		stored_len = z;
+	}
+	memcpy(hdr, magic, 8);
+	idd_le32_put(hdr + 8, version);
+	idd_le32_put(hdr + 12, compress ? IDD_IF_ZSTD : 0);
+	idd_le64_put(hdr + 16, len);
+	idd_le64_put(hdr + 24, stored_len);
+
+	unsigned char sum[32];
+	int rc = IDD_ERR;
+	if (idd_sha256_2(hdr, sizeof hdr, stored, stored_len, sum, err))
+		goto out;
+	const void *parts[3] = {hdr, stored, sum};
+	size_t lens[3] = {sizeof hdr, stored_len, sizeof sum};
+	rc = write_atomic_iov(path, parts, lens, 3, err);
+out:
+	free(zbuf);
+	return rc;
+}
+
+int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
+                        const char magic[8], uint32_t max_version,
+                        void **payload, size_t *len, uint32_t *version, idd_error *err)
+{
+	const unsigned char *f = file;
+	if (file_len < IDD_IF_HEADER + IDD_IF_TRAILER)
+		return idd_fail(err, "%s: truncated (%zu bytes, smaller than any index file)", name, file_len);
+	if (memcmp(f, magic, 8) != 0)
+		return idd_fail(err, "%s: not an imgdedup %.*s file (bad magic)", name, 7, magic + 3);
+	uint32_t ver = idd_le32(f + 8), flags = idd_le32(f + 12);
+	uint64_t raw_len = idd_le64(f + 16), stored_len = idd_le64(f + 24);
+	if (ver == 0 || ver > max_version)
+		return idd_fail(err, "%s: format version %u is newer than this imgdedup supports (%u); upgrade imgdedup",
+		                name, ver, max_version);
+	if (flags & ~IDD_IF_ZSTD)
+		return idd_fail(err, "%s: unknown flags 0x%x", name, flags);
+	if (stored_len != file_len - IDD_IF_HEADER - IDD_IF_TRAILER)
+		return idd_fail(err, "%s: truncated or has trailing bytes (payload %llu bytes, file holds %zu)",
+		                name, (unsigned long long)stored_len, file_len - IDD_IF_HEADER - IDD_IF_TRAILER);
+	if (raw_len > IDD_IF_MAX_PAYLOAD || (!(flags & IDD_IF_ZSTD) && raw_len != stored_len))
+		return idd_fail(err, "%s: corrupt header (payload length %llu)", name, (unsigned long long)raw_len);
+	unsigned char sum[32];
+	if (idd_sha256(f, IDD_IF_HEADER + (size_t)stored_len, sum, err))
+		return IDD_ERR;
+	if (memcmp(sum, f + IDD_IF_HEADER + stored_len, 32) != 0)
+		return idd_fail(err, "%s: checksum mismatch (file is corrupted)", name);
+	void *out = idd_malloc((size_t)raw_len, err);
+	if (!out)
+		return IDD_ERR;
+	if (flags & IDD_IF_ZSTD) {
+		size_t z = ZSTD_decompress(out, (size_t)raw_len, f + IDD_IF_HEADER, (size_t)stored_len);
+		if (ZSTD_isError(z) || z != raw_len) {
+			free(out);
+			return idd_fail(err, "%s: corrupt compressed payload (%s)", name,
+			                ZSTD_isError(z) ? ZSTD_getErrorName(z) : "wrong length");
+		}
+	} else {
+		memcpy(out, f + IDD_IF_HEADER, (size_t)raw_len);
+	}
+	*payload = out;
+	*len = (size_t)raw_len;
+	if (version)
+		*version = ver;
+	return IDD_OK;
+}
+
+int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+		idd_fail_errno(err, path, "cannot open");
+		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
+	}
+	struct stat st;
+	if (fstat(fd, &st)) {
+		idd_fail_errno(err, path, "stat");
+		close(fd);
+		return IDD_ERR;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+		close(fd);
+		return idd_fail(err, "%s: not a regular file or larger than %zu bytes", path, max);
+	}
+	size_t n = (size_t)st.st_size, got = 0;
+	unsigned char *buf = idd_malloc(n, err);
+	if (!buf) {
+		close(fd);
+		return IDD_ERR;
+	}
+	while (got < n) {
+		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			r < 0 ? idd_fail_errno(err, path, "read") : idd_fail(err, "%s: shrank while being read", path);
+			free(buf);
+			close(fd);
+			return IDD_ERR;
+		}
+		got += (size_t)r;
+	}
+	close(fd);
+	*data = buf;
+	*len = n;
+	return IDD_OK;
+}
+
+int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,
+                       void **payload, size_t *len, uint32_t *version, idd_error *err)
+{
+	void *file;
+	size_t flen;
+	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER),
+	                       &file, &flen, err);
+	if (rc)
+		return rc;
+	rc = idd_indexfile_parse(path, file, flen, magic, max_version, payload, len, version, err);
+	free(file);
+	return rc;
+}
+
+int idd_lock(const char *dir, bool no_wait, int *fd_out, idd_error *err)
+{
+	char *p = idd_path_join(dir, "lock", err);
+	if (!p)
+		return IDD_ERR;
+	int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int rc = idd_fail_errno(err, p, "cannot open lock file");
+		free(p);
+		return rc;
+	}
+	for (;;) {
+		if (flock(fd, LOCK_EX | (no_wait ? LOCK_NB : 0)) == 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		int e = errno;
+		if (e == EWOULDBLOCK)
+			idd_fail(err, "%s: the index is locked by another imgdedup run; try again later", p);
+		else
+			idd_fail_errno(err, p, "cannot lock");
+		close(fd);
+		free(p);
+		return e == EWOULDBLOCK ? IDD_EBUSY : IDD_ERR;
+	}
+	free(p);
+	*fd_out = fd;
+	return IDD_OK;
+}
+
+void idd_unlock(int fd)
+{
+	if (fd >= 0)
+		close(fd); /* releases the flock */
+}

@@ -1,0 +1,246 @@
+/* util.c - allocation, strings, growable buffers and bounded readers. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void *idd_malloc(size_t n, idd_error *err)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		idd_fail(err, "out of memory allocating %zu bytes", n);
+	return p;
+}
+
+void *idd_calloc(size_t n, size_t m, idd_error *err)
+{
+	void *p = calloc(n ? n : 1, m ? m : 1);
+	if (!p)
+		idd_fail(err, "out of memory allocating %zu x %zu bytes", n, m);
+	return p;
+}
+
+void *idd_realloc_array(void *p, size_t n, size_t m, idd_error *err)
+{
+	size_t total;
+	if (__builtin_mul_overflow(n, m, &total)) {
+		idd_fail(err, "allocation of %zu x %zu bytes overflows", n, m);
+		return NULL;
+	}
+	void *q = realloc(p, total ? total : 1);
+	if (!q)
+		idd_fail(err, "out of memory allocating %zu bytes", total);
+	return q;
+}
+
+char *idd_strdup(const char *s, idd_error *err)
+{
+	char *d = strdup(s);
+	if (!d)
+		idd_fail(err, "out of memory");
+	return d;
+}
+
+char *idd_asprintf(idd_error *err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		idd_fail(err, "bad format string");
+		return NULL;
+	}
+	char *s = idd_malloc((size_t)n + 1, err);
+	if (!s)
+		return NULL;
+	va_start(ap, fmt);
+	vsnprintf(s, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	return s;
+}
+
+char *idd_path_join(const char *a, const char *b, idd_error *err)
+{
+	size_t la = strlen(a);
+	if (la && a[la - 1] == '/')
+		return idd_asprintf(err, "%s%s", a, b);
+	return idd_asprintf(err, "%s/%s", a, b);
+}
+
+int64_t idd_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+bool idd_is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
+
+void idd_buf_free(idd_buf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+int idd_buf_reserve(idd_buf *b, size_t extra)
+{
+	if (b->failed)
+		return IDD_ERR;
+	if (b->cap - b->len >= extra)
+		return IDD_OK;
+	size_t need;
+	if (__builtin_add_overflow(b->len, extra, &need)) {
+		b->failed = true;
+		return IDD_ERR;
+	}
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < need) {
+		if (cap > SIZE_MAX / 2) {
+			cap = need;
+			break;
+		}
+		cap *= 2;
+	}
+	unsigned char *p = realloc(b->data, cap);
+	if (!p) {
+		b->failed = true;
+		return IDD_ERR;
+	}
+	b->data = p;
+	b->cap = cap;
+	return IDD_OK;
+}
+
+void idd_buf_put(idd_buf *b, const void *p, size_t n)
+{
+	if (!n || idd_buf_reserve(b, n))
+		return;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+}
+
+void idd_buf_put_u8(idd_buf *b, uint8_t v) { idd_buf_put(b, &v, 1); }
+
+void idd_buf_put_u32(idd_buf *b, uint32_t v)
+{
+	unsigned char t[4];
+	idd_le32_put(t, v);
+	idd_buf_put(b, t, 4);
+}
+
+void idd_buf_put_u64(idd_buf *b, uint64_t v)
+{
+	unsigned char t[8];
+	idd_le64_put(t, v);
+	idd_buf_put(b, t, 8);
+}
+
+void idd_buf_put_varint(idd_buf *b, uint64_t v)
+{
+	unsigned char t[10];
+	size_t n = 0;
+	do {
+		unsigned char c = v & 0x7f;
+		v >>= 7;
+		t[n++] = c | (v ? 0x80 : 0);
+	} while (v);
+	idd_buf_put(b, t, n);
+}
+
+void idd_buf_put_str(idd_buf *b, const char *s)
+{
+	size_t n = strlen(s);
+	idd_buf_put_varint(b, n);
+	idd_buf_put(b, s, n);
+}
+
+void idd_reader_init(idd_reader *r, const void *p, size_t len)
+{
+	r->p = p;
+	r->len = len;
+	r->pos = 0;
+	r->bad = false;
+}
+
+const unsigned char *idd_get_span(idd_reader *r, size_t n)
+{
+	if (r->bad || r->len - r->pos < n) {
+		r->bad = true;
+		return NULL;
+	}
+	const unsigned char *s = r->p + r->pos;
+	r->pos += n;
+	return s;
+}
+
+bool idd_get_bytes(idd_reader *r, void *out, size_t n)
+{
+	const unsigned char *s = idd_get_span(r, n);
+	if (s && n)
+		memcpy(out, s, n);
+	return s != NULL;
+}
+
+bool idd_get_u8(idd_reader *r, uint8_t *v) { return idd_get_bytes(r, v, 1); }
+
+bool idd_get_u32(idd_reader *r, uint32_t *v)
+{
+	const unsigned char *s = idd_get_span(r, 4);
+	if (s)
+		*v = idd_le32(s);
+	return s != NULL;
+}
+
+bool idd_get_u64(idd_reader *r, uint64_t *v)
+{
+	const unsigned char *s = idd_get_span(r, 8);
+	if (s)
+		*v = idd_le64(s);
+	return s != NULL;
+}
+
+bool idd_get_varint(idd_reader *r, uint64_t *v)
+{
+	uint64_t x = 0;
+	for (unsigned shift = 0; shift < 64; shift += 7) {
+		uint8_t c;
+		if (!idd_get_u8(r, &c))
+			return false;
+		if (shift == 63 && (c & 0x7e)) /* more than 64 bits */
+			break;
+		x |= (uint64_t)(c & 0x7f) << shift;
+		if (!(c & 0x80)) {
+			*v = x;
+			return true;
+		}
+	}
+	r->bad = true;
+	return false;
+}
+
+bool idd_get_str(idd_reader *r, char **out, size_t max)
+{
+	uint64_t n;
+	if (!idd_get_varint(r, &n) || n > max) {
+		r->bad = true;
+		return false;
+	}
+	const unsigned char *s = idd_get_span(r, (size_t)n);
+	if (!s || memchr(s, 0, (size_t)n)) {
+		r->bad = true;
+		return false;
+	}
+	char *d = malloc((size_t)n + 1);
+	if (!d) {
+		r->bad = true;
+		return false;
+	}
+	memcpy(d, s, (size_t)n);
+	d[n] = 0;
+	*out = d;
+	return true;
+}

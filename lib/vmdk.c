@@ -1,0 +1,5 @@
+/* vmdk.c - placeholder until the VMDK reader lands (issue 5). */
+#include "internal.h"
+int idd_vmdk_probe(const unsigned char *head, size_t len) { (void)head; (void)len; return 0; }
+int idd_vmdk_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error *err)
+{ (void)img; (void)bo; (void)bctx; return idd_fail(err, "vmdk not supported yet"); }
