@@ -129,6 +129,10 @@ typedef struct idd_verify_opts {
 /* IDD_OK when everything checked is intact, IDD_ERR otherwise. */
 int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
+/* ---- similarity and map (issue 3) ---- */
+
+/* ---- deploy and cache (issue 4) ---- */
+
 #ifdef __cplusplus
 }
 #endif

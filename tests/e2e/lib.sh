@@ -1,0 +1,17 @@
+# lib.sh - sourced by the end-to-end tests.
+set -euo pipefail
+: "${IMGDEDUP:?}"
+TESTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/idd-e2e.XXXXXX")
+cleanup_fns=()
+on_exit() { local f; for f in "${cleanup_fns[@]}"; do $f || true; done; rm -rf "$WORK"; }
+trap on_exit EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+check() { local what=$1; shift; if "$@"; then echo "ok: $what"; else fail "$what"; fi; }
+# json_get FILE KEY -> value of a top-level key of the JSON object in FILE
+json_get() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+# mkext4 IMAGE SIZE_MB DIR: an ext4 image of DIR's files, 4 KiB blocks, deterministic
+mkext4() {
+  E2FSPROGS_FAKE_TIME=1735689600 mkfs.ext4 -q -F -b 4096 -T default -U 6b1b6c4e-1c2d-4b8f-9a0e-1f2e3d4c5b6a \
+    -E hash_seed=6b1b6c4e-1c2d-4b8f-9a0e-1f2e3d4c5b6a -d "$3" "$1" "${2}M" >/dev/null
+}

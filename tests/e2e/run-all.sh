@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every tests/e2e/test_*.sh with $IMGDEDUP set; prints "N passed, N failed".
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+: "${IMGDEDUP:?set IMGDEDUP to the binary under test}"
+export IMGDEDUP
+pass=0 fail=0 failed=()
+for t in "$here"/test_*.sh; do
+  [ -e "$t" ] || continue
+  name=$(basename "$t" .sh)
+  start=$(date +%s)
+  if bash "$t" > "/tmp/idd-e2e-$name.log" 2>&1; then
+    pass=$((pass + 1)); echo "ok   $name ($(( $(date +%s) - start )) s)"
+  else
+    fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name ($(( $(date +%s) - start )) s)"
+    tail -n 40 "/tmp/idd-e2e-$name.log" | sed 's/^/    /'
+  fi
+done
+echo "e2e: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,75 @@
+/* testutil.c - helpers for the cmocka unit tests. */
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *tu_mkdtemp(void)
+{
+	const char *t = getenv("TMPDIR");
+	char *p = idd_asprintf(NULL, "%s/idd-test-XXXXXX", t && *t ? t : "/tmp");
+	assert_non_null(p);
+	assert_non_null(mkdtemp(p));
+	return p;
+}
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st; (void)flag; (void)ftw;
+	return remove(p);
+}
+
+void tu_rmtree(const char *path)
+{
+	if (path)
+		nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+char *tu_write(const char *dir, const char *name, const void *data, size_t len)
+{
+	char *p = idd_path_join(dir, name, NULL);
+	assert_non_null(p);
+	FILE *f = fopen(p, "wb");
+	assert_non_null(f);
+	if (len)
+		assert_int_equal(fwrite(data, 1, len, f), len);
+	assert_int_equal(fclose(f), 0);
+	return p;
+}
+
+void tu_fill_random(void *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+	unsigned char *p = buf;
+	for (size_t i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = (unsigned char)(x >> 24);
+	}
+}
+
+void tu_flip_byte(const char *path, uint64_t off)
+{
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	unsigned char c;
+	assert_int_equal(pread(fd, &c, 1, (off_t)off), 1);
+	c ^= 0xff;
+	assert_int_equal(pwrite(fd, &c, 1, (off_t)off), 1);
+	close(fd);
+}
+
+void tu_truncate(const char *path, uint64_t len) { assert_int_equal(truncate(path, (off_t)len), 0); }
+
+uint64_t tu_file_size(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return (uint64_t)st.st_size;
+}

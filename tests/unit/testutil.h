@@ -1,0 +1,25 @@
+/* testutil.h - helpers for the cmocka unit tests. */
+#ifndef IDD_TESTUTIL_H
+#define IDD_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "internal.h"
+
+/* A fresh empty directory under $TMPDIR, removed by tu_rmtree. */
+char *tu_mkdtemp(void);
+void tu_rmtree(const char *path);
+/* Write len bytes to dir/name; returns the malloc'd path. */
+char *tu_write(const char *dir, const char *name, const void *data, size_t len);
+/* Deterministic pseudo-random bytes (xorshift) for test images. */
+void tu_fill_random(void *buf, size_t len, uint64_t seed);
+/* Flip one byte of a file at off. */
+void tu_flip_byte(const char *path, uint64_t off);
+void tu_truncate(const char *path, uint64_t len);
+uint64_t tu_file_size(const char *path);
+
+#endif
