@@ -131,6 +131,97 @@ int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
 /* ---- similarity and map (issue 3) ---- */
 
+typedef enum idd_metric { IDD_METRIC_JACCARD = 0, IDD_METRIC_CONTAINMENT = 1 } idd_metric;
+
+typedef struct idd_similarity_opts {
+	const char *repo;
+	const char *index_dir;  /* NULL: REPO/.imgdedup */
+	int jobs;               /* 0: online CPUs */
+	bool no_cache;          /* recompute even when the cached result is current */
+	const char *tmp_dir;    /* spill files; NULL: the index directory */
+	uint64_t mem_budget;    /* bytes for one partition in memory; 0: 512 MiB */
+	idd_progress_fn progress;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_similarity_opts;
+
+/* The result: counts from which both metrics follow exactly. */
+typedef struct idd_similarity {
+	size_t n;
+	char **ids;            /* sorted, as in the catalog */
+	uint64_t *nonzero;     /* per image: non-zero blocks, counted with multiplicity */
+	uint64_t *distinct;    /* per image: distinct non-zero digests */
+	uint64_t *shared;      /* n x n: [a*n+b] = |U_a and U_b| (distinct digests in both) */
+	uint64_t *contained;   /* n x n: [a*n+b] = a's non-zero blocks whose content occurs in b */
+	bool from_cache;       /* reused from the index's similarity cache */
+	uint64_t signatures;   /* distinct image sets expanded into pairs */
+	uint64_t records;      /* (digest, image) records processed */
+} idd_similarity;
+
+/* Compute (or reuse the cached) similarity of every image in the index. */
+int idd_similarity(const idd_similarity_opts *opts, idd_similarity **out, idd_error *err);
+void idd_similarity_free(idd_similarity *s);
+/* jaccard(a, b) or containment(row a, column b); the diagonal is 1. */
+double idd_similarity_value(const idd_similarity *s, idd_metric m, size_t a, size_t b);
+/* Average-linkage hierarchical clustering on 1 - similarity (containment is
+ * symmetrised as the mean of both directions).  order[0..n) receives the
+ * dendrogram's leaf order: similar images adjacent, families contiguous. */
+int idd_similarity_cluster_order(const idd_similarity *s, idd_metric m, size_t *order, idd_error *err);
+/* The up-to-k images a shares most with, best cache seeds first
+ * (containment(a, b) descending, then jaccard, then id).  Returns how many. */
+size_t idd_similarity_top(const idd_similarity *s, size_t a, size_t k, size_t *out);
+
+typedef struct idd_map_opts {
+	const char *repo;
+	const char *index_dir;       /* NULL: REPO/.imgdedup */
+	const char *const *images;   /* limit to these ids (NULL/0: every image) */
+	size_t n_images;
+	bool no_wait;                /* index locked by another run: IDD_EBUSY */
+	idd_progress_fn progress;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_map_opts;
+
+typedef struct idd_map_stats {
+	uint64_t images;       /* images in the index */
+	uint64_t written;      /* maps (re)built this run */
+	uint64_t unchanged;    /* maps reused */
+	uint64_t removed;      /* stale maps deleted */
+	uint64_t map_bytes;    /* total size on disk of all block maps */
+	uint64_t blocktable_entries, blocktable_bytes;
+	bool blocktable_rebuilt;
+} idd_map_stats;
+
+/* Write the block map of every (or each named) image whose block list
+ * changed, delete maps of removed images, refresh the block table.  Locked
+ * like scan; a re-run over an unchanged index writes nothing. */
+int idd_map_run(const idd_map_opts *opts, idd_map_stats *stats, idd_error *err);
+
+/* What `info` shows about one image's map. */
+typedef struct idd_image_summary {
+	uint64_t blocks, zero_blocks, distinct_blocks;
+	uint64_t internal_duplicates; /* non-zero blocks repeating content seen earlier in the image */
+	bool has_map;                 /* a current map exists */
+	uint64_t map_bytes;
+	bool has_blocktable;          /* the block table is current */
+	uint64_t exclusive_blocks;    /* distinct digests no other image holds */
+} idd_image_summary;
+int idd_image_summary_get(const char *index_dir, const char *id, idd_image_summary *out,
+                          idd_error *err);
+
+typedef struct idd_similar {
+	char *id;
+	double containment;  /* share of the image's non-zero blocks this one holds */
+	double jaccard;
+	uint64_t shared;     /* distinct digests in common */
+} idd_similar;
+/* The k images ID shares most with (best cache seeds first), from the
+ * similarity cache, computing and caching it when stale. */
+int idd_image_top_similar(const char *index_dir, const char *id, size_t k, idd_similar **out,
+                          size_t *n, idd_error *err);
+void idd_similar_free(idd_similar *v, size_t n);
+
+
 /* ---- deploy and cache (issue 4) ---- */
 
 #ifdef __cplusplus

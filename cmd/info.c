@@ -1,0 +1,88 @@
+/* info.c - imgdedup info: what the index knows about one image. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <time.h>
+
+static const char usage[] = "imgdedup info [--index DIR] [--json] REPO IMAGE";
+
+int cmd_info(int argc, char **argv)
+{
+	static const struct option opts[] = {{"index", required_argument, 0, 'i'},
+	                                     {"json", no_argument, 0, 'J'},
+	                                     {"help", no_argument, 0, 'h'},
+	                                     {0, 0, 0, 0}};
+	const char *index_opt = NULL;
+	bool json = false;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "i:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i': index_opt = optarg; break;
+		case 'J': json = true; break;
+		case 'h': printf("usage: %s\n", usage); return EXIT_OK;
+		default: return cli_usage(usage, "bad option");
+		}
+	}
+	if (optind != argc - 2)
+		return cli_usage(usage, "expected REPO and IMAGE");
+	const char *id = argv[optind + 1];
+	idd_error err;
+	char *index_dir;
+	idd_catalog *cat;
+	if (idd_index_path(argv[optind], index_opt, &index_dir, &err) ||
+	    idd_catalog_load(index_dir, &cat, &err)) {
+		cli_error("%s", err.msg);
+		return EXIT_FAIL;
+	}
+	const idd_image_info *im = idd_catalog_find(cat, id);
+	if (!im) {
+		cli_error("%s: no image '%s' in the index (see 'imgdedup ls')", index_dir, id);
+		idd_catalog_free(cat);
+		free(index_dir);
+		return EXIT_FAIL;
+	}
+	char when[64] = "?";
+	time_t t = (time_t)im->scanned_at;
+	struct tm tm;
+	if (gmtime_r(&t, &tm))
+		strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	char key[2 * IDD_DIGEST_SIZE + 1];
+	idd_digest_hex(&im->list_key, key);
+	uint64_t nonzero = im->nblocks - im->zero_blocks;
+	if (json) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_key_str(&j, "id", im->id);
+		cli_json_key_str(&j, "format", im->format);
+		cli_json_key_str(&j, "container", im->container);
+		cli_json_key_u64(&j, "size", im->virtual_size);
+		cli_json_key_u64(&j, "file_size", im->file_size);
+		cli_json_key_u64(&j, "block_size", cat->block_size);
+		cli_json_key_u64(&j, "blocks", im->nblocks);
+		cli_json_key_u64(&j, "zero_blocks", im->zero_blocks);
+		cli_json_key_u64(&j, "distinct_blocks", im->distinct_blocks);
+		cli_json_key_u64(&j, "internal_duplicates", nonzero - im->distinct_blocks);
+		cli_json_key_str(&j, "scanned_at", when);
+		cli_json_key_str(&j, "block_list", key);
+		cli_json_end(&j);
+	} else {
+		char h1[32], h2[32];
+		printf("image:               %s\n", im->id);
+		printf("format:              %s%s%s\n", im->format, im->container[0] ? " inside " : "",
+		       im->container);
+		printf("virtual size:        %s (%llu bytes)\n", cli_human(im->virtual_size, h1),
+		       (unsigned long long)im->virtual_size);
+		printf("file size:           %s\n", cli_human(im->file_size, h2));
+		printf("block size:          %u\n", cat->block_size);
+		printf("blocks:              %llu\n", (unsigned long long)im->nblocks);
+		printf("zero blocks:         %llu\n", (unsigned long long)im->zero_blocks);
+		printf("distinct blocks:     %llu (non-zero)\n", (unsigned long long)im->distinct_blocks);
+		printf("internal duplicates: %llu\n", (unsigned long long)(nonzero - im->distinct_blocks));
+		printf("scanned:             %s\n", when);
+	}
+	idd_catalog_free(cat);
+	free(index_dir);
+	return EXIT_OK;
+}

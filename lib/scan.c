@@ -1,0 +1,745 @@
+/* scan.c - incremental, parallel, crash-safe block indexing of a repository.
+ *
+ * A run: lock the index, walk the repository, keep the catalog entries of
+ * files whose identity (device, inode, size, mtime, ctime) is unchanged,
+ * carry renamed files over without reading them, and hash the rest on
+ * several threads.  Block lists are written first (content-named, atomic),
+ * the catalog last (atomic), so a run killed at any moment leaves the
+ * previous catalog and every file it names intact. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Work is handed out in chunks this large: big enough for few syscalls and
+ * long sequential reads, small enough to balance two images on two cores. */
+#define SCAN_CHUNK ((uint64_t)4 << 20)
+/* A long run saves its progress this often, so a kill loses little. */
+#define CHECKPOINT_NS ((int64_t)30 * 1000000000)
+
+struct job {
+	idd_repo_entry e;
+	idd_image *img;
+	bool opened, planned, done, failed;
+	uint64_t cursor;       /* next virtual offset to plan (block aligned) */
+	unsigned inflight;     /* chunks handed out and not yet hashed */
+	uint64_t nblocks;
+	idd_digest *digests;
+	uint64_t bytes_hashed;
+	idd_error err;
+	struct stat st_before;
+	idd_image_info info;   /* filled when finished */
+	bool have_info;
+};
+
+struct entries {
+	idd_image_info *v;
+	size_t n;
+};
+
+struct scan {
+	const idd_scan_opts *o;
+	struct entries *kept;   /* entries carried over without reading */
+	const char *index_dir;
+	uint32_t bs;
+	pthread_mutex_t mu;
+	struct job *jobs;
+	size_t njobs, next_job; /* jobs before next_job are opened */
+	uint64_t total_bytes, done_bytes;
+	bool fatal;
+	idd_error fatal_err;
+	/* checkpointing */
+	idd_catalog *old;
+	bool *old_dropped;      /* old entries replaced or moved */
+	int64_t last_save_ns;
+};
+
+static void job_release(struct job *j)
+{
+	idd_image_close(j->img);
+	j->img = NULL;
+	free(j->digests);
+	j->digests = NULL;
+}
+
+static bool same_identity(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Open a job's image; called with the lock held. */
+static void job_open(struct scan *s, struct job *j)
+{
+	j->opened = true;
+	if (stat(j->e.path, &j->st_before)) {
+		idd_fail_errno(&j->err, j->e.path, "cannot stat");
+		j->failed = true;
+		return;
+	}
+	if (idd_repo_open_image(s->o->repo, &j->e, &j->img, &j->err)) {
+		j->failed = true;
+		return;
+	}
+	if (j->img->file->fd >= 0)
+		posix_fadvise(j->img->file->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	uint64_t size = j->img->size;
+	j->nblocks = size / s->bs + (size % s->bs != 0);
+	uint64_t bytes;
+	if (!idd_mul_ok(j->nblocks, sizeof(idd_digest), &bytes) || bytes > SIZE_MAX) {
+		idd_fail(&j->err, "%s: image too large (%llu blocks)", j->e.path,
+		         (unsigned long long)j->nblocks);
+		j->failed = true;
+		return;
+	}
+	j->digests = idd_calloc((size_t)j->nblocks, sizeof(idd_digest), &j->err);
+	if (!j->digests)
+		j->failed = true;
+}
+
+/* Next chunk of job j: the next run of non-zero extents from the cursor,
+ * block aligned, at most SCAN_CHUNK.  Zero extents are skipped unread.
+ * Returns false when the job has nothing left (or failed). */
+static bool job_next_chunk(struct scan *s, struct job *j, uint64_t *off, uint64_t *len)
+{
+	uint64_t size = j->img->size, skipped_from = j->cursor;
+	while (!j->failed && j->cursor < size) {
+		idd_extent ext;
+		if (idd_image_extent(j->img, j->cursor, &ext, &j->err)) {
+			j->failed = true;
+			break;
+		}
+		uint64_t ext_end = ext.voff + ext.vlen;
+		if (ext.kind == IDD_EXT_ZERO) {
+			/* Only whole zero blocks can be skipped; a partial one at the
+			 * end of the extent is read with the data that follows. */
+			uint64_t next = ext_end >= size ? size : ext_end / s->bs * s->bs;
+			if (next <= j->cursor) {
+				/* zero extent inside one block: read that block */
+				ext.kind = IDD_EXT_DATA;
+			} else {
+				j->cursor = next;
+				continue;
+			}
+		}
+		uint64_t start = j->cursor;
+		uint64_t end = IDD_MIN(start + SCAN_CHUNK, size);
+		/* stop at the end of this extent, rounded up to a block, unless the
+		 * following extents are data too (checked next round) */
+		uint64_t ext_block_end = (ext_end + s->bs - 1) / s->bs * s->bs;
+		if (ext_block_end < end && ext_block_end > start)
+			end = ext_block_end;
+		*off = start;
+		*len = end - start;
+		j->cursor = end;
+		s->done_bytes += start - skipped_from;
+		return true;
+	}
+	s->done_bytes += j->cursor > skipped_from ? j->cursor - skipped_from : 0;
+	return false;
+}
+
+static int save_checkpoint(struct scan *s, idd_error *err);
+
+/* Finish a job whose chunks are all hashed: check the file did not change
+ * under us, write its block list, fill its catalog entry.  Lock held. */
+static void job_finish(struct scan *s, struct job *j)
+{
+	j->done = true;
+	if (!j->failed) {
+		struct stat after;
+		if (stat(j->e.path, &after)) {
+			idd_fail_errno(&j->err, j->e.path, "cannot stat");
+			j->failed = true;
+		} else if (!same_identity(&j->st_before, &after)) {
+			idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
+			j->failed = true;
+		}
+	}
+	if (!j->failed) {
+		idd_image_info *im = &j->info;
+		memset(im, 0, sizeof *im);
+		uint64_t zero = 0;
+		idd_digest_set set;
+		if (idd_digest_set_init(&set, (size_t)IDD_MIN(j->nblocks, (uint64_t)1 << 20), false, &j->err)) {
+			j->failed = true;
+		} else {
+			for (uint64_t b = 0; b < j->nblocks && !j->failed; b++) {
+				if (idd_digest_is_zero(&j->digests[b]))
+					zero++;
+				else if (idd_digest_set_add(&set, &j->digests[b], NULL, &j->err) == (size_t)-1)
+					j->failed = true;
+			}
+			im->distinct_blocks = set.count;
+			idd_digest_set_free(&set);
+		}
+		if (!j->failed && idd_blocklist_save(s->index_dir, s->bs, j->digests, j->nblocks,
+		                                     &im->list_key, &j->err))
+			j->failed = true;
+		if (!j->failed) {
+			im->id = strdup(j->e.id);
+			im->file = strdup(j->e.id);
+			im->member = strdup(j->e.member ? j->e.member : "");
+			im->format = strdup(j->img->format);
+			im->container = strdup(j->e.container ? j->e.container : "");
+			if (j->e.member) { /* the file is the id minus "/member" */
+				size_t fl = strlen(j->e.id) - strlen(j->e.member) - 1;
+				if (im->file)
+					im->file[fl] = 0;
+			}
+			if (!im->id || !im->file || !im->member || !im->format || !im->container) {
+				idd_image_info_free(im);
+				idd_fail(&j->err, "out of memory");
+				j->failed = true;
+			}
+		}
+		if (!j->failed) {
+			im->member_off = j->e.member_off;
+			im->member_len = j->e.member_len;
+			im->dev = (uint64_t)j->st_before.st_dev;
+			im->ino = (uint64_t)j->st_before.st_ino;
+			im->file_size = (uint64_t)j->st_before.st_size;
+			im->mtime_ns = (int64_t)j->st_before.st_mtim.tv_sec * 1000000000 + j->st_before.st_mtim.tv_nsec;
+			im->ctime_ns = (int64_t)j->st_before.st_ctim.tv_sec * 1000000000 + j->st_before.st_ctim.tv_nsec;
+			im->virtual_size = j->img->size;
+			im->nblocks = j->nblocks;
+			im->zero_blocks = zero;
+			im->scanned_at = idd_now_ns() / 1000000000;
+			j->have_info = true;
+		}
+	}
+	if (j->failed && s->o->warn)
+		s->o->warn(s->o->ctx, j->err.msg);
+	job_release(j);
+	if (!s->fatal && idd_now_ns() - s->last_save_ns > CHECKPOINT_NS) {
+		if (save_checkpoint(s, &s->fatal_err))
+			s->fatal = true;
+	}
+}
+
+struct task {
+	struct job *job;
+	uint64_t off, len;
+};
+
+/* Hand out the next chunk, opening images as needed.  Lock held. */
+static bool next_task(struct scan *s, struct task *t)
+{
+	for (size_t i = 0; i < s->njobs && !s->fatal; i++) {
+		struct job *j = &s->jobs[i];
+		if (j->done)
+			continue;
+		if (!j->opened) {
+			/* keep at most two images open per pass so memory stays bounded */
+			job_open(s, j);
+		}
+		if (!j->failed && !j->planned) {
+			if (job_next_chunk(s, j, &t->off, &t->len)) {
+				t->job = j;
+				j->inflight++;
+				return true;
+			}
+			j->planned = true;
+		}
+		if (j->failed)
+			j->planned = true;
+		if (j->planned && j->inflight == 0)
+			job_finish(s, j);
+		else if (j->planned)
+			continue; /* its last chunks are being hashed by others */
+	}
+	return false;
+}
+
+struct worker {
+	struct scan *s;
+	unsigned char *buf;
+	idd_hasher *h;
+};
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct scan *s = w->s;
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		struct task t;
+		if (!next_task(s, &t))
+			break;
+		pthread_mutex_unlock(&s->mu);
+		struct job *j = t.job;
+		idd_error e;
+		uint64_t hashed = 0;
+		int rc = idd_image_read(j->img, t.off, w->buf, (size_t)t.len, &e);
+		if (!rc)
+			rc = idd_hash_blocks(w->h, w->buf, (size_t)t.len, s->bs, &j->digests[t.off / s->bs],
+			                     &hashed, &e);
+		pthread_mutex_lock(&s->mu);
+		j->bytes_hashed += hashed;
+		s->done_bytes += t.len;
+		if (rc && !j->failed) {
+			j->failed = true;
+			j->err = e;
+		}
+		j->inflight--;
+		if (j->planned && j->inflight == 0 && !j->done)
+			job_finish(s, j);
+		if (s->o->progress)
+			s->o->progress(s->o->ctx, IDD_MIN(s->done_bytes, s->total_bytes), s->total_bytes);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+/* ---- assembling catalogs ---- */
+
+static int cmp_info_id(const void *a, const void *b)
+{
+	return strcmp(((const idd_image_info *)a)->id, ((const idd_image_info *)b)->id);
+}
+
+static int entries_push_copy(struct entries *es, const idd_image_info *im, idd_error *err)
+{
+	idd_image_info *v = idd_realloc_array(es->v, es->n + 1, sizeof *v, err);
+	if (!v)
+		return IDD_ERR;
+	es->v = v;
+	if (idd_image_info_copy(&es->v[es->n], im, err))
+		return IDD_ERR;
+	es->n++;
+	return IDD_OK;
+}
+
+static void entries_free(struct entries *es)
+{
+	for (size_t i = 0; i < es->n; i++)
+		idd_image_info_free(&es->v[i]);
+	free(es->v);
+	es->v = NULL;
+	es->n = 0;
+}
+
+/* kept: entries carried over; plus every finished job; plus (checkpoint)
+ * the old entries nothing has superseded yet.  Sorted by id. */
+static int build_catalog(struct scan *s, const struct entries *kept, bool include_old,
+                         idd_catalog *out, idd_error *err)
+{
+	struct entries all = {0};
+	for (size_t i = 0; i < kept->n; i++)
+		if (entries_push_copy(&all, &kept->v[i], err))
+			goto fail;
+	for (size_t i = 0; i < s->njobs; i++)
+		if (s->jobs[i].have_info && entries_push_copy(&all, &s->jobs[i].info, err))
+			goto fail;
+	for (size_t i = 0; include_old && s->old && i < s->old->count; i++) {
+		const idd_image_info *im = &s->old->images[i];
+		bool superseded = s->old_dropped[i];
+		for (size_t k = 0; k < s->njobs && !superseded; k++)
+			superseded = s->jobs[k].have_info && strcmp(s->jobs[k].info.id, im->id) == 0;
+		if (!superseded && entries_push_copy(&all, im, err))
+			goto fail;
+	}
+	qsort(all.v, all.n, sizeof *all.v, cmp_info_id);
+	out->images = all.v;
+	out->count = all.n;
+	return IDD_OK;
+fail:
+	entries_free(&all);
+	return IDD_ERR;
+}
+
+static int save_checkpoint(struct scan *s, idd_error *err)
+{
+	idd_catalog cat = {.block_size = s->bs,
+	                   .generation = (s->old ? s->old->generation : 0) + 1,
+	                   .unique_blocks = s->old ? s->old->unique_blocks : 0};
+	if (build_catalog(s, s->kept, true, &cat, err))
+		return IDD_ERR;
+	int rc = idd_catalog_save(s->index_dir, &cat, err);
+	for (size_t i = 0; i < cat.count; i++)
+		idd_image_info_free(&cat.images[i]);
+	free(cat.images);
+	s->last_save_ns = idd_now_ns();
+	return rc;
+}
+
+/* Distinct non-zero digests over every image of the catalog. */
+static int count_unique(const char *index_dir, idd_catalog *cat, uint64_t *unique, idd_error *err)
+{
+	uint64_t expect = 0;
+	for (size_t i = 0; i < cat->count; i++)
+		expect += cat->images[i].distinct_blocks;
+	idd_digest_set set;
+	if (idd_digest_set_init(&set, (size_t)IDD_MIN(expect, (uint64_t)1 << 26), false, err))
+		return IDD_ERR;
+	int rc = IDD_OK;
+	for (size_t i = 0; i < cat->count && !rc; i++) {
+		idd_digest *d;
+		if ((rc = idd_blocklist_load(index_dir, &cat->images[i], &d, err)))
+			break;
+		for (uint64_t b = 0; b < cat->images[i].nblocks && !rc; b++)
+			if (!idd_digest_is_zero(&d[b]) && idd_digest_set_add(&set, &d[b], NULL, err) == (size_t)-1)
+				rc = IDD_ERR;
+		free(d);
+	}
+	*unique = set.count;
+	idd_digest_set_free(&set);
+	return rc;
+}
+
+/* Remove block lists no catalog entry names, and temporaries of killed
+ * runs.  Only after the new catalog is in place, under the lock. */
+static void collect_garbage(const char *index_dir, const idd_catalog *cat)
+{
+	char *dir = idd_path_join(index_dir, IDD_BLOCKS_DIR, NULL);
+	DIR *d = dir ? opendir(dir) : NULL;
+	if (!d) {
+		free(dir);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		bool used = false;
+		for (size_t i = 0; i < cat->count && !used; i++) {
+			char hex[2 * IDD_DIGEST_SIZE + 1];
+			idd_digest_hex(&cat->images[i].list_key, hex);
+			used = strcmp(hex, de->d_name) == 0;
+		}
+		if (!used) {
+			char *p = idd_path_join(dir, de->d_name, NULL);
+			if (p)
+				unlink(p);
+			free(p);
+		}
+	}
+	closedir(d);
+	free(dir);
+}
+
+static bool entry_matches(const idd_image_info *im, const idd_repo_entry *e, bool ignore_ctime)
+{
+	return im->dev == e->dev && im->ino == e->ino && im->file_size == e->size &&
+	       im->mtime_ns == e->mtime_ns && (ignore_ctime || im->ctime_ns == e->ctime_ns);
+}
+
+enum file_state { FILE_NEW, FILE_UNCHANGED, FILE_CHANGED, FILE_MOVED, FILE_FAILED };
+
+/* Returns IDD_OK, 1 when the file could not even be listed (reported), or a
+ * negative error. */
+static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, idd_error *err)
+{
+	/* One job per image: the file itself, or each disk image inside an archive. */
+	unsigned char head[1024];
+	size_t hl = 0;
+	int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t r = pread(fd, head, sizeof head, 0);
+		hl = r > 0 ? (size_t)r : 0;
+		close(fd);
+	}
+	const char *kind = hl ? idd_archive_kind(head, hl) : NULL;
+	idd_repo_list members = {0};
+	if (kind) {
+		idd_error e;
+		if (idd_archive_list(f, &members, &e)) {
+			if (s->o->warn)
+				s->o->warn(s->o->ctx, e.msg);
+			return 1; /* reported; counts as a failure */
+		}
+	}
+	size_t add = kind ? members.n : 1;
+	struct job *v = idd_realloc_array(s->jobs, s->njobs + add, sizeof *v, err);
+	if (!v) {
+		idd_repo_list_free(&members);
+		return IDD_ERR;
+	}
+	s->jobs = v;
+	for (size_t i = 0; i < add; i++) {
+		struct job *j = &s->jobs[s->njobs];
+		memset(j, 0, sizeof *j);
+		if (kind) {
+			j->e = members.v[i]; /* takes ownership */
+		} else {
+			j->e = *f;
+			j->e.id = strdup(f->id);
+			j->e.path = strdup(f->path);
+			j->e.container = strdup("");
+			j->e.member = NULL;
+			if (!j->e.id || !j->e.path || !j->e.container) {
+				idd_repo_entry_free(&j->e);
+				return idd_fail(err, "out of memory");
+			}
+		}
+		s->njobs++;
+		s->total_bytes += kind ? members.v[i].member_len : f->size;
+	}
+	free(members.v); /* entries moved into jobs */
+	return IDD_OK;
+}
+
+int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	struct scan s = {.o = o};
+	struct entries kept = {0};
+	idd_repo_list files = {0};
+	char *index_dir = NULL;
+	int lock_fd = -1, rc = IDD_ERR;
+	enum file_state *file_state = NULL;
+	pthread_mutex_init(&s.mu, NULL);
+
+	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
+		goto out;
+	s.index_dir = index_dir;
+	if (idd_mkdir_p(index_dir, err))
+		goto out;
+	if ((rc = idd_lock(index_dir, o->no_wait, &lock_fd, err)))
+		goto out;
+	rc = IDD_ERR;
+
+	int lrc = idd_catalog_load(index_dir, &s.old, err);
+	if (lrc == IDD_ENOENT) {
+		s.old = NULL;
+	} else if (lrc) {
+		idd_error_prefix(err, "cannot read the existing index (run 'imgdedup verify'; delete %s to start over)",
+		                 index_dir);
+		goto out;
+	}
+	s.bs = s.old ? s.old->block_size : (o->block_size ? o->block_size : IDD_DEFAULT_BLOCK_SIZE);
+	if (o->block_size && s.old && o->block_size != s.old->block_size) {
+		idd_fail(err, "%s: the index uses %u-byte blocks; --block-size %u needs a new index (--index DIR)",
+		         index_dir, s.old->block_size, o->block_size);
+		goto out;
+	}
+	if (!idd_is_power_of_two(s.bs) || s.bs < IDD_MIN_BLOCK_SIZE || s.bs > IDD_MAX_BLOCK_SIZE) {
+		idd_fail(err, "block size %u is not a power of two from 512 to 1048576", s.bs);
+		goto out;
+	}
+	if (idd_repo_walk(o->repo, index_dir, o->includes, o->n_includes, &files, o->warn, o->ctx, err))
+		goto out;
+
+	size_t nold = s.old ? s.old->count : 0;
+	s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *s.old_dropped, err);
+	/* per old entry: index of the walked file it belongs to, or -1 */
+	ptrdiff_t *old_file = idd_calloc(nold ? nold : 1, sizeof *old_file, err);
+	file_state = idd_calloc(files.n ? files.n : 1, sizeof *file_state, err);
+	if (!s.old_dropped || !old_file || !file_state) {
+		free(old_file);
+		goto out;
+	}
+	/* Pass 1: a file is unchanged when it has old entries and every one of
+	 * them still matches its identity; those entries are kept unread. */
+	for (size_t f = 0; f < files.n; f++)
+		file_state[f] = FILE_NEW;
+	for (size_t i = 0; i < nold; i++) {
+		const idd_image_info *im = &s.old->images[i];
+		old_file[i] = -1;
+		for (size_t f = 0; f < files.n && old_file[i] < 0; f++) {
+			if (strcmp(files.v[f].id, im->file) != 0)
+				continue;
+			old_file[i] = (ptrdiff_t)f;
+			bool match = entry_matches(im, &files.v[f], false);
+			if (file_state[f] == FILE_NEW)
+				file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
+			else if (!match)
+				file_state[f] = FILE_CHANGED;
+		}
+	}
+	for (size_t i = 0; i < nold; i++) {
+		if (old_file[i] >= 0 && file_state[old_file[i]] == FILE_UNCHANGED) {
+			if (entries_push_copy(&kept, &s.old->images[i], err)) {
+				free(old_file);
+				goto out;
+			}
+			s.old_dropped[i] = true;
+			st->unchanged++;
+		}
+	}
+	/* Pass 2: a new path whose identity (ignoring ctime, which a rename
+	 * updates) equals that of a vanished file is that file, moved. */
+	for (size_t f = 0; f < files.n; f++) {
+		if (file_state[f] != FILE_NEW)
+			continue;
+		for (size_t i = 0; i < nold; i++) {
+			const idd_image_info *im = &s.old->images[i];
+			if (old_file[i] >= 0 || s.old_dropped[i] || !entry_matches(im, &files.v[f], true))
+				continue;
+			idd_image_info copy;
+			if (idd_image_info_copy(&copy, im, err)) {
+				free(old_file);
+				goto out;
+			}
+			free(copy.id);
+			free(copy.file);
+			copy.file = strdup(files.v[f].id);
+			copy.id = im->member[0] ? idd_asprintf(NULL, "%s/%s", files.v[f].id, im->member)
+			                        : strdup(files.v[f].id);
+			copy.ctime_ns = files.v[f].ctime_ns;
+			bool ok = copy.id && copy.file && entries_push_copy(&kept, &copy, err) == IDD_OK;
+			idd_image_info_free(&copy);
+			if (!ok) {
+				free(old_file);
+				idd_fail(err, "out of memory");
+				goto out;
+			}
+			s.old_dropped[i] = true;
+			st->unchanged++;
+			st->renamed++;
+			file_state[f] = FILE_MOVED;
+		}
+	}
+
+	/* Everything else is read. */
+	for (size_t f = 0; f < files.n; f++) {
+		if (file_state[f] != FILE_NEW && file_state[f] != FILE_CHANGED)
+			continue;
+		int r = add_jobs_for_file(&s, &files.v[f], err);
+		if (r < 0) {
+			free(old_file);
+			goto out;
+		}
+		if (r > 0)
+			file_state[f] = FILE_FAILED;
+	}
+
+	/* Hash. */
+	s.kept = &kept;
+	s.last_save_ns = idd_now_ns();
+	int nthreads = o->jobs > 0 ? o->jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (nthreads < 1)
+		nthreads = 1;
+	if (nthreads > 64)
+		nthreads = 64;
+	struct worker *workers = idd_calloc((size_t)nthreads, sizeof *workers, err);
+	pthread_t *tids = idd_calloc((size_t)nthreads, sizeof *tids, err);
+	if (!workers || !tids) {
+		free(workers);
+		free(tids);
+		goto out;
+	}
+	int started = 0;
+	for (int i = 0; i < nthreads; i++) {
+		workers[i].s = &s;
+		workers[i].buf = idd_malloc((size_t)SCAN_CHUNK, err);
+		workers[i].h = workers[i].buf ? idd_hasher_new(err) : NULL;
+		if (!workers[i].h)
+			break;
+		if (pthread_create(&tids[i], NULL, worker_main, &workers[i])) {
+			idd_fail(err, "cannot start a worker thread");
+			break;
+		}
+		started++;
+	}
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	for (int i = 0; i < nthreads; i++) {
+		free(workers[i].buf);
+		idd_hasher_free(workers[i].h);
+	}
+	free(workers);
+	free(tids);
+	if (started == 0)
+		goto out;
+	if (s.fatal) {
+		*err = s.fatal_err;
+		goto out;
+	}
+	if (o->progress)
+		o->progress(o->ctx, s.total_bytes, s.total_bytes);
+
+	/* A failed image keeps its old entries: their identity no longer
+	 * matches the file, so the next run retries it. */
+	for (size_t i = 0; i < s.njobs; i++) {
+		struct job *j = &s.jobs[i];
+		if (j->have_info) {
+			st->scanned++;
+			st->bytes_hashed += j->bytes_hashed;
+		} else {
+			st->failed++;
+		}
+	}
+	for (size_t f = 0; f < files.n; f++)
+		st->failed += file_state[f] == FILE_FAILED;
+	for (size_t i = 0; i < nold; i++) {
+		if (s.old_dropped[i])
+			continue;
+		const idd_image_info *im = &s.old->images[i];
+		bool keep = old_file[i] >= 0 && file_state[old_file[i]] == FILE_FAILED;
+		bool replaced = false;
+		for (size_t k = 0; k < s.njobs; k++) {
+			if (strcmp(s.jobs[k].e.id, im->id) == 0) {
+				replaced = s.jobs[k].have_info;
+				keep = !replaced;
+			}
+		}
+		if (keep) {
+			if (entries_push_copy(&kept, im, err)) {
+				free(old_file);
+				goto out;
+			}
+		} else if (!replaced) {
+			st->removed++;
+		}
+		s.old_dropped[i] = true;
+	}
+	free(old_file);
+
+	idd_catalog cat = {.block_size = s.bs};
+	if (build_catalog(&s, &kept, false, &cat, err))
+		goto out;
+	bool changed = !s.old || st->scanned || st->removed || st->renamed || cat.count != nold;
+	if (!changed) {
+		cat.generation = s.old->generation;
+		cat.unique_blocks = s.old->unique_blocks;
+	} else {
+		cat.generation = (s.old ? s.old->generation : 0) + 1;
+		if (st->scanned || st->removed || !s.old)
+			rc = count_unique(index_dir, &cat, &cat.unique_blocks, err);
+		else
+			cat.unique_blocks = s.old->unique_blocks, rc = IDD_OK;
+		if (!rc)
+			rc = idd_catalog_save(index_dir, &cat, err);
+		if (!rc)
+			collect_garbage(index_dir, &cat);
+	}
+	if (!changed)
+		rc = IDD_OK;
+	st->images = cat.count;
+	st->unique_blocks = cat.unique_blocks;
+	for (size_t i = 0; i < cat.count; i++) {
+		st->blocks += cat.images[i].nblocks;
+		st->zero_blocks += cat.images[i].zero_blocks;
+	}
+	for (size_t i = 0; i < cat.count; i++)
+		idd_image_info_free(&cat.images[i]);
+	free(cat.images);
+	if (!rc && st->failed)
+		rc = idd_fail(err, "%llu image(s) could not be indexed (see the messages above)",
+		              (unsigned long long)st->failed);
+out:
+	for (size_t i = 0; i < s.njobs; i++) {
+		job_release(&s.jobs[i]);
+		idd_repo_entry_free(&s.jobs[i].e);
+		if (s.jobs[i].have_info)
+			idd_image_info_free(&s.jobs[i].info);
+	}
+	free(s.jobs);
+	free(s.old_dropped);
+	free(file_state);
+	entries_free(&kept);
+	idd_catalog_free(s.old);
+	idd_repo_list_free(&files);
+	idd_unlock(lock_fd);
+	free(index_dir);
+	pthread_mutex_destroy(&s.mu);
+	return rc;
+}

@@ -1,0 +1,121 @@
+/* verify.c - check every index file, and with deep, the images themselves. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void report(const idd_verify_opts *o, uint64_t *problems, const char *msg)
+{
+	(*problems)++;
+	if (o->warn)
+		o->warn(o->ctx, msg);
+}
+
+/* Re-read an image and compare its digests with the stored block list. */
+static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const idd_image_info *im,
+                        const idd_digest *stored, uint64_t *problems)
+{
+	idd_error e;
+	char *path = idd_path_join(o->repo, im->file, &e);
+	if (!path) {
+		report(o, problems, e.msg);
+		return;
+	}
+	idd_repo_entry ent = {.id = im->id, .path = path, .member = im->member[0] ? im->member : NULL,
+	                      .container = im->container, .member_off = im->member_off,
+	                      .member_len = im->member_len,
+	                      .streamed = im->member[0] && strcmp(im->container, "tar") != 0 &&
+	                                  strcmp(im->container, "ova") != 0};
+	idd_image *img = NULL;
+	idd_hasher *h = NULL;
+	unsigned char *buf = NULL;
+	const uint64_t chunk = (uint64_t)cat->block_size * 256;
+	if (idd_repo_open_image(o->repo, &ent, &img, &e) || !(h = idd_hasher_new(&e)) ||
+	    !(buf = idd_malloc((size_t)chunk, &e))) {
+		report(o, problems, e.msg);
+		goto out;
+	}
+	if (img->size != im->virtual_size) {
+		char *m = idd_asprintf(NULL, "%s: image is %llu bytes, the index says %llu (re-run scan)",
+		                       path, (unsigned long long)img->size, (unsigned long long)im->virtual_size);
+		report(o, problems, m ? m : "size mismatch");
+		free(m);
+		goto out;
+	}
+	for (uint64_t off = 0; off < img->size; off += chunk) {
+		size_t n = (size_t)IDD_MIN(chunk, img->size - off);
+		idd_digest d[256];
+		uint64_t hashed = 0;
+		if (idd_image_read(img, off, buf, n, &e) ||
+		    idd_hash_blocks(h, buf, n, cat->block_size, d, &hashed, &e)) {
+			report(o, problems, e.msg);
+			goto out;
+		}
+		uint64_t first = off / cat->block_size, nb = (n + cat->block_size - 1) / cat->block_size;
+		for (uint64_t b = 0; b < nb; b++) {
+			if (memcmp(&d[b], &stored[first + b], sizeof d[b]) != 0) {
+				char *m = idd_asprintf(NULL, "%s: block %llu (offset %llu) differs from the index (changed since the scan?)",
+				                       im->id, (unsigned long long)(first + b),
+				                       (unsigned long long)((first + b) * cat->block_size));
+				report(o, problems, m ? m : "digest mismatch");
+				free(m);
+				goto out;
+			}
+		}
+		if (o->progress)
+			o->progress(o->ctx, off + n, img->size);
+	}
+out:
+	free(buf);
+	idd_hasher_free(h);
+	idd_image_close(img);
+	free(path);
+}
+
+int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
+{
+	*problems = 0;
+	char *index_dir;
+	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
+		return IDD_ERR;
+	idd_catalog *cat;
+	int rc = idd_catalog_load(index_dir, &cat, err);
+	if (rc) {
+		/* the catalog itself is damaged: that is the finding */
+		if (rc != IDD_ENOENT) {
+			report(o, problems, err->msg);
+			rc = IDD_OK;
+		}
+		free(index_dir);
+		return rc ? rc : IDD_ERR;
+	}
+	for (size_t i = 0; i < cat->count; i++) {
+		const idd_image_info *im = &cat->images[i];
+		idd_error e;
+		idd_digest *d;
+		if (idd_blocklist_load(index_dir, im, &d, &e)) {
+			report(o, problems, e.msg);
+			continue;
+		}
+		/* the stored summary must agree with the list */
+		uint64_t zero = 0;
+		for (uint64_t b = 0; b < im->nblocks; b++)
+			zero += idd_digest_is_zero(&d[b]);
+		if (zero != im->zero_blocks) {
+			char *p = idd_blocks_path(index_dir, &im->list_key, NULL);
+			char *m = idd_asprintf(NULL, "%s: block list of %s disagrees with the catalog", p ? p : "?", im->id);
+			report(o, problems, m ? m : "mismatch");
+			free(m);
+			free(p);
+		} else if (o->deep) {
+			verify_deep(o, cat, im, d, problems);
+		}
+		free(d);
+	}
+	/* Other index files (maps, block table, similarity cache) are checked
+	 * by their own modules' parsers through the hook below. */
+	idd_catalog_free(cat);
+	free(index_dir);
+	return *problems ? IDD_ERR : IDD_OK;
+}
