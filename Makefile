@@ -69,7 +69,7 @@ check-one: unit e2e
 
 # The whole suite twice: a normal build, then AddressSanitizer + UBSan.
 check:
-	@scripts/install-deps --check-only
+	@scripts/install-deps
 	$(MAKE) check-one
 	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 check-one
 	$(MAKE) fuzz-smoke
@@ -80,8 +80,11 @@ fuzz-smoke fuzz:
 bench: $(BUILD)/imgdedup
 	IMGDEDUP=$(abspath $(BUILD)/imgdedup) bench/run-all.sh
 
-demo: $(BUILD)/imgdedup
-	scripts/demo.sh
+# The README's first command: install what is missing, build, run the demo.
+demo:
+	@scripts/install-deps
+	$(MAKE) all
+	IMGDEDUP=$(abspath $(BUILD)/imgdedup) scripts/demo.sh
 
 deps:
 	scripts/install-deps

@@ -5,22 +5,45 @@
 #include <stdlib.h>
 #include <time.h>
 
-static const char usage[] = "imgdedup info [--index DIR] [--json] REPO IMAGE";
+static const char usage[] = "imgdedup info [--index DIR] [--json] [--blocks] REPO IMAGE";
+
+static int print_blocks(idd_catalog *cat, char *index_dir, const idd_image_info *im)
+{
+	idd_error err;
+	idd_digest *d;
+	int rc = EXIT_OK;
+	if (idd_blocklist_load(index_dir, im, &d, &err)) {
+		cli_error("%s", err.msg);
+		rc = EXIT_FAIL;
+	} else {
+		char hex[2 * IDD_DIGEST_SIZE + 1];
+		for (uint64_t b = 0; b < im->nblocks; b++) {
+			idd_digest_hex(&d[b], hex);
+			puts(hex);
+		}
+		free(d);
+	}
+	idd_catalog_free(cat);
+	free(index_dir);
+	return rc;
+}
 
 int cmd_info(int argc, char **argv)
 {
 	static const struct option opts[] = {{"index", required_argument, 0, 'i'},
 	                                     {"json", no_argument, 0, 'J'},
+	                                     {"blocks", no_argument, 0, 'B'},
 	                                     {"help", no_argument, 0, 'h'},
 	                                     {0, 0, 0, 0}};
 	const char *index_opt = NULL;
-	bool json = false;
+	bool json = false, blocks = false;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "i:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'i': index_opt = optarg; break;
 		case 'J': json = true; break;
+		case 'B': blocks = true; break;
 		case 'h': printf("usage: %s\n", usage); return EXIT_OK;
 		default: return cli_usage(usage, "bad option");
 		}
@@ -43,6 +66,8 @@ int cmd_info(int argc, char **argv)
 		free(index_dir);
 		return EXIT_FAIL;
 	}
+	if (blocks) /* one line per block: its digest, zeros for a zero block */
+		return print_blocks(cat, index_dir, im);
 	char when[64] = "?";
 	time_t t = (time_t)im->scanned_at;
 	struct tm tm;

@@ -1,0 +1,144 @@
+/* test_indexfile.c - the index file container: round trip, atomic
+ * replacement, and rejection of truncated, corrupted and newer files. */
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char MAGIC[8] = {'I', 'D', 'D', '-', 'T', 'S', 'T', 0};
+
+static char *dir;
+
+static int setup(void **state) { (void)state; dir = tu_mkdtemp(); return 0; }
+static int teardown(void **state) { (void)state; tu_rmtree(dir); free(dir); return 0; }
+
+static char *write_sample(bool compress, size_t len)
+{
+	char *p = idd_path_join(dir, "f", NULL);
+	unsigned char *data = malloc(len + 1);
+	tu_fill_random(data, len, 7);
+	memset(data, 0, len / 2); /* something to compress */
+	idd_error err;
+	assert_int_equal(idd_indexfile_write(p, MAGIC, 3, data, len, compress, &err), IDD_OK);
+	free(data);
+	return p;
+}
+
+static void test_round_trip(void **state)
+{
+	(void)state;
+	for (int c = 0; c < 2; c++) {
+		for (size_t len = 0; len < 200000; len = len * 3 + 1) {
+			char *p = write_sample(c, len);
+			unsigned char *want = malloc(len + 1);
+			tu_fill_random(want, len, 7);
+			memset(want, 0, len / 2);
+			void *got;
+			size_t glen;
+			uint32_t ver;
+			idd_error err;
+			assert_int_equal(idd_indexfile_read(p, MAGIC, 3, &got, &glen, &ver, &err), IDD_OK);
+			assert_int_equal(glen, len);
+			assert_int_equal(ver, 3);
+			if (len)
+				assert_memory_equal(got, want, len);
+			free(got);
+			free(want);
+			free(p);
+		}
+	}
+	/* no temporary files left behind */
+	char *tmpglob = idd_asprintf(NULL, "ls %s | grep -c tmp", dir);
+	assert_int_not_equal(system(tmpglob), 0);
+	free(tmpglob);
+}
+
+static void expect_reject(const char *p, uint32_t maxver, const char *needle)
+{
+	void *got = NULL;
+	size_t glen;
+	idd_error err = {{0}};
+	int rc = idd_indexfile_read(p, MAGIC, maxver, &got, &glen, NULL, &err);
+	assert_int_not_equal(rc, IDD_OK);
+	assert_null(got);
+	assert_non_null(strstr(err.msg, p)); /* names the file */
+	if (!strstr(err.msg, needle))
+		fail_msg("message '%s' lacks '%s'", err.msg, needle);
+}
+
+static void test_truncated(void **state)
+{
+	(void)state;
+	char *p = write_sample(true, 5000);
+	uint64_t size = tu_file_size(p);
+	for (uint64_t cut = 0; cut < size; cut += 1 + size / 37) {
+		char *q = write_sample(true, 5000);
+		tu_truncate(q, cut);
+		expect_reject(q, 3, "truncated");
+		free(q);
+	}
+	free(p);
+}
+
+static void test_corrupted_every_region(void **state)
+{
+	(void)state;
+	char *p = write_sample(true, 5000);
+	uint64_t size = tu_file_size(p);
+	free(p);
+	for (uint64_t off = 16; off < size; off += 1 + size / 53) {
+		char *q = write_sample(true, 5000);
+		tu_flip_byte(q, off);
+		void *got = NULL;
+		size_t glen;
+		idd_error err = {{0}};
+		assert_int_not_equal(idd_indexfile_read(q, MAGIC, 3, &got, &glen, NULL, &err), IDD_OK);
+		assert_non_null(strstr(err.msg, q));
+		free(q);
+	}
+}
+
+static void test_newer_version_and_magic(void **state)
+{
+	(void)state;
+	char *p = write_sample(false, 100);
+	expect_reject(p, 2, "newer");
+	static const char OTHER[8] = {'I', 'D', 'D', '-', 'X', 'X', 'X', 0};
+	void *got = NULL;
+	size_t glen;
+	idd_error err;
+	assert_int_not_equal(idd_indexfile_read(p, OTHER, 3, &got, &glen, NULL, &err), IDD_OK);
+	assert_non_null(strstr(err.msg, "magic"));
+	free(p);
+	char *missing = idd_path_join(dir, "nope", NULL);
+	assert_int_equal(idd_indexfile_read(missing, MAGIC, 3, &got, &glen, NULL, &err), IDD_ENOENT);
+	free(missing);
+}
+
+static void test_lock(void **state)
+{
+	(void)state;
+	idd_error err;
+	int fd1, fd2;
+	assert_int_equal(idd_lock(dir, true, &fd1, &err), IDD_OK);
+	/* flock locks belong to the open file description: a second open in
+	 * the same process conflicts just as another process would */
+	assert_int_equal(idd_lock(dir, true, &fd2, &err), IDD_EBUSY);
+	assert_non_null(strstr(err.msg, "locked"));
+	idd_unlock(fd1);
+	assert_int_equal(idd_lock(dir, true, &fd2, &err), IDD_OK);
+	idd_unlock(fd2);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupted_every_region, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_newer_version_and_magic, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("indexfile", tests, NULL, NULL);
+}

@@ -1,0 +1,237 @@
+/* test_scan.c - scan and the catalog: edge-case images, incremental runs,
+ * renames, removals, the lock, and damaged index files. */
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char *repo;
+
+static int setup(void **state) { (void)state; repo = tu_mkdtemp(); return 0; }
+static int teardown(void **state) { (void)state; tu_rmtree(repo); free(repo); return 0; }
+
+static int scan(idd_scan_stats *st, idd_error *err)
+{
+	idd_scan_opts o = {.repo = repo, .jobs = 2};
+	return idd_scan(&o, st, err);
+}
+
+static idd_catalog *load(void)
+{
+	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	idd_catalog *cat = NULL;
+	idd_error err;
+	if (idd_catalog_load(idx, &cat, &err))
+		fail_msg("%s", err.msg);
+	free(idx);
+	return cat;
+}
+
+/* The stored digests of id must equal a direct hash of the file. */
+static void check_digests(const char *id, const unsigned char *data, uint64_t len)
+{
+	idd_catalog *cat = load();
+	const idd_image_info *im = idd_catalog_find(cat, id);
+	assert_non_null(im);
+	uint64_t nb = (len + 4095) / 4096;
+	assert_int_equal(im->nblocks, nb);
+	assert_int_equal(im->virtual_size, len);
+	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	idd_digest *d;
+	idd_error err;
+	assert_int_equal(idd_blocklist_load(idx, im, &d, &err), IDD_OK);
+	idd_hasher *h = idd_hasher_new(&err);
+	uint64_t zero = 0;
+	for (uint64_t b = 0; b < nb; b++) {
+		unsigned char blk[4096] = {0};
+		memcpy(blk, data + b * 4096, (size_t)IDD_MIN((uint64_t)4096, len - b * 4096));
+		idd_digest want = {{0}};
+		if (!idd_is_zero(blk, sizeof blk))
+			assert_int_equal(idd_hasher_digest(h, blk, sizeof blk, &want, &err), IDD_OK);
+		else
+			zero++;
+		assert_memory_equal(d[b].b, want.b, 32);
+	}
+	assert_int_equal(im->zero_blocks, zero);
+	idd_hasher_free(h);
+	free(d);
+	free(idx);
+	idd_catalog_free(cat);
+}
+
+static void test_edge_case_images(void **state)
+{
+	(void)state;
+	size_t n = 5 * 4096 + 123; /* not a multiple of the block size */
+	unsigned char *odd = malloc(n);
+	tu_fill_random(odd, n, 3);
+	memset(odd + 4096, 0, 4096); /* a zero block in the middle */
+	free(tu_write(repo, "odd.raw", odd, n));
+	free(tu_write(repo, "empty.img", "", 0));
+	unsigned char *zeros = calloc(1, 1 << 20);
+	free(tu_write(repo, "zero.raw", zeros, 1 << 20));
+	free(tu_write(repo, "notes.txt", "not an image", 12)); /* ignored: name */
+	/* 8 GiB sparse image with 2 data blocks: found by SEEK_DATA, not read */
+	char *sp = idd_path_join(repo, "sparse.raw", NULL);
+	int fd = open(sp, O_CREAT | O_WRONLY, 0644);
+	assert_true(fd >= 0);
+	unsigned char blk[4096];
+	tu_fill_random(blk, sizeof blk, 9);
+	assert_int_equal(pwrite(fd, blk, sizeof blk, (off_t)3 << 30), (ssize_t)sizeof blk);
+	assert_int_equal(pwrite(fd, blk, 10, ((off_t)8 << 30) - 10), 10);
+	close(fd);
+	free(sp);
+
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.images, 4);
+	assert_int_equal(st.scanned, 4);
+	check_digests("odd.raw", odd, n);
+	check_digests("zero.raw", zeros, 1 << 20);
+	idd_catalog *cat = load();
+	const idd_image_info *e = idd_catalog_find(cat, "empty.img");
+	assert_non_null(e);
+	assert_int_equal(e->nblocks, 0);
+	const idd_image_info *s = idd_catalog_find(cat, "sparse.raw");
+	assert_int_equal(s->nblocks, (uint64_t)2 << 20);
+	assert_int_equal(s->zero_blocks, ((uint64_t)2 << 20) - 2);
+	assert_int_equal(s->distinct_blocks, 2);
+	assert_int_equal(cat->block_size, 4096);
+	/* unique over all: odd's 5 data blocks + sparse's 2 */
+	assert_int_equal(cat->unique_blocks, 5 + 2);
+	idd_catalog_free(cat);
+	/* only data was hashed: odd 5 blocks, sparse 2 */
+	assert_int_equal(st.bytes_hashed, 7 * 4096);
+	free(odd);
+	free(zeros);
+}
+
+static void test_incremental_rename_remove(void **state)
+{
+	(void)state;
+	unsigned char buf[40960];
+	tu_fill_random(buf, sizeof buf, 1);
+	free(tu_write(repo, "a.raw", buf, sizeof buf));
+	tu_fill_random(buf, sizeof buf, 2);
+	free(tu_write(repo, "b.raw", buf, sizeof buf));
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 2);
+	idd_catalog *c1 = load();
+	uint64_t gen1 = c1->generation;
+	idd_catalog_free(c1);
+
+	/* unchanged: nothing read, catalog not rewritten */
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 0);
+	assert_int_equal(st.unchanged, 2);
+	assert_int_equal(st.bytes_hashed, 0);
+	idd_catalog *c2 = load();
+	assert_int_equal(c2->generation, gen1);
+	idd_catalog_free(c2);
+
+	/* rename + move into a subdirectory: recognised, not re-hashed */
+	char *sub = idd_path_join(repo, "sub", NULL);
+	assert_int_equal(mkdir(sub, 0755), 0);
+	char *from = idd_path_join(repo, "a.raw", NULL), *to = idd_path_join(sub, "moved.img", NULL);
+	assert_int_equal(rename(from, to), 0);
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 0);
+	assert_int_equal(st.renamed, 1);
+	assert_int_equal(st.removed, 0);
+	assert_int_equal(st.bytes_hashed, 0);
+	tu_fill_random(buf, sizeof buf, 1);
+	check_digests("sub/moved.img", buf, sizeof buf);
+
+	/* modified: re-read; removed: leaves the index */
+	tu_fill_random(buf, sizeof buf, 5);
+	free(tu_write(sub, "moved.img", buf, sizeof buf));
+	char *b = idd_path_join(repo, "b.raw", NULL);
+	assert_int_equal(unlink(b), 0);
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 1);
+	assert_int_equal(st.removed, 1);
+	assert_int_equal(st.images, 1);
+	check_digests("sub/moved.img", buf, sizeof buf);
+	/* the removed image's block list was garbage-collected */
+	char *cmd = idd_asprintf(NULL, "test $(ls %s/.imgdedup/blocks | wc -l) -eq 1", repo);
+	assert_int_equal(system(cmd), 0);
+	free(cmd);
+	free(b);
+	free(from);
+	free(to);
+	free(sub);
+}
+
+static void test_lock_no_wait(void **state)
+{
+	(void)state;
+	free(tu_write(repo, "a.raw", "x", 1));
+	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	idd_error err;
+	assert_int_equal(idd_mkdir_p(idx, &err), IDD_OK);
+	int fd;
+	assert_int_equal(idd_lock(idx, false, &fd, &err), IDD_OK);
+	idd_scan_opts o = {.repo = repo, .no_wait = true};
+	idd_scan_stats st;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_EBUSY);
+	assert_non_null(strstr(err.msg, "locked"));
+	idd_unlock(fd);
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	free(idx);
+}
+
+static void test_damaged_catalog_is_reported(void **state)
+{
+	(void)state;
+	free(tu_write(repo, "a.raw", "data", 4));
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	char *cat = idd_asprintf(NULL, "%s/%s/catalog", repo, IDD_INDEX_SUBDIR);
+	tu_flip_byte(cat, tu_file_size(cat) - 40);
+	assert_int_equal(scan(&st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "catalog"));
+	/* verify names the damaged file */
+	idd_verify_opts vo = {.repo = repo};
+	uint64_t problems;
+	assert_int_equal(idd_verify(&vo, &problems, &err), IDD_ERR);
+	assert_int_equal(problems, 1);
+	free(cat);
+}
+
+static void test_block_size_fixed_per_index(void **state)
+{
+	(void)state;
+	unsigned char buf[3000];
+	tu_fill_random(buf, sizeof buf, 4);
+	free(tu_write(repo, "a.raw", buf, sizeof buf));
+	idd_scan_opts o = {.repo = repo, .block_size = 1024};
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.blocks, 3);
+	o.block_size = 4096;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "1024"));
+	o.block_size = 0; /* the index's own */
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.blocks, 3);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_edge_case_images, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_incremental_rename_remove, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lock_no_wait, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damaged_catalog_is_reported, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_block_size_fixed_per_index, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("scan", tests, NULL, NULL);
+}
