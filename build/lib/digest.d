@@ -1,3 +1,0 @@
-build/lib/digest.o: lib/digest.c lib/internal.h lib/imgdedup.h
-lib/internal.h:
-lib/imgdedup.h:

@@ -1,3 +1,0 @@
-build/lib/error.o: lib/error.c lib/internal.h lib/imgdedup.h
-lib/internal.h:
-lib/imgdedup.h:
