@@ -23,6 +23,76 @@
 /* A long run saves its progress this often, so a kill loses little. */
 #define CHECKPOINT_NS ((int64_t)30 * 1000000000)
 
+/* Distinct-block counting on 64-bit digest prefixes: a quarter of the
+ * memory of full digests and far fewer cache misses.  Two distinct blocks
+ * share a prefix with probability n^2 / 2^65 (n = distinct blocks): under
+ * 0.0003 expected miscounts for 10^8 blocks, so the counts are exact in
+ * practice.  owner[] remembers the last image that added a key, so one
+ * pass yields both each image's distinct count and the repository's. */
+typedef struct prefix_set {
+	uint64_t *keys; /* 0 = empty slot */
+	uint32_t *owner;
+	size_t cap, count;
+} prefix_set;
+
+static int pset_grow(prefix_set *p, idd_error *err)
+{
+	size_t cap = p->cap ? p->cap * 2 : (size_t)1 << 16;
+	uint64_t *keys = idd_calloc(cap, sizeof *keys, err);
+	uint32_t *owner = keys ? idd_calloc(cap, sizeof *owner, err) : NULL;
+	if (!owner) {
+		free(keys);
+		return IDD_ERR;
+	}
+	for (size_t i = 0; i < p->cap; i++) {
+		if (!p->keys[i])
+			continue;
+		size_t j = (size_t)p->keys[i] & (cap - 1);
+		while (keys[j])
+			j = (j + 1) & (cap - 1);
+		keys[j] = p->keys[i];
+		owner[j] = p->owner[i];
+	}
+	free(p->keys);
+	free(p->owner);
+	p->keys = keys;
+	p->owner = owner;
+	p->cap = cap;
+	return IDD_OK;
+}
+
+/* Adds d for image `who`; *new_for_owner says whether `who` had not
+ * added it before.  Images are added one at a time, never interleaved. */
+static int pset_add(prefix_set *p, const idd_digest *d, uint32_t who, bool *new_for_owner,
+                    idd_error *err)
+{
+	if ((p->count + 1) * 10 > p->cap * 7 && pset_grow(p, err))
+		return IDD_ERR;
+	uint64_t k;
+	memcpy(&k, d->b, sizeof k);
+	k = k ? k : 1;
+	size_t j = (size_t)(k * 0x9E3779B97F4A7C15ull >> 7) & (p->cap - 1);
+	while (p->keys[j] && p->keys[j] != k)
+		j = (j + 1) & (p->cap - 1);
+	if (!p->keys[j]) {
+		p->keys[j] = k;
+		p->owner[j] = who;
+		p->count++;
+		*new_for_owner = true;
+	} else {
+		*new_for_owner = p->owner[j] != who;
+		p->owner[j] = who;
+	}
+	return IDD_OK;
+}
+
+static void pset_free(prefix_set *p)
+{
+	free(p->keys);
+	free(p->owner);
+	memset(p, 0, sizeof *p);
+}
+
 struct job {
 	idd_repo_entry e;
 	idd_image *img;
@@ -54,6 +124,8 @@ struct scan {
 	uint64_t total_bytes, done_bytes;
 	bool fatal;
 	idd_error fatal_err;
+	prefix_set unique;      /* distinct non-zero blocks of the images finished so far */
+	uint32_t next_owner;
 	/* checkpointing */
 	idd_catalog *old;
 	bool *old_dropped;      /* old entries replaced or moved */
@@ -166,23 +238,21 @@ static void job_finish(struct scan *s, struct job *j)
 	if (!j->failed) {
 		idd_image_info *im = &j->info;
 		memset(im, 0, sizeof *im);
-		uint64_t zero = 0;
-		idd_digest_set set;
-		if (idd_digest_set_init(&set, (size_t)IDD_MIN(j->nblocks, (uint64_t)1 << 20), false, &j->err)) {
+		/* block list first: an image that fails here is not counted */
+		if (idd_blocklist_save(s->index_dir, s->bs, j->digests, j->nblocks, &im->list_key, &j->err))
 			j->failed = true;
-		} else {
-			for (uint64_t b = 0; b < j->nblocks && !j->failed; b++) {
-				if (idd_digest_is_zero(&j->digests[b]))
-					zero++;
-				else if (idd_digest_set_add(&set, &j->digests[b], NULL, &j->err) == (size_t)-1)
-					j->failed = true;
-			}
-			im->distinct_blocks = set.count;
-			idd_digest_set_free(&set);
+		uint64_t zero = 0, distinct = 0;
+		uint32_t who = s->next_owner++;
+		for (uint64_t b = 0; b < j->nblocks && !j->failed; b++) {
+			bool fresh;
+			if (idd_digest_is_zero(&j->digests[b]))
+				zero++;
+			else if (pset_add(&s->unique, &j->digests[b], who, &fresh, &j->err))
+				j->failed = true;
+			else
+				distinct += fresh;
 		}
-		if (!j->failed && idd_blocklist_save(s->index_dir, s->bs, j->digests, j->nblocks,
-		                                     &im->list_key, &j->err))
-			j->failed = true;
+		im->distinct_blocks = distinct;
 		if (!j->failed) {
 			im->id = strdup(j->e.id);
 			im->file = strdup(j->e.id);
@@ -370,28 +440,26 @@ static int save_checkpoint(struct scan *s, idd_error *err)
 	return rc;
 }
 
-/* Distinct non-zero digests over every image of the catalog. */
-static int count_unique(const char *index_dir, idd_catalog *cat, uint64_t *unique, idd_error *err)
+/* Add the carried-over images to the distinct-block count (the images read
+ * this run were added as they finished). */
+static int count_unique(struct scan *s, const struct entries *kept, uint64_t *unique, idd_error *err)
 {
-	uint64_t expect = 0;
-	for (size_t i = 0; i < cat->count; i++)
-		expect += cat->images[i].distinct_blocks;
-	idd_digest_set set;
-	if (idd_digest_set_init(&set, (size_t)IDD_MIN(expect, (uint64_t)1 << 26), false, err))
-		return IDD_ERR;
-	int rc = IDD_OK;
-	for (size_t i = 0; i < cat->count && !rc; i++) {
+	for (size_t i = 0; i < kept->n; i++) {
 		idd_digest *d;
-		if ((rc = idd_blocklist_load(index_dir, &cat->images[i], &d, err)))
-			break;
-		for (uint64_t b = 0; b < cat->images[i].nblocks && !rc; b++)
-			if (!idd_digest_is_zero(&d[b]) && idd_digest_set_add(&set, &d[b], NULL, err) == (size_t)-1)
-				rc = IDD_ERR;
+		if (idd_blocklist_load(s->index_dir, &kept->v[i], &d, err))
+			return IDD_ERR;
+		uint32_t who = s->next_owner++;
+		for (uint64_t b = 0; b < kept->v[i].nblocks; b++) {
+			bool fresh;
+			if (!idd_digest_is_zero(&d[b]) && pset_add(&s->unique, &d[b], who, &fresh, err)) {
+				free(d);
+				return IDD_ERR;
+			}
+		}
 		free(d);
 	}
-	*unique = set.count;
-	idd_digest_set_free(&set);
-	return rc;
+	*unique = s->unique.count;
+	return IDD_OK;
 }
 
 /* Remove block lists no catalog entry names, and temporaries of killed
@@ -703,7 +771,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	} else {
 		cat.generation = (s.old ? s.old->generation : 0) + 1;
 		if (st->scanned || st->removed || !s.old)
-			rc = count_unique(index_dir, &cat, &cat.unique_blocks, err);
+			rc = count_unique(&s, &kept, &cat.unique_blocks, err);
 		else
 			cat.unique_blocks = s.old->unique_blocks, rc = IDD_OK;
 		if (!rc)
@@ -735,6 +803,7 @@ out:
 	free(s.jobs);
 	free(s.old_dropped);
 	free(file_state);
+	pset_free(&s.unique);
 	entries_free(&kept);
 	idd_catalog_free(s.old);
 	idd_repo_list_free(&files);
