@@ -113,6 +113,25 @@ if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
   runuser -u nobody -- "$IMGDEDUP" info "$U" ok.img >/dev/null || fail "readable image indexed"
 fi
 
+# an image modified while it is read is reported, never indexed half-old
+head -c $((256 << 20)) /dev/urandom > "$R/busy.raw"
+( while [ ! -e "$WORK/stop" ]; do
+    printf 'w' | dd of="$R/busy.raw" bs=1 seek=$((RANDOM * 4096)) conv=notrunc 2>/dev/null
+  done ) & writer=$!
+sleep 0.2
+set +e
+"$IMGDEDUP" scan -q --jobs 1 "$R" 2>"$WORK/err"; rc=$?
+set -e
+touch "$WORK/stop"; wait $writer
+check "modified while read: exit 1" [ $rc = 1 ]
+grep -q "busy.raw: modified while being read" "$WORK/err" || fail "message: $(cat "$WORK/err")"
+if "$IMGDEDUP" info "$R" busy.raw >/dev/null 2>&1; then fail "a changing image was indexed"; fi
+"$IMGDEDUP" scan -q "$R" || fail "once quiet, the image is indexed"
+"$IMGDEDUP" info --blocks "$R" busy.raw > "$WORK/got"
+python3 "$TESTS_DIR/blockhash.py" "$R/busy.raw" > "$WORK/want"
+check "then its digests are right" cmp -s "$WORK/got" "$WORK/want"
+rm "$R/busy.raw"
+
 # a damaged index file: verify names it and exits 1
 blk=$(ls "$R/.imgdedup/blocks" | head -n 1)
 printf 'X' | dd of="$R/.imgdedup/blocks/$blk" bs=1 seek=40 conv=notrunc 2>/dev/null
