@@ -35,6 +35,11 @@ typedef struct prefix_set {
 	size_t cap, count;
 } prefix_set;
 
+static inline size_t pset_slot(uint64_t key, size_t cap)
+{
+	return (size_t)(key * 0x9E3779B97F4A7C15ull >> 7) & (cap - 1);
+}
+
 static int pset_grow(prefix_set *p, idd_error *err)
 {
 	size_t cap = p->cap ? p->cap * 2 : (size_t)1 << 16;
@@ -47,7 +52,7 @@ static int pset_grow(prefix_set *p, idd_error *err)
 	for (size_t i = 0; i < p->cap; i++) {
 		if (!p->keys[i])
 			continue;
-		size_t j = (size_t)p->keys[i] & (cap - 1);
+		size_t j = pset_slot(p->keys[i], cap);
 		while (keys[j])
 			j = (j + 1) & (cap - 1);
 		keys[j] = p->keys[i];
@@ -71,7 +76,7 @@ static int pset_add(prefix_set *p, const idd_digest *d, uint32_t who, bool *new_
 	uint64_t k;
 	memcpy(&k, d->b, sizeof k);
 	k = k ? k : 1;
-	size_t j = (size_t)(k * 0x9E3779B97F4A7C15ull >> 7) & (p->cap - 1);
+	size_t j = pset_slot(k, p->cap);
 	while (p->keys[j] && p->keys[j] != k)
 		j = (j + 1) & (p->cap - 1);
 	if (!p->keys[j]) {

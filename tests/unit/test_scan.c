@@ -224,6 +224,29 @@ static void test_block_size_fixed_per_index(void **state)
 	assert_int_equal(st.blocks, 3);
 }
 
+/* Enough distinct blocks to make the counting set grow several times:
+ * counts must survive rehashing. */
+static void test_many_distinct_blocks(void **state)
+{
+	(void)state;
+	const size_t nb = 150000, bs = 512;
+	unsigned char *buf = malloc(nb * bs);
+	tu_fill_random(buf, nb * bs, 77);
+	memcpy(buf + 10 * bs, buf, bs); /* one internal duplicate */
+	free(tu_write(repo, "a.raw", buf, nb * bs));
+	free(tu_write(repo, "b.raw", buf, nb * bs / 2)); /* half of a again */
+	idd_scan_opts o = {.repo = repo, .block_size = 512, .jobs = 2};
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.unique_blocks, nb - 1);
+	idd_catalog *cat = load();
+	assert_int_equal(idd_catalog_find(cat, "a.raw")->distinct_blocks, nb - 1);
+	assert_int_equal(idd_catalog_find(cat, "b.raw")->distinct_blocks, nb / 2 - 1);
+	idd_catalog_free(cat);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -232,6 +255,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lock_no_wait, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_damaged_catalog_is_reported, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_block_size_fixed_per_index, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_distinct_blocks, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("scan", tests, NULL, NULL);
 }
