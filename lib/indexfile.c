@@ -134,7 +134,9 @@ int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
 		zbuf = idd_malloc(bound, err);
 		if (!zbuf)
 			return IDD_ERR;
-		size_t z = ZSTD_compress(zbuf, bound, payload, len, 3);
+		/* level 1: payloads are mostly SHA-256 digests, which no level compresses;
+		 * the zero runs and repeated strings compress as well at level 1 */
+		size_t z = ZSTD_compress(zbuf, bound, payload, len, 1);
 		if (ZSTD_isError(z)) {
 			free(zbuf);
 			return idd_fail(err, "%s: zstd: %s", path, ZSTD_getErrorName(z));
