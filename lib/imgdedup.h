@@ -159,7 +159,7 @@ typedef struct idd_similarity {
 } idd_similarity;
 
 /* Compute (or reuse the cached) similarity of every image in the index. */
-int idd_similarity(const idd_similarity_opts *opts, idd_similarity **out, idd_error *err);
+int idd_similarity_compute(const idd_similarity_opts *opts, idd_similarity **out, idd_error *err);
 void idd_similarity_free(idd_similarity *s);
 /* jaccard(a, b) or containment(row a, column b); the diagonal is 1. */
 double idd_similarity_value(const idd_similarity *s, idd_metric m, size_t a, size_t b);
@@ -221,8 +221,80 @@ int idd_image_top_similar(const char *index_dir, const char *id, size_t k, idd_s
                           size_t *n, idd_error *err);
 void idd_similar_free(idd_similar *v, size_t n);
 
+/* An SVG heatmap of the matrix in the given order (labels, colour scale,
+ * values in cells when there is room).  Returns a malloc'd NUL-terminated
+ * document; *len its length. */
+char *idd_similarity_svg(const idd_similarity *s, idd_metric m, const size_t *order, size_t *len,
+                         idd_error *err);
+
 
 /* ---- deploy and cache (issue 4) ---- */
+
+typedef struct idd_deploy_stats {
+	uint64_t bytes_total;      /* the image's size */
+	uint64_t bytes_zero;       /* zero blocks: holes in OUT */
+	uint64_t bytes_from_cache; /* written from local data: cache, seeds, OUT itself (resume, repeats) */
+	uint64_t bytes_fetched;    /* block payload pulled from SOURCE (stored bytes: compressed if so) */
+	uint64_t requests;         /* fetch requests to SOURCE, index files and retries included */
+	uint64_t bytes_index;      /* index bytes read from SOURCE (catalog, map) */
+	uint64_t bytes_resumed;    /* part of bytes_from_cache: found valid in an interrupted OUT */
+	uint64_t bytes_seed;       /* part of bytes_from_cache: read from --seed images */
+	uint64_t bytes_reflinked;  /* part of bytes_from_cache: cloned, not copied */
+	uint64_t cache_damaged;    /* cache blocks that failed verification (refetched) */
+	uint64_t retries;
+	uint64_t bytes_done;       /* progress: bytes of the image settled so far */
+	char out_path[4096];
+} idd_deploy_stats;
+
+typedef void (*idd_deploy_progress_fn)(void *ctx, const idd_deploy_stats *st);
+
+typedef struct idd_deploy_opts {
+	const char *source;    /* repository: a directory or an http(s):// URL */
+	const char *index;     /* its index (dir or URL); NULL: SOURCE/.imgdedup */
+	const char *cache_dir; /* the node cache */
+	const char *image;     /* image id, relative to SOURCE */
+	const char *out;       /* NULL: inside the cache dir (images/ID) */
+	const char *const *seeds; /* read-only local raw images used as further sources */
+	size_t n_seeds;
+	int connections;       /* HTTP requests in flight; 0: 4 */
+	bool force;            /* replace an existing OUT */
+	idd_deploy_progress_fn progress;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_deploy_opts;
+
+/* Materialise IMAGE as a raw file.  On failure OUT is untouched (an
+ * interrupted run leaves OUT.part, which the next run verifies and reuses;
+ * a block failing its digest from the source removes it). */
+int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err);
+
+typedef struct idd_cache_image {
+	char *path;         /* absolute */
+	bool owned;         /* inside the cache dir (gc deletes it) or registered from elsewhere */
+	bool present;       /* the file still exists */
+	uint32_t block_size;
+	uint64_t size;      /* image size */
+	uint64_t disk_bytes;/* allocated on disk now */
+	uint64_t blocks;    /* distinct non-zero blocks indexed */
+	int64_t last_used;  /* unix ns */
+} idd_cache_image;
+
+/* The cache's images, least recently used first.  A damaged index lists as
+ * empty with a warning. */
+int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_fn warn, void *ctx,
+                   idd_error *err);
+void idd_cache_list_free(idd_cache_image *v, size_t n);
+
+typedef struct idd_cache_gc_stats {
+	uint64_t images_before, images_removed;
+	uint64_t bytes_before, bytes_after; /* allocated bytes of the cache's images */
+} idd_cache_gc_stats;
+
+/* Drop least recently used images until the images take at most max_size
+ * bytes on disk; vanished images leave the index too.  Owned files are
+ * deleted, images registered from elsewhere are only forgotten. */
+int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
+                 void *ctx, idd_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,558 @@
+/* cache.c - the node cache: the images deployed on this node, and an index
+ * file from each distinct block digest to one place it can be read from.
+ * Everything read from the cache is verified; damage costs a refetch. */
+#include "cache.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char CACHE_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'I', 'X', 0};
+#define CACHE_VERSION 1
+#define MAX_PATH_LEN 4096
+#define MAX_ENTRIES (1u << 20)
+
+static void warnf(idd_cache *c, const char *fmt, ...) IDD_PRINTF(2, 3);
+static void warnf(idd_cache *c, const char *fmt, ...)
+{
+	if (!c->warn)
+		return;
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	c->warn(c->ctx, msg);
+}
+
+static void entry_free(idd_cache_entry *e)
+{
+	free(e->path);
+	free(e->abs);
+	free(e->digests);
+	free(e->blocks);
+	if (e->fd >= 0)
+		close(e->fd);
+	memset(e, 0, sizeof *e);
+	e->fd = -1;
+}
+
+static void entries_clear(idd_cache *c)
+{
+	for (size_t i = 0; i < c->count; i++)
+		entry_free(&c->e[i]);
+	free(c->e);
+	c->e = NULL;
+	c->count = 0;
+}
+
+void idd_cache_close(idd_cache *c)
+{
+	if (!c)
+		return;
+	entries_clear(c);
+	idd_digest_set_free(&c->lookup);
+	free(c->dir);
+	free(c);
+}
+
+static char *entry_abs(const char *dir, const char *path, bool owned, idd_error *err)
+{
+	return owned ? idd_path_join(dir, path, err) : idd_strdup(path, err);
+}
+
+int idd_cache_index_parse(const char *name, const void *payload, size_t len, idd_cache *c,
+                          idd_error *err)
+{
+	idd_reader r;
+	idd_reader_init(&r, payload, len);
+	uint32_t count;
+	if (!idd_get_u32(&r, &count) || count > MAX_ENTRIES || count > idd_reader_left(&r) / 30)
+		return idd_fail(err, "%s: corrupt cache index (entry count)", name);
+	c->e = idd_calloc(count ? count : 1, sizeof *c->e, err);
+	if (!c->e)
+		return IDD_ERR;
+	for (uint32_t i = 0; i < count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		e->fd = -1;
+		c->count = i + 1;
+		uint8_t owned;
+		uint64_t used, n;
+		if (!idd_get_str(&r, &e->path, MAX_PATH_LEN) || !idd_get_u8(&r, &owned) ||
+		    !idd_get_u32(&r, &e->block_size) || !idd_get_u64(&r, &e->size) ||
+		    !idd_get_u64(&r, &used) || !idd_get_u64(&r, &n))
+			goto corrupt;
+		e->owned = owned != 0;
+		e->last_used = (int64_t)used;
+		if (!e->path[0] || owned > 1 || (e->owned && e->path[0] == '/') ||
+		    (!e->owned && e->path[0] != '/') || !idd_is_power_of_two(e->block_size) ||
+		    e->block_size < IDD_MIN_BLOCK_SIZE || e->block_size > IDD_MAX_BLOCK_SIZE)
+			goto corrupt;
+		/* an owned path must stay inside the cache dir */
+		if (e->owned && (strstr(e->path, "..") || strncmp(e->path, IDD_CACHE_IMAGES "/", 7)))
+			goto corrupt;
+		uint64_t nblocks = e->size / e->block_size + (e->size % e->block_size != 0);
+		if (n > nblocks || n > idd_reader_left(&r) / (IDD_DIGEST_SIZE + 1))
+			goto corrupt;
+		e->n = n;
+		e->digests = idd_calloc(n ? n : 1, sizeof *e->digests, err);
+		e->blocks = idd_calloc(n ? n : 1, sizeof *e->blocks, err);
+		e->abs = entry_abs(c->dir ? c->dir : "", e->path, e->owned, err);
+		if (!e->digests || !e->blocks || !e->abs)
+			return IDD_ERR;
+		uint64_t blk = 0;
+		for (uint64_t k = 0; k < n; k++) {
+			uint64_t delta;
+			if (!idd_get_varint(&r, &delta) || !idd_add_ok(blk, delta, &blk) ||
+			    blk >= nblocks || (k && delta == 0) ||
+			    !idd_get_bytes(&r, e->digests[k].b, IDD_DIGEST_SIZE) ||
+			    idd_digest_is_zero(&e->digests[k]))
+				goto corrupt;
+			e->blocks[k] = blk;
+		}
+	}
+	if (idd_reader_left(&r))
+		goto corrupt;
+	return IDD_OK;
+corrupt:
+	return idd_fail(err, "%s: corrupt cache index (inconsistent contents)", name);
+}
+
+static int index_encode(const idd_cache *c, idd_buf *b)
+{
+	idd_buf_put_u32(b, (uint32_t)c->count);
+	for (size_t i = 0; i < c->count; i++) {
+		const idd_cache_entry *e = &c->e[i];
+		idd_buf_put_str(b, e->path);
+		idd_buf_put_u8(b, e->owned);
+		idd_buf_put_u32(b, e->block_size);
+		idd_buf_put_u64(b, e->size);
+		idd_buf_put_u64(b, (uint64_t)e->last_used);
+		idd_buf_put_u64(b, e->n);
+		uint64_t prev = 0;
+		for (uint64_t k = 0; k < e->n; k++) {
+			idd_buf_put_varint(b, e->blocks[k] - prev);
+			prev = e->blocks[k];
+			idd_buf_put(b, e->digests[k].b, IDD_DIGEST_SIZE);
+		}
+	}
+	return b->failed ? IDD_ERR : IDD_OK;
+}
+
+/* Load the index into c (entries replaced).  Damage: warn, start empty. */
+static int load_index(idd_cache *c, idd_error *err)
+{
+	entries_clear(c);
+	char *path = idd_path_join(c->dir, IDD_CACHE_INDEX, err);
+	if (!path)
+		return IDD_ERR;
+	void *payload = NULL;
+	size_t len = 0;
+	idd_error e2;
+	int rc = idd_indexfile_read(path, CACHE_MAGIC, CACHE_VERSION, &payload, &len, NULL, &e2);
+	if (rc == IDD_OK)
+		rc = idd_cache_index_parse(path, payload, len, c, &e2);
+	free(payload);
+	free(path);
+	if (rc == IDD_ENOENT) {
+		entries_clear(c);
+		return IDD_OK;
+	}
+	if (rc) {
+		entries_clear(c);
+		warnf(c, "warning: %s; the cache starts over (blocks it knew will be fetched)", e2.msg);
+	}
+	return IDD_OK;
+}
+
+static int save_index(idd_cache *c, idd_error *err)
+{
+	idd_buf b = {0};
+	if (index_encode(c, &b)) {
+		idd_buf_free(&b);
+		return idd_fail(err, "out of memory");
+	}
+	char *path = idd_path_join(c->dir, IDD_CACHE_INDEX, err);
+	int rc = path ? idd_indexfile_write(path, CACHE_MAGIC, CACHE_VERSION, b.data, b.len, true, err)
+	              : IDD_ERR;
+	free(path);
+	idd_buf_free(&b);
+	return rc;
+}
+
+static int open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, int *lockfd,
+                       idd_error *err)
+{
+	if (idd_mkdir_p(dir, err))
+		return IDD_ERR;
+	idd_cache *c = idd_calloc(1, sizeof *c, err);
+	if (!c)
+		return IDD_ERR;
+	c->dir = realpath(dir, NULL);
+	c->warn = warn;
+	c->ctx = ctx;
+	if (!c->dir) {
+		idd_cache_close(c);
+		return idd_fail_errno(err, dir, "cannot open cache directory");
+	}
+	if (idd_lock(c->dir, false, lockfd, err) || load_index(c, err)) {
+		if (*lockfd >= 0)
+			idd_unlock(*lockfd);
+		*lockfd = -1;
+		idd_cache_close(c);
+		return IDD_ERR;
+	}
+	*out = c;
+	return IDD_OK;
+}
+
+int idd_cache_open(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, idd_error *err)
+{
+	int lockfd = -1;
+	if (open_locked(dir, warn, ctx, out, &lockfd, err))
+		return IDD_ERR;
+	idd_unlock(lockfd);
+	return IDD_OK;
+}
+
+int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
+{
+	size_t total = 0;
+	for (size_t i = 0; i < c->count; i++)
+		if (c->e[i].block_size == bs)
+			total += (size_t)c->e[i].n;
+	idd_digest_set_free(&c->lookup);
+	c->have_lookup = false;
+	if (idd_digest_set_init(&c->lookup, total + 16, true, err))
+		return IDD_ERR;
+	c->have_lookup = true;
+	c->lookup_bs = bs;
+	for (size_t i = 0; i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		if (e->block_size != bs)
+			continue;
+		if (e->fd < 0) {
+			e->fd = open(e->abs, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+			if (e->fd < 0) {
+				warnf(c, "warning: cache: %s: %s; not used", e->abs, strerror(errno));
+				continue;
+			}
+		}
+		for (uint64_t k = 0; k < e->n; k++) {
+			bool added;
+			size_t slot = idd_digest_set_add(&c->lookup, &e->digests[k], &added, err);
+			if (slot == (size_t)-1)
+				return IDD_ERR;
+			if (added)
+				c->lookup.aux[slot] = (uint64_t)i << 40 | e->blocks[k];
+		}
+	}
+	return IDD_OK;
+}
+
+bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
+{
+	if (!c || !c->have_lookup || idd_digest_is_zero(d))
+		return false;
+	size_t slot = idd_digest_set_find(&c->lookup, d);
+	if (slot == (size_t)-1)
+		return false;
+	uint64_t v = c->lookup.aux[slot];
+	size_t ei = (size_t)(v >> 40);
+	if (ei >= c->count || c->e[ei].damaged || c->e[ei].fd < 0)
+		return false;
+	*entry = ei;
+	*block = v & (((uint64_t)1 << 40) - 1);
+	return true;
+}
+
+bool idd_cache_read_verified(idd_cache *c, idd_hasher *h, size_t entry, uint64_t block,
+                             const idd_digest *d, void *buf)
+{
+	idd_cache_entry *e = &c->e[entry];
+	uint32_t bs = e->block_size;
+	uint64_t off = block * bs;
+	size_t want = (size_t)IDD_MIN((uint64_t)bs, e->size - off);
+	memset((unsigned char *)buf + want, 0, bs - want);
+	size_t got = 0;
+	while (got < want) {
+		ssize_t r = pread(e->fd, (unsigned char *)buf + got, want - got, (off_t)(off + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	idd_digest actual;
+	idd_error e2;
+	if (got == want && idd_hasher_digest(h, buf, bs, &actual, &e2) == IDD_OK &&
+	    !memcmp(actual.b, d->b, IDD_DIGEST_SIZE)) {
+		e->used = true;
+		return true;
+	}
+	e->damaged = true;
+	warnf(c, "warning: cache: %s: block at offset %llu does not match the cache index "
+	      "(file changed or damaged); this image is not used, its blocks are fetched",
+	      e->abs, (unsigned long long)off);
+	return false;
+}
+
+char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
+{
+	/* ids are relative paths; flatten them so images/ stays one level */
+	idd_buf b = {0};
+	const char *pfx = IDD_CACHE_IMAGES "/";
+	idd_buf_put(&b, pfx, strlen(pfx));
+	for (const char *p = id; *p; p++) {
+		if (*p == '/')
+			idd_buf_put(&b, "__", 2);
+		else
+			idd_buf_put_u8(&b, (uint8_t)*p);
+	}
+	size_t n = strlen(id);
+	bool rawname = (n > 4 && (!strcmp(id + n - 4, ".raw") || !strcmp(id + n - 4, ".img")));
+	if (!rawname)
+		idd_buf_put(&b, ".raw", 4);
+	idd_buf_put_u8(&b, 0);
+	if (b.failed) {
+		idd_buf_free(&b);
+		idd_fail(err, "out of memory");
+		return NULL;
+	}
+	char *full = idd_path_join(dir, (char *)b.data, err);
+	idd_buf_free(&b);
+	return full;
+}
+
+int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
+{
+	/* Remember which entries were used before reloading the index. */
+	size_t nused = 0;
+	char **used = idd_calloc(c->count ? c->count : 1, sizeof *used, err);
+	if (!used)
+		return IDD_ERR;
+	for (size_t i = 0; i < c->count; i++)
+		if (c->e[i].used && !c->e[i].damaged)
+			used[nused++] = c->e[i].abs; /* kept alive below: entries moved aside */
+	idd_cache_entry *old_e = c->e;
+	size_t old_count = c->count;
+	c->e = NULL;
+	c->count = 0;
+	int lockfd = -1;
+	int rc = idd_lock(c->dir, false, &lockfd, err);
+	if (!rc)
+		rc = load_index(c, err);
+	int64_t now = idd_now_ns();
+	if (!rc) {
+		for (size_t i = 0; i < c->count; i++)
+			for (size_t k = 0; k < nused; k++)
+				if (!strcmp(c->e[i].abs, used[k]))
+					c->e[i].last_used = now;
+		/* drop the entries this path replaces */
+		size_t w = 0;
+		for (size_t i = 0; i < c->count; i++) {
+			if (!strcmp(c->e[i].abs, path))
+				entry_free(&c->e[i]);
+			else
+				c->e[w++] = c->e[i];
+		}
+		c->count = w;
+		idd_cache_entry *ne = idd_realloc_array(c->e, c->count + 1, sizeof *c->e, err);
+		if (!ne)
+			rc = IDD_ERR;
+		else
+			c->e = ne;
+	}
+	if (!rc) {
+		idd_cache_entry *e = &c->e[c->count];
+		memset(e, 0, sizeof *e);
+		e->fd = -1;
+		size_t dl = strlen(c->dir);
+		e->owned = !strncmp(path, c->dir, dl) && path[dl] == '/' &&
+		           !strncmp(path + dl + 1, IDD_CACHE_IMAGES "/", 7);
+		e->path = idd_strdup(e->owned ? path + dl + 1 : path, err);
+		e->abs = idd_strdup(path, err);
+		e->block_size = m->block_size;
+		e->size = m->image_size;
+		e->last_used = now;
+		e->n = m->ndistinct;
+		e->digests = idd_calloc(m->ndistinct ? m->ndistinct : 1, sizeof *e->digests, err);
+		e->blocks = idd_calloc(m->ndistinct ? m->ndistinct : 1, sizeof *e->blocks, err);
+		c->count++;
+		if (!e->path || !e->abs || !e->digests || !e->blocks) {
+			rc = IDD_ERR;
+		} else {
+			/* digests are numbered in order of first occurrence */
+			uint64_t seen = 0;
+			for (uint64_t b = 0; b < m->nblocks && seen < m->ndistinct; b++) {
+				uint32_t ref = m->refs[b];
+				if (ref == seen + 1) {
+					e->digests[seen] = m->digests[ref - 1];
+					e->blocks[seen] = b;
+					seen++;
+				}
+			}
+			if (seen != m->ndistinct)
+				rc = idd_fail(err, "%s: map digests are not in order of first occurrence", path);
+		}
+	}
+	if (!rc)
+		rc = save_index(c, err);
+	idd_unlock(lockfd);
+	/* keep this run's open descriptors: swap back the entries we read from */
+	for (size_t i = 0; i < c->count; i++)
+		entry_free(&c->e[i]);
+	free(c->e);
+	c->e = old_e;
+	c->count = old_count;
+	free(used);
+	return rc;
+}
+
+/* ---- listing and garbage collection ---- */
+
+static uint64_t disk_bytes(const char *path, bool *present)
+{
+	struct stat st;
+	if (stat(path, &st)) {
+		*present = false;
+		return 0;
+	}
+	*present = true;
+	return (uint64_t)st.st_blocks * 512;
+}
+
+static int cmp_lru(const void *a, const void *b)
+{
+	const idd_cache_image *x = a, *y = b;
+	return x->last_used < y->last_used ? -1 : x->last_used > y->last_used;
+}
+
+int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_fn warn, void *ctx,
+                   idd_error *err)
+{
+	struct stat st;
+	if (stat(dir, &st) || !S_ISDIR(st.st_mode))
+		return idd_fail_errno(err, dir, "not a cache directory");
+	idd_cache *c;
+	if (idd_cache_open(dir, warn, ctx, &c, err))
+		return IDD_ERR;
+	idd_cache_image *v = idd_calloc(c->count ? c->count : 1, sizeof *v, err);
+	if (!v) {
+		idd_cache_close(c);
+		return IDD_ERR;
+	}
+	for (size_t i = 0; i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		v[i].path = e->abs;
+		e->abs = NULL;
+		v[i].owned = e->owned;
+		v[i].block_size = e->block_size;
+		v[i].size = e->size;
+		v[i].blocks = e->n;
+		v[i].last_used = e->last_used;
+		v[i].disk_bytes = disk_bytes(v[i].path, &v[i].present);
+	}
+	*n = c->count;
+	qsort(v, *n, sizeof *v, cmp_lru);
+	*out = v;
+	idd_cache_close(c);
+	return IDD_OK;
+}
+
+void idd_cache_list_free(idd_cache_image *v, size_t n)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(v[i].path);
+	free(v);
+}
+
+int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
+                 void *ctx, idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	struct stat sb;
+	if (stat(dir, &sb) || !S_ISDIR(sb.st_mode))
+		return idd_fail_errno(err, dir, "not a cache directory");
+	idd_cache *c;
+	int lockfd = -1;
+	if (open_locked(dir, warn, ctx, &c, &lockfd, err))
+		return IDD_ERR;
+	st->images_before = c->count;
+	/* LRU order; vanished files go first */
+	uint64_t total = 0;
+	uint64_t *sizes = idd_calloc(c->count ? c->count : 1, sizeof *sizes, err);
+	bool *present = idd_calloc(c->count ? c->count : 1, sizeof *present, err);
+	size_t *order = idd_calloc(c->count ? c->count : 1, sizeof *order, err);
+	int rc = (!sizes || !present || !order) ? IDD_ERR : IDD_OK;
+	for (size_t i = 0; !rc && i < c->count; i++) {
+		sizes[i] = disk_bytes(c->e[i].abs, &present[i]);
+		total += sizes[i];
+		order[i] = i;
+	}
+	st->bytes_before = total;
+	/* insertion sort by last_used: cache indexes hold few images */
+	for (size_t i = 1; !rc && i < c->count; i++) {
+		size_t k = order[i], j = i;
+		while (j > 0 && c->e[order[j - 1]].last_used > c->e[k].last_used) {
+			order[j] = order[j - 1];
+			j--;
+		}
+		order[j] = k;
+	}
+	bool *drop = rc ? NULL : idd_calloc(c->count ? c->count : 1, sizeof *drop, err);
+	if (!drop)
+		rc = IDD_ERR;
+	for (size_t i = 0; !rc && i < c->count; i++)
+		if (!present[i])
+			drop[i] = true;
+	for (size_t j = 0; !rc && j < c->count && total > max_size; j++) {
+		size_t i = order[j];
+		if (drop[i])
+			continue;
+		drop[i] = true;
+		total -= sizes[i];
+	}
+	/* Write the index first: a crash then leaves unreferenced files (space),
+	 * never an index naming deleted files. */
+	char **victims = rc ? NULL : idd_calloc(c->count ? c->count : 1, sizeof *victims, err);
+	size_t nv = 0;
+	if (!rc && !victims)
+		rc = IDD_ERR;
+	if (!rc) {
+		size_t w = 0;
+		for (size_t i = 0; i < c->count; i++) {
+			if (drop[i]) {
+				if (c->e[i].owned && present[i]) {
+					victims[nv++] = c->e[i].abs;
+					c->e[i].abs = NULL;
+				}
+				entry_free(&c->e[i]);
+				st->images_removed++;
+			} else {
+				c->e[w++] = c->e[i];
+			}
+		}
+		c->count = w;
+		rc = save_index(c, err);
+	}
+	for (size_t k = 0; k < nv; k++) {
+		if (!rc && unlink(victims[k]) && errno != ENOENT)
+			warnf(c, "warning: cache: cannot remove %s: %s", victims[k], strerror(errno));
+		free(victims[k]);
+	}
+	st->bytes_after = total;
+	free(victims);
+	free(drop);
+	free(sizes);
+	free(present);
+	free(order);
+	idd_unlock(lockfd);
+	idd_cache_close(c);
+	return rc;
+}

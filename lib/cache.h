@@ -1,0 +1,63 @@
+/* cache.h - the node cache: images deployed before, and an index from block
+ * digest to (image file, offset).  Internal; layout in docs/deploy.md. */
+#ifndef IDD_CACHE_H
+#define IDD_CACHE_H
+
+#include "internal.h"
+#include "map.h"
+
+#define IDD_CACHE_INDEX "index"
+#define IDD_CACHE_IMAGES "images"
+
+typedef struct idd_cache_entry {
+	char *path;          /* as stored: relative to the cache dir when owned, else absolute */
+	char *abs;           /* absolute path */
+	bool owned;          /* the file lives in the cache dir: gc deletes it */
+	uint32_t block_size;
+	uint64_t size;       /* image size when registered */
+	int64_t last_used;   /* unix ns */
+	uint64_t n;          /* distinct non-zero blocks listed */
+	idd_digest *digests; /* n digests ... */
+	uint64_t *blocks;    /* ... and the block index of each one's first occurrence */
+	int fd;              /* open for reading, -1 when not (yet) usable */
+	bool used;           /* a block was read from it this run */
+	bool damaged;        /* a block failed verification: not used again this run */
+} idd_cache_entry;
+
+typedef struct idd_cache {
+	char *dir;
+	size_t count;
+	idd_cache_entry *e;
+	idd_digest_set lookup; /* aux: entry << 40 | block */
+	bool have_lookup;
+	uint32_t lookup_bs;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_cache;
+
+/* Open (creating) the cache dir and read its index.  A damaged index is
+ * reported through warn and the cache starts empty: never an error. */
+int idd_cache_open(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, idd_error *err);
+void idd_cache_close(idd_cache *c);
+/* Open the entries of block size bs and index their digests.  Entries that
+ * cannot be opened are skipped with a warning. */
+int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err);
+/* Exact lookup: entry index and block index, false when absent. */
+bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block);
+/* Read block `block` of entry into buf (bs bytes, the tail zero-padded) and
+ * check it against d.  A short read or a mismatch marks the entry damaged,
+ * warns, and returns false: the caller fetches instead. */
+bool idd_cache_read_verified(idd_cache *c, idd_hasher *h, size_t entry, uint64_t block,
+                             const idd_digest *d, void *buf);
+/* Register an image (path absolute) with its map; entries using the same path
+ * are replaced; entries used this run get last_used = now.  Re-reads the
+ * index under the lock so concurrent deploys do not lose each other's work. */
+int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
+/* Where deploy writes IMAGE when no -o is given (inside the cache dir). */
+char *idd_cache_default_out(const char *dir, const char *id, idd_error *err);
+
+/* Index (de)serialisation, exposed for tests. */
+int idd_cache_index_parse(const char *name, const void *payload, size_t len, idd_cache *c,
+                          idd_error *err);
+
+#endif

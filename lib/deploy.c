@@ -1,0 +1,1225 @@
+/* deploy.c - materialise an image from its block map: zero blocks become
+ * holes, blocks the node already holds (cache, seeds, an interrupted OUT,
+ * repeats inside OUT) are copied locally, and each distinct missing block is
+ * fetched once from the repository, in its original format, by range.
+ * Every block is verified against its digest before it is written.  How it
+ * works and why: docs/deploy.md. */
+#include "cache.h"
+#include "fetch.h"
+#include "map.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The catalog's container format (catalog.c owns the writer). */
+static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
+#define CATALOG_MAX_VERSION 1
+#define MAX_INDEX_FILE ((size_t)1 << 32)
+/* Fetch windows: bounded memory, yet large enough to coalesce well. */
+#define WINDOW_BYTES ((uint64_t)16 << 20)
+#define WINDOW_BLOCKS 16384
+/* Local copies are done in runs of up to this many bytes. */
+#define RUN_BYTES ((size_t)1 << 20)
+#define MAX_COMPRESSED_UNIT ((uint64_t)64 << 20)
+
+enum src_state { ST_NONE, ST_HAVE, ST_CACHE, ST_SEED, ST_FETCH };
+
+struct seed {
+	char *path;
+	int fd;
+	uint64_t size;
+};
+
+/* Where the stored bytes of the image come from. */
+struct remote_image {
+	idd_file *file;        /* the file in SOURCE holding the image (root of ranges) */
+	uint64_t base;         /* member offset inside an uncompressed archive */
+	idd_image *img;        /* NULL: raw, virtual offset == stored offset */
+	idd_file **backing;    /* backing files opened for img (their offsets are their own) */
+	size_t nbacking;
+	idd_source *src;
+	const char *img_dir;   /* directory of the image, relative to SOURCE ("" at the top) */
+	int tmp_fd;            /* compressed archives: the member extracted here */
+};
+
+struct deploy {
+	const idd_deploy_opts *o;
+	idd_deploy_stats *st;
+	idd_error *err;
+	idd_source *src, *isrc;
+	char *index_prefix;    /* "" or ".imgdedup/" */
+	idd_catalog *cat;
+	const idd_image_info *info;
+	idd_map *m;
+	idd_cache *cache;
+	struct seed *seeds;
+	size_t nseeds;
+	idd_digest_set seed_set; /* digest -> seed << 40 | block */
+	bool have_seed_set;
+	idd_hasher *h;
+	char *out, *part;
+	int fd;
+	bool reflink_ok;
+	uint32_t bs;
+	/* per block / per digest (index k = ref, 1..ndistinct) */
+	unsigned char *valid;  /* block already right in OUT.part */
+	unsigned char *state;
+	uint64_t *loc;         /* ST_CACHE: entry << 40 | block; ST_SEED: seed << 40 | block */
+	uint64_t *pos;         /* block of OUT holding digest k, UINT64_MAX: none yet */
+	struct remote_image ri;
+	bool ri_open;
+	uint64_t *fetch_list;  /* blocks to fetch, in order */
+	size_t nfetch;
+};
+
+static void dwarn(struct deploy *d, const char *fmt, ...) IDD_PRINTF(2, 3);
+static void dwarn(struct deploy *d, const char *fmt, ...)
+{
+	if (!d->o->warn)
+		return;
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	d->o->warn(d->o->ctx, msg);
+}
+
+static void progress(struct deploy *d)
+{
+	if (d->o->progress) {
+		idd_fetch_stats fs;
+		idd_source_stats(d->src, &fs);
+		d->st->requests = fs.requests;
+		if (d->isrc != d->src) {
+			idd_fetch_stats is;
+			idd_source_stats(d->isrc, &is);
+			d->st->requests += is.requests;
+		}
+		d->o->progress(d->o->ctx, d->st);
+	}
+}
+
+static uint64_t block_len(const struct deploy *d, uint64_t b)
+{
+	uint64_t off = b * d->bs;
+	return IDD_MIN((uint64_t)d->bs, d->m->image_size - off);
+}
+
+static int write_all_at(struct deploy *d, const void *buf, size_t len, uint64_t off)
+{
+	const unsigned char *p = buf;
+	while (len) {
+		ssize_t w = pwrite(d->fd, p, len, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return idd_fail_errno(d->err, d->part, "write");
+		p += w;
+		off += (uint64_t)w;
+		len -= (size_t)w;
+	}
+	return IDD_OK;
+}
+
+static int read_all_at(int fd, void *buf, size_t len, uint64_t off)
+{
+	unsigned char *p = buf;
+	while (len) {
+		ssize_t r = pread(fd, p, len, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		off += (uint64_t)r;
+		len -= (size_t)r;
+	}
+	return 0;
+}
+
+static bool digest_eq(const idd_digest *a, const idd_digest *b)
+{
+	return !memcmp(a->b, b->b, IDD_DIGEST_SIZE);
+}
+
+/* ---- reading the source's index ---- */
+
+static int load_index(struct deploy *d)
+{
+	const idd_deploy_opts *o = d->o;
+	char *rel = idd_asprintf(d->err, "%s%s", d->index_prefix, IDD_CATALOG_FILE);
+	if (!rel)
+		return IDD_ERR;
+	void *file = NULL, *payload = NULL;
+	size_t flen = 0, plen = 0;
+	int rc = idd_source_get(d->isrc, rel, MAX_INDEX_FILE, &file, &flen, d->err);
+	if (rc == IDD_ENOENT)
+		idd_error_prefix(d->err, "no index in the source (run 'imgdedup scan' and 'imgdedup map' there)");
+	if (!rc) {
+		d->st->bytes_index += flen;
+		rc = idd_indexfile_parse(rel, file, flen, CATALOG_MAGIC, CATALOG_MAX_VERSION, &payload,
+		                         &plen, NULL, d->err);
+	}
+	free(file);
+	if (!rc)
+		rc = idd_catalog_parse(rel, payload, plen, &d->cat, d->err);
+	free(payload);
+	free(rel);
+	if (rc)
+		return IDD_ERR;
+	d->bs = d->cat->block_size;
+	d->info = idd_catalog_find(d->cat, o->image);
+	if (!d->info)
+		return idd_fail(d->err, "%s: no image '%s' in the source's index", idd_source_root(d->src),
+		                o->image);
+	/* The catalog is untrusted: the file it names must stay inside SOURCE. */
+	if (!idd_relpath_ok(d->info->file))
+		return idd_fail(d->err, "%s: refused: the index names '%s', a path outside the source",
+		                o->image, d->info->file);
+
+	char *mrel = idd_map_relpath(o->image, d->err);
+	char *mpath = mrel ? idd_asprintf(d->err, "%s%s", d->index_prefix, mrel) : NULL;
+	free(mrel);
+	if (!mpath)
+		return IDD_ERR;
+	rc = idd_source_get(d->isrc, mpath, MAX_INDEX_FILE, &file, &flen, d->err);
+	if (rc == IDD_ENOENT)
+		idd_error_prefix(d->err, "%s: no block map (run 'imgdedup map' in the source)", o->image);
+	if (!rc) {
+		d->st->bytes_index += flen;
+		rc = idd_map_parse(mpath, file, flen, &d->m, d->err);
+		free(file);
+	}
+	free(mpath);
+	if (rc)
+		return IDD_ERR;
+	idd_map *m = d->m;
+	static const idd_digest zero_key;
+	if (m->block_size != d->bs || m->image_size != d->info->virtual_size ||
+	    m->nblocks != d->info->nblocks)
+		return idd_fail(d->err, "%s: the block map does not match the catalog (size or block size); "
+		                "run 'imgdedup map' in the source", o->image);
+	if (memcmp(m->list_key.b, zero_key.b, IDD_DIGEST_SIZE) &&
+	    !digest_eq(&m->list_key, &d->info->list_key))
+		return idd_fail(d->err, "%s: the block map is older than the catalog; run 'imgdedup map' "
+		                "in the source", o->image);
+	/* Independent of the parser's checks: every reference in range. */
+	for (uint64_t b = 0; b < m->nblocks; b++)
+		if (m->refs[b] > m->ndistinct)
+			return idd_fail(d->err, "%s: corrupt block map (reference past the digest table)",
+			                o->image);
+	for (uint64_t k = 0; k < m->ndistinct; k++)
+		if (idd_digest_is_zero(&m->digests[k]))
+			return idd_fail(d->err, "%s: corrupt block map (zero digest in the table)", o->image);
+	return IDD_OK;
+}
+
+/* ---- OUT.part: create, or verify what an interrupted run wrote ---- */
+
+static int open_part(struct deploy *d)
+{
+	d->fd = open(d->part, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+	if (d->fd < 0)
+		return idd_fail_errno(d->err, d->part, "cannot create");
+	if (flock(d->fd, LOCK_EX | LOCK_NB))
+		return idd_fail(d->err, "%s: another deploy is writing this file", d->part);
+	struct stat st;
+	if (fstat(d->fd, &st))
+		return idd_fail_errno(d->err, d->part, "stat");
+	if (!S_ISREG(st.st_mode))
+		return idd_fail(d->err, "%s: not a regular file", d->part);
+	if ((uint64_t)st.st_size != d->m->image_size) {
+		if (ftruncate(d->fd, 0) || ftruncate(d->fd, (off_t)d->m->image_size))
+			return idd_fail_errno(d->err, d->part, "cannot size");
+		return IDD_OK;
+	}
+	/* Same size: probably our own interrupted run.  Trust nothing: hash the
+	 * data regions and keep the blocks that match the map. */
+	unsigned char *buf = idd_malloc(RUN_BYTES + d->bs, d->err);
+	idd_digest *dg = idd_calloc(RUN_BYTES / d->bs + 1, sizeof *dg, d->err);
+	if (!buf || !dg) {
+		free(buf);
+		free(dg);
+		return IDD_ERR;
+	}
+	int rc = IDD_OK;
+	uint64_t size = d->m->image_size, off = 0;
+	while (off < size) {
+		off_t ds = lseek(d->fd, (off_t)off, SEEK_DATA);
+		if (ds < 0)
+			break; /* ENXIO: only holes remain (or no SEEK_DATA: start over) */
+		off_t he = lseek(d->fd, ds, SEEK_HOLE);
+		uint64_t end = he < 0 ? size : IDD_MIN((uint64_t)he, size);
+		uint64_t b0 = (uint64_t)ds / d->bs, b1 = (end + d->bs - 1) / d->bs;
+		for (uint64_t b = b0; b < b1;) {
+			uint64_t nb = IDD_MIN(b1 - b, (uint64_t)(RUN_BYTES / d->bs));
+			uint64_t start = b * d->bs, len = IDD_MIN(nb * d->bs, size - start);
+			memset(buf, 0, nb * d->bs);
+			if (read_all_at(d->fd, buf, (size_t)len, start)) {
+				rc = idd_fail_errno(d->err, d->part, "read");
+				goto out;
+			}
+			uint64_t hashed = 0;
+			if (idd_hash_blocks(d->h, buf, (size_t)(nb * d->bs), d->bs, dg, &hashed, d->err)) {
+				rc = IDD_ERR;
+				goto out;
+			}
+			for (uint64_t i = 0; i < nb; i++) {
+				uint64_t blk = b + i;
+				uint32_t ref = d->m->refs[blk];
+				if (ref == 0) {
+					/* the map says zero: make it a hole again (or zeros) */
+					uint64_t bl = block_len(d, blk);
+					if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					              (off_t)(blk * d->bs), (off_t)bl) &&
+					    !idd_digest_is_zero(&dg[i])) {
+						memset(buf, 0, bl);
+						if (write_all_at(d, buf, bl, blk * d->bs)) {
+							rc = IDD_ERR;
+							goto out;
+						}
+					}
+				} else if (digest_eq(&dg[i], &d->m->digests[ref - 1])) {
+					d->valid[blk] = 1;
+					if (d->pos[ref] == UINT64_MAX)
+						d->pos[ref] = blk;
+					d->st->bytes_resumed += block_len(d, blk);
+				}
+			}
+			b += nb;
+		}
+		off = end;
+	}
+out:
+	free(buf);
+	free(dg);
+	return rc;
+}
+
+/* ---- seeds: read-only local raw images, hashed on the fly ---- */
+
+static int hash_seeds(struct deploy *d)
+{
+	/* Only digests nobody else provides are worth looking for. */
+	size_t need = 0;
+	for (uint64_t k = 1; k <= d->m->ndistinct; k++)
+		need += d->state[k] == ST_FETCH;
+	if (!need || !d->nseeds)
+		return IDD_OK;
+	idd_digest_set want;
+	if (idd_digest_set_init(&want, need, true, d->err))
+		return IDD_ERR;
+	for (uint64_t k = 1; k <= d->m->ndistinct; k++) {
+		if (d->state[k] != ST_FETCH)
+			continue;
+		bool added;
+		size_t slot = idd_digest_set_add(&want, &d->m->digests[k - 1], &added, d->err);
+		if (slot == (size_t)-1) {
+			idd_digest_set_free(&want);
+			return IDD_ERR;
+		}
+		want.aux[slot] = k;
+	}
+	unsigned char *buf = idd_malloc(RUN_BYTES, d->err);
+	idd_digest *dg = idd_calloc(RUN_BYTES / d->bs, sizeof *dg, d->err);
+	int rc = (!buf || !dg) ? IDD_ERR : IDD_OK;
+	for (size_t s = 0; !rc && s < d->nseeds; s++) {
+		struct seed *sd = &d->seeds[s];
+		uint64_t off = 0;
+		while (!rc && off < sd->size) {
+			off_t ds = lseek(sd->fd, (off_t)off, SEEK_DATA);
+			if (ds < 0)
+				break;
+			off_t he = lseek(sd->fd, ds, SEEK_HOLE);
+			uint64_t end = he < 0 ? sd->size : IDD_MIN((uint64_t)he, sd->size);
+			for (uint64_t b = (uint64_t)ds / d->bs; !rc && b * d->bs < end;) {
+				uint64_t start = b * d->bs;
+				uint64_t len = IDD_MIN((uint64_t)RUN_BYTES, sd->size - start);
+				uint64_t nb = (len + d->bs - 1) / d->bs;
+				memset(buf, 0, nb * d->bs);
+				uint64_t hashed = 0;
+				if (read_all_at(sd->fd, buf, (size_t)len, start)) {
+					rc = idd_fail_errno(d->err, sd->path, "read");
+					break;
+				}
+				if (idd_hash_blocks(d->h, buf, (size_t)(nb * d->bs), d->bs, dg, &hashed, d->err)) {
+					rc = IDD_ERR;
+					break;
+				}
+				for (uint64_t i = 0; i < nb; i++) {
+					if (idd_digest_is_zero(&dg[i]))
+						continue;
+					size_t slot = idd_digest_set_find(&want, &dg[i]);
+					if (slot == (size_t)-1)
+						continue;
+					uint64_t k = want.aux[slot];
+					if (d->state[k] == ST_FETCH) {
+						d->state[k] = ST_SEED;
+						d->loc[k] = (uint64_t)s << 40 | (b + i);
+					}
+				}
+				b += nb;
+			}
+			off = end;
+		}
+	}
+	free(buf);
+	free(dg);
+	idd_digest_set_free(&want);
+	return rc;
+}
+
+static bool seed_read_verified(struct deploy *d, uint64_t loc, const idd_digest *want, void *buf)
+{
+	struct seed *sd = &d->seeds[loc >> 40];
+	uint64_t off = (loc & (((uint64_t)1 << 40) - 1)) * d->bs;
+	if (off >= sd->size)
+		return false;
+	size_t n = (size_t)IDD_MIN((uint64_t)d->bs, sd->size - off);
+	memset(buf, 0, d->bs);
+	idd_digest got;
+	if (read_all_at(sd->fd, buf, n, off) || idd_hasher_digest(d->h, buf, d->bs, &got, NULL) ||
+	    !digest_eq(&got, want)) {
+		dwarn(d, "warning: seed %s changed while deploying (block at offset %llu); fetching it",
+		      sd->path, (unsigned long long)off);
+		return false;
+	}
+	return true;
+}
+
+/* ---- local copies: cache and seeds, in runs ---- */
+
+/* Clone [src_off, +len) of src_fd into OUT at dst_off when the filesystem can. */
+static bool try_reflink(struct deploy *d, int src_fd, uint64_t src_off, uint64_t len, uint64_t dst_off)
+{
+	if (!d->reflink_ok)
+		return false;
+	struct file_clone_range r = {.src_fd = src_fd, .src_offset = src_off, .src_length = len,
+	                             .dest_offset = dst_off};
+	if (ioctl(d->fd, FICLONERANGE, &r) == 0)
+		return true;
+	if (errno == EOPNOTSUPP || errno == EXDEV || errno == ENOTTY || errno == EPERM ||
+	    errno == ENOSYS)
+		d->reflink_ok = false; /* this filesystem cannot: stop trying */
+	return false;
+}
+
+/* Blocks first0..first0+n of OUT (their first occurrences) come from cache
+ * entry e at cache blocks cb0..cb0+n: one read, verify each, one write. */
+static int copy_cache_run(struct deploy *d, size_t e, uint64_t cb0, const uint64_t *blocks, size_t n,
+                          unsigned char *buf)
+{
+	idd_cache_entry *ce = &d->cache->e[e];
+	uint64_t src_off = cb0 * d->bs;
+	uint64_t avail = ce->size > src_off ? ce->size - src_off : 0;
+	uint64_t want = IDD_MIN((uint64_t)n * d->bs, avail);
+	memset(buf, 0, (size_t)n * d->bs);
+	bool ok = read_all_at(ce->fd, buf, (size_t)want, src_off) == 0;
+	size_t good = 0;
+	for (size_t i = 0; ok && i < n; i++) {
+		uint32_t ref = d->m->refs[blocks[i]];
+		idd_digest got;
+		if (idd_hasher_digest(d->h, buf + i * d->bs, d->bs, &got, d->err))
+			return IDD_ERR;
+		if (!digest_eq(&got, &d->m->digests[ref - 1]))
+			break;
+		good++;
+	}
+	if (good < n && !ce->damaged) {
+		ce->damaged = true;
+		d->st->cache_damaged++;
+		dwarn(d, "warning: cache: %s: block at offset %llu does not match the cache index "
+		      "(file changed or damaged); fetching what it would have provided",
+		      ce->abs, (unsigned long long)((cb0 + good) * d->bs));
+	}
+	if (good) {
+		uint64_t dst = blocks[0] * d->bs;
+		uint64_t len = 0;
+		for (size_t i = 0; i < good; i++)
+			len += block_len(d, blocks[i]);
+		bool cloned = false;
+		if (good == n && len % 4096 == 0 && src_off % 4096 == 0 && dst % 4096 == 0 &&
+		    src_off + len <= ce->size)
+			cloned = try_reflink(d, ce->fd, src_off, len, dst);
+		if (cloned)
+			d->st->bytes_reflinked += len;
+		else if (write_all_at(d, buf, (size_t)len, dst))
+			return IDD_ERR;
+		ce->used = true;
+		for (size_t i = 0; i < good; i++) {
+			uint32_t ref = d->m->refs[blocks[i]];
+			d->pos[ref] = blocks[i];
+			d->st->bytes_from_cache += block_len(d, blocks[i]);
+			d->st->bytes_done += block_len(d, blocks[i]);
+		}
+	}
+	for (size_t i = good; i < n; i++) {
+		uint32_t ref = d->m->refs[blocks[i]];
+		d->state[ref] = ST_FETCH;
+		d->fetch_list[d->nfetch++] = blocks[i];
+	}
+	return IDD_OK;
+}
+
+static int copy_local(struct deploy *d)
+{
+	unsigned char *buf = idd_malloc(RUN_BYTES, d->err);
+	size_t max_run = RUN_BYTES / d->bs;
+	uint64_t *run = idd_calloc(max_run, sizeof *run, d->err);
+	if (!buf || !run) {
+		free(buf);
+		free(run);
+		return IDD_ERR;
+	}
+	size_t nrun = 0, run_e = 0;
+	uint64_t run_cb0 = 0;
+	int rc = IDD_OK;
+	uint64_t last_progress = 0;
+	for (uint64_t b = 0; !rc && b < d->m->nblocks; b++) {
+		uint32_t ref = d->m->refs[b];
+		if (d->st->bytes_done - last_progress > (64u << 20)) {
+			last_progress = d->st->bytes_done;
+			progress(d);
+		}
+		if (ref == 0) {
+			d->st->bytes_zero += block_len(d, b);
+			d->st->bytes_done += block_len(d, b);
+			continue;
+		}
+		if (d->valid[b]) {
+			d->st->bytes_from_cache += block_len(d, b);
+			d->st->bytes_done += block_len(d, b);
+			continue;
+		}
+		if (d->pos[ref] != UINT64_MAX)
+			continue; /* a repeat: copied from OUT once its first copy is there */
+		uint64_t loc = d->loc[ref];
+		size_t e = (size_t)(loc >> 40);
+		uint64_t cb = loc & (((uint64_t)1 << 40) - 1);
+		bool in_run = false;
+		if (d->state[ref] == ST_CACHE && d->cache->e[e].damaged) {
+			d->state[ref] = ST_FETCH;
+		}
+		if (d->state[ref] == ST_CACHE) {
+			/* extend the run when OUT and the cache file both continue */
+			if (nrun && nrun < max_run && e == run_e && cb == run_cb0 + nrun &&
+			    b == run[nrun - 1] + 1)
+				in_run = true;
+			if (!in_run && nrun) {
+				rc = copy_cache_run(d, run_e, run_cb0, run, nrun, buf);
+				nrun = 0;
+			}
+			if (!nrun) {
+				run_e = e;
+				run_cb0 = cb;
+			}
+			run[nrun++] = b;
+			d->pos[ref] = b; /* claims this block as the digest's first copy */
+			continue;
+		}
+		if (d->state[ref] == ST_SEED) {
+			if (seed_read_verified(d, loc, &d->m->digests[ref - 1], buf)) {
+				rc = write_all_at(d, buf, (size_t)block_len(d, b), b * d->bs);
+				d->pos[ref] = b;
+				d->st->bytes_from_cache += block_len(d, b);
+				d->st->bytes_seed += block_len(d, b);
+				d->st->bytes_done += block_len(d, b);
+				continue;
+			}
+			d->state[ref] = ST_FETCH;
+		}
+		d->pos[ref] = b; /* the fetch writes here */
+		d->fetch_list[d->nfetch++] = b;
+	}
+	if (!rc && nrun)
+		rc = copy_cache_run(d, run_e, run_cb0, run, nrun, buf);
+	free(buf);
+	free(run);
+	return rc;
+}
+
+/* ---- the source image ---- */
+
+static int backing_open(void *ctx, const char *name, idd_file **out, idd_error *err)
+{
+	struct remote_image *ri = ctx;
+	if (name[0] == '/' || idd_is_url(name))
+		return idd_fail(err, "backing file '%s' refused: it must be a relative path inside the source",
+		                name);
+	char *rel = ri->img_dir[0] ? idd_asprintf(err, "%s/%s", ri->img_dir, name) : idd_strdup(name, err);
+	if (!rel)
+		return IDD_ERR;
+	if (!idd_relpath_ok(rel)) {
+		idd_fail(err, "backing file '%s' refused: it leads outside the source", name);
+		free(rel);
+		return IDD_ERR;
+	}
+	if (ri->nbacking >= IDD_MAX_BACKING_DEPTH) {
+		free(rel);
+		return idd_fail(err, "backing chain deeper than %d (a cycle?)", IDD_MAX_BACKING_DEPTH);
+	}
+	idd_file *f;
+	int rc = idd_source_open_file(ri->src, rel, UINT64_MAX, &f, err);
+	free(rel);
+	if (rc)
+		return IDD_ERR;
+	/* the image reader owns f; we only remember it to route its ranges */
+	idd_file **nb = idd_realloc_array(ri->backing, ri->nbacking + 1, sizeof *nb, err);
+	if (!nb) {
+		idd_file_close(f);
+		return IDD_ERR;
+	}
+	ri->backing = nb;
+	ri->backing[ri->nbacking++] = f;
+	*out = f;
+	return IDD_OK;
+}
+
+static bool container_compressed(const char *c)
+{
+	return c[0] && strcmp(c, "tar") && strcmp(c, "ova");
+}
+
+/* A member of a compressed archive cannot be read by range: stream the
+ * archive once through libarchive and keep the member in an unlinked
+ * temporary file next to OUT.  The whole archive is transferred. */
+static ssize_t archive_read_cb(struct archive *a, void *ud, const void **buf)
+{
+	struct { idd_file *f; uint64_t off; unsigned char *buf; idd_source *src; idd_error *err; } *st = ud;
+	if (st->off >= st->f->size)
+		return 0;
+	size_t n = (size_t)IDD_MIN((uint64_t)(4u << 20), st->f->size - st->off);
+	idd_range r = {st->off, n, st->buf};
+	if (idd_source_read_ranges(st->src, st->f, &r, 1, st->err)) {
+		archive_set_error(a, EIO, "%s", st->err->msg);
+		return -1;
+	}
+	st->off += n;
+	*buf = st->buf;
+	return (ssize_t)n;
+}
+
+static int extract_member(struct deploy *d, idd_file *arch, int *fd_out)
+{
+	char *dir = idd_strdup(d->part, d->err);
+	if (!dir)
+		return IDD_ERR;
+	int fd = open(dirname(dir), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	free(dir);
+	if (fd < 0)
+		return idd_fail_errno(d->err, d->part, "cannot create a temporary file beside");
+	struct { idd_file *f; uint64_t off; unsigned char *buf; idd_source *src; idd_error *err; } st = {
+		arch, 0, idd_malloc(4u << 20, d->err), d->src, d->err};
+	struct archive *a = archive_read_new();
+	int rc = IDD_ERR;
+	if (!st.buf || !a)
+		goto out;
+	archive_read_support_filter_all(a);
+	archive_read_support_format_tar(a);
+	archive_read_support_format_gnutar(a);
+	if (archive_read_open(a, &st, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
+		idd_fail(d->err, "%s: %s", arch->name, archive_error_string(a));
+		goto out;
+	}
+	struct archive_entry *ae;
+	bool found = false;
+	int ar;
+	while ((ar = archive_read_next_header(a, &ae)) == ARCHIVE_OK) {
+		const char *p = archive_entry_pathname(ae);
+		if (!p || strcmp(p, d->info->member))
+			continue;
+		found = true;
+		const void *blk;
+		size_t len;
+		la_int64_t off;
+		while ((ar = archive_read_data_block(a, &blk, &len, &off)) == ARCHIVE_OK) {
+			const unsigned char *q = blk;
+			uint64_t o = (uint64_t)off;
+			while (len) {
+				ssize_t w = pwrite(fd, q, len, (off_t)o);
+				if (w < 0 && errno == EINTR)
+					continue;
+				if (w <= 0) {
+					idd_fail_errno(d->err, d->part, "write (temporary member file)");
+					goto out;
+				}
+				q += w;
+				o += (uint64_t)w;
+				len -= (size_t)w;
+			}
+		}
+		if (ar != ARCHIVE_EOF) {
+			idd_fail(d->err, "%s: %s", arch->name, archive_error_string(a));
+			goto out;
+		}
+		if (ftruncate(fd, (off_t)archive_entry_size(ae))) {
+			idd_fail_errno(d->err, d->part, "truncate (temporary member file)");
+			goto out;
+		}
+		break;
+	}
+	if (!found) {
+		idd_fail(d->err, "%s: member '%s' not found", arch->name, d->info->member);
+		goto out;
+	}
+	d->st->bytes_fetched += st.off;
+	rc = IDD_OK;
+out:
+	if (a)
+		archive_read_free(a);
+	free(st.buf);
+	if (rc)
+		close(fd);
+	else
+		*fd_out = fd;
+	return rc;
+}
+
+static int open_source_image(struct deploy *d)
+{
+	struct remote_image *ri = &d->ri;
+	const idd_image_info *in = d->info;
+	ri->src = d->src;
+	ri->tmp_fd = -1;
+	char *dirbuf = idd_strdup(in->file, d->err);
+	if (!dirbuf)
+		return IDD_ERR;
+	char *slash = strrchr(dirbuf, '/');
+	if (slash)
+		*slash = 0;
+	else
+		dirbuf[0] = 0;
+	ri->img_dir = dirbuf;
+	d->ri_open = true;
+	bool member = in->member[0] != 0;
+	/* Spare a HEAD request: the catalog knows the file's size (a wrong one
+	 * fails cleanly on the range requests). */
+	if (idd_source_open_file(d->src, in->file,
+	                         idd_source_is_remote(d->src) ? in->file_size : UINT64_MAX, &ri->file,
+	                         d->err))
+		return IDD_ERR;
+	uint64_t len = ri->file->size;
+	if (member && container_compressed(in->container)) {
+		int fd = -1;
+		if (extract_member(d, ri->file, &fd))
+			return IDD_ERR;
+		ri->tmp_fd = fd;
+		char *p = idd_asprintf(d->err, "/proc/self/fd/%d", fd);
+		if (!p)
+			return IDD_ERR;
+		idd_file *lf;
+		int rc = idd_file_open_local(p, &lf, d->err);
+		free(p);
+		if (rc)
+			return IDD_ERR;
+		idd_file_close(ri->file);
+		ri->file = lf; /* the member, local now: reading it costs no transfer */
+		ri->base = 0;
+		len = lf->size;
+	} else if (member) {
+		ri->base = in->member_off;
+		len = in->member_len;
+		uint64_t end;
+		if (!idd_add_ok(in->member_off, in->member_len, &end) || end > ri->file->size)
+			return idd_fail(d->err, "%s: the member lies outside %s", in->id, ri->file->name);
+	}
+	if (!strcmp(in->format, "raw")) {
+		if (len < d->m->image_size)
+			return idd_fail(d->err, "%s: the source file is smaller (%llu bytes) than the image "
+			                "(%llu bytes)", ri->file->name, (unsigned long long)len,
+			                (unsigned long long)d->m->image_size);
+		return IDD_OK; /* raw: stored offset = base + virtual offset; no header to probe */
+	}
+	idd_file *imgfile;
+	if (idd_file_open_slice(ri->file, false, ri->base, len, in->id, &imgfile, d->err))
+		return IDD_ERR;
+	if (idd_image_open(imgfile, true, backing_open, ri, &ri->img, d->err))
+		return IDD_ERR;
+	if (ri->img->size != d->m->image_size)
+		return idd_fail(d->err, "%s: the source image's virtual size (%llu) differs from the index's "
+		                "(%llu); re-scan the source", in->id, (unsigned long long)ri->img->size,
+		                (unsigned long long)d->m->image_size);
+	return IDD_OK;
+}
+
+static void close_source_image(struct deploy *d)
+{
+	if (!d->ri_open)
+		return;
+	idd_image_close(d->ri.img);
+	idd_file_close(d->ri.file);
+	free(d->ri.backing);
+	free((char *)d->ri.img_dir);
+	if (d->ri.tmp_fd >= 0)
+		close(d->ri.tmp_fd);
+}
+
+/* ---- fetching, window by window ---- */
+
+struct piece {
+	size_t blk;        /* index in the window */
+	uint32_t dst;      /* offset in the block */
+	uint32_t n;
+	bool unit;         /* from a decoded compressed unit (else a range wrote it in place) */
+	size_t unit_idx;
+	uint64_t unit_skip;
+};
+
+struct unit {
+	idd_file *f;
+	uint64_t off;      /* stored range (root offsets) */
+	idd_extent ext;
+	unsigned char *stored, *plain;
+};
+
+struct filegroup {
+	idd_file *f;
+	idd_range *r;
+	size_t n, cap;
+};
+
+struct window {
+	uint64_t *blocks;
+	size_t nblocks;
+	unsigned char *buf;  /* nblocks * bs */
+	struct piece *pieces;
+	size_t npieces, cap_pieces;
+	struct unit *units;
+	size_t nunits, cap_units;
+	struct filegroup groups[IDD_MAX_BACKING_DEPTH + 2];
+	size_t ngroups;
+	uint64_t stored;     /* bytes this window will fetch */
+};
+
+static int add_range(struct deploy *d, struct window *w, idd_file *f, uint64_t off, uint64_t len,
+                     void *buf)
+{
+	size_t g = 0;
+	while (g < w->ngroups && w->groups[g].f != f)
+		g++;
+	if (g == w->ngroups) {
+		if (g == IDD_ARRAY_LEN(w->groups))
+			return idd_fail(d->err, "%s: too many files in the backing chain", d->info->id);
+		w->groups[g].f = f;
+		w->groups[g].n = 0;
+		w->ngroups++;
+	}
+	struct filegroup *fg = &w->groups[g];
+	/* the range continuing the previous one into the next block merges here */
+	if (fg->n && fg->r[fg->n - 1].off + fg->r[fg->n - 1].len == off &&
+	    (unsigned char *)fg->r[fg->n - 1].buf + fg->r[fg->n - 1].len == (unsigned char *)buf) {
+		fg->r[fg->n - 1].len += len;
+	} else {
+		if (fg->n == fg->cap) {
+			size_t nc = fg->cap ? fg->cap * 2 : 256;
+			idd_range *nr = idd_realloc_array(fg->r, nc, sizeof *nr, d->err);
+			if (!nr)
+				return IDD_ERR;
+			fg->r = nr;
+			fg->cap = nc;
+		}
+		fg->r[fg->n++] = (idd_range){off, len, buf};
+	}
+	w->stored += len;
+	return IDD_OK;
+}
+
+static int add_piece(struct deploy *d, struct window *w, struct piece p)
+{
+	if (w->npieces == w->cap_pieces) {
+		size_t nc = w->cap_pieces ? w->cap_pieces * 2 : 256;
+		struct piece *np = idd_realloc_array(w->pieces, nc, sizeof *np, d->err);
+		if (!np)
+			return IDD_ERR;
+		w->pieces = np;
+		w->cap_pieces = nc;
+	}
+	w->pieces[w->npieces++] = p;
+	return IDD_OK;
+}
+
+/* Plan the stored bytes of block blk (window slot i). */
+static int plan_block(struct deploy *d, struct window *w, size_t i, uint64_t blk)
+{
+	struct remote_image *ri = &d->ri;
+	unsigned char *dst = w->buf + i * d->bs;
+	uint64_t voff = blk * d->bs, blen = block_len(d, blk);
+	memset(dst, 0, d->bs);
+	if (!ri->img) /* raw */
+		return add_range(d, w, ri->file, ri->base + voff, blen, dst);
+	uint64_t done = 0;
+	while (done < blen) {
+		idd_extent ext;
+		if (idd_image_extent(ri->img, voff + done, &ext, d->err))
+			return IDD_ERR;
+		uint64_t skip = voff + done - ext.voff;
+		uint64_t n = IDD_MIN(blen - done, ext.vlen - skip);
+		idd_file *f = ext.file ? ext.file : ri->file;
+		uint64_t base = ext.file ? 0 : ri->base;
+		if (ext.kind == IDD_EXT_DATA) {
+			if (add_range(d, w, f, base + ext.file_off + skip, n, dst + done))
+				return IDD_ERR;
+		} else if (ext.kind == IDD_EXT_COMPRESSED) {
+			if (ext.file_len == 0 || ext.file_len > MAX_COMPRESSED_UNIT || ext.vlen > MAX_COMPRESSED_UNIT)
+				return idd_fail(d->err, "%s: compressed unit at offset %llu too large or empty",
+				                d->info->id, (unsigned long long)ext.voff);
+			size_t u = 0;
+			while (u < w->nunits && !(w->units[u].f == f && w->units[u].off == base + ext.file_off))
+				u++;
+			if (u == w->nunits) {
+				if (w->nunits == w->cap_units) {
+					size_t nc = w->cap_units ? w->cap_units * 2 : 64;
+					struct unit *nu = idd_realloc_array(w->units, nc, sizeof *nu, d->err);
+					if (!nu)
+						return IDD_ERR;
+					w->units = nu;
+					w->cap_units = nc;
+				}
+				struct unit *un = &w->units[w->nunits++];
+				memset(un, 0, sizeof *un);
+				un->f = f;
+				un->off = base + ext.file_off;
+				un->ext = ext;
+				un->stored = idd_malloc((size_t)ext.file_len, d->err);
+				un->plain = idd_malloc((size_t)ext.vlen, d->err);
+				if (!un->stored || !un->plain ||
+				    add_range(d, w, f, un->off, ext.file_len, un->stored))
+					return IDD_ERR;
+			}
+			if (add_piece(d, w, (struct piece){i, (uint32_t)done, (uint32_t)n, true, u, skip}))
+				return IDD_ERR;
+		}
+		/* IDD_EXT_ZERO: already zeros */
+		done += n;
+	}
+	return IDD_OK;
+}
+
+static void window_reset(struct window *w)
+{
+	for (size_t u = 0; u < w->nunits; u++) {
+		free(w->units[u].stored);
+		free(w->units[u].plain);
+	}
+	w->nunits = 0;
+	w->npieces = 0;
+	w->nblocks = 0;
+	w->stored = 0;
+	for (size_t g = 0; g < w->ngroups; g++)
+		w->groups[g].n = 0;
+	w->ngroups = 0;
+}
+
+static void window_free(struct window *w)
+{
+	window_reset(w);
+	for (size_t g = 0; g < IDD_ARRAY_LEN(w->groups); g++)
+		free(w->groups[g].r);
+	free(w->units);
+	free(w->pieces);
+	free(w->buf);
+	free(w->blocks);
+}
+
+static int fetch_window(struct deploy *d, struct window *w, bool *source_bad)
+{
+	for (size_t g = 0; g < w->ngroups; g++) {
+		/* qcow2 clusters may be stored out of order, and a compressed unit
+		 * may overlap a neighbour's sector padding: split overlaps */
+		if (idd_source_read_ranges(d->src, w->groups[g].f, w->groups[g].r, w->groups[g].n, d->err)) {
+			if (!strstr(d->err->msg, "overlapping"))
+				return IDD_ERR;
+			for (size_t i = 0; i < w->groups[g].n; i++)
+				if (idd_source_read_ranges(d->src, w->groups[g].f, &w->groups[g].r[i], 1, d->err))
+					return IDD_ERR;
+		}
+	}
+	if (d->ri.tmp_fd < 0) /* an extracted member was paid for when streamed */
+		d->st->bytes_fetched += w->stored;
+	for (size_t u = 0; u < w->nunits; u++) {
+		struct unit *un = &w->units[u];
+		if (idd_extent_decode(&un->ext, un->stored, (size_t)un->ext.file_len, un->plain, d->err)) {
+			idd_error_prefix(d->err, "%s (from %s)", d->info->id, un->f->name);
+			*source_bad = true;
+			return IDD_ERR;
+		}
+	}
+	for (size_t p = 0; p < w->npieces; p++) {
+		struct piece *pc = &w->pieces[p];
+		struct unit *un = &w->units[pc->unit_idx];
+		memcpy(w->buf + pc->blk * d->bs + pc->dst, un->plain + pc->unit_skip, pc->n);
+	}
+	for (size_t i = 0; i < w->nblocks; i++) {
+		uint64_t blk = w->blocks[i];
+		uint32_t ref = d->m->refs[blk];
+		idd_digest got;
+		if (idd_hasher_digest(d->h, w->buf + i * d->bs, d->bs, &got, d->err))
+			return IDD_ERR;
+		if (!digest_eq(&got, &d->m->digests[ref - 1])) {
+			*source_bad = true;
+			return idd_fail(d->err, "%s: block at offset %llu fetched from %s does not match its "
+			                "digest (the source is damaged or changed since it was indexed)",
+			                d->info->id, (unsigned long long)(blk * d->bs), d->ri.file->name);
+		}
+	}
+	/* write contiguous blocks with one call */
+	for (size_t i = 0; i < w->nblocks;) {
+		size_t j = i + 1;
+		while (j < w->nblocks && w->blocks[j] == w->blocks[j - 1] + 1)
+			j++;
+		uint64_t len = 0;
+		for (size_t k = i; k < j; k++)
+			len += block_len(d, w->blocks[k]);
+		if (write_all_at(d, w->buf + i * d->bs, (size_t)len, w->blocks[i] * d->bs))
+			return IDD_ERR;
+		d->st->bytes_done += len;
+		i = j;
+	}
+	window_reset(w);
+	progress(d);
+	return IDD_OK;
+}
+
+static int fetch_missing(struct deploy *d, bool *source_bad)
+{
+	if (!d->nfetch)
+		return IDD_OK;
+	if (open_source_image(d))
+		return IDD_ERR;
+	struct window w = {0};
+	w.blocks = idd_calloc(WINDOW_BLOCKS, sizeof *w.blocks, d->err);
+	w.buf = idd_malloc((size_t)WINDOW_BLOCKS * d->bs > WINDOW_BYTES + d->bs
+	                       ? (size_t)(WINDOW_BYTES / d->bs + 1) * d->bs
+	                       : (size_t)WINDOW_BLOCKS * d->bs,
+	                   d->err);
+	size_t max_blocks = (size_t)IDD_MIN((uint64_t)WINDOW_BLOCKS, WINDOW_BYTES / d->bs + 1);
+	int rc = (!w.blocks || !w.buf) ? IDD_ERR : IDD_OK;
+	for (size_t i = 0; !rc && i < d->nfetch; i++) {
+		w.blocks[w.nblocks] = d->fetch_list[i];
+		rc = plan_block(d, &w, w.nblocks, d->fetch_list[i]);
+		w.nblocks++;
+		if (!rc && (w.nblocks == max_blocks || w.stored >= WINDOW_BYTES))
+			rc = fetch_window(d, &w, source_bad);
+	}
+	if (!rc && w.nblocks)
+		rc = fetch_window(d, &w, source_bad);
+	window_free(&w);
+	return rc;
+}
+
+/* Repeats inside the image: copied from the first copy now in OUT. */
+static int copy_repeats(struct deploy *d)
+{
+	unsigned char *buf = idd_malloc(d->bs, d->err);
+	if (!buf)
+		return IDD_ERR;
+	int rc = IDD_OK;
+	for (uint64_t b = 0; !rc && b < d->m->nblocks; b++) {
+		uint32_t ref = d->m->refs[b];
+		if (!ref || d->valid[b] || d->pos[ref] == b)
+			continue;
+		uint64_t from = d->pos[ref];
+		uint64_t n = block_len(d, b);
+		if (from == UINT64_MAX) {
+			rc = idd_fail(d->err, "%s: internal error: no copy of block %llu", d->info->id,
+			              (unsigned long long)b);
+			break;
+		}
+		memset(buf, 0, d->bs);
+		if (read_all_at(d->fd, buf, (size_t)block_len(d, from), from * d->bs)) {
+			rc = idd_fail_errno(d->err, d->part, "read");
+			break;
+		}
+		rc = write_all_at(d, buf, (size_t)n, b * d->bs);
+		d->st->bytes_from_cache += n;
+		d->st->bytes_done += n;
+	}
+	free(buf);
+	return rc;
+}
+
+/* ---- the whole deploy ---- */
+
+static int open_seeds(struct deploy *d)
+{
+	if (!d->o->n_seeds)
+		return IDD_OK;
+	d->seeds = idd_calloc(d->o->n_seeds, sizeof *d->seeds, d->err);
+	if (!d->seeds)
+		return IDD_ERR;
+	for (size_t i = 0; i < d->o->n_seeds; i++) {
+		struct seed *s = &d->seeds[i];
+		s->fd = open(d->o->seeds[i], O_RDONLY | O_CLOEXEC | O_NOCTTY);
+		d->nseeds = i + 1;
+		if (s->fd < 0)
+			return idd_fail_errno(d->err, d->o->seeds[i], "cannot open seed");
+		struct stat st;
+		if (fstat(s->fd, &st) || !S_ISREG(st.st_mode))
+			return idd_fail(d->err, "%s: seed is not a regular file", d->o->seeds[i]);
+		s->size = (uint64_t)st.st_size;
+		s->path = idd_strdup(d->o->seeds[i], d->err);
+		if (!s->path)
+			return IDD_ERR;
+	}
+	return IDD_OK;
+}
+
+static int finish(struct deploy *d)
+{
+	if (fsync(d->fd))
+		return idd_fail_errno(d->err, d->part, "fsync");
+	if (!d->o->force && access(d->out, F_OK) == 0)
+		return idd_fail(d->err, "%s: exists (use --force to replace it)", d->out);
+	if (rename(d->part, d->out))
+		return idd_fail_errno(d->err, d->out, "cannot rename the finished image into place");
+	char *dir = idd_strdup(d->out, d->err);
+	if (!dir)
+		return IDD_ERR;
+	int rc = idd_fsync_dir(dirname(dir), d->err);
+	free(dir);
+	return rc;
+}
+
+int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	struct deploy dd = {.o = o, .st = st, .err = err, .fd = -1, .reflink_ok = true};
+	struct deploy *d = &dd;
+	int rc = IDD_ERR;
+	bool source_bad = false;
+	if (!o->source || !o->cache_dir || !o->image)
+		return idd_fail(err, "deploy: SOURCE, cache directory and IMAGE are required");
+	if (!idd_relpath_ok(o->image))
+		return idd_fail(err, "%s: refused: an image id must be a relative path inside the source "
+		                "(no '..', no absolute path)", o->image);
+	idd_fetch_opts fo = {.connections = o->connections, .warn = o->warn, .ctx = o->ctx};
+	if (idd_source_open(o->source, &fo, &d->src, err))
+		goto out;
+	if (o->index) {
+		if (idd_source_open(o->index, &fo, &d->isrc, err))
+			goto out;
+		d->index_prefix = idd_strdup("", err);
+	} else {
+		d->isrc = d->src;
+		d->index_prefix = idd_strdup(IDD_INDEX_SUBDIR "/", err);
+	}
+	if (!d->index_prefix)
+		goto out;
+	if (idd_mkdir_p(o->cache_dir, err))
+		goto out;
+	d->out = o->out ? idd_strdup(o->out, err) : idd_cache_default_out(o->cache_dir, o->image, err);
+	if (!d->out)
+		goto out;
+	snprintf(st->out_path, sizeof st->out_path, "%s", d->out);
+	if (!o->force && access(d->out, F_OK) == 0) {
+		idd_fail(err, "%s: exists (use --force to replace it)", d->out);
+		goto out;
+	}
+	if (!o->out) {
+		char *dir = idd_strdup(d->out, err);
+		int mrc = dir ? idd_mkdir_p(dirname(dir), err) : IDD_ERR;
+		free(dir);
+		if (mrc)
+			goto out;
+	}
+	d->part = idd_asprintf(err, "%s.part", d->out);
+	d->h = idd_hasher_new(err);
+	if (!d->part || !d->h)
+		goto out;
+	if (load_index(d))
+		goto out;
+	st->bytes_total = d->m->image_size;
+	if (idd_cache_open(o->cache_dir, o->warn, o->ctx, &d->cache, err) ||
+	    idd_cache_prepare(d->cache, d->bs, err) || open_seeds(d))
+		goto out;
+	uint64_t nd = d->m->ndistinct;
+	d->valid = idd_calloc(d->m->nblocks ? d->m->nblocks : 1, 1, err);
+	d->state = idd_calloc(nd + 1, 1, err);
+	d->loc = idd_calloc(nd + 1, sizeof *d->loc, err);
+	d->pos = idd_malloc((nd + 1) * sizeof *d->pos, err);
+	d->fetch_list = idd_calloc(nd ? nd : 1, sizeof *d->fetch_list, err);
+	if (!d->valid || !d->state || !d->loc || !d->pos || !d->fetch_list)
+		goto out;
+	for (uint64_t k = 0; k <= nd; k++)
+		d->pos[k] = UINT64_MAX;
+	if (open_part(d))
+		goto out;
+	/* plan each distinct digest: OUT already has it, cache, seed, or fetch */
+	for (uint64_t k = 1; k <= nd; k++) {
+		size_t e;
+		uint64_t blk;
+		if (d->pos[k] != UINT64_MAX)
+			d->state[k] = ST_HAVE;
+		else if (idd_cache_find(d->cache, &d->m->digests[k - 1], &e, &blk)) {
+			d->state[k] = ST_CACHE;
+			d->loc[k] = (uint64_t)e << 40 | blk;
+		} else
+			d->state[k] = ST_FETCH;
+	}
+	if (hash_seeds(d))
+		goto out;
+	progress(d);
+	if (copy_local(d) || fetch_missing(d, &source_bad) || copy_repeats(d))
+		goto out;
+	if (finish(d))
+		goto out;
+	rc = IDD_OK;
+	/* Register in the cache: failing to is worth a warning, not a failure. */
+	char *abs = realpath(d->out, NULL);
+	idd_error e2;
+	if (!abs || idd_cache_register(d->cache, abs, d->m, &e2))
+		dwarn(d, "warning: cache: %s: could not register the image: %s", o->cache_dir,
+		      abs ? e2.msg : strerror(errno));
+	free(abs);
+out:
+	if (d->src) {
+		idd_fetch_stats fs;
+		idd_source_stats(d->src, &fs);
+		st->requests = fs.requests;
+		st->retries = fs.retries;
+		if (d->isrc && d->isrc != d->src) {
+			idd_source_stats(d->isrc, &fs);
+			st->requests += fs.requests;
+			st->retries += fs.retries;
+		}
+	}
+	if (d->fd >= 0)
+		close(d->fd);
+	if (rc && source_bad && d->part)
+		unlink(d->part); /* a damaged source: nothing worth resuming */
+	close_source_image(d);
+	if (d->isrc && d->isrc != d->src)
+		idd_source_close(d->isrc);
+	idd_source_close(d->src);
+	for (size_t i = 0; i < d->nseeds; i++) {
+		if (d->seeds[i].fd >= 0)
+			close(d->seeds[i].fd);
+		free(d->seeds[i].path);
+	}
+	free(d->seeds);
+	idd_cache_close(d->cache);
+	idd_catalog_free(d->cat);
+	idd_map_free(d->m);
+	idd_hasher_free(d->h);
+	free(d->index_prefix);
+	free(d->out);
+	free(d->part);
+	free(d->valid);
+	free(d->state);
+	free(d->loc);
+	free(d->pos);
+	free(d->fetch_list);
+	return rc;
+}

@@ -1,0 +1,66 @@
+/* fetch.h - where deploy reads a repository from: a local directory (or NFS
+ * mount) or an http:// / https:// URL through libcurl.  Internal. */
+#ifndef IDD_FETCH_H
+#define IDD_FETCH_H
+
+#include "internal.h"
+
+typedef struct idd_fetch_opts {
+	int connections;   /* requests in flight at once (curl multi); 0: 4 */
+	int max_retries;   /* per request, on transient failures; 0: 6 */
+	long backoff_ms;   /* first retry delay, doubled each time; 0: 100 */
+	long timeout_s;    /* a transfer stalled this long is a (transient) failure; 0: 30 */
+	idd_warn_fn warn;  /* told about each retry (may be NULL) */
+	void *ctx;
+} idd_fetch_opts;
+
+/* A repository root.  Paths given to it are relative to the root and are
+ * checked: no absolute paths, no "..", no empty components; a local source
+ * also refuses paths whose symlinks lead outside the root. */
+typedef struct idd_source idd_source;
+
+/* Is s an http:// or https:// URL? */
+bool idd_is_url(const char *s);
+/* Is rel a safe relative path (no "/" start, no "." or ".." or empty parts)? */
+bool idd_relpath_ok(const char *rel);
+
+int idd_source_open(const char *root, const idd_fetch_opts *opts, idd_source **out, idd_error *err);
+void idd_source_close(idd_source *s);
+bool idd_source_is_remote(const idd_source *s);
+const char *idd_source_root(const idd_source *s);
+
+/* A whole file (index files) into memory, at most max bytes.  A missing file
+ * (ENOENT, HTTP 404) returns IDD_ENOENT. */
+int idd_source_get(idd_source *s, const char *rel, size_t max, void **data, size_t *len,
+                   idd_error *err);
+/* A file as a byte source.  size_hint (UINT64_MAX: unknown) spares the HEAD
+ * request over HTTP when the catalog already knows the size. */
+int idd_source_open_file(idd_source *s, const char *rel, uint64_t size_hint, idd_file **out,
+                         idd_error *err);
+
+/* One range of a batch read. */
+typedef struct idd_range {
+	uint64_t off;
+	uint64_t len;
+	void *buf; /* len bytes */
+} idd_range;
+
+/* Read many ranges of f (a file opened through s): adjacent ranges are
+ * coalesced into one request (up to 4 MiB each, so that several
+ * can be in flight), up to opts.connections
+ * requests in flight, transient failures retried with exponential backoff.
+ * Ranges may come in any order; they must not overlap. */
+int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_t n,
+                           idd_error *err);
+
+typedef struct idd_fetch_stats {
+	uint64_t requests; /* requests started (HTTP) or coalesced reads (local), retries included */
+	uint64_t bytes;    /* payload bytes delivered to callers */
+	uint64_t retries;
+} idd_fetch_stats;
+void idd_source_stats(const idd_source *s, idd_fetch_stats *st);
+
+/* Largest request the batch reader makes. */
+#define IDD_FETCH_MAX_REQUEST ((uint64_t)4 << 20)
+
+#endif

@@ -1,0 +1,92 @@
+# nginx.sh - start and stop a private nginx on 127.0.0.1 serving a directory.
+# Sourced by tests and benchmarks:
+#   nginx_start ROOT   -> NGINX_URL (http://127.0.0.1:PORT), NGINX_PREFIX, NGINX_LOG
+#   nginx_bytes        -> sum of $body_bytes_sent in the access log so far
+#   nginx_requests     -> requests in the access log so far
+#   nginx_log_reset    -> empty the access log (nginx reopens it)
+#   nginx_stop
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+
+nginx_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+nginx_start() {
+  local root port
+  root=$(cd "$1" && pwd)
+  NGINX_PREFIX=$(mktemp -d "${TMPDIR:-/tmp}/idd-nginx.XXXXXX")
+  mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp"
+  NGINX_LOG=$NGINX_PREFIX/logs/access.log
+  local user_line=""
+  [ "$(id -u)" = 0 ] && user_line="user root;"
+  local tries=0
+  while :; do
+    port=$(nginx_free_port)
+    cat > "$NGINX_PREFIX/nginx.conf" <<CONF
+$user_line
+worker_processes 1;
+pid $NGINX_PREFIX/nginx.pid;
+error_log $NGINX_PREFIX/logs/error.log;
+events { worker_connections 256; }
+http {
+  log_format bytes '\$request_method \$uri \$status \$body_bytes_sent "\$http_range"';
+  access_log $NGINX_LOG bytes;
+  client_body_temp_path $NGINX_PREFIX/tmp/body;
+  proxy_temp_path $NGINX_PREFIX/tmp/proxy;
+  fastcgi_temp_path $NGINX_PREFIX/tmp/fastcgi;
+  uwsgi_temp_path $NGINX_PREFIX/tmp/uwsgi;
+  scgi_temp_path $NGINX_PREFIX/tmp/scgi;
+  types { }
+  default_type application/octet-stream;
+  sendfile on;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  server {
+    listen 127.0.0.1:$port;
+    root $root;
+    location / { }
+  }
+}
+CONF
+    if "$NGINX_BIN" -p "$NGINX_PREFIX" -c "$NGINX_PREFIX/nginx.conf" 2>"$NGINX_PREFIX/start.err"; then
+      break
+    fi
+    tries=$((tries + 1))
+    if [ $tries -ge 5 ]; then
+      cat "$NGINX_PREFIX/start.err" >&2
+      return 1
+    fi
+  done
+  NGINX_URL=http://127.0.0.1:$port
+  local i
+  for i in $(seq 50); do
+    curl -s -o /dev/null "$NGINX_URL/" && return 0
+    sleep 0.1
+  done
+  echo "nginx did not come up" >&2
+  return 1
+}
+
+nginx_stop() {
+  if [ -n "${NGINX_PREFIX:-}" ] && [ -f "$NGINX_PREFIX/nginx.pid" ]; then
+    local pid
+    pid=$(cat "$NGINX_PREFIX/nginx.pid")
+    kill "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  [ -n "${NGINX_PREFIX:-}" ] && rm -rf "$NGINX_PREFIX"
+  NGINX_PREFIX=
+}
+
+nginx_log_reset() {
+  : > "$NGINX_LOG"
+}
+
+nginx_bytes() {
+  awk '{s += $4} END {print s + 0}' "$NGINX_LOG"
+}
+
+nginx_requests() {
+  wc -l < "$NGINX_LOG" | tr -d ' '
+}

@@ -1,0 +1,280 @@
+/* test_cache.c - the node cache: index round trip, exact lookups, verified
+ * reads, damage degrading to a warning, LRU garbage collection. */
+#include "testutil.h"
+#include "cache.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BS 4096u
+
+static int nwarn;
+static char last_warn[2048];
+static void warn_cb(void *ctx, const char *msg)
+{
+	(void)ctx;
+	nwarn++;
+	snprintf(last_warn, sizeof last_warn, "%s", msg);
+}
+
+/* An image of n blocks: block i holds pattern i % distinct, every 5th zero. */
+static unsigned char *make_image(size_t n, unsigned distinct, uint64_t seed, idd_map **m)
+{
+	unsigned char *img = calloc(n, BS);
+	idd_digest *d = calloc(n, sizeof *d);
+	idd_hasher *h = idd_hasher_new(NULL);
+	for (size_t i = 0; i < n; i++) {
+		if (i % 5 == 0)
+			continue;
+		tu_fill_random(img + i * BS, BS, seed + i % distinct);
+		assert_int_equal(idd_hasher_digest(h, img + i * BS, BS, &d[i], NULL), IDD_OK);
+	}
+	assert_int_equal(idd_map_build(d, n, BS, (uint64_t)n * BS, m, NULL), IDD_OK);
+	idd_hasher_free(h);
+	free(d);
+	return img;
+}
+
+static void test_register_lookup_verify(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	idd_map *m;
+	unsigned char *img = make_image(64, 20, 100, &m);
+	char *imgdir = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgdir, NULL), IDD_OK);
+	char *path = tu_write(imgdir, "a.raw", img, 64 * BS);
+	idd_cache *c;
+	idd_error err;
+	nwarn = 0;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 0);
+	char *real = realpath(path, NULL);
+	assert_int_equal(idd_cache_register(c, real, m, &err), IDD_OK);
+	idd_cache_close(c);
+
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 1);
+	assert_true(c->e[0].owned);
+	assert_string_equal(c->e[0].path, "images/a.raw");
+	assert_int_equal(c->e[0].n, m->ndistinct);
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	idd_hasher *h = idd_hasher_new(NULL);
+	unsigned char buf[BS];
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		size_t e;
+		uint64_t blk;
+		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
+		assert_int_equal(e, 0);
+		assert_int_equal(m->refs[blk], k + 1); /* the block really holds it */
+		assert_true(idd_cache_read_verified(c, h, e, blk, &m->digests[k], buf));
+		assert_memory_equal(buf, img + blk * BS, BS);
+	}
+	/* exact lookups: an unknown digest and the zero digest are absent */
+	idd_digest other, zero;
+	memset(&zero, 0, sizeof zero);
+	memset(&other, 0x77, sizeof other);
+	size_t e;
+	uint64_t blk;
+	assert_false(idd_cache_find(c, &other, &e, &blk));
+	assert_false(idd_cache_find(c, &zero, &e, &blk));
+	/* another block size: nothing */
+	assert_int_equal(idd_cache_prepare(c, 2 * BS, &err), IDD_OK);
+	assert_false(idd_cache_find(c, &m->digests[0], &e, &blk));
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	/* the file changes behind the cache's back: the read fails verification */
+	assert_true(idd_cache_find(c, &m->digests[3], &e, &blk));
+	tu_flip_byte(path, blk * BS + 7);
+	nwarn = 0;
+	assert_false(idd_cache_read_verified(c, h, e, blk, &m->digests[3], buf));
+	assert_int_equal(nwarn, 1);
+	assert_non_null(strstr(last_warn, "a.raw"));
+	assert_true(c->e[0].damaged);
+	assert_false(idd_cache_find(c, &m->digests[0], &e, &blk)); /* not used again this run */
+	idd_cache_close(c);
+	idd_hasher_free(h);
+	idd_map_free(m);
+	free(img);
+	free(real);
+	free(path);
+	free(imgdir);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+static void test_damaged_index(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	idd_map *m;
+	unsigned char *img = make_image(16, 16, 7, &m);
+	char *path = tu_write(dir, "ext.raw", img, 16 * BS);
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	char *real = realpath(path, NULL);
+	assert_int_equal(idd_cache_register(c, real, m, &err), IDD_OK);
+	idd_cache_close(c);
+	char *ix = idd_path_join(dir, IDD_CACHE_INDEX, NULL);
+	/* flipped byte, then truncation: each a warning and an empty cache */
+	tu_flip_byte(ix, 40);
+	nwarn = 0;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 0);
+	assert_int_equal(nwarn, 1);
+	assert_non_null(strstr(last_warn, "index"));
+	/* registering again rebuilds a good index */
+	assert_int_equal(idd_cache_register(c, real, m, &err), IDD_OK);
+	idd_cache_close(c);
+	tu_truncate(ix, tu_file_size(ix) - 3);
+	nwarn = 0;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 0);
+	assert_int_equal(nwarn, 1);
+	idd_cache_close(c);
+
+	/* hostile payloads are refused by the parser itself */
+	idd_cache pc = {0};
+	unsigned char p1[] = {0xff, 0xff, 0xff, 0x7f}; /* absurd count */
+	assert_int_equal(idd_cache_index_parse("x", p1, sizeof p1, &pc, &err), IDD_ERR);
+	free(pc.e);
+	memset(&pc, 0, sizeof pc);
+	idd_buf b = {0};
+	idd_buf_put_u32(&b, 1);
+	idd_buf_put_str(&b, "images/../../etc/passwd"); /* owned path escaping the cache */
+	idd_buf_put_u8(&b, 1);
+	idd_buf_put_u32(&b, BS);
+	idd_buf_put_u64(&b, BS);
+	idd_buf_put_u64(&b, 0);
+	idd_buf_put_u64(&b, 0);
+	for (int i = 0; i < 40; i++)
+		idd_buf_put_u8(&b, 0);
+	assert_int_equal(idd_cache_index_parse("x", b.data, b.len, &pc, &err), IDD_ERR);
+	for (size_t i = 0; i < pc.count; i++) {
+		free(pc.e[i].path);
+		free(pc.e[i].abs);
+		free(pc.e[i].digests);
+		free(pc.e[i].blocks);
+	}
+	free(pc.e);
+	idd_buf_free(&b);
+	/* a block index past the image's size */
+	memset(&pc, 0, sizeof pc);
+	idd_buf b2 = {0};
+	idd_buf_put_u32(&b2, 1);
+	idd_buf_put_str(&b2, "/abs/x.raw");
+	idd_buf_put_u8(&b2, 0);
+	idd_buf_put_u32(&b2, BS);
+	idd_buf_put_u64(&b2, 2 * BS);
+	idd_buf_put_u64(&b2, 0);
+	idd_buf_put_u64(&b2, 1);
+	idd_buf_put_varint(&b2, 5);
+	for (int i = 0; i < 32; i++)
+		idd_buf_put_u8(&b2, 1);
+	assert_int_equal(idd_cache_index_parse("x", b2.data, b2.len, &pc, &err), IDD_ERR);
+	for (size_t i = 0; i < pc.count; i++) {
+		free(pc.e[i].path);
+		free(pc.e[i].abs);
+		free(pc.e[i].digests);
+		free(pc.e[i].blocks);
+	}
+	free(pc.e);
+	idd_buf_free(&b2);
+	idd_map_free(m);
+	free(img);
+	free(ix);
+	free(real);
+	free(path);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+static void test_gc(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgdir = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgdir, NULL), IDD_OK);
+	idd_map *m[3];
+	char *paths[3];
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	for (int i = 0; i < 3; i++) {
+		unsigned char *img = make_image(32, 32, 1000 * (uint64_t)(i + 1), &m[i]);
+		char name[32];
+		snprintf(name, sizeof name, "i%d.raw", i);
+		char *p = tu_write(imgdir, name, img, 32 * BS);
+		paths[i] = realpath(p, NULL);
+		free(p);
+		free(img);
+		assert_int_equal(idd_cache_register(c, paths[i], m[i], &err), IDD_OK);
+		usleep(2000); /* distinct last_used stamps */
+	}
+	/* re-registering image 0 makes it the most recent */
+	assert_int_equal(idd_cache_register(c, paths[0], m[0], &err), IDD_OK);
+	idd_cache_close(c);
+	idd_cache_image *v;
+	size_t n;
+	assert_int_equal(idd_cache_list(dir, &v, &n, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(n, 3);
+	assert_string_equal(v[0].path, paths[1]); /* least recently used first */
+	assert_string_equal(v[2].path, paths[0]);
+	uint64_t one = v[0].disk_bytes;
+	assert_true(one > 0);
+	idd_cache_list_free(v, n);
+	idd_cache_gc_stats st;
+	assert_int_equal(idd_cache_gc(dir, one, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_before, 3);
+	assert_int_equal(st.images_removed, 2);
+	assert_true(st.bytes_after <= one);
+	assert_int_not_equal(access(paths[1], F_OK), 0);
+	assert_int_not_equal(access(paths[2], F_OK), 0);
+	assert_int_equal(access(paths[0], F_OK), 0);
+	assert_int_equal(idd_cache_list(dir, &v, &n, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(n, 1);
+	assert_string_equal(v[0].path, paths[0]);
+	idd_cache_list_free(v, n);
+	/* a vanished image leaves the index at the next gc, whatever the size */
+	unlink(paths[0]);
+	assert_int_equal(idd_cache_gc(dir, UINT64_MAX, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 1);
+	assert_int_equal(idd_cache_list(dir, &v, &n, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(n, 0);
+	idd_cache_list_free(v, n);
+	/* not a directory: a clear error */
+	assert_int_equal(idd_cache_gc("/nonexistent/cache", 0, &st, NULL, NULL, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "/nonexistent/cache"));
+	for (int i = 0; i < 3; i++) {
+		idd_map_free(m[i]);
+		free(paths[i]);
+	}
+	free(imgdir);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+static void test_default_out(void **state)
+{
+	(void)state;
+	char *p = idd_cache_default_out("/c", "dir/x.qcow2", NULL);
+	assert_string_equal(p, "/c/images/dir__x.qcow2.raw");
+	free(p);
+	p = idd_cache_default_out("/c", "y.raw", NULL);
+	assert_string_equal(p, "/c/images/y.raw");
+	free(p);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_register_lookup_verify),
+		cmocka_unit_test(test_damaged_index),
+		cmocka_unit_test(test_gc),
+		cmocka_unit_test(test_default_out),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,279 @@
+/* test_deploy.c - deploy from a local source: exact output, each distinct
+ * missing block fetched once, the cache used, resume of an interrupted run,
+ * damage in the source or the map refused, paths escaping the source. */
+#include "testutil.h"
+#include "map.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BS 4096u
+#define NB 96
+
+static char *root, *repo, *cache;
+static unsigned char *img_a, *img_b;
+
+static void quiet(void *ctx, const char *msg) { (void)ctx; (void)msg; }
+
+/* A: blocks from a pool of 30 patterns (repeats), every 6th zero, and a
+ * 1000-byte tail.  B: A with 10 blocks replaced by new content. */
+static void build_images(void)
+{
+	img_a = calloc(NB * BS + 1000, 1);
+	for (size_t i = 0; i < NB; i++)
+		if (i % 6)
+			tu_fill_random(img_a + i * BS, BS, 500 + i % 30);
+	tu_fill_random(img_a + NB * BS, 1000, 9);
+	img_b = malloc(NB * BS);
+	memcpy(img_b, img_a, NB * BS);
+	for (size_t i = 40; i < 50; i++)
+		tu_fill_random(img_b + i * BS, BS, 9000 + i);
+}
+
+/* Distinct non-zero blocks of img (len bytes) absent from the others: bytes. */
+static uint64_t missing_bytes(const unsigned char *img, size_t len, const unsigned char *have,
+                              size_t have_len)
+{
+	idd_hasher *h = idd_hasher_new(NULL);
+	idd_digest_set seen, hv;
+	idd_digest_set_init(&seen, 64, false, NULL);
+	idd_digest_set_init(&hv, 64, false, NULL);
+	unsigned char blk[BS];
+	for (size_t o = 0; have && o < have_len; o += BS) {
+		memset(blk, 0, BS);
+		memcpy(blk, have + o, IDD_MIN((size_t)BS, have_len - o));
+		if (idd_is_zero(blk, BS))
+			continue;
+		idd_digest d;
+		idd_hasher_digest(h, blk, BS, &d, NULL);
+		bool added;
+		idd_digest_set_add(&hv, &d, &added, NULL);
+	}
+	uint64_t total = 0;
+	for (size_t o = 0; o < len; o += BS) {
+		size_t n = IDD_MIN((size_t)BS, len - o);
+		memset(blk, 0, BS);
+		memcpy(blk, img + o, n);
+		if (idd_is_zero(blk, BS))
+			continue;
+		idd_digest d;
+		idd_hasher_digest(h, blk, BS, &d, NULL);
+		bool added;
+		idd_digest_set_add(&seen, &d, &added, NULL);
+		if (added && idd_digest_set_find(&hv, &d) == (size_t)-1)
+			total += n;
+	}
+	idd_digest_set_free(&seen);
+	idd_digest_set_free(&hv);
+	idd_hasher_free(h);
+	return total;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp();
+	repo = idd_path_join(root, "repo", NULL);
+	cache = idd_path_join(root, "cache", NULL);
+	char *sub = idd_path_join(repo, "sub", NULL);
+	idd_mkdir_p(sub, NULL);
+	build_images();
+	free(tu_write(repo, "a.raw", img_a, NB * BS + 1000));
+	free(tu_write(sub, "b.raw", img_b, NB * BS));
+	free(sub);
+	idd_error err;
+	idd_scan_opts so = {.repo = repo, .warn = quiet};
+	idd_scan_stats ss;
+	if (idd_scan(&so, &ss, &err)) {
+		fprintf(stderr, "scan: %s\n", err.msg);
+		return -1;
+	}
+	idd_map_opts mo = {.repo = repo, .warn = quiet};
+	idd_map_stats ms;
+	if (idd_map_run(&mo, &ms, &err)) {
+		fprintf(stderr, "map: %s\n", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	tu_rmtree(root);
+	free(root);
+	free(repo);
+	free(cache);
+	free(img_a);
+	free(img_b);
+	return 0;
+}
+
+static char *read_all(const char *path, size_t *len)
+{
+	void *d;
+	assert_int_equal(idd_read_file(path, 1 << 30, &d, len, NULL), IDD_OK);
+	return d;
+}
+
+static int deploy(const char *image, const char *out, bool force, idd_deploy_stats *st, idd_error *err)
+{
+	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = image, .out = out,
+	                     .force = force, .warn = quiet};
+	return idd_deploy(&o, st, err);
+}
+
+static void test_fresh_then_cached(void **state)
+{
+	(void)state;
+	idd_deploy_stats st;
+	idd_error err;
+	assert_int_equal(deploy("a.raw", NULL, false, &st, &err), IDD_OK);
+	size_t len;
+	char *out = read_all(st.out_path, &len);
+	assert_int_equal(len, NB * BS + 1000);
+	assert_memory_equal(out, img_a, len);
+	free(out);
+	assert_int_equal(st.bytes_total, NB * BS + 1000);
+	assert_int_equal(st.bytes_zero, (NB / 6) * BS);
+	assert_int_equal(st.bytes_fetched, missing_bytes(img_a, NB * BS + 1000, NULL, 0));
+	assert_int_equal(st.bytes_fetched, 25 * BS + 1000); /* 25 patterns (i % 6 != 0) + the tail */
+	assert_int_equal(st.bytes_zero + st.bytes_from_cache + st.bytes_fetched, st.bytes_total);
+	/* holes for zero blocks */
+	struct stat sb;
+	assert_int_equal(stat(st.out_path, &sb), 0);
+	assert_true((uint64_t)sb.st_blocks * 512 < st.bytes_total);
+
+	char *outb = idd_path_join(root, "b.out", NULL);
+	assert_int_equal(deploy("sub/b.raw", outb, false, &st, &err), IDD_OK);
+	out = read_all(outb, &len);
+	assert_int_equal(len, NB * BS);
+	assert_memory_equal(out, img_b, len);
+	free(out);
+	assert_int_equal(st.bytes_fetched, missing_bytes(img_b, NB * BS, img_a, NB * BS + 1000));
+	assert_int_equal(st.bytes_fetched, 10 * BS);
+	/* OUT exists: kept unless force */
+	assert_int_equal(deploy("sub/b.raw", outb, false, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "force"));
+	assert_int_equal(deploy("sub/b.raw", outb, true, &st, &err), IDD_OK);
+	assert_int_equal(st.bytes_fetched, 0); /* b itself is cached now */
+	free(outb);
+}
+
+static void test_resume(void **state)
+{
+	(void)state;
+	/* an interrupted OUT.part: first half right, a wrong block, data where
+	 * a zero block belongs */
+	char *out = idd_path_join(root, "resume.out", NULL);
+	char *part = idd_asprintf(NULL, "%s.part", out);
+	unsigned char *p = calloc(NB, BS);
+	memcpy(p, img_b, NB / 2 * BS);
+	tu_fill_random(p + 7 * BS, BS, 1);   /* wrong content in block 7 */
+	tu_fill_random(p + 12 * BS, BS, 2);  /* block 12 should be zero */
+	int fd = open(part, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, NB * BS), (ssize_t)(NB * BS));
+	close(fd);
+	/* a cache that knows nothing: the resumed part is the only local data */
+	char *empty = idd_path_join(root, "cache-empty", NULL);
+	idd_deploy_opts o = {.source = repo, .cache_dir = empty, .image = "sub/b.raw", .out = out,
+	                     .warn = quiet};
+	idd_deploy_stats st;
+	idd_error err;
+	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
+	size_t len;
+	char *got = read_all(out, &len);
+	assert_int_equal(len, NB * BS);
+	assert_memory_equal(got, img_b, len);
+	free(got);
+	assert_int_not_equal(access(part, F_OK), 0);
+	/* blocks 0..47 minus zero blocks minus block 7 were reused (b's blocks
+	 * 40..49 are new, so block 42 is not zero there) */
+	uint64_t expect = 0;
+	for (size_t i = 0; i < NB / 2; i++)
+		if ((i % 6 || (i >= 40 && i < 50)) && i != 7)
+			expect += BS;
+	assert_int_equal(st.bytes_resumed, expect);
+	assert_true(st.bytes_fetched < missing_bytes(img_b, NB * BS, NULL, 0));
+	free(p);
+	free(out);
+	free(part);
+	free(empty);
+}
+
+static void test_refusals(void **state)
+{
+	(void)state;
+	idd_deploy_stats st;
+	idd_error err;
+	assert_int_equal(deploy("../etc/passwd", NULL, false, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "refused"));
+	assert_int_equal(deploy("/etc/passwd", NULL, false, &st, &err), IDD_ERR);
+	assert_int_equal(deploy("nope.raw", NULL, false, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "nope.raw"));
+	/* a map that does not fit the catalog (wrong size) is refused */
+	char *ix = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	idd_map *m;
+	assert_int_equal(idd_map_load(ix, "sub/b.raw", &m, &err), IDD_OK);
+	idd_map *bad;
+	idd_digest *blocks = calloc(m->nblocks + 1, sizeof *blocks);
+	memset(blocks[0].b, 1, IDD_DIGEST_SIZE);
+	assert_int_equal(idd_map_build(blocks, m->nblocks + 1, BS, (m->nblocks + 1) * BS, &bad, &err), IDD_OK);
+	uint64_t wrote;
+	char *mrel = idd_map_relpath("sub/b.raw", NULL);
+	char *mpath = idd_path_join(ix, mrel, NULL);
+	size_t olen;
+	char *orig = read_all(mpath, &olen);
+	assert_int_equal(idd_map_save(ix, "sub/b.raw", bad, &wrote, &err), IDD_OK);
+	char *o2 = idd_path_join(root, "bad.out", NULL);
+	assert_int_equal(deploy("sub/b.raw", o2, false, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "does not match"));
+	assert_int_not_equal(access(o2, F_OK), 0);
+	/* a truncated map: a clear error, no output */
+	assert_int_equal(idd_write_file_atomic(mpath, orig, olen - 9, &err), IDD_OK);
+	assert_int_equal(deploy("sub/b.raw", o2, false, &st, &err), IDD_ERR);
+	assert_int_not_equal(access(o2, F_OK), 0);
+	assert_int_equal(idd_write_file_atomic(mpath, orig, olen, &err), IDD_OK);
+	/* a damaged source block: fails naming image and offset, leaves nothing */
+	char *src = idd_path_join(repo, "sub/b.raw", NULL);
+	tu_flip_byte(src, 45 * BS + 3);
+	char *empty = idd_path_join(root, "cache-empty2", NULL);
+	idd_deploy_opts o = {.source = repo, .cache_dir = empty, .image = "sub/b.raw", .out = o2,
+	                     .warn = quiet};
+	assert_int_equal(idd_deploy(&o, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "sub/b.raw"));
+	char off[64];
+	snprintf(off, sizeof off, "offset %u", 45 * BS);
+	assert_non_null(strstr(err.msg, off));
+	assert_int_not_equal(access(o2, F_OK), 0);
+	char *o2part = idd_asprintf(NULL, "%s.part", o2);
+	assert_int_not_equal(access(o2part, F_OK), 0);
+	tu_flip_byte(src, 45 * BS + 3);
+	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
+	free(o2part);
+	free(src);
+	free(empty);
+	free(orig);
+	free(mrel);
+	free(mpath);
+	free(o2);
+	free(blocks);
+	idd_map_free(bad);
+	idd_map_free(m);
+	free(ix);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_fresh_then_cached),
+		cmocka_unit_test(test_resume),
+		cmocka_unit_test(test_refusals),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
