@@ -125,6 +125,18 @@ corrupt:
 	return idd_fail(err, "%s: corrupt catalog (inconsistent contents)", name);
 }
 
+int idd_catalog_parse_file(const char *name, const void *file, size_t len, idd_catalog **out,
+                           idd_error *err)
+{
+	void *payload;
+	size_t plen;
+	if (idd_indexfile_parse(name, file, len, CATALOG_MAGIC, CATALOG_VERSION, &payload, &plen, NULL, err))
+		return IDD_ERR;
+	int rc = idd_catalog_parse(name, payload, plen, out, err);
+	free(payload);
+	return rc;
+}
+
 int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err)
 {
 	char *path = idd_path_join(index_dir, IDD_CATALOG_FILE, err);

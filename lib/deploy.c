@@ -23,8 +23,6 @@
 #include <unistd.h>
 
 /* The catalog's container format (catalog.c owns the writer). */
-static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
-#define CATALOG_MAX_VERSION 1
 #define MAX_INDEX_FILE ((size_t)1 << 32)
 /* Fetch windows: bounded memory, yet large enough to coalesce well. */
 #define WINDOW_BYTES ((uint64_t)16 << 20)
@@ -162,20 +160,16 @@ static int load_index(struct deploy *d)
 	char *rel = idd_asprintf(d->err, "%s%s", d->index_prefix, IDD_CATALOG_FILE);
 	if (!rel)
 		return IDD_ERR;
-	void *file = NULL, *payload = NULL;
-	size_t flen = 0, plen = 0;
+	void *file = NULL;
+	size_t flen = 0;
 	int rc = idd_source_get(d->isrc, rel, MAX_INDEX_FILE, &file, &flen, d->err);
 	if (rc == IDD_ENOENT)
 		idd_error_prefix(d->err, "no index in the source (run 'imgdedup scan' and 'imgdedup map' there)");
 	if (!rc) {
 		d->st->bytes_index += flen;
-		rc = idd_indexfile_parse(rel, file, flen, CATALOG_MAGIC, CATALOG_MAX_VERSION, &payload,
-		                         &plen, NULL, d->err);
+		rc = idd_catalog_parse_file(rel, file, flen, &d->cat, d->err);
 	}
 	free(file);
-	if (!rc)
-		rc = idd_catalog_parse(rel, payload, plen, &d->cat, d->err);
-	free(payload);
 	free(rel);
 	if (rc)
 		return IDD_ERR;
