@@ -1,8 +1,277 @@
-/* similarity.c - placeholder: replaced when the command lands. */
+/* similarity.c - imgdedup similarity: the pairwise similarity matrix (csv,
+ * json, svg heatmap) or, with --top K, each image's best cache seeds. */
 #include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+	"imgdedup similarity [--index DIR] [--metric jaccard|containment] [--format csv|json|svg]\n"
+	"       [--order id|cluster] [--top K] [--jobs N] [--no-cache] [-o FILE] [-q] REPO";
+
+static void csv_field(FILE *f, const char *s)
+{
+	if (!strpbrk(s, ",\"\r\n")) {
+		fputs(s, f);
+		return;
+	}
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"')
+			fputc('"', f);
+		fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+static void write_csv(FILE *f, const idd_similarity *s, idd_metric m, const size_t *order)
+{
+	fputs("image", f);
+	for (size_t c = 0; c < s->n; c++) {
+		fputc(',', f);
+		csv_field(f, s->ids[order[c]]);
+	}
+	fputc('\n', f);
+	for (size_t r = 0; r < s->n; r++) {
+		csv_field(f, s->ids[order[r]]);
+		for (size_t c = 0; c < s->n; c++)
+			fprintf(f, ",%.6f", idd_similarity_value(s, m, order[r], order[c]));
+		fputc('\n', f);
+	}
+}
+
+static const char *metric_name(idd_metric m)
+{
+	return m == IDD_METRIC_CONTAINMENT ? "containment" : "jaccard";
+}
+
+static void write_json(FILE *f, const idd_similarity *s, idd_metric m, const size_t *order,
+                       bool clustered)
+{
+	cli_json j;
+	cli_json_begin(&j, f);
+	cli_json_key_str(&j, "metric", metric_name(m));
+	cli_json_key_str(&j, "order", clustered ? "cluster" : "id");
+	cli_json_key_bool(&j, "from_cache", s->from_cache);
+	cli_json_key_open(&j, "images", '[');
+	for (size_t i = 0; i < s->n; i++) {
+		fputs(i ? "," : "", f);
+		cli_json_str(f, s->ids[order[i]]);
+	}
+	cli_json_close(&j, ']');
+	cli_json_key_open(&j, "matrix", '[');
+	for (size_t r = 0; r < s->n; r++) {
+		fputs(r ? ",[" : "[", f);
+		for (size_t c = 0; c < s->n; c++)
+			fprintf(f, "%s%.6f", c ? "," : "", idd_similarity_value(s, m, order[r], order[c]));
+		fputc(']', f);
+	}
+	cli_json_close(&j, ']');
+	cli_json_end(&j);
+}
+
+static int write_top(FILE *f, const idd_similarity *s, size_t k, bool json, const size_t *order)
+{
+	size_t *top = calloc(k + 1, sizeof *top);
+	if (!top) {
+		cli_error("out of memory");
+		return EXIT_FAIL;
+	}
+	cli_json j;
+	if (json) {
+		cli_json_begin(&j, f);
+		cli_json_key_u64(&j, "k", k);
+		cli_json_key_open(&j, "top", '[');
+	} else {
+		fputs("image,rank,seed,containment,jaccard,shared_blocks\n", f);
+	}
+	for (size_t r = 0; r < s->n; r++) {
+		size_t a = order[r];
+		size_t got = idd_similarity_top(s, a, k, top);
+		if (json) {
+			cli_json_key_open(&j, NULL, '{');
+			cli_json_key_str(&j, "image", s->ids[a]);
+			cli_json_key_open(&j, "seeds", '[');
+		}
+		for (size_t i = 0; i < got; i++) {
+			size_t b = top[i];
+			double c = idd_similarity_value(s, IDD_METRIC_CONTAINMENT, a, b);
+			double jac = idd_similarity_value(s, IDD_METRIC_JACCARD, a, b);
+			unsigned long long sh = (unsigned long long)s->shared[a * s->n + b];
+			if (json) {
+				cli_json_key_open(&j, NULL, '{');
+				cli_json_key_str(&j, "image", s->ids[b]);
+				cli_json_key_double(&j, "containment", c);
+				cli_json_key_double(&j, "jaccard", jac);
+				cli_json_key_u64(&j, "shared_blocks", sh);
+				cli_json_close(&j, '}');
+			} else {
+				csv_field(f, s->ids[a]);
+				fprintf(f, ",%zu,", i + 1);
+				csv_field(f, s->ids[b]);
+				fprintf(f, ",%.6f,%.6f,%llu\n", c, jac, sh);
+			}
+		}
+		if (json) {
+			cli_json_close(&j, ']');
+			cli_json_close(&j, '}');
+		}
+	}
+	if (json) {
+		cli_json_close(&j, ']');
+		cli_json_end(&j);
+	}
+	free(top);
+	return EXIT_OK;
+}
+
 int cmd_similarity(int argc, char **argv)
 {
-	(void)argc; (void)argv;
-	cli_error("similarity: not implemented in this build");
-	return EXIT_FAIL;
+	static const struct option opts[] = {
+		{"index", required_argument, 0, 'i'}, {"metric", required_argument, 0, 'm'},
+		{"format", required_argument, 0, 'f'}, {"order", required_argument, 0, 'O'},
+		{"top", required_argument, 0, 't'},   {"jobs", required_argument, 0, 'j'},
+		{"no-cache", no_argument, 0, 'N'},    {"output", required_argument, 0, 'o'},
+		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0}};
+	idd_similarity_opts o = {0};
+	idd_metric metric = IDD_METRIC_JACCARD;
+	const char *format = "csv", *out = NULL;
+	bool cluster = false, order_given = false;
+	long topk = 0;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "i:o:qh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i': o.index_dir = optarg; break;
+		case 'm':
+			if (!strcmp(optarg, "jaccard"))
+				metric = IDD_METRIC_JACCARD;
+			else if (!strcmp(optarg, "containment"))
+				metric = IDD_METRIC_CONTAINMENT;
+			else
+				return cli_usage(usage, "--metric must be jaccard or containment, not '%s'", optarg);
+			break;
+		case 'f':
+			if (strcmp(optarg, "csv") && strcmp(optarg, "json") && strcmp(optarg, "svg"))
+				return cli_usage(usage, "--format must be csv, json or svg, not '%s'", optarg);
+			format = optarg;
+			break;
+		case 'O':
+			if (strcmp(optarg, "id") && strcmp(optarg, "cluster"))
+				return cli_usage(usage, "--order must be id or cluster, not '%s'", optarg);
+			cluster = !strcmp(optarg, "cluster");
+			order_given = true;
+			break;
+		case 't':
+			if (!cli_parse_int(optarg, 1, 1000000, &topk))
+				return cli_usage(usage, "--top must be a positive count, not '%s'", optarg);
+			break;
+		case 'j': {
+			long v;
+			if (!cli_parse_int(optarg, 1, 64, &v))
+				return cli_usage(usage, "--jobs must be 1 to 64, not '%s'", optarg);
+			o.jobs = (int)v;
+			break;
+		}
+		case 'N': o.no_cache = true; break;
+		case 'o': out = optarg; break;
+		case 'q': cli_quiet = true; break;
+		case 'h': printf("usage: %s\n", usage); return EXIT_OK;
+		default: return cli_usage(usage, "bad option");
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage(usage, "expected one REPO");
+	bool svg = !strcmp(format, "svg");
+	if (topk && svg)
+		return cli_usage(usage, "--top lists seeds as csv or json, not svg");
+	if (svg && !order_given)
+		cluster = true; /* the heatmap shows families as blocks */
+	o.repo = argv[optind];
+	cli_progress prog;
+	cli_progress_init(&prog, "similarity", cli_quiet);
+	o.progress = cli_progress_cb;
+	o.warn = cli_warn;
+	o.ctx = &prog;
+	idd_similarity *s = NULL;
+	idd_error err = {{0}};
+	int r = idd_similarity_compute(&o, &s, &err);
+	cli_progress_done(&prog);
+	if (r) {
+		cli_error("%s", err.msg);
+		return EXIT_FAIL;
+	}
+	size_t *order = calloc(s->n + 1, sizeof *order);
+	if (!order) {
+		idd_similarity_free(s);
+		cli_error("out of memory");
+		return EXIT_FAIL;
+	}
+	for (size_t i = 0; i < s->n; i++)
+		order[i] = i;
+	if (cluster && idd_similarity_cluster_order(s, metric, order, &err)) {
+		cli_error("%s", err.msg);
+		free(order);
+		idd_similarity_free(s);
+		return EXIT_FAIL;
+	}
+	/* -o FILE: write a temporary file beside it, then rename it into place */
+	FILE *f = stdout;
+	char *tmp = NULL;
+	if (out && strcmp(out, "-")) {
+		size_t l = strlen(out) + 32;
+		tmp = malloc(l);
+		if (tmp) {
+			snprintf(tmp, l, "%s.tmp.%ld", out, (long)getpid());
+			f = fopen(tmp, "w");
+		}
+		if (!tmp || !f) {
+			cli_error("%s: cannot create: %s", tmp ? tmp : out, strerror(errno));
+			free(tmp);
+			free(order);
+			idd_similarity_free(s);
+			return EXIT_FAIL;
+		}
+	}
+	int rc = EXIT_OK;
+	if (topk) {
+		rc = write_top(f, s, (size_t)topk, !strcmp(format, "json"), order);
+	} else if (svg) {
+		size_t len;
+		char *doc = idd_similarity_svg(s, metric, order, &len, &err);
+		if (!doc) {
+			cli_error("%s", err.msg);
+			rc = EXIT_FAIL;
+		} else {
+			fwrite(doc, 1, len, f);
+			free(doc);
+		}
+	} else if (!strcmp(format, "json")) {
+		write_json(f, s, metric, order, cluster);
+	} else {
+		write_csv(f, s, metric, order);
+	}
+	if (tmp) {
+		bool ok = rc == EXIT_OK && fflush(f) == 0 && fsync(fileno(f)) == 0;
+		ok = (fclose(f) == 0) && ok;
+		if (ok && rename(tmp, out) != 0)
+			ok = false;
+		if (!ok) {
+			if (rc == EXIT_OK)
+				cli_error("%s: cannot write: %s", out, strerror(errno));
+			unlink(tmp);
+			rc = EXIT_FAIL;
+		}
+		free(tmp);
+	} else if (fflush(stdout) != 0) {
+		cli_error("stdout: write error: %s", strerror(errno));
+		rc = EXIT_FAIL;
+	}
+	free(order);
+	idd_similarity_free(s);
+	return rc;
 }

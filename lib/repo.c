@@ -112,7 +112,7 @@ static int walk_dir(struct walk *w, const char *rel, idd_error *err)
 		names[n++] = s;
 	}
 	closedir(d);
-	if (!rc)
+	if (!rc && n)
 		qsort(names, n, sizeof *names, cmp_str); /* stable, sorted ids */
 	for (size_t i = 0; !rc && i < n; i++) {
 		char *r = rel[0] ? idd_asprintf(err, "%s/%s", rel, names[i]) : idd_strdup(names[i], err);

@@ -44,10 +44,11 @@ for t in base base-v2 sibling; do
   xargs -a "$DEMO/$t.list" -d '\n' cp --parents -t "$DEMO/trees/$t" 2>/dev/null || true
 done
 printf 'demo release 2 (edited)\n' > "$DEMO/trees/base-v2/VERSION"
-mb() { du -sm "$1" | cut -f1; }
+mb() { du -sm --apparent-size "$1" | cut -f1; }
 for t in base base-v2 sibling; do
   size=$(( $(mb "$DEMO/trees/$t") * 13 / 10 + 24 ))
-  E2FSPROGS_FAKE_TIME=1735689600 mkfs.ext4 -q -F -b 4096 -T default \
+  inodes=$(( $(find "$DEMO/trees/$t" | wc -l) + 4096 ))
+  E2FSPROGS_FAKE_TIME=1735689600 mkfs.ext4 -q -F -b 4096 -T default -N "$inodes" \
     -U 1b4e28ba-2fa1-11d2-883f-0016d3cca427 -E hash_seed=1b4e28ba-2fa1-11d2-883f-0016d3cca427 \
     -d "$DEMO/trees/$t" "$DEMO/repo/$t.img" "${size}M"
 done

@@ -1,0 +1,731 @@
+/* map.c - block maps (every block of an image -> its content digest) and the
+ * incremental `map` run.  Layout: docs/formats-map.md. */
+#include "map.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+static const char MAP_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
+static const char MAPIDX_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'I', 'X', 0};
+#define MAP_VERSION 1
+#define MAPIDX_VERSION 1
+#define MAX_ID 4096
+#define MAPIDX_FILE "index"
+
+/* Run kinds in the block stream: tag = length << 2 | kind. */
+enum { RUN_ZERO = 0, RUN_NEW = 1, RUN_COPY = 2, RUN_REPEAT = 3 };
+
+uint64_t idd_map_parse_max_blocks = UINT32_MAX;
+
+void idd_map_free(idd_map *m)
+{
+	if (!m)
+		return;
+	free(m->digests);
+	free(m->refs);
+	free(m->id);
+	free(m);
+}
+
+int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
+                  uint64_t image_size, idd_map **out, idd_error *err)
+{
+	if (!idd_is_power_of_two(block_size) || block_size < IDD_MIN_BLOCK_SIZE ||
+	    block_size > IDD_MAX_BLOCK_SIZE)
+		return idd_fail(err, "map: bad block size %u", block_size);
+	if (nblocks != image_size / block_size + (image_size % block_size != 0))
+		return idd_fail(err, "map: %llu blocks do not match an image of %llu bytes",
+		                (unsigned long long)nblocks, (unsigned long long)image_size);
+	if (nblocks > UINT32_MAX)
+		return idd_fail(err, "map: image too large (%llu blocks)", (unsigned long long)nblocks);
+	idd_map *m = idd_calloc(1, sizeof *m, err);
+	if (!m)
+		return IDD_ERR;
+	m->block_size = block_size;
+	m->image_size = image_size;
+	m->nblocks = nblocks;
+	m->refs = idd_malloc((size_t)nblocks * sizeof *m->refs, err);
+	idd_digest_set set;
+	if (!m->refs || idd_digest_set_init(&set, 1024, true, err)) {
+		idd_map_free(m);
+		return IDD_ERR;
+	}
+	size_t cap = 0;
+	for (uint64_t i = 0; i < nblocks; i++) {
+		if (idd_digest_is_zero(&blocks[i])) {
+			m->refs[i] = 0;
+			continue;
+		}
+		bool added;
+		size_t slot = idd_digest_set_add(&set, &blocks[i], &added, err);
+		if (slot == (size_t)-1)
+			goto fail;
+		if (added) {
+			if (m->ndistinct == cap) {
+				cap = cap ? cap * 2 : 1024;
+				idd_digest *d = idd_realloc_array(m->digests, cap, sizeof *d, err);
+				if (!d)
+					goto fail;
+				m->digests = d;
+			}
+			m->digests[m->ndistinct++] = blocks[i];
+			set.aux[slot] = m->ndistinct;
+		}
+		m->refs[i] = (uint32_t)set.aux[slot];
+	}
+	idd_digest_set_free(&set);
+	*out = m;
+	return IDD_OK;
+fail:
+	idd_digest_set_free(&set);
+	idd_map_free(m);
+	return IDD_ERR;
+}
+
+char *idd_map_relpath(const char *id, idd_error *err)
+{
+	idd_digest h;
+	if (idd_sha256(id, strlen(id), h.b, err))
+		return NULL;
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	idd_digest_hex(&h, hex);
+	return idd_asprintf(err, "%s/%s.map", IDD_MAPS_DIR, hex);
+}
+
+static int encode_payload(const idd_map *m, void **file, size_t *len, idd_error *err)
+{
+	idd_buf b = {0};
+	idd_buf_put_u32(&b, m->block_size);
+	idd_buf_put_u64(&b, m->image_size);
+	idd_buf_put_u64(&b, m->nblocks);
+	idd_buf_put_u64(&b, m->ndistinct);
+	idd_buf_put(&b, m->list_key.b, IDD_DIGEST_SIZE);
+	idd_buf_put_str(&b, m->id ? m->id : "");
+	idd_buf_put(&b, m->digests, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
+	uint64_t next_new = 1;
+	for (uint64_t i = 0; i < m->nblocks && !b.failed;) {
+		uint32_t r = m->refs[i];
+		uint64_t j = i + 1;
+		if (r == 0) {
+			while (j < m->nblocks && m->refs[j] == 0)
+				j++;
+			idd_buf_put_varint(&b, (j - i) << 2 | RUN_ZERO);
+		} else if (r == next_new) {
+			while (j < m->nblocks && m->refs[j] == next_new + (j - i))
+				j++;
+			idd_buf_put_varint(&b, (j - i) << 2 | RUN_NEW);
+			next_new += j - i;
+		} else if (r < next_new) {
+			uint64_t rep = i + 1, copy = i + 1;
+			while (rep < m->nblocks && m->refs[rep] == r)
+				rep++;
+			while (copy < m->nblocks && r + (copy - i) < next_new && m->refs[copy] == r + (copy - i))
+				copy++;
+			j = rep >= copy ? rep : copy;
+			idd_buf_put_varint(&b, (j - i) << 2 | (rep >= copy ? RUN_REPEAT : RUN_COPY));
+			idd_buf_put_varint(&b, r);
+		} else {
+			idd_buf_free(&b);
+			return idd_fail(err, "map: references out of first-occurrence order at block %llu",
+			                (unsigned long long)i);
+		}
+		i = j;
+	}
+	if (b.failed) {
+		idd_buf_free(&b);
+		return idd_fail(err, "out of memory encoding a block map");
+	}
+	if (next_new != m->ndistinct + 1) {
+		idd_buf_free(&b);
+		return idd_fail(err, "map: digest table holds unreferenced entries");
+	}
+	*file = b.data;
+	*len = b.len;
+	return IDD_OK;
+}
+
+/* The complete file: the index-file container (indexfile.c's layout) built
+ * in memory, so maps can be produced for a remote store or a fuzz corpus. */
+int idd_map_encode(const idd_map *m, void **file, size_t *len, idd_error *err)
+{
+	void *payload = NULL;
+	size_t plen = 0;
+	if (encode_payload(m, &payload, &plen, err))
+		return IDD_ERR;
+	size_t bound = ZSTD_compressBound(plen);
+	unsigned char *f = idd_malloc(IDD_IF_HEADER + bound + IDD_IF_TRAILER, err);
+	if (!f) {
+		free(payload);
+		return IDD_ERR;
+	}
+	size_t z = ZSTD_compress(f + IDD_IF_HEADER, bound, payload, plen, 3);
+	free(payload);
+	if (ZSTD_isError(z)) {
+		free(f);
+		return idd_fail(err, "map: zstd: %s", ZSTD_getErrorName(z));
+	}
+	memcpy(f, MAP_MAGIC, 8);
+	idd_le32_put(f + 8, MAP_VERSION);
+	idd_le32_put(f + 12, IDD_IF_ZSTD);
+	idd_le64_put(f + 16, plen);
+	idd_le64_put(f + 24, z);
+	if (idd_sha256(f, IDD_IF_HEADER + z, f + IDD_IF_HEADER + z, err)) {
+		free(f);
+		return IDD_ERR;
+	}
+	*file = f;
+	*len = IDD_IF_HEADER + z + IDD_IF_TRAILER;
+	return IDD_OK;
+}
+
+/* Parse a map payload (container already checked). */
+static int map_parse_payload(const char *name, const void *payload, size_t plen, idd_map **out,
+                             idd_error *err)
+{
+	idd_reader r;
+	idd_reader_init(&r, payload, plen);
+	idd_map *m = idd_calloc(1, sizeof *m, err);
+	if (!m)
+		return IDD_ERR;
+	const char *why = "short header";
+	if (!idd_get_u32(&r, &m->block_size) || !idd_get_u64(&r, &m->image_size) ||
+	    !idd_get_u64(&r, &m->nblocks) || !idd_get_u64(&r, &m->ndistinct) ||
+	    !idd_get_bytes(&r, m->list_key.b, IDD_DIGEST_SIZE) || !idd_get_str(&r, &m->id, MAX_ID))
+		goto corrupt;
+	why = "bad block size";
+	if (!idd_is_power_of_two(m->block_size) || m->block_size < IDD_MIN_BLOCK_SIZE ||
+	    m->block_size > IDD_MAX_BLOCK_SIZE)
+		goto corrupt;
+	why = "block count does not match the image size";
+	if (m->nblocks != m->image_size / m->block_size + (m->image_size % m->block_size != 0))
+		goto corrupt;
+	if (m->nblocks > idd_map_parse_max_blocks) {
+		idd_fail(err, "%s: corrupt block map (claims %llu blocks, more than %llu allowed)", name,
+		         (unsigned long long)m->nblocks, (unsigned long long)idd_map_parse_max_blocks);
+		idd_map_free(m);
+		return IDD_ERR;
+	}
+	why = "digest table larger than the file";
+	if (m->ndistinct > m->nblocks || m->ndistinct > idd_reader_left(&r) / IDD_DIGEST_SIZE)
+		goto corrupt;
+	const unsigned char *table = idd_get_span(&r, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
+	if (!table)
+		goto corrupt;
+	/* First pass: validate the runs without allocating per block, so a map
+	 * claiming more blocks than its runs describe costs nothing. */
+	idd_reader runs = r;
+	uint64_t covered = 0, next_new = 1;
+	while (idd_reader_left(&runs)) {
+		uint64_t tag, ref = 0;
+		why = "truncated run";
+		if (!idd_get_varint(&runs, &tag))
+			goto corrupt;
+		uint64_t n = tag >> 2, kind = tag & 3;
+		why = "empty run or run past the end of the image";
+		if (n == 0 || n > m->nblocks - covered)
+			goto corrupt;
+		if (kind == RUN_COPY || kind == RUN_REPEAT) {
+			why = "truncated run";
+			if (!idd_get_varint(&runs, &ref))
+				goto corrupt;
+			why = "reference past the digests introduced so far";
+			if (ref == 0 || ref >= next_new || (kind == RUN_COPY && n - 1 >= next_new - ref))
+				goto corrupt;
+		} else if (kind == RUN_NEW) {
+			why = "new blocks past the digest table";
+			if (n > m->ndistinct + 1 - next_new)
+				goto corrupt;
+			next_new += n;
+		}
+		covered += n;
+	}
+	why = "runs cover fewer blocks than the header claims";
+	if (covered != m->nblocks)
+		goto corrupt;
+	why = "digest table holds entries no block uses";
+	if (next_new != m->ndistinct + 1)
+		goto corrupt;
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		why = "zero digest in the digest table";
+		if (idd_is_zero(table + k * IDD_DIGEST_SIZE, IDD_DIGEST_SIZE))
+			goto corrupt;
+	}
+	m->digests = idd_malloc((size_t)m->ndistinct * IDD_DIGEST_SIZE, err);
+	m->refs = idd_malloc((size_t)m->nblocks * sizeof *m->refs, err);
+	if (!m->digests || !m->refs) {
+		idd_map_free(m);
+		return IDD_ERR;
+	}
+	memcpy(m->digests, table, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
+	uint64_t pos = 0;
+	next_new = 1;
+	while (idd_reader_left(&r)) { /* already validated */
+		uint64_t tag, ref = 0;
+		idd_get_varint(&r, &tag);
+		uint64_t n = tag >> 2, kind = tag & 3;
+		if (kind == RUN_COPY || kind == RUN_REPEAT)
+			idd_get_varint(&r, &ref);
+		for (uint64_t k = 0; k < n; k++) {
+			switch (kind) {
+			case RUN_ZERO: m->refs[pos + k] = 0; break;
+			case RUN_NEW: m->refs[pos + k] = (uint32_t)next_new++; break;
+			case RUN_COPY: m->refs[pos + k] = (uint32_t)(ref + k); break;
+			default: m->refs[pos + k] = (uint32_t)ref; break;
+			}
+		}
+		pos += n;
+	}
+	*out = m;
+	return IDD_OK;
+corrupt:
+	idd_map_free(m);
+	return idd_fail(err, "%s: corrupt block map (%s)", name, why);
+}
+
+int idd_map_parse(const char *name, const void *file, size_t len, idd_map **out, idd_error *err)
+{
+	void *payload;
+	size_t plen;
+	if (idd_indexfile_parse(name, file, len, MAP_MAGIC, MAP_VERSION, &payload, &plen, NULL, err))
+		return IDD_ERR;
+	int rc = map_parse_payload(name, payload, plen, out, err);
+	free(payload);
+	return rc;
+}
+
+static char *map_path(const char *index_dir, const char *id, idd_error *err)
+{
+	char *rel = idd_map_relpath(id, err);
+	if (!rel)
+		return NULL;
+	char *p = idd_path_join(index_dir, rel, err);
+	free(rel);
+	return p;
+}
+
+int idd_map_save(const char *index_dir, const char *id, const idd_map *m, uint64_t *bytes_written,
+                 idd_error *err)
+{
+	idd_map tmp = *m;
+	tmp.id = (char *)id;
+	void *file = NULL;
+	size_t flen = 0;
+	if (idd_map_encode(&tmp, &file, &flen, err))
+		return IDD_ERR;
+	char *dir = idd_path_join(index_dir, IDD_MAPS_DIR, err);
+	char *path = map_path(index_dir, id, err);
+	int rc = dir && path ? idd_mkdir_p(dir, err) : IDD_ERR;
+	if (!rc)
+		rc = idd_write_file_atomic(path, file, flen, err);
+	if (!rc && bytes_written)
+		*bytes_written = flen;
+	free(file);
+	free(dir);
+	free(path);
+	return rc;
+}
+
+int idd_map_load(const char *index_dir, const char *id, idd_map **out, idd_error *err)
+{
+	char *path = map_path(index_dir, id, err);
+	if (!path)
+		return IDD_ERR;
+	void *file;
+	size_t len;
+	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + 64), &file, &len, err);
+	if (rc == IDD_ENOENT)
+		idd_fail(err, "%s: no block map for %s (run 'imgdedup map' first)", path, id);
+	if (!rc) {
+		rc = idd_map_parse(path, file, len, out, err);
+		free(file);
+	}
+	free(path);
+	return rc;
+}
+
+/* ---- the maps index: which list_key each map was built from ---- */
+
+typedef struct mapidx_entry {
+	char *id;
+	idd_digest list_key;
+	uint64_t bytes;
+} mapidx_entry;
+
+typedef struct mapidx {
+	size_t n;
+	mapidx_entry *v; /* sorted by id */
+} mapidx;
+
+static void mapidx_free(mapidx *x)
+{
+	for (size_t i = 0; i < x->n; i++)
+		free(x->v[i].id);
+	free(x->v);
+	x->v = NULL;
+	x->n = 0;
+}
+
+static int mapidx_load(const char *index_dir, mapidx *x, idd_error *err)
+{
+	memset(x, 0, sizeof *x);
+	char *path = idd_asprintf(err, "%s/%s/%s", index_dir, IDD_MAPS_DIR, MAPIDX_FILE);
+	if (!path)
+		return IDD_ERR;
+	void *p;
+	size_t len;
+	int rc = idd_indexfile_read(path, MAPIDX_MAGIC, MAPIDX_VERSION, &p, &len, NULL, err);
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	idd_reader r;
+	idd_reader_init(&r, p, len);
+	uint64_t n;
+	rc = IDD_OK;
+	if (!idd_get_u64(&r, &n) || n > len / 41) {
+		rc = idd_fail(err, "%s: corrupt maps index", path);
+	} else if (!(x->v = idd_calloc((size_t)n, sizeof *x->v, err))) {
+		rc = IDD_ERR;
+	} else {
+		for (uint64_t i = 0; i < n; i++) {
+			mapidx_entry *e = &x->v[i];
+			x->n = (size_t)i + 1;
+			if (!idd_get_str(&r, &e->id, MAX_ID) || !idd_get_bytes(&r, e->list_key.b, 32) ||
+			    !idd_get_u64(&r, &e->bytes) || (i && strcmp(x->v[i - 1].id, e->id) >= 0)) {
+				rc = idd_fail(err, "%s: corrupt maps index", path);
+				break;
+			}
+		}
+		if (!rc && idd_reader_left(&r))
+			rc = idd_fail(err, "%s: corrupt maps index (trailing bytes)", path);
+	}
+	if (rc)
+		mapidx_free(x);
+	free(p);
+	free(path);
+	return rc;
+}
+
+static int mapidx_save(const char *index_dir, const mapidx *x, idd_error *err)
+{
+	idd_buf b = {0};
+	idd_buf_put_u64(&b, x->n);
+	for (size_t i = 0; i < x->n; i++) {
+		idd_buf_put_str(&b, x->v[i].id);
+		idd_buf_put(&b, x->v[i].list_key.b, 32);
+		idd_buf_put_u64(&b, x->v[i].bytes);
+	}
+	if (b.failed) {
+		idd_buf_free(&b);
+		return idd_fail(err, "out of memory");
+	}
+	char *path = idd_asprintf(err, "%s/%s/%s", index_dir, IDD_MAPS_DIR, MAPIDX_FILE);
+	int rc = path ? idd_indexfile_write(path, MAPIDX_MAGIC, MAPIDX_VERSION, b.data, b.len, true, err)
+	              : IDD_ERR;
+	free(path);
+	idd_buf_free(&b);
+	return rc;
+}
+
+static int cmp_entry_id(const void *a, const void *b)
+{
+	return strcmp(((const mapidx_entry *)a)->id, ((const mapidx_entry *)b)->id);
+}
+
+static mapidx_entry *mapidx_find(const mapidx *x, const char *id)
+{
+	mapidx_entry key = {.id = (char *)id};
+	return x->n ? bsearch(&key, x->v, x->n, sizeof key, cmp_entry_id) : NULL;
+}
+
+static uint64_t file_bytes(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX;
+}
+
+/* Build and save the map of one image; fills e. */
+static int map_one(const char *index_dir, uint32_t bs, const idd_image_info *im, mapidx_entry *e,
+                   idd_error *err)
+{
+	idd_digest *blocks = NULL;
+	if (idd_blocklist_load(index_dir, im, &blocks, err))
+		return IDD_ERR;
+	idd_map *m = NULL;
+	int rc = idd_map_build(blocks, im->nblocks, bs, im->virtual_size, &m, err);
+	free(blocks);
+	if (rc) {
+		idd_error_prefix(err, "%s", im->id);
+		return IDD_ERR;
+	}
+	m->list_key = im->list_key;
+	rc = idd_map_save(index_dir, im->id, m, &e->bytes, err);
+	idd_map_free(m);
+	if (!rc) {
+		e->list_key = im->list_key;
+		if (!(e->id = idd_strdup(im->id, err)))
+			rc = IDD_ERR;
+	}
+	return rc;
+}
+
+/* Delete every file in maps/ that is neither the maps index nor the map of
+ * an image in keep (temporaries of crashed runs included: we hold the lock). */
+static int remove_stale(const char *index_dir, const mapidx *keep, uint64_t *removed, idd_error *err)
+{
+	char *dir = idd_path_join(index_dir, IDD_MAPS_DIR, err);
+	if (!dir)
+		return IDD_ERR;
+	DIR *d = opendir(dir);
+	if (!d) {
+		int rc = errno == ENOENT ? IDD_OK : idd_fail_errno(err, dir, "cannot list");
+		free(dir);
+		return rc;
+	}
+	/* names of the maps to keep */
+	char **names = idd_calloc(keep->n + 1, sizeof *names, err);
+	int rc = names ? IDD_OK : IDD_ERR;
+	for (size_t i = 0; !rc && i < keep->n; i++) {
+		char *rel = idd_map_relpath(keep->v[i].id, err);
+		if (!rel) {
+			rc = IDD_ERR;
+			break;
+		}
+		names[i] = idd_strdup(rel + strlen(IDD_MAPS_DIR) + 1, err);
+		free(rel);
+		if (!names[i])
+			rc = IDD_ERR;
+	}
+	bool changed = false;
+	struct dirent *de;
+	while (!rc && (de = readdir(d))) {
+		const char *nm = de->d_name;
+		if (nm[0] == '.' || !strcmp(nm, MAPIDX_FILE))
+			continue;
+		bool keepit = false;
+		for (size_t i = 0; i < keep->n && !keepit; i++)
+			keepit = !strcmp(names[i], nm);
+		if (keepit)
+			continue;
+		char *p = idd_path_join(dir, nm, err);
+		if (!p) {
+			rc = IDD_ERR;
+			break;
+		}
+		if (unlink(p) && errno != ENOENT)
+			rc = idd_fail_errno(err, p, "cannot remove stale map");
+		else if (strstr(nm, ".map") && !strstr(nm, ".tmp."))
+			(*removed)++;
+		changed = true;
+		free(p);
+	}
+	closedir(d);
+	if (!rc && changed)
+		rc = idd_fsync_dir(dir, err);
+	for (size_t i = 0; names && i < keep->n; i++)
+		free(names[i]);
+	free(names);
+	free(dir);
+	return rc;
+}
+
+int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	char *index_dir = NULL;
+	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
+		return IDD_ERR;
+	int lockfd = -1, rc;
+	idd_catalog *cat = NULL;
+	mapidx old = {0}, neu = {0};
+	char *catpath = idd_path_join(index_dir, IDD_CATALOG_FILE, err);
+	if (!catpath) {
+		free(index_dir);
+		return IDD_ERR;
+	}
+	if (access(catpath, F_OK) != 0) {
+		rc = idd_fail(err, "%s: no index here (run 'imgdedup scan' first)", index_dir);
+		goto out;
+	}
+	if ((rc = idd_lock(index_dir, o->no_wait, &lockfd, err)))
+		goto out;
+	if ((rc = idd_catalog_load(index_dir, &cat, err)))
+		goto out;
+	for (size_t i = 0; i < o->n_images; i++) {
+		if (!idd_catalog_find(cat, o->images[i])) {
+			rc = idd_fail(err, "%s: no image '%s' in the index", index_dir, o->images[i]);
+			if (rc == IDD_ERR)
+				rc = IDD_ENOENT;
+			goto out;
+		}
+	}
+	idd_error e2;
+	int lr = mapidx_load(index_dir, &old, &e2);
+	bool idx_missing = lr != IDD_OK;
+	if (lr && lr != IDD_ENOENT && o->warn) /* damaged: rebuild every map */
+		o->warn(o->ctx, e2.msg);
+	neu.v = idd_calloc(cat->count + 1, sizeof *neu.v, err);
+	if (!neu.v) {
+		rc = IDD_ERR;
+		goto out;
+	}
+	st->images = cat->count;
+	uint64_t total = 0, done = 0;
+	for (size_t i = 0; i < cat->count; i++)
+		total += cat->images[i].nblocks;
+	bool changed = idx_missing;
+	for (size_t i = 0; i < cat->count; i++) {
+		const idd_image_info *im = &cat->images[i];
+		bool selected = o->n_images == 0;
+		for (size_t k = 0; k < o->n_images && !selected; k++)
+			selected = !strcmp(o->images[k], im->id);
+		mapidx_entry *prev = mapidx_find(&old, im->id);
+		char *path = map_path(index_dir, im->id, err);
+		if (!path) {
+			rc = IDD_ERR;
+			goto out;
+		}
+		uint64_t have = file_bytes(path);
+		free(path);
+		bool current = prev && have != UINT64_MAX && have == prev->bytes &&
+		               !memcmp(prev->list_key.b, im->list_key.b, 32);
+		mapidx_entry *e = &neu.v[neu.n];
+		if (current || (!selected && prev && have == prev->bytes)) {
+			/* unchanged, or stale but not asked for: keep as recorded */
+			if (!(e->id = idd_strdup(im->id, err))) {
+				rc = IDD_ERR;
+				goto out;
+			}
+			e->list_key = prev->list_key;
+			e->bytes = prev->bytes;
+			neu.n++;
+			if (selected)
+				st->unchanged++;
+		} else if (selected) {
+			if ((rc = map_one(index_dir, cat->block_size, im, e, err)))
+				goto out;
+			neu.n++;
+			st->written++;
+			changed = true;
+		} else if (prev) {
+			changed = true; /* recorded map vanished: forget it */
+		}
+		done += im->nblocks;
+		if (o->progress)
+			o->progress(o->ctx, done, total);
+	}
+	if (old.n != neu.n)
+		changed = true;
+	if ((rc = remove_stale(index_dir, &neu, &st->removed, err)))
+		goto out;
+	if (st->removed)
+		changed = true;
+	if (changed) {
+		char *dir = idd_path_join(index_dir, IDD_MAPS_DIR, err);
+		rc = dir ? idd_mkdir_p(dir, err) : IDD_ERR;
+		free(dir);
+		if (!rc)
+			rc = mapidx_save(index_dir, &neu, err);
+		if (rc)
+			goto out;
+	}
+	for (size_t i = 0; i < neu.n; i++)
+		st->map_bytes += neu.v[i].bytes;
+	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, o->warn, o->ctx,
+	                                err)))
+		goto out;
+	idd_blocktable *bt = NULL;
+	if (idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK) {
+		st->blocktable_entries = bt->entries;
+		idd_blocktable_free(bt);
+	}
+	st->blocktable_bytes = idd_blocktable_bytes(index_dir);
+out:
+	mapidx_free(&old);
+	mapidx_free(&neu);
+	idd_catalog_free(cat);
+	idd_unlock(lockfd);
+	free(catpath);
+	free(index_dir);
+	return rc;
+}
+
+/* ---- what `info` shows ---- */
+
+int idd_image_summary_get(const char *index_dir, const char *id, idd_image_summary *out,
+                          idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	idd_catalog *cat;
+	if (idd_catalog_load(index_dir, &cat, err))
+		return IDD_ERR;
+	const idd_image_info *im = idd_catalog_find(cat, id);
+	if (!im) {
+		idd_fail(err, "%s: no image '%s' in the index", index_dir, id);
+		idd_catalog_free(cat);
+		return IDD_ENOENT;
+	}
+	out->blocks = im->nblocks;
+	out->zero_blocks = im->zero_blocks;
+	out->distinct_blocks = im->distinct_blocks;
+	out->internal_duplicates = im->nblocks - im->zero_blocks - im->distinct_blocks;
+	idd_map *m = NULL;
+	idd_error e2;
+	if (idd_map_load(index_dir, id, &m, &e2) == IDD_OK &&
+	    !memcmp(m->list_key.b, im->list_key.b, 32)) {
+		out->has_map = true;
+		char *p = map_path(index_dir, id, &e2);
+		out->map_bytes = p ? file_bytes(p) : 0;
+		free(p);
+	}
+	/* exclusive blocks: digests of this image the block table counts once */
+	idd_blocktable *bt = NULL;
+	idd_digest key;
+	if (m && out->has_map && idd_catalog_key(cat, &key, &e2) == IDD_OK &&
+	    idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK && !memcmp(bt->key.b, key.b, 32)) {
+		uint32_t shards = 1u << bt->shard_bits;
+		bool ok = true;
+		uint64_t excl = 0;
+		for (uint32_t s = 0; s < shards && ok; s++) {
+			idd_bt_entry *v;
+			size_t n;
+			if (idd_blocktable_shard(index_dir, bt, s, &v, &n, &e2)) {
+				ok = false;
+				break;
+			}
+			for (uint64_t k = 0; k < m->ndistinct; k++) {
+				const idd_digest *d = &m->digests[k];
+				uint32_t top = bt->shard_bits ? (uint32_t)(idd_be32(d->b) >> (32 - bt->shard_bits)) : 0;
+				if (top != s)
+					continue;
+				size_t lo = 0, hi = n;
+				while (lo < hi) {
+					size_t mid = lo + (hi - lo) / 2;
+					int c = memcmp(v[mid].digest.b, d->b, 32);
+					if (c == 0) {
+						lo = mid;
+						break;
+					}
+					if (c < 0)
+						lo = mid + 1;
+					else
+						hi = mid;
+				}
+				if (lo < n && !memcmp(v[lo].digest.b, d->b, 32) && v[lo].images == 1)
+					excl++;
+			}
+			free(v);
+		}
+		out->has_blocktable = ok;
+		out->exclusive_blocks = ok ? excl : 0;
+	}
+	idd_blocktable_free(bt);
+	idd_map_free(m);
+	idd_catalog_free(cat);
+	return IDD_OK;
+}
