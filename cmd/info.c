@@ -76,6 +76,16 @@ int cmd_info(int argc, char **argv)
 	char key[2 * IDD_DIGEST_SIZE + 1];
 	idd_digest_hex(&im->list_key, key);
 	uint64_t nonzero = im->nblocks - im->zero_blocks;
+	/* The map summary and the best cache seeds are extras: an index without
+	 * maps or with one image still gets its basic answer. */
+	idd_image_summary sum;
+	bool have_sum = idd_image_summary_get(index_dir, im->id, &sum, &err) == IDD_OK;
+	idd_similar *sim = NULL;
+	size_t nsim = 0;
+	if (cat->count > 1 && idd_image_top_similar(index_dir, im->id, 3, &sim, &nsim, &err) != IDD_OK) {
+		sim = NULL;
+		nsim = 0;
+	}
 	if (json) {
 		cli_json j;
 		cli_json_begin(&j, stdout);
@@ -91,6 +101,22 @@ int cmd_info(int argc, char **argv)
 		cli_json_key_u64(&j, "internal_duplicates", nonzero - im->distinct_blocks);
 		cli_json_key_str(&j, "scanned_at", when);
 		cli_json_key_str(&j, "block_list", key);
+		if (have_sum) {
+			cli_json_key_bool(&j, "has_map", sum.has_map);
+			cli_json_key_u64(&j, "map_bytes", sum.map_bytes);
+			if (sum.has_blocktable)
+				cli_json_key_u64(&j, "exclusive_blocks", sum.exclusive_blocks);
+		}
+		cli_json_key_open(&j, "shares_most_with", '[');
+		for (size_t i = 0; i < nsim; i++) {
+			cli_json_key_open(&j, NULL, '{');
+			cli_json_key_str(&j, "id", sim[i].id);
+			cli_json_key_double(&j, "containment", sim[i].containment);
+			cli_json_key_double(&j, "jaccard", sim[i].jaccard);
+			cli_json_key_u64(&j, "shared_blocks", sim[i].shared);
+			cli_json_close(&j, '}');
+		}
+		cli_json_close(&j, ']');
 		cli_json_end(&j);
 	} else {
 		char h1[32], h2[32];
@@ -106,7 +132,24 @@ int cmd_info(int argc, char **argv)
 		printf("distinct blocks:     %llu (non-zero)\n", (unsigned long long)im->distinct_blocks);
 		printf("internal duplicates: %llu\n", (unsigned long long)(nonzero - im->distinct_blocks));
 		printf("scanned:             %s\n", when);
+		if (have_sum && sum.has_map) {
+			char h3[32];
+			printf("block map:           %s\n", cli_human(sum.map_bytes, h3));
+		} else {
+			printf("block map:           none (run 'imgdedup map')\n");
+		}
+		if (have_sum && sum.has_blocktable)
+			printf("exclusive blocks:    %llu (content no other image holds)\n",
+			       (unsigned long long)sum.exclusive_blocks);
+		if (nsim) {
+			printf("shares most with:    (containment: share of this image's blocks the other holds)\n");
+			for (size_t i = 0; i < nsim; i++)
+				printf("  %6.2f%%  %s  (jaccard %.4f, %llu blocks in common)\n",
+				       sim[i].containment * 100, sim[i].id, sim[i].jaccard,
+				       (unsigned long long)sim[i].shared);
+		}
 	}
+	idd_similar_free(sim, nsim);
 	idd_catalog_free(cat);
 	free(index_dir);
 	return EXIT_OK;

@@ -421,7 +421,8 @@ static int build_catalog(struct scan *s, const struct entries *kept, bool includ
 		if (!superseded && entries_push_copy(&all, im, err))
 			goto fail;
 	}
-	qsort(all.v, all.n, sizeof *all.v, cmp_info_id);
+	if (all.n)
+		qsort(all.v, all.n, sizeof *all.v, cmp_info_id);
 	out->images = all.v;
 	out->count = all.n;
 	return IDD_OK;
