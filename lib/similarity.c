@@ -33,6 +33,8 @@ typedef struct rec {
 
 static void radix_u64(uint64_t *a, uint64_t *tmp, size_t n)
 {
+	if (n < 2)
+		return; /* nothing to sort; a and tmp may be NULL */
 	size_t cnt[256];
 	for (int shift = 0; shift < 64; shift += 8) {
 		memset(cnt, 0, sizeof cnt);
@@ -54,6 +56,8 @@ static void radix_u64(uint64_t *a, uint64_t *tmp, size_t n)
 
 static void radix_rec(rec *a, rec *tmp, size_t n)
 {
+	if (n < 2)
+		return;
 	size_t *cnt = calloc(65536, sizeof *cnt);
 	if (!cnt) { /* tiny fallback: insertion sort is still correct */
 		for (size_t i = 1; i < n; i++) {
