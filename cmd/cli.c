@@ -40,6 +40,19 @@ int cli_usage(const char *usage, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
+bool cli_open_catalog(const char *repo, const char *index_opt, char **index_dir, idd_catalog **cat)
+{
+	idd_error err;
+	*index_dir = NULL;
+	if (idd_index_path(repo, index_opt, index_dir, &err) || idd_catalog_load(*index_dir, cat, &err)) {
+		cli_error("%s", err.msg);
+		free(*index_dir);
+		*index_dir = NULL;
+		return false;
+	}
+	return true;
+}
+
 bool cli_parse_size(const char *s, uint64_t *out)
 {
 	if (!s || !*s || *s == '-')

@@ -20,6 +20,10 @@ void cli_warn(void *ctx, const char *msg);
 /* Usage error: prints the message and the command's usage, returns 2. */
 int cli_usage(const char *usage, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The index directory of REPO (--index or REPO/.imgdedup) and its catalog;
+ * prints the error and returns false on failure. */
+bool cli_open_catalog(const char *repo, const char *index_opt, char **index_dir, idd_catalog **cat);
+
 /* Parse "4096", "64K", "1M", "2G" (binary units); false on junk/overflow. */
 bool cli_parse_size(const char *s, uint64_t *out);
 bool cli_parse_int(const char *s, long min, long max, long *out);

@@ -54,11 +54,8 @@ int cmd_info(int argc, char **argv)
 	idd_error err;
 	char *index_dir;
 	idd_catalog *cat;
-	if (idd_index_path(argv[optind], index_opt, &index_dir, &err) ||
-	    idd_catalog_load(index_dir, &cat, &err)) {
-		cli_error("%s", err.msg);
+	if (!cli_open_catalog(argv[optind], index_opt, &index_dir, &cat))
 		return EXIT_FAIL;
-	}
 	const idd_image_info *im = idd_catalog_find(cat, id);
 	if (!im) {
 		cli_error("%s: no image '%s' in the index (see 'imgdedup ls')", index_dir, id);

@@ -26,14 +26,10 @@ int cmd_ls(int argc, char **argv)
 	}
 	if (optind != argc - 1)
 		return cli_usage(usage, "expected one REPO");
-	idd_error err;
 	char *index_dir;
 	idd_catalog *cat;
-	if (idd_index_path(argv[optind], index_opt, &index_dir, &err) ||
-	    idd_catalog_load(index_dir, &cat, &err)) {
-		cli_error("%s", err.msg);
+	if (!cli_open_catalog(argv[optind], index_opt, &index_dir, &cat))
 		return EXIT_FAIL;
-	}
 	free(index_dir);
 	if (json) {
 		cli_json j;
