@@ -19,7 +19,9 @@ def blocks(path, bs):
             out.append(ZERO if b.count(0) == bs else hashlib.sha256(b).hexdigest())
     return out
 
-if sys.argv[1] == "--summary":
+if __name__ != "__main__":
+    pass
+elif sys.argv[1] == "--summary":
     bs = int(sys.argv[2]); total = zero = 0; uniq = set()
     for p in sys.argv[3:]:
         for d in blocks(p, bs):

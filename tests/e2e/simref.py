@@ -4,18 +4,13 @@
 usage: simref.py check CSV METRIC BS REPO   compare a csv matrix with a recomputation
        simref.py top K BS REPO               print 'image,seed1,seed2..' best seeds (containment desc)
 Images are REPO's *.raw/*.img files, ids relative to REPO."""
-import csv, hashlib, os, sys
+import csv, os, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blockhash import ZERO, blocks  # the one reference block hasher
 
 def digests(path, bs):
-    out = []
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(bs)
-            if not b:
-                break
-            b = b.ljust(bs, b"\0")
-            out.append(None if b.count(0) == bs else hashlib.sha256(b).digest())
-    return out
+    return [None if d == ZERO else d for d in blocks(path, bs)]
 
 def load(repo, bs):
     imgs = {}
