@@ -1,14 +1,17 @@
 # lib.sh - helpers for the benchmarks (sourced).
 set -euo pipefail
 RUNS=${RUNS:-5}
-# median_time CMD... : runs CMD $RUNS times, prints the median wall time (s)
+# median_time CMD... : runs CMD (a command or a shell function) $RUNS times,
+# prints the median wall time in seconds; a failing run aborts the bench.
 median_time() {
-  local i t times=()
+  local i s e times=()
   for ((i = 0; i < RUNS; i++)); do
-    t=$( { /usr/bin/time -f '%e' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n 1)
-    times+=("$t")
+    s=$(date +%s%N)
+    "$@" >/dev/null 2>&1 || { echo "bench: '$*' failed" >&2; return 1; }
+    e=$(date +%s%N)
+    times+=("$(( (e - s) / 1000 ))")
   done
-  printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+  printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "%.3f\n", a[int((NR+1)/2)] / 1e6}'
 }
 # median_of CMD... : runs CMD $RUNS times; CMD prints one number; prints the median
 median_of() {

@@ -203,8 +203,9 @@ char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *e
 }
 
 /* Payload: u32 block size, u64 block count, count x 32-byte digests.  The
- * file is named by the SHA-256 of its payload, so identical content (a
- * renamed image, a copy) is stored once and an existing file is reused. */
+ * file is named by its own SHA-256 trailer (the list key), so identical
+ * content (a renamed image, a copy) is stored once and an existing file is
+ * reused; one SHA-256 pass both names and checksums it. */
 int idd_blocklist_save(const char *index_dir, uint32_t block_size, const idd_digest *d,
                        uint64_t nblocks, idd_digest *key_out, idd_error *err)
 {
@@ -218,18 +219,11 @@ int idd_blocklist_save(const char *index_dir, uint32_t block_size, const idd_dig
 	idd_le32_put(p, block_size);
 	idd_le64_put(p + 4, nblocks);
 	memcpy(p + 12, d, (size_t)bytes);
-	int rc = idd_sha256(p, len, key_out->b, err);
-	char *path = rc ? NULL : idd_blocks_path(index_dir, key_out, err);
-	if (!path) {
-		free(p);
-		return IDD_ERR;
-	}
 	char *dir = idd_path_join(index_dir, IDD_BLOCKS_DIR, err);
-	rc = dir ? idd_mkdir_p(dir, err) : IDD_ERR;
-	if (!rc && access(path, F_OK) != 0) /* same name, same content */
-		rc = idd_indexfile_write(path, BLOCKS_MAGIC, BLOCKS_VERSION, p, len, true, err);
+	int rc = dir ? idd_mkdir_p(dir, err) : IDD_ERR;
+	if (!rc)
+		rc = idd_indexfile_write_named(dir, BLOCKS_MAGIC, BLOCKS_VERSION, p, len, true, key_out, err);
 	free(dir);
-	free(path);
 	free(p);
 	return rc;
 }
@@ -240,17 +234,21 @@ int idd_blocklist_load(const char *index_dir, const idd_image_info *img, idd_dig
 	char *path = idd_blocks_path(index_dir, &img->list_key, err);
 	if (!path)
 		return IDD_ERR;
-	void *payload;
-	size_t len;
-	int rc = idd_indexfile_read(path, BLOCKS_MAGIC, BLOCKS_VERSION, &payload, &len, NULL, err);
+	void *file, *payload = NULL;
+	size_t flen, len = 0;
+	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER), &file,
+	                       &flen, err);
 	if (rc) {
 		free(path);
 		return IDD_ERR;
 	}
-	unsigned char key[32];
-	rc = idd_sha256(payload, len, key, err);
-	if (!rc && (len < 12 || memcmp(key, img->list_key.b, 32) != 0 ||
-	            idd_le64((unsigned char *)payload + 4) != img->nblocks ||
+	rc = idd_indexfile_parse(path, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, &payload, &len, NULL, err);
+	/* the name is the checksum: a file moved or copied under another name
+	 * is not another image's list */
+	if (!rc && memcmp((unsigned char *)file + flen - IDD_IF_TRAILER, img->list_key.b, IDD_DIGEST_SIZE))
+		rc = idd_fail(err, "%s: block list is not the one the catalog names for %s", path, img->id);
+	free(file);
+	if (!rc && (len < 12 || idd_le64((unsigned char *)payload + 4) != img->nblocks ||
 	            (len - 12) / IDD_DIGEST_SIZE != img->nblocks || (len - 12) % IDD_DIGEST_SIZE))
 		rc = idd_fail(err, "%s: block list does not match the catalog entry of %s", path, img->id);
 	if (!rc) {

@@ -122,43 +122,81 @@ int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_er
 	return write_atomic_iov(path, parts, lens, 1, err);
 }
 
-int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
-                        const void *payload, size_t len, bool compress, idd_error *err)
-{
+/* An index file ready to write: header, stored payload, checksum. */
+struct encoded {
 	unsigned char hdr[IDD_IF_HEADER];
-	void *stored = (void *)payload;
-	size_t stored_len = len;
-	void *zbuf = NULL;
+	const void *stored;
+	size_t stored_len;
+	void *zbuf;
+	unsigned char sum[32];
+};
+
+static int encode(const char *name, const char magic[8], uint32_t version, const void *payload,
+                  size_t len, bool compress, struct encoded *e, idd_error *err)
+{
+	e->stored = payload;
+	e->stored_len = len;
+	e->zbuf = NULL;
 	if (compress) {
 		size_t bound = ZSTD_compressBound(len);
-		zbuf = idd_malloc(bound, err);
-		if (!zbuf)
+		e->zbuf = idd_malloc(bound, err);
+		if (!e->zbuf)
 			return IDD_ERR;
 		/* level 1: payloads are mostly SHA-256 digests, which no level compresses;
 		 * the zero runs and repeated strings compress as well at level 1 */
-		size_t z = ZSTD_compress(zbuf, bound, payload, len, 1);
+		size_t z = ZSTD_compress(e->zbuf, bound, payload, len, 1);
 		if (ZSTD_isError(z)) {
-			free(zbuf);
-			return idd_fail(err, "%s: zstd: %s", path, ZSTD_getErrorName(z));
+			free(e->zbuf);
+			return idd_fail(err, "%s: zstd: %s", name, ZSTD_getErrorName(z));
 		}
-		stored = zbuf;
-		stored_len = z;
+		e->stored = e->zbuf;
+		e->stored_len = z;
 	}
-	memcpy(hdr, magic, 8);
-	idd_le32_put(hdr + 8, version);
-	idd_le32_put(hdr + 12, compress ? IDD_IF_ZSTD : 0);
-	idd_le64_put(hdr + 16, len);
-	idd_le64_put(hdr + 24, stored_len);
+	memcpy(e->hdr, magic, 8);
+	idd_le32_put(e->hdr + 8, version);
+	idd_le32_put(e->hdr + 12, compress ? IDD_IF_ZSTD : 0);
+	idd_le64_put(e->hdr + 16, len);
+	idd_le64_put(e->hdr + 24, e->stored_len);
+	if (idd_sha256_2(e->hdr, sizeof e->hdr, e->stored, e->stored_len, e->sum, err)) {
+		free(e->zbuf);
+		return IDD_ERR;
+	}
+	return IDD_OK;
+}
 
-	unsigned char sum[32];
-	int rc = IDD_ERR;
-	if (idd_sha256_2(hdr, sizeof hdr, stored, stored_len, sum, err))
-		goto out;
-	const void *parts[3] = {hdr, stored, sum};
-	size_t lens[3] = {sizeof hdr, stored_len, sizeof sum};
-	rc = write_atomic_iov(path, parts, lens, 3, err);
-out:
-	free(zbuf);
+static int write_encoded(const char *path, struct encoded *e, idd_error *err)
+{
+	const void *parts[3] = {e->hdr, e->stored, e->sum};
+	size_t lens[3] = {sizeof e->hdr, e->stored_len, sizeof e->sum};
+	return write_atomic_iov(path, parts, lens, 3, err);
+}
+
+int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
+                        const void *payload, size_t len, bool compress, idd_error *err)
+{
+	struct encoded e;
+	if (encode(path, magic, version, payload, len, compress, &e, err))
+		return IDD_ERR;
+	int rc = write_encoded(path, &e, err);
+	free(e.zbuf);
+	return rc;
+}
+
+int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
+                              const void *payload, size_t len, bool compress, idd_digest *sum,
+                              idd_error *err)
+{
+	struct encoded e;
+	if (encode(dir, magic, version, payload, len, compress, &e, err))
+		return IDD_ERR;
+	memcpy(sum->b, e.sum, sizeof sum->b);
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	idd_digest_hex(sum, hex);
+	char *path = idd_path_join(dir, hex, err);
+	int rc = !path ? IDD_ERR : access(path, F_OK) == 0 ? IDD_OK /* same name, same bytes */
+	                                                   : write_encoded(path, &e, err);
+	free(path);
+	free(e.zbuf);
 	return rc;
 }
 

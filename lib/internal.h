@@ -144,6 +144,12 @@ size_t idd_digest_set_find(const idd_digest_set *s, const idd_digest *d); /* (si
 /* Atomically replace PATH: write PATH.tmp.PID, fsync, rename, fsync dir. */
 int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
                         const void *payload, size_t len, bool compress, idd_error *err);
+/* Write into DIR a file named by the hex of its own checksum (the SHA-256
+ * trailer), which *sum receives: content-named, so an existing file of that
+ * name already holds these bytes and is not rewritten. */
+int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
+                              const void *payload, size_t len, bool compress, idd_digest *sum,
+                              idd_error *err);
 /* Read and check PATH; *payload is malloc'd.  A missing file returns IDD_ENOENT
  * (with a message). */
 int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,

@@ -130,6 +130,7 @@ struct scan {
 	bool fatal;
 	idd_error fatal_err;
 	prefix_set unique;      /* distinct non-zero blocks of the images finished so far */
+	bool unique_stale;      /* it counted an image that then failed */
 	uint32_t next_owner;
 	/* checkpointing */
 	idd_catalog *old;
@@ -225,6 +226,21 @@ static bool job_next_chunk(struct scan *s, struct job *j, uint64_t *off, uint64_
 
 static int save_checkpoint(struct scan *s, idd_error *err);
 
+struct list_save {
+	struct scan *s;
+	struct job *j;
+	int rc;
+	idd_error err;
+};
+
+static void *list_save_main(void *arg)
+{
+	struct list_save *ls = arg;
+	ls->rc = idd_blocklist_save(ls->s->index_dir, ls->s->bs, ls->j->digests, ls->j->nblocks,
+	                            &ls->j->info.list_key, &ls->err);
+	return NULL;
+}
+
 /* Finish a job whose chunks are all hashed: check the file did not change
  * under us, write its block list, fill its catalog entry.  Lock held. */
 static void job_finish(struct scan *s, struct job *j)
@@ -243,9 +259,14 @@ static void job_finish(struct scan *s, struct job *j)
 	if (!j->failed) {
 		idd_image_info *im = &j->info;
 		memset(im, 0, sizeof *im);
-		/* block list first: an image that fails here is not counted */
-		if (idd_blocklist_save(s->index_dir, s->bs, j->digests, j->nblocks, &im->list_key, &j->err))
-			j->failed = true;
+		/* Writing the block list (compress, checksum, fsync) and counting
+		 * its distinct blocks are independent: do them on two cores, as
+		 * this is the serial tail of every scan. */
+		struct list_save ls = {s, j, IDD_OK, {{0}}};
+		pthread_t saver;
+		bool threaded = pthread_create(&saver, NULL, list_save_main, &ls) == 0;
+		if (!threaded)
+			list_save_main(&ls);
 		uint64_t zero = 0, distinct = 0;
 		uint32_t who = s->next_owner++;
 		for (uint64_t b = 0; b < j->nblocks && !j->failed; b++) {
@@ -256,6 +277,15 @@ static void job_finish(struct scan *s, struct job *j)
 				j->failed = true;
 			else
 				distinct += fresh;
+		}
+		if (threaded)
+			pthread_join(saver, NULL);
+		if (j->failed || ls.rc) {
+			/* counted but not indexed: recount from the catalog at the end */
+			s->unique_stale = true;
+			if (ls.rc && !j->failed)
+				j->err = ls.err;
+			j->failed = true;
 		}
 		im->distinct_blocks = distinct;
 		if (!j->failed) {
@@ -448,8 +478,14 @@ static int save_checkpoint(struct scan *s, idd_error *err)
 
 /* Add the carried-over images to the distinct-block count (the images read
  * this run were added as they finished). */
-static int count_unique(struct scan *s, const struct entries *kept, uint64_t *unique, idd_error *err)
+static int count_unique(struct scan *s, const struct entries *kept, const idd_catalog *cat,
+                        uint64_t *unique, idd_error *err)
 {
+	struct entries all = {cat->images, cat->count};
+	if (s->unique_stale) { /* rare: count every image of the new catalog afresh */
+		pset_free(&s->unique);
+		kept = &all;
+	}
 	for (size_t i = 0; i < kept->n; i++) {
 		idd_digest *d;
 		if (idd_blocklist_load(s->index_dir, &kept->v[i], &d, err))
@@ -777,7 +813,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	} else {
 		cat.generation = (s.old ? s.old->generation : 0) + 1;
 		if (st->scanned || st->removed || !s.old)
-			rc = count_unique(&s, &kept, &cat.unique_blocks, err);
+			rc = count_unique(&s, &kept, &cat, &cat.unique_blocks, err);
 		else
 			cat.unique_blocks = s.old->unique_blocks, rc = IDD_OK;
 		if (!rc)
