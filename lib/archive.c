@@ -154,6 +154,7 @@ struct member {
 	uint64_t off, len;
 	bool streamed;
 	size_t seq;
+	int fd; /* compressed archives: the member already decompressed, or -1 */
 };
 
 struct members {
@@ -163,35 +164,47 @@ struct members {
 
 static void members_free(struct members *m)
 {
-	for (size_t i = 0; i < m->n; i++)
+	for (size_t i = 0; i < m->n; i++) {
 		free(m->v[i].name);
+		if (m->v[i].fd >= 0)
+			close(m->v[i].fd);
+	}
 	free(m->v);
 	m->v = NULL;
 	m->n = 0;
 }
 
+/* Takes ownership of fd (-1: none), also on failure. */
 static int members_add(struct members *m, const char *raw_name, uint64_t off, uint64_t len,
-                       bool streamed, idd_error *err)
+                       bool streamed, int fd, idd_error *err)
 {
 	const char *name = image_member_name(raw_name);
-	if (!name)
+	if (!name) {
+		if (fd >= 0)
+			close(fd);
 		return IDD_OK;
+	}
 	/* A later entry of the same name replaces the earlier (tar semantics). */
 	for (size_t i = 0; i < m->n; i++)
 		if (strcmp(m->v[i].name, name) == 0) {
 			m->v[i].off = off;
 			m->v[i].len = len;
 			m->v[i].streamed = streamed;
+			if (m->v[i].fd >= 0)
+				close(m->v[i].fd);
+			m->v[i].fd = fd;
 			return IDD_OK;
 		}
 	struct member *v = idd_realloc_array(m->v, m->n + 1, sizeof *v, err);
-	if (!v)
+	char *copy = v ? idd_strdup(name, err) : NULL;
+	if (v)
+		m->v = v;
+	if (!copy) {
+		if (fd >= 0)
+			close(fd);
 		return IDD_ERR;
-	m->v = v;
-	char *copy = idd_strdup(name, err);
-	if (!copy)
-		return IDD_ERR;
-	m->v[m->n] = (struct member){copy, off, len, streamed, m->n};
+	}
+	m->v[m->n] = (struct member){copy, off, len, streamed, m->n, fd};
 	m->n++;
 	return IDD_OK;
 }
@@ -385,7 +398,7 @@ static int tar_list(idd_file *f, struct members *out, idd_error *err)
 			if (type == '0' || type == '\0' || type == '7' || type == 'S') {
 				/* Sparse members are not contiguous: libarchive reassembles them. */
 				bool streamed = type == 'S' || sparse;
-				if ((rc = members_add(out, use, data, size, streamed, err)))
+				if ((rc = members_add(out, use, data, size, streamed, -1, err)))
 					break;
 			}
 			free(long_name);
@@ -419,6 +432,13 @@ static struct archive *la_open(const char *path, idd_error *err)
 	return a;
 }
 
+static int tmp_open(idd_error *err);
+static int spool_entry(struct archive *a, struct archive_entry *ae, const char *path,
+                       const char *member, int fd, idd_error *err);
+
+/* A compressed stream cannot skip: listing decompresses everything anyway,
+ * so each disk image member is written to a temporary file on the way and
+ * handed over with its entry (idd_archive_open_member then reads it). */
 static int la_list(const char *path, struct members *out, idd_error *err)
 {
 	struct archive *a = la_open(path, err);
@@ -439,12 +459,20 @@ static int la_list(const char *path, struct members *out, idd_error *err)
 			break;
 		}
 		const char *name = archive_entry_pathname(ae);
-		if (name && archive_entry_filetype(ae) == AE_IFREG) {
-			la_int64_t sz = archive_entry_size(ae);
-			if ((rc = members_add(out, name, 0, sz > 0 ? (uint64_t)sz : 0, true, err)))
+		const char *norm = name && archive_entry_filetype(ae) == AE_IFREG ? image_member_name(name)
+		                                                                   : NULL;
+		if (norm) {
+			int fd = tmp_open(err);
+			if (fd < 0 || spool_entry(a, ae, path, norm, fd, err)) {
+				if (fd >= 0)
+					close(fd);
+				rc = IDD_ERR;
 				break;
-		}
-		if (archive_read_data_skip(a) != ARCHIVE_OK) {
+			}
+			la_int64_t sz = archive_entry_size(ae);
+			if ((rc = members_add(out, name, 0, sz > 0 ? (uint64_t)sz : 0, true, fd, err)))
+				break;
+		} else if (archive_read_data_skip(a) != ARCHIVE_OK) {
 			rc = idd_fail(err, "%s: %s", path, archive_error_string(a));
 			break;
 		}
@@ -498,6 +526,11 @@ int idd_archive_list(const idd_repo_entry *archive, idd_repo_list *out, idd_erro
 		e.member_off = m.v[i].off;
 		e.member_len = m.v[i].len;
 		e.streamed = m.v[i].streamed;
+		if (m.v[i].fd >= 0) {
+			e.spooled = true; /* the entry owns the descriptor now */
+			e.spool_fd = m.v[i].fd;
+			m.v[i].fd = -1;
+		}
 		e.dev = archive->dev;
 		e.ino = archive->ino;
 		e.size = archive->size;
@@ -555,6 +588,58 @@ static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off, idd
 
 /* Decompress the member named e->member (its last occurrence) into fd,
  * leaving holes for zero runs. */
+/* Write the data of the current entry into fd (from offset 0, truncated
+ * first), leaving holes for zero runs. */
+static int spool_entry(struct archive *a, struct archive_entry *ae, const char *path,
+                       const char *member, int fd, idd_error *err)
+{
+	if (ftruncate(fd, 0))
+		return idd_fail_errno(err, "temporary file", "truncate");
+	uint64_t end = 0;
+	int rc = IDD_OK;
+	for (;;) {
+		const void *buf;
+		size_t len;
+		la_int64_t off;
+		int r = archive_read_data_block(a, &buf, &len, &off);
+		if (r == ARCHIVE_EOF)
+			break;
+		if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
+			return idd_fail(err, "%s: member %s: %s", path, member, archive_error_string(a));
+		if (off < 0)
+			return idd_fail(err, "%s: member %s: bad data offset", path, member);
+		/* Sparse output: only non-zero 4 KiB pieces are written. */
+		const unsigned char *p = buf;
+		size_t i = 0;
+		while (i < len && !rc) {
+			size_t n = IDD_MIN(len - i, (size_t)(4096 - ((uint64_t)off + i) % 4096));
+			if (idd_is_zero(p + i, n)) {
+				i += n;
+				continue;
+			}
+			size_t j = i + n;
+			while (j < len) {
+				size_t m = IDD_MIN(len - j, (size_t)4096);
+				if (idd_is_zero(p + j, m))
+					break;
+				j += m;
+			}
+			rc = write_all(fd, p + i, j - i, (uint64_t)off + i, err);
+			i = j;
+		}
+		if (rc)
+			return rc;
+		end = IDD_MAX(end, (uint64_t)off + len);
+	}
+	la_int64_t sz = archive_entry_size(ae);
+	if (sz > 0 && (uint64_t)sz > end)
+		end = (uint64_t)sz;
+	if (ftruncate(fd, (off_t)end))
+		return idd_fail_errno(err, "temporary file", "set size");
+	return IDD_OK;
+}
+
+/* Decompress the member named e->member (its last occurrence) into fd. */
 static int spool_member(const idd_repo_entry *e, int fd, idd_error *err)
 {
 	struct archive *a = la_open(e->path, err);
@@ -580,55 +665,8 @@ static int spool_member(const idd_repo_entry *e, int fd, idd_error *err)
 				rc = idd_fail(err, "%s: %s", e->path, archive_error_string(a));
 			continue;
 		}
-		if (ftruncate(fd, 0)) {
-			rc = idd_fail_errno(err, "temporary file", "truncate");
-			break;
-		}
 		found = true;
-		uint64_t end = 0;
-		for (;;) {
-			const void *buf;
-			size_t len;
-			la_int64_t off;
-			r = archive_read_data_block(a, &buf, &len, &off);
-			if (r == ARCHIVE_EOF)
-				break;
-			if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
-				rc = idd_fail(err, "%s: member %s: %s", e->path, e->member, archive_error_string(a));
-				break;
-			}
-			if (off < 0) {
-				rc = idd_fail(err, "%s: member %s: bad data offset", e->path, e->member);
-				break;
-			}
-			/* Sparse output: only non-zero 4 KiB pieces are written. */
-			const unsigned char *p = buf;
-			size_t i = 0;
-			while (i < len && !rc) {
-				size_t n = IDD_MIN(len - i, (size_t)(4096 - ((uint64_t)off + i) % 4096));
-				if (idd_is_zero(p + i, n)) {
-					i += n;
-					continue;
-				}
-				size_t j = i + n;
-				while (j < len) {
-					size_t m = IDD_MIN(len - j, (size_t)4096);
-					if (idd_is_zero(p + j, m))
-						break;
-					j += m;
-				}
-				rc = write_all(fd, p + i, j - i, (uint64_t)off + i, err);
-				i = j;
-			}
-			if (rc)
-				break;
-			end = IDD_MAX(end, (uint64_t)off + len);
-		}
-		la_int64_t sz = archive_entry_size(ae);
-		if (!rc && sz > 0 && (uint64_t)sz > end)
-			end = (uint64_t)sz;
-		if (!rc && ftruncate(fd, (off_t)end))
-			rc = idd_fail_errno(err, "temporary file", "set size");
+		rc = spool_entry(a, ae, e->path, e->member, fd, err);
 	}
 	archive_read_free(a);
 	if (!rc && !found)
@@ -653,8 +691,11 @@ int idd_archive_open_member(const char *repo, const idd_repo_entry *e, idd_image
 		if (!rc)
 			rc = idd_file_open_slice(parent, true, e->member_off, e->member_len, name, &f, err);
 	} else {
-		int fd = tmp_open(err);
-		rc = fd < 0 ? IDD_ERR : spool_member(e, fd, err);
+		/* spooled while listing, or decompressed now */
+		int fd = e->spooled ? dup(e->spool_fd) : tmp_open(err);
+		if (fd < 0 && e->spooled)
+			idd_fail_errno(err, e->path, "dup");
+		rc = fd < 0 ? IDD_ERR : e->spooled ? IDD_OK : spool_member(e, fd, err);
 		if (!rc) {
 			/* Reopen through /proc so the generic local reader serves it; the
 			 * file has no name, so messages use the member's. */

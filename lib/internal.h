@@ -285,6 +285,8 @@ typedef struct idd_repo_entry {
 	char *container; /* "" or archive kind */
 	uint64_t member_off, member_len; /* uncompressed archives: member data range */
 	bool streamed;   /* compressed archive: member readable only as a stream */
+	bool spooled;    /* streamed member already decompressed into spool_fd (owned) */
+	int spool_fd;
 	uint64_t dev, ino, size;
 	int64_t mtime_ns, ctime_ns;
 } idd_repo_entry;

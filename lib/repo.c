@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *const image_suffixes[] = {
 	".raw", ".img", ".qcow2", ".qcow", ".ova", ".box", ".tar",
@@ -31,6 +32,8 @@ bool idd_repo_name_matches(const char *name, const char *const *includes, size_t
 
 void idd_repo_entry_free(idd_repo_entry *e)
 {
+	if (e->spooled)
+		close(e->spool_fd);
 	free(e->id);
 	free(e->path);
 	free(e->member);
