@@ -1,6 +1,7 @@
 /* main.c - imgdedup: dispatch to one subcommand per file. */
 #include "cli.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const struct {
@@ -40,9 +41,15 @@ int main(int argc, char **argv)
 		printf("imgdedup %s\n", IDD_VERSION);
 		return EXIT_OK;
 	}
-	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-		if (!strcmp(argv[1], commands[i].name))
+	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+		if (!strcmp(argv[1], commands[i].name)) {
+			/* getopt names argv[0] in its messages: "imgdedup scan: ..." */
+			char prog[64];
+			snprintf(prog, sizeof prog, "imgdedup %s", commands[i].name);
+			argv[1] = prog;
 			return commands[i].fn(argc - 1, argv + 1);
+		}
+	}
 	cli_error("unknown command '%s'", argv[1]);
 	usage(stderr);
 	return EXIT_USAGE;
