@@ -10,7 +10,7 @@
 
 static const char usage[] =
 	"imgdedup deploy --from SOURCE --cache DIR [-o OUT] [--index DIR|URL] [--seed FILE]... "
-	"[--connections N] [--force] [--json] [-q] IMAGE";
+	"[--connections N] [--jobs N] [--force] [--json] [-q] IMAGE";
 
 struct prog {
 	bool enabled;
@@ -69,6 +69,7 @@ int cmd_deploy(int argc, char **argv)
 		{"seed", required_argument, 0, 's'},  {"connections", required_argument, 0, 'n'},
 		{"force", no_argument, 0, 'F'},       {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
+		{"jobs", required_argument, 0, 'j'},
 		{0, 0, 0, 0}};
 	idd_deploy_opts o = {0};
 	const char **seeds = NULL;
@@ -100,6 +101,15 @@ int cmd_deploy(int argc, char **argv)
 				return cli_usage(usage, "--connections must be 1 to 64, not '%s'", optarg);
 			}
 			o.connections = (int)v;
+			break;
+		}
+		case 'j': {
+			long v;
+			if (!cli_parse_int(optarg, 1, 64, &v)) {
+				free(seeds);
+				return cli_usage(usage, "--jobs must be 1 to 64, not '%s'", optarg);
+			}
+			o.jobs = (int)v;
 			break;
 		}
 		case 'F': o.force = true; break;
@@ -151,6 +161,7 @@ int cmd_deploy(int argc, char **argv)
 		cli_json_key_u64(&j, "bytes_seed", st.bytes_seed);
 		cli_json_key_u64(&j, "bytes_reflinked", st.bytes_reflinked);
 		cli_json_key_u64(&j, "cache_damaged", st.cache_damaged);
+		cli_json_key_u64(&j, "seeds_mapped", st.seeds_mapped);
 		cli_json_key_u64(&j, "retries", st.retries);
 		cli_json_key_double(&j, "seconds", secs);
 		cli_json_end(&j);

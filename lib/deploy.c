@@ -15,6 +15,8 @@
 #include <libgen.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -68,7 +70,7 @@ struct deploy {
 	idd_hasher *h;
 	char *out, *part;
 	int fd;
-	bool reflink_ok;
+	atomic_bool reflink_ok;   /* shared by the verify threads */
 	uint32_t bs;
 	/* per block / per digest (index k = ref, 1..ndistinct) */
 	unsigned char *valid;  /* block already right in OUT.part */
@@ -131,6 +133,14 @@ static int write_all_at(struct deploy *d, const void *buf, size_t len, uint64_t 
 	return IDD_OK;
 }
 
+/* Start writing back what was just written: the device works while we hash
+ * the next blocks, and the final fsync has little left to wait for.  Only a
+ * hint: errors surface in that fsync. */
+static void start_writeback(int fd, uint64_t off, uint64_t len)
+{
+	(void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
 static int read_all_at(int fd, void *buf, size_t len, uint64_t off)
 {
 	unsigned char *p = buf;
@@ -147,12 +157,75 @@ static int read_all_at(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
 static bool digest_eq(const idd_digest *a, const idd_digest *b)
 {
 	return !memcmp(a->b, b->b, IDD_DIGEST_SIZE);
 }
 
 /* ---- reading the source's index ---- */
+
+/* Fetch and check the block map of catalog image `in`.  The map is
+ * untrusted: beyond the parser's checks, it must agree with the catalog and
+ * every reference must fall inside its digest table. */
+static int fetch_map(struct deploy *d, const idd_image_info *in, idd_map **out)
+{
+	*out = NULL;
+	char *mrel = idd_map_relpath(in->id, d->err);
+	char *mpath = mrel ? idd_asprintf(d->err, "%s%s", d->index_prefix, mrel) : NULL;
+	free(mrel);
+	if (!mpath)
+		return IDD_ERR;
+	void *file = NULL;
+	size_t flen = 0;
+	idd_map *m = NULL;
+	int rc = idd_source_get(d->isrc, mpath, MAX_INDEX_FILE, &file, &flen, d->err);
+	if (rc == IDD_ENOENT)
+		idd_error_prefix(d->err, "%s: no block map (run 'imgdedup map' in the source)", in->id);
+	if (!rc) {
+		d->st->bytes_index += flen;
+		rc = idd_map_parse(mpath, file, flen, &m, d->err);
+		free(file);
+	}
+	free(mpath);
+	if (rc)
+		return IDD_ERR;
+	static const idd_digest zero_key;
+	rc = IDD_ERR;
+	if (m->block_size != d->bs || m->image_size != in->virtual_size || m->nblocks != in->nblocks) {
+		idd_fail(d->err, "%s: the block map does not match the catalog (size or block size); "
+		         "run 'imgdedup map' in the source", in->id);
+		goto out;
+	}
+	if (memcmp(m->list_key.b, zero_key.b, IDD_DIGEST_SIZE) && !digest_eq(&m->list_key, &in->list_key)) {
+		idd_fail(d->err, "%s: the block map is older than the catalog; run 'imgdedup map' in the "
+		         "source", in->id);
+		goto out;
+	}
+	/* Independent of the parser's checks: every reference in range. */
+	for (uint64_t b = 0; b < m->nblocks; b++)
+		if (m->refs[b] > m->ndistinct) {
+			idd_fail(d->err, "%s: corrupt block map (reference past the digest table)", in->id);
+			goto out;
+		}
+	for (uint64_t k = 0; k < m->ndistinct; k++)
+		if (idd_digest_is_zero(&m->digests[k])) {
+			idd_fail(d->err, "%s: corrupt block map (zero digest in the table)", in->id);
+			goto out;
+		}
+	rc = IDD_OK;
+out:
+	if (rc)
+		idd_map_free(m);
+	else
+		*out = m;
+	return rc;
+}
 
 static int load_index(struct deploy *d)
 {
@@ -183,41 +256,7 @@ static int load_index(struct deploy *d)
 		return idd_fail(d->err, "%s: refused: the index names '%s', a path outside the source",
 		                o->image, d->info->file);
 
-	char *mrel = idd_map_relpath(o->image, d->err);
-	char *mpath = mrel ? idd_asprintf(d->err, "%s%s", d->index_prefix, mrel) : NULL;
-	free(mrel);
-	if (!mpath)
-		return IDD_ERR;
-	rc = idd_source_get(d->isrc, mpath, MAX_INDEX_FILE, &file, &flen, d->err);
-	if (rc == IDD_ENOENT)
-		idd_error_prefix(d->err, "%s: no block map (run 'imgdedup map' in the source)", o->image);
-	if (!rc) {
-		d->st->bytes_index += flen;
-		rc = idd_map_parse(mpath, file, flen, &d->m, d->err);
-		free(file);
-	}
-	free(mpath);
-	if (rc)
-		return IDD_ERR;
-	idd_map *m = d->m;
-	static const idd_digest zero_key;
-	if (m->block_size != d->bs || m->image_size != d->info->virtual_size ||
-	    m->nblocks != d->info->nblocks)
-		return idd_fail(d->err, "%s: the block map does not match the catalog (size or block size); "
-		                "run 'imgdedup map' in the source", o->image);
-	if (memcmp(m->list_key.b, zero_key.b, IDD_DIGEST_SIZE) &&
-	    !digest_eq(&m->list_key, &d->info->list_key))
-		return idd_fail(d->err, "%s: the block map is older than the catalog; run 'imgdedup map' "
-		                "in the source", o->image);
-	/* Independent of the parser's checks: every reference in range. */
-	for (uint64_t b = 0; b < m->nblocks; b++)
-		if (m->refs[b] > m->ndistinct)
-			return idd_fail(d->err, "%s: corrupt block map (reference past the digest table)",
-			                o->image);
-	for (uint64_t k = 0; k < m->ndistinct; k++)
-		if (idd_digest_is_zero(&m->digests[k]))
-			return idd_fail(d->err, "%s: corrupt block map (zero digest in the table)", o->image);
-	return IDD_OK;
+	return fetch_map(d, d->info, &d->m);
 }
 
 /* ---- OUT.part: create, or verify what an interrupted run wrote ---- */
@@ -302,7 +341,135 @@ out:
 	return rc;
 }
 
-/* ---- seeds: read-only local raw images, hashed on the fly ---- */
+/* ---- seeds: read-only local raw images, known by their map or hashed ---- */
+
+/* How many blocks of a seed found by name are read and compared with its
+ * map before the map is believed (a renamed or reused file fails here). */
+#define SEED_SPOT_CHECKS 8
+
+static bool seed_block_is(struct deploy *d, struct seed *sd, uint64_t b, const idd_digest *want,
+                          unsigned char *buf)
+{
+	uint64_t off = b * d->bs;
+	if (off >= sd->size)
+		return false;
+	size_t n = (size_t)IDD_MIN((uint64_t)d->bs, sd->size - off);
+	memset(buf + n, 0, d->bs - n);
+	idd_digest got;
+	return read_all_at(sd->fd, buf, n, off) == 0 && !idd_hasher_digest(d->h, buf, d->bs, &got, NULL) &&
+	       digest_eq(&got, want);
+}
+
+/* The catalog image a seed is a copy of, if any: the seed's real path inside
+ * a local SOURCE (*same_file when its identity is the one scanned), else an
+ * image whose id or cache name ends like the seed's name, of the same size. */
+static const idd_image_info *seed_candidate(struct deploy *d, struct seed *sd, bool *same_file)
+{
+	*same_file = false;
+	struct stat st;
+	if (fstat(sd->fd, &st))
+		return NULL;
+	const idd_image_info *in = NULL;
+	if (!idd_source_is_remote(d->src)) {
+		char *root = realpath(idd_source_root(d->src), NULL);
+		char *real = realpath(sd->path, NULL);
+		size_t rl = root ? strlen(root) : 0;
+		if (root && real && !strncmp(real, root, rl) && real[rl] == '/')
+			in = idd_catalog_find(d->cat, real + rl + 1);
+		free(root);
+		free(real);
+		if (in && !in->member[0] && !strcmp(in->format, "raw") && in->dev == (uint64_t)st.st_dev &&
+		    in->ino == (uint64_t)st.st_ino && in->file_size == (uint64_t)st.st_size &&
+		    in->mtime_ns == (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec &&
+		    in->ctime_ns == (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec) {
+			*same_file = true;
+			return in;
+		}
+	}
+	if (in && in->virtual_size == sd->size)
+		return in;
+	const char *base = strrchr(sd->path, '/');
+	base = base ? base + 1 : sd->path;
+	const idd_image_info *found = NULL;
+	for (size_t i = 0; i < d->cat->count; i++) {
+		const idd_image_info *c = &d->cat->images[i];
+		if (c->virtual_size != sd->size)
+			continue;
+		const char *cb = strrchr(c->id, '/');
+		cb = cb ? cb + 1 : c->id;
+		bool match = !strcmp(cb, base);
+		if (!match) { /* a deploy into another cache: images/ID with '/' -> '__' */
+			idd_error e2;
+			char *flat = idd_cache_default_out(".", c->id, &e2);
+			const char *fb = flat ? strrchr(flat, '/') : NULL;
+			match = fb && !strcmp(fb + 1, base);
+			free(flat);
+		}
+		if (match) {
+			if (found)
+				return NULL; /* ambiguous: hash it */
+			found = c;
+		}
+	}
+	return found;
+}
+
+/* Use the seed's map instead of hashing it: every block is still verified
+ * when it is copied.  False (hash the seed) when no map fits. */
+static bool seed_from_map(struct deploy *d, size_t s, idd_digest_set *want)
+{
+	struct seed *sd = &d->seeds[s];
+	bool same_file;
+	const idd_image_info *in = seed_candidate(d, sd, &same_file);
+	if (!in)
+		return false;
+	idd_map *m = d->m; /* a copy of the very image being deployed: its map is loaded */
+	if (in != d->info) {
+		idd_error e2;
+		idd_error *saved = d->err;
+		d->err = &e2; /* a missing or bad map is not an error: hash instead */
+		int rc = fetch_map(d, in, &m);
+		d->err = saved;
+		if (rc)
+			return false;
+	}
+	bool ok = true;
+	if (!same_file) { /* found by name only: a few blocks must agree */
+		idd_error e3;
+		unsigned char *buf = idd_malloc(d->bs, &e3);
+		uint64_t nz = 0;
+		for (uint64_t b = 0; b < m->nblocks; b++)
+			nz += m->refs[b] != 0;
+		uint64_t step = nz / SEED_SPOT_CHECKS + 1, seen = 0;
+		ok = buf != NULL;
+		for (uint64_t b = 0; ok && b < m->nblocks; b++) {
+			if (!m->refs[b])
+				continue;
+			if (seen++ % step == 0)
+				ok = seed_block_is(d, sd, b, &m->digests[m->refs[b] - 1], buf);
+		}
+		free(buf);
+	}
+	if (ok) {
+		for (uint64_t b = 0; b < m->nblocks; b++) {
+			uint32_t ref = m->refs[b];
+			if (!ref)
+				continue;
+			size_t slot = idd_digest_set_find(want, &m->digests[ref - 1]);
+			if (slot == (size_t)-1)
+				continue;
+			uint64_t k = want->aux[slot];
+			if (d->state[k] == ST_FETCH) {
+				d->state[k] = ST_SEED;
+				d->loc[k] = (uint64_t)s << 40 | b;
+			}
+		}
+		d->st->seeds_mapped++;
+	}
+	if (m != d->m)
+		idd_map_free(m);
+	return ok;
+}
 
 static int hash_seeds(struct deploy *d)
 {
@@ -331,6 +498,8 @@ static int hash_seeds(struct deploy *d)
 	int rc = (!buf || !dg) ? IDD_ERR : IDD_OK;
 	for (size_t s = 0; !rc && s < d->nseeds; s++) {
 		struct seed *sd = &d->seeds[s];
+		if (seed_from_map(d, s, &want))
+			continue;
 		uint64_t off = 0;
 		while (!rc && off < sd->size) {
 			off_t ds = lseek(sd->fd, (off_t)off, SEEK_DATA);
@@ -375,118 +544,293 @@ static int hash_seeds(struct deploy *d)
 	return rc;
 }
 
-static bool seed_read_verified(struct deploy *d, uint64_t loc, const idd_digest *want, void *buf)
-{
-	struct seed *sd = &d->seeds[loc >> 40];
-	uint64_t off = (loc & (((uint64_t)1 << 40) - 1)) * d->bs;
-	if (off >= sd->size)
-		return false;
-	size_t n = (size_t)IDD_MIN((uint64_t)d->bs, sd->size - off);
-	memset(buf, 0, d->bs);
-	idd_digest got;
-	if (read_all_at(sd->fd, buf, n, off) || idd_hasher_digest(d->h, buf, d->bs, &got, NULL) ||
-	    !digest_eq(&got, want)) {
-		dwarn(d, "warning: seed %s changed while deploying (block at offset %llu); fetching it",
-		      sd->path, (unsigned long long)off);
-		return false;
-	}
-	return true;
-}
-
-/* ---- local copies: cache and seeds, in runs ---- */
+/* ---- local copies: cache and seeds, in runs, verified on every core ---- */
 
 /* Clone [src_off, +len) of src_fd into OUT at dst_off when the filesystem can. */
 static bool try_reflink(struct deploy *d, int src_fd, uint64_t src_off, uint64_t len, uint64_t dst_off)
 {
-	if (!d->reflink_ok)
+	if (!atomic_load_explicit(&d->reflink_ok, memory_order_relaxed))
 		return false;
 	struct file_clone_range r = {.src_fd = src_fd, .src_offset = src_off, .src_length = len,
 	                             .dest_offset = dst_off};
 	if (ioctl(d->fd, FICLONERANGE, &r) == 0)
 		return true;
 	if (errno == EOPNOTSUPP || errno == EXDEV || errno == ENOTTY || errno == EPERM ||
-	    errno == ENOSYS)
-		d->reflink_ok = false; /* this filesystem cannot: stop trying */
+	    errno == ENOSYS || errno == EINVAL)
+		atomic_store(&d->reflink_ok, false); /* this filesystem cannot: stop trying */
 	return false;
 }
 
-/* Blocks first0..first0+n of OUT (their first occurrences) come from cache
- * entry e at cache blocks cb0..cb0+n: one read, verify each, one write. */
-static int copy_cache_run(struct deploy *d, size_t e, uint64_t cb0, const uint64_t *blocks, size_t n,
-                          unsigned char *buf)
+/* Blocks b0..b0+n of OUT (first occurrences of their digests) are blocks
+ * sb0..sb0+n of one local file: one pread, one verify per block, one pwrite
+ * per verified stretch. */
+struct local_run {
+	uint64_t b0, sb0;
+	uint32_t n;
+	bool seed;           /* src: a seed index, else a cache entry index */
+	uint32_t src;
+	uint32_t first_bad;  /* result: first block failing verification, UINT32_MAX: none */
+};
+
+struct run_pool {
+	struct deploy *d;
+	struct local_run *runs;
+	size_t nruns;
+	atomic_size_t next;
+	atomic_uchar *cache_bad;   /* per cache entry: a block failed, skip the rest */
+	unsigned char *failed;     /* per OUT block: not written, fetch it */
+	atomic_uint_least64_t done, reflinked;
+	atomic_bool stop;          /* a worker hit a hard error (write failed) */
+};
+
+struct run_worker {
+	struct run_pool *p;
+	idd_hasher *h;
+	unsigned char *buf;
+	pthread_t thread;
+	int rc;
+	idd_error err;
+};
+
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 {
-	idd_cache_entry *ce = &d->cache->e[e];
-	uint64_t src_off = cb0 * d->bs;
-	uint64_t avail = ce->size > src_off ? ce->size - src_off : 0;
-	uint64_t want = IDD_MIN((uint64_t)n * d->bs, avail);
-	memset(buf, 0, (size_t)n * d->bs);
-	bool ok = read_all_at(ce->fd, buf, (size_t)want, src_off) == 0;
-	size_t good = 0;
-	for (size_t i = 0; ok && i < n; i++) {
-		uint32_t ref = d->m->refs[blocks[i]];
-		idd_digest got;
-		if (idd_hasher_digest(d->h, buf + i * d->bs, d->bs, &got, d->err))
-			return IDD_ERR;
-		if (!digest_eq(&got, &d->m->digests[ref - 1]))
-			break;
-		good++;
+	const unsigned char *p = buf;
+	while (len) {
+		ssize_t w = pwrite(fd, p, len, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			if (w == 0)
+				errno = EIO;
+			return -1;
+		}
+		p += w;
+		off += (uint64_t)w;
+		len -= (size_t)w;
 	}
-	if (good < n && !ce->damaged) {
-		ce->damaged = true;
-		d->st->cache_damaged++;
-		dwarn(d, "warning: cache: %s: block at offset %llu does not match the cache index "
-		      "(file changed or damaged); fetching what it would have provided",
-		      ce->abs, (unsigned long long)((cb0 + good) * d->bs));
-	}
-	if (good) {
-		uint64_t dst = blocks[0] * d->bs;
-		uint64_t len = 0;
-		for (size_t i = 0; i < good; i++)
-			len += block_len(d, blocks[i]);
-		bool cloned = false;
-		if (good == n && len % 4096 == 0 && src_off % 4096 == 0 && dst % 4096 == 0 &&
-		    src_off + len <= ce->size)
-			cloned = try_reflink(d, ce->fd, src_off, len, dst);
-		if (cloned)
-			d->st->bytes_reflinked += len;
-		else if (write_all_at(d, buf, (size_t)len, dst))
-			return IDD_ERR;
-		ce->used = true;
-		for (size_t i = 0; i < good; i++) {
-			uint32_t ref = d->m->refs[blocks[i]];
-			d->pos[ref] = blocks[i];
-			d->st->bytes_from_cache += block_len(d, blocks[i]);
-			d->st->bytes_done += block_len(d, blocks[i]);
+	return 0;
+}
+
+static int run_one(struct run_worker *w, struct local_run *r)
+{
+	struct run_pool *p = w->p;
+	struct deploy *d = p->d;
+	int fd;
+	uint64_t size;
+	if (r->seed) {
+		fd = d->seeds[r->src].fd;
+		size = d->seeds[r->src].size;
+	} else {
+		fd = d->cache->e[r->src].fd;
+		size = d->cache->e[r->src].size;
+		if (atomic_load_explicit(&p->cache_bad[r->src], memory_order_relaxed)) {
+			memset(p->failed + r->b0, 1, r->n);
+			return IDD_OK;
 		}
 	}
-	for (size_t i = good; i < n; i++) {
-		uint32_t ref = d->m->refs[blocks[i]];
-		d->state[ref] = ST_FETCH;
-		d->fetch_list[d->nfetch++] = blocks[i];
+	uint64_t bs = d->bs;
+	uint64_t src_off = r->sb0 * bs;
+	uint64_t avail = size > src_off ? size - src_off : 0;
+	uint64_t want = IDD_MIN((uint64_t)r->n * bs, avail);
+	memset(w->buf + want, 0, (size_t)(r->n * bs - want));
+	bool read_ok = read_all_at(fd, w->buf, (size_t)want, src_off) == 0;
+	for (uint32_t i = 0; i < r->n; i++) {
+		bool ok = false;
+		if (read_ok) {
+			idd_digest got;
+			if (idd_hasher_digest(w->h, w->buf + i * bs, d->bs, &got, &w->err))
+				return IDD_ERR;
+			ok = digest_eq(&got, &d->m->digests[d->m->refs[r->b0 + i] - 1]);
+		}
+		if (!ok) {
+			p->failed[r->b0 + i] = 1;
+			if (r->first_bad == UINT32_MAX)
+				r->first_bad = i;
+		}
+	}
+	if (r->first_bad != UINT32_MAX && !r->seed)
+		atomic_store(&p->cache_bad[r->src], 1);
+	/* write each verified stretch: the bytes written are the bytes hashed */
+	for (uint32_t i = 0; i < r->n;) {
+		if (p->failed[r->b0 + i]) {
+			i++;
+			continue;
+		}
+		uint32_t j = i + 1;
+		while (j < r->n && !p->failed[r->b0 + j])
+			j++;
+		uint64_t dst = (r->b0 + i) * bs, from = src_off + i * bs;
+		uint64_t len = IDD_MIN((uint64_t)(j - i) * bs, d->m->image_size - dst);
+		if (len % 4096 == 0 && from % 4096 == 0 && dst % 4096 == 0 && from + len <= size &&
+		    try_reflink(d, fd, from, len, dst))
+			atomic_fetch_add(&p->reflinked, len);
+		else if (pwrite_all(d->fd, w->buf + i * bs, (size_t)len, dst))
+			return idd_fail_errno(&w->err, d->part, "write");
+		else
+			start_writeback(d->fd, dst, len);
+		atomic_fetch_add(&p->done, len);
+		i = j;
 	}
 	return IDD_OK;
 }
 
-static int copy_local(struct deploy *d)
+/* Take runs until none is left; the main thread reports progress between runs. */
+static void run_loop(struct run_worker *w, bool main_thread)
 {
-	unsigned char *buf = idd_malloc(RUN_BYTES, d->err);
-	size_t max_run = RUN_BYTES / d->bs;
-	uint64_t *run = idd_calloc(max_run, sizeof *run, d->err);
-	if (!buf || !run) {
-		free(buf);
-		free(run);
-		return IDD_ERR;
-	}
-	size_t nrun = 0, run_e = 0;
-	uint64_t run_cb0 = 0;
-	int rc = IDD_OK;
-	uint64_t last_progress = 0;
-	for (uint64_t b = 0; !rc && b < d->m->nblocks; b++) {
-		uint32_t ref = d->m->refs[b];
-		if (d->st->bytes_done - last_progress > (64u << 20)) {
-			last_progress = d->st->bytes_done;
+	struct run_pool *p = w->p;
+	struct deploy *d = p->d;
+	uint64_t base = d->st->bytes_done, last = 0;
+	while (!atomic_load(&p->stop)) {
+		size_t i = atomic_fetch_add(&p->next, 1);
+		if (i >= p->nruns)
+			break;
+		if (run_one(w, &p->runs[i])) {
+			w->rc = IDD_ERR;
+			atomic_store(&p->stop, true);
+			break;
+		}
+		uint64_t done = atomic_load(&p->done);
+		if (main_thread && d->o->progress && done - last > (64u << 20)) {
+			last = done;
+			d->st->bytes_done = base + done;
 			progress(d);
 		}
+	}
+	if (main_thread)
+		d->st->bytes_done = base;
+}
+
+static void *run_worker_main(void *arg)
+{
+	run_loop(arg, false);
+	return NULL;
+}
+
+static int deploy_jobs(const struct deploy *d, size_t nruns)
+{
+	long n = d->o->jobs > 0 ? d->o->jobs : sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > 64)
+		n = 64;
+	if ((size_t)n > nruns)
+		n = (long)nruns;
+	return (int)n;
+}
+
+/* Apply the runs' results to the plan (this thread only): failed blocks are
+ * fetched, a damaged cache entry is warned about once and not used again. */
+static int settle_runs(struct deploy *d, struct run_pool *p)
+{
+	bool *seed_warned = idd_calloc(d->nseeds ? d->nseeds : 1, sizeof *seed_warned, d->err);
+	if (!seed_warned)
+		return IDD_ERR;
+	size_t before = d->nfetch;
+	for (size_t r = 0; r < p->nruns; r++) {
+		struct local_run *lr = &p->runs[r];
+		bool wrote = false;
+		for (uint32_t i = 0; i < lr->n; i++) {
+			uint64_t b = lr->b0 + i, bl = block_len(d, b);
+			uint32_t ref = d->m->refs[b];
+			if (p->failed[b]) {
+				d->state[ref] = ST_FETCH; /* pos[ref] stays b: the fetch writes here */
+				d->fetch_list[d->nfetch++] = b;
+				continue;
+			}
+			wrote = true;
+			d->st->bytes_from_cache += bl;
+			d->st->bytes_done += bl;
+			if (lr->seed)
+				d->st->bytes_seed += bl;
+		}
+		if (lr->seed) {
+			if (lr->first_bad != UINT32_MAX && !seed_warned[lr->src]) {
+				seed_warned[lr->src] = true;
+				dwarn(d, "warning: seed %s: block at offset %llu is not what it was (changed while "
+				      "deploying, or not the indexed image); fetching what it would have provided",
+				      d->seeds[lr->src].path,
+				      (unsigned long long)((lr->sb0 + lr->first_bad) * d->bs));
+			}
+			continue;
+		}
+		idd_cache_entry *ce = &d->cache->e[lr->src];
+		if (wrote)
+			ce->used = true;
+		if (lr->first_bad != UINT32_MAX && !ce->damaged) {
+			ce->damaged = true;
+			d->st->cache_damaged++;
+			dwarn(d, "warning: cache: %s: block at offset %llu does not match the cache index "
+			      "(file changed or damaged); fetching what it would have provided",
+			      ce->abs, (unsigned long long)((lr->sb0 + lr->first_bad) * d->bs));
+		}
+	}
+	d->st->bytes_reflinked += atomic_load(&p->reflinked);
+	if (d->nfetch != before) /* keep fetches in output order: adjacent ranges coalesce */
+		qsort(d->fetch_list, d->nfetch, sizeof *d->fetch_list, cmp_u64);
+	free(seed_warned);
+	return IDD_OK;
+}
+
+/* Run the local copies on every core (SHA-256 is the cost); the calling
+ * thread works too and reports progress. */
+static int run_local(struct deploy *d, struct local_run *runs, size_t nruns)
+{
+	if (!nruns)
+		return IDD_OK;
+	int nw = deploy_jobs(d, nruns);
+	struct run_pool p = {.d = d, .runs = runs, .nruns = nruns};
+	atomic_init(&p.next, 0);
+	atomic_init(&p.done, 0);
+	atomic_init(&p.reflinked, 0);
+	atomic_init(&p.stop, false);
+	p.cache_bad = idd_calloc(d->cache->count ? d->cache->count : 1, sizeof *p.cache_bad, d->err);
+	p.failed = idd_calloc(d->m->nblocks, 1, d->err);
+	struct run_worker *w = idd_calloc((size_t)nw, sizeof *w, d->err);
+	int rc = (!p.cache_bad || !p.failed || !w) ? IDD_ERR : IDD_OK;
+	for (int i = 0; !rc && i < nw; i++) {
+		w[i].p = &p;
+		w[i].h = idd_hasher_new(d->err);
+		w[i].buf = idd_malloc(RUN_BYTES, d->err);
+		if (!w[i].h || !w[i].buf)
+			rc = IDD_ERR;
+	}
+	int started = 0;
+	for (int i = 1; !rc && i < nw; i++) {
+		int e = pthread_create(&w[i].thread, NULL, run_worker_main, &w[i]);
+		if (e)
+			break; /* fewer threads: the work still gets done */
+		started = i;
+	}
+	if (!rc)
+		run_loop(&w[0], true);
+	for (int i = 1; i <= started; i++)
+		pthread_join(w[i].thread, NULL);
+	for (int i = 0; !rc && i < nw; i++)
+		if (w[i].rc) {
+			*d->err = w[i].err;
+			rc = IDD_ERR;
+		}
+	if (!rc)
+		rc = settle_runs(d, &p);
+	for (int i = 0; w && i < nw; i++) {
+		idd_hasher_free(w[i].h);
+		free(w[i].buf);
+	}
+	free(w);
+	free(p.cache_bad);
+	free(p.failed);
+	return rc;
+}
+
+/* Plan the local copies in output order: runs of blocks consecutive both in
+ * OUT and in one cache file or seed; everything else is fetched. */
+static int copy_local(struct deploy *d)
+{
+	struct local_run *runs = NULL;
+	size_t nruns = 0, cap = 0;
+	uint32_t max_run = (uint32_t)(RUN_BYTES / d->bs);
+	for (uint64_t b = 0; b < d->m->nblocks; b++) {
+		uint32_t ref = d->m->refs[b];
 		if (ref == 0) {
 			d->st->bytes_zero += block_len(d, b);
 			d->st->bytes_done += block_len(d, b);
@@ -499,48 +843,35 @@ static int copy_local(struct deploy *d)
 		}
 		if (d->pos[ref] != UINT64_MAX)
 			continue; /* a repeat: copied from OUT once its first copy is there */
-		uint64_t loc = d->loc[ref];
-		size_t e = (size_t)(loc >> 40);
-		uint64_t cb = loc & (((uint64_t)1 << 40) - 1);
-		bool in_run = false;
-		if (d->state[ref] == ST_CACHE && d->cache->e[e].damaged) {
-			d->state[ref] = ST_FETCH;
-		}
-		if (d->state[ref] == ST_CACHE) {
-			/* extend the run when OUT and the cache file both continue */
-			if (nrun && nrun < max_run && e == run_e && cb == run_cb0 + nrun &&
-			    b == run[nrun - 1] + 1)
-				in_run = true;
-			if (!in_run && nrun) {
-				rc = copy_cache_run(d, run_e, run_cb0, run, nrun, buf);
-				nrun = 0;
-			}
-			if (!nrun) {
-				run_e = e;
-				run_cb0 = cb;
-			}
-			run[nrun++] = b;
-			d->pos[ref] = b; /* claims this block as the digest's first copy */
+		d->pos[ref] = b; /* this block is the digest's first copy, whoever writes it */
+		if (d->state[ref] != ST_CACHE && d->state[ref] != ST_SEED) {
+			d->fetch_list[d->nfetch++] = b;
 			continue;
 		}
-		if (d->state[ref] == ST_SEED) {
-			if (seed_read_verified(d, loc, &d->m->digests[ref - 1], buf)) {
-				rc = write_all_at(d, buf, (size_t)block_len(d, b), b * d->bs);
-				d->pos[ref] = b;
-				d->st->bytes_from_cache += block_len(d, b);
-				d->st->bytes_seed += block_len(d, b);
-				d->st->bytes_done += block_len(d, b);
-				continue;
-			}
-			d->state[ref] = ST_FETCH;
+		bool seed = d->state[ref] == ST_SEED;
+		uint32_t src = (uint32_t)(d->loc[ref] >> 40);
+		uint64_t sb = d->loc[ref] & (((uint64_t)1 << 40) - 1);
+		struct local_run *last = nruns ? &runs[nruns - 1] : NULL;
+		if (last && last->seed == seed && last->src == src && last->n < max_run &&
+		    last->b0 + last->n == b && last->sb0 + last->n == sb) {
+			last->n++;
+			continue;
 		}
-		d->pos[ref] = b; /* the fetch writes here */
-		d->fetch_list[d->nfetch++] = b;
+		if (nruns == cap) {
+			size_t nc = cap ? cap * 2 : 1024;
+			struct local_run *nr = idd_realloc_array(runs, nc, sizeof *nr, d->err);
+			if (!nr) {
+				free(runs);
+				return IDD_ERR;
+			}
+			runs = nr;
+			cap = nc;
+		}
+		runs[nruns++] = (struct local_run){.b0 = b, .sb0 = sb, .n = 1, .seed = seed, .src = src,
+		                                   .first_bad = UINT32_MAX};
 	}
-	if (!rc && nrun)
-		rc = copy_cache_run(d, run_e, run_cb0, run, nrun, buf);
-	free(buf);
-	free(run);
+	int rc = run_local(d, runs, nruns);
+	free(runs);
 	return rc;
 }
 
@@ -978,6 +1309,7 @@ static int fetch_window(struct deploy *d, struct window *w, bool *source_bad)
 			len += block_len(d, w->blocks[k]);
 		if (write_all_at(d, w->buf + i * d->bs, (size_t)len, w->blocks[i] * d->bs))
 			return IDD_ERR;
+		start_writeback(d->fd, w->blocks[i] * d->bs, len);
 		d->st->bytes_done += len;
 		i = j;
 	}
@@ -1013,32 +1345,48 @@ static int fetch_missing(struct deploy *d, bool *source_bad)
 	return rc;
 }
 
-/* Repeats inside the image: copied from the first copy now in OUT. */
+/* Repeats inside the image: copied from the first copy now in OUT (verified
+ * when it was written), a run of consecutive repeats of consecutive blocks
+ * with one read and one write.  First copies are never repeat targets, so a
+ * run's sources and destinations do not overlap. */
 static int copy_repeats(struct deploy *d)
 {
-	unsigned char *buf = idd_malloc(d->bs, d->err);
+	unsigned char *buf = idd_malloc(RUN_BYTES, d->err);
 	if (!buf)
 		return IDD_ERR;
+	uint64_t max_run = RUN_BYTES / d->bs, size = d->m->image_size;
 	int rc = IDD_OK;
-	for (uint64_t b = 0; !rc && b < d->m->nblocks; b++) {
+	for (uint64_t b = 0; !rc && b < d->m->nblocks;) {
 		uint32_t ref = d->m->refs[b];
-		if (!ref || d->valid[b] || d->pos[ref] == b)
+		if (!ref || d->valid[b] || d->pos[ref] == b) {
+			b++;
 			continue;
+		}
 		uint64_t from = d->pos[ref];
-		uint64_t n = block_len(d, b);
 		if (from == UINT64_MAX) {
 			rc = idd_fail(d->err, "%s: internal error: no copy of block %llu", d->info->id,
 			              (unsigned long long)b);
 			break;
 		}
-		memset(buf, 0, d->bs);
-		if (read_all_at(d->fd, buf, (size_t)block_len(d, from), from * d->bs)) {
+		uint64_t n = 1;
+		while (n < max_run && b + n < d->m->nblocks) {
+			uint32_t r2 = d->m->refs[b + n];
+			if (!r2 || d->valid[b + n] || d->pos[r2] != from + n)
+				break;
+			n++;
+		}
+		uint64_t rlen = IDD_MIN(n * d->bs, size - from * d->bs);
+		uint64_t wlen = IDD_MIN(n * d->bs, size - b * d->bs);
+		memset(buf + rlen, 0, (size_t)(n * d->bs - rlen));
+		if (read_all_at(d->fd, buf, (size_t)rlen, from * d->bs)) {
 			rc = idd_fail_errno(d->err, d->part, "read");
 			break;
 		}
-		rc = write_all_at(d, buf, (size_t)n, b * d->bs);
-		d->st->bytes_from_cache += n;
-		d->st->bytes_done += n;
+		rc = write_all_at(d, buf, (size_t)wlen, b * d->bs);
+		start_writeback(d->fd, b * d->bs, wlen);
+		d->st->bytes_from_cache += wlen;
+		d->st->bytes_done += wlen;
+		b += n;
 	}
 	free(buf);
 	return rc;
@@ -1089,7 +1437,8 @@ static int finish(struct deploy *d)
 int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 {
 	memset(st, 0, sizeof *st);
-	struct deploy dd = {.o = o, .st = st, .err = err, .fd = -1, .reflink_ok = true};
+	struct deploy dd = {.o = o, .st = st, .err = err, .fd = -1};
+	atomic_init(&dd.reflink_ok, true);
 	struct deploy *d = &dd;
 	int rc = IDD_ERR;
 	bool source_bad = false;

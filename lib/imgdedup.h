@@ -243,6 +243,7 @@ typedef struct idd_deploy_stats {
 	uint64_t cache_damaged;    /* cache blocks that failed verification (refetched) */
 	uint64_t retries;
 	uint64_t bytes_done;       /* progress: bytes of the image settled so far */
+	uint64_t seeds_mapped;     /* seeds known through their block map (not hashed) */
 	char out_path[4096];
 } idd_deploy_stats;
 
@@ -261,6 +262,7 @@ typedef struct idd_deploy_opts {
 	idd_deploy_progress_fn progress;
 	idd_warn_fn warn;
 	void *ctx;
+	int jobs;              /* threads verifying local copies; 0: online CPUs */
 } idd_deploy_opts;
 
 /* Materialise IMAGE as a raw file.  On failure OUT is untouched (an

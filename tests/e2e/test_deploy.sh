@@ -106,6 +106,43 @@ check "--force replaces" cmp "$REPO/sub/v2.raw" "$WORK/exists.out"
 check "seeded v2 byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.seed"
 check "seeded v2 fetched only what the seed lacks" [ "$(json_get "$WORK/ds.json" bytes_fetched)" = "$want2" ]
 
+# 4b. a seed that is a repository image is known through its map, not hashed;
+# the same bytes under a name the index does not know are hashed
+check "seed found by name used its map" [ "$(json_get "$WORK/ds.json" seeds_mapped)" = 1 ]
+cp --sparse=always "$REPO/v1.raw" "$WORK/stranger.raw"
+"$IMGDEDUP" deploy --from "$URL" --cache "$WORK/cache-seed2" --seed "$WORK/stranger.raw" -o "$WORK/v2.seed2" --json -q sub/v2.raw > "$WORK/ds2.json"
+check "hashed seed: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.seed2"
+check "hashed seed: not mapped" [ "$(json_get "$WORK/ds2.json" seeds_mapped)" = 0 ]
+check "hashed seed: same fetch as mapped" [ "$(json_get "$WORK/ds2.json" bytes_fetched)" = "$want2" ]
+# a local source: the repository's own file, same identity, map trusted
+"$IMGDEDUP" deploy --from "$REPO" --cache "$WORK/cache-seed3" --seed "$REPO/v1.raw" -o "$WORK/v2.seed3" --json -q sub/v2.raw > "$WORK/ds3.json"
+check "local seed via map: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.seed3"
+check "local seed via map: mapped" [ "$(json_get "$WORK/ds3.json" seeds_mapped)" = 1 ]
+check "local seed via map: fetched only what it lacks" [ "$(json_get "$WORK/ds3.json" bytes_fetched)" = "$want2" ]
+
+# 4c. fully cached: every block from the cache (verified on 2 threads), only
+# the catalog and the map requested; a tampered block is still caught
+CF=$WORK/cache-full
+"$IMGDEDUP" deploy --from "$URL" --cache "$CF" -q sub/v2.raw
+"$IMGDEDUP" deploy --from "$URL" --cache "$CF" -o "$WORK/v2.full" --jobs 2 --json -q sub/v2.raw > "$WORK/df.json"
+check "fully cached: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full"
+check "fully cached: nothing fetched" [ "$(json_get "$WORK/df.json" bytes_fetched)" = 0 ]
+check "fully cached: 2 requests (catalog, map)" [ "$(json_get "$WORK/df.json" requests)" = 2 ]
+check "fully cached: all data from the cache" [ "$(( $(json_get "$WORK/df.json" bytes_zero) + $(json_get "$WORK/df.json" bytes_from_cache) ))" = "$(stat -c %s "$REPO/sub/v2.raw")" ]
+doff=$(python3 - "$CF/images/sub__v2.raw" <<'PY'
+import sys
+d = open(sys.argv[1], "rb").read()
+nz = [o for o in range(0, len(d), 4096) if d[o:o+4096].count(0) != 4096]
+print(nz[len(nz) // 2] + 10)
+PY
+)
+printf '\x5a' | dd of="$CF/images/sub__v2.raw" bs=1 seek="$doff" conv=notrunc status=none
+"$IMGDEDUP" deploy --from "$URL" --cache "$CF" -o "$WORK/v2.full2" --jobs 2 --json -q sub/v2.raw > "$WORK/df2.json" 2> "$WORK/df2.err"
+check "fully cached, tampered: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full2"
+check "fully cached, tampered: caught" [ "$(json_get "$WORK/df2.json" cache_damaged)" -ge 1 ]
+check "fully cached, tampered: a warning" grep -q "does not match the cache index" "$WORK/df2.err"
+check "fully cached, tampered: refetched" [ "$(json_get "$WORK/df2.json" bytes_fetched)" -gt 0 ]
+
 # 5. a tampered cache costs a refetch, never a wrong byte
 CT=$WORK/cache-t
 "$IMGDEDUP" deploy --from "$URL" --cache "$CT" -q v1.raw

@@ -268,12 +268,166 @@ static void test_refusals(void **state)
 	free(ix);
 }
 
+/* Warnings collected for assertions. */
+static char warnings[8192];
+static void collect(void *ctx, const char *msg)
+{
+	(void)ctx;
+	size_t n = strlen(warnings);
+	snprintf(warnings + n, sizeof warnings - n, "%s\n", msg);
+}
+
+static char *copy_of(const char *dir, const char *name, const unsigned char *data, size_t len)
+{
+	char *d = idd_path_join(root, dir, NULL);
+	idd_mkdir_p(d, NULL);
+	char *p = tu_write(d, name, data, len);
+	free(d);
+	return p;
+}
+
+/* A fully cached image: every block comes from the cache, verified on
+ * several threads (and on one), nothing is fetched, OUT is exact. */
+static void test_fully_cached(void **state)
+{
+	(void)state;
+	char *c = idd_path_join(root, "cache-full", NULL);
+	idd_deploy_opts o = {.source = repo, .cache_dir = c, .image = "a.raw", .warn = quiet};
+	idd_deploy_stats st;
+	idd_error err;
+	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
+	for (int jobs = 1; jobs <= 3; jobs++) {
+		char *out = idd_asprintf(NULL, "%s/full-%d.out", root, jobs);
+		o.out = out;
+		o.jobs = jobs;
+		assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
+		assert_int_equal(st.bytes_fetched, 0);
+		assert_int_equal(st.cache_damaged, 0);
+		assert_int_equal(st.bytes_zero, (NB / 6) * BS);
+		assert_int_equal(st.bytes_from_cache, st.bytes_total - st.bytes_zero);
+		size_t len;
+		char *got = read_all(out, &len);
+		assert_int_equal(len, NB * BS + 1000);
+		assert_memory_equal(got, img_a, len);
+		free(got);
+		free(out);
+	}
+	free(c);
+}
+
+/* A cache file changed behind imgdedup's back, read by parallel verifiers:
+ * the damage is caught, warned about once, refetched; OUT is exact. */
+static void test_tampered_cache_parallel(void **state)
+{
+	(void)state;
+	char *c = idd_path_join(root, "cache-tamper", NULL);
+	idd_deploy_opts o = {.source = repo, .cache_dir = c, .image = "a.raw", .warn = quiet};
+	idd_deploy_stats st;
+	idd_error err;
+	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
+	tu_flip_byte(st.out_path, 25 * BS + 100);   /* one block, in the middle */
+	char *out = idd_path_join(root, "tamper.out", NULL);
+	o.out = out;
+	o.jobs = 2;
+	o.warn = collect;
+	warnings[0] = 0;
+	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.cache_damaged, 1);
+	assert_true(st.bytes_fetched >= BS);
+	assert_int_equal(st.bytes_zero + st.bytes_from_cache + st.bytes_fetched, st.bytes_total);
+	assert_non_null(strstr(warnings, "does not match the cache index"));
+	size_t len;
+	char *got = read_all(out, &len);
+	assert_int_equal(len, NB * BS + 1000);
+	assert_memory_equal(got, img_a, len);
+	free(got);
+	free(out);
+	free(c);
+}
+
+static int deploy_seeded(const char *seed, const char *cdir, const char *out, idd_deploy_stats *st)
+{
+	const char *seeds[] = {seed};
+	char *c = idd_path_join(root, cdir, NULL);
+	char *o = idd_path_join(root, out, NULL);
+	idd_deploy_opts opts = {.source = repo, .cache_dir = c, .image = "sub/b.raw", .out = o,
+	                        .seeds = seeds, .n_seeds = 1, .warn = collect};
+	idd_error err;
+	warnings[0] = 0;
+	int rc = idd_deploy(&opts, st, &err);
+	if (rc)
+		fprintf(stderr, "deploy: %s\n", err.msg);
+	size_t len;
+	char *got = read_all(o, &len);
+	assert_int_equal(len, NB * BS);
+	assert_memory_equal(got, img_b, len);
+	free(got);
+	free(c);
+	free(o);
+	return rc;
+}
+
+/* --seed through the seed's map: the repository's own file (same identity),
+ * a copy found by name, a stranger hashed, a copy that lies. */
+static void test_seed_map(void **state)
+{
+	(void)state;
+	idd_deploy_stats st;
+	size_t alen = NB * BS + 1000;
+	/* the repository's a.raw itself: its map, no hashing, only b's 10 new blocks fetched */
+	char *ra = idd_path_join(repo, "a.raw", NULL);
+	assert_int_equal(deploy_seeded(ra, "cache-s1", "s1.out", &st), IDD_OK);
+	assert_int_equal(st.seeds_mapped, 1);
+	assert_int_equal(st.bytes_fetched, 10 * BS);
+	assert_true(st.bytes_seed > 0);
+	free(ra);
+	/* a copy elsewhere with the same name: map after a spot check */
+	char *ca = copy_of("seeds1", "a.raw", img_a, alen);
+	assert_int_equal(deploy_seeded(ca, "cache-s2", "s2.out", &st), IDD_OK);
+	assert_int_equal(st.seeds_mapped, 1);
+	assert_int_equal(st.bytes_fetched, 10 * BS);
+	/* the same bytes under an unknown name: hashed, same result */
+	char *oa = copy_of("seeds1", "other.raw", img_a, alen);
+	assert_int_equal(deploy_seeded(oa, "cache-s3", "s3.out", &st), IDD_OK);
+	assert_int_equal(st.seeds_mapped, 0);
+	assert_int_equal(st.bytes_fetched, 10 * BS);
+	/* named a.raw, but its first half is other data: the spot check fails,
+	 * it is hashed, and what it still holds is used (its second half has
+	 * every pattern, at other offsets than the map would say) */
+	unsigned char *half = malloc(alen);
+	memcpy(half, img_a, alen);
+	for (size_t i = 0; i < NB / 2; i++)
+		half[i * BS] ^= 0x5a;
+	char *ha = copy_of("seeds2", "a.raw", half, alen);
+	assert_int_equal(deploy_seeded(ha, "cache-s4", "s4.out", &st), IDD_OK);
+	assert_int_equal(st.seeds_mapped, 0);
+	assert_true(st.bytes_seed > 0);
+	assert_int_equal(st.bytes_fetched, 10 * BS);
+	/* named a.raw, one block (2, not among the spot checks) changed: the
+	 * map is believed, the block fails verification when read and is fetched */
+	memcpy(half, img_a, alen);
+	half[2 * BS + 7] ^= 1;
+	char *la = copy_of("seeds3", "a.raw", half, alen);
+	assert_int_equal(deploy_seeded(la, "cache-s5", "s5.out", &st), IDD_OK);
+	assert_int_equal(st.seeds_mapped, 1);
+	assert_int_equal(st.bytes_fetched, 11 * BS);
+	assert_non_null(strstr(warnings, "seed"));
+	free(half);
+	free(ca);
+	free(oa);
+	free(ha);
+	free(la);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fresh_then_cached),
 		cmocka_unit_test(test_resume),
 		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_fully_cached),
+		cmocka_unit_test(test_tampered_cache_parallel),
+		cmocka_unit_test(test_seed_map),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
