@@ -95,9 +95,11 @@ int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_cat
 		idd_image_info *im = &cat->images[i];
 		cat->count = (size_t)i + 1;
 		uint64_t mt, ct, at;
+		uint8_t flags;
 		if (!idd_get_str(&r, &im->id, MAX_ID) || !idd_get_str(&r, &im->file, MAX_ID) ||
 		    !idd_get_str(&r, &im->member, MAX_ID) || !idd_get_str(&r, &im->format, 64) ||
-		    !idd_get_str(&r, &im->container, 64) || !idd_get_u64(&r, &im->member_off) ||
+		    !idd_get_str(&r, &im->container, 64) || !idd_get_u8(&r, &flags) ||
+		    !idd_get_u64(&r, &im->member_off) ||
 		    !idd_get_u64(&r, &im->member_len) || !idd_get_u64(&r, &im->dev) ||
 		    !idd_get_u64(&r, &im->ino) || !idd_get_u64(&r, &im->file_size) ||
 		    !idd_get_u64(&r, &mt) || !idd_get_u64(&r, &ct) ||
@@ -105,6 +107,9 @@ int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_cat
 		    !idd_get_u64(&r, &im->zero_blocks) || !idd_get_u64(&r, &im->distinct_blocks) ||
 		    !idd_get_u64(&r, &at) || !idd_get_bytes(&r, im->list_key.b, IDD_DIGEST_SIZE))
 			goto corrupt;
+		if (flags & ~1u)
+			goto corrupt;
+		im->streamed = flags & 1;
 		im->mtime_ns = (int64_t)mt;
 		im->ctime_ns = (int64_t)ct;
 		im->scanned_at = (int64_t)at;
@@ -169,6 +174,7 @@ int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *e
 		idd_buf_put_str(&b, im->member);
 		idd_buf_put_str(&b, im->format);
 		idd_buf_put_str(&b, im->container);
+		idd_buf_put_u8(&b, im->streamed ? 1 : 0);
 		idd_buf_put_u64(&b, im->member_off);
 		idd_buf_put_u64(&b, im->member_len);
 		idd_buf_put_u64(&b, im->dev);

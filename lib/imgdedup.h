@@ -64,6 +64,8 @@ typedef struct idd_image_info {
 	char *format;      /* "raw", "qcow2", "vmdk" */
 	char *container;   /* "" or "tar", "ova", "tar.gz", "box", ... */
 	uint64_t member_off, member_len; /* member data range in an uncompressed archive */
+	bool streamed;     /* member readable only by decompressing the archive (or a sparse
+	                      tar member): not addressable by byte range */
 	uint64_t dev, ino; /* identity of the file holding the image */
 	uint64_t file_size;
 	int64_t mtime_ns, ctime_ns;

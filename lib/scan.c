@@ -306,6 +306,7 @@ static void job_finish(struct scan *s, struct job *j)
 			}
 		}
 		if (!j->failed) {
+			im->streamed = j->e.streamed;
 			im->member_off = j->e.member_off;
 			im->member_len = j->e.member_len;
 			im->dev = (uint64_t)j->st_before.st_dev;

@@ -24,9 +24,7 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	}
 	idd_repo_entry ent = {.id = im->id, .path = path, .member = im->member[0] ? im->member : NULL,
 	                      .container = im->container, .member_off = im->member_off,
-	                      .member_len = im->member_len,
-	                      .streamed = im->member[0] && strcmp(im->container, "tar") != 0 &&
-	                                  strcmp(im->container, "ova") != 0};
+	                      .member_len = im->member_len, .streamed = im->streamed};
 	idd_image *img = NULL;
 	idd_hasher *h = NULL;
 	unsigned char *buf = NULL;
