@@ -75,7 +75,7 @@ int cmd_scan(int argc, char **argv)
 	int r = idd_scan(&o, &st, &err);
 	cli_progress_done(&prog);
 	free(includes);
-	if (r == IDD_EBUSY || (r && st.images == 0 && st.failed == 0)) {
+	if (!st.committed) { /* nothing was indexed: no summary to give */
 		cli_error("%s", err.msg);
 		return EXIT_FAIL;
 	}

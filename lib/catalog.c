@@ -248,7 +248,11 @@ int idd_blocklist_load(const char *index_dir, const idd_image_info *img, idd_dig
 		free(path);
 		return IDD_ERR;
 	}
-	rc = idd_indexfile_parse(path, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, &payload, &len, NULL, err);
+	uint64_t want = 12;
+	if (!idd_mul_ok(img->nblocks, IDD_DIGEST_SIZE, &want) || !idd_add_ok(want, 12, &want))
+		want = IDD_IF_MAX_PAYLOAD;
+	rc = idd_indexfile_parse_limit(path, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, want, &payload,
+	                               &len, NULL, err);
 	/* the name is the checksum: a file moved or copied under another name
 	 * is not another image's list */
 	if (!rc && memcmp((unsigned char *)file + flen - IDD_IF_TRAILER, img->list_key.b, IDD_DIGEST_SIZE))

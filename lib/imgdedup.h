@@ -75,10 +75,13 @@ typedef struct idd_image_info {
 	idd_digest list_key; /* SHA-256 of the block list: names its blocks file */
 } idd_image_info;
 
+#define IDD_UNIQUE_UNKNOWN UINT64_MAX
+
 typedef struct idd_catalog {
 	uint32_t block_size;
 	uint64_t generation;    /* bumped whenever the catalog content changes */
-	uint64_t unique_blocks; /* distinct non-zero digests over all images */
+	uint64_t unique_blocks; /* distinct non-zero digests over all images, or
+	                           IDD_UNIQUE_UNKNOWN in a checkpoint of an unfinished run */
 	size_t count;
 	idd_image_info *images; /* sorted by id */
 } idd_catalog;
@@ -110,6 +113,7 @@ typedef struct idd_scan_stats {
 	uint64_t images, scanned, unchanged, renamed, removed, failed;
 	uint64_t bytes_hashed;
 	uint64_t blocks, zero_blocks, unique_blocks;
+	bool committed; /* the index on disk reflects this run (the figures above are its) */
 } idd_scan_stats;
 
 /* Returns IDD_OK, or IDD_ERR when the index could not be written or at least

@@ -182,6 +182,23 @@ int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
 	return rc;
 }
 
+/* Does PATH already hold exactly these bytes?  A damaged file of the right
+ * name is rewritten, not trusted for its name. */
+static bool same_bytes(const char *path, const struct encoded *e)
+{
+	void *data;
+	size_t len;
+	if (idd_read_file(path, IDD_IF_HEADER + e->stored_len + IDD_IF_TRAILER, &data, &len, NULL))
+		return false;
+	const unsigned char *d = data;
+	bool same = len == IDD_IF_HEADER + e->stored_len + IDD_IF_TRAILER &&
+	            !memcmp(d, e->hdr, IDD_IF_HEADER) &&
+	            !memcmp(d + IDD_IF_HEADER, e->stored, e->stored_len) &&
+	            !memcmp(d + IDD_IF_HEADER + e->stored_len, e->sum, IDD_IF_TRAILER);
+	free(data);
+	return same;
+}
+
 int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
                               const void *payload, size_t len, bool compress, idd_digest *sum,
                               idd_error *err)
@@ -193,16 +210,34 @@ int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t ver
 	char hex[2 * IDD_DIGEST_SIZE + 1];
 	idd_digest_hex(sum, hex);
 	char *path = idd_path_join(dir, hex, err);
-	int rc = !path ? IDD_ERR : access(path, F_OK) == 0 ? IDD_OK /* same name, same bytes */
-	                                                   : write_encoded(path, &e, err);
+	int rc = !path ? IDD_ERR : same_bytes(path, &e) ? IDD_OK : write_encoded(path, &e, err);
 	free(path);
 	free(e.zbuf);
 	return rc;
 }
 
+/* How large a payload may claim to be before anything is allocated for it.
+ * Index payloads are digests, counts and names: zstd shrinks them at most
+ * ~7x in practice.  Block lists of sparse images shrink far more, but their
+ * exact size is known and passed explicitly.  A "bomb" (a tiny frame
+ * declaring gigabytes) is refused instead of filling memory. */
+static uint64_t default_max_payload(uint64_t stored_len)
+{
+	uint64_t by_ratio = stored_len > IDD_IF_MAX_PAYLOAD / 256 ? IDD_IF_MAX_PAYLOAD : stored_len * 256;
+	return IDD_MAX(by_ratio, (uint64_t)64 << 20);
+}
+
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,
                         void **payload, size_t *len, uint32_t *version, idd_error *err)
+{
+	return idd_indexfile_parse_limit(name, file, file_len, magic, max_version, 0, payload, len,
+	                                 version, err);
+}
+
+int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_len,
+                              const char magic[8], uint32_t max_version, uint64_t max_payload,
+                              void **payload, size_t *len, uint32_t *version, idd_error *err)
 {
 	const unsigned char *f = file;
 	if (file_len < IDD_IF_HEADER + IDD_IF_TRAILER)
@@ -221,6 +256,10 @@ int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
 		                name, (unsigned long long)stored_len, file_len - IDD_IF_HEADER - IDD_IF_TRAILER);
 	if (raw_len > IDD_IF_MAX_PAYLOAD || (!(flags & IDD_IF_ZSTD) && raw_len != stored_len))
 		return idd_fail(err, "%s: corrupt header (payload length %llu)", name, (unsigned long long)raw_len);
+	uint64_t limit = max_payload ? max_payload : default_max_payload(stored_len);
+	if (raw_len > limit)
+		return idd_fail(err, "%s: corrupt header (payload of %llu bytes declared, at most %llu expected)",
+		                name, (unsigned long long)raw_len, (unsigned long long)limit);
 	unsigned char sum[32];
 	if (idd_sha256(f, IDD_IF_HEADER + (size_t)stored_len, sum, err))
 		return IDD_ERR;

@@ -154,6 +154,11 @@ int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t ver
  * (with a message). */
 int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,
                        void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* Same, with the largest payload the caller can accept (0: the default,
+ * max(64 MiB, 256 x the stored size)). */
+int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_len,
+                              const char magic[8], uint32_t max_version, uint64_t max_payload,
+                              void **payload, size_t *len, uint32_t *version, idd_error *err);
 /* Same checks on bytes already in memory (fetched over HTTP, fuzzing). */
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,
@@ -318,6 +323,11 @@ int idd_archive_list(const idd_repo_entry *archive, idd_repo_list *out, idd_erro
  * once into an unlinked temporary file (see docs/formats.md). */
 int idd_archive_open_member(const char *repo, const idd_repo_entry *e, idd_image **out,
                             idd_error *err);
+/* Decompress the member named member (a normalised name as listed; its last
+ * occurrence) of the compressed tar read through archive into fd (sparse,
+ * truncated first).  *bytes_read: archive bytes read. */
+int idd_archive_spool_member_from(idd_file *archive, const char *member, int fd,
+                                  uint64_t *bytes_read, idd_error *err);
 
 /* Open the image an entry names (raw/qcow2/vmdk, inside an archive or not).
  * Backing files resolve inside repo only. */

@@ -131,6 +131,7 @@ struct scan {
 	idd_error fatal_err;
 	prefix_set unique;      /* distinct non-zero blocks of the images finished so far */
 	bool unique_stale;      /* it counted an image that then failed */
+	uint64_t dropped;       /* kept images whose block list was unreadable */
 	uint32_t next_owner;
 	/* checkpointing */
 	idd_catalog *old;
@@ -159,6 +160,17 @@ static void job_open(struct scan *s, struct job *j)
 	j->opened = true;
 	if (stat(j->e.path, &j->st_before)) {
 		idd_fail_errno(&j->err, j->e.path, "cannot stat");
+		j->failed = true;
+		return;
+	}
+	/* Archive member offsets (and spooled members) come from the listing:
+	 * the file must still be the one listed. */
+	const struct stat *b = &j->st_before;
+	if ((uint64_t)b->st_dev != j->e.dev || (uint64_t)b->st_ino != j->e.ino ||
+	    (uint64_t)b->st_size != j->e.size ||
+	    (int64_t)b->st_mtim.tv_sec * 1000000000 + b->st_mtim.tv_nsec != j->e.mtime_ns ||
+	    (int64_t)b->st_ctim.tv_sec * 1000000000 + b->st_ctim.tv_nsec != j->e.ctime_ns) {
+		idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 		j->failed = true;
 		return;
 	}
@@ -464,9 +476,11 @@ fail:
 
 static int save_checkpoint(struct scan *s, idd_error *err)
 {
+	/* The distinct count is only known at the end: a checkpoint says
+	 * "unknown", and the next run recounts. */
 	idd_catalog cat = {.block_size = s->bs,
 	                   .generation = (s->old ? s->old->generation : 0) + 1,
-	                   .unique_blocks = s->old ? s->old->unique_blocks : 0};
+	                   .unique_blocks = IDD_UNIQUE_UNKNOWN};
 	if (build_catalog(s, s->kept, true, &cat, err))
 		return IDD_ERR;
 	int rc = idd_catalog_save(s->index_dir, &cat, err);
@@ -478,19 +492,45 @@ static int save_checkpoint(struct scan *s, idd_error *err)
 }
 
 /* Add the carried-over images to the distinct-block count (the images read
- * this run were added as they finished). */
-static int count_unique(struct scan *s, const struct entries *kept, const idd_catalog *cat,
-                        uint64_t *unique, idd_error *err)
+ * this run were added as they finished).  A carried-over image whose block
+ * list cannot be read is dropped from the index with a warning, so the next
+ * run reads it again, rather than failing every run from now on. */
+static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, idd_error *err)
 {
-	struct entries all = {cat->images, cat->count};
-	if (s->unique_stale) { /* rare: count every image of the new catalog afresh */
+	if (s->unique_stale) { /* rare: count the images read this run afresh */
 		pset_free(&s->unique);
-		kept = &all;
+		for (size_t i = 0; i < s->njobs; i++) {
+			if (!s->jobs[i].have_info)
+				continue;
+			idd_digest *d;
+			if (idd_blocklist_load(s->index_dir, &s->jobs[i].info, &d, err))
+				return IDD_ERR;
+			uint32_t who = s->next_owner++;
+			for (uint64_t b = 0; b < s->jobs[i].info.nblocks; b++) {
+				bool fresh;
+				if (!idd_digest_is_zero(&d[b]) && pset_add(&s->unique, &d[b], who, &fresh, err)) {
+					free(d);
+					return IDD_ERR;
+				}
+			}
+			free(d);
+		}
 	}
+	size_t w = 0;
 	for (size_t i = 0; i < kept->n; i++) {
 		idd_digest *d;
-		if (idd_blocklist_load(s->index_dir, &kept->v[i], &d, err))
-			return IDD_ERR;
+		idd_error e;
+		if (idd_blocklist_load(s->index_dir, &kept->v[i], &d, &e)) {
+			if (s->o->warn) {
+				char msg[sizeof e.msg + 128];
+				snprintf(msg, sizeof msg, "%s (dropped from the index; it is read again next run)",
+				         e.msg);
+				s->o->warn(s->o->ctx, msg);
+			}
+			s->dropped++;
+			idd_image_info_free(&kept->v[i]);
+			continue;
+		}
 		uint32_t who = s->next_owner++;
 		for (uint64_t b = 0; b < kept->v[i].nblocks; b++) {
 			bool fresh;
@@ -500,7 +540,9 @@ static int count_unique(struct scan *s, const struct entries *kept, const idd_ca
 			}
 		}
 		free(d);
+		kept->v[w++] = kept->v[i];
 	}
+	kept->n = w;
 	*unique = s->unique.count;
 	return IDD_OK;
 }
@@ -611,6 +653,16 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
 		goto out;
 	s.index_dir = index_dir;
+	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
+	struct stat rst;
+	if (stat(o->repo, &rst)) {
+		idd_fail_errno(err, o->repo, "cannot open repository");
+		goto out;
+	}
+	if (!S_ISDIR(rst.st_mode)) {
+		idd_fail(err, "%s: repository is not a directory", o->repo);
+		goto out;
+	}
 	if (idd_mkdir_p(index_dir, err))
 		goto out;
 	if ((rc = idd_lock(index_dir, o->no_wait, &lock_fd, err)))
@@ -664,6 +716,20 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			else if (!match)
 				file_state[f] = FILE_CHANGED;
 		}
+	}
+	/* ...and whose block lists are still there (a deleted or lost list is
+	 * rebuilt by reading the image again) */
+	for (size_t i = 0; i < nold; i++) {
+		if (old_file[i] < 0 || file_state[old_file[i]] != FILE_UNCHANGED)
+			continue;
+		char *bp = idd_blocks_path(index_dir, &s.old->images[i].list_key, err);
+		if (!bp) {
+			free(old_file);
+			goto out;
+		}
+		if (access(bp, F_OK) != 0)
+			file_state[old_file[i]] = FILE_CHANGED;
+		free(bp);
 	}
 	for (size_t i = 0; i < nold; i++) {
 		if (old_file[i] >= 0 && file_state[old_file[i]] == FILE_UNCHANGED) {
@@ -804,26 +870,36 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	}
 	free(old_file);
 
+	bool changed = !s.old || st->scanned || st->removed || st->renamed ||
+	               s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	bool recount = st->scanned || st->removed || !s.old || s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	uint64_t unique = s.old ? s.old->unique_blocks : 0;
+	/* counting reads the kept images' block lists and drops unreadable ones,
+	 * so it comes before the catalog is assembled */
+	if (recount && count_unique(&s, &kept, &unique, err))
+		goto out;
+	changed = changed || s.dropped;
 	idd_catalog cat = {.block_size = s.bs};
 	if (build_catalog(&s, &kept, false, &cat, err))
 		goto out;
-	bool changed = !s.old || st->scanned || st->removed || st->renamed || cat.count != nold;
+	changed = changed || cat.count != nold;
 	if (!changed) {
 		cat.generation = s.old->generation;
 		cat.unique_blocks = s.old->unique_blocks;
 	} else {
 		cat.generation = (s.old ? s.old->generation : 0) + 1;
-		if (st->scanned || st->removed || !s.old)
-			rc = count_unique(&s, &kept, &cat, &cat.unique_blocks, err);
-		else
-			cat.unique_blocks = s.old->unique_blocks, rc = IDD_OK;
-		if (!rc)
-			rc = idd_catalog_save(index_dir, &cat, err);
-		if (!rc)
+		cat.unique_blocks = unique;
+		rc = idd_catalog_save(index_dir, &cat, err);
+		if (!rc) {
+			st->committed = true;
 			collect_garbage(index_dir, &cat);
+		}
 	}
-	if (!changed)
+	if (!changed) {
 		rc = IDD_OK;
+		st->committed = true;
+	}
+	st->failed += s.dropped; /* a damaged index is worth an exit status of 1 */
 	st->images = cat.count;
 	st->unique_blocks = cat.unique_blocks;
 	for (size_t i = 0; i < cat.count; i++) {

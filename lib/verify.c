@@ -93,7 +93,9 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 		idd_error e;
 		idd_digest *d;
 		if (idd_blocklist_load(index_dir, im, &d, &e)) {
-			report(o, problems, e.msg);
+			char *m = idd_asprintf(NULL, "%s (delete it and run 'imgdedup scan' to rebuild it)", e.msg);
+			report(o, problems, m ? m : e.msg);
+			free(m);
 			continue;
 		}
 		/* the stored summary must agree with the list */

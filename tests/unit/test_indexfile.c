@@ -116,6 +116,34 @@ static void test_newer_version_and_magic(void **state)
 	free(missing);
 }
 
+/* A small file declaring a huge payload (a zstd "bomb") is refused before
+ * anything is allocated for it, unless the caller expects that size. */
+static void test_decompression_bomb(void **state)
+{
+	(void)state;
+	size_t big = (size_t)80 << 20; /* zeros: compresses to a few KiB */
+	unsigned char *zeros = calloc(1, big);
+	assert_non_null(zeros);
+	char *p = idd_path_join(dir, "bomb", NULL);
+	idd_error err;
+	assert_int_equal(idd_indexfile_write(p, MAGIC, 1, zeros, big, true, &err), IDD_OK);
+	free(zeros);
+	assert_true(tu_file_size(p) < 64 * 1024);
+	expect_reject(p, 3, "at most");
+	void *file, *got;
+	size_t flen, glen;
+	assert_int_equal(idd_read_file(p, 1 << 20, &file, &flen, &err), IDD_OK);
+	assert_int_equal(idd_indexfile_parse_limit(p, file, flen, MAGIC, 3, big, &got, &glen, NULL, &err),
+	                 IDD_OK);
+	assert_int_equal(glen, big);
+	assert_true(idd_is_zero(got, glen));
+	free(got);
+	assert_int_not_equal(idd_indexfile_parse_limit(p, file, flen, MAGIC, 3, big - 1, &got, &glen, NULL, &err),
+	                     IDD_OK);
+	free(file);
+	free(p);
+}
+
 static void test_lock(void **state)
 {
 	(void)state;
@@ -138,6 +166,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupted_every_region, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_newer_version_and_magic, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_decompression_bomb, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("indexfile", tests, NULL, NULL);

@@ -247,6 +247,92 @@ static void test_many_distinct_blocks(void **state)
 	free(buf);
 }
 
+/* A mistyped REPO is an error, and is not created. */
+static void test_missing_repo(void **state)
+{
+	(void)state;
+	char *typo = idd_path_join(repo, "no-such-dir", NULL);
+	idd_scan_opts o = {.repo = typo};
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "no-such-dir"));
+	assert_false(st.committed);
+	assert_int_not_equal(access(typo, F_OK), 0);
+	free(typo);
+}
+
+/* A damaged block list does not break the index for good: the image is
+ * dropped with a warning, read again, and the list rewritten. A deleted
+ * list is rebuilt at once. */
+static int warnings;
+static void count_warn(void *ctx, const char *msg) { (void)ctx; (void)msg; warnings++; }
+
+static void test_damaged_block_list_heals(void **state)
+{
+	(void)state;
+	unsigned char buf[20000];
+	tu_fill_random(buf, sizeof buf, 11);
+	free(tu_write(repo, "a.raw", buf, sizeof buf));
+	tu_fill_random(buf, sizeof buf, 12);
+	free(tu_write(repo, "b.raw", buf, sizeof buf));
+	idd_scan_opts o = {.repo = repo, .warn = count_warn};
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	idd_catalog *cat = load();
+	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	char *alist = idd_blocks_path(idx, &idd_catalog_find(cat, "a.raw")->list_key, NULL);
+	idd_catalog_free(cat);
+	tu_flip_byte(alist, 40);
+	/* b changes: the run reads the kept lists, finds a's damaged */
+	tu_fill_random(buf, sizeof buf, 13);
+	free(tu_write(repo, "b.raw", buf, sizeof buf));
+	warnings = 0;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_ERR);
+	assert_true(st.committed);
+	assert_int_equal(warnings, 1);
+	assert_int_equal(st.images, 1);
+	/* the next run reads a again and writes a good list */
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 1);
+	tu_fill_random(buf, sizeof buf, 11);
+	check_digests("a.raw", buf, sizeof buf);
+	/* a deleted list: the unchanged image is read again in the same run */
+	assert_int_equal(unlink(alist), 0);
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 1);
+	check_digests("a.raw", buf, sizeof buf);
+	free(alist);
+	free(idx);
+}
+
+/* A checkpoint leaves the repository's distinct count unknown; the next
+ * run, even with nothing changed, counts it. */
+static void test_unknown_unique_is_recounted(void **state)
+{
+	(void)state;
+	unsigned char buf[16384];
+	tu_fill_random(buf, sizeof buf, 21);
+	free(tu_write(repo, "a.raw", buf, sizeof buf));
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.unique_blocks, 4);
+	idd_catalog *cat = load();
+	cat->unique_blocks = IDD_UNIQUE_UNKNOWN;
+	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	assert_int_equal(idd_catalog_save(idx, cat, &err), IDD_OK);
+	idd_catalog_free(cat);
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 0);
+	assert_int_equal(st.unique_blocks, 4);
+	cat = load();
+	assert_int_equal(cat->unique_blocks, 4);
+	idd_catalog_free(cat);
+	free(idx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -256,6 +342,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_damaged_catalog_is_reported, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_block_size_fixed_per_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_distinct_blocks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_missing_repo, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damaged_block_list_heals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unknown_unique_is_recounted, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("scan", tests, NULL, NULL);
 }
