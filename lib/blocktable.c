@@ -1,7 +1,7 @@
 /* blocktable.c - the repository-wide block table: for each distinct non-zero
  * digest, how many images hold it and one canonical (image, block) to read it
  * from.  Sharded by the digest's top bits so that building it needs memory
- * for one shard only.  Layout: docs/formats-map.md. */
+ * for one shard only.  Layout: docs/formats.md ("Block maps"). */
 #include "map.h"
 
 #include <dirent.h>

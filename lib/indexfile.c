@@ -285,6 +285,20 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 	return IDD_OK;
 }
 
+int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err)
+{
+	if (len < 8 || memcmp(file, "IDD-", 4) != 0)
+		return idd_fail(err, "%s: not an imgdedup index file (bad magic)", name);
+	char magic[8];
+	memcpy(magic, file, 8);
+	void *payload;
+	size_t plen;
+	if (idd_indexfile_parse(name, file, len, magic, UINT32_MAX, &payload, &plen, NULL, err))
+		return IDD_ERR;
+	free(payload);
+	return IDD_OK;
+}
+
 int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -163,6 +163,9 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,
                         void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* Container-level check of any index file (magic prefix, lengths, checksum,
+ * decompression), whatever its kind. */
+int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err);
 /* Write a whole file atomically (temp, fsync, rename, fsync dir). */
 int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_error *err);
 int idd_fsync_dir(const char *dir, idd_error *err);
@@ -267,6 +270,10 @@ typedef int (*idd_backing_open_fn)(void *ctx, const char *name, idd_file **out, 
 int idd_image_open(idd_file *f, bool owns_file, idd_backing_open_fn backing_open, void *backing_ctx,
                    idd_image **out, idd_error *err);
 void idd_image_close(idd_image *img);
+/* A COMPRESSED extent always starts at its unit's start (ext->voff <= voff);
+ * its vlen may be shorter than the unit's decompressed size (disk end, or a
+ * qcow2 overlay's own clusters taking over): decode vlen bytes for that
+ * prefix.  Same file + file_off: same unit.  See qcow2_extent. */
 int idd_image_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_error *err);
 /* Read virtual bytes [voff, voff+len); zero-fills holes, decompresses. */
 int idd_image_read(idd_image *img, uint64_t voff, void *buf, size_t len, idd_error *err);

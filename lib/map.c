@@ -1,5 +1,5 @@
 /* map.c - block maps (every block of an image -> its content digest) and the
- * incremental `map` run.  Layout: docs/formats-map.md. */
+ * incremental `map` run.  Layout: docs/formats.md ("Block maps"). */
 #include "map.h"
 
 #include <dirent.h>

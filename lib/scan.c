@@ -355,7 +355,8 @@ static bool next_task(struct scan *s, struct task *t)
 		if (j->done)
 			continue;
 		if (!j->opened) {
-			/* keep at most two images open per pass so memory stays bounded */
+			/* opened only once every earlier image is handed out: about one
+			 * open image (and digest array) per thread at any time */
 			job_open(s, j);
 		}
 		if (!j->failed && !j->planned) {

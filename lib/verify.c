@@ -1,5 +1,6 @@
 /* verify.c - check every index file, and with deep, the images themselves. */
 #include "internal.h"
+#include "map.h"
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -71,6 +72,54 @@ out:
 	free(path);
 }
 
+/* One index file other than the catalog and block lists: its container
+ * (checksum, lengths, compression), and for block maps their structure. */
+static void verify_file(const idd_verify_opts *o, const char *index_dir, const char *rel,
+                        uint64_t *problems)
+{
+	idd_error e;
+	char *path = idd_path_join(index_dir, rel, &e);
+	void *data = NULL;
+	size_t len;
+	int rc = path ? idd_read_file(path, (size_t)IDD_IF_MAX_PAYLOAD, &data, &len, &e) : IDD_ERR;
+	if (rc == IDD_ENOENT) { /* optional files (no similarity computed yet) */
+		free(path);
+		return;
+	}
+	if (!rc)
+		rc = idd_indexfile_check(path, data, len, &e);
+	size_t n = strlen(rel);
+	if (!rc && n > 4 && strcmp(rel + n - 4, ".map") == 0) {
+		idd_map *m;
+		rc = idd_map_parse(path, data, len, &m, &e);
+		if (!rc)
+			idd_map_free(m);
+	}
+	if (rc)
+		report(o, problems, e.msg);
+	free(data);
+	free(path);
+}
+
+static void verify_tree(const idd_verify_opts *o, const char *index_dir, const char *sub,
+                        uint64_t *problems)
+{
+	char *dir = idd_path_join(index_dir, sub, NULL);
+	DIR *d = dir ? opendir(dir) : NULL;
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
+			continue; /* temporaries of a running or killed run are not index files */
+		char *rel = idd_asprintf(NULL, "%s/%s", sub, de->d_name);
+		if (rel)
+			verify_file(o, index_dir, rel, problems);
+		free(rel);
+	}
+	if (d)
+		closedir(d);
+	free(dir);
+}
+
 int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 {
 	*problems = 0;
@@ -113,8 +162,9 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 		}
 		free(d);
 	}
-	/* Other index files (maps, block table, similarity cache) are checked
-	 * by their own modules' parsers through the hook below. */
+	verify_tree(o, index_dir, "maps", problems);
+	verify_tree(o, index_dir, "blocktable", problems);
+	verify_file(o, index_dir, "similarity", problems);
 	idd_catalog_free(cat);
 	free(index_dir);
 	return *problems ? IDD_ERR : IDD_OK;

@@ -86,4 +86,17 @@ check "bad option: exit 2" test $rc4 = 2
 m=$(mapfile_of a.raw); cp "$m" "$WORK/good.map"
 printf '\xff' | dd of="$m" bs=1 seek=40 conv=notrunc 2>/dev/null
 python3 "$TESTS_DIR/mapref.py" "$m" "$R/a.raw" 4096 >/dev/null 2>&1 && fail "corruption not visible"
+# ...and verify names it, as it names a damaged block-table file
+set +e
+"$IMGDEDUP" verify "$R" 2>"$WORK/v1"; rc5=$?
+set -e
+check "verify: exit 1 naming the damaged map" test $rc5 = 1 && grep -q "$(basename "$m")" "$WORK/v1"
+cp "$WORK/good.map" "$m"
+"$IMGDEDUP" verify -q "$R" || fail "verify after restoring the map"
+bt=$(ls "$I"/blocktable/* | tail -n 1)
+printf '\xff' | dd of="$bt" bs=1 seek=40 conv=notrunc 2>/dev/null
+set +e
+"$IMGDEDUP" verify "$R" 2>"$WORK/v2"; rc6=$?
+set -e
+check "verify: exit 1 naming the damaged block table file" test $rc6 = 1 && grep -q "$(basename "$bt")" "$WORK/v2"
 echo "all map checks passed"
