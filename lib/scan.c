@@ -143,6 +143,10 @@ static void job_release(struct job *j)
 {
 	idd_image_close(j->img);
 	j->img = NULL;
+	if (j->e.spooled) { /* the decompressed member: no longer needed */
+		close(j->e.spool_fd);
+		j->e.spooled = false;
+	}
 	free(j->digests);
 	j->digests = NULL;
 }
@@ -417,6 +421,46 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/* Hash every job not yet done on the worker threads; returns when all are. */
+static int run_workers(struct scan *s, idd_error *err)
+{
+	const idd_scan_opts *o = s->o;
+	int nthreads = o->jobs > 0 ? o->jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (nthreads < 1)
+		nthreads = 1;
+	if (nthreads > 64)
+		nthreads = 64;
+	struct worker *workers = idd_calloc((size_t)nthreads, sizeof *workers, err);
+	pthread_t *tids = idd_calloc((size_t)nthreads, sizeof *tids, err);
+	if (!workers || !tids) {
+		free(workers);
+		free(tids);
+		return IDD_ERR;
+	}
+	int started = 0;
+	for (int i = 0; i < nthreads; i++) {
+		workers[i].s = s;
+		workers[i].buf = idd_malloc((size_t)SCAN_CHUNK, err);
+		workers[i].h = workers[i].buf ? idd_hasher_new(err) : NULL;
+		if (!workers[i].h)
+			break;
+		if (pthread_create(&tids[i], NULL, worker_main, &workers[i])) {
+			idd_fail(err, "cannot start a worker thread");
+			break;
+		}
+		started++;
+	}
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	for (int i = 0; i < nthreads; i++) {
+		free(workers[i].buf);
+		idd_hasher_free(workers[i].h);
+	}
+	free(workers);
+	free(tids);
+	return started ? IDD_OK : IDD_ERR;
+}
+
 /* ---- assembling catalogs ---- */
 
 static int cmp_info_id(const void *a, const void *b)
@@ -585,11 +629,15 @@ static bool entry_matches(const idd_image_info *im, const idd_repo_entry *e, boo
 	       im->mtime_ns == e->mtime_ns && (ignore_ctime || im->ctime_ns == e->ctime_ns);
 }
 
-enum file_state { FILE_NEW, FILE_UNCHANGED, FILE_CHANGED, FILE_MOVED, FILE_FAILED };
+enum file_state { FILE_NEW, FILE_UNCHANGED, FILE_CHANGED, FILE_MOVED, FILE_FAILED, FILE_DEFERRED };
 
 /* Returns IDD_OK, 1 when the file could not even be listed (reported), or a
  * negative error. */
-static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, idd_error *err)
+/* With defer_compressed, a compressed archive is not listed yet and 2 is
+ * returned: listing it decompresses its disk images into temporary files,
+ * so those are listed, hashed and released one archive at a time. */
+static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer_compressed,
+                             idd_error *err)
 {
 	/* One job per image: the file itself, or each disk image inside an archive. */
 	unsigned char head[1024];
@@ -601,6 +649,8 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, idd_error 
 		close(fd);
 	}
 	const char *kind = hl ? idd_archive_kind(head, hl) : NULL;
+	if (kind && defer_compressed && strcmp(kind, "tar") != 0)
+		return 2;
 	idd_repo_list members = {0};
 	if (kind) {
 		idd_error e;
@@ -649,6 +699,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	char *index_dir = NULL;
 	int lock_fd = -1, rc = IDD_ERR;
 	enum file_state *file_state = NULL;
+	ptrdiff_t *old_file = NULL; /* per old entry: the walked file it belongs to, or -1 */
 	pthread_mutex_init(&s.mu, NULL);
 
 	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
@@ -693,13 +744,10 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 
 	size_t nold = s.old ? s.old->count : 0;
 	s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *s.old_dropped, err);
-	/* per old entry: index of the walked file it belongs to, or -1 */
-	ptrdiff_t *old_file = idd_calloc(nold ? nold : 1, sizeof *old_file, err);
+	old_file = idd_calloc(nold ? nold : 1, sizeof *old_file, err);
 	file_state = idd_calloc(files.n ? files.n : 1, sizeof *file_state, err);
-	if (!s.old_dropped || !old_file || !file_state) {
-		free(old_file);
+	if (!s.old_dropped || !old_file || !file_state)
 		goto out;
-	}
 	/* Pass 1: a file is unchanged when it has old entries and every one of
 	 * them still matches its identity; those entries are kept unread. */
 	for (size_t f = 0; f < files.n; f++)
@@ -724,20 +772,14 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 		if (old_file[i] < 0 || file_state[old_file[i]] != FILE_UNCHANGED)
 			continue;
 		char *bp = idd_blocks_path(index_dir, &s.old->images[i].list_key, err);
-		if (!bp) {
-			free(old_file);
-			goto out;
-		}
+		if (!bp) goto out;
 		if (access(bp, F_OK) != 0)
 			file_state[old_file[i]] = FILE_CHANGED;
 		free(bp);
 	}
 	for (size_t i = 0; i < nold; i++) {
 		if (old_file[i] >= 0 && file_state[old_file[i]] == FILE_UNCHANGED) {
-			if (entries_push_copy(&kept, &s.old->images[i], err)) {
-				free(old_file);
-				goto out;
-			}
+			if (entries_push_copy(&kept, &s.old->images[i], err)) goto out;
 			s.old_dropped[i] = true;
 			st->unchanged++;
 		}
@@ -752,10 +794,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			if (old_file[i] >= 0 || s.old_dropped[i] || !entry_matches(im, &files.v[f], true))
 				continue;
 			idd_image_info copy;
-			if (idd_image_info_copy(&copy, im, err)) {
-				free(old_file);
-				goto out;
-			}
+			if (idd_image_info_copy(&copy, im, err)) goto out;
 			free(copy.id);
 			free(copy.file);
 			copy.file = strdup(files.v[f].id);
@@ -765,7 +804,6 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			bool ok = copy.id && copy.file && entries_push_copy(&kept, &copy, err) == IDD_OK;
 			idd_image_info_free(&copy);
 			if (!ok) {
-				free(old_file);
 				idd_fail(err, "out of memory");
 				goto out;
 			}
@@ -780,53 +818,28 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	for (size_t f = 0; f < files.n; f++) {
 		if (file_state[f] != FILE_NEW && file_state[f] != FILE_CHANGED)
 			continue;
-		int r = add_jobs_for_file(&s, &files.v[f], err);
-		if (r < 0) {
-			free(old_file);
-			goto out;
-		}
-		if (r > 0)
+		int r = add_jobs_for_file(&s, &files.v[f], true, err);
+		if (r < 0) goto out;
+		if (r == 1)
 			file_state[f] = FILE_FAILED;
+		else if (r == 2)
+			file_state[f] = FILE_DEFERRED;
 	}
 
 	/* Hash. */
 	s.kept = &kept;
 	s.last_save_ns = idd_now_ns();
-	int nthreads = o->jobs > 0 ? o->jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
-	if (nthreads < 1)
-		nthreads = 1;
-	if (nthreads > 64)
-		nthreads = 64;
-	struct worker *workers = idd_calloc((size_t)nthreads, sizeof *workers, err);
-	pthread_t *tids = idd_calloc((size_t)nthreads, sizeof *tids, err);
-	if (!workers || !tids) {
-		free(workers);
-		free(tids);
+	if (run_workers(&s, err))
 		goto out;
+	/* then each compressed archive on its own: list (decompress), hash, release */
+	for (size_t f = 0; f < files.n && !s.fatal; f++) {
+		if (file_state[f] != FILE_DEFERRED)
+			continue;
+		int r = add_jobs_for_file(&s, &files.v[f], false, err);
+		if (r < 0) goto out;
+		file_state[f] = r > 0 ? FILE_FAILED : FILE_CHANGED;
+		if (run_workers(&s, err)) goto out;
 	}
-	int started = 0;
-	for (int i = 0; i < nthreads; i++) {
-		workers[i].s = &s;
-		workers[i].buf = idd_malloc((size_t)SCAN_CHUNK, err);
-		workers[i].h = workers[i].buf ? idd_hasher_new(err) : NULL;
-		if (!workers[i].h)
-			break;
-		if (pthread_create(&tids[i], NULL, worker_main, &workers[i])) {
-			idd_fail(err, "cannot start a worker thread");
-			break;
-		}
-		started++;
-	}
-	for (int i = 0; i < started; i++)
-		pthread_join(tids[i], NULL);
-	for (int i = 0; i < nthreads; i++) {
-		free(workers[i].buf);
-		idd_hasher_free(workers[i].h);
-	}
-	free(workers);
-	free(tids);
-	if (started == 0)
-		goto out;
 	if (s.fatal) {
 		*err = s.fatal_err;
 		goto out;
@@ -860,16 +873,12 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			}
 		}
 		if (keep) {
-			if (entries_push_copy(&kept, im, err)) {
-				free(old_file);
-				goto out;
-			}
+			if (entries_push_copy(&kept, im, err)) goto out;
 		} else if (!replaced) {
 			st->removed++;
 		}
 		s.old_dropped[i] = true;
 	}
-	free(old_file);
 
 	bool changed = !s.old || st->scanned || st->removed || st->renamed ||
 	               s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
@@ -923,6 +932,7 @@ out:
 	free(s.jobs);
 	free(s.old_dropped);
 	free(file_state);
+	free(old_file);
 	pset_free(&s.unique);
 	entries_free(&kept);
 	idd_catalog_free(s.old);
