@@ -21,6 +21,9 @@ int idd_index_path(const char *repo, const char *index_opt, char **out, idd_erro
 
 void idd_image_info_free(idd_image_info *im)
 {
+	for (size_t i = 0; i < im->nbacking; i++)
+		free(im->backing[i].path);
+	free(im->backing);
 	free(im->id);
 	free(im->file);
 	free(im->member);
@@ -37,7 +40,20 @@ int idd_image_info_copy(idd_image_info *dst, const idd_image_info *src, idd_erro
 	dst->member = strdup(src->member);
 	dst->format = strdup(src->format);
 	dst->container = strdup(src->container);
-	if (!dst->id || !dst->file || !dst->member || !dst->format || !dst->container) {
+	dst->backing = NULL;
+	dst->nbacking = 0;
+	bool ok = true;
+	if (src->nbacking) {
+		dst->backing = calloc(src->nbacking, sizeof *dst->backing);
+		ok = dst->backing != NULL;
+		for (size_t i = 0; ok && i < src->nbacking; i++) {
+			dst->backing[i] = src->backing[i];
+			dst->backing[i].path = strdup(src->backing[i].path);
+			ok = dst->backing[i].path != NULL;
+			dst->nbacking = i + 1;
+		}
+	}
+	if (!ok || !dst->id || !dst->file || !dst->member || !dst->format || !dst->container) {
 		idd_image_info_free(dst);
 		return idd_fail(err, "out of memory");
 	}
@@ -94,7 +110,7 @@ int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_cat
 	for (uint64_t i = 0; i < count; i++) {
 		idd_image_info *im = &cat->images[i];
 		cat->count = (size_t)i + 1;
-		uint64_t mt, ct, at;
+		uint64_t mt, ct, at, nb;
 		uint8_t flags;
 		if (!idd_get_str(&r, &im->id, MAX_ID) || !idd_get_str(&r, &im->file, MAX_ID) ||
 		    !idd_get_str(&r, &im->member, MAX_ID) || !idd_get_str(&r, &im->format, 64) ||
@@ -105,8 +121,25 @@ int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_cat
 		    !idd_get_u64(&r, &mt) || !idd_get_u64(&r, &ct) ||
 		    !idd_get_u64(&r, &im->virtual_size) || !idd_get_u64(&r, &im->nblocks) ||
 		    !idd_get_u64(&r, &im->zero_blocks) || !idd_get_u64(&r, &im->distinct_blocks) ||
-		    !idd_get_u64(&r, &at) || !idd_get_bytes(&r, im->list_key.b, IDD_DIGEST_SIZE))
+		    !idd_get_u64(&r, &at) || !idd_get_bytes(&r, im->list_key.b, IDD_DIGEST_SIZE) ||
+		    !idd_get_varint(&r, &nb) || nb > IDD_MAX_BACKING_DEPTH)
 			goto corrupt;
+		if (nb) {
+			im->backing = calloc((size_t)nb, sizeof *im->backing);
+			if (!im->backing)
+				goto corrupt;
+			for (uint64_t k = 0; k < nb; k++) {
+				idd_file_ident *b = &im->backing[k];
+				uint64_t bm, bc;
+				im->nbacking = (size_t)k + 1;
+				if (!idd_get_str(&r, &b->path, MAX_ID) || !idd_get_u64(&r, &b->dev) ||
+				    !idd_get_u64(&r, &b->ino) || !idd_get_u64(&r, &b->size) ||
+				    !idd_get_u64(&r, &bm) || !idd_get_u64(&r, &bc))
+					goto corrupt;
+				b->mtime_ns = (int64_t)bm;
+				b->ctime_ns = (int64_t)bc;
+			}
+		}
 		if (flags & ~1u)
 			goto corrupt;
 		im->streamed = flags & 1;
@@ -188,6 +221,16 @@ int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *e
 		idd_buf_put_u64(&b, im->distinct_blocks);
 		idd_buf_put_u64(&b, (uint64_t)im->scanned_at);
 		idd_buf_put(&b, im->list_key.b, IDD_DIGEST_SIZE);
+		idd_buf_put_varint(&b, im->nbacking);
+		for (size_t k = 0; k < im->nbacking; k++) {
+			const idd_file_ident *f = &im->backing[k];
+			idd_buf_put_str(&b, f->path);
+			idd_buf_put_u64(&b, f->dev);
+			idd_buf_put_u64(&b, f->ino);
+			idd_buf_put_u64(&b, f->size);
+			idd_buf_put_u64(&b, (uint64_t)f->mtime_ns);
+			idd_buf_put_u64(&b, (uint64_t)f->ctime_ns);
+		}
 	}
 	if (b.failed) {
 		idd_buf_free(&b);

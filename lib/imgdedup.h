@@ -57,6 +57,13 @@ int idd_index_path(const char *repo, const char *index_opt, char **out, idd_erro
 
 /* ---- catalog: what scan knows about each image ----------------------- */
 
+/* The identity of a file an image depends on (a qcow2 backing file). */
+typedef struct idd_file_ident {
+	char *path; /* relative to REPO */
+	uint64_t dev, ino, size;
+	int64_t mtime_ns, ctime_ns;
+} idd_file_ident;
+
 typedef struct idd_image_info {
 	char *id;          /* path relative to REPO; "a.ova/disk1.vmdk" for members */
 	char *file;        /* relative path of the file holding it (== id unless a member) */
@@ -72,6 +79,8 @@ typedef struct idd_image_info {
 	uint64_t virtual_size;
 	uint64_t nblocks, zero_blocks, distinct_blocks;
 	int64_t scanned_at; /* unix time of the scan */
+	size_t nbacking;    /* backing files read with it: a change to any re-reads it */
+	idd_file_ident *backing;
 	idd_digest list_key; /* SHA-256 of the block list: names its blocks file */
 } idd_image_info;
 

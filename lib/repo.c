@@ -218,10 +218,59 @@ int idd_repo_backing_open(void *vctx, const char *name, idd_file **out, idd_erro
 		return rc;
 	}
 	free(cand);
-	return idd_file_open_local(real, out, err);
+	if (idd_file_open_local(real, out, err))
+		return IDD_ERR;
+	if (c->chain) { /* remember what the image was read with */
+		struct stat st;
+		idd_file_ident *v = idd_realloc_array(c->chain->v, c->chain->n + 1, sizeof *v, err);
+		char *rel = v ? idd_strdup(real[rl] ? real + rl + 1 : "", err) : NULL;
+		if (v)
+			c->chain->v = v;
+		if (!rel || fstat((*out)->fd, &st)) {
+			free(rel);
+			idd_file_close(*out);
+			return rel ? idd_fail_errno(err, real, "stat") : IDD_ERR;
+		}
+		c->chain->v[c->chain->n++] = (idd_file_ident){
+			rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
+			(int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+			(int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec};
+	}
+	return IDD_OK;
+}
+
+void idd_chain_free(idd_chain *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		free(c->v[i].path);
+	free(c->v);
+	c->v = NULL;
+	c->n = 0;
+}
+
+bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char *p = idd_path_join(repo, v[i].path, NULL);
+		struct stat st;
+		bool same = p && stat(p, &st) == 0 && (uint64_t)st.st_dev == v[i].dev &&
+		            (uint64_t)st.st_ino == v[i].ino && (uint64_t)st.st_size == v[i].size &&
+		            (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec == v[i].mtime_ns &&
+		            (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec == v[i].ctime_ns;
+		free(p);
+		if (!same)
+			return false;
+	}
+	return true;
 }
 
 int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err)
+{
+	return idd_repo_open_image_chain(repo, e, NULL, out, err);
+}
+
+int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
+                              idd_image **out, idd_error *err)
 {
 	if (e->member)
 		return idd_archive_open_member(repo, e, out, err);
@@ -236,7 +285,7 @@ int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **o
 	char *slash = strrchr(dir, '/');
 	if (slash)
 		*slash = 0;
-	idd_backing_ctx bc = {repo, slash ? dir : ".", 0};
+	idd_backing_ctx bc = {repo, slash ? dir : ".", 0, chain};
 	int rc = idd_image_open(f, true, idd_repo_backing_open, &bc, out, err);
 	free(dir);
 	return rc;

@@ -109,6 +109,7 @@ struct job {
 	uint64_t bytes_hashed;
 	idd_error err;
 	struct stat st_before;
+	idd_chain chain;       /* backing files read with the image */
 	idd_image_info info;   /* filled when finished */
 	bool have_info;
 };
@@ -178,7 +179,7 @@ static void job_open(struct scan *s, struct job *j)
 		j->failed = true;
 		return;
 	}
-	if (idd_repo_open_image(s->o->repo, &j->e, &j->img, &j->err)) {
+	if (idd_repo_open_image_chain(s->o->repo, &j->e, &j->chain, &j->img, &j->err)) {
 		j->failed = true;
 		return;
 	}
@@ -267,7 +268,8 @@ static void job_finish(struct scan *s, struct job *j)
 		if (stat(j->e.path, &after)) {
 			idd_fail_errno(&j->err, j->e.path, "cannot stat");
 			j->failed = true;
-		} else if (!same_identity(&j->st_before, &after)) {
+		} else if (!same_identity(&j->st_before, &after) ||
+		           !idd_chain_unchanged(s->o->repo, j->chain.v, j->chain.n)) {
 			idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 			j->failed = true;
 		}
@@ -323,6 +325,10 @@ static void job_finish(struct scan *s, struct job *j)
 		}
 		if (!j->failed) {
 			im->streamed = j->e.streamed;
+			im->backing = j->chain.v; /* moved: the entry owns the chain now */
+			im->nbacking = j->chain.n;
+			j->chain.v = NULL;
+			j->chain.n = 0;
 			im->member_off = j->e.member_off;
 			im->member_len = j->e.member_len;
 			im->dev = (uint64_t)j->st_before.st_dev;
@@ -759,7 +765,8 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			if (strcmp(files.v[f].id, im->file) != 0)
 				continue;
 			old_file[i] = (ptrdiff_t)f;
-			bool match = entry_matches(im, &files.v[f], false);
+			bool match = entry_matches(im, &files.v[f], false) &&
+			             idd_chain_unchanged(o->repo, im->backing, im->nbacking);
 			if (file_state[f] == FILE_NEW)
 				file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
 			else if (!match)
@@ -791,7 +798,10 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			continue;
 		for (size_t i = 0; i < nold; i++) {
 			const idd_image_info *im = &s.old->images[i];
-			if (old_file[i] >= 0 || s.old_dropped[i] || !entry_matches(im, &files.v[f], true))
+			/* an image with backing files resolves them from where it lies:
+			 * moved, it is read again */
+			if (old_file[i] >= 0 || s.old_dropped[i] || im->nbacking ||
+			    !entry_matches(im, &files.v[f], true))
 				continue;
 			idd_image_info copy;
 			if (idd_image_info_copy(&copy, im, err)) goto out;
@@ -925,6 +935,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 out:
 	for (size_t i = 0; i < s.njobs; i++) {
 		job_release(&s.jobs[i]);
+		idd_chain_free(&s.jobs[i].chain);
 		idd_repo_entry_free(&s.jobs[i].e);
 		if (s.jobs[i].have_info)
 			idd_image_info_free(&s.jobs[i].info);

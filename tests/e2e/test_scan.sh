@@ -132,6 +132,24 @@ python3 "$TESTS_DIR/blockhash.py" "$R/busy.raw" > "$WORK/want"
 check "then its digests are right" cmp -s "$WORK/got" "$WORK/want"
 rm "$R/busy.raw"
 
+# a qcow2 overlay is re-read when its backing file changes (the backing
+# chain is part of its identity), and its digests follow the new content
+if command -v qemu-img >/dev/null; then
+  Q=$WORK/qrepo; mkdir -p "$Q"
+  head -c 3000000 /dev/urandom > "$WORK/base.raw"
+  qemu-img convert -q -f raw -O qcow2 "$WORK/base.raw" "$Q/base.qcow2"
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$Q/top.qcow2"
+  qemu-io -c 'write -P 0x55 0 8k' "$Q/top.qcow2" >/dev/null
+  "$IMGDEDUP" scan -q "$Q"
+  qemu-io -c 'write -P 0x77 1M 8k' "$Q/base.qcow2" >/dev/null
+  "$IMGDEDUP" scan -q --json "$Q" > "$WORK/q.json"
+  check "backing file changed: overlay re-read too" [ "$(json_get "$WORK/q.json" scanned)" = 2 ]
+  qemu-img convert -q -O raw "$Q/top.qcow2" "$WORK/top.raw"
+  "$IMGDEDUP" info --blocks "$Q" top.qcow2 > "$WORK/got"
+  python3 "$TESTS_DIR/blockhash.py" "$WORK/top.raw" > "$WORK/want"
+  check "overlay digests follow the new backing content" cmp -s "$WORK/got" "$WORK/want"
+fi
+
 # a damaged index file: verify names it and exits 1
 blk=$(ls "$R/.imgdedup/blocks" | head -n 1)
 printf 'X' | dd of="$R/.imgdedup/blocks/$blk" bs=1 seek=40 conv=notrunc 2>/dev/null
