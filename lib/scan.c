@@ -124,7 +124,8 @@ struct scan {
 	struct entries *kept;   /* entries carried over without reading */
 	const char *index_dir;
 	uint32_t bs;
-	pthread_mutex_t mu;
+	pthread_mutex_t mu;       /* job states, the task cursor, progress */
+	pthread_mutex_t finish_mu; /* finishing jobs: the distinct-count set, checkpoints */
 	struct job *jobs;
 	size_t njobs, next_job; /* jobs before next_job are opened */
 	uint64_t total_bytes, done_bytes;
@@ -259,10 +260,10 @@ static void *list_save_main(void *arg)
 }
 
 /* Finish a job whose chunks are all hashed: check the file did not change
- * under us, write its block list, fill its catalog entry.  Lock held. */
+ * under us, write its block list, fill its catalog entry.  Called with
+ * finish_mu held and mu not held: the other threads go on hashing. */
 static void job_finish(struct scan *s, struct job *j)
 {
-	j->done = true;
 	if (!j->failed) {
 		struct stat after;
 		if (stat(j->e.path, &after)) {
@@ -346,10 +347,28 @@ static void job_finish(struct scan *s, struct job *j)
 	if (j->failed && s->o->warn)
 		s->o->warn(s->o->ctx, j->err.msg);
 	job_release(j);
-	if (!s->fatal && idd_now_ns() - s->last_save_ns > CHECKPOINT_NS) {
-		if (save_checkpoint(s, &s->fatal_err))
+	if (idd_now_ns() - s->last_save_ns > CHECKPOINT_NS) {
+		idd_error e;
+		if (save_checkpoint(s, &e)) {
+			pthread_mutex_lock(&s->mu);
+			if (!s->fatal)
+				s->fatal_err = e;
 			s->fatal = true;
+			pthread_mutex_unlock(&s->mu);
+		}
 	}
+}
+
+/* Called with mu held on a job whose last chunk is hashed: claim it, and
+ * finish it with mu released. */
+static void finish_claimed(struct scan *s, struct job *j)
+{
+	j->done = true;
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_lock(&s->finish_mu);
+	job_finish(s, j);
+	pthread_mutex_unlock(&s->finish_mu);
+	pthread_mutex_lock(&s->mu);
 }
 
 struct task {
@@ -380,7 +399,7 @@ static bool next_task(struct scan *s, struct task *t)
 		if (j->failed)
 			j->planned = true;
 		if (j->planned && j->inflight == 0)
-			job_finish(s, j);
+			finish_claimed(s, j);
 		else if (j->planned)
 			continue; /* its last chunks are being hashed by others */
 	}
@@ -419,7 +438,7 @@ static void *worker_main(void *arg)
 		}
 		j->inflight--;
 		if (j->planned && j->inflight == 0 && !j->done)
-			job_finish(s, j);
+			finish_claimed(s, j);
 		if (s->o->progress)
 			s->o->progress(s->o->ctx, IDD_MIN(s->done_bytes, s->total_bytes), s->total_bytes);
 	}
@@ -707,6 +726,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	enum file_state *file_state = NULL;
 	ptrdiff_t *old_file = NULL; /* per old entry: the walked file it belongs to, or -1 */
 	pthread_mutex_init(&s.mu, NULL);
+	pthread_mutex_init(&s.finish_mu, NULL);
 
 	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
 		goto out;
@@ -951,5 +971,6 @@ out:
 	idd_unlock(lock_fd);
 	free(index_dir);
 	pthread_mutex_destroy(&s.mu);
+	pthread_mutex_destroy(&s.finish_mu);
 	return rc;
 }
