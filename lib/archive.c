@@ -639,12 +639,25 @@ static int spool_entry(struct archive *a, struct archive_entry *ae, const char *
 	return IDD_OK;
 }
 
+static int spool_named(struct archive *a, const char *path, const char *member, int fd,
+                       idd_error *err);
+
 /* Decompress the member named e->member (its last occurrence) into fd. */
 static int spool_member(const idd_repo_entry *e, int fd, idd_error *err)
 {
 	struct archive *a = la_open(e->path, err);
 	if (!a)
 		return IDD_ERR;
+	int rc = spool_named(a, e->path, e->member, fd, err);
+	archive_read_free(a);
+	return rc;
+}
+
+/* Spool the member named member (normalised as listing does; its last
+ * occurrence wins) from the open reader a into fd. */
+static int spool_named(struct archive *a, const char *path, const char *member, int fd,
+                       idd_error *err)
+{
 	bool found = false;
 	int rc = IDD_OK;
 	struct archive_entry *ae;
@@ -653,24 +666,82 @@ static int spool_member(const idd_repo_entry *e, int fd, idd_error *err)
 		if (r == ARCHIVE_EOF)
 			break;
 		if ((r != ARCHIVE_OK && r != ARCHIVE_WARN) || count >= MAX_MEMBERS) {
-			rc = idd_fail(err, "%s: %s", e->path,
+			rc = idd_fail(err, "%s: %s", path,
 			              count >= MAX_MEMBERS ? "too many tar entries" : archive_error_string(a));
 			break;
 		}
 		const char *name = archive_entry_pathname(ae);
 		const char *norm = name && archive_entry_filetype(ae) == AE_IFREG ? image_member_name(name)
 		                                                                   : NULL;
-		if (!norm || strcmp(norm, e->member) != 0) {
+		if (!norm || strcmp(norm, member) != 0) {
 			if (archive_read_data_skip(a) != ARCHIVE_OK)
-				rc = idd_fail(err, "%s: %s", e->path, archive_error_string(a));
+				rc = idd_fail(err, "%s: %s", path, archive_error_string(a));
 			continue;
 		}
 		found = true;
-		rc = spool_entry(a, ae, e->path, e->member, fd, err);
+		rc = spool_entry(a, ae, path, member, fd, err);
 	}
-	archive_read_free(a);
 	if (!rc && !found)
-		rc = idd_fail(err, "%s: member %s not found in the archive", e->path, e->member);
+		rc = idd_fail(err, "%s: member %s not found in the archive", path, member);
+	return rc;
+}
+
+/* libarchive reads the archive through an idd_file (local or remote), in
+ * large sequential pieces. */
+struct file_reader {
+	idd_file *f;
+	uint64_t off;
+	unsigned char *buf;
+	idd_error *err;
+};
+
+#define FILE_READER_CHUNK ((size_t)4 << 20)
+
+static la_ssize_t file_reader_cb(struct archive *a, void *ud, const void **buf)
+{
+	struct file_reader *fr = ud;
+	if (fr->off >= fr->f->size)
+		return 0;
+	size_t n = (size_t)IDD_MIN((uint64_t)FILE_READER_CHUNK, fr->f->size - fr->off);
+	if (idd_file_pread(fr->f, fr->buf, n, fr->off, fr->err)) {
+		archive_set_error(a, EIO, "%s", fr->err->msg);
+		return -1;
+	}
+	fr->off += n;
+	*buf = fr->buf;
+	return (la_ssize_t)n;
+}
+
+int idd_archive_spool_member_from(idd_file *archive, const char *member, int fd,
+                                  uint64_t *bytes_read, idd_error *err)
+{
+	struct file_reader fr = {archive, 0, idd_malloc(FILE_READER_CHUNK, err), err};
+	if (bytes_read)
+		*bytes_read = 0;
+	if (!fr.buf)
+		return IDD_ERR;
+	struct archive *a = archive_read_new();
+	int rc = IDD_ERR;
+	if (!a) {
+		idd_fail(err, "%s: libarchive: out of memory", archive->name);
+		goto out;
+	}
+	archive_read_support_filter_all(a);
+	archive_read_support_format_tar(a);
+	archive_read_support_format_gnutar(a);
+	if (archive_read_open(a, &fr, NULL, file_reader_cb, NULL) != ARCHIVE_OK) {
+		/* a read failure's message reaches here through archive_set_error */
+		idd_fail(err, "%s: %s", archive->name,
+		         archive_error_string(a) ? archive_error_string(a) : "cannot open");
+		goto out;
+	}
+	rc = spool_named(a, archive->name, member, fd, err);
+out:
+	if (bytes_read)
+		*bytes_read = fr.off;
+	if (a)
+		archive_read_free(a);
+	free(fr.buf);
 	return rc;
 }
 

@@ -269,37 +269,6 @@ bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint
 	return true;
 }
 
-bool idd_cache_read_verified(idd_cache *c, idd_hasher *h, size_t entry, uint64_t block,
-                             const idd_digest *d, void *buf)
-{
-	idd_cache_entry *e = &c->e[entry];
-	uint32_t bs = e->block_size;
-	uint64_t off = block * bs;
-	size_t want = (size_t)IDD_MIN((uint64_t)bs, e->size - off);
-	memset((unsigned char *)buf + want, 0, bs - want);
-	size_t got = 0;
-	while (got < want) {
-		ssize_t r = pread(e->fd, (unsigned char *)buf + got, want - got, (off_t)(off + got));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	idd_digest actual;
-	idd_error e2;
-	if (got == want && idd_hasher_digest(h, buf, bs, &actual, &e2) == IDD_OK &&
-	    !memcmp(actual.b, d->b, IDD_DIGEST_SIZE)) {
-		e->used = true;
-		return true;
-	}
-	e->damaged = true;
-	warnf(c, "warning: cache: %s: block at offset %llu does not match the cache index "
-	      "(file changed or damaged); this image is not used, its blocks are fetched",
-	      e->abs, (unsigned long long)off);
-	return false;
-}
-
 char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
 {
 	/* ids are relative paths; flatten them so images/ stays one level */

@@ -44,11 +44,6 @@ void idd_cache_close(idd_cache *c);
 int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err);
 /* Exact lookup: entry index and block index, false when absent. */
 bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block);
-/* Read block `block` of entry into buf (bs bytes, the tail zero-padded) and
- * check it against d.  A short read or a mismatch marks the entry damaged,
- * warns, and returns false: the caller fetches instead. */
-bool idd_cache_read_verified(idd_cache *c, idd_hasher *h, size_t entry, uint64_t block,
-                             const idd_digest *d, void *buf);
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */

@@ -8,8 +8,6 @@
 #include "fetch.h"
 #include "map.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -611,6 +609,20 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* The clone shares the source's blocks as they are now, not as they were
+ * when hashed: a source changed in between would slip through.  Read the
+ * clone back and compare it with the verified bytes; on a mismatch (or a
+ * failed read) the caller writes the verified bytes instead. */
+static bool reflink_matches(struct deploy *d, const unsigned char *verified, uint64_t len,
+                            uint64_t dst)
+{
+	unsigned char *back = malloc((size_t)len);
+	bool same = back && read_all_at(d->fd, back, (size_t)len, dst) == 0 &&
+	            memcmp(back, verified, (size_t)len) == 0;
+	free(back);
+	return same;
+}
+
 static int run_one(struct run_worker *w, struct local_run *r)
 {
 	struct run_pool *p = w->p;
@@ -662,7 +674,7 @@ static int run_one(struct run_worker *w, struct local_run *r)
 		uint64_t dst = (r->b0 + i) * bs, from = src_off + i * bs;
 		uint64_t len = IDD_MIN((uint64_t)(j - i) * bs, d->m->image_size - dst);
 		if (len % 4096 == 0 && from % 4096 == 0 && dst % 4096 == 0 && from + len <= size &&
-		    try_reflink(d, fd, from, len, dst))
+		    try_reflink(d, fd, from, len, dst) && reflink_matches(d, w->buf + i * bs, len, dst))
 			atomic_fetch_add(&p->reflinked, len);
 		else if (pwrite_all(d->fd, w->buf + i * bs, (size_t)len, dst))
 			return idd_fail_errno(&w->err, d->part, "write");
@@ -912,30 +924,10 @@ static int backing_open(void *ctx, const char *name, idd_file **out, idd_error *
 	return IDD_OK;
 }
 
-static bool container_compressed(const char *c)
-{
-	return c[0] && strcmp(c, "tar") && strcmp(c, "ova");
-}
-
-/* A member of a compressed archive cannot be read by range: stream the
- * archive once through libarchive and keep the member in an unlinked
- * temporary file next to OUT.  The whole archive is transferred. */
-static ssize_t archive_read_cb(struct archive *a, void *ud, const void **buf)
-{
-	struct { idd_file *f; uint64_t off; unsigned char *buf; idd_source *src; idd_error *err; } *st = ud;
-	if (st->off >= st->f->size)
-		return 0;
-	size_t n = (size_t)IDD_MIN((uint64_t)(4u << 20), st->f->size - st->off);
-	idd_range r = {st->off, n, st->buf};
-	if (idd_source_read_ranges(st->src, st->f, &r, 1, st->err)) {
-		archive_set_error(a, EIO, "%s", st->err->msg);
-		return -1;
-	}
-	st->off += n;
-	*buf = st->buf;
-	return (ssize_t)n;
-}
-
+/* A member that cannot be read by range (in a compressed archive, or a
+ * sparse tar member): stream the archive once through archive.c's reader
+ * and keep the member in an unlinked temporary file next to OUT.  The whole
+ * archive is transferred. */
 static int extract_member(struct deploy *d, idd_file *arch, int *fd_out)
 {
 	char *dir = idd_strdup(d->part, d->err);
@@ -945,66 +937,9 @@ static int extract_member(struct deploy *d, idd_file *arch, int *fd_out)
 	free(dir);
 	if (fd < 0)
 		return idd_fail_errno(d->err, d->part, "cannot create a temporary file beside");
-	struct { idd_file *f; uint64_t off; unsigned char *buf; idd_source *src; idd_error *err; } st = {
-		arch, 0, idd_malloc(4u << 20, d->err), d->src, d->err};
-	struct archive *a = archive_read_new();
-	int rc = IDD_ERR;
-	if (!st.buf || !a)
-		goto out;
-	archive_read_support_filter_all(a);
-	archive_read_support_format_tar(a);
-	archive_read_support_format_gnutar(a);
-	if (archive_read_open(a, &st, NULL, archive_read_cb, NULL) != ARCHIVE_OK) {
-		idd_fail(d->err, "%s: %s", arch->name, archive_error_string(a));
-		goto out;
-	}
-	struct archive_entry *ae;
-	bool found = false;
-	int ar;
-	while ((ar = archive_read_next_header(a, &ae)) == ARCHIVE_OK) {
-		const char *p = archive_entry_pathname(ae);
-		if (!p || strcmp(p, d->info->member))
-			continue;
-		found = true;
-		const void *blk;
-		size_t len;
-		la_int64_t off;
-		while ((ar = archive_read_data_block(a, &blk, &len, &off)) == ARCHIVE_OK) {
-			const unsigned char *q = blk;
-			uint64_t o = (uint64_t)off;
-			while (len) {
-				ssize_t w = pwrite(fd, q, len, (off_t)o);
-				if (w < 0 && errno == EINTR)
-					continue;
-				if (w <= 0) {
-					idd_fail_errno(d->err, d->part, "write (temporary member file)");
-					goto out;
-				}
-				q += w;
-				o += (uint64_t)w;
-				len -= (size_t)w;
-			}
-		}
-		if (ar != ARCHIVE_EOF) {
-			idd_fail(d->err, "%s: %s", arch->name, archive_error_string(a));
-			goto out;
-		}
-		if (ftruncate(fd, (off_t)archive_entry_size(ae))) {
-			idd_fail_errno(d->err, d->part, "truncate (temporary member file)");
-			goto out;
-		}
-		break;
-	}
-	if (!found) {
-		idd_fail(d->err, "%s: member '%s' not found", arch->name, d->info->member);
-		goto out;
-	}
-	d->st->bytes_fetched += st.off;
-	rc = IDD_OK;
-out:
-	if (a)
-		archive_read_free(a);
-	free(st.buf);
+	uint64_t read_bytes = 0;
+	int rc = idd_archive_spool_member_from(arch, d->info->member, fd, &read_bytes, d->err);
+	d->st->bytes_fetched += read_bytes;
 	if (rc)
 		close(fd);
 	else
@@ -1036,7 +971,7 @@ static int open_source_image(struct deploy *d)
 	                         d->err))
 		return IDD_ERR;
 	uint64_t len = ri->file->size;
-	if (member && container_compressed(in->container)) {
+	if (member && in->streamed) {
 		int fd = -1;
 		if (extract_member(d, ri->file, &fd))
 			return IDD_ERR;
@@ -1222,6 +1157,24 @@ static int plan_block(struct deploy *d, struct window *w, size_t i, uint64_t blk
 				if (!un->stored || !un->plain ||
 				    add_range(d, w, f, un->off, ext.file_len, un->stored))
 					return IDD_ERR;
+			} else {
+				/* The same unit seen through an extent of another length
+				 * (a qcow2 overlay cuts its backing's extents where its own
+				 * clusters take over): decode the longest prefix any piece
+				 * needs.  Units always decode from their start. */
+				struct unit *un = &w->units[u];
+				if (ext.voff != un->ext.voff || ext.file_len != un->ext.file_len ||
+				    ext.codec != un->ext.codec)
+					return idd_fail(d->err, "%s: compressed unit at offset %llu of %s is mapped "
+					                "inconsistently", d->info->id, (unsigned long long)un->off,
+					                f->name);
+				if (ext.vlen > un->ext.vlen) {
+					unsigned char *np = realloc(un->plain, (size_t)ext.vlen);
+					if (!np)
+						return idd_fail(d->err, "out of memory");
+					un->plain = np;
+					un->ext.vlen = ext.vlen;
+				}
 			}
 			if (add_piece(d, w, (struct piece){i, (uint32_t)done, (uint32_t)n, true, u, skip}))
 				return IDD_ERR;
@@ -1261,15 +1214,10 @@ static void window_free(struct window *w)
 static int fetch_window(struct deploy *d, struct window *w, bool *source_bad)
 {
 	for (size_t g = 0; g < w->ngroups; g++) {
-		/* qcow2 clusters may be stored out of order, and a compressed unit
-		 * may overlap a neighbour's sector padding: split overlaps */
-		if (idd_source_read_ranges(d->src, w->groups[g].f, w->groups[g].r, w->groups[g].n, d->err)) {
-			if (!strstr(d->err->msg, "overlapping"))
-				return IDD_ERR;
-			for (size_t i = 0; i < w->groups[g].n; i++)
-				if (idd_source_read_ranges(d->src, w->groups[g].f, &w->groups[g].r[i], 1, d->err))
-					return IDD_ERR;
-		}
+		/* ranges in any order, overlapping (sector-padded compressed
+		 * units) or close: the batch reader merges them into few requests */
+		if (idd_source_read_ranges(d->src, w->groups[g].f, w->groups[g].r, w->groups[g].n, d->err))
+			return IDD_ERR;
 	}
 	if (d->ri.tmp_fd < 0) /* an extracted member was paid for when streamed */
 		d->st->bytes_fetched += w->stored;
@@ -1284,6 +1232,11 @@ static int fetch_window(struct deploy *d, struct window *w, bool *source_bad)
 	for (size_t p = 0; p < w->npieces; p++) {
 		struct piece *pc = &w->pieces[p];
 		struct unit *un = &w->units[pc->unit_idx];
+		uint64_t end;
+		if (!idd_add_ok(pc->unit_skip, pc->n, &end) || end > un->ext.vlen)
+			return idd_fail(d->err, "%s: internal error: piece past its decoded unit (%llu+%u > %llu)",
+			                d->info->id, (unsigned long long)pc->unit_skip, pc->n,
+			                (unsigned long long)un->ext.vlen);
 		memcpy(w->buf + pc->blk * d->bs + pc->dst, un->plain + pc->unit_skip, pc->n);
 	}
 	for (size_t i = 0; i < w->nblocks; i++) {

@@ -658,91 +658,137 @@ struct order {
 static int cmp_order(const void *a, const void *b)
 {
 	const struct order *x = a, *y = b;
-	return x->off < y->off ? -1 : x->off > y->off;
+	if (x->off != y->off)
+		return x->off < y->off ? -1 : 1;
+	return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
-int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_t n, idd_error *err)
+/* Ranges sorted by offset, grouped into spans: a range overlapping the span
+ * so far, or starting at most IDD_FETCH_MERGE_GAP bytes after its end,
+ * joins it.  One span is read as one stretch of the file. */
+struct span {
+	uint64_t off, end;
+	size_t first, count;     /* in the sorted order */
+	unsigned char *stage;    /* several ranges: read here, then copied out */
+};
+
+static int make_spans(idd_file *f, const idd_range *r, size_t n, struct order **ord_out,
+                      struct span **spans_out, size_t *nspans, idd_error *err)
 {
-	if (!n)
-		return IDD_OK;
-	if (f->ops != &remote_ops) {
-		/* Local (or a slice): the page cache does the coalescing; count
-		 * the runs a remote source would have requested, for comparable
-		 * figures. */
-		uint64_t prev_end = UINT64_MAX;
-		for (size_t i = 0; i < n; i++) {
-			if (idd_file_pread(f, r[i].buf, (size_t)r[i].len, r[i].off, err))
-				return IDD_ERR;
-			if (r[i].off != prev_end)
-				s->st.requests++;
-			prev_end = r[i].off + r[i].len;
-			s->st.bytes += r[i].len;
-		}
-		return IDD_OK;
-	}
-	struct remote *rm = f->priv;
 	struct order *ord = idd_calloc(n, sizeof *ord, err);
-	if (!ord)
+	struct span *sp = idd_calloc(n, sizeof *sp, err);
+	if (!ord || !sp) {
+		free(ord);
+		free(sp);
 		return IDD_ERR;
-	size_t nseg = 0;
+	}
 	for (size_t i = 0; i < n; i++) {
 		uint64_t end;
 		if (!idd_add_ok(r[i].off, r[i].len, &end) || end > f->size) {
 			free(ord);
+			free(sp);
 			return idd_fail(err, "%s: range %llu+%llu is past the end (%llu bytes)", f->name,
 			                (unsigned long long)r[i].off, (unsigned long long)r[i].len,
 			                (unsigned long long)f->size);
 		}
 		ord[i].off = r[i].off;
 		ord[i].idx = i;
-		nseg += (size_t)((r[i].len + IDD_FETCH_MAX_REQUEST - 1) / IDD_FETCH_MAX_REQUEST);
 	}
 	qsort(ord, n, sizeof *ord, cmp_order);
-	struct seg *segs = idd_calloc(nseg ? nseg : 1, sizeof *segs, err);
-	struct req *reqs = idd_calloc(nseg ? nseg : 1, sizeof *reqs, err);
-	if (!segs || !reqs) {
-		free(ord);
-		free(segs);
-		free(reqs);
-		return IDD_ERR;
-	}
-	/* Split big ranges, then group contiguous pieces into requests. */
-	size_t k = 0, nreq = 0;
-	uint64_t prev_end = UINT64_MAX;
+	size_t ns = 0;
 	for (size_t i = 0; i < n; i++) {
 		const idd_range *x = &r[ord[i].idx];
-		if (i && x->off < prev_end) {
-			free(ord);
-			free(segs);
-			free(reqs);
-			return idd_fail(err, "%s: overlapping ranges in a batch read", f->name);
+		uint64_t end = x->off + x->len;
+		struct span *cur = ns ? &sp[ns - 1] : NULL;
+		if (cur && x->off <= cur->end + IDD_FETCH_MERGE_GAP) {
+			cur->end = IDD_MAX(cur->end, end);
+			cur->count++;
+		} else {
+			sp[ns++] = (struct span){x->off, end, i, 1, NULL};
 		}
-		for (uint64_t done = 0; done < x->len;) {
-			uint64_t piece = IDD_MIN(x->len - done, IDD_FETCH_MAX_REQUEST);
-			uint64_t off = x->off + done;
-			segs[k].buf = (unsigned char *)x->buf + done;
-			segs[k].len = piece;
-			struct req *q = nreq ? &reqs[nreq - 1] : NULL;
-			if (q && q->off + q->len == off && q->len + piece <= IDD_FETCH_MAX_REQUEST) {
-				q->len += piece;
-				q->nseg++;
-			} else {
-				q = &reqs[nreq++];
-				q->s = s;
-				q->url = rm->url;
-				q->kind = REQ_RANGE;
-				q->off = off;
-				q->len = piece;
-				q->segs = &segs[k];
-				q->nseg = 1;
+	}
+	*ord_out = ord;
+	*spans_out = sp;
+	*nspans = ns;
+	return IDD_OK;
+}
+
+int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_t n, idd_error *err)
+{
+	if (!n)
+		return IDD_OK;
+	struct order *ord = NULL;
+	struct span *sp = NULL;
+	size_t ns = 0;
+	if (make_spans(f, r, n, &ord, &sp, &ns, err))
+		return IDD_ERR;
+	if (f->ops != &remote_ops) {
+		/* Local (or a slice): the page cache does the coalescing; count
+		 * the requests a remote source would have made, for comparable
+		 * figures. */
+		int rc = IDD_OK;
+		for (size_t i = 0; !rc && i < n; i++)
+			rc = idd_file_pread(f, r[i].buf, (size_t)r[i].len, r[i].off, err);
+		for (size_t k = 0; !rc && k < ns; k++) {
+			uint64_t len = sp[k].end - sp[k].off;
+			s->st.requests += (len + IDD_FETCH_MAX_REQUEST - 1) / IDD_FETCH_MAX_REQUEST;
+			s->st.bytes += len;
+		}
+		free(ord);
+		free(sp);
+		return rc;
+	}
+	struct remote *rm = f->priv;
+	size_t nreq = 0;
+	int rc = IDD_OK;
+	for (size_t k = 0; k < ns; k++) {
+		uint64_t len = sp[k].end - sp[k].off;
+		nreq += (size_t)((len + IDD_FETCH_MAX_REQUEST - 1) / IDD_FETCH_MAX_REQUEST);
+		if (sp[k].count > 1 && len) {
+			if (len > SIZE_MAX) {
+				rc = idd_fail(err, "%s: batch read too large", f->name);
+				break;
 			}
-			k++;
+			sp[k].stage = idd_malloc((size_t)len, err);
+			if (!sp[k].stage) {
+				rc = IDD_ERR;
+				break;
+			}
+		}
+	}
+	struct seg *segs = rc ? NULL : idd_calloc(nreq ? nreq : 1, sizeof *segs, err);
+	struct req *reqs = segs ? idd_calloc(nreq ? nreq : 1, sizeof *reqs, err) : NULL;
+	if (!reqs)
+		rc = IDD_ERR;
+	/* Each span is read in requests of up to IDD_FETCH_MAX_REQUEST bytes,
+	 * straight into the caller's buffer when the span is one range. */
+	size_t q = 0;
+	for (size_t k = 0; !rc && k < ns; k++) {
+		unsigned char *dst = sp[k].stage ? sp[k].stage : r[ord[sp[k].first].idx].buf;
+		uint64_t len = sp[k].end - sp[k].off;
+		for (uint64_t done = 0; done < len; q++) {
+			uint64_t piece = IDD_MIN(len - done, IDD_FETCH_MAX_REQUEST);
+			segs[q].buf = dst + done;
+			segs[q].len = piece;
+			reqs[q] = (struct req){.s = s, .url = rm->url, .kind = REQ_RANGE,
+			                       .off = sp[k].off + done, .len = piece, .segs = &segs[q],
+			                       .nseg = 1};
 			done += piece;
 		}
-		prev_end = x->off + x->len;
 	}
-	int rc = run_reqs(s, reqs, nreq, err);
+	if (!rc)
+		rc = run_reqs(s, reqs, q, err);
+	for (size_t k = 0; k < ns; k++) {
+		if (!sp[k].stage)
+			continue;
+		for (size_t i = sp[k].first; !rc && i < sp[k].first + sp[k].count; i++) {
+			const idd_range *x = &r[ord[i].idx];
+			memcpy(x->buf, sp[k].stage + (x->off - sp[k].off), (size_t)x->len);
+		}
+		free(sp[k].stage);
+	}
 	free(ord);
+	free(sp);
 	free(segs);
 	free(reqs);
 	return rc;

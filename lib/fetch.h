@@ -45,11 +45,12 @@ typedef struct idd_range {
 	void *buf; /* len bytes */
 } idd_range;
 
-/* Read many ranges of f (a file opened through s): adjacent ranges are
- * coalesced into one request (up to 4 MiB each, so that several
- * can be in flight), up to opts.connections
- * requests in flight, transient failures retried with exponential backoff.
- * Ranges may come in any order; they must not overlap. */
+/* Read many ranges of f (a file opened through s): ranges that overlap,
+ * touch or lie at most IDD_FETCH_MERGE_GAP bytes apart are read as one
+ * stretch (in requests of up to 4 MiB, so that several can be in flight;
+ * gap bytes are transferred and dropped), each range then delivered from it;
+ * up to opts.connections requests in flight, transient failures retried with
+ * exponential backoff.  Ranges may come in any order and may overlap. */
 int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_t n,
                            idd_error *err);
 
@@ -62,5 +63,8 @@ void idd_source_stats(const idd_source *s, idd_fetch_stats *st);
 
 /* Largest request the batch reader makes. */
 #define IDD_FETCH_MAX_REQUEST ((uint64_t)4 << 20)
+/* Ranges at most this far apart are fetched together (a request costs a
+ * round trip; 64 KiB costs less on any link worth deploying over). */
+#define IDD_FETCH_MERGE_GAP ((uint64_t)64 << 10)
 
 #endif

@@ -255,7 +255,8 @@ static void test_local(void **state)
 	free(link);
 }
 
-/* Many ranges, some adjacent: adjacent ones share a request, data exact. */
+/* Many ranges, some adjacent: adjacent ones share a request, data exact;
+ * overlapping and nearby ranges share one too. */
 static void test_http_coalesce(void **state)
 {
 	(void)state;
@@ -264,7 +265,7 @@ static void test_http_coalesce(void **state)
 	idd_file *f;
 	assert_int_equal(idd_source_open_file(s, "f", UINT64_MAX, &f, &err), IDD_OK); /* HEAD */
 	assert_int_equal(f->size, FILE_SIZE);
-	enum { N = 64 };
+	enum { N = 32 };
 	idd_range r[N];
 	unsigned char *buf = malloc((size_t)N * 4096);
 	size_t groups = 0;
@@ -272,7 +273,7 @@ static void test_http_coalesce(void **state)
 	for (int i = 0; i < N; i++) {
 		/* runs of 4 adjacent blocks separated by gaps */
 		if (i % 4 == 0) {
-			off += 8192;
+			off += IDD_FETCH_MERGE_GAP + 4096; /* too far apart to merge */
 			groups++;
 		}
 		r[i] = (idd_range){off, 4096, buf + (size_t)i * 4096};
@@ -294,6 +295,18 @@ static void test_http_coalesce(void **state)
 	assert_int_equal(after.requests - before.requests, groups);
 	assert_int_equal(after.bytes - before.bytes, N * 4096);
 	assert_int_equal(srv.requests, 1 + groups);
+	/* overlapping (sector-padded compressed units) and close ranges: one
+	 * request for the first three, one for the far one, each range exact */
+	unsigned char o1[5000], o2[4000], o3[100], o4[10];
+	idd_range ov[4] = {{200000, 10, o4}, {3000, 4000, o2}, {1000, 5000, o1}, {20000, 100, o3}};
+	idd_source_stats(s, &before);
+	assert_int_equal(idd_source_read_ranges(s, f, ov, 4, &err), IDD_OK);
+	idd_source_stats(s, &after);
+	for (int i = 0; i < 4; i++)
+		assert_memory_equal(ov[i].buf, file_data + ov[i].off, ov[i].len);
+	assert_int_equal(after.requests - before.requests, 2);
+	assert_int_equal(after.bytes - before.bytes, (20100 - 1000) + 10);
+	assert_int_equal(srv.requests, 1 + groups + 2);
 	/* a big range is split so several requests can be in flight */
 	unsigned char *all = malloc(FILE_SIZE);
 	idd_range big = {0, FILE_SIZE, all};
