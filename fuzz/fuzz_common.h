@@ -64,24 +64,33 @@ static inline void fz_exercise_image(idd_image *img)
 	free(buf);
 }
 
-/* A complete index file: header, uncompressed payload, SHA-256 trailer. */
-static inline unsigned char *fz_wrap(const char magic[8], uint32_t version, const void *payload, size_t len,
-                              size_t *out_len)
+/* A complete index file around STORED bytes: header (flags, declared
+ * payload length raw_len), the stored bytes, a correct SHA-256 trailer. */
+static inline unsigned char *fz_container(const char magic[8], uint32_t version, uint32_t flags,
+                                          uint64_t raw_len, const void *stored, size_t len,
+                                          size_t *out_len)
 {
 	unsigned char *f = malloc(IDD_IF_HEADER + len + IDD_IF_TRAILER);
 	if (!f)
 		abort();
 	memcpy(f, magic, 8);
 	idd_le32_put(f + 8, version);
-	idd_le32_put(f + 12, 0);
-	idd_le64_put(f + 16, len);
+	idd_le32_put(f + 12, flags);
+	idd_le64_put(f + 16, raw_len);
 	idd_le64_put(f + 24, len);
 	if (len)
-		memcpy(f + IDD_IF_HEADER, payload, len);
+		memcpy(f + IDD_IF_HEADER, stored, len);
 	if (idd_sha256(f, IDD_IF_HEADER + len, f + IDD_IF_HEADER + len, NULL))
 		abort();
 	*out_len = IDD_IF_HEADER + len + IDD_IF_TRAILER;
 	return f;
+}
+
+/* A complete index file: header, uncompressed payload, SHA-256 trailer. */
+static inline unsigned char *fz_wrap(const char magic[8], uint32_t version, const void *payload, size_t len,
+                              size_t *out_len)
+{
+	return fz_container(magic, version, 0, len, payload, len, out_len);
 }
 
 #endif

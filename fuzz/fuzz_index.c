@@ -1,33 +1,100 @@
 /* fuzz_index.c - libFuzzer target: the index-file container
- * (idd_indexfile_parse) and the catalog payload parser (idd_catalog_parse),
- * the latter also behind a valid container so the checksum is no wall. */
+ * (idd_indexfile_parse, including zstd decompression) and the catalog and
+ * block map parsers behind it.
+ *
+ * The first input byte is a mode, the rest the body:
+ *   bit 0 clear: the body is a whole index file, parsed as a catalog and as
+ *                a block map (the checksum stops most mutations early).
+ *   bit 0 set:   the harness builds a valid container (magic, version,
+ *                flags, lengths, SHA-256 trailer) so mutations reach what
+ *                lies behind the checksum:
+ *     bit 1      block map (IDD-MAP) instead of catalog (IDD-CAT)
+ *     bit 2      the body is the payload, zstd-compressed by the harness
+ *     bit 3      the body is le64 declared payload length + stored zstd
+ *                bytes, as is: lying lengths, corrupt frames, bombs
+ *     neither    the body is the payload, stored uncompressed
+ *     bit 4      (with bit 2) declare a payload length off by body[0]-128
+ */
 #include "fuzz_common.h"
+#include "map.h"
+
+#include <zstd.h>
 
 static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
+static const char MAP_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
+/* want: the payload a well-formed container must give back (NULL: any). */
+static void parse_catalog_file(const unsigned char *file, size_t len, const void *want, size_t want_len)
 {
 	idd_error err;
 	void *payload;
 	size_t plen;
 	uint32_t version;
-	if (idd_indexfile_parse("fuzz-catalog", data, len, CATALOG_MAGIC, 1, &payload, &plen, &version,
-	                        &err) == 0) {
+	int rc = idd_indexfile_parse("fuzz-catalog", file, len, CATALOG_MAGIC, 1, &payload, &plen, &version,
+	                             &err);
+	if (want && (rc != 0 || plen != want_len || (plen && memcmp(payload, want, plen) != 0)))
+		abort(); /* the container round trip lost or changed the payload */
+	if (rc == 0) {
 		idd_catalog *cat;
 		if (idd_catalog_parse("fuzz-catalog", payload, plen, &cat, &err) == 0)
 			idd_catalog_free(cat);
 		free(payload);
 	}
-	/* The same bytes as a catalog payload, wrapped in a valid container. */
+}
+
+static void parse_map_file(const unsigned char *file, size_t len)
+{
+	idd_error err;
+	idd_map *m;
+	if (idd_map_parse("fuzz.map", file, len, &m, &err) == 0)
+		idd_map_free(m);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
+{
+	/* map refs cost 4 bytes per block: stay far below libFuzzer's malloc limit. */
+	idd_map_parse_max_blocks = 1u << 24;
+	if (len < 1)
+		return 0;
+	unsigned mode = data[0];
+	const unsigned char *body = data + 1;
+	size_t blen = len - 1;
+	if (!(mode & 1)) {
+		parse_catalog_file(body, blen, NULL, 0);
+		parse_map_file(body, blen);
+		return 0;
+	}
+	bool is_map = mode & 2;
+	const char *magic = is_map ? MAP_MAGIC : CATALOG_MAGIC;
+	unsigned char *file = NULL, *z = NULL;
 	size_t flen;
-	unsigned char *file = fz_wrap(CATALOG_MAGIC, 1, data, len, &flen);
-	if (idd_indexfile_parse("fuzz-catalog", file, flen, CATALOG_MAGIC, 1, &payload, &plen, &version,
-	                        &err) == 0) {
-		idd_catalog *cat;
-		if (idd_catalog_parse("fuzz-catalog", payload, plen, &cat, &err) == 0)
-			idd_catalog_free(cat);
-		free(payload);
+	bool exact = false; /* a container the harness built honestly */
+	if (mode & 8) {
+		if (blen < 8)
+			return 0;
+		file = fz_container(magic, 1, IDD_IF_ZSTD, idd_le64(body), body + 8, blen - 8, &flen);
+	} else if (mode & 4) {
+		size_t cap = ZSTD_compressBound(blen);
+		z = malloc(cap ? cap : 1);
+		if (!z)
+			abort();
+		size_t zl = ZSTD_compress(z, cap, body, blen, 1);
+		if (ZSTD_isError(zl))
+			abort();
+		uint64_t declared = blen;
+		if ((mode & 16) && blen)
+			declared += (uint64_t)(int64_t)((int)body[0] - 128);
+		file = fz_container(magic, 1, IDD_IF_ZSTD, declared, z, zl, &flen);
+		exact = declared == blen;
+	} else {
+		file = fz_wrap(magic, 1, body, blen, &flen);
+		exact = true;
 	}
+	if (is_map)
+		parse_map_file(file, flen);
+	else
+		parse_catalog_file(file, flen, exact ? body : NULL, blen);
 	free(file);
+	free(z);
 	return 0;
 }

@@ -1,5 +1,7 @@
 /* gen_seeds.c - writes seed inputs for fuzz_index and fuzz_map: a real
- * catalog and block map, each as a whole index file and as bare payload.
+ * catalog and block map, each as a whole index file and as bare payload
+ * (fuzz_index seeds carry its mode byte, see fuzz_index.c), and zstd
+ * "bombs": tiny frames declaring a huge decompressed size.
  * Usage: gen_seeds INDEX_CORPUS_DIR MAP_CORPUS_DIR */
 #include "internal.h"
 #include "map.h"
@@ -8,7 +10,83 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* An index file holding stored zstd bytes that declare raw_len. */
+static unsigned char *fz_bomb_file(const char magic[8], const void *z, size_t zl, uint64_t raw_len,
+                                   size_t *flen)
+{
+	unsigned char *f = malloc(IDD_IF_HEADER + zl + IDD_IF_TRAILER);
+	if (!f)
+		exit(1);
+	memcpy(f, magic, 8);
+	idd_le32_put(f + 8, 1);
+	idd_le32_put(f + 12, IDD_IF_ZSTD);
+	idd_le64_put(f + 16, raw_len);
+	idd_le64_put(f + 24, zl);
+	memcpy(f + IDD_IF_HEADER, z, zl);
+	if (idd_sha256(f, IDD_IF_HEADER + zl, f + IDD_IF_HEADER + zl, NULL))
+		exit(1);
+	*flen = IDD_IF_HEADER + zl + IDD_IF_TRAILER;
+	return f;
+}
+
 static void die(const idd_error *err) { fprintf(stderr, "gen_seeds: %s\n", err->msg); exit(1); }
+
+static void put(const char *dir, const char *name, const void *p, size_t n);
+
+/* A fuzz_index input: mode byte, then body. */
+static void put_mode(const char *dir, const char *name, unsigned char mode, const void *p, size_t n)
+{
+	unsigned char *b = malloc(n + 1);
+	if (!b)
+		exit(1);
+	b[0] = mode;
+	memcpy(b + 1, p, n);
+	put(dir, name, b, n + 1);
+	free(b);
+}
+
+/* A zstd frame of one small RLE block whose header declares `declared`
+ * bytes of content (frame content size field, 8 bytes). */
+static size_t zstd_bomb(unsigned char *out, uint64_t declared)
+{
+	size_t n = 0;
+	idd_le32_put(out, 0xFD2FB528u);
+	n += 4;
+	out[n++] = 0xc0;      /* FCS field: 8 bytes; not single-segment; no checksum, no dict */
+	out[n++] = 10u << 3;  /* window: 1 MiB */
+	idd_le64_put(out + n, declared);
+	n += 8;
+	uint32_t bh = 1u | (1u << 1) | (1000u << 3); /* last block, RLE, 1000 bytes */
+	out[n++] = (unsigned char)bh;
+	out[n++] = (unsigned char)(bh >> 8);
+	out[n++] = (unsigned char)(bh >> 16);
+	out[n++] = 'x';
+	return n;
+}
+
+static void put_bombs(const char *dir)
+{
+	static const char CAT[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
+	static const uint64_t sizes[] = {(uint64_t)1 << 36, (uint64_t)3 << 30, (uint64_t)200 << 20};
+	static const char *names[] = {"bomb-64g", "bomb-3g", "bomb-200m"};
+	for (int i = 0; i < 3; i++) {
+		unsigned char z[64], body[72], *file;
+		size_t zl = zstd_bomb(z, sizes[i]), flen;
+		char name[64];
+		/* As a whole file with a valid checksum (mode 0)... */
+		file = fz_bomb_file(CAT, z, zl, sizes[i], &flen);
+		snprintf(name, sizeof name, "%s-file", names[i]);
+		put_mode(dir, name, 0x00, file, flen);
+		free(file);
+		/* ...and as stored bytes the harness wraps (mode 9: catalog, as is). */
+		idd_le64_put(body, sizes[i]);
+		memcpy(body + 8, z, zl);
+		snprintf(name, sizeof name, "%s-stored", names[i]);
+		put_mode(dir, name, 0x09, body, 8 + zl);
+		snprintf(name, sizeof name, "%s-stored-map", names[i]);
+		put_mode(dir, name, 0x0b, body, 8 + zl);
+	}
+}
 
 static void put(const char *dir, const char *name, const void *p, size_t n)
 {
@@ -58,11 +136,13 @@ int main(int argc, char **argv)
 	size_t flen, plen;
 	if (idd_read_file(path, 1 << 20, &file, &flen, &err))
 		die(&err);
-	put(argv[1], "catalog-file", file, flen);
+	put_mode(argv[1], "catalog-file", 0x00, file, flen);
 	static const char CAT[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
 	if (idd_indexfile_parse(path, file, flen, CAT, 1, &payload, &plen, NULL, &err))
 		die(&err);
-	put(argv[1], "catalog-payload", payload, plen);
+	put_mode(argv[1], "catalog-payload", 0x01, payload, plen);
+	put_mode(argv[1], "catalog-payload-zstd", 0x05, payload, plen);
+	put_mode(argv[1], "catalog-payload-zstd-badlen", 0x15, payload, plen);
 	free(file);
 	free(payload);
 
@@ -85,6 +165,10 @@ int main(int argc, char **argv)
 	if (idd_indexfile_parse("map", file, flen, MAP, 1, &payload, &plen, NULL, &err))
 		die(&err);
 	put(argv[2], "map-payload", payload, plen);
+	put_mode(argv[1], "map-file", 0x00, file, flen);
+	put_mode(argv[1], "map-payload", 0x03, payload, plen);
+	put_mode(argv[1], "map-payload-zstd", 0x07, payload, plen);
+	put_bombs(argv[1]);
 	free(file);
 	free(payload);
 	idd_map_free(m);

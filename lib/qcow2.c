@@ -268,13 +268,22 @@ static int qcow2_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_erro
 		ext->vlen = q->backing->size - start;
 		run_end = q->backing->size;
 	}
+	/* A COMPRESSED extent from the backing image starts at its unit (the
+	 * cluster start: decoding begins there) and may start before voff and
+	 * before this run.  Its vlen is the unit's decompressed size, clipped at
+	 * the disk end (idd_image_extent) and, below, where this image's own
+	 * clusters take over (smaller overlay clusters or subclusters over a
+	 * larger compressed backing cluster).  So vlen may be shorter than the
+	 * unit: it is what the extent vouches for, and decoding vlen bytes
+	 * yields that prefix of the unit.  Extents naming the same file and
+	 * file_off are the same unit; decode the longest vlen seen. */
 	idd_extent b;
 	if (idd_image_extent(q->backing, voff, &b, err))
 		return IDD_ERR;
 	if (!b.file)
 		b.file = q->backing->file;
-	/* Keep the backing extent's start (a compressed unit decodes from its
-	 * start); cut its end where this image's own clusters take over. */
+	/* Keep the backing extent's start; cut its end where this image's own
+	 * clusters take over (their bytes must not be read from the backing). */
 	if (b.voff + b.vlen > run_end) {
 		b.vlen = run_end - b.voff;
 		if (b.kind == IDD_EXT_DATA)
@@ -348,7 +357,7 @@ static int open_backing(idd_image *img, struct qcow2 *q, const char *name, const
 			*slash = 0;
 		else if (slash)
 			slash[1] = 0;
-		next.repo = cur->repo;
+		next = *cur; /* the repository and the chain record carry down */
 		next.dir = slash ? dir : ".";
 		next.depth = cur->depth + 1;
 		use = &next;

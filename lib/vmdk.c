@@ -198,8 +198,10 @@ static int cmp_u32(const void *a, const void *b)
 }
 
 /* Read the grain directory and tables into v->g, and bound each compressed
- * grain by the next structure after it. */
-static int load_grains(struct vmdk *v, const struct hdr *h, uint64_t ngrains, idd_error *err)
+ * grain by the next structure after it.  footer_pos: file offset of the
+ * footer header when the directory was found through it, else 0. */
+static int load_grains(struct vmdk *v, const struct hdr *h, uint64_t ngrains, uint64_t footer_pos,
+                       idd_error *err)
 {
 	idd_file *f = v->f;
 	uint64_t ngd = ngrains / h->gtes + (ngrains % h->gtes != 0);
@@ -223,15 +225,34 @@ static int load_grains(struct vmdk *v, const struct hdr *h, uint64_t ngrains, id
 		goto out;
 	for (uint64_t i = 0; i < ngd; i++)
 		gd[i] = idd_le32((unsigned char *)&gd[i]);
-	/* Grain tables are distinct in any real file; shared ones would let a
-	 * small file make us read the same table over and over. */
+	/* Grain tables are disjoint from each other and from the header, footer
+	 * and directory in any real file.  Overlapping ones would let a small
+	 * file make us read the same bytes over and over (a 256 KiB table at
+	 * every sector: 512 MiB of reads per MiB of file); disjoint ones bound
+	 * what we read by the file size. */
 	memcpy(gd_sorted, gd, (size_t)gd_bytes);
 	qsort(gd_sorted, (size_t)ngd, sizeof *gd_sorted, cmp_u32);
-	for (uint64_t i = 1; i < ngd; i++)
-		if (gd_sorted[i] && gd_sorted[i] == gd_sorted[i - 1]) {
-			idd_fail(err, "%s: corrupt VMDK: two grain directory entries share a grain table", f->name);
+	uint64_t prev_end = 0;
+	for (uint64_t i = 0; i < ngd; i++) {
+		if (!gd_sorted[i])
+			continue;
+		uint64_t gt_pos = (uint64_t)gd_sorted[i] * SECTOR, gt_end = gt_pos + gt_bytes; /* < 2^42 */
+		const char *what = NULL;
+		if (gt_pos < prev_end)
+			what = "another grain table";
+		else if (gt_pos < SECTOR)
+			what = "the header";
+		else if (gt_pos < gd_end && gd_pos < gt_end)
+			what = "the grain directory";
+		else if (footer_pos && gt_pos < footer_pos + SECTOR && footer_pos < gt_end)
+			what = "the footer";
+		if (what) {
+			idd_fail(err, "%s: corrupt VMDK: grain table at sector %u (%llu bytes) overlaps %s",
+			         f->name, gd_sorted[i], (unsigned long long)gt_bytes, what);
 			goto out;
 		}
+		prev_end = gt_end;
+	}
 	for (uint64_t d = 0; d < ngd; d++) {
 		if (!gd[d])
 			continue;
@@ -352,6 +373,7 @@ int idd_vmdk_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error 
 	parse_hdr(h, &hd);
 	if (hd.version < 1 || hd.version > 3)
 		return idd_fail(err, "%s: unsupported VMDK version %u", f->name, hd.version);
+	uint64_t footer_pos = 0;
 	if (hd.gd_off == GD_AT_END) {
 		/* streamOptimized written as a stream: the real header is the footer,
 		 * the second-to-last sector (before the end-of-stream marker). */
@@ -363,6 +385,7 @@ int idd_vmdk_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error 
 		parse_hdr(foot, &hd);
 		if (hd.gd_off == GD_AT_END)
 			return idd_fail(err, "%s: corrupt VMDK: footer has no grain directory", f->name);
+		footer_pos = f->size - 2 * SECTOR;
 	}
 	if (check_descriptor(f, hd.desc_off, hd.desc_len, err))
 		return IDD_ERR;
@@ -387,7 +410,7 @@ int idd_vmdk_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error 
 	v->grain_bytes = hd.grain * SECTOR;
 	v->compressed = compressed;
 	uint64_t ngrains = hd.capacity / hd.grain + (hd.capacity % hd.grain != 0);
-	if (ngrains && load_grains(v, &hd, ngrains, err)) {
+	if (ngrains && load_grains(v, &hd, ngrains, footer_pos, err)) {
 		free(v->g);
 		free(v);
 		return IDD_ERR;

@@ -72,27 +72,38 @@ check "overlay: digests equal python's over qemu-img's conversion" cmp -s "$T/go
 check "ova listed with its container" grep -q 'appliance.ova/disk1.vmdk' "$T/ls.txt"
 check "no ovf/mf/metadata entries" bash -c "! grep -Eq '\\.ovf|\\.mf|metadata.json|Vagrantfile' '$T/ls.txt'"
 
-# A re-run reads nothing: archive members are unchanged too.
+# A re-run reads nothing: archive members are unchanged too.  The broken
+# images are still there, so it exits 1 again, naming them.
 set +e
-"$IMGDEDUP" scan --json -q "$R" > "$T/scan2.json" 2>/dev/null
+"$IMGDEDUP" scan --json -q "$R" > "$T/scan2.json" 2> "$T/scan2.err"
+rc=$?
 set -e
+cat "$T/scan2.err"
+check "re-run exits 1 with broken images present" [ "$rc" = 1 ]
+check "re-run names the broken images" grep -q 'broken.qcow2' "$T/scan2.err"
 check "re-run: bytes_hashed=0" [ "$(json_get "$T/scan2.json" bytes_hashed)" = 0 ]
 
-# Similarity 1 between the raw image and each twin, when similarity exists.
-if "$IMGDEDUP" similarity --help > /dev/null 2>&1; then
-  "$IMGDEDUP" similarity --format csv "$R" > "$T/sim.csv" 2>/dev/null || true
-  if [ -s "$T/sim.csv" ]; then
-    python3 - "$T/sim.csv" <<'PY' || fail "similarity of twins is not 1"
+# Every twin has jaccard exactly 1 with the raw image.
+set +e
+"$IMGDEDUP" similarity --format csv "$R" > "$T/sim.csv" 2> "$T/sim.err"
+rc=$?
+set -e
+cat "$T/sim.err"
+check "similarity exits 0" [ "$rc" = 0 ]
+check "similarity of every twin with disk.raw is 1.000000" python3 - "$T/sim.csv" <<'PY'
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
+assert rows and rows[0][0] == "image", rows[:1]
 ids = rows[0][1:]
-m = {r[0]: dict(zip(ids, map(float, r[1:]))) for r in rows[1:]}
+m = {r[0]: dict(zip(ids, r[1:])) for r in rows[1:]}
 twins = ["plain.qcow2", "zlib.qcow2", "vm/zstd.qcow2", "v2.qcow2", "appliance.ova/disk1.vmdk",
          "bundle.tar/inner.qcow2", "raw.tar.gz/disk.img", "vagrant.box/box.img"]
-for t in twins:
-    assert abs(m["disk.raw"][t] - 1) < 1e-9, (t, m["disk.raw"][t])
-print("ok: similarity 1 between disk.raw and its", len(twins), "twins")
+bad = [(t, m.get("disk.raw", {}).get(t)) for t in twins
+       if m.get("disk.raw", {}).get(t) != "1.000000" or m.get(t, {}).get("disk.raw") != "1.000000"]
+if bad:
+    sys.exit("not exactly 1.000000: %r" % bad)
+over = float(m["disk.raw"]["vm/overlay.qcow2"])
+if not 0 < over < 1:
+    sys.exit("overlay vs disk.raw: %r, want strictly between 0 and 1" % over)
 PY
-  fi
-fi
 echo "test_formats: all checks passed"

@@ -79,6 +79,23 @@ static void test_odd_size(void **state)
 	it_check_image(dir, p, odd, "qcow2");
 	free(p);
 	free(odd);
+	/* The last, partial cluster compressed (a text pattern): its extent
+	 * starts at the cluster and stops at the disk end, not past it. */
+	odd = it_make_raw(dir, "oddc.raw", 1000448, 4);
+	it_sh("cd %s && qemu-img convert -f raw -O qcow2 -c oddc.raw oddc.qcow2", dir);
+	p = idd_path_join(dir, "oddc.qcow2", NULL);
+	it_check_image(dir, p, odd, "qcow2");
+	idd_image *img;
+	idd_error err;
+	assert_int_equal(it_open(dir, p, &img, &err), 0);
+	idd_extent ext;
+	assert_int_equal(idd_image_extent(img, img->size - 1, &ext, &err), 0);
+	assert_int_equal(ext.kind, IDD_EXT_COMPRESSED);
+	assert_int_equal(ext.voff, img->size / 65536 * 65536);
+	assert_int_equal(ext.voff + ext.vlen, img->size);
+	idd_image_close(img);
+	free(p);
+	free(odd);
 }
 
 /* Overlays: data written at several levels, zero clusters hiding the
@@ -121,6 +138,37 @@ static void test_backing_raw_smaller(void **state)
 	      "qemu-img convert -O raw over.qcow2 over.raw", dir);
 	char *p = idd_path_join(dir, "over.qcow2", NULL), *r = idd_path_join(dir, "over.raw", NULL);
 	it_check_image(dir, p, r, "qcow2");
+	free(p);
+	free(r);
+}
+
+/* 4 KiB overlay clusters over a compressed 64 KiB base cluster: the base's
+ * extent keeps its unit start and is cut where the overlay's own cluster
+ * begins (the documented prefix case); every piece still decodes right. */
+static void test_overlay_over_compressed(void **state)
+{
+	(void)state;
+	/* The 64 KiB cluster at 1 MiB of disk.raw (seed 7) is zeros then text: compresses. */
+	it_sh("cd %s && qemu-img convert -f raw -O qcow2 -c disk.raw cbase.qcow2 && "
+	      "qemu-img create -q -f qcow2 -o cluster_size=4k -b cbase.qcow2 -F qcow2 cover.qcow2 && "
+	      "qemu-io -f qcow2 -c 'write -P 0x5e 1032k 4k' cover.qcow2 >/dev/null && "
+	      "qemu-img convert -O raw cover.qcow2 cover.raw", dir);
+	char *p = idd_path_join(dir, "cover.qcow2", NULL), *r = idd_path_join(dir, "cover.raw", NULL);
+	it_check_image(dir, p, r, "qcow2");
+	idd_image *img;
+	idd_error err;
+	assert_int_equal(it_open(dir, p, &img, &err), 0);
+	idd_extent a, b;
+	assert_int_equal(idd_image_extent(img, 1028u << 10, &a, &err), 0);
+	assert_int_equal(a.kind, IDD_EXT_COMPRESSED);
+	assert_int_equal(a.voff, 1024u << 10);
+	assert_int_equal(a.vlen, 8u << 10); /* cut at the overlay's cluster at 1032k */
+	assert_int_equal(idd_image_extent(img, 1040u << 10, &b, &err), 0);
+	assert_int_equal(b.kind, IDD_EXT_COMPRESSED);
+	assert_int_equal(b.voff, 1024u << 10); /* the same unit, from its start */
+	assert_int_equal(b.file_off, a.file_off);
+	assert_int_equal(b.vlen, 64u << 10);
+	idd_image_close(img);
 	free(p);
 	free(r);
 }
@@ -424,6 +472,7 @@ int main(void)
 		cmocka_unit_test(test_odd_size),
 		cmocka_unit_test(test_backing_chain),
 		cmocka_unit_test(test_backing_raw_smaller),
+		cmocka_unit_test(test_overlay_over_compressed),
 		cmocka_unit_test(test_extended_l2),
 		cmocka_unit_test(test_threads),
 		cmocka_unit_test(test_truncated_header),

@@ -163,7 +163,7 @@ static void test_malformed(void **state)
 	it_expect_open_error(dir, p, "grain size");
 
 	it_pwrite(p, 0, orig, len);
-	idd_le64_put(b8, (uint64_t)1 << 34); /* huge capacity: GD outside the file */
+	idd_le64_put(b8, (uint64_t)1 << 40); /* huge capacity: a 64 MiB GD, outside the file */
 	it_pwrite(p, 12, b8, 8);
 	it_expect_open_error(dir, p, "grain directory");
 
@@ -183,6 +183,69 @@ static void test_malformed(void **state)
 	free(buf);
 	idd_image_close(img);
 	free(orig);
+	free(p);
+}
+
+/* A hand-built monolithicSparse header: 4 KiB grains, gtes entries per
+ * table, ngd directory entries at sector gd_sec pointing at gt_secs. */
+static char *hostile(const char *name, uint32_t gtes, uint64_t gd_sec, const uint32_t *gt_secs, uint32_t ngd,
+                     size_t file_size)
+{
+	unsigned char *buf = calloc(1, file_size);
+	assert_non_null(buf);
+	idd_le32_put(buf, 0x564d444bu);
+	idd_le32_put(buf + 4, 1);                                 /* version */
+	idd_le64_put(buf + 12, (uint64_t)ngd * gtes * 8);         /* capacity (sectors) */
+	idd_le64_put(buf + 20, 8);                                /* grain: 8 sectors */
+	idd_le32_put(buf + 44, gtes);
+	idd_le64_put(buf + 56, gd_sec);
+	for (uint32_t i = 0; i < ngd; i++)
+		idd_le32_put(buf + gd_sec * 512 + 4 * i, gt_secs[i]);
+	char *p = tu_write(dir, name, buf, file_size);
+	free(buf);
+	return p;
+}
+
+/* Grain tables must not overlap: one of 65536 entries (256 KiB) at every
+ * sector would cost 512 MiB of reads per MiB of file. */
+static void test_overlapping_grain_tables(void **state)
+{
+	(void)state;
+	enum { NGD = 999 };
+	uint32_t secs[NGD];
+	for (uint32_t i = 0; i < NGD; i++)
+		secs[i] = 16 + i;
+	char *p = hostile("gt-every-sector.vmdk", 65536, 1, secs, NGD, 2u << 20);
+	idd_image *img;
+	idd_error err;
+	assert_int_not_equal(it_open(dir, p, &img, &err), 0);
+	assert_non_null(strstr(err.msg, "gt-every-sector.vmdk"));
+	assert_non_null(strstr(err.msg, "overlaps another grain table"));
+	free(p);
+
+	/* Two tables one sector short of disjoint (gtes 256: 1 KiB = 2 sectors). */
+	uint32_t close_secs[2] = {20, 21};
+	p = hostile("gt-close.vmdk", 256, 1, close_secs, 2, 64 * 1024);
+	it_expect_open_error(dir, p, "overlaps another grain table");
+	free(p);
+	/* The same tables two sectors apart are fine (all grains unallocated). */
+	uint32_t apart_secs[2] = {20, 22};
+	p = hostile("gt-apart.vmdk", 256, 1, apart_secs, 2, 64 * 1024);
+	assert_int_equal(it_open(dir, p, &img, &err), 0);
+	assert_int_equal(img->size, 2ull * 256 * 4096);
+	idd_image_close(img);
+	free(p);
+
+	/* A shared table (the old check) is still refused. */
+	uint32_t same_secs[2] = {20, 20};
+	p = hostile("gt-shared.vmdk", 256, 1, same_secs, 2, 64 * 1024);
+	it_expect_open_error(dir, p, "overlaps another grain table");
+	free(p);
+
+	/* A table overlapping the grain directory. */
+	uint32_t one_sec[1] = {30};
+	p = hostile("gt-on-gd.vmdk", 65536, 31, one_sec, 1, 1u << 20);
+	it_expect_open_error(dir, p, "overlaps the grain directory");
 	free(p);
 }
 
@@ -225,6 +288,7 @@ int main(void)
 		cmocka_unit_test(test_footer),
 		cmocka_unit_test(test_refused_subformats),
 		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_overlapping_grain_tables),
 		cmocka_unit_test(test_corrupt_bytes),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
