@@ -572,18 +572,7 @@ static int tmp_open(idd_error *err)
 
 static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off, idd_error *err)
 {
-	while (n) {
-		ssize_t w = pwrite(fd, p, n, (off_t)off);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return idd_fail_errno(err, "temporary file", "write");
-		}
-		p += w;
-		n -= (size_t)w;
-		off += (uint64_t)w;
-	}
-	return IDD_OK;
+	return idd_pwrite_all(fd, p, n, off) ? idd_fail_errno(err, "temporary file", "write") : IDD_OK;
 }
 
 /* Decompress the member named e->member (its last occurrence) into fd,

@@ -29,7 +29,6 @@
 #define WINDOW_BLOCKS 16384
 /* Local copies are done in runs of up to this many bytes. */
 #define RUN_BYTES ((size_t)1 << 20)
-#define MAX_COMPRESSED_UNIT ((uint64_t)64 << 20)
 
 enum src_state { ST_NONE, ST_HAVE, ST_CACHE, ST_SEED, ST_FETCH };
 
@@ -117,18 +116,7 @@ static uint64_t block_len(const struct deploy *d, uint64_t b)
 
 static int write_all_at(struct deploy *d, const void *buf, size_t len, uint64_t off)
 {
-	const unsigned char *p = buf;
-	while (len) {
-		ssize_t w = pwrite(d->fd, p, len, (off_t)off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return idd_fail_errno(d->err, d->part, "write");
-		p += w;
-		off += (uint64_t)w;
-		len -= (size_t)w;
-	}
-	return IDD_OK;
+	return idd_pwrite_all(d->fd, buf, len, off) ? idd_fail_errno(d->err, d->part, "write") : IDD_OK;
 }
 
 /* Start writing back what was just written: the device works while we hash
@@ -137,22 +125,6 @@ static int write_all_at(struct deploy *d, const void *buf, size_t len, uint64_t 
 static void start_writeback(int fd, uint64_t off, uint64_t len)
 {
 	(void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
-}
-
-static int read_all_at(int fd, void *buf, size_t len, uint64_t off)
-{
-	unsigned char *p = buf;
-	while (len) {
-		ssize_t r = pread(fd, p, len, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return -1;
-		p += r;
-		off += (uint64_t)r;
-		len -= (size_t)r;
-	}
-	return 0;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -298,7 +270,7 @@ static int open_part(struct deploy *d)
 			uint64_t nb = IDD_MIN(b1 - b, (uint64_t)(RUN_BYTES / d->bs));
 			uint64_t start = b * d->bs, len = IDD_MIN(nb * d->bs, size - start);
 			memset(buf, 0, nb * d->bs);
-			if (read_all_at(d->fd, buf, (size_t)len, start)) {
+			if (idd_pread_all(d->fd, buf, (size_t)len, start)) {
 				rc = idd_fail_errno(d->err, d->part, "read");
 				goto out;
 			}
@@ -354,7 +326,7 @@ static bool seed_block_is(struct deploy *d, struct seed *sd, uint64_t b, const i
 	size_t n = (size_t)IDD_MIN((uint64_t)d->bs, sd->size - off);
 	memset(buf + n, 0, d->bs - n);
 	idd_digest got;
-	return read_all_at(sd->fd, buf, n, off) == 0 && !idd_hasher_digest(d->h, buf, d->bs, &got, NULL) &&
+	return idd_pread_all(sd->fd, buf, n, off) == 0 && !idd_hasher_digest(d->h, buf, d->bs, &got, NULL) &&
 	       digest_eq(&got, want);
 }
 
@@ -511,7 +483,7 @@ static int hash_seeds(struct deploy *d)
 				uint64_t nb = (len + d->bs - 1) / d->bs;
 				memset(buf, 0, nb * d->bs);
 				uint64_t hashed = 0;
-				if (read_all_at(sd->fd, buf, (size_t)len, start)) {
+				if (idd_pread_all(sd->fd, buf, (size_t)len, start)) {
 					rc = idd_fail_errno(d->err, sd->path, "read");
 					break;
 				}
@@ -590,25 +562,6 @@ struct run_worker {
 	idd_error err;
 };
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-	const unsigned char *p = buf;
-	while (len) {
-		ssize_t w = pwrite(fd, p, len, (off_t)off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			if (w == 0)
-				errno = EIO;
-			return -1;
-		}
-		p += w;
-		off += (uint64_t)w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* The clone shares the source's blocks as they are now, not as they were
  * when hashed: a source changed in between would slip through.  Read the
  * clone back and compare it with the verified bytes; on a mismatch (or a
@@ -617,7 +570,7 @@ static bool reflink_matches(struct deploy *d, const unsigned char *verified, uin
                             uint64_t dst)
 {
 	unsigned char *back = malloc((size_t)len);
-	bool same = back && read_all_at(d->fd, back, (size_t)len, dst) == 0 &&
+	bool same = back && idd_pread_all(d->fd, back, (size_t)len, dst) == 0 &&
 	            memcmp(back, verified, (size_t)len) == 0;
 	free(back);
 	return same;
@@ -645,7 +598,7 @@ static int run_one(struct run_worker *w, struct local_run *r)
 	uint64_t avail = size > src_off ? size - src_off : 0;
 	uint64_t want = IDD_MIN((uint64_t)r->n * bs, avail);
 	memset(w->buf + want, 0, (size_t)(r->n * bs - want));
-	bool read_ok = read_all_at(fd, w->buf, (size_t)want, src_off) == 0;
+	bool read_ok = idd_pread_all(fd, w->buf, (size_t)want, src_off) == 0;
 	for (uint32_t i = 0; i < r->n; i++) {
 		bool ok = false;
 		if (read_ok) {
@@ -676,7 +629,7 @@ static int run_one(struct run_worker *w, struct local_run *r)
 		if (len % 4096 == 0 && from % 4096 == 0 && dst % 4096 == 0 && from + len <= size &&
 		    try_reflink(d, fd, from, len, dst) && reflink_matches(d, w->buf + i * bs, len, dst))
 			atomic_fetch_add(&p->reflinked, len);
-		else if (pwrite_all(d->fd, w->buf + i * bs, (size_t)len, dst))
+		else if (idd_pwrite_all(d->fd, w->buf + i * bs, (size_t)len, dst))
 			return idd_fail_errno(&w->err, d->part, "write");
 		else
 			start_writeback(d->fd, dst, len);
@@ -1132,7 +1085,7 @@ static int plan_block(struct deploy *d, struct window *w, size_t i, uint64_t blk
 			if (add_range(d, w, f, base + ext.file_off + skip, n, dst + done))
 				return IDD_ERR;
 		} else if (ext.kind == IDD_EXT_COMPRESSED) {
-			if (ext.file_len == 0 || ext.file_len > MAX_COMPRESSED_UNIT || ext.vlen > MAX_COMPRESSED_UNIT)
+			if (ext.file_len == 0 || ext.file_len > IDD_MAX_COMPRESSED_UNIT || ext.vlen > IDD_MAX_COMPRESSED_UNIT)
 				return idd_fail(d->err, "%s: compressed unit at offset %llu too large or empty",
 				                d->info->id, (unsigned long long)ext.voff);
 			size_t u = 0;
@@ -1331,7 +1284,7 @@ static int copy_repeats(struct deploy *d)
 		uint64_t rlen = IDD_MIN(n * d->bs, size - from * d->bs);
 		uint64_t wlen = IDD_MIN(n * d->bs, size - b * d->bs);
 		memset(buf + rlen, 0, (size_t)(n * d->bs - rlen));
-		if (read_all_at(d->fd, buf, (size_t)rlen, from * d->bs)) {
+		if (idd_pread_all(d->fd, buf, (size_t)rlen, from * d->bs)) {
 			rc = idd_fail_errno(d->err, d->part, "read");
 			break;
 		}

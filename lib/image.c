@@ -165,10 +165,6 @@ int idd_extent_decode(const idd_extent *ext, const void *stored, size_t stored_l
 	return idd_fail(err, "unsupported codec %d", (int)ext->codec);
 }
 
-/* Largest compressed unit decoded in one piece (qcow2 clusters are <= 2 MiB,
- * VMDK grains <= 1 MiB at any sane grain size). */
-#define IDD_MAX_COMPRESSED_UNIT ((uint64_t)64 << 20)
-
 int idd_image_read(idd_image *img, uint64_t voff, void *buf, size_t len, idd_error *err)
 {
 	uint64_t end;

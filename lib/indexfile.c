@@ -50,22 +50,6 @@ int idd_fsync_dir(const char *dir, idd_error *err)
 	return rc;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-	const unsigned char *c = p;
-	while (n) {
-		ssize_t w = write(fd, c, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		c += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Write pieces to PATH.tmp.PID, fsync it, rename over PATH, fsync the
  * directory: readers see the old file or the new one, never a mix. */
 static int write_atomic_iov(const char *path, const void *const *parts, const size_t *lens,
@@ -80,8 +64,9 @@ static int write_atomic_iov(const char *path, const void *const *parts, const si
 		free(tmp);
 		return rc;
 	}
-	for (size_t i = 0; i < nparts; i++) {
-		if (write_all(fd, parts[i], lens[i])) {
+	uint64_t off = 0;
+	for (size_t i = 0; i < nparts; off += lens[i], i++) {
+		if (idd_pwrite_all(fd, parts[i], lens[i], off)) {
 			idd_fail_errno(err, tmp, "write");
 			goto fail;
 		}

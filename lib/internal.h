@@ -33,6 +33,10 @@ void *idd_realloc_array(void *p, size_t n, size_t m, idd_error *err);
 char *idd_strdup(const char *s, idd_error *err);
 char *idd_asprintf(idd_error *err, const char *fmt, ...) IDD_PRINTF(2, 3);
 char *idd_path_join(const char *a, const char *b, idd_error *err);
+/* The whole of buf to / from fd at off, retrying short transfers and EINTR.
+ * 0, or -1 with errno set (EIO for an unexpected end of file). */
+int idd_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
 int64_t idd_now_ns(void);
 bool idd_is_power_of_two(uint64_t v);
 
@@ -280,6 +284,10 @@ int idd_image_read(idd_image *img, uint64_t voff, void *buf, size_t len, idd_err
 /* Decode one stored extent (read from its file) into out (ext->vlen bytes). */
 int idd_extent_decode(const idd_extent *ext, const void *stored, size_t stored_len, void *out,
                       idd_error *err);
+
+/* Largest compressed unit decoded in one piece (qcow2 clusters are <= 2 MiB,
+ * VMDK grains <= 1 MiB at any sane grain size). */
+#define IDD_MAX_COMPRESSED_UNIT ((uint64_t)64 << 20)
 
 /* Format backends register here (image.c asks each in turn). */
 typedef int (*idd_format_probe_fn)(const unsigned char *head, size_t len);
