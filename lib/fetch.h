@@ -63,11 +63,11 @@ void idd_source_stats(const idd_source *s, idd_fetch_stats *st);
 
 /* Largest request the batch reader makes. */
 #define IDD_FETCH_MAX_REQUEST ((uint64_t)4 << 20)
-/* Ranges at most this far apart are fetched together.  A sector-sized gap
- * joins what formats store back to back (qcow2's sector-padded compressed
- * clusters, VMDK's 12-byte grain markers: 2592 -> 75 requests for a
- * compressed qcow2); a wider one would also fetch raw blocks the cache
- * already holds, i.e. send more bytes. */
-#define IDD_FETCH_MERGE_GAP ((uint64_t)4096)
+/* Ranges at most this far apart are fetched together.  A sector joins what
+ * formats store back to back (qcow2's sector-padded compressed clusters,
+ * VMDK's 12-byte grain markers: 2592 -> ~75 requests for a compressed
+ * qcow2), and never bridges a whole block: a raw block between two missing
+ * ones is in the cache and is not fetched again. */
+#define IDD_FETCH_MERGE_GAP ((uint64_t)512)
 
 #endif
