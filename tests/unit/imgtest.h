@@ -200,4 +200,35 @@ static inline uint64_t it_get_be64(const char *path, uint64_t off)
 	return idd_be64(b);
 }
 
+
+/* Flip 4 random bytes in the first `span` bytes of the image at path, 300
+ * times from a fresh copy, and open and read each result: a corrupt image
+ * may be refused but must never crash or read outside the file (ASan). */
+static inline void it_corrupt_rounds(const char *repo, const char *path, size_t span, uint64_t seed)
+{
+	size_t len;
+	unsigned char *orig = it_slurp(path, &len);
+	unsigned char *buf = malloc(1u << 20);
+	assert_non_null(buf);
+	uint64_t x = seed;
+	for (int round = 0; round < 300; round++) {
+		it_pwrite(path, 0, orig, len);
+		for (int k = 0; k < 4; k++) {
+			x = x * 6364136223846793005ull + 1442695040888963407ull;
+			uint64_t off = (x >> 20) % IDD_MIN(len, span);
+			unsigned char c = (unsigned char)(x >> 8);
+			it_pwrite(path, off, &c, 1);
+		}
+		idd_image *img;
+		idd_error err;
+		if (it_open(repo, path, &img, &err) == 0) {
+			for (uint64_t off = 0; off < img->size && off < (8u << 20); off += 1u << 20)
+				idd_image_read(img, off, buf, (size_t)IDD_MIN(1u << 20, img->size - off), &err);
+			idd_image_close(img);
+		}
+	}
+	free(buf);
+	free(orig);
+}
+
 #endif

@@ -432,28 +432,7 @@ static void test_corrupt_bytes(void **state)
 {
 	(void)state;
 	char *p = fresh("fuzz.qcow2", "-c -o cluster_size=4096");
-	size_t len;
-	unsigned char *orig = it_slurp(p, &len);
-	unsigned char *buf = malloc(1u << 20);
-	uint64_t x = 12345;
-	for (int round = 0; round < 300; round++) {
-		it_pwrite(p, 0, orig, len);
-		for (int k = 0; k < 4; k++) {
-			x = x * 6364136223846793005ull + 1442695040888963407ull;
-			uint64_t off = (x >> 20) % IDD_MIN(len, (size_t)32768);
-			unsigned char c = (unsigned char)(x >> 8);
-			it_pwrite(p, off, &c, 1);
-		}
-		idd_image *img;
-		idd_error err;
-		if (it_open(dir, p, &img, &err) == 0) {
-			for (uint64_t off = 0; off < img->size && off < (8u << 20); off += 1u << 20)
-				idd_image_read(img, off, buf, (size_t)IDD_MIN(1u << 20, img->size - off), &err);
-			idd_image_close(img);
-		}
-	}
-	free(buf);
-	free(orig);
+	it_corrupt_rounds(dir, p, 32768, 12345);
 	free(p);
 }
 
