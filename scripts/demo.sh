@@ -77,7 +77,9 @@ run "$IMGDEDUP" map --json "$DEMO/repo"
 
 say "5. Deploy on a node: base.img first (empty cache), then base-v2.img through the cache"
 run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/node/base.img" base.img
-run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/node/base-v2.img" --json base-v2.img
+run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/node/base-v2.img" base-v2.img
 cmp "$DEMO/repo/base-v2.img" "$DEMO/node/base-v2.img" && echo "deployed base-v2.img is byte-identical to the repository's"
+echo "(base-v2.img again, now that the cache holds it: nothing is fetched; as JSON, for scripts)"
+run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/node/base-v2-again.img" --json base-v2.img
 echo
 echo "demo done: repository $DEMO/repo, node $DEMO/node"
