@@ -256,7 +256,10 @@ static int map_parse_payload(const char *name, const void *payload, size_t plen,
 			goto corrupt;
 	}
 	m->digests = idd_malloc((size_t)m->ndistinct * IDD_DIGEST_SIZE, err);
-	m->refs = idd_malloc((size_t)m->nblocks * sizeof *m->refs, err);
+	/* calloc, and zero runs left untouched: the pages of a huge hole stay
+	 * the kernel's shared zero page, so a sparse map (honest or hostile)
+	 * costs address space, not memory */
+	m->refs = idd_calloc((size_t)m->nblocks, sizeof *m->refs, err);
 	if (!m->digests || !m->refs) {
 		idd_map_free(m);
 		return IDD_ERR;
@@ -270,9 +273,8 @@ static int map_parse_payload(const char *name, const void *payload, size_t plen,
 		uint64_t n = tag >> 2, kind = tag & 3;
 		if (kind == RUN_COPY || kind == RUN_REPEAT)
 			idd_get_varint(&r, &ref);
-		for (uint64_t k = 0; k < n; k++) {
+		for (uint64_t k = 0; kind != RUN_ZERO && k < n; k++) {
 			switch (kind) {
-			case RUN_ZERO: m->refs[pos + k] = 0; break;
 			case RUN_NEW: m->refs[pos + k] = (uint32_t)next_new++; break;
 			case RUN_COPY: m->refs[pos + k] = (uint32_t)(ref + k); break;
 			default: m->refs[pos + k] = (uint32_t)ref; break;
