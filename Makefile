@@ -69,11 +69,13 @@ check-one: unit e2e
 
 # The whole suite twice: a normal build, then AddressSanitizer + UBSan.
 # make stops at the first failure, so reaching the last line means every
-# suite of every stage passed: unit and e2e twice, each fuzzer once.
+# suite of every stage passed: unit and e2e twice (gcc, then ASan+UBSan),
+# a warning-free clang build of everything, each fuzzer once.
 check:
 	@scripts/install-deps
 	$(MAKE) check-one
 	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 check-one
+	$(MAKE) CC=clang BUILD=build/clang check-build
 	$(MAKE) fuzz-smoke
 	@echo "check: $$(( 2 * $(words $(TEST_SRC)) + 2 * $(words $(wildcard tests/e2e/test_*.sh)) + $(words $(wildcard fuzz/fuzz_*.c)) )) passed, 0 failed"
 
