@@ -350,8 +350,8 @@ static const idd_image_info *seed_candidate(struct deploy *d, struct seed *sd, b
 		free(real);
 		if (in && !in->member[0] && !strcmp(in->format, "raw") && in->dev == (uint64_t)st.st_dev &&
 		    in->ino == (uint64_t)st.st_ino && in->file_size == (uint64_t)st.st_size &&
-		    in->mtime_ns == (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec &&
-		    in->ctime_ns == (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec) {
+		    in->mtime_ns == idd_ts_ns(st.st_mtim) &&
+		    in->ctime_ns == idd_ts_ns(st.st_ctim)) {
 			*same_file = true;
 			return in;
 		}

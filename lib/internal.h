@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define IDD_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define IDD_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -38,6 +39,7 @@ char *idd_path_join(const char *a, const char *b, idd_error *err);
 int idd_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
 int64_t idd_now_ns(void);
+static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);
 
 /* Growable byte buffer used to build index payloads. */

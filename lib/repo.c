@@ -147,8 +147,8 @@ static int walk_dir(struct walk *w, const char *rel, idd_error *err)
 			e.dev = (uint64_t)st.st_dev;
 			e.ino = (uint64_t)st.st_ino;
 			e.size = (uint64_t)st.st_size;
-			e.mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-			e.ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+			e.mtime_ns = idd_ts_ns(st.st_mtim);
+			e.ctime_ns = idd_ts_ns(st.st_ctim);
 			e.container = idd_strdup("", err);
 			if (!e.container || idd_repo_list_push(w->out, &e, err)) {
 				idd_repo_entry_free(&e);
@@ -233,8 +233,8 @@ int idd_repo_backing_open(void *vctx, const char *name, idd_file **out, idd_erro
 		}
 		c->chain->v[c->chain->n++] = (idd_file_ident){
 			rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-			(int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-			(int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec};
+			idd_ts_ns(st.st_mtim),
+			idd_ts_ns(st.st_ctim)};
 	}
 	return IDD_OK;
 }
@@ -255,8 +255,8 @@ bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 		struct stat st;
 		bool same = p && stat(p, &st) == 0 && (uint64_t)st.st_dev == v[i].dev &&
 		            (uint64_t)st.st_ino == v[i].ino && (uint64_t)st.st_size == v[i].size &&
-		            (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec == v[i].mtime_ns &&
-		            (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec == v[i].ctime_ns;
+		            idd_ts_ns(st.st_mtim) == v[i].mtime_ns &&
+		            idd_ts_ns(st.st_ctim) == v[i].ctime_ns;
 		free(p);
 		if (!same)
 			return false;

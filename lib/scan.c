@@ -91,6 +91,28 @@ static int pset_add(prefix_set *p, const idd_digest *d, uint32_t who, bool *new_
 	return IDD_OK;
 }
 
+/* Count one image's block list into p as a new owner: its zero blocks and
+ * its distinct non-zero blocks (either out pointer may be NULL). */
+static int pset_add_image(prefix_set *p, uint32_t who, const idd_digest *d, uint64_t n,
+                          uint64_t *zero, uint64_t *distinct, idd_error *err)
+{
+	uint64_t z = 0, fresh_total = 0;
+	for (uint64_t b = 0; b < n; b++) {
+		bool fresh;
+		if (idd_digest_is_zero(&d[b]))
+			z++;
+		else if (pset_add(p, &d[b], who, &fresh, err))
+			return IDD_ERR;
+		else
+			fresh_total += fresh;
+	}
+	if (zero)
+		*zero = z;
+	if (distinct)
+		*distinct = fresh_total;
+	return IDD_OK;
+}
+
 static void pset_free(prefix_set *p)
 {
 	free(p->keys);
@@ -174,8 +196,8 @@ static void job_open(struct scan *s, struct job *j)
 	const struct stat *b = &j->st_before;
 	if ((uint64_t)b->st_dev != j->e.dev || (uint64_t)b->st_ino != j->e.ino ||
 	    (uint64_t)b->st_size != j->e.size ||
-	    (int64_t)b->st_mtim.tv_sec * 1000000000 + b->st_mtim.tv_nsec != j->e.mtime_ns ||
-	    (int64_t)b->st_ctim.tv_sec * 1000000000 + b->st_ctim.tv_nsec != j->e.ctime_ns) {
+	    idd_ts_ns(b->st_mtim) != j->e.mtime_ns ||
+	    idd_ts_ns(b->st_ctim) != j->e.ctime_ns) {
 		idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 		j->failed = true;
 		return;
@@ -287,16 +309,9 @@ static void job_finish(struct scan *s, struct job *j)
 		if (!threaded)
 			list_save_main(&ls);
 		uint64_t zero = 0, distinct = 0;
-		uint32_t who = s->next_owner++;
-		for (uint64_t b = 0; b < j->nblocks && !j->failed; b++) {
-			bool fresh;
-			if (idd_digest_is_zero(&j->digests[b]))
-				zero++;
-			else if (pset_add(&s->unique, &j->digests[b], who, &fresh, &j->err))
-				j->failed = true;
-			else
-				distinct += fresh;
-		}
+		if (pset_add_image(&s->unique, s->next_owner++, j->digests, j->nblocks, &zero, &distinct,
+		                   &j->err))
+			j->failed = true;
 		if (threaded)
 			pthread_join(saver, NULL);
 		if (j->failed || ls.rc) {
@@ -335,8 +350,8 @@ static void job_finish(struct scan *s, struct job *j)
 			im->dev = (uint64_t)j->st_before.st_dev;
 			im->ino = (uint64_t)j->st_before.st_ino;
 			im->file_size = (uint64_t)j->st_before.st_size;
-			im->mtime_ns = (int64_t)j->st_before.st_mtim.tv_sec * 1000000000 + j->st_before.st_mtim.tv_nsec;
-			im->ctime_ns = (int64_t)j->st_before.st_ctim.tv_sec * 1000000000 + j->st_before.st_ctim.tv_nsec;
+			im->mtime_ns = idd_ts_ns(j->st_before.st_mtim);
+			im->ctime_ns = idd_ts_ns(j->st_before.st_ctim);
 			im->virtual_size = j->img->size;
 			im->nblocks = j->nblocks;
 			im->zero_blocks = zero;
@@ -575,15 +590,11 @@ static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, 
 			idd_digest *d;
 			if (idd_blocklist_load(s->index_dir, &s->jobs[i].info, &d, err))
 				return IDD_ERR;
-			uint32_t who = s->next_owner++;
-			for (uint64_t b = 0; b < s->jobs[i].info.nblocks; b++) {
-				bool fresh;
-				if (!idd_digest_is_zero(&d[b]) && pset_add(&s->unique, &d[b], who, &fresh, err)) {
-					free(d);
-					return IDD_ERR;
-				}
-			}
+			int rc = pset_add_image(&s->unique, s->next_owner++, d, s->jobs[i].info.nblocks, NULL,
+			                        NULL, err);
 			free(d);
+			if (rc)
+				return IDD_ERR;
 		}
 	}
 	size_t w = 0;
@@ -601,15 +612,10 @@ static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, 
 			idd_image_info_free(&kept->v[i]);
 			continue;
 		}
-		uint32_t who = s->next_owner++;
-		for (uint64_t b = 0; b < kept->v[i].nblocks; b++) {
-			bool fresh;
-			if (!idd_digest_is_zero(&d[b]) && pset_add(&s->unique, &d[b], who, &fresh, err)) {
-				free(d);
-				return IDD_ERR;
-			}
-		}
+		int rc = pset_add_image(&s->unique, s->next_owner++, d, kept->v[i].nblocks, NULL, NULL, err);
 		free(d);
+		if (rc)
+			return IDD_ERR;
 		kept->v[w++] = kept->v[i];
 	}
 	kept->n = w;
@@ -646,6 +652,29 @@ static void collect_garbage(const char *index_dir, const idd_catalog *cat)
 	}
 	closedir(d);
 	free(dir);
+}
+
+static int cmp_file_id(const void *a, const void *b, void *ctx)
+{
+	const idd_repo_list *l = ctx;
+	return strcmp(l->v[*(const size_t *)a].id, l->v[*(const size_t *)b].id);
+}
+
+/* Index of the walked file with this id, or -1. */
+static ptrdiff_t find_file(const idd_repo_list *l, const size_t *by_id, const char *id)
+{
+	size_t lo = 0, hi = l->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(l->v[by_id[mid]].id, id);
+		if (c == 0)
+			return (ptrdiff_t)by_id[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
 }
 
 static bool entry_matches(const idd_image_info *im, const idd_repo_entry *e, bool ignore_ctime)
@@ -725,6 +754,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	int lock_fd = -1, rc = IDD_ERR;
 	enum file_state *file_state = NULL;
 	ptrdiff_t *old_file = NULL; /* per old entry: the walked file it belongs to, or -1 */
+	size_t *by_id = NULL;       /* walked files sorted by id */
 	pthread_mutex_init(&s.mu, NULL);
 	pthread_mutex_init(&s.finish_mu, NULL);
 
@@ -778,20 +808,28 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	 * them still matches its identity; those entries are kept unread. */
 	for (size_t f = 0; f < files.n; f++)
 		file_state[f] = FILE_NEW;
+	/* The walk lists each directory in order, which is not strcmp order
+	 * over whole paths: look files up through a sorted index (a cron run
+	 * over thousands of images stays O(n log n)). */
+	by_id = idd_calloc(files.n ? files.n : 1, sizeof *by_id, err);
+	if (!by_id)
+		goto out;
+	for (size_t f = 0; f < files.n; f++)
+		by_id[f] = f;
+	if (files.n)
+		qsort_r(by_id, files.n, sizeof *by_id, cmp_file_id, &files);
 	for (size_t i = 0; i < nold; i++) {
 		const idd_image_info *im = &s.old->images[i];
-		old_file[i] = -1;
-		for (size_t f = 0; f < files.n && old_file[i] < 0; f++) {
-			if (strcmp(files.v[f].id, im->file) != 0)
-				continue;
-			old_file[i] = (ptrdiff_t)f;
-			bool match = entry_matches(im, &files.v[f], false) &&
-			             idd_chain_unchanged(o->repo, im->backing, im->nbacking);
-			if (file_state[f] == FILE_NEW)
-				file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
-			else if (!match)
-				file_state[f] = FILE_CHANGED;
-		}
+		old_file[i] = find_file(&files, by_id, im->file);
+		if (old_file[i] < 0)
+			continue;
+		size_t f = (size_t)old_file[i];
+		bool match = entry_matches(im, &files.v[f], false) &&
+		             idd_chain_unchanged(o->repo, im->backing, im->nbacking);
+		if (file_state[f] == FILE_NEW)
+			file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
+		else if (!match)
+			file_state[f] = FILE_CHANGED;
 	}
 	/* ...and whose block lists are still there (a deleted or lost list is
 	 * rebuilt by reading the image again) */
@@ -799,14 +837,16 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 		if (old_file[i] < 0 || file_state[old_file[i]] != FILE_UNCHANGED)
 			continue;
 		char *bp = idd_blocks_path(index_dir, &s.old->images[i].list_key, err);
-		if (!bp) goto out;
+		if (!bp)
+			goto out;
 		if (access(bp, F_OK) != 0)
 			file_state[old_file[i]] = FILE_CHANGED;
 		free(bp);
 	}
 	for (size_t i = 0; i < nold; i++) {
 		if (old_file[i] >= 0 && file_state[old_file[i]] == FILE_UNCHANGED) {
-			if (entries_push_copy(&kept, &s.old->images[i], err)) goto out;
+			if (entries_push_copy(&kept, &s.old->images[i], err))
+				goto out;
 			s.old_dropped[i] = true;
 			st->unchanged++;
 		}
@@ -824,7 +864,8 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			    !entry_matches(im, &files.v[f], true))
 				continue;
 			idd_image_info copy;
-			if (idd_image_info_copy(&copy, im, err)) goto out;
+			if (idd_image_info_copy(&copy, im, err))
+				goto out;
 			free(copy.id);
 			free(copy.file);
 			copy.file = strdup(files.v[f].id);
@@ -849,7 +890,8 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 		if (file_state[f] != FILE_NEW && file_state[f] != FILE_CHANGED)
 			continue;
 		int r = add_jobs_for_file(&s, &files.v[f], true, err);
-		if (r < 0) goto out;
+		if (r < 0)
+			goto out;
 		if (r == 1)
 			file_state[f] = FILE_FAILED;
 		else if (r == 2)
@@ -866,9 +908,11 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 		if (file_state[f] != FILE_DEFERRED)
 			continue;
 		int r = add_jobs_for_file(&s, &files.v[f], false, err);
-		if (r < 0) goto out;
+		if (r < 0)
+			goto out;
 		file_state[f] = r > 0 ? FILE_FAILED : FILE_CHANGED;
-		if (run_workers(&s, err)) goto out;
+		if (run_workers(&s, err))
+			goto out;
 	}
 	if (s.fatal) {
 		*err = s.fatal_err;
@@ -903,7 +947,8 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			}
 		}
 		if (keep) {
-			if (entries_push_copy(&kept, im, err)) goto out;
+			if (entries_push_copy(&kept, im, err))
+				goto out;
 		} else if (!replaced) {
 			st->removed++;
 		}
@@ -964,6 +1009,7 @@ out:
 	free(s.old_dropped);
 	free(file_state);
 	free(old_file);
+	free(by_id);
 	pset_free(&s.unique);
 	entries_free(&kept);
 	idd_catalog_free(s.old);

@@ -113,7 +113,7 @@ int64_t idd_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	return idd_ts_ns(ts);
 }
 
 bool idd_is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
