@@ -21,21 +21,22 @@ CMOCKA_LIBS   := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
 WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -pthread -Ilib $(PKG_CFLAGS) $(CFLAGS)
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -pthread -Ilib -Ilib/base -Ilib/index -Ilib/node $(PKG_CFLAGS) $(CFLAGS)
 ifeq ($(SAN),1)
 ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDSAN := -fsanitize=address,undefined
 endif
 LDLIBS := $(PKG_LIBS) -pthread -lm
 
-LIB_SRC  := $(sort $(wildcard lib/*.c))
+LIB_SRC  := $(sort $(wildcard lib/*/*.c))
 CMD_SRC  := $(sort $(wildcard cmd/*.c))
-TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TEST_SRC := $(sort $(wildcard tests/unit/*/test_*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CMD_OBJ  := $(CMD_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_HELPER_OBJ := $(BUILD)/tests/unit/testutil.o
 
+.SECONDARY:
 .PHONY: all check check-build check-one unit e2e fuzz-smoke fuzz bench install uninstall clean deps demo
 all: $(BUILD)/imgdedup
 
@@ -55,6 +56,7 @@ $(BUILD)/tests/unit/%.o: tests/unit/%.c
 	$(CC) $(ALL_CFLAGS) $(CMOCKA_CFLAGS) -Itests/unit -MMD -MP -c $< -o $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_HELPER_OBJ) $(BUILD)/libimgdedup.a
+	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDSAN) -o $@ $< $(TEST_HELPER_OBJ) $(BUILD)/libimgdedup.a $(CMOCKA_LIBS) $(LDLIBS)
 
 check-build: $(BUILD)/imgdedup $(TESTS)

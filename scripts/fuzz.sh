@@ -29,13 +29,13 @@ if ! command -v "$CLANG" >/dev/null || ! "$CLANG" -fsanitize=fuzzer "$probe" -o 
 fi
 
 PKGS="libcrypto libzstd libarchive zlib"
-CFLAGS="-std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -Ilib \
+CFLAGS="-std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -Ilib -Ilib/base -Ilib/index -Ilib/node \
   $(pkg-config --cflags $PKGS libcurl) -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
   -fno-sanitize-recover=all"
 LIBS="$(pkg-config --libs $PKGS libcurl) -pthread -lm"
 
 objs=()
-for src in lib/*.c; do
+for src in lib/*/*.c; do
   o=$B/obj/$(basename "${src%.c}").o
   if [ ! -e "$o" ] || [ "$src" -nt "$o" ] || [ -n "$(find lib -name '*.h' -newer "$o" | head -1)" ]; then
     $CLANG $CFLAGS -fsanitize=fuzzer-no-link -c "$src" -o "$o"
@@ -48,8 +48,8 @@ ar rcs "$B/libimgdedup-fuzz.a" "${objs[@]}"
 targets=${FUZZ_TARGETS:-"qcow2 vmdk archive index map"}
 built=()
 for t in $targets; do
-  if [ "$t" = map ] && [ ! -e lib/map.c ]; then
-    echo "fuzz.sh: lib/map.c not present, skipping fuzz_map"; continue
+  if [ "$t" = map ] && [ ! -e lib/index/map.c ]; then
+    echo "fuzz.sh: lib/index/map.c not present, skipping fuzz_map"; continue
   fi
   $CLANG $CFLAGS -Ifuzz -fsanitize=fuzzer "fuzz/fuzz_$t.c" "$B/libimgdedup-fuzz.a" $LIBS -o "$B/fuzz_$t"
   built+=("$t")
