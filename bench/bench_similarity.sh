@@ -11,7 +11,7 @@ build=$(dirname "$IMGDEDUP")
 gen=$build/bench/gen_index
 mkdir -p "$(dirname "$gen")"
 # built here, not by the Makefile: a benchmark tool linked against the library
-cc -O2 -std=c11 -D_GNU_SOURCE -I"$root/lib" -I"$root/lib/base" -I"$root/lib/index" -I"$root/lib/node" "$root/bench/gen_index.c" "$build/libimgdedup.a" \
+cc -O2 -std=c11 -D_GNU_SOURCE -I"$root/lib" "$root/bench/gen_index.c" "$build/libimgdedup.a" \
    $(pkg-config --libs libcrypto libzstd libarchive libcurl zlib) -pthread -lm -o "$gen"
 
 for size in ${SIM_SIZES:-1000:262144 10000:16384}; do

@@ -12,7 +12,8 @@
  *    in 8-32 contiguous runs with content of its own;
  *  - 1% of each image's blocks repeat content from elsewhere in the image.
  * Digests are pseudo-random 32-byte values (no hashing needed). */
-#include "internal.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
 
 #include <pthread.h>
 #include <stdio.h>

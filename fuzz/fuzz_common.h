@@ -4,7 +4,15 @@
 #ifndef IDD_FUZZ_COMMON_H
 #define IDD_FUZZ_COMMON_H
 
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/digest.h"
+#include "base/file.h"
+#include "formats/image.h"
+#include "formats/archive.h"
+#include "index/repo.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -16,7 +16,7 @@
  *     bit 4      (with bit 2) declare a payload length off by body[0]-128
  */
 #include "fuzz_common.h"
-#include "map.h"
+#include "index/map.h"
 
 #include <zstd.h>
 

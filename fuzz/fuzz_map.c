@@ -1,7 +1,7 @@
 /* fuzz_map.c - libFuzzer target: the block map parser (idd_map_parse), on
  * raw bytes and on payloads wrapped in a valid container. */
 #include "fuzz_common.h"
-#include "map.h"
+#include "index/map.h"
 
 static const char MAP_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
 

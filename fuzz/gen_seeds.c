@@ -3,8 +3,11 @@
  * (fuzz_index seeds carry its mode byte, see fuzz_index.c), and zstd
  * "bombs": tiny frames declaring a huge decompressed size.
  * Usage: gen_seeds INDEX_CORPUS_DIR MAP_CORPUS_DIR */
-#include "internal.h"
-#include "map.h"
+#include "base/util.h"
+#include "base/digest.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
+#include "index/map.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -29,7 +29,7 @@ if ! command -v "$CLANG" >/dev/null || ! "$CLANG" -fsanitize=fuzzer "$probe" -o 
 fi
 
 PKGS="libcrypto libzstd libarchive zlib"
-CFLAGS="-std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -Ilib -Ilib/base -Ilib/index -Ilib/node \
+CFLAGS="-std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Wno-unused-parameter -pthread -Ilib \
   $(pkg-config --cflags $PKGS libcurl) -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
   -fno-sanitize-recover=all"
 LIBS="$(pkg-config --libs $PKGS libcurl) -pthread -lm"

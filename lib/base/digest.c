@@ -1,6 +1,8 @@
 /* digest.c - SHA-256 block digests through OpenSSL EVP, zero detection, and
  * a hash set of digests. */
-#include "internal.h"
+#include "base/digest.h"
+#include "base/util.h"
+#include "base/error.h"
 
 #include <openssl/evp.h>
 #include <pthread.h>

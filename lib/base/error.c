@@ -1,5 +1,6 @@
 /* error.c - filling idd_error messages. */
-#include "internal.h"
+#include "base/error.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,5 +1,7 @@
 /* file.c - byte sources readable by range: local files and slices. */
-#include "internal.h"
+#include "base/file.h"
+#include "base/util.h"
+#include "base/error.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,6 @@
 /* util.c - allocation, strings, growable buffers and bounded readers. */
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
 
 #include <errno.h>
 #include <stdlib.h>

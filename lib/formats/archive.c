@@ -7,7 +7,13 @@
  * libarchive: members are listed by streaming, and opened by decompressing
  * the member once into an unlinked, sparse temporary file (see
  * docs/formats.md, "Archives"). */
-#include "internal.h"
+#include "formats/archive.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/digest.h"
+#include "base/file.h"
+#include "formats/image.h"
+#include "index/repo.h"
 
 #include <archive.h>
 #include <archive_entry.h>

@@ -1,6 +1,9 @@
 /* image.c - images as virtual disks: format detection, the raw format, and
  * reading virtual bytes through any format's extents. */
-#include "internal.h"
+#include "formats/image.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/file.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -4,7 +4,12 @@
  * entry is checked against the file size before use, and nothing is
  * allocated from a field that has not been bounded first.  Layout per
  * qemu's docs/interop/qcow2.txt. */
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/file.h"
+#include "formats/image.h"
+#include "formats/archive.h"
+#include "index/repo.h"
 
 #include <pthread.h>
 #include <stdlib.h>

@@ -9,7 +9,10 @@
  * reading its marker: one request less per grain when the file is remote,
  * and the deflate stream ends by itself (idd_extent_decode ignores the
  * trailing bytes). */
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/file.h"
+#include "formats/image.h"
 
 #include <stdlib.h>
 #include <string.h>

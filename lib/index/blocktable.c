@@ -2,7 +2,8 @@
  * digest, how many images hold it and one canonical (image, block) to read it
  * from.  Sharded by the digest's top bits so that building it needs memory
  * for one shard only.  Layout: docs/formats.md ("Block maps"). */
-#include "map.h"
+#include "index/map.h"
+#include "index/indexfile.h"
 
 #include <dirent.h>
 #include <errno.h>

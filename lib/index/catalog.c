@@ -1,6 +1,10 @@
 /* catalog.c - the catalog (one entry per indexed image) and the per-image
  * block lists that scan writes.  Layouts: docs/formats.md. */
-#include "internal.h"
+#include "index/catalog.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "index/indexfile.h"
+#include "index/repo.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,6 +1,9 @@
 /* indexfile.c - the container every index file uses (magic, version,
  * zstd payload, SHA-256 trailer), atomic replacement and the index lock. */
-#include "internal.h"
+#include "index/indexfile.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/digest.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,8 @@
 /* map.c - block maps (every block of an image -> its content digest) and the
  * incremental `map` run.  Layout: docs/formats.md ("Block maps"). */
-#include "map.h"
+#include "index/map.h"
+#include "index/catalog.h"
+#include "index/indexfile.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -4,7 +4,11 @@
 #ifndef IDD_MAP_H
 #define IDD_MAP_H
 
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/digest.h"
+
+
 
 typedef struct idd_map {
 	uint32_t block_size;

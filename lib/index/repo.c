@@ -1,6 +1,11 @@
 /* repo.c - the repository: which files are images, walking the tree, and
  * opening an image with its backing files confined to the repository. */
-#include "internal.h"
+#include "index/repo.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/file.h"
+#include "formats/image.h"
+#include "formats/archive.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -6,7 +6,14 @@
  * several threads.  Block lists are written first (content-named, atomic),
  * the catalog last (atomic), so a run killed at any moment leaves the
  * previous catalog and every file it names intact. */
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "base/digest.h"
+#include "formats/image.h"
+#include "formats/archive.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
+#include "index/repo.h"
 
 #include <errno.h>
 #include <fcntl.h>

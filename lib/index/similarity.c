@@ -10,8 +10,10 @@
  *  3. each distinct signature is expanded into pairs once, weighted.
  * So a block held by every image costs one signature, not images^2 per block.
  * The result is cached in the index (similarity file) keyed by the catalog. */
-#include "internal.h"
-#include "map.h"
+#include "base/util.h"
+#include "base/error.h"
+#include "index/indexfile.h"
+#include "index/map.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,7 +1,8 @@
 /* svg.c - the similarity heatmap: rows and columns in clustering order, so
  * families show as bright blocks on the diagonal; viridis colours (readable
  * in greyscale and by colour-blind readers); labels sized to the cells. */
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,11 @@
 /* verify.c - check every index file, and with deep, the images themselves. */
-#include "internal.h"
-#include "map.h"
+#include "base/util.h"
+#include "base/digest.h"
+#include "formats/image.h"
+#include "formats/archive.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
+#include "index/map.h"
 
 #include <dirent.h>
 #include <stdlib.h>

@@ -1,7 +1,8 @@
 /* cache.c - the node cache: the images deployed on this node, and an index
  * file from each distinct block digest to one place it can be read from.
  * Everything read from the cache is verified; damage costs a refetch. */
-#include "cache.h"
+#include "node/cache.h"
+#include "index/indexfile.h"
 
 #include <errno.h>
 #include <fcntl.h>

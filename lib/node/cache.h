@@ -3,8 +3,11 @@
 #ifndef IDD_CACHE_H
 #define IDD_CACHE_H
 
-#include "internal.h"
-#include "map.h"
+#include "base/util.h"
+#include "base/error.h"
+
+#include "base/digest.h"
+#include "index/map.h"
 
 #define IDD_CACHE_INDEX "index"
 #define IDD_CACHE_IMAGES "images"

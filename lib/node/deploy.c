@@ -4,9 +4,14 @@
  * fetched once from the repository, in its original format, by range.
  * Every block is verified against its digest before it is written.  How it
  * works and why: docs/deploy.md. */
-#include "cache.h"
-#include "fetch.h"
-#include "map.h"
+#include "node/cache.h"
+#include "index/indexfile.h"
+#include "formats/archive.h"
+#include "index/repo.h"
+#include "index/catalog.h"
+#include "formats/image.h"
+#include "node/fetch.h"
+#include "index/map.h"
 
 #include <errno.h>
 #include <fcntl.h>

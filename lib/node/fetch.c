@@ -1,7 +1,8 @@
 /* fetch.c - repository sources for deploy: a local directory, or HTTP(S)
  * through libcurl (keep-alive, Range requests, curl multi for several
  * requests in flight, retries with exponential backoff). */
-#include "fetch.h"
+#include "node/fetch.h"
+#include "index/indexfile.h"
 
 #include <curl/curl.h>
 #include <errno.h>

@@ -3,7 +3,10 @@
 #ifndef IDD_FETCH_H
 #define IDD_FETCH_H
 
-#include "internal.h"
+#include "base/util.h"
+#include "base/error.h"
+
+#include "base/file.h"
 
 typedef struct idd_fetch_opts {
 	int connections;   /* requests in flight at once (curl multi); 0: 4 */

@@ -2,13 +2,23 @@
 #ifndef IDD_TESTUTIL_H
 #define IDD_TESTUTIL_H
 
+#include "base/util.h"
+#include "base/error.h"
+#include "base/digest.h"
+#include "base/file.h"
+#include "formats/image.h"
+#include "formats/archive.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
+#include "index/repo.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "internal.h"
+
 
 /* A fresh empty directory under $TMPDIR, removed by tu_rmtree. */
 char *tu_mkdtemp(void);

@@ -1,7 +1,7 @@
 /* test_map.c - block maps: round trip, hostile input rejected, the
  * incremental map run, the block table. */
 #include "idxgen.h"
-#include "map.h"
+#include "index/map.h"
 
 #include <sys/stat.h>
 #include <sys/wait.h>

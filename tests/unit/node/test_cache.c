@@ -1,7 +1,7 @@
 /* test_cache.c - the node cache: index round trip, exact lookups, verified
  * reads, damage degrading to a warning, LRU garbage collection. */
 #include "testutil.h"
-#include "cache.h"
+#include "node/cache.h"
 
 #include <stdio.h>
 #include <stdlib.h>

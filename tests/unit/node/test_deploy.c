@@ -2,7 +2,7 @@
  * missing block fetched once, the cache used, resume of an interrupted run,
  * damage in the source or the map refused, paths escaping the source. */
 #include "testutil.h"
-#include "map.h"
+#include "index/map.h"
 
 #include <fcntl.h>
 #include <stdio.h>

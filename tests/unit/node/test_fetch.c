@@ -1,7 +1,7 @@
 /* test_fetch.c - sources: path checks, local reads, and HTTP against an
  * in-process server on 127.0.0.1 that can fail, drop and redirect. */
 #include "testutil.h"
-#include "fetch.h"
+#include "node/fetch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

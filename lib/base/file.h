@@ -1,0 +1,40 @@
+/* file.h - byte sources read by range (file.c). */
+#ifndef IDD_BASE_FILE_H
+#define IDD_BASE_FILE_H
+
+#include "base/util.h"
+
+/* ---- byte sources (file.c) ----
+ * An idd_file is something that can be read by range: a local file, a byte
+ * range inside another idd_file (an archive member), or an HTTP resource.
+ * Image format readers sit on top of it, so the same qcow2 code serves the
+ * local scan and the remote deploy. */
+typedef struct idd_file idd_file;
+struct idd_file_ops {
+	/* Read exactly len bytes at off; a short read past EOF is an error. */
+	int (*pread)(idd_file *f, void *buf, size_t len, uint64_t off, idd_error *err);
+	/* Next data at or after off (SEEK_DATA); *data = size when none.
+	 * NULL: everything is data. */
+	int (*next_data)(idd_file *f, uint64_t off, uint64_t *data, uint64_t *data_end, idd_error *err);
+	void (*close)(idd_file *f);
+};
+struct idd_file {
+	const struct idd_file_ops *ops;
+	char *name;   /* for messages */
+	uint64_t size;
+	int fd;       /* local files: the descriptor, else -1 */
+	void *priv;
+};
+int idd_file_open_local(const char *path, idd_file **out, idd_error *err);
+/* A window [off, off+len) of parent.  With owns_parent the slice closes
+ * parent when it is closed (also on failure); else parent must outlive it. */
+int idd_file_open_slice(idd_file *parent, bool owns_parent, uint64_t off, uint64_t len,
+                        const char *name, idd_file **out, idd_error *err);
+static inline int idd_file_pread(idd_file *f, void *buf, size_t len, uint64_t off, idd_error *err)
+{
+	return f->ops->pread(f, buf, len, off, err);
+}
+int idd_file_next_data(idd_file *f, uint64_t off, uint64_t *data, uint64_t *data_end, idd_error *err);
+void idd_file_close(idd_file *f);
+
+#endif

@@ -1,0 +1,54 @@
+/* indexfile.h - the container every index file uses, atomic file writes,
+ * directory helpers and the index lock (indexfile.c). */
+#ifndef IDD_INDEX_INDEXFILE_H
+#define IDD_INDEX_INDEXFILE_H
+
+#include "base/util.h"
+
+/* ---- index files (indexfile.c) ---- */
+/* Every index file: magic[8], u32 version, u32 flags, u64 payload length,
+ * u64 stored length, stored payload (zstd when flags&1), SHA-256 of all
+ * preceding bytes.  See docs/formats.md. */
+#define IDD_IF_HEADER 32
+#define IDD_IF_TRAILER 32
+#define IDD_IF_ZSTD 1u
+#define IDD_IF_MAX_PAYLOAD ((uint64_t)1 << 38) /* 256 GiB: sanity bound */
+
+/* Atomically replace PATH: write PATH.tmp.PID, fsync, rename, fsync dir. */
+int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
+                        const void *payload, size_t len, bool compress, idd_error *err);
+/* Write into DIR a file named by the hex of its own checksum (the SHA-256
+ * trailer), which *sum receives: content-named, so an existing file of that
+ * name already holds these bytes and is not rewritten. */
+int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
+                              const void *payload, size_t len, bool compress, idd_digest *sum,
+                              idd_error *err);
+/* Read and check PATH; *payload is malloc'd.  A missing file returns IDD_ENOENT
+ * (with a message). */
+int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,
+                       void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* Same, with the largest payload the caller can accept (0: the default,
+ * max(64 MiB, 256 x the stored size)). */
+int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_len,
+                              const char magic[8], uint32_t max_version, uint64_t max_payload,
+                              void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* Same checks on bytes already in memory (fetched over HTTP, fuzzing). */
+int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
+                        const char magic[8], uint32_t max_version,
+                        void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* Container-level check of any index file (magic prefix, lengths, checksum,
+ * decompression), whatever its kind. */
+int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err);
+/* Write a whole file atomically (temp, fsync, rename, fsync dir). */
+int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_error *err);
+int idd_fsync_dir(const char *dir, idd_error *err);
+int idd_mkdir_p(const char *path, idd_error *err);
+/* Whole file into memory (bounded by max). */
+int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err);
+
+/* Exclusive lock on DIR/lock (flock).  Waits unless no_wait, in which case a
+ * held lock returns IDD_EBUSY. */
+int idd_lock(const char *dir, bool no_wait, int *fd_out, idd_error *err);
+void idd_unlock(int fd);
+
+#endif

@@ -1,0 +1,58 @@
+/* repo.h - the repository tree: image files, archive members, backing
+ * chains (repo.c). */
+#ifndef IDD_INDEX_REPO_H
+#define IDD_INDEX_REPO_H
+
+#include "formats/image.h"
+
+/* ---- the repository (repo.c) ---- */
+typedef struct idd_repo_entry {
+	char *id;        /* relative path (+ "/member" inside archives) */
+	char *path;      /* absolute path of the file holding it */
+	char *member;    /* archive member name, or NULL */
+	char *container; /* "" or archive kind */
+	uint64_t member_off, member_len; /* uncompressed archives: member data range */
+	bool streamed;   /* compressed archive: member readable only as a stream */
+	bool spooled;    /* streamed member already decompressed into spool_fd (owned) */
+	int spool_fd;
+	uint64_t dev, ino, size;
+	int64_t mtime_ns, ctime_ns;
+} idd_repo_entry;
+
+typedef struct idd_repo_list {
+	idd_repo_entry *v;
+	size_t n;
+} idd_repo_list;
+
+/* Does NAME look like an image (DESIGN.md's patterns plus includes)? */
+bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes);
+/* Regular files under repo (not the index dir), sorted by path, with stat.
+ * Archives are listed as one entry each (member == NULL); see archive.c. */
+int idd_repo_walk(const char *repo, const char *index_dir, const char *const *includes,
+                  size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
+                  idd_error *err);
+void idd_repo_list_free(idd_repo_list *l);
+int idd_repo_list_push(idd_repo_list *l, const idd_repo_entry *e, idd_error *err);
+void idd_repo_entry_free(idd_repo_entry *e);
+
+typedef struct idd_backing_ctx {
+	const char *repo;  /* root: nothing outside it is opened */
+	const char *dir;   /* directory of the image naming the backing file */
+	int depth;         /* chain depth so far; cycles hit IDD_MAX_BACKING_DEPTH */
+	struct idd_chain *chain; /* if set, every backing file opened is recorded here */
+} idd_backing_ctx;
+/* The backing files an image was read with, for the catalog. */
+typedef struct idd_chain {
+	idd_file_ident *v;
+	size_t n;
+} idd_chain;
+void idd_chain_free(idd_chain *c);
+/* Open an image and record its backing files in chain (may be NULL). */
+int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
+                              idd_image **out, idd_error *err);
+/* Are the files of a chain still what was recorded (stat under repo)? */
+bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n);
+#define IDD_MAX_BACKING_DEPTH 16
+int idd_repo_backing_open(void *ctx, const char *name, idd_file **out, idd_error *err);
+
+#endif
