@@ -22,16 +22,86 @@ static const char MAPIDX_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'I', 'X', 0};
 /* Run kinds in the block stream: tag = length << 2 | kind. */
 enum { RUN_ZERO = 0, RUN_NEW = 1, RUN_COPY = 2, RUN_REPEAT = 3 };
 
-uint64_t idd_map_parse_max_blocks = UINT32_MAX;
+uint64_t idd_map_parse_max_blocks = (uint64_t)1 << 36; /* 256 TiB of 4 KiB blocks */
 
 void idd_map_free(idd_map *m)
 {
 	if (!m)
 		return;
 	free(m->digests);
-	free(m->refs);
+	free(m->runs);
 	free(m->id);
 	free(m);
+}
+
+/* Append count blocks of one kind to the run list, extending the last run
+ * when the blocks continue it (a single-block run may become SEQ or SAME). */
+static int push_run(idd_map *m, size_t *cap, uint32_t kind, uint32_t ref, uint64_t count,
+                    idd_error *err)
+{
+	if (m->nruns) {
+		idd_map_span *l = &m->runs[m->nruns - 1];
+		uint64_t end_ref = (uint64_t)l->ref + l->count;
+		if (kind == IDD_RUN_ZERO && l->kind == IDD_RUN_ZERO) {
+			l->count += count;
+			return IDD_OK;
+		}
+		if (kind != IDD_RUN_ZERO && l->kind != IDD_RUN_ZERO) {
+			bool seq_next = ref == end_ref && (kind == IDD_RUN_SEQ || count == 1);
+			bool same_next = ref == l->ref && (kind == IDD_RUN_SAME || count == 1);
+			if (seq_next && (l->kind == IDD_RUN_SEQ || l->count == 1)) {
+				l->kind = IDD_RUN_SEQ;
+				l->count += count;
+				return IDD_OK;
+			}
+			if (same_next && (l->kind == IDD_RUN_SAME || l->count == 1)) {
+				l->kind = IDD_RUN_SAME;
+				l->count += count;
+				return IDD_OK;
+			}
+		}
+	}
+	if (m->nruns == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+		idd_map_span *nr = idd_realloc_array(m->runs, nc, sizeof *nr, err);
+		if (!nr)
+			return IDD_ERR;
+		m->runs = nr;
+		*cap = nc;
+	}
+	uint64_t block = m->nruns ? m->runs[m->nruns - 1].block + m->runs[m->nruns - 1].count : 0;
+	m->runs[m->nruns++] = (idd_map_span){block, count, kind == IDD_RUN_ZERO ? 0 : ref,
+	                                    count == 1 && kind != IDD_RUN_ZERO ? IDD_RUN_SEQ : kind};
+	return IDD_OK;
+}
+
+size_t idd_map_span_index(const idd_map *m, uint64_t b)
+{
+	size_t lo = 0, hi = m->nruns;
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (m->runs[mid].block <= b)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+uint32_t idd_map_ref(const idd_map *m, uint64_t b)
+{
+	if (!m->nruns || b >= m->nblocks)
+		return 0;
+	return idd_map_span_ref(&m->runs[idd_map_span_index(m, b)], b);
+}
+
+uint64_t idd_map_nonzero_blocks(const idd_map *m)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < m->nruns; i++)
+		if (m->runs[i].kind != IDD_RUN_ZERO)
+			n += m->runs[i].count;
+	return n;
 }
 
 int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
@@ -43,7 +113,7 @@ int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_siz
 	if (nblocks != image_size / block_size + (image_size % block_size != 0))
 		return idd_fail(err, "map: %llu blocks do not match an image of %llu bytes",
 		                (unsigned long long)nblocks, (unsigned long long)image_size);
-	if (nblocks > UINT32_MAX)
+	if (nblocks > idd_map_parse_max_blocks)
 		return idd_fail(err, "map: image too large (%llu blocks)", (unsigned long long)nblocks);
 	idd_map *m = idd_calloc(1, sizeof *m, err);
 	if (!m)
@@ -51,16 +121,16 @@ int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_siz
 	m->block_size = block_size;
 	m->image_size = image_size;
 	m->nblocks = nblocks;
-	m->refs = idd_malloc((size_t)nblocks * sizeof *m->refs, err);
 	idd_digest_set set;
-	if (!m->refs || idd_digest_set_init(&set, 1024, true, err)) {
+	if (idd_digest_set_init(&set, 1024, true, err)) {
 		idd_map_free(m);
 		return IDD_ERR;
 	}
-	size_t cap = 0;
+	size_t cap = 0, rcap = 0;
 	for (uint64_t i = 0; i < nblocks; i++) {
 		if (idd_digest_is_zero(&blocks[i])) {
-			m->refs[i] = 0;
+			if (push_run(m, &rcap, IDD_RUN_ZERO, 0, 1, err))
+				goto fail;
 			continue;
 		}
 		bool added;
@@ -68,6 +138,10 @@ int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_siz
 		if (slot == (size_t)-1)
 			goto fail;
 		if (added) {
+			if (m->ndistinct >= UINT32_MAX - 1) {
+				idd_fail(err, "map: more than 2^32 distinct blocks");
+				goto fail;
+			}
 			if (m->ndistinct == cap) {
 				cap = cap ? cap * 2 : 1024;
 				idd_digest *d = idd_realloc_array(m->digests, cap, sizeof *d, err);
@@ -78,7 +152,8 @@ int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_siz
 			m->digests[m->ndistinct++] = blocks[i];
 			set.aux[slot] = m->ndistinct;
 		}
-		m->refs[i] = (uint32_t)set.aux[slot];
+		if (push_run(m, &rcap, IDD_RUN_SEQ, (uint32_t)set.aux[slot], 1, err))
+			goto fail;
 	}
 	idd_digest_set_free(&set);
 	*out = m;
@@ -109,35 +184,50 @@ static int encode_payload(const idd_map *m, void **file, size_t *len, idd_error 
 	idd_buf_put(&b, m->list_key.b, IDD_DIGEST_SIZE);
 	idd_buf_put_str(&b, m->id ? m->id : "");
 	idd_buf_put(&b, m->digests, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
-	uint64_t next_new = 1;
-	for (uint64_t i = 0; i < m->nblocks && !b.failed;) {
-		uint32_t r = m->refs[i];
-		uint64_t j = i + 1;
-		if (r == 0) {
-			while (j < m->nblocks && m->refs[j] == 0)
-				j++;
-			idd_buf_put_varint(&b, (j - i) << 2 | RUN_ZERO);
-		} else if (r == next_new) {
-			while (j < m->nblocks && m->refs[j] == next_new + (j - i))
-				j++;
-			idd_buf_put_varint(&b, (j - i) << 2 | RUN_NEW);
-			next_new += j - i;
-		} else if (r < next_new) {
-			uint64_t rep = i + 1, copy = i + 1;
-			while (rep < m->nblocks && m->refs[rep] == r)
-				rep++;
-			while (copy < m->nblocks && r + (copy - i) < next_new && m->refs[copy] == r + (copy - i))
-				copy++;
-			j = rep >= copy ? rep : copy;
-			idd_buf_put_varint(&b, (j - i) << 2 | (rep >= copy ? RUN_REPEAT : RUN_COPY));
-			idd_buf_put_varint(&b, r);
-		} else {
-			idd_buf_free(&b);
-			return idd_fail(err, "map: references out of first-occurrence order at block %llu",
-			                (unsigned long long)i);
+	uint64_t next_new = 1, covered = 0;
+	for (size_t i = 0; i < m->nruns && !b.failed; i++) {
+		const idd_map_span *r = &m->runs[i];
+		if (r->block != covered || !r->count)
+			goto bad;
+		covered += r->count;
+		if (r->kind == IDD_RUN_ZERO) {
+			uint64_t n = r->count;
+			while (i + 1 < m->nruns && m->runs[i + 1].kind == IDD_RUN_ZERO)
+				n += m->runs[++i].count, covered += m->runs[i].count;
+			idd_buf_put_varint(&b, n << 2 | RUN_ZERO);
+			continue;
 		}
-		i = j;
+		uint64_t ref = r->ref, n = r->count;
+		if (r->kind == IDD_RUN_SAME) {
+			if (ref == next_new) { /* its first occurrence introduces it */
+				idd_buf_put_varint(&b, (uint64_t)1 << 2 | RUN_NEW);
+				next_new++;
+				n--;
+			}
+			if (n && ref < next_new) {
+				idd_buf_put_varint(&b, n << 2 | RUN_REPEAT);
+				idd_buf_put_varint(&b, ref);
+			} else if (n)
+				goto bad;
+			continue;
+		}
+		while (n) { /* SEQ: copies of known entries, then new ones */
+			if (ref < next_new) {
+				uint64_t c = IDD_MIN(n, next_new - ref);
+				idd_buf_put_varint(&b, c << 2 | RUN_COPY);
+				idd_buf_put_varint(&b, ref);
+				ref += c;
+				n -= c;
+			} else if (ref == next_new) {
+				idd_buf_put_varint(&b, n << 2 | RUN_NEW);
+				next_new += n;
+				n = 0;
+			} else
+				goto bad;
+		}
 	}
+	if (covered != m->nblocks)
+		goto bad;
 	if (b.failed) {
 		idd_buf_free(&b);
 		return idd_fail(err, "out of memory encoding a block map");
@@ -149,6 +239,9 @@ static int encode_payload(const idd_map *m, void **file, size_t *len, idd_error 
 	*file = b.data;
 	*len = b.len;
 	return IDD_OK;
+bad:
+	idd_buf_free(&b);
+	return idd_fail(err, "map: runs out of order or references out of first-occurrence order");
 }
 
 /* The complete file: the index-file container (indexfile.c's layout) built
@@ -258,16 +351,12 @@ static int map_parse_payload(const char *name, const void *payload, size_t plen,
 			goto corrupt;
 	}
 	m->digests = idd_malloc((size_t)m->ndistinct * IDD_DIGEST_SIZE, err);
-	/* calloc, and zero runs left untouched: the pages of a huge hole stay
-	 * the kernel's shared zero page, so a sparse map (honest or hostile)
-	 * costs address space, not memory */
-	m->refs = idd_calloc((size_t)m->nblocks, sizeof *m->refs, err);
-	if (!m->digests || !m->refs) {
+	if (!m->digests) {
 		idd_map_free(m);
 		return IDD_ERR;
 	}
 	memcpy(m->digests, table, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
-	uint64_t pos = 0;
+	size_t rcap = 0;
 	next_new = 1;
 	while (idd_reader_left(&r)) { /* already validated */
 		uint64_t tag, ref = 0;
@@ -275,14 +364,20 @@ static int map_parse_payload(const char *name, const void *payload, size_t plen,
 		uint64_t n = tag >> 2, kind = tag & 3;
 		if (kind == RUN_COPY || kind == RUN_REPEAT)
 			idd_get_varint(&r, &ref);
-		for (uint64_t k = 0; kind != RUN_ZERO && k < n; k++) {
-			switch (kind) {
-			case RUN_NEW: m->refs[pos + k] = (uint32_t)next_new++; break;
-			case RUN_COPY: m->refs[pos + k] = (uint32_t)(ref + k); break;
-			default: m->refs[pos + k] = (uint32_t)ref; break;
-			}
+		int prc;
+		switch (kind) {
+		case RUN_ZERO: prc = push_run(m, &rcap, IDD_RUN_ZERO, 0, n, err); break;
+		case RUN_NEW:
+			prc = push_run(m, &rcap, IDD_RUN_SEQ, (uint32_t)next_new, n, err);
+			next_new += n;
+			break;
+		case RUN_COPY: prc = push_run(m, &rcap, IDD_RUN_SEQ, (uint32_t)ref, n, err); break;
+		default: prc = push_run(m, &rcap, IDD_RUN_SAME, (uint32_t)ref, n, err); break;
 		}
-		pos += n;
+		if (prc) {
+			idd_map_free(m);
+			return IDD_ERR;
+		}
 	}
 	*out = m;
 	return IDD_OK;

@@ -10,18 +10,46 @@
 
 
 
+/* The map in memory is a list of runs, so its cost grows with the number
+ * of distinct stretches of the image, never with its virtual size: a run of
+ * zero blocks, one digest repeated, or consecutive entries of the digest
+ * table.  A block's reference is 0 for a zero block, k for digests[k - 1]. */
+enum idd_map_run_kind {
+	IDD_RUN_ZERO, /* zero blocks (ref 0) */
+	IDD_RUN_SEQ,  /* refs ref, ref + 1, ..., ref + count - 1 */
+	IDD_RUN_SAME  /* ref repeated count times */
+};
+typedef struct idd_map_span {
+	uint64_t block, count;
+	uint32_t ref;
+	uint32_t kind;
+} idd_map_span;
+
 typedef struct idd_map {
 	uint32_t block_size;
 	uint64_t image_size;   /* virtual size in bytes */
 	uint64_t nblocks;      /* ceil(image_size / block_size) */
 	uint64_t ndistinct;    /* distinct non-zero digests */
 	idd_digest *digests;   /* ndistinct entries, in order of first occurrence */
-	uint32_t *refs;        /* nblocks entries: 0 = zero block, k = digests[k - 1] */
+	idd_map_span *runs;     /* nruns stretches covering blocks 0..nblocks in order */
+	size_t nruns;
 	/* Added by map.c (issue 3): what the map was built from.  Both are
 	 * optional for idd_map_encode (zero key / NULL id when unknown). */
 	idd_digest list_key;   /* catalog list_key of the block list mapped */
 	char *id;              /* image id (owned; may be NULL) */
 } idd_map;
+
+/* The reference of block b (< nblocks): 0 for a zero block, k for digests[k - 1]. */
+uint32_t idd_map_ref(const idd_map *m, uint64_t b);
+/* Index of the run holding block b (< nblocks), by binary search. */
+size_t idd_map_span_index(const idd_map *m, uint64_t b);
+/* The reference of block b inside run r (r holds b). */
+static inline uint32_t idd_map_span_ref(const idd_map_span *r, uint64_t b)
+{
+	return r->kind == IDD_RUN_SEQ ? r->ref + (uint32_t)(b - r->block) : r->ref;
+}
+/* Non-zero blocks of the map (counted with repeats). */
+uint64_t idd_map_nonzero_blocks(const idd_map *m);
 
 /* Build from a scan block list (zero blocks have the zero digest). */
 int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,

@@ -357,12 +357,18 @@ int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_err
 		} else {
 			/* digests are numbered in order of first occurrence */
 			uint64_t seen = 0;
-			for (uint64_t b = 0; b < m->nblocks && seen < m->ndistinct; b++) {
-				uint32_t ref = m->refs[b];
-				if (ref == seen + 1) {
-					e->digests[seen] = m->digests[ref - 1];
-					e->blocks[seen] = b;
-					seen++;
+			for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
+				const idd_map_span *run = &m->runs[ri];
+				/* only SEQ runs introduce digests, in order */
+				if (run->kind != IDD_RUN_SEQ)
+					continue;
+				for (uint64_t b = run->block; b < run->block + run->count; b++) {
+					uint32_t ref = idd_map_span_ref(run, b);
+					if (ref == seen + 1) {
+						e->digests[seen] = m->digests[ref - 1];
+						e->blocks[seen] = b;
+						seen++;
+					}
 				}
 			}
 			if (seen != m->ndistinct)

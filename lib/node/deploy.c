@@ -183,8 +183,9 @@ static int fetch_map(struct deploy *d, const idd_image_info *in, idd_map **out)
 		goto out;
 	}
 	/* Independent of the parser's checks: every reference in range. */
-	for (uint64_t b = 0; b < m->nblocks; b++)
-		if (m->refs[b] > m->ndistinct) {
+	for (size_t i = 0; i < m->nruns; i++)
+		if ((uint64_t)m->runs[i].ref + (m->runs[i].kind == IDD_RUN_SEQ ? m->runs[i].count - 1 : 0) >
+		    m->ndistinct) {
 			idd_fail(d->err, "%s: corrupt block map (reference past the digest table)", in->id);
 			goto out;
 		}
@@ -286,7 +287,7 @@ static int open_part(struct deploy *d)
 			}
 			for (uint64_t i = 0; i < nb; i++) {
 				uint64_t blk = b + i;
-				uint32_t ref = d->m->refs[blk];
+				uint32_t ref = idd_map_ref(d->m, blk);
 				if (ref == 0) {
 					/* the map says zero: make it a hole again (or zeros) */
 					uint64_t bl = block_len(d, blk);
@@ -414,20 +415,20 @@ static bool seed_from_map(struct deploy *d, size_t s, idd_digest_set *want)
 		unsigned char *buf = idd_malloc(d->bs, &e3);
 		uint64_t nz = 0;
 		for (uint64_t b = 0; b < m->nblocks; b++)
-			nz += m->refs[b] != 0;
+			nz += idd_map_ref(m, b) != 0;
 		uint64_t step = nz / SEED_SPOT_CHECKS + 1, seen = 0;
 		ok = buf != NULL;
 		for (uint64_t b = 0; ok && b < m->nblocks; b++) {
-			if (!m->refs[b])
+			if (!idd_map_ref(m, b))
 				continue;
 			if (seen++ % step == 0)
-				ok = seed_block_is(d, sd, b, &m->digests[m->refs[b] - 1], buf);
+				ok = seed_block_is(d, sd, b, &m->digests[idd_map_ref(m, b) - 1], buf);
 		}
 		free(buf);
 	}
 	if (ok) {
 		for (uint64_t b = 0; b < m->nblocks; b++) {
-			uint32_t ref = m->refs[b];
+			uint32_t ref = idd_map_ref(m, b);
 			if (!ref)
 				continue;
 			size_t slot = idd_digest_set_find(want, &m->digests[ref - 1]);
@@ -610,7 +611,7 @@ static int run_one(struct run_worker *w, struct local_run *r)
 			idd_digest got;
 			if (idd_hasher_digest(w->h, w->buf + i * bs, d->bs, &got, &w->err))
 				return IDD_ERR;
-			ok = digest_eq(&got, &d->m->digests[d->m->refs[r->b0 + i] - 1]);
+			ok = digest_eq(&got, &d->m->digests[idd_map_ref(d->m, r->b0 + i) - 1]);
 		}
 		if (!ok) {
 			p->failed[r->b0 + i] = 1;
@@ -701,7 +702,7 @@ static int settle_runs(struct deploy *d, struct run_pool *p)
 		bool wrote = false;
 		for (uint32_t i = 0; i < lr->n; i++) {
 			uint64_t b = lr->b0 + i, bl = block_len(d, b);
-			uint32_t ref = d->m->refs[b];
+			uint32_t ref = idd_map_ref(d->m, b);
 			if (p->failed[b]) {
 				d->state[ref] = ST_FETCH; /* pos[ref] stays b: the fetch writes here */
 				d->fetch_list[d->nfetch++] = b;
@@ -800,7 +801,7 @@ static int copy_local(struct deploy *d)
 	size_t nruns = 0, cap = 0;
 	uint32_t max_run = (uint32_t)(RUN_BYTES / d->bs);
 	for (uint64_t b = 0; b < d->m->nblocks; b++) {
-		uint32_t ref = d->m->refs[b];
+		uint32_t ref = idd_map_ref(d->m, b);
 		if (ref == 0) {
 			d->st->bytes_zero += block_len(d, b);
 			d->st->bytes_done += block_len(d, b);
@@ -1199,7 +1200,7 @@ static int fetch_window(struct deploy *d, struct window *w, bool *source_bad)
 	}
 	for (size_t i = 0; i < w->nblocks; i++) {
 		uint64_t blk = w->blocks[i];
-		uint32_t ref = d->m->refs[blk];
+		uint32_t ref = idd_map_ref(d->m, blk);
 		idd_digest got;
 		if (idd_hasher_digest(d->h, w->buf + i * d->bs, d->bs, &got, d->err))
 			return IDD_ERR;
@@ -1268,7 +1269,7 @@ static int copy_repeats(struct deploy *d)
 	uint64_t max_run = RUN_BYTES / d->bs, size = d->m->image_size;
 	int rc = IDD_OK;
 	for (uint64_t b = 0; !rc && b < d->m->nblocks;) {
-		uint32_t ref = d->m->refs[b];
+		uint32_t ref = idd_map_ref(d->m, b);
 		if (!ref || d->valid[b] || d->pos[ref] == b) {
 			b++;
 			continue;
@@ -1281,7 +1282,7 @@ static int copy_repeats(struct deploy *d)
 		}
 		uint64_t n = 1;
 		while (n < max_run && b + n < d->m->nblocks) {
-			uint32_t r2 = d->m->refs[b + n];
+			uint32_t r2 = idd_map_ref(d->m, b + n);
 			if (!r2 || d->valid[b + n] || d->pos[r2] != from + n)
 				break;
 			n++;

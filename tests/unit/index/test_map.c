@@ -35,9 +35,9 @@ static void test_build_and_round_trip(void **state)
 	assert_int_equal(m->ndistinct, 9); /* 1,2,3,4,5,9,6,7,8 */
 	for (size_t i = 0; i < NSAMPLE; i++) {
 		if (!sample[i])
-			assert_int_equal(m->refs[i], 0);
+			assert_int_equal(idd_map_ref(m, i), 0);
 		else
-			assert_memory_equal(m->digests[m->refs[i] - 1].b, ig_digest(sample[i]).b, 32);
+			assert_memory_equal(m->digests[idd_map_ref(m, i) - 1].b, ig_digest(sample[i]).b, 32);
 	}
 	m->list_key = ig_digest(77);
 	m->id = strdup("some/image.raw");
@@ -50,7 +50,8 @@ static void test_build_and_round_trip(void **state)
 	assert_int_equal(p->nblocks, m->nblocks);
 	assert_int_equal(p->image_size, m->image_size);
 	assert_int_equal(p->ndistinct, m->ndistinct);
-	assert_memory_equal(p->refs, m->refs, m->nblocks * sizeof *m->refs);
+	for (uint64_t bi = 0; bi < m->nblocks; bi++)
+		assert_int_equal(idd_map_ref(p, bi), idd_map_ref(m, bi));
 	assert_memory_equal(p->digests, m->digests, m->ndistinct * 32);
 	assert_memory_equal(p->list_key.b, m->list_key.b, 32);
 	assert_string_equal(p->id, "some/image.raw");
@@ -81,7 +82,8 @@ static void test_build_and_round_trip(void **state)
 	char *path = idd_path_join(dir, rel, &err);
 	assert_int_equal(tu_file_size(path), bytes);
 	assert_int_equal(idd_map_load(dir, "x.raw", &p, &err), IDD_OK);
-	assert_memory_equal(p->refs, m->refs, m->nblocks * sizeof *m->refs);
+	for (uint64_t bi = 0; bi < m->nblocks; bi++)
+		assert_int_equal(idd_map_ref(p, bi), idd_map_ref(m, bi));
 	idd_map_free(p);
 	assert_int_not_equal(idd_map_load(dir, "nope.raw", &p, &err), IDD_OK);
 	assert_non_null(strstr(err.msg, "no block map"));
@@ -118,7 +120,7 @@ static void expect_bad(idd_buf *b, uint32_t ver, const char *needle)
 	size_t len;
 	void *f = container(b, ver, &len);
 	idd_map *m = NULL;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	assert_int_not_equal(idd_map_parse("hand.map", f, len, &m, &err), IDD_OK);
 	assert_null(m);
 	if (!strstr(err.msg, needle))
@@ -143,9 +145,9 @@ static void test_hostile_maps(void **state)
 	idd_map *m;
 	idd_error err;
 	assert_int_equal(idd_map_parse("hand.map", f, len, &m, &err), IDD_OK);
-	assert_int_equal(m->refs[0], 1);
-	assert_int_equal(m->refs[1], 1);
-	assert_int_equal(m->refs[2], 0);
+	assert_int_equal(idd_map_ref(m, 0), 1);
+	assert_int_equal(idd_map_ref(m, 1), 1);
+	assert_int_equal(idd_map_ref(m, 2), 0);
 	idd_map_free(m);
 	free(f);
 	/* newer version */
@@ -247,9 +249,9 @@ static void test_map_run_incremental(void **state)
 		for (uint64_t k = 0; k < m->nblocks; k++) {
 			idd_digest want = ig_digest(imgs[i].content[k]);
 			if (imgs[i].content[k] == 0)
-				assert_int_equal(m->refs[k], 0);
+				assert_int_equal(idd_map_ref(m, k), 0);
 			else
-				assert_memory_equal(m->digests[m->refs[k] - 1].b, want.b, 32);
+				assert_memory_equal(m->digests[idd_map_ref(m, k) - 1].b, want.b, 32);
 		}
 		idd_map_free(m);
 	}

@@ -69,7 +69,7 @@ static void test_register_lookup_verify(void **state)
 		uint64_t blk;
 		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
 		assert_int_equal(e, 0);
-		assert_int_equal(m->refs[blk], k + 1); /* the block really holds it */
+		assert_int_equal(idd_map_ref(m, blk), k + 1); /* the block really holds it */
 		assert_int_equal(pread(c->e[e].fd, buf, BS, (off_t)(blk * BS)), BS);
 		assert_memory_equal(buf, img + blk * BS, BS);
 	}
