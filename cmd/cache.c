@@ -28,7 +28,7 @@ static int cache_ls(int argc, char **argv)
 		return cli_usage(usage, "expected one cache DIR");
 	idd_cache_image *v;
 	size_t n;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	if (idd_cache_list(argv[optind], &v, &n, cli_warn, NULL, &err)) {
 		cli_error("%s", err.msg);
 		return EXIT_FAIL;
@@ -103,7 +103,7 @@ static int cache_gc(int argc, char **argv)
 	if (!have_max)
 		return cli_usage(usage, "--max-size SIZE is required");
 	idd_cache_gc_stats st;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	if (idd_cache_gc(argv[optind], max, &st, cli_warn, NULL, &err)) {
 		cli_error("%s", err.msg);
 		return EXIT_FAIL;

@@ -135,7 +135,7 @@ int cmd_deploy(int argc, char **argv)
 	o.warn = on_warn;
 	o.ctx = &p;
 	idd_deploy_stats st;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	double t0 = now_s();
 	int r = idd_deploy(&o, &st, &err);
 	double secs = now_s() - t0;

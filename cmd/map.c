@@ -38,7 +38,7 @@ int cmd_map(int argc, char **argv)
 	o.warn = cli_warn;
 	o.ctx = &prog;
 	idd_map_stats st;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	int r = idd_map_run(&o, &st, &err);
 	cli_progress_done(&prog);
 	if (r) {

@@ -71,7 +71,7 @@ int cmd_scan(int argc, char **argv)
 	o.warn = cli_warn;
 	o.ctx = &prog;
 	idd_scan_stats st;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	int r = idd_scan(&o, &st, &err);
 	cli_progress_done(&prog);
 	free(includes);

@@ -198,7 +198,7 @@ int cmd_similarity(int argc, char **argv)
 	o.warn = cli_warn;
 	o.ctx = &prog;
 	idd_similarity *s = NULL;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	int r = idd_similarity_compute(&o, &s, &err);
 	cli_progress_done(&prog);
 	if (r) {

@@ -33,7 +33,7 @@ int cmd_verify(int argc, char **argv)
 	o.warn = cli_warn;
 	o.ctx = &prog;
 	uint64_t problems = 0;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	int r = idd_verify(&o, &problems, &err);
 	cli_progress_done(&prog);
 	if (r && !problems) {

@@ -25,16 +25,28 @@ extern "C" {
 #define IDD_MAX_BLOCK_SIZE (1u << 20)
 #define IDD_INDEX_SUBDIR ".imgdedup"
 
+/* Return codes.  A function that fails returns one of these (negative) and
+ * fills an idd_error with the message and the same code, so callers can
+ * branch on what kind of failure it was. */
 enum {
 	IDD_OK = 0,
-	IDD_ERR = -1,   /* failure; idd_error says what and where */
-	IDD_EBUSY = -2, /* the index is locked by another run (no-wait mode) */
-	IDD_ENOENT = -3 /* the thing asked for does not exist (no index, no image) */
+	IDD_ERR = -1,      /* failure of no more specific kind; idd_error says what and where */
+	IDD_EBUSY = -2,    /* locked by another run (no-wait mode), or in use */
+	IDD_ENOENT = -3,   /* the thing asked for does not exist (no index, no image, no block) */
+	IDD_ECORRUPT = -4, /* data failed a check: a damaged file, a block not matching its digest */
+	IDD_EIO = -5,      /* a local read, write or open failed */
+	IDD_ENET = -6,     /* a remote source failed (after retries) */
+	IDD_ENOMEM = -7,   /* out of memory */
+	IDD_EPERM = -8     /* refused: permission, a path outside the source, a non-regular file */
 };
 
 typedef struct idd_error {
 	char msg[1024];
+	int code; /* the IDD_E* code of the failure (IDD_ERR when unspecified) */
 } idd_error;
+
+/* A short name for a code ("corrupt", "io", ...). */
+const char *idd_strerror(int code);
 
 /* A block's content digest.  The all-zero value marks a zero block: SHA-256
  * never yields it in practice, and zero blocks are never hashed. */

@@ -12,14 +12,61 @@ int idd_fail(idd_error *err, const char *fmt, ...)
 		va_start(ap, fmt);
 		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
 		va_end(ap);
+		err->code = IDD_ERR;
 	}
 	return IDD_ERR;
+}
+
+int idd_fail_code(idd_error *err, int code, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+		va_end(ap);
+		err->code = code;
+	}
+	return code;
 }
 
 int idd_fail_errno(idd_error *err, const char *path, const char *what)
 {
 	int e = errno;
-	return idd_fail(err, "%s: %s: %s", path, what, strerror(e));
+	int code = e == ENOENT ? IDD_ENOENT
+	         : e == ENOMEM ? IDD_ENOMEM
+	         : (e == EACCES || e == EPERM || e == ELOOP) ? IDD_EPERM
+	         : IDD_EIO;
+	idd_fail(err, "%s: %s: %s", path, what, strerror(e));
+	if (err)
+		err->code = code;
+	return IDD_ERR;
+}
+
+const char *idd_strerror(int code)
+{
+	switch (code) {
+	case IDD_OK: return "ok";
+	case IDD_EBUSY: return "busy";
+	case IDD_ENOENT: return "not found";
+	case IDD_ECORRUPT: return "corrupt";
+	case IDD_EIO: return "i/o error";
+	case IDD_ENET: return "network error";
+	case IDD_ENOMEM: return "out of memory";
+	case IDD_EPERM: return "refused";
+	default: return "error";
+	}
+}
+
+void idd_warnf(idd_warn_fn warn, void *ctx, const char *fmt, ...)
+{
+	if (!warn)
+		return;
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	warn(ctx, msg);
 }
 
 void idd_error_prefix(idd_error *err, const char *fmt, ...)

@@ -4,11 +4,15 @@
 
 #include "base/util.h"
 
-/* ---- errors (error.c) ---- */
-/* Fill err (if non-NULL) and return IDD_ERR. */
+/* Fill err (if non-NULL) with code IDD_ERR and return IDD_ERR. */
 int idd_fail(idd_error *err, const char *fmt, ...) IDD_PRINTF(2, 3);
-/* "PATH: WHAT: strerror(errno)" */
+/* Fill err with the given code and return it. */
+int idd_fail_code(idd_error *err, int code, const char *fmt, ...) IDD_PRINTF(3, 4);
+/* "PATH: WHAT: strerror(errno)", code from errno (ENOENT: IDD_ENOENT,
+ * ENOMEM: IDD_ENOMEM, EACCES/EPERM/ELOOP: IDD_EPERM, else IDD_EIO). */
 int idd_fail_errno(idd_error *err, const char *path, const char *what);
+/* One warning line through a warn callback (nothing when warn is NULL). */
+void idd_warnf(idd_warn_fn warn, void *ctx, const char *fmt, ...) IDD_PRINTF(3, 4);
 /* Prepend "PREFIX: " to an existing message. */
 void idd_error_prefix(idd_error *err, const char *fmt, ...) IDD_PRINTF(2, 3);
 

@@ -310,7 +310,7 @@ static void job_finish(struct scan *s, struct job *j)
 		/* Writing the block list (compress, checksum, fsync) and counting
 		 * its distinct blocks are independent: do them on two cores, as
 		 * this is the serial tail of every scan. */
-		struct list_save ls = {s, j, IDD_OK, {{0}}};
+		struct list_save ls = {s, j, IDD_OK, {{0}, 0}};
 		pthread_t saver;
 		bool threaded = pthread_create(&saver, NULL, list_save_main, &ls) == 0;
 		if (!threaded)

@@ -152,7 +152,7 @@ static inline void it_check_image(const char *repo, const char *path, const char
 static inline void it_expect_open_error(const char *repo, const char *path, const char *want)
 {
 	idd_image *img;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	int rc = it_open(repo, path, &img, &err);
 	if (rc == 0) {
 		idd_image_close(img);

@@ -58,7 +58,7 @@ static void expect_reject(const char *p, uint32_t maxver, const char *needle)
 {
 	void *got = NULL;
 	size_t glen;
-	idd_error err = {{0}};
+	idd_error err = {{0}, 0};
 	int rc = idd_indexfile_read(p, MAGIC, maxver, &got, &glen, NULL, &err);
 	assert_int_not_equal(rc, IDD_OK);
 	assert_null(got);
@@ -92,7 +92,7 @@ static void test_corrupted_every_region(void **state)
 		tu_flip_byte(q, off);
 		void *got = NULL;
 		size_t glen;
-		idd_error err = {{0}};
+		idd_error err = {{0}, 0};
 		assert_int_not_equal(idd_indexfile_read(q, MAGIC, 3, &got, &glen, NULL, &err), IDD_OK);
 		assert_non_null(strstr(err.msg, q));
 		free(q);
