@@ -325,6 +325,73 @@ typedef struct idd_cache_gc_stats {
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err);
 
+/* ---- serve: on-demand access to images over NBD ----
+ *
+ * A server holds the node cache and the repository connection; each export
+ * is one image, read block by block: zero blocks answer as zeros, a block
+ * whose content the node cache holds under any image is read from there and
+ * verified, anything else is fetched (from peers, the pack or the image in
+ * SOURCE), verified, written into the cache and answered.  Every function
+ * is safe to call from several threads at once.
+ * Options structs only ever gain fields at their end. */
+typedef struct idd_serve_opts {
+	const char *source;        /* repository: a directory, http(s):// or s3:// */
+	const char *index;         /* its index; NULL: SOURCE/.imgdedup */
+	const char *cache_dir;     /* the node cache */
+	const char *const *peers;  /* other nodes' caches over HTTP, asked before SOURCE */
+	size_t n_peers;
+	int connections;           /* requests in flight per export; 0: 4 */
+	long timeout_s;            /* remote transfer slower than the floor this long fails; 0: 30 */
+	bool no_pack;              /* ignore SOURCE's pack */
+	bool fill;                 /* fetch the rest of each image in the background */
+	const char *record;        /* write the order of first reads here (a boot profile) */
+	const char *prefetch;      /* a recorded profile: fetch those blocks ahead of the guest */
+	uint64_t readahead;        /* bytes fetched past a read that missed; 0: 2 MiB (max 4 MiB) */
+	idd_warn_fn warn;
+	void *ctx;
+} idd_serve_opts;
+
+typedef struct idd_serve_stats {
+	uint64_t reads;            /* client read requests */
+	uint64_t bytes_read;       /* bytes the clients read */
+	uint64_t bytes_zero;       /* of those, zero blocks */
+	uint64_t bytes_from_cache; /* answered from local data (any cached image) */
+	uint64_t bytes_fetched;    /* payload pulled from SOURCE (as transferred) */
+	uint64_t bytes_from_peers; /* payload pulled from peers */
+	uint64_t requests;         /* fetch requests made */
+	uint64_t blocks_filled;    /* blocks written into the node cache */
+	uint64_t cache_damaged;    /* cached blocks that failed verification (refetched) */
+	uint64_t read_errors;      /* reads answered with an I/O error */
+	uint64_t exports_complete; /* exports whose image is now complete in the cache */
+} idd_serve_stats;
+
+typedef struct idd_server idd_server;
+typedef struct idd_export idd_export;
+
+int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err);
+/* Start background work (--fill, --prefetch, durability flushes).  Call
+ * once the process will not fork any more (nbdkit: after_fork). */
+int idd_server_start(idd_server *s, idd_error *err);
+/* Stops background work, makes what was fetched durable, releases the cache. */
+void idd_server_close(idd_server *s);
+void idd_server_stats(idd_server *s, idd_serve_stats *st);
+
+/* Open image ID (relative to SOURCE) for reading.  Opening the same ID
+ * again returns the same export (reference counted). */
+int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *err);
+void idd_export_close(idd_export *e);
+uint64_t idd_export_size(const idd_export *e);
+uint32_t idd_export_block_size(const idd_export *e);
+/* Read [off, off+len): every byte verified.  A block no source can supply
+ * verified fails the read (IDD_ECORRUPT, IDD_ENET, ...): never wrong data. */
+int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_error *err);
+/* Report [off, off+len) as extents: zero=true for zero blocks (holes). */
+typedef int (*idd_extent_fn)(void *ctx, uint64_t off, uint64_t len, bool zero);
+int idd_export_extents(idd_export *e, uint64_t off, uint64_t len, idd_extent_fn fn, void *ctx,
+                       idd_error *err);
+/* Make [off, off+len) local without returning it (NBD_CMD_CACHE). */
+int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *err);
+
 #ifdef __cplusplus
 }
 #endif
