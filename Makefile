@@ -1,8 +1,8 @@
 # imgdedup - build, test, install.
-#   make            build/imgdedup and build/libimgdedup.a
+#   make            build/imgdedup, build/libimgdedup.a, build/nbdkit-imgdedup-plugin.so
 #   make check      unit + end-to-end tests, normal build and ASan+UBSan build, fuzz smoke
 #   make bench      benchmarks (docs/performance.md)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (the nbdkit plugin goes to nbdkit's plugindir)
 #   make deps       install the Debian packages everything needs
 
 PREFIX  ?= /usr/local
@@ -15,6 +15,13 @@ PKG_CONFIG ?= pkg-config
 PKGS := libcrypto libzstd libarchive libcurl zlib
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+NBDKIT_CFLAGS := $(shell $(PKG_CONFIG) --cflags nbdkit 2>/dev/null)
+# where `make install` puts the nbdkit plugin, and where `imgdedup serve`
+# looks for it when it is not next to the binary
+NBDKIT_PLUGINDIR ?= $(shell $(PKG_CONFIG) --variable=plugindir nbdkit 2>/dev/null)
+ifeq ($(NBDKIT_PLUGINDIR),)
+NBDKIT_PLUGINDIR := $(PREFIX)/lib/nbdkit/plugins
+endif
 CMOCKA_CFLAGS := $(shell $(PKG_CONFIG) --cflags cmocka 2>/dev/null)
 CMOCKA_LIBS   := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
@@ -27,6 +34,15 @@ ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 LDSAN := -fsanitize=address,undefined
 endif
 LDLIBS := $(PKG_LIBS) -pthread -lm
+# A sanitizer build of the plugin runs inside nbdkit, which is not built
+# with the sanitizers: `imgdedup serve` preloads the runtime into it.
+ifeq ($(SAN),1)
+ASAN_RUNTIME := $(shell $(CC) -print-file-name=libasan.so 2>/dev/null)
+ifneq ($(filter /%,$(ASAN_RUNTIME)),)
+SERVE_DEFS += -DIDD_NBDKIT_PRELOAD='"$(ASAN_RUNTIME)"'
+endif
+endif
+SERVE_DEFS += -DIDD_NBDKIT_PLUGINDIR='"$(NBDKIT_PLUGINDIR)"'
 
 LIB_SRC  := $(sort $(wildcard lib/*/*.c))
 CMD_SRC  := $(sort $(wildcard cmd/*.c))
@@ -35,14 +51,27 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CMD_OBJ  := $(CMD_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_HELPER_OBJ := $(BUILD)/tests/unit/testutil.o
+# the nbdkit plugin: the library again, position-independent, in a .so
+PLUGIN   := $(BUILD)/nbdkit-imgdedup-plugin.so
+PIC_OBJ  := $(LIB_SRC:%.c=$(BUILD)/pic/%.o) $(BUILD)/pic/plugins/nbdkit/imgdedup.o
 
 .SECONDARY:
 .PHONY: all check check-build check-one unit e2e fuzz-smoke fuzz bench install uninstall clean deps demo
-all: $(BUILD)/imgdedup
+all: $(BUILD)/imgdedup $(PLUGIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/cmd/serve.o: ALL_CFLAGS += $(SERVE_DEFS)
+
+# Only plugin_init is exported from the plugin (NBDKIT_REGISTER_PLUGIN).
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(NBDKIT_CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c $< -o $@
+
+$(PLUGIN): $(PIC_OBJ)
+	$(CC) $(ALL_CFLAGS) $(LDSAN) -shared -o $@ $(PIC_OBJ) $(LDLIBS)
 
 $(BUILD)/libimgdedup.a: $(LIB_OBJ)
 	@rm -f $@
@@ -59,12 +88,12 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_HELPER_OBJ) $(BUILD)/libimgdedu
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDSAN) -o $@ $< $(TEST_HELPER_OBJ) $(BUILD)/libimgdedup.a $(CMOCKA_LIBS) $(LDLIBS)
 
-check-build: $(BUILD)/imgdedup $(TESTS)
+check-build: $(BUILD)/imgdedup $(PLUGIN) $(TESTS)
 
 unit: check-build
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
 
-e2e: $(BUILD)/imgdedup
+e2e: $(BUILD)/imgdedup $(PLUGIN)
 	IMGDEDUP=$(abspath $(BUILD)/imgdedup) tests/e2e/run-all.sh
 
 check-one: unit e2e
@@ -84,7 +113,7 @@ check:
 fuzz-smoke fuzz:
 	@FUZZ_MODE=$@ scripts/fuzz.sh
 
-bench: $(BUILD)/imgdedup
+bench: $(BUILD)/imgdedup $(PLUGIN)
 	IMGDEDUP=$(abspath $(BUILD)/imgdedup) bench/run-all.sh
 
 # The README's first command: install what is missing, build, run the demo.
@@ -96,9 +125,10 @@ demo:
 deps:
 	scripts/install-deps
 
-install: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a
+install: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a $(PLUGIN)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
-	           $(DESTDIR)$(PREFIX)/share/man/man1
+	           $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(NBDKIT_PLUGINDIR)
+	install -m 755 $(PLUGIN) $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-imgdedup-plugin.so
 	install -m 755 $(BUILD)/imgdedup $(DESTDIR)$(PREFIX)/bin/imgdedup
 	install -m 644 $(BUILD)/libimgdedup.a $(DESTDIR)$(PREFIX)/lib/libimgdedup.a
 	install -m 644 lib/imgdedup.h $(DESTDIR)$(PREFIX)/include/imgdedup.h
@@ -106,7 +136,8 @@ install: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/imgdedup $(DESTDIR)$(PREFIX)/lib/libimgdedup.a \
-	      $(DESTDIR)$(PREFIX)/include/imgdedup.h $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1
+	      $(DESTDIR)$(PREFIX)/include/imgdedup.h $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1 \
+	      $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-imgdedup-plugin.so
 
 clean:
 	rm -rf build
