@@ -348,8 +348,8 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		case 'R': a->prefetch = optarg; break;
 		case 'a': {
 			uint64_t v;
-			if (!cli_parse_size(optarg, &v) || v > (64u << 20))
-				return cli_usage(usage, "--readahead must be a size up to 64M, not '%s'", optarg);
+			if (!cli_parse_size(optarg, &v) || v > (4u << 20))
+				return cli_usage(usage, "--readahead must be a size up to 4M, not '%s'", optarg);
 			a->readahead = optarg;
 			break;
 		}
