@@ -2,8 +2,10 @@
  * file from each distinct block digest to one place it can be read from.
  * Everything read from the cache is verified; damage costs a refetch. */
 #include "node/cache.h"
+#include "node/partial.h"
 #include "index/indexfile.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@ static void entry_free(idd_cache_entry *e)
 	free(e->abs);
 	free(e->digests);
 	free(e->blocks);
+	free(e->journal);
 	if (e->fd >= 0)
 		close(e->fd);
 	memset(e, 0, sizeof *e);
@@ -44,6 +47,13 @@ static void entry_free(idd_cache_entry *e)
 
 /* Open a cache file for reading, share-locked so that gc (which takes the
  * lock exclusively before deleting) leaves it alone while it is in use. */
+static int count_nothing(void *ctx, const idd_partial_record *r)
+{
+	(void)ctx;
+	(void)r;
+	return IDD_OK;
+}
+
 static int open_shared(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
@@ -163,9 +173,18 @@ static int index_encode(const idd_cache *c, idd_buf *b)
 }
 
 /* Load the index into c (entries replaced).  Damage: warn, start empty. */
+static int64_t index_mtime(const idd_cache *c)
+{
+	char path[4200];
+	snprintf(path, sizeof path, "%s/%s", c->dir, IDD_CACHE_INDEX);
+	struct stat st;
+	return stat(path, &st) ? 0 : idd_ts_ns(st.st_mtim);
+}
+
 static int load_index(idd_cache *c, idd_error *err)
 {
 	entries_clear(c);
+	c->index_mtime = index_mtime(c);
 	char *path = idd_path_join(c->dir, IDD_CACHE_INDEX, err);
 	if (!path)
 		return IDD_ERR;
@@ -239,6 +258,8 @@ int idd_cache_open(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out
 	return IDD_OK;
 }
 
+static int scan_partials(idd_cache *c, idd_error *err);
+
 int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 {
 	size_t total = 0;
@@ -271,7 +292,214 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 				c->lookup.aux[slot] = (uint64_t)i << 40 | e->blocks[k];
 		}
 	}
+	return scan_partials(c, err);
+}
+
+/* ---- partial images and changes made by other processes ---- */
+
+static int grow_entries(idd_cache *c, idd_error *err)
+{
+	idd_cache_entry *ne = idd_realloc_array(c->e, c->count + 1, sizeof *c->e, err);
+	if (!ne)
+		return IDD_ENOMEM;
+	c->e = ne;
+	idd_cache_entry *e = &c->e[c->count];
+	memset(e, 0, sizeof *e);
+	e->fd = -1;
+	atomic_init(&e->used, false);
+	atomic_init(&e->damaged, false);
 	return IDD_OK;
+}
+
+/* Add d -> (entry, block) unless the cache knows the content already.
+ * Called with the write lock held (or before any other thread exists). */
+static int lookup_add(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block, idd_error *err)
+{
+	bool added;
+	size_t slot = idd_digest_set_add(&c->lookup, d, &added, err);
+	if (slot == (size_t)-1)
+		return IDD_ENOMEM;
+	if (added)
+		c->lookup.aux[slot] = (uint64_t)entry << 40 | block;
+	return IDD_OK;
+}
+
+struct journal_ctx {
+	idd_cache *c;
+	size_t entry;
+	idd_error *err;
+};
+
+static int journal_record(void *ctx, const idd_partial_record *r)
+{
+	struct journal_ctx *j = ctx;
+	return lookup_add(j->c, j->entry, &r->digest, r->block, j->err);
+}
+
+/* Read what entry's journal gained since last time.  Write lock held. */
+static int read_journal(idd_cache *c, size_t i, idd_error *err)
+{
+	idd_cache_entry *e = &c->e[i];
+	idd_partial_header h;
+	struct journal_ctx j = {c, i, err};
+	int rc = idd_partial_journal_read(e->journal, &h, &e->journal_off, journal_record, &j, err);
+	if (rc == IDD_ENOENT) /* completed and renamed, or removed by gc */
+		return IDD_OK;
+	if (rc == IDD_ENOMEM)
+		return rc;
+	if (rc) { /* damaged: its blocks are simply not known */
+		warnf(c, "warning: cache: %s; not used", err->msg);
+		return IDD_OK;
+	}
+	if (h.block_size != e->block_size)
+		atomic_store(&e->damaged, true);
+	return IDD_OK;
+}
+
+static int add_partial_locked(idd_cache *c, const char *data_path, const char *journal_path,
+                              uint64_t size, uint32_t bs, size_t *entry, idd_error *err)
+{
+	for (size_t i = 0; i < c->count; i++)
+		if (c->e[i].partial && !strcmp(c->e[i].abs, data_path)) {
+			*entry = i;
+			return IDD_OK;
+		}
+	if (grow_entries(c, err))
+		return IDD_ENOMEM;
+	idd_cache_entry *e = &c->e[c->count];
+	e->partial = true;
+	e->owned = true;
+	e->abs = idd_strdup(data_path, err);
+	e->path = idd_strdup(data_path, err);
+	e->journal = idd_strdup(journal_path, err);
+	e->block_size = bs;
+	e->size = size;
+	if (!e->abs || !e->path || !e->journal) {
+		entry_free(e);
+		return IDD_ENOMEM;
+	}
+	e->fd = open_shared(data_path);
+	c->count++;
+	*entry = c->count - 1;
+	return e->fd < 0 ? IDD_OK : read_journal(c, c->count - 1, err);
+}
+
+/* Partial images in CACHE/images/ of the prepared block size. */
+static int scan_partials(idd_cache *c, idd_error *err)
+{
+	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
+	if (!dir)
+		return IDD_ENOMEM;
+	DIR *dh = opendir(dir);
+	if (!dh) {
+		free(dir);
+		return IDD_OK;
+	}
+	int rc = IDD_OK;
+	struct dirent *de;
+	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
+	while (!rc && (de = readdir(dh))) {
+		size_t n = strlen(de->d_name);
+		if (n <= sl || strcmp(de->d_name + n - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
+			continue;
+		char *journal = idd_path_join(dir, de->d_name, err);
+		char *data = journal ? idd_asprintf(err, "%.*s%s", (int)(strlen(journal) - sl), journal,
+		                                    IDD_PARTIAL_DATA_SUFFIX) : NULL;
+		if (!data) {
+			free(journal);
+			rc = IDD_ENOMEM;
+			break;
+		}
+		bool known = false;
+		for (size_t i = 0; i < c->count && !known; i++)
+			known = c->e[i].partial && !strcmp(c->e[i].abs, data);
+		idd_partial_header h;
+		uint64_t off = 0;
+		idd_error e2;
+		if (!known && idd_partial_journal_read(journal, &h, &off, count_nothing, NULL, &e2) == IDD_OK &&
+		    h.block_size == c->lookup_bs) {
+			size_t idx;
+			rc = add_partial_locked(c, data, journal, h.image_size, h.block_size, &idx, err);
+		}
+		free(journal);
+		free(data);
+	}
+	closedir(dh);
+	free(dir);
+	return rc;
+}
+
+/* Images a deploy registered since the index was read. */
+static int pick_up_index(idd_cache *c, idd_error *err)
+{
+	int64_t mt = index_mtime(c);
+	if (mt == c->index_mtime)
+		return IDD_OK;
+	idd_cache *fresh = idd_calloc(1, sizeof *fresh, err);
+	if (!fresh)
+		return IDD_ENOMEM;
+	fresh->dir = c->dir; /* borrowed */
+	fresh->warn = c->warn;
+	fresh->ctx = c->ctx;
+	int rc = load_index(fresh, err);
+	c->index_mtime = fresh->index_mtime;
+	for (size_t i = 0; !rc && i < fresh->count; i++) {
+		idd_cache_entry *ne = &fresh->e[i];
+		bool known = ne->block_size != c->lookup_bs;
+		for (size_t k = 0; k < c->count && !known; k++)
+			known = !c->e[k].partial && !strcmp(c->e[k].abs, ne->abs);
+		if (known)
+			continue;
+		if ((rc = grow_entries(c, err)))
+			break;
+		size_t idx = c->count++;
+		c->e[idx] = *ne;
+		memset(ne, 0, sizeof *ne);
+		ne->fd = -1;
+		idd_cache_entry *e = &c->e[idx];
+		e->fd = open_shared(e->abs);
+		for (uint64_t k = 0; e->fd >= 0 && !rc && k < e->n; k++)
+			rc = lookup_add(c, idx, &e->digests[k], e->blocks[k], err);
+	}
+	fresh->dir = NULL;
+	entries_clear(fresh);
+	free(fresh);
+	return rc;
+}
+
+int idd_cache_refresh(idd_cache *c, idd_error *err)
+{
+	if (!c->have_lookup)
+		return IDD_OK;
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < c->count; i++)
+		if (c->e[i].partial && c->e[i].fd >= 0)
+			rc = read_journal(c, i, err);
+	if (!rc)
+		rc = scan_partials(c, err);
+	if (!rc)
+		rc = pick_up_index(c, err);
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
+                        idd_error *err)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = c->have_lookup ? lookup_add(c, entry, d, block, err) : IDD_OK;
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
+                            uint64_t size, size_t *entry, idd_error *err)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = add_partial_locked(c, data_path, journal_path, size, c->lookup_bs, entry, err);
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
 }
 
 bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
@@ -425,7 +653,18 @@ char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
 	return full;
 }
 
+static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
+
 int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
+{
+	/* entries are moved aside while the index is rewritten: readers wait */
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = register_locked(c, path, m, err);
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
 {
 	/* Remember which entries were used before reloading the index. */
 	size_t nused = 0;
