@@ -129,14 +129,14 @@ check "fully cached: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full"
 check "fully cached: nothing fetched" [ "$(json_get "$WORK/df.json" bytes_fetched)" = 0 ]
 check "fully cached: 2 requests (catalog, map)" [ "$(json_get "$WORK/df.json" requests)" = 2 ]
 check "fully cached: all data from the cache" [ "$(( $(json_get "$WORK/df.json" bytes_zero) + $(json_get "$WORK/df.json" bytes_from_cache) ))" = "$(stat -c %s "$REPO/sub/v2.raw")" ]
-doff=$(python3 - "$CF/images/sub__v2.raw" <<'PY'
+doff=$(python3 - "$CF/images/sub%2Fv2.raw" <<'PY'
 import sys
 d = open(sys.argv[1], "rb").read()
 nz = [o for o in range(0, len(d), 4096) if d[o:o+4096].count(0) != 4096]
 print(nz[len(nz) // 2] + 10)
 PY
 )
-printf '\x5a' | dd of="$CF/images/sub__v2.raw" bs=1 seek="$doff" conv=notrunc status=none
+printf '\x5a' | dd of="$CF/images/sub%2Fv2.raw" bs=1 seek="$doff" conv=notrunc status=none
 "$IMGDEDUP" deploy --from "$URL" --cache "$CF" -o "$WORK/v2.full2" --jobs 2 --json -q sub/v2.raw > "$WORK/df2.json" 2> "$WORK/df2.err"
 check "fully cached, tampered: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full2"
 check "fully cached, tampered: caught" [ "$(json_get "$WORK/df2.json" cache_damaged)" -ge 1 ]
@@ -263,7 +263,7 @@ if "$IMGDEDUP" deploy --from "$LR" --cache "$WORK/cache-l" -o "$WORK/l.out" -q v
 check "symlink out refused" grep -q "outside the source" "$WORK/l.err"
 # a local source works too
 "$IMGDEDUP" deploy --from "$REPO" --cache "$WORK/cache-loc" -q sub/v2.raw
-check "local source byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/cache-loc/images/sub__v2.raw"
+check "local source byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/cache-loc/images/sub%2Fv2.raw"
 
 # 11. cache ls / gc (C1 holds v1, v2.out, rep, exists.out: the last used last)
 "$IMGDEDUP" cache ls --json "$C1" > "$WORK/ls.json"
