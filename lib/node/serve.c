@@ -279,6 +279,7 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	}
 	size_t nmine = 0;
 	bool waits = false;
+	idd_block_source *cs = e->srv->cache_src;
 	pthread_mutex_lock(&e->fl_lock);
 	for (size_t i = 0; i < n; i++) {
 		mine_of[i] = SIZE_MAX;
@@ -290,7 +291,10 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 			}
 		if (mine_of[i] != SIZE_MAX)
 			continue;
-		if (inflight_has(e, &reqs[i].digest)) {
+		/* fetched by another thread since this one missed in the cache
+		 * (store_block adds to the cache before the fetch leaves the
+		 * in-flight list), or being fetched now: read it from the cache */
+		if (inflight_has(e, &reqs[i].digest) || cs->ops->has(cs, &reqs[i].digest)) {
 			waits = true;
 			continue;
 		}
@@ -341,7 +345,6 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 		pthread_cond_wait(&e->fl_done, &e->fl_lock);
 	}
 	pthread_mutex_unlock(&e->fl_lock);
-	idd_block_source *cs = e->srv->cache_src;
 	for (size_t i = 0; !rc && i < n; i++) {
 		if (reqs[i].status == IDD_OK)
 			continue;
