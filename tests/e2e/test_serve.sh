@@ -117,8 +117,15 @@ cold_then_warm() { # SOURCE_KIND ID
       check "$kind $id (cold): fetched compressed data" test "$fetched" -gt 0 -a "$fetched" -lt $((NEW_COLD * BS)) ;;
   esac
   if [ "$kind" = nginx ]; then
-    local file=${id%%/*}
-    check "$kind $id (cold): bytes_fetched is what nginx sent of $file" test "$(file_bytes "$file")" = "$fetched"
+    local file=${id%%/*} sent
+    sent=$(file_bytes "$file")
+    case $id in
+      base.raw|plain.tar/disk.raw)
+        check "$kind $id (cold): bytes_fetched is what nginx sent of $file" test "$sent" = "$fetched" ;;
+      *) # bytes_fetched is block payload; the format's header and tables come on top
+        check "$kind $id (cold): nginx sent the payload plus < 512 KiB of $file's metadata" \
+          test "$sent" -ge "$fetched" -a "$sent" -lt $((fetched + (512 << 10))) ;;
+    esac
     check "$kind $id (cold): requests count nginx's" test "$(serve_stat "$tag" requests)" -ge "$(file_requests "$file")"
     case $id in base.raw|plain.tar/disk.raw)
       check "$kind $id (cold): no byte of $file fetched twice" test "$(file_overlaps "$file")" = 0 ;;
@@ -167,9 +174,9 @@ for id in base.raw comp.qcow2; do
     test "$(serve_stat "$tag" blocks_filled)" = "$NEW_SIB"
   check "sibling cached, $id: at least the sibling's blocks read locally" \
     test "$(serve_stat "$tag" bytes_from_cache)" -ge "$CACHED_SIB"
-  check "sibling cached, $id: bytes_fetched is what nginx sent" \
-    test "$(file_bytes "$id")" = "$(serve_stat "$tag" bytes_fetched)"
   if [ "$id" = base.raw ]; then
+    check "sibling cached, $id: bytes_fetched is what nginx sent" \
+      test "$(file_bytes "$id")" = "$(serve_stat "$tag" bytes_fetched)"
     check "sibling cached, base.raw: fetched exactly the missing blocks" \
       test "$(serve_stat "$tag" bytes_fetched)" = $((NEW_SIB * BS))
   else
@@ -247,7 +254,9 @@ serve_start fill --from "$NGINX_URL" --cache "$WORK/cache-fill" --fill base.raw
 for _ in $(seq 300); do [ "$(file_bytes base.raw)" -ge $((NEW_COLD * BS)) ] && break; sleep 0.1; done
 sleep 0.5   # the last blocks are written and recorded
 serve_stop fill
-check "--fill: every distinct block cached" test "$(serve_stat fill blocks_filled)" = "$NEW_COLD"
+# the filled image is a whole raw image: every non-zero block in its place
+check "--fill: every non-zero block written into the cache" test "$(serve_stat fill blocks_filled)" = $((NONZERO_BYTES / BS))
+check "--fill: each distinct block fetched once" test "$(serve_stat fill bytes_fetched)" = $((NEW_COLD * BS))
 check "--fill: the export is complete" test "$(serve_stat fill exports_complete)" = 1
 "$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/cache-fill" -o "$WORK/filled.raw" --json -q base.raw \
   > "$WORK/filled.json"
