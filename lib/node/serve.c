@@ -196,12 +196,15 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 	pthread_mutex_lock(&e->part_lock);
 	int rc = ensure_partial_locked(e, err);
 	bool added = false;
-	if (!rc && !u64set_has(&e->own, block)) {
+	if (!rc) {
+		/* a block this file already holds is fetched only when its copy
+		 * failed verification: writing it again repairs the file */
 		uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
+		bool have = u64set_has(&e->own, block);
 		rc = idd_partial_write(e->part, block, buf, (size_t)len, err);
-		if (!rc)
+		if (!rc && !have)
 			rc = u64set_add(&e->own, block, &added);
-		if (!rc)
+		if (!rc && !have)
 			rc = idd_partial_note(e->part, block, d, err);
 	}
 	size_t entry = e->part_entry;
