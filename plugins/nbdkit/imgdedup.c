@@ -24,6 +24,24 @@
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
+/* nbdkit 1.32.4 to 1.33.9 abort (assertion `sock >= 0' in raw_send_socket)
+ * when a client hangs up while several of its requests are being answered
+ * in parallel -- nbdcopy does after a read error, a killed VM may -- which
+ * would take every other client's export down with it.  Built against those
+ * versions (Debian 12 has 1.32.5), the plugin serves each connection's
+ * requests one at a time unless parallel=true; connections still run in
+ * parallel.  Fixed upstream by "server: Don't assert on send if client hangs
+ * up early" (1.33.10). */
+#define NBDKIT_AT_LEAST(a, b, c)                                                                  \
+	(NBDKIT_VERSION_MAJOR > (a) ||                                                            \
+	 (NBDKIT_VERSION_MAJOR == (a) &&                                                          \
+	  (NBDKIT_VERSION_MINOR > (b) || (NBDKIT_VERSION_MINOR == (b) && NBDKIT_VERSION_MICRO >= (c)))))
+#if NBDKIT_AT_LEAST(1, 32, 4) && !NBDKIT_AT_LEAST(1, 33, 10)
+#define PARALLEL_DEFAULT false
+#else
+#define PARALLEL_DEFAULT true
+#endif
+
 #define MAX_IMAGES 256
 #define MAX_PEERS 16
 /* The largest request a client may make; a read this size touches at most
@@ -38,6 +56,7 @@ static struct {
 	const char *peers[MAX_PEERS];
 	size_t n_peers;
 	bool fill, no_pack;
+	bool parallel, parallel_set;
 	uint64_t readahead;
 	int connections;
 	long timeout_s;
@@ -145,6 +164,9 @@ static int plugin_config(const char *key, const char *value)
 		return parse_bool(value, &cfg.fill);
 	} else if (!strcmp(key, "no-pack")) {
 		return parse_bool(value, &cfg.no_pack);
+	} else if (!strcmp(key, "parallel")) {
+		cfg.parallel_set = true;
+		return parse_bool(value, &cfg.parallel);
 	} else if (!strcmp(key, "readahead")) {
 		int64_t v = nbdkit_parse_size(value);
 		if (v < 0)
@@ -174,6 +196,12 @@ static int plugin_config(const char *key, const char *value)
 	}
 	nbdkit_error("unknown parameter '%s'", key);
 	return -1;
+}
+
+static int plugin_thread_model(void)
+{
+	bool parallel = cfg.parallel_set ? cfg.parallel : PARALLEL_DEFAULT;
+	return parallel ? NBDKIT_THREAD_MODEL_PARALLEL : NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS;
 }
 
 static int plugin_config_complete(void)
@@ -404,6 +432,7 @@ static struct nbdkit_plugin plugin = {
 	.load = plugin_load,
 	.config = plugin_config,
 	.config_complete = plugin_config_complete,
+	.thread_model = plugin_thread_model,
 	.config_help = "from=SOURCE        repository: a directory, http(s):// or s3:// (required)\n"
 	               "cache=DIR          the node cache (required)\n"
 	               "image=ID           an image to export (repeatable; the first is the default)\n"
@@ -416,6 +445,9 @@ static struct nbdkit_plugin plugin = {
 	               "connections=N      remote requests in flight per export (default 4)\n"
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
+	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
+	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
+	               "                   a client hangs up with requests in flight)\n"
 	               "stats=FILE         on exit, write the serve counters to FILE as JSON",
 	.get_ready = plugin_get_ready,
 	.after_fork = plugin_after_fork,

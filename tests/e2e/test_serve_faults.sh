@@ -53,8 +53,8 @@ PY
 echo "block $UNIQUE_BLOCK of base.raw holds content found nowhere else"
 
 # ---- 1. kill -9 in the middle of a read ----------------------------------
-# a slow source: each data request waits 50 ms
-python3 "$TESTS_DIR/faultserver.py" --root "$REPO" --port-file "$WORK/slow.port" --delay 0.05 \
+# a slow source: each data request waits 200 ms
+python3 "$TESTS_DIR/faultserver.py" --root "$REPO" --port-file "$WORK/slow.port" --delay 0.2 \
   --log "$WORK/slow.log" &
 SLOW_PID=$!
 stop_slow() { kill "$SLOW_PID" 2>/dev/null; wait "$SLOW_PID" 2>/dev/null || true; }
@@ -64,8 +64,10 @@ SLOW_URL=http://127.0.0.1:$(cat "$WORK/slow.port")
 serve_start k1 --from "$SLOW_URL" --cache "$WORK/cache-kill" base.raw
 nbdcopy --no-extents "$(serve_uri k1 base.raw)" "$WORK/partial.raw" 2>/dev/null &
 COPY_PID=$!
-for _ in $(seq 200); do [ "$(grep -c '^206 base.raw' "$WORK/slow.log" 2>/dev/null)" -ge 8 ] && break; sleep 0.05; done
-[ "$(grep -c '^206 base.raw' "$WORK/slow.log")" -ge 8 ] || fail "the read did not get going"
+for _ in $(seq 300); do [ "$(grep -c '^206 base.raw' "$WORK/slow.log" 2>/dev/null)" -ge 4 ] && break; sleep 0.05; done
+[ "$(grep -c "^206 base.raw" "$WORK/slow.log")" -ge 4 ] || fail "the read did not get going"
+sleep 0.3   # what the first requests brought is durable by now (serve flushes every 100 ms)
+kill -0 "$COPY_PID" 2>/dev/null || fail "the read finished before the kill: make the source slower"
 serve_kill9 k1
 if wait "$COPY_PID"; then fail "nbdcopy survived the server's death"; fi
 echo "ok: serve and nbdkit killed with SIGKILL after $(grep -c '^206 base.raw' "$WORK/slow.log") range requests"
@@ -82,7 +84,7 @@ check "after kill -9: no cached block failed verification" test "$(serve_stat k2
 kept=$(( NEW_COLD - $(serve_stat k2 blocks_filled) ))
 check "after kill -9: the restart fetched only what was not kept" \
   test "$(serve_stat k2 bytes_fetched)" = $(( (NEW_COLD - kept) * BS ))
-echo "ok: kill -9: $kept of $NEW_COLD blocks were kept in the cache, the rest fetched on restart"
+check "after kill -9: what was fetched before the kill was kept ($kept of $NEW_COLD blocks)" test "$kept" -gt 0
 
 # ---- 2. a cache file changed behind serve's back --------------------------
 serve_start t1 --from "$REPO" --cache "$WORK/cache-tamper" base.raw
@@ -121,8 +123,16 @@ serve_stop t2
 cmp "$WORK/t2.raw" "$REF" || fail "tampered cache: a wrong byte was served"
 check "tampered cache: a warning was printed" grep -qi warning "$WORK/t2.err"
 check "tampered cache: counted as damaged" test "$(serve_stat t2 cache_damaged)" -ge 1
-check "tampered cache: the block was fetched again" test "$(serve_stat t2 bytes_fetched)" = $BS
+check "tampered cache: the block was fetched again" test "$(serve_stat t2 bytes_fetched)" -ge $BS
 echo "ok: tampered cache: $(grep -i warning "$WORK/t2.err" | head -n 1)"
+echo "    (the changed file is not trusted again in that process: $(serve_stat t2 bytes_fetched) bytes fetched)"
+# the refetch repaired the file: the next serve reads all of it locally
+serve_start t3 --from "$REPO" --cache "$WORK/cache-tamper" base.raw
+nbdcopy --no-extents "$(serve_uri t3 base.raw)" "$WORK/t3.raw"
+serve_stop t3
+cmp "$WORK/t3.raw" "$REF" || fail "tampered cache, next run: read differs"
+check "tampered cache, next run: no warning" test ! -s "$WORK/t3.err"
+check "tampered cache, next run: repaired, nothing fetched" test "$(serve_stat t3 bytes_fetched)" = 0
 
 # ---- 3. a block of the source changed after indexing ----------------------
 BAD=$UNIQUE_BLOCK
