@@ -448,11 +448,6 @@ static void exec_nbdkit(char **argv, int out_fd, int errno_fd, const sigset_t *o
 	dup2(out_fd, STDOUT_FILENO);
 	dup2(out_fd, STDERR_FILENO);
 	close(out_fd);
-#ifdef IDD_NBDKIT_PRELOAD
-	/* A sanitizer build: the plugin needs the sanitizer runtime loaded
-	 * before anything else in nbdkit. */
-	setenv("LD_PRELOAD", IDD_NBDKIT_PRELOAD, 1);
-#endif
 	execvp(argv[0], argv);
 	int e = errno;
 	ssize_t w = write(errno_fd, &e, sizeof e);
