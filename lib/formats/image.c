@@ -10,6 +10,19 @@
 #include <zlib.h>
 #include <zstd.h>
 
+static const char *const disk_suffixes[] = {".raw", ".img", ".qcow2", ".qcow"};
+
+bool idd_image_name_matches(const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t i = 0; i < IDD_ARRAY_LEN(disk_suffixes); i++) {
+		size_t k = strlen(disk_suffixes[i]);
+		if (n > k && strcmp(name + n - k, disk_suffixes[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* ---- raw: the file is the disk; holes are zero extents ---- */
 
 static int raw_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_error *err)

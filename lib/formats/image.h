@@ -60,6 +60,10 @@ int idd_image_read(idd_image *img, uint64_t voff, void *buf, size_t len, idd_err
 int idd_extent_decode(const idd_extent *ext, const void *stored, size_t stored_len, void *out,
                       idd_error *err);
 
+/* Does NAME end like a disk image (.raw .img .qcow2 .qcow)?  Names choose
+ * which files are looked at; the format always comes from the content. */
+bool idd_image_name_matches(const char *name);
+
 /* Largest compressed unit decoded in one piece (qcow2 clusters are <= 2 MiB,
  * VMDK grains <= 1 MiB at any sane grain size). */
 #define IDD_MAX_COMPRESSED_UNIT ((uint64_t)64 << 20)

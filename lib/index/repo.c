@@ -16,19 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const image_suffixes[] = {
-	".raw", ".img", ".qcow2", ".qcow", ".ova", ".box", ".tar",
-	".tar.gz", ".tgz", ".tar.zst", ".tar.xz",
-};
-
 bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes)
 {
-	size_t n = strlen(name);
-	for (size_t i = 0; i < IDD_ARRAY_LEN(image_suffixes); i++) {
-		size_t k = strlen(image_suffixes[i]);
-		if (n > k && strcmp(name + n - k, image_suffixes[i]) == 0)
-			return true;
-	}
+	if (idd_image_name_matches(name) || idd_archive_name_matches(name))
+		return true;
 	for (size_t i = 0; i < n_includes; i++)
 		if (fnmatch(includes[i], name, 0) == 0)
 			return true;
@@ -269,6 +260,43 @@ bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 	return true;
 }
 
+int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	idd_archive_members m;
+	if (idd_archive_list(archive->path, &m, err))
+		return IDD_ERR;
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < m.n; i++) {
+		idd_repo_entry e = {0};
+		e.id = idd_asprintf(err, "%s/%s", archive->id, m.v[i].name);
+		e.path = idd_strdup(archive->path, err);
+		e.member = idd_strdup(m.v[i].name, err);
+		e.container = idd_strdup(m.container, err);
+		e.member_off = m.v[i].off;
+		e.member_len = m.v[i].len;
+		e.streamed = m.v[i].streamed;
+		if (m.v[i].spool_fd >= 0) {
+			e.spooled = true; /* the entry owns the descriptor now */
+			e.spool_fd = m.v[i].spool_fd;
+			m.v[i].spool_fd = -1;
+		}
+		e.dev = archive->dev;
+		e.ino = archive->ino;
+		e.size = archive->size;
+		e.mtime_ns = archive->mtime_ns;
+		e.ctime_ns = archive->ctime_ns;
+		if (!e.id || !e.path || !e.member || !e.container || idd_repo_list_push(out, &e, err)) {
+			idd_repo_entry_free(&e);
+			rc = IDD_ERR;
+		}
+	}
+	idd_archive_members_free(&m);
+	if (rc)
+		idd_repo_list_free(out);
+	return rc;
+}
+
 int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err)
 {
 	return idd_repo_open_image_chain(repo, e, NULL, out, err);
@@ -277,8 +305,11 @@ int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **o
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err)
 {
-	if (e->member)
-		return idd_archive_open_member(repo, e, out, err);
+	if (e->member) {
+		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
+		                        e->spooled ? e->spool_fd : -1};
+		return idd_archive_open_member(e->path, &m, out, err);
+	}
 	idd_file *f;
 	if (idd_file_open_local(e->path, &f, err))
 		return IDD_ERR;

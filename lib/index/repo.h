@@ -27,13 +27,21 @@ typedef struct idd_repo_list {
 /* Does NAME look like an image (DESIGN.md's patterns plus includes)? */
 bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes);
 /* Regular files under repo (not the index dir), sorted by path, with stat.
- * Archives are listed as one entry each (member == NULL); see archive.c. */
+ * Archives are listed as one entry each (member == NULL); see
+ * idd_repo_list_archive. */
 int idd_repo_walk(const char *repo, const char *index_dir, const char *const *includes,
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err);
 void idd_repo_list_free(idd_repo_list *l);
 int idd_repo_list_push(idd_repo_list *l, const idd_repo_entry *e, idd_error *err);
 void idd_repo_entry_free(idd_repo_entry *e);
+/* Expand an archive entry (member == NULL) into one entry per disk image
+ * member (formats/archive.h lists them; entries take over spooled copies). */
+int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err);
+
+/* Open the image an entry names (raw/qcow2/vmdk, inside an archive or not).
+ * Backing files resolve inside repo only. */
+int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err);
 
 typedef struct idd_backing_ctx {
 	const char *repo;  /* root: nothing outside it is opened */
