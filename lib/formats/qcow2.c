@@ -8,8 +8,6 @@
 #include "base/error.h"
 #include "base/file.h"
 #include "formats/image.h"
-#include "formats/archive.h"
-#include "index/repo.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -70,13 +68,9 @@ struct qcow2 {
 	uint64_t tick;
 };
 
-/* Nesting depth of backing opens on this thread: stops a cyclic chain even
- * when the resolver's context cannot count levels itself. */
-static _Thread_local int backing_nesting;
-
-int idd_qcow2_probe(const unsigned char *head, size_t len)
+static int qcow2_probe(const unsigned char *head, size_t len)
 {
-	return len >= 8 && idd_be32(head) == QCOW2_MAGIC;
+	return len >= 8 && idd_be32(head) == QCOW2_MAGIC ? IDD_BID_MAGIC : 0;
 }
 
 static void qcow2_free(struct qcow2 *q)
@@ -298,7 +292,7 @@ static int qcow2_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_erro
 	return IDD_OK;
 }
 
-static const struct idd_image_ops qcow2_ops = {"qcow2", qcow2_extent, NULL, qcow2_close};
+static const struct idd_image_ops qcow2_ops = {qcow2_extent, NULL, qcow2_close};
 
 /* Walk the header extensions between the header and the end of the first
  * cluster: external data files and encryption headers are refused, the
@@ -331,61 +325,7 @@ static int parse_extensions(const char *fn, const unsigned char *hdr, size_t hle
 	return idd_fail(err, "%s: corrupt qcow2: too many header extensions", fn);
 }
 
-static int open_backing(idd_image *img, struct qcow2 *q, const char *name, const char *fmt,
-                        idd_backing_open_fn bo, void *bctx, idd_error *err)
-{
-	if (!bo)
-		return idd_fail(err, "%s: qcow2 has a backing file '%s', which cannot be resolved here "
-		                "(images inside archives must be self-contained)", q->f->name, name);
-	if (backing_nesting >= IDD_MAX_BACKING_DEPTH)
-		return idd_fail(err, "%s: backing chain longer than %d images (a cycle?)", q->f->name,
-		                IDD_MAX_BACKING_DEPTH);
-	idd_file *bf;
-	if (bo(bctx, name, &bf, err)) {
-		if (!backing_nesting) /* inner levels already name their file */
-			idd_error_prefix(err, "%s: backing file", q->f->name);
-		return IDD_ERR;
-	}
-	/* The repository resolver counts levels in its context and resolves
-	 * names relative to the image naming them: give the next level its own. */
-	idd_backing_ctx next, *use = bctx;
-	char *dir = NULL;
-	if (bo == idd_repo_backing_open) {
-		const idd_backing_ctx *cur = bctx;
-		dir = idd_strdup(bf->name, err);
-		if (!dir) {
-			idd_file_close(bf);
-			return IDD_ERR;
-		}
-		char *slash = strrchr(dir, '/');
-		if (slash && slash != dir)
-			*slash = 0;
-		else if (slash)
-			slash[1] = 0;
-		next = *cur; /* the repository and the chain record carry down */
-		next.dir = slash ? dir : ".";
-		next.depth = cur->depth + 1;
-		use = &next;
-	}
-	backing_nesting++;
-	int rc = idd_image_open(bf, true, bo, use, &q->backing, err);
-	backing_nesting--;
-	free(dir);
-	if (rc) {
-		if (!backing_nesting)
-			idd_error_prefix(err, "%s: backing file %s", q->f->name, name);
-		return IDD_ERR;
-	}
-	if (fmt[0] && strcmp(fmt, q->backing->format) != 0) {
-		idd_fail(err, "%s: backing file %s is %s but the image says %s; refused", q->f->name, name,
-		         q->backing->format, fmt);
-		return IDD_ERR;
-	}
-	(void)img;
-	return IDD_OK;
-}
-
-int idd_qcow2_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error *err)
+static int qcow2_open(idd_image *img, idd_error *err)
 {
 	idd_file *f = img->file;
 	const char *fn = f->name;
@@ -532,9 +472,8 @@ int idd_qcow2_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error
 	}
 	img->priv = q;
 	img->ops = &qcow2_ops;
-	img->format = "qcow2";
 	img->size = size;
-	if (name[0] && open_backing(img, q, name, backing_fmt, bo, bctx, err)) {
+	if (name[0] && idd_image_open_backing(img, name, backing_fmt, &q->backing, err)) {
 		qcow2_free(q);
 		img->priv = NULL;
 		img->ops = NULL;
@@ -542,3 +481,5 @@ int idd_qcow2_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error
 	}
 	return IDD_OK;
 }
+
+const idd_image_format idd_format_qcow2 = {"qcow2", qcow2_probe, qcow2_open};

@@ -185,14 +185,60 @@ int idd_repo_walk(const char *repo, const char *index_dir, const char *const *in
 	return rc;
 }
 
-/* Backing files: relative names resolve against the naming image's
- * directory, and the result must stay inside the repository. */
-int idd_repo_backing_open(void *vctx, const char *name, idd_file **out, idd_error *err)
+/* ---- backing files ----
+ * Relative names resolve against the directory of the image naming them,
+ * and the result must stay inside the repository.  The image reader opens
+ * a chain top down, one level per call, so the context follows it: after
+ * each file it opens, that file's directory is where the next name
+ * resolves. */
+struct backing_ctx {
+	const char *repo;  /* root: nothing outside it is opened */
+	char *dir;         /* directory of the image naming the next backing file (owned) */
+	idd_chain *chain;  /* if set, every backing file opened is recorded here */
+};
+
+/* dir := the directory part of path ("." when there is none). */
+static int set_dir(struct backing_ctx *c, const char *path, idd_error *err)
 {
-	idd_backing_ctx *c = vctx;
-	if (c->depth >= IDD_MAX_BACKING_DEPTH)
-		return idd_fail(err, "%s: backing chain longer than %d images (a cycle?)", name,
-		                IDD_MAX_BACKING_DEPTH);
+	char *dir = idd_strdup(path, err);
+	if (!dir)
+		return IDD_ERR;
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir)
+		*slash = 0;
+	else if (slash)
+		slash[1] = 0; /* "/x": the root */
+	else
+		strcpy(dir, ".");
+	free(c->dir);
+	c->dir = dir;
+	return IDD_OK;
+}
+
+/* Remember what the image was read with, for the catalog. */
+static int chain_add(idd_chain *chain, const char *real, size_t root_len, int fd, idd_error *err)
+{
+	struct stat st;
+	idd_file_ident *v = idd_realloc_array(chain->v, chain->n + 1, sizeof *v, err);
+	if (!v)
+		return IDD_ERR;
+	chain->v = v;
+	char *rel = idd_strdup(real[root_len] ? real + root_len + 1 : "", err);
+	if (!rel)
+		return IDD_ERR;
+	if (fstat(fd, &st)) {
+		free(rel);
+		return idd_fail_errno(err, real, "stat");
+	}
+	chain->v[chain->n++] = (idd_file_ident){rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino,
+	                                        (uint64_t)st.st_size, idd_ts_ns(st.st_mtim),
+	                                        idd_ts_ns(st.st_ctim)};
+	return IDD_OK;
+}
+
+static int backing_open(void *vctx, const char *name, idd_file **out, idd_error *err)
+{
+	struct backing_ctx *c = vctx;
 	char *cand = name[0] == '/' ? idd_strdup(name, err) : idd_path_join(c->dir, name, err);
 	if (!cand)
 		return IDD_ERR;
@@ -216,21 +262,9 @@ int idd_repo_backing_open(void *vctx, const char *name, idd_file **out, idd_erro
 	free(cand);
 	if (idd_file_open_local(real, out, err))
 		return IDD_ERR;
-	if (c->chain) { /* remember what the image was read with */
-		struct stat st;
-		idd_file_ident *v = idd_realloc_array(c->chain->v, c->chain->n + 1, sizeof *v, err);
-		char *rel = v ? idd_strdup(real[rl] ? real + rl + 1 : "", err) : NULL;
-		if (v)
-			c->chain->v = v;
-		if (!rel || fstat((*out)->fd, &st)) {
-			free(rel);
-			idd_file_close(*out);
-			return rel ? idd_fail_errno(err, real, "stat") : IDD_ERR;
-		}
-		c->chain->v[c->chain->n++] = (idd_file_ident){
-			rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-			idd_ts_ns(st.st_mtim),
-			idd_ts_ns(st.st_ctim)};
+	if ((c->chain && chain_add(c->chain, real, rl, (*out)->fd, err)) || set_dir(c, real, err)) {
+		idd_file_close(*out);
+		return IDD_ERR;
 	}
 	return IDD_OK;
 }
@@ -310,19 +344,13 @@ int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_cha
 		                        e->spooled ? e->spool_fd : -1};
 		return idd_archive_open_member(e->path, &m, out, err);
 	}
+	struct backing_ctx bc = {repo, NULL, chain};
+	if (set_dir(&bc, e->path, err))
+		return IDD_ERR;
 	idd_file *f;
-	if (idd_file_open_local(e->path, &f, err))
-		return IDD_ERR;
-	char *dir = idd_strdup(e->path, err);
-	if (!dir) {
-		idd_file_close(f);
-		return IDD_ERR;
-	}
-	char *slash = strrchr(dir, '/');
-	if (slash)
-		*slash = 0;
-	idd_backing_ctx bc = {repo, slash ? dir : ".", 0, chain};
-	int rc = idd_image_open(f, true, idd_repo_backing_open, &bc, out, err);
-	free(dir);
+	int rc = idd_file_open_local(e->path, &f, err);
+	if (!rc)
+		rc = idd_image_open(f, true, backing_open, &bc, out, err);
+	free(bc.dir);
 	return rc;
 }

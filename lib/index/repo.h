@@ -43,24 +43,18 @@ int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd
  * Backing files resolve inside repo only. */
 int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err);
 
-typedef struct idd_backing_ctx {
-	const char *repo;  /* root: nothing outside it is opened */
-	const char *dir;   /* directory of the image naming the backing file */
-	int depth;         /* chain depth so far; cycles hit IDD_MAX_BACKING_DEPTH */
-	struct idd_chain *chain; /* if set, every backing file opened is recorded here */
-} idd_backing_ctx;
 /* The backing files an image was read with, for the catalog. */
 typedef struct idd_chain {
 	idd_file_ident *v;
 	size_t n;
 } idd_chain;
 void idd_chain_free(idd_chain *c);
-/* Open an image and record its backing files in chain (may be NULL). */
+/* Open an image and record its backing files in chain (may be NULL).
+ * Backing names resolve against the directory of the image naming them
+ * and must stay inside repo; chains stop at IDD_MAX_BACKING_DEPTH. */
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err);
 /* Are the files of a chain still what was recorded (stat under repo)? */
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n);
-#define IDD_MAX_BACKING_DEPTH 16
-int idd_repo_backing_open(void *ctx, const char *name, idd_file **out, idd_error *err);
 
 #endif
