@@ -26,9 +26,10 @@ typedef struct idd_repo_list {
 
 /* Does NAME look like an image (DESIGN.md's patterns plus includes)? */
 bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes);
-/* Regular files under repo (not the index dir), sorted by path, with stat.
- * Archives are listed as one entry each (member == NULL); see
- * idd_repo_list_archive. */
+/* Regular files under repo whose names match (not the index dir, not
+ * through symlinks), with stat; depth first, names sorted within each
+ * directory ("a/x.raw" before "a.raw").  Archives are listed as one entry
+ * each (member == NULL); see idd_repo_list_archive. */
 int idd_repo_walk(const char *repo, const char *index_dir, const char *const *includes,
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err);
