@@ -77,6 +77,7 @@ check-one: unit e2e
 # a warning-free clang build of everything, each fuzzer once.
 check:
 	@scripts/install-deps
+	@scripts/check-layers.sh >/dev/null
 	$(MAKE) check-one
 	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 check-one
 	$(MAKE) CC=clang BUILD=build/clang check-build
