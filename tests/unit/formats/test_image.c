@@ -28,7 +28,7 @@ static idd_image *open_path(const char *name, idd_backing_open_fn bo, void *ctx)
 {
 	char *p = idd_path_join(dir, name, NULL);
 	idd_file *f;
-	idd_image *img;
+	idd_image *img = NULL;
 	idd_error err;
 	if (idd_file_open_local(p, &f, &err) || idd_image_open(f, true, bo, ctx, &img, &err))
 		fail_msg("open %s: %s", name, err.msg);
