@@ -11,18 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-int idd_jobs_threads(int jobs, size_t work)
-{
-	long n = jobs > 0 ? jobs : sysconf(_SC_NPROCESSORS_ONLN);
-	if (n < 1)
-		n = 1;
-	if (n > 64)
-		n = 64;
-	if ((size_t)n > work)
-		n = (long)work;
-	return n < 1 ? 1 : (int)n;
-}
-
 struct pool {
 	idd_fill *f;
 	const uint64_t *blocks;
@@ -172,7 +160,9 @@ int idd_fill_run(idd_fill *f, const uint64_t *blocks, size_t n, idd_error *err)
 	atomic_init(&p.cloned, 0);
 	atomic_init(&p.stop, false);
 	pthread_mutex_init(&p.lock, NULL);
-	int nw = idd_jobs_threads(f->jobs, p.nwindows);
+	int nw = idd_threads_for_jobs(f->jobs);
+	if ((size_t)nw > p.nwindows)
+		nw = (int)p.nwindows;
 	struct worker *w = idd_calloc((size_t)nw, sizeof *w, err);
 	int rc = w ? IDD_OK : IDD_ENOMEM;
 	for (int i = 0; !rc && i < nw; i++) {
