@@ -424,6 +424,7 @@ static int grow_entries(idd_cache *c, idd_error *err)
 	e->fd = -1;
 	atomic_init(&e->used, false);
 	atomic_init(&e->damaged, false);
+	atomic_init(&e->warned, false);
 	return IDD_OK;
 }
 
@@ -604,7 +605,15 @@ int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_
                         idd_error *err)
 {
 	pthread_rwlock_wrlock(&c->lock);
-	int rc = c->have_lookup ? lookup_add(c, entry, d, block, err) : IDD_OK;
+	int rc = IDD_OK;
+	if (c->have_lookup) {
+		bool added;
+		size_t slot = idd_digest_set_add(&c->lookup, d, &added, err);
+		if (slot == (size_t)-1)
+			rc = IDD_ENOMEM;
+		else /* the copy just written and verified: read it there from now on */
+			c->lookup.aux[slot] = (uint64_t)entry << 40 | block;
+	}
 	pthread_rwlock_unlock(&c->lock);
 	return rc;
 }
@@ -643,7 +652,7 @@ uint64_t idd_cache_damaged_count(idd_cache *c)
 	uint64_t n = 0;
 	pthread_rwlock_rdlock(&c->lock);
 	for (size_t i = 0; i < c->count; i++)
-		n += atomic_load(&c->e[i].damaged);
+		n += atomic_load(&c->e[i].damaged) || atomic_load(&c->e[i].warned);
 	pthread_rwlock_unlock(&c->lock);
 	return n;
 }
@@ -662,7 +671,7 @@ static void mark_damaged(idd_cache *c, size_t ei, uint64_t block)
 {
 	pthread_rwlock_rdlock(&c->lock);
 	idd_cache_entry *e = &c->e[ei];
-	bool was = atomic_exchange(&e->damaged, true);
+	bool was = e->partial ? atomic_exchange(&e->warned, true) : atomic_exchange(&e->damaged, true);
 	char *path = was ? NULL : strdup(e->abs);
 	pthread_rwlock_unlock(&c->lock);
 	if (path)
@@ -724,6 +733,11 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			}
 			reqs[k].status = IDD_ECORRUPT;
 			mark_damaged(c, loc[k].entry, loc[k].block);
+			pthread_rwlock_rdlock(&c->lock);
+			bool partial = c->e[loc[k].entry].partial;
+			pthread_rwlock_unlock(&c->lock);
+			if (partial)
+				continue; /* that block only: it is refetched and written back */
 			/* the rest of this file is not trusted either */
 			for (size_t m = k + 1; m < j; m++)
 				reqs[m].status = IDD_ECORRUPT;

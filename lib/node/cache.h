@@ -30,7 +30,10 @@ typedef struct idd_cache_entry {
 	                        not (yet) usable */
 	atomic_bool used;    /* a block was read from it this run */
 	atomic_bool damaged; /* a block failed verification: not used again this run */
-	bool partial;        /* a partial image written by serve (not in the index file) */
+	bool partial;        /* a partial image written by serve (not in the index file): a
+	                        block failing verification there is refetched and written
+	                        back, the rest of the file stays in use */
+	atomic_bool warned;  /* partial: damage reported once */
 	char *journal;       /* partial: its presence journal, and how far it was read */
 	uint64_t journal_off;
 } idd_cache_entry;
@@ -71,8 +74,9 @@ uint64_t idd_cache_damaged_count(idd_cache *c);
  * new partial images, images a deploy registered.  Safe from several
  * threads; cheap when nothing changed. */
 int idd_cache_refresh(idd_cache *c, idd_error *err);
-/* Make a block known to the cache (serve fetched it into a partial image).
- * entry: from idd_cache_partial_entry. */
+/* Make a block known to the cache (serve fetched it into a partial image):
+ * from now on its content is read there.  entry: from
+ * idd_cache_partial_entry. */
 int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
                         idd_error *err);
 /* The entry of the partial image whose data file is data_path (added when
