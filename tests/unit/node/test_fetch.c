@@ -372,7 +372,7 @@ static void test_http_errors(void **state)
 	idd_range r = {100, sizeof b, b};
 	/* 403: no retry, a clear error */
 	srv.status_override = 403;
-	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_ERR);
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_EPERM);
 	assert_non_null(strstr(err.msg, "HTTP 403"));
 	assert_int_equal(srv.requests, 1);
 	reset_faults();
