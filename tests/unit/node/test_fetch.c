@@ -1,11 +1,13 @@
-/* test_fetch.c - sources: path checks, local reads, and HTTP against an
- * in-process server on 127.0.0.1 that can fail, drop and redirect. */
+/* test_fetch.c - sources: path checks, local reads, and HTTP and S3
+ * requests against an in-process server on 127.0.0.1 that can fail, drop,
+ * redirect, throttle, deny, list and take uploads. */
 #include "testutil.h"
 #include "node/fetch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,7 +28,28 @@ static struct {
 	int fail500, drop, status_override; /* faults for /f */
 	bool ignore_range, redirect;
 	int requests;                       /* requests for /f */
+	/* S3: /bkt/pre/f is /f; /bkt/?... lists; PUT and DELETE /bkt/pre/up */
+	int slowdown;                       /* 503 SlowDown answers still to give */
+	char last_hdr[4096];                /* the last request's header block */
+	char last_query[1024];              /* ... and its query string */
+	int list_requests;
+	unsigned char put_buf[65536];
+	size_t put_len;
+	int deletes;
 } srv = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static const char *const list_page1 =
+	"<?xml version='1.0' encoding='UTF-8'?><ListBucketResult><Name>bkt</Name>"
+	"<IsTruncated>true</IsTruncated><NextContinuationToken>tok/1+=</NextContinuationToken>"
+	"<Contents><Key>pre/a%20b.raw</Key><LastModified>2024-01-31T12:34:56.000Z</LastModified>"
+	"<ETag>&quot;e1&quot;</ETag><Size>10</Size></Contents>"
+	"<Contents><Key>pre/d/c.qcow2</Key><LastModified>2024-01-31T12:34:57.000Z</LastModified>"
+	"<ETag>&quot;e2&quot;</ETag><Size>20</Size></Contents></ListBucketResult>";
+static const char *const list_page2 =
+	"<?xml version='1.0' encoding='UTF-8'?><ListBucketResult><Name>bkt</Name>"
+	"<IsTruncated>false</IsTruncated>"
+	"<Contents><Key>pre/z.img</Key><LastModified>2024-01-31T12:34:58.000Z</LastModified>"
+	"<ETag>&quot;e3&quot;</ETag><Size>30</Size></Contents></ListBucketResult>";
 
 static void send_all(int fd, const void *p, size_t n)
 {
@@ -58,15 +81,77 @@ static void *conn_main(void *arg)
 			have += (size_t)r;
 		}
 		*end = 0;
-		char method[8] = {0}, path[256] = {0};
-		sscanf(buf, "%7s %255s", method, path);
+		char method[8] = {0}, path[1024] = {0};
+		sscanf(buf, "%7s %1023s", method, path);
+		pthread_mutex_lock(&srv.mu);
+		snprintf(srv.last_hdr, sizeof srv.last_hdr, "%.4000s", buf);
+		char *qm = strchr(path, '?');
+		snprintf(srv.last_query, sizeof srv.last_query, "%s", qm ? qm + 1 : "");
+		if (qm)
+			*qm = 0;
+		int slowdown = srv.slowdown > 0 ? srv.slowdown-- : 0;
+		pthread_mutex_unlock(&srv.mu);
+		if (!strncmp(path, "/bkt/pre/", 9)) /* S3, path-style: the same files */
+			memmove(path, path + 8, strlen(path + 8) + 1);
 		unsigned long long a = 0, b = FILE_SIZE - 1;
 		char *rg = strcasestr(buf, "\r\nRange: bytes=");
 		bool ranged = rg && sscanf(rg + 15, "%llu-%llu", &a, &b) >= 1;
+		unsigned long long clen = 0;
+		char *cl = strcasestr(buf, "\r\nContent-Length:");
+		if (cl)
+			sscanf(cl + 17, " %llu", &clen);
+		bool expect = strcasestr(buf, "\r\nExpect: 100-continue") != NULL;
 		size_t used = (size_t)(end + 4 - buf);
 		memmove(buf, buf + used, have - used);
 		have -= used;
 		char hdr[512];
+		if (slowdown) {
+			const char *body = "<Error><Code>SlowDown</Code><Message>Reduce your request rate."
+			                   "</Message></Error>";
+			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 503 Slow Down\r\nContent-Length: %zu\r\n\r\n%s",
+			                 strlen(body), body);
+			send_all(fd, hdr, (size_t)n);
+			if (clen) /* an upload refused before its body: the connection is done */
+				goto done;
+			continue;
+		}
+		if (!strcmp(method, "PUT") && !strcmp(path, "/up")) {
+			if (expect)
+				send_all(fd, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+			size_t got = 0;
+			while (got < clen && clen <= sizeof srv.put_buf) {
+				size_t take = IDD_MIN(have, (size_t)clen - got);
+				memcpy(srv.put_buf + got, buf, take);
+				memmove(buf, buf + take, have - take);
+				have -= take;
+				got += take;
+				if (got < clen) {
+					ssize_t r = recv(fd, buf, sizeof buf, 0);
+					if (r <= 0)
+						goto done;
+					have = (size_t)r;
+				}
+			}
+			srv.put_len = got;
+			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nETag: \"up\"\r\nContent-Length: 0\r\n\r\n");
+			send_all(fd, hdr, (size_t)n);
+			continue;
+		}
+		if (!strcmp(method, "DELETE")) {
+			srv.deletes++;
+			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 204 No Content\r\n\r\n");
+			send_all(fd, hdr, (size_t)n);
+			continue;
+		}
+		if (!strcmp(path, "/bkt/")) {
+			srv.list_requests++;
+			const char *body = strstr(srv.last_query, "continuation-token=") ? list_page2 : list_page1;
+			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n",
+			                 strlen(body));
+			send_all(fd, hdr, (size_t)n);
+			send_all(fd, body, strlen(body));
+			continue;
+		}
 		if (!strcmp(path, "/.imgdedup/x")) {
 			const char *body = "hello index";
 			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s",
@@ -105,7 +190,11 @@ static void *conn_main(void *arg)
 			continue;
 		}
 		if (fault == 4) {
-			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n", status_override);
+			const char *body = status_override == 403 ? "<Error><Code>AccessDenied</Code>"
+			                                            "<Message>Access Denied</Message></Error>"
+			                                          : "";
+			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n\r\n%s",
+			                 status_override, strlen(body), body);
 			send_all(fd, hdr, (size_t)n);
 			continue;
 		}
@@ -121,7 +210,8 @@ static void *conn_main(void *arg)
 			n = snprintf(hdr, sizeof hdr, "HTTP/1.1 206 Partial\r\nContent-Length: %zu\r\n"
 			             "Content-Range: bytes %llu-%llu/%u\r\n\r\n", len, a, b, FILE_SIZE);
 		else
-			n = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", len);
+			n = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nETag: \"etag-f\"\r\n"
+			             "Last-Modified: Wed, 31 Jan 2024 12:34:56 GMT\r\n\r\n", len);
 		send_all(fd, hdr, (size_t)n);
 		if (!strcmp(method, "HEAD"))
 			continue;
@@ -171,7 +261,8 @@ static void reset_faults(void)
 	pthread_mutex_lock(&srv.mu);
 	srv.fail500 = srv.drop = srv.status_override = 0;
 	srv.ignore_range = srv.redirect = false;
-	srv.requests = 0;
+	srv.requests = srv.slowdown = srv.list_requests = srv.deletes = 0;
+	srv.put_len = 0;
 	pthread_mutex_unlock(&srv.mu);
 }
 
@@ -393,6 +484,231 @@ static void test_http_errors(void **state)
 	idd_source_close(s);
 }
 
+/* ---- S3 ---- */
+
+static char *warnings;
+static void collect_warning(void *ctx, const char *msg)
+{
+	(void)ctx;
+	size_t a = warnings ? strlen(warnings) : 0;
+	char *n = realloc(warnings, a + strlen(msg) + 2);
+	if (!n)
+		return;
+	warnings = n;
+	strcpy(warnings + a, msg);
+	strcat(warnings, "\n");
+}
+
+static idd_source *open_s3(const char *loc, int connections)
+{
+	char url[64];
+	snprintf(url, sizeof url, "http://127.0.0.1:%d", srv.port);
+	unsetenv("AWS_ENDPOINT_URL_S3");
+	unsetenv("AWS_SESSION_TOKEN");
+	unsetenv("AWS_PROFILE");
+	setenv("AWS_ENDPOINT_URL", url, 1);
+	setenv("AWS_REGION", "us-east-1", 1);
+	setenv("AWS_ACCESS_KEY_ID", "test:tester", 1);
+	setenv("AWS_SECRET_ACCESS_KEY", "SECRETVALUE", 1);
+	idd_fetch_opts o = {.connections = connections, .backoff_ms = 5, .warn = collect_warning};
+	idd_source *s;
+	idd_error err;
+	assert_int_equal(idd_source_open(loc, &o, &s, &err), IDD_OK);
+	assert_true(idd_source_is_remote(s));
+	assert_true(idd_source_is_s3(s));
+	reset_faults();
+	free(warnings);
+	warnings = NULL;
+	return s;
+}
+
+/* Signed requests: SigV4 through libcurl with the key's colon intact, the
+ * payload hash header signed, HEAD identity, ranges exact. */
+static void test_s3_requests(void **state)
+{
+	(void)state;
+	idd_source *s = open_s3("s3://bkt/pre/", 4);
+	assert_string_equal(idd_source_root(s), "s3://bkt/pre");
+	idd_error err;
+	idd_remote_stat st;
+	assert_int_equal(idd_source_stat(s, "f", &st, &err), IDD_OK);
+	assert_int_equal(st.size, FILE_SIZE);
+	assert_string_equal(st.etag, "etag-f");
+	assert_int_equal(st.mtime, 1706704496);
+	assert_non_null(strstr(srv.last_hdr, "HEAD /bkt/pre/f HTTP/1.1"));
+	assert_non_null(strstr(srv.last_hdr, "Authorization: AWS4-HMAC-SHA256 Credential=test:tester/"));
+	assert_non_null(strstr(srv.last_hdr, "/us-east-1/s3/aws4_request"));
+	assert_non_null(strstr(srv.last_hdr, "x-amz-content-sha256: UNSIGNED-PAYLOAD"));
+	assert_non_null(strstr(srv.last_hdr, "SignedHeaders=host;x-amz-content-sha256;x-amz-date"));
+	assert_null(strstr(srv.last_hdr, "SECRETVALUE"));
+	idd_file *f;
+	assert_int_equal(idd_source_open_file(s, "f", FILE_SIZE, &f, &err), IDD_OK);
+	assert_string_equal(f->name, "s3://bkt/pre/f");
+	unsigned char a[5000], b[300];
+	idd_range r[2] = {{70000, sizeof a, a}, {1000, sizeof b, b}};
+	assert_int_equal(idd_source_read_ranges(s, f, r, 2, &err), IDD_OK);
+	assert_memory_equal(a, file_data + 70000, sizeof a);
+	assert_memory_equal(b, file_data + 1000, sizeof b);
+	assert_non_null(strstr(srv.last_hdr, "Range: bytes="));
+	/* keys are URI-encoded once, '/' kept */
+	assert_int_equal(idd_source_stat(s, "dir/a b+c.raw", &st, &err), IDD_ENOENT);
+	assert_non_null(strstr(srv.last_hdr, "HEAD /bkt/pre/dir/a%20b%2Bc.raw HTTP/1.1"));
+	assert_non_null(strstr(err.msg, "s3://bkt/pre/dir/a b+c.raw"));
+	idd_file_close(f);
+	idd_source_close(s);
+}
+
+/* 503 SlowDown is throttling: retried with backoff, exact data; 403 is
+ * access denied at once, naming bucket and key, never the secret. */
+static void test_s3_throttle_and_deny(void **state)
+{
+	(void)state;
+	idd_source *s = open_s3("s3://bkt/pre", 2);
+	idd_error err;
+	idd_file *f;
+	assert_int_equal(idd_source_open_file(s, "f", FILE_SIZE, &f, &err), IDD_OK);
+	unsigned char *buf = malloc(200000);
+	srv.slowdown = 3;
+	idd_range r = {12345, 200000, buf};
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_OK);
+	assert_memory_equal(buf, file_data + 12345, 200000);
+	idd_fetch_stats st;
+	idd_source_stats(s, &st);
+	assert_int_equal(st.retries, 3);
+	assert_non_null(warnings);
+	assert_non_null(strstr(warnings, "HTTP 503 SlowDown: Reduce your request rate."));
+	assert_non_null(strstr(warnings, "s3://bkt/pre/f"));
+	reset_faults();
+	srv.status_override = 403;
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_EPERM);
+	assert_int_equal(srv.requests, 1); /* no retry */
+	assert_non_null(strstr(err.msg, "s3://bkt/pre/f: access denied (HTTP 403: AccessDenied"));
+	assert_non_null(strstr(err.msg, "AWS_SECRET_ACCESS_KEY"));
+	assert_null(strstr(err.msg, "SECRETVALUE"));
+	reset_faults();
+	srv.slowdown = 100;
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_ENET);
+	assert_non_null(strstr(err.msg, "gave up after 6 retries"));
+	reset_faults();
+	free(buf);
+	idd_file_close(f);
+	idd_source_close(s);
+}
+
+/* ListObjectsV2 page after page, the query canonical (sorted, encoded),
+ * keys relative to the source. */
+static void test_s3_list(void **state)
+{
+	(void)state;
+	idd_source *s = open_s3("s3://bkt/pre", 2);
+	idd_error err;
+	idd_s3_object_list l;
+	assert_int_equal(idd_source_list(s, "", &l, &err), IDD_OK);
+	assert_int_equal(srv.list_requests, 2);
+	assert_string_equal(srv.last_query, "continuation-token=tok%2F1%2B%3D&encoding-type=url&"
+	                                    "list-type=2&max-keys=1000&prefix=pre%2F");
+	assert_int_equal(l.n, 3);
+	assert_string_equal(l.v[0].key, "a b.raw");
+	assert_int_equal(l.v[0].size, 10);
+	assert_string_equal(l.v[0].etag, "e1");
+	assert_string_equal(l.v[1].key, "d/c.qcow2");
+	assert_string_equal(l.v[2].key, "z.img");
+	assert_int_equal(l.v[2].mtime, 1706704498);
+	idd_s3_object_list_free(&l);
+	assert_int_not_equal(idd_source_list(s, "no-slash", &l, &err), IDD_OK);
+	/* an answer with keys outside the prefix asked for is refused */
+	assert_int_equal(idd_source_list(s, "d/", &l, &err), IDD_ECORRUPT);
+	idd_source_close(s);
+	/* listing, upload and delete are S3's: refused over plain HTTP */
+	idd_source *h = open_http(1);
+	assert_int_not_equal(idd_source_list(h, "", &l, &err), IDD_OK);
+	assert_non_null(strstr(err.msg, "s3://"));
+	idd_source_close(h);
+}
+
+static void test_s3_put_delete(void **state)
+{
+	(void)state;
+	idd_source *s = open_s3("s3://bkt/pre", 2);
+	idd_error err;
+	char *dir = tu_mkdtemp();
+	char *path = tu_write(dir, "up", file_data, 50000);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	srv.slowdown = 1; /* refused once: sent again from the start */
+	assert_int_equal(idd_source_put_fd(s, "up", fd, 50000, &err), IDD_OK);
+	assert_int_equal(srv.put_len, 50000);
+	assert_memory_equal(srv.put_buf, file_data, 50000);
+	assert_non_null(strstr(srv.last_hdr, "PUT /bkt/pre/up HTTP/1.1"));
+	assert_non_null(strstr(srv.last_hdr, "x-amz-content-sha256: UNSIGNED-PAYLOAD"));
+	/* a file shorter than said is an error, not a short object */
+	assert_int_not_equal(idd_source_put_fd(s, "up", fd, 60000, &err), IDD_OK);
+	close(fd);
+	assert_int_equal(idd_source_delete(s, "up", &err), IDD_OK);
+	assert_int_equal(srv.deletes, 1);
+	assert_non_null(strstr(srv.last_hdr, "DELETE /bkt/pre/up HTTP/1.1"));
+	tu_rmtree(dir);
+	free(dir);
+	free(path);
+	idd_source_close(s);
+}
+
+/* Read-ahead: small reads within a window cost one request; threads
+ * reading the same file at once get exact bytes. */
+struct ra_arg {
+	idd_file *f;
+	unsigned seed;
+	int bad;
+};
+
+static void *ra_main(void *arg)
+{
+	struct ra_arg *a = arg;
+	unsigned char b[700];
+	idd_error err;
+	for (int i = 0; i < 200; i++) {
+		a->seed = a->seed * 1103515245u + 12345u;
+		uint64_t off = a->seed % (FILE_SIZE - sizeof b);
+		if (idd_file_pread(a->f, b, sizeof b, off, &err) || memcmp(b, file_data + off, sizeof b))
+			a->bad++;
+	}
+	return NULL;
+}
+
+static void test_readahead(void **state)
+{
+	(void)state;
+	idd_source *s = open_http(4);
+	idd_error err;
+	idd_file *f;
+	assert_int_equal(idd_source_open_file_readahead(s, "f", FILE_SIZE, 65536, &f, &err), IDD_OK);
+	unsigned char b[100];
+	for (uint64_t off = 65536; off < 65536 + 60000; off += 1000) {
+		assert_int_equal(idd_file_pread(f, b, sizeof b, off, &err), IDD_OK);
+		assert_memory_equal(b, file_data + off, sizeof b);
+	}
+	assert_int_equal(srv.requests, 1);
+	/* a read across two windows, and one as large as a window, go as they are */
+	unsigned char big[65536];
+	assert_int_equal(idd_file_pread(f, big, 200, 65536 * 3 - 100, &err), IDD_OK);
+	assert_memory_equal(big, file_data + 65536 * 3 - 100, 200);
+	assert_int_equal(idd_file_pread(f, big, sizeof big, 5, &err), IDD_OK);
+	assert_memory_equal(big, file_data + 5, sizeof big);
+	assert_int_equal(srv.requests, 3);
+	pthread_t t[4];
+	struct ra_arg a[4];
+	for (int i = 0; i < 4; i++) {
+		a[i] = (struct ra_arg){f, (unsigned)i * 7919u + 1, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, ra_main, &a[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].bad, 0);
+	}
+	idd_file_close(f);
+	idd_source_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -401,6 +717,11 @@ int main(void)
 		cmocka_unit_test(test_http_coalesce),
 		cmocka_unit_test(test_http_retries),
 		cmocka_unit_test(test_http_errors),
+		cmocka_unit_test(test_s3_requests),
+		cmocka_unit_test(test_s3_throttle_and_deny),
+		cmocka_unit_test(test_s3_list),
+		cmocka_unit_test(test_s3_put_delete),
+		cmocka_unit_test(test_readahead),
 	};
 	return cmocka_run_group_tests(tests, server_setup, NULL);
 }
