@@ -695,8 +695,9 @@ static int free_slot(const struct session *x, int n)
 }
 
 /* Run requests to completion, n of them, at most o.connections at once, on
- * a session of their own. */
-static int run_reqs(idd_source *s, struct req *reqs, size_t n, idd_error *err)
+ * a session of their own.  batch (may be NULL) receives this run's figures. */
+static int run_reqs(idd_source *s, struct req *reqs, size_t n, idd_fetch_stats *batch,
+                    idd_error *err)
 {
 	size_t done = 0, next = 0, nretry = 0;
 	int rc = IDD_OK;
@@ -799,6 +800,8 @@ out:
 		free(reqs[i].errbody);
 		reqs[i].errbody = NULL;
 	}
+	if (batch)
+		stats_add(batch, &x->st);
 	session_put(s, x);
 	return rc;
 }
@@ -806,7 +809,7 @@ out:
 /* One request on its own. */
 static int run_one(idd_source *s, struct req *r, idd_error *err)
 {
-	return run_reqs(s, r, 1, err);
+	return run_reqs(s, r, 1, NULL, err);
 }
 
 /* ---- remote files ---- */
@@ -1264,6 +1267,12 @@ static int make_spans(idd_file *f, const idd_range *r, size_t n, struct order **
 
 int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_t n, idd_error *err)
 {
+	return idd_source_read_ranges_counted(s, f, r, n, NULL, err);
+}
+
+int idd_source_read_ranges_counted(idd_source *s, idd_file *f, const idd_range *r, size_t n,
+                                   idd_fetch_stats *batch, idd_error *err)
+{
 	if (!n)
 		return IDD_OK;
 	struct order *ord = NULL;
@@ -1286,6 +1295,10 @@ int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_
 		}
 		if (!rc)
 			local_count(s, requests, bytes);
+		if (!rc && batch) {
+			batch->requests += requests;
+			batch->bytes += bytes;
+		}
 		free(ord);
 		free(sp);
 		return rc;
@@ -1329,7 +1342,7 @@ int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_
 		}
 	}
 	if (!rc)
-		rc = run_reqs(s, reqs, q, err);
+		rc = run_reqs(s, reqs, q, batch, err);
 	for (size_t k = 0; k < ns; k++) {
 		if (!sp[k].stage)
 			continue;

@@ -108,7 +108,12 @@ typedef struct idd_fetch_stats {
 	uint64_t bytes;    /* payload bytes delivered to callers */
 	uint64_t retries;
 } idd_fetch_stats;
+/* The source's totals so far (every thread's). */
 void idd_source_stats(const idd_source *s, idd_fetch_stats *st);
+/* idd_source_read_ranges, adding this call's own figures to *batch: exact
+ * even while other threads use the source. */
+int idd_source_read_ranges_counted(idd_source *s, idd_file *f, const idd_range *r, size_t n,
+                                   idd_fetch_stats *batch, idd_error *err);
 
 /* Largest request the batch reader makes. */
 #define IDD_FETCH_MAX_REQUEST ((uint64_t)4 << 20)
