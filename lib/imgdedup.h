@@ -290,6 +290,10 @@ typedef struct idd_deploy_opts {
 	idd_warn_fn warn;
 	void *ctx;
 	int jobs;              /* threads verifying local copies; 0: online CPUs */
+	long timeout_s;        /* a remote transfer slower than the floor this long fails; 0: 30 */
+	const char *const *peers; /* other nodes' caches over HTTP, asked before SOURCE */
+	size_t n_peers;
+	bool no_pack;          /* ignore SOURCE's pack */
 } idd_deploy_opts;
 
 /* Materialise IMAGE as a raw file.  On failure OUT is untouched (an

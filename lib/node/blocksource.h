@@ -59,13 +59,14 @@ typedef struct idd_block_source_counters {
 	uint64_t bytes;    /* payload bytes transferred or read to deliver them */
 	uint64_t requests; /* requests made (remote sources) */
 	uint64_t damaged;  /* blocks that failed verification */
+	uint64_t retries;  /* requests retried after a transient failure */
 } idd_block_source_counters;
 
 struct idd_block_source {
 	const struct idd_block_source_ops *ops;
 	char *name;          /* for messages: a path or URL */
 	uint32_t block_size;
-	atomic_uint_least64_t blocks, bytes, requests, damaged;
+	atomic_uint_least64_t blocks, bytes, requests, damaged, retries;
 	idd_warn_fn warn;    /* told once per source about damage, a dead peer, ... */
 	void *warn_ctx;
 	void *priv;

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,6 +42,23 @@ static void entry_free(idd_cache_entry *e)
 	e->fd = -1;
 }
 
+/* Open a cache file for reading, share-locked so that gc (which takes the
+ * lock exclusively before deleting) leaves it alone while it is in use. */
+static int open_shared(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		close(fd);
+		errno = EINVAL;
+		return -1;
+	}
+	(void)flock(fd, LOCK_SH | LOCK_NB);
+	return fd;
+}
+
 static void entries_clear(idd_cache *c)
 {
 	for (size_t i = 0; i < c->count; i++)
@@ -56,6 +74,7 @@ void idd_cache_close(idd_cache *c)
 		return;
 	entries_clear(c);
 	idd_digest_set_free(&c->lookup);
+	pthread_rwlock_destroy(&c->lock);
 	free(c->dir);
 	free(c);
 }
@@ -192,6 +211,7 @@ static int open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache *
 	idd_cache *c = idd_calloc(1, sizeof *c, err);
 	if (!c)
 		return IDD_ERR;
+	pthread_rwlock_init(&c->lock, NULL);
 	c->dir = realpath(dir, NULL);
 	c->warn = warn;
 	c->ctx = ctx;
@@ -236,7 +256,7 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 		if (e->block_size != bs)
 			continue;
 		if (e->fd < 0) {
-			e->fd = open(e->abs, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+			e->fd = open_shared(e->abs);
 			if (e->fd < 0) {
 				warnf(c, "warning: cache: %s: %s; not used", e->abs, strerror(errno));
 				continue;
@@ -254,20 +274,128 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 	return IDD_OK;
 }
 
-bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
+bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
 {
-	if (!c || !c->have_lookup || idd_digest_is_zero(d))
+	if (!c || idd_digest_is_zero(d))
 		return false;
-	size_t slot = idd_digest_set_find(&c->lookup, d);
-	if (slot == (size_t)-1)
-		return false;
-	uint64_t v = c->lookup.aux[slot];
-	size_t ei = (size_t)(v >> 40);
-	if (ei >= c->count || c->e[ei].damaged || c->e[ei].fd < 0)
-		return false;
-	*entry = ei;
-	*block = v & (((uint64_t)1 << 40) - 1);
-	return true;
+	bool found = false;
+	pthread_rwlock_rdlock(&c->lock);
+	size_t slot = c->have_lookup ? idd_digest_set_find(&c->lookup, d) : (size_t)-1;
+	if (slot != (size_t)-1) {
+		uint64_t v = c->lookup.aux[slot];
+		size_t ei = (size_t)(v >> 40);
+		if (ei < c->count && !atomic_load(&c->e[ei].damaged) && c->e[ei].fd >= 0) {
+			*entry = ei;
+			*block = v & (((uint64_t)1 << 40) - 1);
+			found = true;
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	return found;
+}
+
+uint64_t idd_cache_damaged_count(idd_cache *c)
+{
+	uint64_t n = 0;
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++)
+		n += atomic_load(&c->e[i].damaged);
+	pthread_rwlock_unlock(&c->lock);
+	return n;
+}
+
+struct cached_loc {
+	size_t entry;
+	uint64_t block;
+	int fd;
+	uint64_t size;
+	bool found;
+};
+
+/* A file failed verification: never use it again in this process, and say
+ * so once. */
+static void mark_damaged(idd_cache *c, size_t ei, uint64_t block)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	idd_cache_entry *e = &c->e[ei];
+	bool was = atomic_exchange(&e->damaged, true);
+	char *path = was ? NULL : strdup(e->abs);
+	pthread_rwlock_unlock(&c->lock);
+	if (path)
+		warnf(c, "warning: cache: %s: block at offset %llu does not match the cache index (file "
+		      "changed or damaged); fetching what it would have provided", path,
+		      (unsigned long long)(block * (c->lookup_bs ? c->lookup_bs : 1)));
+	free(path);
+}
+
+int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t *bytes_read,
+                          idd_error *err)
+{
+	*bytes_read = 0;
+	struct cached_loc *loc = idd_calloc(n ? n : 1, sizeof *loc, err);
+	idd_hasher *h = loc ? idd_thread_hasher(err) : NULL;
+	if (!loc || !h) {
+		free(loc);
+		return IDD_ENOMEM;
+	}
+	uint32_t bs = c->lookup_bs;
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < n; i++) {
+		reqs[i].status = IDD_ENOENT;
+		reqs[i].origin_fd = -1;
+		size_t slot = c->have_lookup ? idd_digest_set_find(&c->lookup, &reqs[i].digest) : (size_t)-1;
+		if (slot == (size_t)-1)
+			continue;
+		uint64_t v = c->lookup.aux[slot];
+		size_t ei = (size_t)(v >> 40);
+		if (ei >= c->count || atomic_load(&c->e[ei].damaged) || c->e[ei].fd < 0)
+			continue;
+		loc[i] = (struct cached_loc){ei, v & (((uint64_t)1 << 40) - 1), c->e[ei].fd, c->e[ei].size,
+		                             true};
+	}
+	pthread_rwlock_unlock(&c->lock);
+	for (size_t i = 0; i < n;) {
+		if (!loc[i].found) {
+			i++;
+			continue;
+		}
+		/* a run: consecutive blocks of one file into consecutive buffers */
+		size_t j = i + 1;
+		while (j < n && loc[j].found && loc[j].entry == loc[i].entry &&
+		       loc[j].block == loc[i].block + (j - i) && reqs[j].buf == reqs[i].buf + (j - i) * bs &&
+		       j - i < 1024)
+			j++;
+		uint64_t off = loc[i].block * bs;
+		uint64_t avail = loc[i].size > off ? loc[i].size - off : 0;
+		uint64_t want = IDD_MIN((uint64_t)(j - i) * bs, avail);
+		memset(reqs[i].buf + want, 0, (size_t)((j - i) * bs - want));
+		bool read_ok = idd_pread_all(loc[i].fd, reqs[i].buf, (size_t)want, off) == 0;
+		*bytes_read += want;
+		for (size_t k = i; k < j; k++) {
+			if (read_ok && idd_block_verify(h, reqs[k].buf, bs, &reqs[k].digest)) {
+				reqs[k].status = IDD_OK;
+				reqs[k].origin_fd = loc[k].fd;
+				reqs[k].origin_off = loc[k].block * bs;
+				continue;
+			}
+			reqs[k].status = IDD_ECORRUPT;
+			mark_damaged(c, loc[k].entry, loc[k].block);
+			/* the rest of this file is not trusted either */
+			for (size_t m = k + 1; m < j; m++)
+				reqs[m].status = IDD_ECORRUPT;
+			break;
+		}
+		for (size_t k = i; k < j; k++)
+			if (reqs[k].status == IDD_OK) {
+				pthread_rwlock_rdlock(&c->lock);
+				atomic_store(&c->e[loc[k].entry].used, true);
+				pthread_rwlock_unlock(&c->lock);
+				break;
+			}
+		i = j;
+	}
+	free(loc);
+	return IDD_OK;
 }
 
 char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
@@ -305,7 +433,7 @@ int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_err
 	if (!used)
 		return IDD_ERR;
 	for (size_t i = 0; i < c->count; i++)
-		if (c->e[i].used && !c->e[i].damaged)
+		if (atomic_load(&c->e[i].used) && !atomic_load(&c->e[i].damaged))
 			used[nused++] = c->e[i].abs; /* kept alive below: entries moved aside */
 	idd_cache_entry *old_e = c->e;
 	size_t old_count = c->count;

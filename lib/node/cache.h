@@ -8,6 +8,10 @@
 
 #include "base/digest.h"
 #include "index/map.h"
+#include "node/blocksource.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
 
 #define IDD_CACHE_INDEX "index"
 #define IDD_CACHE_IMAGES "images"
@@ -22,9 +26,11 @@ typedef struct idd_cache_entry {
 	uint64_t n;          /* distinct non-zero blocks listed */
 	idd_digest *digests; /* n digests ... */
 	uint64_t *blocks;    /* ... and the block index of each one's first occurrence */
-	int fd;              /* open for reading, -1 when not (yet) usable */
-	bool used;           /* a block was read from it this run */
-	bool damaged;        /* a block failed verification: not used again this run */
+	int fd;              /* open for reading (and share-locked: gc leaves it alone), -1 when
+	                        not (yet) usable */
+	atomic_bool used;    /* a block was read from it this run */
+	atomic_bool damaged; /* a block failed verification: not used again this run */
+	bool partial;        /* a partial image written by serve (not in the index file) */
 } idd_cache_entry;
 
 typedef struct idd_cache {
@@ -33,6 +39,7 @@ typedef struct idd_cache {
 	idd_cache_entry *e;
 	idd_digest_set lookup; /* aux: entry << 40 | block */
 	bool have_lookup;
+	pthread_rwlock_t lock; /* guards e/count growth and lookup: readers share it */
 	uint32_t lookup_bs;
 	idd_warn_fn warn;
 	void *ctx;
@@ -46,7 +53,17 @@ void idd_cache_close(idd_cache *c);
  * cannot be opened are skipped with a warning. */
 int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err);
 /* Exact lookup: entry index and block index, false when absent. */
-bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block);
+bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block);
+/* Fill the requests whose content the cache holds, verified: runs of
+ * consecutive blocks of one file are read with one pread.  Each request
+ * ends IDD_OK, IDD_ENOENT (not cached) or IDD_ECORRUPT (the file changed
+ * behind the cache's back: the file is not used again by this process and
+ * a warning names it once).  *bytes_read counts what was read.  Safe from
+ * several threads. */
+int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t *bytes_read,
+                          idd_error *err);
+/* Blocks read from, and damaged entries found, this run. */
+uint64_t idd_cache_damaged_count(idd_cache *c);
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */

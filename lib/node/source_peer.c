@@ -268,6 +268,7 @@ static int peers_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_e
 			atomic_fetch_add(&bs->blocks, jobs[i].blocks);
 			atomic_fetch_add(&bs->bytes, jobs[i].st.bytes);
 			atomic_fetch_add(&bs->requests, jobs[i].st.requests);
+			atomic_fetch_add(&bs->retries, jobs[i].st.retries);
 			atomic_fetch_add(&bs->damaged, jobs[i].damage);
 			if (jobs[i].oom)
 				rc = IDD_ENOMEM;
