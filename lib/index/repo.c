@@ -1,6 +1,7 @@
 /* repo.c - the repository: which files are images, walking the tree, and
  * opening an image with its backing files confined to the repository. */
 #include "index/repo.h"
+#include "index/repo_s3.h"
 #include "base/util.h"
 #include "base/error.h"
 #include "base/file.h"
@@ -175,6 +176,8 @@ int idd_repo_walk(const char *repo, const char *index_dir, const char *const *in
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_walk(repo, includes, n_includes, out, warn, ctx, err);
 	struct stat st;
 	if (stat(repo, &st))
 		return idd_fail_errno(err, repo, "cannot open repository");
@@ -255,6 +258,8 @@ void idd_chain_free(idd_chain *c)
 
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_chain_unchanged(repo, v, n);
 	for (size_t i = 0; i < n; i++) {
 		char *p = idd_path_join(repo, v[i].path, NULL);
 		struct stat st;
@@ -279,6 +284,8 @@ int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_cha
 {
 	if (e->member)
 		return idd_archive_open_member(repo, e, out, err);
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_open_image_chain(repo, e, chain, out, err);
 	idd_file *f;
 	if (idd_file_open_local(e->path, &f, err))
 		return IDD_ERR;
