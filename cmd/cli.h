@@ -67,5 +67,6 @@ int cmd_ls(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
+int cmd_publish(int argc, char **argv);
 
 #endif
