@@ -337,10 +337,13 @@ typedef struct idd_cache_image {
 	uint64_t disk_bytes;/* allocated on disk now */
 	uint64_t blocks;    /* distinct non-zero blocks indexed */
 	int64_t last_used;  /* unix ns */
+	bool partial;       /* fetched in part by serve: present_blocks of data_blocks */
+	uint64_t present_blocks, data_blocks;
+	bool in_use;        /* an export or a deploy has it open (gc leaves it) */
 } idd_cache_image;
 
-/* The cache's images, least recently used first.  A damaged index lists as
- * empty with a warning. */
+/* The cache's images (complete and partial), least recently used first.  A
+ * damaged index is rebuilt from the images present, with a warning. */
 int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_fn warn, void *ctx,
                    idd_error *err);
 void idd_cache_list_free(idd_cache_image *v, size_t n);
@@ -350,9 +353,10 @@ typedef struct idd_cache_gc_stats {
 	uint64_t bytes_before, bytes_after; /* allocated bytes of the cache's images */
 } idd_cache_gc_stats;
 
-/* Drop least recently used images until the images take at most max_size
- * bytes on disk; vanished images leave the index too.  Owned files are
- * deleted, images registered from elsewhere are only forgotten. */
+/* Drop least recently used images (partial ones included) until they take
+ * at most max_size bytes on disk; vanished images leave the index too.
+ * Owned files are deleted, images registered from elsewhere are only
+ * forgotten; an image in use (open by serve or deploy) is never removed. */
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err);
 

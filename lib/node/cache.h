@@ -31,6 +31,8 @@ typedef struct idd_cache_entry {
 	atomic_bool used;    /* a block was read from it this run */
 	atomic_bool damaged; /* a block failed verification: not used again this run */
 	bool partial;        /* a partial image written by serve (not in the index file) */
+	char *journal;       /* partial: its presence journal, and how far it was read */
+	uint64_t journal_off;
 } idd_cache_entry;
 
 typedef struct idd_cache {
@@ -43,6 +45,7 @@ typedef struct idd_cache {
 	uint32_t lookup_bs;
 	idd_warn_fn warn;
 	void *ctx;
+	int64_t index_mtime;  /* of the index file when last read (refresh reloads on change) */
 } idd_cache;
 
 /* Open (creating) the cache dir and read its index.  A damaged index is
@@ -64,6 +67,21 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
                           idd_error *err);
 /* Blocks read from, and damaged entries found, this run. */
 uint64_t idd_cache_damaged_count(idd_cache *c);
+/* Pick up what other processes added since: new records of partial images,
+ * new partial images, images a deploy registered.  Safe from several
+ * threads; cheap when nothing changed. */
+int idd_cache_refresh(idd_cache *c, idd_error *err);
+/* Make a block known to the cache (serve fetched it into a partial image).
+ * entry: from idd_cache_partial_entry. */
+int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
+                        idd_error *err);
+/* The entry of the partial image whose data file is data_path (added when
+ * absent). */
+int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
+                            uint64_t size, size_t *entry, idd_error *err);
+/* Base name (without suffix) of image id's partial files in the cache:
+ * CACHE/images/NAME, as idd_cache_default_out. */
+#define idd_cache_partial_base idd_cache_default_out
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */
