@@ -10,11 +10,19 @@
 const char *idd_archive_kind(const unsigned char *head, size_t len);
 /* Expand an archive entry into one entry per disk image member. */
 int idd_archive_list(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err);
+/* The same, the archive read through f (a remote object, say); the entries
+ * name archive->path. */
+int idd_archive_list_file(const idd_repo_entry *archive, idd_file *f, idd_repo_list *out,
+                          idd_error *err);
 /* Open the disk image of a member entry (e->member != NULL): a slice of an
  * uncompressed archive, or for compressed archives the member decompressed
  * once into an unlinked temporary file (see docs/formats.md). */
 int idd_archive_open_member(const char *repo, const idd_repo_entry *e, idd_image **out,
                             idd_error *err);
+/* The same, the archive read through `archive` (taken over: closed with the
+ * image, or on failure). */
+int idd_archive_open_member_file(const idd_repo_entry *e, idd_file *archive, idd_image **out,
+                                 idd_error *err);
 /* Decompress the member named member (a normalised name as listed; its last
  * occurrence) of the compressed tar read through archive into fd (sparse,
  * truncated first).  *bytes_read: archive bytes read. */

@@ -282,10 +282,10 @@ int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **o
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err)
 {
-	if (e->member)
-		return idd_archive_open_member(repo, e, out, err);
 	if (idd_repo_is_s3(repo))
 		return idd_repo_s3_open_image_chain(repo, e, chain, out, err);
+	if (e->member)
+		return idd_archive_open_member(repo, e, out, err);
 	idd_file *f;
 	if (idd_file_open_local(e->path, &f, err))
 		return IDD_ERR;

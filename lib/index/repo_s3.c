@@ -346,9 +346,13 @@ static int s3_backing_open(void *vctx, const char *name, idd_file **out, idd_err
 int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                                  idd_image **out, idd_error *err)
 {
-	if (e->member)
-		return idd_fail(err, "%s: archive members in an object store are opened by the archive reader",
-		                e->path);
+	if (e->member) {
+		/* by range inside the object, or streamed through it (spooled) */
+		idd_file *arch;
+		if (idd_repo_file_open(e->path, e->dev == IDD_S3_DEV ? e->size : UINT64_MAX, &arch, err))
+			return IDD_ERR;
+		return idd_archive_open_member_file(e, arch, out, err);
+	}
 	idd_source *src;
 	const char *key;
 	if (bucket_of(e->path, &src, &key, err))
@@ -383,4 +387,15 @@ bool idd_repo_s3_chain_unchanged(const char *repo, const idd_file_ident *v, size
 			return false;
 	}
 	return true;
+}
+
+int idd_repo_s3_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	idd_file *f;
+	if (idd_repo_file_open(archive->path, archive->size, &f, err))
+		return IDD_ERR;
+	int rc = idd_archive_list_file(archive, f, out, err);
+	idd_file_close(f);
+	return rc;
 }

@@ -44,6 +44,10 @@ int idd_repo_s3_walk(const char *repo, const char *const *includes, size_t n_inc
  * NULL). */
 int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                                  idd_image **out, idd_error *err);
+/* Expand an archive object (member == NULL) into one entry per disk image
+ * member: tar members by range, compressed archives streamed once (their
+ * members spooled as for local archives). */
+int idd_repo_s3_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err);
 /* Are the backing files of a chain still what was recorded (HEAD)? */
 bool idd_repo_s3_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n);
 
