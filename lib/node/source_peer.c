@@ -438,7 +438,7 @@ int idd_peer_source_open(const char *const *urls, size_t n, uint32_t block_size,
 			goto out;
 		}
 		if (prc) {
-			idd_warnf(warn, ctx, "warning: peer %s: %s; not used", urls[i], e.msg);
+			idd_warnf(warn, ctx, "warning: peer not used: %s", e.msg);
 			continue;
 		}
 		atomic_store(&p->dead, false);

@@ -338,6 +338,7 @@ static void test_bad_peers_skipped(void **state)
 	assert_int_equal(idd_peer_source_live(s), 1);
 	assert_int_equal(nwarn, 3);
 	assert_non_null(strstr(warnings, dead));
+	assert_non_null(strstr(warnings, "peer not used: http"));
 	assert_non_null(strstr(warnings, "/c: "));
 	assert_non_null(strstr(warnings, "no cache index"));
 	idd_block_req *r = make_reqs(0, 20);
