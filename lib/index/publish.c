@@ -5,7 +5,13 @@
  * then are objects the index no longer has deleted.  A node that reads the
  * new catalog therefore finds every file it names; one that read the old
  * catalog just before may find a newer block map, which deploy and serve
- * refuse cleanly ("older than the catalog"): run again. */
+ * refuse cleanly ("older than the catalog"): run again.
+ *
+ * A re-run over a large unchanged index should not read it all again:
+ * block lists are named by their own checksum, so one the store holds under
+ * its name with its size is that file; the MD5 of every other file is kept
+ * in PUBLISH_STATE beside the index, keyed by the file's identity, and only
+ * recomputed when that changes. */
 #include "base/util.h"
 #include "base/error.h"
 #include "index/catalog.h"
@@ -21,6 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* MD5s of the files last published (not itself published). */
+#define PUBLISH_STATE "publish-state"
 /* The largest object one PUT may create (S3's limit). */
 #define MAX_SINGLE_PUT ((uint64_t)5 << 30)
 #define UPLOAD_THREADS 4
@@ -28,8 +36,9 @@
 struct lfile {
 	char *rel;       /* relative to the index directory */
 	char *path;
-	uint64_t size;
-	char md5[33];
+	uint64_t size, ino;
+	int64_t mtime_ns;
+	char md5[33];    /* "" until known */
 	bool upload;
 };
 
@@ -70,7 +79,8 @@ static int collect(const char *dir, const char *sub, int depth, struct files *ou
 	struct dirent *de;
 	while (!rc && (de = readdir(d))) {
 		const char *nm = de->d_name;
-		if (nm[0] == '.' || strstr(nm, ".tmp.") || (!sub[0] && !strcmp(nm, "lock")))
+		if (nm[0] == '.' || strstr(nm, ".tmp.") ||
+		    (!sub[0] && (!strcmp(nm, "lock") || !strcmp(nm, PUBLISH_STATE))))
 			continue;
 		char *rel = sub[0] ? idd_asprintf(err, "%s/%s", sub, nm) : idd_strdup(nm, err);
 		char *p = rel ? idd_path_join(dir, rel, err) : NULL;
@@ -87,7 +97,9 @@ static int collect(const char *dir, const char *sub, int depth, struct files *ou
 				rc = IDD_ERR;
 			} else {
 				out->v = v;
-				out->v[out->n++] = (struct lfile){.rel = rel, .path = p, .size = (uint64_t)st.st_size};
+				out->v[out->n++] = (struct lfile){.rel = rel, .path = p, .size = (uint64_t)st.st_size,
+				                                  .ino = (uint64_t)st.st_ino,
+				                                  .mtime_ns = idd_ts_ns(st.st_mtim)};
 				rel = p = NULL;
 			}
 		}
@@ -209,10 +221,72 @@ static const idd_s3_object *remote_find(const idd_s3_object_list *l, const char 
 	return l->n ? bsearch(&k, l->v, l->n, sizeof *l->v, cmp_key) : NULL;
 }
 
-static bool local_has(const struct files *f, const char *rel)
+static struct lfile *local_find(const struct files *f, const char *rel)
 {
 	struct lfile k = {.rel = (char *)rel};
-	return f->n && bsearch(&k, f->v, f->n, sizeof *f->v, cmp_rel) != NULL;
+	return f->n ? bsearch(&k, f->v, f->n, sizeof *f->v, cmp_rel) : NULL;
+}
+
+static bool local_has(const struct files *f, const char *rel)
+{
+	return local_find(f, rel) != NULL;
+}
+
+/* Take the MD5s of files whose identity is what the state file recorded.
+ * Lines: MD5 SIZE INO MTIME_NS REL.  A damaged or missing state only costs
+ * reading the files again. */
+static void state_load(const char *index_dir, struct files *f)
+{
+	char *path = idd_path_join(index_dir, PUBLISH_STATE, NULL);
+	void *data = NULL;
+	size_t len = 0;
+	if (!path || idd_read_file(path, (size_t)1 << 30, &data, &len, NULL)) {
+		free(path);
+		return;
+	}
+	char *text = data, *end = text + len;
+	for (char *line = text; line < end;) {
+		char *nl = memchr(line, '\n', (size_t)(end - line));
+		if (!nl)
+			break;
+		*nl = 0;
+		char md5[33];
+		unsigned long long size, ino;
+		long long mtime;
+		int off = 0;
+		if (sscanf(line, "%32s %llu %llu %lld %n", md5, &size, &ino, &mtime, &off) == 4 && off > 0 &&
+		    strlen(md5) == 32 && strspn(md5, "0123456789abcdef") == 32) {
+			struct lfile *l = local_find(f, line + off);
+			if (l && l->size == size && l->ino == ino && l->mtime_ns == (int64_t)mtime)
+				memcpy(l->md5, md5, 33);
+		}
+		line = nl + 1;
+	}
+	free(data);
+	free(path);
+}
+
+static int state_save(const char *index_dir, const struct files *f, idd_error *err)
+{
+	idd_buf b = {0};
+	for (size_t i = 0; i < f->n; i++) {
+		const struct lfile *l = &f->v[i];
+		if (!l->md5[0] || strchr(l->rel, '\n'))
+			continue;
+		char head[128];
+		int n = snprintf(head, sizeof head, "%s %llu %llu %lld ", l->md5, (unsigned long long)l->size,
+		                 (unsigned long long)l->ino, (long long)l->mtime_ns);
+		idd_buf_put(&b, head, (size_t)n);
+		idd_buf_put(&b, l->rel, strlen(l->rel));
+		idd_buf_put_u8(&b, '\n');
+	}
+	char *path = idd_path_join(index_dir, PUBLISH_STATE, err);
+	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory")
+	         : !path   ? IDD_ERR
+	                   : idd_write_file_atomic(path, b.data ? (void *)b.data : "", b.len, err);
+	free(path);
+	idd_buf_free(&b);
+	return rc;
 }
 
 int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err)
@@ -254,17 +328,9 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 	/* what the store already holds is not sent again */
 	struct lfile *catalog = NULL;
 	uint64_t total = 0;
+	state_load(index_dir, &files);
 	for (size_t i = 0; !rc && i < files.n; i++) {
 		struct lfile *f = &files.v[i];
-		int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (fd < 0) {
-			rc = idd_fail_errno(err, f->path, "cannot open");
-			break;
-		}
-		rc = md5_file(fd, f->path, f->size, f->md5, err);
-		close(fd);
-		if (rc)
-			break;
 		char *key = idd_asprintf(err, "%s%s", dest_dir, f->rel);
 		if (!key) {
 			rc = IDD_ERR;
@@ -272,7 +338,24 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 		}
 		const idd_s3_object *r = remote_find(&remote, key);
 		free(key);
-		f->upload = !r || r->size != f->size || strcmp(r->etag, f->md5);
+		/* a block list is named by its own checksum: same name, same bytes */
+		bool named = !strncmp(f->rel, IDD_BLOCKS_DIR "/", strlen(IDD_BLOCKS_DIR) + 1);
+		if (r && named && r->size == f->size) {
+			f->upload = false;
+		} else {
+			if (!f->md5[0]) {
+				int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+				if (fd < 0) {
+					rc = idd_fail_errno(err, f->path, "cannot open");
+					break;
+				}
+				rc = md5_file(fd, f->path, f->size, f->md5, err);
+				close(fd);
+				if (rc)
+					break;
+			}
+			f->upload = !r || r->size != f->size || strcmp(r->etag, f->md5);
+		}
 		st->files++;
 		if (!strcmp(f->rel, IDD_CATALOG_FILE)) {
 			catalog = f;
@@ -323,6 +406,10 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 	}
 	if (o->progress)
 		o->progress(o->ctx, u.total_bytes, u.total_bytes);
+	/* what was published, for the next run (a failure only costs reading) */
+	idd_error se;
+	if (state_save(index_dir, &files, &se))
+		idd_warnf(o->warn, o->ctx, "warning: %s", se.msg);
 	/* what the index no longer has goes, now that no catalog names it */
 	size_t dl = strlen(dest_dir);
 	for (size_t k = 0; !o->keep_stale && k < remote.n; k++) {

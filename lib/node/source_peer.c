@@ -11,6 +11,9 @@
 /* cache.c's index file: its magic and the version this reader knows. */
 static const char PEER_INDEX_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'I', 'X', 0};
 #define PEER_INDEX_VERSION 1
+/* Requests in a row one peer keeps before the least loaded takes over:
+ * 4 MiB at 4 KiB blocks, one range request (IDD_FETCH_MAX_REQUEST). */
+#define RUN_BLOCKS 1024
 /* A peer index larger than this is not believed. */
 #define MAX_PEER_INDEX ((size_t)1 << 30)
 
@@ -216,11 +219,16 @@ static int peers_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_e
 		rc = idd_fail_code(err, IDD_ENOMEM, "peers: out of memory");
 		goto out;
 	}
-	/* Rounds: each request goes to the least loaded usable peer holding
-	 * it; what a peer fails to deliver goes to the next holder. */
+	/* Rounds: what a peer fails to deliver goes to the next holder.
+	 * Requests come in image order, and neighbours in the image are mostly
+	 * neighbours in a peer's copy: a peer keeps the requests it holds for
+	 * up to RUN_BLOCKS in a row (they coalesce into one range request),
+	 * then the least loaded peer holding the next one takes over, so the
+	 * peers share the work in runs rather than block by block. */
 	for (;;) {
 		memset(load, 0, P->n * sizeof *load);
-		size_t assigned = 0;
+		size_t assigned = 0, run = 0;
+		uint32_t prev = UINT32_MAX;
 		for (size_t k = 0; k < n; k++) {
 			who[k] = NULL;
 			if (reqs[k].status != IDD_ENOENT)
@@ -228,15 +236,21 @@ static int peers_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_e
 			size_t slot = idd_digest_set_find(&P->set, &reqs[k].digest);
 			if (slot == (size_t)-1)
 				continue;
+			const struct holder *same = NULL, *best = NULL;
 			for (uint32_t i = (uint32_t)P->set.aux[slot]; i; i = P->h[i - 1].next) {
 				const struct holder *h = &P->h[i - 1];
 				if ((tried[k] >> h->peer & 1) || atomic_load(&P->p[h->peer].dead) ||
 				    atomic_load(&P->p[h->peer].files[h->file].bad))
 					continue;
-				if (!who[k] || load[h->peer] < load[who[k]->peer])
-					who[k] = h;
+				if (h->peer == prev)
+					same = h;
+				if (!best || load[h->peer] < load[best->peer])
+					best = h;
 			}
+			who[k] = same && run < RUN_BLOCKS ? same : best;
 			if (who[k]) {
+				run = who[k]->peer == prev ? run + 1 : 1;
+				prev = who[k]->peer;
 				load[who[k]->peer] += reqs[k].len;
 				tried[k] |= (uint64_t)1 << who[k]->peer;
 				assigned++;

@@ -18,7 +18,7 @@ fi
 # One nginx serves SOURCE (/repo) and the node caches (/node-a, ...): the
 # access log tells what each side sent.
 REPO=$WORK/repo
-mkdir -p "$REPO" "$WORK/t1" "$WORK/t2" "$WORK/t3"
+mkdir -p "$REPO/sub" "$WORK/t1" "$WORK/t2" "$WORK/t3"
 cp -r /usr/share/common-licenses "$WORK/t1/lic"
 cp -r /usr/share/common-licenses "$WORK/t2/lic"
 cp -r /usr/share/common-licenses "$WORK/t3/lic"
@@ -34,7 +34,7 @@ open(w + "/t3/b.bin", "wb").write(b)
 open(w + "/t3/c.bin", "wb").write(c)
 PY
 mkext4 "$REPO/v1.raw" 12 "$WORK/t1"
-mkext4 "$REPO/v2.raw" 12 "$WORK/t2"
+mkext4 "$REPO/sub/v2.raw" 12 "$WORK/t2"   # cached as images/sub%2Fv2.raw: a name to escape in URLs
 mkext4 "$REPO/w.raw" 12 "$WORK/t3"
 "$IMGDEDUP" scan -q "$REPO"
 "$IMGDEDUP" map -q "$REPO"
@@ -68,7 +68,7 @@ sent() { awk -v p="$1" 'index($2, p) == 1 && $2 !~ /\/(index|\.imgdedup\/.*)$/ {
 
 # two nodes, each with one image in its cache
 "$IMGDEDUP" deploy --from "$SRC" --cache "$WORK/node-a" -q v1.raw
-"$IMGDEDUP" deploy --from "$SRC" --cache "$WORK/node-b" -q v2.raw
+"$IMGDEDUP" deploy --from "$SRC" --cache "$WORK/node-b" -q sub/v2.raw
 PA=$NGINX_URL/node-a
 PB=$NGINX_URL/node-b
 
@@ -78,7 +78,7 @@ nginx_log_reset
   w.raw > "$WORK/c.json" 2> "$WORK/c.err"
 check "w byte-exact" cmp "$REPO/w.raw" "$(json_get "$WORK/c.json" output)"
 check "no warnings with healthy peers" [ ! -s "$WORK/c.err" ]
-want_src=$(missing_bytes "$REPO/w.raw" "$REPO/v1.raw" "$REPO/v2.raw")
+want_src=$(missing_bytes "$REPO/w.raw" "$REPO/v1.raw" "$REPO/sub/v2.raw")
 want_peer=$(( $(missing_bytes "$REPO/w.raw") - want_src ))
 check "SOURCE sent only what no peer holds ($want_src bytes)" \
   [ "$(json_get "$WORK/c.json" bytes_fetched)/$(sent /repo/)" = "$want_src/$want_src" ]
@@ -89,7 +89,7 @@ check "both peers served" [ "$(sent /node-a/)" -gt 0 ] && [ "$(sent /node-b/)" -
 # 2. a tampered peer file: a warning, the block from elsewhere, output exact
 cp -a "$WORK/node-a" "$WORK/node-t"
 img_a=$(ls "$WORK/node-t/images/"*)
-python3 - "$img_a" "$REPO/w.raw" "$REPO/v2.raw" <<'PY'
+python3 - "$img_a" "$REPO/w.raw" "$REPO/sub/v2.raw" <<'PY'
 # flip a byte in a block of v1 that w needs and v2 lacks: only SOURCE has it then
 import hashlib, sys
 v1, w, v2 = (open(p, "rb").read() for p in sys.argv[1:4])
@@ -125,7 +125,7 @@ cat "$WORK/e.err"
 check "dead and damaged peers: byte-exact" cmp "$REPO/w.raw" "$(json_get "$WORK/e.json" output)"
 check "dead peer: a warning" grep -q "node-gone" "$WORK/e.err"
 check "damaged peer index: a warning" grep -q "node-x" "$WORK/e.err"
-want=$(missing_bytes "$REPO/w.raw" "$REPO/v2.raw")
+want=$(missing_bytes "$REPO/w.raw" "$REPO/sub/v2.raw")
 check "SOURCE sent what the live peer lacks ($want bytes)" \
   [ "$(json_get "$WORK/e.json" bytes_fetched)/$(sent /repo/)" = "$want/$want" ]
 

@@ -92,7 +92,7 @@ check "an s3:// REPO without --index is refused" bash -c "! '$IMGDEDUP' scan -q 
 # ---- map and publish (catalog last, stale objects removed) ----
 "$IMGDEDUP" map -q --index "$WORK/idx" "$S3"
 "$IMGDEDUP" publish --json --index "$WORK/idx" "$S3" > "$WORK/p1.json"
-nfiles=$(cd "$WORK/idx" && find . -type f ! -name lock ! -name '*.tmp.*' | wc -l)
+nfiles=$(cd "$WORK/idx" && find . -type f ! -name lock ! -name publish-state ! -name '*.tmp.*' | wc -l)
 check "publish uploads the index ($nfiles files), removes the stale object" \
   [ "$(json_get "$WORK/p1.json" uploaded)/$(json_get "$WORK/p1.json" deleted)" = "$nfiles/1" ]
 "$IMGDEDUP" publish --json --index "$WORK/idx" "$S3" > "$WORK/p2.json"
