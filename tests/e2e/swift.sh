@@ -111,12 +111,17 @@ CONF
   export AWS_ENDPOINT_URL=$SWIFT_URL
   unset AWS_PROFILE AWS_SESSION_TOKEN AWS_DEFAULT_REGION
   export AWS_SHARED_CREDENTIALS_FILE=$d/no-credentials-file
-  # ready: the proxy answers and a signed request goes through every server
-  local i
+  # ready: a signed bucket creation goes through the proxy, tempauth and
+  # the account and container servers (a 404 for a missing bucket is not
+  # enough: the account server may still refuse, 503)
+  local i code
   for i in $(seq 150); do
-    if curl -sf -o /dev/null "$SWIFT_URL/healthcheck" &&
-       [ "$(swift_s3 GET swift-ready-probe -o /dev/null -w '%{http_code}')" = 404 ]; then
-      return 0
+    if curl -sf -o /dev/null "$SWIFT_URL/healthcheck"; then
+      code=$(swift_s3 PUT swift-ready-probe -o /dev/null -w '%{http_code}')
+      if [ "$code" = 200 ] || [ "$code" = 409 ]; then
+        swift_s3 DELETE swift-ready-probe -o /dev/null || true
+        return 0
+      fi
     fi
     for s in account container object proxy; do
       kill -0 "$(cat "$d/run/$s.pid")" 2>/dev/null || { echo "swift: $s server died:" >&2; tail -5 "$d/$s.log" >&2; return 1; }
