@@ -5,6 +5,17 @@
  * function that can fail returns a negative IDD_E* code and fills an
  * idd_error whose message names the file and the reason; the library never
  * prints and never exits.
+ *
+ * Compatibility: the structs of this header (options, statistics, results)
+ * only ever gain fields at their end, and a field added later means, when zero, what the library did
+ * before it existed; so zero-initialise them ({0} or memset) and set what
+ * you need.
+ * This header is self-contained (C11 or C++).  Build against the installed
+ * library with `pkg-config --cflags --libs libimgdedup`; the library is a
+ * static archive, so a program calling more than idd_strerror also links
+ * what libimgdedup.pc lists as Requires.private and Libs.private:
+ * `pkg-config --libs libimgdedup libcrypto libzstd libarchive libcurl zlib`
+ * and -pthread -lm.
  */
 #ifndef IMGDEDUP_H
 #define IMGDEDUP_H
@@ -45,7 +56,7 @@ typedef struct idd_error {
 	int code; /* the IDD_E* code of the failure (IDD_ERR when unspecified) */
 } idd_error;
 
-/* A short name for a code ("corrupt", "io", ...). */
+/* A short name for a code ("corrupt", "i/o error", "not found", ...). */
 const char *idd_strerror(int code);
 
 /* A block's content digest.  The all-zero value marks a zero block: SHA-256
@@ -183,7 +194,7 @@ typedef struct idd_verify_opts {
 /* IDD_OK when everything checked is intact, IDD_ERR otherwise. */
 int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
-/* ---- similarity and map (issue 3) ---- */
+/* ---- similarity and map ----------------------------------------------- */
 
 typedef enum idd_metric { IDD_METRIC_JACCARD = 0, IDD_METRIC_CONTAINMENT = 1 } idd_metric;
 
@@ -282,7 +293,7 @@ char *idd_similarity_svg(const idd_similarity *s, idd_metric m, const size_t *or
                          idd_error *err);
 
 
-/* ---- deploy and cache (issue 4) ---- */
+/* ---- deploy and cache ------------------------------------------------- */
 
 typedef struct idd_deploy_stats {
 	uint64_t bytes_total;      /* the image's size */
@@ -367,8 +378,7 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
  * whose content the node cache holds under any image is read from there and
  * verified, anything else is fetched (from peers, the pack or the image in
  * SOURCE), verified, written into the cache and answered.  Every function
- * is safe to call from several threads at once.
- * Options structs only ever gain fields at their end. */
+ * is safe to call from several threads at once. */
 typedef struct idd_serve_opts {
 	const char *source;        /* repository: a directory, http(s):// or s3:// */
 	const char *index;         /* its index; NULL: SOURCE/.imgdedup */

@@ -351,7 +351,9 @@ int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_
 		idd_file *arch;
 		if (idd_repo_file_open(e->path, e->dev == IDD_S3_DEV ? e->size : UINT64_MAX, &arch, err))
 			return IDD_ERR;
-		return idd_archive_open_member_file(e, arch, out, err);
+		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
+		                        e->spooled ? e->spool_fd : -1};
+		return idd_archive_open_member_file(arch, e->path, &m, out, err);
 	}
 	idd_source *src;
 	const char *key;
@@ -389,13 +391,14 @@ bool idd_repo_s3_chain_unchanged(const char *repo, const idd_file_ident *v, size
 	return true;
 }
 
-int idd_repo_s3_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
+int idd_repo_s3_archive_members(const idd_repo_entry *archive, idd_archive_members *out,
+                                idd_error *err)
 {
 	memset(out, 0, sizeof *out);
 	idd_file *f;
 	if (idd_repo_file_open(archive->path, archive->size, &f, err))
 		return IDD_ERR;
-	int rc = idd_archive_list_file(archive, f, out, err);
+	int rc = idd_archive_list_file(f, archive->path, out, err);
 	idd_file_close(f);
 	return rc;
 }

@@ -25,6 +25,7 @@
 #define IDD_INDEX_REPO_S3_H
 
 #include "index/repo.h"
+#include "formats/archive.h"
 
 /* The device number every object of an object store has in the catalog. */
 #define IDD_S3_DEV ((uint64_t)0x5333) /* "S3" */
@@ -44,10 +45,11 @@ int idd_repo_s3_walk(const char *repo, const char *const *includes, size_t n_inc
  * NULL). */
 int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                                  idd_image **out, idd_error *err);
-/* Expand an archive object (member == NULL) into one entry per disk image
- * member: tar members by range, compressed archives streamed once (their
- * members spooled as for local archives). */
-int idd_repo_s3_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err);
+/* The disk image members of an archive object (member == NULL): tar
+ * members by range, compressed archives streamed once (their members
+ * spooled as for local archives); idd_repo_list_archive makes entries. */
+int idd_repo_s3_archive_members(const idd_repo_entry *archive, idd_archive_members *out,
+                                idd_error *err);
 /* Are the backing files of a chain still what was recorded (HEAD)? */
 bool idd_repo_s3_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n);
 

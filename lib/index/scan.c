@@ -709,8 +709,7 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	idd_repo_list members = {0};
 	if (kind) {
 		idd_error e;
-		if (idd_repo_is_s3(f->path) ? idd_repo_s3_list_archive(f, &members, &e)
-		                            : idd_archive_list(f, &members, &e)) {
+		if (idd_repo_list_archive(f, &members, &e)) {
 			if (s->o->warn)
 				s->o->warn(s->o->ctx, e.msg);
 			return 1; /* reported; counts as a failure */

@@ -64,6 +64,8 @@ int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_
 	}
 	for (size_t i = 0; i < n; i++)
 		reqs[i].status = IDD_ENOENT;
+	c->failure.code = IDD_OK;
+	c->failure.msg[0] = 0;
 	int rc = IDD_OK;
 	for (size_t si = 0; si < c->n; si++) {
 		idd_block_source *s = c->src[si];
@@ -90,18 +92,22 @@ int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_
 		}
 		if (src_rc) {
 			/* the source failed as a whole: its requests go to the next one */
-			idd_warnf(s->warn, s->warn_ctx, "warning: %s: %s; trying the next source", s->name,
-			          e2.msg);
+			c->failure = e2;
+			c->failure.code = src_rc;
+			if (si + 1 < c->n)
+				idd_warnf(s->warn, s->warn_ctx, "warning: %s: %s; trying the next source", s->name,
+				          e2.msg);
+			for (size_t i = 0; i < np; i++)
+				if (pending[i]->status == IDD_ENOENT)
+					pending[i]->status = src_rc;
 			continue;
 		}
 		for (size_t i = 0; i < np; i++) {
-			if (batch[i].status == IDD_OK || pending[i]->status != IDD_OK) {
-				int keep = pending[i]->status;
-				*pending[i] = batch[i];
-				/* a later "not here" must not hide an earlier "damaged" */
-				if (batch[i].status == IDD_ENOENT && keep == IDD_ECORRUPT)
-					pending[i]->status = keep;
-			}
+			int keep = pending[i]->status;
+			*pending[i] = batch[i];
+			/* a later "not here" must not hide an earlier reason */
+			if (batch[i].status == IDD_ENOENT && keep != IDD_ENOENT)
+				pending[i]->status = keep;
 		}
 	}
 	free(pending);

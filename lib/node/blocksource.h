@@ -88,10 +88,13 @@ bool idd_block_verify(idd_hasher *h, const void *buf, uint32_t block_size, const
 typedef struct idd_block_chain {
 	idd_block_source *src[16];
 	size_t n;
+	idd_error failure; /* the last source that failed as a whole (failure.code < 0) */
 } idd_block_chain;
 
-/* Ask every source in turn.  Afterwards each request is IDD_OK, or the
- * status of the last source that answered (IDD_ENOENT: nobody holds it). */
+/* Ask every source in turn.  Afterwards each request is IDD_OK, or says why
+ * not: IDD_ENOENT (nobody holds it), IDD_ECORRUPT (a source held it but it
+ * failed verification), or the code of a source that failed as a whole
+ * (IDD_ENET, ...; c->failure has its message). */
 int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_error *err);
 
 #endif

@@ -290,6 +290,9 @@ static int fetch_missing(struct deploy *d, struct blist *fetch)
 			                   "not match its digest (the source is damaged or changed since it was "
 			                   "indexed)", d->info->id, (unsigned long long)(b * d->bs),
 			                   d->remote_src->name);
+		else if (chain.failure.code < 0)
+			rc = idd_fail_code(d->err, chain.failure.code == IDD_ERR ? IDD_ENET : chain.failure.code,
+			                   "%s", chain.failure.msg);
 		else
 			rc = idd_fail_code(d->err, IDD_ENOENT, "%s: no source holds the block at offset %llu",
 			                   d->info->id, (unsigned long long)(b * d->bs));

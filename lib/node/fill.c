@@ -11,18 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-int idd_jobs_threads(int jobs, size_t work)
-{
-	long n = jobs > 0 ? jobs : sysconf(_SC_NPROCESSORS_ONLN);
-	if (n < 1)
-		n = 1;
-	if (n > 64)
-		n = 64;
-	if ((size_t)n > work)
-		n = (long)work;
-	return n < 1 ? 1 : (int)n;
-}
-
 struct pool {
 	idd_fill *f;
 	const uint64_t *blocks;
@@ -40,6 +28,7 @@ struct worker {
 	struct pool *p;
 	unsigned char *buf;
 	idd_block_req *reqs;
+	idd_block_chain chain; /* a copy: its failure record is this thread's own */
 	pthread_t thread;
 	int rc;
 	idd_error err;
@@ -118,7 +107,7 @@ static int do_window(struct pool *p, struct worker *w, size_t win)
 		q->buf = w->buf + i * bs;
 		q->origin_fd = -1;
 	}
-	int rc = idd_block_chain_read(f->chain, w->reqs, n, &w->err);
+	int rc = idd_block_chain_read(&w->chain, w->reqs, n, &w->err);
 	return rc ? rc : write_window(p, w, n);
 }
 
@@ -171,11 +160,14 @@ int idd_fill_run(idd_fill *f, const uint64_t *blocks, size_t n, idd_error *err)
 	atomic_init(&p.cloned, 0);
 	atomic_init(&p.stop, false);
 	pthread_mutex_init(&p.lock, NULL);
-	int nw = idd_jobs_threads(f->jobs, p.nwindows);
+	int nw = idd_threads_for_jobs(f->jobs);
+	if ((size_t)nw > p.nwindows)
+		nw = (int)p.nwindows;
 	struct worker *w = idd_calloc((size_t)nw, sizeof *w, err);
 	int rc = w ? IDD_OK : IDD_ENOMEM;
 	for (int i = 0; !rc && i < nw; i++) {
 		w[i].p = &p;
+		w[i].chain = *f->chain;
 		w[i].buf = idd_malloc(f->window_blocks * f->part->bs, err);
 		w[i].reqs = idd_calloc(f->window_blocks, sizeof *w[i].reqs, err);
 		if (!w[i].buf || !w[i].reqs)
@@ -197,6 +189,8 @@ int idd_fill_run(idd_fill *f, const uint64_t *blocks, size_t n, idd_error *err)
 			rc = w[i].rc;
 		}
 	for (int i = 0; w && i < nw; i++) {
+		if (w[i].chain.failure.code < 0)
+			f->chain->failure = w[i].chain.failure;
 		free(w[i].buf);
 		free(w[i].reqs);
 	}

@@ -33,7 +33,4 @@ typedef struct idd_fill {
 int idd_fill_run(idd_fill *f, const uint64_t *blocks, size_t n, idd_error *err);
 void idd_fill_free(idd_fill *f);
 
-/* Threads for a jobs option: 0 means every online CPU; at most `work`. */
-int idd_jobs_threads(int jobs, size_t work);
-
 #endif

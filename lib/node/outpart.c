@@ -219,30 +219,48 @@ static int output_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_e
 	if (!h)
 		return IDD_ENOMEM;
 	uint32_t bs = s->block_size;
+	uint64_t *from = idd_malloc((n ? n : 1) * sizeof *from, err);
+	if (!from)
+		return IDD_ENOMEM;
 	for (size_t i = 0; i < n; i++) {
-		idd_block_req *q = &reqs[i];
-		q->status = IDD_ENOENT;
-		q->origin_fd = -1;
-		size_t slot = idd_digest_set_find(&o->refs, &q->digest);
-		uint64_t from = slot == (size_t)-1 ? UINT64_MAX : o->pos[o->refs.aux[slot]];
-		if (from == UINT64_MAX)
-			continue;
-		uint64_t off = from * bs, len = IDD_MIN((uint64_t)bs, o->p->size - off);
-		memset(q->buf + len, 0, bs - len);
-		if (idd_pread_all(o->p->fd, q->buf, (size_t)len, off))
-			return idd_fail_errno(err, o->p->part, "read");
-		if (idd_block_verify(h, q->buf, bs, &q->digest)) {
-			q->status = IDD_OK;
-			q->origin_fd = o->p->fd;
-			q->origin_off = off;
-			atomic_fetch_add(&s->blocks, 1);
-			atomic_fetch_add(&s->bytes, len);
-		} else {
-			q->status = IDD_ECORRUPT;
-			atomic_fetch_add(&s->damaged, 1);
-		}
+		reqs[i].status = IDD_ENOENT;
+		reqs[i].origin_fd = -1;
+		size_t slot = idd_digest_set_find(&o->refs, &reqs[i].digest);
+		from[i] = slot == (size_t)-1 ? UINT64_MAX : o->pos[o->refs.aux[slot]];
 	}
-	return IDD_OK;
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < n;) {
+		if (from[i] == UINT64_MAX) {
+			i++;
+			continue;
+		}
+		/* first copies consecutive in OUT into consecutive buffers: one read */
+		size_t j = i + 1;
+		while (j < n && from[j] == from[i] + (j - i) && reqs[j].buf == reqs[i].buf + (j - i) * bs)
+			j++;
+		uint64_t off = from[i] * bs, len = IDD_MIN((uint64_t)(j - i) * bs, o->p->size - off);
+		memset(reqs[i].buf + len, 0, (size_t)((j - i) * bs - len));
+		if (idd_pread_all(o->p->fd, reqs[i].buf, (size_t)len, off)) {
+			rc = idd_fail_errno(err, o->p->part, "read");
+			break;
+		}
+		for (size_t k = i; k < j; k++) {
+			idd_block_req *q = &reqs[k];
+			if (idd_block_verify(h, q->buf, bs, &q->digest)) {
+				q->status = IDD_OK;
+				q->origin_fd = o->p->fd;
+				q->origin_off = from[k] * bs;
+				atomic_fetch_add(&s->blocks, 1);
+				atomic_fetch_add(&s->bytes, IDD_MIN((uint64_t)bs, o->p->size - from[k] * bs));
+			} else {
+				q->status = IDD_ECORRUPT;
+				atomic_fetch_add(&s->damaged, 1);
+			}
+		}
+		i = j;
+	}
+	free(from);
+	return rc;
 }
 
 static void output_close(idd_block_source *s)

@@ -32,6 +32,7 @@ struct reader {
 	idd_file **backing;    /* backing files opened for img (their offsets are their own) */
 	size_t nbacking;
 	const char *img_dir;   /* directory of the image, relative to SOURCE ("" at the top) */
+	char *level_dir;       /* directory of the last backing file opened */
 	bool busy;
 	uint64_t requests_seen, retries_seen;
 };
@@ -48,19 +49,63 @@ struct remote {
 
 /* ---- opening the image ---- */
 
+/* dir/name with "." and ".." resolved; NULL (refused) when it leaves the
+ * source's root. */
+static char *resolve_inside(const char *dir, const char *name, idd_error *err)
+{
+	char *joined = dir[0] ? idd_asprintf(err, "%s/%s", dir, name) : idd_strdup(name, err);
+	if (!joined)
+		return NULL;
+	char *out = idd_malloc(strlen(joined) + 1, err);
+	if (!out) {
+		free(joined);
+		return NULL;
+	}
+	size_t n = 0;
+	for (char *save = NULL, *part = strtok_r(joined, "/", &save); part;
+	     part = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(part, "."))
+			continue;
+		if (!strcmp(part, "..")) {
+			if (!n) { /* above the root */
+				free(joined);
+				free(out);
+				return NULL;
+			}
+			while (n && out[n - 1] != '/')
+				n--;
+			if (n)
+				n--;
+			continue;
+		}
+		if (n)
+			out[n++] = '/';
+		memcpy(out + n, part, strlen(part));
+		n += strlen(part);
+	}
+	out[n] = 0;
+	free(joined);
+	if (!n) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+/* Backing files resolve inside SOURCE only, each relative to the directory
+ * of the file naming it (a chain opens top down, one call per level). */
 static int backing_open(void *ctx, const char *name, idd_file **out, idd_error *err)
 {
 	struct reader *rd = ctx;
 	if (name[0] == '/' || idd_is_url(name))
 		return idd_fail_code(err, IDD_EPERM, "backing file '%s' refused: it must be a relative path "
 		                     "inside the source", name);
-	char *rel = rd->img_dir[0] ? idd_asprintf(err, "%s/%s", rd->img_dir, name) : idd_strdup(name, err);
-	if (!rel)
-		return IDD_ENOMEM;
-	if (!idd_relpath_ok(rel)) {
-		idd_fail_code(err, IDD_EPERM, "backing file '%s' refused: it leads outside the source", name);
+	const char *dir = rd->level_dir ? rd->level_dir : rd->img_dir;
+	char *rel = resolve_inside(dir, name, err);
+	if (!rel || !idd_relpath_ok(rel)) {
 		free(rel);
-		return IDD_EPERM;
+		return idd_fail_code(err, IDD_EPERM, "backing file '%s' refused: it leads outside the source",
+		                     name);
 	}
 	if (rd->nbacking >= IDD_MAX_BACKING_DEPTH) {
 		free(rel);
@@ -69,17 +114,27 @@ static int backing_open(void *ctx, const char *name, idd_file **out, idd_error *
 	}
 	idd_file *f;
 	int rc = idd_source_open_file(rd->src, rel, UINT64_MAX, &f, err);
-	free(rel);
-	if (rc)
+	if (rc) {
+		free(rel);
 		return rc;
+	}
 	/* the image reader owns f; it is remembered only to route its ranges */
 	idd_file **nb = idd_realloc_array(rd->backing, rd->nbacking + 1, sizeof *nb, err);
 	if (!nb) {
+		free(rel);
 		idd_file_close(f);
 		return IDD_ENOMEM;
 	}
 	rd->backing = nb;
 	rd->backing[rd->nbacking++] = f;
+	/* the next level resolves next to this one */
+	char *slash = strrchr(rel, '/');
+	if (slash)
+		*slash = 0;
+	else
+		rel[0] = 0;
+	free(rd->level_dir);
+	rd->level_dir = rel;
 	*out = f;
 	return IDD_OK;
 }
@@ -180,6 +235,7 @@ static void reader_close(struct reader *rd)
 	idd_file_close(rd->file);
 	free(rd->backing);
 	free((char *)rd->img_dir);
+	free(rd->level_dir);
 	idd_source_close(rd->src);
 }
 
