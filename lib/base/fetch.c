@@ -7,9 +7,8 @@
  * of requests runs on a session (a curl multi handle and its easy handles)
  * taken from the source's idle list, or made when none is idle, so
  * connections stay alive across batches and threads never share a handle. */
-#include "node/fetch.h"
-#include "node/s3.h"
-#include "index/indexfile.h"
+#include "base/fetch.h"
+#include "base/s3.h"
 
 #include <curl/curl.h>
 #include <errno.h>

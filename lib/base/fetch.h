@@ -1,15 +1,16 @@
-/* fetch.h - where deploy (and scan, for an object store) reads a repository
- * from: a local directory (or NFS mount), an http:// / https:// URL, or an
+/* fetch.h - repository sources: where deploy and serve (and scan and
+ * publish, for an object store) read a repository from and write its index
+ * to: a local directory (or NFS mount), an http:// / https:// URL, or an
  * s3://BUCKET/PREFIX location in an S3-compatible object store, through
  * libcurl.  Internal. */
-#ifndef IDD_FETCH_H
-#define IDD_FETCH_H
+#ifndef IDD_BASE_FETCH_H
+#define IDD_BASE_FETCH_H
 
 #include "base/util.h"
 #include "base/error.h"
 
 #include "base/file.h"
-#include "node/s3.h"
+#include "base/s3.h"
 
 /* Objects of a listing (keys relative to the source). */
 typedef struct idd_s3_object_list {

@@ -3,9 +3,8 @@
  * error bodies.  The XML readers are deliberately minimal: they look for a
  * handful of elements by name inside a bounded buffer, decode the five
  * predefined entities and numeric references, and refuse anything else. */
-#include "node/s3.h"
+#include "base/s3.h"
 #include "base/error.h"
-#include "index/indexfile.h"
 
 #include <errno.h>
 #include <pwd.h>

@@ -4,8 +4,8 @@
  * virtual-hosted), canonical query strings, ListObjectsV2 pages and error
  * bodies.  Requests are signed by libcurl (CURLOPT_AWS_SIGV4); fetch.c
  * sends them.  Internal. */
-#ifndef IDD_NODE_S3_H
-#define IDD_NODE_S3_H
+#ifndef IDD_BASE_S3_H
+#define IDD_BASE_S3_H
 
 #include "base/util.h"
 

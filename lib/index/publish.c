@@ -16,7 +16,7 @@
 #include "base/error.h"
 #include "index/catalog.h"
 #include "index/indexfile.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 
 #include <dirent.h>
 #include <fcntl.h>

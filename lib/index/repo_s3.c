@@ -6,7 +6,7 @@
 #include "base/digest.h"
 #include "base/error.h"
 #include "formats/archive.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 
 #include <pthread.h>
 #include <stdlib.h>

@@ -21,7 +21,7 @@
 #define IDD_NODE_SOURCE_PEER_H
 
 #include "node/blocksource.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 
 /* At most this many peers in one source. */
 #define IDD_MAX_PEERS 64

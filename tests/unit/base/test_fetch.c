@@ -2,7 +2,7 @@
  * requests against an in-process server on 127.0.0.1 that can fail, drop,
  * redirect, throttle, deny, list and take uploads. */
 #include "testutil.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

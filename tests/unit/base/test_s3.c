@@ -3,7 +3,7 @@
  * the ListObjectsV2 and error bodies.  (Signing is libcurl's; requests are
  * tested against a server in test_fetch.c and against Swift end to end.) */
 #include "testutil.h"
-#include "node/s3.h"
+#include "base/s3.h"
 
 #include <stdlib.h>
 #include <string.h>
