@@ -18,6 +18,7 @@ static const struct {
 	{"ls", cmd_ls, "list the indexed images"},
 	{"info", cmd_info, "details of one indexed image"},
 	{"verify", cmd_verify, "check every index file (and with --deep, the images)"},
+	{"publish", cmd_publish, "copy the index into an object store, where nodes read it"},
 };
 
 static void usage(FILE *f)

@@ -152,6 +152,33 @@ typedef struct idd_scan_stats {
  * one image failed (each reported through warn; the others are indexed). */
 int idd_scan(const idd_scan_opts *opts, idd_scan_stats *stats, idd_error *err);
 
+/* ---- publish: an index into an object store -------------------------- */
+
+typedef struct idd_publish_opts {
+	const char *repo;      /* the repository (a directory or s3://BUCKET/PREFIX) */
+	const char *index_dir; /* its index; NULL: REPO/.imgdedup */
+	const char *to;        /* s3://BUCKET/PREFIX to publish to; NULL: REPO itself. The
+	                          index goes to TO/.imgdedup, where deploy and serve read it */
+	bool keep_stale;       /* leave objects the index no longer has */
+	bool no_wait;          /* index locked by another run: IDD_EBUSY */
+	idd_progress_fn progress;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_publish_opts;
+
+typedef struct idd_publish_stats {
+	uint64_t files;          /* files in the index */
+	uint64_t uploaded;       /* uploaded this run */
+	uint64_t unchanged;      /* already in the store with the same bytes (ETag = MD5) */
+	uint64_t deleted;        /* objects the index no longer has, removed */
+	uint64_t bytes_uploaded;
+} idd_publish_stats;
+
+/* Upload the index (under its lock): every file but the catalog, then the
+ * catalog, then delete what it no longer names.  Files the store already
+ * holds are not sent again. */
+int idd_publish(const idd_publish_opts *opts, idd_publish_stats *stats, idd_error *err);
+
 /* ---- verify ------------------------------------------------------------ */
 
 typedef struct idd_verify_opts {

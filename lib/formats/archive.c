@@ -420,23 +420,66 @@ static int tar_list(idd_file *f, idd_archive_members *out, idd_error *err)
 	return rc;
 }
 
-/* Open a libarchive reader over PATH for tar formats and every filter. */
-static struct archive *la_open(const char *path, idd_error *err)
+/* libarchive reads an archive through an idd_file (local or remote), in
+ * large sequential pieces. */
+struct file_reader {
+	idd_file *f;
+	uint64_t off;
+	unsigned char *buf;
+	idd_error *err;
+};
+
+#define FILE_READER_CHUNK ((size_t)4 << 20)
+
+static la_ssize_t file_reader_cb(struct archive *a, void *ud, const void **buf)
 {
+	struct file_reader *fr = ud;
+	if (fr->off >= fr->f->size)
+		return 0;
+	size_t n = (size_t)IDD_MIN((uint64_t)FILE_READER_CHUNK, fr->f->size - fr->off);
+	if (idd_file_pread(fr->f, fr->buf, n, fr->off, fr->err)) {
+		archive_set_error(a, EIO, "%s", fr->err->msg);
+		return -1;
+	}
+	fr->off += n;
+	*buf = fr->buf;
+	return (la_ssize_t)n;
+}
+
+/* A libarchive reader over f for tar formats and every filter; fr (its
+ * buffer allocated here, freed by la_close) feeds it. */
+static struct archive *la_open(idd_file *f, struct file_reader *fr, idd_error *err)
+{
+	*fr = (struct file_reader){f, 0, idd_malloc(FILE_READER_CHUNK, err), err};
+	if (!fr->buf)
+		return NULL;
 	struct archive *a = archive_read_new();
 	if (!a) {
-		idd_fail(err, "%s: libarchive: out of memory", path);
+		idd_fail(err, "%s: libarchive: out of memory", f->name);
+		free(fr->buf);
+		fr->buf = NULL;
 		return NULL;
 	}
 	archive_read_support_filter_all(a);
 	archive_read_support_format_tar(a);
 	archive_read_support_format_gnutar(a);
-	if (archive_read_open_filename(a, path, 1 << 20) != ARCHIVE_OK) {
-		idd_fail(err, "%s: %s", path, archive_error_string(a) ? archive_error_string(a) : "cannot open");
+	if (archive_read_open(a, fr, NULL, file_reader_cb, NULL) != ARCHIVE_OK) {
+		/* a read failure's message reaches here through archive_set_error */
+		idd_fail(err, "%s: %s", f->name, archive_error_string(a) ? archive_error_string(a) : "cannot open");
 		archive_read_free(a);
+		free(fr->buf);
+		fr->buf = NULL;
 		return NULL;
 	}
 	return a;
+}
+
+static void la_close(struct archive *a, struct file_reader *fr)
+{
+	if (a)
+		archive_read_free(a);
+	free(fr->buf);
+	fr->buf = NULL;
 }
 
 static int tmp_open(idd_error *err);
@@ -446,9 +489,11 @@ static int spool_entry(struct archive *a, struct archive_entry *ae, const char *
 /* A compressed stream cannot skip: listing decompresses everything anyway,
  * so each disk image member is written to a temporary file on the way and
  * handed over with its entry (idd_archive_open_member then reads it). */
-static int la_list(const char *path, idd_archive_members *out, idd_error *err)
+static int la_list(idd_file *f, idd_archive_members *out, idd_error *err)
 {
-	struct archive *a = la_open(path, err);
+	const char *path = f->name;
+	struct file_reader fr;
+	struct archive *a = la_open(f, &fr, err);
 	if (!a)
 		return IDD_ERR;
 	int rc = IDD_OK;
@@ -484,43 +529,44 @@ static int la_list(const char *path, idd_archive_members *out, idd_error *err)
 			break;
 		}
 	}
-	archive_read_free(a);
+	la_close(a, &fr);
 	return rc;
 }
 
-static int read_kind(const char *path, const char **kind, idd_file **fout, idd_error *err)
+static int read_kind(idd_file *f, const char **kind, idd_error *err)
 {
-	idd_file *f;
-	if (idd_file_open_local(path, &f, err))
-		return IDD_ERR;
 	unsigned char head[4096];
 	size_t hl = (size_t)IDD_MIN(f->size, (uint64_t)sizeof head);
-	if (hl && idd_file_pread(f, head, hl, 0, err)) {
-		idd_file_close(f);
+	if (hl && idd_file_pread(f, head, hl, 0, err))
 		return IDD_ERR;
-	}
 	*kind = idd_archive_kind(head, hl);
-	if (!*kind) {
-		idd_file_close(f);
-		return idd_fail(err, "%s: not a tar archive (nor a gzip, xz or zstd compressed one)", path);
-	}
-	*fout = f;
+	if (!*kind)
+		return idd_fail(err, "%s: not a tar archive (nor a gzip, xz or zstd compressed one)", f->name);
 	return IDD_OK;
 }
 
 int idd_archive_list(const char *path, idd_archive_members *out, idd_error *err)
 {
 	memset(out, 0, sizeof *out);
-	const char *kind;
 	idd_file *f;
-	if (read_kind(path, &kind, &f, err))
+	if (idd_file_open_local(path, &f, err))
+		return IDD_ERR;
+	int rc = idd_archive_list_file(f, path, out, err);
+	idd_file_close(f);
+	return rc;
+}
+
+int idd_archive_list_file(idd_file *f, const char *path, idd_archive_members *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	const char *kind;
+	if (read_kind(f, &kind, err))
 		return IDD_ERR;
 	int rc;
 	if (strcmp(kind, "tar") == 0)
 		rc = tar_list(f, out, err);
 	else
-		rc = la_list(path, out, err);
-	idd_file_close(f);
+		rc = la_list(f, out, err);
 	if (rc) {
 		idd_archive_members_free(out);
 		return rc;
@@ -616,11 +662,11 @@ static int spool_named(struct archive *a, const char *path, const char *member, 
  * at path into fd. */
 static int spool_member(const char *path, const char *member, int fd, idd_error *err)
 {
-	struct archive *a = la_open(path, err);
-	if (!a)
+	idd_file *f;
+	if (idd_file_open_local(path, &f, err))
 		return IDD_ERR;
-	int rc = spool_named(a, path, member, fd, err);
-	archive_read_free(a);
+	int rc = idd_archive_spool_member_from(f, member, fd, NULL, err);
+	idd_file_close(f);
 	return rc;
 }
 
@@ -657,85 +703,49 @@ static int spool_named(struct archive *a, const char *path, const char *member, 
 	return rc;
 }
 
-/* libarchive reads the archive through an idd_file (local or remote), in
- * large sequential pieces. */
-struct file_reader {
-	idd_file *f;
-	uint64_t off;
-	unsigned char *buf;
-	idd_error *err;
-};
-
-#define FILE_READER_CHUNK ((size_t)4 << 20)
-
-static la_ssize_t file_reader_cb(struct archive *a, void *ud, const void **buf)
-{
-	struct file_reader *fr = ud;
-	if (fr->off >= fr->f->size)
-		return 0;
-	size_t n = (size_t)IDD_MIN((uint64_t)FILE_READER_CHUNK, fr->f->size - fr->off);
-	if (idd_file_pread(fr->f, fr->buf, n, fr->off, fr->err)) {
-		archive_set_error(a, EIO, "%s", fr->err->msg);
-		return -1;
-	}
-	fr->off += n;
-	*buf = fr->buf;
-	return (la_ssize_t)n;
-}
-
 int idd_archive_spool_member_from(idd_file *archive, const char *member, int fd,
                                   uint64_t *bytes_read, idd_error *err)
 {
-	struct file_reader fr = {archive, 0, idd_malloc(FILE_READER_CHUNK, err), err};
 	if (bytes_read)
 		*bytes_read = 0;
-	if (!fr.buf)
-		return IDD_ERR;
-	struct archive *a = archive_read_new();
-	int rc = IDD_ERR;
-	if (!a) {
-		idd_fail(err, "%s: libarchive: out of memory", archive->name);
-		goto out;
-	}
-	archive_read_support_filter_all(a);
-	archive_read_support_format_tar(a);
-	archive_read_support_format_gnutar(a);
-	if (archive_read_open(a, &fr, NULL, file_reader_cb, NULL) != ARCHIVE_OK) {
-		/* a read failure's message reaches here through archive_set_error */
-		idd_fail(err, "%s: %s", archive->name,
-		         archive_error_string(a) ? archive_error_string(a) : "cannot open");
-		goto out;
-	}
-	rc = spool_named(a, archive->name, member, fd, err);
-out:
+	struct file_reader fr;
+	struct archive *a = la_open(archive, &fr, err);
+	int rc = a ? spool_named(a, archive->name, member, fd, err) : IDD_ERR;
 	if (bytes_read)
 		*bytes_read = fr.off;
-	if (a)
-		archive_read_free(a);
-	free(fr.buf);
+	la_close(a, &fr);
 	return rc;
 }
 
-int idd_archive_open_member(const char *path, const idd_archive_member *m, idd_image **out,
-                            idd_error *err)
+/* parent: the archive read through this file (taken over: closed here, also
+ * on failure), or NULL to open path when it is needed. */
+static int open_member(const char *path, idd_file *parent, const idd_archive_member *m,
+                       idd_image **out, idd_error *err)
 {
 	char *name = idd_asprintf(err, "%s/%s", path, m->name);
-	if (!name)
+	if (!name) {
+		idd_file_close(parent);
 		return IDD_ERR;
+	}
 	idd_file *f = NULL;
-	int rc;
+	int rc = IDD_OK;
 	if (!m->streamed) {
-		idd_file *parent;
-		rc = idd_file_open_local(path, &parent, err);
+		if (!parent)
+			rc = idd_file_open_local(path, &parent, err);
 		if (!rc)
 			rc = idd_file_open_slice(parent, true, m->off, m->len, name, &f, err);
+		parent = NULL; /* the slice owns it */
 	} else {
 		/* spooled while listing, or decompressed now */
 		bool spooled = m->spool_fd >= 0;
 		int fd = spooled ? dup(m->spool_fd) : tmp_open(err);
 		if (fd < 0 && spooled)
 			idd_fail_errno(err, path, "dup");
-		rc = fd < 0 ? IDD_ERR : spooled ? IDD_OK : spool_member(path, m->name, fd, err);
+		if (fd < 0)
+			rc = IDD_ERR;
+		else if (!spooled)
+			rc = parent ? idd_archive_spool_member_from(parent, m->name, fd, NULL, err)
+			            : spool_member(path, m->name, fd, err);
 		if (!rc) {
 			/* Reopen through /proc so the generic local reader serves it; the
 			 * file has no name, so messages use the member's. */
@@ -751,8 +761,21 @@ int idd_archive_open_member(const char *path, const idd_archive_member *m, idd_i
 		if (fd >= 0)
 			close(fd);
 	}
+	idd_file_close(parent);
 	if (!rc)
 		rc = idd_image_open(f, true, NULL, NULL, out, err);
 	free(name);
 	return rc;
+}
+
+int idd_archive_open_member(const char *path, const idd_archive_member *m, idd_image **out,
+                            idd_error *err)
+{
+	return open_member(path, NULL, m, out, err);
+}
+
+int idd_archive_open_member_file(idd_file *archive, const char *path, const idd_archive_member *m,
+                                 idd_image **out, idd_error *err)
+{
+	return open_member(path, archive, m, out, err);
 }

@@ -37,6 +37,9 @@ typedef struct idd_archive_members {
  * directory are skipped).  Compressed archives are read once: their members
  * come back already decompressed (spool_fd). */
 int idd_archive_list(const char *path, idd_archive_members *out, idd_error *err);
+/* The same, the archive read through f (an object in a store, say); path
+ * names it (the container kind comes from its name). */
+int idd_archive_list_file(idd_file *f, const char *path, idd_archive_members *out, idd_error *err);
 void idd_archive_members_free(idd_archive_members *m);
 
 /* Open member m of the archive at path as an image: a slice of an
@@ -45,6 +48,10 @@ void idd_archive_members_free(idd_archive_members *m);
  * must be self-contained: backing files are refused. */
 int idd_archive_open_member(const char *path, const idd_archive_member *m, idd_image **out,
                             idd_error *err);
+/* The same, the archive read through `archive` (taken over: closed with the
+ * image, or on failure); path names it. */
+int idd_archive_open_member_file(idd_file *archive, const char *path, const idd_archive_member *m,
+                                 idd_image **out, idd_error *err);
 
 /* Decompress the member named member (a normalised name as listed; its last
  * occurrence) of the compressed tar read through archive into fd (sparse,

@@ -287,48 +287,6 @@ int idd_indexfile_check(const char *name, const void *file, size_t len, idd_erro
 	return IDD_OK;
 }
 
-int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		int e = errno;
-		idd_fail_errno(err, path, "cannot open");
-		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
-	}
-	struct stat st;
-	if (fstat(fd, &st)) {
-		idd_fail_errno(err, path, "stat");
-		close(fd);
-		return IDD_ERR;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-		close(fd);
-		return idd_fail(err, "%s: not a regular file or larger than %zu bytes", path, max);
-	}
-	size_t n = (size_t)st.st_size, got = 0;
-	unsigned char *buf = idd_malloc(n, err);
-	if (!buf) {
-		close(fd);
-		return IDD_ERR;
-	}
-	while (got < n) {
-		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			r < 0 ? idd_fail_errno(err, path, "read") : idd_fail(err, "%s: shrank while being read", path);
-			free(buf);
-			close(fd);
-			return IDD_ERR;
-		}
-		got += (size_t)r;
-	}
-	close(fd);
-	*data = buf;
-	*len = n;
-	return IDD_OK;
-}
-
 int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,
                        void **payload, size_t *len, uint32_t *version, idd_error *err)
 {

@@ -1,6 +1,7 @@
 /* repo.c - the repository: which files are images, walking the tree, and
  * opening an image with its backing files confined to the repository. */
 #include "index/repo.h"
+#include "index/repo_s3.h"
 #include "base/util.h"
 #include "base/error.h"
 #include "base/file.h"
@@ -166,6 +167,8 @@ int idd_repo_walk(const char *repo, const char *index_dir, const char *const *in
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_walk(repo, includes, n_includes, out, warn, ctx, err);
 	struct stat st;
 	if (stat(repo, &st))
 		return idd_fail_errno(err, repo, "cannot open repository");
@@ -280,6 +283,8 @@ void idd_chain_free(idd_chain *c)
 
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_chain_unchanged(repo, v, n);
 	for (size_t i = 0; i < n; i++) {
 		char *p = idd_path_join(repo, v[i].path, NULL);
 		struct stat st;
@@ -298,7 +303,8 @@ int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd
 {
 	memset(out, 0, sizeof *out);
 	idd_archive_members m;
-	if (idd_archive_list(archive->path, &m, err))
+	if (idd_repo_is_s3(archive->path) ? idd_repo_s3_archive_members(archive, &m, err)
+	                                  : idd_archive_list(archive->path, &m, err))
 		return IDD_ERR;
 	int rc = IDD_OK;
 	for (size_t i = 0; !rc && i < m.n; i++) {
@@ -339,6 +345,8 @@ int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **o
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_open_image_chain(repo, e, chain, out, err);
 	if (e->member) {
 		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
 		                        e->spooled ? e->spool_fd : -1};

@@ -14,6 +14,7 @@
 #include "index/indexfile.h"
 #include "index/catalog.h"
 #include "index/repo.h"
+#include "index/repo_s3.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -137,7 +138,7 @@ struct job {
 	idd_digest *digests;
 	uint64_t bytes_hashed;
 	idd_error err;
-	struct stat st_before;
+	idd_file_ident before; /* identity of the file when opened (stat, or HEAD in an object store) */
 	idd_chain chain;       /* backing files read with the image */
 	idd_image_info info;   /* filled when finished */
 	bool have_info;
@@ -182,29 +183,18 @@ static void job_release(struct job *j)
 	j->digests = NULL;
 }
 
-static bool same_identity(const struct stat *a, const struct stat *b)
-{
-	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
-}
-
 /* Open a job's image; called with the lock held. */
 static void job_open(struct scan *s, struct job *j)
 {
 	j->opened = true;
-	if (stat(j->e.path, &j->st_before)) {
-		idd_fail_errno(&j->err, j->e.path, "cannot stat");
+	if (idd_repo_file_ident(j->e.path, &j->before, &j->err)) {
 		j->failed = true;
 		return;
 	}
 	/* Archive member offsets (and spooled members) come from the listing:
 	 * the file must still be the one listed. */
-	const struct stat *b = &j->st_before;
-	if ((uint64_t)b->st_dev != j->e.dev || (uint64_t)b->st_ino != j->e.ino ||
-	    (uint64_t)b->st_size != j->e.size ||
-	    idd_ts_ns(b->st_mtim) != j->e.mtime_ns ||
-	    idd_ts_ns(b->st_ctim) != j->e.ctime_ns) {
+	const idd_file_ident listed = {NULL, j->e.dev, j->e.ino, j->e.size, j->e.mtime_ns, j->e.ctime_ns};
+	if (!idd_repo_ident_same(&j->before, &listed)) {
 		idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 		j->failed = true;
 		return;
@@ -294,11 +284,10 @@ static void *list_save_main(void *arg)
 static void job_finish(struct scan *s, struct job *j)
 {
 	if (!j->failed) {
-		struct stat after;
-		if (stat(j->e.path, &after)) {
-			idd_fail_errno(&j->err, j->e.path, "cannot stat");
+		idd_file_ident after;
+		if (idd_repo_file_ident(j->e.path, &after, &j->err)) {
 			j->failed = true;
-		} else if (!same_identity(&j->st_before, &after) ||
+		} else if (!idd_repo_ident_same(&j->before, &after) ||
 		           !idd_chain_unchanged(s->o->repo, j->chain.v, j->chain.n)) {
 			idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 			j->failed = true;
@@ -354,11 +343,14 @@ static void job_finish(struct scan *s, struct job *j)
 			j->chain.n = 0;
 			im->member_off = j->e.member_off;
 			im->member_len = j->e.member_len;
-			im->dev = (uint64_t)j->st_before.st_dev;
-			im->ino = (uint64_t)j->st_before.st_ino;
-			im->file_size = (uint64_t)j->st_before.st_size;
-			im->mtime_ns = idd_ts_ns(j->st_before.st_mtim);
-			im->ctime_ns = idd_ts_ns(j->st_before.st_ctim);
+			/* the identity as listed (checked equal to the file's when it
+			 * was opened and again now), so the next run compares like
+			 * with like */
+			im->dev = j->e.dev;
+			im->ino = j->e.ino;
+			im->file_size = j->e.size;
+			im->mtime_ns = j->e.mtime_ns;
+			im->ctime_ns = j->e.ctime_ns;
 			im->virtual_size = j->img->size;
 			im->nblocks = j->nblocks;
 			im->zero_blocks = zero;
@@ -703,11 +695,13 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	/* One job per image: the file itself, or each disk image inside an archive. */
 	unsigned char head[1024];
 	size_t hl = 0;
-	int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		ssize_t r = pread(fd, head, sizeof head, 0);
-		hl = r > 0 ? (size_t)r : 0;
-		close(fd);
+	idd_file *hf;
+	idd_error he;
+	if (idd_repo_file_open(f->path, f->size, &hf, &he) == IDD_OK) {
+		hl = (size_t)IDD_MIN(hf->size, (uint64_t)sizeof head);
+		if (hl && idd_file_pread(hf, head, hl, 0, &he))
+			hl = 0;
+		idd_file_close(hf);
 	}
 	const char *kind = hl ? idd_archive_kind(head, hl) : NULL;
 	if (kind && defer_compressed && strcmp(kind, "tar") != 0)
@@ -770,11 +764,12 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	s.index_dir = index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
-	if (stat(o->repo, &rst)) {
+	if (idd_repo_is_s3(o->repo)) {
+		/* an object store: the walk finds out whether it is there */
+	} else if (stat(o->repo, &rst)) {
 		idd_fail_errno(err, o->repo, "cannot open repository");
 		goto out;
-	}
-	if (!S_ISDIR(rst.st_mode)) {
+	} else if (!S_ISDIR(rst.st_mode)) {
 		idd_fail(err, "%s: repository is not a directory", o->repo);
 		goto out;
 	}

@@ -7,7 +7,7 @@
 #include "base/util.h"
 #include "base/error.h"
 #include "index/map.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 
 /* Largest index file a node accepts from a source. */
 #define IDD_MAX_REMOTE_INDEX_FILE ((size_t)1 << 32)

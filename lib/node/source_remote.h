@@ -5,7 +5,7 @@
 
 #include "index/catalog.h"
 #include "node/blocksource.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 
 /* Open image `info` of the repository at SOURCE (a directory or URL) as a
  * block source.  image_size is the map's; tmp_dir receives a streamed
