@@ -10,7 +10,7 @@
 
 static const char usage[] =
 	"imgdedup deploy --from SOURCE --cache DIR [-o OUT] [--index DIR|URL] [--seed FILE]... "
-	"[--connections N] [--jobs N] [--force] [--json] [-q] IMAGE";
+	"[--peer URL]... [--connections N] [--jobs N] [--force] [--json] [-q] IMAGE";
 
 struct prog {
 	bool enabled;
@@ -69,11 +69,13 @@ int cmd_deploy(int argc, char **argv)
 		{"seed", required_argument, 0, 's'},  {"connections", required_argument, 0, 'n'},
 		{"force", no_argument, 0, 'F'},       {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
-		{"jobs", required_argument, 0, 'j'},
+		{"jobs", required_argument, 0, 'j'}, {"peer", required_argument, 0, 'P'},
 		{0, 0, 0, 0}};
 	idd_deploy_opts o = {0};
 	const char **seeds = NULL;
 	size_t nseeds = 0;
+	const char *peers[64];
+	size_t npeers = 0;
 	bool json = false;
 	int c;
 	optind = 1;
@@ -112,6 +114,13 @@ int cmd_deploy(int argc, char **argv)
 			o.jobs = (int)v;
 			break;
 		}
+		case 'P':
+			if (npeers == 64) {
+				free(seeds);
+				return cli_usage(usage, "at most 64 --peer");
+			}
+			peers[npeers++] = optarg;
+			break;
 		case 'F': o.force = true; break;
 		case 'J': json = true; break;
 		case 'q': cli_quiet = true; break;
@@ -130,6 +139,8 @@ int cmd_deploy(int argc, char **argv)
 	o.image = argv[optind];
 	o.seeds = seeds;
 	o.n_seeds = nseeds;
+	o.peers = peers;
+	o.n_peers = npeers;
 	struct prog p = {.enabled = !cli_quiet && isatty(STDERR_FILENO)};
 	o.progress = on_progress;
 	o.warn = on_warn;
@@ -163,6 +174,7 @@ int cmd_deploy(int argc, char **argv)
 		cli_json_key_u64(&j, "cache_damaged", st.cache_damaged);
 		cli_json_key_u64(&j, "seeds_mapped", st.seeds_mapped);
 		cli_json_key_u64(&j, "retries", st.retries);
+		cli_json_key_u64(&j, "bytes_from_peers", st.bytes_from_peers);
 		cli_json_key_double(&j, "seconds", secs);
 		cli_json_end(&j);
 	} else if (!cli_quiet) {

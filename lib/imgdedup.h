@@ -310,6 +310,7 @@ typedef struct idd_deploy_stats {
 	uint64_t bytes_done;       /* progress: bytes of the image settled so far */
 	uint64_t seeds_mapped;     /* seeds known through their block map (not hashed) */
 	char out_path[4096];
+	uint64_t bytes_from_peers; /* payload pulled from peers (--peer) */
 } idd_deploy_stats;
 
 typedef void (*idd_deploy_progress_fn)(void *ctx, const idd_deploy_stats *st);

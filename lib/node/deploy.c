@@ -13,6 +13,7 @@
 #include "node/outpart.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
+#include "node/source_peer.h"
 #include "node/source_remote.h"
 #include "node/source_seed.h"
 #include "index/indexfile.h"
@@ -40,7 +41,7 @@ struct deploy {
 	idd_cache *cache;
 	idd_outpart part;
 	bool part_open;
-	idd_block_source *cache_src, *seed_src, *remote_src, *out_src;
+	idd_block_source *cache_src, *seed_src, *peer_src, *remote_src, *out_src;
 	atomic_bool can_clone;
 	/* per digest k = 1..ndistinct */
 	unsigned char *plan;
@@ -276,13 +277,25 @@ static int fetch_missing(struct deploy *d, struct blist *fetch)
 		if (rc)
 			return rc;
 	}
+	if (d->o->n_peers && !d->peer_src) {
+		/* peers are a shortcut: failing to open them is a warning */
+		idd_fetch_opts pfo = {.warn = d->o->warn, .ctx = d->o->ctx};
+		idd_error e2;
+		if (idd_peer_source_open(d->o->peers, d->o->n_peers, d->bs, &pfo, d->o->warn, d->o->ctx,
+		                         &d->peer_src, &e2))
+			idd_warnf(d->o->warn, d->o->ctx, "warning: peers not used: %s", e2.msg);
+	}
 	idd_block_chain chain = {.n = 0};
+	if (d->peer_src)
+		chain.src[chain.n++] = d->peer_src;
 	chain.src[chain.n++] = d->remote_src;
 	idd_fill f;
 	int rc = run_fill(d, &chain, fetch, FETCH_WINDOW_BYTES, 1, &f);
-	idd_block_source_counters rc2;
+	idd_block_source_counters rc2, pc = {0};
 	idd_block_source_counters_get(d->remote_src, &rc2);
+	idd_block_source_counters_get(d->peer_src, &pc);
 	d->st->bytes_fetched = rc2.bytes;
+	d->st->bytes_from_peers = pc.bytes;
 	if (!rc && f.nfailed) {
 		uint64_t b = f.failed[0];
 		if (f.failed_status == IDD_ECORRUPT)
@@ -445,6 +458,7 @@ int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 		idd_outpart_close(&d->part, permanent);
 	}
 	idd_block_source_close(d->out_src);
+	idd_block_source_close(d->peer_src);
 	idd_block_source_close(d->remote_src);
 	idd_block_source_close(d->seed_src);
 	idd_block_source_close(d->cache_src);

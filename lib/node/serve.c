@@ -20,6 +20,7 @@
 #include "node/partial.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
+#include "node/source_peer.h"
 #include "node/source_remote.h"
 #include "index/indexfile.h"
 
@@ -140,6 +141,7 @@ struct idd_server {
 	idd_remote_index *ri;
 	idd_cache *cache;
 	idd_block_source *cache_src;
+	idd_block_source *peer_src;   /* other nodes' caches (--peer), shared by the exports */
 	pthread_mutex_t lock;         /* guards exports */
 	idd_export **exports;
 	size_t nexports;
@@ -318,6 +320,8 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	pthread_mutex_unlock(&e->fl_lock);
 	if (!rc && nmine) {
 		idd_block_chain chain = {.n = 0};
+		if (e->srv->peer_src)
+			chain.src[chain.n++] = e->srv->peer_src;
 		chain.src[chain.n++] = e->remote;
 		rc = idd_block_chain_read(&chain, mine, nmine, err);
 		for (size_t k = 0; !rc && k < nmine; k++)
@@ -355,6 +359,8 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 		if (!rc && reqs[i].status != IDD_OK) {
 			/* the other fetch failed: try once more here */
 			idd_block_chain chain = {.n = 0};
+			if (e->srv->peer_src)
+				chain.src[chain.n++] = e->srv->peer_src;
 			chain.src[chain.n++] = e->remote;
 			rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
 			if (!rc && reqs[i].status == IDD_OK)
@@ -1027,7 +1033,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	                         &s->o.prefetch};
 	for (size_t i = 0; !rc && i < IDD_ARRAY_LEN(fields); i++)
 		rc = keep_string(s, fields[i], err);
-	s->o.peers = NULL; /* peers are not kept past open */
+	s->o.peers = NULL; /* the peer source keeps its own copies */
 	s->o.n_peers = 0;
 	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
 	                     .ctx = o->ctx};
@@ -1041,6 +1047,14 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		rc = idd_cache_source_open(s->cache, s->ri->block_size, o->warn, o->ctx, &s->cache_src, err);
 	if (!rc && s->o.prefetch)
 		rc = load_profile(s, s->o.prefetch, err);
+	if (!rc && o->n_peers) {
+		/* peers are a shortcut: failing to open them is a warning */
+		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
+		idd_error e2;
+		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
+		                         &s->peer_src, &e2))
+			swarn(s, "warning: peers not used: %s", e2.msg);
+	}
 	if (rc) {
 		idd_server_close(s);
 		return rc;
@@ -1085,6 +1099,12 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	}
 	if (s->cache)
 		st->cache_damaged = idd_cache_damaged_count(s->cache);
+	if (s->peer_src) {
+		idd_block_source_counters pc;
+		idd_block_source_counters_get(s->peer_src, &pc);
+		st->bytes_from_peers = pc.bytes;
+		st->requests += pc.requests;
+	}
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
@@ -1127,6 +1147,7 @@ void idd_server_close(idd_server *s)
 		export_free(s->exports[i]);
 	free(s->exports);
 	idd_block_source_close(s->cache_src);
+	idd_block_source_close(s->peer_src);
 	idd_cache_close(s->cache);
 	idd_remote_index_close(s->ri);
 	for (size_t i = 0; i < s->npf; i++)
