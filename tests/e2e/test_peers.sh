@@ -134,4 +134,16 @@ check "SOURCE sent what the live peer lacks ($want bytes)" \
   > "$WORK/f.json" 2> /dev/null
 check "all peers dead: byte-exact from SOURCE" cmp "$REPO/w.raw" "$(json_get "$WORK/f.json" output)"
 check "all peers dead: bytes_from_peers 0" [ "$(json_get "$WORK/f.json" bytes_from_peers)" = 0 ]
+# 5. serve with peers: a full read over NBD takes from the peers what they
+#    hold, and from SOURCE only the rest
+source "$TESTS_DIR/serve.sh"
+nginx_log_reset
+serve_start sp --from "$SRC" --cache "$WORK/node-s" --peer "$PA" --peer "$PB" w.raw
+nbdcopy "$(serve_uri sp w.raw)" "$WORK/w.served"
+serve_stop sp
+check "serve --peer: byte-exact" cmp "$REPO/w.raw" "$WORK/w.served"
+want_src=$(missing_bytes "$REPO/w.raw" "$REPO/v1.raw" "$REPO/sub/v2.raw")
+check "serve --peer: bytes_from_peers > 0" [ "$(serve_stat sp bytes_from_peers)" -gt 0 ]
+check "serve --peer: SOURCE sent at most what no peer holds plus readahead" \
+  [ "$(sent /repo/)" -le $(( want_src + 4194304 )) ]
 echo "test_peers: all passed"
