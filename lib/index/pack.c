@@ -108,15 +108,14 @@ int idd_pack_index_parse(const char *name, const void *file, size_t len, idd_pac
 	x->payload = payload;
 	idd_reader r;
 	idd_reader_init(&r, payload, plen);
-	uint32_t reserved;
 	uint64_t nfiles, nframes, nentries, nviews;
 	if (!idd_get_u32(&r, &x->block_size) || !idd_get_u32(&r, &x->frame_blocks) ||
-	    !idd_get_u32(&r, &x->level) || !idd_get_u32(&r, &reserved) ||
+	    !idd_get_u32(&r, &x->level) || !idd_get_u32(&r, &x->flags) ||
 	    !idd_get_bytes(&r, x->catalog_key.b, 32) || !idd_get_u64(&r, &nfiles) ||
 	    x->block_size < IDD_MIN_BLOCK_SIZE || x->block_size > IDD_MAX_BLOCK_SIZE ||
 	    !idd_is_power_of_two(x->block_size) || x->frame_blocks == 0 ||
 	    (uint64_t)x->frame_blocks * x->block_size > IDD_MAX(IDD_PACK_FRAME_BYTES, x->block_size) ||
-	    reserved != 0 || nfiles > idd_reader_left(&r) / 48) {
+	    (x->flags & ~IDD_PACK_INCOMPLETE) || nfiles > idd_reader_left(&r) / 48) {
 		rc = corrupt(err, name, "index (header)");
 		goto fail;
 	}
@@ -404,7 +403,7 @@ int idd_pack_index_save(const char *index_dir, const idd_pack_index *x, idd_erro
 	idd_buf_put_u32(&b, x->block_size);
 	idd_buf_put_u32(&b, x->frame_blocks);
 	idd_buf_put_u32(&b, x->level);
-	idd_buf_put_u32(&b, 0);
+	idd_buf_put_u32(&b, x->flags);
 	idd_buf_put(&b, x->catalog_key.b, 32);
 	idd_buf_put_u64(&b, x->nfiles);
 	for (size_t i = 0; i < x->nfiles; i++) {

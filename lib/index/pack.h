@@ -73,11 +73,15 @@ typedef struct idd_pack_loc {
 } idd_pack_loc;
 
 #define IDD_PACK_ENTRY 40 /* digest[32], u64 ordinal */
+/* Some blocks of the catalog could not be packed (unreadable, changed
+ * since the scan): the next run tries them again even if nothing changed. */
+#define IDD_PACK_INCOMPLETE 1u
 
 typedef struct idd_pack_index {
 	uint32_t block_size;
 	uint32_t frame_blocks; /* most blocks in one frame */
 	uint32_t level;
+	uint32_t flags;         /* IDD_PACK_INCOMPLETE */
 	idd_digest catalog_key; /* the catalog state this pack was built for */
 	size_t nfiles;
 	idd_pack_file *files;

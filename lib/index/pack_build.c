@@ -748,7 +748,8 @@ static uint64_t pack_bytes(const char *index_dir)
 static bool pack_current(const char *index_dir, const idd_catalog *cat, const idd_pack_index *x,
                          const idd_digest *key)
 {
-	if (x->block_size != cat->block_size || memcmp(x->catalog_key.b, key->b, 32))
+	if (x->block_size != cat->block_size || memcmp(x->catalog_key.b, key->b, 32) ||
+	    (x->flags & IDD_PACK_INCOMPLETE))
 		return false;
 	for (size_t i = 0; i < x->nfiles; i++) {
 		char *rel = idd_pack_data_relpath(&x->files[i].name, NULL);
@@ -1018,7 +1019,8 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	}
 	qsort(entries, (size_t)nent, IDD_PACK_ENTRY, cmp_entry);
 	idd_pack_index nx = {.block_size = cat->block_size, .frame_blocks = b.frame_blocks,
-	                     .level = IDD_PACK_LEVEL, .catalog_key = key, .nfiles = nfiles,
+	                     .level = IDD_PACK_LEVEL, .flags = nent < L.n ? IDD_PACK_INCOMPLETE : 0,
+	                     .catalog_key = key, .nfiles = nfiles,
 	                     .files = files, .nframes = fv.n, .frames = fv.v, .nslots = next_ordinal,
 	                     .nentries = nent, .entries = entries, .nviews = nviews, .views = views};
 	if ((rc = idd_pack_index_save(index_dir, &nx, err)))
