@@ -189,6 +189,18 @@ typedef struct idd_pack_stats {
  * Returns IDD_ERR (after committing the rest) when some blocks failed. */
 int idd_pack_run(const idd_pack_opts *opts, idd_pack_stats *stats, idd_error *err);
 
+/* What `info` shows about an image in the pack. */
+typedef struct idd_pack_image_summary {
+	bool has_pack;        /* the index has a pack */
+	bool has_view;        /* ... with a view of this image's current block list */
+	uint64_t blocks;      /* the image's distinct blocks in the pack */
+	uint64_t distinct;    /* its distinct non-zero blocks */
+	uint64_t frames;      /* frames holding them */
+	uint64_t frame_bytes; /* compressed size of those frames */
+} idd_pack_image_summary;
+int idd_pack_image_summary_get(const char *index_dir, const idd_image_info *im,
+                               idd_pack_image_summary *out, idd_error *err);
+
 /* ---- similarity and map (issue 3) ---- */
 
 typedef enum idd_metric { IDD_METRIC_JACCARD = 0, IDD_METRIC_CONTAINMENT = 1 } idd_metric;

@@ -155,16 +155,4 @@ int idd_pack_frame_decode(ZSTD_DCtx *dctx, const char *name, const void *frame, 
 void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, idd_warn_fn warn,
                      void *ctx, uint64_t *problems);
 
-/* What `info` shows about an image in the pack. */
-typedef struct idd_pack_image_summary {
-	bool has_pack;        /* the index has a pack */
-	bool has_view;        /* ... with a view of this image's current block list */
-	uint64_t blocks;      /* the image's distinct blocks in the pack */
-	uint64_t distinct;    /* its distinct non-zero blocks */
-	uint64_t frames;      /* frames holding them */
-	uint64_t frame_bytes; /* compressed size of those frames */
-} idd_pack_image_summary;
-int idd_pack_image_summary_get(const char *index_dir, const idd_image_info *im,
-                               idd_pack_image_summary *out, idd_error *err);
-
 #endif
