@@ -4,7 +4,7 @@
  * image (CACHED, known from a local index) does not hold, and fetches them
  * either from the pack (node/source_pack.c) or as raw ranges of the image
  * (what deploy does for a raw image), verifying every block.  Prints one
- * JSON line.  Used by bench/bench_pack.sh until deploy takes a pack.
+ * JSON line.  Used by tests/e2e/test_pack.sh and bench/bench_pack.sh.
  * usage: pack_fetch SOURCE TARGET LOCAL_INDEX CACHED pack|raw */
 #include "base/util.h"
 #include "base/error.h"
@@ -135,10 +135,23 @@ int main(int argc, char **argv)
 	idd_fetch_stats st1;
 	idd_source_stats(src, &st1);
 	double secs = (double)(idd_now_ns() - t0) / 1e9;
+	bool all = delivered == n;
+	free(first);
+	free(seen);
+	free(reqs);
+	free(bufs);
+	free(cd);
+	free(mrel);
+	free(mpath);
+	idd_digest_set_free(&have);
+	idd_map_free(map);
+	idd_catalog_free(lcat);
+	idd_catalog_free(cat);
+	idd_source_close(src);
 	printf("{\"mode\":\"%s\",\"missing\":%zu,\"delivered\":%llu,\"payload_bytes\":%llu,"
 	       "\"view_bytes\":%llu,\"block_requests\":%llu,\"requests\":%llu,\"seconds\":%.3f}\n",
 	       argv[5], n, (unsigned long long)delivered, (unsigned long long)payload,
 	       (unsigned long long)index_bytes, (unsigned long long)(st1.requests - st0.requests),
 	       (unsigned long long)st1.requests, secs);
-	return delivered == n ? 0 : 1;
+	return all ? 0 : 1;
 }
