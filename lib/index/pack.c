@@ -272,12 +272,14 @@ void idd_pack_view_free(idd_pack_view *v)
 	free(v);
 }
 
-int idd_pack_view_parse(const char *name, const void *file, size_t len, idd_pack_view **out,
-                        idd_error *err)
+int idd_pack_view_parse(const char *name, const void *file, size_t len, uint64_t max_payload,
+                        idd_pack_view **out, idd_error *err)
 {
 	void *payload;
 	size_t plen;
-	int rc = idd_indexfile_parse_limit(name, file, len, PKV_MAGIC, PK_VERSION, IDD_PACK_MAX_VIEW,
+	int rc = idd_indexfile_parse_limit(name, file, len, PKV_MAGIC, PK_VERSION,
+	                                   max_payload ? IDD_MIN(max_payload, IDD_PACK_MAX_VIEW)
+	                                               : IDD_PACK_MAX_VIEW,
 	                                   &payload, &plen, NULL, err);
 	if (rc)
 		return rc == IDD_ERR ? IDD_ECORRUPT : rc;
@@ -688,7 +690,7 @@ void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, i
 		size_t len;
 		idd_pack_view *v = NULL;
 		if (!path || idd_read_file(path, (size_t)IDD_PACK_MAX_VIEW + 64, &data, &len, &e) ||
-		    idd_pack_view_parse(path, data, len, &v, &e)) {
+		    idd_pack_view_parse(path, data, len, 0, &v, &e)) {
 			problem(warn, ctx, problems, "%s (run 'imgdedup pack' to rebuild it)", e.msg);
 		} else if (memcmp(v->list_key.b, x->views[i].b, 32) || v->block_size != x->block_size) {
 			problem(warn, ctx, problems, "%s: a view of another block list", path);
@@ -737,7 +739,7 @@ int idd_pack_image_summary_get(const char *index_dir, const idd_image_info *im,
 	}
 	idd_pack_view *v = NULL;
 	if (!rc) {
-		rc = idd_pack_view_parse(path, data, len, &v, err);
+		rc = idd_pack_view_parse(path, data, len, 0, &v, err);
 		free(data);
 	}
 	free(path);

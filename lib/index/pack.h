@@ -123,8 +123,18 @@ typedef struct idd_pack_view {
 	uint64_t packed;        /* digests with a slot */
 } idd_pack_view;
 
-int idd_pack_view_parse(const char *name, const void *file, size_t len, idd_pack_view **out,
-                        idd_error *err);
+/* max_payload: the largest payload accepted (0: IDD_PACK_MAX_VIEW); a
+ * reader that knows the image's distinct block count passes
+ * idd_pack_view_max_payload(ndistinct), so that a small hostile file
+ * cannot make it allocate more than the image warrants. */
+int idd_pack_view_parse(const char *name, const void *file, size_t len, uint64_t max_payload,
+                        idd_pack_view **out, idd_error *err);
+/* Bytes a view of ndistinct digests can take at most (every digest in its
+ * own frame of its own file would take less). */
+static inline uint64_t idd_pack_view_max_payload(uint64_t ndistinct)
+{
+	return 4096 + ndistinct * 96;
+}
 void idd_pack_view_free(idd_pack_view *v);
 /* Where digest k (map order) is; false when not packed or k is out of range. */
 bool idd_pack_view_find(const idd_pack_view *v, uint64_t k, idd_pack_loc *loc);

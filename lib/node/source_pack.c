@@ -347,7 +347,9 @@ int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_m
 		return IDD_ENOMEM;
 	void *file = NULL;
 	size_t len = 0;
-	int rc = idd_source_get(repo, full, (size_t)IDD_PACK_MAX_VIEW + 64, &file, &len, err);
+	/* the view is untrusted: no larger than this image's view can be */
+	uint64_t limit = idd_pack_view_max_payload(map->ndistinct);
+	int rc = idd_source_get(repo, full, (size_t)IDD_MIN(limit + 64, IDD_PACK_MAX_VIEW), &file, &len, err);
 	if (rc == IDD_ENOENT) {
 		idd_fail_code(err, IDD_ENOENT, "%s: no pack for this image (none, or older than the image: run 'imgdedup pack')",
 		              full);
@@ -374,7 +376,7 @@ int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_m
 	          : IDD_ENOMEM;
 	free(name);
 	if (!rc)
-		rc = idd_pack_view_parse(full, file, len, &ps->view, err);
+		rc = idd_pack_view_parse(full, file, len, limit, &ps->view, err);
 	free(file);
 	if (!rc && (memcmp(ps->view->list_key.b, map->list_key.b, 32) ||
 	            ps->view->block_size != map->block_size || ps->view->ndistinct != map->ndistinct))

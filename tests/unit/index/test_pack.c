@@ -262,7 +262,7 @@ static void test_build_layout_rerun(void **state)
 		size_t len;
 		void *file = read_rel(rel, &len);
 		idd_pack_view *v;
-		assert_int_equal(idd_pack_view_parse(rel, file, len, &v, &err), IDD_OK);
+		assert_int_equal(idd_pack_view_parse(rel, file, len, 0, &v, &err), IDD_OK);
 		assert_int_equal(v->ndistinct, m->ndistinct);
 		assert_int_equal(v->packed, m->ndistinct);
 		for (uint64_t k = 0; k < m->ndistinct; k++) {
@@ -644,7 +644,7 @@ static void test_hostile_index_and_views(void **state)
 		unsigned char *f = wrap(PKV, &v, &len);
 		idd_pack_view *pv = NULL;
 		idd_error err;
-		int rc = idd_pack_view_parse("v", f, len, &pv, &err);
+		int rc = idd_pack_view_parse("v", f, len, 0, &pv, &err);
 		if (variant == 0) {
 			assert_int_equal(rc, IDD_OK);
 			assert_int_equal(pv->packed, 2);

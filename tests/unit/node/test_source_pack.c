@@ -224,6 +224,18 @@ static void test_unusable_packs(void **state)
 	assert_int_equal(open_pack("a.raw", &o, &err), IDD_ECORRUPT);
 	assert_non_null(strstr(err.msg, "does not match"));
 	close_pack(&o);
+	/* a view declaring far more than this image's view can hold (a zstd
+	 * "bomb" with a valid checksum): refused before anything is allocated */
+	unsigned char bomb[IDD_IF_HEADER + 16 + IDD_IF_TRAILER] = {'I', 'D', 'D', '-', 'P', 'K', 'V', 0};
+	idd_le32_put(bomb + 8, 1);
+	idd_le32_put(bomb + 12, IDD_IF_ZSTD);
+	idd_le64_put(bomb + 16, (uint64_t)512 << 20);
+	idd_le64_put(bomb + 24, 16);
+	assert_int_equal(idd_sha256(bomb, IDD_IF_HEADER + 16, bomb + IDD_IF_HEADER + 16, NULL), IDD_OK);
+	free(tu_write(views, strrchr(pa, '/') + 1, bomb, sizeof bomb));
+	assert_int_equal(open_pack("a.raw", &o, &err), IDD_ECORRUPT);
+	assert_non_null(strstr(err.msg, "declared"));
+	close_pack(&o);
 	/* a damaged view */
 	assert_int_equal(rename(keep, pa), 0);
 	tu_flip_byte(pa, 50);
