@@ -30,7 +30,7 @@ typedef struct pack_source {
 	cached_frame *cache;
 	size_t ncache;
 	uint64_t tick;
-	bool dead;              /* a fetch failed: the source answers nothing any more */
+	atomic_bool dead;       /* a fetch failed: the source answers nothing any more */
 	bool warned_damage;
 	uint64_t index_bytes;
 } pack_source;
@@ -62,7 +62,7 @@ static bool pack_has(idd_block_source *s, const idd_digest *d)
 {
 	pack_source *ps = s->priv;
 	int64_t k = find_k(ps, d);
-	return k >= 0 && ps->view->slot[k] != 0 && !ps->dead;
+	return k >= 0 && ps->view->slot[k] != 0 && !atomic_load(&ps->dead);
 }
 
 static void pack_warn(pack_source *ps, const char *fmt, ...) IDD_PRINTF(2, 3);
@@ -204,7 +204,7 @@ static int pack_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_err
 	uint64_t *fr = NULL;
 	unsigned char **bufs = NULL, *batch = NULL;
 	size_t nw = 0;
-	if (ps->dead || !n)
+	if (atomic_load(&ps->dead) || !n)
 		goto out;
 	if (!(w = idd_calloc(n, sizeof *w, err))) {
 		rc = IDD_ENOMEM;
@@ -262,7 +262,7 @@ static int pack_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_err
 			goto out;
 		}
 		if (frc) {
-			ps->dead = true;
+			atomic_store(&ps->dead, true);
 			pack_warn(ps, "%s; the pack is not used any more (blocks are read from the images)",
 			          ferr.msg);
 			goto out;
@@ -367,6 +367,7 @@ int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_m
 		return IDD_ENOMEM;
 	}
 	pthread_mutex_init(&ps->mu, NULL);
+	atomic_init(&ps->dead, false);
 	ps->repo = repo;
 	ps->map = map;
 	ps->index_bytes = len;
