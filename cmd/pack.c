@@ -5,12 +5,14 @@
 #include <getopt.h>
 #include <stdlib.h>
 
-static const char usage[] = "imgdedup pack [--index DIR] [--jobs N] [--no-wait] [--json] [-q] REPO";
+static const char usage[] =
+	"imgdedup pack [--index DIR] [--jobs N] [--level N] [--no-wait] [--json] [-q] REPO";
 
 int cmd_pack(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"index", required_argument, 0, 'i'}, {"jobs", required_argument, 0, 'j'},
+		{"level", required_argument, 0, 'L'},
 		{"no-wait", no_argument, 0, 'W'},     {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
@@ -26,6 +28,13 @@ int cmd_pack(int argc, char **argv)
 			if (!cli_parse_int(optarg, 1, 64, &v))
 				return cli_usage(usage, "--jobs must be 1 to 64, not '%s'", optarg);
 			o.jobs = (int)v;
+			break;
+		}
+		case 'L': {
+			long v;
+			if (!cli_parse_int(optarg, 1, 19, &v))
+				return cli_usage(usage, "--level must be 1 to 19, not '%s'", optarg);
+			o.level = (int)v;
 			break;
 		}
 		case 'W': o.no_wait = true; break;

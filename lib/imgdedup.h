@@ -163,6 +163,7 @@ typedef struct idd_pack_opts {
 	const char *index_dir;   /* NULL: REPO/.imgdedup */
 	bool no_wait;            /* index locked by another run: IDD_EBUSY */
 	int jobs;                /* compression threads; 0: online CPUs */
+	int level;               /* zstd level of new frames, 1..19; 0: 9 */
 	idd_progress_fn progress;
 	idd_warn_fn warn;
 	void *ctx;

@@ -36,8 +36,9 @@
  * 14.49 MB, 1 MiB 13.85 MB for the same deploy; 256 KiB keeps what a
  * single on-demand read pulls in small. */
 #define IDD_PACK_FRAME_BYTES (256u << 10)
-/* zstd level of the frames: 9 packs the corpus in ~15 s on two cores,
- * within 3% of level 19, which takes ~10x longer. */
+/* zstd level of the frames (default; `pack --level` chooses another): 9
+ * packs the corpus in ~16 s on two cores; 15 makes frames 6% smaller in
+ * 5x the time, 19 7% smaller in 9x (docs/formats.md). */
 #define IDD_PACK_LEVEL 9
 /* Data file header: a zstd skippable frame (magic, length 24) holding
  * "IDD-PKD\0", u32 version, u32 block_size, u32 frame_blocks, u32 0. */

@@ -216,6 +216,7 @@ typedef struct build {
 	const char *index_dir;
 	const idd_catalog *cat;
 	uint32_t bs, frame_blocks;
+	int level;
 	live *L;
 	size_t *todo;            /* live indices to pack, in pack order */
 	size_t ntodo;
@@ -399,7 +400,7 @@ static int workers_init(build *b, idd_error *err)
 			return w->cctx ? IDD_ERR : idd_fail_code(err, IDD_ENOMEM, "zstd: out of memory");
 		/* plain frames: content size in the header (readers check it), no
 		 * checksum (every block is checked against its SHA-256), no dictionary */
-		if (ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, IDD_PACK_LEVEL)) ||
+		if (ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel, b->level)) ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_contentSizeFlag, 1)) ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 0)) ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_dictIDFlag, 0)))
@@ -803,6 +804,7 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	b.cat = cat;
 	b.bs = cat->block_size;
 	b.frame_blocks = IDD_MAX(IDD_PACK_FRAME_BYTES / cat->block_size, 1u);
+	b.level = o->level > 0 ? IDD_MIN(o->level, 19) : IDD_PACK_LEVEL;
 	pthread_mutex_init(&b.warn_mu, NULL);
 	atomic_init(&b.failed, 0);
 	idd_digest key;
@@ -1019,7 +1021,7 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	}
 	qsort(entries, (size_t)nent, IDD_PACK_ENTRY, cmp_entry);
 	idd_pack_index nx = {.block_size = cat->block_size, .frame_blocks = b.frame_blocks,
-	                     .level = IDD_PACK_LEVEL, .flags = nent < L.n ? IDD_PACK_INCOMPLETE : 0,
+	                     .level = (uint32_t)b.level, .flags = nent < L.n ? IDD_PACK_INCOMPLETE : 0,
 	                     .catalog_key = key, .nfiles = nfiles,
 	                     .files = files, .nframes = fv.n, .frames = fv.v, .nslots = next_ordinal,
 	                     .nentries = nent, .entries = entries, .nviews = nviews, .views = views};

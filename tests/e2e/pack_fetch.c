@@ -1,11 +1,13 @@
 /* pack_fetch.c - the fetch phase of a deploy, with or without the pack:
  * reads SOURCE's catalog and TARGET's block map over HTTP (or from a
  * directory), takes every distinct block of TARGET that the node's cached
- * image (CACHED, known from a local index) does not hold, and fetches them
+ * image (CACHED, known from a local index; "-" for none) does not hold, and fetches them
  * either from the pack (node/source_pack.c) or as raw ranges of the image
  * (what deploy does for a raw image), verifying every block.  Prints one
  * JSON line.  Used by tests/e2e/test_pack.sh and bench/bench_pack.sh.
- * usage: pack_fetch SOURCE TARGET LOCAL_INDEX CACHED pack|raw */
+ * With BATCH, the pack is asked BATCH blocks at a time in image order (as
+ * a caller reading the image piece by piece would).
+ * usage: pack_fetch SOURCE TARGET LOCAL_INDEX CACHED pack|raw [BATCH] */
 #include "base/util.h"
 #include "base/error.h"
 #include "base/digest.h"
@@ -28,10 +30,11 @@ static void warn(void *ctx, const char *msg) { fprintf(stderr, "pack_fetch: warn
 
 int main(int argc, char **argv)
 {
-	if (argc != 6 || (strcmp(argv[5], "pack") && strcmp(argv[5], "raw"))) {
-		fprintf(stderr, "usage: pack_fetch SOURCE TARGET LOCAL_INDEX CACHED pack|raw\n");
+	if ((argc != 6 && argc != 7) || (strcmp(argv[5], "pack") && strcmp(argv[5], "raw"))) {
+		fprintf(stderr, "usage: pack_fetch SOURCE TARGET LOCAL_INDEX CACHED pack|raw [BATCH]\n");
 		return 2;
 	}
+	size_t batch = argc == 7 ? (size_t)strtoull(argv[6], NULL, 10) : 0;
 	const char *source = argv[1], *target = argv[2], *local = argv[3], *cached = argv[4];
 	bool use_pack = !strcmp(argv[5], "pack");
 	idd_error err;
@@ -59,20 +62,23 @@ int main(int argc, char **argv)
 	    idd_map_parse(mpath, file, len, &map, &err))
 		die("map", &err);
 	free(file);
-	/* what the node holds: the cached image's digests (local) */
-	idd_catalog *lcat;
-	idd_digest *cd;
-	if (idd_catalog_load(local, &lcat, &err))
-		die(local, &err);
-	const idd_image_info *ci = idd_catalog_find(lcat, cached);
-	if (!ci || idd_blocklist_load(local, ci, &cd, &err))
-		die(cached, &err);
+	/* what the node holds: the cached image's digests (local); "-": nothing */
+	idd_catalog *lcat = NULL;
+	idd_digest *cd = NULL;
 	idd_digest_set have;
-	if (idd_digest_set_init(&have, (size_t)ci->nblocks + 1, false, &err))
+	if (idd_digest_set_init(&have, 1024, false, &err))
 		die("set", &err);
-	for (uint64_t b = 0; b < ci->nblocks; b++)
-		if (!idd_digest_is_zero(&cd[b]) && idd_digest_set_add(&have, &cd[b], &(bool){0}, &err) == (size_t)-1)
-			die("set", &err);
+	if (strcmp(cached, "-")) {
+		if (idd_catalog_load(local, &lcat, &err))
+			die(local, &err);
+		const idd_image_info *ci = idd_catalog_find(lcat, cached);
+		if (!ci || idd_blocklist_load(local, ci, &cd, &err))
+			die(cached, &err);
+		for (uint64_t b = 0; b < ci->nblocks; b++)
+			if (!idd_digest_is_zero(&cd[b]) &&
+			    idd_digest_set_add(&have, &cd[b], &(bool){0}, &err) == (size_t)-1)
+				die("set", &err);
+	}
 	/* the missing distinct blocks, each with its first block in TARGET */
 	uint32_t bs = map->block_size;
 	uint64_t *first = calloc(map->ndistinct + 1, sizeof *first);
@@ -101,8 +107,10 @@ int main(int argc, char **argv)
 		idd_block_source *ps;
 		if (idd_pack_source_open(src, ".imgdedup/", map, warn, NULL, &ps, &err))
 			die("pack", &err);
-		if (ps->ops->read(ps, reqs, n, &err))
-			die("pack read", &err);
+		size_t step = batch ? batch : n;
+		for (size_t i = 0; i < n; i += step)
+			if (ps->ops->read(ps, reqs + i, IDD_MIN(step, n - i), &err))
+				die("pack read", &err);
 		idd_block_source_counters c;
 		idd_block_source_counters_get(ps, &c);
 		payload = c.bytes;
