@@ -2,7 +2,9 @@
 #   make            build/imgdedup and build/libimgdedup.a
 #   make check      unit + end-to-end tests, normal build and ASan+UBSan build, fuzz smoke
 #   make bench      benchmarks (docs/performance.md)
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (binary, static library, header,
+#                   man page, pkg-config file libimgdedup.pc)
+#   make install-check  install into a staging DESTDIR and build programs against it
 #   make deps       install the Debian packages everything needs
 
 PREFIX  ?= /usr/local
@@ -37,7 +39,7 @@ TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_HELPER_OBJ := $(BUILD)/tests/unit/testutil.o
 
 .SECONDARY:
-.PHONY: all check check-build check-one unit e2e fuzz-smoke fuzz bench install uninstall clean deps demo
+.PHONY: all check check-build check-one unit e2e fuzz-smoke fuzz bench install install-check uninstall clean deps demo FORCE
 all: $(BUILD)/imgdedup
 
 $(BUILD)/%.o: %.c
@@ -75,11 +77,13 @@ check-one: unit e2e
 # a warning-free clang build of everything, each fuzzer once.
 check:
 	@scripts/install-deps
+	@scripts/check-layers.sh >/dev/null
 	$(MAKE) check-one
 	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 check-one
 	$(MAKE) CC=clang BUILD=build/clang check-build
+	$(MAKE) install-check
 	$(MAKE) fuzz-smoke
-	@echo "check: $$(( 2 * $(words $(TEST_SRC)) + 2 * $(words $(wildcard tests/e2e/test_*.sh)) + $(words $(wildcard fuzz/fuzz_*.c)) )) passed, 0 failed"
+	@echo "check: $$(( 2 * $(words $(TEST_SRC)) + 2 * $(words $(wildcard tests/e2e/test_*.sh)) + 1 + $(words $(wildcard fuzz/fuzz_*.c)) )) passed, 0 failed"
 
 fuzz-smoke fuzz:
 	@FUZZ_MODE=$@ scripts/fuzz.sh
@@ -96,17 +100,37 @@ demo:
 deps:
 	scripts/install-deps
 
-install: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a
+# The pkg-config file names PREFIX (where the files will live), never DESTDIR
+# (where they are staged).  Regenerated whenever PREFIX changes.
+VERSION := $(shell sed -n 's/^\#define IDD_VERSION "\(.*\)"/\1/p' lib/imgdedup.h)
+$(BUILD)/libimgdedup.pc: libimgdedup.pc.in lib/imgdedup.h FORCE
+	@mkdir -p $(dir $@)
+	@sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+FORCE:
+
+install: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a $(BUILD)/libimgdedup.pc
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
-	           $(DESTDIR)$(PREFIX)/share/man/man1
+	           $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(BUILD)/imgdedup $(DESTDIR)$(PREFIX)/bin/imgdedup
 	install -m 644 $(BUILD)/libimgdedup.a $(DESTDIR)$(PREFIX)/lib/libimgdedup.a
 	install -m 644 lib/imgdedup.h $(DESTDIR)$(PREFIX)/include/imgdedup.h
 	install -m 644 imgdedup.1 $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1
+	install -m 644 $(BUILD)/libimgdedup.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/libimgdedup.pc
+
+# Install into a staging directory and build programs against it with
+# nothing but pkg-config (tests/install/check.sh).
+INSTALL_CHECK_DIR := $(abspath $(BUILD)/install-check)
+install-check: $(BUILD)/imgdedup $(BUILD)/libimgdedup.a
+	@rm -rf $(INSTALL_CHECK_DIR)
+	$(MAKE) --no-print-directory install DESTDIR=$(INSTALL_CHECK_DIR) PREFIX=/opt/imgdedup
+	CC="$(CC)" PKG_CONFIG="$(PKG_CONFIG)" tests/install/check.sh $(INSTALL_CHECK_DIR) /opt/imgdedup
+	@rm -rf $(INSTALL_CHECK_DIR)
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/imgdedup $(DESTDIR)$(PREFIX)/lib/libimgdedup.a \
-	      $(DESTDIR)$(PREFIX)/include/imgdedup.h $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1
+	      $(DESTDIR)$(PREFIX)/include/imgdedup.h $(DESTDIR)$(PREFIX)/share/man/man1/imgdedup.1 \
+	      $(DESTDIR)$(PREFIX)/lib/pkgconfig/libimgdedup.pc
 
 clean:
 	rm -rf build

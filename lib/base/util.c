@@ -119,6 +119,16 @@ int64_t idd_now_ns(void)
 
 bool idd_is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
 
+int idd_threads_for_jobs(int jobs)
+{
+	long n = jobs > 0 ? jobs : sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > IDD_MAX_THREADS)
+		n = IDD_MAX_THREADS;
+	return (int)n;
+}
+
 void idd_buf_free(idd_buf *b)
 {
 	free(b->data);

@@ -34,6 +34,10 @@ int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
 int64_t idd_now_ns(void);
 static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);
+/* Threads for a --jobs option: jobs when positive, else the online CPUs (1
+ * when unknown); never more than IDD_MAX_THREADS. */
+#define IDD_MAX_THREADS 64
+int idd_threads_for_jobs(int jobs);
 
 /* Growable byte buffer used to build index payloads. */
 typedef struct idd_buf {

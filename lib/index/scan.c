@@ -715,7 +715,7 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	idd_repo_list members = {0};
 	if (kind) {
 		idd_error e;
-		if (idd_archive_list(f, &members, &e)) {
+		if (idd_repo_list_archive(f, &members, &e)) {
 			if (s->o->warn)
 				s->o->warn(s->o->ctx, e.msg);
 			return 1; /* reported; counts as a failure */

@@ -2,7 +2,7 @@
 #include "base/util.h"
 #include "base/digest.h"
 #include "formats/image.h"
-#include "formats/archive.h"
+#include "index/repo.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
 #include "index/map.h"

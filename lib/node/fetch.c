@@ -1,6 +1,13 @@
 /* fetch.c - repository sources for deploy: a local directory, or HTTP(S)
  * through libcurl (keep-alive, Range requests, curl multi for several
- * requests in flight, retries with exponential backoff). */
+ * requests in flight, retries with exponential backoff).
+ *
+ * Locking: a source may be used from several threads.  Its curl multi
+ * handle, its pool of easy handles and its counters are guarded by one
+ * mutex, held for the whole of a batch of requests: batches on one source
+ * run one after the other (each with several requests in flight).  Callers
+ * that want batches in parallel open several sources.  Local reads take
+ * the mutex only to count. */
 #include "node/fetch.h"
 #include "index/indexfile.h"
 
@@ -23,6 +30,7 @@ struct idd_source {
 	CURLM *multi;
 	CURL **pool;     /* o.connections easy handles, reused: connections stay alive */
 	bool *pool_busy;
+	pthread_mutex_t lock; /* guards multi, pool, pool_busy and st (see the top) */
 };
 
 bool idd_is_url(const char *s)
@@ -69,6 +77,7 @@ int idd_source_open(const char *root, const idd_fetch_opts *opts, idd_source **o
 		s->o.backoff_ms = 100;
 	if (s->o.timeout_s <= 0)
 		s->o.timeout_s = 30;
+	pthread_mutex_init(&s->lock, NULL);
 	s->remote = idd_is_url(root);
 	if (s->remote) {
 		s->https = !strncasecmp(root, "https://", 8);
@@ -124,12 +133,28 @@ void idd_source_close(idd_source *s)
 	free(s->pool);
 	free(s->pool_busy);
 	free(s->root);
+	pthread_mutex_destroy(&s->lock);
 	free(s);
 }
 
 bool idd_source_is_remote(const idd_source *s) { return s->remote; }
 const char *idd_source_root(const idd_source *s) { return s->root; }
-void idd_source_stats(const idd_source *s, idd_fetch_stats *st) { *st = s->st; }
+void idd_source_stats(const idd_source *s, idd_fetch_stats *st)
+{
+	pthread_mutex_t *l = (pthread_mutex_t *)&s->lock;
+	pthread_mutex_lock(l);
+	*st = s->st;
+	pthread_mutex_unlock(l);
+}
+
+/* Count a local read as the request a remote source would have made. */
+static void count_local(idd_source *s, uint64_t requests, uint64_t bytes)
+{
+	pthread_mutex_lock(&s->lock);
+	s->st.requests += requests;
+	s->st.bytes += bytes;
+	pthread_mutex_unlock(&s->lock);
+}
 
 /* ---- local sources ---- */
 
@@ -435,8 +460,9 @@ static enum outcome judge(struct req *r, CURLcode cc, char *why, size_t whylen)
 	return OUT_OK;
 }
 
-/* Run requests to completion, n of them, at most o.connections at once. */
-static int run_reqs(idd_source *s, struct req *reqs, size_t n, idd_error *err)
+/* Run requests to completion, n of them, at most o.connections at once.
+ * Called with s->lock held. */
+static int run_reqs_locked(idd_source *s, struct req *reqs, size_t n, idd_error *err)
 {
 	size_t done = 0, next = 0, nretry = 0;
 	int rc = IDD_OK;
@@ -535,6 +561,14 @@ out:
 	return rc;
 }
 
+static int run_reqs(idd_source *s, struct req *reqs, size_t n, idd_error *err)
+{
+	pthread_mutex_lock(&s->lock);
+	int rc = run_reqs_locked(s, reqs, n, err);
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
 /* ---- remote files ---- */
 
 struct remote {
@@ -625,7 +659,7 @@ int idd_source_get(idd_source *s, const char *rel, size_t max, void **data, size
 			rc = IDD_ENOENT;
 		free(p);
 		if (!rc)
-			s->st.requests++, s->st.bytes += *len;
+			count_local(s, 1, *len);
 		return rc;
 	}
 	char *url = make_url(s, rel, err);
@@ -732,8 +766,7 @@ int idd_source_read_ranges(idd_source *s, idd_file *f, const idd_range *r, size_
 			rc = idd_file_pread(f, r[i].buf, (size_t)r[i].len, r[i].off, err);
 		for (size_t k = 0; !rc && k < ns; k++) {
 			uint64_t len = sp[k].end - sp[k].off;
-			s->st.requests += (len + IDD_FETCH_MAX_REQUEST - 1) / IDD_FETCH_MAX_REQUEST;
-			s->st.bytes += len;
+			count_local(s, (len + IDD_FETCH_MAX_REQUEST - 1) / IDD_FETCH_MAX_REQUEST, len);
 		}
 		free(ord);
 		free(sp);

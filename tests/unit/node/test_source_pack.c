@@ -306,7 +306,8 @@ static void test_unusable_packs(void **state)
 	free(data);
 }
 
-/* A source that fills every block it is asked for from the contents. */
+/* A source that fills every block it is asked for from the contents (the
+ * chain may hand it copies of the requests: found by digest). */
 static int fill_read(idd_block_source *src, idd_block_req *reqs, size_t n, idd_error *err)
 {
 	(void)err;
@@ -314,7 +315,11 @@ static int fill_read(idd_block_source *src, idd_block_req *reqs, size_t n, idd_e
 	for (size_t i = 0; i < n; i++) {
 		if (reqs[i].status != IDD_ENOENT)
 			continue;
-		pg_block(s->content[&reqs[i] - s->r], reqs[i].buf, BS);
+		size_t k = 0;
+		while (k < s->n && memcmp(s->r[k].digest.b, reqs[i].digest.b, 32))
+			k++;
+		assert_true(k < s->n);
+		pg_block(s->content[k], reqs[i].buf, BS);
 		reqs[i].status = IDD_OK;
 		reqs[i].origin_fd = -1;
 		atomic_fetch_add(&src->blocks, 1);
