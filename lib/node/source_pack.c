@@ -191,6 +191,7 @@ static int fetch_frames(pack_source *ps, const uint64_t *fr, size_t n, unsigned 
 	}
 	idd_source_stats(ps->repo, &after);
 	atomic_fetch_add(&ps->base.requests, after.requests - before.requests);
+	atomic_fetch_add(&ps->base.retries, after.retries - before.retries);
 	free(r);
 	return rc;
 }

@@ -34,8 +34,8 @@
  * was rebuilt meanwhile, the network failed), the source warns once and
  * answers IDD_ENOENT from then on: the caller falls back to the images.
  * Counters: blocks delivered, bytes = compressed frame bytes transferred,
- * requests = range requests made, damaged = blocks failing verification
- * (status IDD_ECORRUPT, warned once). */
+ * requests = range requests made (retries: retried), damaged = blocks
+ * failing verification (status IDD_ECORRUPT, warned once). */
 int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_map *map,
                          idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err);
 /* Index bytes the source fetched (its view), for bytes_index. */
