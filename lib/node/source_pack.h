@@ -25,16 +25,17 @@
  * pack, or a pack older than the image): nothing to warn about, deploy
  * just goes without it; IDD_ECORRUPT (damaged view), IDD_ENET, ... with err
  * saying why: the caller warns once and goes without it.
- * read() may be called from several threads: calls are serialised (the
- * idd_source is used from inside; callers sharing it between sources and
- * threads serialise around the chain).  Pass as many requests per call as
+ * read() may be called from several threads: calls are serialised.  Pass
+ * as many requests per call as
  * possible (deploy: every missing block): each frame needed is fetched
  * once per call, and the last IDD_PACK_SOURCE_CACHE bytes of decoded frames
  * are kept for later calls.  If a frame cannot be fetched later (the pack
  * was rebuilt meanwhile, the network failed), the source warns once and
  * answers IDD_ENOENT from then on: the caller falls back to the images.
  * Counters: blocks delivered, bytes = compressed frame bytes transferred,
- * requests = range requests made (retries: retried), damaged = blocks
+ * requests = range requests made (retries: retried; both read from repo's
+ * counters around each fetch, so they include what other users of repo do
+ * at the same moment), damaged = blocks
  * failing verification (status IDD_ECORRUPT, warned once). */
 int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_map *map,
                          idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err);
