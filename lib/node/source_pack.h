@@ -26,17 +26,17 @@
  * just goes without it; IDD_ECORRUPT (damaged view), IDD_ENET, ... with err
  * saying why: the caller warns once and goes without it.
  * read() may be called from several threads: calls are serialised.  Pass
- * as many requests per call as
- * possible (deploy: every missing block): each frame needed is fetched
- * once per call, and the last IDD_PACK_SOURCE_CACHE bytes of decoded frames
- * are kept for later calls.  If a frame cannot be fetched later (the pack
+ * as many requests per call as possible (deploy: every missing block, or
+ * windows of them): each frame needed is fetched once per call, and the
+ * last IDD_PACK_SOURCE_CACHE bytes of decoded frames are kept for later
+ * calls.  If a frame cannot be fetched later (the pack
  * was rebuilt meanwhile, the network failed), the source warns once and
  * answers IDD_ENOENT from then on: the caller falls back to the images.
  * Counters: blocks delivered, bytes = compressed frame bytes transferred,
  * requests = range requests made (retries: retried; both read from repo's
  * counters around each fetch, so they include what other users of repo do
- * at the same moment), damaged = blocks
- * failing verification (status IDD_ECORRUPT, warned once). */
+ * at the same moment), damaged = blocks failing verification (status
+ * IDD_ECORRUPT, warned once). */
 int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_map *map,
                          idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err);
 /* Index bytes the source fetched (its view), for bytes_index. */
