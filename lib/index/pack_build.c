@@ -25,7 +25,6 @@
 #include "index/catalog.h"
 #include "index/map.h"
 #include "index/repo.h"
-#include "formats/archive.h"
 
 #include <dirent.h>
 #include <errno.h>
