@@ -6,6 +6,7 @@
 #include "index/indexfile.h"
 #include "index/catalog.h"
 #include "index/map.h"
+#include "index/pack.h"
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -170,6 +171,7 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 	verify_tree(o, index_dir, "maps", problems);
 	verify_tree(o, index_dir, "blocktable", problems);
 	verify_file(o, index_dir, "similarity", problems);
+	idd_pack_verify(index_dir, cat, o->deep, o->warn, o->ctx, problems);
 	idd_catalog_free(cat);
 	free(index_dir);
 	return *problems ? IDD_ERR : IDD_OK;
