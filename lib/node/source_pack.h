@@ -6,7 +6,7 @@
 #define IDD_NODE_SOURCE_PACK_H
 
 #include "node/blocksource.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 #include "index/map.h"
 
 /* Decoded frames kept, so that blocks of one frame asked for in separate

@@ -13,7 +13,7 @@
 #include "base/digest.h"
 #include "index/catalog.h"
 #include "index/map.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 #include "node/source_pack.h"
 
 #include <stdio.h>

@@ -95,6 +95,23 @@ check "one data file, few range requests" test "$(json_get "$WORK/f1.json" block
 nginx_log_reset
 "$WORK/pack_fetch" "$NGINX_URL" c.raw "$I" a.raw raw > "$WORK/f2.json" || fail "raw fetch over HTTP"
 check "the pack sends fewer block bytes than the raw image ranges" test "$frames" -lt "$(json_get "$WORK/f2.json" payload_bytes)"
+# deploy and serve use the pack: the same frames, nothing else; --no-pack reads the image
+for n in node node2 node3; do "$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/$n" -q a.raw; done
+nginx_log_reset
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/node" -o "$WORK/c.out" --json -q c.raw > "$WORK/d1.json"
+check "deploy through the pack: byte-exact" cmp "$R/c.raw" "$WORK/c.out"
+check "deploy through the pack: bytes_fetched = the frames" test "$(json_get "$WORK/d1.json" bytes_fetched)" = "$frames"
+check "deploy through the pack: nginx sent catalog + map + view + frames" test "$(nginx_bytes)" = $((catmap + view + frames))
+nginx_log_reset
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/node2" -o "$WORK/c.out2" --no-pack --json -q c.raw > "$WORK/d2.json"
+check "deploy --no-pack: byte-exact" cmp "$R/c.raw" "$WORK/c.out2"
+check "deploy --no-pack: the image's ranges" test "$(json_get "$WORK/d2.json" bytes_fetched)" = "$(json_get "$WORK/f2.json" payload_bytes)"
+source "$TESTS_DIR/serve.sh"
+serve_start sp --from "$NGINX_URL" --cache "$WORK/node3" c.raw
+nbdcopy "$(serve_uri sp c.raw)" "$WORK/c.served"
+serve_stop sp
+check "serve through the pack: byte-exact" cmp "$R/c.raw" "$WORK/c.served"
+check "serve through the pack: at most the frames" test "$(serve_stat sp bytes_fetched)" -le "$frames"
 # a stale pack (the image changed, pack not re-run) is not used
 head -c 4096 /dev/urandom | dd of="$R/c.raw" bs=4096 seek=120 conv=notrunc 2>/dev/null
 "$IMGDEDUP" scan -q "$R"; "$IMGDEDUP" map -q "$R"

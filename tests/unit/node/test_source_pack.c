@@ -5,7 +5,7 @@
  * gone) handled without wrong data: missing blocks stay IDD_ENOENT for the
  * next source, damaged ones IDD_ECORRUPT. */
 #include "packgen.h"
-#include "node/fetch.h"
+#include "base/fetch.h"
 #include "node/source_pack.h"
 
 #include <unistd.h>
