@@ -751,187 +751,215 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	return IDD_OK;
 }
 
-int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
-{
-	memset(st, 0, sizeof *st);
-	struct scan s = {.o = o};
-	struct entries kept = {0};
-	idd_repo_list files = {0};
-	char *index_dir = NULL;
-	int lock_fd = -1, rc = IDD_ERR;
-	enum file_state *file_state = NULL;
-	ptrdiff_t *old_file = NULL; /* per old entry: the walked file it belongs to, or -1 */
-	size_t *by_id = NULL;       /* walked files sorted by id */
-	pthread_mutex_init(&s.mu, NULL);
-	pthread_mutex_init(&s.finish_mu, NULL);
+/* ---- a run, phase by phase ---- */
 
-	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
-		goto out;
-	s.index_dir = index_dir;
+/* Everything one run of idd_scan holds; each phase below reads and fills
+ * part of it. */
+struct scan_run {
+	const idd_scan_opts *o;
+	idd_scan_stats *st;
+	struct scan s;
+	char *index_dir;
+	int lock_fd;
+	struct entries kept;          /* entries carried over without reading */
+	idd_repo_list files;          /* the walk */
+	enum file_state *file_state;  /* per walked file */
+	size_t nold;                  /* entries of the previous catalog */
+	ptrdiff_t *old_file;          /* per old entry: the walked file it belongs to, or -1 */
+	size_t *by_id;                /* walked files sorted by id */
+};
+
+/* Lock the index, load the previous catalog, settle the block size and
+ * walk the repository. */
+static int phase_open(struct scan_run *r, idd_error *err)
+{
+	const idd_scan_opts *o = r->o;
+	if (idd_index_path(o->repo, o->index_dir, &r->index_dir, err))
+		return IDD_ERR;
+	r->s.index_dir = r->index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
-	if (stat(o->repo, &rst)) {
-		idd_fail_errno(err, o->repo, "cannot open repository");
-		goto out;
-	}
-	if (!S_ISDIR(rst.st_mode)) {
-		idd_fail(err, "%s: repository is not a directory", o->repo);
-		goto out;
-	}
-	if (idd_mkdir_p(index_dir, err))
-		goto out;
-	if ((rc = idd_lock(index_dir, o->no_wait, &lock_fd, err)))
-		goto out;
-	rc = IDD_ERR;
-
-	int lrc = idd_catalog_load(index_dir, &s.old, err);
+	if (stat(o->repo, &rst))
+		return idd_fail_errno(err, o->repo, "cannot open repository");
+	if (!S_ISDIR(rst.st_mode))
+		return idd_fail(err, "%s: repository is not a directory", o->repo);
+	if (idd_mkdir_p(r->index_dir, err))
+		return IDD_ERR;
+	int rc = idd_lock(r->index_dir, o->no_wait, &r->lock_fd, err);
+	if (rc)
+		return rc;
+	int lrc = idd_catalog_load(r->index_dir, &r->s.old, err);
 	if (lrc == IDD_ENOENT) {
-		s.old = NULL;
+		r->s.old = NULL;
 	} else if (lrc) {
 		idd_error_prefix(err, "cannot read the existing index (run 'imgdedup verify'; delete %s to start over)",
-		                 index_dir);
-		goto out;
+		                 r->index_dir);
+		return IDD_ERR;
 	}
-	s.bs = s.old ? s.old->block_size : (o->block_size ? o->block_size : IDD_DEFAULT_BLOCK_SIZE);
-	if (o->block_size && s.old && o->block_size != s.old->block_size) {
-		idd_fail(err, "%s: the index uses %u-byte blocks; --block-size %u needs a new index (--index DIR)",
-		         index_dir, s.old->block_size, o->block_size);
-		goto out;
-	}
-	if (!idd_is_power_of_two(s.bs) || s.bs < IDD_MIN_BLOCK_SIZE || s.bs > IDD_MAX_BLOCK_SIZE) {
-		idd_fail(err, "block size %u is not a power of two from 512 to 1048576", s.bs);
-		goto out;
-	}
-	if (idd_repo_walk(o->repo, index_dir, o->includes, o->n_includes, &files, o->warn, o->ctx, err))
-		goto out;
-
-	size_t nold = s.old ? s.old->count : 0;
-	s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *s.old_dropped, err);
-	old_file = idd_calloc(nold ? nold : 1, sizeof *old_file, err);
-	file_state = idd_calloc(files.n ? files.n : 1, sizeof *file_state, err);
-	if (!s.old_dropped || !old_file || !file_state)
-		goto out;
-	/* Pass 1: a file is unchanged when it has old entries and every one of
-	 * them still matches its identity; those entries are kept unread. */
-	for (size_t f = 0; f < files.n; f++)
-		file_state[f] = FILE_NEW;
+	const idd_catalog *old = r->s.old;
+	r->s.bs = old ? old->block_size : (o->block_size ? o->block_size : IDD_DEFAULT_BLOCK_SIZE);
+	if (o->block_size && old && o->block_size != old->block_size)
+		return idd_fail(err, "%s: the index uses %u-byte blocks; --block-size %u needs a new index (--index DIR)",
+		                r->index_dir, old->block_size, o->block_size);
+	if (!idd_is_power_of_two(r->s.bs) || r->s.bs < IDD_MIN_BLOCK_SIZE || r->s.bs > IDD_MAX_BLOCK_SIZE)
+		return idd_fail(err, "block size %u is not a power of two from 512 to 1048576", r->s.bs);
+	if (idd_repo_walk(o->repo, r->index_dir, o->includes, o->n_includes, &r->files, o->warn, o->ctx,
+	                  err))
+		return IDD_ERR;
+	r->nold = old ? old->count : 0;
+	size_t nold = r->nold, nfiles = r->files.n;
+	r->s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *r->s.old_dropped, err);
+	r->old_file = idd_calloc(nold ? nold : 1, sizeof *r->old_file, err);
+	r->file_state = idd_calloc(nfiles ? nfiles : 1, sizeof *r->file_state, err);
 	/* The walk lists each directory in order, which is not strcmp order
 	 * over whole paths: look files up through a sorted index (a cron run
 	 * over thousands of images stays O(n log n)). */
-	by_id = idd_calloc(files.n ? files.n : 1, sizeof *by_id, err);
-	if (!by_id)
-		goto out;
-	for (size_t f = 0; f < files.n; f++)
-		by_id[f] = f;
-	if (files.n)
-		qsort_r(by_id, files.n, sizeof *by_id, cmp_file_id, &files);
-	for (size_t i = 0; i < nold; i++) {
-		const idd_image_info *im = &s.old->images[i];
-		old_file[i] = find_file(&files, by_id, im->file);
-		if (old_file[i] < 0)
-			continue;
-		size_t f = (size_t)old_file[i];
-		bool match = entry_matches(im, &files.v[f], false) &&
-		             idd_chain_unchanged(o->repo, im->backing, im->nbacking);
-		if (file_state[f] == FILE_NEW)
-			file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
-		else if (!match)
-			file_state[f] = FILE_CHANGED;
+	r->by_id = idd_calloc(nfiles ? nfiles : 1, sizeof *r->by_id, err);
+	if (!r->s.old_dropped || !r->old_file || !r->file_state || !r->by_id)
+		return IDD_ERR;
+	for (size_t f = 0; f < nfiles; f++) {
+		r->file_state[f] = FILE_NEW;
+		r->by_id[f] = f;
 	}
-	/* ...and whose block lists are still there (a deleted or lost list is
-	 * rebuilt by reading the image again) */
-	for (size_t i = 0; i < nold; i++) {
-		if (old_file[i] < 0 || file_state[old_file[i]] != FILE_UNCHANGED)
+	if (nfiles)
+		qsort_r(r->by_id, nfiles, sizeof *r->by_id, cmp_file_id, &r->files);
+	return IDD_OK;
+}
+
+/* Pass 1: a file is unchanged when it has old entries, every one of them
+ * still matches its identity, and their block lists are still there; those
+ * entries are kept unread. */
+static int phase_unchanged(struct scan_run *r, idd_error *err)
+{
+	const idd_catalog *old = r->s.old;
+	for (size_t i = 0; i < r->nold; i++) {
+		const idd_image_info *im = &old->images[i];
+		r->old_file[i] = find_file(&r->files, r->by_id, im->file);
+		if (r->old_file[i] < 0)
 			continue;
-		char *bp = idd_blocks_path(index_dir, &s.old->images[i].list_key, err);
+		size_t f = (size_t)r->old_file[i];
+		bool match = entry_matches(im, &r->files.v[f], false) &&
+		             idd_chain_unchanged(r->o->repo, im->backing, im->nbacking);
+		if (r->file_state[f] == FILE_NEW)
+			r->file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
+		else if (!match)
+			r->file_state[f] = FILE_CHANGED;
+	}
+	/* a deleted or lost list is rebuilt by reading the image again */
+	for (size_t i = 0; i < r->nold; i++) {
+		if (r->old_file[i] < 0 || r->file_state[r->old_file[i]] != FILE_UNCHANGED)
+			continue;
+		char *bp = idd_blocks_path(r->index_dir, &old->images[i].list_key, err);
 		if (!bp)
-			goto out;
+			return IDD_ERR;
 		if (access(bp, F_OK) != 0)
-			file_state[old_file[i]] = FILE_CHANGED;
+			r->file_state[r->old_file[i]] = FILE_CHANGED;
 		free(bp);
 	}
-	for (size_t i = 0; i < nold; i++) {
-		if (old_file[i] >= 0 && file_state[old_file[i]] == FILE_UNCHANGED) {
-			if (entries_push_copy(&kept, &s.old->images[i], err))
-				goto out;
-			s.old_dropped[i] = true;
-			st->unchanged++;
+	for (size_t i = 0; i < r->nold; i++) {
+		if (r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_UNCHANGED) {
+			if (entries_push_copy(&r->kept, &old->images[i], err))
+				return IDD_ERR;
+			r->s.old_dropped[i] = true;
+			r->st->unchanged++;
 		}
 	}
-	/* Pass 2: a new path whose identity (ignoring ctime, which a rename
-	 * updates) equals that of a vanished file is that file, moved. */
-	for (size_t f = 0; f < files.n; f++) {
-		if (file_state[f] != FILE_NEW)
+	return IDD_OK;
+}
+
+/* Pass 2: a new path whose identity (ignoring ctime, which a rename
+ * updates) equals that of a vanished file is that file, moved. */
+static int phase_renames(struct scan_run *r, idd_error *err)
+{
+	const idd_catalog *old = r->s.old;
+	for (size_t f = 0; f < r->files.n; f++) {
+		if (r->file_state[f] != FILE_NEW)
 			continue;
-		for (size_t i = 0; i < nold; i++) {
-			const idd_image_info *im = &s.old->images[i];
+		const idd_repo_entry *file = &r->files.v[f];
+		for (size_t i = 0; i < r->nold; i++) {
+			const idd_image_info *im = &old->images[i];
 			/* an image with backing files resolves them from where it lies:
 			 * moved, it is read again */
-			if (old_file[i] >= 0 || s.old_dropped[i] || im->nbacking ||
-			    !entry_matches(im, &files.v[f], true))
+			if (r->old_file[i] >= 0 || r->s.old_dropped[i] || im->nbacking ||
+			    !entry_matches(im, file, true))
 				continue;
 			idd_image_info copy;
 			if (idd_image_info_copy(&copy, im, err))
-				goto out;
+				return IDD_ERR;
 			free(copy.id);
 			free(copy.file);
-			copy.file = strdup(files.v[f].id);
-			copy.id = im->member[0] ? idd_asprintf(NULL, "%s/%s", files.v[f].id, im->member)
-			                        : strdup(files.v[f].id);
-			copy.ctime_ns = files.v[f].ctime_ns;
-			bool ok = copy.id && copy.file && entries_push_copy(&kept, &copy, err) == IDD_OK;
+			copy.file = strdup(file->id);
+			copy.id = im->member[0] ? idd_asprintf(NULL, "%s/%s", file->id, im->member)
+			                        : strdup(file->id);
+			copy.ctime_ns = file->ctime_ns;
+			bool ok = copy.id && copy.file && entries_push_copy(&r->kept, &copy, err) == IDD_OK;
 			idd_image_info_free(&copy);
-			if (!ok) {
-				idd_fail(err, "out of memory");
-				goto out;
-			}
-			s.old_dropped[i] = true;
-			st->unchanged++;
-			st->renamed++;
-			file_state[f] = FILE_MOVED;
+			if (!ok)
+				return idd_fail(err, "out of memory");
+			r->s.old_dropped[i] = true;
+			r->st->unchanged++;
+			r->st->renamed++;
+			r->file_state[f] = FILE_MOVED;
 		}
 	}
+	return IDD_OK;
+}
 
-	/* Everything else is read. */
-	for (size_t f = 0; f < files.n; f++) {
-		if (file_state[f] != FILE_NEW && file_state[f] != FILE_CHANGED)
+/* Everything else is read: one job per image (compressed archives are
+ * deferred, see add_jobs_for_file). */
+static int phase_queue(struct scan_run *r, idd_error *err)
+{
+	for (size_t f = 0; f < r->files.n; f++) {
+		if (r->file_state[f] != FILE_NEW && r->file_state[f] != FILE_CHANGED)
 			continue;
-		int r = add_jobs_for_file(&s, &files.v[f], true, err);
-		if (r < 0)
-			goto out;
-		if (r == 1)
-			file_state[f] = FILE_FAILED;
-		else if (r == 2)
-			file_state[f] = FILE_DEFERRED;
+		int n = add_jobs_for_file(&r->s, &r->files.v[f], true, err);
+		if (n < 0)
+			return IDD_ERR;
+		if (n == 1)
+			r->file_state[f] = FILE_FAILED;
+		else if (n == 2)
+			r->file_state[f] = FILE_DEFERRED;
 	}
+	return IDD_OK;
+}
 
-	/* Hash. */
-	s.kept = &kept;
-	s.last_save_ns = idd_now_ns();
-	if (run_workers(&s, err))
-		goto out;
-	/* then each compressed archive on its own: list (decompress), hash, release */
-	for (size_t f = 0; f < files.n && !s.fatal; f++) {
-		if (file_state[f] != FILE_DEFERRED)
+/* Hash the queued jobs, then each compressed archive on its own: list
+ * (decompress), hash, release. */
+static int phase_hash(struct scan_run *r, idd_error *err)
+{
+	struct scan *s = &r->s;
+	s->kept = &r->kept;
+	s->last_save_ns = idd_now_ns();
+	if (run_workers(s, err))
+		return IDD_ERR;
+	for (size_t f = 0; f < r->files.n && !s->fatal; f++) {
+		if (r->file_state[f] != FILE_DEFERRED)
 			continue;
-		int r = add_jobs_for_file(&s, &files.v[f], false, err);
-		if (r < 0)
-			goto out;
-		file_state[f] = r > 0 ? FILE_FAILED : FILE_CHANGED;
-		if (run_workers(&s, err))
-			goto out;
+		int n = add_jobs_for_file(s, &r->files.v[f], false, err);
+		if (n < 0)
+			return IDD_ERR;
+		r->file_state[f] = n > 0 ? FILE_FAILED : FILE_CHANGED;
+		if (run_workers(s, err))
+			return IDD_ERR;
 	}
-	if (s.fatal) {
-		*err = s.fatal_err;
-		goto out;
+	if (s->fatal) {
+		*err = s->fatal_err;
+		return IDD_ERR;
 	}
-	if (o->progress)
-		o->progress(o->ctx, s.total_bytes, s.total_bytes);
+	if (r->o->progress)
+		r->o->progress(r->o->ctx, s->total_bytes, s->total_bytes);
+	return IDD_OK;
+}
 
-	/* A failed image keeps its old entries: their identity no longer
-	 * matches the file, so the next run retries it. */
-	for (size_t i = 0; i < s.njobs; i++) {
-		struct job *j = &s.jobs[i];
+/* Settle every old entry not carried over yet.  A failed image keeps its
+ * old entries: their identity no longer matches the file, so the next run
+ * retries it.  Entries of vanished files are removed. */
+static int phase_reconcile(struct scan_run *r, idd_error *err)
+{
+	struct scan *s = &r->s;
+	idd_scan_stats *st = r->st;
+	for (size_t i = 0; i < s->njobs; i++) {
+		struct job *j = &s->jobs[i];
 		if (j->have_info) {
 			st->scanned++;
 			st->bytes_hashed += j->bytes_hashed;
@@ -939,59 +967,66 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			st->failed++;
 		}
 	}
-	for (size_t f = 0; f < files.n; f++)
-		st->failed += file_state[f] == FILE_FAILED;
-	for (size_t i = 0; i < nold; i++) {
-		if (s.old_dropped[i])
+	for (size_t f = 0; f < r->files.n; f++)
+		st->failed += r->file_state[f] == FILE_FAILED;
+	for (size_t i = 0; i < r->nold; i++) {
+		if (s->old_dropped[i])
 			continue;
-		const idd_image_info *im = &s.old->images[i];
-		bool keep = old_file[i] >= 0 && file_state[old_file[i]] == FILE_FAILED;
+		const idd_image_info *im = &s->old->images[i];
+		bool keep = r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_FAILED;
 		bool replaced = false;
-		for (size_t k = 0; k < s.njobs; k++) {
-			if (strcmp(s.jobs[k].e.id, im->id) == 0) {
-				replaced = s.jobs[k].have_info;
+		for (size_t k = 0; k < s->njobs; k++) {
+			if (strcmp(s->jobs[k].e.id, im->id) == 0) {
+				replaced = s->jobs[k].have_info;
 				keep = !replaced;
 			}
 		}
 		if (keep) {
-			if (entries_push_copy(&kept, im, err))
-				goto out;
+			if (entries_push_copy(&r->kept, im, err))
+				return IDD_ERR;
 		} else if (!replaced) {
 			st->removed++;
 		}
-		s.old_dropped[i] = true;
+		s->old_dropped[i] = true;
 	}
+	return IDD_OK;
+}
 
-	bool changed = !s.old || st->scanned || st->removed || st->renamed ||
-	               s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
-	bool recount = st->scanned || st->removed || !s.old || s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
-	uint64_t unique = s.old ? s.old->unique_blocks : 0;
+/* Count distinct blocks, assemble the catalog and, when anything changed,
+ * write it and collect the block lists it no longer names. */
+static int phase_commit(struct scan_run *r, idd_error *err)
+{
+	struct scan *s = &r->s;
+	idd_scan_stats *st = r->st;
+	const idd_catalog *old = s->old;
+	bool changed = !old || st->scanned || st->removed || st->renamed ||
+	               old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	bool recount = st->scanned || st->removed || !old || old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	uint64_t unique = old ? old->unique_blocks : 0;
 	/* counting reads the kept images' block lists and drops unreadable ones,
 	 * so it comes before the catalog is assembled */
-	if (recount && count_unique(&s, &kept, &unique, err))
-		goto out;
-	changed = changed || s.dropped;
-	idd_catalog cat = {.block_size = s.bs};
-	if (build_catalog(&s, &kept, false, &cat, err))
-		goto out;
-	changed = changed || cat.count != nold;
+	if (recount && count_unique(s, &r->kept, &unique, err))
+		return IDD_ERR;
+	changed = changed || s->dropped;
+	idd_catalog cat = {.block_size = s->bs};
+	if (build_catalog(s, &r->kept, false, &cat, err))
+		return IDD_ERR;
+	changed = changed || cat.count != r->nold;
+	int rc = IDD_OK;
 	if (!changed) {
-		cat.generation = s.old->generation;
-		cat.unique_blocks = s.old->unique_blocks;
+		cat.generation = old->generation;
+		cat.unique_blocks = old->unique_blocks;
+		st->committed = true;
 	} else {
-		cat.generation = (s.old ? s.old->generation : 0) + 1;
+		cat.generation = (old ? old->generation : 0) + 1;
 		cat.unique_blocks = unique;
-		rc = idd_catalog_save(index_dir, &cat, err);
+		rc = idd_catalog_save(r->index_dir, &cat, err);
 		if (!rc) {
 			st->committed = true;
-			collect_garbage(index_dir, &cat);
+			collect_garbage(r->index_dir, &cat);
 		}
 	}
-	if (!changed) {
-		rc = IDD_OK;
-		st->committed = true;
-	}
-	st->failed += s.dropped; /* a damaged index is worth an exit status of 1 */
+	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */
 	st->images = cat.count;
 	st->unique_blocks = cat.unique_blocks;
 	for (size_t i = 0; i < cat.count; i++) {
@@ -1004,26 +1039,54 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	if (!rc && st->failed)
 		rc = idd_fail(err, "%llu image(s) could not be indexed (see the messages above)",
 		              (unsigned long long)st->failed);
-out:
-	for (size_t i = 0; i < s.njobs; i++) {
-		job_release(&s.jobs[i]);
-		idd_chain_free(&s.jobs[i].chain);
-		idd_repo_entry_free(&s.jobs[i].e);
-		if (s.jobs[i].have_info)
-			idd_image_info_free(&s.jobs[i].info);
+	return rc;
+}
+
+static void scan_run_free(struct scan_run *r)
+{
+	struct scan *s = &r->s;
+	for (size_t i = 0; i < s->njobs; i++) {
+		job_release(&s->jobs[i]);
+		idd_chain_free(&s->jobs[i].chain);
+		idd_repo_entry_free(&s->jobs[i].e);
+		if (s->jobs[i].have_info)
+			idd_image_info_free(&s->jobs[i].info);
 	}
-	free(s.jobs);
-	free(s.old_dropped);
-	free(file_state);
-	free(old_file);
-	free(by_id);
-	pset_free(&s.unique);
-	entries_free(&kept);
-	idd_catalog_free(s.old);
-	idd_repo_list_free(&files);
-	idd_unlock(lock_fd);
-	free(index_dir);
-	pthread_mutex_destroy(&s.mu);
-	pthread_mutex_destroy(&s.finish_mu);
+	free(s->jobs);
+	free(s->old_dropped);
+	pset_free(&s->unique);
+	idd_catalog_free(s->old);
+	free(r->file_state);
+	free(r->old_file);
+	free(r->by_id);
+	entries_free(&r->kept);
+	idd_repo_list_free(&r->files);
+	idd_unlock(r->lock_fd);
+	free(r->index_dir);
+	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->finish_mu);
+}
+
+int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	struct scan_run r = {.o = o, .st = st, .lock_fd = -1};
+	r.s.o = o;
+	pthread_mutex_init(&r.s.mu, NULL);
+	pthread_mutex_init(&r.s.finish_mu, NULL);
+	int rc = phase_open(&r, err);
+	if (!rc)
+		rc = phase_unchanged(&r, err);
+	if (!rc)
+		rc = phase_renames(&r, err);
+	if (!rc)
+		rc = phase_queue(&r, err);
+	if (!rc)
+		rc = phase_hash(&r, err);
+	if (!rc)
+		rc = phase_reconcile(&r, err);
+	if (!rc)
+		rc = phase_commit(&r, err);
+	scan_run_free(&r);
 	return rc;
 }
