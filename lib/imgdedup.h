@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -66,6 +67,33 @@ typedef void (*idd_warn_fn)(void *ctx, const char *msg);
 
 /* The index directory of REPO: INDEX_OPT when given, else REPO/.imgdedup. */
 int idd_index_path(const char *repo, const char *index_opt, char **out, idd_error *err);
+
+/* ---- output files (-o PATH) ---------------------------------------------
+ *
+ * A regular file (or a new name) is written through a temporary file created
+ * exclusively in the target's directory, then fsynced and renamed into
+ * place: PATH shows the old content or the complete new one, never a part.
+ * A symbolic link at PATH is written through: its target is replaced, the
+ * link stays.  A dangling link, a directory, a block device or a socket is
+ * refused.  A character device or a FIFO (/dev/null, /dev/stdout, a pipe)
+ * is written directly: nothing is renamed over it.  "-" is standard output.
+ * Every write is checked: the first error is kept and reported by commit. */
+typedef struct idd_outfile {
+	FILE *f;         /* write here */
+	char *name;      /* PATH as given, for messages ("stdout" for "-") */
+	char *target;    /* the regular file replaced on commit (links resolved), or NULL */
+	char *tmp;       /* the temporary beside target, or NULL when writing directly */
+	int fd;          /* the descriptor under f (-1 for stdout) */
+	int write_errno; /* first write error, 0 if none */
+} idd_outfile;
+
+int idd_outfile_open(idd_outfile *o, const char *path, idd_error *err);
+/* Flush, check every write, fsync and rename into place (direct outputs:
+ * flush and close).  On failure nothing replaces the target and the
+ * temporary is removed; the message names PATH and the reason. */
+int idd_outfile_commit(idd_outfile *o, idd_error *err);
+/* Give up: close and remove the temporary (the target is untouched). */
+void idd_outfile_abort(idd_outfile *o);
 
 /* ---- catalog: what scan knows about each image ----------------------- */
 
