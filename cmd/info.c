@@ -3,25 +3,40 @@
 
 #include <getopt.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static const char usage[] = "imgdedup info [--index DIR] [--json] [--blocks] REPO IMAGE";
 
+/* One line per block, zero blocks as 64 zeros; the list is held sparsely,
+ * so a thin image costs its data in memory (the output is its size). */
 static int print_blocks(idd_catalog *cat, char *index_dir, const idd_image_info *im)
 {
 	idd_error err;
-	idd_digest *d;
+	idd_blocklist *bl;
 	int rc = EXIT_OK;
-	if (idd_blocklist_load(index_dir, im, &d, &err)) {
+	if (idd_blocklist_open(index_dir, im, &bl, &err)) {
 		cli_error("%s", err.msg);
 		rc = EXIT_FAIL;
 	} else {
-		char hex[2 * IDD_DIGEST_SIZE + 1];
-		for (uint64_t b = 0; b < im->nblocks; b++) {
-			idd_digest_hex(&d[b], hex);
-			puts(hex);
+		char hex[2 * IDD_DIGEST_SIZE + 1], zero[2 * IDD_DIGEST_SIZE + 1];
+		memset(zero, '0', 2 * IDD_DIGEST_SIZE);
+		zero[2 * IDD_DIGEST_SIZE] = 0;
+		uint64_t b = 0;
+		for (size_t r = 0; r <= bl->nruns; r++) {
+			uint64_t next = r < bl->nruns ? bl->runs[r].block : bl->nblocks;
+			for (; b < next && !((b & 0xffff) == 0 && ferror(stdout)); b++)
+				puts(zero);
+			if (r == bl->nruns)
+				break;
+			for (uint64_t k = 0; k < bl->runs[r].count; k++, b++) {
+				idd_digest_hex(&bl->digests[bl->runs[r].first + k], hex);
+				puts(hex);
+			}
+			if (ferror(stdout))
+				break; /* reported at exit */
 		}
-		free(d);
+		idd_blocklist_free(bl);
 	}
 	idd_catalog_free(cat);
 	free(index_dir);

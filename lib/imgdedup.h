@@ -139,7 +139,43 @@ int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err);
 void idd_catalog_free(idd_catalog *cat);
 const idd_image_info *idd_catalog_find(const idd_catalog *cat, const char *id);
 
-/* The per-block digests of one image (nblocks entries, zero blocks all-zero). */
+/* The per-block digests of one image, held sparsely: only non-zero blocks
+ * cost memory (32 bytes each, plus one run per stretch of consecutive
+ * non-zero blocks), so a thin 4 TiB image costs what its data costs.  Runs
+ * are in block order, each holds count >= 1 non-zero blocks, and two runs
+ * never touch (a zero block lies between them): every block outside the
+ * runs is a zero block. */
+typedef struct idd_block_run {
+	uint64_t block; /* first block of the run */
+	uint64_t count; /* non-zero blocks in the run */
+	uint64_t first; /* digests[first .. first + count) are theirs */
+} idd_block_run;
+
+typedef struct idd_blocklist {
+	uint32_t block_size;
+	uint64_t nblocks;       /* all blocks of the image, zero ones included */
+	uint64_t ndata;         /* non-zero blocks: digests held */
+	idd_digest *digests;    /* ndata digests in block order, none all-zero */
+	idd_block_run *runs;    /* nruns runs in block order */
+	size_t nruns;
+	/* internal: storage and growth */
+	void *storage;
+	size_t digests_cap, runs_cap;
+} idd_blocklist;
+
+/* Load and check the block list the catalog names for img (its checksum
+ * must equal its name, its counts the catalog entry's). */
+int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
+                       idd_error *err);
+void idd_blocklist_free(idd_blocklist *bl);
+/* The digest of block b (< nblocks), NULL for a zero block (binary search). */
+const idd_digest *idd_blocklist_get(const idd_blocklist *bl, uint64_t b);
+/* Index of the first run ending after block b (nruns when none). */
+size_t idd_blocklist_run_after(const idd_blocklist *bl, uint64_t b);
+
+/* Dense form for small images and tests: nblocks digests, zero blocks
+ * all-zero.  Costs 32 bytes per block of virtual size: big images must use
+ * idd_blocklist_open. */
 int idd_blocklist_load(const char *index_dir, const idd_image_info *img,
                        idd_digest **digests, idd_error *err);
 

@@ -187,16 +187,19 @@ static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_
 		return IDD_ERR;
 	int rc = IDD_OK;
 	for (size_t i = 0; !rc && i < cat->count; i++) {
-		idd_digest *d = NULL;
-		if ((rc = idd_blocklist_load(index_dir, &cat->images[i], &d, err)))
+		idd_blocklist *bl = NULL;
+		if ((rc = idd_blocklist_open(index_dir, &cat->images[i], &bl, err)))
 			break;
-		for (uint64_t k = 0; k < cat->images[i].nblocks; k++) {
-			if (idd_digest_is_zero(&d[k]))
-				continue;
-			if (bits && (idd_be32(d[k].b) >> (32 - bits)) != s)
+		/* only the non-zero blocks are visited */
+		for (uint64_t q = 0, r = 0; !rc && q < bl->ndata; q++) {
+			const idd_digest *dk = &bl->digests[q];
+			while (q >= bl->runs[r].first + bl->runs[r].count)
+				r++;
+			uint64_t k = bl->runs[r].block + (q - bl->runs[r].first);
+			if (bits && (idd_be32(dk->b) >> (32 - bits)) != s)
 				continue;
 			bool added;
-			size_t slot = idd_digest_set_add(&b.set, &d[k], &added, err);
+			size_t slot = idd_digest_set_add(&b.set, dk, &added, err);
 			if (slot == (size_t)-1) {
 				rc = IDD_ERR;
 				break;
@@ -232,7 +235,7 @@ static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_
 				}
 			}
 		}
-		free(d);
+		idd_blocklist_free(bl);
 	}
 	size_t *order = NULL;
 	if (!rc && !(order = idd_calloc(b.n + 1, sizeof *order, err)))

@@ -253,9 +253,10 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 		return IDD_ERR;
 	if (memcmp(sum, f + IDD_IF_HEADER + stored_len, 32) != 0)
 		return idd_fail(err, "%s: checksum mismatch (file is corrupted)", name);
-	void *out = idd_malloc((size_t)raw_len, err);
+	void *out = malloc(raw_len ? (size_t)raw_len : 1);
 	if (!out)
-		return IDD_ERR;
+		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory for its %llu-byte payload", name,
+		                     (unsigned long long)raw_len);
 	if (flags & IDD_IF_ZSTD) {
 		size_t z = ZSTD_decompress(out, (size_t)raw_len, f + IDD_IF_HEADER, (size_t)stored_len);
 		if (ZSTD_isError(z) || z != raw_len) {
@@ -306,10 +307,10 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 		return idd_fail(err, "%s: not a regular file or larger than %zu bytes", path, max);
 	}
 	size_t n = (size_t)st.st_size, got = 0;
-	unsigned char *buf = idd_malloc(n, err);
+	unsigned char *buf = malloc(n ? n : 1);
 	if (!buf) {
 		close(fd);
-		return IDD_ERR;
+		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory reading its %zu bytes", path, n);
 	}
 	while (got < n) {
 		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);

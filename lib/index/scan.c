@@ -98,23 +98,19 @@ static int pset_add(prefix_set *p, const idd_digest *d, uint32_t who, bool *new_
 	return IDD_OK;
 }
 
-/* Count one image's block list into p as a new owner: its zero blocks and
- * its distinct non-zero blocks (either out pointer may be NULL). */
-static int pset_add_image(prefix_set *p, uint32_t who, const idd_digest *d, uint64_t n,
-                          uint64_t *zero, uint64_t *distinct, idd_error *err)
+/* Count one image's block list into p as a new owner; *distinct (may be
+ * NULL) receives its distinct non-zero blocks.  Only the non-zero blocks
+ * are visited: a thin image costs its data, not its size. */
+static int pset_add_image(prefix_set *p, uint32_t who, const idd_blocklist *bl, uint64_t *distinct,
+                          idd_error *err)
 {
-	uint64_t z = 0, fresh_total = 0;
-	for (uint64_t b = 0; b < n; b++) {
+	uint64_t fresh_total = 0;
+	for (uint64_t k = 0; k < bl->ndata; k++) {
 		bool fresh;
-		if (idd_digest_is_zero(&d[b]))
-			z++;
-		else if (pset_add(p, &d[b], who, &fresh, err))
+		if (pset_add(p, &bl->digests[k], who, &fresh, err))
 			return IDD_ERR;
-		else
-			fresh_total += fresh;
+		fresh_total += fresh;
 	}
-	if (zero)
-		*zero = z;
 	if (distinct)
 		*distinct = fresh_total;
 	return IDD_OK;
@@ -127,6 +123,11 @@ static void pset_free(prefix_set *p)
 	memset(p, 0, sizeof *p);
 }
 
+struct piece {
+	uint64_t block, count;
+	idd_digest *d;
+};
+
 struct job {
 	idd_repo_entry e;
 	idd_image *img;
@@ -134,7 +135,11 @@ struct job {
 	uint64_t cursor;       /* next virtual offset to plan (block aligned) */
 	unsigned inflight;     /* chunks handed out and not yet hashed */
 	uint64_t nblocks;
-	idd_digest *digests;
+	/* The digests of the chunks handed out, in block order: only data is
+	 * held, so a thin image costs what it stores, not its virtual size. */
+	struct piece *pieces;
+	size_t npieces, pieces_cap;
+	idd_blocklist list;    /* built from the pieces when the job finishes */
 	uint64_t bytes_hashed;
 	idd_error err;
 	struct stat st_before;
@@ -178,8 +183,12 @@ static void job_release(struct job *j)
 		close(j->e.spool_fd);
 		j->e.spooled = false;
 	}
-	free(j->digests);
-	j->digests = NULL;
+	for (size_t i = 0; i < j->npieces; i++)
+		free(j->pieces[i].d);
+	free(j->pieces);
+	j->pieces = NULL;
+	j->npieces = j->pieces_cap = 0;
+	idd_blocklist_clear(&j->list);
 }
 
 static bool same_identity(const struct stat *a, const struct stat *b)
@@ -217,16 +226,31 @@ static void job_open(struct scan *s, struct job *j)
 		posix_fadvise(j->img->file->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	uint64_t size = j->img->size;
 	j->nblocks = size / s->bs + (size % s->bs != 0);
-	uint64_t bytes;
-	if (!idd_mul_ok(j->nblocks, sizeof(idd_digest), &bytes) || bytes > SIZE_MAX) {
-		idd_fail(&j->err, "%s: image too large (%llu blocks)", j->e.path,
-		         (unsigned long long)j->nblocks);
-		j->failed = true;
-		return;
+	idd_blocklist_init(&j->list, s->bs);
+}
+
+/* Room for the digests of one chunk; lock held. */
+static idd_digest *job_add_piece(struct scan *s, struct job *j, uint64_t off, uint64_t len)
+{
+	if (j->npieces == j->pieces_cap) {
+		size_t nc = j->pieces_cap ? j->pieces_cap * 2 : 16;
+		struct piece *v = idd_realloc_array(j->pieces, nc, sizeof *v, &j->err);
+		if (!v)
+			goto nomem;
+		j->pieces = v;
+		j->pieces_cap = nc;
 	}
-	j->digests = idd_calloc((size_t)j->nblocks, sizeof(idd_digest), &j->err);
-	if (!j->digests)
-		j->failed = true;
+	uint64_t n = (len + s->bs - 1) / s->bs;
+	idd_digest *d = idd_malloc((size_t)n * sizeof *d, &j->err);
+	if (!d)
+		goto nomem;
+	j->pieces[j->npieces++] = (struct piece){off / s->bs, n, d};
+	return d;
+nomem:
+	idd_error_prefix(&j->err, "%s", j->e.path);
+	j->err.code = IDD_ENOMEM;
+	j->failed = true;
+	return NULL;
 }
 
 /* Next chunk of job j: the next run of non-zero extents from the cursor,
@@ -265,6 +289,8 @@ static bool job_next_chunk(struct scan *s, struct job *j, uint64_t *off, uint64_
 		*len = end - start;
 		j->cursor = end;
 		s->done_bytes += start - skipped_from;
+		if (!job_add_piece(s, j, start, end - start))
+			break;
 		return true;
 	}
 	s->done_bytes += j->cursor > skipped_from ? j->cursor - skipped_from : 0;
@@ -283,8 +309,7 @@ struct list_save {
 static void *list_save_main(void *arg)
 {
 	struct list_save *ls = arg;
-	ls->rc = idd_blocklist_save(ls->s->index_dir, ls->s->bs, ls->j->digests, ls->j->nblocks,
-	                            &ls->j->info.list_key, &ls->err);
+	ls->rc = idd_blocklist_write(ls->s->index_dir, &ls->j->list, &ls->j->info.list_key, &ls->err);
 	return NULL;
 }
 
@@ -304,6 +329,20 @@ static void job_finish(struct scan *s, struct job *j)
 			j->failed = true;
 		}
 	}
+	/* the pieces, in block order, become the block list */
+	for (size_t i = 0; !j->failed && i < j->npieces; i++) {
+		struct piece *pc = &j->pieces[i];
+		if (idd_blocklist_append(&j->list, pc->block, pc->d, pc->count, &j->err)) {
+			idd_error_prefix(&j->err, "%s", j->e.path);
+			j->failed = true;
+		}
+		free(pc->d);
+		pc->d = NULL;
+	}
+	if (!j->failed && idd_blocklist_finish(&j->list, j->nblocks, &j->err)) {
+		idd_error_prefix(&j->err, "%s", j->e.path);
+		j->failed = true;
+	}
 	if (!j->failed) {
 		idd_image_info *im = &j->info;
 		memset(im, 0, sizeof *im);
@@ -315,10 +354,11 @@ static void job_finish(struct scan *s, struct job *j)
 		bool threaded = pthread_create(&saver, NULL, list_save_main, &ls) == 0;
 		if (!threaded)
 			list_save_main(&ls);
-		uint64_t zero = 0, distinct = 0;
-		if (pset_add_image(&s->unique, s->next_owner++, j->digests, j->nblocks, &zero, &distinct,
-		                   &j->err))
+		uint64_t zero = j->list.nblocks - j->list.ndata, distinct = 0;
+		if (pset_add_image(&s->unique, s->next_owner++, &j->list, &distinct, &j->err)) {
+			idd_error_prefix(&j->err, "%s", j->e.path);
 			j->failed = true;
+		}
 		if (threaded)
 			pthread_join(saver, NULL);
 		if (j->failed || ls.rc) {
@@ -396,6 +436,7 @@ static void finish_claimed(struct scan *s, struct job *j)
 struct task {
 	struct job *job;
 	uint64_t off, len;
+	idd_digest *out; /* the chunk's piece */
 };
 
 /* Hand out the next chunk, opening images as needed.  Lock held. */
@@ -413,6 +454,7 @@ static bool next_task(struct scan *s, struct task *t)
 		if (!j->failed && !j->planned) {
 			if (job_next_chunk(s, j, &t->off, &t->len)) {
 				t->job = j;
+				t->out = j->pieces[j->npieces - 1].d;
 				j->inflight++;
 				return true;
 			}
@@ -449,8 +491,7 @@ static void *worker_main(void *arg)
 		uint64_t hashed = 0;
 		int rc = idd_image_read(j->img, t.off, w->buf, (size_t)t.len, &e);
 		if (!rc)
-			rc = idd_hash_blocks(w->h, w->buf, (size_t)t.len, s->bs, &j->digests[t.off / s->bs],
-			                     &hashed, &e);
+			rc = idd_hash_blocks(w->h, w->buf, (size_t)t.len, s->bs, t.out, &hashed, &e);
 		pthread_mutex_lock(&s->mu);
 		j->bytes_hashed += hashed;
 		s->done_bytes += t.len;
@@ -594,21 +635,25 @@ static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, 
 		for (size_t i = 0; i < s->njobs; i++) {
 			if (!s->jobs[i].have_info)
 				continue;
-			idd_digest *d;
-			if (idd_blocklist_load(s->index_dir, &s->jobs[i].info, &d, err))
+			idd_blocklist *bl;
+			if (idd_blocklist_open(s->index_dir, &s->jobs[i].info, &bl, err))
 				return IDD_ERR;
-			int rc = pset_add_image(&s->unique, s->next_owner++, d, s->jobs[i].info.nblocks, NULL,
-			                        NULL, err);
-			free(d);
+			int rc = pset_add_image(&s->unique, s->next_owner++, bl, NULL, err);
+			idd_blocklist_free(bl);
 			if (rc)
 				return IDD_ERR;
 		}
 	}
 	size_t w = 0;
 	for (size_t i = 0; i < kept->n; i++) {
-		idd_digest *d;
+		idd_blocklist *bl;
 		idd_error e;
-		if (idd_blocklist_load(s->index_dir, &kept->v[i], &d, &e)) {
+		int orc = idd_blocklist_open(s->index_dir, &kept->v[i], &bl, &e);
+		if (orc == IDD_ENOMEM) { /* not the list's fault */
+			*err = e;
+			return IDD_ERR;
+		}
+		if (orc) {
 			if (s->o->warn) {
 				char msg[sizeof e.msg + 128];
 				snprintf(msg, sizeof msg, "%s (dropped from the index; it is read again next run)",
@@ -619,8 +664,8 @@ static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, 
 			idd_image_info_free(&kept->v[i]);
 			continue;
 		}
-		int rc = pset_add_image(&s->unique, s->next_owner++, d, kept->v[i].nblocks, NULL, NULL, err);
-		free(d);
+		int rc = pset_add_image(&s->unique, s->next_owner++, bl, NULL, err);
+		idd_blocklist_free(bl);
 		if (rc)
 			return IDD_ERR;
 		kept->v[w++] = kept->v[i];

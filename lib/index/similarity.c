@@ -248,32 +248,33 @@ static void *pass1_worker(void *arg)
 		if (stop)
 			break;
 		const idd_image_info *im = &j->cat->images[i];
-		idd_digest *d = NULL;
-		if (idd_blocklist_load(j->index_dir, im, &d, &e)) {
+		idd_blocklist *bl = NULL;
+		if (idd_blocklist_open(j->index_dir, im, &bl, &e)) {
 			job_fail(j, &e);
 			break;
 		}
-		if (im->nblocks > cap) {
+		/* memory for the non-zero blocks only: a thin image costs its data */
+		if (bl->ndata > cap) {
 			free(keys);
 			free(tmp);
 			free(out);
-			cap = (size_t)im->nblocks;
+			cap = (size_t)bl->ndata;
 			keys = malloc(cap * sizeof *keys);
 			tmp = malloc(cap * sizeof *tmp);
 			out = malloc(cap * sizeof *out);
 			if (!keys || !tmp || !out) {
-				free(d);
-				idd_fail(&e, "out of memory for %s (%llu blocks)", im->id,
-				         (unsigned long long)im->nblocks);
+				idd_blocklist_free(bl);
+				idd_fail_code(&e, IDD_ENOMEM, "%s: out of memory for %llu non-zero blocks", im->id,
+				              (unsigned long long)cap);
+				cap = 0;
 				job_fail(j, &e);
 				break;
 			}
 		}
-		size_t nk = 0;
-		for (uint64_t k = 0; k < im->nblocks; k++)
-			if (!idd_digest_is_zero(&d[k]))
-				keys[nk++] = idd_be64(d[k].b);
-		free(d);
+		size_t nk = (size_t)bl->ndata;
+		for (size_t k = 0; k < nk; k++)
+			keys[k] = idd_be64(bl->digests[k].b);
+		idd_blocklist_free(bl);
 		radix_u64(keys, tmp, nk);
 		size_t no = 0;
 		for (size_t k = 0; k < nk;) {

@@ -18,9 +18,20 @@ static void report(const idd_verify_opts *o, uint64_t *problems, const char *msg
 		o->warn(o->ctx, msg);
 }
 
-/* Re-read an image and compare its digests with the stored block list. */
+static void report_block(const idd_verify_opts *o, uint64_t *problems, const idd_image_info *im,
+                         uint64_t b, uint32_t bs)
+{
+	char *m = idd_asprintf(NULL, "%s: block %llu (offset %llu) differs from the index (changed since the scan?)",
+	                       im->id, (unsigned long long)b, (unsigned long long)(b * bs));
+	report(o, problems, m ? m : "digest mismatch");
+	free(m);
+}
+
+/* Re-read an image and compare its digests with the stored block list.
+ * Like scan, it walks the image's extents: a zero extent is checked against
+ * the list's runs without reading it, so the cost follows the data. */
 static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const idd_image_info *im,
-                        const idd_digest *stored, uint64_t *problems)
+                        const idd_blocklist *stored, uint64_t *problems)
 {
 	idd_error e;
 	char *path = idd_path_join(o->repo, im->file, &e);
@@ -34,7 +45,8 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	idd_image *img = NULL;
 	idd_hasher *h = NULL;
 	unsigned char *buf = NULL;
-	const uint64_t chunk = (uint64_t)cat->block_size * 256;
+	const uint32_t bs = cat->block_size;
+	const uint64_t chunk = (uint64_t)bs * 256;
 	if (idd_repo_open_image(o->repo, &ent, &img, &e) || !(h = idd_hasher_new(&e)) ||
 	    !(buf = idd_malloc((size_t)chunk, &e))) {
 		report(o, problems, e.msg);
@@ -47,28 +59,54 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 		free(m);
 		goto out;
 	}
-	for (uint64_t off = 0; off < img->size; off += chunk) {
-		size_t n = (size_t)IDD_MIN(chunk, img->size - off);
-		idd_digest d[256];
-		uint64_t hashed = 0;
-		if (idd_image_read(img, off, buf, n, &e) ||
-		    idd_hash_blocks(h, buf, n, cat->block_size, d, &hashed, &e)) {
+	const uint64_t size = img->size;
+	uint64_t off = 0; /* block aligned */
+	while (off < size) {
+		idd_extent ext;
+		if (idd_image_extent(img, off, &ext, &e)) {
 			report(o, problems, e.msg);
 			goto out;
 		}
-		uint64_t first = off / cat->block_size, nb = (n + cat->block_size - 1) / cat->block_size;
+		uint64_t ext_end = ext.voff + ext.vlen;
+		if (ext.kind == IDD_EXT_ZERO) {
+			/* whole zero blocks: the list must hold no run there */
+			uint64_t next = ext_end >= size ? size : ext_end / bs * bs;
+			if (next > off) {
+				uint64_t b0 = off / bs, b1 = (next + bs - 1) / bs;
+				size_t r = idd_blocklist_run_after(stored, b0);
+				if (r < stored->nruns && stored->runs[r].block < b1) {
+					report_block(o, problems, im, stored->runs[r].block, bs);
+					goto out;
+				}
+				off = next;
+				if (o->progress)
+					o->progress(o->ctx, off, size);
+				continue;
+			}
+		}
+		uint64_t end = IDD_MIN(off + chunk, size);
+		uint64_t ext_block_end = (ext_end + bs - 1) / bs * bs;
+		if (ext_block_end < end && ext_block_end > off)
+			end = ext_block_end;
+		size_t n = (size_t)(end - off);
+		idd_digest d[256];
+		uint64_t hashed = 0;
+		if (idd_image_read(img, off, buf, n, &e) || idd_hash_blocks(h, buf, n, bs, d, &hashed, &e)) {
+			report(o, problems, e.msg);
+			goto out;
+		}
+		uint64_t first = off / bs, nb = (n + bs - 1) / bs;
 		for (uint64_t b = 0; b < nb; b++) {
-			if (memcmp(&d[b], &stored[first + b], sizeof d[b]) != 0) {
-				char *m = idd_asprintf(NULL, "%s: block %llu (offset %llu) differs from the index (changed since the scan?)",
-				                       im->id, (unsigned long long)(first + b),
-				                       (unsigned long long)((first + b) * cat->block_size));
-				report(o, problems, m ? m : "digest mismatch");
-				free(m);
+			const idd_digest *want = idd_blocklist_get(stored, first + b);
+			bool same = want ? !memcmp(want, &d[b], sizeof d[b]) : idd_digest_is_zero(&d[b]);
+			if (!same) {
+				report_block(o, problems, im, first + b, bs);
 				goto out;
 			}
 		}
+		off = end;
 		if (o->progress)
-			o->progress(o->ctx, off + n, img->size);
+			o->progress(o->ctx, off, size);
 	}
 out:
 	free(buf);
@@ -145,27 +183,18 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 	for (size_t i = 0; i < cat->count; i++) {
 		const idd_image_info *im = &cat->images[i];
 		idd_error e;
-		idd_digest *d;
-		if (idd_blocklist_load(index_dir, im, &d, &e)) {
+		idd_blocklist *bl;
+		/* loading checks the list's checksum, its name, and its counts
+		 * against the catalog entry */
+		if (idd_blocklist_open(index_dir, im, &bl, &e)) {
 			char *m = idd_asprintf(NULL, "%s (delete it and run 'imgdedup scan' to rebuild it)", e.msg);
 			report(o, problems, m ? m : e.msg);
 			free(m);
 			continue;
 		}
-		/* the stored summary must agree with the list */
-		uint64_t zero = 0;
-		for (uint64_t b = 0; b < im->nblocks; b++)
-			zero += idd_digest_is_zero(&d[b]);
-		if (zero != im->zero_blocks) {
-			char *p = idd_blocks_path(index_dir, &im->list_key, NULL);
-			char *m = idd_asprintf(NULL, "%s: block list of %s disagrees with the catalog", p ? p : "?", im->id);
-			report(o, problems, m ? m : "mismatch");
-			free(m);
-			free(p);
-		} else if (o->deep) {
-			verify_deep(o, cat, im, d, problems);
-		}
-		free(d);
+		if (o->deep)
+			verify_deep(o, cat, im, bl, problems);
+		idd_blocklist_free(bl);
 	}
 	verify_tree(o, index_dir, "maps", problems);
 	verify_tree(o, index_dir, "blocktable", problems);

@@ -49,3 +49,41 @@ check "-o write error is exit status 1" test "$rc" = 1
 check "... naming the file and the reason" grep -q "s.svg: File too large" "$WORK/err"
 check "... leaving the previous file whole" test "$(cat "$WORK/s.svg")" = previous
 check "... and no temporary behind" test -z "$(ls "$WORK" | grep '\.tmp\.')"
+
+# --- cost grows with data, not virtual size: a 4 TiB qcow2 and a 1 TiB sparse
+# raw with 50 MiB of data go through scan, map, similarity and verify in well
+# under 256 MiB (peak RSS by /usr/bin/time -v)
+H=$WORK/huge; mkdir -p "$H"
+qemu-img create -q -f qcow2 "$H/t4.qcow2" 4T
+truncate -s 1T "$H/t1.raw"
+python3 - "$H/t1.raw" <<'PY'
+import random, sys
+r = random.Random(5); f = open(sys.argv[1], "r+b")
+for off, mib in ((0, 10), (3 << 30, 20), (700 << 30, 15), ((1 << 40) - (5 << 20), 5)):
+    f.seek(off); f.write(r.randbytes(mib << 20))
+PY
+limit_kib=$((256 * 1024))
+if grep -q __asan_init "$IMGDEDUP" 2> /dev/null; then
+  limit_kib=$((768 * 1024)) # ASan's shadow memory and quarantine come on top
+fi
+# peak STEP CMD...: run CMD under /usr/bin/time -v, fail unless it succeeds in
+# less than limit_kib of peak resident memory
+peak() {
+  local step=$1; shift
+  local rc=0
+  /usr/bin/time -v -o "$WORK/time.$step" "$@" > "$WORK/out.$step" 2> "$WORK/err.$step" || rc=$?
+  [ "$rc" = 0 ] || { cat "$WORK/err.$step" >&2; fail "$step on huge sparse images: exit $rc"; }
+  local kib; kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.$step")
+  check "$step on a 4 TiB qcow2 + 1 TiB sparse raw: peak RSS $((kib / 1024)) MiB < $((limit_kib / 1024)) MiB" \
+    test "$kib" -lt "$limit_kib"
+}
+peak scan "$IMGDEDUP" scan --json "$H"
+check "scan hashed the 50 MiB of data only" test "$(json_get "$WORK/out.scan" bytes_hashed)" = $((50 << 20))
+check "scan counted every block" test "$(json_get "$WORK/out.scan" blocks)" = $(((5 << 40) / 4096))
+check "scan counted the zero blocks" test "$(json_get "$WORK/out.scan" zero_blocks)" = $(((5 << 40) / 4096 - 12800))
+peak map "$IMGDEDUP" map --json "$H"
+peak similarity "$IMGDEDUP" similarity "$H"
+check "similarity of the two is 0" grep -q '^t1.raw,1.000000,0.000000$' "$WORK/out.similarity"
+peak verify "$IMGDEDUP" verify "$H"
+peak verify-deep "$IMGDEDUP" verify --deep "$H"
+peak info "$IMGDEDUP" info --json "$H" t4.qcow2
