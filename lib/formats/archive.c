@@ -490,7 +490,7 @@ static int la_list(const char *path, struct members *out, idd_error *err)
 static int read_kind(const char *path, const char **kind, idd_file **fout, idd_error *err)
 {
 	idd_file *f;
-	if (idd_file_open_local(path, &f, err))
+	if (idd_file_open_local_flags(path, IDD_FILE_NOFOLLOW, &f, err))
 		return IDD_ERR;
 	unsigned char head[4096];
 	size_t hl = (size_t)IDD_MIN(f->size, (uint64_t)sizeof head);
@@ -753,7 +753,7 @@ int idd_archive_open_member(const char *repo, const idd_repo_entry *e, idd_image
 	int rc;
 	if (!e->streamed) {
 		idd_file *parent;
-		rc = idd_file_open_local(e->path, &parent, err);
+		rc = idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &parent, err);
 		if (!rc)
 			rc = idd_file_open_slice(parent, true, e->member_off, e->member_len, name, &f, err);
 	} else {

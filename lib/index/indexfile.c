@@ -290,7 +290,9 @@ int idd_indexfile_check(const char *name, const void *file, size_t len, idd_erro
 
 int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO in place of an index file is refused below instead
+	 * of waiting for a writer forever */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		int e = errno;
 		idd_fail_errno(err, path, "cannot open");
@@ -302,9 +304,13 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 		close(fd);
 		return IDD_ERR;
 	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+	if (!S_ISREG(st.st_mode)) {
 		close(fd);
-		return idd_fail(err, "%s: not a regular file or larger than %zu bytes", path, max);
+		return idd_fail_code(err, IDD_EPERM, "%s: not a regular file; refused", path);
+	}
+	if ((uint64_t)st.st_size > max) {
+		close(fd);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: larger than %zu bytes", path, max);
 	}
 	size_t n = (size_t)st.st_size, got = 0;
 	unsigned char *buf = malloc(n ? n : 1);

@@ -280,7 +280,8 @@ int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_cha
 	if (e->member)
 		return idd_archive_open_member(repo, e, out, err);
 	idd_file *f;
-	if (idd_file_open_local(e->path, &f, err))
+	/* the walk lists regular files only: a link put there since is not followed */
+	if (idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &f, err))
 		return IDD_ERR;
 	char *dir = idd_strdup(e->path, err);
 	if (!dir) {

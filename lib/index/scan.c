@@ -748,7 +748,9 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	/* One job per image: the file itself, or each disk image inside an archive. */
 	unsigned char head[1024];
 	size_t hl = 0;
-	int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+	/* not followed, not waited on: the walk saw a regular file, and
+	 * whatever replaced it since is refused when the job opens it */
+	int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
 	if (fd >= 0) {
 		ssize_t r = pread(fd, head, sizeof head, 0);
 		hl = r > 0 ? (size_t)r : 0;

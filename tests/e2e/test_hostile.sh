@@ -87,3 +87,17 @@ check "similarity of the two is 0" grep -q '^t1.raw,1.000000,0.000000$' "$WORK/o
 peak verify "$IMGDEDUP" verify "$H"
 peak verify-deep "$IMGDEDUP" verify --deep "$H"
 peak info "$IMGDEDUP" info --json "$H" t4.qcow2
+
+# --- FIFOs where files were: refused at once, never waited on
+F=$WORK/fifo-repo; cp -a "$R" "$F"
+rm "$F/b.raw"; mkfifo "$F/b.raw"
+rc=0; timeout 20 "$IMGDEDUP" verify --deep "$F" 2> "$WORK/err" || rc=$?
+check "verify --deep with an image replaced by a FIFO: exit 1, no hang (rc $rc)" test "$rc" = 1
+check "... naming the FIFO" grep -q "b.raw: not a regular file (a FIFO)" "$WORK/err"
+mv "$F/.imgdedup/catalog" "$WORK/catalog.saved"; mkfifo "$F/.imgdedup/catalog"
+for cmd in ls "similarity" "map" "verify" "scan"; do
+  rc=0; timeout 20 "$IMGDEDUP" $cmd "$F" > /dev/null 2> "$WORK/err" || rc=$?
+  check "$cmd with the catalog replaced by a FIFO: exit 1, no hang (rc $rc)" test "$rc" = 1
+  check "... naming it" grep -q "catalog: not a regular file" "$WORK/err"
+done
+rm "$F/.imgdedup/catalog"; mv "$WORK/catalog.saved" "$F/.imgdedup/catalog"
