@@ -101,3 +101,35 @@ for cmd in ls "similarity" "map" "verify" "scan"; do
   check "... naming it" grep -q "catalog: not a regular file" "$WORK/err"
 done
 rm "$F/.imgdedup/catalog"; mv "$WORK/catalog.saved" "$F/.imgdedup/catalog"
+
+# --- a write error on stdout is exit status 1, naming stdout and the reason
+"$IMGDEDUP" map -q "$R"
+C=$WORK/cache
+"$IMGDEDUP" deploy -q --from "$R" --cache "$C" a.raw
+cmp "$R/a.raw" "$C/images/a.raw" || fail "deploy into the cache"
+while IFS= read -r cmd; do
+  rc=0; $cmd > /dev/full 2> "$WORK/err" || rc=$?
+  check "'${cmd#"$IMGDEDUP" }' > /dev/full: exit 1 (rc $rc)" test "$rc" = 1
+  check "... saying 'stdout: No space left on device'" grep -q "stdout: No space left on device" "$WORK/err"
+done <<CMDS
+$IMGDEDUP ls $R
+$IMGDEDUP ls --json $R
+$IMGDEDUP info $R a.raw
+$IMGDEDUP info --blocks $R a.raw
+$IMGDEDUP info --json $R b.raw
+$IMGDEDUP map --json $R
+$IMGDEDUP scan --json $R
+$IMGDEDUP similarity $R
+$IMGDEDUP similarity --format json $R
+$IMGDEDUP similarity --format svg $R
+$IMGDEDUP similarity --top 1 $R
+$IMGDEDUP verify $R
+$IMGDEDUP cache ls $C
+$IMGDEDUP cache ls --json $C
+$IMGDEDUP deploy --json --from $R --cache $C -o $WORK/b.out b.raw
+$IMGDEDUP --version
+$IMGDEDUP --help
+CMDS
+check "deploy still wrote its output" cmp "$R/b.raw" "$WORK/b.out"
+rc=0; "$IMGDEDUP" info --blocks "$H" t4.qcow2 > /dev/full 2> /dev/null || rc=$?
+check "info --blocks of a 4 TiB image > /dev/full stops early: exit 1" test "$rc" = 1
