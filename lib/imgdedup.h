@@ -199,6 +199,7 @@ typedef struct idd_scan_stats {
 	uint64_t bytes_hashed;
 	uint64_t blocks, zero_blocks, unique_blocks;
 	bool committed; /* the index on disk reflects this run (the figures above are its) */
+	uint64_t repaired; /* images whose block list was damaged, swapped or lost: read again */
 } idd_scan_stats;
 
 /* Returns IDD_OK, or IDD_ERR when the index could not be written or at least
@@ -281,6 +282,7 @@ typedef struct idd_map_stats {
 	uint64_t map_bytes;    /* total size on disk of all block maps */
 	uint64_t blocktable_entries, blocktable_bytes;
 	bool blocktable_rebuilt;
+	uint64_t repaired;     /* damaged, swapped or lost maps (and block table) rebuilt */
 } idd_map_stats;
 
 /* Write the block map of every (or each named) image whose block list

@@ -279,27 +279,43 @@ static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_
 }
 
 int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool force, bool *rebuilt,
-                          idd_warn_fn warn, void *ctx, idd_error *err)
+                          bool *repaired, idd_warn_fn warn, void *ctx, idd_error *err)
 {
 	*rebuilt = false;
+	if (repaired)
+		*repaired = false;
 	idd_digest key;
 	if (idd_catalog_key(cat, &key, err))
 		return IDD_ERR;
 	idd_blocktable *old = NULL;
 	idd_error e2;
 	int orc = idd_blocktable_open(index_dir, &old, &e2);
-	if (orc && orc != IDD_ENOENT && warn)
-		warn(ctx, e2.msg);
+	if (orc && orc != IDD_ENOENT) {
+		if (warn)
+			warn(ctx, e2.msg);
+		if (repaired)
+			*repaired = true;
+	}
 	if (!orc && !force && !memcmp(old->key.b, key.b, 32)) {
+		/* current: check every shard's checksum (constant memory), so a
+		 * damaged or lost shard is rebuilt by the next run */
 		bool complete = true;
 		for (uint32_t s = 0; complete && s < (1u << old->shard_bits); s++) {
 			char *p = shard_path(index_dir, s, err);
-			complete = p && access(p, F_OK) == 0;
+			if (!p) {
+				idd_blocktable_free(old);
+				return IDD_ERR;
+			}
+			complete = idd_indexfile_verify(p, BTS_MAGIC, BT_VERSION, NULL, NULL, &e2) == IDD_OK;
 			free(p);
 		}
 		idd_blocktable_free(old);
 		if (complete)
 			return IDD_OK;
+		if (warn)
+			warn(ctx, e2.msg);
+		if (repaired)
+			*repaired = true;
 		old = NULL;
 	}
 	idd_blocktable_free(old);

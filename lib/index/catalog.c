@@ -549,6 +549,21 @@ int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blo
 	return rc;
 }
 
+int idd_blocklist_check(const char *index_dir, const idd_image_info *img, uint32_t *version,
+                        idd_error *err)
+{
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	idd_digest sum;
+	int rc = idd_indexfile_verify(path, BLOCKS_MAGIC, BLOCKS_VERSION, &sum, version, err);
+	if (!rc && memcmp(sum.b, img->list_key.b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block list is not the one the catalog names for %s",
+		                   path, img->id);
+	free(path);
+	return rc;
+}
+
 int idd_blocklist_load(const char *index_dir, const idd_image_info *img, idd_digest **digests,
                        idd_error *err)
 {

@@ -27,6 +27,11 @@ int idd_blocklist_write(const char *index_dir, const idd_blocklist *bl, idd_dige
 /* Dense convenience (tests, generators): nblocks digests, zero blocks all-zero. */
 int idd_blocklist_save(const char *index_dir, uint32_t block_size, const idd_digest *d,
                        uint64_t nblocks, idd_digest *key_out, idd_error *err);
+/* Is the block list the catalog names for img intact (checksum, name)?
+ * Reads it once in constant memory, without decompressing; *version (may
+ * be NULL) receives its format version.  IDD_ENOENT when missing. */
+int idd_blocklist_check(const char *index_dir, const idd_image_info *img, uint32_t *version,
+                        idd_error *err);
 /* Parse a block list file already in memory (container included) against
  * what the catalog says (nblocks, zero blocks); name for messages. */
 int idd_blocklist_parse(const char *name, const void *file, size_t len, uint64_t nblocks,

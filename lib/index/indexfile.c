@@ -13,6 +13,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/evp.h>
 #include <zstd.h>
 
 int idd_mkdir_p(const char *path, idd_error *err)
@@ -215,6 +216,23 @@ static uint64_t default_max_payload(uint64_t stored_len)
 	return IDD_MAX(by_ratio, (uint64_t)64 << 20);
 }
 
+const char *idd_indexfile_kind(const char magic[8])
+{
+	static const struct {
+		char magic[8];
+		const char *kind;
+	} kinds[] = {
+		{"IDD-CAT", "catalog"},           {"IDD-BLK", "block list"},
+		{"IDD-MAP", "block map"},         {"IDD-MIX", "maps index"},
+		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
+		{"IDD-SIM", "similarity cache"},
+	};
+	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
+		if (!memcmp(kinds[i].magic, magic, 8))
+			return kinds[i].kind;
+	return "index";
+}
+
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,
                         void **payload, size_t *len, uint32_t *version, idd_error *err)
@@ -334,6 +352,84 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 	*data = buf;
 	*len = n;
 	return IDD_OK;
+}
+
+int idd_indexfile_verify(const char *path, const char magic[8], uint32_t max_version,
+                         idd_digest *sum, uint32_t *version, idd_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		int e = errno;
+		idd_fail_errno(err, path, "cannot open");
+		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
+	}
+	struct stat st;
+	unsigned char hdr[IDD_IF_HEADER], trailer[IDD_IF_TRAILER], got[32];
+	int rc = IDD_OK;
+	EVP_MD_CTX *ctx = NULL;
+	unsigned char *buf = NULL;
+	if (fstat(fd, &st)) {
+		rc = idd_fail_errno(err, path, "stat");
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = idd_fail_code(err, IDD_EPERM, "%s: not a regular file; refused", path);
+		goto out;
+	}
+	uint64_t size = (uint64_t)st.st_size;
+	if (size < IDD_IF_HEADER + IDD_IF_TRAILER || idd_pread_all(fd, hdr, sizeof hdr, 0)) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: truncated (%llu bytes, smaller than any index file)",
+		                   path, (unsigned long long)size);
+		goto out;
+	}
+	uint32_t ver = idd_le32(hdr + 8);
+	if (memcmp(hdr, magic, 8)) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: not an imgdedup %s file (bad magic)", path,
+		                   idd_indexfile_kind(magic));
+		goto out;
+	}
+	if (ver == 0 || ver > max_version) {
+		rc = idd_fail(err, "%s: format version %u is newer than this imgdedup supports (%u); upgrade imgdedup",
+		              path, ver, max_version);
+		goto out;
+	}
+	if (idd_le64(hdr + 24) != size - IDD_IF_HEADER - IDD_IF_TRAILER) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: truncated or has trailing bytes", path);
+		goto out;
+	}
+	ctx = EVP_MD_CTX_new();
+	buf = malloc(1 << 20);
+	if (!ctx || !buf || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+		rc = idd_fail_code(err, IDD_ENOMEM, "%s: out of memory checking it", path);
+		goto out;
+	}
+	uint64_t end = size - IDD_IF_TRAILER;
+	for (uint64_t off = 0; off < end;) {
+		size_t n = (size_t)IDD_MIN(end - off, (uint64_t)1 << 20);
+		if (idd_pread_all(fd, buf, n, off)) {
+			rc = idd_fail_errno(err, path, "read");
+			goto out;
+		}
+		EVP_DigestUpdate(ctx, buf, n);
+		off += n;
+	}
+	if (EVP_DigestFinal_ex(ctx, got, NULL) != 1 || idd_pread_all(fd, trailer, sizeof trailer, end)) {
+		rc = idd_fail_errno(err, path, "read");
+		goto out;
+	}
+	if (memcmp(got, trailer, 32)) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: checksum mismatch (file is corrupted)", path);
+		goto out;
+	}
+	if (sum)
+		memcpy(sum->b, trailer, 32);
+	if (version)
+		*version = ver;
+out:
+	EVP_MD_CTX_free(ctx);
+	free(buf);
+	close(fd);
+	return rc;
 }
 
 int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,

@@ -601,6 +601,28 @@ static uint64_t file_bytes(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX;
 }
 
+/* Is the map file of im intact and built for it: container, structure,
+ * id, list key, size and block size? */
+static int map_file_check(const char *index_dir, uint32_t bs, const idd_image_info *im,
+                          idd_error *err)
+{
+	idd_map *m;
+	int rc = idd_map_load(index_dir, im->id, &m, err);
+	if (rc)
+		return rc;
+	char *path = map_path(index_dir, im->id, err);
+	const char *why = m->id && strcmp(m->id, im->id) ? "it is the map of another image"
+	                  : memcmp(m->list_key.b, im->list_key.b, 32) ? "it was built from another block list"
+	                  : m->image_size != im->virtual_size || m->block_size != bs
+	                  ? "its size or block size disagrees with the catalog" : NULL;
+	if (why)
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block map of %s: %s", path ? path : im->id,
+		                   im->id, why);
+	free(path);
+	idd_map_free(m);
+	return rc;
+}
+
 /* Build and save the map of one image; fills e. */
 static int map_one(const char *index_dir, uint32_t bs, const idd_image_info *im, mapidx_entry *e,
                    idd_error *err)
@@ -720,8 +742,10 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	idd_error e2;
 	int lr = mapidx_load(index_dir, &old, &e2);
 	bool idx_missing = lr != IDD_OK;
-	if (lr && lr != IDD_ENOENT && o->warn) /* damaged: rebuild every map */
-		o->warn(o->ctx, e2.msg);
+	if (lr && lr != IDD_ENOENT) { /* damaged: rebuild every map */
+		idd_warnf(o->warn, o->ctx, "%s; every map is rebuilt", e2.msg);
+		st->repaired++;
+	}
 	neu.v = idd_calloc(cat->count + 1, sizeof *neu.v, err);
 	if (!neu.v) {
 		rc = IDD_ERR;
@@ -745,8 +769,23 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 		}
 		uint64_t have = file_bytes(path);
 		free(path);
-		bool current = prev && have != UINT64_MAX && have == prev->bytes &&
-		               !memcmp(prev->list_key.b, im->list_key.b, 32);
+		bool recorded = prev && !memcmp(prev->list_key.b, im->list_key.b, 32);
+		bool current = recorded && have != UINT64_MAX && have == prev->bytes;
+		/* the maps index says current: check the map itself (checksum,
+		 * structure, the image and list it was built for), so a cron run
+		 * repairs a damaged, swapped or lost map */
+		if (selected && recorded) {
+			idd_error why;
+			if (!current) {
+				idd_warnf(o->warn, o->ctx, "%s: block map of %s is missing or has changed size; rebuilt",
+				          index_dir, im->id);
+			} else if (map_file_check(index_dir, cat->block_size, im, &why)) {
+				idd_warnf(o->warn, o->ctx, "%s; rebuilt", why.msg);
+				current = false;
+			}
+			if (!current)
+				st->repaired++;
+		}
 		mapidx_entry *e = &neu.v[neu.n];
 		if (current || (!selected && prev && have == prev->bytes)) {
 			/* unchanged, or stale but not asked for: keep as recorded */
@@ -789,9 +828,11 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	}
 	for (size_t i = 0; i < neu.n; i++)
 		st->map_bytes += neu.v[i].bytes;
-	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, o->warn, o->ctx,
-	                                err)))
+	bool bt_repaired = false;
+	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, &bt_repaired,
+	                                o->warn, o->ctx, err)))
 		goto out;
+	st->repaired += bt_repaired;
 	idd_blocktable *bt = NULL;
 	if (idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK) {
 		st->blocktable_entries = bt->entries;

@@ -98,10 +98,11 @@ typedef struct idd_blocktable {
 	uint64_t entries;  /* total distinct digests */
 } idd_blocktable;
 
-/* Build (or keep, when key matches) the block table of cat.  *rebuilt says
- * whether anything was written. */
+/* Build (or keep, when key matches and every file is intact) the block
+ * table of cat.  *rebuilt says whether anything was written, *repaired (may
+ * be NULL) whether that was because a file was damaged (warned about). */
 int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool force, bool *rebuilt,
-                          idd_warn_fn warn, void *ctx, idd_error *err);
+                          bool *repaired, idd_warn_fn warn, void *ctx, idd_error *err);
 /* The identity of a catalog state: SHA-256 over block size, ids and list keys. */
 int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err);
 int idd_blocktable_open(const char *index_dir, idd_blocktable **out, idd_error *err);

@@ -814,6 +814,7 @@ struct scan_run {
 	size_t nold;                  /* entries of the previous catalog */
 	ptrdiff_t *old_file;          /* per old entry: the walked file it belongs to, or -1 */
 	size_t *by_id;                /* walked files sorted by id */
+	uint64_t upgraded;            /* kept lists rewritten in the current format */
 };
 
 /* Lock the index, load the previous catalog, settle the block size and
@@ -873,6 +874,38 @@ static int phase_open(struct scan_run *r, idd_error *err)
 	return IDD_OK;
 }
 
+/* Can a kept image's block list be relied on?  Its checksum and name are
+ * checked (one read, constant memory, no decompression): a cron run
+ * notices a damaged, swapped or lost list, says so, and reads the image
+ * again.  *dense says the list is in the format of imgdedup 0.1. */
+static bool list_usable(struct scan_run *r, const idd_image_info *im, bool *dense)
+{
+	idd_error e;
+	uint32_t version = 0;
+	if (idd_blocklist_check(r->index_dir, im, &version, &e)) {
+		idd_warnf(r->o->warn, r->o->ctx, "%s; %s is read again", e.msg, im->id);
+		r->st->repaired++;
+		return false;
+	}
+	*dense = version == 1;
+	return true;
+}
+
+/* Rewrite a kept image's dense (version 1) list in the current format: its
+ * key changes, so the catalog is written. */
+static int upgrade_list(struct scan_run *r, idd_image_info *im, idd_error *err)
+{
+	idd_blocklist *bl;
+	int rc = idd_blocklist_open(r->index_dir, im, &bl, err);
+	if (rc == IDD_OK) {
+		rc = idd_blocklist_write(r->index_dir, bl, &im->list_key, err);
+		idd_blocklist_free(bl);
+	}
+	if (!rc)
+		r->upgraded++;
+	return rc;
+}
+
 /* Pass 1: a file is unchanged when it has old entries, every one of them
  * still matches its identity, and their block lists are still there; those
  * entries are kept unread. */
@@ -892,26 +925,29 @@ static int phase_unchanged(struct scan_run *r, idd_error *err)
 		else if (!match)
 			r->file_state[f] = FILE_CHANGED;
 	}
-	/* a deleted or lost list is rebuilt by reading the image again */
+	/* a damaged, swapped, deleted or lost list is rebuilt by reading the
+	 * image again; a list in the dense format of 0.1 is rewritten */
+	bool *upgrade = idd_calloc(r->nold ? r->nold : 1, sizeof *upgrade, err);
+	if (!upgrade)
+		return IDD_ERR;
 	for (size_t i = 0; i < r->nold; i++) {
-		if (r->old_file[i] < 0 || r->file_state[r->old_file[i]] != FILE_UNCHANGED)
-			continue;
-		char *bp = idd_blocks_path(r->index_dir, &old->images[i].list_key, err);
-		if (!bp)
-			return IDD_ERR;
-		if (access(bp, F_OK) != 0)
+		if (r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_UNCHANGED &&
+		    !list_usable(r, &old->images[i], &upgrade[i]))
 			r->file_state[r->old_file[i]] = FILE_CHANGED;
-		free(bp);
 	}
-	for (size_t i = 0; i < r->nold; i++) {
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < r->nold; i++) {
 		if (r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_UNCHANGED) {
-			if (entries_push_copy(&r->kept, &old->images[i], err))
-				return IDD_ERR;
+			if ((rc = entries_push_copy(&r->kept, &old->images[i], err)))
+				break;
 			r->s.old_dropped[i] = true;
 			r->st->unchanged++;
+			if (upgrade[i])
+				rc = upgrade_list(r, &r->kept.v[r->kept.n - 1], err);
 		}
 	}
-	return IDD_OK;
+	free(upgrade);
+	return rc;
 }
 
 /* Pass 2: a new path whose identity (ignoring ctime, which a rename
@@ -927,8 +963,9 @@ static int phase_renames(struct scan_run *r, idd_error *err)
 			const idd_image_info *im = &old->images[i];
 			/* an image with backing files resolves them from where it lies:
 			 * moved, it is read again */
+			bool dense = false;
 			if (r->old_file[i] >= 0 || r->s.old_dropped[i] || im->nbacking ||
-			    !entry_matches(im, file, true))
+			    !entry_matches(im, file, true) || !list_usable(r, im, &dense))
 				continue;
 			idd_image_info copy;
 			if (idd_image_info_copy(&copy, im, err))
@@ -947,6 +984,8 @@ static int phase_renames(struct scan_run *r, idd_error *err)
 			r->st->unchanged++;
 			r->st->renamed++;
 			r->file_state[f] = FILE_MOVED;
+			if (dense && upgrade_list(r, &r->kept.v[r->kept.n - 1], err))
+				return IDD_ERR;
 		}
 	}
 	return IDD_OK;
@@ -1054,7 +1093,7 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 	 * so it comes before the catalog is assembled */
 	if (recount && count_unique(s, &r->kept, &unique, err))
 		return IDD_ERR;
-	changed = changed || s->dropped;
+	changed = changed || s->dropped || r->upgraded;
 	idd_catalog cat = {.block_size = s->bs};
 	if (build_catalog(s, &r->kept, false, &cat, err))
 		return IDD_ERR;

@@ -187,7 +187,7 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 		/* loading checks the list's checksum, its name, and its counts
 		 * against the catalog entry */
 		if (idd_blocklist_open(index_dir, im, &bl, &e)) {
-			char *m = idd_asprintf(NULL, "%s (delete it and run 'imgdedup scan' to rebuild it)", e.msg);
+			char *m = idd_asprintf(NULL, "%s (the next 'imgdedup scan' rebuilds it)", e.msg);
 			report(o, problems, m ? m : e.msg);
 			free(m);
 			continue;

@@ -133,3 +133,29 @@ CMDS
 check "deploy still wrote its output" cmp "$R/b.raw" "$WORK/b.out"
 rc=0; "$IMGDEDUP" info --blocks "$H" t4.qcow2 > /dev/full 2> /dev/null || rc=$?
 check "info --blocks of a 4 TiB image > /dev/full stops early: exit 1" test "$rc" = 1
+
+# --- damaged index files are noticed and rebuilt by the next (cron) run
+D=$WORK/damage; cp -a "$R" "$D"; rm -rf "$D/.imgdedup"
+"$IMGDEDUP" scan -q "$D"; "$IMGDEDUP" map -q "$D"
+amap=$(ls "$D"/.imgdedup/maps/*.map | head -1)
+python3 -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(40); b = f.read(1); f.seek(40); f.write(bytes([b[0] ^ 0xff]))' "$amap"
+"$IMGDEDUP" map --json "$D" > "$WORK/map.json" 2> "$WORK/err"
+check "map repairs a map with a flipped byte (repaired 1)" test "$(json_get "$WORK/map.json" repaired)" = 1
+check "... and says so" grep -q "checksum mismatch.*rebuilt" "$WORK/err"
+"$IMGDEDUP" deploy -q --from "$D" --cache "$WORK/cache-d" -o "$WORK/a.out" a.raw
+"$IMGDEDUP" deploy -q --from "$D" --cache "$WORK/cache-d" -o "$WORK/b.out2" b.raw
+check "deploy works from the repaired maps" cmp "$D/a.raw" "$WORK/a.out"
+check "... both of them" cmp "$D/b.raw" "$WORK/b.out2"
+"$IMGDEDUP" map --json "$D" > "$WORK/map.json"
+check "the next map run repairs nothing" test "$(json_get "$WORK/map.json" repaired)" = 0
+lists=("$D"/.imgdedup/blocks/*)
+cp "${lists[0]}" "${lists[1]}" # one list swapped for another: valid, wrong name
+"$IMGDEDUP" scan --json "$D" > "$WORK/scan.json" 2> "$WORK/err"
+check "scan repairs a swapped block list (repaired 1)" test "$(json_get "$WORK/scan.json" repaired)" = 1
+check "... reading that image again" test "$(json_get "$WORK/scan.json" scanned)" = 1
+check "... and says so" grep -q "not the one the catalog names.*read again" "$WORK/err"
+python3 -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(50); b = f.read(1); f.seek(50); f.write(bytes([b[0] ^ 0xff]))' "$(ls "$D"/.imgdedup/blocks/* | head -1)"
+"$IMGDEDUP" scan --json "$D" > "$WORK/scan.json" 2> /dev/null
+check "scan repairs a block list with a flipped byte (repaired 1)" test "$(json_get "$WORK/scan.json" repaired)" = 1
+"$IMGDEDUP" map -q "$D"
+check "verify then finds the index intact" "$IMGDEDUP" verify -q "$D"
