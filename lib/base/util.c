@@ -284,3 +284,22 @@ bool idd_get_str(idd_reader *r, char **out, size_t max)
 	*out = d;
 	return true;
 }
+
+bool idd_relpath_ok(const char *rel)
+{
+	if (!rel || !*rel || rel[0] == '/')
+		return false;
+	const char *p = rel;
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+			return false;
+		for (size_t i = 0; i < n; i++)
+			if (p[i] == '\\' || (unsigned char)p[i] < 0x20)
+				return false;
+		if (!slash)
+			return true;
+		p = slash + 1;
+	}
+}

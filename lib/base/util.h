@@ -34,6 +34,9 @@ int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
 int64_t idd_now_ns(void);
 static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);
+/* Is rel a safe relative path (no "/" start, no "." or ".." or empty parts,
+ * no backslash or control character)? */
+bool idd_relpath_ok(const char *rel);
 
 /* Growable byte buffer used to build index payloads. */
 typedef struct idd_buf {

@@ -30,25 +30,6 @@ bool idd_is_url(const char *s)
 	return !strncasecmp(s, "http://", 7) || !strncasecmp(s, "https://", 8);
 }
 
-bool idd_relpath_ok(const char *rel)
-{
-	if (!rel || !*rel || rel[0] == '/')
-		return false;
-	const char *p = rel;
-	for (;;) {
-		const char *slash = strchr(p, '/');
-		size_t n = slash ? (size_t)(slash - p) : strlen(p);
-		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-			return false;
-		for (size_t i = 0; i < n; i++)
-			if (p[i] == '\\' || (unsigned char)p[i] < 0x20)
-				return false;
-		if (!slash)
-			return true;
-		p = slash + 1;
-	}
-}
-
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 

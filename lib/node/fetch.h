@@ -24,8 +24,6 @@ typedef struct idd_source idd_source;
 
 /* Is s an http:// or https:// URL? */
 bool idd_is_url(const char *s);
-/* Is rel a safe relative path (no "/" start, no "." or ".." or empty parts)? */
-bool idd_relpath_ok(const char *rel);
 
 int idd_source_open(const char *root, const idd_fetch_opts *opts, idd_source **out, idd_error *err);
 void idd_source_close(idd_source *s);
