@@ -58,6 +58,11 @@ typedef struct idd_digest {
 bool idd_digest_is_zero(const idd_digest *d);
 void idd_digest_hex(const idd_digest *d, char out[2 * IDD_DIGEST_SIZE + 1]);
 
+/* A printable copy of s (malloc'd): backslash, \n, \t and \r escaped as
+ * such, other control bytes as \xNN.  For names read from disk (image ids
+ * are file names) shown on a terminal or in a message. */
+char *idd_str_escape(const char *s, idd_error *err);
+
 /* Progress: called from the library's threads, serialised; done <= total. */
 typedef void (*idd_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 /* Non-fatal problems (one unreadable image among many, a damaged cache). */

@@ -303,3 +303,31 @@ bool idd_relpath_ok(const char *rel)
 		p = slash + 1;
 	}
 }
+
+char *idd_str_escape(const char *s, idd_error *err)
+{
+	size_t n = 0;
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+		n += *c == '\\' || *c == '\n' || *c == '\t' || *c == '\r' ? 2 : *c < 0x20 || *c == 0x7f ? 4 : 1;
+	char *out = idd_malloc(n + 1, err);
+	if (!out)
+		return NULL;
+	char *o = out;
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+		switch (*c) {
+		case '\\': *o++ = '\\'; *o++ = '\\'; break;
+		case '\n': *o++ = '\\'; *o++ = 'n'; break;
+		case '\t': *o++ = '\\'; *o++ = 't'; break;
+		case '\r': *o++ = '\\'; *o++ = 'r'; break;
+		default:
+			if (*c < 0x20 || *c == 0x7f) {
+				snprintf(o, 5, "\\x%02x", *c);
+				o += 4;
+			} else {
+				*o++ = (char)*c;
+			}
+		}
+	}
+	*o = 0;
+	return out;
+}

@@ -8,6 +8,7 @@
 #include "index/map.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,22 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	idd_hasher *h = NULL;
 	unsigned char *buf = NULL;
 	const uint32_t bs = cat->block_size;
+	/* only files inside the repository are read: the directories on the way
+	 * may not lead out (a link), and the file itself is opened without
+	 * following a link (idd_repo_open_image) */
+	char real[PATH_MAX], root[PATH_MAX];
+	if (!realpath(o->repo, root) || !realpath(path, real)) {
+		idd_fail_errno(&e, path, "cannot open");
+		report(o, problems, e.msg);
+		goto out;
+	}
+	size_t rl = strlen(root);
+	if (strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != 0)) {
+		char *m = idd_asprintf(NULL, "%s: leads outside the repository (to %s); not read", path, real);
+		report(o, problems, m ? m : "outside the repository");
+		free(m);
+		goto out;
+	}
 	const uint64_t chunk = (uint64_t)bs * 256;
 	if (idd_repo_open_image(o->repo, &ent, &img, &e) || !(h = idd_hasher_new(&e)) ||
 	    !(buf = idd_malloc((size_t)chunk, &e))) {
@@ -115,6 +132,109 @@ out:
 	free(path);
 }
 
+/* The rules deploy applies to a catalog entry's paths: relative, no "."
+ * or ".." or empty components, no control characters; a member's id is its
+ * file, '/', the member; a backing file's path is relative too.  NULL when
+ * the entry passes, else why not. */
+static const char *entry_paths_problem(const idd_image_info *im)
+{
+	if (!idd_relpath_ok(im->id))
+		return "its id is not a relative path inside the repository";
+	if (!idd_relpath_ok(im->file))
+		return "its file is not a relative path inside the repository";
+	if (im->member[0]) {
+		size_t fl = strlen(im->file);
+		if (!idd_relpath_ok(im->member))
+			return "its archive member is not a relative path";
+		if (strncmp(im->id, im->file, fl) || im->id[fl] != '/' || strcmp(im->id + fl + 1, im->member))
+			return "its id is not FILE/MEMBER";
+	} else if (strcmp(im->id, im->file)) {
+		return "its id and file differ";
+	}
+	for (size_t k = 0; k < im->nbacking; k++)
+		if (!idd_relpath_ok(im->backing[k].path))
+			return "a backing file's path is not a relative path inside the repository";
+	return NULL;
+}
+
+/* Does the map say, block for block, what the list says?  Zero runs are
+ * compared run against run; non-zero blocks one by one (the cost of the
+ * data).  *bad receives the first block that differs. */
+static bool map_agrees(const idd_map *m, const idd_blocklist *bl, uint64_t *bad)
+{
+	*bad = 0;
+	if (m->nblocks != bl->nblocks)
+		return false;
+	size_t r = 0;
+	for (size_t i = 0; i < m->nruns; i++) {
+		const idd_map_span *sp = &m->runs[i];
+		uint64_t end = sp->block + sp->count;
+		if (sp->kind == IDD_RUN_ZERO) {
+			size_t k = idd_blocklist_run_after(bl, sp->block);
+			if (k < bl->nruns && bl->runs[k].block < end) {
+				*bad = IDD_MAX(bl->runs[k].block, sp->block);
+				return false;
+			}
+			continue;
+		}
+		for (uint64_t b = sp->block; b < end; b++) {
+			while (r < bl->nruns && bl->runs[r].block + bl->runs[r].count <= b)
+				r++;
+			uint32_t ref = idd_map_span_ref(sp, b);
+			if (r == bl->nruns || bl->runs[r].block > b || ref == 0 || ref > m->ndistinct ||
+			    memcmp(&m->digests[ref - 1], &bl->digests[bl->runs[r].first + (b - bl->runs[r].block)],
+			           sizeof(idd_digest))) {
+				*bad = b;
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+/* The map of one image, when there is one: intact, recorded for this image,
+ * and, when built from the current list, agreeing with it block for block
+ * (a map can be wrong under a valid checksum).  A map built from an older
+ * list is stale, not damaged: 'imgdedup map' replaces it. */
+static void verify_map(const idd_verify_opts *o, const char *index_dir, const idd_catalog *cat,
+                       const idd_image_info *im, const idd_blocklist *bl, uint64_t *problems)
+{
+	idd_error e;
+	idd_map *m = NULL;
+	int rc = idd_map_load(index_dir, im->id, &m, &e);
+	if (rc == IDD_ENOENT || (rc && strstr(e.msg, "no block map for")))
+		return;
+	if (rc) {
+		report(o, problems, e.msg);
+		return;
+	}
+	char *rel = idd_map_relpath(im->id, NULL);
+	char *path = rel ? idd_path_join(index_dir, rel, NULL) : NULL;
+	const char *where = path ? path : im->id;
+	char *msg = NULL;
+	uint64_t bad;
+	if (!m->id || strcmp(m->id, im->id)) {
+		char *other = idd_str_escape(m->id ? m->id : "", NULL);
+		msg = idd_asprintf(NULL, "%s: is the map of another image ('%s'), not of %s (run 'imgdedup map')",
+		                   where, other ? other : "?", im->id);
+		free(other);
+	} else if (memcmp(m->list_key.b, im->list_key.b, IDD_DIGEST_SIZE)) {
+		/* stale */
+	} else if (m->image_size != im->virtual_size || m->block_size != cat->block_size) {
+		msg = idd_asprintf(NULL, "%s: block map of %s disagrees with the catalog (size or block size)",
+		                   where, im->id);
+	} else if (!map_agrees(m, bl, &bad)) {
+		msg = idd_asprintf(NULL, "%s: block map of %s disagrees with its block list at block %llu "
+		                   "(run 'imgdedup map')", where, im->id, (unsigned long long)bad);
+	}
+	if (msg)
+		report(o, problems, msg);
+	free(msg);
+	free(path);
+	free(rel);
+	idd_map_free(m);
+}
+
 /* One index file other than the catalog and block lists: its container
  * (checksum, lengths, compression), and for block maps their structure. */
 static void verify_file(const idd_verify_opts *o, const char *index_dir, const char *rel,
@@ -144,8 +264,14 @@ static void verify_file(const idd_verify_opts *o, const char *index_dir, const c
 	free(path);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* skip: sorted relative paths already checked (maps of catalog images) */
 static void verify_tree(const idd_verify_opts *o, const char *index_dir, const char *sub,
-                        uint64_t *problems)
+                        char **skip, size_t nskip, uint64_t *problems)
 {
 	char *dir = idd_path_join(index_dir, sub, NULL);
 	DIR *d = dir ? opendir(dir) : NULL;
@@ -153,6 +279,12 @@ static void verify_tree(const idd_verify_opts *o, const char *index_dir, const c
 	while (d && (de = readdir(d))) {
 		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
 			continue; /* temporaries of a running or killed run are not index files */
+		char *name = de->d_name;
+		char *relname = idd_asprintf(NULL, "%s/%s", sub, name);
+		bool done = relname && nskip && bsearch(&relname, skip, nskip, sizeof *skip, cmp_str);
+		free(relname);
+		if (done)
+			continue;
 		char *rel = idd_asprintf(NULL, "%s/%s", sub, de->d_name);
 		if (rel)
 			verify_file(o, index_dir, rel, problems);
@@ -180,10 +312,32 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 		free(index_dir);
 		return rc ? rc : IDD_ERR;
 	}
+	char *catpath = idd_path_join(index_dir, IDD_CATALOG_FILE, NULL);
+	char **maps = idd_calloc(cat->count + 1, sizeof *maps, err);
+	size_t nmaps = 0;
+	if (!maps) {
+		free(catpath);
+		idd_catalog_free(cat);
+		free(index_dir);
+		return IDD_ERR;
+	}
 	for (size_t i = 0; i < cat->count; i++) {
 		const idd_image_info *im = &cat->images[i];
 		idd_error e;
 		idd_blocklist *bl;
+		const char *why = entry_paths_problem(im);
+		if (why) {
+			/* deploy refuses such an entry; verify reads nothing through it */
+			char *id = idd_str_escape(im->id, NULL);
+			char *m = idd_asprintf(NULL, "%s: entry '%s': %s", catpath ? catpath : index_dir,
+			                       id ? id : "?", why);
+			report(o, problems, m ? m : why);
+			free(m);
+			free(id);
+			continue;
+		}
+		if ((maps[nmaps] = idd_map_relpath(im->id, NULL)))
+			nmaps++;
 		/* loading checks the list's checksum, its name, and its counts
 		 * against the catalog entry */
 		if (idd_blocklist_open(index_dir, im, &bl, &e)) {
@@ -192,13 +346,19 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 			free(m);
 			continue;
 		}
+		verify_map(o, index_dir, cat, im, bl, problems);
 		if (o->deep)
 			verify_deep(o, cat, im, bl, problems);
 		idd_blocklist_free(bl);
 	}
-	verify_tree(o, index_dir, "maps", problems);
-	verify_tree(o, index_dir, "blocktable", problems);
+	qsort(maps, nmaps, sizeof *maps, cmp_str);
+	verify_tree(o, index_dir, "maps", maps, nmaps, problems);
+	verify_tree(o, index_dir, "blocktable", NULL, 0, problems);
 	verify_file(o, index_dir, "similarity", problems);
+	for (size_t i = 0; i < nmaps; i++)
+		free(maps[i]);
+	free(maps);
+	free(catpath);
 	idd_catalog_free(cat);
 	free(index_dir);
 	return *problems ? IDD_ERR : IDD_OK;

@@ -159,3 +159,51 @@ python3 -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(50); b = f.read(1);
 check "scan repairs a block list with a flipped byte (repaired 1)" test "$(json_get "$WORK/scan.json" repaired)" = 1
 "$IMGDEDUP" map -q "$D"
 check "verify then finds the index intact" "$IMGDEDUP" verify -q "$D"
+
+# --- verify applies deploy's path rules, reads nothing outside the
+# repository, and checks each map against its block list and its image
+V=$WORK/verify; mkdir -p "$V"; cp "$R/a.raw" "$R/b.raw" "$V/"
+"$IMGDEDUP" scan -q "$V"; "$IMGDEDUP" map -q "$V"
+"$IMGDEDUP" info --json "$V" a.raw > "$WORK/a.json"
+"$IMGDEDUP" info --blocks "$V" a.raw > "$WORK/a.blocks"
+a_fields="$(json_get "$WORK/a.json" block_list)|$(json_get "$WORK/a.json" size)|$(json_get "$WORK/a.json" blocks)|$(json_get "$WORK/a.json" zero_blocks)|$(json_get "$WORK/a.json" distinct_blocks)"
+CRAFT="python3 $TESTS_DIR/idxcraft.py"
+cp "$V/.imgdedup/catalog" "$WORK/catalog.good"
+one_entry() { # one_entry ID: a catalog whose only entry is ID with a.raw's list
+  local k=${a_fields%%|*} rest=${a_fields#*|}
+  $CRAFT catalog "$V/.imgdedup/catalog" 4096 "$1|$1||$k|$rest"
+}
+for id in "../../../../etc/passwd" "/etc/passwd" "sub/../a.raw"; do
+  one_entry "$id"
+  rc=0; "$IMGDEDUP" verify --deep "$V" 2> "$WORK/err" || rc=$?
+  check "verify --deep with catalog id '$id': exit 1 (rc $rc)" test "$rc" = 1
+  check "... refused as deploy refuses it" grep -q "not a relative path inside the repository" "$WORK/err"
+  check "... and nothing read through it" test "$(grep -c "differs\|image is" "$WORK/err")" = 0
+done
+mkdir -p "$WORK/outside"; cp "$V/a.raw" "$WORK/outside/x.raw"
+ln -s "$WORK/outside" "$V/sub"; ln -s ../outside/x.raw "$V/l.raw"; ln -s a.raw "$V/in.raw"
+for id in sub/x.raw l.raw; do
+  one_entry "$id"
+  rc=0; "$IMGDEDUP" verify --deep "$V" 2> "$WORK/err" || rc=$?
+  check "verify --deep of '$id' through a link out of the repository: exit 1 (rc $rc)" test "$rc" = 1
+  check "... not read" grep -q "leads outside the repository.*not read" "$WORK/err"
+done
+one_entry in.raw
+rc=0; "$IMGDEDUP" verify --deep "$V" 2> "$WORK/err" || rc=$?
+check "verify --deep of an image replaced by a link inside the repository: exit 1 (rc $rc)" test "$rc" = 1
+check "... the link not followed" grep -q "in.raw: is a symbolic link; not followed" "$WORK/err"
+rm "$V/sub" "$V/l.raw" "$V/in.raw"
+cp "$WORK/catalog.good" "$V/.imgdedup/catalog"
+check "verify: the restored index is intact" "$IMGDEDUP" verify -q "$V"
+amap="$V/.imgdedup/maps/$(printf %s a.raw | sha256sum | cut -d' ' -f1).map"
+bmap="$V/.imgdedup/maps/$(printf %s b.raw | sha256sum | cut -d' ' -f1).map"
+$CRAFT map "$amap" a.raw "${a_fields%%|*}" "$(json_get "$WORK/a.json" size)" 4096 "$WORK/a.blocks" 3
+rc=0; "$IMGDEDUP" verify "$V" 2> "$WORK/err" || rc=$?
+check "verify: a well-formed map with a wrong digest: exit 1 (rc $rc)" test "$rc" = 1
+check "... disagreeing with its block list" grep -q "block map of a.raw disagrees with its block list at block 3" "$WORK/err"
+$CRAFT map "$amap" a.raw "${a_fields%%|*}" "$(json_get "$WORK/a.json" size)" 4096 "$WORK/a.blocks"
+check "verify: the map written right is accepted" "$IMGDEDUP" verify -q "$V"
+cp "$bmap" "$amap"
+rc=0; "$IMGDEDUP" verify "$V" 2> "$WORK/err" || rc=$?
+check "verify: b's map in a's place: exit 1 (rc $rc)" test "$rc" = 1
+check "... is the map of another image" grep -q "is the map of another image ('b.raw'), not of a.raw" "$WORK/err"
