@@ -10,7 +10,7 @@
 
 static const char usage[] =
 	"imgdedup deploy --from SOURCE --cache DIR [-o OUT] [--index DIR|URL] [--seed FILE]... "
-	"[--connections N] [--jobs N] [--force] [--json] [-q] IMAGE";
+	"[--connections N] [--jobs N] [--timeout SECONDS] [--force] [--json] [-q] IMAGE";
 
 struct prog {
 	bool enabled;
@@ -69,7 +69,7 @@ int cmd_deploy(int argc, char **argv)
 		{"seed", required_argument, 0, 's'},  {"connections", required_argument, 0, 'n'},
 		{"force", no_argument, 0, 'F'},       {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
-		{"jobs", required_argument, 0, 'j'},
+		{"jobs", required_argument, 0, 'j'},   {"timeout", required_argument, 0, 'T'},
 		{0, 0, 0, 0}};
 	idd_deploy_opts o = {0};
 	const char **seeds = NULL;
@@ -110,6 +110,15 @@ int cmd_deploy(int argc, char **argv)
 				return cli_usage(usage, "--jobs must be 1 to 64, not '%s'", optarg);
 			}
 			o.jobs = (int)v;
+			break;
+		}
+		case 'T': {
+			long v;
+			if (!cli_parse_int(optarg, 1, 3600, &v)) {
+				free(seeds);
+				return cli_usage(usage, "--timeout must be 1 to 3600 seconds, not '%s'", optarg);
+			}
+			o.timeout_s = v;
 			break;
 		}
 		case 'F': o.force = true; break;

@@ -361,6 +361,7 @@ typedef struct idd_deploy_opts {
 	idd_warn_fn warn;
 	void *ctx;
 	int jobs;              /* threads verifying local copies; 0: online CPUs */
+	long timeout_s;        /* remote transfer below 1 KiB/s this long fails (retried); 0: 30 */
 } idd_deploy_opts;
 
 /* Materialise IMAGE as a raw file.  On failure OUT is untouched (an

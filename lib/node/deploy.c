@@ -1359,7 +1359,7 @@ int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 	if (!idd_relpath_ok(o->image))
 		return idd_fail(err, "%s: refused: an image id must be a relative path inside the source "
 		                "(no '..', no absolute path)", o->image);
-	idd_fetch_opts fo = {.connections = o->connections, .warn = o->warn, .ctx = o->ctx};
+	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn, .ctx = o->ctx};
 	if (idd_source_open(o->source, &fo, &d->src, err))
 		goto out;
 	if (o->index) {

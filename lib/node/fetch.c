@@ -308,8 +308,12 @@ static int start_req(idd_source *s, struct req *r, int slot, idd_error *err)
 #endif
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, 10L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	/* a transfer slower than 1 KiB/s for timeout_s seconds (a stalled or
+	 * trickling server) fails as CURLE_OPERATION_TIMEDOUT: retried, then an
+	 * error; a floor of 1 byte/s let a server trickling 2 bytes/s hold a
+	 * deploy forever */
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, IDD_MIN(10L, s->o.timeout_s));
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1024L);
 	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, s->o.timeout_s);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "imgdedup/" IDD_VERSION);

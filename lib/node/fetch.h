@@ -12,7 +12,8 @@ typedef struct idd_fetch_opts {
 	int connections;   /* requests in flight at once (curl multi); 0: 4 */
 	int max_retries;   /* per request, on transient failures; 0: 6 */
 	long backoff_ms;   /* first retry delay, doubled each time; 0: 100 */
-	long timeout_s;    /* a transfer stalled this long is a (transient) failure; 0: 30 */
+	long timeout_s;    /* a transfer below 1 KiB/s this long is a (transient) failure, and
+	                      connecting takes at most min(10, this) seconds; 0: 30 */
 	idd_warn_fn warn;  /* told about each retry (may be NULL) */
 	void *ctx;
 } idd_fetch_opts;

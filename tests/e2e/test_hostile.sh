@@ -207,3 +207,32 @@ cp "$bmap" "$amap"
 rc=0; "$IMGDEDUP" verify "$V" 2> "$WORK/err" || rc=$?
 check "verify: b's map in a's place: exit 1 (rc $rc)" test "$rc" = 1
 check "... is the map of another image" grep -q "is the map of another image ('b.raw'), not of a.raw" "$WORK/err"
+
+# --- a server trickling 2 bytes/s is abandoned after --timeout seconds below
+# 1 KiB/s: retried (transient), then a clear error; never a hang
+FS_PID=
+stop_faultserver() { [ -n "${FS_PID:-}" ] && kill "$FS_PID" 2> /dev/null; FS_PID=; true; }
+cleanup_fns+=(stop_faultserver)
+start_faultserver() { # ARGS...
+  rm -f "$WORK/fs.port"
+  python3 "$TESTS_DIR/faultserver.py" --root "$R" --port-file "$WORK/fs.port" "$@" &
+  FS_PID=$!
+  local i; for i in $(seq 100); do [ -s "$WORK/fs.port" ] && break; sleep 0.05; done
+  FS_URL=http://127.0.0.1:$(cat "$WORK/fs.port")
+}
+start_faultserver --trickle 1 --log "$WORK/fs.log"
+rc=0; timeout 120 "$IMGDEDUP" deploy --from "$FS_URL" --cache "$WORK/cache-t" --timeout 2 --connections 1 \
+  --json -o "$WORK/t.out" a.raw > "$WORK/t.json" 2> "$WORK/t.err" || rc=$?
+check "deploy from a server trickling one request: succeeds (rc $rc)" test "$rc" = 0
+check "... byte for byte" cmp "$R/a.raw" "$WORK/t.out"
+check "... after retrying the trickled request" test "$(json_get "$WORK/t.json" retries)" -ge 1
+check "... which it called too slow" grep -qi "too slow" "$WORK/t.err"
+check "... and the server did trickle" grep -q TRICKLE "$WORK/fs.log"
+stop_faultserver
+start_faultserver --trickle 100000
+rc=0; timeout 120 "$IMGDEDUP" deploy --from "$FS_URL" --cache "$WORK/cache-t2" --timeout 1 --connections 1 \
+  -q -o "$WORK/t2.out" a.raw 2> "$WORK/t2.err" || rc=$?
+check "deploy from a server that always trickles: exit 1, no hang (rc $rc)" test "$rc" = 1
+check "... a clear error after the retries" grep -q "too slow.*gave up after" "$WORK/t2.err"
+check "... and no output" test ! -e "$WORK/t2.out"
+stop_faultserver
