@@ -15,7 +15,7 @@ static int print_blocks(idd_catalog *cat, char *index_dir, const idd_image_info 
 	idd_error err;
 	idd_blocklist *bl;
 	int rc = EXIT_OK;
-	if (idd_blocklist_open(index_dir, im, &bl, &err)) {
+	if (idd_blocklist_open_id(index_dir, im->id, &bl, &err)) {
 		cli_error("%s", err.msg);
 		rc = EXIT_FAIL;
 	} else {

@@ -173,6 +173,12 @@ typedef struct idd_blocklist {
 int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
                        idd_error *err);
 void idd_blocklist_free(idd_blocklist *bl);
+/* The block list of image ID as the current catalog names it.  A list that
+ * vanishes between reading the catalog and opening it (a concurrent scan
+ * replaced the catalog and collected the list) is looked up again in the
+ * new catalog, up to three times. */
+int idd_blocklist_open_id(const char *index_dir, const char *id, idd_blocklist **out,
+                          idd_error *err);
 /* The digest of block b (< nblocks), NULL for a zero block (binary search). */
 const idd_digest *idd_blocklist_get(const idd_blocklist *bl, uint64_t b);
 /* Index of the first run ending after block b (nruns when none). */

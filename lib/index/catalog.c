@@ -179,6 +179,9 @@ int idd_catalog_parse_file(const char *name, const void *file, size_t len, idd_c
 	return rc;
 }
 
+void (*idd_catalog_load_hook)(void *ctx, const char *index_dir);
+void *idd_catalog_load_hook_ctx;
+
 int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err)
 {
 	char *path = idd_path_join(index_dir, IDD_CATALOG_FILE, err);
@@ -194,7 +197,31 @@ int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err)
 		free(payload);
 	}
 	free(path);
+	if (!rc && idd_catalog_load_hook)
+		idd_catalog_load_hook(idd_catalog_load_hook_ctx, index_dir);
 	return rc;
+}
+
+int idd_blocklist_open_id(const char *index_dir, const char *id, idd_blocklist **out,
+                          idd_error *err)
+{
+	for (int attempt = 0;; attempt++) {
+		idd_catalog *cat;
+		int rc = idd_catalog_load(index_dir, &cat, err);
+		if (rc)
+			return rc;
+		const idd_image_info *im = idd_catalog_find(cat, id);
+		if (!im) {
+			idd_catalog_free(cat);
+			return idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the index", index_dir, id);
+		}
+		rc = idd_blocklist_open(index_dir, im, out, err);
+		idd_catalog_free(cat);
+		/* vanished: a scan replaced the catalog and collected the list
+		 * after we read the catalog; the new catalog names the new list */
+		if (rc != IDD_ENOENT || attempt == 2)
+			return rc;
+	}
 }
 
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err)

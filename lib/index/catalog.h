@@ -27,6 +27,10 @@ int idd_blocklist_write(const char *index_dir, const idd_blocklist *bl, idd_dige
 /* Dense convenience (tests, generators): nblocks digests, zero blocks all-zero. */
 int idd_blocklist_save(const char *index_dir, uint32_t block_size, const idd_digest *d,
                        uint64_t nblocks, idd_digest *key_out, idd_error *err);
+/* For tests: called after every successful idd_catalog_load (NULL: none),
+ * to interleave a concurrent scan deterministically. */
+extern void (*idd_catalog_load_hook)(void *ctx, const char *index_dir);
+extern void *idd_catalog_load_hook_ctx;
 /* Is the block list the catalog names for img intact (checksum, name)?
  * Reads it once in constant memory, without decompressing; *version (may
  * be NULL) receives its format version.  IDD_ENOENT when missing. */

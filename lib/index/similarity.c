@@ -207,6 +207,7 @@ typedef struct job {
 	size_t next_write;     /* image whose records are written next */
 	size_t next_part;
 	bool failed;
+	bool vanished;         /* a block list vanished: a scan replaced the catalog */
 	idd_error err;
 	sigtab sigs;           /* merged signatures */
 	uint64_t done, total, part_unit; /* progress in bytes of virtual disk, twice */
@@ -249,7 +250,10 @@ static void *pass1_worker(void *arg)
 			break;
 		const idd_image_info *im = &j->cat->images[i];
 		idd_blocklist *bl = NULL;
-		if (idd_blocklist_open(j->index_dir, im, &bl, &e)) {
+		int orc = idd_blocklist_open(j->index_dir, im, &bl, &e);
+		if (orc) {
+			if (orc == IDD_ENOENT)
+				j->vanished = true;
 			job_fail(j, &e);
 			break;
 		}
@@ -509,6 +513,8 @@ static int compute(const idd_similarity_opts *o, const char *index_dir, const id
 	j.total = bytes + j.part_unit * parts;
 	if (!rc)
 		rc = run_threads(&j, nthreads, pass1_worker, err);
+	if (rc && j.vanished)
+		rc = IDD_ENOENT;
 	for (uint32_t p = 0; j.parts && p < parts; p++) {
 		if (j.parts[p] && fclose(j.parts[p]) && !rc)
 			rc = idd_fail_errno(err, j.part_paths[p], "write");
@@ -638,15 +644,17 @@ out:
 	return rc;
 }
 
-int idd_similarity_compute(const idd_similarity_opts *o, idd_similarity **out, idd_error *err)
+/* One attempt over the catalog as it is now.  IDD_ENOENT: a block list
+ * vanished under us (a concurrent scan collected it). */
+static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd_similarity **out,
+                        idd_error *err)
 {
-	char *index_dir = NULL;
-	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
-		return IDD_ERR;
 	idd_catalog *cat = NULL;
 	idd_similarity *res = NULL;
 	idd_digest key;
 	int rc = idd_catalog_load(index_dir, &cat, err);
+	if (rc == IDD_ENOENT)
+		rc = IDD_ERR; /* no index at all: nothing to retry */
 	if (!rc)
 		rc = idd_catalog_key(cat, &key, err);
 	if (rc)
@@ -680,6 +688,20 @@ out:
 	}
 	*out = res;
 	idd_catalog_free(cat);
+	return rc;
+}
+
+int idd_similarity_compute(const idd_similarity_opts *o, idd_similarity **out, idd_error *err)
+{
+	char *index_dir = NULL;
+	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
+		return IDD_ERR;
+	/* readers take no lock: a scan may replace the catalog and collect the
+	 * lists of the one read; start over from the new catalog */
+	int rc;
+	for (int attempt = 0; (rc = compute_once(o, index_dir, out, err)) == IDD_ENOENT && attempt < 2;
+	     attempt++)
+		;
 	free(index_dir);
 	return rc;
 }

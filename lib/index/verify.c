@@ -340,7 +340,21 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 			nmaps++;
 		/* loading checks the list's checksum, its name, and its counts
 		 * against the catalog entry */
-		if (idd_blocklist_open(index_dir, im, &bl, &e)) {
+		idd_catalog *now = NULL;
+		int orc = idd_blocklist_open(index_dir, im, &bl, &e);
+		if (orc == IDD_ENOENT && idd_catalog_load(index_dir, &now, &e) == IDD_OK) {
+			/* a scan replaced the catalog and collected the list since we
+			 * read it: check the image as the new catalog has it, if at all */
+			const idd_image_info *cur = idd_catalog_find(now, im->id);
+			if (!cur) {
+				idd_catalog_free(now);
+				continue;
+			}
+			im = cur; /* (the same list again: then it is really missing) */
+			orc = idd_blocklist_open(index_dir, im, &bl, &e);
+		}
+		if (orc) {
+			idd_catalog_free(now);
 			char *m = idd_asprintf(NULL, "%s (the next 'imgdedup scan' rebuilds it)", e.msg);
 			report(o, problems, m ? m : e.msg);
 			free(m);
@@ -350,6 +364,7 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 		if (o->deep)
 			verify_deep(o, cat, im, bl, problems);
 		idd_blocklist_free(bl);
+		idd_catalog_free(now);
 	}
 	qsort(maps, nmaps, sizeof *maps, cmp_str);
 	verify_tree(o, index_dir, "maps", maps, nmaps, problems);
