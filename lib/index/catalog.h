@@ -7,6 +7,9 @@
 /* ---- catalog internals (catalog.c) ---- */
 #define IDD_CATALOG_FILE "catalog"
 #define IDD_BLOCKS_DIR "blocks"
+/* mtime_ns of an entry read while its file was racily clean: matches no
+ * file, so the next scan reads it again (scan.c) */
+#define IDD_MTIME_UNKNOWN INT64_MIN
 char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *err);
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err);
 /* Building a block list: init, append digests in block order (zero

@@ -173,6 +173,7 @@ struct scan {
 	idd_catalog *old;
 	bool *old_dropped;      /* old entries replaced or moved */
 	int64_t last_save_ns;
+	int64_t start_ns;       /* wall clock when the run started */
 };
 
 static void job_release(struct job *j)
@@ -313,6 +314,36 @@ static void *list_save_main(void *arg)
 	return NULL;
 }
 
+/* Racily clean files (as git calls them): a file whose mtime lies within
+ * the timestamp granularity of the start of this run may be written again
+ * within the same timestamp tick after it was read, and then keep its
+ * identity with other content.  Its entry records the mtime as unknown, so
+ * that the next run reads it again (once its mtime is old enough, it is
+ * recorded normally).  Granularity: the kernel's coarse clock, which
+ * stamps files on Linux, for files with sub-second timestamps; 2 s (FAT,
+ * ext3, some NFS servers) for files whose timestamps are whole seconds. */
+static bool racy_time(const struct scan *s, int64_t mtime_ns, int64_t ctime_ns)
+{
+	int64_t window = (int64_t)2 * 1000000000;
+	if (mtime_ns % 1000000000 || ctime_ns % 1000000000) {
+		struct timespec res;
+		int64_t r = clock_getres(CLOCK_REALTIME_COARSE, &res) ? 10000000 : idd_ts_ns(res);
+		window = IDD_MAX(2 * r, (int64_t)1000000);
+	}
+	return mtime_ns > s->start_ns - window;
+}
+
+static bool racily_clean(const struct scan *s, int64_t mtime_ns, int64_t ctime_ns,
+                         const idd_file_ident *backing, size_t nbacking)
+{
+	if (racy_time(s, mtime_ns, ctime_ns))
+		return true;
+	for (size_t i = 0; i < nbacking; i++)
+		if (racy_time(s, backing[i].mtime_ns, backing[i].ctime_ns))
+			return true;
+	return false;
+}
+
 /* Finish a job whose chunks are all hashed: check the file did not change
  * under us, write its block list, fill its catalog entry.  Called with
  * finish_mu held and mu not held: the other threads go on hashing. */
@@ -399,6 +430,8 @@ static void job_finish(struct scan *s, struct job *j)
 			im->file_size = (uint64_t)j->st_before.st_size;
 			im->mtime_ns = idd_ts_ns(j->st_before.st_mtim);
 			im->ctime_ns = idd_ts_ns(j->st_before.st_ctim);
+			if (racily_clean(s, im->mtime_ns, im->ctime_ns, im->backing, im->nbacking))
+				im->mtime_ns = IDD_MTIME_UNKNOWN;
 			im->virtual_size = j->img->size;
 			im->nblocks = j->nblocks;
 			im->zero_blocks = zero;
@@ -1158,6 +1191,7 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	memset(st, 0, sizeof *st);
 	struct scan_run r = {.o = o, .st = st, .lock_fd = -1};
 	r.s.o = o;
+	r.s.start_ns = idd_now_ns();
 	pthread_mutex_init(&r.s.mu, NULL);
 	pthread_mutex_init(&r.s.finish_mu, NULL);
 	int rc = phase_open(&r, err);

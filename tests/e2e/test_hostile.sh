@@ -14,6 +14,7 @@ base = [blk() for _ in range(40)]
 open(os.path.join(d, "a.raw"), "wb").write(b"".join(base))
 open(os.path.join(d, "b.raw"), "wb").write(b"".join(base[:25] + [blk() for _ in range(10)] + [bytes(bs)] * 5))
 PY
+age_files "$R"
 "$IMGDEDUP" scan -q "$R"
 "$IMGDEDUP" similarity "$R" > "$WORK/want.csv"
 
@@ -236,3 +237,17 @@ check "deploy from a server that always trickles: exit 1, no hang (rc $rc)" test
 check "... a clear error after the retries" grep -q "too slow.*gave up after" "$WORK/t2.err"
 check "... and no output" test ! -e "$WORK/t2.out"
 stop_faultserver
+
+# --- racily clean: an image written within the timestamp granularity of a
+# scan's start is read again by the next run (its mtime recorded unknown)
+Z=$WORK/racy; mkdir -p "$Z"; cp "$R/a.raw" "$Z/old.raw"; age_files "$Z"
+# (a second ahead: within any granularity of the scan's start, whatever the timing)
+cp "$R/b.raw" "$Z/fresh.raw"; touch -d "@$(( $(date +%s) + 1 ))" "$Z/fresh.raw"
+"$IMGDEDUP" scan --json "$Z" > "$WORK/z1.json"
+"$IMGDEDUP" scan --json "$Z" > "$WORK/z2.json"
+check "racily clean image read again by the next run" test "$(json_get "$WORK/z2.json" scanned)" = 1
+check "... the other one not" test "$(json_get "$WORK/z2.json" unchanged)" = 1
+age_files "$Z"
+"$IMGDEDUP" scan -q "$Z"
+"$IMGDEDUP" scan --json "$Z" > "$WORK/z3.json"
+check "once old enough, nothing is read" test "$(json_get "$WORK/z3.json" scanned)" = 0
