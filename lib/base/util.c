@@ -12,7 +12,7 @@ void *idd_malloc(size_t n, idd_error *err)
 {
 	void *p = malloc(n ? n : 1);
 	if (!p)
-		idd_fail(err, "out of memory allocating %zu bytes", n);
+		idd_fail_code(err, IDD_ENOMEM, "out of memory allocating %zu bytes", n);
 	return p;
 }
 
@@ -20,7 +20,7 @@ void *idd_calloc(size_t n, size_t m, idd_error *err)
 {
 	void *p = calloc(n ? n : 1, m ? m : 1);
 	if (!p)
-		idd_fail(err, "out of memory allocating %zu x %zu bytes", n, m);
+		idd_fail_code(err, IDD_ENOMEM, "out of memory allocating %zu x %zu bytes", n, m);
 	return p;
 }
 
@@ -28,12 +28,12 @@ void *idd_realloc_array(void *p, size_t n, size_t m, idd_error *err)
 {
 	size_t total;
 	if (__builtin_mul_overflow(n, m, &total)) {
-		idd_fail(err, "allocation of %zu x %zu bytes overflows", n, m);
+		idd_fail_code(err, IDD_ENOMEM, "allocation of %zu x %zu bytes overflows", n, m);
 		return NULL;
 	}
 	void *q = realloc(p, total ? total : 1);
 	if (!q)
-		idd_fail(err, "out of memory allocating %zu bytes", total);
+		idd_fail_code(err, IDD_ENOMEM, "out of memory allocating %zu bytes", total);
 	return q;
 }
 
@@ -41,7 +41,7 @@ char *idd_strdup(const char *s, idd_error *err)
 {
 	char *d = strdup(s);
 	if (!d)
-		idd_fail(err, "out of memory");
+		idd_fail_code(err, IDD_ENOMEM, "out of memory");
 	return d;
 }
 

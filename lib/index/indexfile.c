@@ -249,7 +249,8 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 	if (file_len < IDD_IF_HEADER + IDD_IF_TRAILER)
 		return idd_fail(err, "%s: truncated (%zu bytes, smaller than any index file)", name, file_len);
 	if (memcmp(f, magic, 8) != 0)
-		return idd_fail(err, "%s: not an imgdedup %.*s file (bad magic)", name, 7, magic + 3);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: not an imgdedup %s file (bad magic)", name,
+		                     idd_indexfile_kind(magic));
 	uint32_t ver = idd_le32(f + 8), flags = idd_le32(f + 12);
 	uint64_t raw_len = idd_le64(f + 16), stored_len = idd_le64(f + 24);
 	if (ver == 0 || ver > max_version)
@@ -270,7 +271,19 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 	if (idd_sha256(f, IDD_IF_HEADER + (size_t)stored_len, sum, err))
 		return IDD_ERR;
 	if (memcmp(sum, f + IDD_IF_HEADER + stored_len, 32) != 0)
-		return idd_fail(err, "%s: checksum mismatch (file is corrupted)", name);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: checksum mismatch (file is corrupted)", name);
+	if (flags & IDD_IF_ZSTD) {
+		/* the frame says how much it holds: a header claiming more is
+		 * refused before anything is allocated for it */
+		unsigned long long fcs = ZSTD_getFrameContentSize(f + IDD_IF_HEADER, (size_t)stored_len);
+		if (fcs == ZSTD_CONTENTSIZE_ERROR)
+			return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt compressed payload (not a zstd frame)",
+			                     name);
+		if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != raw_len)
+			return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt header (payload of %llu bytes "
+			                     "declared, the zstd frame holds %llu)", name,
+			                     (unsigned long long)raw_len, fcs);
+	}
 	void *out = malloc(raw_len ? (size_t)raw_len : 1);
 	if (!out)
 		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory for its %llu-byte payload", name,

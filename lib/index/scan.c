@@ -199,6 +199,14 @@ static bool same_identity(const struct stat *a, const struct stat *b)
 	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
+/* Messages name the file: allocation failures deep in a format reader
+ * ("out of memory allocating ...") get the image's path in front. */
+static void name_file(idd_error *e, const char *path)
+{
+	if (!strstr(e->msg, path))
+		idd_error_prefix(e, "%s", path);
+}
+
 /* Open a job's image; called with the lock held. */
 static void job_open(struct scan *s, struct job *j)
 {
@@ -220,6 +228,7 @@ static void job_open(struct scan *s, struct job *j)
 		return;
 	}
 	if (idd_repo_open_image_chain(s->o->repo, &j->e, &j->chain, &j->img, &j->err)) {
+		name_file(&j->err, j->e.path);
 		j->failed = true;
 		return;
 	}
@@ -531,6 +540,7 @@ static void *worker_main(void *arg)
 		if (rc && !j->failed) {
 			j->failed = true;
 			j->err = e;
+			name_file(&j->err, j->e.path);
 		}
 		j->inflight--;
 		if (j->planned && j->inflight == 0 && !j->done)

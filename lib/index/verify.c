@@ -66,6 +66,8 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	const uint64_t chunk = (uint64_t)bs * 256;
 	if (idd_repo_open_image(o->repo, &ent, &img, &e) || !(h = idd_hasher_new(&e)) ||
 	    !(buf = idd_malloc((size_t)chunk, &e))) {
+		if (!strstr(e.msg, path))
+			idd_error_prefix(&e, "%s", path);
 		report(o, problems, e.msg);
 		goto out;
 	}
@@ -109,6 +111,8 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 		idd_digest d[256];
 		uint64_t hashed = 0;
 		if (idd_image_read(img, off, buf, n, &e) || idd_hash_blocks(h, buf, n, bs, d, &hashed, &e)) {
+			if (!strstr(e.msg, path))
+				idd_error_prefix(&e, "%s", path);
 			report(o, problems, e.msg);
 			goto out;
 		}
