@@ -69,20 +69,29 @@ int cli_stdout_close(int rc)
 	return rc == EXIT_USAGE ? rc : EXIT_FAIL;
 }
 
+/* One line on stderr: messages quote file names, which may hold newlines
+ * or escape sequences; those are shown escaped (\n, \xNN). */
+static void put_line(const char *msg)
+{
+	char *safe = idd_str_escape(msg, NULL);
+	fprintf(stderr, "%s: %s\n", cli_prog, safe ? safe : msg);
+	free(safe);
+}
+
 void cli_error(const char *fmt, ...)
 {
+	char msg[4096];
 	va_list ap;
 	va_start(ap, fmt);
-	fprintf(stderr, "%s: ", cli_prog);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	put_line(msg);
 }
 
 void cli_warn(void *ctx, const char *msg)
 {
 	(void)ctx;
-	fprintf(stderr, "%s: %s\n", cli_prog, msg);
+	put_line(msg);
 }
 
 int cli_usage(const char *usage, const char *fmt, ...)

@@ -132,7 +132,9 @@ int cmd_info(int argc, char **argv)
 		cli_json_end(&j);
 	} else {
 		char h1[32], h2[32];
-		printf("image:               %s\n", im->id);
+		char *shown = idd_str_escape(im->id, NULL);
+		printf("image:               %s\n", shown ? shown : "?");
+		free(shown);
 		printf("format:              %s%s%s\n", im->format, im->container[0] ? " inside " : "",
 		       im->container);
 		printf("virtual size:        %s (%llu bytes)\n", cli_human(im->virtual_size, h1),
@@ -155,10 +157,13 @@ int cmd_info(int argc, char **argv)
 			       (unsigned long long)sum.exclusive_blocks);
 		if (nsim) {
 			printf("shares most with:    (containment: share of this image's blocks the other holds)\n");
-			for (size_t i = 0; i < nsim; i++)
+			for (size_t i = 0; i < nsim; i++) {
+				char *sid = idd_str_escape(sim[i].id, NULL);
 				printf("  %6.2f%%  %s  (jaccard %.4f, %llu blocks in common)\n",
-				       sim[i].containment * 100, sim[i].id, sim[i].jaccard,
+				       sim[i].containment * 100, sid ? sid : "?", sim[i].jaccard,
 				       (unsigned long long)sim[i].shared);
+				free(sid);
+			}
 		}
 	}
 	idd_similar_free(sim, nsim);

@@ -251,3 +251,19 @@ age_files "$Z"
 "$IMGDEDUP" scan -q "$Z"
 "$IMGDEDUP" scan --json "$Z" > "$WORK/z3.json"
 check "once old enough, nothing is read" test "$(json_get "$WORK/z3.json" scanned)" = 0
+
+# --- names with control characters are shown escaped; a file of the wrong
+# kind is named by the kind it should be
+N=$WORK/names; mkdir -p "$N"
+head -c 8192 /dev/urandom > "$N/$(printf 'evil\nname.raw')"
+head -c 8192 /dev/urandom > "$N/$(printf 'bell\a\033[31m.raw')"
+"$IMGDEDUP" scan -q "$N"
+"$IMGDEDUP" ls "$N" > "$WORK/ls.txt"
+check "ls: one line per image, newline in a name escaped" test "$(wc -l < "$WORK/ls.txt")" = 3
+check "... as \\n" grep -qF 'evil\nname.raw' "$WORK/ls.txt"
+check "... other control bytes as \\xNN" grep -qF 'bell\x07\x1b[31m.raw' "$WORK/ls.txt"
+check "... and no control byte reaches the terminal" test "$(tr -d '\n' < "$WORK/ls.txt" | LC_ALL=C grep -c '[[:cntrl:]]')" = 0
+head -c 200 /dev/urandom > "$N/.imgdedup/catalog"
+rc=0; "$IMGDEDUP" ls "$N" 2> "$WORK/err" || rc=$?
+check "a junk catalog: exit 1 (rc $rc)" test "$rc" = 1
+check "... 'not an imgdedup catalog file'" grep -q "catalog: not an imgdedup catalog file (bad magic)" "$WORK/err"
