@@ -17,7 +17,7 @@ static void write_images(void)
 	unsigned char buf[6 * 4096];
 	for (int i = 0; i < 3; i++) {
 		tu_fill_random(buf, sizeof buf, (uint64_t)(seed * 10 + i + 1));
-		char name[16];
+		char name[32];
 		snprintf(name, sizeof name, "i%d.raw", i);
 		free(tu_write(repo, name, buf, sizeof buf));
 	}
