@@ -12,20 +12,86 @@
 const char *cli_prog = "imgdedup";
 bool cli_quiet;
 
+/* Standard output goes through a stream that keeps the first write error,
+ * so that cli_stdout_close can name the reason even when the failing write
+ * happened long before the end (a full disk half-way through a listing). */
+static int stdout_errno;
+
+static ssize_t stdout_write(void *c, const char *buf, size_t len)
+{
+	(void)c;
+	size_t done = 0;
+	while (done < len) {
+		ssize_t w = write(STDOUT_FILENO, buf + done, len - done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			if (!stdout_errno)
+				stdout_errno = w < 0 ? errno : EIO;
+			return -1;
+		}
+		done += (size_t)w;
+	}
+	return (ssize_t)len;
+}
+
+static int stdout_close(void *c)
+{
+	(void)c;
+	return close(STDOUT_FILENO) && errno != EBADF ? -1 : 0;
+}
+
+void cli_stdout_init(void)
+{
+	cookie_io_functions_t io = {.write = stdout_write, .close = stdout_close};
+	FILE *f = fopencookie(NULL, "w", io);
+	if (!f)
+		return; /* keep the plain stream: errors are still seen, without a reason */
+	setvbuf(f, NULL, isatty(STDOUT_FILENO) ? _IOLBF : _IOFBF, BUFSIZ);
+	stdout = f; /* glibc: stdout is an ordinary variable */
+}
+
+int cli_stdout_close(int rc)
+{
+	bool failed = ferror(stdout) != 0;
+	int e = stdout_errno;
+	if (fflush(stdout) != 0) {
+		failed = true;
+		e = stdout_errno ? stdout_errno : errno;
+	}
+	if (fclose(stdout) != 0 && !failed) {
+		failed = true;
+		e = stdout_errno ? stdout_errno : errno;
+	}
+	if (!failed)
+		return rc;
+	cli_error("stdout: %s", e ? strerror(e) : "write error");
+	return rc == EXIT_USAGE ? rc : EXIT_FAIL;
+}
+
+/* One line on stderr: messages quote file names, which may hold newlines
+ * or escape sequences; those are shown escaped (\n, \xNN). */
+static void put_line(const char *msg)
+{
+	char *safe = idd_str_escape(msg, NULL);
+	fprintf(stderr, "%s: %s\n", cli_prog, safe ? safe : msg);
+	free(safe);
+}
+
 void cli_error(const char *fmt, ...)
 {
+	char msg[4096];
 	va_list ap;
 	va_start(ap, fmt);
-	fprintf(stderr, "%s: ", cli_prog);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	put_line(msg);
 }
 
 void cli_warn(void *ctx, const char *msg)
 {
 	(void)ctx;
-	fprintf(stderr, "%s: %s\n", cli_prog, msg);
+	put_line(msg);
 }
 
 int cli_usage(const char *usage, const char *fmt, ...)

@@ -13,6 +13,12 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 extern const char *cli_prog; /* "imgdedup" */
 extern bool cli_quiet;
 
+/* Standard output: every write checked.  init at start; close at exit
+ * flushes and closes it and, on any write error, prints one line naming
+ * stdout and the reason and turns rc into a failure. */
+void cli_stdout_init(void);
+int cli_stdout_close(int rc);
+
 /* One line on stderr: "imgdedup: MSG". */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* idd_warn_fn that prints "imgdedup: warning: MSG" (or error for failures). */

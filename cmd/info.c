@@ -3,25 +3,40 @@
 
 #include <getopt.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static const char usage[] = "imgdedup info [--index DIR] [--json] [--blocks] REPO IMAGE";
 
+/* One line per block, zero blocks as 64 zeros; the list is held sparsely,
+ * so a thin image costs its data in memory (the output is its size). */
 static int print_blocks(idd_catalog *cat, char *index_dir, const idd_image_info *im)
 {
 	idd_error err;
-	idd_digest *d;
+	idd_blocklist *bl;
 	int rc = EXIT_OK;
-	if (idd_blocklist_load(index_dir, im, &d, &err)) {
+	if (idd_blocklist_open_id(index_dir, im->id, &bl, &err)) {
 		cli_error("%s", err.msg);
 		rc = EXIT_FAIL;
 	} else {
-		char hex[2 * IDD_DIGEST_SIZE + 1];
-		for (uint64_t b = 0; b < im->nblocks; b++) {
-			idd_digest_hex(&d[b], hex);
-			puts(hex);
+		char hex[2 * IDD_DIGEST_SIZE + 1], zero[2 * IDD_DIGEST_SIZE + 1];
+		memset(zero, '0', 2 * IDD_DIGEST_SIZE);
+		zero[2 * IDD_DIGEST_SIZE] = 0;
+		uint64_t b = 0;
+		for (size_t r = 0; r <= bl->nruns; r++) {
+			uint64_t next = r < bl->nruns ? bl->runs[r].block : bl->nblocks;
+			for (; b < next && !((b & 0xffff) == 0 && ferror(stdout)); b++)
+				puts(zero);
+			if (r == bl->nruns)
+				break;
+			for (uint64_t k = 0; k < bl->runs[r].count; k++, b++) {
+				idd_digest_hex(&bl->digests[bl->runs[r].first + k], hex);
+				puts(hex);
+			}
+			if (ferror(stdout))
+				break; /* reported at exit */
 		}
-		free(d);
+		idd_blocklist_free(bl);
 	}
 	idd_catalog_free(cat);
 	free(index_dir);
@@ -148,7 +163,9 @@ int cmd_info(int argc, char **argv)
 		cli_json_end(&j);
 	} else {
 		char h1[32], h2[32];
-		printf("image:               %s\n", im->id);
+		char *shown = idd_str_escape(im->id, NULL);
+		printf("image:               %s\n", shown ? shown : "?");
+		free(shown);
 		printf("format:              %s%s%s\n", im->format, im->container[0] ? " inside " : "",
 		       im->container);
 		printf("virtual size:        %s (%llu bytes)\n", cli_human(im->virtual_size, h1),
@@ -172,10 +189,13 @@ int cmd_info(int argc, char **argv)
 		print_pack(index_dir, im, NULL);
 		if (nsim) {
 			printf("shares most with:    (containment: share of this image's blocks the other holds)\n");
-			for (size_t i = 0; i < nsim; i++)
+			for (size_t i = 0; i < nsim; i++) {
+				char *sid = idd_str_escape(sim[i].id, NULL);
 				printf("  %6.2f%%  %s  (jaccard %.4f, %llu blocks in common)\n",
-				       sim[i].containment * 100, sim[i].id, sim[i].jaccard,
+				       sim[i].containment * 100, sid ? sid : "?", sim[i].jaccard,
 				       (unsigned long long)sim[i].shared);
+				free(sid);
+			}
 		}
 	}
 	idd_similar_free(sim, nsim);

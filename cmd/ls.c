@@ -55,9 +55,13 @@ int cmd_ls(int argc, char **argv)
 		for (size_t i = 0; i < cat->count; i++) {
 			const idd_image_info *im = &cat->images[i];
 			char h[32];
+			/* ids are file names: a newline or an escape sequence in one
+			 * must not forge lines or drive the terminal */
+			char *id = idd_str_escape(im->id, NULL);
 			printf("%-8s %12s %10llu %10llu %10llu  %s\n", im->format, cli_human(im->virtual_size, h),
 			       (unsigned long long)im->nblocks, (unsigned long long)im->zero_blocks,
-			       (unsigned long long)im->distinct_blocks, im->id);
+			       (unsigned long long)im->distinct_blocks, id ? id : "?");
+			free(id);
 		}
 	}
 	idd_catalog_free(cat);

@@ -30,7 +30,7 @@ static void usage(FILE *f)
 	fprintf(f, "\n'imgdedup COMMAND --help' shows a command's options; man imgdedup has the rest.\n");
 }
 
-int main(int argc, char **argv)
+static int run(int argc, char **argv)
 {
 	if (argc < 2) {
 		usage(stderr);
@@ -56,4 +56,11 @@ int main(int argc, char **argv)
 	cli_error("unknown command '%s'", argv[1]);
 	usage(stderr);
 	return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+	cli_stdout_init();
+	/* a write error anywhere on stdout is exit status 1 (one line naming it) */
+	return cli_stdout_close(run(argc, argv));
 }

@@ -53,15 +53,19 @@ int cmd_map(int argc, char **argv)
 		cli_json_key_u64(&j, "written", st.written);
 		cli_json_key_u64(&j, "unchanged", st.unchanged);
 		cli_json_key_u64(&j, "removed", st.removed);
+		cli_json_key_u64(&j, "repaired", st.repaired);
 		cli_json_key_u64(&j, "blocktable_entries", st.blocktable_entries);
 		cli_json_key_u64(&j, "blocktable_bytes", st.blocktable_bytes);
 		cli_json_key_bool(&j, "blocktable_rebuilt", st.blocktable_rebuilt);
 		cli_json_end(&j);
 	} else if (!cli_quiet) {
 		char h1[32], h2[32];
-		printf("%llu images: %llu maps written, %llu unchanged, %llu removed; maps %s, "
+		char rep[48] = "";
+		if (st.repaired)
+			snprintf(rep, sizeof rep, " (%llu repaired)", (unsigned long long)st.repaired);
+		printf("%llu images: %llu maps written%s, %llu unchanged, %llu removed; maps %s, "
 		       "block table %llu digests (%s)\n",
-		       (unsigned long long)st.images, (unsigned long long)st.written,
+		       (unsigned long long)st.images, (unsigned long long)st.written, rep,
 		       (unsigned long long)st.unchanged, (unsigned long long)st.removed,
 		       cli_human(st.map_bytes, h1), (unsigned long long)st.blocktable_entries,
 		       cli_human(st.blocktable_bytes, h2));

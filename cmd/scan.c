@@ -88,6 +88,7 @@ int cmd_scan(int argc, char **argv)
 		cli_json_key_u64(&j, "renamed", st.renamed);
 		cli_json_key_u64(&j, "removed", st.removed);
 		cli_json_key_u64(&j, "failed", st.failed);
+		cli_json_key_u64(&j, "repaired", st.repaired);
 		cli_json_key_u64(&j, "bytes_hashed", st.bytes_hashed);
 		cli_json_key_u64(&j, "blocks", st.blocks);
 		cli_json_key_u64(&j, "zero_blocks", st.zero_blocks);
@@ -95,10 +96,13 @@ int cmd_scan(int argc, char **argv)
 		cli_json_end(&j);
 	} else if (!cli_quiet) {
 		char h[32];
-		printf("%llu images (%llu scanned, %llu unchanged, %llu renamed, %llu removed%s), %s hashed\n",
+		char rep[48] = "";
+		if (st.repaired)
+			snprintf(rep, sizeof rep, ", %llu repaired", (unsigned long long)st.repaired);
+		printf("%llu images (%llu scanned, %llu unchanged, %llu renamed, %llu removed%s%s), %s hashed\n",
 		       (unsigned long long)st.images, (unsigned long long)st.scanned,
 		       (unsigned long long)st.unchanged, (unsigned long long)st.renamed,
-		       (unsigned long long)st.removed, st.failed ? ", some failed" : "",
+		       (unsigned long long)st.removed, rep, st.failed ? ", some failed" : "",
 		       cli_human(st.bytes_hashed, h));
 		printf("%llu blocks: %llu zero, %llu distinct non-zero\n", (unsigned long long)st.blocks,
 		       (unsigned long long)st.zero_blocks, (unsigned long long)st.unique_blocks);

@@ -2,7 +2,6 @@
  * json, svg heatmap) or, with --top K, each image's best cache seeds. */
 #include "cli.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,24 +218,16 @@ int cmd_similarity(int argc, char **argv)
 		idd_similarity_free(s);
 		return EXIT_FAIL;
 	}
-	/* -o FILE: write a temporary file beside it, then rename it into place */
-	FILE *f = stdout;
-	char *tmp = NULL;
-	if (out && strcmp(out, "-")) {
-		size_t l = strlen(out) + 32;
-		tmp = malloc(l);
-		if (tmp) {
-			snprintf(tmp, l, "%s.tmp.%ld", out, (long)getpid());
-			f = fopen(tmp, "w");
-		}
-		if (!tmp || !f) {
-			cli_error("%s: cannot create: %s", tmp ? tmp : out, strerror(errno));
-			free(tmp);
-			free(order);
-			idd_similarity_free(s);
-			return EXIT_FAIL;
-		}
+	/* -o FILE: through an exclusive temporary and a rename (a device or a
+	 * FIFO directly, a link through to its target); see base/outfile.h */
+	idd_outfile out_file = {.f = stdout};
+	if (out && idd_outfile_open(&out_file, out, &err)) {
+		cli_error("%s", err.msg);
+		free(order);
+		idd_similarity_free(s);
+		return EXIT_FAIL;
 	}
+	FILE *f = out_file.f;
 	int rc = EXIT_OK;
 	if (topk) {
 		rc = write_top(f, s, (size_t)topk, !strcmp(format, "json"), order);
@@ -255,20 +246,11 @@ int cmd_similarity(int argc, char **argv)
 	} else {
 		write_csv(f, s, metric, order);
 	}
-	if (tmp) {
-		bool ok = rc == EXIT_OK && fflush(f) == 0 && fsync(fileno(f)) == 0;
-		ok = (fclose(f) == 0) && ok;
-		if (ok && rename(tmp, out) != 0)
-			ok = false;
-		if (!ok) {
-			if (rc == EXIT_OK)
-				cli_error("%s: cannot write: %s", out, strerror(errno));
-			unlink(tmp);
-			rc = EXIT_FAIL;
-		}
-		free(tmp);
-	} else if (fflush(stdout) != 0) {
-		cli_error("stdout: write error: %s", strerror(errno));
+	/* stdout itself is flushed and checked once, at exit (main.c) */
+	if (out && rc != EXIT_OK) {
+		idd_outfile_abort(&out_file);
+	} else if (out && idd_outfile_commit(&out_file, &err)) {
+		cli_error("%s", err.msg);
 		rc = EXIT_FAIL;
 	}
 	free(order);

@@ -1,6 +1,6 @@
 /* fuzz_index.c - libFuzzer target: the index-file container
  * (idd_indexfile_parse, including zstd decompression) and the catalog and
- * block map parsers behind it.
+ * block map and block list parsers behind it.
  *
  * The first input byte is a mode, the rest the body:
  *   bit 0 clear: the body is a whole index file, parsed as a catalog and as
@@ -9,6 +9,7 @@
  *                flags, lengths, SHA-256 trailer) so mutations reach what
  *                lies behind the checksum:
  *     bit 1      block map (IDD-MAP) instead of catalog (IDD-CAT)
+ *     bit 5      (with bit 1) block list (IDD-BLK, version 2) instead of a map
  *     bit 2      the body is the payload, zstd-compressed by the harness
  *     bit 3      the body is le64 declared payload length + stored zstd
  *                bytes, as is: lying lengths, corrupt frames, bombs
@@ -22,6 +23,7 @@
 
 static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
 static const char MAP_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
+static const char BLK_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'L', 'K', 0};
 
 /* want: the payload a well-formed container must give back (NULL: any). */
 static void parse_catalog_file(const unsigned char *file, size_t len, const void *want, size_t want_len)
@@ -50,6 +52,28 @@ static void parse_map_file(const unsigned char *file, size_t len)
 		idd_map_free(m);
 }
 
+/* A block list as the catalog would describe it: the counts come from the
+ * payload's own header when it has one (so well-formed lists get through),
+ * and the parser must still refuse every inconsistency. */
+static void parse_blocklist_file(const unsigned char *file, size_t len)
+{
+	uint64_t nblocks = 1000, zero = 0;
+	if (len >= IDD_IF_HEADER + 28 && !(idd_le32(file + 12) & IDD_IF_ZSTD)) {
+		nblocks = idd_le64(file + IDD_IF_HEADER + 4) & (((uint64_t)1 << 40) - 1);
+		uint64_t ndata = idd_le64(file + IDD_IF_HEADER + 12);
+		zero = ndata <= nblocks ? nblocks - ndata : 0;
+	}
+	idd_error err;
+	idd_blocklist *bl;
+	if (idd_blocklist_parse("fuzz-blocks", file, len, nblocks, zero, &bl, &err) == 0) {
+		for (size_t r = 0; r < bl->nruns; r++)
+			if (bl->runs[r].count == 0 || idd_blocklist_get(bl, bl->runs[r].block) !=
+			                                   &bl->digests[bl->runs[r].first])
+				abort(); /* the runs say what get() answers */
+		idd_blocklist_free(bl);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 {
 	/* map refs cost 4 bytes per block: stay far below libFuzzer's malloc limit. */
@@ -62,17 +86,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 	if (!(mode & 1)) {
 		parse_catalog_file(body, blen, NULL, 0);
 		parse_map_file(body, blen);
+		parse_blocklist_file(body, blen);
 		return 0;
 	}
-	bool is_map = mode & 2;
-	const char *magic = is_map ? MAP_MAGIC : CATALOG_MAGIC;
+	bool is_map = mode & 2, is_list = is_map && (mode & 32);
+	const char *magic = is_list ? BLK_MAGIC : is_map ? MAP_MAGIC : CATALOG_MAGIC;
+	uint32_t version = is_list ? 2 : 1;
 	unsigned char *file = NULL, *z = NULL;
 	size_t flen;
 	bool exact = false; /* a container the harness built honestly */
 	if (mode & 8) {
 		if (blen < 8)
 			return 0;
-		file = fz_container(magic, 1, IDD_IF_ZSTD, idd_le64(body), body + 8, blen - 8, &flen);
+		file = fz_container(magic, version, IDD_IF_ZSTD, idd_le64(body), body + 8, blen - 8, &flen);
 	} else if (mode & 4) {
 		size_t cap = ZSTD_compressBound(blen);
 		z = malloc(cap ? cap : 1);
@@ -84,13 +110,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 		uint64_t declared = blen;
 		if ((mode & 16) && blen)
 			declared += (uint64_t)(int64_t)((int)body[0] - 128);
-		file = fz_container(magic, 1, IDD_IF_ZSTD, declared, z, zl, &flen);
+		file = fz_container(magic, version, IDD_IF_ZSTD, declared, z, zl, &flen);
 		exact = declared == blen;
 	} else {
-		file = fz_wrap(magic, 1, body, blen, &flen);
+		file = fz_wrap(magic, version, body, blen, &flen);
 		exact = true;
 	}
-	if (is_map)
+	if (is_list)
+		parse_blocklist_file(file, flen);
+	else if (is_map)
 		parse_map_file(file, flen);
 	else
 		parse_catalog_file(file, flen, exact ? body : NULL, blen);

@@ -256,6 +256,23 @@ int main(int argc, char **argv)
 	free(file);
 	free(payload);
 	idd_map_free(m);
+
+	/* The same blocks as a (sparse, version 2) block list. */
+	idd_digest key;
+	if (idd_blocklist_save(tmpl, 4096, d, N, &key, &err))
+		die(&err);
+	char *lp = idd_blocks_path(tmpl, &key, &err);
+	if (!lp || idd_read_file(lp, 1 << 20, &file, &flen, &err))
+		die(&err);
+	static const char BLK[8] = {'I', 'D', 'D', '-', 'B', 'L', 'K', 0};
+	if (idd_indexfile_parse(lp, file, flen, BLK, 2, &payload, &plen, NULL, &err))
+		die(&err);
+	put_mode(argv[1], "blocklist-file", 0x00, file, flen);
+	put_mode(argv[1], "blocklist-payload", 0x23, payload, plen);
+	put_mode(argv[1], "blocklist-payload-zstd", 0x27, payload, plen);
+	free(file);
+	free(payload);
+	free(lp);
 	if (argc == 4)
 		put_pack_seeds(tmpl, argv[3]);
 	snprintf(path, sizeof path, "rm -rf %s", tmpl);

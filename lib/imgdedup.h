@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,6 +69,11 @@ typedef struct idd_digest {
 bool idd_digest_is_zero(const idd_digest *d);
 void idd_digest_hex(const idd_digest *d, char out[2 * IDD_DIGEST_SIZE + 1]);
 
+/* A printable copy of s (malloc'd): backslash, \n, \t and \r escaped as
+ * such, other control bytes as \xNN.  For names read from disk (image ids
+ * are file names) shown on a terminal or in a message. */
+char *idd_str_escape(const char *s, idd_error *err);
+
 /* Progress: called from the library's threads, serialised; done <= total. */
 typedef void (*idd_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 /* Non-fatal problems (one unreadable image among many, a damaged cache). */
@@ -77,6 +83,33 @@ typedef void (*idd_warn_fn)(void *ctx, const char *msg);
 
 /* The index directory of REPO: INDEX_OPT when given, else REPO/.imgdedup. */
 int idd_index_path(const char *repo, const char *index_opt, char **out, idd_error *err);
+
+/* ---- output files (-o PATH) ---------------------------------------------
+ *
+ * A regular file (or a new name) is written through a temporary file created
+ * exclusively in the target's directory, then fsynced and renamed into
+ * place: PATH shows the old content or the complete new one, never a part.
+ * A symbolic link at PATH is written through: its target is replaced, the
+ * link stays.  A dangling link, a directory, a block device or a socket is
+ * refused.  A character device or a FIFO (/dev/null, /dev/stdout, a pipe)
+ * is written directly: nothing is renamed over it.  "-" is standard output.
+ * Every write is checked: the first error is kept and reported by commit. */
+typedef struct idd_outfile {
+	FILE *f;         /* write here */
+	char *name;      /* PATH as given, for messages ("stdout" for "-") */
+	char *target;    /* the regular file replaced on commit (links resolved), or NULL */
+	char *tmp;       /* the temporary beside target, or NULL when writing directly */
+	int fd;          /* the descriptor under f (-1 for stdout) */
+	int write_errno; /* first write error, 0 if none */
+} idd_outfile;
+
+int idd_outfile_open(idd_outfile *o, const char *path, idd_error *err);
+/* Flush, check every write, fsync and rename into place (direct outputs:
+ * flush and close).  On failure nothing replaces the target and the
+ * temporary is removed; the message names PATH and the reason. */
+int idd_outfile_commit(idd_outfile *o, idd_error *err);
+/* Give up: close and remove the temporary (the target is untouched). */
+void idd_outfile_abort(idd_outfile *o);
 
 /* ---- catalog: what scan knows about each image ----------------------- */
 
@@ -122,7 +155,49 @@ int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err);
 void idd_catalog_free(idd_catalog *cat);
 const idd_image_info *idd_catalog_find(const idd_catalog *cat, const char *id);
 
-/* The per-block digests of one image (nblocks entries, zero blocks all-zero). */
+/* The per-block digests of one image, held sparsely: only non-zero blocks
+ * cost memory (32 bytes each, plus one run per stretch of consecutive
+ * non-zero blocks), so a thin 4 TiB image costs what its data costs.  Runs
+ * are in block order, each holds count >= 1 non-zero blocks, and two runs
+ * never touch (a zero block lies between them): every block outside the
+ * runs is a zero block. */
+typedef struct idd_block_run {
+	uint64_t block; /* first block of the run */
+	uint64_t count; /* non-zero blocks in the run */
+	uint64_t first; /* digests[first .. first + count) are theirs */
+} idd_block_run;
+
+typedef struct idd_blocklist {
+	uint32_t block_size;
+	uint64_t nblocks;       /* all blocks of the image, zero ones included */
+	uint64_t ndata;         /* non-zero blocks: digests held */
+	idd_digest *digests;    /* ndata digests in block order, none all-zero */
+	idd_block_run *runs;    /* nruns runs in block order */
+	size_t nruns;
+	/* internal: storage and growth */
+	void *storage;
+	size_t digests_cap, runs_cap;
+} idd_blocklist;
+
+/* Load and check the block list the catalog names for img (its checksum
+ * must equal its name, its counts the catalog entry's). */
+int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
+                       idd_error *err);
+void idd_blocklist_free(idd_blocklist *bl);
+/* The block list of image ID as the current catalog names it.  A list that
+ * vanishes between reading the catalog and opening it (a concurrent scan
+ * replaced the catalog and collected the list) is looked up again in the
+ * new catalog, up to three times. */
+int idd_blocklist_open_id(const char *index_dir, const char *id, idd_blocklist **out,
+                          idd_error *err);
+/* The digest of block b (< nblocks), NULL for a zero block (binary search). */
+const idd_digest *idd_blocklist_get(const idd_blocklist *bl, uint64_t b);
+/* Index of the first run ending after block b (nruns when none). */
+size_t idd_blocklist_run_after(const idd_blocklist *bl, uint64_t b);
+
+/* Dense form for small images and tests: nblocks digests, zero blocks
+ * all-zero.  Costs 32 bytes per block of virtual size: big images must use
+ * idd_blocklist_open. */
 int idd_blocklist_load(const char *index_dir, const idd_image_info *img,
                        idd_digest **digests, idd_error *err);
 
@@ -146,6 +221,7 @@ typedef struct idd_scan_stats {
 	uint64_t bytes_hashed;
 	uint64_t blocks, zero_blocks, unique_blocks;
 	bool committed; /* the index on disk reflects this run (the figures above are its) */
+	uint64_t repaired; /* images whose block list was damaged, swapped or lost: read again */
 } idd_scan_stats;
 
 /* Returns IDD_OK, or IDD_ERR when the index could not be written or at least
@@ -301,6 +377,7 @@ typedef struct idd_map_stats {
 	uint64_t map_bytes;    /* total size on disk of all block maps */
 	uint64_t blocktable_entries, blocktable_bytes;
 	bool blocktable_rebuilt;
+	uint64_t repaired;     /* damaged, swapped or lost maps (and block table) rebuilt */
 } idd_map_stats;
 
 /* Write the block map of every (or each named) image whose block list
@@ -375,7 +452,7 @@ typedef struct idd_deploy_opts {
 	idd_warn_fn warn;
 	void *ctx;
 	int jobs;              /* threads verifying local copies; 0: online CPUs */
-	long timeout_s;        /* a remote transfer slower than the floor this long fails; 0: 30 */
+	long timeout_s;        /* remote transfer below 1 KiB/s this long fails (retried); 0: 30 */
 	const char *const *peers; /* other nodes' caches over HTTP, asked before SOURCE */
 	size_t n_peers;
 	bool no_pack;          /* ignore SOURCE's pack */

@@ -59,25 +59,6 @@ bool idd_is_remote_location(const char *s)
 	return idd_is_url(s) || idd_is_s3(s);
 }
 
-bool idd_relpath_ok(const char *rel)
-{
-	if (!rel || !*rel || rel[0] == '/')
-		return false;
-	const char *p = rel;
-	for (;;) {
-		const char *slash = strchr(p, '/');
-		size_t n = slash ? (size_t)(slash - p) : strlen(p);
-		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-			return false;
-		for (size_t i = 0; i < n; i++)
-			if (p[i] == '\\' || (unsigned char)p[i] < 0x20)
-				return false;
-		if (!slash)
-			return true;
-		p = slash + 1;
-	}
-}
-
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
@@ -528,8 +509,12 @@ static int start_req(struct req *r, int slot, idd_error *err)
 #endif
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, 10L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	/* a transfer slower than 1 KiB/s for timeout_s seconds (a stalled or
+	 * trickling server) fails as CURLE_OPERATION_TIMEDOUT: retried, then an
+	 * error; a floor of 1 byte/s let a server trickling 2 bytes/s hold a
+	 * deploy forever */
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, IDD_MIN(10L, s->o.timeout_s));
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1024L);
 	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, s->o.timeout_s);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "imgdedup/" IDD_VERSION);

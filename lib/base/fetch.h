@@ -22,7 +22,8 @@ typedef struct idd_fetch_opts {
 	int connections;   /* requests in flight at once (curl multi); 0: 4 */
 	int max_retries;   /* per request, on transient failures; 0: 6 */
 	long backoff_ms;   /* first retry delay, doubled each time; 0: 100 */
-	long timeout_s;    /* a transfer stalled this long is a (transient) failure; 0: 30 */
+	long timeout_s;    /* a transfer below 1 KiB/s this long is a (transient) failure, and
+	                      connecting takes at most min(10, this) seconds; 0: 30 */
 	idd_warn_fn warn;  /* told about each retry (may be NULL) */
 	void *ctx;
 } idd_fetch_opts;
@@ -36,8 +37,6 @@ typedef struct idd_source idd_source;
 bool idd_is_url(const char *s);
 /* Is s a remote location: an http(s):// URL or an s3:// location? */
 bool idd_is_remote_location(const char *s);
-/* Is rel a safe relative path (no "/" start, no "." or ".." or empty parts)? */
-bool idd_relpath_ok(const char *rel);
 
 /* root: a directory, an http(s):// URL, or s3://BUCKET[/PREFIX] (settings
  * and credentials from the AWS conventions, see s3.h; missing credentials

@@ -25,7 +25,12 @@ struct idd_file {
 	int fd;       /* local files: the descriptor, else -1 */
 	void *priv;
 };
+/* A local regular file (or block device) by path; anything else (a FIFO, a
+ * character device, a directory) is refused with IDD_EPERM, without
+ * waiting on it. */
 int idd_file_open_local(const char *path, idd_file **out, idd_error *err);
+#define IDD_FILE_NOFOLLOW 1u /* refuse a symbolic link as the last component */
+int idd_file_open_local_flags(const char *path, unsigned flags, idd_file **out, idd_error *err);
 /* A window [off, off+len) of parent.  With owns_parent the slice closes
  * parent when it is closed (also on failure); else parent must outlive it. */
 int idd_file_open_slice(idd_file *parent, bool owns_parent, uint64_t off, uint64_t len,

@@ -14,7 +14,7 @@ void *idd_malloc(size_t n, idd_error *err)
 {
 	void *p = malloc(n ? n : 1);
 	if (!p)
-		idd_fail(err, "out of memory allocating %zu bytes", n);
+		idd_fail_code(err, IDD_ENOMEM, "out of memory allocating %zu bytes", n);
 	return p;
 }
 
@@ -22,7 +22,7 @@ void *idd_calloc(size_t n, size_t m, idd_error *err)
 {
 	void *p = calloc(n ? n : 1, m ? m : 1);
 	if (!p)
-		idd_fail(err, "out of memory allocating %zu x %zu bytes", n, m);
+		idd_fail_code(err, IDD_ENOMEM, "out of memory allocating %zu x %zu bytes", n, m);
 	return p;
 }
 
@@ -30,12 +30,12 @@ void *idd_realloc_array(void *p, size_t n, size_t m, idd_error *err)
 {
 	size_t total;
 	if (__builtin_mul_overflow(n, m, &total)) {
-		idd_fail(err, "allocation of %zu x %zu bytes overflows", n, m);
+		idd_fail_code(err, IDD_ENOMEM, "allocation of %zu x %zu bytes overflows", n, m);
 		return NULL;
 	}
 	void *q = realloc(p, total ? total : 1);
 	if (!q)
-		idd_fail(err, "out of memory allocating %zu bytes", total);
+		idd_fail_code(err, IDD_ENOMEM, "out of memory allocating %zu bytes", total);
 	return q;
 }
 
@@ -43,7 +43,7 @@ char *idd_strdup(const char *s, idd_error *err)
 {
 	char *d = strdup(s);
 	if (!d)
-		idd_fail(err, "out of memory");
+		idd_fail_code(err, IDD_ENOMEM, "out of memory");
 	return d;
 }
 
@@ -299,7 +299,9 @@ bool idd_get_str(idd_reader *r, char **out, size_t max)
 
 int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO in place of an index file is refused below instead
+	 * of waiting for a writer forever */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		int e = errno;
 		idd_fail_errno(err, path, "cannot open");
@@ -311,15 +313,19 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 		close(fd);
 		return IDD_ERR;
 	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+	if (!S_ISREG(st.st_mode)) {
 		close(fd);
-		return idd_fail(err, "%s: not a regular file or larger than %zu bytes", path, max);
+		return idd_fail_code(err, IDD_EPERM, "%s: not a regular file; refused", path);
+	}
+	if ((uint64_t)st.st_size > max) {
+		close(fd);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: larger than %zu bytes", path, max);
 	}
 	size_t n = (size_t)st.st_size, got = 0;
-	unsigned char *buf = idd_malloc(n, err);
+	unsigned char *buf = malloc(n ? n : 1);
 	if (!buf) {
 		close(fd);
-		return IDD_ERR;
+		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory reading its %zu bytes", path, n);
 	}
 	while (got < n) {
 		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
@@ -337,4 +343,51 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 	*data = buf;
 	*len = n;
 	return IDD_OK;
+}
+
+bool idd_relpath_ok(const char *rel)
+{
+	if (!rel || !*rel || rel[0] == '/')
+		return false;
+	const char *p = rel;
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+			return false;
+		for (size_t i = 0; i < n; i++)
+			if (p[i] == '\\' || (unsigned char)p[i] < 0x20)
+				return false;
+		if (!slash)
+			return true;
+		p = slash + 1;
+	}
+}
+
+char *idd_str_escape(const char *s, idd_error *err)
+{
+	size_t n = 0;
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+		n += *c == '\\' || *c == '\n' || *c == '\t' || *c == '\r' ? 2 : *c < 0x20 || *c == 0x7f ? 4 : 1;
+	char *out = idd_malloc(n + 1, err);
+	if (!out)
+		return NULL;
+	char *o = out;
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+		switch (*c) {
+		case '\\': *o++ = '\\'; *o++ = '\\'; break;
+		case '\n': *o++ = '\\'; *o++ = 'n'; break;
+		case '\t': *o++ = '\\'; *o++ = 't'; break;
+		case '\r': *o++ = '\\'; *o++ = 'r'; break;
+		default:
+			if (*c < 0x20 || *c == 0x7f) {
+				snprintf(o, 5, "\\x%02x", *c);
+				o += 4;
+			} else {
+				*o++ = (char)*c;
+			}
+		}
+	}
+	*o = 0;
+	return out;
 }

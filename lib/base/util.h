@@ -41,6 +41,9 @@ bool idd_is_power_of_two(uint64_t v);
  * when unknown); never more than IDD_MAX_THREADS. */
 #define IDD_MAX_THREADS 64
 int idd_threads_for_jobs(int jobs);
+/* Is rel a safe relative path (no "/" start, no "." or ".." or empty parts,
+ * no backslash or control character)? */
+bool idd_relpath_ok(const char *rel);
 
 /* Growable byte buffer used to build index payloads. */
 typedef struct idd_buf {

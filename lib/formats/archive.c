@@ -549,7 +549,7 @@ int idd_archive_list(const char *path, idd_archive_members *out, idd_error *err)
 {
 	memset(out, 0, sizeof *out);
 	idd_file *f;
-	if (idd_file_open_local(path, &f, err))
+	if (idd_file_open_local_flags(path, IDD_FILE_NOFOLLOW, &f, err))
 		return IDD_ERR;
 	int rc = idd_archive_list_file(f, path, out, err);
 	idd_file_close(f);
@@ -731,7 +731,7 @@ static int open_member(const char *path, idd_file *parent, const idd_archive_mem
 	int rc = IDD_OK;
 	if (!m->streamed) {
 		if (!parent)
-			rc = idd_file_open_local(path, &parent, err);
+			rc = idd_file_open_local_flags(path, IDD_FILE_NOFOLLOW, &parent, err);
 		if (!rc)
 			rc = idd_file_open_slice(parent, true, m->off, m->len, name, &f, err);
 		parent = NULL; /* the slice owns it */

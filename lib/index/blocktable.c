@@ -187,16 +187,19 @@ static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_
 		return IDD_ERR;
 	int rc = IDD_OK;
 	for (size_t i = 0; !rc && i < cat->count; i++) {
-		idd_digest *d = NULL;
-		if ((rc = idd_blocklist_load(index_dir, &cat->images[i], &d, err)))
+		idd_blocklist *bl = NULL;
+		if ((rc = idd_blocklist_open(index_dir, &cat->images[i], &bl, err)))
 			break;
-		for (uint64_t k = 0; k < cat->images[i].nblocks; k++) {
-			if (idd_digest_is_zero(&d[k]))
-				continue;
-			if (bits && (idd_be32(d[k].b) >> (32 - bits)) != s)
+		/* only the non-zero blocks are visited */
+		for (uint64_t q = 0, r = 0; !rc && q < bl->ndata; q++) {
+			const idd_digest *dk = &bl->digests[q];
+			while (q >= bl->runs[r].first + bl->runs[r].count)
+				r++;
+			uint64_t k = bl->runs[r].block + (q - bl->runs[r].first);
+			if (bits && (idd_be32(dk->b) >> (32 - bits)) != s)
 				continue;
 			bool added;
-			size_t slot = idd_digest_set_add(&b.set, &d[k], &added, err);
+			size_t slot = idd_digest_set_add(&b.set, dk, &added, err);
 			if (slot == (size_t)-1) {
 				rc = IDD_ERR;
 				break;
@@ -232,7 +235,7 @@ static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_
 				}
 			}
 		}
-		free(d);
+		idd_blocklist_free(bl);
 	}
 	size_t *order = NULL;
 	if (!rc && !(order = idd_calloc(b.n + 1, sizeof *order, err)))
@@ -276,27 +279,43 @@ static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_
 }
 
 int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool force, bool *rebuilt,
-                          idd_warn_fn warn, void *ctx, idd_error *err)
+                          bool *repaired, idd_warn_fn warn, void *ctx, idd_error *err)
 {
 	*rebuilt = false;
+	if (repaired)
+		*repaired = false;
 	idd_digest key;
 	if (idd_catalog_key(cat, &key, err))
 		return IDD_ERR;
 	idd_blocktable *old = NULL;
 	idd_error e2;
 	int orc = idd_blocktable_open(index_dir, &old, &e2);
-	if (orc && orc != IDD_ENOENT && warn)
-		warn(ctx, e2.msg);
+	if (orc && orc != IDD_ENOENT) {
+		if (warn)
+			warn(ctx, e2.msg);
+		if (repaired)
+			*repaired = true;
+	}
 	if (!orc && !force && !memcmp(old->key.b, key.b, 32)) {
+		/* current: check every shard's checksum (constant memory), so a
+		 * damaged or lost shard is rebuilt by the next run */
 		bool complete = true;
 		for (uint32_t s = 0; complete && s < (1u << old->shard_bits); s++) {
 			char *p = shard_path(index_dir, s, err);
-			complete = p && access(p, F_OK) == 0;
+			if (!p) {
+				idd_blocktable_free(old);
+				return IDD_ERR;
+			}
+			complete = idd_indexfile_verify(p, BTS_MAGIC, BT_VERSION, NULL, NULL, &e2) == IDD_OK;
 			free(p);
 		}
 		idd_blocktable_free(old);
 		if (complete)
 			return IDD_OK;
+		if (warn)
+			warn(ctx, e2.msg);
+		if (repaired)
+			*repaired = true;
 		old = NULL;
 	}
 	idd_blocktable_free(old);

@@ -15,7 +15,7 @@
 static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
 static const char BLOCKS_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'L', 'K', 0};
 #define CATALOG_VERSION 1
-#define BLOCKS_VERSION 1
+#define BLOCKS_VERSION 2
 #define MAX_ID 4096
 
 int idd_index_path(const char *repo, const char *index_opt, char **out, idd_error *err)
@@ -185,6 +185,9 @@ int idd_catalog_parse_file(const char *name, const void *file, size_t len, idd_c
 	return rc;
 }
 
+void (*idd_catalog_load_hook)(void *ctx, const char *index_dir);
+void *idd_catalog_load_hook_ctx;
+
 int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err)
 {
 	char *path = idd_path_join(index_dir, IDD_CATALOG_FILE, err);
@@ -200,7 +203,31 @@ int idd_catalog_load(const char *index_dir, idd_catalog **out, idd_error *err)
 		free(payload);
 	}
 	free(path);
+	if (!rc && idd_catalog_load_hook)
+		idd_catalog_load_hook(idd_catalog_load_hook_ctx, index_dir);
 	return rc;
+}
+
+int idd_blocklist_open_id(const char *index_dir, const char *id, idd_blocklist **out,
+                          idd_error *err)
+{
+	for (int attempt = 0;; attempt++) {
+		idd_catalog *cat;
+		int rc = idd_catalog_load(index_dir, &cat, err);
+		if (rc)
+			return rc;
+		const idd_image_info *im = idd_catalog_find(cat, id);
+		if (!im) {
+			idd_catalog_free(cat);
+			return idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the index", index_dir, id);
+		}
+		rc = idd_blocklist_open(index_dir, im, out, err);
+		idd_catalog_free(cat);
+		/* vanished: a scan replaced the catalog and collected the list
+		 * after we read the catalog; the new catalog names the new list */
+		if (rc != IDD_ENOENT || attempt == 2)
+			return rc;
+	}
 }
 
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err)
@@ -261,69 +288,333 @@ char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *e
 	return idd_asprintf(err, "%s/%s/%s", index_dir, IDD_BLOCKS_DIR, hex);
 }
 
-/* Payload: u32 block size, u64 block count, count x 32-byte digests.  The
- * file is named by its own SHA-256 trailer (the list key), so identical
- * content (a renamed image, a copy) is stored once and an existing file is
- * reused; one SHA-256 pass both names and checksums it. */
-int idd_blocklist_save(const char *index_dir, uint32_t block_size, const idd_digest *d,
-                       uint64_t nblocks, idd_digest *key_out, idd_error *err)
+/* ---- block lists: sparse in memory and on disk ---- */
+
+void idd_blocklist_init(idd_blocklist *bl, uint32_t block_size)
+{
+	memset(bl, 0, sizeof *bl);
+	bl->block_size = block_size;
+}
+
+void idd_blocklist_clear(idd_blocklist *bl)
+{
+	if (bl->storage)
+		free(bl->storage);
+	else
+		free(bl->digests);
+	free(bl->runs);
+	uint32_t bs = bl->block_size;
+	idd_blocklist_init(bl, bs);
+}
+
+void idd_blocklist_free(idd_blocklist *bl)
+{
+	if (!bl)
+		return;
+	idd_blocklist_clear(bl);
+	free(bl);
+}
+
+int idd_blocklist_append(idd_blocklist *bl, uint64_t block, const idd_digest *d, uint64_t n,
+                         idd_error *err)
+{
+	uint64_t end;
+	if (block < bl->nblocks || !idd_add_ok(block, n, &end))
+		return idd_fail(err, "block list: blocks appended out of order (%llu after %llu)",
+		                (unsigned long long)block, (unsigned long long)bl->nblocks);
+	for (uint64_t i = 0; i < n; i++) {
+		if (idd_digest_is_zero(&d[i]))
+			continue;
+		uint64_t b = block + i;
+		idd_block_run *last = bl->nruns ? &bl->runs[bl->nruns - 1] : NULL;
+		if (!last || last->block + last->count != b) {
+			if (bl->nruns == bl->runs_cap) {
+				size_t nc = bl->runs_cap ? bl->runs_cap * 2 : 16;
+				idd_block_run *v = idd_realloc_array(bl->runs, nc, sizeof *v, err);
+				if (!v)
+					return IDD_ENOMEM;
+				bl->runs = v;
+				bl->runs_cap = nc;
+			}
+			bl->runs[bl->nruns++] = (idd_block_run){b, 0, bl->ndata};
+			last = &bl->runs[bl->nruns - 1];
+		}
+		if (bl->ndata == bl->digests_cap) {
+			size_t nc = bl->digests_cap ? bl->digests_cap * 2 : 256;
+			idd_digest *v = idd_realloc_array(bl->digests, nc, sizeof *v, err);
+			if (!v)
+				return IDD_ENOMEM;
+			bl->digests = v;
+			bl->digests_cap = nc;
+		}
+		bl->digests[bl->ndata++] = d[i];
+		last->count++;
+	}
+	bl->nblocks = end;
+	return IDD_OK;
+}
+
+int idd_blocklist_finish(idd_blocklist *bl, uint64_t nblocks, idd_error *err)
+{
+	if (nblocks < bl->nblocks)
+		return idd_fail(err, "block list: %llu blocks appended to an image of %llu",
+		                (unsigned long long)bl->nblocks, (unsigned long long)nblocks);
+	bl->nblocks = nblocks;
+	return IDD_OK;
+}
+
+size_t idd_blocklist_run_after(const idd_blocklist *bl, uint64_t b)
+{
+	size_t lo = 0, hi = bl->nruns;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (bl->runs[mid].block + bl->runs[mid].count <= b)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+const idd_digest *idd_blocklist_get(const idd_blocklist *bl, uint64_t b)
+{
+	size_t r = idd_blocklist_run_after(bl, b);
+	if (r == bl->nruns || bl->runs[r].block > b)
+		return NULL;
+	return &bl->digests[bl->runs[r].first + (b - bl->runs[r].block)];
+}
+
+/* Version 2 payload (docs/formats.md): u32 block size, u64 blocks, u64
+ * non-zero blocks, u64 runs, per run varint gap (zero blocks before it) and
+ * varint count, then the non-zero blocks' digests in block order.  A zero
+ * run costs two varints, whatever its length.  The file is named by its
+ * own SHA-256 trailer (the list key), so identical content (a renamed
+ * image, a copy) is stored once and an existing file is reused; one
+ * SHA-256 pass both names and checksums it. */
+int idd_blocklist_write(const char *index_dir, const idd_blocklist *bl, idd_digest *key_out,
+                        idd_error *err)
 {
 	uint64_t bytes;
-	if (!idd_mul_ok(nblocks, IDD_DIGEST_SIZE, &bytes) || bytes > IDD_IF_MAX_PAYLOAD - 12)
-		return idd_fail(err, "block list too large (%llu blocks)", (unsigned long long)nblocks);
-	size_t len = 12 + (size_t)bytes;
-	unsigned char *p = idd_malloc(len, err);
-	if (!p)
-		return IDD_ERR;
-	idd_le32_put(p, block_size);
-	idd_le64_put(p + 4, nblocks);
-	memcpy(p + 12, d, (size_t)bytes);
+	if (!idd_mul_ok(bl->ndata, IDD_DIGEST_SIZE, &bytes) || bytes > IDD_IF_MAX_PAYLOAD / 2)
+		return idd_fail(err, "block list too large (%llu non-zero blocks)", (unsigned long long)bl->ndata);
+	idd_buf b = {0};
+	if (idd_buf_reserve(&b, (size_t)bytes + 28 + bl->nruns * 4))
+		return idd_fail(err, "out of memory writing a block list of %llu non-zero blocks",
+		                (unsigned long long)bl->ndata);
+	idd_buf_put_u32(&b, bl->block_size);
+	idd_buf_put_u64(&b, bl->nblocks);
+	idd_buf_put_u64(&b, bl->ndata);
+	idd_buf_put_u64(&b, bl->nruns);
+	uint64_t end = 0;
+	for (size_t i = 0; i < bl->nruns; i++) {
+		idd_buf_put_varint(&b, bl->runs[i].block - end);
+		idd_buf_put_varint(&b, bl->runs[i].count);
+		end = bl->runs[i].block + bl->runs[i].count;
+	}
+	idd_buf_put(&b, bl->digests, (size_t)bytes);
+	if (b.failed) {
+		idd_buf_free(&b);
+		return idd_fail(err, "out of memory writing a block list of %llu non-zero blocks",
+		                (unsigned long long)bl->ndata);
+	}
 	char *dir = idd_path_join(index_dir, IDD_BLOCKS_DIR, err);
 	int rc = dir ? idd_mkdir_p(dir, err) : IDD_ERR;
 	if (!rc)
-		rc = idd_indexfile_write_named(dir, BLOCKS_MAGIC, BLOCKS_VERSION, p, len, true, key_out, err);
+		rc = idd_indexfile_write_named(dir, BLOCKS_MAGIC, BLOCKS_VERSION, b.data, b.len, true,
+		                               key_out, err);
 	free(dir);
-	free(p);
+	idd_buf_free(&b);
+	return rc;
+}
+
+int idd_blocklist_save(const char *index_dir, uint32_t block_size, const idd_digest *d,
+                       uint64_t nblocks, idd_digest *key_out, idd_error *err)
+{
+	idd_blocklist bl;
+	idd_blocklist_init(&bl, block_size);
+	int rc = idd_blocklist_append(&bl, 0, d, nblocks, err);
+	if (!rc)
+		rc = idd_blocklist_write(index_dir, &bl, key_out, err);
+	idd_blocklist_clear(&bl);
+	return rc;
+}
+
+/* Version 1 (dense, written by imgdedup before 0.2): u32 block size, u64
+ * blocks, one digest per block.  Read into the sparse form. */
+static int parse_v1(const char *name, const unsigned char *p, size_t len, idd_blocklist *bl,
+                    idd_error *err)
+{
+	if (len < 12 || (len - 12) % IDD_DIGEST_SIZE || idd_le64(p + 4) != (len - 12) / IDD_DIGEST_SIZE)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block list (length)", name);
+	idd_blocklist_init(bl, idd_le32(p));
+	int rc = idd_blocklist_append(bl, 0, (const idd_digest *)(p + 12), idd_le64(p + 4), err);
+	if (rc)
+		idd_error_prefix(err, "%s", name);
+	return rc;
+}
+
+static int parse_v2(const char *name, unsigned char *p, size_t len, idd_blocklist *bl,
+                    idd_error *err)
+{
+	idd_reader r;
+	idd_reader_init(&r, p, len);
+	uint64_t nblocks, ndata, nruns;
+	const char *why = "short header";
+	idd_blocklist_init(bl, 0);
+	if (!idd_get_u32(&r, &bl->block_size) || !idd_get_u64(&r, &nblocks) ||
+	    !idd_get_u64(&r, &ndata) || !idd_get_u64(&r, &nruns))
+		goto corrupt;
+	why = "counts larger than the file";
+	if (ndata > nblocks || nruns > ndata || nruns > idd_reader_left(&r) / 2 ||
+	    ndata > idd_reader_left(&r) / IDD_DIGEST_SIZE)
+		goto corrupt;
+	if (nruns && !(bl->runs = idd_calloc((size_t)nruns, sizeof *bl->runs, err))) {
+		idd_error_prefix(err, "%s", name);
+		return IDD_ENOMEM;
+	}
+	uint64_t end = 0, sum = 0;
+	for (uint64_t i = 0; i < nruns; i++) {
+		uint64_t gap, count, block;
+		why = "truncated run";
+		if (!idd_get_varint(&r, &gap) || !idd_get_varint(&r, &count))
+			goto corrupt;
+		why = "run empty, touching the previous one, or past the end";
+		if (count == 0 || (i && gap == 0) || !idd_add_ok(end, gap, &block) ||
+		    !idd_add_ok(block, count, &end) || end > nblocks || count > ndata - sum)
+			goto corrupt;
+		bl->runs[i] = (idd_block_run){block, count, sum};
+		sum += count;
+	}
+	bl->nruns = (size_t)nruns;
+	why = "digest count disagrees with the runs";
+	if (sum != ndata || idd_reader_left(&r) != ndata * IDD_DIGEST_SIZE)
+		goto corrupt;
+	bl->digests = (idd_digest *)(p + r.pos);
+	for (uint64_t k = 0; k < ndata; k++) {
+		why = "zero digest for a non-zero block";
+		if (idd_digest_is_zero(&bl->digests[k]))
+			goto corrupt;
+	}
+	bl->nblocks = nblocks;
+	bl->ndata = ndata;
+	bl->storage = p;
+	return IDD_OK;
+corrupt:
+	free(bl->runs);
+	idd_blocklist_init(bl, 0);
+	return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block list (%s)", name, why);
+}
+
+int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
+                        uint64_t zero_blocks, idd_blocklist **out, idd_error *err)
+{
+	/* The payload a list of this image can need, by version, so that a
+	 * header declaring more is refused before anything is allocated. */
+	uint64_t ndata = zero_blocks <= nblocks ? nblocks - zero_blocks : nblocks, limit;
+	uint32_t ver = flen >= 12 ? idd_le32((const unsigned char *)file + 8) : 0;
+	if (ver == 1) {
+		if (!idd_mul_ok(nblocks, IDD_DIGEST_SIZE, &limit) || !idd_add_ok(limit, 12, &limit))
+			limit = IDD_IF_MAX_PAYLOAD;
+	} else if (!idd_mul_ok(ndata, IDD_DIGEST_SIZE + 20, &limit) || !idd_add_ok(limit, 28, &limit)) {
+		limit = IDD_IF_MAX_PAYLOAD;
+	}
+	void *payload = NULL;
+	size_t len = 0;
+	int rc = idd_indexfile_parse_limit(name, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION,
+	                                   IDD_MAX(limit, 1), &payload, &len, &ver, err);
+	if (rc)
+		return rc;
+	idd_blocklist *bl = idd_calloc(1, sizeof *bl, err);
+	if (!bl) {
+		free(payload);
+		idd_error_prefix(err, "%s", name);
+		return IDD_ENOMEM;
+	}
+	if (ver == 1) {
+		rc = parse_v1(name, payload, len, bl, err);
+		free(payload);
+	} else {
+		rc = parse_v2(name, payload, len, bl, err);
+		if (rc)
+			free(payload);
+	}
+	if (!rc && (bl->nblocks != nblocks || bl->nblocks - bl->ndata != zero_blocks ||
+	            !idd_is_power_of_two(bl->block_size)))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block list does not match its catalog entry "
+		                   "(%llu blocks, %llu zero; the catalog says %llu, %llu)", name,
+		                   (unsigned long long)bl->nblocks,
+		                   (unsigned long long)(bl->nblocks - bl->ndata),
+		                   (unsigned long long)nblocks, (unsigned long long)zero_blocks);
+	if (rc) {
+		idd_blocklist_free(bl);
+		return rc;
+	}
+	*out = bl;
+	return IDD_OK;
+}
+
+int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
+                       idd_error *err)
+{
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	void *file;
+	size_t flen;
+	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER), &file,
+	                       &flen, err);
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	/* the name is the checksum: a file moved or copied under another name
+	 * is not another image's list */
+	if (flen < IDD_IF_TRAILER ||
+	    memcmp((unsigned char *)file + flen - IDD_IF_TRAILER, img->list_key.b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block list is not the one the catalog names for %s",
+		                   path, img->id);
+	if (!rc)
+		rc = idd_blocklist_parse(path, file, flen, img->nblocks, img->zero_blocks, out, err);
+	if (rc && rc != IDD_ENOENT)
+		idd_error_prefix(err, "%s", img->id);
+	free(file);
+	free(path);
+	return rc;
+}
+
+int idd_blocklist_check(const char *index_dir, const idd_image_info *img, uint32_t *version,
+                        idd_error *err)
+{
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	idd_digest sum;
+	int rc = idd_indexfile_verify(path, BLOCKS_MAGIC, BLOCKS_VERSION, &sum, version, err);
+	if (!rc && memcmp(sum.b, img->list_key.b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block list is not the one the catalog names for %s",
+		                   path, img->id);
+	free(path);
 	return rc;
 }
 
 int idd_blocklist_load(const char *index_dir, const idd_image_info *img, idd_digest **digests,
                        idd_error *err)
 {
-	char *path = idd_blocks_path(index_dir, &img->list_key, err);
-	if (!path)
-		return IDD_ERR;
-	void *file, *payload = NULL;
-	size_t flen, len = 0;
-	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER), &file,
-	                       &flen, err);
-	if (rc) {
-		free(path);
-		return IDD_ERR;
+	idd_blocklist *bl;
+	int rc = idd_blocklist_open(index_dir, img, &bl, err);
+	if (rc)
+		return rc;
+	idd_digest *d = idd_calloc((size_t)IDD_MAX(bl->nblocks, 1), sizeof *d, err);
+	if (!d || bl->nblocks > SIZE_MAX / sizeof *d) {
+		free(d);
+		idd_blocklist_free(bl);
+		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory expanding its %llu blocks",
+		                     img->id, (unsigned long long)img->nblocks);
 	}
-	uint64_t want = 12;
-	if (!idd_mul_ok(img->nblocks, IDD_DIGEST_SIZE, &want) || !idd_add_ok(want, 12, &want))
-		want = IDD_IF_MAX_PAYLOAD;
-	rc = idd_indexfile_parse_limit(path, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, want, &payload,
-	                               &len, NULL, err);
-	/* the name is the checksum: a file moved or copied under another name
-	 * is not another image's list */
-	if (!rc && memcmp((unsigned char *)file + flen - IDD_IF_TRAILER, img->list_key.b, IDD_DIGEST_SIZE))
-		rc = idd_fail(err, "%s: block list is not the one the catalog names for %s", path, img->id);
-	free(file);
-	if (!rc && (len < 12 || idd_le64((unsigned char *)payload + 4) != img->nblocks ||
-	            (len - 12) / IDD_DIGEST_SIZE != img->nblocks || (len - 12) % IDD_DIGEST_SIZE))
-		rc = idd_fail(err, "%s: block list does not match the catalog entry of %s", path, img->id);
-	if (!rc) {
-		idd_digest *d = idd_malloc(len - 12, err);
-		if (d) {
-			memcpy(d, (unsigned char *)payload + 12, len - 12);
-			*digests = d;
-		} else {
-			rc = IDD_ERR;
-		}
-	}
-	free(payload);
-	free(path);
-	return rc;
+	for (size_t i = 0; i < bl->nruns; i++)
+		memcpy(&d[bl->runs[i].block], &bl->digests[bl->runs[i].first],
+		       (size_t)bl->runs[i].count * sizeof *d);
+	idd_blocklist_free(bl);
+	*digests = d;
+	return IDD_OK;
 }

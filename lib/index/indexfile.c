@@ -13,6 +13,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/evp.h>
 #include <zstd.h>
 
 int idd_mkdir_p(const char *path, idd_error *err)
@@ -215,6 +216,23 @@ static uint64_t default_max_payload(uint64_t stored_len)
 	return IDD_MAX(by_ratio, (uint64_t)64 << 20);
 }
 
+const char *idd_indexfile_kind(const char magic[8])
+{
+	static const struct {
+		char magic[8];
+		const char *kind;
+	} kinds[] = {
+		{"IDD-CAT", "catalog"},           {"IDD-BLK", "block list"},
+		{"IDD-MAP", "block map"},         {"IDD-MIX", "maps index"},
+		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
+		{"IDD-SIM", "similarity cache"},
+	};
+	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
+		if (!memcmp(kinds[i].magic, magic, 8))
+			return kinds[i].kind;
+	return "index";
+}
+
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,
                         void **payload, size_t *len, uint32_t *version, idd_error *err)
@@ -231,7 +249,8 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 	if (file_len < IDD_IF_HEADER + IDD_IF_TRAILER)
 		return idd_fail(err, "%s: truncated (%zu bytes, smaller than any index file)", name, file_len);
 	if (memcmp(f, magic, 8) != 0)
-		return idd_fail(err, "%s: not an imgdedup %.*s file (bad magic)", name, 7, magic + 3);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: not an imgdedup %s file (bad magic)", name,
+		                     idd_indexfile_kind(magic));
 	uint32_t ver = idd_le32(f + 8), flags = idd_le32(f + 12);
 	uint64_t raw_len = idd_le64(f + 16), stored_len = idd_le64(f + 24);
 	if (ver == 0 || ver > max_version)
@@ -252,10 +271,23 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 	if (idd_sha256(f, IDD_IF_HEADER + (size_t)stored_len, sum, err))
 		return IDD_ERR;
 	if (memcmp(sum, f + IDD_IF_HEADER + stored_len, 32) != 0)
-		return idd_fail(err, "%s: checksum mismatch (file is corrupted)", name);
-	void *out = idd_malloc((size_t)raw_len, err);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: checksum mismatch (file is corrupted)", name);
+	if (flags & IDD_IF_ZSTD) {
+		/* the frame says how much it holds: a header claiming more is
+		 * refused before anything is allocated for it */
+		unsigned long long fcs = ZSTD_getFrameContentSize(f + IDD_IF_HEADER, (size_t)stored_len);
+		if (fcs == ZSTD_CONTENTSIZE_ERROR)
+			return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt compressed payload (not a zstd frame)",
+			                     name);
+		if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != raw_len)
+			return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt header (payload of %llu bytes "
+			                     "declared, the zstd frame holds %llu)", name,
+			                     (unsigned long long)raw_len, fcs);
+	}
+	void *out = malloc(raw_len ? (size_t)raw_len : 1);
 	if (!out)
-		return IDD_ERR;
+		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory for its %llu-byte payload", name,
+		                     (unsigned long long)raw_len);
 	if (flags & IDD_IF_ZSTD) {
 		size_t z = ZSTD_decompress(out, (size_t)raw_len, f + IDD_IF_HEADER, (size_t)stored_len);
 		if (ZSTD_isError(z) || z != raw_len) {
@@ -285,6 +317,84 @@ int idd_indexfile_check(const char *name, const void *file, size_t len, idd_erro
 		return IDD_ERR;
 	free(payload);
 	return IDD_OK;
+}
+
+int idd_indexfile_verify(const char *path, const char magic[8], uint32_t max_version,
+                         idd_digest *sum, uint32_t *version, idd_error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		int e = errno;
+		idd_fail_errno(err, path, "cannot open");
+		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
+	}
+	struct stat st;
+	unsigned char hdr[IDD_IF_HEADER], trailer[IDD_IF_TRAILER], got[32];
+	int rc = IDD_OK;
+	EVP_MD_CTX *ctx = NULL;
+	unsigned char *buf = NULL;
+	if (fstat(fd, &st)) {
+		rc = idd_fail_errno(err, path, "stat");
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = idd_fail_code(err, IDD_EPERM, "%s: not a regular file; refused", path);
+		goto out;
+	}
+	uint64_t size = (uint64_t)st.st_size;
+	if (size < IDD_IF_HEADER + IDD_IF_TRAILER || idd_pread_all(fd, hdr, sizeof hdr, 0)) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: truncated (%llu bytes, smaller than any index file)",
+		                   path, (unsigned long long)size);
+		goto out;
+	}
+	uint32_t ver = idd_le32(hdr + 8);
+	if (memcmp(hdr, magic, 8)) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: not an imgdedup %s file (bad magic)", path,
+		                   idd_indexfile_kind(magic));
+		goto out;
+	}
+	if (ver == 0 || ver > max_version) {
+		rc = idd_fail(err, "%s: format version %u is newer than this imgdedup supports (%u); upgrade imgdedup",
+		              path, ver, max_version);
+		goto out;
+	}
+	if (idd_le64(hdr + 24) != size - IDD_IF_HEADER - IDD_IF_TRAILER) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: truncated or has trailing bytes", path);
+		goto out;
+	}
+	ctx = EVP_MD_CTX_new();
+	buf = malloc(1 << 20);
+	if (!ctx || !buf || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+		rc = idd_fail_code(err, IDD_ENOMEM, "%s: out of memory checking it", path);
+		goto out;
+	}
+	uint64_t end = size - IDD_IF_TRAILER;
+	for (uint64_t off = 0; off < end;) {
+		size_t n = (size_t)IDD_MIN(end - off, (uint64_t)1 << 20);
+		if (idd_pread_all(fd, buf, n, off)) {
+			rc = idd_fail_errno(err, path, "read");
+			goto out;
+		}
+		EVP_DigestUpdate(ctx, buf, n);
+		off += n;
+	}
+	if (EVP_DigestFinal_ex(ctx, got, NULL) != 1 || idd_pread_all(fd, trailer, sizeof trailer, end)) {
+		rc = idd_fail_errno(err, path, "read");
+		goto out;
+	}
+	if (memcmp(got, trailer, 32)) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: checksum mismatch (file is corrupted)", path);
+		goto out;
+	}
+	if (sum)
+		memcpy(sum->b, trailer, 32);
+	if (version)
+		*version = ver;
+out:
+	EVP_MD_CTX_free(ctx);
+	free(buf);
+	close(fd);
+	return rc;
 }
 
 int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,

@@ -36,6 +36,14 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,
                         void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* What a magic names, for messages: "catalog", "block map", ... */
+const char *idd_indexfile_kind(const char magic[8]);
+/* Check PATH's container without decompressing it: magic, version, lengths
+ * and the SHA-256 trailer, read in pieces (constant memory).  *sum (may be
+ * NULL) receives the trailer, *version (may be NULL) the version.  A missing
+ * file returns IDD_ENOENT. */
+int idd_indexfile_verify(const char *path, const char magic[8], uint32_t max_version,
+                         idd_digest *sum, uint32_t *version, idd_error *err);
 /* Container-level check of any index file (magic prefix, lengths, checksum,
  * decompression), whatever its kind. */
 int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err);

@@ -104,9 +104,18 @@ uint64_t idd_map_nonzero_blocks(const idd_map *m)
 	return n;
 }
 
-int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
-                  uint64_t image_size, idd_map **out, idd_error *err)
+/* Building a map: the digest table grows in order of first occurrence, a
+ * set finds repeats, runs absorb consecutive references. */
+struct map_builder {
+	idd_map *m;
+	idd_digest_set set;
+	size_t cap, rcap;
+};
+
+static int builder_init(struct map_builder *b, uint32_t block_size, uint64_t nblocks,
+                        uint64_t image_size, idd_error *err)
 {
+	memset(b, 0, sizeof *b);
 	if (!idd_is_power_of_two(block_size) || block_size < IDD_MIN_BLOCK_SIZE ||
 	    block_size > IDD_MAX_BLOCK_SIZE)
 		return idd_fail(err, "map: bad block size %u", block_size);
@@ -115,52 +124,96 @@ int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_siz
 		                (unsigned long long)nblocks, (unsigned long long)image_size);
 	if (nblocks > idd_map_parse_max_blocks)
 		return idd_fail(err, "map: image too large (%llu blocks)", (unsigned long long)nblocks);
-	idd_map *m = idd_calloc(1, sizeof *m, err);
-	if (!m)
+	if (!(b->m = idd_calloc(1, sizeof *b->m, err)))
 		return IDD_ERR;
-	m->block_size = block_size;
-	m->image_size = image_size;
-	m->nblocks = nblocks;
-	idd_digest_set set;
-	if (idd_digest_set_init(&set, 1024, true, err)) {
-		idd_map_free(m);
+	b->m->block_size = block_size;
+	b->m->image_size = image_size;
+	b->m->nblocks = nblocks;
+	if (idd_digest_set_init(&b->set, 1024, true, err)) {
+		idd_map_free(b->m);
+		b->m = NULL;
 		return IDD_ERR;
 	}
-	size_t cap = 0, rcap = 0;
+	return IDD_OK;
+}
+
+static void builder_free(struct map_builder *b)
+{
+	idd_digest_set_free(&b->set);
+	idd_map_free(b->m);
+	b->m = NULL;
+}
+
+static int builder_zero(struct map_builder *b, uint64_t count, idd_error *err)
+{
+	return count ? push_run(b->m, &b->rcap, IDD_RUN_ZERO, 0, count, err) : IDD_OK;
+}
+
+static int builder_block(struct map_builder *b, const idd_digest *d, idd_error *err)
+{
+	idd_map *m = b->m;
+	bool added;
+	size_t slot = idd_digest_set_add(&b->set, d, &added, err);
+	if (slot == (size_t)-1)
+		return IDD_ERR;
+	if (added) {
+		if (m->ndistinct >= UINT32_MAX - 1)
+			return idd_fail(err, "map: more than 2^32 distinct blocks");
+		if (m->ndistinct == b->cap) {
+			size_t nc = b->cap ? b->cap * 2 : 1024;
+			idd_digest *v = idd_realloc_array(m->digests, nc, sizeof *v, err);
+			if (!v)
+				return IDD_ERR;
+			m->digests = v;
+			b->cap = nc;
+		}
+		m->digests[m->ndistinct++] = *d;
+		b->set.aux[slot] = m->ndistinct;
+	}
+	return push_run(m, &b->rcap, IDD_RUN_SEQ, (uint32_t)b->set.aux[slot], 1, err);
+}
+
+int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
+                  uint64_t image_size, idd_map **out, idd_error *err)
+{
+	struct map_builder b;
+	if (builder_init(&b, block_size, nblocks, image_size, err))
+		return IDD_ERR;
 	for (uint64_t i = 0; i < nblocks; i++) {
-		if (idd_digest_is_zero(&blocks[i])) {
-			if (push_run(m, &rcap, IDD_RUN_ZERO, 0, 1, err))
-				goto fail;
-			continue;
+		int rc = idd_digest_is_zero(&blocks[i]) ? builder_zero(&b, 1, err)
+		                                        : builder_block(&b, &blocks[i], err);
+		if (rc) {
+			builder_free(&b);
+			return IDD_ERR;
 		}
-		bool added;
-		size_t slot = idd_digest_set_add(&set, &blocks[i], &added, err);
-		if (slot == (size_t)-1)
-			goto fail;
-		if (added) {
-			if (m->ndistinct >= UINT32_MAX - 1) {
-				idd_fail(err, "map: more than 2^32 distinct blocks");
-				goto fail;
-			}
-			if (m->ndistinct == cap) {
-				cap = cap ? cap * 2 : 1024;
-				idd_digest *d = idd_realloc_array(m->digests, cap, sizeof *d, err);
-				if (!d)
-					goto fail;
-				m->digests = d;
-			}
-			m->digests[m->ndistinct++] = blocks[i];
-			set.aux[slot] = m->ndistinct;
-		}
-		if (push_run(m, &rcap, IDD_RUN_SEQ, (uint32_t)set.aux[slot], 1, err))
-			goto fail;
 	}
-	idd_digest_set_free(&set);
-	*out = m;
+	idd_digest_set_free(&b.set);
+	*out = b.m;
+	return IDD_OK;
+}
+
+int idd_map_build_list(const idd_blocklist *bl, uint64_t image_size, idd_map **out, idd_error *err)
+{
+	struct map_builder b;
+	if (builder_init(&b, bl->block_size, bl->nblocks, image_size, err))
+		return IDD_ERR;
+	uint64_t end = 0;
+	for (size_t r = 0; r < bl->nruns; r++) {
+		const idd_block_run *run = &bl->runs[r];
+		if (builder_zero(&b, run->block - end, err))
+			goto fail;
+		for (uint64_t k = 0; k < run->count; k++)
+			if (builder_block(&b, &bl->digests[run->first + k], err))
+				goto fail;
+		end = run->block + run->count;
+	}
+	if (builder_zero(&b, bl->nblocks - end, err))
+		goto fail;
+	idd_digest_set_free(&b.set);
+	*out = b.m;
 	return IDD_OK;
 fail:
-	idd_digest_set_free(&set);
-	idd_map_free(m);
+	builder_free(&b);
 	return IDD_ERR;
 }
 
@@ -548,16 +601,39 @@ static uint64_t file_bytes(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX;
 }
 
+/* Is the map file of im intact and built for it: container, structure,
+ * id, list key, size and block size? */
+static int map_file_check(const char *index_dir, uint32_t bs, const idd_image_info *im,
+                          idd_error *err)
+{
+	idd_map *m;
+	int rc = idd_map_load(index_dir, im->id, &m, err);
+	if (rc)
+		return rc;
+	char *path = map_path(index_dir, im->id, err);
+	const char *why = m->id && strcmp(m->id, im->id) ? "it is the map of another image"
+	                  : memcmp(m->list_key.b, im->list_key.b, 32) ? "it was built from another block list"
+	                  : m->image_size != im->virtual_size || m->block_size != bs
+	                  ? "its size or block size disagrees with the catalog" : NULL;
+	if (why)
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block map of %s: %s", path ? path : im->id,
+		                   im->id, why);
+	free(path);
+	idd_map_free(m);
+	return rc;
+}
+
 /* Build and save the map of one image; fills e. */
 static int map_one(const char *index_dir, uint32_t bs, const idd_image_info *im, mapidx_entry *e,
                    idd_error *err)
 {
-	idd_digest *blocks = NULL;
-	if (idd_blocklist_load(index_dir, im, &blocks, err))
+	idd_blocklist *bl = NULL;
+	if (idd_blocklist_open(index_dir, im, &bl, err))
 		return IDD_ERR;
 	idd_map *m = NULL;
-	int rc = idd_map_build(blocks, im->nblocks, bs, im->virtual_size, &m, err);
-	free(blocks);
+	int rc = bl->block_size == bs ? idd_map_build_list(bl, im->virtual_size, &m, err)
+	         : idd_fail(err, "block list of %u-byte blocks in an index of %u", bl->block_size, bs);
+	idd_blocklist_free(bl);
 	if (rc) {
 		idd_error_prefix(err, "%s", im->id);
 		return IDD_ERR;
@@ -666,8 +742,10 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	idd_error e2;
 	int lr = mapidx_load(index_dir, &old, &e2);
 	bool idx_missing = lr != IDD_OK;
-	if (lr && lr != IDD_ENOENT && o->warn) /* damaged: rebuild every map */
-		o->warn(o->ctx, e2.msg);
+	if (lr && lr != IDD_ENOENT) { /* damaged: rebuild every map */
+		idd_warnf(o->warn, o->ctx, "%s; every map is rebuilt", e2.msg);
+		st->repaired++;
+	}
 	neu.v = idd_calloc(cat->count + 1, sizeof *neu.v, err);
 	if (!neu.v) {
 		rc = IDD_ERR;
@@ -691,8 +769,23 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 		}
 		uint64_t have = file_bytes(path);
 		free(path);
-		bool current = prev && have != UINT64_MAX && have == prev->bytes &&
-		               !memcmp(prev->list_key.b, im->list_key.b, 32);
+		bool recorded = prev && !memcmp(prev->list_key.b, im->list_key.b, 32);
+		bool current = recorded && have != UINT64_MAX && have == prev->bytes;
+		/* the maps index says current: check the map itself (checksum,
+		 * structure, the image and list it was built for), so a cron run
+		 * repairs a damaged, swapped or lost map */
+		if (selected && recorded) {
+			idd_error why;
+			if (!current) {
+				idd_warnf(o->warn, o->ctx, "%s: block map of %s is missing or has changed size; rebuilt",
+				          index_dir, im->id);
+			} else if (map_file_check(index_dir, cat->block_size, im, &why)) {
+				idd_warnf(o->warn, o->ctx, "%s; rebuilt", why.msg);
+				current = false;
+			}
+			if (!current)
+				st->repaired++;
+		}
 		mapidx_entry *e = &neu.v[neu.n];
 		if (current || (!selected && prev && have == prev->bytes)) {
 			/* unchanged, or stale but not asked for: keep as recorded */
@@ -735,9 +828,11 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	}
 	for (size_t i = 0; i < neu.n; i++)
 		st->map_bytes += neu.v[i].bytes;
-	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, o->warn, o->ctx,
-	                                err)))
+	bool bt_repaired = false;
+	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, &bt_repaired,
+	                                o->warn, o->ctx, err)))
 		goto out;
+	st->repaired += bt_repaired;
 	idd_blocktable *bt = NULL;
 	if (idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK) {
 		st->blocktable_entries = bt->entries;

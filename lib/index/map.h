@@ -51,9 +51,13 @@ static inline uint32_t idd_map_span_ref(const idd_map_span *r, uint64_t b)
 /* Non-zero blocks of the map (counted with repeats). */
 uint64_t idd_map_nonzero_blocks(const idd_map *m);
 
-/* Build from a scan block list (zero blocks have the zero digest). */
+/* Build from a dense array of digests (zero blocks have the zero digest). */
 int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
                   uint64_t image_size, idd_map **out, idd_error *err);
+/* Build from a sparse block list: a run of zero blocks costs one map run,
+ * whatever its length (idd_map_build would need 32 bytes per block). */
+int idd_map_build_list(const idd_blocklist *bl, uint64_t image_size, idd_map **out,
+                       idd_error *err);
 void idd_map_free(idd_map *m);
 
 /* Where the map of image ID lives, relative to an index directory (also
@@ -94,10 +98,11 @@ typedef struct idd_blocktable {
 	uint64_t entries;  /* total distinct digests */
 } idd_blocktable;
 
-/* Build (or keep, when key matches) the block table of cat.  *rebuilt says
- * whether anything was written. */
+/* Build (or keep, when key matches and every file is intact) the block
+ * table of cat.  *rebuilt says whether anything was written, *repaired (may
+ * be NULL) whether that was because a file was damaged (warned about). */
 int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool force, bool *rebuilt,
-                          idd_warn_fn warn, void *ctx, idd_error *err);
+                          bool *repaired, idd_warn_fn warn, void *ctx, idd_error *err);
 /* The identity of a catalog state: SHA-256 over block size, ids and list keys. */
 int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err);
 int idd_blocktable_open(const char *index_dir, idd_blocktable **out, idd_error *err);

@@ -356,7 +356,8 @@ int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_cha
 	if (set_dir(&bc, e->path, err))
 		return IDD_ERR;
 	idd_file *f;
-	int rc = idd_file_open_local(e->path, &f, err);
+	/* the walk lists regular files only: a link put there since is not followed */
+	int rc = idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &f, err);
 	if (!rc)
 		rc = idd_image_open(f, true, backing_open, &bc, out, err);
 	free(bc.dir);

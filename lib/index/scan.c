@@ -99,23 +99,19 @@ static int pset_add(prefix_set *p, const idd_digest *d, uint32_t who, bool *new_
 	return IDD_OK;
 }
 
-/* Count one image's block list into p as a new owner: its zero blocks and
- * its distinct non-zero blocks (either out pointer may be NULL). */
-static int pset_add_image(prefix_set *p, uint32_t who, const idd_digest *d, uint64_t n,
-                          uint64_t *zero, uint64_t *distinct, idd_error *err)
+/* Count one image's block list into p as a new owner; *distinct (may be
+ * NULL) receives its distinct non-zero blocks.  Only the non-zero blocks
+ * are visited: a thin image costs its data, not its size. */
+static int pset_add_image(prefix_set *p, uint32_t who, const idd_blocklist *bl, uint64_t *distinct,
+                          idd_error *err)
 {
-	uint64_t z = 0, fresh_total = 0;
-	for (uint64_t b = 0; b < n; b++) {
+	uint64_t fresh_total = 0;
+	for (uint64_t k = 0; k < bl->ndata; k++) {
 		bool fresh;
-		if (idd_digest_is_zero(&d[b]))
-			z++;
-		else if (pset_add(p, &d[b], who, &fresh, err))
+		if (pset_add(p, &bl->digests[k], who, &fresh, err))
 			return IDD_ERR;
-		else
-			fresh_total += fresh;
+		fresh_total += fresh;
 	}
-	if (zero)
-		*zero = z;
 	if (distinct)
 		*distinct = fresh_total;
 	return IDD_OK;
@@ -128,6 +124,11 @@ static void pset_free(prefix_set *p)
 	memset(p, 0, sizeof *p);
 }
 
+struct piece {
+	uint64_t block, count;
+	idd_digest *d;
+};
+
 struct job {
 	idd_repo_entry e;
 	idd_image *img;
@@ -135,7 +136,11 @@ struct job {
 	uint64_t cursor;       /* next virtual offset to plan (block aligned) */
 	unsigned inflight;     /* chunks handed out and not yet hashed */
 	uint64_t nblocks;
-	idd_digest *digests;
+	/* The digests of the chunks handed out, in block order: only data is
+	 * held, so a thin image costs what it stores, not its virtual size. */
+	struct piece *pieces;
+	size_t npieces, pieces_cap;
+	idd_blocklist list;    /* built from the pieces when the job finishes */
 	uint64_t bytes_hashed;
 	idd_error err;
 	idd_file_ident before; /* identity of the file when opened (stat, or HEAD in an object store) */
@@ -169,6 +174,7 @@ struct scan {
 	idd_catalog *old;
 	bool *old_dropped;      /* old entries replaced or moved */
 	int64_t last_save_ns;
+	int64_t start_ns;       /* wall clock when the run started */
 };
 
 static void job_release(struct job *j)
@@ -179,8 +185,20 @@ static void job_release(struct job *j)
 		close(j->e.spool_fd);
 		j->e.spooled = false;
 	}
-	free(j->digests);
-	j->digests = NULL;
+	for (size_t i = 0; i < j->npieces; i++)
+		free(j->pieces[i].d);
+	free(j->pieces);
+	j->pieces = NULL;
+	j->npieces = j->pieces_cap = 0;
+	idd_blocklist_clear(&j->list);
+}
+
+/* Messages name the file: allocation failures deep in a format reader
+ * ("out of memory allocating ...") get the image's path in front. */
+static void name_file(idd_error *e, const char *path)
+{
+	if (!strstr(e->msg, path))
+		idd_error_prefix(e, "%s", path);
 }
 
 /* Open a job's image; called with the lock held. */
@@ -200,6 +218,7 @@ static void job_open(struct scan *s, struct job *j)
 		return;
 	}
 	if (idd_repo_open_image_chain(s->o->repo, &j->e, &j->chain, &j->img, &j->err)) {
+		name_file(&j->err, j->e.path);
 		j->failed = true;
 		return;
 	}
@@ -207,16 +226,31 @@ static void job_open(struct scan *s, struct job *j)
 		posix_fadvise(j->img->file->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	uint64_t size = j->img->size;
 	j->nblocks = size / s->bs + (size % s->bs != 0);
-	uint64_t bytes;
-	if (!idd_mul_ok(j->nblocks, sizeof(idd_digest), &bytes) || bytes > SIZE_MAX) {
-		idd_fail(&j->err, "%s: image too large (%llu blocks)", j->e.path,
-		         (unsigned long long)j->nblocks);
-		j->failed = true;
-		return;
+	idd_blocklist_init(&j->list, s->bs);
+}
+
+/* Room for the digests of one chunk; lock held. */
+static idd_digest *job_add_piece(struct scan *s, struct job *j, uint64_t off, uint64_t len)
+{
+	if (j->npieces == j->pieces_cap) {
+		size_t nc = j->pieces_cap ? j->pieces_cap * 2 : 16;
+		struct piece *v = idd_realloc_array(j->pieces, nc, sizeof *v, &j->err);
+		if (!v)
+			goto nomem;
+		j->pieces = v;
+		j->pieces_cap = nc;
 	}
-	j->digests = idd_calloc((size_t)j->nblocks, sizeof(idd_digest), &j->err);
-	if (!j->digests)
-		j->failed = true;
+	uint64_t n = (len + s->bs - 1) / s->bs;
+	idd_digest *d = idd_malloc((size_t)n * sizeof *d, &j->err);
+	if (!d)
+		goto nomem;
+	j->pieces[j->npieces++] = (struct piece){off / s->bs, n, d};
+	return d;
+nomem:
+	idd_error_prefix(&j->err, "%s", j->e.path);
+	j->err.code = IDD_ENOMEM;
+	j->failed = true;
+	return NULL;
 }
 
 /* Next chunk of job j: the next run of non-zero extents from the cursor,
@@ -255,6 +289,8 @@ static bool job_next_chunk(struct scan *s, struct job *j, uint64_t *off, uint64_
 		*len = end - start;
 		j->cursor = end;
 		s->done_bytes += start - skipped_from;
+		if (!job_add_piece(s, j, start, end - start))
+			break;
 		return true;
 	}
 	s->done_bytes += j->cursor > skipped_from ? j->cursor - skipped_from : 0;
@@ -273,9 +309,38 @@ struct list_save {
 static void *list_save_main(void *arg)
 {
 	struct list_save *ls = arg;
-	ls->rc = idd_blocklist_save(ls->s->index_dir, ls->s->bs, ls->j->digests, ls->j->nblocks,
-	                            &ls->j->info.list_key, &ls->err);
+	ls->rc = idd_blocklist_write(ls->s->index_dir, &ls->j->list, &ls->j->info.list_key, &ls->err);
 	return NULL;
+}
+
+/* Racily clean files (as git calls them): a file whose mtime lies within
+ * the timestamp granularity of the start of this run may be written again
+ * within the same timestamp tick after it was read, and then keep its
+ * identity with other content.  Its entry records the mtime as unknown, so
+ * that the next run reads it again (once its mtime is old enough, it is
+ * recorded normally).  Granularity: the kernel's coarse clock, which
+ * stamps files on Linux, for files with sub-second timestamps; 2 s (FAT,
+ * ext3, some NFS servers) for files whose timestamps are whole seconds. */
+static bool racy_time(const struct scan *s, int64_t mtime_ns, int64_t ctime_ns)
+{
+	int64_t window = (int64_t)2 * 1000000000;
+	if (mtime_ns % 1000000000 || ctime_ns % 1000000000) {
+		struct timespec res;
+		int64_t r = clock_getres(CLOCK_REALTIME_COARSE, &res) ? 10000000 : idd_ts_ns(res);
+		window = IDD_MAX(2 * r, (int64_t)1000000);
+	}
+	return mtime_ns > s->start_ns - window;
+}
+
+static bool racily_clean(const struct scan *s, int64_t mtime_ns, int64_t ctime_ns,
+                         const idd_file_ident *backing, size_t nbacking)
+{
+	if (racy_time(s, mtime_ns, ctime_ns))
+		return true;
+	for (size_t i = 0; i < nbacking; i++)
+		if (racy_time(s, backing[i].mtime_ns, backing[i].ctime_ns))
+			return true;
+	return false;
 }
 
 /* Finish a job whose chunks are all hashed: check the file did not change
@@ -293,6 +358,20 @@ static void job_finish(struct scan *s, struct job *j)
 			j->failed = true;
 		}
 	}
+	/* the pieces, in block order, become the block list */
+	for (size_t i = 0; !j->failed && i < j->npieces; i++) {
+		struct piece *pc = &j->pieces[i];
+		if (idd_blocklist_append(&j->list, pc->block, pc->d, pc->count, &j->err)) {
+			idd_error_prefix(&j->err, "%s", j->e.path);
+			j->failed = true;
+		}
+		free(pc->d);
+		pc->d = NULL;
+	}
+	if (!j->failed && idd_blocklist_finish(&j->list, j->nblocks, &j->err)) {
+		idd_error_prefix(&j->err, "%s", j->e.path);
+		j->failed = true;
+	}
 	if (!j->failed) {
 		idd_image_info *im = &j->info;
 		memset(im, 0, sizeof *im);
@@ -304,10 +383,11 @@ static void job_finish(struct scan *s, struct job *j)
 		bool threaded = pthread_create(&saver, NULL, list_save_main, &ls) == 0;
 		if (!threaded)
 			list_save_main(&ls);
-		uint64_t zero = 0, distinct = 0;
-		if (pset_add_image(&s->unique, s->next_owner++, j->digests, j->nblocks, &zero, &distinct,
-		                   &j->err))
+		uint64_t zero = j->list.nblocks - j->list.ndata, distinct = 0;
+		if (pset_add_image(&s->unique, s->next_owner++, &j->list, &distinct, &j->err)) {
+			idd_error_prefix(&j->err, "%s", j->e.path);
 			j->failed = true;
+		}
 		if (threaded)
 			pthread_join(saver, NULL);
 		if (j->failed || ls.rc) {
@@ -351,6 +431,8 @@ static void job_finish(struct scan *s, struct job *j)
 			im->file_size = j->e.size;
 			im->mtime_ns = j->e.mtime_ns;
 			im->ctime_ns = j->e.ctime_ns;
+			if (racily_clean(s, im->mtime_ns, im->ctime_ns, im->backing, im->nbacking))
+				im->mtime_ns = IDD_MTIME_UNKNOWN;
 			im->virtual_size = j->img->size;
 			im->nblocks = j->nblocks;
 			im->zero_blocks = zero;
@@ -388,6 +470,7 @@ static void finish_claimed(struct scan *s, struct job *j)
 struct task {
 	struct job *job;
 	uint64_t off, len;
+	idd_digest *out; /* the chunk's piece */
 };
 
 /* Hand out the next chunk, opening images as needed.  Lock held. */
@@ -405,6 +488,7 @@ static bool next_task(struct scan *s, struct task *t)
 		if (!j->failed && !j->planned) {
 			if (job_next_chunk(s, j, &t->off, &t->len)) {
 				t->job = j;
+				t->out = j->pieces[j->npieces - 1].d;
 				j->inflight++;
 				return true;
 			}
@@ -441,14 +525,14 @@ static void *worker_main(void *arg)
 		uint64_t hashed = 0;
 		int rc = idd_image_read(j->img, t.off, w->buf, (size_t)t.len, &e);
 		if (!rc)
-			rc = idd_hash_blocks(w->h, w->buf, (size_t)t.len, s->bs, &j->digests[t.off / s->bs],
-			                     &hashed, &e);
+			rc = idd_hash_blocks(w->h, w->buf, (size_t)t.len, s->bs, t.out, &hashed, &e);
 		pthread_mutex_lock(&s->mu);
 		j->bytes_hashed += hashed;
 		s->done_bytes += t.len;
 		if (rc && !j->failed) {
 			j->failed = true;
 			j->err = e;
+			name_file(&j->err, j->e.path);
 		}
 		j->inflight--;
 		if (j->planned && j->inflight == 0 && !j->done)
@@ -586,21 +670,25 @@ static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, 
 		for (size_t i = 0; i < s->njobs; i++) {
 			if (!s->jobs[i].have_info)
 				continue;
-			idd_digest *d;
-			if (idd_blocklist_load(s->index_dir, &s->jobs[i].info, &d, err))
+			idd_blocklist *bl;
+			if (idd_blocklist_open(s->index_dir, &s->jobs[i].info, &bl, err))
 				return IDD_ERR;
-			int rc = pset_add_image(&s->unique, s->next_owner++, d, s->jobs[i].info.nblocks, NULL,
-			                        NULL, err);
-			free(d);
+			int rc = pset_add_image(&s->unique, s->next_owner++, bl, NULL, err);
+			idd_blocklist_free(bl);
 			if (rc)
 				return IDD_ERR;
 		}
 	}
 	size_t w = 0;
 	for (size_t i = 0; i < kept->n; i++) {
-		idd_digest *d;
+		idd_blocklist *bl;
 		idd_error e;
-		if (idd_blocklist_load(s->index_dir, &kept->v[i], &d, &e)) {
+		int orc = idd_blocklist_open(s->index_dir, &kept->v[i], &bl, &e);
+		if (orc == IDD_ENOMEM) { /* not the list's fault */
+			*err = e;
+			return IDD_ERR;
+		}
+		if (orc) {
 			if (s->o->warn) {
 				char msg[sizeof e.msg + 128];
 				snprintf(msg, sizeof msg, "%s (dropped from the index; it is read again next run)",
@@ -611,8 +699,8 @@ static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, 
 			idd_image_info_free(&kept->v[i]);
 			continue;
 		}
-		int rc = pset_add_image(&s->unique, s->next_owner++, d, kept->v[i].nblocks, NULL, NULL, err);
-		free(d);
+		int rc = pset_add_image(&s->unique, s->next_owner++, bl, NULL, err);
+		idd_blocklist_free(bl);
 		if (rc)
 			return IDD_ERR;
 		kept->v[w++] = kept->v[i];
@@ -695,6 +783,8 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	/* One job per image: the file itself, or each disk image inside an archive. */
 	unsigned char head[1024];
 	size_t hl = 0;
+	/* not followed, not waited on: the walk saw a regular file, and
+	 * whatever replaced it since is refused when the job opens it */
 	idd_file *hf;
 	idd_error he;
 	if (idd_repo_file_open(f->path, f->size, &hf, &he) == IDD_OK) {
@@ -745,188 +835,257 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	return IDD_OK;
 }
 
-int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
-{
-	memset(st, 0, sizeof *st);
-	struct scan s = {.o = o};
-	struct entries kept = {0};
-	idd_repo_list files = {0};
-	char *index_dir = NULL;
-	int lock_fd = -1, rc = IDD_ERR;
-	enum file_state *file_state = NULL;
-	ptrdiff_t *old_file = NULL; /* per old entry: the walked file it belongs to, or -1 */
-	size_t *by_id = NULL;       /* walked files sorted by id */
-	pthread_mutex_init(&s.mu, NULL);
-	pthread_mutex_init(&s.finish_mu, NULL);
+/* ---- a run, phase by phase ---- */
 
-	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
-		goto out;
-	s.index_dir = index_dir;
+/* Everything one run of idd_scan holds; each phase below reads and fills
+ * part of it. */
+struct scan_run {
+	const idd_scan_opts *o;
+	idd_scan_stats *st;
+	struct scan s;
+	char *index_dir;
+	int lock_fd;
+	struct entries kept;          /* entries carried over without reading */
+	idd_repo_list files;          /* the walk */
+	enum file_state *file_state;  /* per walked file */
+	size_t nold;                  /* entries of the previous catalog */
+	ptrdiff_t *old_file;          /* per old entry: the walked file it belongs to, or -1 */
+	size_t *by_id;                /* walked files sorted by id */
+	uint64_t upgraded;            /* kept lists rewritten in the current format */
+};
+
+/* Lock the index, load the previous catalog, settle the block size and
+ * walk the repository. */
+static int phase_open(struct scan_run *r, idd_error *err)
+{
+	const idd_scan_opts *o = r->o;
+	if (idd_index_path(o->repo, o->index_dir, &r->index_dir, err))
+		return IDD_ERR;
+	r->s.index_dir = r->index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
 	if (idd_repo_is_s3(o->repo)) {
 		/* an object store: the walk finds out whether it is there */
 	} else if (stat(o->repo, &rst)) {
-		idd_fail_errno(err, o->repo, "cannot open repository");
-		goto out;
+		return idd_fail_errno(err, o->repo, "cannot open repository");
 	} else if (!S_ISDIR(rst.st_mode)) {
-		idd_fail(err, "%s: repository is not a directory", o->repo);
-		goto out;
+		return idd_fail(err, "%s: repository is not a directory", o->repo);
 	}
-	if (idd_mkdir_p(index_dir, err))
-		goto out;
-	if ((rc = idd_lock(index_dir, o->no_wait, &lock_fd, err)))
-		goto out;
-	rc = IDD_ERR;
-
-	int lrc = idd_catalog_load(index_dir, &s.old, err);
+	if (idd_mkdir_p(r->index_dir, err))
+		return IDD_ERR;
+	int rc = idd_lock(r->index_dir, o->no_wait, &r->lock_fd, err);
+	if (rc)
+		return rc;
+	int lrc = idd_catalog_load(r->index_dir, &r->s.old, err);
 	if (lrc == IDD_ENOENT) {
-		s.old = NULL;
+		r->s.old = NULL;
 	} else if (lrc) {
 		idd_error_prefix(err, "cannot read the existing index (run 'imgdedup verify'; delete %s to start over)",
-		                 index_dir);
-		goto out;
+		                 r->index_dir);
+		return IDD_ERR;
 	}
-	s.bs = s.old ? s.old->block_size : (o->block_size ? o->block_size : IDD_DEFAULT_BLOCK_SIZE);
-	if (o->block_size && s.old && o->block_size != s.old->block_size) {
-		idd_fail(err, "%s: the index uses %u-byte blocks; --block-size %u needs a new index (--index DIR)",
-		         index_dir, s.old->block_size, o->block_size);
-		goto out;
-	}
-	if (!idd_is_power_of_two(s.bs) || s.bs < IDD_MIN_BLOCK_SIZE || s.bs > IDD_MAX_BLOCK_SIZE) {
-		idd_fail(err, "block size %u is not a power of two from 512 to 1048576", s.bs);
-		goto out;
-	}
-	if (idd_repo_walk(o->repo, index_dir, o->includes, o->n_includes, &files, o->warn, o->ctx, err))
-		goto out;
-
-	size_t nold = s.old ? s.old->count : 0;
-	s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *s.old_dropped, err);
-	old_file = idd_calloc(nold ? nold : 1, sizeof *old_file, err);
-	file_state = idd_calloc(files.n ? files.n : 1, sizeof *file_state, err);
-	if (!s.old_dropped || !old_file || !file_state)
-		goto out;
-	/* Pass 1: a file is unchanged when it has old entries and every one of
-	 * them still matches its identity; those entries are kept unread. */
-	for (size_t f = 0; f < files.n; f++)
-		file_state[f] = FILE_NEW;
+	const idd_catalog *old = r->s.old;
+	r->s.bs = old ? old->block_size : (o->block_size ? o->block_size : IDD_DEFAULT_BLOCK_SIZE);
+	if (o->block_size && old && o->block_size != old->block_size)
+		return idd_fail(err, "%s: the index uses %u-byte blocks; --block-size %u needs a new index (--index DIR)",
+		                r->index_dir, old->block_size, o->block_size);
+	if (!idd_is_power_of_two(r->s.bs) || r->s.bs < IDD_MIN_BLOCK_SIZE || r->s.bs > IDD_MAX_BLOCK_SIZE)
+		return idd_fail(err, "block size %u is not a power of two from 512 to 1048576", r->s.bs);
+	if (idd_repo_walk(o->repo, r->index_dir, o->includes, o->n_includes, &r->files, o->warn, o->ctx,
+	                  err))
+		return IDD_ERR;
+	r->nold = old ? old->count : 0;
+	size_t nold = r->nold, nfiles = r->files.n;
+	r->s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *r->s.old_dropped, err);
+	r->old_file = idd_calloc(nold ? nold : 1, sizeof *r->old_file, err);
+	r->file_state = idd_calloc(nfiles ? nfiles : 1, sizeof *r->file_state, err);
 	/* The walk lists each directory in order, which is not strcmp order
 	 * over whole paths: look files up through a sorted index (a cron run
 	 * over thousands of images stays O(n log n)). */
-	by_id = idd_calloc(files.n ? files.n : 1, sizeof *by_id, err);
-	if (!by_id)
-		goto out;
-	for (size_t f = 0; f < files.n; f++)
-		by_id[f] = f;
-	if (files.n)
-		qsort_r(by_id, files.n, sizeof *by_id, cmp_file_id, &files);
-	for (size_t i = 0; i < nold; i++) {
-		const idd_image_info *im = &s.old->images[i];
-		old_file[i] = find_file(&files, by_id, im->file);
-		if (old_file[i] < 0)
+	r->by_id = idd_calloc(nfiles ? nfiles : 1, sizeof *r->by_id, err);
+	if (!r->s.old_dropped || !r->old_file || !r->file_state || !r->by_id)
+		return IDD_ERR;
+	for (size_t f = 0; f < nfiles; f++) {
+		r->file_state[f] = FILE_NEW;
+		r->by_id[f] = f;
+	}
+	if (nfiles)
+		qsort_r(r->by_id, nfiles, sizeof *r->by_id, cmp_file_id, &r->files);
+	return IDD_OK;
+}
+
+/* Can a kept image's block list be relied on?  Its checksum and name are
+ * checked (one read, constant memory, no decompression): a cron run
+ * notices a damaged, swapped or lost list, says so, and reads the image
+ * again.  *dense says the list is in the format of imgdedup 0.1. */
+static bool list_usable(struct scan_run *r, const idd_image_info *im, bool *dense)
+{
+	idd_error e;
+	uint32_t version = 0;
+	if (idd_blocklist_check(r->index_dir, im, &version, &e)) {
+		idd_warnf(r->o->warn, r->o->ctx, "%s; %s is read again", e.msg, im->id);
+		r->st->repaired++;
+		return false;
+	}
+	*dense = version == 1;
+	return true;
+}
+
+/* Rewrite a kept image's dense (version 1) list in the current format: its
+ * key changes, so the catalog is written. */
+static int upgrade_list(struct scan_run *r, idd_image_info *im, idd_error *err)
+{
+	idd_blocklist *bl;
+	int rc = idd_blocklist_open(r->index_dir, im, &bl, err);
+	if (rc == IDD_OK) {
+		rc = idd_blocklist_write(r->index_dir, bl, &im->list_key, err);
+		idd_blocklist_free(bl);
+	}
+	if (!rc)
+		r->upgraded++;
+	return rc;
+}
+
+/* Pass 1: a file is unchanged when it has old entries, every one of them
+ * still matches its identity, and their block lists are still there; those
+ * entries are kept unread. */
+static int phase_unchanged(struct scan_run *r, idd_error *err)
+{
+	const idd_catalog *old = r->s.old;
+	for (size_t i = 0; i < r->nold; i++) {
+		const idd_image_info *im = &old->images[i];
+		r->old_file[i] = find_file(&r->files, r->by_id, im->file);
+		if (r->old_file[i] < 0)
 			continue;
-		size_t f = (size_t)old_file[i];
-		bool match = entry_matches(im, &files.v[f], false) &&
-		             idd_chain_unchanged(o->repo, im->backing, im->nbacking);
-		if (file_state[f] == FILE_NEW)
-			file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
+		size_t f = (size_t)r->old_file[i];
+		bool match = entry_matches(im, &r->files.v[f], false) &&
+		             idd_chain_unchanged(r->o->repo, im->backing, im->nbacking);
+		if (r->file_state[f] == FILE_NEW)
+			r->file_state[f] = match ? FILE_UNCHANGED : FILE_CHANGED;
 		else if (!match)
-			file_state[f] = FILE_CHANGED;
+			r->file_state[f] = FILE_CHANGED;
 	}
-	/* ...and whose block lists are still there (a deleted or lost list is
-	 * rebuilt by reading the image again) */
-	for (size_t i = 0; i < nold; i++) {
-		if (old_file[i] < 0 || file_state[old_file[i]] != FILE_UNCHANGED)
-			continue;
-		char *bp = idd_blocks_path(index_dir, &s.old->images[i].list_key, err);
-		if (!bp)
-			goto out;
-		if (access(bp, F_OK) != 0)
-			file_state[old_file[i]] = FILE_CHANGED;
-		free(bp);
+	/* a damaged, swapped, deleted or lost list is rebuilt by reading the
+	 * image again; a list in the dense format of 0.1 is rewritten */
+	bool *upgrade = idd_calloc(r->nold ? r->nold : 1, sizeof *upgrade, err);
+	if (!upgrade)
+		return IDD_ERR;
+	for (size_t i = 0; i < r->nold; i++) {
+		if (r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_UNCHANGED &&
+		    !list_usable(r, &old->images[i], &upgrade[i]))
+			r->file_state[r->old_file[i]] = FILE_CHANGED;
 	}
-	for (size_t i = 0; i < nold; i++) {
-		if (old_file[i] >= 0 && file_state[old_file[i]] == FILE_UNCHANGED) {
-			if (entries_push_copy(&kept, &s.old->images[i], err))
-				goto out;
-			s.old_dropped[i] = true;
-			st->unchanged++;
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < r->nold; i++) {
+		if (r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_UNCHANGED) {
+			if ((rc = entries_push_copy(&r->kept, &old->images[i], err)))
+				break;
+			r->s.old_dropped[i] = true;
+			r->st->unchanged++;
+			if (upgrade[i])
+				rc = upgrade_list(r, &r->kept.v[r->kept.n - 1], err);
 		}
 	}
-	/* Pass 2: a new path whose identity (ignoring ctime, which a rename
-	 * updates) equals that of a vanished file is that file, moved. */
-	for (size_t f = 0; f < files.n; f++) {
-		if (file_state[f] != FILE_NEW)
+	free(upgrade);
+	return rc;
+}
+
+/* Pass 2: a new path whose identity (ignoring ctime, which a rename
+ * updates) equals that of a vanished file is that file, moved. */
+static int phase_renames(struct scan_run *r, idd_error *err)
+{
+	const idd_catalog *old = r->s.old;
+	for (size_t f = 0; f < r->files.n; f++) {
+		if (r->file_state[f] != FILE_NEW)
 			continue;
-		for (size_t i = 0; i < nold; i++) {
-			const idd_image_info *im = &s.old->images[i];
+		const idd_repo_entry *file = &r->files.v[f];
+		for (size_t i = 0; i < r->nold; i++) {
+			const idd_image_info *im = &old->images[i];
 			/* an image with backing files resolves them from where it lies:
 			 * moved, it is read again */
-			if (old_file[i] >= 0 || s.old_dropped[i] || im->nbacking ||
-			    !entry_matches(im, &files.v[f], true))
+			bool dense = false;
+			if (r->old_file[i] >= 0 || r->s.old_dropped[i] || im->nbacking ||
+			    !entry_matches(im, file, true) || !list_usable(r, im, &dense))
 				continue;
 			idd_image_info copy;
 			if (idd_image_info_copy(&copy, im, err))
-				goto out;
+				return IDD_ERR;
 			free(copy.id);
 			free(copy.file);
-			copy.file = strdup(files.v[f].id);
-			copy.id = im->member[0] ? idd_asprintf(NULL, "%s/%s", files.v[f].id, im->member)
-			                        : strdup(files.v[f].id);
-			copy.ctime_ns = files.v[f].ctime_ns;
-			bool ok = copy.id && copy.file && entries_push_copy(&kept, &copy, err) == IDD_OK;
+			copy.file = strdup(file->id);
+			copy.id = im->member[0] ? idd_asprintf(NULL, "%s/%s", file->id, im->member)
+			                        : strdup(file->id);
+			copy.ctime_ns = file->ctime_ns;
+			bool ok = copy.id && copy.file && entries_push_copy(&r->kept, &copy, err) == IDD_OK;
 			idd_image_info_free(&copy);
-			if (!ok) {
-				idd_fail(err, "out of memory");
-				goto out;
-			}
-			s.old_dropped[i] = true;
-			st->unchanged++;
-			st->renamed++;
-			file_state[f] = FILE_MOVED;
+			if (!ok)
+				return idd_fail(err, "out of memory");
+			r->s.old_dropped[i] = true;
+			r->st->unchanged++;
+			r->st->renamed++;
+			r->file_state[f] = FILE_MOVED;
+			if (dense && upgrade_list(r, &r->kept.v[r->kept.n - 1], err))
+				return IDD_ERR;
 		}
 	}
+	return IDD_OK;
+}
 
-	/* Everything else is read. */
-	for (size_t f = 0; f < files.n; f++) {
-		if (file_state[f] != FILE_NEW && file_state[f] != FILE_CHANGED)
+/* Everything else is read: one job per image (compressed archives are
+ * deferred, see add_jobs_for_file). */
+static int phase_queue(struct scan_run *r, idd_error *err)
+{
+	for (size_t f = 0; f < r->files.n; f++) {
+		if (r->file_state[f] != FILE_NEW && r->file_state[f] != FILE_CHANGED)
 			continue;
-		int r = add_jobs_for_file(&s, &files.v[f], true, err);
-		if (r < 0)
-			goto out;
-		if (r == 1)
-			file_state[f] = FILE_FAILED;
-		else if (r == 2)
-			file_state[f] = FILE_DEFERRED;
+		int n = add_jobs_for_file(&r->s, &r->files.v[f], true, err);
+		if (n < 0)
+			return IDD_ERR;
+		if (n == 1)
+			r->file_state[f] = FILE_FAILED;
+		else if (n == 2)
+			r->file_state[f] = FILE_DEFERRED;
 	}
+	return IDD_OK;
+}
 
-	/* Hash. */
-	s.kept = &kept;
-	s.last_save_ns = idd_now_ns();
-	if (run_workers(&s, err))
-		goto out;
-	/* then each compressed archive on its own: list (decompress), hash, release */
-	for (size_t f = 0; f < files.n && !s.fatal; f++) {
-		if (file_state[f] != FILE_DEFERRED)
+/* Hash the queued jobs, then each compressed archive on its own: list
+ * (decompress), hash, release. */
+static int phase_hash(struct scan_run *r, idd_error *err)
+{
+	struct scan *s = &r->s;
+	s->kept = &r->kept;
+	s->last_save_ns = idd_now_ns();
+	if (run_workers(s, err))
+		return IDD_ERR;
+	for (size_t f = 0; f < r->files.n && !s->fatal; f++) {
+		if (r->file_state[f] != FILE_DEFERRED)
 			continue;
-		int r = add_jobs_for_file(&s, &files.v[f], false, err);
-		if (r < 0)
-			goto out;
-		file_state[f] = r > 0 ? FILE_FAILED : FILE_CHANGED;
-		if (run_workers(&s, err))
-			goto out;
+		int n = add_jobs_for_file(s, &r->files.v[f], false, err);
+		if (n < 0)
+			return IDD_ERR;
+		r->file_state[f] = n > 0 ? FILE_FAILED : FILE_CHANGED;
+		if (run_workers(s, err))
+			return IDD_ERR;
 	}
-	if (s.fatal) {
-		*err = s.fatal_err;
-		goto out;
+	if (s->fatal) {
+		*err = s->fatal_err;
+		return IDD_ERR;
 	}
-	if (o->progress)
-		o->progress(o->ctx, s.total_bytes, s.total_bytes);
+	if (r->o->progress)
+		r->o->progress(r->o->ctx, s->total_bytes, s->total_bytes);
+	return IDD_OK;
+}
 
-	/* A failed image keeps its old entries: their identity no longer
-	 * matches the file, so the next run retries it. */
-	for (size_t i = 0; i < s.njobs; i++) {
-		struct job *j = &s.jobs[i];
+/* Settle every old entry not carried over yet.  A failed image keeps its
+ * old entries: their identity no longer matches the file, so the next run
+ * retries it.  Entries of vanished files are removed. */
+static int phase_reconcile(struct scan_run *r, idd_error *err)
+{
+	struct scan *s = &r->s;
+	idd_scan_stats *st = r->st;
+	for (size_t i = 0; i < s->njobs; i++) {
+		struct job *j = &s->jobs[i];
 		if (j->have_info) {
 			st->scanned++;
 			st->bytes_hashed += j->bytes_hashed;
@@ -934,59 +1093,66 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 			st->failed++;
 		}
 	}
-	for (size_t f = 0; f < files.n; f++)
-		st->failed += file_state[f] == FILE_FAILED;
-	for (size_t i = 0; i < nold; i++) {
-		if (s.old_dropped[i])
+	for (size_t f = 0; f < r->files.n; f++)
+		st->failed += r->file_state[f] == FILE_FAILED;
+	for (size_t i = 0; i < r->nold; i++) {
+		if (s->old_dropped[i])
 			continue;
-		const idd_image_info *im = &s.old->images[i];
-		bool keep = old_file[i] >= 0 && file_state[old_file[i]] == FILE_FAILED;
+		const idd_image_info *im = &s->old->images[i];
+		bool keep = r->old_file[i] >= 0 && r->file_state[r->old_file[i]] == FILE_FAILED;
 		bool replaced = false;
-		for (size_t k = 0; k < s.njobs; k++) {
-			if (strcmp(s.jobs[k].e.id, im->id) == 0) {
-				replaced = s.jobs[k].have_info;
+		for (size_t k = 0; k < s->njobs; k++) {
+			if (strcmp(s->jobs[k].e.id, im->id) == 0) {
+				replaced = s->jobs[k].have_info;
 				keep = !replaced;
 			}
 		}
 		if (keep) {
-			if (entries_push_copy(&kept, im, err))
-				goto out;
+			if (entries_push_copy(&r->kept, im, err))
+				return IDD_ERR;
 		} else if (!replaced) {
 			st->removed++;
 		}
-		s.old_dropped[i] = true;
+		s->old_dropped[i] = true;
 	}
+	return IDD_OK;
+}
 
-	bool changed = !s.old || st->scanned || st->removed || st->renamed ||
-	               s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
-	bool recount = st->scanned || st->removed || !s.old || s.old->unique_blocks == IDD_UNIQUE_UNKNOWN;
-	uint64_t unique = s.old ? s.old->unique_blocks : 0;
+/* Count distinct blocks, assemble the catalog and, when anything changed,
+ * write it and collect the block lists it no longer names. */
+static int phase_commit(struct scan_run *r, idd_error *err)
+{
+	struct scan *s = &r->s;
+	idd_scan_stats *st = r->st;
+	const idd_catalog *old = s->old;
+	bool changed = !old || st->scanned || st->removed || st->renamed ||
+	               old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	bool recount = st->scanned || st->removed || !old || old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	uint64_t unique = old ? old->unique_blocks : 0;
 	/* counting reads the kept images' block lists and drops unreadable ones,
 	 * so it comes before the catalog is assembled */
-	if (recount && count_unique(&s, &kept, &unique, err))
-		goto out;
-	changed = changed || s.dropped;
-	idd_catalog cat = {.block_size = s.bs};
-	if (build_catalog(&s, &kept, false, &cat, err))
-		goto out;
-	changed = changed || cat.count != nold;
+	if (recount && count_unique(s, &r->kept, &unique, err))
+		return IDD_ERR;
+	changed = changed || s->dropped || r->upgraded;
+	idd_catalog cat = {.block_size = s->bs};
+	if (build_catalog(s, &r->kept, false, &cat, err))
+		return IDD_ERR;
+	changed = changed || cat.count != r->nold;
+	int rc = IDD_OK;
 	if (!changed) {
-		cat.generation = s.old->generation;
-		cat.unique_blocks = s.old->unique_blocks;
+		cat.generation = old->generation;
+		cat.unique_blocks = old->unique_blocks;
+		st->committed = true;
 	} else {
-		cat.generation = (s.old ? s.old->generation : 0) + 1;
+		cat.generation = (old ? old->generation : 0) + 1;
 		cat.unique_blocks = unique;
-		rc = idd_catalog_save(index_dir, &cat, err);
+		rc = idd_catalog_save(r->index_dir, &cat, err);
 		if (!rc) {
 			st->committed = true;
-			collect_garbage(index_dir, &cat);
+			collect_garbage(r->index_dir, &cat);
 		}
 	}
-	if (!changed) {
-		rc = IDD_OK;
-		st->committed = true;
-	}
-	st->failed += s.dropped; /* a damaged index is worth an exit status of 1 */
+	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */
 	st->images = cat.count;
 	st->unique_blocks = cat.unique_blocks;
 	for (size_t i = 0; i < cat.count; i++) {
@@ -999,26 +1165,55 @@ int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 	if (!rc && st->failed)
 		rc = idd_fail(err, "%llu image(s) could not be indexed (see the messages above)",
 		              (unsigned long long)st->failed);
-out:
-	for (size_t i = 0; i < s.njobs; i++) {
-		job_release(&s.jobs[i]);
-		idd_chain_free(&s.jobs[i].chain);
-		idd_repo_entry_free(&s.jobs[i].e);
-		if (s.jobs[i].have_info)
-			idd_image_info_free(&s.jobs[i].info);
+	return rc;
+}
+
+static void scan_run_free(struct scan_run *r)
+{
+	struct scan *s = &r->s;
+	for (size_t i = 0; i < s->njobs; i++) {
+		job_release(&s->jobs[i]);
+		idd_chain_free(&s->jobs[i].chain);
+		idd_repo_entry_free(&s->jobs[i].e);
+		if (s->jobs[i].have_info)
+			idd_image_info_free(&s->jobs[i].info);
 	}
-	free(s.jobs);
-	free(s.old_dropped);
-	free(file_state);
-	free(old_file);
-	free(by_id);
-	pset_free(&s.unique);
-	entries_free(&kept);
-	idd_catalog_free(s.old);
-	idd_repo_list_free(&files);
-	idd_unlock(lock_fd);
-	free(index_dir);
-	pthread_mutex_destroy(&s.mu);
-	pthread_mutex_destroy(&s.finish_mu);
+	free(s->jobs);
+	free(s->old_dropped);
+	pset_free(&s->unique);
+	idd_catalog_free(s->old);
+	free(r->file_state);
+	free(r->old_file);
+	free(r->by_id);
+	entries_free(&r->kept);
+	idd_repo_list_free(&r->files);
+	idd_unlock(r->lock_fd);
+	free(r->index_dir);
+	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->finish_mu);
+}
+
+int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	struct scan_run r = {.o = o, .st = st, .lock_fd = -1};
+	r.s.o = o;
+	r.s.start_ns = idd_now_ns();
+	pthread_mutex_init(&r.s.mu, NULL);
+	pthread_mutex_init(&r.s.finish_mu, NULL);
+	int rc = phase_open(&r, err);
+	if (!rc)
+		rc = phase_unchanged(&r, err);
+	if (!rc)
+		rc = phase_renames(&r, err);
+	if (!rc)
+		rc = phase_queue(&r, err);
+	if (!rc)
+		rc = phase_hash(&r, err);
+	if (!rc)
+		rc = phase_reconcile(&r, err);
+	if (!rc)
+		rc = phase_commit(&r, err);
+	scan_run_free(&r);
 	return rc;
 }

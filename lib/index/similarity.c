@@ -207,6 +207,7 @@ typedef struct job {
 	size_t next_write;     /* image whose records are written next */
 	size_t next_part;
 	bool failed;
+	bool vanished;         /* a block list vanished: a scan replaced the catalog */
 	idd_error err;
 	sigtab sigs;           /* merged signatures */
 	uint64_t done, total, part_unit; /* progress in bytes of virtual disk, twice */
@@ -248,32 +249,36 @@ static void *pass1_worker(void *arg)
 		if (stop)
 			break;
 		const idd_image_info *im = &j->cat->images[i];
-		idd_digest *d = NULL;
-		if (idd_blocklist_load(j->index_dir, im, &d, &e)) {
+		idd_blocklist *bl = NULL;
+		int orc = idd_blocklist_open(j->index_dir, im, &bl, &e);
+		if (orc) {
+			if (orc == IDD_ENOENT)
+				j->vanished = true;
 			job_fail(j, &e);
 			break;
 		}
-		if (im->nblocks > cap) {
+		/* memory for the non-zero blocks only: a thin image costs its data */
+		if (bl->ndata > cap) {
 			free(keys);
 			free(tmp);
 			free(out);
-			cap = (size_t)im->nblocks;
+			cap = (size_t)bl->ndata;
 			keys = malloc(cap * sizeof *keys);
 			tmp = malloc(cap * sizeof *tmp);
 			out = malloc(cap * sizeof *out);
 			if (!keys || !tmp || !out) {
-				free(d);
-				idd_fail(&e, "out of memory for %s (%llu blocks)", im->id,
-				         (unsigned long long)im->nblocks);
+				idd_blocklist_free(bl);
+				idd_fail_code(&e, IDD_ENOMEM, "%s: out of memory for %llu non-zero blocks", im->id,
+				              (unsigned long long)cap);
+				cap = 0;
 				job_fail(j, &e);
 				break;
 			}
 		}
-		size_t nk = 0;
-		for (uint64_t k = 0; k < im->nblocks; k++)
-			if (!idd_digest_is_zero(&d[k]))
-				keys[nk++] = idd_be64(d[k].b);
-		free(d);
+		size_t nk = (size_t)bl->ndata;
+		for (size_t k = 0; k < nk; k++)
+			keys[k] = idd_be64(bl->digests[k].b);
+		idd_blocklist_free(bl);
 		radix_u64(keys, tmp, nk);
 		size_t no = 0;
 		for (size_t k = 0; k < nk;) {
@@ -507,6 +512,8 @@ static int compute(const idd_similarity_opts *o, const char *index_dir, const id
 	j.total = bytes + j.part_unit * parts;
 	if (!rc)
 		rc = run_threads(&j, nthreads, pass1_worker, err);
+	if (rc && j.vanished)
+		rc = IDD_ENOENT;
 	for (uint32_t p = 0; j.parts && p < parts; p++) {
 		if (j.parts[p] && fclose(j.parts[p]) && !rc)
 			rc = idd_fail_errno(err, j.part_paths[p], "write");
@@ -636,15 +643,17 @@ out:
 	return rc;
 }
 
-int idd_similarity_compute(const idd_similarity_opts *o, idd_similarity **out, idd_error *err)
+/* One attempt over the catalog as it is now.  IDD_ENOENT: a block list
+ * vanished under us (a concurrent scan collected it). */
+static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd_similarity **out,
+                        idd_error *err)
 {
-	char *index_dir = NULL;
-	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
-		return IDD_ERR;
 	idd_catalog *cat = NULL;
 	idd_similarity *res = NULL;
 	idd_digest key;
 	int rc = idd_catalog_load(index_dir, &cat, err);
+	if (rc == IDD_ENOENT)
+		rc = IDD_ERR; /* no index at all: nothing to retry */
 	if (!rc)
 		rc = idd_catalog_key(cat, &key, err);
 	if (rc)
@@ -678,6 +687,20 @@ out:
 	}
 	*out = res;
 	idd_catalog_free(cat);
+	return rc;
+}
+
+int idd_similarity_compute(const idd_similarity_opts *o, idd_similarity **out, idd_error *err)
+{
+	char *index_dir = NULL;
+	if (idd_index_path(o->repo, o->index_dir, &index_dir, err))
+		return IDD_ERR;
+	/* readers take no lock: a scan may replace the catalog and collect the
+	 * lists of the one read; start over from the new catalog */
+	int rc;
+	for (int attempt = 0; (rc = compute_once(o, index_dir, out, err)) == IDD_ENOENT && attempt < 2;
+	     attempt++)
+		;
 	free(index_dir);
 	return rc;
 }

@@ -9,6 +9,7 @@
 #include "index/pack.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,9 +20,20 @@ static void report(const idd_verify_opts *o, uint64_t *problems, const char *msg
 		o->warn(o->ctx, msg);
 }
 
-/* Re-read an image and compare its digests with the stored block list. */
+static void report_block(const idd_verify_opts *o, uint64_t *problems, const idd_image_info *im,
+                         uint64_t b, uint32_t bs)
+{
+	char *m = idd_asprintf(NULL, "%s: block %llu (offset %llu) differs from the index (changed since the scan?)",
+	                       im->id, (unsigned long long)b, (unsigned long long)(b * bs));
+	report(o, problems, m ? m : "digest mismatch");
+	free(m);
+}
+
+/* Re-read an image and compare its digests with the stored block list.
+ * Like scan, it walks the image's extents: a zero extent is checked against
+ * the list's runs without reading it, so the cost follows the data. */
 static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const idd_image_info *im,
-                        const idd_digest *stored, uint64_t *problems)
+                        const idd_blocklist *stored, uint64_t *problems)
 {
 	idd_error e;
 	char *path = idd_path_join(o->repo, im->file, &e);
@@ -35,9 +47,28 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	idd_image *img = NULL;
 	idd_hasher *h = NULL;
 	unsigned char *buf = NULL;
-	const uint64_t chunk = (uint64_t)cat->block_size * 256;
+	const uint32_t bs = cat->block_size;
+	/* only files inside the repository are read: the directories on the way
+	 * may not lead out (a link), and the file itself is opened without
+	 * following a link (idd_repo_open_image) */
+	char real[PATH_MAX], root[PATH_MAX];
+	if (!realpath(o->repo, root) || !realpath(path, real)) {
+		idd_fail_errno(&e, path, "cannot open");
+		report(o, problems, e.msg);
+		goto out;
+	}
+	size_t rl = strlen(root);
+	if (strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != 0)) {
+		char *m = idd_asprintf(NULL, "%s: leads outside the repository (to %s); not read", path, real);
+		report(o, problems, m ? m : "outside the repository");
+		free(m);
+		goto out;
+	}
+	const uint64_t chunk = (uint64_t)bs * 256;
 	if (idd_repo_open_image(o->repo, &ent, &img, &e) || !(h = idd_hasher_new(&e)) ||
 	    !(buf = idd_malloc((size_t)chunk, &e))) {
+		if (!strstr(e.msg, path))
+			idd_error_prefix(&e, "%s", path);
 		report(o, problems, e.msg);
 		goto out;
 	}
@@ -48,34 +79,165 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 		free(m);
 		goto out;
 	}
-	for (uint64_t off = 0; off < img->size; off += chunk) {
-		size_t n = (size_t)IDD_MIN(chunk, img->size - off);
-		idd_digest d[256];
-		uint64_t hashed = 0;
-		if (idd_image_read(img, off, buf, n, &e) ||
-		    idd_hash_blocks(h, buf, n, cat->block_size, d, &hashed, &e)) {
+	const uint64_t size = img->size;
+	uint64_t off = 0; /* block aligned */
+	while (off < size) {
+		idd_extent ext;
+		if (idd_image_extent(img, off, &ext, &e)) {
 			report(o, problems, e.msg);
 			goto out;
 		}
-		uint64_t first = off / cat->block_size, nb = (n + cat->block_size - 1) / cat->block_size;
+		uint64_t ext_end = ext.voff + ext.vlen;
+		if (ext.kind == IDD_EXT_ZERO) {
+			/* whole zero blocks: the list must hold no run there */
+			uint64_t next = ext_end >= size ? size : ext_end / bs * bs;
+			if (next > off) {
+				uint64_t b0 = off / bs, b1 = (next + bs - 1) / bs;
+				size_t r = idd_blocklist_run_after(stored, b0);
+				if (r < stored->nruns && stored->runs[r].block < b1) {
+					report_block(o, problems, im, stored->runs[r].block, bs);
+					goto out;
+				}
+				off = next;
+				if (o->progress)
+					o->progress(o->ctx, off, size);
+				continue;
+			}
+		}
+		uint64_t end = IDD_MIN(off + chunk, size);
+		uint64_t ext_block_end = (ext_end + bs - 1) / bs * bs;
+		if (ext_block_end < end && ext_block_end > off)
+			end = ext_block_end;
+		size_t n = (size_t)(end - off);
+		idd_digest d[256];
+		uint64_t hashed = 0;
+		if (idd_image_read(img, off, buf, n, &e) || idd_hash_blocks(h, buf, n, bs, d, &hashed, &e)) {
+			if (!strstr(e.msg, path))
+				idd_error_prefix(&e, "%s", path);
+			report(o, problems, e.msg);
+			goto out;
+		}
+		uint64_t first = off / bs, nb = (n + bs - 1) / bs;
 		for (uint64_t b = 0; b < nb; b++) {
-			if (memcmp(&d[b], &stored[first + b], sizeof d[b]) != 0) {
-				char *m = idd_asprintf(NULL, "%s: block %llu (offset %llu) differs from the index (changed since the scan?)",
-				                       im->id, (unsigned long long)(first + b),
-				                       (unsigned long long)((first + b) * cat->block_size));
-				report(o, problems, m ? m : "digest mismatch");
-				free(m);
+			const idd_digest *want = idd_blocklist_get(stored, first + b);
+			bool same = want ? !memcmp(want, &d[b], sizeof d[b]) : idd_digest_is_zero(&d[b]);
+			if (!same) {
+				report_block(o, problems, im, first + b, bs);
 				goto out;
 			}
 		}
+		off = end;
 		if (o->progress)
-			o->progress(o->ctx, off + n, img->size);
+			o->progress(o->ctx, off, size);
 	}
 out:
 	free(buf);
 	idd_hasher_free(h);
 	idd_image_close(img);
 	free(path);
+}
+
+/* The rules deploy applies to a catalog entry's paths: relative, no "."
+ * or ".." or empty components, no control characters; a member's id is its
+ * file, '/', the member; a backing file's path is relative too.  NULL when
+ * the entry passes, else why not. */
+static const char *entry_paths_problem(const idd_image_info *im)
+{
+	if (!idd_relpath_ok(im->id))
+		return "its id is not a relative path inside the repository";
+	if (!idd_relpath_ok(im->file))
+		return "its file is not a relative path inside the repository";
+	if (im->member[0]) {
+		size_t fl = strlen(im->file);
+		if (!idd_relpath_ok(im->member))
+			return "its archive member is not a relative path";
+		if (strncmp(im->id, im->file, fl) || im->id[fl] != '/' || strcmp(im->id + fl + 1, im->member))
+			return "its id is not FILE/MEMBER";
+	} else if (strcmp(im->id, im->file)) {
+		return "its id and file differ";
+	}
+	for (size_t k = 0; k < im->nbacking; k++)
+		if (!idd_relpath_ok(im->backing[k].path))
+			return "a backing file's path is not a relative path inside the repository";
+	return NULL;
+}
+
+/* Does the map say, block for block, what the list says?  Zero runs are
+ * compared run against run; non-zero blocks one by one (the cost of the
+ * data).  *bad receives the first block that differs. */
+static bool map_agrees(const idd_map *m, const idd_blocklist *bl, uint64_t *bad)
+{
+	*bad = 0;
+	if (m->nblocks != bl->nblocks)
+		return false;
+	size_t r = 0;
+	for (size_t i = 0; i < m->nruns; i++) {
+		const idd_map_span *sp = &m->runs[i];
+		uint64_t end = sp->block + sp->count;
+		if (sp->kind == IDD_RUN_ZERO) {
+			size_t k = idd_blocklist_run_after(bl, sp->block);
+			if (k < bl->nruns && bl->runs[k].block < end) {
+				*bad = IDD_MAX(bl->runs[k].block, sp->block);
+				return false;
+			}
+			continue;
+		}
+		for (uint64_t b = sp->block; b < end; b++) {
+			while (r < bl->nruns && bl->runs[r].block + bl->runs[r].count <= b)
+				r++;
+			uint32_t ref = idd_map_span_ref(sp, b);
+			if (r == bl->nruns || bl->runs[r].block > b || ref == 0 || ref > m->ndistinct ||
+			    memcmp(&m->digests[ref - 1], &bl->digests[bl->runs[r].first + (b - bl->runs[r].block)],
+			           sizeof(idd_digest))) {
+				*bad = b;
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+/* The map of one image, when there is one: intact, recorded for this image,
+ * and, when built from the current list, agreeing with it block for block
+ * (a map can be wrong under a valid checksum).  A map built from an older
+ * list is stale, not damaged: 'imgdedup map' replaces it. */
+static void verify_map(const idd_verify_opts *o, const char *index_dir, const idd_catalog *cat,
+                       const idd_image_info *im, const idd_blocklist *bl, uint64_t *problems)
+{
+	idd_error e;
+	idd_map *m = NULL;
+	int rc = idd_map_load(index_dir, im->id, &m, &e);
+	if (rc == IDD_ENOENT || (rc && strstr(e.msg, "no block map for")))
+		return;
+	if (rc) {
+		report(o, problems, e.msg);
+		return;
+	}
+	char *rel = idd_map_relpath(im->id, NULL);
+	char *path = rel ? idd_path_join(index_dir, rel, NULL) : NULL;
+	const char *where = path ? path : im->id;
+	char *msg = NULL;
+	uint64_t bad;
+	if (!m->id || strcmp(m->id, im->id)) {
+		char *other = idd_str_escape(m->id ? m->id : "", NULL);
+		msg = idd_asprintf(NULL, "%s: is the map of another image ('%s'), not of %s (run 'imgdedup map')",
+		                   where, other ? other : "?", im->id);
+		free(other);
+	} else if (memcmp(m->list_key.b, im->list_key.b, IDD_DIGEST_SIZE)) {
+		/* stale */
+	} else if (m->image_size != im->virtual_size || m->block_size != cat->block_size) {
+		msg = idd_asprintf(NULL, "%s: block map of %s disagrees with the catalog (size or block size)",
+		                   where, im->id);
+	} else if (!map_agrees(m, bl, &bad)) {
+		msg = idd_asprintf(NULL, "%s: block map of %s disagrees with its block list at block %llu "
+		                   "(run 'imgdedup map')", where, im->id, (unsigned long long)bad);
+	}
+	if (msg)
+		report(o, problems, msg);
+	free(msg);
+	free(path);
+	free(rel);
+	idd_map_free(m);
 }
 
 /* One index file other than the catalog and block lists: its container
@@ -107,8 +269,14 @@ static void verify_file(const idd_verify_opts *o, const char *index_dir, const c
 	free(path);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* skip: sorted relative paths already checked (maps of catalog images) */
 static void verify_tree(const idd_verify_opts *o, const char *index_dir, const char *sub,
-                        uint64_t *problems)
+                        char **skip, size_t nskip, uint64_t *problems)
 {
 	char *dir = idd_path_join(index_dir, sub, NULL);
 	DIR *d = dir ? opendir(dir) : NULL;
@@ -116,6 +284,12 @@ static void verify_tree(const idd_verify_opts *o, const char *index_dir, const c
 	while (d && (de = readdir(d))) {
 		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
 			continue; /* temporaries of a running or killed run are not index files */
+		char *name = de->d_name;
+		char *relname = idd_asprintf(NULL, "%s/%s", sub, name);
+		bool done = relname && nskip && bsearch(&relname, skip, nskip, sizeof *skip, cmp_str);
+		free(relname);
+		if (done)
+			continue;
 		char *rel = idd_asprintf(NULL, "%s/%s", sub, de->d_name);
 		if (rel)
 			verify_file(o, index_dir, rel, problems);
@@ -143,35 +317,69 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 		free(index_dir);
 		return rc ? rc : IDD_ERR;
 	}
+	char *catpath = idd_path_join(index_dir, IDD_CATALOG_FILE, NULL);
+	char **maps = idd_calloc(cat->count + 1, sizeof *maps, err);
+	size_t nmaps = 0;
+	if (!maps) {
+		free(catpath);
+		idd_catalog_free(cat);
+		free(index_dir);
+		return IDD_ERR;
+	}
 	for (size_t i = 0; i < cat->count; i++) {
 		const idd_image_info *im = &cat->images[i];
 		idd_error e;
-		idd_digest *d;
-		if (idd_blocklist_load(index_dir, im, &d, &e)) {
-			char *m = idd_asprintf(NULL, "%s (delete it and run 'imgdedup scan' to rebuild it)", e.msg);
+		idd_blocklist *bl;
+		const char *why = entry_paths_problem(im);
+		if (why) {
+			/* deploy refuses such an entry; verify reads nothing through it */
+			char *id = idd_str_escape(im->id, NULL);
+			char *m = idd_asprintf(NULL, "%s: entry '%s': %s", catpath ? catpath : index_dir,
+			                       id ? id : "?", why);
+			report(o, problems, m ? m : why);
+			free(m);
+			free(id);
+			continue;
+		}
+		if ((maps[nmaps] = idd_map_relpath(im->id, NULL)))
+			nmaps++;
+		/* loading checks the list's checksum, its name, and its counts
+		 * against the catalog entry */
+		idd_catalog *now = NULL;
+		int orc = idd_blocklist_open(index_dir, im, &bl, &e);
+		if (orc == IDD_ENOENT && idd_catalog_load(index_dir, &now, &e) == IDD_OK) {
+			/* a scan replaced the catalog and collected the list since we
+			 * read it: check the image as the new catalog has it, if at all */
+			const idd_image_info *cur = idd_catalog_find(now, im->id);
+			if (!cur) {
+				idd_catalog_free(now);
+				continue;
+			}
+			im = cur; /* (the same list again: then it is really missing) */
+			orc = idd_blocklist_open(index_dir, im, &bl, &e);
+		}
+		if (orc) {
+			idd_catalog_free(now);
+			char *m = idd_asprintf(NULL, "%s (the next 'imgdedup scan' rebuilds it)", e.msg);
 			report(o, problems, m ? m : e.msg);
 			free(m);
 			continue;
 		}
-		/* the stored summary must agree with the list */
-		uint64_t zero = 0;
-		for (uint64_t b = 0; b < im->nblocks; b++)
-			zero += idd_digest_is_zero(&d[b]);
-		if (zero != im->zero_blocks) {
-			char *p = idd_blocks_path(index_dir, &im->list_key, NULL);
-			char *m = idd_asprintf(NULL, "%s: block list of %s disagrees with the catalog", p ? p : "?", im->id);
-			report(o, problems, m ? m : "mismatch");
-			free(m);
-			free(p);
-		} else if (o->deep) {
-			verify_deep(o, cat, im, d, problems);
-		}
-		free(d);
+		verify_map(o, index_dir, cat, im, bl, problems);
+		if (o->deep)
+			verify_deep(o, cat, im, bl, problems);
+		idd_blocklist_free(bl);
+		idd_catalog_free(now);
 	}
-	verify_tree(o, index_dir, "maps", problems);
-	verify_tree(o, index_dir, "blocktable", problems);
+	qsort(maps, nmaps, sizeof *maps, cmp_str);
+	verify_tree(o, index_dir, "maps", maps, nmaps, problems);
+	verify_tree(o, index_dir, "blocktable", NULL, 0, problems);
 	verify_file(o, index_dir, "similarity", problems);
 	idd_pack_verify(index_dir, cat, o->deep, o->warn, o->ctx, problems);
+	for (size_t i = 0; i < nmaps; i++)
+		free(maps[i]);
+	free(maps);
+	free(catpath);
 	idd_catalog_free(cat);
 	free(index_dir);
 	return *problems ? IDD_ERR : IDD_OK;

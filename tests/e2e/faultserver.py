@@ -8,6 +8,8 @@
 --drop N      the next N such requests (after the 500s) send half the body and
               close the connection
 --delay S     sleep S seconds before answering each request for a data file
+--trickle N   the first N GET requests for data files (after the 500s and
+              drops) send their body at 2 bytes per second
 --redirect U  every request for a file outside .imgdedup/ answers 302 to U
 Writes the port it listens on (127.0.0.1) to FILE once it is ready.
 """
@@ -16,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 args = None
 lock = threading.Lock()
-counters = {"fail500": 0, "drop": 0}
+counters = {"fail500": 0, "drop": 0, "trickle": 0}
 
 
 def log(line):
@@ -73,6 +75,9 @@ class Handler(BaseHTTPRequestHandler):
                 elif counters["drop"] < args.drop:
                     counters["drop"] += 1
                     fault = "drop"
+                elif counters["trickle"] < args.trickle:
+                    counters["trickle"] += 1
+                    fault = "trickle"
         if fault == "500":
             body = b"injected failure\n"
             self.send_response(500)
@@ -102,12 +107,21 @@ class Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
         self.end_headers()
-        log("%d %s %s %d%s" % (status, rel, rng or "-", length, " DROP" if fault else ""))
+        log("%d %s %s %d%s" % (status, rel, rng or "-", length, " " + fault.upper() if fault else ""))
         if head:
             return
         with open(path, "rb") as f:
             f.seek(start)
             body = f.read(length)
+        if fault == "trickle":
+            try:
+                for i in range(0, len(body), 2):
+                    self.wfile.write(body[i:i + 2])
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:  # the client gave up
+                self.close_connection = True
+            return
         if fault == "drop":
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -129,6 +143,7 @@ def main():
     p.add_argument("--drop", type=int, default=0)
     p.add_argument("--redirect")
     p.add_argument("--delay", type=float, default=0)
+    p.add_argument("--trickle", type=int, default=0)
     p.add_argument("--log")
     args = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -41,6 +41,7 @@ qemu-img create -q -f qcow2 "$R/cyc-a.qcow2" 1M
 qemu-img create -q -f qcow2 -b cyc-a.qcow2 -F qcow2 "$R/cyc-b.qcow2"
 qemu-img rebase -u -f qcow2 -b cyc-b.qcow2 -F qcow2 "$R/cyc-a.qcow2"
 
+age_files "$R" # the re-run below must find them unchanged
 set +e
 "$IMGDEDUP" scan --json -q "$R" > "$T/scan.json" 2> "$T/scan.err"
 rc=$?

@@ -26,6 +26,7 @@ tail -n 300 "$WORK/files" | xargs -d '\n' cp --parents -t "$WORK/trees/b" 2>/dev
 mkext4 "$R/ext4-a.img" 24 "$WORK/trees/a"
 mkext4 "$R/ext4-b.img" 24 "$WORK/trees/b"
 
+age_files "$R" # a re-run below must find them unchanged
 "$IMGDEDUP" scan --json -q "$R" > "$WORK/s1.json"
 cat "$WORK/s1.json"
 imgs=(empty.img ext4-a.img ext4-b.img gen1.raw sparse.raw sub/gen2.img)

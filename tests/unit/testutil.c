@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 char *tu_mkdtemp(void)
@@ -39,7 +40,19 @@ char *tu_write(const char *dir, const char *name, const void *data, size_t len)
 	if (len)
 		assert_int_equal(fwrite(data, 1, len, f), len);
 	assert_int_equal(fclose(f), 0);
+	tu_age(p);
 	return p;
+}
+
+void tu_age(const char *path)
+{
+	/* an mtime ten seconds old (distinct to the nanosecond for every call):
+	 * not racily clean for scan, whatever the timestamp granularity */
+	struct timespec now, t[2];
+	clock_gettime(CLOCK_REALTIME, &now);
+	t[0] = t[1] = now;
+	t[1].tv_sec -= 10;
+	assert_int_equal(utimensat(AT_FDCWD, path, t, 0), 0);
 }
 
 void tu_fill_random(void *buf, size_t len, uint64_t seed)

@@ -23,8 +23,10 @@
 /* A fresh empty directory under $TMPDIR, removed by tu_rmtree. */
 char *tu_mkdtemp(void);
 void tu_rmtree(const char *path);
-/* Write len bytes to dir/name; returns the malloc'd path. */
+/* Write len bytes to dir/name; returns the malloc'd path.  The file's mtime
+ * is set ten seconds back (tu_age): scan does not take it for racily clean. */
 char *tu_write(const char *dir, const char *name, const void *data, size_t len);
+void tu_age(const char *path);
 /* Deterministic pseudo-random bytes (xorshift) for test images. */
 void tu_fill_random(void *buf, size_t len, uint64_t seed);
 /* Flip one byte of a file at off. */

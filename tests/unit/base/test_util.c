@@ -201,7 +201,7 @@ static void test_checked_arithmetic(void **state)
 	idd_error err = {{0}, 0};
 	assert_null(idd_realloc_array(NULL, SIZE_MAX / 2, 3, &err));
 	assert_non_null(strstr(err.msg, "overflows"));
-	assert_int_equal(err.code, IDD_ERR);
+	assert_int_equal(err.code, IDD_ENOMEM);
 }
 
 static void test_strings_and_paths(void **state)

@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 #include <unistd.h>
 
 static const char MAGIC[8] = {'I', 'D', 'D', '-', 'T', 'S', 'T', 0};
@@ -144,6 +145,45 @@ static void test_decompression_bomb(void **state)
 	free(p);
 }
 
+/* A header declaring more than its zstd frame holds is corrupt, found
+ * before anything is allocated for the declared size (a hostile 10 MB file
+ * could otherwise ask for gigabytes and fail as "out of memory"). */
+static void test_header_disagrees_with_frame(void **state)
+{
+	(void)state;
+	unsigned char zeros[1000] = {0}, f[IDD_IF_HEADER + 256 + IDD_IF_TRAILER];
+	size_t z = ZSTD_compress(f + IDD_IF_HEADER, 256, zeros, sizeof zeros, 1);
+	assert_false(ZSTD_isError(z));
+	memcpy(f, MAGIC, 8);
+	idd_le32_put(f + 8, 1);
+	idd_le32_put(f + 12, IDD_IF_ZSTD);
+	idd_le64_put(f + 16, (uint64_t)1 << 36); /* 64 GiB declared */
+	idd_le64_put(f + 24, z);
+	idd_error err;
+	assert_int_equal(idd_sha256(f, IDD_IF_HEADER + z, f + IDD_IF_HEADER + z, &err), IDD_OK);
+	void *got;
+	size_t glen;
+	assert_int_equal(idd_indexfile_parse_limit("hostile", f, IDD_IF_HEADER + z + IDD_IF_TRAILER, MAGIC, 1,
+	                                           (uint64_t)1 << 37, &got, &glen, NULL, &err),
+	                 IDD_ECORRUPT);
+	assert_non_null(strstr(err.msg, "hostile: corrupt header"));
+	assert_non_null(strstr(err.msg, "the zstd frame holds 1000"));
+}
+
+/* A file of another kind is named by what it should have been. */
+static void test_bad_magic_names_the_kind(void **state)
+{
+	(void)state;
+	char *p = idd_path_join(dir, "catalog", NULL);
+	idd_error err;
+	static const char MAP[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
+	assert_int_equal(idd_indexfile_write(p, MAP, 1, "x", 1, true, &err), IDD_OK);
+	idd_catalog *cat;
+	assert_int_not_equal(idd_catalog_load(dir, &cat, &err), IDD_OK);
+	assert_non_null(strstr(err.msg, "catalog: not an imgdedup catalog file (bad magic)"));
+	free(p);
+}
+
 static void test_lock(void **state)
 {
 	(void)state;
@@ -167,6 +207,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupted_every_region, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_newer_version_and_magic, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_decompression_bomb, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_header_disagrees_with_frame, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_magic_names_the_kind, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("indexfile", tests, NULL, NULL);

@@ -357,6 +357,88 @@ static void test_size_goal(void **state)
 	free(d);
 }
 
+/* A damaged, swapped or lost map (or block table shard) is noticed by the
+ * next run, reported, counted as repaired and rebuilt. */
+static int map_warnings;
+static char map_last_warning[2048];
+static void map_warn(void *ctx, const char *msg)
+{
+	(void)ctx;
+	map_warnings++;
+	snprintf(map_last_warning, sizeof map_last_warning, "%s", msg);
+}
+
+static void test_map_run_repairs(void **state)
+{
+	(void)state;
+	char *idx = idd_path_join(dir, "repo/.imgdedup", NULL);
+	char *repo = idd_path_join(dir, "repo", NULL);
+	uint64_t a[32], b[32];
+	for (int i = 0; i < 32; i++) {
+		a[i] = 100 + (uint64_t)i;
+		b[i] = 300 + (uint64_t)i;
+	}
+	ig_image imgs[] = {{"a.raw", a, 32}, {"b.raw", b, 32}};
+	ig_write_index(idx, 4096, imgs, 2, 1);
+	idd_map_opts o = {.repo = repo, .warn = map_warn};
+	idd_map_stats st;
+	idd_error err;
+	assert_int_equal(idd_map_run(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.written, 2);
+	char *ra = idd_map_relpath("a.raw", NULL), *rb = idd_map_relpath("b.raw", NULL);
+	char *pa = idd_path_join(idx, ra, NULL), *pb = idd_path_join(idx, rb, NULL);
+	/* one flipped byte */
+	tu_flip_byte(pa, tu_file_size(pa) - 40);
+	map_warnings = 0;
+	assert_int_equal(idd_map_run(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 1);
+	assert_int_equal(st.written, 1);
+	assert_int_equal(st.unchanged, 1);
+	assert_int_equal(map_warnings, 1);
+	idd_map *m;
+	assert_int_equal(idd_map_load(idx, "a.raw", &m, &err), IDD_OK);
+	idd_map_free(m);
+	/* nothing wrong: nothing repaired */
+	assert_int_equal(idd_map_run(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 0);
+	assert_int_equal(st.written, 0);
+	/* the two maps swapped: valid files of the same size, of another image */
+	assert_int_equal(tu_file_size(pa), tu_file_size(pb));
+	char *cmd = idd_asprintf(NULL, "cp %s %s.x && cp %s %s && mv %s.x %s", pa, pa, pb, pa, pa, pb);
+	assert_int_equal(system(cmd), 0);
+	free(cmd);
+	assert_int_equal(idd_map_run(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 2);
+	assert_int_equal(st.written, 2);
+	assert_non_null(strstr(map_last_warning, "the map of another image"));
+	/* a lost map */
+	assert_int_equal(unlink(pb), 0);
+	assert_int_equal(idd_map_run(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 1);
+	assert_int_equal(st.written, 1);
+	/* a damaged block table shard */
+	char *shard = idd_path_join(idx, "blocktable/00", NULL);
+	tu_flip_byte(shard, 40);
+	assert_int_equal(idd_map_run(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 1);
+	assert_true(st.blocktable_rebuilt);
+	idd_blocktable *bt;
+	assert_int_equal(idd_blocktable_open(idx, &bt, &err), IDD_OK);
+	idd_bt_entry *v;
+	size_t n;
+	assert_int_equal(idd_blocktable_shard(idx, bt, 0, &v, &n, &err), IDD_OK);
+	assert_int_equal(n, 64);
+	free(v);
+	idd_blocktable_free(bt);
+	free(shard);
+	free(ra);
+	free(rb);
+	free(pa);
+	free(pb);
+	free(idx);
+	free(repo);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -364,6 +446,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_hostile_maps, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_run_incremental, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_size_goal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_run_repairs, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -262,9 +262,8 @@ static void test_missing_repo(void **state)
 	free(typo);
 }
 
-/* A damaged block list does not break the index for good: the image is
- * dropped with a warning, read again, and the list rewritten. A deleted
- * list is rebuilt at once. */
+/* A damaged, swapped or deleted block list is noticed by the next run,
+ * reported, and rebuilt by reading the image again in that same run. */
 static int warnings;
 static void count_warn(void *ctx, const char *msg) { (void)ctx; (void)msg; warnings++; }
 
@@ -283,27 +282,92 @@ static void test_damaged_block_list_heals(void **state)
 	idd_catalog *cat = load();
 	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
 	char *alist = idd_blocks_path(idx, &idd_catalog_find(cat, "a.raw")->list_key, NULL);
+	char *blist = idd_blocks_path(idx, &idd_catalog_find(cat, "b.raw")->list_key, NULL);
 	idd_catalog_free(cat);
+	/* nothing changed in the repository: still, the damage is found */
 	tu_flip_byte(alist, 40);
-	/* b changes: the run reads the kept lists, finds a's damaged */
-	tu_fill_random(buf, sizeof buf, 13);
-	free(tu_write(repo, "b.raw", buf, sizeof buf));
 	warnings = 0;
-	assert_int_equal(idd_scan(&o, &st, &err), IDD_ERR);
-	assert_true(st.committed);
-	assert_int_equal(warnings, 1);
-	assert_int_equal(st.images, 1);
-	/* the next run reads a again and writes a good list */
 	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(warnings, 1);
+	assert_int_equal(st.repaired, 1);
 	assert_int_equal(st.scanned, 1);
+	assert_int_equal(st.unchanged, 1);
+	assert_int_equal(st.images, 2);
 	tu_fill_random(buf, sizeof buf, 11);
 	check_digests("a.raw", buf, sizeof buf);
+	/* the next run finds everything intact */
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 0);
+	assert_int_equal(st.scanned, 0);
+	/* b's list swapped for a's: a valid file under the wrong name */
+	char *cmd = idd_asprintf(NULL, "cp %s %s", alist, blist);
+	assert_int_equal(system(cmd), 0);
+	free(cmd);
+	warnings = 0;
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
+	assert_int_equal(st.repaired, 1);
+	assert_int_equal(warnings, 1);
+	tu_fill_random(buf, sizeof buf, 12);
+	check_digests("b.raw", buf, sizeof buf);
 	/* a deleted list: the unchanged image is read again in the same run */
 	assert_int_equal(unlink(alist), 0);
 	assert_int_equal(idd_scan(&o, &st, &err), IDD_OK);
 	assert_int_equal(st.scanned, 1);
+	assert_int_equal(st.repaired, 1);
+	tu_fill_random(buf, sizeof buf, 11);
 	check_digests("a.raw", buf, sizeof buf);
 	free(alist);
+	free(blist);
+	free(idx);
+}
+
+/* A list in the dense format of imgdedup 0.1 is read, and rewritten in the
+ * current format by the next run without reading the image. */
+static void test_dense_list_upgraded(void **state)
+{
+	(void)state;
+	unsigned char buf[5 * 4096];
+	tu_fill_random(buf, sizeof buf, 31);
+	memset(buf + 4096, 0, 4096);
+	free(tu_write(repo, "a.raw", buf, sizeof buf));
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	idd_catalog *cat = load();
+	char *idx = idd_path_join(repo, IDD_INDEX_SUBDIR, NULL);
+	idd_image_info *im = &cat->images[0];
+	idd_digest *d;
+	assert_int_equal(idd_blocklist_load(idx, im, &d, &err), IDD_OK);
+	/* rewrite it as version 1 and point the catalog at it */
+	size_t len = 12 + 5 * 32;
+	unsigned char *p = malloc(len);
+	idd_le32_put(p, 4096);
+	idd_le64_put(p + 4, 5);
+	memcpy(p + 12, d, 5 * 32);
+	char *blocks = idd_path_join(idx, IDD_BLOCKS_DIR, NULL);
+	idd_digest v1key;
+	assert_int_equal(idd_indexfile_write_named(blocks, "IDD-BLK", 1, p, len, true, &v1key, &err), IDD_OK);
+	idd_digest v2key = im->list_key;
+	im->list_key = v1key;
+	assert_int_equal(idd_catalog_save(idx, cat, &err), IDD_OK);
+	idd_catalog_free(cat);
+	char *v2path = idd_blocks_path(idx, &v2key, NULL);
+	assert_int_equal(unlink(v2path), 0);
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 0);
+	assert_int_equal(st.bytes_hashed, 0);
+	cat = load();
+	assert_memory_equal(cat->images[0].list_key.b, v2key.b, 32); /* the same v2 list again */
+	idd_catalog_free(cat);
+	assert_int_equal(access(v2path, F_OK), 0);
+	char *v1path = idd_blocks_path(idx, &v1key, NULL);
+	assert_int_not_equal(access(v1path, F_OK), 0); /* collected */
+	check_digests("a.raw", buf, sizeof buf);
+	free(v1path);
+	free(v2path);
+	free(blocks);
+	free(p);
+	free(d);
 	free(idx);
 }
 
@@ -333,6 +397,45 @@ static void test_unknown_unique_is_recounted(void **state)
 	free(idx);
 }
 
+/* A file written just before the run (within the timestamp granularity of
+ * its start) could be written again in the same timestamp tick after it
+ * was read, keeping its identity: its entry records the mtime as unknown
+ * and the next run reads it again; an older file is trusted. */
+static void test_racily_clean_read_again(void **state)
+{
+	(void)state;
+	unsigned char buf[8192];
+	tu_fill_random(buf, sizeof buf, 41);
+	free(tu_write(repo, "old.raw", buf, sizeof buf)); /* aged ten seconds */
+	char *fresh = idd_path_join(repo, "fresh.raw", NULL);
+	FILE *f = fopen(fresh, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(buf, 1, 4096, f), 4096);
+	assert_int_equal(fclose(f), 0);
+	idd_scan_stats st;
+	idd_error err;
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 2);
+	idd_catalog *cat = load();
+	assert_int_equal(idd_catalog_find(cat, "fresh.raw")->mtime_ns, IDD_MTIME_UNKNOWN);
+	assert_int_not_equal(idd_catalog_find(cat, "old.raw")->mtime_ns, IDD_MTIME_UNKNOWN);
+	idd_catalog_free(cat);
+	/* next run: the racy one is read again, the old one is not */
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 1);
+	assert_int_equal(st.unchanged, 1);
+	assert_int_equal(st.bytes_hashed, 4096);
+	/* once its mtime is old enough, it is trusted like any other */
+	tu_age(fresh);
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 1); /* its identity changed (mtime, ctime) */
+	assert_int_equal(scan(&st, &err), IDD_OK);
+	assert_int_equal(st.scanned, 0);
+	assert_int_equal(st.unchanged, 2);
+	check_digests("fresh.raw", buf, 4096);
+	free(fresh);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -344,6 +447,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_many_distinct_blocks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_repo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_damaged_block_list_heals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dense_list_upgraded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_racily_clean_read_again, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_unique_is_recounted, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("scan", tests, NULL, NULL);
