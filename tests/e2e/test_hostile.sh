@@ -85,6 +85,30 @@ check "similarity of the two is 0" grep -q '^t1.raw,1.000000,0.000000$' "$WORK/o
 peak verify "$IMGDEDUP" verify "$H"
 peak verify-deep "$IMGDEDUP" verify --deep "$H"
 peak info "$IMGDEDUP" info --json "$H" t4.qcow2
+# deploy and serve of both: a map of runs, per-digest plans, a sparse output
+peak deploy-raw "$IMGDEDUP" deploy --from "$H" --cache "$WORK/hc" --json -q t1.raw
+check "deploy of the 1 TiB raw: byte-exact where the data is" \
+  cmp -n $((25 << 20)) "$H/t1.raw" "$WORK/hc/images/t1.raw"
+check "deploy of the 1 TiB raw: fetched the 50 MiB of data" \
+  test "$(json_get "$WORK/out.deploy-raw" bytes_fetched)" = $((50 << 20))
+peak deploy-qcow2 "$IMGDEDUP" deploy --from "$H" --cache "$WORK/hc" -o "$WORK/t4.out" --json -q t4.qcow2
+check "deploy of the 4 TiB qcow2: 4 TiB, sparse" test "$(stat -c %s "$WORK/t4.out")" = $((4 << 40))
+check "deploy of the 4 TiB qcow2: nothing fetched" test "$(json_get "$WORK/out.deploy-qcow2" bytes_fetched)" = 0
+rm -f "$WORK/t4.out"
+source "$TESTS_DIR/serve.sh"
+/usr/bin/time -v -o "$WORK/time.serve" "$IMGDEDUP" serve --socket "$WORK/hs.sock" --json \
+  --from "$H" --cache "$WORK/hs" t1.raw t4.qcow2 > "$WORK/hs.json" 2> "$WORK/hs.err" &
+hspid=$!
+for i in $(seq 300); do [ -S "$WORK/hs.sock" ] && nbdinfo --size "nbd+unix:///t1.raw?socket=$WORK/hs.sock" >/dev/null 2>&1 && break; sleep 0.1; done
+nbdinfo --map "nbd+unix:///t4.qcow2?socket=$WORK/hs.sock" > "$WORK/hs.map"
+check "serve of the 4 TiB qcow2: one hole" test "$(wc -l < "$WORK/hs.map")" = 1
+# the first 10 MiB through NBD (nbdcopy stops when head has enough)
+{ nbdcopy "nbd+unix:///t1.raw?socket=$WORK/hs.sock" - 2>/dev/null || true; } | head -c $((10 << 20)) > "$WORK/hs.head"
+check "serve of the 1 TiB raw: the first 10 MiB exact" cmp "$WORK/hs.head" <(head -c $((10 << 20)) "$H/t1.raw")
+pkill -TERM -P "$hspid" # imgdedup serve, under /usr/bin/time
+wait "$hspid" || fail "serve of the huge images: exit $?: $(cat "$WORK/hs.err")"
+kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.serve")
+check "serve of both (imgdedup; nbdkit runs the plugin): peak RSS $((kib / 1024)) MiB < 256 MiB" test "$kib" -lt "$limit_kib"
 
 # --- FIFOs where files were: refused at once, never waited on
 F=$WORK/fifo-repo; cp -a "$R" "$F"
