@@ -57,16 +57,21 @@ const char *idd_strerror(int code)
 	}
 }
 
-void idd_warnf(idd_warn_fn warn, void *ctx, const char *fmt, ...)
+void idd_vwarnf(idd_warn_fn warn, void *ctx, const char *fmt, va_list ap)
 {
 	if (!warn)
 		return;
 	char msg[2048];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	warn(ctx, msg);
+}
+
+void idd_warnf(idd_warn_fn warn, void *ctx, const char *fmt, ...)
+{
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	idd_vwarnf(warn, ctx, fmt, ap);
 	va_end(ap);
-	warn(ctx, msg);
 }
 
 void idd_error_prefix(idd_error *err, const char *fmt, ...)

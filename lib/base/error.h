@@ -13,6 +13,8 @@ int idd_fail_code(idd_error *err, int code, const char *fmt, ...) IDD_PRINTF(3, 
 int idd_fail_errno(idd_error *err, const char *path, const char *what);
 /* One warning line through a warn callback (nothing when warn is NULL). */
 void idd_warnf(idd_warn_fn warn, void *ctx, const char *fmt, ...) IDD_PRINTF(3, 4);
+/* The same with a va_list, for wrappers that add their own bookkeeping. */
+void idd_vwarnf(idd_warn_fn warn, void *ctx, const char *fmt, va_list ap) IDD_PRINTF(3, 0);
 /* Prepend "PREFIX: " to an existing message. */
 void idd_error_prefix(idd_error *err, const char *fmt, ...) IDD_PRINTF(2, 3);
 

@@ -491,14 +491,11 @@ static void problem(idd_warn_fn warn, void *ctx, uint64_t *problems, const char 
 	IDD_PRINTF(4, 5);
 static void problem(idd_warn_fn warn, void *ctx, uint64_t *problems, const char *fmt, ...)
 {
-	char msg[1536];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	idd_vwarnf(warn, ctx, fmt, ap);
 	va_end(ap);
 	(*problems)++;
-	if (warn)
-		warn(ctx, msg);
 }
 
 /* Decode every frame of one data file and check its packed blocks (and the

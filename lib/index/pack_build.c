@@ -232,16 +232,12 @@ typedef struct build {
 static void build_warn(build *b, const char *fmt, ...) IDD_PRINTF(2, 3);
 static void build_warn(build *b, const char *fmt, ...)
 {
-	if (!b->o->warn)
-		return;
-	char msg[1536];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	pthread_mutex_lock(&b->warn_mu);
-	b->o->warn(b->o->ctx, msg);
+	pthread_mutex_lock(&b->warn_mu); /* workers warn too: one line at a time */
+	idd_vwarnf(b->o->warn, b->o->ctx, fmt, ap);
 	pthread_mutex_unlock(&b->warn_mu);
+	va_end(ap);
 }
 
 /* Read block e from its image into buf (block-size bytes, zero padded) and
@@ -385,9 +381,7 @@ static void workers_free(build *b)
 
 static int workers_init(build *b, idd_error *err)
 {
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	int n = b->o->jobs > 0 ? b->o->jobs : (int)(cpus > 0 ? cpus : 1);
-	b->nworkers = IDD_MIN(IDD_MAX(n, 1), 64);
+	b->nworkers = idd_threads_for_jobs(b->o->jobs);
 	if (!(b->workers = idd_calloc((size_t)b->nworkers, sizeof *b->workers, err)))
 		return IDD_ENOMEM;
 	for (int i = 0; i < b->nworkers; i++) {

@@ -548,11 +548,7 @@ static void *worker_main(void *arg)
 static int run_workers(struct scan *s, idd_error *err)
 {
 	const idd_scan_opts *o = s->o;
-	int nthreads = o->jobs > 0 ? o->jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
-	if (nthreads < 1)
-		nthreads = 1;
-	if (nthreads > 64)
-		nthreads = 64;
+	int nthreads = idd_threads_for_jobs(o->jobs);
 	struct worker *workers = idd_calloc((size_t)nthreads, sizeof *workers, err);
 	pthread_t *tids = idd_calloc((size_t)nthreads, sizeof *tids, err);
 	if (!workers || !tids) {

@@ -19,19 +19,6 @@ static const char CACHE_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'I', 'X', 0};
 #define MAX_PATH_LEN 4096
 #define MAX_ENTRIES (1u << 20)
 
-static void warnf(idd_cache *c, const char *fmt, ...) IDD_PRINTF(2, 3);
-static void warnf(idd_cache *c, const char *fmt, ...)
-{
-	if (!c->warn)
-		return;
-	char msg[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	c->warn(c->ctx, msg);
-}
-
 static void entry_free(idd_cache_entry *e)
 {
 	free(e->path);
@@ -284,7 +271,7 @@ static int rebuild_index(idd_cache *c, idd_error *err)
 	if (!rc)
 		rc = save_index(c, err);
 	if (!rc)
-		warnf(c, "warning: cache: %s: index rebuilt from %zu images", c->dir, c->count);
+		idd_warnf(c->warn, c->ctx, "warning: cache: %s: index rebuilt from %zu images", c->dir, c->count);
 	return rc;
 }
 
@@ -317,7 +304,7 @@ static int load_index(idd_cache *c, idd_error *err)
 	}
 	if (rc) {
 		entries_clear(c);
-		warnf(c, "warning: %s; rebuilding it from the images present", e2.msg);
+		idd_warnf(c->warn, c->ctx, "warning: %s; rebuilding it from the images present", e2.msg);
 		return rebuild_index(c, err);
 	}
 	return IDD_OK;
@@ -395,7 +382,7 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 		if (e->fd < 0) {
 			e->fd = open_shared(e->abs);
 			if (e->fd < 0) {
-				warnf(c, "warning: cache: %s: %s; not used", e->abs, strerror(errno));
+				idd_warnf(c->warn, c->ctx, "warning: cache: %s: %s; not used", e->abs, strerror(errno));
 				continue;
 			}
 		}
@@ -465,7 +452,7 @@ static int read_journal(idd_cache *c, size_t i, idd_error *err)
 	if (rc == IDD_ENOMEM)
 		return rc;
 	if (rc) { /* damaged: its blocks are simply not known */
-		warnf(c, "warning: cache: %s; not used", err->msg);
+		idd_warnf(c->warn, c->ctx, "warning: cache: %s; not used", err->msg);
 		return IDD_OK;
 	}
 	if (h.block_size != e->block_size)
@@ -675,7 +662,7 @@ static void mark_damaged(idd_cache *c, size_t ei, uint64_t block)
 	char *path = was ? NULL : strdup(e->abs);
 	pthread_rwlock_unlock(&c->lock);
 	if (path)
-		warnf(c, "warning: cache: %s: block at offset %llu does not match the cache index (file "
+		idd_warnf(c->warn, c->ctx, "warning: cache: %s: block at offset %llu does not match the cache index (file "
 		      "changed or damaged); fetching what it would have provided", path,
 		      (unsigned long long)(block * (c->lookup_bs ? c->lookup_bs : 1)));
 	free(path);
@@ -1041,9 +1028,9 @@ static void remove_partial(idd_cache *c, const char *data)
 	                                       IDD_PARTIAL_JOURNAL_SUFFIX) : NULL;
 	/* the journal first: a crash leaves data without records (space, no lies) */
 	if (journal && unlink(journal) && errno != ENOENT)
-		warnf(c, "warning: cache: cannot remove %s: %s", journal, strerror(errno));
+		idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", journal, strerror(errno));
 	if (unlink(data) && errno != ENOENT)
-		warnf(c, "warning: cache: cannot remove %s: %s", data, strerror(errno));
+		idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", data, strerror(errno));
 	free(journal);
 }
 
@@ -1088,7 +1075,7 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 		if (drop[i] || !v[i].present)
 			continue;
 		if (v[i].in_use) {
-			warnf(c, "warning: cache: %s is in use; kept", v[i].path);
+			idd_warnf(c->warn, c->ctx, "warning: cache: %s is in use; kept", v[i].path);
 			continue;
 		}
 		drop[i] = true;
@@ -1119,7 +1106,7 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 		if (v[k].partial)
 			remove_partial(c, v[k].path);
 		else if (unlink(v[k].path) && errno != ENOENT)
-			warnf(c, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
+			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
 	}
 	st->bytes_after = total;
 	free(drop);

@@ -164,19 +164,6 @@ struct idd_server {
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
 
-static void swarn(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
-static void swarn(idd_server *s, const char *fmt, ...)
-{
-	if (!s->o.warn)
-		return;
-	char msg[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	s->o.warn(s->o.ctx, msg);
-}
-
 /* ---- the partial image of an export ---- */
 
 static int ensure_partial_locked(idd_export *e, idd_error *err)
@@ -249,7 +236,7 @@ static int ensure_remote(idd_export *e, idd_error *err)
 			int prc = idd_pack_source_open(s->ri->isrc, s->ri->prefix, e->m, s->o.warn, s->o.ctx,
 			                               &e->pack, &e2);
 			if (prc && prc != IDD_ENOENT)
-				swarn(s, "warning: %s: pack not used: %s", e->id, e2.msg);
+				idd_warnf(s->o.warn, s->o.ctx, "warning: %s: pack not used: %s", e->id, e2.msg);
 		}
 	}
 	pthread_mutex_unlock(&e->remote_lock);
@@ -393,7 +380,7 @@ static void maybe_refresh(idd_server *s)
 		return;
 	idd_error e2;
 	if (idd_cache_refresh(s->cache, &e2))
-		swarn(s, "warning: cache: %s", e2.msg);
+		idd_warnf(s->o.warn, s->o.ctx, "warning: cache: %s", e2.msg);
 }
 
 /* ---- reading a range ---- */
@@ -563,7 +550,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (!rc) {
 		atomic_fetch_add(&s->bytes_read, len);
 		if (record_reads(e, off, len))
-			swarn(s, "warning: %s: out of memory recording the read order", e->id);
+			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: out of memory recording the read order", e->id);
 	}
 	atomic_store(&e->last_read_ns, idd_now_ns());
 	atomic_fetch_sub(&e->active_reads, 1);
@@ -640,7 +627,7 @@ static void *prefetch_main(void *arg)
 		if (access_range(e, e->prefetch[i] * e->bs,
 		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
 		                 0, false, false, &err))
-			swarn(e->srv, "warning: %s: prefetch: %s", e->id, err.msg);
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
 		i = j;
 	}
 	return NULL;
@@ -744,7 +731,7 @@ static void *fill_main(void *arg)
 	if (!rc && !atomic_load(&e->srv->stop))
 		rc = finish_fill(e, &err);
 	if (rc)
-		swarn(e->srv, "warning: %s: --fill stopped: %s", e->id, err.msg);
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: --fill stopped: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
 	free(blocks);
@@ -769,7 +756,7 @@ static void flush_all(idd_server *s)
 		size_t n;
 		idd_error err;
 		if (e->part && !e->complete && idd_partial_flush(e->part, &n, &err))
-			swarn(s, "warning: %s", err.msg);
+			idd_warnf(s->o.warn, s->o.ctx, "warning: %s", err.msg);
 		pthread_mutex_unlock(&e->part_lock);
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -806,7 +793,7 @@ static void export_free(idd_export *e)
 		size_t n;
 		idd_error err;
 		if (!e->complete && idd_partial_flush(e->part, &n, &err))
-			swarn(e->srv, "warning: %s", err.msg);
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s", err.msg);
 		idd_partial_close(e->part);
 	}
 	idd_block_source *fetchers[] = {e->remote, e->pack};
@@ -1070,7 +1057,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		idd_error e2;
 		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
 		                         &s->peer_src, &e2))
-			swarn(s, "warning: peers not used: %s", e2.msg);
+			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
 	}
 	if (rc) {
 		idd_server_close(s);
@@ -1159,7 +1146,7 @@ void idd_server_close(idd_server *s)
 	if (s->o.record) {
 		idd_error err;
 		if (write_profile(s, &err))
-			swarn(s, "warning: --record: %s", err.msg);
+			idd_warnf(s->o.warn, s->o.ctx, "warning: --record: %s", err.msg);
 	}
 	for (size_t i = 0; i < s->nexports; i++)
 		export_free(s->exports[i]);

@@ -68,14 +68,10 @@ static bool pack_has(idd_block_source *s, const idd_digest *d)
 static void pack_warn(pack_source *ps, const char *fmt, ...) IDD_PRINTF(2, 3);
 static void pack_warn(pack_source *ps, const char *fmt, ...)
 {
-	if (!ps->base.warn)
-		return;
-	char msg[1536];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	idd_vwarnf(ps->base.warn, ps->base.warn_ctx, fmt, ap);
 	va_end(ap);
-	ps->base.warn(ps->base.warn_ctx, msg);
 }
 
 static cached_frame *cache_find(pack_source *ps, uint64_t frame)
