@@ -48,6 +48,12 @@ static int cache_ls(int argc, char **argv)
 			cli_json_key_u64(&j, "disk_bytes", v[i].disk_bytes);
 			cli_json_key_u64(&j, "blocks", v[i].blocks);
 			cli_json_key_i64(&j, "last_used", v[i].last_used / 1000000000);
+			cli_json_key_bool(&j, "partial", v[i].partial);
+			if (v[i].partial) {
+				cli_json_key_u64(&j, "present_blocks", v[i].present_blocks);
+				cli_json_key_u64(&j, "data_blocks", v[i].data_blocks);
+			}
+			cli_json_key_bool(&j, "in_use", v[i].in_use);
 			cli_json_close(&j, '}');
 			total += v[i].disk_bytes;
 		}
@@ -61,10 +67,16 @@ static int cache_ls(int argc, char **argv)
 			time_t t = (time_t)(v[i].last_used / 1000000000);
 			struct tm tm;
 			strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
-			printf("%-19s %10s %10s %10" PRIu64 "  %s%s%s\n", when, cli_human(v[i].size, a),
+			char part[64] = "";
+			if (v[i].partial)
+				snprintf(part, sizeof part, " (partial: %" PRIu64 " of %" PRIu64 " data blocks, %.0f%%)",
+				         v[i].present_blocks, v[i].data_blocks,
+				         v[i].data_blocks ? 100.0 * (double)v[i].present_blocks / (double)v[i].data_blocks
+				                          : 100.0);
+			printf("%-19s %10s %10s %10" PRIu64 "  %s%s%s%s%s\n", when, cli_human(v[i].size, a),
 			       cli_human(v[i].disk_bytes, b), v[i].blocks, v[i].path,
 			       v[i].owned ? "" : " (registered from outside the cache)",
-			       v[i].present ? "" : " (missing)");
+			       v[i].present ? "" : " (missing)", part, v[i].in_use ? " (in use)" : "");
 			total += v[i].disk_bytes;
 		}
 		char t[32];

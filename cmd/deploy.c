@@ -10,7 +10,7 @@
 
 static const char usage[] =
 	"imgdedup deploy --from SOURCE --cache DIR [-o OUT] [--index DIR|URL] [--seed FILE]... "
-	"[--connections N] [--jobs N] [--timeout SECONDS] [--force] [--json] [-q] IMAGE";
+	"[--peer URL]... [--connections N] [--jobs N] [--timeout SECONDS] [--force] [--json] [-q] IMAGE";
 
 struct prog {
 	bool enabled;
@@ -69,11 +69,14 @@ int cmd_deploy(int argc, char **argv)
 		{"seed", required_argument, 0, 's'},  {"connections", required_argument, 0, 'n'},
 		{"force", no_argument, 0, 'F'},       {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
-		{"jobs", required_argument, 0, 'j'},   {"timeout", required_argument, 0, 'T'},
+		{"jobs", required_argument, 0, 'j'}, {"peer", required_argument, 0, 'P'},
+		{"timeout", required_argument, 0, 'T'},
 		{0, 0, 0, 0}};
 	idd_deploy_opts o = {0};
 	const char **seeds = NULL;
 	size_t nseeds = 0;
+	const char *peers[64];
+	size_t npeers = 0;
 	bool json = false;
 	int c;
 	optind = 1;
@@ -121,6 +124,13 @@ int cmd_deploy(int argc, char **argv)
 			o.timeout_s = v;
 			break;
 		}
+		case 'P':
+			if (npeers == 64) {
+				free(seeds);
+				return cli_usage(usage, "at most 64 --peer");
+			}
+			peers[npeers++] = optarg;
+			break;
 		case 'F': o.force = true; break;
 		case 'J': json = true; break;
 		case 'q': cli_quiet = true; break;
@@ -139,6 +149,8 @@ int cmd_deploy(int argc, char **argv)
 	o.image = argv[optind];
 	o.seeds = seeds;
 	o.n_seeds = nseeds;
+	o.peers = peers;
+	o.n_peers = npeers;
 	struct prog p = {.enabled = !cli_quiet && isatty(STDERR_FILENO)};
 	o.progress = on_progress;
 	o.warn = on_warn;
@@ -172,6 +184,7 @@ int cmd_deploy(int argc, char **argv)
 		cli_json_key_u64(&j, "cache_damaged", st.cache_damaged);
 		cli_json_key_u64(&j, "seeds_mapped", st.seeds_mapped);
 		cli_json_key_u64(&j, "retries", st.retries);
+		cli_json_key_u64(&j, "bytes_from_peers", st.bytes_from_peers);
 		cli_json_key_double(&j, "seconds", secs);
 		cli_json_end(&j);
 	} else if (!cli_quiet) {

@@ -13,10 +13,12 @@ static const struct {
 	{"similarity", cmd_similarity, "pairwise similarity matrix of the images"},
 	{"map", cmd_map, "write a compact block map per image"},
 	{"deploy", cmd_deploy, "materialise an image from its map, a local cache and the repository"},
+	{"serve", cmd_serve, "export images over NBD, read on demand through the node cache"},
 	{"cache", cmd_cache, "list or garbage-collect a node cache"},
 	{"ls", cmd_ls, "list the indexed images"},
 	{"info", cmd_info, "details of one indexed image"},
 	{"verify", cmd_verify, "check every index file (and with --deep, the images)"},
+	{"publish", cmd_publish, "copy the index into an object store, where nodes read it"},
 };
 
 static void usage(FILE *f)

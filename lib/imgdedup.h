@@ -5,6 +5,17 @@
  * function that can fail returns a negative IDD_E* code and fills an
  * idd_error whose message names the file and the reason; the library never
  * prints and never exits.
+ *
+ * Compatibility: the structs of this header (options, statistics, results)
+ * only ever gain fields at their end, and a field added later means, when zero, what the library did
+ * before it existed; so zero-initialise them ({0} or memset) and set what
+ * you need.
+ * This header is self-contained (C11 or C++).  Build against the installed
+ * library with `pkg-config --cflags --libs libimgdedup`; the library is a
+ * static archive, so a program calling more than idd_strerror also links
+ * what libimgdedup.pc lists as Requires.private and Libs.private:
+ * `pkg-config --libs libimgdedup libcrypto libzstd libarchive libcurl zlib`
+ * and -pthread -lm.
  */
 #ifndef IMGDEDUP_H
 #define IMGDEDUP_H
@@ -46,7 +57,7 @@ typedef struct idd_error {
 	int code; /* the IDD_E* code of the failure (IDD_ERR when unspecified) */
 } idd_error;
 
-/* A short name for a code ("corrupt", "io", ...). */
+/* A short name for a code ("corrupt", "i/o error", "not found", ...). */
 const char *idd_strerror(int code);
 
 /* A block's content digest.  The all-zero value marks a zero block: SHA-256
@@ -217,6 +228,33 @@ typedef struct idd_scan_stats {
  * one image failed (each reported through warn; the others are indexed). */
 int idd_scan(const idd_scan_opts *opts, idd_scan_stats *stats, idd_error *err);
 
+/* ---- publish: an index into an object store -------------------------- */
+
+typedef struct idd_publish_opts {
+	const char *repo;      /* the repository (a directory or s3://BUCKET/PREFIX) */
+	const char *index_dir; /* its index; NULL: REPO/.imgdedup */
+	const char *to;        /* s3://BUCKET/PREFIX to publish to; NULL: REPO itself. The
+	                          index goes to TO/.imgdedup, where deploy and serve read it */
+	bool keep_stale;       /* leave objects the index no longer has */
+	bool no_wait;          /* index locked by another run: IDD_EBUSY */
+	idd_progress_fn progress;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_publish_opts;
+
+typedef struct idd_publish_stats {
+	uint64_t files;          /* files in the index */
+	uint64_t uploaded;       /* uploaded this run */
+	uint64_t unchanged;      /* already in the store with the same bytes (ETag = MD5) */
+	uint64_t deleted;        /* objects the index no longer has, removed */
+	uint64_t bytes_uploaded;
+} idd_publish_stats;
+
+/* Upload the index (under its lock): every file but the catalog, then the
+ * catalog, then delete what it no longer names.  Files the store already
+ * holds are not sent again. */
+int idd_publish(const idd_publish_opts *opts, idd_publish_stats *stats, idd_error *err);
+
 /* ---- verify ------------------------------------------------------------ */
 
 typedef struct idd_verify_opts {
@@ -232,7 +270,7 @@ typedef struct idd_verify_opts {
 /* IDD_OK when everything checked is intact, IDD_ERR otherwise. */
 int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
-/* ---- similarity and map (issue 3) ---- */
+/* ---- similarity and map ----------------------------------------------- */
 
 typedef enum idd_metric { IDD_METRIC_JACCARD = 0, IDD_METRIC_CONTAINMENT = 1 } idd_metric;
 
@@ -332,7 +370,7 @@ char *idd_similarity_svg(const idd_similarity *s, idd_metric m, const size_t *or
                          idd_error *err);
 
 
-/* ---- deploy and cache (issue 4) ---- */
+/* ---- deploy and cache ------------------------------------------------- */
 
 typedef struct idd_deploy_stats {
 	uint64_t bytes_total;      /* the image's size */
@@ -349,6 +387,7 @@ typedef struct idd_deploy_stats {
 	uint64_t bytes_done;       /* progress: bytes of the image settled so far */
 	uint64_t seeds_mapped;     /* seeds known through their block map (not hashed) */
 	char out_path[4096];
+	uint64_t bytes_from_peers; /* payload pulled from peers (--peer) */
 } idd_deploy_stats;
 
 typedef void (*idd_deploy_progress_fn)(void *ctx, const idd_deploy_stats *st);
@@ -368,6 +407,9 @@ typedef struct idd_deploy_opts {
 	void *ctx;
 	int jobs;              /* threads verifying local copies; 0: online CPUs */
 	long timeout_s;        /* remote transfer below 1 KiB/s this long fails (retried); 0: 30 */
+	const char *const *peers; /* other nodes' caches over HTTP, asked before SOURCE */
+	size_t n_peers;
+	bool no_pack;          /* ignore SOURCE's pack */
 } idd_deploy_opts;
 
 /* Materialise IMAGE as a raw file.  On failure OUT is untouched (an
@@ -384,10 +426,13 @@ typedef struct idd_cache_image {
 	uint64_t disk_bytes;/* allocated on disk now */
 	uint64_t blocks;    /* distinct non-zero blocks indexed */
 	int64_t last_used;  /* unix ns */
+	bool partial;       /* fetched in part by serve: present_blocks of data_blocks */
+	uint64_t present_blocks, data_blocks;
+	bool in_use;        /* an export or a deploy has it open (gc leaves it) */
 } idd_cache_image;
 
-/* The cache's images, least recently used first.  A damaged index lists as
- * empty with a warning. */
+/* The cache's images (complete and partial), least recently used first.  A
+ * damaged index is rebuilt from the images present, with a warning. */
 int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_fn warn, void *ctx,
                    idd_error *err);
 void idd_cache_list_free(idd_cache_image *v, size_t n);
@@ -397,9 +442,10 @@ typedef struct idd_cache_gc_stats {
 	uint64_t bytes_before, bytes_after; /* allocated bytes of the cache's images */
 } idd_cache_gc_stats;
 
-/* Drop least recently used images until the images take at most max_size
- * bytes on disk; vanished images leave the index too.  Owned files are
- * deleted, images registered from elsewhere are only forgotten. */
+/* Drop least recently used images (partial ones included) until they take
+ * at most max_size bytes on disk; vanished images leave the index too.
+ * Owned files are deleted, images registered from elsewhere are only
+ * forgotten; an image in use (open by serve or deploy) is never removed. */
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err);
 
@@ -410,8 +456,7 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
  * whose content the node cache holds under any image is read from there and
  * verified, anything else is fetched (from peers, the pack or the image in
  * SOURCE), verified, written into the cache and answered.  Every function
- * is safe to call from several threads at once.
- * Options structs only ever gain fields at their end. */
+ * is safe to call from several threads at once. */
 typedef struct idd_serve_opts {
 	const char *source;        /* repository: a directory, http(s):// or s3:// */
 	const char *index;         /* its index; NULL: SOURCE/.imgdedup */

@@ -2,7 +2,8 @@
 # demo.sh - the whole job on an embedded default (run it as `make demo`):
 # build a small repository of real ext4 images from files already on this
 # machine, index it, show the similarity matrix, write block maps, and deploy
-# one image through a node cache.
+# one image through a node cache, then serve another over NBD and read part
+# of it with a real NBD client.
 set -euo pipefail
 IMGDEDUP=${IMGDEDUP:-$(pwd)/build/imgdedup}
 DEMO=${DEMO_DIR:-$(pwd)/build/demo}
@@ -81,5 +82,36 @@ run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/
 cmp "$DEMO/repo/base-v2.img" "$DEMO/node/base-v2.img" && echo "deployed base-v2.img is byte-identical to the repository's"
 echo "(base-v2.img again, now that the cache holds it: nothing is fetched; as JSON, for scripts)"
 run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/node/base-v2-again.img" --json base-v2.img
+
+say "6. Serve sibling.img over NBD: blocks fetched when read, shared ones read from the cache"
+if command -v nbdkit >/dev/null && command -v qemu-io >/dev/null && command -v nbdcopy >/dev/null &&
+   [ -f "$(dirname "$IMGDEDUP")/nbdkit-imgdedup-plugin.so" ]; then
+  SOCK=$DEMO/node/serve.sock
+  serve_bg() { # starts serve in the background; returns once the export answers
+    printf '$ %s &\n' "$IMGDEDUP serve --from $DEMO/repo --cache $DEMO/node/cache --socket $SOCK $*"
+    "$IMGDEDUP" serve --from "$DEMO/repo" --cache "$DEMO/node/cache" --socket "$SOCK" "$@" &
+    SERVE_PID=$!
+    for _ in $(seq 100); do
+      nbdinfo --size "nbd+unix:///?socket=$SOCK" >/dev/null 2>&1 && return 0
+      sleep 0.1
+    done
+    echo "serve did not start" >&2; return 1
+  }
+  serve_bg sibling.img
+  echo "(a VM would boot from it now: qemu ... -drive file=nbd+unix:///sibling.img?socket=$SOCK,format=raw)"
+  echo "(reading the first 8 MiB of the disk, as a booting guest reads its beginning first:)"
+  run qemu-io -r -f raw -c "read 0 8M" "nbd+unix:///sibling.img?socket=$SOCK"
+  echo "(stopping the server prints what the reads cost:)"
+  kill -INT "$SERVE_PID"; wait "$SERVE_PID"
+  echo "(again, a full copy with nbdcopy: what was fetched stays in the cache; as JSON:)"
+  serve_bg --json sibling.img
+  run nbdcopy "nbd+unix:///sibling.img?socket=$SOCK" "$DEMO/node/sibling-over-nbd.img"
+  kill -TERM "$SERVE_PID"; wait "$SERVE_PID"
+  cmp "$DEMO/repo/sibling.img" "$DEMO/node/sibling-over-nbd.img" &&
+    echo "the copy read over NBD is byte-identical to the repository's sibling.img"
+  rm -f "$DEMO/node/sibling-over-nbd.img"
+else
+  echo "(skipped: nbdkit, libnbd-bin or qemu-utils missing; scripts/install-deps installs them)"
+fi
 echo
 echo "demo done: repository $DEMO/repo, node $DEMO/node"

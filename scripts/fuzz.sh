@@ -45,7 +45,7 @@ done
 rm -f "$B/libimgdedup-fuzz.a"
 ar rcs "$B/libimgdedup-fuzz.a" "${objs[@]}"
 
-targets=${FUZZ_TARGETS:-"qcow2 vmdk archive index map"}
+targets=${FUZZ_TARGETS:-"qcow2 vmdk archive index map s3"}
 built=()
 for t in $targets; do
   if [ "$t" = map ] && [ ! -e lib/index/map.c ]; then

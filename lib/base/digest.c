@@ -231,3 +231,23 @@ size_t idd_digest_set_find(const idd_digest_set *s, const idd_digest *d)
 	}
 	return (size_t)-1;
 }
+
+static pthread_key_t thread_hasher_key;
+static pthread_once_t thread_hasher_once = PTHREAD_ONCE_INIT;
+static void thread_hasher_free(void *h) { idd_hasher_free(h); }
+static void thread_hasher_init(void) { (void)pthread_key_create(&thread_hasher_key, thread_hasher_free); }
+
+idd_hasher *idd_thread_hasher(idd_error *err)
+{
+	pthread_once(&thread_hasher_once, thread_hasher_init);
+	idd_hasher *h = pthread_getspecific(thread_hasher_key);
+	if (h)
+		return h;
+	h = idd_hasher_new(err);
+	if (h && pthread_setspecific(thread_hasher_key, h)) {
+		idd_hasher_free(h);
+		idd_fail_code(err, IDD_ENOMEM, "cannot keep a per-thread hasher");
+		return NULL;
+	}
+	return h;
+}

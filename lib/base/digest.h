@@ -8,6 +8,9 @@
 typedef struct idd_hasher idd_hasher; /* one per thread; reuses its EVP context */
 idd_hasher *idd_hasher_new(idd_error *err);
 void idd_hasher_free(idd_hasher *h);
+/* The calling thread's own hasher (created on first use, freed when the
+ * thread exits); NULL when it cannot be created. */
+idd_hasher *idd_thread_hasher(idd_error *err);
 int idd_hasher_digest(idd_hasher *h, const void *data, size_t len, idd_digest *out, idd_error *err);
 /* SHA-256 of a whole buffer (checksums of index files). */
 int idd_sha256(const void *data, size_t len, unsigned char out[32], idd_error *err);

@@ -3,8 +3,10 @@
 #include "base/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,7 +30,7 @@ void *idd_realloc_array(void *p, size_t n, size_t m, idd_error *err)
 {
 	size_t total;
 	if (__builtin_mul_overflow(n, m, &total)) {
-		idd_fail_code(err, IDD_ENOMEM, "allocation of %zu x %zu bytes overflows", n, m);
+		idd_fail(err, "allocation of %zu x %zu bytes overflows", n, m);
 		return NULL;
 	}
 	void *q = realloc(p, total ? total : 1);
@@ -118,6 +120,16 @@ int64_t idd_now_ns(void)
 }
 
 bool idd_is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
+
+int idd_threads_for_jobs(int jobs)
+{
+	long n = jobs > 0 ? jobs : sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > IDD_MAX_THREADS)
+		n = IDD_MAX_THREADS;
+	return (int)n;
+}
 
 void idd_buf_free(idd_buf *b)
 {
@@ -285,23 +297,52 @@ bool idd_get_str(idd_reader *r, char **out, size_t max)
 	return true;
 }
 
-bool idd_relpath_ok(const char *rel)
+int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
 {
-	if (!rel || !*rel || rel[0] == '/')
-		return false;
-	const char *p = rel;
-	for (;;) {
-		const char *slash = strchr(p, '/');
-		size_t n = slash ? (size_t)(slash - p) : strlen(p);
-		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-			return false;
-		for (size_t i = 0; i < n; i++)
-			if (p[i] == '\\' || (unsigned char)p[i] < 0x20)
-				return false;
-		if (!slash)
-			return true;
-		p = slash + 1;
+	/* O_NONBLOCK: a FIFO in place of an index file is refused below instead
+	 * of waiting for a writer forever */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		int e = errno;
+		idd_fail_errno(err, path, "cannot open");
+		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
 	}
+	struct stat st;
+	if (fstat(fd, &st)) {
+		idd_fail_errno(err, path, "stat");
+		close(fd);
+		return IDD_ERR;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return idd_fail_code(err, IDD_EPERM, "%s: not a regular file; refused", path);
+	}
+	if ((uint64_t)st.st_size > max) {
+		close(fd);
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: larger than %zu bytes", path, max);
+	}
+	size_t n = (size_t)st.st_size, got = 0;
+	unsigned char *buf = malloc(n ? n : 1);
+	if (!buf) {
+		close(fd);
+		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory reading its %zu bytes", path, n);
+	}
+	while (got < n) {
+		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			r < 0 ? idd_fail_errno(err, path, "read") : idd_fail(err, "%s: shrank while being read", path);
+			free(buf);
+			close(fd);
+			return IDD_ERR;
+		}
+		got += (size_t)r;
+	}
+	close(fd);
+	*data = buf;
+	*len = n;
+	return IDD_OK;
 }
 
 char *idd_str_escape(const char *s, idd_error *err)

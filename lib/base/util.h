@@ -31,12 +31,16 @@ char *idd_path_join(const char *a, const char *b, idd_error *err);
  * 0, or -1 with errno set (EIO for an unexpected end of file). */
 int idd_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
+/* A whole regular file into memory (at most max bytes); a missing file is
+ * IDD_ENOENT. */
+int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err);
 int64_t idd_now_ns(void);
 static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);
-/* Is rel a safe relative path (no "/" start, no "." or ".." or empty parts,
- * no backslash or control character)? */
-bool idd_relpath_ok(const char *rel);
+/* Threads for a --jobs option: jobs when positive, else the online CPUs (1
+ * when unknown); never more than IDD_MAX_THREADS. */
+#define IDD_MAX_THREADS 64
+int idd_threads_for_jobs(int jobs);
 
 /* Growable byte buffer used to build index payloads. */
 typedef struct idd_buf {

@@ -13,7 +13,6 @@
 #include "base/digest.h"
 #include "base/file.h"
 #include "formats/image.h"
-#include "index/repo.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -125,6 +124,22 @@ static const char *container_name(const char *path, const char *kind)
 static const char *const archive_suffixes[] = {".ova", ".box", ".tar", ".tar.gz", ".tgz",
                                                ".tar.zst", ".tar.xz"};
 
+/* Suffixes are matched only when something precedes them (".tar" alone is
+ * no archive's name). */
+static bool has_suffix(const char *name, const char *suffix)
+{
+	size_t n = strlen(name), k = strlen(suffix);
+	return n > k && strcmp(name + n - k, suffix) == 0;
+}
+
+bool idd_archive_name_matches(const char *name)
+{
+	for (size_t i = 0; i < IDD_ARRAY_LEN(archive_suffixes); i++)
+		if (has_suffix(name, archive_suffixes[i]))
+			return true;
+	return false;
+}
+
 /* Normalise a member name ("./disk.vmdk" -> "disk.vmdk") and decide whether
  * it is a disk image.  Names that could escape (absolute, "..") are never
  * images: member ids become paths on the deploy side. */
@@ -145,35 +160,21 @@ static const char *image_member_name(const char *name)
 	}
 	if (name[strlen(name) - 1] == '/')
 		return NULL;
-	for (size_t i = 0; i < IDD_ARRAY_LEN(archive_suffixes); i++)
-		if (ends_with(name, archive_suffixes[i]))
-			return NULL; /* nested archives are not opened */
-	if (ends_with(name, ".vmdk") || idd_repo_name_matches(name, NULL, 0))
+	if (idd_archive_name_matches(name))
+		return NULL; /* nested archives are not opened */
+	if (ends_with(name, ".vmdk") || idd_image_name_matches(name))
 		return name;
 	return NULL;
 }
 
 /* ---- listing ---- */
 
-struct member {
-	char *name;
-	uint64_t off, len;
-	bool streamed;
-	size_t seq;
-	int fd; /* compressed archives: the member already decompressed, or -1 */
-};
-
-struct members {
-	struct member *v;
-	size_t n;
-};
-
-static void members_free(struct members *m)
+void idd_archive_members_free(idd_archive_members *m)
 {
 	for (size_t i = 0; i < m->n; i++) {
 		free(m->v[i].name);
-		if (m->v[i].fd >= 0)
-			close(m->v[i].fd);
+		if (m->v[i].spool_fd >= 0)
+			close(m->v[i].spool_fd);
 	}
 	free(m->v);
 	m->v = NULL;
@@ -181,7 +182,7 @@ static void members_free(struct members *m)
 }
 
 /* Takes ownership of fd (-1: none), also on failure. */
-static int members_add(struct members *m, const char *raw_name, uint64_t off, uint64_t len,
+static int members_add(idd_archive_members *m, const char *raw_name, uint64_t off, uint64_t len,
                        bool streamed, int fd, idd_error *err)
 {
 	const char *name = image_member_name(raw_name);
@@ -196,12 +197,12 @@ static int members_add(struct members *m, const char *raw_name, uint64_t off, ui
 			m->v[i].off = off;
 			m->v[i].len = len;
 			m->v[i].streamed = streamed;
-			if (m->v[i].fd >= 0)
-				close(m->v[i].fd);
-			m->v[i].fd = fd;
+			if (m->v[i].spool_fd >= 0)
+				close(m->v[i].spool_fd);
+			m->v[i].spool_fd = fd;
 			return IDD_OK;
 		}
-	struct member *v = idd_realloc_array(m->v, m->n + 1, sizeof *v, err);
+	idd_archive_member *v = idd_realloc_array(m->v, m->n + 1, sizeof *v, err);
 	char *copy = v ? idd_strdup(name, err) : NULL;
 	if (v)
 		m->v = v;
@@ -210,7 +211,7 @@ static int members_add(struct members *m, const char *raw_name, uint64_t off, ui
 			close(fd);
 		return IDD_ERR;
 	}
-	m->v[m->n] = (struct member){copy, off, len, streamed, m->n, fd};
+	m->v[m->n] = (idd_archive_member){copy, off, len, streamed, fd};
 	m->n++;
 	return IDD_OK;
 }
@@ -304,7 +305,7 @@ static int pax_parse(const char *fname, const char *p, size_t len, char **path, 
 
 /* Walk the headers of an uncompressed tar and collect image members with
  * their exact data ranges. */
-static int tar_list(idd_file *f, struct members *out, idd_error *err)
+static int tar_list(idd_file *f, idd_archive_members *out, idd_error *err)
 {
 	const char *fn = f->name;
 	unsigned char h[TAR_BLOCK];
@@ -419,23 +420,66 @@ static int tar_list(idd_file *f, struct members *out, idd_error *err)
 	return rc;
 }
 
-/* Open a libarchive reader over PATH for tar formats and every filter. */
-static struct archive *la_open(const char *path, idd_error *err)
+/* libarchive reads an archive through an idd_file (local or remote), in
+ * large sequential pieces. */
+struct file_reader {
+	idd_file *f;
+	uint64_t off;
+	unsigned char *buf;
+	idd_error *err;
+};
+
+#define FILE_READER_CHUNK ((size_t)4 << 20)
+
+static la_ssize_t file_reader_cb(struct archive *a, void *ud, const void **buf)
 {
+	struct file_reader *fr = ud;
+	if (fr->off >= fr->f->size)
+		return 0;
+	size_t n = (size_t)IDD_MIN((uint64_t)FILE_READER_CHUNK, fr->f->size - fr->off);
+	if (idd_file_pread(fr->f, fr->buf, n, fr->off, fr->err)) {
+		archive_set_error(a, EIO, "%s", fr->err->msg);
+		return -1;
+	}
+	fr->off += n;
+	*buf = fr->buf;
+	return (la_ssize_t)n;
+}
+
+/* A libarchive reader over f for tar formats and every filter; fr (its
+ * buffer allocated here, freed by la_close) feeds it. */
+static struct archive *la_open(idd_file *f, struct file_reader *fr, idd_error *err)
+{
+	*fr = (struct file_reader){f, 0, idd_malloc(FILE_READER_CHUNK, err), err};
+	if (!fr->buf)
+		return NULL;
 	struct archive *a = archive_read_new();
 	if (!a) {
-		idd_fail(err, "%s: libarchive: out of memory", path);
+		idd_fail(err, "%s: libarchive: out of memory", f->name);
+		free(fr->buf);
+		fr->buf = NULL;
 		return NULL;
 	}
 	archive_read_support_filter_all(a);
 	archive_read_support_format_tar(a);
 	archive_read_support_format_gnutar(a);
-	if (archive_read_open_filename(a, path, 1 << 20) != ARCHIVE_OK) {
-		idd_fail(err, "%s: %s", path, archive_error_string(a) ? archive_error_string(a) : "cannot open");
+	if (archive_read_open(a, fr, NULL, file_reader_cb, NULL) != ARCHIVE_OK) {
+		/* a read failure's message reaches here through archive_set_error */
+		idd_fail(err, "%s: %s", f->name, archive_error_string(a) ? archive_error_string(a) : "cannot open");
 		archive_read_free(a);
+		free(fr->buf);
+		fr->buf = NULL;
 		return NULL;
 	}
 	return a;
+}
+
+static void la_close(struct archive *a, struct file_reader *fr)
+{
+	if (a)
+		archive_read_free(a);
+	free(fr->buf);
+	fr->buf = NULL;
 }
 
 static int tmp_open(idd_error *err);
@@ -445,9 +489,11 @@ static int spool_entry(struct archive *a, struct archive_entry *ae, const char *
 /* A compressed stream cannot skip: listing decompresses everything anyway,
  * so each disk image member is written to a temporary file on the way and
  * handed over with its entry (idd_archive_open_member then reads it). */
-static int la_list(const char *path, struct members *out, idd_error *err)
+static int la_list(idd_file *f, idd_archive_members *out, idd_error *err)
 {
-	struct archive *a = la_open(path, err);
+	const char *path = f->name;
+	struct file_reader fr;
+	struct archive *a = la_open(f, &fr, err);
 	if (!a)
 		return IDD_ERR;
 	int rc = IDD_OK;
@@ -483,74 +529,51 @@ static int la_list(const char *path, struct members *out, idd_error *err)
 			break;
 		}
 	}
-	archive_read_free(a);
+	la_close(a, &fr);
 	return rc;
 }
 
-static int read_kind(const char *path, const char **kind, idd_file **fout, idd_error *err)
+static int read_kind(idd_file *f, const char **kind, idd_error *err)
 {
-	idd_file *f;
-	if (idd_file_open_local_flags(path, IDD_FILE_NOFOLLOW, &f, err))
-		return IDD_ERR;
 	unsigned char head[4096];
 	size_t hl = (size_t)IDD_MIN(f->size, (uint64_t)sizeof head);
-	if (hl && idd_file_pread(f, head, hl, 0, err)) {
-		idd_file_close(f);
+	if (hl && idd_file_pread(f, head, hl, 0, err))
 		return IDD_ERR;
-	}
 	*kind = idd_archive_kind(head, hl);
-	if (!*kind) {
-		idd_file_close(f);
-		return idd_fail(err, "%s: not a tar archive (nor a gzip, xz or zstd compressed one)", path);
-	}
-	*fout = f;
+	if (!*kind)
+		return idd_fail(err, "%s: not a tar archive (nor a gzip, xz or zstd compressed one)", f->name);
 	return IDD_OK;
 }
 
-int idd_archive_list(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
+int idd_archive_list(const char *path, idd_archive_members *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	idd_file *f;
+	if (idd_file_open_local(path, &f, err))
+		return IDD_ERR;
+	int rc = idd_archive_list_file(f, path, out, err);
+	idd_file_close(f);
+	return rc;
+}
+
+int idd_archive_list_file(idd_file *f, const char *path, idd_archive_members *out, idd_error *err)
 {
 	memset(out, 0, sizeof *out);
 	const char *kind;
-	idd_file *f;
-	if (read_kind(archive->path, &kind, &f, err))
+	if (read_kind(f, &kind, err))
 		return IDD_ERR;
-	struct members m = {0};
 	int rc;
-	if (strcmp(kind, "tar") == 0) {
-		rc = tar_list(f, &m, err);
-	} else {
-		rc = la_list(archive->path, &m, err);
+	if (strcmp(kind, "tar") == 0)
+		rc = tar_list(f, out, err);
+	else
+		rc = la_list(f, out, err);
+	if (rc) {
+		idd_archive_members_free(out);
+		return rc;
 	}
-	idd_file_close(f);
-	const char *container = container_name(archive->path, kind);
-	for (size_t i = 0; !rc && i < m.n; i++) {
-		idd_repo_entry e = {0};
-		e.id = idd_asprintf(err, "%s/%s", archive->id, m.v[i].name);
-		e.path = idd_strdup(archive->path, err);
-		e.member = idd_strdup(m.v[i].name, err);
-		e.container = idd_strdup(container, err);
-		e.member_off = m.v[i].off;
-		e.member_len = m.v[i].len;
-		e.streamed = m.v[i].streamed;
-		if (m.v[i].fd >= 0) {
-			e.spooled = true; /* the entry owns the descriptor now */
-			e.spool_fd = m.v[i].fd;
-			m.v[i].fd = -1;
-		}
-		e.dev = archive->dev;
-		e.ino = archive->ino;
-		e.size = archive->size;
-		e.mtime_ns = archive->mtime_ns;
-		e.ctime_ns = archive->ctime_ns;
-		if (!e.id || !e.path || !e.member || !e.container || idd_repo_list_push(out, &e, err)) {
-			idd_repo_entry_free(&e);
-			rc = IDD_ERR;
-		}
-	}
-	members_free(&m);
-	if (rc)
-		idd_repo_list_free(out);
-	return rc;
+	out->kind = kind;
+	out->container = container_name(path, kind);
+	return IDD_OK;
 }
 
 /* ---- opening a member ---- */
@@ -581,8 +604,6 @@ static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off, idd
 	return idd_pwrite_all(fd, p, n, off) ? idd_fail_errno(err, "temporary file", "write") : IDD_OK;
 }
 
-/* Decompress the member named e->member (its last occurrence) into fd,
- * leaving holes for zero runs. */
 /* Write the data of the current entry into fd (from offset 0, truncated
  * first), leaving holes for zero runs. */
 static int spool_entry(struct archive *a, struct archive_entry *ae, const char *path,
@@ -637,14 +658,15 @@ static int spool_entry(struct archive *a, struct archive_entry *ae, const char *
 static int spool_named(struct archive *a, const char *path, const char *member, int fd,
                        idd_error *err);
 
-/* Decompress the member named e->member (its last occurrence) into fd. */
-static int spool_member(const idd_repo_entry *e, int fd, idd_error *err)
+/* Decompress the member named member (its last occurrence) of the archive
+ * at path into fd. */
+static int spool_member(const char *path, const char *member, int fd, idd_error *err)
 {
-	struct archive *a = la_open(e->path, err);
-	if (!a)
+	idd_file *f;
+	if (idd_file_open_local(path, &f, err))
 		return IDD_ERR;
-	int rc = spool_named(a, e->path, e->member, fd, err);
-	archive_read_free(a);
+	int rc = idd_archive_spool_member_from(f, member, fd, NULL, err);
+	idd_file_close(f);
 	return rc;
 }
 
@@ -681,87 +703,49 @@ static int spool_named(struct archive *a, const char *path, const char *member, 
 	return rc;
 }
 
-/* libarchive reads the archive through an idd_file (local or remote), in
- * large sequential pieces. */
-struct file_reader {
-	idd_file *f;
-	uint64_t off;
-	unsigned char *buf;
-	idd_error *err;
-};
-
-#define FILE_READER_CHUNK ((size_t)4 << 20)
-
-static la_ssize_t file_reader_cb(struct archive *a, void *ud, const void **buf)
-{
-	struct file_reader *fr = ud;
-	if (fr->off >= fr->f->size)
-		return 0;
-	size_t n = (size_t)IDD_MIN((uint64_t)FILE_READER_CHUNK, fr->f->size - fr->off);
-	if (idd_file_pread(fr->f, fr->buf, n, fr->off, fr->err)) {
-		archive_set_error(a, EIO, "%s", fr->err->msg);
-		return -1;
-	}
-	fr->off += n;
-	*buf = fr->buf;
-	return (la_ssize_t)n;
-}
-
 int idd_archive_spool_member_from(idd_file *archive, const char *member, int fd,
                                   uint64_t *bytes_read, idd_error *err)
 {
-	struct file_reader fr = {archive, 0, idd_malloc(FILE_READER_CHUNK, err), err};
 	if (bytes_read)
 		*bytes_read = 0;
-	if (!fr.buf)
-		return IDD_ERR;
-	struct archive *a = archive_read_new();
-	int rc = IDD_ERR;
-	if (!a) {
-		idd_fail(err, "%s: libarchive: out of memory", archive->name);
-		goto out;
-	}
-	archive_read_support_filter_all(a);
-	archive_read_support_format_tar(a);
-	archive_read_support_format_gnutar(a);
-	if (archive_read_open(a, &fr, NULL, file_reader_cb, NULL) != ARCHIVE_OK) {
-		/* a read failure's message reaches here through archive_set_error */
-		idd_fail(err, "%s: %s", archive->name,
-		         archive_error_string(a) ? archive_error_string(a) : "cannot open");
-		goto out;
-	}
-	rc = spool_named(a, archive->name, member, fd, err);
-out:
+	struct file_reader fr;
+	struct archive *a = la_open(archive, &fr, err);
+	int rc = a ? spool_named(a, archive->name, member, fd, err) : IDD_ERR;
 	if (bytes_read)
 		*bytes_read = fr.off;
-	if (a)
-		archive_read_free(a);
-	free(fr.buf);
+	la_close(a, &fr);
 	return rc;
 }
 
-int idd_archive_open_member(const char *repo, const idd_repo_entry *e, idd_image **out,
-                            idd_error *err)
+/* parent: the archive read through this file (taken over: closed here, also
+ * on failure), or NULL to open path when it is needed. */
+static int open_member(const char *path, idd_file *parent, const idd_archive_member *m,
+                       idd_image **out, idd_error *err)
 {
-	(void)repo;
-	if (!e->member)
-		return idd_fail(err, "%s: not an archive member", e->path);
-	char *name = idd_asprintf(err, "%s/%s", e->path, e->member);
-	if (!name)
+	char *name = idd_asprintf(err, "%s/%s", path, m->name);
+	if (!name) {
+		idd_file_close(parent);
 		return IDD_ERR;
+	}
 	idd_file *f = NULL;
-	int rc;
-	if (!e->streamed) {
-		idd_file *parent;
-		rc = idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &parent, err);
+	int rc = IDD_OK;
+	if (!m->streamed) {
+		if (!parent)
+			rc = idd_file_open_local_flags(path, IDD_FILE_NOFOLLOW, &parent, err);
 		if (!rc)
-			rc = idd_file_open_slice(parent, true, e->member_off, e->member_len, name, &f, err);
+			rc = idd_file_open_slice(parent, true, m->off, m->len, name, &f, err);
+		parent = NULL; /* the slice owns it */
 	} else {
 		/* spooled while listing, or decompressed now */
-		int fd = e->spooled ? dup(e->spool_fd) : tmp_open(err);
-		if (fd < 0 && e->spooled)
-			idd_fail_errno(err, e->path, "dup");
-		rc = fd < 0 ? IDD_ERR : e->spooled ? IDD_OK : spool_member(e, fd, err);
+		bool spooled = m->spool_fd >= 0;
+		int fd = spooled ? dup(m->spool_fd) : tmp_open(err);
+		if (fd < 0 && spooled)
+			idd_fail_errno(err, path, "dup");
+		if (fd < 0)
+			rc = IDD_ERR;
+		else if (!spooled)
+			rc = parent ? idd_archive_spool_member_from(parent, m->name, fd, NULL, err)
+			            : spool_member(path, m->name, fd, err);
 		if (!rc) {
 			/* Reopen through /proc so the generic local reader serves it; the
 			 * file has no name, so messages use the member's. */
@@ -777,8 +761,21 @@ int idd_archive_open_member(const char *repo, const idd_repo_entry *e, idd_image
 		if (fd >= 0)
 			close(fd);
 	}
+	idd_file_close(parent);
 	if (!rc)
 		rc = idd_image_open(f, true, NULL, NULL, out, err);
 	free(name);
 	return rc;
+}
+
+int idd_archive_open_member(const char *path, const idd_archive_member *m, idd_image **out,
+                            idd_error *err)
+{
+	return open_member(path, NULL, m, out, err);
+}
+
+int idd_archive_open_member_file(idd_file *archive, const char *path, const idd_archive_member *m,
+                                 idd_image **out, idd_error *err)
+{
+	return open_member(path, archive, m, out, err);
 }

@@ -10,6 +10,19 @@
 #include <zlib.h>
 #include <zstd.h>
 
+static const char *const disk_suffixes[] = {".raw", ".img", ".qcow2", ".qcow"};
+
+bool idd_image_name_matches(const char *name)
+{
+	size_t n = strlen(name);
+	for (size_t i = 0; i < IDD_ARRAY_LEN(disk_suffixes); i++) {
+		size_t k = strlen(disk_suffixes[i]);
+		if (n > k && strcmp(name + n - k, disk_suffixes[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
 /* ---- raw: the file is the disk; holes are zero extents ---- */
 
 static int raw_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_error *err)
@@ -37,12 +50,58 @@ static int raw_read(idd_image *img, uint64_t voff, void *buf, size_t len, idd_er
 	return idd_file_pread(img->file, buf, len, voff, err);
 }
 
-static const struct idd_image_ops raw_ops = {"raw", raw_extent, raw_read, NULL};
+static const struct idd_image_ops raw_ops = {raw_extent, raw_read, NULL};
 
-int idd_image_open(idd_file *f, bool owns_file, idd_backing_open_fn backing_open, void *backing_ctx,
-                   idd_image **out, idd_error *err)
+static int raw_probe(const unsigned char *head, size_t len)
 {
-	unsigned char head[4096];
+	(void)head;
+	(void)len;
+	return IDD_BID_ANYTHING;
+}
+
+static int raw_open(idd_image *img, idd_error *err)
+{
+	(void)err;
+	img->ops = &raw_ops;
+	img->size = img->file->size;
+	return IDD_OK;
+}
+
+const idd_image_format idd_format_raw = {"raw", raw_probe, raw_open};
+
+/* ---- the format table ---- */
+
+static const idd_image_format *const formats[] = {
+	&idd_format_qcow2,
+	&idd_format_vmdk,
+	&idd_format_raw,
+};
+
+const idd_image_format *const *idd_image_formats(size_t *n)
+{
+	*n = IDD_ARRAY_LEN(formats);
+	return formats;
+}
+
+const idd_image_format *idd_image_format_detect(const unsigned char *head, size_t len)
+{
+	const idd_image_format *best = &idd_format_raw;
+	int best_bid = 0;
+	for (size_t i = 0; i < IDD_ARRAY_LEN(formats); i++) {
+		int bid = formats[i]->probe(head, len);
+		if (bid > best_bid) {
+			best = formats[i];
+			best_bid = bid;
+		}
+	}
+	return best;
+}
+
+/* Open f at chain depth `depth` (0: the image asked for). */
+static int image_open(idd_file *f, bool owns_file, idd_backing_open_fn backing_open,
+                      void *backing_ctx, int depth, idd_image **out, idd_error *err)
+{
+	unsigned char head[IDD_PROBE_BYTES];
 	size_t hl = (size_t)IDD_MIN(f->size, (uint64_t)sizeof head);
 	if (hl && idd_file_pread(f, head, hl, 0, err)) {
 		if (owns_file)
@@ -55,28 +114,60 @@ int idd_image_open(idd_file *f, bool owns_file, idd_backing_open_fn backing_open
 			idd_file_close(f);
 		return IDD_ERR;
 	}
+	const idd_image_format *fmt = idd_image_format_detect(head, hl);
 	img->file = f;
 	img->owns_file = owns_file;
-	int rc;
-	if (idd_qcow2_probe(head, hl)) {
-		rc = idd_qcow2_open(img, backing_open, backing_ctx, err);
-	} else if (idd_vmdk_probe(head, hl)) {
-		rc = idd_vmdk_open(img, backing_open, backing_ctx, err);
-	} else {
-		img->ops = &raw_ops;
-		img->format = "raw";
-		img->size = f->size;
-		rc = IDD_OK;
-	}
+	img->format = fmt->name;
+	img->depth = depth;
+	img->backing_open = backing_open;
+	img->backing_ctx = backing_ctx;
+	int rc = fmt->open(img, err);
 	if (rc) {
 		if (owns_file)
 			idd_file_close(f);
 		free(img);
 		return rc;
 	}
-	if (!img->format)
-		img->format = img->ops->format;
 	*out = img;
+	return IDD_OK;
+}
+
+int idd_image_open(idd_file *f, bool owns_file, idd_backing_open_fn backing_open, void *backing_ctx,
+                   idd_image **out, idd_error *err)
+{
+	return image_open(f, owns_file, backing_open, backing_ctx, 0, out, err);
+}
+
+int idd_image_open_backing(idd_image *img, const char *name, const char *format, idd_image **out,
+                           idd_error *err)
+{
+	const char *fn = img->file->name;
+	if (!img->backing_open)
+		return idd_fail(err, "%s: %s has a backing file '%s', which cannot be resolved here "
+		                "(images inside archives must be self-contained)", fn, img->format, name);
+	if (img->depth >= IDD_MAX_BACKING_DEPTH)
+		return idd_fail(err, "%s: backing chain longer than %d images (a cycle?)", fn,
+		                IDD_MAX_BACKING_DEPTH);
+	/* Only the top of the chain names its file: inner levels already did. */
+	idd_file *bf;
+	if (img->backing_open(img->backing_ctx, name, &bf, err)) {
+		if (!img->depth)
+			idd_error_prefix(err, "%s: backing file", fn);
+		return IDD_ERR;
+	}
+	idd_image *b;
+	if (image_open(bf, true, img->backing_open, img->backing_ctx, img->depth + 1, &b, err)) {
+		if (!img->depth)
+			idd_error_prefix(err, "%s: backing file %s", fn, name);
+		return IDD_ERR;
+	}
+	if (format && format[0] && strcmp(format, b->format) != 0) {
+		idd_fail(err, "%s: backing file %s is %s but the image says %s; refused", fn, name,
+		         b->format, format);
+		idd_image_close(b);
+		return IDD_ERR;
+	}
+	*out = b;
 	return IDD_OK;
 }
 

@@ -8,8 +8,6 @@
 #include "base/error.h"
 #include "base/file.h"
 #include "formats/image.h"
-#include "formats/archive.h"
-#include "index/repo.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -70,13 +68,9 @@ struct qcow2 {
 	uint64_t tick;
 };
 
-/* Nesting depth of backing opens on this thread: stops a cyclic chain even
- * when the resolver's context cannot count levels itself. */
-static _Thread_local int backing_nesting;
-
-int idd_qcow2_probe(const unsigned char *head, size_t len)
+static int qcow2_probe(const unsigned char *head, size_t len)
 {
-	return len >= 8 && idd_be32(head) == QCOW2_MAGIC;
+	return len >= 8 && idd_be32(head) == QCOW2_MAGIC ? IDD_BID_MAGIC : 0;
 }
 
 static void qcow2_free(struct qcow2 *q)
@@ -298,7 +292,151 @@ static int qcow2_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_erro
 	return IDD_OK;
 }
 
-static const struct idd_image_ops qcow2_ops = {"qcow2", qcow2_extent, NULL, qcow2_close};
+static const struct idd_image_ops qcow2_ops = {qcow2_extent, NULL, qcow2_close};
+
+/* ---- opening: parse the header, check it, read the tables ---- */
+
+/* The header fields, host order. */
+struct qcow2_header {
+	uint32_t version;
+	uint64_t backing_off;
+	uint32_t backing_len;
+	uint32_t cluster_bits;
+	uint64_t size;
+	uint32_t crypt;
+	uint32_t l1_size;
+	uint64_t l1_off;
+	uint64_t incompat;      /* v3 only */
+	uint32_t header_len;    /* v2: QCOW2_V2_HEADER */
+	uint8_t compression;    /* the compression type byte (0 past a short header) */
+};
+
+/* Read the fixed part of the header: magic, version, and the fields (no
+ * field is trusted yet beyond what locating the rest needs). */
+static int header_parse(idd_file *f, struct qcow2_header *hd, idd_error *err)
+{
+	const char *fn = f->name;
+	unsigned char h[QCOW2_V3_HEADER + 8];
+	if (f->size < QCOW2_V2_HEADER)
+		return idd_fail(err, "%s: truncated qcow2 header (%llu bytes)", fn,
+		                (unsigned long long)f->size);
+	size_t hl = (size_t)IDD_MIN(f->size, (uint64_t)sizeof h);
+	memset(h, 0, sizeof h);
+	if (idd_file_pread(f, h, hl, 0, err))
+		return IDD_ERR;
+	if (idd_be32(h) != QCOW2_MAGIC)
+		return idd_fail(err, "%s: not a qcow2 image", fn);
+	memset(hd, 0, sizeof *hd);
+	hd->version = idd_be32(h + 4);
+	if (hd->version != 2 && hd->version != 3)
+		return idd_fail(err, "%s: unsupported qcow2 version %u", fn, hd->version);
+	hd->backing_off = idd_be64(h + 8);
+	hd->backing_len = idd_be32(h + 16);
+	hd->cluster_bits = idd_be32(h + 20);
+	hd->size = idd_be64(h + 24);
+	hd->crypt = idd_be32(h + 32);
+	hd->l1_size = idd_be32(h + 36);
+	hd->l1_off = idd_be64(h + 40);
+	hd->header_len = QCOW2_V2_HEADER;
+	if (hd->cluster_bits < 9 || hd->cluster_bits > 21)
+		return idd_fail(err, "%s: corrupt qcow2: cluster_bits %u outside 9..21", fn,
+		                hd->cluster_bits);
+	if (hd->version == 3) {
+		if (f->size < QCOW2_V3_HEADER)
+			return idd_fail(err, "%s: truncated qcow2 v3 header (%llu bytes)", fn,
+			                (unsigned long long)f->size);
+		hd->incompat = idd_be64(h + 72);
+		hd->header_len = idd_be32(h + 100);
+		if (hd->header_len < QCOW2_V3_HEADER || hd->header_len > (1ull << hd->cluster_bits) ||
+		    hd->header_len > f->size)
+			return idd_fail(err, "%s: corrupt qcow2: header length %u", fn, hd->header_len);
+	}
+	hd->compression = h[104];
+	return IDD_OK;
+}
+
+/* Refuse what this reader does not implement (encryption, external data
+ * files, unknown incompatible features, images marked corrupt) and decide
+ * the codec of compressed clusters. */
+static int header_check_features(const char *fn, const struct qcow2_header *hd,
+                                 enum idd_codec *codec, idd_error *err)
+{
+	if (hd->crypt != 0)
+		return idd_fail(err, "%s: encrypted qcow2 images are not supported (crypt_method %u)", fn,
+		                hd->crypt);
+	if (hd->incompat & ~(uint64_t)INCOMPAT_KNOWN)
+		return idd_fail(err, "%s: qcow2 uses unknown incompatible features 0x%llx; refused", fn,
+		                (unsigned long long)(hd->incompat & ~(uint64_t)INCOMPAT_KNOWN));
+	if (hd->incompat & INCOMPAT_CORRUPT)
+		return idd_fail(err, "%s: qcow2 image is marked corrupt (run qemu-img check -r)", fn);
+	if (hd->incompat & INCOMPAT_DATA_FILE)
+		return idd_fail(err, "%s: qcow2 with an external data file is not supported", fn);
+	*codec = IDD_CODEC_DEFLATE;
+	if (hd->incompat & INCOMPAT_COMPRESSION) {
+		if (hd->header_len < QCOW2_V3_HEADER + 1)
+			return idd_fail(err, "%s: corrupt qcow2: compression type flag without the field", fn);
+		if (hd->compression == 1)
+			*codec = IDD_CODEC_ZSTD;
+		else if (hd->compression != 0)
+			return idd_fail(err, "%s: unsupported qcow2 compression type %u", fn, hd->compression);
+	} else if (hd->header_len > QCOW2_V3_HEADER && hd->compression != 0) {
+		return idd_fail(err, "%s: corrupt qcow2: compression type set without its feature bit", fn);
+	}
+	if ((hd->incompat & INCOMPAT_EXTL2) && hd->cluster_bits < 14)
+		return idd_fail(err, "%s: corrupt qcow2: extended L2 entries need clusters of 16 KiB or more",
+		                fn);
+	return IDD_OK;
+}
+
+/* The virtual size is sane, and the L1 table covers the whole disk and lies
+ * inside the file. */
+static int header_check_geometry(const idd_file *f, const struct qcow2_header *hd, idd_error *err)
+{
+	const char *fn = f->name;
+	if (hd->size > (uint64_t)INT64_MAX)
+		return idd_fail(err, "%s: corrupt qcow2: virtual size %llu is too large", fn,
+		                (unsigned long long)hd->size);
+	bool extl2 = (hd->incompat & INCOMPAT_EXTL2) != 0;
+	uint64_t cluster_size = 1ull << hd->cluster_bits;
+	uint32_t l2_bits = hd->cluster_bits - (extl2 ? 4 : 3);
+	uint64_t per_l1 = 1ull << (hd->cluster_bits + l2_bits); /* bytes covered by one L1 entry */
+	uint64_t need = hd->size / per_l1 + (hd->size % per_l1 != 0);
+	if (hd->l1_size < need)
+		return idd_fail(err, "%s: corrupt qcow2: L1 table has %u entries, the %llu-byte disk needs %llu",
+		                fn, hd->l1_size, (unsigned long long)hd->size, (unsigned long long)need);
+	uint64_t l1_bytes = (uint64_t)hd->l1_size * 8, l1_end;
+	if (l1_bytes > MAX_L1_BYTES)
+		return idd_fail(err, "%s: corrupt qcow2: L1 table of %llu bytes is too large", fn,
+		                (unsigned long long)l1_bytes);
+	if (hd->l1_size && ((hd->l1_off & (cluster_size - 1)) ||
+	                    !idd_add_ok(hd->l1_off, l1_bytes, &l1_end) || l1_end > f->size))
+		return idd_fail(err, "%s: corrupt qcow2: L1 table (%llu bytes at offset %llu) lies outside "
+		                "the file (%llu bytes)", fn, (unsigned long long)l1_bytes,
+		                (unsigned long long)hd->l1_off, (unsigned long long)f->size);
+	return IDD_OK;
+}
+
+/* The backing file's name (name[0] == 0: none); it lives in the first
+ * cluster. */
+static int backing_name_read(idd_file *f, const struct qcow2_header *hd,
+                             char name[MAX_BACKING_NAME + 1], idd_error *err)
+{
+	name[0] = 0;
+	if (!hd->backing_off)
+		return IDD_OK;
+	uint64_t bend;
+	if (hd->backing_len == 0 || hd->backing_len > MAX_BACKING_NAME ||
+	    !idd_add_ok(hd->backing_off, hd->backing_len, &bend) ||
+	    bend > (1ull << hd->cluster_bits) || bend > f->size)
+		return idd_fail(err, "%s: corrupt qcow2: backing file name (%u bytes at offset %llu)",
+		                f->name, hd->backing_len, (unsigned long long)hd->backing_off);
+	if (idd_file_pread(f, name, hd->backing_len, hd->backing_off, err))
+		return IDD_ERR;
+	name[hd->backing_len] = 0;
+	if (strlen(name) != hd->backing_len)
+		return idd_fail(err, "%s: corrupt qcow2: backing file name contains a NUL byte", f->name);
+	return IDD_OK;
+}
 
 /* Walk the header extensions between the header and the end of the first
  * cluster: external data files and encryption headers are refused, the
@@ -331,182 +469,38 @@ static int parse_extensions(const char *fn, const unsigned char *hdr, size_t hle
 	return idd_fail(err, "%s: corrupt qcow2: too many header extensions", fn);
 }
 
-static int open_backing(idd_image *img, struct qcow2 *q, const char *name, const char *fmt,
-                        idd_backing_open_fn bo, void *bctx, idd_error *err)
+/* Read the first cluster and walk its header extensions. */
+static int extensions_read(idd_file *f, const struct qcow2_header *hd, char *backing_fmt,
+                           size_t fmt_cap, idd_error *err)
 {
-	if (!bo)
-		return idd_fail(err, "%s: qcow2 has a backing file '%s', which cannot be resolved here "
-		                "(images inside archives must be self-contained)", q->f->name, name);
-	if (backing_nesting >= IDD_MAX_BACKING_DEPTH)
-		return idd_fail(err, "%s: backing chain longer than %d images (a cycle?)", q->f->name,
-		                IDD_MAX_BACKING_DEPTH);
-	idd_file *bf;
-	if (bo(bctx, name, &bf, err)) {
-		if (!backing_nesting) /* inner levels already name their file */
-			idd_error_prefix(err, "%s: backing file", q->f->name);
-		return IDD_ERR;
-	}
-	/* The repository resolver counts levels in its context and resolves
-	 * names relative to the image naming them: give the next level its own. */
-	idd_backing_ctx next, *use = bctx;
-	char *dir = NULL;
-	if (bo == idd_repo_backing_open) {
-		const idd_backing_ctx *cur = bctx;
-		dir = idd_strdup(bf->name, err);
-		if (!dir) {
-			idd_file_close(bf);
-			return IDD_ERR;
-		}
-		char *slash = strrchr(dir, '/');
-		if (slash && slash != dir)
-			*slash = 0;
-		else if (slash)
-			slash[1] = 0;
-		next = *cur; /* the repository and the chain record carry down */
-		next.dir = slash ? dir : ".";
-		next.depth = cur->depth + 1;
-		use = &next;
-	}
-	backing_nesting++;
-	int rc = idd_image_open(bf, true, bo, use, &q->backing, err);
-	backing_nesting--;
-	free(dir);
-	if (rc) {
-		if (!backing_nesting)
-			idd_error_prefix(err, "%s: backing file %s", q->f->name, name);
-		return IDD_ERR;
-	}
-	if (fmt[0] && strcmp(fmt, q->backing->format) != 0) {
-		idd_fail(err, "%s: backing file %s is %s but the image says %s; refused", q->f->name, name,
-		         q->backing->format, fmt);
-		return IDD_ERR;
-	}
-	(void)img;
-	return IDD_OK;
-}
-
-int idd_qcow2_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error *err)
-{
-	idd_file *f = img->file;
-	const char *fn = f->name;
-	unsigned char h[QCOW2_V3_HEADER + 8];
-	if (f->size < QCOW2_V2_HEADER)
-		return idd_fail(err, "%s: truncated qcow2 header (%llu bytes)", fn,
-		                (unsigned long long)f->size);
-	size_t hl = (size_t)IDD_MIN(f->size, (uint64_t)sizeof h);
-	memset(h, 0, sizeof h);
-	if (idd_file_pread(f, h, hl, 0, err))
-		return IDD_ERR;
-	if (idd_be32(h) != QCOW2_MAGIC)
-		return idd_fail(err, "%s: not a qcow2 image", fn);
-	uint32_t version = idd_be32(h + 4);
-	if (version != 2 && version != 3)
-		return idd_fail(err, "%s: unsupported qcow2 version %u", fn, version);
-	uint64_t backing_off = idd_be64(h + 8);
-	uint32_t backing_len = idd_be32(h + 16);
-	uint32_t cluster_bits = idd_be32(h + 20);
-	uint64_t size = idd_be64(h + 24);
-	uint32_t crypt = idd_be32(h + 32);
-	uint32_t l1_size = idd_be32(h + 36);
-	uint64_t l1_off = idd_be64(h + 40);
-	uint64_t incompat = 0;
-	uint32_t header_len = QCOW2_V2_HEADER;
-	if (cluster_bits < 9 || cluster_bits > 21)
-		return idd_fail(err, "%s: corrupt qcow2: cluster_bits %u outside 9..21", fn, cluster_bits);
-	uint64_t cluster_size = 1ull << cluster_bits;
-	if (version == 3) {
-		if (f->size < QCOW2_V3_HEADER)
-			return idd_fail(err, "%s: truncated qcow2 v3 header (%llu bytes)", fn,
-			                (unsigned long long)f->size);
-		incompat = idd_be64(h + 72);
-		header_len = idd_be32(h + 100);
-		if (header_len < QCOW2_V3_HEADER || header_len > cluster_size || header_len > f->size)
-			return idd_fail(err, "%s: corrupt qcow2: header length %u", fn, header_len);
-	}
-	if (crypt != 0)
-		return idd_fail(err, "%s: encrypted qcow2 images are not supported (crypt_method %u)", fn,
-		                crypt);
-	if (incompat & ~(uint64_t)INCOMPAT_KNOWN)
-		return idd_fail(err, "%s: qcow2 uses unknown incompatible features 0x%llx; refused", fn,
-		                (unsigned long long)(incompat & ~(uint64_t)INCOMPAT_KNOWN));
-	if (incompat & INCOMPAT_CORRUPT)
-		return idd_fail(err, "%s: qcow2 image is marked corrupt (run qemu-img check -r)", fn);
-	if (incompat & INCOMPAT_DATA_FILE)
-		return idd_fail(err, "%s: qcow2 with an external data file is not supported", fn);
-	enum idd_codec codec = IDD_CODEC_DEFLATE;
-	if (incompat & INCOMPAT_COMPRESSION) {
-		if (header_len < QCOW2_V3_HEADER + 1)
-			return idd_fail(err, "%s: corrupt qcow2: compression type flag without the field", fn);
-		uint8_t ct = h[104];
-		if (ct == 1)
-			codec = IDD_CODEC_ZSTD;
-		else if (ct != 0)
-			return idd_fail(err, "%s: unsupported qcow2 compression type %u", fn, ct);
-	} else if (header_len > QCOW2_V3_HEADER && h[104] != 0) {
-		return idd_fail(err, "%s: corrupt qcow2: compression type set without its feature bit", fn);
-	}
-	bool extl2 = (incompat & INCOMPAT_EXTL2) != 0;
-	if (extl2 && cluster_bits < 14)
-		return idd_fail(err, "%s: corrupt qcow2: extended L2 entries need clusters of 16 KiB or more",
-		                fn);
-	if (size > (uint64_t)INT64_MAX)
-		return idd_fail(err, "%s: corrupt qcow2: virtual size %llu is too large", fn,
-		                (unsigned long long)size);
-
-	/* The L1 table must cover the whole disk and lie inside the file. */
-	uint32_t l2_bits = cluster_bits - (extl2 ? 4 : 3);
-	uint64_t per_l1 = 1ull << (cluster_bits + l2_bits); /* bytes covered by one L1 entry */
-	uint64_t need = size / per_l1 + (size % per_l1 != 0);
-	if (l1_size < need)
-		return idd_fail(err, "%s: corrupt qcow2: L1 table has %u entries, the %llu-byte disk needs %llu",
-		                fn, l1_size, (unsigned long long)size, (unsigned long long)need);
-	uint64_t l1_bytes = (uint64_t)l1_size * 8, l1_end;
-	if (l1_bytes > MAX_L1_BYTES)
-		return idd_fail(err, "%s: corrupt qcow2: L1 table of %llu bytes is too large", fn,
-		                (unsigned long long)l1_bytes);
-	if (l1_size && ((l1_off & (cluster_size - 1)) || !idd_add_ok(l1_off, l1_bytes, &l1_end) ||
-	                l1_end > f->size))
-		return idd_fail(err, "%s: corrupt qcow2: L1 table (%llu bytes at offset %llu) lies outside "
-		                "the file (%llu bytes)", fn, (unsigned long long)l1_bytes,
-		                (unsigned long long)l1_off, (unsigned long long)f->size);
-
-	/* Backing file name and header extensions live in the first cluster. */
-	char name[MAX_BACKING_NAME + 1] = "";
-	if (backing_off) {
-		uint64_t bend;
-		if (backing_len == 0 || backing_len > MAX_BACKING_NAME ||
-		    !idd_add_ok(backing_off, backing_len, &bend) || bend > cluster_size || bend > f->size)
-			return idd_fail(err, "%s: corrupt qcow2: backing file name (%u bytes at offset %llu)", fn,
-			                backing_len, (unsigned long long)backing_off);
-		if (idd_file_pread(f, name, backing_len, backing_off, err))
-			return IDD_ERR;
-		name[backing_len] = 0;
-		if (strlen(name) != backing_len)
-			return idd_fail(err, "%s: corrupt qcow2: backing file name contains a NUL byte", fn);
-	}
-	size_t ext_len = (size_t)IDD_MIN(cluster_size, f->size);
+	size_t ext_len = (size_t)IDD_MIN(1ull << hd->cluster_bits, f->size);
 	unsigned char *exts = idd_malloc(ext_len, err);
 	if (!exts)
 		return IDD_ERR;
-	char backing_fmt[64];
 	int rc = idd_file_pread(f, exts, ext_len, 0, err);
 	if (!rc)
-		rc = parse_extensions(fn, exts, ext_len, header_len, backing_fmt,
-		                      sizeof backing_fmt, err);
+		rc = parse_extensions(f->name, exts, ext_len, hd->header_len, backing_fmt, fmt_cap, err);
 	free(exts);
-	if (rc)
-		return IDD_ERR;
+	return rc;
+}
 
+/* The reader's state: geometry, the L1 table in host order, an empty L2
+ * cache. */
+static int tables_build(idd_file *f, const struct qcow2_header *hd, enum idd_codec codec,
+                        struct qcow2 **out, idd_error *err)
+{
 	struct qcow2 *q = idd_calloc(1, sizeof *q, err);
 	if (!q)
 		return IDD_ERR;
 	pthread_mutex_init(&q->lock, NULL);
+	bool extl2 = (hd->incompat & INCOMPAT_EXTL2) != 0;
+	uint32_t cluster_bits = hd->cluster_bits;
 	q->f = f;
-	q->version = version;
+	q->version = hd->version;
 	q->cluster_bits = cluster_bits;
-	q->cluster_size = cluster_size;
+	q->cluster_size = 1ull << cluster_bits;
 	q->unit_bits = extl2 ? cluster_bits - 5 : cluster_bits; /* 32 subclusters */
-	q->l2_bits = l2_bits;
+	q->l2_bits = cluster_bits - (extl2 ? 4 : 3);
 	q->extl2 = extl2;
 	q->codec = codec;
 	/* Compressed descriptor: x = 62 - (cluster_bits - 8) offset bits, then
@@ -514,27 +508,42 @@ int idd_qcow2_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error
 	q->csize_shift = 62 - (cluster_bits - 8);
 	q->csize_mask = (1ull << (cluster_bits - 8)) - 1;
 	q->coff_mask = (1ull << q->csize_shift) - 1;
-	q->l1_size = l1_size;
-	q->l1 = idd_calloc(l1_size ? l1_size : 1, sizeof *q->l1, err);
-	q->ncache = (size_t)IDD_MAX(4, IDD_MIN(16, ((uint64_t)32 << 20) / cluster_size));
+	q->l1_size = hd->l1_size;
+	q->l1 = idd_calloc(hd->l1_size ? hd->l1_size : 1, sizeof *q->l1, err);
+	q->ncache = (size_t)IDD_MAX(4, IDD_MIN(16, ((uint64_t)32 << 20) / q->cluster_size));
 	q->cache = idd_calloc(q->ncache, sizeof *q->cache, err);
 	if (!q->l1 || !q->cache) {
 		qcow2_free(q);
 		return IDD_ERR;
 	}
-	if (l1_size) {
-		if (idd_file_pread(f, q->l1, (size_t)l1_bytes, l1_off, err)) {
+	if (hd->l1_size) {
+		if (idd_file_pread(f, q->l1, (size_t)hd->l1_size * 8, hd->l1_off, err)) {
 			qcow2_free(q);
 			return IDD_ERR;
 		}
-		for (uint32_t i = 0; i < l1_size; i++)
+		for (uint32_t i = 0; i < hd->l1_size; i++)
 			q->l1[i] = idd_be64((unsigned char *)&q->l1[i]);
 	}
+	*out = q;
+	return IDD_OK;
+}
+
+static int qcow2_open(idd_image *img, idd_error *err)
+{
+	idd_file *f = img->file;
+	struct qcow2_header hd;
+	enum idd_codec codec = IDD_CODEC_DEFLATE;
+	char backing[MAX_BACKING_NAME + 1], backing_fmt[64];
+	struct qcow2 *q;
+	if (header_parse(f, &hd, err) || header_check_features(f->name, &hd, &codec, err) ||
+	    header_check_geometry(f, &hd, err) || backing_name_read(f, &hd, backing, err) ||
+	    extensions_read(f, &hd, backing_fmt, sizeof backing_fmt, err) ||
+	    tables_build(f, &hd, codec, &q, err))
+		return IDD_ERR;
 	img->priv = q;
 	img->ops = &qcow2_ops;
-	img->format = "qcow2";
-	img->size = size;
-	if (name[0] && open_backing(img, q, name, backing_fmt, bo, bctx, err)) {
+	img->size = hd.size;
+	if (backing[0] && idd_image_open_backing(img, backing, backing_fmt, &q->backing, err)) {
 		qcow2_free(q);
 		img->priv = NULL;
 		img->ops = NULL;
@@ -542,3 +551,5 @@ int idd_qcow2_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error
 	}
 	return IDD_OK;
 }
+
+const idd_image_format idd_format_qcow2 = {"qcow2", qcow2_probe, qcow2_open};

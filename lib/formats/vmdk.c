@@ -44,11 +44,15 @@ struct vmdk {
 
 static const char desc_magic[] = "# Disk DescriptorFile";
 
-int idd_vmdk_probe(const unsigned char *head, size_t len)
+/* Sparse extents by magic, descriptor files by their first line (refused
+ * when opened, by name: better than reading a descriptor as a raw disk). */
+static int vmdk_probe(const unsigned char *head, size_t len)
 {
 	if (len >= 4 && (idd_le32(head) == VMDK_MAGIC || idd_le32(head) == COWD_MAGIC))
-		return 1;
-	return len >= sizeof desc_magic - 1 && memcmp(head, desc_magic, sizeof desc_magic - 1) == 0;
+		return IDD_BID_MAGIC;
+	if (len >= sizeof desc_magic - 1 && memcmp(head, desc_magic, sizeof desc_magic - 1) == 0)
+		return IDD_BID_MAGIC;
+	return 0;
 }
 
 static void vmdk_close(idd_image *img)
@@ -106,7 +110,7 @@ static int vmdk_extent(idd_image *img, uint64_t voff, idd_extent *ext, idd_error
 	return IDD_OK;
 }
 
-static const struct idd_image_ops vmdk_ops = {"vmdk", vmdk_extent, NULL, vmdk_close};
+static const struct idd_image_ops vmdk_ops = {vmdk_extent, NULL, vmdk_close};
 
 /* Value of KEY="..." (or KEY=...) in the descriptor text, or NULL. */
 static bool desc_value(const char *text, const char *key, char *out, size_t cap)
@@ -342,10 +346,8 @@ out:
 	return rc;
 }
 
-int idd_vmdk_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error *err)
+static int vmdk_open(idd_image *img, idd_error *err)
 {
-	(void)bo;
-	(void)bctx;
 	idd_file *f = img->file;
 	unsigned char h[SECTOR];
 	if (f->size < 4)
@@ -420,7 +422,8 @@ int idd_vmdk_open(idd_image *img, idd_backing_open_fn bo, void *bctx, idd_error 
 	}
 	img->priv = v;
 	img->ops = &vmdk_ops;
-	img->format = "vmdk";
 	img->size = size;
 	return IDD_OK;
 }
+
+const idd_image_format idd_format_vmdk = {"vmdk", vmdk_probe, vmdk_open};

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
@@ -19,6 +20,11 @@ static const char BLOCKS_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'L', 'K', 0};
 
 int idd_index_path(const char *repo, const char *index_opt, char **out, idd_error *err)
 {
+	if (!index_opt && !strncasecmp(repo, "s3://", 5)) {
+		*out = NULL;
+		return idd_fail(err, "%s: a repository in an object store keeps its index in a local "
+		                "directory: give --index DIR", repo);
+	}
 	*out = index_opt ? idd_strdup(index_opt, err) : idd_path_join(repo, IDD_INDEX_SUBDIR, err);
 	return *out ? IDD_OK : IDD_ERR;
 }

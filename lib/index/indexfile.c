@@ -225,7 +225,8 @@ const char *idd_indexfile_kind(const char magic[8])
 		{"IDD-CAT", "catalog"},           {"IDD-BLK", "block list"},
 		{"IDD-MAP", "block map"},         {"IDD-MIX", "maps index"},
 		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
-		{"IDD-SIM", "similarity cache"},
+		{"IDD-SIM", "similarity cache"},  {"IDD-CIX", "cache index"},
+		{"IDD-PRS", "partial image journal"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
 		if (!memcmp(kinds[i].magic, magic, 8))
@@ -316,54 +317,6 @@ int idd_indexfile_check(const char *name, const void *file, size_t len, idd_erro
 	if (idd_indexfile_parse(name, file, len, magic, UINT32_MAX, &payload, &plen, NULL, err))
 		return IDD_ERR;
 	free(payload);
-	return IDD_OK;
-}
-
-int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
-{
-	/* O_NONBLOCK: a FIFO in place of an index file is refused below instead
-	 * of waiting for a writer forever */
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (fd < 0) {
-		int e = errno;
-		idd_fail_errno(err, path, "cannot open");
-		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
-	}
-	struct stat st;
-	if (fstat(fd, &st)) {
-		idd_fail_errno(err, path, "stat");
-		close(fd);
-		return IDD_ERR;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return idd_fail_code(err, IDD_EPERM, "%s: not a regular file; refused", path);
-	}
-	if ((uint64_t)st.st_size > max) {
-		close(fd);
-		return idd_fail_code(err, IDD_ECORRUPT, "%s: larger than %zu bytes", path, max);
-	}
-	size_t n = (size_t)st.st_size, got = 0;
-	unsigned char *buf = malloc(n ? n : 1);
-	if (!buf) {
-		close(fd);
-		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory reading its %zu bytes", path, n);
-	}
-	while (got < n) {
-		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			r < 0 ? idd_fail_errno(err, path, "read") : idd_fail(err, "%s: shrank while being read", path);
-			free(buf);
-			close(fd);
-			return IDD_ERR;
-		}
-		got += (size_t)r;
-	}
-	close(fd);
-	*data = buf;
-	*len = n;
 	return IDD_OK;
 }
 

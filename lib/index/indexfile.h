@@ -51,8 +51,6 @@ int idd_indexfile_check(const char *name, const void *file, size_t len, idd_erro
 int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_error *err);
 int idd_fsync_dir(const char *dir, idd_error *err);
 int idd_mkdir_p(const char *path, idd_error *err);
-/* Whole file into memory (bounded by max). */
-int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err);
 
 /* Exclusive lock on DIR/lock (flock).  Waits unless no_wait, in which case a
  * held lock returns IDD_EBUSY. */

@@ -33,8 +33,8 @@ typedef struct idd_map {
 	idd_digest *digests;   /* ndistinct entries, in order of first occurrence */
 	idd_map_span *runs;     /* nruns stretches covering blocks 0..nblocks in order */
 	size_t nruns;
-	/* Added by map.c (issue 3): what the map was built from.  Both are
-	 * optional for idd_map_encode (zero key / NULL id when unknown). */
+	/* What the map was built from.  Both are optional for idd_map_encode
+	 * (zero key / NULL id when unknown). */
 	idd_digest list_key;   /* catalog list_key of the block list mapped */
 	char *id;              /* image id (owned; may be NULL) */
 } idd_map;
@@ -73,7 +73,7 @@ int idd_map_save(const char *index_dir, const char *id, const idd_map *m, uint64
                  idd_error *err);
 int idd_map_load(const char *index_dir, const char *id, idd_map **out, idd_error *err);
 
-/* ---- added by map.c (issue 3) ---- */
+/* ---- map files in the index (map.c) ---- */
 /* Largest block count idd_map_parse accepts (refs cost 4 bytes per block);
  * a fuzz harness may lower it to stay under its malloc limit. */
 extern uint64_t idd_map_parse_max_blocks;

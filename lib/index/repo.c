@@ -1,6 +1,7 @@
 /* repo.c - the repository: which files are images, walking the tree, and
  * opening an image with its backing files confined to the repository. */
 #include "index/repo.h"
+#include "index/repo_s3.h"
 #include "base/util.h"
 #include "base/error.h"
 #include "base/file.h"
@@ -16,19 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const image_suffixes[] = {
-	".raw", ".img", ".qcow2", ".qcow", ".ova", ".box", ".tar",
-	".tar.gz", ".tgz", ".tar.zst", ".tar.xz",
-};
-
 bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes)
 {
-	size_t n = strlen(name);
-	for (size_t i = 0; i < IDD_ARRAY_LEN(image_suffixes); i++) {
-		size_t k = strlen(image_suffixes[i]);
-		if (n > k && strcmp(name + n - k, image_suffixes[i]) == 0)
-			return true;
-	}
+	if (idd_image_name_matches(name) || idd_archive_name_matches(name))
+		return true;
 	for (size_t i = 0; i < n_includes; i++)
 		if (fnmatch(includes[i], name, 0) == 0)
 			return true;
@@ -175,6 +167,8 @@ int idd_repo_walk(const char *repo, const char *index_dir, const char *const *in
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_walk(repo, includes, n_includes, out, warn, ctx, err);
 	struct stat st;
 	if (stat(repo, &st))
 		return idd_fail_errno(err, repo, "cannot open repository");
@@ -194,14 +188,60 @@ int idd_repo_walk(const char *repo, const char *index_dir, const char *const *in
 	return rc;
 }
 
-/* Backing files: relative names resolve against the naming image's
- * directory, and the result must stay inside the repository. */
-int idd_repo_backing_open(void *vctx, const char *name, idd_file **out, idd_error *err)
+/* ---- backing files ----
+ * Relative names resolve against the directory of the image naming them,
+ * and the result must stay inside the repository.  The image reader opens
+ * a chain top down, one level per call, so the context follows it: after
+ * each file it opens, that file's directory is where the next name
+ * resolves. */
+struct backing_ctx {
+	const char *repo;  /* root: nothing outside it is opened */
+	char *dir;         /* directory of the image naming the next backing file (owned) */
+	idd_chain *chain;  /* if set, every backing file opened is recorded here */
+};
+
+/* dir := the directory part of path ("." when there is none). */
+static int set_dir(struct backing_ctx *c, const char *path, idd_error *err)
 {
-	idd_backing_ctx *c = vctx;
-	if (c->depth >= IDD_MAX_BACKING_DEPTH)
-		return idd_fail(err, "%s: backing chain longer than %d images (a cycle?)", name,
-		                IDD_MAX_BACKING_DEPTH);
+	char *dir = idd_strdup(path, err);
+	if (!dir)
+		return IDD_ERR;
+	char *slash = strrchr(dir, '/');
+	if (slash && slash != dir)
+		*slash = 0;
+	else if (slash)
+		slash[1] = 0; /* "/x": the root */
+	else
+		strcpy(dir, ".");
+	free(c->dir);
+	c->dir = dir;
+	return IDD_OK;
+}
+
+/* Remember what the image was read with, for the catalog. */
+static int chain_add(idd_chain *chain, const char *real, size_t root_len, int fd, idd_error *err)
+{
+	struct stat st;
+	idd_file_ident *v = idd_realloc_array(chain->v, chain->n + 1, sizeof *v, err);
+	if (!v)
+		return IDD_ERR;
+	chain->v = v;
+	char *rel = idd_strdup(real[root_len] ? real + root_len + 1 : "", err);
+	if (!rel)
+		return IDD_ERR;
+	if (fstat(fd, &st)) {
+		free(rel);
+		return idd_fail_errno(err, real, "stat");
+	}
+	chain->v[chain->n++] = (idd_file_ident){rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino,
+	                                        (uint64_t)st.st_size, idd_ts_ns(st.st_mtim),
+	                                        idd_ts_ns(st.st_ctim)};
+	return IDD_OK;
+}
+
+static int backing_open(void *vctx, const char *name, idd_file **out, idd_error *err)
+{
+	struct backing_ctx *c = vctx;
 	char *cand = name[0] == '/' ? idd_strdup(name, err) : idd_path_join(c->dir, name, err);
 	if (!cand)
 		return IDD_ERR;
@@ -225,21 +265,9 @@ int idd_repo_backing_open(void *vctx, const char *name, idd_file **out, idd_erro
 	free(cand);
 	if (idd_file_open_local(real, out, err))
 		return IDD_ERR;
-	if (c->chain) { /* remember what the image was read with */
-		struct stat st;
-		idd_file_ident *v = idd_realloc_array(c->chain->v, c->chain->n + 1, sizeof *v, err);
-		char *rel = v ? idd_strdup(real[rl] ? real + rl + 1 : "", err) : NULL;
-		if (v)
-			c->chain->v = v;
-		if (!rel || fstat((*out)->fd, &st)) {
-			free(rel);
-			idd_file_close(*out);
-			return rel ? idd_fail_errno(err, real, "stat") : IDD_ERR;
-		}
-		c->chain->v[c->chain->n++] = (idd_file_ident){
-			rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-			idd_ts_ns(st.st_mtim),
-			idd_ts_ns(st.st_ctim)};
+	if ((c->chain && chain_add(c->chain, real, rl, (*out)->fd, err)) || set_dir(c, real, err)) {
+		idd_file_close(*out);
+		return IDD_ERR;
 	}
 	return IDD_OK;
 }
@@ -255,6 +283,8 @@ void idd_chain_free(idd_chain *c)
 
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 {
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_chain_unchanged(repo, v, n);
 	for (size_t i = 0; i < n; i++) {
 		char *p = idd_path_join(repo, v[i].path, NULL);
 		struct stat st;
@@ -269,6 +299,44 @@ bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 	return true;
 }
 
+int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	idd_archive_members m;
+	if (idd_repo_is_s3(archive->path) ? idd_repo_s3_archive_members(archive, &m, err)
+	                                  : idd_archive_list(archive->path, &m, err))
+		return IDD_ERR;
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < m.n; i++) {
+		idd_repo_entry e = {0};
+		e.id = idd_asprintf(err, "%s/%s", archive->id, m.v[i].name);
+		e.path = idd_strdup(archive->path, err);
+		e.member = idd_strdup(m.v[i].name, err);
+		e.container = idd_strdup(m.container, err);
+		e.member_off = m.v[i].off;
+		e.member_len = m.v[i].len;
+		e.streamed = m.v[i].streamed;
+		if (m.v[i].spool_fd >= 0) {
+			e.spooled = true; /* the entry owns the descriptor now */
+			e.spool_fd = m.v[i].spool_fd;
+			m.v[i].spool_fd = -1;
+		}
+		e.dev = archive->dev;
+		e.ino = archive->ino;
+		e.size = archive->size;
+		e.mtime_ns = archive->mtime_ns;
+		e.ctime_ns = archive->ctime_ns;
+		if (!e.id || !e.path || !e.member || !e.container || idd_repo_list_push(out, &e, err)) {
+			idd_repo_entry_free(&e);
+			rc = IDD_ERR;
+		}
+	}
+	idd_archive_members_free(&m);
+	if (rc)
+		idd_repo_list_free(out);
+	return rc;
+}
+
 int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err)
 {
 	return idd_repo_open_image_chain(repo, e, NULL, out, err);
@@ -277,22 +345,21 @@ int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **o
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err)
 {
-	if (e->member)
-		return idd_archive_open_member(repo, e, out, err);
+	if (idd_repo_is_s3(repo))
+		return idd_repo_s3_open_image_chain(repo, e, chain, out, err);
+	if (e->member) {
+		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
+		                        e->spooled ? e->spool_fd : -1};
+		return idd_archive_open_member(e->path, &m, out, err);
+	}
+	struct backing_ctx bc = {repo, NULL, chain};
+	if (set_dir(&bc, e->path, err))
+		return IDD_ERR;
 	idd_file *f;
 	/* the walk lists regular files only: a link put there since is not followed */
-	if (idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &f, err))
-		return IDD_ERR;
-	char *dir = idd_strdup(e->path, err);
-	if (!dir) {
-		idd_file_close(f);
-		return IDD_ERR;
-	}
-	char *slash = strrchr(dir, '/');
-	if (slash)
-		*slash = 0;
-	idd_backing_ctx bc = {repo, slash ? dir : ".", 0, chain};
-	int rc = idd_image_open(f, true, idd_repo_backing_open, &bc, out, err);
-	free(dir);
+	int rc = idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &f, err);
+	if (!rc)
+		rc = idd_image_open(f, true, backing_open, &bc, out, err);
+	free(bc.dir);
 	return rc;
 }

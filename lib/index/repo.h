@@ -26,33 +26,36 @@ typedef struct idd_repo_list {
 
 /* Does NAME look like an image (DESIGN.md's patterns plus includes)? */
 bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes);
-/* Regular files under repo (not the index dir), sorted by path, with stat.
- * Archives are listed as one entry each (member == NULL); see archive.c. */
+/* Regular files under repo whose names match (not the index dir, not
+ * through symlinks), with stat; depth first, names sorted within each
+ * directory ("a/x.raw" before "a.raw").  Archives are listed as one entry
+ * each (member == NULL); see idd_repo_list_archive. */
 int idd_repo_walk(const char *repo, const char *index_dir, const char *const *includes,
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err);
 void idd_repo_list_free(idd_repo_list *l);
 int idd_repo_list_push(idd_repo_list *l, const idd_repo_entry *e, idd_error *err);
 void idd_repo_entry_free(idd_repo_entry *e);
+/* Expand an archive entry (member == NULL) into one entry per disk image
+ * member (formats/archive.h lists them; entries take over spooled copies). */
+int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err);
 
-typedef struct idd_backing_ctx {
-	const char *repo;  /* root: nothing outside it is opened */
-	const char *dir;   /* directory of the image naming the backing file */
-	int depth;         /* chain depth so far; cycles hit IDD_MAX_BACKING_DEPTH */
-	struct idd_chain *chain; /* if set, every backing file opened is recorded here */
-} idd_backing_ctx;
+/* Open the image an entry names (raw/qcow2/vmdk, inside an archive or not).
+ * Backing files resolve inside repo only. */
+int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err);
+
 /* The backing files an image was read with, for the catalog. */
 typedef struct idd_chain {
 	idd_file_ident *v;
 	size_t n;
 } idd_chain;
 void idd_chain_free(idd_chain *c);
-/* Open an image and record its backing files in chain (may be NULL). */
+/* Open an image and record its backing files in chain (may be NULL).
+ * Backing names resolve against the directory of the image naming them
+ * and must stay inside repo; chains stop at IDD_MAX_BACKING_DEPTH. */
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err);
 /* Are the files of a chain still what was recorded (stat under repo)? */
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n);
-#define IDD_MAX_BACKING_DEPTH 16
-int idd_repo_backing_open(void *ctx, const char *name, idd_file **out, idd_error *err);
 
 #endif

@@ -14,6 +14,7 @@
 #include "index/indexfile.h"
 #include "index/catalog.h"
 #include "index/repo.h"
+#include "index/repo_s3.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -142,7 +143,7 @@ struct job {
 	idd_blocklist list;    /* built from the pieces when the job finishes */
 	uint64_t bytes_hashed;
 	idd_error err;
-	struct stat st_before;
+	idd_file_ident before; /* identity of the file when opened (stat, or HEAD in an object store) */
 	idd_chain chain;       /* backing files read with the image */
 	idd_image_info info;   /* filled when finished */
 	bool have_info;
@@ -192,13 +193,6 @@ static void job_release(struct job *j)
 	idd_blocklist_clear(&j->list);
 }
 
-static bool same_identity(const struct stat *a, const struct stat *b)
-{
-	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
-}
-
 /* Messages name the file: allocation failures deep in a format reader
  * ("out of memory allocating ...") get the image's path in front. */
 static void name_file(idd_error *e, const char *path)
@@ -211,18 +205,14 @@ static void name_file(idd_error *e, const char *path)
 static void job_open(struct scan *s, struct job *j)
 {
 	j->opened = true;
-	if (stat(j->e.path, &j->st_before)) {
-		idd_fail_errno(&j->err, j->e.path, "cannot stat");
+	if (idd_repo_file_ident(j->e.path, &j->before, &j->err)) {
 		j->failed = true;
 		return;
 	}
 	/* Archive member offsets (and spooled members) come from the listing:
 	 * the file must still be the one listed. */
-	const struct stat *b = &j->st_before;
-	if ((uint64_t)b->st_dev != j->e.dev || (uint64_t)b->st_ino != j->e.ino ||
-	    (uint64_t)b->st_size != j->e.size ||
-	    idd_ts_ns(b->st_mtim) != j->e.mtime_ns ||
-	    idd_ts_ns(b->st_ctim) != j->e.ctime_ns) {
+	const idd_file_ident listed = {NULL, j->e.dev, j->e.ino, j->e.size, j->e.mtime_ns, j->e.ctime_ns};
+	if (!idd_repo_ident_same(&j->before, &listed)) {
 		idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 		j->failed = true;
 		return;
@@ -359,11 +349,10 @@ static bool racily_clean(const struct scan *s, int64_t mtime_ns, int64_t ctime_n
 static void job_finish(struct scan *s, struct job *j)
 {
 	if (!j->failed) {
-		struct stat after;
-		if (stat(j->e.path, &after)) {
-			idd_fail_errno(&j->err, j->e.path, "cannot stat");
+		idd_file_ident after;
+		if (idd_repo_file_ident(j->e.path, &after, &j->err)) {
 			j->failed = true;
-		} else if (!same_identity(&j->st_before, &after) ||
+		} else if (!idd_repo_ident_same(&j->before, &after) ||
 		           !idd_chain_unchanged(s->o->repo, j->chain.v, j->chain.n)) {
 			idd_fail(&j->err, "%s: modified while being read; not indexed this run", j->e.path);
 			j->failed = true;
@@ -434,11 +423,14 @@ static void job_finish(struct scan *s, struct job *j)
 			j->chain.n = 0;
 			im->member_off = j->e.member_off;
 			im->member_len = j->e.member_len;
-			im->dev = (uint64_t)j->st_before.st_dev;
-			im->ino = (uint64_t)j->st_before.st_ino;
-			im->file_size = (uint64_t)j->st_before.st_size;
-			im->mtime_ns = idd_ts_ns(j->st_before.st_mtim);
-			im->ctime_ns = idd_ts_ns(j->st_before.st_ctim);
+			/* the identity as listed (checked equal to the file's when it
+			 * was opened and again now), so the next run compares like
+			 * with like */
+			im->dev = j->e.dev;
+			im->ino = j->e.ino;
+			im->file_size = j->e.size;
+			im->mtime_ns = j->e.mtime_ns;
+			im->ctime_ns = j->e.ctime_ns;
 			if (racily_clean(s, im->mtime_ns, im->ctime_ns, im->backing, im->nbacking))
 				im->mtime_ns = IDD_MTIME_UNKNOWN;
 			im->virtual_size = j->img->size;
@@ -791,13 +783,13 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	/* One job per image: the file itself, or each disk image inside an archive. */
 	unsigned char head[1024];
 	size_t hl = 0;
-	/* not followed, not waited on: the walk saw a regular file, and
-	 * whatever replaced it since is refused when the job opens it */
-	int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
-	if (fd >= 0) {
-		ssize_t r = pread(fd, head, sizeof head, 0);
-		hl = r > 0 ? (size_t)r : 0;
-		close(fd);
+	idd_file *hf;
+	idd_error he;
+	if (idd_repo_file_open(f->path, f->size, &hf, &he) == IDD_OK) {
+		hl = (size_t)IDD_MIN(hf->size, (uint64_t)sizeof head);
+		if (hl && idd_file_pread(hf, head, hl, 0, &he))
+			hl = 0;
+		idd_file_close(hf);
 	}
 	const char *kind = hl ? idd_archive_kind(head, hl) : NULL;
 	if (kind && defer_compressed && strcmp(kind, "tar") != 0)
@@ -805,7 +797,7 @@ static int add_jobs_for_file(struct scan *s, const idd_repo_entry *f, bool defer
 	idd_repo_list members = {0};
 	if (kind) {
 		idd_error e;
-		if (idd_archive_list(f, &members, &e)) {
+		if (idd_repo_list_archive(f, &members, &e)) {
 			if (s->o->warn)
 				s->o->warn(s->o->ctx, e.msg);
 			return 1; /* reported; counts as a failure */
@@ -870,10 +862,13 @@ static int phase_open(struct scan_run *r, idd_error *err)
 	r->s.index_dir = r->index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
-	if (stat(o->repo, &rst))
+	if (idd_repo_is_s3(o->repo)) {
+		/* an object store: the walk finds out whether it is there */
+	} else if (stat(o->repo, &rst)) {
 		return idd_fail_errno(err, o->repo, "cannot open repository");
-	if (!S_ISDIR(rst.st_mode))
+	} else if (!S_ISDIR(rst.st_mode)) {
 		return idd_fail(err, "%s: repository is not a directory", o->repo);
+	}
 	if (idd_mkdir_p(r->index_dir, err))
 		return IDD_ERR;
 	int rc = idd_lock(r->index_dir, o->no_wait, &r->lock_fd, err);

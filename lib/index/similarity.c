@@ -504,8 +504,7 @@ static int compute(const idd_similarity_opts *o, const char *index_dir, const id
 	}
 	pthread_mutex_init(&j.mu, NULL);
 	pthread_cond_init(&j.turn, NULL);
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	int nthreads = o->jobs > 0 ? o->jobs : (int)(cpus > 0 ? cpus : 1);
+	int nthreads = idd_threads_for_jobs(o->jobs);
 	uint64_t bytes = 0;
 	for (size_t i = 0; i < n; i++)
 		bytes += cat->images[i].nblocks * cat->block_size;

@@ -59,13 +59,14 @@ typedef struct idd_block_source_counters {
 	uint64_t bytes;    /* payload bytes transferred or read to deliver them */
 	uint64_t requests; /* requests made (remote sources) */
 	uint64_t damaged;  /* blocks that failed verification */
+	uint64_t retries;  /* requests retried after a transient failure */
 } idd_block_source_counters;
 
 struct idd_block_source {
 	const struct idd_block_source_ops *ops;
 	char *name;          /* for messages: a path or URL */
 	uint32_t block_size;
-	atomic_uint_least64_t blocks, bytes, requests, damaged;
+	atomic_uint_least64_t blocks, bytes, requests, damaged, retries;
 	idd_warn_fn warn;    /* told once per source about damage, a dead peer, ... */
 	void *warn_ctx;
 	void *priv;
@@ -87,10 +88,13 @@ bool idd_block_verify(idd_hasher *h, const void *buf, uint32_t block_size, const
 typedef struct idd_block_chain {
 	idd_block_source *src[16];
 	size_t n;
+	idd_error failure; /* the last source that failed as a whole (failure.code < 0) */
 } idd_block_chain;
 
-/* Ask every source in turn.  Afterwards each request is IDD_OK, or the
- * status of the last source that answered (IDD_ENOENT: nobody holds it). */
+/* Ask every source in turn.  Afterwards each request is IDD_OK, or says why
+ * not: IDD_ENOENT (nobody holds it), IDD_ECORRUPT (a source held it but it
+ * failed verification), or the code of a source that failed as a whole
+ * (IDD_ENET, ...; c->failure has its message). */
 int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_error *err);
 
 #endif

@@ -2,12 +2,15 @@
  * file from each distinct block digest to one place it can be read from.
  * Everything read from the cache is verified; damage costs a refetch. */
 #include "node/cache.h"
+#include "node/partial.h"
 #include "index/indexfile.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,10 +38,35 @@ static void entry_free(idd_cache_entry *e)
 	free(e->abs);
 	free(e->digests);
 	free(e->blocks);
+	free(e->journal);
 	if (e->fd >= 0)
 		close(e->fd);
 	memset(e, 0, sizeof *e);
 	e->fd = -1;
+}
+
+/* Open a cache file for reading, share-locked so that gc (which takes the
+ * lock exclusively before deleting) leaves it alone while it is in use. */
+static int count_nothing(void *ctx, const idd_partial_record *r)
+{
+	(void)ctx;
+	(void)r;
+	return IDD_OK;
+}
+
+static int open_shared(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return -1;
+	struct stat st;
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		close(fd);
+		errno = EINVAL;
+		return -1;
+	}
+	(void)flock(fd, LOCK_SH | LOCK_NB);
+	return fd;
 }
 
 static void entries_clear(idd_cache *c)
@@ -56,6 +84,7 @@ void idd_cache_close(idd_cache *c)
 		return;
 	entries_clear(c);
 	idd_digest_set_free(&c->lookup);
+	pthread_rwlock_destroy(&c->lock);
 	free(c->dir);
 	free(c);
 }
@@ -143,10 +172,134 @@ static int index_encode(const idd_cache *c, idd_buf *b)
 	return b->failed ? IDD_ERR : IDD_OK;
 }
 
-/* Load the index into c (entries replaced).  Damage: warn, start empty. */
+/* Load the index into c (entries replaced).  Damage: warn, rebuild. */
+static int grow_entries(idd_cache *c, idd_error *err);
+/* The index is damaged: adopt every complete image in CACHE/images/ again,
+ * hashed at the default block size (entries of another block size come
+ * back at their next deploy), so gc and lookups keep working.  Called with
+ * the cache lock held. */
+#define REBUILD_RUN ((size_t)1 << 20)
+static int save_index(idd_cache *c, idd_error *err);
+
+static int adopt_image(idd_cache *c, const char *name, idd_hasher *h, unsigned char *buf,
+                       idd_digest *dg, idd_error *err)
+{
+	uint32_t bs = IDD_DEFAULT_BLOCK_SIZE;
+	char *rel = idd_asprintf(err, "%s/%s", IDD_CACHE_IMAGES, name);
+	char *abs = rel ? idd_path_join(c->dir, rel, err) : NULL;
+	if (!abs) {
+		free(rel);
+		return IDD_ENOMEM;
+	}
+	int fd = open(abs, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		if (fd >= 0)
+			close(fd);
+		free(rel);
+		free(abs);
+		return IDD_OK; /* not an image: left alone */
+	}
+	idd_digest_set seen;
+	idd_cache_entry e = {.path = rel, .abs = abs, .owned = true, .block_size = bs,
+	                     .size = (uint64_t)st.st_size, .last_used = idd_ts_ns(st.st_mtim), .fd = -1};
+	size_t cap = 0;
+	int rc = idd_digest_set_init(&seen, 1024, false, err);
+	for (uint64_t off = 0; !rc && off < e.size;) {
+		off_t ds = lseek(fd, (off_t)off, SEEK_DATA);
+		if (ds < 0)
+			break;
+		off_t he = lseek(fd, ds, SEEK_HOLE);
+		uint64_t end = he < 0 ? e.size : IDD_MIN((uint64_t)he, e.size);
+		for (uint64_t b = (uint64_t)ds / bs; !rc && b * bs < end;) {
+			uint64_t len = IDD_MIN((uint64_t)REBUILD_RUN, e.size - b * bs);
+			uint64_t nb = (len + bs - 1) / bs, hashed;
+			memset(buf, 0, nb * bs);
+			if (idd_pread_all(fd, buf, (size_t)len, b * bs)) {
+				rc = idd_fail_errno(err, abs, "read");
+				break;
+			}
+			if ((rc = idd_hash_blocks(h, buf, (size_t)(nb * bs), bs, dg, &hashed, err)))
+				break;
+			for (uint64_t i = 0; !rc && i < nb; i++) {
+				bool added;
+				if (idd_digest_is_zero(&dg[i]) ||
+				    idd_digest_set_add(&seen, &dg[i], &added, err) == (size_t)-1 || !added)
+					continue;
+				if (e.n == cap) {
+					cap = cap ? cap * 2 : 1024;
+					idd_digest *nd = idd_realloc_array(e.digests, cap, sizeof *nd, err);
+					uint64_t *nbk = nd ? idd_realloc_array(e.blocks, cap, sizeof *nbk, err) : NULL;
+					if (nd)
+						e.digests = nd;
+					if (!nbk) {
+						rc = IDD_ENOMEM;
+						break;
+					}
+					e.blocks = nbk;
+				}
+				e.digests[e.n] = dg[i];
+				e.blocks[e.n++] = b + i;
+			}
+			b += nb;
+		}
+		off = end;
+	}
+	close(fd);
+	idd_digest_set_free(&seen);
+	if (!rc && !grow_entries(c, err)) {
+		c->e[c->count++] = e;
+		return IDD_OK;
+	}
+	entry_free(&e);
+	return rc ? rc : IDD_ENOMEM;
+}
+
+static int rebuild_index(idd_cache *c, idd_error *err)
+{
+	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
+	if (!dir)
+		return IDD_ENOMEM;
+	DIR *dh = opendir(dir);
+	free(dir);
+	if (!dh)
+		return save_index(c, err);
+	idd_hasher *h = idd_thread_hasher(err);
+	unsigned char *buf = idd_malloc(REBUILD_RUN, err);
+	idd_digest *dg = idd_calloc(REBUILD_RUN / IDD_DEFAULT_BLOCK_SIZE, sizeof *dg, err);
+	int rc = (!h || !buf || !dg) ? IDD_ENOMEM : IDD_OK;
+	struct dirent *de;
+	while (!rc && (de = readdir(dh))) {
+		const char *n = de->d_name;
+		size_t l = strlen(n);
+		if (n[0] == '.' || (l > 5 && !strcmp(n + l - 5, ".part")) ||
+		    (l > 8 && !strcmp(n + l - 8, IDD_PARTIAL_DATA_SUFFIX)) ||
+		    (l > 8 && !strcmp(n + l - 8, IDD_PARTIAL_JOURNAL_SUFFIX)))
+			continue;
+		rc = adopt_image(c, n, h, buf, dg, err);
+	}
+	closedir(dh);
+	free(buf);
+	free(dg);
+	if (!rc)
+		rc = save_index(c, err);
+	if (!rc)
+		warnf(c, "warning: cache: %s: index rebuilt from %zu images", c->dir, c->count);
+	return rc;
+}
+
+static int64_t index_mtime(const idd_cache *c)
+{
+	char path[4200];
+	snprintf(path, sizeof path, "%s/%s", c->dir, IDD_CACHE_INDEX);
+	struct stat st;
+	return stat(path, &st) ? 0 : idd_ts_ns(st.st_mtim);
+}
+
 static int load_index(idd_cache *c, idd_error *err)
 {
 	entries_clear(c);
+	c->index_mtime = index_mtime(c);
 	char *path = idd_path_join(c->dir, IDD_CACHE_INDEX, err);
 	if (!path)
 		return IDD_ERR;
@@ -164,7 +317,8 @@ static int load_index(idd_cache *c, idd_error *err)
 	}
 	if (rc) {
 		entries_clear(c);
-		warnf(c, "warning: %s; the cache starts over (blocks it knew will be fetched)", e2.msg);
+		warnf(c, "warning: %s; rebuilding it from the images present", e2.msg);
+		return rebuild_index(c, err);
 	}
 	return IDD_OK;
 }
@@ -192,6 +346,7 @@ static int open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache *
 	idd_cache *c = idd_calloc(1, sizeof *c, err);
 	if (!c)
 		return IDD_ERR;
+	pthread_rwlock_init(&c->lock, NULL);
 	c->dir = realpath(dir, NULL);
 	c->warn = warn;
 	c->ctx = ctx;
@@ -219,6 +374,8 @@ int idd_cache_open(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out
 	return IDD_OK;
 }
 
+static int scan_partials(idd_cache *c, idd_error *err);
+
 int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 {
 	size_t total = 0;
@@ -236,7 +393,7 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 		if (e->block_size != bs)
 			continue;
 		if (e->fd < 0) {
-			e->fd = open(e->abs, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+			e->fd = open_shared(e->abs);
 			if (e->fd < 0) {
 				warnf(c, "warning: cache: %s: %s; not used", e->abs, strerror(errno));
 				continue;
@@ -251,34 +408,366 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 				c->lookup.aux[slot] = (uint64_t)i << 40 | e->blocks[k];
 		}
 	}
+	return scan_partials(c, err);
+}
+
+/* ---- partial images and changes made by other processes ---- */
+
+static int grow_entries(idd_cache *c, idd_error *err)
+{
+	idd_cache_entry *ne = idd_realloc_array(c->e, c->count + 1, sizeof *c->e, err);
+	if (!ne)
+		return IDD_ENOMEM;
+	c->e = ne;
+	idd_cache_entry *e = &c->e[c->count];
+	memset(e, 0, sizeof *e);
+	e->fd = -1;
+	atomic_init(&e->used, false);
+	atomic_init(&e->damaged, false);
+	atomic_init(&e->warned, false);
 	return IDD_OK;
 }
 
-bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
+/* Add d -> (entry, block) unless the cache knows the content already.
+ * Called with the write lock held (or before any other thread exists). */
+static int lookup_add(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block, idd_error *err)
 {
-	if (!c || !c->have_lookup || idd_digest_is_zero(d))
-		return false;
-	size_t slot = idd_digest_set_find(&c->lookup, d);
+	bool added;
+	size_t slot = idd_digest_set_add(&c->lookup, d, &added, err);
 	if (slot == (size_t)-1)
+		return IDD_ENOMEM;
+	if (added)
+		c->lookup.aux[slot] = (uint64_t)entry << 40 | block;
+	return IDD_OK;
+}
+
+struct journal_ctx {
+	idd_cache *c;
+	size_t entry;
+	idd_error *err;
+};
+
+static int journal_record(void *ctx, const idd_partial_record *r)
+{
+	struct journal_ctx *j = ctx;
+	return lookup_add(j->c, j->entry, &r->digest, r->block, j->err);
+}
+
+/* Read what entry's journal gained since last time.  Write lock held. */
+static int read_journal(idd_cache *c, size_t i, idd_error *err)
+{
+	idd_cache_entry *e = &c->e[i];
+	idd_partial_header h;
+	struct journal_ctx j = {c, i, err};
+	int rc = idd_partial_journal_read(e->journal, &h, &e->journal_off, journal_record, &j, err);
+	if (rc == IDD_ENOENT) /* completed and renamed, or removed by gc */
+		return IDD_OK;
+	if (rc == IDD_ENOMEM)
+		return rc;
+	if (rc) { /* damaged: its blocks are simply not known */
+		warnf(c, "warning: cache: %s; not used", err->msg);
+		return IDD_OK;
+	}
+	if (h.block_size != e->block_size)
+		atomic_store(&e->damaged, true);
+	return IDD_OK;
+}
+
+static int add_partial_locked(idd_cache *c, const char *data_path, const char *journal_path,
+                              uint64_t size, uint32_t bs, size_t *entry, idd_error *err)
+{
+	for (size_t i = 0; i < c->count; i++)
+		if (c->e[i].partial && !strcmp(c->e[i].abs, data_path)) {
+			*entry = i;
+			return IDD_OK;
+		}
+	if (grow_entries(c, err))
+		return IDD_ENOMEM;
+	idd_cache_entry *e = &c->e[c->count];
+	e->partial = true;
+	e->owned = true;
+	e->abs = idd_strdup(data_path, err);
+	e->path = idd_strdup(data_path, err);
+	e->journal = idd_strdup(journal_path, err);
+	e->block_size = bs;
+	e->size = size;
+	if (!e->abs || !e->path || !e->journal) {
+		entry_free(e);
+		return IDD_ENOMEM;
+	}
+	e->fd = open_shared(data_path);
+	c->count++;
+	*entry = c->count - 1;
+	return e->fd < 0 ? IDD_OK : read_journal(c, c->count - 1, err);
+}
+
+/* Partial images in CACHE/images/ of the prepared block size. */
+static int scan_partials(idd_cache *c, idd_error *err)
+{
+	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
+	if (!dir)
+		return IDD_ENOMEM;
+	DIR *dh = opendir(dir);
+	if (!dh) {
+		free(dir);
+		return IDD_OK;
+	}
+	int rc = IDD_OK;
+	struct dirent *de;
+	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
+	while (!rc && (de = readdir(dh))) {
+		size_t n = strlen(de->d_name);
+		if (n <= sl || strcmp(de->d_name + n - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
+			continue;
+		char *journal = idd_path_join(dir, de->d_name, err);
+		char *data = journal ? idd_asprintf(err, "%.*s%s", (int)(strlen(journal) - sl), journal,
+		                                    IDD_PARTIAL_DATA_SUFFIX) : NULL;
+		if (!data) {
+			free(journal);
+			rc = IDD_ENOMEM;
+			break;
+		}
+		bool known = false;
+		for (size_t i = 0; i < c->count && !known; i++)
+			known = c->e[i].partial && !strcmp(c->e[i].abs, data);
+		idd_partial_header h;
+		uint64_t off = 0;
+		idd_error e2;
+		if (!known && idd_partial_journal_read(journal, &h, &off, count_nothing, NULL, &e2) == IDD_OK &&
+		    h.block_size == c->lookup_bs) {
+			size_t idx;
+			rc = add_partial_locked(c, data, journal, h.image_size, h.block_size, &idx, err);
+		}
+		free(journal);
+		free(data);
+	}
+	closedir(dh);
+	free(dir);
+	return rc;
+}
+
+/* Images a deploy registered since the index was read. */
+static int pick_up_index(idd_cache *c, idd_error *err)
+{
+	int64_t mt = index_mtime(c);
+	if (mt == c->index_mtime)
+		return IDD_OK;
+	idd_cache *fresh = idd_calloc(1, sizeof *fresh, err);
+	if (!fresh)
+		return IDD_ENOMEM;
+	fresh->dir = c->dir; /* borrowed */
+	fresh->warn = c->warn;
+	fresh->ctx = c->ctx;
+	int rc = load_index(fresh, err);
+	c->index_mtime = fresh->index_mtime;
+	for (size_t i = 0; !rc && i < fresh->count; i++) {
+		idd_cache_entry *ne = &fresh->e[i];
+		bool known = ne->block_size != c->lookup_bs;
+		for (size_t k = 0; k < c->count && !known; k++)
+			known = !c->e[k].partial && !strcmp(c->e[k].abs, ne->abs);
+		if (known)
+			continue;
+		if ((rc = grow_entries(c, err)))
+			break;
+		size_t idx = c->count++;
+		c->e[idx] = *ne;
+		memset(ne, 0, sizeof *ne);
+		ne->fd = -1;
+		idd_cache_entry *e = &c->e[idx];
+		e->fd = open_shared(e->abs);
+		for (uint64_t k = 0; e->fd >= 0 && !rc && k < e->n; k++)
+			rc = lookup_add(c, idx, &e->digests[k], e->blocks[k], err);
+	}
+	fresh->dir = NULL;
+	entries_clear(fresh);
+	free(fresh);
+	return rc;
+}
+
+int idd_cache_refresh(idd_cache *c, idd_error *err)
+{
+	if (!c->have_lookup)
+		return IDD_OK;
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < c->count; i++)
+		if (c->e[i].partial && c->e[i].fd >= 0)
+			rc = read_journal(c, i, err);
+	if (!rc)
+		rc = scan_partials(c, err);
+	if (!rc)
+		rc = pick_up_index(c, err);
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
+                        idd_error *err)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = IDD_OK;
+	if (c->have_lookup) {
+		bool added;
+		size_t slot = idd_digest_set_add(&c->lookup, d, &added, err);
+		if (slot == (size_t)-1)
+			rc = IDD_ENOMEM;
+		else /* the copy just written and verified: read it there from now on */
+			c->lookup.aux[slot] = (uint64_t)entry << 40 | block;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
+                            uint64_t size, size_t *entry, idd_error *err)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = add_partial_locked(c, data_path, journal_path, size, c->lookup_bs, entry, err);
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
+{
+	if (!c || idd_digest_is_zero(d))
 		return false;
-	uint64_t v = c->lookup.aux[slot];
-	size_t ei = (size_t)(v >> 40);
-	if (ei >= c->count || c->e[ei].damaged || c->e[ei].fd < 0)
-		return false;
-	*entry = ei;
-	*block = v & (((uint64_t)1 << 40) - 1);
-	return true;
+	bool found = false;
+	pthread_rwlock_rdlock(&c->lock);
+	size_t slot = c->have_lookup ? idd_digest_set_find(&c->lookup, d) : (size_t)-1;
+	if (slot != (size_t)-1) {
+		uint64_t v = c->lookup.aux[slot];
+		size_t ei = (size_t)(v >> 40);
+		if (ei < c->count && !atomic_load(&c->e[ei].damaged) && c->e[ei].fd >= 0) {
+			*entry = ei;
+			*block = v & (((uint64_t)1 << 40) - 1);
+			found = true;
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	return found;
+}
+
+uint64_t idd_cache_damaged_count(idd_cache *c)
+{
+	uint64_t n = 0;
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++)
+		n += atomic_load(&c->e[i].damaged) || atomic_load(&c->e[i].warned);
+	pthread_rwlock_unlock(&c->lock);
+	return n;
+}
+
+struct cached_loc {
+	size_t entry;
+	uint64_t block;
+	int fd;
+	uint64_t size;
+	bool found;
+};
+
+/* A file failed verification: never use it again in this process, and say
+ * so once. */
+static void mark_damaged(idd_cache *c, size_t ei, uint64_t block)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	idd_cache_entry *e = &c->e[ei];
+	bool was = e->partial ? atomic_exchange(&e->warned, true) : atomic_exchange(&e->damaged, true);
+	char *path = was ? NULL : strdup(e->abs);
+	pthread_rwlock_unlock(&c->lock);
+	if (path)
+		warnf(c, "warning: cache: %s: block at offset %llu does not match the cache index (file "
+		      "changed or damaged); fetching what it would have provided", path,
+		      (unsigned long long)(block * (c->lookup_bs ? c->lookup_bs : 1)));
+	free(path);
+}
+
+int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t *bytes_read,
+                          idd_error *err)
+{
+	*bytes_read = 0;
+	struct cached_loc *loc = idd_calloc(n ? n : 1, sizeof *loc, err);
+	idd_hasher *h = loc ? idd_thread_hasher(err) : NULL;
+	if (!loc || !h) {
+		free(loc);
+		return IDD_ENOMEM;
+	}
+	uint32_t bs = c->lookup_bs;
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < n; i++) {
+		reqs[i].status = IDD_ENOENT;
+		reqs[i].origin_fd = -1;
+		size_t slot = c->have_lookup ? idd_digest_set_find(&c->lookup, &reqs[i].digest) : (size_t)-1;
+		if (slot == (size_t)-1)
+			continue;
+		uint64_t v = c->lookup.aux[slot];
+		size_t ei = (size_t)(v >> 40);
+		if (ei >= c->count || atomic_load(&c->e[ei].damaged) || c->e[ei].fd < 0)
+			continue;
+		loc[i] = (struct cached_loc){ei, v & (((uint64_t)1 << 40) - 1), c->e[ei].fd, c->e[ei].size,
+		                             true};
+	}
+	pthread_rwlock_unlock(&c->lock);
+	for (size_t i = 0; i < n;) {
+		if (!loc[i].found) {
+			i++;
+			continue;
+		}
+		/* a run: consecutive blocks of one file into consecutive buffers */
+		size_t j = i + 1;
+		while (j < n && loc[j].found && loc[j].entry == loc[i].entry &&
+		       loc[j].block == loc[i].block + (j - i) && reqs[j].buf == reqs[i].buf + (j - i) * bs &&
+		       j - i < 1024)
+			j++;
+		uint64_t off = loc[i].block * bs;
+		uint64_t avail = loc[i].size > off ? loc[i].size - off : 0;
+		uint64_t want = IDD_MIN((uint64_t)(j - i) * bs, avail);
+		memset(reqs[i].buf + want, 0, (size_t)((j - i) * bs - want));
+		bool read_ok = idd_pread_all(loc[i].fd, reqs[i].buf, (size_t)want, off) == 0;
+		*bytes_read += want;
+		for (size_t k = i; k < j; k++) {
+			if (read_ok && idd_block_verify(h, reqs[k].buf, bs, &reqs[k].digest)) {
+				reqs[k].status = IDD_OK;
+				reqs[k].origin_fd = loc[k].fd;
+				reqs[k].origin_off = loc[k].block * bs;
+				continue;
+			}
+			reqs[k].status = IDD_ECORRUPT;
+			mark_damaged(c, loc[k].entry, loc[k].block);
+			pthread_rwlock_rdlock(&c->lock);
+			bool partial = c->e[loc[k].entry].partial;
+			pthread_rwlock_unlock(&c->lock);
+			if (partial)
+				continue; /* that block only: it is refetched and written back */
+			/* the rest of this file is not trusted either */
+			for (size_t m = k + 1; m < j; m++)
+				reqs[m].status = IDD_ECORRUPT;
+			break;
+		}
+		for (size_t k = i; k < j; k++)
+			if (reqs[k].status == IDD_OK) {
+				pthread_rwlock_rdlock(&c->lock);
+				atomic_store(&c->e[loc[k].entry].used, true);
+				pthread_rwlock_unlock(&c->lock);
+				break;
+			}
+		i = j;
+	}
+	free(loc);
+	return IDD_OK;
 }
 
 char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
 {
-	/* ids are relative paths; flatten them so images/ stays one level */
+	/* ids are relative paths; flatten them so images/ stays one level:
+	 * '/' becomes "%2F" and '%' "%25", so two ids never share a name */
 	idd_buf b = {0};
 	const char *pfx = IDD_CACHE_IMAGES "/";
 	idd_buf_put(&b, pfx, strlen(pfx));
 	for (const char *p = id; *p; p++) {
 		if (*p == '/')
-			idd_buf_put(&b, "__", 2);
+			idd_buf_put(&b, "%2F", 3);
+		else if (*p == '%')
+			idd_buf_put(&b, "%25", 3);
 		else
 			idd_buf_put_u8(&b, (uint8_t)*p);
 	}
@@ -289,7 +778,7 @@ char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
 	idd_buf_put_u8(&b, 0);
 	if (b.failed) {
 		idd_buf_free(&b);
-		idd_fail(err, "out of memory");
+		idd_fail_code(err, IDD_ENOMEM, "out of memory");
 		return NULL;
 	}
 	char *full = idd_path_join(dir, (char *)b.data, err);
@@ -297,7 +786,18 @@ char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
 	return full;
 }
 
+static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
+
 int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
+{
+	/* entries are moved aside while the index is rewritten: readers wait */
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = register_locked(c, path, m, err);
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
 {
 	/* Remember which entries were used before reloading the index. */
 	size_t nused = 0;
@@ -305,7 +805,7 @@ int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_err
 	if (!used)
 		return IDD_ERR;
 	for (size_t i = 0; i < c->count; i++)
-		if (c->e[i].used && !c->e[i].damaged)
+		if (atomic_load(&c->e[i].used) && !atomic_load(&c->e[i].damaged))
 			used[nused++] = c->e[i].abs; /* kept alive below: entries moved aside */
 	idd_cache_entry *old_e = c->e;
 	size_t old_count = c->count;
@@ -407,6 +907,110 @@ static int cmp_lru(const void *a, const void *b)
 	return x->last_used < y->last_used ? -1 : x->last_used > y->last_used;
 }
 
+/* Is the file open by serve or deploy (they hold a shared lock)? */
+static bool file_in_use(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	bool busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
+	close(fd);
+	return busy;
+}
+
+static int count_present(void *ctx, const idd_partial_record *r)
+{
+	(void)r;
+	(*(uint64_t *)ctx)++;
+	return IDD_OK;
+}
+
+/* Every image of the cache: the index's, then the partial ones. */
+static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error *err)
+{
+	size_t cap = c->count + 16, cnt = 0;
+	idd_cache_image *v = idd_calloc(cap, sizeof *v, err);
+	if (!v)
+		return IDD_ENOMEM;
+	for (size_t i = 0; i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		v[cnt].path = e->abs;
+		e->abs = NULL;
+		v[cnt].owned = e->owned;
+		v[cnt].block_size = e->block_size;
+		v[cnt].size = e->size;
+		v[cnt].blocks = e->n;
+		v[cnt].last_used = e->last_used;
+		v[cnt].disk_bytes = disk_bytes(v[cnt].path, &v[cnt].present);
+		v[cnt].in_use = v[cnt].present && file_in_use(v[cnt].path);
+		cnt++;
+	}
+	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
+	DIR *dh = dir ? opendir(dir) : NULL;
+	struct dirent *de;
+	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
+	int rc = dir ? IDD_OK : IDD_ENOMEM;
+	while (!rc && dh && (de = readdir(dh))) {
+		size_t l = strlen(de->d_name);
+		if (l <= sl || strcmp(de->d_name + l - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
+			continue;
+		char *journal = idd_path_join(dir, de->d_name, err);
+		char *data = journal ? idd_asprintf(err, "%.*s%s", (int)(strlen(journal) - sl), journal,
+		                                    IDD_PARTIAL_DATA_SUFFIX) : NULL;
+		idd_partial_header h;
+		uint64_t off = 0, present = 0;
+		idd_error e2;
+		struct stat js;
+		if (!data) {
+			free(journal);
+			rc = IDD_ENOMEM;
+			break;
+		}
+		if (idd_partial_journal_read(journal, &h, &off, count_present, &present, &e2) ||
+		    stat(journal, &js)) {
+			memset(&h, 0, sizeof h); /* damaged: listed, so that gc can remove it */
+			js.st_mtim.tv_sec = 0;
+			js.st_mtim.tv_nsec = 0;
+		}
+		if (cnt == cap) {
+			cap *= 2;
+			idd_cache_image *nv = idd_realloc_array(v, cap, sizeof *nv, err);
+			if (!nv) {
+				free(journal);
+				free(data);
+				rc = IDD_ENOMEM;
+				break;
+			}
+			v = nv;
+		}
+		idd_cache_image *im = &v[cnt++];
+		memset(im, 0, sizeof *im);
+		im->path = data;
+		im->owned = true;
+		im->partial = true;
+		im->block_size = h.block_size;
+		im->size = h.image_size;
+		im->present_blocks = IDD_MIN(present, h.data_blocks);
+		im->data_blocks = h.data_blocks;
+		im->blocks = im->present_blocks;
+		im->last_used = idd_ts_ns(js.st_mtim);
+		im->disk_bytes = disk_bytes(data, &im->present);
+		im->in_use = im->present && file_in_use(data);
+		free(journal);
+	}
+	if (dh)
+		closedir(dh);
+	free(dir);
+	if (rc) {
+		idd_cache_list_free(v, cnt);
+		return rc;
+	}
+	qsort(v, cnt, sizeof *v, cmp_lru);
+	*out = v;
+	*n = cnt;
+	return IDD_OK;
+}
+
 int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_fn warn, void *ctx,
                    idd_error *err)
 {
@@ -416,27 +1020,9 @@ int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_f
 	idd_cache *c;
 	if (idd_cache_open(dir, warn, ctx, &c, err))
 		return IDD_ERR;
-	idd_cache_image *v = idd_calloc(c->count ? c->count : 1, sizeof *v, err);
-	if (!v) {
-		idd_cache_close(c);
-		return IDD_ERR;
-	}
-	for (size_t i = 0; i < c->count; i++) {
-		idd_cache_entry *e = &c->e[i];
-		v[i].path = e->abs;
-		e->abs = NULL;
-		v[i].owned = e->owned;
-		v[i].block_size = e->block_size;
-		v[i].size = e->size;
-		v[i].blocks = e->n;
-		v[i].last_used = e->last_used;
-		v[i].disk_bytes = disk_bytes(v[i].path, &v[i].present);
-	}
-	*n = c->count;
-	qsort(v, *n, sizeof *v, cmp_lru);
-	*out = v;
+	int rc = list_images(c, out, n, err);
 	idd_cache_close(c);
-	return IDD_OK;
+	return rc;
 }
 
 void idd_cache_list_free(idd_cache_image *v, size_t n)
@@ -446,6 +1032,19 @@ void idd_cache_list_free(idd_cache_image *v, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(v[i].path);
 	free(v);
+}
+
+static void remove_partial(idd_cache *c, const char *data)
+{
+	size_t dl = strlen(data), sl = strlen(IDD_PARTIAL_DATA_SUFFIX);
+	char *journal = dl > sl ? idd_asprintf(NULL, "%.*s%s", (int)(dl - sl), data,
+	                                       IDD_PARTIAL_JOURNAL_SUFFIX) : NULL;
+	/* the journal first: a crash leaves data without records (space, no lies) */
+	if (journal && unlink(journal) && errno != ENOENT)
+		warnf(c, "warning: cache: cannot remove %s: %s", journal, strerror(errno));
+	if (unlink(data) && errno != ENOENT)
+		warnf(c, "warning: cache: cannot remove %s: %s", data, strerror(errno));
+	free(journal);
 }
 
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
@@ -459,75 +1058,73 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 	int lockfd = -1;
 	if (open_locked(dir, warn, ctx, &c, &lockfd, err))
 		return IDD_ERR;
-	st->images_before = c->count;
-	/* LRU order; vanished files go first */
+	/* list_images takes the paths out of the entries: keep a copy of them */
+	char **abs = idd_calloc(c->count ? c->count : 1, sizeof *abs, err);
+	int rc = abs ? IDD_OK : IDD_ENOMEM;
+	size_t nidx = c->count;
+	for (size_t i = 0; !rc && i < nidx; i++)
+		if (!(abs[i] = idd_strdup(c->e[i].abs, err)))
+			rc = IDD_ENOMEM;
+	idd_cache_image *v = NULL;
+	size_t n = 0;
+	if (!rc)
+		rc = list_images(c, &v, &n, err);
+	for (size_t i = 0; !rc && i < nidx; i++) {
+		free(c->e[i].abs);
+		c->e[i].abs = abs[i];
+		abs[i] = NULL;
+	}
 	uint64_t total = 0;
-	uint64_t *sizes = idd_calloc(c->count ? c->count : 1, sizeof *sizes, err);
-	bool *present = idd_calloc(c->count ? c->count : 1, sizeof *present, err);
-	size_t *order = idd_calloc(c->count ? c->count : 1, sizeof *order, err);
-	int rc = (!sizes || !present || !order) ? IDD_ERR : IDD_OK;
-	for (size_t i = 0; !rc && i < c->count; i++) {
-		sizes[i] = disk_bytes(c->e[i].abs, &present[i]);
-		total += sizes[i];
-		order[i] = i;
-	}
+	for (size_t i = 0; !rc && i < n; i++)
+		total += v[i].disk_bytes;
+	st->images_before = n;
 	st->bytes_before = total;
-	/* insertion sort by last_used: cache indexes hold few images */
-	for (size_t i = 1; !rc && i < c->count; i++) {
-		size_t k = order[i], j = i;
-		while (j > 0 && c->e[order[j - 1]].last_used > c->e[k].last_used) {
-			order[j] = order[j - 1];
-			j--;
-		}
-		order[j] = k;
-	}
-	bool *drop = rc ? NULL : idd_calloc(c->count ? c->count : 1, sizeof *drop, err);
-	if (!drop)
-		rc = IDD_ERR;
-	for (size_t i = 0; !rc && i < c->count; i++)
-		if (!present[i])
-			drop[i] = true;
-	for (size_t j = 0; !rc && j < c->count && total > max_size; j++) {
-		size_t i = order[j];
-		if (drop[i])
+	bool *drop = rc ? NULL : idd_calloc(n ? n : 1, sizeof *drop, err);
+	if (!rc && !drop)
+		rc = IDD_ENOMEM;
+	for (size_t i = 0; !rc && i < n; i++) /* vanished images leave the index */
+		drop[i] = !v[i].present && !v[i].partial;
+	for (size_t i = 0; !rc && i < n && total > max_size; i++) { /* v is in LRU order */
+		if (drop[i] || !v[i].present)
 			continue;
+		if (v[i].in_use) {
+			warnf(c, "warning: cache: %s is in use; kept", v[i].path);
+			continue;
+		}
 		drop[i] = true;
-		total -= sizes[i];
+		total -= v[i].disk_bytes;
 	}
 	/* Write the index first: a crash then leaves unreferenced files (space),
 	 * never an index naming deleted files. */
-	char **victims = rc ? NULL : idd_calloc(c->count ? c->count : 1, sizeof *victims, err);
-	size_t nv = 0;
-	if (!rc && !victims)
-		rc = IDD_ERR;
 	if (!rc) {
 		size_t w = 0;
 		for (size_t i = 0; i < c->count; i++) {
-			if (drop[i]) {
-				if (c->e[i].owned && present[i]) {
-					victims[nv++] = c->e[i].abs;
-					c->e[i].abs = NULL;
-				}
+			bool gone = false;
+			for (size_t k = 0; k < n && !gone; k++)
+				gone = drop[k] && !v[k].partial && !strcmp(v[k].path, c->e[i].abs);
+			if (gone)
 				entry_free(&c->e[i]);
-				st->images_removed++;
-			} else {
+			else
 				c->e[w++] = c->e[i];
-			}
 		}
 		c->count = w;
 		rc = save_index(c, err);
 	}
-	for (size_t k = 0; k < nv; k++) {
-		if (!rc && unlink(victims[k]) && errno != ENOENT)
-			warnf(c, "warning: cache: cannot remove %s: %s", victims[k], strerror(errno));
-		free(victims[k]);
+	for (size_t k = 0; !rc && k < n; k++) {
+		if (!drop[k])
+			continue;
+		st->images_removed++;
+		if (!v[k].present || !v[k].owned)
+			continue;
+		if (v[k].partial)
+			remove_partial(c, v[k].path);
+		else if (unlink(v[k].path) && errno != ENOENT)
+			warnf(c, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
 	}
 	st->bytes_after = total;
-	free(victims);
 	free(drop);
-	free(sizes);
-	free(present);
-	free(order);
+	free(abs);
+	idd_cache_list_free(v, n);
 	idd_unlock(lockfd);
 	idd_cache_close(c);
 	return rc;

@@ -8,6 +8,10 @@
 
 #include "base/digest.h"
 #include "index/map.h"
+#include "node/blocksource.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
 
 #define IDD_CACHE_INDEX "index"
 #define IDD_CACHE_IMAGES "images"
@@ -22,9 +26,16 @@ typedef struct idd_cache_entry {
 	uint64_t n;          /* distinct non-zero blocks listed */
 	idd_digest *digests; /* n digests ... */
 	uint64_t *blocks;    /* ... and the block index of each one's first occurrence */
-	int fd;              /* open for reading, -1 when not (yet) usable */
-	bool used;           /* a block was read from it this run */
-	bool damaged;        /* a block failed verification: not used again this run */
+	int fd;              /* open for reading (and share-locked: gc leaves it alone), -1 when
+	                        not (yet) usable */
+	atomic_bool used;    /* a block was read from it this run */
+	atomic_bool damaged; /* a block failed verification: not used again this run */
+	bool partial;        /* a partial image written by serve (not in the index file): a
+	                        block failing verification there is refetched and written
+	                        back, the rest of the file stays in use */
+	atomic_bool warned;  /* partial: damage reported once */
+	char *journal;       /* partial: its presence journal, and how far it was read */
+	uint64_t journal_off;
 } idd_cache_entry;
 
 typedef struct idd_cache {
@@ -33,9 +44,11 @@ typedef struct idd_cache {
 	idd_cache_entry *e;
 	idd_digest_set lookup; /* aux: entry << 40 | block */
 	bool have_lookup;
+	pthread_rwlock_t lock; /* guards e/count growth and lookup: readers share it */
 	uint32_t lookup_bs;
 	idd_warn_fn warn;
 	void *ctx;
+	int64_t index_mtime;  /* of the index file when last read (refresh reloads on change) */
 } idd_cache;
 
 /* Open (creating) the cache dir and read its index.  A damaged index is
@@ -46,7 +59,33 @@ void idd_cache_close(idd_cache *c);
  * cannot be opened are skipped with a warning. */
 int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err);
 /* Exact lookup: entry index and block index, false when absent. */
-bool idd_cache_find(const idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block);
+bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block);
+/* Fill the requests whose content the cache holds, verified: runs of
+ * consecutive blocks of one file are read with one pread.  Each request
+ * ends IDD_OK, IDD_ENOENT (not cached) or IDD_ECORRUPT (the file changed
+ * behind the cache's back: the file is not used again by this process and
+ * a warning names it once).  *bytes_read counts what was read.  Safe from
+ * several threads. */
+int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t *bytes_read,
+                          idd_error *err);
+/* Blocks read from, and damaged entries found, this run. */
+uint64_t idd_cache_damaged_count(idd_cache *c);
+/* Pick up what other processes added since: new records of partial images,
+ * new partial images, images a deploy registered.  Safe from several
+ * threads; cheap when nothing changed. */
+int idd_cache_refresh(idd_cache *c, idd_error *err);
+/* Make a block known to the cache (serve fetched it into a partial image):
+ * from now on its content is read there.  entry: from
+ * idd_cache_partial_entry. */
+int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
+                        idd_error *err);
+/* The entry of the partial image whose data file is data_path (added when
+ * absent). */
+int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
+                            uint64_t size, size_t *entry, idd_error *err);
+/* Base name (without suffix) of image id's partial files in the cache:
+ * CACHE/images/NAME, as idd_cache_default_out. */
+#define idd_cache_partial_base idd_cache_default_out
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */

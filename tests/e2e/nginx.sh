@@ -5,6 +5,7 @@
 #   nginx_requests     -> requests in the access log so far
 #   nginx_log_reset    -> empty the access log (nginx reopens it)
 #   nginx_stop
+# NGINX_LIMIT_RATE=12500k (optional) caps each connection's rate (limit_rate).
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 
 nginx_free_port() {
@@ -44,7 +45,7 @@ http {
   server {
     listen 127.0.0.1:$port;
     root $root;
-    location / { }
+    location / { ${NGINX_LIMIT_RATE:+limit_rate $NGINX_LIMIT_RATE;} }
   }
 }
 CONF

@@ -129,14 +129,14 @@ check "fully cached: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full"
 check "fully cached: nothing fetched" [ "$(json_get "$WORK/df.json" bytes_fetched)" = 0 ]
 check "fully cached: 2 requests (catalog, map)" [ "$(json_get "$WORK/df.json" requests)" = 2 ]
 check "fully cached: all data from the cache" [ "$(( $(json_get "$WORK/df.json" bytes_zero) + $(json_get "$WORK/df.json" bytes_from_cache) ))" = "$(stat -c %s "$REPO/sub/v2.raw")" ]
-doff=$(python3 - "$CF/images/sub__v2.raw" <<'PY'
+doff=$(python3 - "$CF/images/sub%2Fv2.raw" <<'PY'
 import sys
 d = open(sys.argv[1], "rb").read()
 nz = [o for o in range(0, len(d), 4096) if d[o:o+4096].count(0) != 4096]
 print(nz[len(nz) // 2] + 10)
 PY
 )
-printf '\x5a' | dd of="$CF/images/sub__v2.raw" bs=1 seek="$doff" conv=notrunc status=none
+printf '\x5a' | dd of="$CF/images/sub%2Fv2.raw" bs=1 seek="$doff" conv=notrunc status=none
 "$IMGDEDUP" deploy --from "$URL" --cache "$CF" -o "$WORK/v2.full2" --jobs 2 --json -q sub/v2.raw > "$WORK/df2.json" 2> "$WORK/df2.err"
 check "fully cached, tampered: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full2"
 check "fully cached, tampered: caught" [ "$(json_get "$WORK/df2.json" cache_damaged)" -ge 1 ]
@@ -165,16 +165,20 @@ printf '\xff' | dd of="$CT/images/v1.raw" bs=1 seek="$off" conv=notrunc status=n
 check "tampered cache: output still exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.t"
 check "tampered cache: a warning" grep -q "warning: cache" "$WORK/dt.err"
 check "tampered cache: refetched more" [ "$(json_get "$WORK/dt.json" bytes_fetched)" -gt "$want2" ]
-# a damaged cache index: a warning, then everything fetched
+# a damaged cache index: a warning, rebuilt from the images present, so only
+# what v1 lacks is fetched; gc still works on the rebuilt index
 CI=$WORK/cache-i
 "$IMGDEDUP" deploy --from "$URL" --cache "$CI" -q v1.raw
 printf 'garbage' | dd of="$CI/index" bs=1 seek=40 conv=notrunc status=none
 "$IMGDEDUP" deploy --from "$URL" --cache "$CI" -o "$WORK/v2.i" --json -q sub/v2.raw > "$WORK/di.json" 2> "$WORK/di.err"
 check "damaged cache index: output exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.i"
 check "damaged cache index: a warning" grep -q "warning" "$WORK/di.err"
-check "damaged cache index: all fetched" [ "$(json_get "$WORK/di.json" bytes_fetched)" = "$(missing_bytes "$REPO/sub/v2.raw")" ]
+check "damaged cache index: rebuilt, only what v1 lacks fetched" [ "$(json_get "$WORK/di.json" bytes_fetched)" = "$want2" ]
 "$IMGDEDUP" cache ls "$CI" > "$WORK/ci.ls"
 check "cache rebuilt with the new image" grep -q "v2.i" "$WORK/ci.ls"
+truncate -s 10 "$CI/index"
+"$IMGDEDUP" cache gc --max-size 0 "$CI" > "$WORK/gi.out" 2> "$WORK/gi.err"
+check "damaged cache index: gc removes the adopted images" [ ! -e "$CI/images/v1.raw" ]
 
 # 6. a corrupted source block: the deploy fails naming image, offset and source; no OUT
 BAD=$WORK/badrepo
@@ -263,7 +267,7 @@ if "$IMGDEDUP" deploy --from "$LR" --cache "$WORK/cache-l" -o "$WORK/l.out" -q v
 check "symlink out refused" grep -q "outside the source" "$WORK/l.err"
 # a local source works too
 "$IMGDEDUP" deploy --from "$REPO" --cache "$WORK/cache-loc" -q sub/v2.raw
-check "local source byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/cache-loc/images/sub__v2.raw"
+check "local source byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/cache-loc/images/sub%2Fv2.raw"
 
 # 11. cache ls / gc (C1 holds v1, v2.out, rep, exists.out: the last used last)
 "$IMGDEDUP" cache ls --json "$C1" > "$WORK/ls.json"

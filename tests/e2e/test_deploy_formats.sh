@@ -40,6 +40,11 @@ PY
 for off in 8192 73728 139264 1052672 2101248; do
   qemu-io -f qcow2 -c "write -P 0x5a $off 4096" "$REPO/top.qcow2" >/dev/null
 done
+# an overlay in a subdirectory whose backing file is named '../top.qcow2':
+# each level of a chain resolves next to the file naming it
+mkdir -p "$REPO/sub"
+qemu-img create -q -f qcow2 -o cluster_size=4096 -b ../top.qcow2 -F qcow2 "$REPO/sub/deep.qcow2"
+qemu-io -f qcow2 -c "write -P 0x6b 16384 4096" "$REPO/sub/deep.qcow2" >/dev/null
 # VMDK (streamOptimized, compressed grains) in an OVA
 qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$T/base.raw" "$T/ova/disk1.vmdk"
 printf '<?xml version="1.0"?><Envelope/>\n' > "$T/ova/vm.ovf"
@@ -67,7 +72,7 @@ imgs = d["images"] if isinstance(d, dict) else d
 for i in imgs:
     print(i["id"])
 PY
-for id in plain.qcow2 comp.qcow2 top.qcow2 vm.ova/disk1.vmdk plain.tar/disk.raw sparse.tar/sparse.raw \
+for id in plain.qcow2 comp.qcow2 top.qcow2 sub/deep.qcow2 vm.ova/disk1.vmdk plain.tar/disk.raw sparse.tar/sparse.raw \
           app.tar.gz/disk.img vm.box/box.img; do
   grep -qx "$id" "$WORK/ids" || fail "scan did not list $id (got: $(tr '\n' ' ' < "$WORK/ids"))"
 done
@@ -77,6 +82,7 @@ URL=$NGINX_URL
 # expected contents, from qemu-img (independent of imgdedup)
 qemu-img convert -O raw "$REPO/plain.qcow2" "$WORK/want.base"
 qemu-img convert -O raw "$REPO/top.qcow2" "$WORK/want.top"
+qemu-img convert -O raw "$REPO/sub/deep.qcow2" "$WORK/want.deep"
 cmp -s "$WORK/want.base" "$T/base.raw" || fail "qemu-img round trip differs"
 
 deploy_one() { # ID WANT -> deploys with an empty cache into $WORK/out.N, compares
@@ -105,4 +111,5 @@ deploy_one plain.tar/disk.raw "$WORK/want.base" 5
 deploy_one sparse.tar/sparse.raw "$WORK/want.base" 6
 deploy_one app.tar.gz/disk.img "$WORK/want.base" 7
 deploy_one vm.box/box.img "$WORK/want.base" 8
+deploy_one sub/deep.qcow2 "$WORK/want.deep" 9
 echo "PASS test_deploy_formats"

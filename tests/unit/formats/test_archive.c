@@ -32,42 +32,36 @@ static int teardown(void **state)
 	return 0;
 }
 
-static idd_repo_entry entry_for(const char *name)
+static char *path_for(const char *name)
 {
-	idd_repo_entry e = {0};
-	e.path = idd_path_join(dir, name, NULL);
-	e.id = idd_strdup(name, NULL);
-	e.container = idd_strdup("", NULL);
-	struct stat st;
-	assert_int_equal(stat(e.path, &st), 0);
-	e.dev = (uint64_t)st.st_dev;
-	e.ino = (uint64_t)st.st_ino;
-	e.size = (uint64_t)st.st_size;
-	e.mtime_ns = 12345;
-	e.ctime_ns = 67890;
-	return e;
+	char *p = idd_path_join(dir, name, NULL);
+	assert_non_null(p);
+	return p;
 }
 
-static const idd_repo_entry *find_member(const idd_repo_list *l, const char *member)
+static const idd_archive_member *find_member(const idd_archive_members *l, const char *member)
 {
 	for (size_t i = 0; i < l->n; i++)
-		if (strcmp(l->v[i].member, member) == 0)
+		if (strcmp(l->v[i].name, member) == 0)
 			return &l->v[i];
 	fail_msg("member %s not listed", member);
 	return NULL;
 }
 
-static void check_member(const idd_repo_entry *e, const char *raw_path, const char *format)
+static void check_member(const char *archive, const idd_archive_member *m, const char *raw_path,
+                         const char *format)
 {
 	idd_image *img;
 	idd_error err;
-	if (idd_archive_open_member(dir, e, &img, &err))
-		fail_msg("open member %s: %s", e->id, err.msg);
-	it_check_opened(img, e->id, raw_path, format);
+	char *path = path_for(archive);
+	if (idd_archive_open_member(path, m, &img, &err))
+		fail_msg("open member %s of %s: %s", m->name, archive, err.msg);
+	it_check_opened(img, m->name, raw_path, format);
+	free(path);
 }
 
 /* python3 tarfile's view of each member: "name offset_data size" lines. */
-static void expect_offsets_match(const char *archive, const idd_repo_list *l)
+static void expect_offsets_match(const char *archive, const idd_archive_members *l)
 {
 	char cmd[1024], line[1024];
 	snprintf(cmd, sizeof cmd,
@@ -82,9 +76,9 @@ static void expect_offsets_match(const char *archive, const idd_repo_list *l)
 		unsigned long long off, size;
 		assert_int_equal(sscanf(line, "%899s %llu %llu", name, &off, &size), 3);
 		for (size_t i = 0; i < l->n; i++)
-			if (strcmp(l->v[i].member, name) == 0) {
-				assert_int_equal(l->v[i].member_off, off);
-				assert_int_equal(l->v[i].member_len, size);
+			if (strcmp(l->v[i].name, name) == 0) {
+				assert_int_equal(l->v[i].off, off);
+				assert_int_equal(l->v[i].len, size);
 				matched++;
 			}
 	}
@@ -92,23 +86,13 @@ static void expect_offsets_match(const char *archive, const idd_repo_list *l)
 	assert_int_equal(matched, l->n);
 }
 
-static void list(const char *archive, idd_repo_list *l)
+static void list(const char *archive, idd_archive_members *l)
 {
-	idd_repo_entry a = entry_for(archive);
+	char *path = path_for(archive);
 	idd_error err;
-	if (idd_archive_list(&a, l, &err))
+	if (idd_archive_list(path, l, &err))
 		fail_msg("list %s: %s", archive, err.msg);
-	for (size_t i = 0; i < l->n; i++) {
-		char *id = idd_asprintf(NULL, "%s/%s", archive, l->v[i].member);
-		assert_string_equal(l->v[i].id, id);
-		free(id);
-		assert_string_equal(l->v[i].path, a.path);
-		assert_int_equal(l->v[i].ino, a.ino);
-		assert_int_equal(l->v[i].size, a.size);
-		assert_int_equal(l->v[i].mtime_ns, 12345);
-		assert_int_equal(l->v[i].ctime_ns, 67890);
-	}
-	idd_repo_entry_free(&a);
+	free(path);
 }
 
 static void test_kind(void **state)
@@ -148,21 +132,23 @@ static void test_tar_formats(void **state)
 		snprintf(archive, sizeof archive, "t-%s.tar", fmts[f]);
 		it_sh("cd %s && rm -rf stage && mkdir -p stage/%s && cp src/* stage/%s/ && cd stage && "
 		      "tar --format=%s -cf ../%s %s", dir, deep, deep, fmts[f], archive, deep);
-		idd_repo_list l;
+		idd_archive_members l;
 		list(archive, &l);
 		assert_int_equal(l.n, 3); /* raw, qcow2, vmdk: not ovf, mf, json, Vagrantfile */
 		expect_offsets_match(archive, &l);
 		char m[512];
 		snprintf(m, sizeof m, "%s/disk.raw", deep);
-		const idd_repo_entry *e = find_member(&l, m);
+		const idd_archive_member *e = find_member(&l, m);
 		assert_false(e->streamed);
-		assert_string_equal(e->container, "tar");
-		check_member(e, raw, "raw");
+		assert_int_equal(e->spool_fd, -1);
+		assert_string_equal(l.kind, "tar");
+		assert_string_equal(l.container, "tar");
+		check_member(archive, e, raw, "raw");
 		snprintf(m, sizeof m, "%s/disk.qcow2", deep);
-		check_member(find_member(&l, m), raw, "qcow2");
+		check_member(archive, find_member(&l, m), raw, "qcow2");
 		snprintf(m, sizeof m, "%s/disk1.vmdk", deep);
-		check_member(find_member(&l, m), raw, "vmdk");
-		idd_repo_list_free(&l);
+		check_member(archive, find_member(&l, m), raw, "vmdk");
+		idd_archive_members_free(&l);
 	}
 }
 
@@ -171,16 +157,16 @@ static void test_ova(void **state)
 	(void)state;
 	it_sh("cd %s/src && tar --format=ustar -cf ../appliance.ova appliance.ovf appliance.mf disk1.vmdk",
 	      dir);
-	idd_repo_list l;
+	idd_archive_members l;
 	list("appliance.ova", &l);
 	assert_int_equal(l.n, 1);
-	assert_string_equal(l.v[0].member, "disk1.vmdk");
-	assert_string_equal(l.v[0].id, "appliance.ova/disk1.vmdk");
-	assert_string_equal(l.v[0].container, "ova");
+	assert_string_equal(l.v[0].name, "disk1.vmdk");
+	assert_string_equal(l.kind, "tar");
+	assert_string_equal(l.container, "ova");
 	assert_false(l.v[0].streamed);
 	expect_offsets_match("appliance.ova", &l);
-	check_member(&l.v[0], raw, "vmdk");
-	idd_repo_list_free(&l);
+	check_member("appliance.ova", &l.v[0], raw, "vmdk");
+	idd_archive_members_free(&l);
 }
 
 static void test_compressed(void **state)
@@ -199,14 +185,19 @@ static void test_compressed(void **state)
 		{"d.tar.xz", "tar.xz", "disk.raw", "raw"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(cases); i++) {
-		idd_repo_list l;
+		idd_archive_members l;
 		list(cases[i].archive, &l);
 		assert_int_equal(l.n, 1);
-		assert_string_equal(l.v[0].member, cases[i].member);
-		assert_string_equal(l.v[0].container, cases[i].container);
+		assert_string_equal(l.v[0].name, cases[i].member);
+		assert_string_equal(l.container, cases[i].container);
 		assert_true(l.v[0].streamed);
-		check_member(&l.v[0], raw, cases[i].format);
-		idd_repo_list_free(&l);
+		assert_true(l.v[0].spool_fd >= 0); /* decompressed while listing */
+		check_member(cases[i].archive, &l.v[0], raw, cases[i].format);
+		/* Without the listing's copy, the member is decompressed again. */
+		idd_archive_member again = l.v[0];
+		again.spool_fd = -1;
+		check_member(cases[i].archive, &again, raw, cases[i].format);
+		idd_archive_members_free(&l);
 	}
 }
 
@@ -221,12 +212,12 @@ static void test_sparse_member(void **state)
 	char *want = idd_path_join(dir, "sp/sparse.img", NULL);
 	const char *archives[] = {"sp.tar", "sp-pax.tar"};
 	for (int i = 0; i < 2; i++) {
-		idd_repo_list l;
+		idd_archive_members l;
 		list(archives[i], &l);
 		assert_int_equal(l.n, 1);
 		assert_true(l.v[0].streamed);
-		check_member(&l.v[0], want, "raw");
-		idd_repo_list_free(&l);
+		check_member(archives[i], &l.v[0], want, "raw");
+		idd_archive_members_free(&l);
 	}
 	free(want);
 }
@@ -246,19 +237,21 @@ static void test_names(void **state)
 	      "add(\"nested.tar.gz\",b\"x\"*10)\n"
 	      "add(\"ok.img\",b\"second\"*100)\n"
 	      "t.close()'", dir);
-	idd_repo_list l;
+	idd_archive_members l;
 	list("names.tar", &l);
 	assert_int_equal(l.n, 1);
-	assert_string_equal(l.v[0].member, "ok.img");
+	assert_string_equal(l.v[0].name, "ok.img");
 	idd_image *img;
 	idd_error err;
-	assert_int_equal(idd_archive_open_member(dir, &l.v[0], &img, &err), 0);
+	char *path = path_for("names.tar");
+	assert_int_equal(idd_archive_open_member(path, &l.v[0], &img, &err), 0);
+	free(path);
 	unsigned char buf[6];
 	assert_int_equal(img->size, 600);
 	assert_int_equal(idd_image_read(img, 0, buf, 6, &err), 0);
 	assert_memory_equal(buf, "second", 6);
 	idd_image_close(img);
-	idd_repo_list_free(&l);
+	idd_archive_members_free(&l);
 }
 
 static void test_backing_in_tar(void **state)
@@ -267,15 +260,17 @@ static void test_backing_in_tar(void **state)
 	it_sh("cd %s && mkdir -p bk && cd bk && qemu-img create -q -f qcow2 base.qcow2 1M && "
 	      "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 over.qcow2 && "
 	      "tar -cf ../bk.tar over.qcow2 base.qcow2", dir);
-	idd_repo_list l;
+	idd_archive_members l;
 	list("bk.tar", &l);
 	assert_int_equal(l.n, 2);
 	idd_image *img;
 	idd_error err;
-	assert_int_not_equal(idd_archive_open_member(dir, find_member(&l, "over.qcow2"), &img, &err), 0);
+	char *path = path_for("bk.tar");
+	assert_int_not_equal(idd_archive_open_member(path, find_member(&l, "over.qcow2"), &img, &err), 0);
+	free(path);
 	assert_non_null(strstr(err.msg, "backing file"));
 	assert_non_null(strstr(err.msg, "self-contained"));
-	idd_repo_list_free(&l);
+	idd_archive_members_free(&l);
 }
 
 static void test_malformed(void **state)
@@ -285,35 +280,29 @@ static void test_malformed(void **state)
 	      "cp ../m.tar ../cut.tar && cp ../m.tar ../sum.tar", dir);
 	char *cut = idd_path_join(dir, "cut.tar", NULL), *sum = idd_path_join(dir, "sum.tar", NULL);
 	tu_truncate(cut, 512 * 3 + 1000000); /* inside disk.raw's data */
-	idd_repo_entry a = entry_for("cut.tar");
-	idd_repo_list l;
+	idd_archive_members l;
 	idd_error err;
-	assert_int_not_equal(idd_archive_list(&a, &l, &err), 0);
+	assert_int_not_equal(idd_archive_list(cut, &l, &err), 0);
 	assert_non_null(strstr(err.msg, "truncated tar archive"));
 	assert_non_null(strstr(err.msg, "cut.tar"));
-	idd_repo_entry_free(&a);
 	tu_flip_byte(sum, 512 * 2 + 10); /* disk.raw's header name */
-	a = entry_for("sum.tar");
-	assert_int_not_equal(idd_archive_list(&a, &l, &err), 0);
+	assert_int_not_equal(idd_archive_list(sum, &l, &err), 0);
 	assert_non_null(strstr(err.msg, "corrupt tar header at offset 1024"));
-	idd_repo_entry_free(&a);
-	a = entry_for("disk.raw");
-	assert_int_not_equal(idd_archive_list(&a, &l, &err), 0);
+	assert_int_not_equal(idd_archive_list(raw, &l, &err), 0);
 	assert_non_null(strstr(err.msg, "not a tar archive"));
-	idd_repo_entry_free(&a);
 	/* A gzip whose member data is cut short: reading the member fails. */
 	it_sh("cd %s/src && tar -czf ../cut.tgz disk.raw", dir);
 	char *cutgz = idd_path_join(dir, "cut.tgz", NULL);
 	tu_truncate(cutgz, tu_file_size(cutgz) / 2);
-	a = entry_for("cut.tgz");
-	if (idd_archive_list(&a, &l, &err) == 0) {
+	if (idd_archive_list(cutgz, &l, &err) == 0) {
 		assert_int_equal(l.n, 1);
 		idd_image *img;
-		assert_int_not_equal(idd_archive_open_member(dir, &l.v[0], &img, &err), 0);
-		idd_repo_list_free(&l);
+		idd_archive_member m = l.v[0];
+		m.spool_fd = -1;
+		assert_int_not_equal(idd_archive_open_member(cutgz, &m, &img, &err), 0);
+		idd_archive_members_free(&l);
 	}
 	assert_non_null(strstr(err.msg, "cut.tgz"));
-	idd_repo_entry_free(&a);
 	free(cutgz);
 	free(cut);
 	free(sum);

@@ -38,9 +38,9 @@ static void roundtrip(const char *name, const char *opts)
 static void test_probe(void **state)
 {
 	(void)state;
-	assert_true(idd_qcow2_probe((const unsigned char *)"QFI\xfb\0\0\0\3", 8));
-	assert_false(idd_qcow2_probe((const unsigned char *)"QFI\xfa\0\0\0\3", 8));
-	assert_false(idd_qcow2_probe((const unsigned char *)"QFI", 3));
+	assert_true(idd_format_qcow2.probe((const unsigned char *)"QFI\xfb\0\0\0\3", 8));
+	assert_false(idd_format_qcow2.probe((const unsigned char *)"QFI\xfa\0\0\0\3", 8));
+	assert_false(idd_format_qcow2.probe((const unsigned char *)"QFI", 3));
 }
 
 static void test_plain(void **state) { (void)state; roundtrip("plain.qcow2", ""); }

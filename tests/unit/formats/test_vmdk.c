@@ -34,9 +34,9 @@ static char *convert(const char *name, const char *subformat)
 static void test_probe(void **state)
 {
 	(void)state;
-	assert_true(idd_vmdk_probe((const unsigned char *)"KDMV\3\0\0\0", 8));
-	assert_true(idd_vmdk_probe((const unsigned char *)"# Disk DescriptorFile\n", 22));
-	assert_false(idd_vmdk_probe((const unsigned char *)"QFI\xfb", 4));
+	assert_true(idd_format_vmdk.probe((const unsigned char *)"KDMV\3\0\0\0", 8));
+	assert_true(idd_format_vmdk.probe((const unsigned char *)"# Disk DescriptorFile\n", 22));
+	assert_false(idd_format_vmdk.probe((const unsigned char *)"QFI\xfb", 4));
 }
 
 static void test_stream_optimized(void **state)

@@ -1,6 +1,7 @@
 /* test_cache.c - the node cache: index round trip, exact lookups, verified
  * reads, damage degrading to a warning, LRU garbage collection. */
 #include "testutil.h"
+#include "node/partial.h"
 #include "node/cache.h"
 
 #include <stdio.h>
@@ -115,7 +116,7 @@ static void test_damaged_index(void **state)
 	nwarn = 0;
 	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
 	assert_int_equal(c->count, 0);
-	assert_int_equal(nwarn, 1);
+	assert_true(nwarn >= 1);
 	assert_non_null(strstr(last_warn, "index"));
 	/* registering again rebuilds a good index */
 	assert_int_equal(idd_cache_register(c, real, m, &err), IDD_OK);
@@ -124,7 +125,7 @@ static void test_damaged_index(void **state)
 	nwarn = 0;
 	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
 	assert_int_equal(c->count, 0);
-	assert_int_equal(nwarn, 1);
+	assert_true(nwarn >= 1);
 	idd_cache_close(c);
 
 	/* hostile payloads are refused by the parser itself */
@@ -252,11 +253,120 @@ static void test_default_out(void **state)
 {
 	(void)state;
 	char *p = idd_cache_default_out("/c", "dir/x.qcow2", NULL);
-	assert_string_equal(p, "/c/images/dir__x.qcow2.raw");
+	assert_string_equal(p, "/c/images/dir%2Fx.qcow2.raw");
 	free(p);
 	p = idd_cache_default_out("/c", "y.raw", NULL);
 	assert_string_equal(p, "/c/images/y.raw");
 	free(p);
+	/* two ids never share a name */
+	char *q1 = idd_cache_default_out("/c", "sub/a.img", NULL);
+	char *q2 = idd_cache_default_out("/c", "sub__a.img", NULL);
+	char *q3 = idd_cache_default_out("/c", "sub%2Fa.img", NULL);
+	assert_string_not_equal(q1, q2);
+	assert_string_not_equal(q1, q3);
+	assert_string_not_equal(q2, q3);
+	free(q1);
+	free(q2);
+	free(q3);
+}
+
+/* A damaged index is rebuilt from the images in CACHE/images: they stay
+ * usable as sources and gc can still remove them. */
+static void test_rebuild_index(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	idd_map *m;
+	unsigned char *img = make_image(16, 16, 9, &m);
+	char *imgs = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	idd_mkdir_p(imgs, NULL);
+	char *path = tu_write(imgs, "x.raw", img, 16 * BS);
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, path, m, &err), IDD_OK);
+	idd_cache_close(c);
+	char *ix = idd_path_join(dir, IDD_CACHE_INDEX, NULL);
+	tu_truncate(ix, 10);
+	nwarn = 0;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 1);
+	assert_true(nwarn >= 1);
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	size_t e;
+	uint64_t b;
+	assert_true(idd_cache_find(c, &m->digests[3], &e, &b));
+	idd_cache_close(c);
+	idd_cache_gc_stats gs;
+	assert_int_equal(idd_cache_gc(dir, 0, &gs, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(gs.images_removed, 1);
+	assert_int_equal(access(path, F_OK), -1);
+	free(ix);
+	free(path);
+	free(imgs);
+	free(img);
+	idd_map_free(m);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Partial images are listed with how much is present, kept by gc while an
+ * export has them open, removed (data and journal) once closed. */
+static void test_partial_images(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgs = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	idd_mkdir_p(imgs, NULL);
+	char *base = idd_path_join(imgs, "p.raw", NULL);
+	idd_partial *p;
+	idd_error err;
+	assert_int_equal(idd_partial_open(base, "p.raw", BS, 8 * BS, 6, &p, &err), IDD_OK);
+	unsigned char blk[BS];
+	tu_fill_random(blk, BS, 5);
+	idd_digest d;
+	idd_hasher *h = idd_hasher_new(NULL);
+	idd_hasher_digest(h, blk, BS, &d, NULL);
+	assert_int_equal(idd_partial_write(p, 2, blk, BS, &err), IDD_OK);
+	assert_int_equal(idd_partial_note(p, 2, &d, &err), IDD_OK);
+	size_t flushed;
+	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
+	assert_int_equal(flushed, 1);
+	idd_cache_image *v;
+	size_t n;
+	assert_int_equal(idd_cache_list(dir, &v, &n, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(n, 1);
+	assert_true(v[0].partial);
+	assert_int_equal(v[0].present_blocks, 1);
+	assert_int_equal(v[0].data_blocks, 6);
+	assert_true(v[0].in_use);
+	idd_cache_list_free(v, n);
+	/* the cache finds the block through the journal */
+	idd_cache *c;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	size_t e;
+	uint64_t b;
+	assert_true(idd_cache_find(c, &d, &e, &b));
+	assert_int_equal(b, 2);
+	idd_cache_close(c);
+	idd_cache_gc_stats gs;
+	assert_int_equal(idd_cache_gc(dir, 0, &gs, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(gs.images_removed, 0); /* in use */
+	idd_partial_close(p);
+	assert_int_equal(idd_cache_gc(dir, 0, &gs, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(gs.images_removed, 1);
+	char *data = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_DATA_SUFFIX);
+	char *journal = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_JOURNAL_SUFFIX);
+	assert_int_equal(access(data, F_OK), -1);
+	assert_int_equal(access(journal, F_OK), -1);
+	free(data);
+	free(journal);
+	idd_hasher_free(h);
+	free(base);
+	free(imgs);
+	tu_rmtree(dir);
+	free(dir);
 }
 
 int main(void)
@@ -266,6 +376,8 @@ int main(void)
 		cmocka_unit_test(test_damaged_index),
 		cmocka_unit_test(test_gc),
 		cmocka_unit_test(test_default_out),
+		cmocka_unit_test(test_rebuild_index),
+		cmocka_unit_test(test_partial_images),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

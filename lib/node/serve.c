@@ -1,0 +1,1164 @@
+/* serve.c - on-demand access: images read block by block for an NBD
+ * server, fetched only when first read.
+ *
+ * A read is answered block by block: zero blocks as zeros; a block whose
+ * content any image in the node cache holds is read from there and
+ * verified (the access is redirected to the copy the node already has, so
+ * related images share one copy on disk and in the page cache); anything
+ * else is fetched with its missing neighbours (bounded readahead), verified,
+ * written into the image's partial file in the cache, made known to the
+ * cache, and answered.  A block nobody can supply verified fails the read.
+ *
+ * Threads: the NBD server calls reads from many threads.  The cache is
+ * read-shared (cache.c); fetches of one export go through a pool of remote
+ * readers (source_remote.c); a block being fetched by one thread is waited
+ * for, not fetched again, by the others (the in-flight list, under
+ * fl_lock).  Background threads: a flusher (every 100 ms: fetched data
+ * made durable, then journaled), and per export --prefetch and --fill
+ * workers, which step aside while the guest reads. */
+#include "node/cache.h"
+#include "node/partial.h"
+#include "node/remote_index.h"
+#include "node/source_cache.h"
+#include "node/source_peer.h"
+#include "node/source_remote.h"
+#include "index/indexfile.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_READAHEAD ((uint64_t)2 << 20)
+#define MAX_READAHEAD ((uint64_t)4 << 20)
+#define REFRESH_NS ((int64_t)100 * 1000000)
+#define FLUSH_MS 100
+#define FILL_WINDOW 256
+#define REMOTE_READERS 2
+
+/* A set of block numbers (open addressing; UINT64_MAX marks empty). */
+struct u64set {
+	uint64_t *v;
+	size_t cap, count;
+};
+
+static bool u64set_has(const struct u64set *s, uint64_t x)
+{
+	if (!s->cap)
+		return false;
+	size_t i = (size_t)(x * 0x9E3779B97F4A7C15ull) & (s->cap - 1);
+	while (s->v[i] != UINT64_MAX) {
+		if (s->v[i] == x)
+			return true;
+		i = (i + 1) & (s->cap - 1);
+	}
+	return false;
+}
+
+static int u64set_add(struct u64set *s, uint64_t x, bool *added)
+{
+	*added = false;
+	if ((s->count + 1) * 2 > s->cap) {
+		size_t nc = s->cap ? s->cap * 2 : 1024;
+		uint64_t *nv = malloc(nc * sizeof *nv);
+		if (!nv)
+			return IDD_ENOMEM;
+		memset(nv, 0xff, nc * sizeof *nv);
+		for (size_t i = 0; i < s->cap; i++) {
+			if (s->v[i] == UINT64_MAX)
+				continue;
+			size_t j = (size_t)(s->v[i] * 0x9E3779B97F4A7C15ull) & (nc - 1);
+			while (nv[j] != UINT64_MAX)
+				j = (j + 1) & (nc - 1);
+			nv[j] = s->v[i];
+		}
+		free(s->v);
+		s->v = nv;
+		s->cap = nc;
+	}
+	size_t i = (size_t)(x * 0x9E3779B97F4A7C15ull) & (s->cap - 1);
+	while (s->v[i] != UINT64_MAX) {
+		if (s->v[i] == x)
+			return IDD_OK;
+		i = (i + 1) & (s->cap - 1);
+	}
+	s->v[i] = x;
+	s->count++;
+	*added = true;
+	return IDD_OK;
+}
+
+struct inflight {
+	idd_digest d;
+	pthread_t owner;
+};
+
+struct idd_export {
+	idd_server *srv;
+	char *id;
+	int refs;                     /* under srv->lock */
+	const idd_image_info *info;
+	idd_map *m;
+	uint32_t bs;
+	uint64_t size;
+	char *base;                   /* CACHE/images/NAME */
+	char *final_path;             /* where a complete image goes */
+	/* the partial image, opened at the first fetch */
+	pthread_mutex_t part_lock;
+	idd_partial *part;
+	size_t part_entry;
+	struct u64set own;            /* blocks present in the partial file (under part_lock) */
+	bool complete;                /* the partial file became the complete image */
+	/* fetching */
+	pthread_mutex_t remote_lock;
+	idd_block_source *remote;
+	pthread_mutex_t fl_lock;      /* guards inflight */
+	pthread_cond_t fl_done;
+	struct inflight *inflight;
+	size_t ninflight, cap_inflight;
+	/* --record: blocks in the order first read (under rec_lock) */
+	pthread_mutex_t rec_lock;
+	struct u64set seen;
+	uint64_t *order;
+	size_t norder, cap_order;
+	/* --prefetch: this export's blocks of the profile */
+	uint64_t *prefetch;
+	size_t nprefetch;
+	/* background work */
+	atomic_int active_reads;
+	atomic_int_least64_t last_read_ns;
+	pthread_t fill_thread, prefetch_thread;
+	bool fill_started, prefetch_started;
+};
+
+struct idd_server {
+	idd_serve_opts o;
+	char **strings;               /* copies of the option strings */
+	size_t nstrings;
+	idd_remote_index *ri;
+	idd_cache *cache;
+	idd_block_source *cache_src;
+	idd_block_source *peer_src;   /* other nodes' caches (--peer), shared by the exports */
+	pthread_mutex_t lock;         /* guards exports */
+	idd_export **exports;
+	size_t nexports;
+	atomic_int_least64_t last_refresh_ns;
+	atomic_bool stop;
+	bool started;
+	pthread_t flusher;
+	pthread_mutex_t flush_lock;
+	pthread_cond_t flush_wake;
+	/* the profile given with --prefetch: (id, block) */
+	char **pf_ids;
+	uint64_t *pf_blocks;
+	size_t npf;
+	/* counters */
+	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
+	    read_errors, exports_complete;
+	/* what exports that were closed had fetched */
+	atomic_uint_least64_t closed_fetched, closed_requests;
+};
+
+static void swarn(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
+static void swarn(idd_server *s, const char *fmt, ...)
+{
+	if (!s->o.warn)
+		return;
+	char msg[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	s->o.warn(s->o.ctx, msg);
+}
+
+/* ---- the partial image of an export ---- */
+
+static int ensure_partial_locked(idd_export *e, idd_error *err)
+{
+	if (e->part)
+		return IDD_OK;
+	idd_server *s = e->srv;
+	int rc = idd_partial_open(e->base, e->id, e->bs, e->size, idd_map_nonzero_blocks(e->m), &e->part,
+	                          err);
+	if (!rc)
+		rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path, e->size,
+		                             &e->part_entry, err);
+	return rc;
+}
+
+/* A verified block into the partial file, known to the cache from now on,
+ * journaled at the next flush. */
+static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const unsigned char *buf,
+                       idd_error *err)
+{
+	pthread_mutex_lock(&e->part_lock);
+	int rc = ensure_partial_locked(e, err);
+	bool added = false;
+	if (!rc) {
+		/* a block this file already holds is fetched only when its copy
+		 * failed verification: writing it again repairs the file */
+		uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
+		bool have = u64set_has(&e->own, block);
+		rc = idd_partial_write(e->part, block, buf, (size_t)len, err);
+		if (!rc && !have)
+			rc = u64set_add(&e->own, block, &added);
+		if (!rc && !have)
+			rc = idd_partial_note(e->part, block, d, err);
+	}
+	size_t entry = e->part_entry;
+	pthread_mutex_unlock(&e->part_lock);
+	if (!rc)
+		rc = idd_cache_add_block(e->srv->cache, entry, d, block, err);
+	if (!rc && added)
+		atomic_fetch_add(&e->srv->blocks_filled, 1);
+	return rc;
+}
+
+static int own_record(void *ctx, const idd_partial_record *r)
+{
+	idd_export *e = ctx;
+	bool added;
+	return u64set_add(&e->own, r->block, &added);
+}
+
+/* ---- fetching ---- */
+
+static int ensure_remote(idd_export *e, idd_error *err)
+{
+	pthread_mutex_lock(&e->remote_lock);
+	int rc = IDD_OK;
+	if (!e->remote) {
+		idd_server *s = e->srv;
+		char *tmp = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
+		idd_fetch_opts fo = {.connections = s->o.connections, .timeout_s = s->o.timeout_s,
+		                     .warn = s->o.warn, .ctx = s->o.ctx};
+		rc = tmp ? idd_remote_source_open(idd_source_root(s->ri->src), e->info, e->size, e->bs, tmp,
+		                                  REMOTE_READERS, &fo, s->o.warn, s->o.ctx, &e->remote, err)
+		         : IDD_ENOMEM;
+		free(tmp);
+	}
+	pthread_mutex_unlock(&e->remote_lock);
+	return rc;
+}
+
+static bool inflight_has(idd_export *e, const idd_digest *d)
+{
+	for (size_t i = 0; i < e->ninflight; i++)
+		if (!memcmp(e->inflight[i].d.b, d->b, IDD_DIGEST_SIZE))
+			return true;
+	return false;
+}
+
+static void inflight_drop_mine(idd_export *e)
+{
+	pthread_mutex_lock(&e->fl_lock);
+	pthread_t me = pthread_self();
+	size_t w = 0;
+	for (size_t i = 0; i < e->ninflight; i++)
+		if (!pthread_equal(e->inflight[i].owner, me))
+			e->inflight[w++] = e->inflight[i];
+	e->ninflight = w;
+	pthread_cond_broadcast(&e->fl_done);
+	pthread_mutex_unlock(&e->fl_lock);
+}
+
+/* Fetch the requests (not cached anywhere a moment ago): each distinct
+ * digest once, by this thread unless another is already fetching it. */
+static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error *err)
+{
+	if (!n)
+		return IDD_OK;
+	int rc = ensure_remote(e, err);
+	if (rc)
+		return rc;
+	idd_block_req *mine = idd_calloc(n, sizeof *mine, err);
+	size_t *mine_of = idd_calloc(n, sizeof *mine_of, err);   /* req -> index in mine, or SIZE_MAX */
+	if (!mine || !mine_of) {
+		free(mine);
+		free(mine_of);
+		return IDD_ENOMEM;
+	}
+	size_t nmine = 0;
+	bool waits = false;
+	idd_block_source *cs = e->srv->cache_src;
+	pthread_mutex_lock(&e->fl_lock);
+	for (size_t i = 0; i < n; i++) {
+		mine_of[i] = SIZE_MAX;
+		/* the same content twice in this batch: fetched once */
+		for (size_t k = 0; k < nmine; k++)
+			if (!memcmp(mine[k].digest.b, reqs[i].digest.b, IDD_DIGEST_SIZE)) {
+				mine_of[i] = k;
+				break;
+			}
+		if (mine_of[i] != SIZE_MAX)
+			continue;
+		/* fetched by another thread since this one missed in the cache
+		 * (store_block adds to the cache before the fetch leaves the
+		 * in-flight list), or being fetched now: read it from the cache */
+		if (inflight_has(e, &reqs[i].digest) || cs->ops->has(cs, &reqs[i].digest)) {
+			waits = true;
+			continue;
+		}
+		if (e->ninflight == e->cap_inflight) {
+			size_t nc = e->cap_inflight ? e->cap_inflight * 2 : 256;
+			struct inflight *nv = realloc(e->inflight, nc * sizeof *nv);
+			if (!nv) {
+				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+				break;
+			}
+			e->inflight = nv;
+			e->cap_inflight = nc;
+		}
+		e->inflight[e->ninflight++] = (struct inflight){reqs[i].digest, pthread_self()};
+		mine_of[i] = nmine;
+		mine[nmine++] = reqs[i];
+	}
+	pthread_mutex_unlock(&e->fl_lock);
+	if (!rc && nmine) {
+		idd_block_chain chain = {.n = 0};
+		if (e->srv->peer_src)
+			chain.src[chain.n++] = e->srv->peer_src;
+		chain.src[chain.n++] = e->remote;
+		rc = idd_block_chain_read(&chain, mine, nmine, err);
+		for (size_t k = 0; !rc && k < nmine; k++)
+			if (mine[k].status == IDD_OK)
+				rc = store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, err);
+	}
+	inflight_drop_mine(e);
+	for (size_t i = 0; !rc && i < n; i++) {
+		size_t k = mine_of[i];
+		if (k == SIZE_MAX)
+			continue;
+		if (mine[k].buf != reqs[i].buf && mine[k].status == IDD_OK)
+			memcpy(reqs[i].buf, mine[k].buf, e->bs);
+		reqs[i].status = mine[k].status;
+	}
+	free(mine);
+	free(mine_of);
+	if (rc || !waits)
+		return rc;
+	/* the rest is being fetched by other threads: wait, then read it */
+	pthread_mutex_lock(&e->fl_lock);
+	for (;;) {
+		bool busy = false;
+		for (size_t i = 0; i < n && !busy; i++)
+			busy = reqs[i].status != IDD_OK && inflight_has(e, &reqs[i].digest);
+		if (!busy)
+			break;
+		pthread_cond_wait(&e->fl_done, &e->fl_lock);
+	}
+	pthread_mutex_unlock(&e->fl_lock);
+	for (size_t i = 0; !rc && i < n; i++) {
+		if (reqs[i].status == IDD_OK)
+			continue;
+		rc = cs->ops->read(cs, &reqs[i], 1, err);
+		if (!rc && reqs[i].status != IDD_OK) {
+			/* the other fetch failed: try once more here */
+			idd_block_chain chain = {.n = 0};
+			if (e->srv->peer_src)
+				chain.src[chain.n++] = e->srv->peer_src;
+			chain.src[chain.n++] = e->remote;
+			rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
+			if (!rc && reqs[i].status == IDD_OK)
+				rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+		}
+	}
+	return rc;
+}
+
+static void maybe_refresh(idd_server *s)
+{
+	int64_t now = idd_now_ns(), last = atomic_load(&s->last_refresh_ns);
+	if (now - last < REFRESH_NS ||
+	    !atomic_compare_exchange_strong(&s->last_refresh_ns, &last, now))
+		return;
+	idd_error e2;
+	if (idd_cache_refresh(s->cache, &e2))
+		swarn(s, "warning: cache: %s", e2.msg);
+}
+
+/* ---- reading a range ---- */
+
+/* Make blocks covering [off, off+len) available and, when out is not NULL,
+ * copy those bytes there.  readahead: also fetch up to that many bytes of
+ * missing blocks after the range.  required: a block that cannot be had is
+ * an error (else it is skipped). */
+static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
+                        uint64_t readahead, bool required, bool stats, idd_error *err)
+{
+	idd_server *s = e->srv;
+	uint32_t bs = e->bs;
+	if (!len)
+		return IDD_OK;
+	uint64_t b0 = off / bs, b1 = (off + len + bs - 1) / bs;
+	uint64_t ra_blocks = readahead / bs;
+	size_t nmax = (size_t)(b1 - b0 + ra_blocks);
+	unsigned char *buf = idd_malloc(nmax * bs, err);
+	idd_block_req *reqs = idd_calloc(nmax, sizeof *reqs, err);
+	if (!buf || !reqs) {
+		free(buf);
+		free(reqs);
+		return IDD_ENOMEM;
+	}
+	size_t n = 0;
+	uint64_t zero = 0;
+	size_t si = idd_map_span_index(e->m, b0);
+	for (uint64_t b = b0; b < b1; b++) {
+		while (e->m->runs[si].block + e->m->runs[si].count <= b)
+			si++;
+		const idd_map_span *sp = &e->m->runs[si];
+		unsigned char *dst = buf + (b - b0) * bs;
+		uint32_t ref = idd_map_span_ref(sp, b);
+		if (!ref) {
+			memset(dst, 0, bs);
+			zero += IDD_MIN((uint64_t)bs, e->size - b * bs);
+			continue;
+		}
+		reqs[n++] = (idd_block_req){.digest = e->m->digests[ref - 1], .block = b,
+		                            .len = (uint32_t)IDD_MIN((uint64_t)bs, e->size - b * bs),
+		                            .buf = dst, .status = IDD_ENOENT, .origin_fd = -1};
+	}
+	idd_block_source *cs = s->cache_src;
+	int rc = n ? cs->ops->read(cs, reqs, n, err) : IDD_OK;
+	size_t nmiss = 0;
+	for (size_t i = 0; i < n; i++)
+		nmiss += reqs[i].status != IDD_OK;
+	if (!rc && nmiss) {
+		/* another process may hold them by now */
+		maybe_refresh(s);
+		for (size_t i = 0; !rc && i < n; i++)
+			if (reqs[i].status != IDD_OK)
+				rc = cs->ops->read(cs, &reqs[i], 1, err);
+	}
+	uint64_t from_cache = 0;
+	for (size_t i = 0; i < n; i++)
+		if (reqs[i].status == IDD_OK)
+			from_cache += reqs[i].len;
+	/* gather the misses, then readahead: missing blocks after the range */
+	size_t nf = 0;
+	for (size_t i = 0; i < n; i++)
+		if (reqs[i].status != IDD_OK) {
+			idd_block_req t = reqs[i];
+			t.status = IDD_ENOENT;
+			reqs[i] = reqs[nf];
+			reqs[nf++] = t;
+		}
+	size_t nreq_miss = nf;
+	if (!rc && nf && ra_blocks) {
+		unsigned char *rbuf = buf + (b1 - b0) * bs;
+		uint64_t nb = e->m->nblocks;
+		size_t si2 = b1 < nb ? idd_map_span_index(e->m, b1) : 0;
+		for (uint64_t b = b1; b < nb && b < b1 + ra_blocks; b++) {
+			while (e->m->runs[si2].block + e->m->runs[si2].count <= b)
+				si2++;
+			uint32_t ref = idd_map_span_ref(&e->m->runs[si2], b);
+			if (!ref || cs->ops->has(cs, &e->m->digests[ref - 1]))
+				continue;
+			reqs[n + (nf - nreq_miss)] = (idd_block_req){
+			    .digest = e->m->digests[ref - 1], .block = b,
+			    .len = (uint32_t)IDD_MIN((uint64_t)bs, e->size - b * bs), .buf = rbuf,
+			    .status = IDD_ENOENT, .origin_fd = -1};
+			rbuf += bs;
+			nf++;
+		}
+	}
+	/* fetch: the misses (reqs[0..nreq_miss)) and the readahead (reqs[n..)) */
+	if (!rc && nf) {
+		size_t nra = nf - nreq_miss;
+		idd_block_req *all = idd_calloc(nf, sizeof *all, err);
+		if (!all)
+			rc = IDD_ENOMEM;
+		else {
+			memcpy(all, reqs, nreq_miss * sizeof *all);
+			memcpy(all + nreq_miss, reqs + n, nra * sizeof *all);
+			rc = fetch_blocks(e, all, nf, err);
+			memcpy(reqs, all, nreq_miss * sizeof *all);
+			free(all);
+		}
+	}
+	for (size_t i = 0; !rc && i < nreq_miss; i++)
+		if (reqs[i].status != IDD_OK && required) {
+			rc = idd_fail_code(err, reqs[i].status == IDD_ENOENT ? IDD_ENET : reqs[i].status,
+			                   "%s: block at offset %llu: no source could supply it verified "
+			                   "(the source is damaged, changed since it was indexed, or "
+			                   "unreachable)", e->id, (unsigned long long)(reqs[i].block * bs));
+			atomic_fetch_add(&s->read_errors, 1);
+		}
+	if (!rc && out)
+		memcpy(out, buf + (off - b0 * bs), (size_t)len);
+	if (stats) {
+		atomic_fetch_add(&s->bytes_zero, zero);
+		atomic_fetch_add(&s->bytes_from_cache, from_cache);
+	}
+	free(buf);
+	free(reqs);
+	return rc;
+}
+
+static int record_reads(idd_export *e, uint64_t off, uint64_t len)
+{
+	if (!e->srv->o.record || !len)
+		return IDD_OK;
+	uint64_t b0 = off / e->bs, b1 = (off + len + e->bs - 1) / e->bs;
+	int rc = IDD_OK;
+	pthread_mutex_lock(&e->rec_lock);
+	for (uint64_t b = b0; !rc && b < b1; b++) {
+		bool added;
+		if (idd_map_ref(e->m, b) == 0 || (rc = u64set_add(&e->seen, b, &added)) || !added)
+			continue;
+		if (e->norder == e->cap_order) {
+			size_t nc = e->cap_order ? e->cap_order * 2 : 1024;
+			uint64_t *nv = realloc(e->order, nc * sizeof *nv);
+			if (!nv) {
+				rc = IDD_ENOMEM;
+				break;
+			}
+			e->order = nv;
+			e->cap_order = nc;
+		}
+		e->order[e->norder++] = b;
+	}
+	pthread_mutex_unlock(&e->rec_lock);
+	return rc;
+}
+
+int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_error *err)
+{
+	idd_server *s = e->srv;
+	uint64_t end;
+	if (!idd_add_ok(off, len, &end) || end > e->size)
+		return idd_fail_code(err, IDD_EPERM, "%s: read of %llu bytes at %llu is past the end", e->id,
+		                     (unsigned long long)len, (unsigned long long)off);
+	atomic_fetch_add(&e->active_reads, 1);
+	uint64_t ra = s->o.readahead ? IDD_MIN(s->o.readahead, MAX_READAHEAD) : DEFAULT_READAHEAD;
+	int rc = IDD_OK;
+	/* large reads in pieces: bounded memory per call */
+	for (uint64_t done = 0; !rc && done < len;) {
+		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
+		bool last = done + piece == len;
+		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last ? ra : 0, true, true,
+		                  err);
+		done += piece;
+	}
+	atomic_fetch_add(&s->reads, 1);
+	if (!rc) {
+		atomic_fetch_add(&s->bytes_read, len);
+		if (record_reads(e, off, len))
+			swarn(s, "warning: %s: out of memory recording the read order", e->id);
+	}
+	atomic_store(&e->last_read_ns, idd_now_ns());
+	atomic_fetch_sub(&e->active_reads, 1);
+	return rc;
+}
+
+int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *err)
+{
+	uint64_t end;
+	if (!idd_add_ok(off, len, &end) || end > e->size)
+		return idd_fail_code(err, IDD_EPERM, "%s: range past the end", e->id);
+	int rc = IDD_OK;
+	for (uint64_t done = 0; !rc && done < len;) {
+		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
+		rc = access_range(e, off + done, piece, NULL, 0, false, false, err);
+		done += piece;
+	}
+	return rc;
+}
+
+int idd_export_extents(idd_export *e, uint64_t off, uint64_t len, idd_extent_fn fn, void *ctx,
+                       idd_error *err)
+{
+	uint64_t end;
+	if (!idd_add_ok(off, len, &end) || end > e->size)
+		return idd_fail_code(err, IDD_EPERM, "%s: range past the end", e->id);
+	if (!len)
+		return IDD_OK;
+	uint32_t bs = e->bs;
+	size_t si = idd_map_span_index(e->m, off / bs);
+	uint64_t pos = off;
+	while (pos < end && si < e->m->nruns) {
+		const idd_map_span *sp = &e->m->runs[si];
+		bool zero = sp->kind == IDD_RUN_ZERO;
+		/* merge neighbouring spans of the same kind */
+		size_t sj = si + 1;
+		while (sj < e->m->nruns && (e->m->runs[sj].kind == IDD_RUN_ZERO) == zero)
+			sj++;
+		uint64_t span_end = IDD_MIN((e->m->runs[sj - 1].block + e->m->runs[sj - 1].count) * bs, e->size);
+		uint64_t stop = IDD_MIN(span_end, end);
+		if (stop > pos && fn(ctx, pos, stop - pos, zero))
+			return idd_fail(err, "%s: extent callback failed", e->id);
+		pos = stop;
+		si = sj;
+	}
+	return IDD_OK;
+}
+
+uint64_t idd_export_size(const idd_export *e) { return e->size; }
+uint32_t idd_export_block_size(const idd_export *e) { return e->bs; }
+
+/* ---- background work ---- */
+
+/* Guest reads first: background work waits while they run. */
+static void yield_to_guest(idd_export *e)
+{
+	while (!atomic_load(&e->srv->stop) &&
+	       (atomic_load(&e->active_reads) > 0 ||
+	        idd_now_ns() - atomic_load(&e->last_read_ns) < 5 * 1000000)) {
+		struct timespec ts = {0, 2 * 1000000};
+		nanosleep(&ts, NULL);
+	}
+}
+
+static void *prefetch_main(void *arg)
+{
+	idd_export *e = arg;
+	idd_error err;
+	for (size_t i = 0; i < e->nprefetch && !atomic_load(&e->srv->stop);) {
+		/* runs of consecutive blocks in profile order, up to 64 */
+		size_t j = i + 1;
+		while (j < e->nprefetch && j - i < 64 && e->prefetch[j] == e->prefetch[j - 1] + 1)
+			j++;
+		if (access_range(e, e->prefetch[i] * e->bs,
+		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
+		                 0, false, false, &err))
+			swarn(e->srv, "warning: %s: prefetch: %s", e->id, err.msg);
+		i = j;
+	}
+	return NULL;
+}
+
+/* Every non-zero block into the partial file; then it is the complete
+ * image, as deploy would have left it. */
+static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned char *buf,
+                       idd_block_req *reqs, idd_error *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint64_t b = blocks[i];
+		uint32_t ref = idd_map_ref(e->m, b);
+		reqs[i] = (idd_block_req){.digest = e->m->digests[ref - 1], .block = b,
+		                          .len = (uint32_t)IDD_MIN((uint64_t)e->bs, e->size - b * e->bs),
+		                          .buf = buf + i * e->bs, .status = IDD_ENOENT, .origin_fd = -1};
+	}
+	idd_block_source *cs = e->srv->cache_src;
+	int rc = cs->ops->read(cs, reqs, n, err);
+	size_t nf = 0;
+	for (size_t i = 0; !rc && i < n; i++) {
+		if (reqs[i].status == IDD_OK) {
+			rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+			continue;
+		}
+		idd_block_req t = reqs[i];
+		reqs[i] = reqs[nf];
+		reqs[nf++] = t;
+	}
+	if (!rc && nf)
+		rc = fetch_blocks(e, reqs, nf, err);
+	for (size_t i = 0; !rc && i < nf; i++) {
+		if (reqs[i].status != IDD_OK)
+			return idd_fail_code(err, IDD_ENET, "%s: block at offset %llu could not be had",
+			                     e->id, (unsigned long long)(reqs[i].block * e->bs));
+		rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+	}
+	return rc;
+}
+
+static int finish_fill(idd_export *e, idd_error *err)
+{
+	idd_server *s = e->srv;
+	pthread_mutex_lock(&e->part_lock);
+	size_t flushed;
+	int rc = ensure_partial_locked(e, err);
+	if (!rc)
+		rc = idd_partial_flush(e->part, &flushed, err);
+	struct stat st;
+	if (!rc && lstat(e->final_path, &st) == 0)
+		rc = idd_fail_code(err, IDD_EPERM, "%s: exists: the filled image stays partial",
+		                   e->final_path);
+	if (!rc && rename(e->part->data_path, e->final_path))
+		rc = idd_fail_errno(err, e->final_path, "cannot rename the filled image into place");
+	if (!rc) {
+		char *dir = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
+		rc = dir ? idd_fsync_dir(dir, err) : IDD_ENOMEM;
+		free(dir);
+	}
+	if (!rc)
+		rc = idd_cache_register(s->cache, e->final_path, e->m, err);
+	if (!rc) {
+		unlink(e->part->journal_path);
+		e->complete = true;
+		atomic_fetch_add(&s->exports_complete, 1);
+	}
+	pthread_mutex_unlock(&e->part_lock);
+	return rc;
+}
+
+static void *fill_main(void *arg)
+{
+	idd_export *e = arg;
+	idd_error err;
+	unsigned char *buf = malloc((size_t)FILL_WINDOW * e->bs);
+	idd_block_req *reqs = calloc(FILL_WINDOW, sizeof *reqs);
+	uint64_t *blocks = calloc(FILL_WINDOW, sizeof *blocks);
+	int rc = (!buf || !reqs || !blocks) ? IDD_ENOMEM : IDD_OK;
+	if (rc)
+		snprintf(err.msg, sizeof err.msg, "out of memory");
+	for (size_t si = 0; !rc && si < e->m->nruns && !atomic_load(&e->srv->stop); si++) {
+		const idd_map_span *sp = &e->m->runs[si];
+		if (sp->kind == IDD_RUN_ZERO)
+			continue;
+		size_t n = 0;
+		for (uint64_t b = sp->block; !rc && b < sp->block + sp->count; b++) {
+			pthread_mutex_lock(&e->part_lock);
+			bool have = u64set_has(&e->own, b);
+			pthread_mutex_unlock(&e->part_lock);
+			if (!have)
+				blocks[n++] = b;
+			if (n == FILL_WINDOW || (n && b + 1 == sp->block + sp->count)) {
+				yield_to_guest(e);
+				if (atomic_load(&e->srv->stop))
+					break;
+				rc = fill_window(e, blocks, n, buf, reqs, &err);
+				n = 0;
+			}
+		}
+	}
+	if (!rc && !atomic_load(&e->srv->stop))
+		rc = finish_fill(e, &err);
+	if (rc)
+		swarn(e->srv, "warning: %s: --fill stopped: %s", e->id, err.msg);
+	free(buf);
+	free(reqs);
+	free(blocks);
+	return NULL;
+}
+
+static void start_export_threads(idd_export *e)
+{
+	idd_server *s = e->srv;
+	if (e->nprefetch && !e->prefetch_started)
+		e->prefetch_started = !pthread_create(&e->prefetch_thread, NULL, prefetch_main, e);
+	if (s->o.fill && !e->fill_started && !e->complete)
+		e->fill_started = !pthread_create(&e->fill_thread, NULL, fill_main, e);
+}
+
+static void flush_all(idd_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->part_lock);
+		size_t n;
+		idd_error err;
+		if (e->part && !e->complete && idd_partial_flush(e->part, &n, &err))
+			swarn(s, "warning: %s", err.msg);
+		pthread_mutex_unlock(&e->part_lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void *flusher_main(void *arg)
+{
+	idd_server *s = arg;
+	pthread_mutex_lock(&s->flush_lock);
+	while (!atomic_load(&s->stop)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += FLUSH_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&s->flush_wake, &s->flush_lock, &ts);
+		pthread_mutex_unlock(&s->flush_lock);
+		flush_all(s);
+		pthread_mutex_lock(&s->flush_lock);
+	}
+	pthread_mutex_unlock(&s->flush_lock);
+	return NULL;
+}
+
+/* ---- exports ---- */
+
+static void export_free(idd_export *e)
+{
+	if (!e)
+		return;
+	if (e->part) {
+		size_t n;
+		idd_error err;
+		if (!e->complete && idd_partial_flush(e->part, &n, &err))
+			swarn(e->srv, "warning: %s", err.msg);
+		idd_partial_close(e->part);
+	}
+	if (e->remote) {
+		idd_block_source_counters c;
+		idd_block_source_counters_get(e->remote, &c);
+		atomic_fetch_add(&e->srv->closed_fetched, c.bytes);
+		atomic_fetch_add(&e->srv->closed_requests, c.requests);
+	}
+	idd_block_source_close(e->remote);
+	idd_map_free(e->m);
+	free(e->id);
+	free(e->base);
+	free(e->final_path);
+	free(e->own.v);
+	free(e->seen.v);
+	free(e->order);
+	free(e->inflight);
+	free(e->prefetch);
+	pthread_mutex_destroy(&e->part_lock);
+	pthread_mutex_destroy(&e->remote_lock);
+	pthread_mutex_destroy(&e->fl_lock);
+	pthread_cond_destroy(&e->fl_done);
+	pthread_mutex_destroy(&e->rec_lock);
+	free(e);
+}
+
+static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
+{
+	idd_export *e = idd_calloc(1, sizeof *e, err);
+	if (!e)
+		return IDD_ENOMEM;
+	e->srv = s;
+	e->refs = 1;
+	pthread_mutex_init(&e->part_lock, NULL);
+	pthread_mutex_init(&e->remote_lock, NULL);
+	pthread_mutex_init(&e->fl_lock, NULL);
+	pthread_cond_init(&e->fl_done, NULL);
+	pthread_mutex_init(&e->rec_lock, NULL);
+	atomic_init(&e->active_reads, 0);
+	atomic_init(&e->last_read_ns, 0);
+	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
+	if (!rc)
+		rc = idd_remote_index_image(s->ri, id, &e->info, err);
+	if (!rc)
+		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
+	if (!rc) {
+		e->bs = e->m->block_size;
+		e->size = e->m->image_size;
+		e->final_path = idd_cache_default_out(s->cache->dir, id, err);
+		e->base = e->final_path ? idd_strdup(e->final_path, err) : NULL;
+		if (!e->base)
+			rc = IDD_ENOMEM;
+	}
+	if (!rc) {
+		char *dir = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
+		rc = dir ? idd_mkdir_p(dir, err) : IDD_ENOMEM;
+		free(dir);
+	}
+	struct stat st;
+	if (!rc && lstat(e->final_path, &st) == 0)
+		e->complete = true; /* deployed before: every block reads from the cache */
+	if (!rc && !e->complete) {
+		/* what an earlier serve of this image fetched */
+		char *journal = idd_asprintf(err, "%s%s", e->base, IDD_PARTIAL_JOURNAL_SUFFIX);
+		idd_partial_header h;
+		uint64_t joff = 0;
+		idd_error e2;
+		if (!journal)
+			rc = IDD_ENOMEM;
+		else if (idd_partial_journal_read(journal, &h, &joff, own_record, e, &e2) == IDD_OK &&
+		         (h.block_size != e->bs || h.image_size != e->size)) {
+			free(e->own.v);
+			memset(&e->own, 0, sizeof e->own);
+		}
+		free(journal);
+	}
+	for (size_t i = 0; !rc && i < s->npf; i++) {
+		if (strcmp(s->pf_ids[i], id) || s->pf_blocks[i] >= e->m->nblocks)
+			continue;
+		uint64_t *nv = realloc(e->prefetch, (e->nprefetch + 1) * sizeof *nv);
+		if (!nv) {
+			rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+			break;
+		}
+		e->prefetch = nv;
+		e->prefetch[e->nprefetch++] = s->pf_blocks[i];
+	}
+	if (rc) {
+		export_free(e);
+		return rc;
+	}
+	*out = e;
+	return IDD_OK;
+}
+
+int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *err)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nexports; i++)
+		if (!strcmp(s->exports[i]->id, id)) {
+			s->exports[i]->refs++;
+			*out = s->exports[i];
+			pthread_mutex_unlock(&s->lock);
+			return IDD_OK;
+		}
+	idd_export *e;
+	int rc = export_new(s, id, &e, err);
+	if (!rc) {
+		idd_export **nv = realloc(s->exports, (s->nexports + 1) * sizeof *nv);
+		if (!nv) {
+			export_free(e);
+			rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+		} else {
+			s->exports = nv;
+			s->exports[s->nexports++] = e;
+			if (s->started)
+				start_export_threads(e);
+			*out = e;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+/* Exports stay open until the server closes: a guest reconnecting finds
+ * its in-flight state, and --fill carries on between connections. */
+void idd_export_close(idd_export *e)
+{
+	if (!e)
+		return;
+	pthread_mutex_lock(&e->srv->lock);
+	e->refs--;
+	pthread_mutex_unlock(&e->srv->lock);
+}
+
+/* ---- the server ---- */
+
+static int keep_string(idd_server *s, const char **field, idd_error *err)
+{
+	if (!*field)
+		return IDD_OK;
+	char **nv = realloc(s->strings, (s->nstrings + 1) * sizeof *nv);
+	if (!nv)
+		return idd_fail_code(err, IDD_ENOMEM, "out of memory");
+	s->strings = nv;
+	char *c = idd_strdup(*field, err);
+	if (!c)
+		return IDD_ENOMEM;
+	s->strings[s->nstrings++] = c;
+	*field = c;
+	return IDD_OK;
+}
+
+/* A profile written by --record: "ID<TAB>BLOCK" lines after a header. */
+static int load_profile(idd_server *s, const char *path, idd_error *err)
+{
+	void *data;
+	size_t len;
+	int rc = idd_read_file(path, (size_t)1 << 30, &data, &len, err);
+	if (rc)
+		return rc;
+	char *p = data, *end = p + len;
+	size_t lineno = 0;
+	while (!rc && p < end) {
+		char *nl = memchr(p, '\n', (size_t)(end - p));
+		char *line_end = nl ? nl : end;
+		lineno++;
+		if (line_end > p && *p != '#') {
+			char *tab = memchr(p, '\t', (size_t)(line_end - p));
+			char *num_end;
+			unsigned long long b = 0;
+			if (tab) {
+				errno = 0;
+				*line_end = 0;
+				b = strtoull(tab + 1, &num_end, 10);
+			}
+			if (!tab || errno || num_end == tab + 1 || *num_end) {
+				rc = idd_fail_code(err, IDD_ECORRUPT, "%s: line %zu: not 'IMAGE<TAB>BLOCK'", path,
+				                   lineno);
+				break;
+			}
+			char **ni = realloc(s->pf_ids, (s->npf + 1) * sizeof *ni);
+			uint64_t *nb = ni ? realloc(s->pf_blocks, (s->npf + 1) * sizeof *nb) : NULL;
+			if (ni)
+				s->pf_ids = ni;
+			if (nb)
+				s->pf_blocks = nb;
+			char *id = (ni && nb) ? strndup(p, (size_t)(tab - p)) : NULL;
+			if (!id) {
+				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+				break;
+			}
+			s->pf_ids[s->npf] = id;
+			s->pf_blocks[s->npf++] = b;
+		}
+		p = nl ? nl + 1 : end;
+	}
+	free(data);
+	return rc;
+}
+
+static int write_profile(idd_server *s, idd_error *err)
+{
+	idd_buf b = {0};
+	const char *hdr = "# imgdedup read profile: image id, tab, block number, in order of first read\n";
+	idd_buf_put(&b, hdr, strlen(hdr));
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		if (strpbrk(e->id, "\t\n"))
+			continue;
+		for (size_t k = 0; k < e->norder; k++) {
+			char line[64];
+			int n = snprintf(line, sizeof line, "\t%llu\n", (unsigned long long)e->order[k]);
+			idd_buf_put(&b, e->id, strlen(e->id));
+			idd_buf_put(&b, line, (size_t)n);
+		}
+	}
+	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory")
+	                  : idd_write_file_atomic(s->o.record, b.data, b.len, err);
+	idd_buf_free(&b);
+	return rc;
+}
+
+int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
+{
+	if (!o->source || !o->cache_dir)
+		return idd_fail(err, "serve: SOURCE and the cache directory are required");
+	idd_server *s = idd_calloc(1, sizeof *s, err);
+	if (!s)
+		return IDD_ENOMEM;
+	s->o = *o;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->flush_lock, NULL);
+	pthread_cond_init(&s->flush_wake, NULL);
+	atomic_init(&s->stop, false);
+	atomic_init(&s->last_refresh_ns, 0);
+	int rc = IDD_OK;
+	const char **fields[] = {&s->o.source, &s->o.index, &s->o.cache_dir, &s->o.record,
+	                         &s->o.prefetch};
+	for (size_t i = 0; !rc && i < IDD_ARRAY_LEN(fields); i++)
+		rc = keep_string(s, fields[i], err);
+	s->o.peers = NULL; /* the peer source keeps its own copies */
+	s->o.n_peers = 0;
+	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
+	                     .ctx = o->ctx};
+	if (!rc)
+		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
+	if (!rc)
+		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
+	if (!rc)
+		rc = idd_cache_prepare(s->cache, s->ri->block_size, err);
+	if (!rc)
+		rc = idd_cache_source_open(s->cache, s->ri->block_size, o->warn, o->ctx, &s->cache_src, err);
+	if (!rc && s->o.prefetch)
+		rc = load_profile(s, s->o.prefetch, err);
+	if (!rc && o->n_peers) {
+		/* peers are a shortcut: failing to open them is a warning */
+		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
+		idd_error e2;
+		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
+		                         &s->peer_src, &e2))
+			swarn(s, "warning: peers not used: %s", e2.msg);
+	}
+	if (rc) {
+		idd_server_close(s);
+		return rc;
+	}
+	*out = s;
+	return IDD_OK;
+}
+
+int idd_server_start(idd_server *s, idd_error *err)
+{
+	pthread_mutex_lock(&s->lock);
+	int rc = IDD_OK;
+	if (!s->started) {
+		if (pthread_create(&s->flusher, NULL, flusher_main, s))
+			rc = idd_fail_code(err, IDD_ENOMEM, "cannot start the flusher thread");
+		else {
+			s->started = true;
+			for (size_t i = 0; i < s->nexports; i++)
+				start_export_threads(s->exports[i]);
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+void idd_server_stats(idd_server *s, idd_serve_stats *st)
+{
+	memset(st, 0, sizeof *st);
+	st->reads = atomic_load(&s->reads);
+	st->bytes_read = atomic_load(&s->bytes_read);
+	st->bytes_zero = atomic_load(&s->bytes_zero);
+	st->bytes_from_cache = atomic_load(&s->bytes_from_cache);
+	st->blocks_filled = atomic_load(&s->blocks_filled);
+	st->read_errors = atomic_load(&s->read_errors);
+	st->exports_complete = atomic_load(&s->exports_complete);
+	st->bytes_fetched = atomic_load(&s->closed_fetched);
+	st->requests = atomic_load(&s->closed_requests);
+	if (s->ri) {
+		idd_fetch_stats fs;
+		idd_remote_index_fetch_stats(s->ri, &fs);
+		st->requests += fs.requests;
+	}
+	if (s->cache)
+		st->cache_damaged = idd_cache_damaged_count(s->cache);
+	if (s->peer_src) {
+		idd_block_source_counters pc;
+		idd_block_source_counters_get(s->peer_src, &pc);
+		st->bytes_from_peers = pc.bytes;
+		st->requests += pc.requests;
+	}
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->remote_lock);
+		if (e->remote) {
+			idd_block_source_counters c;
+			idd_block_source_counters_get(e->remote, &c);
+			st->bytes_fetched += c.bytes;
+			st->requests += c.requests;
+		}
+		pthread_mutex_unlock(&e->remote_lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+void idd_server_close(idd_server *s)
+{
+	if (!s)
+		return;
+	atomic_store(&s->stop, true);
+	if (s->started) {
+		pthread_mutex_lock(&s->flush_lock);
+		pthread_cond_broadcast(&s->flush_wake);
+		pthread_mutex_unlock(&s->flush_lock);
+		pthread_join(s->flusher, NULL);
+	}
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		if (e->prefetch_started)
+			pthread_join(e->prefetch_thread, NULL);
+		if (e->fill_started)
+			pthread_join(e->fill_thread, NULL);
+	}
+	if (s->o.record) {
+		idd_error err;
+		if (write_profile(s, &err))
+			swarn(s, "warning: --record: %s", err.msg);
+	}
+	for (size_t i = 0; i < s->nexports; i++)
+		export_free(s->exports[i]);
+	free(s->exports);
+	idd_block_source_close(s->cache_src);
+	idd_block_source_close(s->peer_src);
+	idd_cache_close(s->cache);
+	idd_remote_index_close(s->ri);
+	for (size_t i = 0; i < s->npf; i++)
+		free(s->pf_ids[i]);
+	free(s->pf_ids);
+	free(s->pf_blocks);
+	for (size_t i = 0; i < s->nstrings; i++)
+		free(s->strings[i]);
+	free(s->strings);
+	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->flush_lock);
+	pthread_cond_destroy(&s->flush_wake);
+	free(s);
+}

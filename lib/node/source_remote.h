@@ -1,0 +1,21 @@
+/* source_remote.h - the repository's image as a block source (read by
+ * range in its original format, every block verified). */
+#ifndef IDD_NODE_SOURCE_REMOTE_H
+#define IDD_NODE_SOURCE_REMOTE_H
+
+#include "index/catalog.h"
+#include "node/blocksource.h"
+#include "base/fetch.h"
+
+/* Open image `info` of the repository at SOURCE (a directory or URL) as a
+ * block source.  image_size is the map's; tmp_dir receives a streamed
+ * archive member (extracted once, unlinked); `readers` batches may be
+ * fetched at once (each with its own connections).  info must outlive the
+ * source.  Counters: bytes = stored bytes transferred (the whole archive
+ * for a streamed member), requests = requests made. */
+int idd_remote_source_open(const char *source, const idd_image_info *info, uint64_t image_size,
+                           uint32_t block_size, const char *tmp_dir, int readers,
+                           const idd_fetch_opts *fo, idd_warn_fn warn, void *ctx,
+                           idd_block_source **out, idd_error *err);
+
+#endif

@@ -1,0 +1,472 @@
+/* imgdedup.c - the nbdkit plugin: images of a repository exported over NBD,
+ * read block by block through the node cache (libimgdedup's serve API).
+ *
+ *   nbdkit imgdedup from=SOURCE cache=DIR image=ID [image=ID]... [key=value]...
+ *
+ * Each image is an export named by its id; the first is the default export.
+ * The plugin only parses nbdkit's configuration and forwards requests: the
+ * library does the reading, verifying, fetching and caching.  Written against
+ * nbdkit 1.32's plugin API, version 2.
+ */
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "imgdedup.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+/* nbdkit 1.32.4 to 1.33.9 abort (assertion `sock >= 0' in raw_send_socket)
+ * when a client hangs up while several of its requests are being answered
+ * in parallel -- nbdcopy does after a read error, a killed VM may -- which
+ * would take every other client's export down with it.  Built against those
+ * versions (Debian 12 has 1.32.5), the plugin serves each connection's
+ * requests one at a time unless parallel=true; connections still run in
+ * parallel.  Fixed upstream by "server: Don't assert on send if client hangs
+ * up early" (1.33.10). */
+#define NBDKIT_AT_LEAST(a, b, c)                                                                  \
+	(NBDKIT_VERSION_MAJOR > (a) ||                                                            \
+	 (NBDKIT_VERSION_MAJOR == (a) &&                                                          \
+	  (NBDKIT_VERSION_MINOR > (b) || (NBDKIT_VERSION_MINOR == (b) && NBDKIT_VERSION_MICRO >= (c)))))
+#if NBDKIT_AT_LEAST(1, 32, 4) && !NBDKIT_AT_LEAST(1, 33, 10)
+#define PARALLEL_DEFAULT false
+#else
+#define PARALLEL_DEFAULT true
+#endif
+
+#define MAX_IMAGES 256
+#define MAX_PEERS 16
+/* The largest request a client may make; a read this size touches at most
+ * 32 MiB / 512 B blocks, which the library handles without a huge buffer. */
+#define MAX_REQUEST (32u << 20)
+
+static struct {
+	const char *source, *index, *cache_dir, *record, *prefetch;
+	char *stats_path; /* absolute: nbdkit may change directory */
+	const char *images[MAX_IMAGES];
+	size_t n_images;
+	const char *peers[MAX_PEERS];
+	size_t n_peers;
+	bool fill, no_pack;
+	bool parallel, parallel_set;
+	uint64_t readahead;
+	int connections;
+	long timeout_s;
+	char *owned[8 + MAX_PEERS]; /* absolute paths made here, freed on unload */
+	size_t n_owned;
+} cfg;
+
+static idd_server *server;
+static idd_export *exports[MAX_IMAGES];
+static bool stats_written;
+
+/* Library warnings (a damaged cache block, a peer skipped) go where nbdkit
+ * sends its messages: stderr in the foreground, syslog once forked. */
+static void plugin_warn(void *ctx, const char *msg)
+{
+	(void)ctx;
+	nbdkit_error("%s", msg);
+}
+
+static bool is_url(const char *s)
+{
+	return strstr(s, "://") != NULL;
+}
+
+/* nbdkit changes to / when it forks: local paths are made absolute now. */
+static const char *local_path(const char *value)
+{
+	if (is_url(value) || value[0] == '/')
+		return value;
+	if (cfg.n_owned == sizeof cfg.owned / sizeof cfg.owned[0]) {
+		nbdkit_error("too many path parameters");
+		return NULL;
+	}
+	char *p = nbdkit_absolute_path(value);
+	if (p)
+		cfg.owned[cfg.n_owned++] = p;
+	return p;
+}
+
+/* nbdkit_parse_bool reports a bad value itself. */
+static int parse_bool(const char *value, bool *out)
+{
+	int v = nbdkit_parse_bool(value);
+	if (v == -1)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* The library keeps process-wide state that is never torn down (OpenSSL's
+ * fetched digest, libcurl's global initialisation): the plugin stays mapped
+ * until nbdkit exits instead of being unloaded under it. */
+static void plugin_load(void)
+{
+	Dl_info info;
+	if (dladdr((void *)plugin_load, &info) && info.dli_fname)
+		dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+static int plugin_config(const char *key, const char *value)
+{
+	if (!strcmp(key, "from")) {
+		return (cfg.source = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "cache")) {
+		return (cfg.cache_dir = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "index")) {
+		return (cfg.index = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "record")) {
+		return (cfg.record = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "prefetch")) {
+		return (cfg.prefetch = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "stats")) {
+		if (is_url(value)) {
+			nbdkit_error("stats=%s: must be a local file", value);
+			return -1;
+		}
+		free(cfg.stats_path);
+		cfg.stats_path = nbdkit_absolute_path(value);
+		return cfg.stats_path ? 0 : -1;
+	} else if (!strcmp(key, "image")) {
+		if (!*value) {
+			nbdkit_error("image=: an image id is required");
+			return -1;
+		}
+		for (size_t i = 0; i < cfg.n_images; i++) {
+			if (!strcmp(cfg.images[i], value)) {
+				nbdkit_error("image=%s given twice", value);
+				return -1;
+			}
+		}
+		if (cfg.n_images == MAX_IMAGES) {
+			nbdkit_error("image=%s: at most %d images per server", value, MAX_IMAGES);
+			return -1;
+		}
+		cfg.images[cfg.n_images++] = value;
+		return 0;
+	} else if (!strcmp(key, "peer")) {
+		if (cfg.n_peers == MAX_PEERS) {
+			nbdkit_error("peer=%s: at most %d peers", value, MAX_PEERS);
+			return -1;
+		}
+		cfg.peers[cfg.n_peers++] = value;
+		return 0;
+	} else if (!strcmp(key, "fill")) {
+		return parse_bool(value, &cfg.fill);
+	} else if (!strcmp(key, "no-pack")) {
+		return parse_bool(value, &cfg.no_pack);
+	} else if (!strcmp(key, "parallel")) {
+		cfg.parallel_set = true;
+		return parse_bool(value, &cfg.parallel);
+	} else if (!strcmp(key, "readahead")) {
+		int64_t v = nbdkit_parse_size(value);
+		if (v < 0)
+			return -1;
+		cfg.readahead = (uint64_t)v;
+		return 0;
+	} else if (!strcmp(key, "connections")) {
+		int v;
+		if (nbdkit_parse_int("connections", value, &v) == -1)
+			return -1;
+		if (v < 1 || v > 64) {
+			nbdkit_error("connections=%s: must be 1 to 64", value);
+			return -1;
+		}
+		cfg.connections = v;
+		return 0;
+	} else if (!strcmp(key, "timeout")) {
+		int v;
+		if (nbdkit_parse_int("timeout", value, &v) == -1)
+			return -1;
+		if (v < 1) {
+			nbdkit_error("timeout=%s: must be at least 1 second", value);
+			return -1;
+		}
+		cfg.timeout_s = v;
+		return 0;
+	}
+	nbdkit_error("unknown parameter '%s'", key);
+	return -1;
+}
+
+static int plugin_thread_model(void)
+{
+	bool parallel = cfg.parallel_set ? cfg.parallel : PARALLEL_DEFAULT;
+	return parallel ? NBDKIT_THREAD_MODEL_PARALLEL : NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS;
+}
+
+static int plugin_config_complete(void)
+{
+	if (!cfg.source || !cfg.cache_dir || cfg.n_images == 0) {
+		nbdkit_error("from=SOURCE, cache=DIR and at least one image=ID are required");
+		return -1;
+	}
+	return 0;
+}
+
+/* Open the repository, the cache and every export before nbdkit forks, so
+ * that a missing image or an unreachable source is reported where the user
+ * sees it; background threads wait for after_fork. */
+static int plugin_get_ready(void)
+{
+	idd_serve_opts o = {
+		.source = cfg.source,
+		.index = cfg.index,
+		.cache_dir = cfg.cache_dir,
+		.peers = cfg.peers,
+		.n_peers = cfg.n_peers,
+		.connections = cfg.connections,
+		.timeout_s = cfg.timeout_s,
+		.no_pack = cfg.no_pack,
+		.fill = cfg.fill,
+		.record = cfg.record,
+		.prefetch = cfg.prefetch,
+		.readahead = cfg.readahead,
+		.warn = plugin_warn,
+	};
+	idd_error err = {{0}, 0};
+	if (idd_server_open(&o, &server, &err)) {
+		nbdkit_error("%s", err.msg);
+		return -1;
+	}
+	for (size_t i = 0; i < cfg.n_images; i++) {
+		if (idd_export_open(server, cfg.images[i], &exports[i], &err)) {
+			nbdkit_error("%s", err.msg);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int plugin_after_fork(void)
+{
+	idd_error err = {{0}, 0};
+	if (idd_server_start(server, &err)) {
+		nbdkit_error("%s", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* stats=FILE: the serve counters as one JSON object, written through a
+ * temporary file and renamed, so a reader never sees half of it. */
+static void write_stats(const idd_serve_stats *st)
+{
+	size_t n = strlen(cfg.stats_path) + 32;
+	char *tmp = malloc(n);
+	if (!tmp) {
+		nbdkit_error("%s: out of memory", cfg.stats_path);
+		return;
+	}
+	snprintf(tmp, n, "%s.tmp.%ld", cfg.stats_path, (long)getpid());
+	FILE *f = fopen(tmp, "w");
+	if (!f) {
+		nbdkit_error("%s: %s", tmp, strerror(errno));
+		free(tmp);
+		return;
+	}
+	fprintf(f,
+	        "{\"reads\":%" PRIu64 ",\"bytes_read\":%" PRIu64 ",\"bytes_zero\":%" PRIu64
+	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
+	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
+	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
+	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64 "}\n",
+	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
+	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
+	        st->read_errors, st->exports_complete);
+	bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
+	int e = errno;
+	if (fclose(f) != 0 && ok) {
+		ok = false;
+		e = errno;
+	}
+	if (ok && rename(tmp, cfg.stats_path) != 0) {
+		ok = false;
+		e = errno;
+	}
+	if (!ok) {
+		nbdkit_error("%s: %s", cfg.stats_path, strerror(e));
+		unlink(tmp);
+	}
+	free(tmp);
+}
+
+/* Called from cleanup (every connection closed, background threads still
+ * running) and again from unload; the second call finds nothing to do. */
+static void shut_down(void)
+{
+	for (size_t i = 0; i < cfg.n_images; i++) {
+		if (exports[i]) {
+			idd_export_close(exports[i]);
+			exports[i] = NULL;
+		}
+	}
+	if (server) {
+		idd_serve_stats st;
+		idd_server_stats(server, &st);
+		idd_server_close(server);
+		server = NULL;
+		if (cfg.stats_path && !stats_written) {
+			write_stats(&st);
+			stats_written = true;
+		}
+	}
+}
+
+static void plugin_cleanup(void)
+{
+	shut_down();
+}
+
+static void plugin_unload(void)
+{
+	shut_down();
+	for (size_t i = 0; i < cfg.n_owned; i++)
+		free(cfg.owned[i]);
+	cfg.n_owned = 0;
+	free(cfg.stats_path);
+	cfg.stats_path = NULL;
+}
+
+static int plugin_list_exports(int readonly, int is_tls, struct nbdkit_exports *list)
+{
+	for (size_t i = 0; i < cfg.n_images; i++) {
+		if (nbdkit_add_export(list, cfg.images[i], NULL) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+static const char *plugin_default_export(int readonly, int is_tls)
+{
+	return cfg.n_images ? cfg.images[0] : NULL;
+}
+
+/* The handle is the export itself: exports live as long as the server. */
+static void *plugin_open(int readonly)
+{
+	const char *name = nbdkit_export_name();
+	if (!name || !*name)
+		name = cfg.images[0];
+	for (size_t i = 0; i < cfg.n_images; i++) {
+		if (!strcmp(cfg.images[i], name) && exports[i])
+			return exports[i];
+	}
+	nbdkit_error("no export named '%s' (this server exports the images given as image=)", name);
+	return NULL;
+}
+
+static int64_t plugin_get_size(void *handle)
+{
+	return (int64_t)idd_export_size(handle);
+}
+
+static int plugin_block_size(void *handle, uint32_t *minimum, uint32_t *preferred,
+                             uint32_t *maximum)
+{
+	*minimum = 1;
+	*preferred = idd_export_block_size(handle);
+	*maximum = MAX_REQUEST;
+	return 0;
+}
+
+static int plugin_can_write(void *handle) { return 0; }
+static int plugin_can_multi_conn(void *handle) { return 1; }
+static int plugin_can_extents(void *handle) { return 1; }
+static int plugin_can_cache(void *handle) { return NBDKIT_CACHE_NATIVE; }
+static int plugin_is_rotational(void *handle) { return 0; }
+
+static int fail_request(const idd_error *err)
+{
+	nbdkit_error("%s", err->msg);
+	nbdkit_set_error(err->code == IDD_ENOMEM ? ENOMEM : EIO);
+	return -1;
+}
+
+static int plugin_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
+{
+	idd_error err = {{0}, 0};
+	if (idd_export_read(handle, buf, count, offset, &err))
+		return fail_request(&err);
+	return 0;
+}
+
+static int add_extent(void *ctx, uint64_t off, uint64_t len, bool zero)
+{
+	return nbdkit_add_extent(ctx, off, len, zero ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0);
+}
+
+static int plugin_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+                          struct nbdkit_extents *extents)
+{
+	idd_error err = {{0}, 0};
+	if (idd_export_extents(handle, offset, count, add_extent, extents, &err))
+		return fail_request(&err);
+	return 0;
+}
+
+static int plugin_cache(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+	idd_error err = {{0}, 0};
+	if (idd_export_prefetch(handle, offset, count, &err))
+		return fail_request(&err);
+	return 0;
+}
+
+static struct nbdkit_plugin plugin = {
+	.name = "imgdedup",
+	.longname = "imgdedup: VM images read on demand through a de-duplicating node cache",
+	.version = IDD_VERSION,
+	.description = "Exports images of an imgdedup repository read-only: zero blocks answer as\n"
+	               "holes, blocks the node cache holds under any image are read locally, the\n"
+	               "rest is fetched, verified and cached.",
+	.load = plugin_load,
+	.config = plugin_config,
+	.config_complete = plugin_config_complete,
+	.thread_model = plugin_thread_model,
+	.config_help = "from=SOURCE        repository: a directory, http(s):// or s3:// (required)\n"
+	               "cache=DIR          the node cache (required)\n"
+	               "image=ID           an image to export (repeatable; the first is the default)\n"
+	               "index=DIR|URL      SOURCE's index (default SOURCE/.imgdedup)\n"
+	               "peer=URL           another node's cache over HTTP (repeatable)\n"
+	               "fill=BOOL          fetch the rest of each image in the background\n"
+	               "record=FILE        write the order of first reads (a boot profile)\n"
+	               "prefetch=FILE      fetch a recorded profile's blocks ahead of the guest\n"
+	               "readahead=SIZE     bytes fetched past a read that missed (default 2M)\n"
+	               "connections=N      remote requests in flight per export (default 4)\n"
+	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
+	               "no-pack=BOOL       ignore SOURCE's pack\n"
+	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
+	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
+	               "                   a client hangs up with requests in flight)\n"
+	               "stats=FILE         on exit, write the serve counters to FILE as JSON",
+	.get_ready = plugin_get_ready,
+	.after_fork = plugin_after_fork,
+	.cleanup = plugin_cleanup,
+	.unload = plugin_unload,
+	.list_exports = plugin_list_exports,
+	.default_export = plugin_default_export,
+	.open = plugin_open,
+	.get_size = plugin_get_size,
+	.block_size = plugin_block_size,
+	.can_write = plugin_can_write,
+	.can_multi_conn = plugin_can_multi_conn,
+	.can_extents = plugin_can_extents,
+	.can_cache = plugin_can_cache,
+	.is_rotational = plugin_is_rotational,
+	.pread = plugin_pread,
+	.extents = plugin_extents,
+	.cache = plugin_cache,
+	.errno_is_preserved = 0,
+};
+
+NBDKIT_REGISTER_PLUGIN(plugin)

@@ -1,0 +1,294 @@
+/* test_serve.c - on-demand reads: exact bytes, zero blocks free, each
+ * distinct missing block fetched once, what was fetched found again by a
+ * restarted server and by a sibling image, a damaged source block an error
+ * for that block only, --fill leaving a complete cached image, extents. */
+#include "testutil.h"
+#include "index/map.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BS 4096u
+#define NB 128
+
+static char *root, *repo, *cache;
+static unsigned char *img_a, *img_b;
+
+static void quiet(void *ctx, const char *msg) { (void)ctx; (void)msg; }
+
+/* A: pool of 40 patterns (repeats), every 5th block zero, a 1000-byte tail.
+ * B: A with 12 blocks replaced. */
+static void build_images(void)
+{
+	img_a = calloc(NB * BS + 1000, 1);
+	for (size_t i = 0; i < NB; i++)
+		if (i % 5)
+			tu_fill_random(img_a + i * BS, BS, 700 + i % 40);
+	tu_fill_random(img_a + NB * BS, 1000, 11);
+	img_b = malloc(NB * BS);
+	memcpy(img_b, img_a, NB * BS);
+	for (size_t i = 60; i < 72; i++)
+		tu_fill_random(img_b + i * BS, BS, 7000 + i);
+}
+
+static uint64_t distinct_nonzero(const unsigned char *img, size_t len, uint64_t b0, uint64_t b1)
+{
+	idd_hasher *h = idd_hasher_new(NULL);
+	idd_digest_set seen;
+	idd_digest_set_init(&seen, 64, false, NULL);
+	unsigned char blk[BS];
+	uint64_t total = 0;
+	for (uint64_t b = b0; b < b1 && b * BS < len; b++) {
+		size_t n = IDD_MIN((size_t)BS, len - b * BS);
+		memset(blk, 0, BS);
+		memcpy(blk, img + b * BS, n);
+		if (idd_is_zero(blk, BS))
+			continue;
+		idd_digest d;
+		idd_hasher_digest(h, blk, BS, &d, NULL);
+		bool added;
+		idd_digest_set_add(&seen, &d, &added, NULL);
+		if (added)
+			total += n;
+	}
+	idd_digest_set_free(&seen);
+	idd_hasher_free(h);
+	return total;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp();
+	repo = idd_path_join(root, "repo", NULL);
+	cache = idd_path_join(root, "cache", NULL);
+	idd_mkdir_p(repo, NULL);
+	build_images();
+	free(tu_write(repo, "a.raw", img_a, NB * BS + 1000));
+	free(tu_write(repo, "b.raw", img_b, NB * BS));
+	idd_error err;
+	idd_scan_opts so = {.repo = repo, .warn = quiet};
+	idd_scan_stats ss;
+	idd_map_opts mo = {.repo = repo, .warn = quiet};
+	idd_map_stats ms;
+	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err)) {
+		fprintf(stderr, "index: %s\n", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	tu_rmtree(root);
+	free(root);
+	free(repo);
+	free(cache);
+	free(img_a);
+	free(img_b);
+	return 0;
+}
+
+static idd_server *open_server(bool fill, uint64_t readahead)
+{
+	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .fill = fill,
+	                    .readahead = readahead};
+	idd_server *s = NULL;
+	idd_error err;
+	if (idd_server_open(&o, &s, &err))
+		fail_msg("server: %s", err.msg);
+	return s;
+}
+
+static void read_all_check(idd_export *e, const unsigned char *want, uint64_t size, uint32_t chunk)
+{
+	unsigned char *buf = malloc(chunk);
+	idd_error err;
+	for (uint64_t off = 0; off < size; off += chunk) {
+		uint64_t n = IDD_MIN((uint64_t)chunk, size - off);
+		if (idd_export_read(e, buf, n, off, &err))
+			fail_msg("read at %llu: %s", (unsigned long long)off, err.msg);
+		assert_memory_equal(buf, want + off, n);
+	}
+	free(buf);
+}
+
+static void test_cold_warm_sibling(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	uint64_t size_a = NB * BS + 1000;
+	/* cold: a small read fetches only its blocks (no readahead) */
+	idd_server *s = open_server(false, 4096 / 2);
+	idd_export *e;
+	idd_error err;
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	assert_int_equal(idd_export_size(e), size_a);
+	assert_int_equal(idd_export_block_size(e), BS);
+	unsigned char buf[3 * BS];
+	assert_int_equal(idd_export_read(e, buf, 3 * BS - 100, 10 * BS + 50, &err), IDD_OK);
+	assert_memory_equal(buf, img_a + 10 * BS + 50, 3 * BS - 100);
+	idd_serve_stats st;
+	idd_server_stats(s, &st);
+	assert_int_equal(st.bytes_fetched, distinct_nonzero(img_a, size_a, 10, 13));
+	/* then the whole image, odd-sized reads: exact, each distinct block once */
+	read_all_check(e, img_a, size_a, 3 * BS + 7);
+	idd_server_stats(s, &st);
+	assert_int_equal(st.bytes_fetched, distinct_nonzero(img_a, size_a, 0, NB + 1));
+	assert_true(st.bytes_zero > 0);
+	assert_int_equal(st.read_errors, 0);
+	idd_export_close(e);
+	idd_server_close(s);
+
+	/* a restarted server finds what was fetched: nothing fetched */
+	s = open_server(false, 0);
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	read_all_check(e, img_a, size_a, 64 * 1024);
+	idd_server_stats(s, &st);
+	assert_int_equal(st.bytes_fetched, 0);
+	/* the sibling: only its own blocks are fetched */
+	idd_export *eb;
+	assert_int_equal(idd_export_open(s, "b.raw", &eb, &err), IDD_OK);
+	read_all_check(eb, img_b, NB * BS, 5 * BS);
+	idd_server_stats(s, &st);
+	assert_int_equal(st.bytes_fetched, 12 * BS);
+	idd_export_close(eb);
+	idd_export_close(e);
+	idd_server_close(s);
+
+	/* cache ls shows two partial images */
+	idd_cache_image *v;
+	size_t n;
+	assert_int_equal(idd_cache_list(cache, &v, &n, quiet, NULL, &err), IDD_OK);
+	idd_cache_list_free(v, n);
+}
+
+static int count_extent(void *ctx, uint64_t off, uint64_t len, bool zero)
+{
+	uint64_t *v = ctx;
+	(void)off;
+	v[zero] += len;
+	return 0;
+}
+
+static void test_extents(void **state)
+{
+	(void)state;
+	idd_server *s = open_server(false, 0);
+	idd_export *e;
+	idd_error err;
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	uint64_t v[2] = {0, 0};
+	assert_int_equal(idd_export_extents(e, 0, idd_export_size(e), count_extent, v, &err), IDD_OK);
+	assert_int_equal(v[0] + v[1], idd_export_size(e));
+	uint64_t zero = 0;
+	for (size_t i = 0; i < NB; i++)
+		zero += (i % 5 == 0) * BS;
+	assert_int_equal(v[1], zero);
+	idd_export_close(e);
+	idd_server_close(s);
+}
+
+static void test_damaged_source_block(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	char *path = idd_path_join(repo, "b.raw", NULL);
+	tu_flip_byte(path, 65 * BS + 3); /* one of b's own blocks */
+	idd_server *s = open_server(false, 0);
+	idd_export *e;
+	idd_error err;
+	assert_int_equal(idd_export_open(s, "b.raw", &e, &err), IDD_OK);
+	unsigned char buf[BS];
+	assert_int_not_equal(idd_export_read(e, buf, BS, 65 * BS, &err), IDD_OK);
+	assert_non_null(strstr(err.msg, "offset"));
+	/* the other blocks are fine */
+	assert_int_equal(idd_export_read(e, buf, BS, 64 * BS, &err), IDD_OK);
+	assert_memory_equal(buf, img_b + 64 * BS, BS);
+	idd_serve_stats st;
+	idd_server_stats(s, &st);
+	assert_int_equal(st.read_errors, 1);
+	idd_export_close(e);
+	idd_server_close(s);
+	tu_flip_byte(path, 65 * BS + 3);
+	free(path);
+}
+
+static void test_tampered_cache(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	idd_server *s = open_server(false, 0);
+	idd_export *e;
+	idd_error err;
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	read_all_check(e, img_a, NB * BS + 1000, 16 * BS);
+	idd_export_close(e);
+	idd_server_close(s);
+	char *part = idd_path_join(cache, "images/a.raw.partial", NULL);
+	tu_flip_byte(part, 3 * BS + 1);
+	free(part);
+	s = open_server(false, 0);
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	read_all_check(e, img_a, NB * BS + 1000, 16 * BS);
+	idd_serve_stats st;
+	idd_server_stats(s, &st);
+	assert_true(st.cache_damaged >= 1);
+	assert_true(st.bytes_fetched > 0);
+	idd_export_close(e);
+	idd_server_close(s);
+}
+
+static void test_fill(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	idd_server *s = open_server(true, 0);
+	idd_export *e;
+	idd_error err;
+	assert_int_equal(idd_export_open(s, "b.raw", &e, &err), IDD_OK);
+	assert_int_equal(idd_server_start(s, &err), IDD_OK);
+	idd_serve_stats st;
+	for (int i = 0; i < 500; i++) {
+		idd_server_stats(s, &st);
+		if (st.exports_complete)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.exports_complete, 1);
+	read_all_check(e, img_b, NB * BS, 8 * BS);
+	idd_export_close(e);
+	idd_server_close(s);
+	char *full = idd_path_join(cache, "images/b.raw", NULL);
+	size_t len;
+	void *data;
+	assert_int_equal(idd_read_file(full, 1 << 30, &data, &len, NULL), IDD_OK);
+	assert_int_equal(len, NB * BS);
+	assert_memory_equal(data, img_b, len);
+	free(data);
+	free(full);
+	/* a deploy of it now copies everything from the cache */
+	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = "b.raw", .warn = quiet};
+	char *out = idd_path_join(root, "b.out", NULL);
+	o.out = out;
+	idd_deploy_stats ds;
+	assert_int_equal(idd_deploy(&o, &ds, &err), IDD_OK);
+	assert_int_equal(ds.bytes_fetched, 0);
+	free(out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_cold_warm_sibling),
+	    cmocka_unit_test(test_extents),
+	    cmocka_unit_test(test_damaged_source_block),
+	    cmocka_unit_test(test_tampered_cache),
+	    cmocka_unit_test(test_fill),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
