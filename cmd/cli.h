@@ -68,6 +68,7 @@ void cli_json_str(FILE *f, const char *s); /* quoted, escaped */
 int cmd_scan(int argc, char **argv);
 int cmd_similarity(int argc, char **argv);
 int cmd_map(int argc, char **argv);
+int cmd_pack(int argc, char **argv);
 int cmd_deploy(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_info(int argc, char **argv);

@@ -10,7 +10,7 @@
 
 static const char usage[] =
 	"imgdedup deploy --from SOURCE --cache DIR [-o OUT] [--index DIR|URL] [--seed FILE]... "
-	"[--peer URL]... [--connections N] [--jobs N] [--timeout SECONDS] [--force] [--json] [-q] IMAGE";
+	"[--peer URL]... [--no-pack] [--connections N] [--jobs N] [--timeout SECONDS] [--force] [--json] [-q] IMAGE";
 
 struct prog {
 	bool enabled;
@@ -70,6 +70,7 @@ int cmd_deploy(int argc, char **argv)
 		{"force", no_argument, 0, 'F'},       {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
 		{"jobs", required_argument, 0, 'j'}, {"peer", required_argument, 0, 'P'},
+		{"no-pack", no_argument, 0, 'K'},
 		{"timeout", required_argument, 0, 'T'},
 		{0, 0, 0, 0}};
 	idd_deploy_opts o = {0};
@@ -131,6 +132,7 @@ int cmd_deploy(int argc, char **argv)
 			}
 			peers[npeers++] = optarg;
 			break;
+		case 'K': o.no_pack = true; break;
 		case 'F': o.force = true; break;
 		case 'J': json = true; break;
 		case 'q': cli_quiet = true; break;

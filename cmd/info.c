@@ -43,6 +43,36 @@ static int print_blocks(idd_catalog *cat, char *index_dir, const idd_image_info 
 	return rc;
 }
 
+/* The image in the pack (pack.h): one JSON object, or one text line.
+ * Nothing when the index has no pack. */
+static void print_pack(const char *index_dir, const idd_image_info *im, cli_json *j)
+{
+	idd_pack_image_summary ps;
+	idd_error err;
+	if (idd_pack_image_summary_get(index_dir, im, &ps, &err) != IDD_OK) {
+		if (!j)
+			printf("pack:                damaged (%s)\n", err.msg);
+		return;
+	}
+	if (!ps.has_pack)
+		return;
+	if (j) {
+		cli_json_key_open(j, "pack", '{');
+		cli_json_key_bool(j, "current", ps.has_view);
+		cli_json_key_u64(j, "blocks", ps.blocks);
+		cli_json_key_u64(j, "frames", ps.frames);
+		cli_json_key_u64(j, "frame_bytes", ps.frame_bytes);
+		cli_json_close(j, '}');
+	} else if (!ps.has_view) {
+		printf("pack:                not packed yet (run 'imgdedup pack')\n");
+	} else {
+		char h[32];
+		printf("pack:                %llu of %llu distinct blocks, in %llu frames (%s compressed)\n",
+		       (unsigned long long)ps.blocks, (unsigned long long)ps.distinct,
+		       (unsigned long long)ps.frames, cli_human(ps.frame_bytes, h));
+	}
+}
+
 int cmd_info(int argc, char **argv)
 {
 	static const struct option opts[] = {{"index", required_argument, 0, 'i'},
@@ -119,6 +149,7 @@ int cmd_info(int argc, char **argv)
 			if (sum.has_blocktable)
 				cli_json_key_u64(&j, "exclusive_blocks", sum.exclusive_blocks);
 		}
+		print_pack(index_dir, im, &j);
 		cli_json_key_open(&j, "shares_most_with", '[');
 		for (size_t i = 0; i < nsim; i++) {
 			cli_json_key_open(&j, NULL, '{');
@@ -155,6 +186,7 @@ int cmd_info(int argc, char **argv)
 		if (have_sum && sum.has_blocktable)
 			printf("exclusive blocks:    %llu (content no other image holds)\n",
 			       (unsigned long long)sum.exclusive_blocks);
+		print_pack(index_dir, im, NULL);
 		if (nsim) {
 			printf("shares most with:    (containment: share of this image's blocks the other holds)\n");
 			for (size_t i = 0; i < nsim; i++) {

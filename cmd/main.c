@@ -12,6 +12,7 @@ static const struct {
 	{"scan", cmd_scan, "hash every block of every image in a repository (incremental)"},
 	{"similarity", cmd_similarity, "pairwise similarity matrix of the images"},
 	{"map", cmd_map, "write a compact block map per image"},
+	{"pack", cmd_pack, "keep a compressed copy of the distinct blocks beside the index"},
 	{"deploy", cmd_deploy, "materialise an image from its map, a local cache and the repository"},
 	{"serve", cmd_serve, "export images over NBD, read on demand through the node cache"},
 	{"cache", cmd_cache, "list or garbage-collect a node cache"},

@@ -2,12 +2,15 @@
  * catalog and block map, each as a whole index file and as bare payload
  * (fuzz_index seeds carry its mode byte, see fuzz_index.c), and zstd
  * "bombs": tiny frames declaring a huge decompressed size.
- * Usage: gen_seeds INDEX_CORPUS_DIR MAP_CORPUS_DIR */
+ * With a third directory, seeds for fuzz_pack: a real pack index, view and
+ * frame (a small repository scanned, mapped and packed), with its mode byte.
+ * Usage: gen_seeds INDEX_CORPUS_DIR MAP_CORPUS_DIR [PACK_CORPUS_DIR] */
 #include "base/util.h"
 #include "base/digest.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
 #include "index/map.h"
+#include "index/pack.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,9 +105,87 @@ static void put(const char *dir, const char *name, const void *p, size_t n)
 	}
 }
 
+/* A repository of one small image, scanned, mapped and packed; its pack
+ * index, a view and one frame become fuzz_pack seeds. */
+static void put_pack_seeds(const char *tmp, const char *dir)
+{
+	idd_error err;
+	char path[4096];
+	unsigned char img[48 * 4096];
+	for (size_t i = 0; i < sizeof img; i++)
+		img[i] = i % 4096 < 2048 ? (unsigned char)"pack seed text "[i % 15]
+		                         : (unsigned char)((i * 2654435761u) >> 13);
+	memset(img + 10 * 4096, 0, 4096);
+	memcpy(img + 20 * 4096, img + 3 * 4096, 4096);
+	snprintf(path, sizeof path, "%s/repo", tmp);
+	if (idd_mkdir_p(path, &err))
+		die(&err);
+	snprintf(path, sizeof path, "%s/repo/a.raw", tmp);
+	FILE *f = fopen(path, "wb");
+	if (!f || fwrite(img, 1, sizeof img - 100, f) != sizeof img - 100 || fclose(f))
+		exit(1);
+	snprintf(path, sizeof path, "%s/repo", tmp);
+	idd_scan_opts so = {.repo = path, .jobs = 1};
+	idd_scan_stats ss;
+	idd_map_opts mo = {.repo = path};
+	idd_map_stats ms;
+	idd_pack_opts po = {.repo = path, .jobs = 1};
+	idd_pack_stats ps;
+	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err) || idd_pack_run(&po, &ps, &err))
+		die(&err);
+	char *idx = idd_asprintf(&err, "%s/repo/" IDD_INDEX_SUBDIR, tmp);
+	if (!idx)
+		die(&err);
+	static const char PKI[8] = {'I', 'D', 'D', '-', 'P', 'K', 'I', 0};
+	static const char PKV[8] = {'I', 'D', 'D', '-', 'P', 'K', 'V', 0};
+	void *file, *payload;
+	size_t flen, plen;
+	char *ipath = idd_path_join(idx, IDD_PACK_INDEX_FILE, &err);
+	if (!ipath || idd_read_file(ipath, 1 << 20, &file, &flen, &err) ||
+	    idd_indexfile_parse(ipath, file, flen, PKI, 1, &payload, &plen, NULL, &err))
+		die(&err);
+	put_mode(dir, "index-file", 0x00, file, flen);
+	put_mode(dir, "index-payload", 0x01, payload, plen);
+	idd_pack_index *x;
+	if (idd_pack_index_parse(ipath, file, flen, &x, &err))
+		die(&err);
+	free(ipath);
+	free(file);
+	free(payload);
+	char *rel = idd_pack_view_relpath(&x->views[0], &err);
+	char *vpath = rel ? idd_path_join(idx, rel, &err) : NULL;
+	free(rel);
+	if (!vpath || idd_read_file(vpath, 1 << 20, &file, &flen, &err) ||
+	    idd_indexfile_parse(vpath, file, flen, PKV, 1, &payload, &plen, NULL, &err))
+		die(&err);
+	put_mode(dir, "view-file", 0x02, file, flen);
+	put_mode(dir, "view-payload", 0x03, payload, plen);
+	free(vpath);
+	free(file);
+	free(payload);
+	/* the first frame, with its block count and size (512 << 3) */
+	rel = idd_pack_data_relpath(&x->files[0].name, &err);
+	char *dpath = rel ? idd_path_join(idx, rel, &err) : NULL;
+	free(rel);
+	if (!dpath || idd_read_file(dpath, 1 << 20, &file, &flen, &err))
+		die(&err);
+	free(dpath);
+	unsigned char *fr = malloc(2 + x->frames[0].clen);
+	if (!fr)
+		exit(1);
+	fr[0] = (unsigned char)(x->frames[0].nblocks - 1);
+	fr[1] = 3;
+	memcpy(fr + 2, (unsigned char *)file + x->frames[0].off, (size_t)x->frames[0].clen);
+	put_mode(dir, "frame", 0x04, fr, 2 + (size_t)x->frames[0].clen);
+	free(fr);
+	free(file);
+	free(idx);
+	idd_pack_index_free(x);
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 3)
+	if (argc != 3 && argc != 4)
 		return 2;
 	idd_error err;
 	char tmpl[] = "/tmp/idd-seeds-XXXXXX";
@@ -192,6 +273,8 @@ int main(int argc, char **argv)
 	free(file);
 	free(payload);
 	free(lp);
+	if (argc == 4)
+		put_pack_seeds(tmpl, argv[3]);
 	snprintf(path, sizeof path, "rm -rf %s", tmpl);
 	return system(path) == 0 ? 0 : 1;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make-seeds.sh GEN_SEEDS_BINARY - (re)writes the seed corpora under
 # fuzz/corpus/<target>/ from small images made with qemu-img, tar, gzip,
-# xz and zstd, plus a real catalog and block map from GEN_SEEDS_BINARY.
+# xz and zstd, plus a real catalog, block map and pack from GEN_SEEDS_BINARY.
 # Every seed stays small (a few KiB, the VMDK ones ~70 KiB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -9,7 +9,7 @@ gen=$1
 c=$here/corpus
 t=$(mktemp -d "${TMPDIR:-/tmp}/idd-seeds.XXXXXX")
 trap 'rm -rf "$t"' EXIT
-mkdir -p "$c"/{qcow2,vmdk,archive,index,map}
+mkdir -p "$c"/{qcow2,vmdk,archive,index,map,pack}
 cd "$t"
 # 16 KiB disk: random, zeros, text.
 python3 -c 'import random,sys
@@ -38,5 +38,5 @@ long=m/$(printf 'x%.0s' $(seq 1 120)).img && cp d.raw "$long"
 (cd m && tar --zstd -cf "$c/archive/a.tar.zst" disk.img)
 (cd m && tar -cJf "$c/archive/a.tar.xz" disk.img)
 cp "$c/qcow2/c512.qcow2" m/q.qcow2 && (cd m && tar --format=ustar -cf "$c/archive/qcow2-in.tar" q.qcow2)
-"$gen" "$c/index" "$c/map"
+"$gen" "$c/index" "$c/map" "$c/pack"
 du -sh "$c"/* >&2

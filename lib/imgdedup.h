@@ -270,6 +270,52 @@ typedef struct idd_verify_opts {
 /* IDD_OK when everything checked is intact, IDD_ERR otherwise. */
 int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
+/* ---- pack: a compressed copy of the repository's distinct blocks ------- */
+
+typedef struct idd_pack_opts {
+	const char *repo;
+	const char *index_dir;   /* NULL: REPO/.imgdedup */
+	bool no_wait;            /* index locked by another run: IDD_EBUSY */
+	int jobs;                /* compression threads; 0: online CPUs */
+	int level;               /* zstd level of new frames, 1..19; 0: 9 */
+	idd_progress_fn progress;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_pack_opts;
+
+typedef struct idd_pack_stats {
+	uint64_t blocks;      /* distinct blocks in the pack after the run */
+	uint64_t pack_bytes;  /* its size on disk: data files, index, views */
+	uint64_t raw_bytes;   /* the payload those blocks hold (blocks x block size) */
+	uint64_t added;       /* blocks added this run */
+	uint64_t removed;     /* blocks dropped (no image holds them any more) */
+	uint64_t failed;      /* blocks that could not be read or did not match their digest */
+	uint64_t views_written;
+	uint64_t data_bytes_written;
+	bool compacted;       /* the data files were rewritten (garbage above 25%, or a rebuild) */
+	bool changed;         /* anything was written */
+	bool committed;       /* the pack on disk reflects this run (the figures above are its) */
+} idd_pack_stats;
+
+/* Bring INDEX/pack up to date with the index: compress the blocks it does
+ * not hold yet (read from the images, each verified against its digest),
+ * drop blocks no image holds.  Locked like scan; a re-run over an unchanged
+ * index writes nothing; a killed run leaves the previous pack usable.
+ * Returns IDD_ERR (after committing the rest) when some blocks failed. */
+int idd_pack_run(const idd_pack_opts *opts, idd_pack_stats *stats, idd_error *err);
+
+/* What `info` shows about an image in the pack. */
+typedef struct idd_pack_image_summary {
+	bool has_pack;        /* the index has a pack */
+	bool has_view;        /* ... with a view of this image's current block list */
+	uint64_t blocks;      /* the image's distinct blocks in the pack */
+	uint64_t distinct;    /* its distinct non-zero blocks */
+	uint64_t frames;      /* frames holding them */
+	uint64_t frame_bytes; /* compressed size of those frames */
+} idd_pack_image_summary;
+int idd_pack_image_summary_get(const char *index_dir, const idd_image_info *im,
+                               idd_pack_image_summary *out, idd_error *err);
+
 /* ---- similarity and map ----------------------------------------------- */
 
 typedef enum idd_metric { IDD_METRIC_JACCARD = 0, IDD_METRIC_CONTAINMENT = 1 } idd_metric;

@@ -45,7 +45,8 @@ done
 rm -f "$B/libimgdedup-fuzz.a"
 ar rcs "$B/libimgdedup-fuzz.a" "${objs[@]}"
 
-targets=${FUZZ_TARGETS:-"qcow2 vmdk archive index map s3"}
+all_targets=$(ls fuzz/fuzz_*.c | sed 's|fuzz/fuzz_||; s|\.c$||' | tr '\n' ' ')
+targets=${FUZZ_TARGETS:-$all_targets}
 built=()
 for t in $targets; do
   if [ "$t" = map ] && [ ! -e lib/index/map.c ]; then

@@ -13,6 +13,7 @@
 #include "node/outpart.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
+#include "node/source_pack.h"
 #include "node/source_peer.h"
 #include "node/source_remote.h"
 #include "node/source_seed.h"
@@ -41,7 +42,8 @@ struct deploy {
 	idd_cache *cache;
 	idd_outpart part;
 	bool part_open;
-	idd_block_source *cache_src, *seed_src, *peer_src, *remote_src, *out_src;
+	idd_block_source *cache_src, *seed_src, *peer_src, *pack_src, *remote_src, *out_src;
+	bool pack_tried;
 	atomic_bool can_clone;
 	/* per digest k = 1..ndistinct */
 	unsigned char *plan;
@@ -285,16 +287,31 @@ static int fetch_missing(struct deploy *d, struct blist *fetch)
 		                         &d->peer_src, &e2))
 			idd_warnf(d->o->warn, d->o->ctx, "warning: peers not used: %s", e2.msg);
 	}
+	if (!d->o->no_pack && !d->pack_tried) {
+		/* the pack, when SOURCE has one for this image: fewer bytes; any
+		 * trouble with it is a warning and the images are read instead */
+		d->pack_tried = true;
+		idd_error e2;
+		int prc = idd_pack_source_open(d->ri->isrc, d->ri->prefix, d->m, d->o->warn, d->o->ctx,
+		                               &d->pack_src, &e2);
+		if (prc && prc != IDD_ENOENT)
+			idd_warnf(d->o->warn, d->o->ctx, "warning: pack not used: %s", e2.msg);
+		if (!prc)
+			d->st->bytes_index += idd_pack_source_index_bytes(d->pack_src);
+	}
 	idd_block_chain chain = {.n = 0};
 	if (d->peer_src)
 		chain.src[chain.n++] = d->peer_src;
+	if (d->pack_src)
+		chain.src[chain.n++] = d->pack_src;
 	chain.src[chain.n++] = d->remote_src;
 	idd_fill f;
 	int rc = run_fill(d, &chain, fetch, FETCH_WINDOW_BYTES, 1, &f);
-	idd_block_source_counters rc2, pc = {0};
+	idd_block_source_counters rc2, pc = {0}, kc = {0};
 	idd_block_source_counters_get(d->remote_src, &rc2);
 	idd_block_source_counters_get(d->peer_src, &pc);
-	d->st->bytes_fetched = rc2.bytes;
+	idd_block_source_counters_get(d->pack_src, &kc);
+	d->st->bytes_fetched = rc2.bytes + kc.bytes;
 	d->st->bytes_from_peers = pc.bytes;
 	if (!rc && f.nfailed) {
 		uint64_t b = f.failed[0];
@@ -445,10 +462,11 @@ int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 	if (d->ri) {
 		idd_fetch_stats fs;
 		idd_remote_index_fetch_stats(d->ri, &fs);
-		idd_block_source_counters sc = {0};
+		idd_block_source_counters sc = {0}, kc = {0};
 		idd_block_source_counters_get(d->remote_src, &sc);
-		st->requests = fs.requests + sc.requests;
-		st->retries = fs.retries + sc.retries;
+		idd_block_source_counters_get(d->pack_src, &kc);
+		st->requests = fs.requests + sc.requests + kc.requests;
+		st->retries = fs.retries + sc.retries + kc.retries;
 	}
 	if (d->part_open) {
 		/* keep OUT.part only when a re-run can resume it: a damaged or
@@ -459,6 +477,7 @@ int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 	}
 	idd_block_source_close(d->out_src);
 	idd_block_source_close(d->peer_src);
+	idd_block_source_close(d->pack_src);
 	idd_block_source_close(d->remote_src);
 	idd_block_source_close(d->seed_src);
 	idd_block_source_close(d->cache_src);

@@ -20,6 +20,7 @@
 #include "node/partial.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
+#include "node/source_pack.h"
 #include "node/source_peer.h"
 #include "node/source_remote.h"
 #include "index/indexfile.h"
@@ -115,6 +116,7 @@ struct idd_export {
 	/* fetching */
 	pthread_mutex_t remote_lock;
 	idd_block_source *remote;
+	idd_block_source *pack;       /* SOURCE's pack for this image, when it has one */
 	pthread_mutex_t fl_lock;      /* guards inflight */
 	pthread_cond_t fl_done;
 	struct inflight *inflight;
@@ -240,6 +242,15 @@ static int ensure_remote(idd_export *e, idd_error *err)
 		                                  REMOTE_READERS, &fo, s->o.warn, s->o.ctx, &e->remote, err)
 		         : IDD_ENOMEM;
 		free(tmp);
+		if (!rc && !s->o.no_pack) {
+			/* fewer bytes when SOURCE has a pack; trouble with it is a
+			 * warning and the image is read instead */
+			idd_error e2;
+			int prc = idd_pack_source_open(s->ri->isrc, s->ri->prefix, e->m, s->o.warn, s->o.ctx,
+			                               &e->pack, &e2);
+			if (prc && prc != IDD_ENOENT)
+				swarn(s, "warning: %s: pack not used: %s", e->id, e2.msg);
+		}
 	}
 	pthread_mutex_unlock(&e->remote_lock);
 	return rc;
@@ -322,6 +333,8 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 		idd_block_chain chain = {.n = 0};
 		if (e->srv->peer_src)
 			chain.src[chain.n++] = e->srv->peer_src;
+		if (e->pack)
+			chain.src[chain.n++] = e->pack;
 		chain.src[chain.n++] = e->remote;
 		rc = idd_block_chain_read(&chain, mine, nmine, err);
 		for (size_t k = 0; !rc && k < nmine; k++)
@@ -361,6 +374,8 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 			idd_block_chain chain = {.n = 0};
 			if (e->srv->peer_src)
 				chain.src[chain.n++] = e->srv->peer_src;
+			if (e->pack)
+				chain.src[chain.n++] = e->pack;
 			chain.src[chain.n++] = e->remote;
 			rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
 			if (!rc && reqs[i].status == IDD_OK)
@@ -794,12 +809,14 @@ static void export_free(idd_export *e)
 			swarn(e->srv, "warning: %s", err.msg);
 		idd_partial_close(e->part);
 	}
-	if (e->remote) {
-		idd_block_source_counters c;
-		idd_block_source_counters_get(e->remote, &c);
+	idd_block_source *fetchers[] = {e->remote, e->pack};
+	for (size_t i = 0; i < IDD_ARRAY_LEN(fetchers); i++) {
+		idd_block_source_counters c = {0};
+		idd_block_source_counters_get(fetchers[i], &c);
 		atomic_fetch_add(&e->srv->closed_fetched, c.bytes);
 		atomic_fetch_add(&e->srv->closed_requests, c.requests);
 	}
+	idd_block_source_close(e->pack);
 	idd_block_source_close(e->remote);
 	idd_map_free(e->m);
 	free(e->id);
@@ -1109,9 +1126,10 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->remote_lock);
-		if (e->remote) {
-			idd_block_source_counters c;
-			idd_block_source_counters_get(e->remote, &c);
+		idd_block_source *fetchers[] = {e->remote, e->pack};
+		for (size_t k = 0; k < IDD_ARRAY_LEN(fetchers); k++) {
+			idd_block_source_counters c = {0};
+			idd_block_source_counters_get(fetchers[k], &c);
 			st->bytes_fetched += c.bytes;
 			st->requests += c.requests;
 		}

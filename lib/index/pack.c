@@ -1,0 +1,757 @@
+/* pack.c - the pack's files: parsing the pack index and views, looking a
+ * block up, decoding a frame, and checking a pack (verify, info).  The
+ * builder is pack_build.c.  Layout: docs/formats.md ("Pack"). */
+#include "index/pack.h"
+#include "index/indexfile.h"
+#include "index/catalog.h"
+#include "base/file.h"
+
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+static const char PKI_MAGIC[8] = {'I', 'D', 'D', '-', 'P', 'K', 'I', 0};
+static const char PKV_MAGIC[8] = {'I', 'D', 'D', '-', 'P', 'K', 'V', 0};
+#define PK_VERSION 1
+
+/* ---- paths ---- */
+
+char *idd_pack_view_relpath(const idd_digest *list_key, idd_error *err)
+{
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	idd_digest_hex(list_key, hex);
+	return idd_asprintf(err, "%s/%s", IDD_PACK_VIEWS_DIR, hex);
+}
+
+char *idd_pack_data_relpath(const idd_digest *name, idd_error *err)
+{
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	idd_digest_hex(name, hex);
+	return idd_asprintf(err, "%s/%s%s", IDD_PACK_DATA_DIR, hex, IDD_PACK_DATA_SUFFIX);
+}
+
+/* ---- frames ---- */
+
+size_t idd_pack_frame_of(const idd_pack_frame *frames, size_t nframes, uint64_t p)
+{
+	size_t lo = 0, hi = nframes;
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (frames[mid].first <= p)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+int idd_pack_frame_decode(ZSTD_DCtx *dctx, const char *name, const void *frame, size_t clen,
+                          uint32_t nblocks, uint32_t bs, void *out, idd_error *err)
+{
+	uint64_t want = (uint64_t)nblocks * bs;
+	if (!nblocks || !bs || want > SIZE_MAX)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt pack frame (%u blocks)", name, nblocks);
+	unsigned long long cs = ZSTD_getFrameContentSize(frame, clen);
+	if (cs == ZSTD_CONTENTSIZE_ERROR || cs == ZSTD_CONTENTSIZE_UNKNOWN || cs != want)
+		return idd_fail_code(err, IDD_ECORRUPT,
+		                     "%s: corrupt pack frame (not a zstd frame declaring %llu bytes)", name,
+		                     (unsigned long long)want);
+	size_t fl = ZSTD_findFrameCompressedSize(frame, clen);
+	if (ZSTD_isError(fl) || fl != clen)
+		return idd_fail_code(err, IDD_ECORRUPT,
+		                     "%s: corrupt pack frame (%zu bytes are not exactly one zstd frame)",
+		                     name, clen);
+	if (ZSTD_getDictID_fromFrame(frame, clen) != 0)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt pack frame (needs a dictionary)", name);
+	size_t r = ZSTD_decompressDCtx(dctx, out, (size_t)want, frame, clen);
+	if (ZSTD_isError(r) || r != want)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt pack frame (%s)", name,
+		                     ZSTD_isError(r) ? ZSTD_getErrorName(r) : "wrong length");
+	return IDD_OK;
+}
+
+/* ---- the pack index ---- */
+
+void idd_pack_index_free(idd_pack_index *x)
+{
+	if (!x)
+		return;
+	free(x->files);
+	free(x->frames);
+	free(x->views);
+	free(x->payload);
+	free(x);
+}
+
+static int corrupt(idd_error *err, const char *name, const char *what)
+{
+	return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt pack %s", name, what);
+}
+
+int idd_pack_index_parse(const char *name, const void *file, size_t len, idd_pack_index **out,
+                         idd_error *err)
+{
+	void *payload;
+	size_t plen;
+	int rc = idd_indexfile_parse_limit(name, file, len, PKI_MAGIC, PK_VERSION, IDD_PACK_MAX_INDEX,
+	                                   &payload, &plen, NULL, err);
+	if (rc)
+		return rc == IDD_ERR ? IDD_ECORRUPT : rc;
+	idd_pack_index *x = idd_calloc(1, sizeof *x, err);
+	if (!x) {
+		free(payload);
+		return IDD_ENOMEM;
+	}
+	x->payload = payload;
+	idd_reader r;
+	idd_reader_init(&r, payload, plen);
+	uint64_t nfiles, nframes, nentries, nviews;
+	if (!idd_get_u32(&r, &x->block_size) || !idd_get_u32(&r, &x->frame_blocks) ||
+	    !idd_get_u32(&r, &x->level) || !idd_get_u32(&r, &x->flags) ||
+	    !idd_get_bytes(&r, x->catalog_key.b, 32) || !idd_get_u64(&r, &nfiles) ||
+	    x->block_size < IDD_MIN_BLOCK_SIZE || x->block_size > IDD_MAX_BLOCK_SIZE ||
+	    !idd_is_power_of_two(x->block_size) || x->frame_blocks == 0 ||
+	    (uint64_t)x->frame_blocks * x->block_size > IDD_MAX(IDD_PACK_FRAME_BYTES, x->block_size) ||
+	    (x->flags & ~IDD_PACK_INCOMPLETE) || nfiles > idd_reader_left(&r) / 48) {
+		rc = corrupt(err, name, "index (header)");
+		goto fail;
+	}
+	x->nfiles = (size_t)nfiles;
+	if (nfiles && !(x->files = idd_calloc((size_t)nfiles, sizeof *x->files, err))) {
+		rc = IDD_ENOMEM;
+		goto fail;
+	}
+	uint64_t sum_frames = 0;
+	for (size_t i = 0; i < x->nfiles; i++) {
+		idd_pack_file *f = &x->files[i];
+		if (!idd_get_bytes(&r, f->name.b, 32) || !idd_get_u64(&r, &f->size) ||
+		    !idd_get_u64(&r, &f->nframes) || f->size < IDD_PACK_DATA_HEADER ||
+		    !idd_add_ok(sum_frames, f->nframes, &sum_frames)) {
+			rc = corrupt(err, name, "index (file list)");
+			goto fail;
+		}
+	}
+	if (!idd_get_u64(&r, &nframes) || nframes != sum_frames || nframes > idd_reader_left(&r) / 2) {
+		rc = corrupt(err, name, "index (frame count)");
+		goto fail;
+	}
+	x->nframes = (size_t)nframes;
+	if (nframes && !(x->frames = idd_calloc((size_t)nframes, sizeof *x->frames, err))) {
+		rc = IDD_ENOMEM;
+		goto fail;
+	}
+	size_t fi = 0;
+	uint64_t slots = 0;
+	for (uint32_t fno = 0; fno < x->nfiles; fno++) {
+		uint64_t off = IDD_PACK_DATA_HEADER;
+		for (uint64_t k = 0; k < x->files[fno].nframes; k++, fi++) {
+			uint64_t clen, nb, end;
+			idd_pack_frame *f = &x->frames[fi];
+			if (!idd_get_varint(&r, &clen) || !idd_get_varint(&r, &nb) || clen == 0 || nb == 0 ||
+			    nb > x->frame_blocks || !idd_add_ok(off, clen, &end) ||
+			    end > x->files[fno].size) {
+				rc = corrupt(err, name, "index (frame table)");
+				goto fail;
+			}
+			f->file = fno;
+			f->nblocks = (uint32_t)nb;
+			f->off = off;
+			f->clen = clen;
+			f->first = slots;
+			off = end;
+			slots += nb;
+		}
+		if (off != x->files[fno].size) {
+			rc = corrupt(err, name, "index (frames do not fill their data file)");
+			goto fail;
+		}
+	}
+	x->nslots = slots;
+	if (!idd_get_u64(&r, &nentries) || nentries > idd_reader_left(&r) / IDD_PACK_ENTRY ||
+	    nentries > slots) {
+		rc = corrupt(err, name, "index (entry count)");
+		goto fail;
+	}
+	x->nentries = nentries;
+	x->entries = idd_get_span(&r, (size_t)nentries * IDD_PACK_ENTRY);
+	for (uint64_t i = 0; i < nentries; i++) {
+		const unsigned char *e = x->entries + i * IDD_PACK_ENTRY;
+		if (idd_le64(e + 32) >= slots || idd_is_zero(e, 32) ||
+		    (i && memcmp(e - IDD_PACK_ENTRY, e, 32) >= 0)) {
+			rc = corrupt(err, name, "index (entries not sorted or past the frames)");
+			goto fail;
+		}
+	}
+	if (!idd_get_u64(&r, &nviews) || nviews != idd_reader_left(&r) / 32 ||
+	    idd_reader_left(&r) % 32) {
+		rc = corrupt(err, name, "index (view list)");
+		goto fail;
+	}
+	x->nviews = (size_t)nviews;
+	if (nviews && !(x->views = idd_calloc((size_t)nviews, sizeof *x->views, err))) {
+		rc = IDD_ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < x->nviews; i++) {
+		idd_get_bytes(&r, x->views[i].b, 32);
+		if (i && memcmp(x->views[i - 1].b, x->views[i].b, 32) >= 0) {
+			rc = corrupt(err, name, "index (view list not sorted)");
+			goto fail;
+		}
+	}
+	*out = x;
+	return IDD_OK;
+fail:
+	idd_pack_index_free(x);
+	return rc;
+}
+
+int idd_pack_index_load(const char *index_dir, idd_pack_index **out, idd_error *err)
+{
+	char *path = idd_path_join(index_dir, IDD_PACK_INDEX_FILE, err);
+	if (!path)
+		return IDD_ENOMEM;
+	void *data;
+	size_t len;
+	int rc = idd_read_file(path, (size_t)IDD_PACK_MAX_INDEX, &data, &len, err);
+	if (!rc) {
+		rc = idd_pack_index_parse(path, data, len, out, err);
+		free(data);
+	}
+	free(path);
+	return rc;
+}
+
+static bool loc_of_ordinal(const idd_pack_frame *frames, size_t nframes, uint64_t p,
+                           idd_pack_loc *loc)
+{
+	if (!nframes)
+		return false;
+	size_t f = idd_pack_frame_of(frames, nframes, p);
+	const idd_pack_frame *fr = &frames[f];
+	if (p < fr->first || p - fr->first >= fr->nblocks)
+		return false;
+	loc->frame = f;
+	loc->file = fr->file;
+	loc->nblocks = fr->nblocks;
+	loc->off = fr->off;
+	loc->clen = fr->clen;
+	loc->slot = (uint32_t)(p - fr->first);
+	return true;
+}
+
+bool idd_pack_lookup(const idd_pack_index *x, const idd_digest *d, idd_pack_loc *loc)
+{
+	uint64_t lo = 0, hi = x->nentries;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		const unsigned char *e = x->entries + mid * IDD_PACK_ENTRY;
+		int c = memcmp(e, d->b, 32);
+		if (c == 0)
+			return loc_of_ordinal(x->frames, x->nframes, idd_le64(e + 32), loc);
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+/* ---- views ---- */
+
+void idd_pack_view_free(idd_pack_view *v)
+{
+	if (!v)
+		return;
+	free(v->files);
+	free(v->frames);
+	free(v->slot);
+	free(v);
+}
+
+int idd_pack_view_parse(const char *name, const void *file, size_t len, uint64_t max_payload,
+                        idd_pack_view **out, idd_error *err)
+{
+	void *payload;
+	size_t plen;
+	int rc = idd_indexfile_parse_limit(name, file, len, PKV_MAGIC, PK_VERSION,
+	                                   max_payload ? IDD_MIN(max_payload, IDD_PACK_MAX_VIEW)
+	                                               : IDD_PACK_MAX_VIEW,
+	                                   &payload, &plen, NULL, err);
+	if (rc)
+		return rc == IDD_ERR ? IDD_ECORRUPT : rc;
+	idd_pack_view *v = idd_calloc(1, sizeof *v, err);
+	if (!v) {
+		free(payload);
+		return IDD_ENOMEM;
+	}
+	idd_reader r;
+	idd_reader_init(&r, payload, plen);
+	uint32_t reserved;
+	uint64_t nfiles, nframes;
+	if (!idd_get_bytes(&r, v->list_key.b, 32) || !idd_get_u32(&r, &v->block_size) ||
+	    !idd_get_u32(&r, &reserved) || !idd_get_u64(&r, &v->ndistinct) ||
+	    !idd_get_u64(&r, &nfiles) || v->block_size < IDD_MIN_BLOCK_SIZE ||
+	    v->block_size > IDD_MAX_BLOCK_SIZE || !idd_is_power_of_two(v->block_size) ||
+	    reserved != 0 || nfiles > idd_reader_left(&r) / 40 ||
+	    v->ndistinct > idd_reader_left(&r)) { /* every digest costs at least a byte */
+		rc = corrupt(err, name, "view (header)");
+		goto fail;
+	}
+	v->nfiles = (size_t)nfiles;
+	if (nfiles && !(v->files = idd_calloc((size_t)nfiles, sizeof *v->files, err))) {
+		rc = IDD_ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < v->nfiles; i++)
+		if (!idd_get_bytes(&r, v->files[i].name.b, 32) || !idd_get_u64(&r, &v->files[i].size) ||
+		    v->files[i].size < IDD_PACK_DATA_HEADER) {
+			rc = corrupt(err, name, "view (file list)");
+			goto fail;
+		}
+	if (!idd_get_u64(&r, &nframes) || nframes > idd_reader_left(&r) / 4) {
+		rc = corrupt(err, name, "view (frame count)");
+		goto fail;
+	}
+	v->nframes = (size_t)nframes;
+	if (nframes && !(v->frames = idd_calloc((size_t)nframes, sizeof *v->frames, err))) {
+		rc = IDD_ENOMEM;
+		goto fail;
+	}
+	/* the most blocks a frame may hold, as the builder cuts them */
+	uint64_t max_blocks = IDD_MAX(IDD_PACK_FRAME_BYTES / v->block_size, 1);
+	uint64_t slots = 0, prev_file = 0, prev_end = IDD_PACK_DATA_HEADER;
+	for (size_t i = 0; i < v->nframes; i++) {
+		uint64_t fidx, gap, clen, nb;
+		idd_pack_frame *f = &v->frames[i];
+		if (!idd_get_varint(&r, &fidx) || !idd_get_varint(&r, &gap) ||
+		    !idd_get_varint(&r, &clen) || !idd_get_varint(&r, &nb) || fidx >= v->nfiles ||
+		    fidx < prev_file || clen == 0 || nb == 0 || nb > max_blocks) {
+			rc = corrupt(err, name, "view (frame table)");
+			goto fail;
+		}
+		if (fidx != prev_file)
+			prev_end = IDD_PACK_DATA_HEADER;
+		uint64_t off, end;
+		if (!idd_add_ok(prev_end, gap, &off) || !idd_add_ok(off, clen, &end) ||
+		    end > v->files[fidx].size) {
+			rc = corrupt(err, name, "view (frame past the end of its data file)");
+			goto fail;
+		}
+		f->file = (uint32_t)fidx;
+		f->nblocks = (uint32_t)nb;
+		f->off = off;
+		f->clen = clen;
+		f->first = slots;
+		slots += nb;
+		prev_file = fidx;
+		prev_end = end;
+	}
+	v->nslots = slots;
+	if (v->ndistinct && !(v->slot = idd_calloc((size_t)v->ndistinct, sizeof *v->slot, err))) {
+		rc = IDD_ENOMEM;
+		goto fail;
+	}
+	int64_t prev = -1;
+	for (uint64_t k = 0; k < v->ndistinct; k++) {
+		uint64_t code;
+		if (!idd_get_varint(&r, &code)) {
+			rc = corrupt(err, name, "view (slots truncated)");
+			goto fail;
+		}
+		if (code == 0)
+			continue;
+		uint64_t zz = code - 1;
+		/* zigzag: 0, -1, 1, -2, ... ; slot = prev + 1 + delta */
+		int64_t delta = (int64_t)(zz >> 1) ^ -(int64_t)(zz & 1);
+		int64_t s;
+		if (__builtin_add_overflow(prev, 1, &s) || __builtin_add_overflow(s, delta, &s) || s < 0 ||
+		    (uint64_t)s >= slots) {
+			rc = corrupt(err, name, "view (slot out of range)");
+			goto fail;
+		}
+		v->slot[k] = (uint64_t)s + 1;
+		v->packed++;
+		prev = s;
+	}
+	if (idd_reader_left(&r)) {
+		rc = corrupt(err, name, "view (trailing bytes)");
+		goto fail;
+	}
+	free(payload);
+	*out = v;
+	return IDD_OK;
+fail:
+	free(payload);
+	idd_pack_view_free(v);
+	return rc;
+}
+
+bool idd_pack_view_find(const idd_pack_view *v, uint64_t k, idd_pack_loc *loc)
+{
+	if (k >= v->ndistinct || !v->slot[k])
+		return false;
+	return loc_of_ordinal(v->frames, v->nframes, v->slot[k] - 1, loc);
+}
+
+/* ---- writing ---- */
+
+int idd_pack_index_save(const char *index_dir, const idd_pack_index *x, idd_error *err)
+{
+	idd_buf b = {0};
+	idd_buf_put_u32(&b, x->block_size);
+	idd_buf_put_u32(&b, x->frame_blocks);
+	idd_buf_put_u32(&b, x->level);
+	idd_buf_put_u32(&b, x->flags);
+	idd_buf_put(&b, x->catalog_key.b, 32);
+	idd_buf_put_u64(&b, x->nfiles);
+	for (size_t i = 0; i < x->nfiles; i++) {
+		idd_buf_put(&b, x->files[i].name.b, 32);
+		idd_buf_put_u64(&b, x->files[i].size);
+		idd_buf_put_u64(&b, x->files[i].nframes);
+	}
+	/* frames in file order, each file's frames back to back after its header */
+	idd_buf_put_u64(&b, x->nframes);
+	for (size_t i = 0; i < x->nframes; i++) {
+		idd_buf_put_varint(&b, x->frames[i].clen);
+		idd_buf_put_varint(&b, x->frames[i].nblocks);
+	}
+	idd_buf_put_u64(&b, x->nentries);
+	if (x->nentries)
+		idd_buf_put(&b, x->entries, (size_t)x->nentries * IDD_PACK_ENTRY);
+	idd_buf_put_u64(&b, x->nviews);
+	for (size_t i = 0; i < x->nviews; i++)
+		idd_buf_put(&b, x->views[i].b, 32);
+	char *path = idd_path_join(index_dir, IDD_PACK_INDEX_FILE, err);
+	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory writing the pack index")
+	         : !path  ? IDD_ENOMEM
+	                  : idd_indexfile_write(path, PKI_MAGIC, PK_VERSION, b.data, b.len, true, err);
+	free(path);
+	idd_buf_free(&b);
+	return rc;
+}
+
+static void put_zigzag_slot(idd_buf *b, int64_t delta)
+{
+	idd_buf_put_varint(b, (((uint64_t)delta << 1) ^ (uint64_t)(delta >> 63)) + 1);
+}
+
+int idd_pack_view_save(const char *index_dir, const idd_pack_view *v, idd_error *err)
+{
+	idd_buf b = {0};
+	idd_buf_put(&b, v->list_key.b, 32);
+	idd_buf_put_u32(&b, v->block_size);
+	idd_buf_put_u32(&b, 0);
+	idd_buf_put_u64(&b, v->ndistinct);
+	idd_buf_put_u64(&b, v->nfiles);
+	for (size_t i = 0; i < v->nfiles; i++) {
+		idd_buf_put(&b, v->files[i].name.b, 32);
+		idd_buf_put_u64(&b, v->files[i].size);
+	}
+	idd_buf_put_u64(&b, v->nframes);
+	uint64_t prev_file = 0, prev_end = IDD_PACK_DATA_HEADER;
+	for (size_t i = 0; i < v->nframes; i++) {
+		const idd_pack_frame *f = &v->frames[i];
+		if (f->file != prev_file)
+			prev_end = IDD_PACK_DATA_HEADER;
+		idd_buf_put_varint(&b, f->file);
+		idd_buf_put_varint(&b, f->off - prev_end);
+		idd_buf_put_varint(&b, f->clen);
+		idd_buf_put_varint(&b, f->nblocks);
+		prev_file = f->file;
+		prev_end = f->off + f->clen;
+	}
+	int64_t prev = -1;
+	for (uint64_t k = 0; k < v->ndistinct; k++) {
+		if (!v->slot[k]) {
+			idd_buf_put_varint(&b, 0);
+			continue;
+		}
+		int64_t s = (int64_t)(v->slot[k] - 1);
+		put_zigzag_slot(&b, s - prev - 1);
+		prev = s;
+	}
+	char *rel = idd_pack_view_relpath(&v->list_key, err);
+	char *path = rel ? idd_path_join(index_dir, rel, err) : NULL;
+	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory writing a pack view")
+	         : !path  ? IDD_ENOMEM
+	                  : idd_indexfile_write(path, PKV_MAGIC, PK_VERSION, b.data, b.len, true, err);
+	free(rel);
+	free(path);
+	idd_buf_free(&b);
+	return rc;
+}
+
+/* ---- verify ---- */
+
+static void problem(idd_warn_fn warn, void *ctx, uint64_t *problems, const char *fmt, ...)
+	IDD_PRINTF(4, 5);
+static void problem(idd_warn_fn warn, void *ctx, uint64_t *problems, const char *fmt, ...)
+{
+	char msg[1536];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	(*problems)++;
+	if (warn)
+		warn(ctx, msg);
+}
+
+/* Decode every frame of one data file and check its packed blocks (and the
+ * file's name, the SHA-256 of its content).  Returns false after the first
+ * problem in the file. */
+static bool verify_data_deep(const char *path, const idd_pack_index *x, uint32_t file,
+                             const unsigned char *const *slot_digest, idd_warn_fn warn, void *ctx,
+                             uint64_t *problems)
+{
+	idd_error e;
+	idd_file *f = NULL;
+	ZSTD_DCtx *dctx = ZSTD_createDCtx();
+	idd_hasher *h = idd_hasher_new(&e);
+	EVP_MD_CTX *sha = EVP_MD_CTX_new();
+	uint64_t maxc = 0;
+	for (size_t i = 0; i < x->nframes; i++)
+		if (x->frames[i].file == file)
+			maxc = IDD_MAX(maxc, x->frames[i].clen);
+	size_t rawmax = (size_t)x->frame_blocks * x->block_size;
+	unsigned char *cbuf = maxc <= SIZE_MAX ? malloc((size_t)IDD_MAX(maxc, IDD_PACK_DATA_HEADER)) : NULL;
+	unsigned char *raw = malloc(rawmax);
+	bool ok = false;
+	if (!dctx || !h || !sha || !cbuf || !raw ||
+	    EVP_DigestInit_ex(sha, EVP_sha256(), NULL) != 1) {
+		problem(warn, ctx, problems, "%s: cannot check (out of memory)", path);
+		goto out;
+	}
+	if (idd_file_open_local(path, &f, &e)) {
+		problem(warn, ctx, problems, "%s", e.msg);
+		goto out;
+	}
+	if (f->size != x->files[file].size) {
+		problem(warn, ctx, problems, "%s: %llu bytes, the pack index says %llu", path,
+		        (unsigned long long)f->size, (unsigned long long)x->files[file].size);
+		goto out;
+	}
+	if (idd_file_pread(f, cbuf, IDD_PACK_DATA_HEADER, 0, &e)) {
+		problem(warn, ctx, problems, "%s", e.msg);
+		goto out;
+	}
+	if (idd_le32(cbuf) != IDD_PACK_SKIPPABLE_MAGIC || idd_le32(cbuf + 4) != 24 ||
+	    memcmp(cbuf + 8, "IDD-PKD", 8) || idd_le32(cbuf + 16) != PK_VERSION ||
+	    idd_le32(cbuf + 20) != x->block_size) {
+		problem(warn, ctx, problems, "%s: not a pack data file of this pack (bad header)", path);
+		goto out;
+	}
+	EVP_DigestUpdate(sha, cbuf, IDD_PACK_DATA_HEADER);
+	for (size_t i = 0; i < x->nframes; i++) {
+		const idd_pack_frame *fr = &x->frames[i];
+		if (fr->file != file)
+			continue;
+		if (idd_file_pread(f, cbuf, (size_t)fr->clen, fr->off, &e) ||
+		    idd_pack_frame_decode(dctx, path, cbuf, (size_t)fr->clen, fr->nblocks, x->block_size,
+		                          raw, &e)) {
+			problem(warn, ctx, problems, "%s (frame at offset %llu)", e.msg,
+			        (unsigned long long)fr->off);
+			goto out;
+		}
+		EVP_DigestUpdate(sha, cbuf, (size_t)fr->clen);
+		for (uint32_t s = 0; s < fr->nblocks; s++) {
+			const unsigned char *want = slot_digest[fr->first + s];
+			if (!want)
+				continue; /* a block no image holds any more */
+			idd_digest got;
+			if (idd_hasher_digest(h, raw + (size_t)s * x->block_size, x->block_size, &got, &e) ||
+			    memcmp(got.b, want, 32)) {
+				problem(warn, ctx, problems,
+				        "%s: frame at offset %llu, block %u does not match its digest", path,
+				        (unsigned long long)fr->off, s);
+				goto out;
+			}
+		}
+	}
+	unsigned char sum[32];
+	unsigned int n = 0;
+	if (EVP_DigestFinal_ex(sha, sum, &n) != 1 || memcmp(sum, x->files[file].name.b, 32)) {
+		problem(warn, ctx, problems, "%s: content does not match its name", path);
+		goto out;
+	}
+	ok = true;
+out:
+	idd_file_close(f);
+	free(cbuf);
+	free(raw);
+	EVP_MD_CTX_free(sha);
+	idd_hasher_free(h);
+	ZSTD_freeDCtx(dctx);
+	return ok;
+}
+
+/* A view must list, in map order, every distinct digest of the image's
+ * block list, each at the place the pack index gives it. */
+static void verify_view_deep(const char *path, const idd_pack_view *v, const idd_pack_index *x,
+                             const char *index_dir, const idd_image_info *im, idd_warn_fn warn,
+                             void *ctx, uint64_t *problems)
+{
+	idd_error e;
+	idd_digest *d = NULL;
+	if (idd_blocklist_load(index_dir, im, &d, &e)) {
+		problem(warn, ctx, problems, "%s", e.msg);
+		return;
+	}
+	idd_digest_set seen;
+	if (idd_digest_set_init(&seen, (size_t)IDD_MIN(im->distinct_blocks + 1, (uint64_t)1 << 24),
+	                        false, &e)) {
+		problem(warn, ctx, problems, "%s", e.msg);
+		free(d);
+		return;
+	}
+	uint64_t k = 0;
+	bool bad = false;
+	for (uint64_t b = 0; b < im->nblocks && !bad; b++) {
+		if (idd_digest_is_zero(&d[b]))
+			continue;
+		bool added;
+		if (idd_digest_set_add(&seen, &d[b], &added, &e) == (size_t)-1) {
+			problem(warn, ctx, problems, "%s", e.msg);
+			bad = true;
+			break;
+		}
+		if (!added)
+			continue;
+		idd_pack_loc a, b2;
+		bool in_view = idd_pack_view_find(v, k, &a), in_pack = idd_pack_lookup(x, &d[b], &b2);
+		if (in_view != in_pack ||
+		    (in_view && (x->files[b2.file].size != v->files[a.file].size ||
+		                 memcmp(x->files[b2.file].name.b, v->files[a.file].name.b, 32) ||
+		                 a.off != b2.off || a.clen != b2.clen || a.slot != b2.slot ||
+		                 a.nblocks != b2.nblocks))) {
+			problem(warn, ctx, problems, "%s: disagrees with the pack index on block %llu of %s",
+			        path, (unsigned long long)b, im->id);
+			bad = true;
+			break;
+		}
+		k++;
+	}
+	if (!bad && k != v->ndistinct)
+		problem(warn, ctx, problems, "%s: lists %llu digests, %s has %llu", path,
+		        (unsigned long long)v->ndistinct, im->id, (unsigned long long)k);
+	idd_digest_set_free(&seen);
+	free(d);
+}
+
+void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, idd_warn_fn warn,
+                     void *ctx, uint64_t *problems)
+{
+	idd_error e;
+	idd_pack_index *x = NULL;
+	int rc = idd_pack_index_load(index_dir, &x, &e);
+	if (rc == IDD_ENOENT)
+		return; /* no pack: it is optional */
+	if (rc) {
+		problem(warn, ctx, problems, "%s (run 'imgdedup pack' to rebuild it)", e.msg);
+		return;
+	}
+	const unsigned char **slot_digest = NULL;
+	if (deep && x->nslots &&
+	    !(slot_digest = idd_calloc((size_t)x->nslots, sizeof *slot_digest, &e))) {
+		problem(warn, ctx, problems, "%s", e.msg);
+		deep = false;
+	}
+	for (uint64_t i = 0; slot_digest && i < x->nentries; i++) {
+		const unsigned char *en = x->entries + i * IDD_PACK_ENTRY;
+		slot_digest[idd_le64(en + 32)] = en;
+	}
+	for (uint32_t i = 0; i < x->nfiles; i++) {
+		char *rel = idd_pack_data_relpath(&x->files[i].name, &e);
+		char *path = rel ? idd_path_join(index_dir, rel, &e) : NULL;
+		struct stat st;
+		if (!path)
+			problem(warn, ctx, problems, "%s", e.msg);
+		else if (stat(path, &st))
+			problem(warn, ctx, problems, "%s: missing (run 'imgdedup pack')", path);
+		else if ((uint64_t)st.st_size != x->files[i].size)
+			problem(warn, ctx, problems, "%s: %llu bytes, the pack index says %llu", path,
+			        (unsigned long long)st.st_size, (unsigned long long)x->files[i].size);
+		else if (deep)
+			verify_data_deep(path, x, i, slot_digest, warn, ctx, problems);
+		free(rel);
+		free(path);
+	}
+	/* every view the index lists; with deep, those of the catalog's images
+	 * against their block lists (a catalog image without a view only means
+	 * the pack is older than the index, which is no damage) */
+	for (size_t i = 0; i < x->nviews; i++) {
+		char *rel = idd_pack_view_relpath(&x->views[i], &e);
+		char *path = rel ? idd_path_join(index_dir, rel, &e) : NULL;
+		void *data = NULL;
+		size_t len;
+		idd_pack_view *v = NULL;
+		if (!path || idd_read_file(path, (size_t)IDD_PACK_MAX_VIEW + 64, &data, &len, &e) ||
+		    idd_pack_view_parse(path, data, len, 0, &v, &e)) {
+			problem(warn, ctx, problems, "%s (run 'imgdedup pack' to rebuild it)", e.msg);
+		} else if (memcmp(v->list_key.b, x->views[i].b, 32) || v->block_size != x->block_size) {
+			problem(warn, ctx, problems, "%s: a view of another block list", path);
+		} else if (deep) {
+			for (size_t j = 0; j < cat->count; j++) {
+				if (!memcmp(cat->images[j].list_key.b, v->list_key.b, 32)) {
+					verify_view_deep(path, v, x, index_dir, &cat->images[j], warn, ctx, problems);
+					break;
+				}
+			}
+		}
+		idd_pack_view_free(v);
+		free(data);
+		free(rel);
+		free(path);
+	}
+	free(slot_digest);
+	idd_pack_index_free(x);
+}
+
+/* ---- info ---- */
+
+int idd_pack_image_summary_get(const char *index_dir, const idd_image_info *im,
+                               idd_pack_image_summary *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	out->distinct = im->distinct_blocks;
+	char *path = idd_path_join(index_dir, IDD_PACK_INDEX_FILE, err);
+	if (!path)
+		return IDD_ENOMEM;
+	out->has_pack = access(path, F_OK) == 0;
+	free(path);
+	if (!out->has_pack)
+		return IDD_OK;
+	char *rel = idd_pack_view_relpath(&im->list_key, err);
+	path = rel ? idd_path_join(index_dir, rel, err) : NULL;
+	free(rel);
+	if (!path)
+		return IDD_ENOMEM;
+	void *data;
+	size_t len;
+	int rc = idd_read_file(path, (size_t)IDD_PACK_MAX_VIEW + 64, &data, &len, err);
+	if (rc == IDD_ENOENT) {
+		free(path);
+		return IDD_OK;
+	}
+	idd_pack_view *v = NULL;
+	if (!rc) {
+		rc = idd_pack_view_parse(path, data, len, 0, &v, err);
+		free(data);
+	}
+	free(path);
+	if (rc)
+		return rc;
+	if (!memcmp(v->list_key.b, im->list_key.b, 32)) {
+		out->has_view = true;
+		out->blocks = v->packed;
+		out->frames = v->nframes;
+		for (size_t i = 0; i < v->nframes; i++)
+			out->frame_bytes += v->frames[i].clen;
+	}
+	idd_pack_view_free(v);
+	return IDD_OK;
+}
