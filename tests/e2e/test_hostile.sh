@@ -123,6 +123,7 @@ $IMGDEDUP similarity --format json $R
 $IMGDEDUP similarity --format svg $R
 $IMGDEDUP similarity --top 1 $R
 $IMGDEDUP verify $R
+$IMGDEDUP pack --json $R
 $IMGDEDUP cache ls $C
 $IMGDEDUP cache ls --json $C
 $IMGDEDUP deploy --json --from $R --cache $C -o $WORK/b.out b.raw
