@@ -638,7 +638,8 @@ static int write_view(build *b, const idd_image_info *im, const idd_pack_file *f
 		slot[k] = (uint32_t)(p - fv->v[f].first);
 		uniq[nu++] = f;
 	}
-	qsort(uniq, nu, sizeof *uniq, cmp_size);
+	if (nu) /* an image of zero blocks only has none (and uniq is NULL) */
+		qsort(uniq, nu, sizeof *uniq, cmp_size);
 	size_t nf = 0;
 	for (size_t i = 0; i < nu; i++)
 		if (!nf || uniq[nf - 1] != uniq[i])
