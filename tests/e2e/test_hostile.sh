@@ -104,6 +104,7 @@ rm "$F/.imgdedup/catalog"; mv "$WORK/catalog.saved" "$F/.imgdedup/catalog"
 # --- a write error on stdout is exit status 1, naming stdout and the reason
 "$IMGDEDUP" map -q "$R"
 C=$WORK/cache
+cp -a "$R" "$WORK/pack-repo" # (a pack in R would serve the trickle test's blocks)
 "$IMGDEDUP" deploy -q --from "$R" --cache "$C" a.raw
 cmp "$R/a.raw" "$C/images/a.raw" || fail "deploy into the cache"
 while IFS= read -r cmd; do
@@ -123,7 +124,7 @@ $IMGDEDUP similarity --format json $R
 $IMGDEDUP similarity --format svg $R
 $IMGDEDUP similarity --top 1 $R
 $IMGDEDUP verify $R
-$IMGDEDUP pack --json $R
+$IMGDEDUP pack --json $WORK/pack-repo
 $IMGDEDUP cache ls $C
 $IMGDEDUP cache ls --json $C
 $IMGDEDUP deploy --json --from $R --cache $C -o $WORK/b.out b.raw
