@@ -225,7 +225,8 @@ const char *idd_indexfile_kind(const char magic[8])
 		{"IDD-CAT", "catalog"},           {"IDD-BLK", "block list"},
 		{"IDD-MAP", "block map"},         {"IDD-MIX", "maps index"},
 		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
-		{"IDD-SIM", "similarity cache"},
+		{"IDD-SIM", "similarity cache"},  {"IDD-CIX", "cache index"},
+		{"IDD-PRS", "partial image journal"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
 		if (!memcmp(kinds[i].magic, magic, 8))

@@ -593,8 +593,9 @@ static void verify_view_deep(const char *path, const idd_pack_view *v, const idd
                              void *ctx, uint64_t *problems)
 {
 	idd_error e;
-	idd_digest *d = NULL;
-	if (idd_blocklist_load(index_dir, im, &d, &e)) {
+	/* the sparse list: only its non-zero blocks are visited */
+	idd_blocklist *bl = NULL;
+	if (idd_blocklist_open(index_dir, im, &bl, &e)) {
 		problem(warn, ctx, problems, "%s", e.msg);
 		return;
 	}
@@ -602,16 +603,19 @@ static void verify_view_deep(const char *path, const idd_pack_view *v, const idd
 	if (idd_digest_set_init(&seen, (size_t)IDD_MIN(im->distinct_blocks + 1, (uint64_t)1 << 24),
 	                        false, &e)) {
 		problem(warn, ctx, problems, "%s", e.msg);
-		free(d);
+		idd_blocklist_free(bl);
 		return;
 	}
 	uint64_t k = 0;
 	bool bad = false;
-	for (uint64_t b = 0; b < im->nblocks && !bad; b++) {
-		if (idd_digest_is_zero(&d[b]))
-			continue;
+	size_t run = 0;
+	for (uint64_t q = 0; q < bl->ndata && !bad; q++) {
+		while (q >= bl->runs[run].first + bl->runs[run].count)
+			run++;
+		uint64_t b = bl->runs[run].block + (q - bl->runs[run].first);
+		const idd_digest *d = &bl->digests[q];
 		bool added;
-		if (idd_digest_set_add(&seen, &d[b], &added, &e) == (size_t)-1) {
+		if (idd_digest_set_add(&seen, d, &added, &e) == (size_t)-1) {
 			problem(warn, ctx, problems, "%s", e.msg);
 			bad = true;
 			break;
@@ -619,7 +623,7 @@ static void verify_view_deep(const char *path, const idd_pack_view *v, const idd
 		if (!added)
 			continue;
 		idd_pack_loc a, b2;
-		bool in_view = idd_pack_view_find(v, k, &a), in_pack = idd_pack_lookup(x, &d[b], &b2);
+		bool in_view = idd_pack_view_find(v, k, &a), in_pack = idd_pack_lookup(x, d, &b2);
 		if (in_view != in_pack ||
 		    (in_view && (x->files[b2.file].size != v->files[a.file].size ||
 		                 memcmp(x->files[b2.file].name.b, v->files[a.file].name.b, 32) ||
@@ -636,7 +640,7 @@ static void verify_view_deep(const char *path, const idd_pack_view *v, const idd
 		problem(warn, ctx, problems, "%s: lists %llu digests, %s has %llu", path,
 		        (unsigned long long)v->ndistinct, im->id, (unsigned long long)k);
 	idd_digest_set_free(&seen);
-	free(d);
+	idd_blocklist_free(bl);
 }
 
 void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, idd_warn_fn warn,

@@ -133,11 +133,15 @@ static int image_map(const char *index_dir, const idd_catalog *cat, const idd_im
 		idd_map_free(m);
 		m = NULL;
 	}
-	idd_digest *d = NULL;
-	if (idd_blocklist_load(index_dir, im, &d, err))
+	/* from the sparse list: a thin image costs its data, not its size */
+	idd_blocklist *bl = NULL;
+	if (idd_blocklist_open(index_dir, im, &bl, err))
 		return IDD_ERR;
-	int rc = idd_map_build(d, im->nblocks, cat->block_size, im->virtual_size, &m, err);
-	free(d);
+	int rc = bl->block_size == cat->block_size
+	         ? idd_map_build_list(bl, im->virtual_size, &m, err)
+	         : idd_fail(err, "block list of %u-byte blocks in an index of %u", bl->block_size,
+	                    cat->block_size);
+	idd_blocklist_free(bl);
 	if (rc) {
 		idd_error_prefix(err, "%s", im->id);
 		return IDD_ERR;
@@ -628,7 +632,8 @@ static int write_view(build *b, const idd_image_info *im, const idd_pack_file *f
 		slot[k] = (uint32_t)(p - fv->v[f].first);
 		uniq[nu++] = f;
 	}
-	qsort(uniq, nu, sizeof *uniq, cmp_size);
+	if (nu) /* an image of zero blocks only has none (and uniq is NULL) */
+		qsort(uniq, nu, sizeof *uniq, cmp_size);
 	size_t nf = 0;
 	for (size_t i = 0; i < nu; i++)
 		if (!nf || uniq[nf - 1] != uniq[i])

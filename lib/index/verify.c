@@ -1,6 +1,7 @@
 /* verify.c - check every index file, and with deep, the images themselves. */
 #include "base/util.h"
 #include "base/digest.h"
+#include "base/fetch.h"
 #include "formats/image.h"
 #include "index/repo.h"
 #include "index/repo_s3.h"
@@ -54,7 +55,7 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	 * following a link (idd_repo_open_image) */
 	char real[PATH_MAX], root[PATH_MAX];
 	if (idd_repo_is_s3(o->repo)) {
-		/* an object store: keys are names, not paths that could lead out */
+		/* an object store: the key is REPO's prefix + a checked relative path */
 	} else if (!realpath(o->repo, root) || !realpath(path, real)) {
 		idd_fail_errno(&e, path, "cannot open");
 		report(o, problems, e.msg);

@@ -52,7 +52,7 @@ check "... leaving the previous file whole" test "$(cat "$WORK/s.svg")" = previo
 check "... and no temporary behind" test -z "$(ls "$WORK" | grep '\.tmp\.')"
 
 # --- cost grows with data, not virtual size: a 4 TiB qcow2 and a 1 TiB sparse
-# raw with 50 MiB of data go through scan, map, similarity and verify in well
+# raw with 50 MiB of data go through scan, map, pack, similarity and verify in well
 # under 256 MiB (peak RSS by /usr/bin/time -v)
 H=$WORK/huge; mkdir -p "$H"
 qemu-img create -q -f qcow2 "$H/t4.qcow2" 4T
@@ -80,6 +80,7 @@ check "scan hashed the 50 MiB of data only" test "$(json_get "$WORK/out.scan" by
 check "scan counted every block" test "$(json_get "$WORK/out.scan" blocks)" = $(((5 << 40) / 4096))
 check "scan counted the zero blocks" test "$(json_get "$WORK/out.scan" zero_blocks)" = $(((5 << 40) / 4096 - 12800))
 peak map "$IMGDEDUP" map --json "$H"
+peak pack "$IMGDEDUP" pack -q "$H"
 peak similarity "$IMGDEDUP" similarity "$H"
 check "similarity of the two is 0" grep -q '^t1.raw,1.000000,0.000000$' "$WORK/out.similarity"
 peak verify "$IMGDEDUP" verify "$H"
@@ -127,6 +128,7 @@ rm "$F/.imgdedup/catalog"; mv "$WORK/catalog.saved" "$F/.imgdedup/catalog"
 # --- a write error on stdout is exit status 1, naming stdout and the reason
 "$IMGDEDUP" map -q "$R"
 C=$WORK/cache
+cp -a "$R" "$WORK/pack-repo" # (a pack in R would serve the trickle test's blocks)
 "$IMGDEDUP" deploy -q --from "$R" --cache "$C" a.raw
 cmp "$R/a.raw" "$C/images/a.raw" || fail "deploy into the cache"
 while IFS= read -r cmd; do
@@ -146,6 +148,7 @@ $IMGDEDUP similarity --format json $R
 $IMGDEDUP similarity --format svg $R
 $IMGDEDUP similarity --top 1 $R
 $IMGDEDUP verify $R
+$IMGDEDUP pack --json $WORK/pack-repo
 $IMGDEDUP cache ls $C
 $IMGDEDUP cache ls --json $C
 $IMGDEDUP deploy --json --from $R --cache $C -o $WORK/b.out b.raw
