@@ -19,7 +19,7 @@ static const char CACHE_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'I', 'X', 0};
 #define MAX_PATH_LEN 4096
 #define MAX_ENTRIES (1u << 20)
 
-static void entry_free(idd_cache_entry *e)
+void idd_cache_entry_free(idd_cache_entry *e)
 {
 	free(e->path);
 	free(e->abs);
@@ -59,7 +59,7 @@ static int open_shared(const char *path)
 static void entries_clear(idd_cache *c)
 {
 	for (size_t i = 0; i < c->count; i++)
-		entry_free(&c->e[i]);
+		idd_cache_entry_free(&c->e[i]);
 	free(c->e);
 	c->e = NULL;
 	c->count = 0;
@@ -166,7 +166,7 @@ static int grow_entries(idd_cache *c, idd_error *err);
  * back at their next deploy), so gc and lookups keep working.  Called with
  * the cache lock held. */
 #define REBUILD_RUN ((size_t)1 << 20)
-static int save_index(idd_cache *c, idd_error *err);
+int idd_cache_save_index(idd_cache *c, idd_error *err);
 
 static int adopt_image(idd_cache *c, const char *name, idd_hasher *h, unsigned char *buf,
                        idd_digest *dg, idd_error *err)
@@ -238,7 +238,7 @@ static int adopt_image(idd_cache *c, const char *name, idd_hasher *h, unsigned c
 		c->e[c->count++] = e;
 		return IDD_OK;
 	}
-	entry_free(&e);
+	idd_cache_entry_free(&e);
 	return rc ? rc : IDD_ENOMEM;
 }
 
@@ -250,7 +250,7 @@ static int rebuild_index(idd_cache *c, idd_error *err)
 	DIR *dh = opendir(dir);
 	free(dir);
 	if (!dh)
-		return save_index(c, err);
+		return idd_cache_save_index(c, err);
 	idd_hasher *h = idd_thread_hasher(err);
 	unsigned char *buf = idd_malloc(REBUILD_RUN, err);
 	idd_digest *dg = idd_calloc(REBUILD_RUN / IDD_DEFAULT_BLOCK_SIZE, sizeof *dg, err);
@@ -269,7 +269,7 @@ static int rebuild_index(idd_cache *c, idd_error *err)
 	free(buf);
 	free(dg);
 	if (!rc)
-		rc = save_index(c, err);
+		rc = idd_cache_save_index(c, err);
 	if (!rc)
 		idd_warnf(c->warn, c->ctx, "warning: cache: %s: index rebuilt from %zu images", c->dir, c->count);
 	return rc;
@@ -310,7 +310,7 @@ static int load_index(idd_cache *c, idd_error *err)
 	return IDD_OK;
 }
 
-static int save_index(idd_cache *c, idd_error *err)
+int idd_cache_save_index(idd_cache *c, idd_error *err)
 {
 	idd_buf b = {0};
 	if (index_encode(c, &b)) {
@@ -325,7 +325,7 @@ static int save_index(idd_cache *c, idd_error *err)
 	return rc;
 }
 
-static int open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, int *lockfd,
+int idd_cache_open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, int *lockfd,
                        idd_error *err)
 {
 	if (idd_mkdir_p(dir, err))
@@ -355,7 +355,7 @@ static int open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache *
 int idd_cache_open(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, idd_error *err)
 {
 	int lockfd = -1;
-	if (open_locked(dir, warn, ctx, out, &lockfd, err))
+	if (idd_cache_open_locked(dir, warn, ctx, out, &lockfd, err))
 		return IDD_ERR;
 	idd_unlock(lockfd);
 	return IDD_OK;
@@ -479,7 +479,7 @@ static int add_partial_locked(idd_cache *c, const char *data_path, const char *j
 	e->block_size = bs;
 	e->size = size;
 	if (!e->abs || !e->path || !e->journal) {
-		entry_free(e);
+		idd_cache_entry_free(e);
 		return IDD_ENOMEM;
 	}
 	e->fd = open_shared(data_path);
@@ -812,7 +812,7 @@ static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd
 		size_t w = 0;
 		for (size_t i = 0; i < c->count; i++) {
 			if (!strcmp(c->e[i].abs, path))
-				entry_free(&c->e[i]);
+				idd_cache_entry_free(&c->e[i]);
 			else
 				c->e[w++] = c->e[i];
 		}
@@ -863,256 +863,14 @@ static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd
 		}
 	}
 	if (!rc)
-		rc = save_index(c, err);
+		rc = idd_cache_save_index(c, err);
 	idd_unlock(lockfd);
 	/* keep this run's open descriptors: swap back the entries we read from */
 	for (size_t i = 0; i < c->count; i++)
-		entry_free(&c->e[i]);
+		idd_cache_entry_free(&c->e[i]);
 	free(c->e);
 	c->e = old_e;
 	c->count = old_count;
 	free(used);
-	return rc;
-}
-
-/* ---- listing and garbage collection ---- */
-
-static uint64_t disk_bytes(const char *path, bool *present)
-{
-	struct stat st;
-	if (stat(path, &st)) {
-		*present = false;
-		return 0;
-	}
-	*present = true;
-	return (uint64_t)st.st_blocks * 512;
-}
-
-static int cmp_lru(const void *a, const void *b)
-{
-	const idd_cache_image *x = a, *y = b;
-	return x->last_used < y->last_used ? -1 : x->last_used > y->last_used;
-}
-
-/* Is the file open by serve or deploy (they hold a shared lock)? */
-static bool file_in_use(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0)
-		return false;
-	bool busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
-	close(fd);
-	return busy;
-}
-
-static int count_present(void *ctx, const idd_partial_record *r)
-{
-	(void)r;
-	(*(uint64_t *)ctx)++;
-	return IDD_OK;
-}
-
-/* Every image of the cache: the index's, then the partial ones. */
-static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error *err)
-{
-	size_t cap = c->count + 16, cnt = 0;
-	idd_cache_image *v = idd_calloc(cap, sizeof *v, err);
-	if (!v)
-		return IDD_ENOMEM;
-	for (size_t i = 0; i < c->count; i++) {
-		idd_cache_entry *e = &c->e[i];
-		v[cnt].path = e->abs;
-		e->abs = NULL;
-		v[cnt].owned = e->owned;
-		v[cnt].block_size = e->block_size;
-		v[cnt].size = e->size;
-		v[cnt].blocks = e->n;
-		v[cnt].last_used = e->last_used;
-		v[cnt].disk_bytes = disk_bytes(v[cnt].path, &v[cnt].present);
-		v[cnt].in_use = v[cnt].present && file_in_use(v[cnt].path);
-		cnt++;
-	}
-	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
-	DIR *dh = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
-	int rc = dir ? IDD_OK : IDD_ENOMEM;
-	while (!rc && dh && (de = readdir(dh))) {
-		size_t l = strlen(de->d_name);
-		if (l <= sl || strcmp(de->d_name + l - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
-			continue;
-		char *journal = idd_path_join(dir, de->d_name, err);
-		char *data = journal ? idd_asprintf(err, "%.*s%s", (int)(strlen(journal) - sl), journal,
-		                                    IDD_PARTIAL_DATA_SUFFIX) : NULL;
-		idd_partial_header h;
-		uint64_t off = 0, present = 0;
-		idd_error e2;
-		struct stat js;
-		if (!data) {
-			free(journal);
-			rc = IDD_ENOMEM;
-			break;
-		}
-		if (idd_partial_journal_read(journal, &h, &off, count_present, &present, &e2) ||
-		    stat(journal, &js)) {
-			memset(&h, 0, sizeof h); /* damaged: listed, so that gc can remove it */
-			js.st_mtim.tv_sec = 0;
-			js.st_mtim.tv_nsec = 0;
-		}
-		if (cnt == cap) {
-			cap *= 2;
-			idd_cache_image *nv = idd_realloc_array(v, cap, sizeof *nv, err);
-			if (!nv) {
-				free(journal);
-				free(data);
-				rc = IDD_ENOMEM;
-				break;
-			}
-			v = nv;
-		}
-		idd_cache_image *im = &v[cnt++];
-		memset(im, 0, sizeof *im);
-		im->path = data;
-		im->owned = true;
-		im->partial = true;
-		im->block_size = h.block_size;
-		im->size = h.image_size;
-		im->present_blocks = IDD_MIN(present, h.data_blocks);
-		im->data_blocks = h.data_blocks;
-		im->blocks = im->present_blocks;
-		im->last_used = idd_ts_ns(js.st_mtim);
-		im->disk_bytes = disk_bytes(data, &im->present);
-		im->in_use = im->present && file_in_use(data);
-		free(journal);
-	}
-	if (dh)
-		closedir(dh);
-	free(dir);
-	if (rc) {
-		idd_cache_list_free(v, cnt);
-		return rc;
-	}
-	qsort(v, cnt, sizeof *v, cmp_lru);
-	*out = v;
-	*n = cnt;
-	return IDD_OK;
-}
-
-int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_fn warn, void *ctx,
-                   idd_error *err)
-{
-	struct stat st;
-	if (stat(dir, &st) || !S_ISDIR(st.st_mode))
-		return idd_fail_errno(err, dir, "not a cache directory");
-	idd_cache *c;
-	if (idd_cache_open(dir, warn, ctx, &c, err))
-		return IDD_ERR;
-	int rc = list_images(c, out, n, err);
-	idd_cache_close(c);
-	return rc;
-}
-
-void idd_cache_list_free(idd_cache_image *v, size_t n)
-{
-	if (!v)
-		return;
-	for (size_t i = 0; i < n; i++)
-		free(v[i].path);
-	free(v);
-}
-
-static void remove_partial(idd_cache *c, const char *data)
-{
-	size_t dl = strlen(data), sl = strlen(IDD_PARTIAL_DATA_SUFFIX);
-	char *journal = dl > sl ? idd_asprintf(NULL, "%.*s%s", (int)(dl - sl), data,
-	                                       IDD_PARTIAL_JOURNAL_SUFFIX) : NULL;
-	/* the journal first: a crash leaves data without records (space, no lies) */
-	if (journal && unlink(journal) && errno != ENOENT)
-		idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", journal, strerror(errno));
-	if (unlink(data) && errno != ENOENT)
-		idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", data, strerror(errno));
-	free(journal);
-}
-
-int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
-                 void *ctx, idd_error *err)
-{
-	memset(st, 0, sizeof *st);
-	struct stat sb;
-	if (stat(dir, &sb) || !S_ISDIR(sb.st_mode))
-		return idd_fail_errno(err, dir, "not a cache directory");
-	idd_cache *c;
-	int lockfd = -1;
-	if (open_locked(dir, warn, ctx, &c, &lockfd, err))
-		return IDD_ERR;
-	/* list_images takes the paths out of the entries: keep a copy of them */
-	char **abs = idd_calloc(c->count ? c->count : 1, sizeof *abs, err);
-	int rc = abs ? IDD_OK : IDD_ENOMEM;
-	size_t nidx = c->count;
-	for (size_t i = 0; !rc && i < nidx; i++)
-		if (!(abs[i] = idd_strdup(c->e[i].abs, err)))
-			rc = IDD_ENOMEM;
-	idd_cache_image *v = NULL;
-	size_t n = 0;
-	if (!rc)
-		rc = list_images(c, &v, &n, err);
-	for (size_t i = 0; !rc && i < nidx; i++) {
-		free(c->e[i].abs);
-		c->e[i].abs = abs[i];
-		abs[i] = NULL;
-	}
-	uint64_t total = 0;
-	for (size_t i = 0; !rc && i < n; i++)
-		total += v[i].disk_bytes;
-	st->images_before = n;
-	st->bytes_before = total;
-	bool *drop = rc ? NULL : idd_calloc(n ? n : 1, sizeof *drop, err);
-	if (!rc && !drop)
-		rc = IDD_ENOMEM;
-	for (size_t i = 0; !rc && i < n; i++) /* vanished images leave the index */
-		drop[i] = !v[i].present && !v[i].partial;
-	for (size_t i = 0; !rc && i < n && total > max_size; i++) { /* v is in LRU order */
-		if (drop[i] || !v[i].present)
-			continue;
-		if (v[i].in_use) {
-			idd_warnf(c->warn, c->ctx, "warning: cache: %s is in use; kept", v[i].path);
-			continue;
-		}
-		drop[i] = true;
-		total -= v[i].disk_bytes;
-	}
-	/* Write the index first: a crash then leaves unreferenced files (space),
-	 * never an index naming deleted files. */
-	if (!rc) {
-		size_t w = 0;
-		for (size_t i = 0; i < c->count; i++) {
-			bool gone = false;
-			for (size_t k = 0; k < n && !gone; k++)
-				gone = drop[k] && !v[k].partial && !strcmp(v[k].path, c->e[i].abs);
-			if (gone)
-				entry_free(&c->e[i]);
-			else
-				c->e[w++] = c->e[i];
-		}
-		c->count = w;
-		rc = save_index(c, err);
-	}
-	for (size_t k = 0; !rc && k < n; k++) {
-		if (!drop[k])
-			continue;
-		st->images_removed++;
-		if (!v[k].present || !v[k].owned)
-			continue;
-		if (v[k].partial)
-			remove_partial(c, v[k].path);
-		else if (unlink(v[k].path) && errno != ENOENT)
-			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
-	}
-	st->bytes_after = total;
-	free(drop);
-	free(abs);
-	idd_cache_list_free(v, n);
-	idd_unlock(lockfd);
-	idd_cache_close(c);
 	return rc;
 }

@@ -93,6 +93,13 @@ int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_err
 /* Where deploy writes IMAGE when no -o is given (inside the cache dir). */
 char *idd_cache_default_out(const char *dir, const char *id, idd_error *err);
 
+/* Shared by cache.c and cache_gc.c. */
+void idd_cache_entry_free(idd_cache_entry *e);
+int idd_cache_save_index(idd_cache *c, idd_error *err);
+/* Open the cache with its lock held (*lockfd, released by idd_unlock). */
+int idd_cache_open_locked(const char *dir, idd_warn_fn warn, void *ctx, idd_cache **out, int *lockfd,
+                          idd_error *err);
+
 /* Index (de)serialisation, exposed for tests. */
 int idd_cache_index_parse(const char *name, const void *payload, size_t len, idd_cache *c,
                           idd_error *err);

@@ -16,8 +16,10 @@
  * fl_lock).  Background threads: a flusher (every 100 ms: fetched data
  * made durable, then journaled), and per export --prefetch and --fill
  * workers, which step aside while the guest reads. */
+#include "base/u64set.h"
 #include "node/cache.h"
 #include "node/partial.h"
+#include "node/profile.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
 #include "node/source_pack.h"
@@ -40,58 +42,6 @@
 #define FILL_WINDOW 256
 #define REMOTE_READERS 2
 
-/* A set of block numbers (open addressing; UINT64_MAX marks empty). */
-struct u64set {
-	uint64_t *v;
-	size_t cap, count;
-};
-
-static bool u64set_has(const struct u64set *s, uint64_t x)
-{
-	if (!s->cap)
-		return false;
-	size_t i = (size_t)(x * 0x9E3779B97F4A7C15ull) & (s->cap - 1);
-	while (s->v[i] != UINT64_MAX) {
-		if (s->v[i] == x)
-			return true;
-		i = (i + 1) & (s->cap - 1);
-	}
-	return false;
-}
-
-static int u64set_add(struct u64set *s, uint64_t x, bool *added)
-{
-	*added = false;
-	if ((s->count + 1) * 2 > s->cap) {
-		size_t nc = s->cap ? s->cap * 2 : 1024;
-		uint64_t *nv = malloc(nc * sizeof *nv);
-		if (!nv)
-			return IDD_ENOMEM;
-		memset(nv, 0xff, nc * sizeof *nv);
-		for (size_t i = 0; i < s->cap; i++) {
-			if (s->v[i] == UINT64_MAX)
-				continue;
-			size_t j = (size_t)(s->v[i] * 0x9E3779B97F4A7C15ull) & (nc - 1);
-			while (nv[j] != UINT64_MAX)
-				j = (j + 1) & (nc - 1);
-			nv[j] = s->v[i];
-		}
-		free(s->v);
-		s->v = nv;
-		s->cap = nc;
-	}
-	size_t i = (size_t)(x * 0x9E3779B97F4A7C15ull) & (s->cap - 1);
-	while (s->v[i] != UINT64_MAX) {
-		if (s->v[i] == x)
-			return IDD_OK;
-		i = (i + 1) & (s->cap - 1);
-	}
-	s->v[i] = x;
-	s->count++;
-	*added = true;
-	return IDD_OK;
-}
-
 struct inflight {
 	idd_digest d;
 	pthread_t owner;
@@ -111,7 +61,7 @@ struct idd_export {
 	pthread_mutex_t part_lock;
 	idd_partial *part;
 	size_t part_entry;
-	struct u64set own;            /* blocks present in the partial file (under part_lock) */
+	idd_u64set own;            /* blocks present in the partial file (under part_lock) */
 	bool complete;                /* the partial file became the complete image */
 	/* fetching */
 	pthread_mutex_t remote_lock;
@@ -123,7 +73,7 @@ struct idd_export {
 	size_t ninflight, cap_inflight;
 	/* --record: blocks in the order first read (under rec_lock) */
 	pthread_mutex_t rec_lock;
-	struct u64set seen;
+	idd_u64set seen;
 	uint64_t *order;
 	size_t norder, cap_order;
 	/* --prefetch: this export's blocks of the profile */
@@ -154,9 +104,7 @@ struct idd_server {
 	pthread_mutex_t flush_lock;
 	pthread_cond_t flush_wake;
 	/* the profile given with --prefetch: (id, block) */
-	char **pf_ids;
-	uint64_t *pf_blocks;
-	size_t npf;
+	idd_profile pf;
 	/* counters */
 	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
 	    read_errors, exports_complete;
@@ -191,10 +139,10 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 		/* a block this file already holds is fetched only when its copy
 		 * failed verification: writing it again repairs the file */
 		uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
-		bool have = u64set_has(&e->own, block);
+		bool have = idd_u64set_has(&e->own, block);
 		rc = idd_partial_write(e->part, block, buf, (size_t)len, err);
 		if (!rc && !have)
-			rc = u64set_add(&e->own, block, &added);
+			rc = idd_u64set_add(&e->own, block, &added);
 		if (!rc && !have)
 			rc = idd_partial_note(e->part, block, d, err);
 	}
@@ -211,7 +159,7 @@ static int own_record(void *ctx, const idd_partial_record *r)
 {
 	idd_export *e = ctx;
 	bool added;
-	return u64set_add(&e->own, r->block, &added);
+	return idd_u64set_add(&e->own, r->block, &added);
 }
 
 /* ---- fetching ---- */
@@ -510,7 +458,7 @@ static int record_reads(idd_export *e, uint64_t off, uint64_t len)
 	pthread_mutex_lock(&e->rec_lock);
 	for (uint64_t b = b0; !rc && b < b1; b++) {
 		bool added;
-		if (idd_map_ref(e->m, b) == 0 || (rc = u64set_add(&e->seen, b, &added)) || !added)
+		if (idd_map_ref(e->m, b) == 0 || (rc = idd_u64set_add(&e->seen, b, &added)) || !added)
 			continue;
 		if (e->norder == e->cap_order) {
 			size_t nc = e->cap_order ? e->cap_order * 2 : 1024;
@@ -715,7 +663,7 @@ static void *fill_main(void *arg)
 		size_t n = 0;
 		for (uint64_t b = sp->block; !rc && b < sp->block + sp->count; b++) {
 			pthread_mutex_lock(&e->part_lock);
-			bool have = u64set_has(&e->own, b);
+			bool have = idd_u64set_has(&e->own, b);
 			pthread_mutex_unlock(&e->part_lock);
 			if (!have)
 				blocks[n++] = b;
@@ -872,8 +820,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		}
 		free(journal);
 	}
-	for (size_t i = 0; !rc && i < s->npf; i++) {
-		if (strcmp(s->pf_ids[i], id) || s->pf_blocks[i] >= e->m->nblocks)
+	for (size_t i = 0; !rc && i < s->pf.n; i++) {
+		if (strcmp(s->pf.ids[i], id) || s->pf.blocks[i] >= e->m->nblocks)
 			continue;
 		uint64_t *nv = realloc(e->prefetch, (e->nprefetch + 1) * sizeof *nv);
 		if (!nv) {
@@ -881,7 +829,7 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 			break;
 		}
 		e->prefetch = nv;
-		e->prefetch[e->nprefetch++] = s->pf_blocks[i];
+		e->prefetch[e->nprefetch++] = s->pf.blocks[i];
 	}
 	if (rc) {
 		export_free(e);
@@ -949,73 +897,16 @@ static int keep_string(idd_server *s, const char **field, idd_error *err)
 	return IDD_OK;
 }
 
-/* A profile written by --record: "ID<TAB>BLOCK" lines after a header. */
-static int load_profile(idd_server *s, const char *path, idd_error *err)
-{
-	void *data;
-	size_t len;
-	int rc = idd_read_file(path, (size_t)1 << 30, &data, &len, err);
-	if (rc)
-		return rc;
-	char *p = data, *end = p + len;
-	size_t lineno = 0;
-	while (!rc && p < end) {
-		char *nl = memchr(p, '\n', (size_t)(end - p));
-		char *line_end = nl ? nl : end;
-		lineno++;
-		if (line_end > p && *p != '#') {
-			char *tab = memchr(p, '\t', (size_t)(line_end - p));
-			char *num_end;
-			unsigned long long b = 0;
-			if (tab) {
-				errno = 0;
-				*line_end = 0;
-				b = strtoull(tab + 1, &num_end, 10);
-			}
-			if (!tab || errno || num_end == tab + 1 || *num_end) {
-				rc = idd_fail_code(err, IDD_ECORRUPT, "%s: line %zu: not 'IMAGE<TAB>BLOCK'", path,
-				                   lineno);
-				break;
-			}
-			char **ni = realloc(s->pf_ids, (s->npf + 1) * sizeof *ni);
-			uint64_t *nb = ni ? realloc(s->pf_blocks, (s->npf + 1) * sizeof *nb) : NULL;
-			if (ni)
-				s->pf_ids = ni;
-			if (nb)
-				s->pf_blocks = nb;
-			char *id = (ni && nb) ? strndup(p, (size_t)(tab - p)) : NULL;
-			if (!id) {
-				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
-				break;
-			}
-			s->pf_ids[s->npf] = id;
-			s->pf_blocks[s->npf++] = b;
-		}
-		p = nl ? nl + 1 : end;
-	}
-	free(data);
-	return rc;
-}
-
 static int write_profile(idd_server *s, idd_error *err)
 {
-	idd_buf b = {0};
-	const char *hdr = "# imgdedup read profile: image id, tab, block number, in order of first read\n";
-	idd_buf_put(&b, hdr, strlen(hdr));
-	for (size_t i = 0; i < s->nexports; i++) {
-		idd_export *e = s->exports[i];
-		if (strpbrk(e->id, "\t\n"))
-			continue;
-		for (size_t k = 0; k < e->norder; k++) {
-			char line[64];
-			int n = snprintf(line, sizeof line, "\t%llu\n", (unsigned long long)e->order[k]);
-			idd_buf_put(&b, e->id, strlen(e->id));
-			idd_buf_put(&b, line, (size_t)n);
-		}
-	}
-	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory")
-	                  : idd_write_file_atomic(s->o.record, b.data, b.len, err);
-	idd_buf_free(&b);
+	idd_profile_writer w;
+	int rc = idd_profile_writer_begin(&w, err);
+	for (size_t i = 0; !rc && i < s->nexports; i++)
+		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->order,
+		                            s->exports[i]->norder, err);
+	if (!rc)
+		rc = idd_profile_writer_commit(&w, s->o.record, err);
+	idd_profile_writer_free(&w);
 	return rc;
 }
 
@@ -1050,7 +941,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	if (!rc)
 		rc = idd_cache_source_open(s->cache, s->ri->block_size, o->warn, o->ctx, &s->cache_src, err);
 	if (!rc && s->o.prefetch)
-		rc = load_profile(s, s->o.prefetch, err);
+		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
 	if (!rc && o->n_peers) {
 		/* peers are a shortcut: failing to open them is a warning */
 		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
@@ -1155,10 +1046,7 @@ void idd_server_close(idd_server *s)
 	idd_block_source_close(s->peer_src);
 	idd_cache_close(s->cache);
 	idd_remote_index_close(s->ri);
-	for (size_t i = 0; i < s->npf; i++)
-		free(s->pf_ids[i]);
-	free(s->pf_ids);
-	free(s->pf_blocks);
+	idd_profile_free(&s->pf);
 	for (size_t i = 0; i < s->nstrings; i++)
 		free(s->strings[i]);
 	free(s->strings);
