@@ -14,6 +14,9 @@
 # included), seconds from starting the method to the guest's marker;
 # medians of RUNS (3) runs.  Skips cleanly without the corpus.
 #   IMGDEDUP=build/imgdedup RUNS=3 bench/bench_serve.sh
+#   BENCH_SERVE_PACK=1: the repository also gets a pack; the serve rows then
+#   read it, and a row "serve --no-pack" boots without it.
+#   BENCH_SERVE_ONLY_SERVE=1: only the serve rows (no deploy, curl, floor).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -48,6 +51,7 @@ done
 echo "== indexing (scan + map)"
 "$IMGDEDUP" scan -q "$REPO"
 "$IMGDEDUP" map -q "$REPO"
+[ -n "${BENCH_SERVE_PACK:-}" ] && "$IMGDEDUP" pack -q "$REPO"
 NGINX_LIMIT_RATE=12500k nginx_start "$REPO"
 URL=$NGINX_URL
 
@@ -87,6 +91,17 @@ for pair in $PAIRS; do
     boot_or_die "file=nbd:unix:$WORK/s1.sock:exportname=$TARGET,format=raw,if=virtio,readonly=on" "$WORK/boot.log"
     serve_stop s1
     note serve "$(awk -v a="$(elapsed "$t0" "$t1")" -v s="$GUEST_SECS" 'BEGIN {printf "%.2f", a + s}')"
+    if [ -n "${BENCH_SERVE_PACK:-}" ]; then # the same boot, without the pack
+      rm -rf "$WORK/c4" && cp -a --sparse=always "$WORK/cache0" "$WORK/c4" && sync
+      nginx_log_reset; t0=$(now)
+      serve_start s4 --from "$URL" --cache "$WORK/c4" --no-pack "$TARGET"
+      t1=$(now)
+      boot_or_die "file=nbd:unix:$WORK/s4.sock:exportname=$TARGET,format=raw,if=virtio,readonly=on" "$WORK/boot.log"
+      serve_stop s4
+      note serve_nopack "$(awk -v a="$(elapsed "$t0" "$t1")" -v s="$GUEST_SECS" 'BEGIN {printf "%.2f", a + s}')"
+      rm -rf "$WORK/c4"
+    fi
+    if [ -n "${BENCH_SERVE_ONLY_SERVE:-}" ]; then echo "run $run done"; continue; fi
     # a second boot on the same cache
     nginx_log_reset; t0=$(now)
     serve_start s2 --from "$URL" --cache "$WORK/c" "$TARGET"
@@ -128,9 +143,11 @@ for pair in $PAIRS; do
   done
   printf '\n%s with %s cached, guest reads /%s, %s runs (medians)\n' "$TARGET" "$CACHED" "$GUEST_DIR_READ" "$RUNS"
   printf '%-44s %14s %9s %12s\n' "method" "bytes sent" "requests" "s to marker"
-  for m in serve serve_again prefetch deploy curl64K curl4K local; do
+  for m in serve serve_nopack serve_again prefetch deploy curl64K curl4K local; do
+    [ -n "${BYTES[$m]:-}" ] || continue
     case $m in
-      serve) label="imgdedup serve (sibling cached)";;
+      serve) label="imgdedup serve (sibling cached)${BENCH_SERVE_PACK:+, pack}";;
+      serve_nopack) label="imgdedup serve --no-pack (sibling cached)";;
       serve_again) label="imgdedup serve, second boot";;
       prefetch) label="imgdedup serve --prefetch (sibling cached)";;
       deploy) label="imgdedup deploy, then boot the local file";;
