@@ -21,3 +21,26 @@ mkext4() {
 age_files() {
   find "$1" -path '*/.imgdedup' -prune -o -type f -exec touch -h -d "@$(( $(date +%s) - 10 ))" {} +
 }
+# missing_bytes A [B...]: bytes of the distinct non-zero 4 KiB blocks of image A
+# that none of the images B holds (what a deploy of A must fetch with B cached)
+missing_bytes() {
+  python3 - "$@" <<'PY'
+import hashlib, sys
+def blocks(p):
+    d = open(p, "rb").read()
+    out = []
+    for o in range(0, len(d), 4096):
+        b = d[o:o + 4096]
+        if b.count(0) == len(b):
+            continue
+        out.append((hashlib.sha256(b.ljust(4096, b"\0")).digest(), len(b)))
+    return out
+want = {}
+for dg, n in blocks(sys.argv[1]):
+    want.setdefault(dg, n)
+have = set()
+for p in sys.argv[2:]:
+    have.update(dg for dg, _ in blocks(p))
+print(sum(n for dg, n in want.items() if dg not in have))
+PY
+}

@@ -35,28 +35,6 @@ python3 -c 'import random,sys; r=random.Random(3); open(sys.argv[1],"wb").write(
 "$IMGDEDUP" scan -q "$REPO"
 "$IMGDEDUP" map -q "$REPO"
 
-# distinct non-zero block digests of image A not in any of the images B...
-missing_bytes() {
-  python3 - "$@" <<'PY'
-import hashlib, sys
-def blocks(p):
-    d = open(p, "rb").read()
-    out = []
-    for o in range(0, len(d), 4096):
-        b = d[o:o + 4096]
-        if b.count(0) == len(b):
-            continue
-        out.append((hashlib.sha256(b.ljust(4096, b"\0")).digest(), len(b)))
-    return out
-want = {}
-for dg, n in blocks(sys.argv[1]):
-    want.setdefault(dg, n)
-have = set()
-for p in sys.argv[2:]:
-    have.update(dg for dg, _ in blocks(p))
-print(sum(n for dg, n in want.items() if dg not in have))
-PY
-}
 
 nginx_start "$REPO"
 URL=$NGINX_URL

@@ -41,28 +41,6 @@ mkext4 "$REPO/w.raw" 12 "$WORK/t3"
 nginx_start "$WORK"
 SRC=$NGINX_URL/repo
 
-# distinct non-zero block digests of image A not in any of the images B...
-missing_bytes() {
-  python3 - "$@" <<'PY'
-import hashlib, sys
-def blocks(p):
-    d = open(p, "rb").read()
-    out = []
-    for o in range(0, len(d), 4096):
-        b = d[o:o + 4096]
-        if b.count(0) == len(b):
-            continue
-        out.append((hashlib.sha256(b.ljust(4096, b"\0")).digest(), len(b)))
-    return out
-want = {}
-for dg, n in blocks(sys.argv[1]):
-    want.setdefault(dg, n)
-have = set()
-for p in sys.argv[2:]:
-    have.update(dg for dg, _ in blocks(p))
-print(sum(n for dg, n in want.items() if dg not in have))
-PY
-}
 # bytes nginx sent for data under a URL prefix (index files excluded)
 sent() { awk -v p="$1" 'index($2, p) == 1 && $2 !~ /\/(index|\.imgdedup\/.*)$/ {s += $4} END {print s + 0}' "$NGINX_LOG"; }
 

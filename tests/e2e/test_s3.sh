@@ -119,28 +119,6 @@ start_proxy() { # extra s3proxy.py arguments
 }
 data_bytes() { awk '$2 !~ /\/\.imgdedup\// && $1 == "GET" {s += $4} END {print s + 0}' "$WORK/proxy.log"; }
 
-# distinct non-zero block digests of image A not in any of the images B...
-missing_bytes() {
-  python3 - "$@" <<'PY'
-import hashlib, sys
-def blocks(p):
-    d = open(p, "rb").read()
-    out = []
-    for o in range(0, len(d), 4096):
-        b = d[o:o + 4096]
-        if b.count(0) == len(b):
-            continue
-        out.append((hashlib.sha256(b.ljust(4096, b"\0")).digest(), len(b)))
-    return out
-want = {}
-for dg, n in blocks(sys.argv[1]):
-    want.setdefault(dg, n)
-have = set()
-for p in sys.argv[2:]:
-    have.update(dg for dg, _ in blocks(p))
-print(sum(n for dg, n in want.items() if dg not in have))
-PY
-}
 
 start_proxy
 C1=$WORK/cache1
