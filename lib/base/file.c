@@ -75,19 +75,21 @@ int idd_file_open_local(const char *path, idd_file **out, idd_error *err)
 	return idd_file_open_local_flags(path, 0, out, err);
 }
 
-int idd_file_open_local_flags(const char *path, unsigned flags, idd_file **out, idd_error *err)
+int idd_open_regular(const char *path, int oflags, unsigned flags, idd_error *err)
 {
-	/* O_NONBLOCK: opening a FIFO (or a device) that replaced an image must
+	/* O_NONBLOCK: opening a FIFO (or a device) in place of the file must
 	 * not wait for a writer; it is refused below, and regular files are
 	 * unaffected by the flag, which is cleared anyway. */
-	int oflags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+	oflags |= O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
 	if (flags & IDD_FILE_NOFOLLOW)
 		oflags |= O_NOFOLLOW;
-	int fd = open(path, oflags);
+	int fd = open(path, oflags, 0644);
 	if (fd < 0) {
 		if (errno == ELOOP && (flags & IDD_FILE_NOFOLLOW))
 			return idd_fail_code(err, IDD_EPERM, "%s: is a symbolic link; not followed", path);
-		return idd_fail_errno(err, path, "cannot open");
+		int e = errno;
+		idd_fail_errno(err, path, "cannot open");
+		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
 	}
 	struct stat st;
 	if (fstat(fd, &st)) {
@@ -95,16 +97,30 @@ int idd_file_open_local_flags(const char *path, unsigned flags, idd_file **out, 
 		close(fd);
 		return rc;
 	}
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+	if (!S_ISREG(st.st_mode) && !((flags & IDD_FILE_BLOCKDEV) && S_ISBLK(st.st_mode))) {
 		close(fd);
 		return idd_fail_code(err, IDD_EPERM, "%s: not a regular file (%s); refused", path,
 		                     S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) ? "a character device"
 		                     : S_ISDIR(st.st_mode) ? "a directory" : S_ISSOCK(st.st_mode) ? "a socket"
-		                     : "a special file");
+		                     : S_ISBLK(st.st_mode) ? "a block device" : "a special file");
 	}
 	int fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
 		int rc = idd_fail_errno(err, path, "fcntl");
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int idd_file_open_local_flags(const char *path, unsigned flags, idd_file **out, idd_error *err)
+{
+	int fd = idd_open_regular(path, O_RDONLY, flags | IDD_FILE_BLOCKDEV, err);
+	if (fd < 0)
+		return fd == IDD_ENOENT ? IDD_ERR : fd;
+	struct stat st;
+	if (fstat(fd, &st)) {
+		int rc = idd_fail_errno(err, path, "stat");
 		close(fd);
 		return rc;
 	}

@@ -30,6 +30,12 @@ struct idd_file {
  * waiting on it. */
 int idd_file_open_local(const char *path, idd_file **out, idd_error *err);
 #define IDD_FILE_NOFOLLOW 1u /* refuse a symbolic link as the last component */
+#define IDD_FILE_BLOCKDEV 2u /* a block device is as good as a regular file */
+/* open(path, oflags | O_CLOEXEC | O_NOCTTY) (mode 0644 when creating) without
+ * ever waiting on a FIFO, and refuse anything but a regular file (or, with
+ * IDD_FILE_BLOCKDEV, a block device) naming what it is.  The descriptor, or
+ * a negative code with err filled (IDD_ENOENT when it does not exist). */
+int idd_open_regular(const char *path, int oflags, unsigned flags, idd_error *err);
 int idd_file_open_local_flags(const char *path, unsigned flags, idd_file **out, idd_error *err);
 /* A window [off, off+len) of parent.  With owns_parent the slice closes
  * parent when it is closed (also on failure); else parent must outlive it. */

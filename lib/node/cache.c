@@ -2,6 +2,7 @@
  * file from each distinct block digest to one place it can be read from.
  * Everything read from the cache is verified; damage costs a refetch. */
 #include "node/cache.h"
+#include "base/file.h"
 #include "node/partial.h"
 #include "index/indexfile.h"
 
@@ -41,17 +42,11 @@ static int count_nothing(void *ctx, const idd_partial_record *r)
 	return IDD_OK;
 }
 
-static int open_shared(const char *path)
+static int open_shared(const char *path, idd_error *err)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+	int fd = idd_open_regular(path, O_RDONLY, IDD_FILE_NOFOLLOW, err);
 	if (fd < 0)
 		return -1;
-	struct stat st;
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-		close(fd);
-		errno = EINVAL;
-		return -1;
-	}
 	(void)flock(fd, LOCK_SH | LOCK_NB);
 	return fd;
 }
@@ -380,9 +375,10 @@ int idd_cache_prepare(idd_cache *c, uint32_t bs, idd_error *err)
 		if (e->block_size != bs)
 			continue;
 		if (e->fd < 0) {
-			e->fd = open_shared(e->abs);
+			idd_error e2;
+			e->fd = open_shared(e->abs, &e2);
 			if (e->fd < 0) {
-				idd_warnf(c->warn, c->ctx, "warning: cache: %s: %s; not used", e->abs, strerror(errno));
+				idd_warnf(c->warn, c->ctx, "warning: cache: %s; not used", e2.msg);
 				continue;
 			}
 		}
@@ -482,7 +478,8 @@ static int add_partial_locked(idd_cache *c, const char *data_path, const char *j
 		idd_cache_entry_free(e);
 		return IDD_ENOMEM;
 	}
-	e->fd = open_shared(data_path);
+	idd_error e2; /* unusable: its blocks are simply not known */
+	e->fd = open_shared(data_path, &e2);
 	c->count++;
 	*entry = c->count - 1;
 	return e->fd < 0 ? IDD_OK : read_journal(c, c->count - 1, err);
@@ -561,7 +558,8 @@ static int pick_up_index(idd_cache *c, idd_error *err)
 		memset(ne, 0, sizeof *ne);
 		ne->fd = -1;
 		idd_cache_entry *e = &c->e[idx];
-		e->fd = open_shared(e->abs);
+		idd_error e2; /* vanished since: not used */
+		e->fd = open_shared(e->abs, &e2);
 		for (uint64_t k = 0; e->fd >= 0 && !rc && k < e->n; k++)
 			rc = lookup_add(c, idx, &e->digests[k], e->blocks[k], err);
 	}

@@ -1,6 +1,7 @@
 /* outpart.c - OUT.part: the image being written, resumable, and renamed
  * into place only when complete. */
 #include "node/outpart.h"
+#include "base/file.h"
 #include "index/indexfile.h"
 
 #include <errno.h>
@@ -20,22 +21,15 @@
 static int open_once(idd_outpart *p, bool *retry, idd_error *err)
 {
 	*retry = false;
-	/* O_NOFOLLOW: a symlink planted at OUT.part is never written through;
-	 * O_NONBLOCK: a FIFO there does not hang the open. */
-	int fd = open(p->part, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK, 0644);
-	if (fd < 0) {
-		if (errno == ELOOP)
-			return idd_fail_code(err, IDD_EPERM, "%s: refused: is a symbolic link", p->part);
-		return idd_fail_errno(err, p->part, "cannot create");
-	}
+	/* a symlink planted at OUT.part is never written through, a FIFO there
+	 * does not hang the open */
+	int fd = idd_open_regular(p->part, O_RDWR | O_CREAT, IDD_FILE_NOFOLLOW, err);
+	if (fd < 0)
+		return fd == IDD_ENOENT ? IDD_ERR : fd;
 	struct stat st, now;
 	if (fstat(fd, &st)) {
 		close(fd);
 		return idd_fail_errno(err, p->part, "stat");
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return idd_fail_code(err, IDD_EPERM, "%s: refused: not a regular file", p->part);
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB)) {
 		close(fd);
@@ -48,11 +42,6 @@ static int open_once(idd_outpart *p, bool *retry, idd_error *err)
 		close(fd);
 		*retry = true;
 		return IDD_OK;
-	}
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK)) {
-		close(fd);
-		return idd_fail_errno(err, p->part, "fcntl");
 	}
 	p->fd = fd;
 	if ((uint64_t)st.st_size != p->size &&

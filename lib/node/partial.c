@@ -1,5 +1,6 @@
 /* partial.c - partial images: a sparse data file and its presence journal. */
 #include "node/partial.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -120,20 +121,9 @@ static int count_record(void *ctx, const idd_partial_record *r)
 
 static int open_file(const char *path, int flags, idd_error *err)
 {
-	int fd = open(path, flags | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK, 0644);
-	if (fd < 0) {
-		if (errno == ELOOP)
-			return idd_fail_code(err, IDD_EPERM, "%s: refused: is a symbolic link", path), -1;
-		return idd_fail_errno(err, path, "cannot open"), -1;
-	}
-	struct stat st;
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return idd_fail_code(err, IDD_EPERM, "%s: refused: not a regular file", path), -1;
-	}
-	int fl = fcntl(fd, F_GETFL);
-	if (fl >= 0)
-		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	int fd = idd_open_regular(path, flags | O_CREAT, IDD_FILE_NOFOLLOW, err);
+	if (fd < 0)
+		return -1;
 	(void)flock(fd, LOCK_SH | LOCK_NB);
 	return fd;
 }

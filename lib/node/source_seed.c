@@ -3,6 +3,7 @@
  * repository image, hashed otherwise.  Only digests the caller still needs
  * are looked for; every block is verified again when it is read. */
 #include "node/source_seed.h"
+#include "base/file.h"
 #include "index/catalog.h"
 
 #include <errno.h>
@@ -35,17 +36,14 @@ struct seeds {
 /* Open a seed without hanging on a FIFO or following it into a device. */
 static int seed_open(struct seed *sd, const char *path, idd_error *err)
 {
-	sd->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (sd->fd < 0)
-		return idd_fail_errno(err, path, "cannot open seed");
+	sd->fd = idd_open_regular(path, O_RDONLY, 0, err);
+	if (sd->fd < 0) {
+		idd_error_prefix(err, "seed");
+		return err->code;
+	}
 	struct stat st;
 	if (fstat(sd->fd, &st))
 		return idd_fail_errno(err, path, "stat");
-	if (!S_ISREG(st.st_mode))
-		return idd_fail_code(err, IDD_EPERM, "%s: seed is not a regular file", path);
-	int fl = fcntl(sd->fd, F_GETFL);
-	if (fl >= 0)
-		(void)fcntl(sd->fd, F_SETFL, fl & ~O_NONBLOCK);
 	sd->size = (uint64_t)st.st_size;
 	sd->path = idd_strdup(path, err);
 	return sd->path ? IDD_OK : IDD_ENOMEM;
