@@ -546,7 +546,8 @@ void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);
 
 /* Open image ID (relative to SOURCE) for reading.  Opening the same ID
- * again returns the same export (reference counted). */
+ * again returns the same export; exports live until the server closes, so
+ * idd_export_close only says the caller is done with it. */
 int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *err);
 void idd_export_close(idd_export *e);
 uint64_t idd_export_size(const idd_export *e);

@@ -83,9 +83,6 @@ int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_
  * absent). */
 int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
                             uint64_t size, size_t *entry, idd_error *err);
-/* Base name (without suffix) of image id's partial files in the cache:
- * CACHE/images/NAME, as idd_cache_default_out. */
-#define idd_cache_partial_base idd_cache_default_out
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */

@@ -86,3 +86,42 @@ uint64_t tu_file_size(const char *path)
 	assert_int_equal(stat(path, &st), 0);
 	return (uint64_t)st.st_size;
 }
+
+uint64_t tu_missing_bytes(const unsigned char *img, size_t len, uint64_t b0, uint64_t b1,
+                          const unsigned char *have, size_t have_len)
+{
+	enum { BS = 4096 };
+	idd_hasher *h = idd_hasher_new(NULL);
+	idd_digest_set seen, hv;
+	idd_digest_set_init(&seen, 64, false, NULL);
+	idd_digest_set_init(&hv, 64, false, NULL);
+	unsigned char blk[BS];
+	for (size_t o = 0; have && o < have_len; o += BS) {
+		memset(blk, 0, BS);
+		memcpy(blk, have + o, IDD_MIN((size_t)BS, have_len - o));
+		if (idd_is_zero(blk, BS))
+			continue;
+		idd_digest d;
+		idd_hasher_digest(h, blk, BS, &d, NULL);
+		bool added;
+		idd_digest_set_add(&hv, &d, &added, NULL);
+	}
+	uint64_t total = 0;
+	for (uint64_t b = b0; b < b1 && b * BS < len; b++) {
+		size_t n = IDD_MIN((size_t)BS, len - b * BS);
+		memset(blk, 0, BS);
+		memcpy(blk, img + b * BS, n);
+		if (idd_is_zero(blk, BS))
+			continue;
+		idd_digest d;
+		idd_hasher_digest(h, blk, BS, &d, NULL);
+		bool added;
+		idd_digest_set_add(&seen, &d, &added, NULL);
+		if (added && idd_digest_set_find(&hv, &d) == (size_t)-1)
+			total += n;
+	}
+	idd_digest_set_free(&seen);
+	idd_digest_set_free(&hv);
+	idd_hasher_free(h);
+	return total;
+}

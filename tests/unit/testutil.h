@@ -29,6 +29,11 @@ char *tu_write(const char *dir, const char *name, const void *data, size_t len);
 void tu_age(const char *path);
 /* Deterministic pseudo-random bytes (xorshift) for test images. */
 void tu_fill_random(void *buf, size_t len, uint64_t seed);
+/* Bytes of the distinct non-zero 4 KiB blocks among blocks b0..b1 of img
+ * (len bytes, the last block zero-padded) whose content is not among the
+ * blocks of have (have_len bytes, may be NULL): what a fetch must transfer. */
+uint64_t tu_missing_bytes(const unsigned char *img, size_t len, uint64_t b0, uint64_t b1,
+                          const unsigned char *have, size_t have_len);
 /* Flip one byte of a file at off. */
 void tu_flip_byte(const char *path, uint64_t off);
 void tu_truncate(const char *path, uint64_t len);

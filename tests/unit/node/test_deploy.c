@@ -34,45 +34,6 @@ static void build_images(void)
 		tu_fill_random(img_b + i * BS, BS, 9000 + i);
 }
 
-/* Distinct non-zero blocks of img (len bytes) absent from the others: bytes. */
-static uint64_t missing_bytes(const unsigned char *img, size_t len, const unsigned char *have,
-                              size_t have_len)
-{
-	idd_hasher *h = idd_hasher_new(NULL);
-	idd_digest_set seen, hv;
-	idd_digest_set_init(&seen, 64, false, NULL);
-	idd_digest_set_init(&hv, 64, false, NULL);
-	unsigned char blk[BS];
-	for (size_t o = 0; have && o < have_len; o += BS) {
-		memset(blk, 0, BS);
-		memcpy(blk, have + o, IDD_MIN((size_t)BS, have_len - o));
-		if (idd_is_zero(blk, BS))
-			continue;
-		idd_digest d;
-		idd_hasher_digest(h, blk, BS, &d, NULL);
-		bool added;
-		idd_digest_set_add(&hv, &d, &added, NULL);
-	}
-	uint64_t total = 0;
-	for (size_t o = 0; o < len; o += BS) {
-		size_t n = IDD_MIN((size_t)BS, len - o);
-		memset(blk, 0, BS);
-		memcpy(blk, img + o, n);
-		if (idd_is_zero(blk, BS))
-			continue;
-		idd_digest d;
-		idd_hasher_digest(h, blk, BS, &d, NULL);
-		bool added;
-		idd_digest_set_add(&seen, &d, &added, NULL);
-		if (added && idd_digest_set_find(&hv, &d) == (size_t)-1)
-			total += n;
-	}
-	idd_digest_set_free(&seen);
-	idd_digest_set_free(&hv);
-	idd_hasher_free(h);
-	return total;
-}
-
 static int setup(void **state)
 {
 	(void)state;
@@ -140,7 +101,7 @@ static void test_fresh_then_cached(void **state)
 	free(out);
 	assert_int_equal(st.bytes_total, NB * BS + 1000);
 	assert_int_equal(st.bytes_zero, (NB / 6) * BS);
-	assert_int_equal(st.bytes_fetched, missing_bytes(img_a, NB * BS + 1000, NULL, 0));
+	assert_int_equal(st.bytes_fetched, tu_missing_bytes(img_a, NB * BS + 1000, 0, UINT64_MAX, NULL, 0));
 	assert_int_equal(st.bytes_fetched, 25 * BS + 1000); /* 25 patterns (i % 6 != 0) + the tail */
 	assert_int_equal(st.bytes_zero + st.bytes_from_cache + st.bytes_fetched, st.bytes_total);
 	/* holes for zero blocks */
@@ -154,7 +115,7 @@ static void test_fresh_then_cached(void **state)
 	assert_int_equal(len, NB * BS);
 	assert_memory_equal(out, img_b, len);
 	free(out);
-	assert_int_equal(st.bytes_fetched, missing_bytes(img_b, NB * BS, img_a, NB * BS + 1000));
+	assert_int_equal(st.bytes_fetched, tu_missing_bytes(img_b, NB * BS, 0, UINT64_MAX, img_a, NB * BS + 1000));
 	assert_int_equal(st.bytes_fetched, 10 * BS);
 	/* OUT exists: kept unless force */
 	assert_true(deploy("sub/b.raw", outb, false, &st, &err) < 0);
@@ -199,7 +160,7 @@ static void test_resume(void **state)
 		if ((i % 6 || (i >= 40 && i < 50)) && i != 7)
 			expect += BS;
 	assert_int_equal(st.bytes_resumed, expect);
-	assert_true(st.bytes_fetched < missing_bytes(img_b, NB * BS, NULL, 0));
+	assert_true(st.bytes_fetched < tu_missing_bytes(img_b, NB * BS, 0, UINT64_MAX, NULL, 0));
 	free(p);
 	free(out);
 	free(part);
