@@ -17,6 +17,7 @@
 #include "index/repo_s3.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <dirent.h>
@@ -737,6 +738,33 @@ static void collect_garbage(const char *index_dir, const idd_catalog *cat)
 	free(dir);
 }
 
+/* Temporaries (NAME.tmp.PID) that a killed run left in the index directory:
+ * removed when their process is gone.  Writers of index files hold the
+ * lock this run holds, and a live process's temporary is left alone (a
+ * similarity cache being written, say). */
+static void remove_dead_temporaries(const char *index_dir)
+{
+	DIR *d = opendir(index_dir);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		const char *t = strstr(de->d_name, ".tmp.");
+		if (!t || de->d_name[0] == '.')
+			continue;
+		char *end;
+		errno = 0;
+		long pid = strtol(t + 5, &end, 10);
+		if (errno || *end || pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		char *p = idd_path_join(index_dir, de->d_name, NULL);
+		if (p)
+			unlink(p);
+		free(p);
+	}
+	closedir(d);
+}
+
 static int cmp_file_id(const void *a, const void *b, void *ctx)
 {
 	const idd_repo_list *l = ctx;
@@ -1148,6 +1176,8 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 			collect_garbage(r->index_dir, &cat);
 		}
 	}
+	if (st->committed)
+		remove_dead_temporaries(r->index_dir);
 	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */
 	st->images = cat.count;
 	st->unique_blocks = cat.unique_blocks;

@@ -28,4 +28,14 @@ for round in $(seq 1 12); do
   left=$(find "$R/.imgdedup" -name '*.tmp.*' | wc -l)
   [ "$left" = 0 ] || fail "round $round: temporary files left after a clean run"
 done
+# a temporary a killed run left beside the catalog (the kill can land while
+# the catalog is being written) goes at the next run, changed or not; one of
+# a live process stays
+true & dead=$!; wait $dead
+echo x > "$R/.imgdedup/catalog.tmp.$dead"
+echo x > "$R/.imgdedup/similarity.tmp.$$"
+"$IMGDEDUP" scan -q "$R"
+check "a dead run's temporary is removed" test ! -e "$R/.imgdedup/catalog.tmp.$dead"
+check "a live process's temporary is kept" test -e "$R/.imgdedup/similarity.tmp.$$"
+rm -f "$R/.imgdedup/similarity.tmp.$$"
 echo "12 kill rounds ($hits hit a running scan): index always intact and complete"
