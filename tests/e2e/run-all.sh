@@ -4,16 +4,20 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 : "${IMGDEDUP:?set IMGDEDUP to the binary under test}"
 export IMGDEDUP
+# each test's output, kept beside the binary under test (not a fixed /tmp
+# path: several checkouts may run their suites at once)
+logs=${E2E_LOG_DIR:-$(dirname "$IMGDEDUP")/e2e-logs}
+mkdir -p "$logs"
 pass=0 fail=0 failed=()
 for t in "$here"/test_*.sh; do
   [ -e "$t" ] || continue
   name=$(basename "$t" .sh)
   start=$(date +%s)
-  if bash "$t" > "/tmp/idd-e2e-$name.log" 2>&1; then
+  if bash "$t" > "$logs/$name.log" 2>&1; then
     pass=$((pass + 1)); echo "ok   $name ($(( $(date +%s) - start )) s)"
   else
     fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name ($(( $(date +%s) - start )) s)"
-    tail -n 40 "/tmp/idd-e2e-$name.log" | sed 's/^/    /'
+    tail -n 40 "$logs/$name.log" | sed 's/^/    /'
   fi
 done
 echo "e2e: $pass passed, $fail failed"
