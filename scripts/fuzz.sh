@@ -84,4 +84,7 @@ for t in "${built[@]}"; do
     echo "fuzz_$t: ok, ${execs:-?} executions in ${secs}s, corpus $(ls "$work" | wc -l) inputs" | tee -a "$summary"
   fi
 done
+if [ -n "${RESULTS:-}" ]; then
+  echo "fuzz $(grep -c ': ok,' "$summary") $(grep -c ': FAILED' "$summary")" >> "$RESULTS"
+fi
 exit $status

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every tests/e2e/test_*.sh with $IMGDEDUP set; prints "N passed, N failed".
+# Runs every tests/e2e/test_*.sh with $IMGDEDUP set; prints "N passed, N failed"
+# (scripts) and the checks they reported by name ("ok: WHAT" lines).  With
+# RESULTS set, appends "e2e PASSED FAILED" (scripts) to that file.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 : "${IMGDEDUP:?set IMGDEDUP to the binary under test}"
@@ -7,7 +9,7 @@ export IMGDEDUP
 # each test's output, kept beside the binary under test (not a fixed /tmp
 # path: several checkouts may run their suites at once)
 logs=${E2E_LOG_DIR:-$(dirname "$IMGDEDUP")/e2e-logs}
-mkdir -p "$logs"
+mkdir -p "$logs" && rm -f "$logs"/test_*.log
 pass=0 fail=0 failed=()
 for t in "$here"/test_*.sh; do
   [ -e "$t" ] || continue
@@ -20,5 +22,7 @@ for t in "$here"/test_*.sh; do
     tail -n 40 "$logs/$name.log" | sed 's/^/    /'
   fi
 done
-echo "e2e: $pass passed, $fail failed"
+steps=$(cat "$logs"/test_*.log 2>/dev/null | grep -c '^ok: ' || true)
+echo "e2e: $pass passed, $fail failed ($steps named checks passed)"
+[ -z "${RESULTS:-}" ] || echo "e2e $pass $fail" >> "$RESULTS"
 [ "$fail" -eq 0 ]
