@@ -3,6 +3,7 @@
 #include "index/map.h"
 #include "index/catalog.h"
 #include "index/indexfile.h"
+#include "index/blocktable.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -828,16 +829,14 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	}
 	for (size_t i = 0; i < neu.n; i++)
 		st->map_bytes += neu.v[i].bytes;
-	bool bt_repaired = false;
-	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, &bt_repaired,
-	                                o->warn, o->ctx, err)))
+	/* the block table follows the catalog (scan keeps it current; an index
+	 * written by an older imgdedup or a generator gets it here) */
+	idd_bt_update_stats bst;
+	if ((rc = idd_blocktable_update(index_dir, cat, NULL, false, &bst, o->warn, o->ctx, err)))
 		goto out;
-	st->repaired += bt_repaired;
-	idd_blocktable *bt = NULL;
-	if (idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK) {
-		st->blocktable_entries = bt->entries;
-		idd_blocktable_free(bt);
-	}
+	st->repaired += bst.repaired;
+	st->blocktable_rebuilt = bst.rebuilt || bst.runs_written;
+	st->blocktable_entries = bst.entries;
 	st->blocktable_bytes = idd_blocktable_bytes(index_dir);
 out:
 	mapidx_free(&old);
@@ -879,44 +878,16 @@ int idd_image_summary_get(const char *index_dir, const char *id, idd_image_summa
 	}
 	/* exclusive blocks: digests of this image the block table counts once */
 	idd_blocktable *bt = NULL;
-	idd_digest key;
-	if (m && out->has_map && idd_catalog_key(cat, &key, &e2) == IDD_OK &&
-	    idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK && !memcmp(bt->key.b, key.b, 32)) {
-		uint32_t shards = 1u << bt->shard_bits;
-		bool ok = true;
+	if (m && out->has_map && idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK &&
+	    idd_blocktable_matches(bt, cat)) {
 		uint64_t excl = 0;
-		for (uint32_t s = 0; s < shards && ok; s++) {
-			idd_bt_entry *v;
-			size_t n;
-			if (idd_blocktable_shard(index_dir, bt, s, &v, &n, &e2)) {
-				ok = false;
-				break;
-			}
-			for (uint64_t k = 0; k < m->ndistinct; k++) {
-				const idd_digest *d = &m->digests[k];
-				uint32_t top = bt->shard_bits ? (uint32_t)(idd_be32(d->b) >> (32 - bt->shard_bits)) : 0;
-				if (top != s)
-					continue;
-				size_t lo = 0, hi = n;
-				while (lo < hi) {
-					size_t mid = lo + (hi - lo) / 2;
-					int c = memcmp(v[mid].digest.b, d->b, 32);
-					if (c == 0) {
-						lo = mid;
-						break;
-					}
-					if (c < 0)
-						lo = mid + 1;
-					else
-						hi = mid;
-				}
-				if (lo < n && !memcmp(v[lo].digest.b, d->b, 32) && v[lo].images == 1)
-					excl++;
-			}
-			free(v);
+		for (uint64_t k = 0; k < m->ndistinct; k++) {
+			int64_t c = 0;
+			(void)idd_blocktable_count(bt, &m->digests[k], &c, &e2);
+			excl += c == 1;
 		}
-		out->has_blocktable = ok;
-		out->exclusive_blocks = ok ? excl : 0;
+		out->has_blocktable = true;
+		out->exclusive_blocks = excl;
 	}
 	idd_blocktable_free(bt);
 	idd_map_free(m);

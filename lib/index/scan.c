@@ -13,6 +13,7 @@
 #include "formats/archive.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
+#include "index/blocktable.h"
 #include "index/repo.h"
 #include "index/repo_s3.h"
 
@@ -167,10 +168,7 @@ struct scan {
 	uint64_t total_bytes, done_bytes;
 	bool fatal;
 	idd_error fatal_err;
-	prefix_set unique;      /* distinct non-zero blocks of the images finished so far */
-	bool unique_stale;      /* it counted an image that then failed */
 	uint64_t dropped;       /* kept images whose block list was unreadable */
-	uint32_t next_owner;
 	/* checkpointing */
 	idd_catalog *old;
 	bool *old_dropped;      /* old entries replaced or moved */
@@ -385,15 +383,15 @@ static void job_finish(struct scan *s, struct job *j)
 		if (!threaded)
 			list_save_main(&ls);
 		uint64_t zero = j->list.nblocks - j->list.ndata, distinct = 0;
-		if (pset_add_image(&s->unique, s->next_owner++, &j->list, &distinct, &j->err)) {
+		prefix_set mine = {0};
+		if (pset_add_image(&mine, 1, &j->list, &distinct, &j->err)) {
 			idd_error_prefix(&j->err, "%s", j->e.path);
 			j->failed = true;
 		}
+		pset_free(&mine);
 		if (threaded)
 			pthread_join(saver, NULL);
 		if (j->failed || ls.rc) {
-			/* counted but not indexed: recount from the catalog at the end */
-			s->unique_stale = true;
 			if (ls.rc && !j->failed)
 				j->err = ls.err;
 			j->failed = true;
@@ -656,57 +654,6 @@ static int save_checkpoint(struct scan *s, idd_error *err)
 	return rc;
 }
 
-/* Add the carried-over images to the distinct-block count (the images read
- * this run were added as they finished).  A carried-over image whose block
- * list cannot be read is dropped from the index with a warning, so the next
- * run reads it again, rather than failing every run from now on. */
-static int count_unique(struct scan *s, struct entries *kept, uint64_t *unique, idd_error *err)
-{
-	if (s->unique_stale) { /* rare: count the images read this run afresh */
-		pset_free(&s->unique);
-		for (size_t i = 0; i < s->njobs; i++) {
-			if (!s->jobs[i].have_info)
-				continue;
-			idd_blocklist *bl;
-			if (idd_blocklist_open(s->index_dir, &s->jobs[i].info, &bl, err))
-				return IDD_ERR;
-			int rc = pset_add_image(&s->unique, s->next_owner++, bl, NULL, err);
-			idd_blocklist_free(bl);
-			if (rc)
-				return IDD_ERR;
-		}
-	}
-	size_t w = 0;
-	for (size_t i = 0; i < kept->n; i++) {
-		idd_blocklist *bl;
-		idd_error e;
-		int orc = idd_blocklist_open(s->index_dir, &kept->v[i], &bl, &e);
-		if (orc == IDD_ENOMEM) { /* not the list's fault */
-			*err = e;
-			return IDD_ERR;
-		}
-		if (orc) {
-			if (s->o->warn) {
-				char msg[sizeof e.msg + 128];
-				snprintf(msg, sizeof msg, "%s (dropped from the index; it is read again next run)",
-				         e.msg);
-				s->o->warn(s->o->ctx, msg);
-			}
-			s->dropped++;
-			idd_image_info_free(&kept->v[i]);
-			continue;
-		}
-		int rc = pset_add_image(&s->unique, s->next_owner++, bl, NULL, err);
-		idd_blocklist_free(bl);
-		if (rc)
-			return IDD_ERR;
-		kept->v[w++] = kept->v[i];
-	}
-	kept->n = w;
-	*unique = s->unique.count;
-	return IDD_OK;
-}
-
 /* Remove block lists no catalog entry names, and temporaries of killed
  * runs.  Only after the new catalog is in place, under the lock. */
 static void collect_garbage(const char *index_dir, const idd_catalog *cat)
@@ -876,6 +823,7 @@ struct scan_run {
 	ptrdiff_t *old_file;          /* per old entry: the walked file it belongs to, or -1 */
 	size_t *by_id;                /* walked files sorted by id */
 	uint64_t upgraded;            /* kept lists rewritten in the current format */
+	idd_blocktable *table;        /* the block table as the last run left it, or NULL */
 };
 
 /* Lock the index, load the previous catalog, settle the block size and
@@ -909,6 +857,9 @@ static int phase_open(struct scan_run *r, idd_error *err)
 		return IDD_ERR;
 	}
 	const idd_catalog *old = r->s.old;
+	idd_error te;
+	if (old && idd_blocktable_open(r->index_dir, &r->table, &te))
+		r->table = NULL; /* lists are then checked by reading them */
 	r->s.bs = old ? old->block_size : (o->block_size ? o->block_size : IDD_DEFAULT_BLOCK_SIZE);
 	if (o->block_size && old && o->block_size != old->block_size)
 		return idd_fail(err, "%s: the index uses %u-byte blocks; --block-size %u needs a new index (--index DIR)",
@@ -946,6 +897,10 @@ static bool list_usable(struct scan_run *r, const idd_image_info *im, bool *dens
 {
 	idd_error e;
 	uint32_t version = 0;
+	if (r->table && idd_blocktable_list_trusted(r->table, r->index_dir, im, &version)) {
+		*dense = version == 1;
+		return true;
+	}
 	if (idd_blocklist_check(r->index_dir, im, &version, &e)) {
 		idd_warnf(r->o->warn, r->o->ctx, "%s; %s is read again", e.msg, im->id);
 		r->st->repaired++;
@@ -1149,27 +1104,44 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 	struct scan *s = &r->s;
 	idd_scan_stats *st = r->st;
 	const idd_catalog *old = s->old;
-	bool changed = !old || st->scanned || st->removed || st->renamed ||
+	bool changed = !old || st->scanned || st->removed || st->renamed || r->upgraded ||
 	               old->unique_blocks == IDD_UNIQUE_UNKNOWN;
-	bool recount = st->scanned || st->removed || !old || old->unique_blocks == IDD_UNIQUE_UNKNOWN;
-	uint64_t unique = old ? old->unique_blocks : 0;
-	/* counting reads the kept images' block lists and drops unreadable ones,
-	 * so it comes before the catalog is assembled */
-	if (recount && count_unique(s, &r->kept, &unique, err))
-		return IDD_ERR;
-	changed = changed || s->dropped || r->upgraded;
 	idd_catalog cat = {.block_size = s->bs};
 	if (build_catalog(s, &r->kept, false, &cat, err))
 		return IDD_ERR;
-	changed = changed || cat.count != r->nold;
-	int rc = IDD_OK;
-	if (!changed) {
+	/* the block table follows the change, reading only the lists of images
+	 * added, changed or removed; it counts the repository's distinct blocks.
+	 * A kept image whose list cannot be read is dropped, so the next run
+	 * reads it again rather than failing every run from now on. */
+	bool *dropped = idd_calloc(cat.count + 1, sizeof *dropped, err);
+	idd_bt_update_stats bst;
+	int rc = dropped ? idd_blocktable_update(r->index_dir, &cat, dropped, true, &bst, r->o->warn,
+	                                         r->o->ctx, err)
+	                 : IDD_ERR;
+	if (!rc) {
+		size_t w = 0;
+		for (size_t i = 0; i < cat.count; i++) {
+			if (dropped[i]) {
+				idd_image_info_free(&cat.images[i]);
+				s->dropped++;
+			} else {
+				cat.images[w++] = cat.images[i];
+			}
+		}
+		cat.count = w;
+	}
+	free(dropped);
+	changed = changed || s->dropped || cat.count != r->nold ||
+	          (old && old->unique_blocks != bst.entries);
+	if (rc) {
+		/* nothing to write */
+	} else if (!changed) {
 		cat.generation = old->generation;
 		cat.unique_blocks = old->unique_blocks;
 		st->committed = true;
 	} else {
 		cat.generation = (old ? old->generation : 0) + 1;
-		cat.unique_blocks = unique;
+		cat.unique_blocks = bst.entries;
 		rc = idd_catalog_save(r->index_dir, &cat, err);
 		if (!rc) {
 			st->committed = true;
@@ -1206,8 +1178,8 @@ static void scan_run_free(struct scan_run *r)
 	}
 	free(s->jobs);
 	free(s->old_dropped);
-	pset_free(&s->unique);
 	idd_catalog_free(s->old);
+	idd_blocktable_free(r->table);
 	free(r->file_state);
 	free(r->old_file);
 	free(r->by_id);
