@@ -855,7 +855,10 @@ static int apply(struct update *u, const char *index_dir, const idd_catalog *cat
 }
 
 /* Do the recorded file identities of the lists differ from what is on
- * disk now (lists rewritten and checked since)? */
+ * disk now (lists rewritten and checked since)?  A list recorded within a
+ * moment of the manifest is checked by reading it on every run rather
+ * than the manifest rewritten for it: a run that changes nothing writes
+ * nothing. */
 static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
 {
 	for (size_t i = 0; i < bt->nimages; i++) {
@@ -863,13 +866,9 @@ static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
 		uint64_t size = UINT64_MAX, ino = 0;
 		int64_t mt = 0;
 		(void)stat_list(index_dir, &b->list_key, &size, &ino, &mt);
-		if (size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns ||
-		    mt + BT_RACY_NS > bt->written_ns)
+		if (size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns)
 			return true;
 	}
-	for (size_t i = 0; i < bt->nruns; i++)
-		if (bt->runs[i].mtime_ns + BT_RACY_NS > bt->written_ns)
-			return true;
 	return false;
 }
 
