@@ -424,7 +424,7 @@ typedef struct idd_deploy_stats {
 	uint64_t bytes_from_cache; /* written from local data: cache, seeds, OUT itself (resume, repeats) */
 	uint64_t bytes_fetched;    /* block payload pulled from SOURCE (stored bytes: compressed if so) */
 	uint64_t requests;         /* fetch requests to SOURCE, index files and retries included */
-	uint64_t bytes_index;      /* index bytes read from SOURCE (catalog, map) */
+	uint64_t bytes_index;      /* index bytes read from SOURCE (entry or catalog, map, pack view) */
 	uint64_t bytes_resumed;    /* part of bytes_from_cache: found valid in an interrupted OUT */
 	uint64_t bytes_seed;       /* part of bytes_from_cache: read from --seed images */
 	uint64_t bytes_reflinked;  /* part of bytes_from_cache: cloned, not copied */

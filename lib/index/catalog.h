@@ -12,6 +12,13 @@
 #define IDD_MTIME_UNKNOWN INT64_MIN
 char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *err);
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err);
+/* One image's record, byte for byte as the catalog holds it (and the
+ * per-image entry files, entries.h). */
+void idd_catalog_put_record(idd_buf *b, const idd_image_info *im);
+/* Read one record, checking what block_size alone allows (nblocks against
+ * virtual_size, zero and distinct counts, flags).  False on a short or
+ * inconsistent record; *im then holds what was read (idd_image_info_free). */
+bool idd_catalog_get_record(idd_reader *r, uint32_t block_size, idd_image_info *im);
 /* The identity of a catalog state: SHA-256 over block size, ids and list keys. */
 int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err);
 /* Building a block list: init, append digests in block order (zero

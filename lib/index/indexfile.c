@@ -227,6 +227,7 @@ const char *idd_indexfile_kind(const char magic[8])
 		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
 		{"IDD-SIM", "similarity cache"},  {"IDD-CIX", "cache index"},
 		{"IDD-PRS", "partial image journal"},
+		{"IDD-ENT", "catalog entry"},     {"IDD-ENI", "entries index"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
 		if (!memcmp(kinds[i].magic, magic, 8))

@@ -13,6 +13,7 @@
 #include "formats/archive.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
+#include "index/entries.h"
 #include "index/blocktable.h"
 #include "index/repo.h"
 #include "index/repo_s3.h"
@@ -1133,15 +1134,21 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 	free(dropped);
 	changed = changed || s->dropped || cat.count != r->nold ||
 	          (old && old->unique_blocks != bst.entries);
+	if (!rc) {
+		cat.generation = changed ? (old ? old->generation : 0) + 1 : old->generation;
+		cat.unique_blocks = changed ? bst.entries : old->unique_blocks;
+	}
+	/* the per-image entries a node reads instead of the catalog: written
+	 * before the catalog names them, the removed ones dropped after (an
+	 * index written before they existed gets them all, changed or not) */
+	idd_entries_sync esy;
+	if (!rc)
+		rc = idd_entries_prepare(r->index_dir, old, &cat, &esy, err);
 	if (rc) {
 		/* nothing to write */
 	} else if (!changed) {
-		cat.generation = old->generation;
-		cat.unique_blocks = old->unique_blocks;
 		st->committed = true;
 	} else {
-		cat.generation = (old ? old->generation : 0) + 1;
-		cat.unique_blocks = bst.entries;
 		rc = idd_catalog_save(r->index_dir, &cat, err);
 		if (!rc) {
 			st->committed = true;
@@ -1149,7 +1156,14 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 		}
 	}
 	if (st->committed)
+		rc = idd_entries_commit(r->index_dir, old, &cat, &esy, err);
+	if (st->committed) {
 		remove_dead_temporaries(r->index_dir);
+		char *edir = idd_path_join(r->index_dir, IDD_ENTRIES_DIR, NULL);
+		if (edir)
+			remove_dead_temporaries(edir);
+		free(edir);
+	}
 	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */
 	st->images = cat.count;
 	st->unique_blocks = cat.unique_blocks;

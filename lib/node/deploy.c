@@ -392,8 +392,8 @@ static int run(struct deploy *d)
 		rc = prepare_out(d, &out);
 	if (rc)
 		goto out;
-	d->bs = d->ri->block_size;
-	d->st->bytes_index = d->ri->bytes;
+	d->bs = d->m->block_size;
+	d->st->bytes_index = idd_remote_index_bytes(d->ri);
 	d->st->bytes_total = d->m->image_size;
 	if ((rc = idd_cache_open(o->cache_dir, o->warn, o->ctx, &d->cache, d->err)) ||
 	    (rc = idd_cache_prepare(d->cache, d->bs, d->err)) ||
@@ -467,6 +467,9 @@ int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 		idd_block_source_counters_get(d->pack_src, &kc);
 		st->requests = fs.requests + sc.requests + kc.requests;
 		st->retries = fs.retries + sc.retries + kc.retries;
+		/* what seeds looked up counts too */
+		st->bytes_index = idd_remote_index_bytes(d->ri) +
+		                  (d->pack_src ? idd_pack_source_index_bytes(d->pack_src) : 0);
 	}
 	if (d->part_open) {
 		/* keep OUT.part only when a re-run can resume it: a damaged or

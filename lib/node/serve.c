@@ -91,8 +91,12 @@ struct idd_server {
 	size_t nstrings;
 	idd_remote_index *ri;
 	idd_cache *cache;
+	/* set up at the first export, once the block size is known (the
+	 * index is fetched image by image): under lock, then read-only */
 	idd_block_source *cache_src;
 	idd_block_source *peer_src;   /* other nodes' caches (--peer), shared by the exports */
+	const char **peers;           /* their URLs (copies in strings) */
+	size_t npeers;
 	pthread_mutex_t lock;         /* guards exports */
 	idd_export **exports;
 	size_t nexports;
@@ -769,6 +773,27 @@ static void export_free(idd_export *e)
 	free(e);
 }
 
+/* The node cache and the peers, for the repository's block size: at the
+ * first export (the index says the block size image by image).  Called
+ * under s->lock. */
+static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
+{
+	if (s->cache_src)
+		return IDD_OK;
+	int rc = idd_cache_prepare(s->cache, bs, err);
+	if (!rc)
+		rc = idd_cache_source_open(s->cache, bs, s->o.warn, s->o.ctx, &s->cache_src, err);
+	if (!rc && s->npeers) {
+		/* peers are a shortcut: failing to open them is a warning */
+		idd_fetch_opts pfo = {.warn = s->o.warn, .ctx = s->o.ctx};
+		idd_error e2;
+		if (idd_peer_source_open(s->peers, s->npeers, bs, &pfo, s->o.warn, s->o.ctx, &s->peer_src,
+		                         &e2))
+			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+	}
+	return rc;
+}
+
 static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	idd_export *e = idd_calloc(1, sizeof *e, err);
@@ -787,6 +812,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
 	if (!rc)
 		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
+	if (!rc)
+		rc = prepare_locked(s, e->m->block_size, err);
 	if (!rc) {
 		e->bs = e->m->block_size;
 		e->size = e->m->image_size;
@@ -921,7 +948,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	                         &s->o.prefetch};
 	for (size_t i = 0; !rc && i < IDD_ARRAY_LEN(fields); i++)
 		rc = keep_string(s, fields[i], err);
-	s->o.peers = NULL; /* the peer source keeps its own copies */
+	s->o.peers = NULL; /* kept in s->peers */
 	s->o.n_peers = 0;
 	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
 	                     .ctx = o->ctx};
@@ -929,19 +956,21 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
 	if (!rc)
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
-	if (!rc)
-		rc = idd_cache_prepare(s->cache, s->ri->block_size, err);
-	if (!rc)
-		rc = idd_cache_source_open(s->cache, s->ri->block_size, o->warn, o->ctx, &s->cache_src, err);
 	if (!rc && s->o.prefetch)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
-	if (!rc && o->n_peers) {
-		/* peers are a shortcut: failing to open them is a warning */
-		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
-		idd_error e2;
-		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
-		                         &s->peer_src, &e2))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+	/* the peers' addresses, for when the block size is known */
+	for (size_t i = 0; !rc && i < o->n_peers; i++) {
+		const char *p = o->peers[i];
+		if (!(rc = keep_string(s, &p, err))) {
+			const char **nv = realloc(s->peers, (i + 1) * sizeof *nv);
+			if (!nv)
+				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+			else {
+				s->peers = nv;
+				s->peers[i] = p;
+				s->npeers = i + 1;
+			}
+		}
 	}
 	if (rc) {
 		idd_server_close(s);
@@ -987,13 +1016,13 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	}
 	if (s->cache)
 		st->cache_damaged = idd_cache_damaged_count(s->cache);
+	pthread_mutex_lock(&s->lock);
 	if (s->peer_src) {
 		idd_block_source_counters pc;
 		idd_block_source_counters_get(s->peer_src, &pc);
 		st->bytes_from_peers = pc.bytes;
 		st->requests += pc.requests;
 	}
-	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->remote_lock);
@@ -1043,6 +1072,7 @@ void idd_server_close(idd_server *s)
 	for (size_t i = 0; i < s->nstrings; i++)
 		free(s->strings[i]);
 	free(s->strings);
+	free(s->peers);
 	pthread_mutex_destroy(&s->lock);
 	pthread_mutex_destroy(&s->flush_lock);
 	pthread_cond_destroy(&s->flush_wake);
