@@ -159,7 +159,7 @@ cat "$WORK/bad.err"
 check "wrong secret: exit 1" [ "$rc/$rc2" = 1/1 ]
 check "wrong secret: one line on stderr" [ "$(wc -l < "$WORK/bad.err")" = 1 ]
 check "wrong secret: names the bucket and key, says access denied" \
-  grep -q "s3://imgs/repo/.imgdedup/catalog: access denied (HTTP 403" "$WORK/bad.err"
+  grep -q "s3://imgs/repo/.imgdedup/entries/$(printf %s v1.raw | sha256sum | cut -d' ' -f1): access denied (HTTP 403" "$WORK/bad.err"
 check "wrong secret: scan fails the same way" grep -q "s3://imgs: access denied" "$WORK/bad2.err"
 check "the secret is never printed" bash -c "! grep -q S3CR3T '$WORK/bad.err' '$WORK/bad2.err' '$WORK/bad.out'"
 set +e
