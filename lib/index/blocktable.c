@@ -128,18 +128,20 @@ static void run_drop_until(idd_bt_run *r, uint64_t upto)
 		r->dropped_to = upto;
 }
 
-/* Every few thousand lookups: lookups in digest order drop what lies
- * behind them; random ones (pos restarting at 0) drop everything. */
+/* Lookups in digest order drop what lies behind them once it is worth a
+ * syscall (256 KiB); random ones (pos going back) drop everything every
+ * few thousand lookups. */
 static void run_touch(idd_bt_run *r, uint64_t pos)
 {
-	if (++r->touched < 2048)
+	if (pos >= r->dropped_to) {
+		if ((pos - r->dropped_to) * BT_ENTRY >= (256u << 10))
+			run_drop_until(r, pos);
 		return;
-	r->touched = 0;
-	if (pos < r->dropped_to) {
+	}
+	if (++r->touched >= 2048) {
 		madvise((void *)r->map, r->map_len, MADV_DONTNEED);
+		r->touched = 0;
 		r->dropped_to = 0;
-	} else {
-		run_drop_until(r, pos);
 	}
 }
 
@@ -574,7 +576,7 @@ static int merge_pair(struct update *u, size_t i)
 			break;
 		}
 		prev = d;
-		if (++steps % 65536 == 0) {
+		if (++steps % 8192 == 0) {
 			run_drop_until(a, x);
 			run_drop_until(b, y);
 		}
