@@ -334,7 +334,7 @@ static void write_big(const char *idx, size_t n, uint64_t nb)
 	idd_digest *d = calloc(nb, sizeof *d);
 	assert_non_null(cat.images);
 	assert_non_null(d);
-	char (*ids)[16] = calloc(n, sizeof *ids);
+	char (*ids)[32] = calloc(n, sizeof *ids);
 	assert_non_null(ids);
 	for (size_t i = 0; i < n; i++) {
 		for (uint64_t k = 0; k < nb; k++)
