@@ -118,8 +118,7 @@ static int ensure_partial_locked(idd_export *e, idd_error *err)
 	if (e->part)
 		return IDD_OK;
 	idd_server *s = e->srv;
-	int rc = idd_partial_open(e->base, e->id, e->bs, e->size, idd_map_nonzero_blocks(e->m), &e->part,
-	                          err);
+	int rc = idd_partial_open(e->base, e->id, e->m, &e->part, err);
 	if (!rc)
 		rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path, e->size,
 		                             &e->part_entry, err);
@@ -615,14 +614,68 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 	return rc;
 }
 
-static int finish_fill(idd_export *e, idd_error *err)
+struct block_list {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+static int list_block(void *ctx, uint64_t block)
+{
+	struct block_list *l = ctx;
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? l->cap * 2 : 256;
+		uint64_t *nv = realloc(l->v, nc * sizeof *nv);
+		if (!nv)
+			return IDD_ENOMEM;
+		l->v = nv;
+		l->cap = nc;
+	}
+	l->v[l->n++] = block;
+	return IDD_OK;
+}
+
+/* Nothing is the complete image before every block of it was checked
+ * against the map: blocks that do not match (the journal is only a hint)
+ * are had again, verified, and written, and the file is checked again. */
+static int check_and_repair(idd_export *e, int fd, const char *path, unsigned char *buf,
+                            idd_block_req *reqs, idd_error *err)
+{
+	for (int round = 0; round < 3 && !atomic_load(&e->srv->stop); round++) {
+		struct block_list bad = {0};
+		int rc = idd_image_check(fd, path, e->m, list_block, &bad, err);
+		if (rc == IDD_ENOMEM)
+			idd_fail_code(err, rc, "out of memory");
+		if (!rc && bad.n)
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %zu blocks of %s do not match the "
+			          "block map; fetching them again", e->id, bad.n, path);
+		for (size_t i = 0; !rc && i < bad.n; i += FILL_WINDOW)
+			rc = fill_window(e, bad.v + i, IDD_MIN((size_t)FILL_WINDOW, bad.n - i), buf, reqs, err);
+		size_t nbad = bad.n;
+		free(bad.v);
+		if (rc || !nbad)
+			return rc;
+	}
+	return atomic_load(&e->srv->stop) ? IDD_OK
+	       : idd_fail_code(err, IDD_EIO, "%s: does not match the block map even after repair", path);
+}
+
+static int finish_fill(idd_export *e, unsigned char *buf, idd_block_req *reqs, idd_error *err)
 {
 	idd_server *s = e->srv;
 	pthread_mutex_lock(&e->part_lock);
-	size_t flushed;
 	int rc = ensure_partial_locked(e, err);
+	int fd = rc ? -1 : e->part->data_fd;
+	const char *path = rc ? NULL : e->part->data_path;
+	pthread_mutex_unlock(&e->part_lock);
 	if (!rc)
-		rc = idd_partial_flush(e->part, &flushed, err);
+		rc = check_and_repair(e, fd, path, buf, reqs, err);
+	if (rc || atomic_load(&s->stop))
+		return rc;
+	pthread_mutex_lock(&e->part_lock);
+	size_t flushed;
+	rc = idd_partial_flush(e->part, &flushed, err);
+	if (!rc)
+		rc = idd_partial_sync(e->part, err);
 	struct stat st;
 	if (!rc && lstat(e->final_path, &st) == 0)
 		rc = idd_fail_code(err, IDD_EPERM, "%s: exists: the filled image stays partial",
@@ -676,7 +729,7 @@ static void *fill_main(void *arg)
 		}
 	}
 	if (!rc && !atomic_load(&e->srv->stop))
-		rc = finish_fill(e, &err);
+		rc = finish_fill(e, buf, reqs, &err);
 	if (rc)
 		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: --fill stopped: %s", e->id, err.msg);
 	free(buf);
@@ -804,19 +857,10 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	if (!rc && lstat(e->final_path, &st) == 0)
 		e->complete = true; /* deployed before: every block reads from the cache */
 	if (!rc && !e->complete) {
-		/* what an earlier serve of this image fetched */
-		char *journal = idd_asprintf(err, "%s%s", e->base, IDD_PARTIAL_JOURNAL_SUFFIX);
-		idd_partial_header h;
-		uint64_t joff = 0;
-		idd_error e2;
-		if (!journal)
-			rc = IDD_ENOMEM;
-		else if (idd_partial_journal_read(journal, &h, &joff, own_record, e, &e2) == IDD_OK &&
-		         (h.block_size != e->bs || h.image_size != e->size)) {
-			free(e->own.v);
-			memset(&e->own, 0, sizeof e->own);
-		}
-		free(journal);
+		/* what an earlier serve of this image, with this very map, fetched */
+		int lrc = idd_partial_load(e->base, e->id, e->m, own_record, e, err);
+		if (lrc == IDD_ENOMEM)
+			rc = lrc;
 	}
 	for (size_t i = 0; !rc && i < s->pf.n; i++) {
 		if (strcmp(s->pf.ids[i], id) || s->pf.blocks[i] >= e->m->nblocks)

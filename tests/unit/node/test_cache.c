@@ -321,13 +321,11 @@ static void test_partial_images(void **state)
 	char *base = idd_path_join(imgs, "p.raw", NULL);
 	idd_partial *p;
 	idd_error err;
-	assert_int_equal(idd_partial_open(base, "p.raw", BS, 8 * BS, 6, &p, &err), IDD_OK);
-	unsigned char blk[BS];
-	tu_fill_random(blk, BS, 5);
-	idd_digest d;
-	idd_hasher *h = idd_hasher_new(NULL);
-	idd_hasher_digest(h, blk, BS, &d, NULL);
-	assert_int_equal(idd_partial_write(p, 2, blk, BS, &err), IDD_OK);
+	idd_map *m;
+	unsigned char *img = make_image(8, 8, 5, &m); /* 6 data blocks */
+	assert_int_equal(idd_partial_open(base, "p.raw", m, &p, &err), IDD_OK);
+	idd_digest d = m->digests[idd_map_ref(m, 2) - 1];
+	assert_int_equal(idd_partial_write(p, 2, img + 2 * BS, BS, &err), IDD_OK);
 	assert_int_equal(idd_partial_note(p, 2, &d, &err), IDD_OK);
 	size_t flushed;
 	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
@@ -362,7 +360,8 @@ static void test_partial_images(void **state)
 	assert_int_equal(access(journal, F_OK), -1);
 	free(data);
 	free(journal);
-	idd_hasher_free(h);
+	idd_map_free(m);
+	free(img);
 	free(base);
 	free(imgs);
 	tu_rmtree(dir);

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The node cache under the conditions that used to break it, end to end
+# (real nbdkit through serve, nginx, the imgdedup binary):
+#  1. serve --fill never turns a partial image into a complete one without
+#     checking every block against the current map: the repository image
+#     changed in place since the partial was filled, bytes of the partial
+#     flipped offline, the partial truncated to 0;
+SERVE_WAIT=600   # tenths of a second a background fill may take before the test gives up
+source "$(dirname "$0")/lib.sh"
+source "$TESTS_DIR/nginx.sh"
+source "$TESTS_DIR/serve.sh"
+cleanup_fns+=(nginx_stop)
+for c in nbdkit nbdcopy nbdinfo qemu-img; do
+  command -v $c >/dev/null || fail "$c missing (scripts/install-deps)"
+done
+
+REPO=$WORK/repo
+T=$WORK/t
+BS=4096
+mkdir -p "$REPO" "$T/fs"
+cp -r /usr/share/common-licenses "$T/fs/lic"
+python3 -c 'import random,sys; r=random.Random(21); open(sys.argv[1],"wb").write(r.randbytes(2000000))' "$T/fs/rnd.bin"
+mkext4 "$REPO/a.raw" 8 "$T/fs"
+cp "$REPO/a.raw" "$REPO/b.raw"
+cp "$REPO/a.raw" "$REPO/c.raw"
+age_files "$REPO"
+"$IMGDEDUP" scan -q "$REPO"
+"$IMGDEDUP" map -q "$REPO"
+nginx_start "$REPO"
+
+# the image of ID as the cache holds it once complete (images/<cache name>)
+cached() { echo "$1/images/$2"; }
+# wait until the image ID of cache C is complete (renamed into place, its
+# journal gone), for at most SERVE_WAIT tenths of a second
+wait_complete() {
+  local i
+  for i in $(seq "$SERVE_WAIT"); do
+    [ -e "$1/images/$2" ] && [ ! -e "$1/images/$2.present" ] && return 0
+    sleep 0.1
+  done
+  fail "$2 in $1 never became complete: $(cat "$WORK"/*.err 2>/dev/null | tail -n 5)"
+}
+# flip N bytes of FILE at random offsets inside its data (seed S)
+flip_bytes() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, random, sys
+path, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r = random.Random(seed)
+fd = os.open(path, os.O_RDWR)
+size = os.fstat(fd).st_size
+# offsets inside data regions (a partial image is sparse)
+regions, off = [], 0
+while off < size:
+    try:
+        ds = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError:
+        break
+    de = os.lseek(fd, ds, os.SEEK_HOLE)
+    regions.append((ds, de))
+    off = de
+assert regions, "no data in " + path
+for _ in range(n):
+    a, b = r.choice(regions)
+    at = r.randrange(a, b)
+    c = os.pread(fd, 1, at)
+    os.pwrite(fd, bytes([c[0] ^ 0x5a]), at)
+os.close(fd)
+PY
+}
+
+# ---- 1. --fill checks every block before the image is complete -------------
+# a) the repository image changed in place (same size) after a serve read it
+serve_start f1 --from "$NGINX_URL" --cache "$WORK/c1" a.raw
+nbdcopy --no-extents "$(serve_uri f1 a.raw)" "$WORK/f1.raw"
+serve_stop f1
+cmp "$WORK/f1.raw" "$REPO/a.raw" || fail "first read of a.raw differs"
+python3 - "$REPO/a.raw" <<'PY'
+import random, sys
+d = bytearray(open(sys.argv[1], "rb").read())
+r = random.Random(22)
+data = [b for b in range(len(d) // 4096) if d[b * 4096:(b + 1) * 4096].count(0) != 4096]
+for b in r.sample(data, 300):
+    d[b * 4096:(b + 1) * 4096] = r.randbytes(4096)
+open(sys.argv[1], "r+b").write(d)
+PY
+age_files "$REPO"
+"$IMGDEDUP" scan -q "$REPO"
+"$IMGDEDUP" map -q "$REPO"
+serve_start f2 --from "$NGINX_URL" --cache "$WORK/c1" --fill a.raw
+wait_complete "$WORK/c1" a.raw
+serve_stop f2
+check "changed source: the filled image is the current one" cmp "$(cached "$WORK/c1" a.raw)" "$REPO/a.raw"
+"$IMGDEDUP" cache ls --json "$WORK/c1" > "$WORK/ls1.json"
+check "changed source: cache ls lists one complete image" python3 - "$WORK/ls1.json" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))["images"]
+sys.exit(not (len(v) == 1 and not v[0]["partial"]))
+PY
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c1" -o "$WORK/f2.raw" --json -q a.raw > "$WORK/f2.json"
+cmp "$WORK/f2.raw" "$REPO/a.raw" || fail "deploy from the filled cache differs"
+check "changed source: a deploy from the filled cache fetches nothing" test "$(json_get "$WORK/f2.json" bytes_fetched)" = 0
+
+# b) 50 bytes of the partial flipped offline, its journal intact
+serve_start g1 --from "$NGINX_URL" --cache "$WORK/c2" b.raw
+nbdcopy --no-extents "$(serve_uri g1 b.raw)" "$WORK/g1.raw"
+serve_stop g1
+flip_bytes "$WORK/c2/images/b.raw.partial" 50 23
+serve_start g2 --from "$NGINX_URL" --cache "$WORK/c2" --fill b.raw
+wait_complete "$WORK/c2" b.raw
+serve_stop g2
+check "flipped partial: the filled image is exact" cmp "$(cached "$WORK/c2" b.raw)" "$REPO/b.raw"
+check "flipped partial: the damaged blocks were fetched again" test "$(serve_stat g2 bytes_fetched)" -gt 0
+
+# c) the partial truncated to 0 bytes, its journal intact
+serve_start h1 --from "$NGINX_URL" --cache "$WORK/c3" c.raw
+nbdcopy --no-extents "$(serve_uri h1 c.raw)" "$WORK/h1.raw"
+serve_stop h1
+: > "$WORK/c3/images/c.raw.partial"
+serve_start h2 --from "$NGINX_URL" --cache "$WORK/c3" --fill c.raw
+wait_complete "$WORK/c3" c.raw
+serve_stop h2
+check "truncated partial: the filled image is exact" cmp "$(cached "$WORK/c3" c.raw)" "$REPO/c.raw"
+read -r _ NEW_C _ _ < <(serve_expect "$REPO/c.raw" $BS)
+check "truncated partial: every distinct block fetched again" test "$(serve_stat h2 bytes_fetched)" = $((NEW_C * BS))
+
+echo "PASS test_cache"
