@@ -5,6 +5,8 @@
 #     checking every block against the current map: the repository image
 #     changed in place since the partial was filled, bytes of the partial
 #     flipped offline, the partial truncated to 0;
+#  5. cache ls counts blocks of the image (repeats included) present against
+#     the image's data blocks: an image read in full is 100% present.
 SERVE_WAIT=600   # tenths of a second a background fill may take before the test gives up
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/nginx.sh"
@@ -23,6 +25,17 @@ python3 -c 'import random,sys; r=random.Random(21); open(sys.argv[1],"wb").write
 mkext4 "$REPO/a.raw" 8 "$T/fs"
 cp "$REPO/a.raw" "$REPO/b.raw"
 cp "$REPO/a.raw" "$REPO/c.raw"
+# an image whose content repeats: 40 patterns over 300 blocks, zero blocks
+python3 - "$REPO/rep.raw" <<'PY'
+import random, sys
+r = random.Random(24)
+pat = [r.randbytes(4096) for _ in range(40)]
+out = bytearray()
+for i in range(300):
+    out += bytes(4096) if i % 7 == 0 else pat[i % 40]
+out += b"tail" * 100
+open(sys.argv[1], "wb").write(out)
+PY
 age_files "$REPO"
 "$IMGDEDUP" scan -q "$REPO"
 "$IMGDEDUP" map -q "$REPO"
@@ -122,5 +135,26 @@ serve_stop h2
 check "truncated partial: the filled image is exact" cmp "$(cached "$WORK/c3" c.raw)" "$REPO/c.raw"
 read -r _ NEW_C _ _ < <(serve_expect "$REPO/c.raw" $BS)
 check "truncated partial: every distinct block fetched again" test "$(serve_stat h2 bytes_fetched)" = $((NEW_C * BS))
+
+# ---- 5. cache ls counts the blocks of the image it says it counts ---------
+serve_start r1 --from "$NGINX_URL" --cache "$WORK/c5" rep.raw
+nbdcopy --no-extents "$(serve_uri r1 rep.raw)" "$WORK/r1.raw"
+serve_stop r1
+cmp "$WORK/r1.raw" "$REPO/rep.raw" || fail "rep.raw read differs"
+"$IMGDEDUP" cache ls --json "$WORK/c5" > "$WORK/ls5.json"
+"$IMGDEDUP" cache ls "$WORK/c5" > "$WORK/ls5.txt"
+read -r ZERO_R NEW_R _ NONZERO_R < <(serve_expect "$REPO/rep.raw" $BS)
+python3 - "$WORK/ls5.json" $((NONZERO_R / BS)) "$NEW_R" <<'PY' || fail "cache ls --json after a full read: $(cat "$WORK/ls5.json")"
+import json, sys
+v = json.load(open(sys.argv[1]))["images"]
+data, distinct = int(sys.argv[2]), int(sys.argv[3])
+assert len(v) == 1 and v[0]["partial"], v
+assert v[0]["data_blocks"] == data, (v[0]["data_blocks"], data)
+assert v[0]["present_blocks"] == data, (v[0]["present_blocks"], data)
+assert v[0]["blocks"] == distinct, (v[0]["blocks"], distinct)
+PY
+echo "ok: cache ls after a full read: all $((NONZERO_R / BS)) data blocks present ($NEW_R distinct)"
+check "cache ls text: 100% of the data blocks present" \
+  grep -q "partial: $((NONZERO_R / BS)) of $((NONZERO_R / BS)) data blocks present, 100%" "$WORK/ls5.txt"
 
 echo "PASS test_cache"

@@ -322,7 +322,8 @@ static void test_partial_images(void **state)
 	idd_partial *p;
 	idd_error err;
 	idd_map *m;
-	unsigned char *img = make_image(8, 8, 5, &m); /* 6 data blocks */
+	/* 6 data blocks: 1, 4 and 7 hold one content, 3 and 6 another, 2 a third */
+	unsigned char *img = make_image(8, 3, 5, &m);
 	assert_int_equal(idd_partial_open(base, "p.raw", m, &p, &err), IDD_OK);
 	idd_digest d = m->digests[idd_map_ref(m, 2) - 1];
 	assert_int_equal(idd_partial_write(p, 2, img + 2 * BS, BS, &err), IDD_OK);
@@ -337,6 +338,21 @@ static void test_partial_images(void **state)
 	assert_true(v[0].partial);
 	assert_int_equal(v[0].present_blocks, 1);
 	assert_int_equal(v[0].data_blocks, 6);
+	assert_int_equal(v[0].blocks, 1);
+	idd_cache_list_free(v, n);
+	/* a content the image holds three times: three blocks present, even
+	 * when two of its copies were journaled */
+	for (uint64_t b = 1; b <= 4; b += 3) {
+		idd_digest d4 = m->digests[idd_map_ref(m, b) - 1];
+		assert_int_equal(idd_partial_write(p, b, img + b * BS, BS, &err), IDD_OK);
+		assert_int_equal(idd_partial_note(p, b, &d4, &err), IDD_OK);
+	}
+	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
+	assert_int_equal(idd_cache_list(dir, &v, &n, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(v[0].present_blocks, 4);
+	assert_int_equal(v[0].data_blocks, 6);
+	assert_int_equal(v[0].blocks, 2);
 	assert_true(v[0].in_use);
 	idd_cache_list_free(v, n);
 	/* the cache finds the block through the journal */
