@@ -263,11 +263,17 @@ static int rebuild_index(idd_cache *c, idd_error *err)
 	closedir(dh);
 	free(buf);
 	free(dg);
-	if (!rc)
-		rc = idd_cache_save_index(c, err);
-	if (!rc)
+	if (rc)
+		return rc;
+	/* the rebuilt index serves this process even when it cannot be saved
+	 * (a full disk): the next run rebuilds it again */
+	idd_error e2;
+	if (idd_cache_save_index(c, &e2))
+		idd_warnf(c->warn, c->ctx, "warning: cache: %s: index rebuilt from %zu images, not saved: %s",
+		          c->dir, c->count, e2.msg);
+	else
 		idd_warnf(c->warn, c->ctx, "warning: cache: %s: index rebuilt from %zu images", c->dir, c->count);
-	return rc;
+	return IDD_OK;
 }
 
 static int64_t index_mtime(const idd_cache *c)

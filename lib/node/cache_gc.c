@@ -247,8 +247,24 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 		drop[i] = true;
 		total -= v[i].disk_bytes;
 	}
-	/* Write the index first: a crash then leaves unreferenced files (space),
-	 * never an index naming deleted files. */
+	/* Delete first, then write the index: on a full disk the index can only
+	 * be written once space was freed.  A crash in between leaves entries
+	 * naming files that are gone, which readers skip and the next gc drops
+	 * (vanished images leave the index); never an unreferenced file that no
+	 * gc would find again. */
+	for (size_t k = 0; !rc && k < n; k++) {
+		if (!drop[k])
+			continue;
+		if (v[k].present && v[k].owned && !v[k].partial && unlink(v[k].path) && errno != ENOENT) {
+			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
+			drop[k] = false; /* still there: it stays in the index */
+			total += v[k].disk_bytes;
+			continue;
+		}
+		if (v[k].present && v[k].owned && v[k].partial)
+			remove_partial(c, v[k].path);
+		st->images_removed++;
+	}
 	if (!rc) {
 		size_t w = 0;
 		for (size_t i = 0; i < c->count; i++) {
@@ -260,19 +276,10 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 			else
 				c->e[w++] = c->e[i];
 		}
+		bool changed = w != c->count;
 		c->count = w;
-		rc = idd_cache_save_index(c, err);
-	}
-	for (size_t k = 0; !rc && k < n; k++) {
-		if (!drop[k])
-			continue;
-		st->images_removed++;
-		if (!v[k].present || !v[k].owned)
-			continue;
-		if (v[k].partial)
-			remove_partial(c, v[k].path);
-		else if (unlink(v[k].path) && errno != ENOENT)
-			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
+		if (changed)
+			rc = idd_cache_save_index(c, err);
 	}
 	st->bytes_after = total;
 	free(drop);

@@ -5,6 +5,8 @@
 #     checking every block against the current map: the repository image
 #     changed in place since the partial was filled, bytes of the partial
 #     flipped offline, the partial truncated to 0;
+#  3. cache gc on a cache whose filesystem is full deletes before it writes
+#     its index, and succeeds;
 #  5. cache ls counts blocks of the image (repeats included) present against
 #     the image's data blocks: an image read in full is 100% present.
 SERVE_WAIT=600   # tenths of a second a background fill may take before the test gives up
@@ -135,6 +137,38 @@ serve_stop h2
 check "truncated partial: the filled image is exact" cmp "$(cached "$WORK/c3" c.raw)" "$REPO/c.raw"
 read -r _ NEW_C _ _ < <(serve_expect "$REPO/c.raw" $BS)
 check "truncated partial: every distinct block fetched again" test "$(serve_stat h2 bytes_fetched)" = $((NEW_C * BS))
+
+# ---- 3. cache gc frees a full cache ---------------------------------------
+# A filesystem of its own that the cache fills: a small tmpfs (mounting
+# needs root, which CI has).
+if [ "$(id -u)" != 0 ]; then
+  echo "SKIP: cache gc on a full filesystem: needs root to mount a small tmpfs (uid $(id -u))"
+else
+  MNT=$WORK/full
+  mkdir -p "$MNT"
+  mount -t tmpfs -o size=16m tmpfs "$MNT" || fail "cannot mount a tmpfs on $MNT"
+  unmount_full() { umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; }
+  cleanup_fns=(unmount_full "${cleanup_fns[@]}")
+  "$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$MNT/cache" -q b.raw
+  "$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$MNT/cache" -q c.raw
+  # everything left taken: the filesystem is full
+  dd if=/dev/zero of="$MNT/filler" bs=4096 status=none 2>/dev/null || true
+  if dd if=/dev/zero of="$MNT/probe" bs=4096 count=1 status=none 2>/dev/null; then
+    fail "the tmpfs is not full"
+  fi
+  rm -f "$MNT/probe"
+  "$IMGDEDUP" cache gc --max-size 0 --json "$MNT/cache" > "$WORK/gc3.json" 2> "$WORK/gc3.err" ||
+    fail "cache gc on a full filesystem: $(cat "$WORK/gc3.err")"
+  check "full filesystem: gc removed both images" test "$(json_get "$WORK/gc3.json" images_removed)" = 2
+  check "full filesystem: the image files are gone" test ! -e "$MNT/cache/images/b.raw" -a ! -e "$MNT/cache/images/c.raw"
+  "$IMGDEDUP" cache ls --json "$MNT/cache" > "$WORK/ls3.json" 2> "$WORK/ls3.err"
+  check "full filesystem: the index lists nothing, without a warning" python3 - "$WORK/ls3.json" "$WORK/ls3.err" <<'PY'
+import json, os, sys
+sys.exit(not (json.load(open(sys.argv[1]))["images"] == [] and os.path.getsize(sys.argv[2]) == 0))
+PY
+  rm -f "$MNT/filler"
+  unmount_full
+fi
 
 # ---- 5. cache ls counts the blocks of the image it says it counts ---------
 serve_start r1 --from "$NGINX_URL" --cache "$WORK/c5" rep.raw
