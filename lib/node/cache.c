@@ -474,6 +474,7 @@ static int add_partial_locked(idd_cache *c, const char *data_path, const char *j
 		return IDD_ENOMEM;
 	idd_cache_entry *e = &c->e[c->count];
 	e->partial = true;
+	e->rewritable = true;
 	e->owned = true;
 	e->abs = idd_strdup(data_path, err);
 	e->path = idd_strdup(data_path, err);
@@ -618,6 +619,74 @@ int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *jou
 	return rc;
 }
 
+void idd_cache_set_rewritable(idd_cache *c, const char *path)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++)
+		if (!c->e[i].partial && !strcmp(c->e[i].abs, path))
+			c->e[i].rewritable = true;
+	pthread_rwlock_unlock(&c->lock);
+}
+
+/* Digest k of m (numbered in order of first occurrence) first occurs at
+ * block first[k]; false when the map's digests are not in that order. */
+static bool first_blocks(const idd_map *m, uint64_t *first)
+{
+	uint64_t seen = 0;
+	for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
+		const idd_map_span *run = &m->runs[ri];
+		if (run->kind != IDD_RUN_SEQ) /* only SEQ runs introduce digests, in order */
+			continue;
+		for (uint64_t b = run->block; b < run->block + run->count; b++)
+			if (idd_map_span_ref(run, b) == seen + 1)
+				first[seen++] = b;
+	}
+	return seen == m->ndistinct;
+}
+
+int idd_cache_adopt(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
+{
+	uint64_t *first = idd_calloc(m->ndistinct ? m->ndistinct : 1, sizeof *first, err);
+	if (!first)
+		return IDD_ENOMEM;
+	if (!first_blocks(m, first)) {
+		free(first);
+		return idd_fail(err, "%s: map digests are not in order of first occurrence", path);
+	}
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = IDD_OK;
+	if (c->have_lookup && m->block_size == c->lookup_bs && !(rc = grow_entries(c, err))) {
+		idd_cache_entry *e = &c->e[c->count];
+		size_t dl = strlen(c->dir);
+		e->owned = !strncmp(path, c->dir, dl) && path[dl] == '/';
+		e->rewritable = true;
+		e->abs = idd_strdup(path, err);
+		e->path = idd_strdup(e->owned ? path + dl + 1 : path, err);
+		e->block_size = m->block_size;
+		e->size = m->image_size;
+		idd_error e2; /* gone since: nothing to read there */
+		if (!e->abs || !e->path) {
+			idd_cache_entry_free(e);
+			rc = IDD_ENOMEM;
+		} else if ((e->fd = open_shared(path, &e2)) < 0) {
+			idd_cache_entry_free(e);
+		} else {
+			size_t idx = c->count++;
+			for (uint64_t k = 0; !rc && k < m->ndistinct; k++) {
+				bool added;
+				size_t slot = idd_digest_set_add(&c->lookup, &m->digests[k], &added, err);
+				if (slot == (size_t)-1)
+					rc = IDD_ENOMEM;
+				else /* the copy just checked: read it there from now on */
+					c->lookup.aux[slot] = (uint64_t)idx << 40 | first[k];
+			}
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	free(first);
+	return rc;
+}
+
 bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
 {
 	if (!c || idd_digest_is_zero(d))
@@ -662,7 +731,7 @@ static void mark_damaged(idd_cache *c, size_t ei, uint64_t block)
 {
 	pthread_rwlock_rdlock(&c->lock);
 	idd_cache_entry *e = &c->e[ei];
-	bool was = e->partial ? atomic_exchange(&e->warned, true) : atomic_exchange(&e->damaged, true);
+	bool was = e->rewritable ? atomic_exchange(&e->warned, true) : atomic_exchange(&e->damaged, true);
 	char *path = was ? NULL : strdup(e->abs);
 	pthread_rwlock_unlock(&c->lock);
 	if (path)
@@ -725,9 +794,9 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			reqs[k].status = IDD_ECORRUPT;
 			mark_damaged(c, loc[k].entry, loc[k].block);
 			pthread_rwlock_rdlock(&c->lock);
-			bool partial = c->e[loc[k].entry].partial;
+			bool rewritable = c->e[loc[k].entry].rewritable;
 			pthread_rwlock_unlock(&c->lock);
-			if (partial)
+			if (rewritable)
 				continue; /* that block only: it is refetched and written back */
 			/* the rest of this file is not trusted either */
 			for (size_t m = k + 1; m < j; m++)
@@ -847,23 +916,10 @@ static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd
 			rc = IDD_ERR;
 		} else {
 			/* digests are numbered in order of first occurrence */
-			uint64_t seen = 0;
-			for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
-				const idd_map_span *run = &m->runs[ri];
-				/* only SEQ runs introduce digests, in order */
-				if (run->kind != IDD_RUN_SEQ)
-					continue;
-				for (uint64_t b = run->block; b < run->block + run->count; b++) {
-					uint32_t ref = idd_map_span_ref(run, b);
-					if (ref == seen + 1) {
-						e->digests[seen] = m->digests[ref - 1];
-						e->blocks[seen] = b;
-						seen++;
-					}
-				}
-			}
-			if (seen != m->ndistinct)
+			if (!first_blocks(m, e->blocks))
 				rc = idd_fail(err, "%s: map digests are not in order of first occurrence", path);
+			else
+				memcpy(e->digests, m->digests, (size_t)m->ndistinct * sizeof *e->digests);
 		}
 	}
 	if (!rc)

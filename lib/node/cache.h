@@ -30,9 +30,11 @@ typedef struct idd_cache_entry {
 	                        not (yet) usable */
 	atomic_bool used;    /* a block was read from it this run */
 	atomic_bool damaged; /* a block failed verification: not used again this run */
-	bool partial;        /* a partial image written by serve (not in the index file): a
-	                        block failing verification there is refetched and written
-	                        back, the rest of the file stays in use */
+	bool partial;        /* a partial image written by serve (not in the index file) */
+	bool rewritable;     /* this process writes verified blocks back into the file (a
+	                        partial image, or a complete image it repairs): a block
+	                        failing verification there is refetched and written back,
+	                        the rest of the file stays in use */
 	atomic_bool warned;  /* partial: damage reported once */
 	char *journal;       /* partial: its presence journal, and how far it was read */
 	uint64_t journal_off;
@@ -83,6 +85,12 @@ int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_
  * absent). */
 int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
                             uint64_t size, size_t *entry, idd_error *err);
+/* This process repairs the complete image at path (absolute) in place: a
+ * block of it failing verification costs that block only. */
+void idd_cache_set_rewritable(idd_cache *c, const char *path);
+/* The file at path (absolute) was just checked to hold exactly m's image:
+ * every digest of m is read there (at its first occurrence) from now on. */
+int idd_cache_adopt(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */

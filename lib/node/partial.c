@@ -248,6 +248,30 @@ int idd_partial_open(const char *base, const char *id, const idd_map *m, idd_par
 	return IDD_OK;
 }
 
+/* Is the file at path there and held open by no one (no shared lock)? */
+static bool unused_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return false;
+	bool free_to_go = flock(fd, LOCK_EX | LOCK_NB) == 0;
+	close(fd);
+	return free_to_go;
+}
+
+void idd_partial_remove_unused(const char *base)
+{
+	char *data = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_DATA_SUFFIX);
+	char *journal = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_JOURNAL_SUFFIX);
+	/* the journal first: a crash leaves data without records (space, no lies) */
+	if (journal && unused_file(journal) && (!data || access(data, F_OK) || unused_file(data)))
+		(void)unlink(journal);
+	if (data && journal && access(journal, F_OK) && unused_file(data))
+		(void)unlink(data);
+	free(data);
+	free(journal);
+}
+
 int idd_partial_load(const char *base, const char *id, const idd_map *m, idd_partial_record_fn fn,
                      void *ctx, idd_error *err)
 {

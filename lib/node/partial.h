@@ -62,6 +62,9 @@ int idd_partial_header_of(const char *id, const idd_map *m, idd_partial_header *
 int idd_partial_open(const char *base, const char *id, const idd_map *m, idd_partial **out,
                      idd_error *err);
 void idd_partial_close(idd_partial *p);
+/* Remove the partial image at base (journal first, then data) unless a
+ * process has either file open; nothing is reported. */
+void idd_partial_remove_unused(const char *base);
 /* Write one block's bytes (len <= block size) at its offset. */
 int idd_partial_write(idd_partial *p, uint64_t block, const void *buf, size_t len, idd_error *err);
 /* Queue the record of a block written (d: the map's digest of that block):

@@ -323,6 +323,55 @@ static void test_fill_checks_partial(void **state)
 	assert_file_is("images/a.raw", img_a, size_a);
 }
 
+/* A complete cached image damaged behind serve's back: a read of a damaged
+ * block fetches that block only, and the whole image is checked and
+ * repaired in place behind it. */
+static void test_repair_complete(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = "b.raw", .warn = quiet};
+	idd_deploy_stats ds;
+	idd_error err;
+	assert_int_equal(idd_deploy(&o, &ds, &err), IDD_OK);
+	char *full = idd_path_join(cache, "images/b.raw", NULL);
+	tu_flip_byte(full, 61 * BS + 5);
+	tu_flip_byte(full, 66 * BS + 7);
+	tu_flip_byte(full, 2 * BS + 9);
+	free(full);
+	idd_server *s = open_server(false, 0);
+	idd_export *e;
+	assert_int_equal(idd_export_open(s, "b.raw", &e, &err), IDD_OK);
+	assert_int_equal(idd_server_start(s, &err), IDD_OK);
+	unsigned char buf[BS];
+	assert_int_equal(idd_export_read(e, buf, BS, 61 * BS, &err), IDD_OK);
+	assert_memory_equal(buf, img_b + 61 * BS, BS);
+	idd_serve_stats st;
+	for (int i = 0; i < 1000; i++) {
+		idd_server_stats(s, &st);
+		if (st.blocks_filled >= 3)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.blocks_filled, 3);
+	assert_int_equal(st.bytes_fetched, 3 * BS);
+	idd_export_close(e);
+	idd_server_close(s);
+	assert_file_is("images/b.raw", img_b, NB * BS);
+	char *part = idd_path_join(cache, "images/b.raw.partial", NULL);
+	assert_int_equal(access(part, F_OK), -1); /* nothing went into a partial image */
+	free(part);
+	/* the next run reads it all locally */
+	s = open_server(false, 0);
+	assert_int_equal(idd_export_open(s, "b.raw", &e, &err), IDD_OK);
+	read_all_check(e, img_b, NB * BS, 8 * BS);
+	idd_server_stats(s, &st);
+	assert_int_equal(st.bytes_fetched, 0);
+	assert_int_equal(st.cache_damaged, 0);
+	idd_export_close(e);
+	idd_server_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -332,6 +381,7 @@ int main(void)
 	    cmocka_unit_test(test_tampered_cache),
 	    cmocka_unit_test(test_fill),
 	    cmocka_unit_test(test_fill_checks_partial),
+	    cmocka_unit_test(test_repair_complete),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
