@@ -644,6 +644,18 @@ static bool first_blocks(const idd_map *m, uint64_t *first)
 	return seen == m->ndistinct;
 }
 
+bool idd_cache_entry_holds(const idd_cache_entry *e, const idd_map *m)
+{
+	if (e->block_size != m->block_size || e->size != m->image_size || e->n != m->ndistinct)
+		return false;
+	uint64_t *first = malloc((m->ndistinct ? m->ndistinct : 1) * sizeof *first);
+	bool same = first && first_blocks(m, first) &&
+	            !memcmp(e->digests, m->digests, (size_t)m->ndistinct * sizeof *e->digests) &&
+	            !memcmp(e->blocks, first, (size_t)m->ndistinct * sizeof *first);
+	free(first);
+	return same;
+}
+
 int idd_cache_adopt(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
 {
 	uint64_t *first = idd_calloc(m->ndistinct ? m->ndistinct : 1, sizeof *first, err);
@@ -814,36 +826,6 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 	}
 	free(loc);
 	return IDD_OK;
-}
-
-char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
-{
-	/* ids are relative paths; flatten them so images/ stays one level:
-	 * '/' becomes "%2F" and '%' "%25", so two ids never share a name */
-	idd_buf b = {0};
-	const char *pfx = IDD_CACHE_IMAGES "/";
-	idd_buf_put(&b, pfx, strlen(pfx));
-	for (const char *p = id; *p; p++) {
-		if (*p == '/')
-			idd_buf_put(&b, "%2F", 3);
-		else if (*p == '%')
-			idd_buf_put(&b, "%25", 3);
-		else
-			idd_buf_put_u8(&b, (uint8_t)*p);
-	}
-	size_t n = strlen(id);
-	bool rawname = (n > 4 && (!strcmp(id + n - 4, ".raw") || !strcmp(id + n - 4, ".img")));
-	if (!rawname)
-		idd_buf_put(&b, ".raw", 4);
-	idd_buf_put_u8(&b, 0);
-	if (b.failed) {
-		idd_buf_free(&b);
-		idd_fail_code(err, IDD_ENOMEM, "out of memory");
-		return NULL;
-	}
-	char *full = idd_path_join(dir, (char *)b.data, err);
-	idd_buf_free(&b);
-	return full;
 }
 
 static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd_error *err);

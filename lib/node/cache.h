@@ -95,8 +95,28 @@ int idd_cache_adopt(idd_cache *c, const char *path, const idd_map *m, idd_error 
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */
 int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
-/* Where deploy writes IMAGE when no -o is given (inside the cache dir). */
+/* Does the entry register exactly m's image (sizes, every digest at its
+ * first occurrence)? */
+bool idd_cache_entry_holds(const idd_cache_entry *e, const idd_map *m);
+
+/* ---- names (cache_name.c) ---- */
+/* Where deploy writes IMAGE when no -o is given, and serve keeps it: DIR/
+ * images/NAME, NAME the id escaped ('/' -> %2F, '%' -> %25, a leading '.'
+ * -> %2E), with "%.raw" appended unless the id ends in .raw or .img; an id
+ * too long for that is named by its start and its SHA-256. */
 char *idd_cache_default_out(const char *dir, const char *id, idd_error *err);
+/* The name older versions used (".raw" appended, no leading-dot escape):
+ * "X" and "X.raw" shared one. */
+char *idd_cache_old_out(const char *dir, const char *id, idd_error *err);
+struct idd_remote_index;
+/* An image cached under its old name moves to its name now, index entry
+ * included, when the cache index registers that file with exactly its
+ * map (m); and a file under id's name that is provably the image of the id
+ * that used to share that name (id without ".raw") moves to that id's name.
+ * Anything less certain stays where it is (its blocks are still read and
+ * verified like any cache file). */
+int idd_cache_migrate_name(const char *cache_dir, struct idd_remote_index *ri, const char *id,
+                           const idd_map *m, idd_warn_fn warn, void *ctx, idd_error *err);
 
 /* Shared by cache.c and cache_gc.c. */
 void idd_cache_entry_free(idd_cache_entry *e);

@@ -946,6 +946,9 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		rc = dir ? idd_mkdir_p(dir, err) : IDD_ENOMEM;
 		free(dir);
 	}
+	idd_error e2;
+	if (!rc && idd_cache_migrate_name(s->cache->dir, s->ri, id, e->m, s->o.warn, s->o.ctx, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: cache: %s", e2.msg);
 	struct stat st;
 	if (!rc && lstat(e->final_path, &st) == 0) {
 		e->complete = true; /* deployed before: every block reads from the cache */

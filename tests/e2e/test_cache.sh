@@ -5,6 +5,9 @@
 #     checking every block against the current map: the repository image
 #     changed in place since the partial was filled, bytes of the partial
 #     flipped offline, the partial truncated to 0;
+#  2. every id has a cache name of its own (base.qcow2 and base.qcow2.raw
+#     used to share one) within NAME_MAX (a 271-character id), and images an
+#     older version cached under the shared name move to their own;
 #  3. cache gc on a cache whose filesystem is full deletes before it writes
 #     its index, and succeeds;
 #  4. a complete image damaged behind imgdedup's back is checked and repaired
@@ -40,6 +43,17 @@ for i in range(300):
 out += b"tail" * 100
 open(sys.argv[1], "wb").write(out)
 PY
+# ids that older versions cached under one name (base.qcow2 -> base.qcow2.raw),
+# and an id too long for a file name once escaped (271 characters)
+qemu-img convert -f raw -O qcow2 "$REPO/rep.raw" "$REPO/base.qcow2"
+QREF=$T/base.qcow2.ref   # its virtual disk (the size rounded up to 512 bytes)
+qemu-img convert -f qcow2 -O raw "$REPO/base.qcow2" "$QREF"
+cp "$REPO/c.raw" "$REPO/base.qcow2.raw"
+LONGDIR=$(printf 'd%.0s' $(seq 200))
+LONGID=$LONGDIR/$(printf 'x%.0s' $(seq 66)).raw
+mkdir -p "$REPO/$LONGDIR"
+cp "$REPO/rep.raw" "$REPO/$LONGID"
+[ ${#LONGID} = 271 ] || fail "the long id has ${#LONGID} characters"
 age_files "$REPO"
 "$IMGDEDUP" scan -q "$REPO"
 "$IMGDEDUP" map -q "$REPO"
@@ -139,6 +153,57 @@ serve_stop h2
 check "truncated partial: the filled image is exact" cmp "$(cached "$WORK/c3" c.raw)" "$REPO/c.raw"
 read -r _ NEW_C _ _ < <(serve_expect "$REPO/c.raw" $BS)
 check "truncated partial: every distinct block fetched again" test "$(serve_stat h2 bytes_fetched)" = $((NEW_C * BS))
+
+# ---- 2. cache names: one per id, within NAME_MAX, old caches moved ---------
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c6" -q base.qcow2 ||
+  fail "deploy of base.qcow2 failed"
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c6" -q base.qcow2.raw 2> "$WORK/n1.err" ||
+  fail "deploy of base.qcow2.raw beside base.qcow2: $(cat "$WORK/n1.err")"
+check "names: base.qcow2 cached under its own name" cmp "$WORK/c6/images/base.qcow2%.raw" "$QREF"
+check "names: base.qcow2.raw cached under its own name" cmp "$WORK/c6/images/base.qcow2.raw" "$REPO/base.qcow2.raw"
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c6" -q "$LONGID" 2> "$WORK/n2.err" ||
+  fail "deploy of a 271-character id: $(cat "$WORK/n2.err")"
+LONGNAME=$(cd "$WORK/c6/images" && ls | grep '^dddd')
+check "names: the long id is cached under a name of ${#LONGNAME} bytes" test "${#LONGNAME}" -le 247
+check "names: the long id's image is exact" cmp "$WORK/c6/images/$LONGNAME" "$REPO/$LONGID"
+# serve of all three in one cache: a partial each, never one for two
+serve_start n3 --from "$NGINX_URL" --cache "$WORK/c7" --fill base.qcow2 base.qcow2.raw "$LONGID"
+nbdcopy --no-extents "$(serve_uri n3 base.qcow2)" "$WORK/n3a.raw"
+nbdcopy --no-extents "$(serve_uri n3 base.qcow2.raw)" "$WORK/n3b.raw"
+nbdcopy --no-extents "nbd+unix:///$LONGID?socket=$WORK/n3.sock" "$WORK/n3c.raw"
+wait_complete "$WORK/c7" 'base.qcow2%.raw'
+wait_complete "$WORK/c7" base.qcow2.raw
+wait_complete "$WORK/c7" "$LONGNAME"
+serve_stop n3
+cmp "$WORK/n3a.raw" "$QREF" && cmp "$WORK/n3b.raw" "$REPO/base.qcow2.raw" &&
+  cmp "$WORK/n3c.raw" "$REPO/$LONGID" || fail "serve of the three ids: a read differs"
+check "names: serve --fill completes all three" test "$(serve_stat n3 exports_complete)" = 3
+check "names: the filled images are exact" cmp "$WORK/c7/images/base.qcow2%.raw" "$QREF"
+check "names: ... all of them" cmp "$WORK/c7/images/base.qcow2.raw" "$REPO/base.qcow2.raw"
+# an old cache: base.qcow2 under the name base.qcow2.raw, as older versions
+# left it; a deploy of base.qcow2.raw moves it to base.qcow2's name first
+mkdir -p "$WORK/c8/images"
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c8" -o "$WORK/c8/images/base.qcow2.raw" -q base.qcow2
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c8" --json -q base.qcow2.raw > "$WORK/n4.json" 2> "$WORK/n4.err" ||
+  fail "old cache: deploy of base.qcow2.raw: $(cat "$WORK/n4.err")"
+check "old cache: base.qcow2's image moved to its name" cmp "$WORK/c8/images/base.qcow2%.raw" "$QREF"
+check "old cache: base.qcow2.raw deployed under its name" cmp "$WORK/c8/images/base.qcow2.raw" "$REPO/base.qcow2.raw"
+"$IMGDEDUP" cache ls --json "$WORK/c8" > "$WORK/ls8.json"
+check "old cache: the index follows (two complete images, both present)" python3 - "$WORK/ls8.json" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))["images"]
+sys.exit(not (len(v) == 2 and all(i["present"] and not i["partial"] for i in v)))
+PY
+# ... and a serve of base.qcow2 on an old cache finds its image complete
+mkdir -p "$WORK/c9/images"
+"$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$WORK/c9" -o "$WORK/c9/images/base.qcow2.raw" -q base.qcow2
+serve_start n5 --from "$NGINX_URL" --cache "$WORK/c9" base.qcow2
+nbdcopy --no-extents "$(serve_uri n5 base.qcow2)" "$WORK/n5.raw"
+serve_stop n5
+cmp "$WORK/n5.raw" "$QREF" || fail "old cache: serve of base.qcow2 differs"
+check "old cache: serve moved base.qcow2's image to its name" cmp "$WORK/c9/images/base.qcow2%.raw" "$QREF"
+check "old cache: serve read it all locally" test "$(serve_stat n5 bytes_fetched)" = 0
+check "old cache: no partial image made" test ! -e "$WORK/c9/images/base.qcow2%.raw.partial"
 
 # ---- 3. cache gc frees a full cache ---------------------------------------
 # A filesystem of its own that the cache fills: a small tmpfs (mounting
