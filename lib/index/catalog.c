@@ -1,6 +1,7 @@
 /* catalog.c - the catalog (one entry per indexed image) and the per-image
  * block lists that scan writes.  Layouts: docs/formats.md. */
 #include "index/catalog.h"
+#include "base/digest.h"
 #include "base/util.h"
 #include "base/error.h"
 #include "index/indexfile.h"
@@ -617,4 +618,17 @@ int idd_blocklist_load(const char *index_dir, const idd_image_info *img, idd_dig
 	idd_blocklist_free(bl);
 	*digests = d;
 	return IDD_OK;
+}
+
+int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err)
+{
+	idd_buf b = {0};
+	idd_buf_put_u32(&b, cat->block_size);
+	for (size_t i = 0; i < cat->count; i++) {
+		idd_buf_put_str(&b, cat->images[i].id);
+		idd_buf_put(&b, cat->images[i].list_key.b, 32);
+	}
+	int rc = b.failed ? idd_fail(err, "out of memory") : idd_sha256(b.data, b.len, key->b, err);
+	idd_buf_free(&b);
+	return rc;
 }

@@ -12,6 +12,8 @@
 #define IDD_MTIME_UNKNOWN INT64_MIN
 char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *err);
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err);
+/* The identity of a catalog state: SHA-256 over block size, ids and list keys. */
+int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err);
 /* Building a block list: init, append digests in block order (zero
  * digests among them are skipped; blocks not appended are zero blocks),
  * finish at the image's block count. */
