@@ -479,10 +479,12 @@ typedef struct idd_cache_image {
 	uint32_t block_size;
 	uint64_t size;      /* image size */
 	uint64_t disk_bytes;/* allocated on disk now */
-	uint64_t blocks;    /* distinct non-zero blocks indexed */
+	uint64_t blocks;    /* distinct non-zero blocks it holds (indexed, or journaled) */
 	int64_t last_used;  /* unix ns */
 	bool partial;       /* fetched in part by serve: present_blocks of data_blocks */
-	uint64_t present_blocks, data_blocks;
+	uint64_t present_blocks; /* partial: blocks of the image whose content it holds,
+	                            repeats included (a repeat is stored once) */
+	uint64_t data_blocks;    /* partial: the image's non-zero blocks, repeats included */
 	bool in_use;        /* an export or a deploy has it open (gc leaves it) */
 } idd_cache_image;
 

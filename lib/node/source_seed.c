@@ -69,26 +69,26 @@ static const idd_image_info *record(idd_remote_index *ri, const char *id)
 	return idd_remote_index_image(ri, id, &in, &e) ? NULL : in;
 }
 
-/* A seed named as deploy names its output: images/<flattened id>[.raw]
- * ('/' as "%2F", '%' as "%25", ".raw" added to names without it). */
-static char *unflatten(const char *base, bool drop_raw)
+/* The id a seed named as deploy names its output would be (cache.h:
+ * '/' as "%2F", '%' as "%25", a leading '.' as "%2E", "%.raw" or, in older
+ * versions, ".raw" appended): suffix is the one to drop ("" for none);
+ * NULL when base does not end with it. */
+static char *unflatten(const char *base, const char *suffix)
 {
-	size_t n = strlen(base);
-	if (drop_raw && (n <= 4 || strcmp(base + n - 4, ".raw")))
+	size_t n = strlen(base), sl = strlen(suffix);
+	if (n <= sl || strcmp(base + n - sl, suffix))
 		return NULL;
-	if (drop_raw)
-		n -= 4;
+	n -= sl;
 	char *id = malloc(n + 1), *w = id;
+	static const char codes[][3] = {"2F", "25", "2E"}, chars[] = "/%.";
 	for (size_t i = 0; id && i < n; i++) {
-		if (i + 3 <= n && !strncmp(base + i, "%2F", 3)) {
-			*w++ = '/';
+		int k = -1;
+		for (int c = 0; k < 0 && c < 3 && i + 3 <= n && base[i] == '%'; c++)
+			if (!strncmp(base + i + 1, codes[c], 2))
+				k = c;
+		*w++ = k < 0 ? base[i] : chars[k];
+		if (k >= 0)
 			i += 2;
-		} else if (i + 3 <= n && !strncmp(base + i, "%25", 3)) {
-			*w++ = '%';
-			i += 2;
-		} else {
-			*w++ = base[i];
-		}
 	}
 	if (id)
 		*w = 0;
@@ -126,8 +126,9 @@ static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *s
 		return in;
 	const char *base = strrchr(sd->path, '/');
 	base = base ? base + 1 : sd->path;
-	for (int k = 0; k < 3; k++) {
-		char *id = k == 0 ? strdup(base) : unflatten(base, k == 2);
+	static const char *const suffixes[] = {"", "%.raw", ".raw"};
+	for (int k = 0; k < 4; k++) {
+		char *id = k == 0 ? strdup(base) : unflatten(base, suffixes[k - 1]);
 		in = id ? record(ri, id) : NULL;
 		free(id);
 		if (in && in->virtual_size == sd->size)
@@ -151,6 +152,12 @@ static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *s
 			const char *fb = flat ? strrchr(flat, '/') : NULL;
 			match = fb && !strcmp(fb + 1, base);
 			free(flat);
+			if (!match) { /* or a cache of an older version */
+				flat = idd_cache_old_out(".", c->id, &e2);
+				fb = flat ? strrchr(flat, '/') : NULL;
+				match = fb && !strcmp(fb + 1, base);
+				free(flat);
+			}
 		}
 		if (match) {
 			if (found)
