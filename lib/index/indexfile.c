@@ -227,6 +227,8 @@ const char *idd_indexfile_kind(const char magic[8])
 		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
 		{"IDD-SIM", "similarity cache"},  {"IDD-CIX", "cache index"},
 		{"IDD-PRS", "partial image journal"},
+		{"IDD-PKI", "pack index"},        {"IDD-PKV", "pack view"},
+		{"IDD-PKR", "pack index run"},    {"IDD-PKF", "pack frame table"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
 		if (!memcmp(kinds[i].magic, magic, 8))
