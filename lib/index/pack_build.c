@@ -1496,6 +1496,7 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	}
 	if (orc && orc != IDD_ENOENT)
 		idd_warnf(o->warn, o->ctx, "%s; the pack is rebuilt", e2.msg);
+	bool had_pack = orc != IDD_ENOENT;
 	if (old && old->block_size == cat->block_size && !data_files_present(index_dir, old)) {
 		idd_warnf(o->warn, o->ctx, "pack: a data file is missing or damaged; the pack is rebuilt");
 		idd_pack_index_free(old);
@@ -1573,7 +1574,7 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 			break;
 		full = true;
 	}
-	if (old && full)
+	if (had_pack && full)
 		st->compacted = true;
 	st->removed += full ? (old ? old->nentries - kept : 0) : removed;
 
