@@ -160,6 +160,10 @@ int idd_pack_index_parse(const char *name, const void *file, size_t len, idd_pac
  * is not as the manifest recorded it has its checksum and order verified);
  * IDD_ENOENT when there is no pack. */
 int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *err);
+/* For tests: called after the manifest is read, before its runs are
+ * opened, to interleave a concurrent pack run deterministically. */
+extern void (*idd_pack_index_read_hook)(void *ctx, const char *index_dir);
+extern void *idd_pack_index_read_hook_ctx;
 /* The same, with every frame in x->frames (verify, tests). */
 int idd_pack_index_load(const char *index_dir, idd_pack_index **out, idd_error *err);
 void idd_pack_index_free(idd_pack_index *x);

@@ -305,7 +305,10 @@ static int map_records(const char *path, const char magic[8], uint32_t version, 
 	struct stat st;
 	int rc = IDD_OK;
 	if (fd < 0 || fstat(fd, &st)) {
+		bool gone = errno == ENOENT;
 		rc = idd_fail_errno(err, path, "cannot open");
+		if (gone)
+			rc = IDD_ENOENT;
 	} else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != want + CONTAINER ||
 	           (uint64_t)st.st_size > SIZE_MAX) {
 		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: %lld bytes, the pack index says %llu", path,
@@ -373,7 +376,11 @@ static int run_check(const char *index_dir, const idd_pack_idxrun *r, idd_error 
 	return rc;
 }
 
-int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *err)
+void (*idd_pack_index_read_hook)(void *ctx, const char *index_dir);
+void *idd_pack_index_read_hook_ctx;
+
+/* One attempt; *vanished: a file the manifest names is not there. */
+static int open_once(const char *index_dir, idd_pack_index **out, bool *vanished, idd_error *err)
 {
 	char *path = idd_path_join(index_dir, IDD_PACK_INDEX_FILE, err);
 	if (!path)
@@ -389,6 +396,8 @@ int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *
 	free(path);
 	if (!rc && !(x->dir = idd_strdup(index_dir, err)))
 		rc = IDD_ENOMEM;
+	if (!rc && idd_pack_index_read_hook)
+		idd_pack_index_read_hook(idd_pack_index_read_hook_ctx, index_dir);
 	for (size_t i = 0; !rc && x->version >= 2 && i < x->nruns; i++) {
 		idd_pack_idxrun *r = &x->runs[i];
 		uint64_t size = r->size, ino = r->ino;
@@ -396,8 +405,10 @@ int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *
 		rc = idd_pack_run_map(index_dir, r, err);
 		if (!rc && !trusted(x, r->size, r->ino, r->mtime_ns, size, ino, mt))
 			rc = run_check(index_dir, r, err);
-		if (rc == IDD_ENOENT)
+		if (rc == IDD_ENOENT) {
+			*vanished = true;
 			rc = IDD_ECORRUPT; /* the pack is there, its run is not: damage */
+		}
 	}
 	if (rc) {
 		idd_pack_index_free(x);
@@ -405,6 +416,35 @@ int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *
 	}
 	*out = x;
 	return IDD_OK;
+}
+
+static int load_frames(idd_pack_index *x, bool *vanished, idd_error *err);
+
+/* Readers take no lock: a pack run may replace the manifest and delete the
+ * runs it merged away between our reading the one and opening the others;
+ * then the new manifest names what is there (three attempts). */
+static int open_retrying(const char *index_dir, bool frames, idd_pack_index **out, idd_error *err)
+{
+	for (int attempt = 0;; attempt++) {
+		bool vanished = false;
+		idd_pack_index *x = NULL;
+		int rc = open_once(index_dir, &x, &vanished, err);
+		if (!rc && frames && !x->frames && (rc = load_frames(x, &vanished, err))) {
+			idd_pack_index_free(x);
+			x = NULL;
+		}
+		if (!rc) {
+			*out = x;
+			return IDD_OK;
+		}
+		if (!vanished || attempt == 2)
+			return rc;
+	}
+}
+
+int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *err)
+{
+	return open_retrying(index_dir, false, out, err);
 }
 
 int idd_pack_ft_stat(const char *index_dir, idd_pack_file *f, idd_error *err)
@@ -493,28 +533,30 @@ static int frame_get(idd_pack_index *x, uint32_t fi, uint64_t j, idd_pack_frame 
 	return rc;
 }
 
-int idd_pack_index_load(const char *index_dir, idd_pack_index **out, idd_error *err)
+static int load_frames(idd_pack_index *x, bool *vanished, idd_error *err)
 {
-	idd_pack_index *x;
-	int rc = idd_pack_index_open(index_dir, &x, err);
-	if (rc || x->frames) {
-		*out = rc ? NULL : x;
-		return rc;
-	}
 	idd_pack_frame *all = x->nframes ? idd_calloc(x->nframes, sizeof *all, err) : NULL;
-	if (x->nframes && !all)
-		rc = IDD_ENOMEM;
-	for (uint32_t fi = 0; !rc && fi < x->nfiles; fi++)
+	int rc = x->nframes && !all ? IDD_ENOMEM : IDD_OK;
+	for (uint32_t fi = 0; !rc && fi < x->nfiles; fi++) {
+		char *rel = idd_pack_ft_relpath(&x->files[fi].name, err);
+		char *p = rel ? idd_path_join(x->dir, rel, err) : NULL;
+		*vanished = *vanished || (p && access(p, F_OK) != 0);
+		free(rel);
+		free(p);
 		for (uint64_t j = 0; !rc && j < x->files[fi].nframes; j++)
 			rc = frame_get(x, fi, j, &all[x->files[fi].first_frame + j], err);
+	}
 	if (rc) {
 		free(all);
-		idd_pack_index_free(x);
 		return rc;
 	}
 	x->frames = all;
-	*out = x;
 	return IDD_OK;
+}
+
+int idd_pack_index_load(const char *index_dir, idd_pack_index **out, idd_error *err)
+{
+	return open_retrying(index_dir, true, out, err);
 }
 
 /* ---- lookups ---- */

@@ -766,6 +766,49 @@ static void test_lost_list_and_damaged_run(void **state)
 	free(run);
 }
 
+/* A reader (verify) that read the manifest just before a pack run merged
+ * and deleted the runs it names reads the new manifest. */
+static int pack_races;
+static void race_pack(void *ctx, const char *index_dir)
+{
+	(void)ctx;
+	(void)index_dir;
+	if (!pack_races)
+		return;
+	pack_races = 0;
+	idd_pack_stats st;
+	idd_error err;
+	assert_int_equal(pg_pack(repo, &st, &err), IDD_OK);
+	assert_true(st.runs_merged > 0);
+}
+
+static void test_reader_races_a_merge(void **state)
+{
+	(void)state;
+	make_contents();
+	pg_image(repo, "a.raw", ca, 100, BS, 0);
+	pg_index(repo, BS);
+	idd_pack_stats st;
+	idd_error err;
+	assert_int_equal(pg_pack(repo, &st, &err), IDD_OK);
+	pg_image(repo, "b.raw", cb + 100, 40, BS, 0); /* 40 new blocks: a run of its own */
+	pg_index(repo, BS);
+	assert_int_equal(pg_pack(repo, &st, &err), IDD_OK);
+	assert_int_equal(st.runs, 2);
+	pg_image(repo, "c.raw", cb + 150, 100, BS, 0); /* enough to merge the runs away */
+	pg_index(repo, BS);
+	idd_pack_index_read_hook = race_pack;
+	pack_races = 1;
+	idd_verify_opts vo = {.repo = repo, .deep = true, .warn = count_warn};
+	uint64_t problems = 99;
+	int vrc = idd_verify(&vo, &problems, &err);
+	if (vrc)
+		fail_msg("%s", last_warning);
+	idd_pack_index_read_hook = NULL;
+	assert_int_equal(pack_races, 0);
+	assert_int_equal(problems, 0);
+}
+
 /* The pack index of an older imgdedup (one file: frames, every entry,
  * views), written here from the current pack by its documented layout. */
 static void write_v1(bool incomplete)
@@ -1136,6 +1179,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_runs_merge_and_signatures, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_list_and_damaged_run, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_in_place, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reader_races_a_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hostile_index_and_views, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hostile_frames, setup, teardown),
 	};
