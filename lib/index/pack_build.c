@@ -1002,26 +1002,30 @@ out:
 }
 
 /* Keep the block list a view was made from, for the run that sees it go:
- * a hard link (no space), a copy where links are not possible. */
-static int keep_list(run_ctx *r, const idd_digest *key, idd_error *err)
+ * a hard link (no space), a copy where links are not possible.  One that
+ * cannot be kept is only a warning: that run checks every packed block
+ * instead. */
+static void keep_list(run_ctx *r, const idd_digest *key)
 {
-	char *src = idd_blocks_path(r->index_dir, key, err);
-	char *rel = idd_pack_list_relpath(key, err);
-	char *dst = rel ? idd_path_join(r->index_dir, rel, err) : NULL;
+	idd_error e;
+	char *src = idd_blocks_path(r->index_dir, key, &e);
+	char *rel = idd_pack_list_relpath(key, &e);
+	char *dst = rel ? idd_path_join(r->index_dir, rel, &e) : NULL;
 	int rc = src && dst ? IDD_OK : IDD_ENOMEM;
 	if (!rc && link(src, dst) && errno != EEXIST) { /* the name says the content */
 		void *data = NULL;
 		size_t len;
 		rc = idd_read_file(src, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER),
-		                   &data, &len, err);
+		                   &data, &len, &e);
 		if (!rc)
-			rc = idd_write_file_atomic(dst, data, len, err);
+			rc = idd_write_file_atomic(dst, data, len, &e);
 		free(data);
 	}
+	if (rc)
+		idd_warnf(r->o->warn, r->o->ctx, "%s (the pack keeps no copy of this block list)", e.msg);
 	free(src);
 	free(rel);
 	free(dst);
-	return rc;
 }
 
 static bool exists(const char *index_dir, char *rel)
@@ -1429,7 +1433,7 @@ static int upgrade(run_ctx *r, idd_pack_index *old, struct clist *cl, size_t ncl
 		nx.lists[nx.nlists++] = (idd_pack_list){
 			.list_key = cl[i].key, .nblocks = im->nblocks, .zero_blocks = im->zero_blocks,
 			.ndistinct = im->distinct_blocks, .unpacked = ol->unpacked};
-		rc = keep_list(r, &cl[i].key, err);
+		keep_list(r, &cl[i].key);
 	}
 	char *dirs[3] = {idd_path_join(r->index_dir, IDD_PACK_DATA_DIR, err),
 	                 idd_path_join(r->index_dir, IDD_PACK_RUNS_DIR, err),
@@ -1538,13 +1542,11 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 		}
 		if (!full && !nfresh && !ngone) {
 			/* current: nothing to write but a kept list that was lost */
-			for (size_t i = 0; !rc && i < ncl; i++)
+			for (size_t i = 0; i < ncl; i++)
 				if (!exists(index_dir, idd_pack_list_relpath(&cl[i].key, NULL))) {
-					rc = keep_list(&r, &cl[i].key, err);
+					keep_list(&r, &cl[i].key);
 					st->changed = true;
 				}
-			if (rc)
-				goto out;
 			st->blocks = old->nentries;
 			st->raw_bytes = old->nentries * old->block_size;
 			st->pack_bytes = pack_bytes(index_dir);
@@ -1643,13 +1645,13 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	for (size_t i = 0; i < ncl; i++) {
 		struct clist *l = &cl[i];
 		if (l->fresh) {
-			if ((rc = write_view(&r, nx, l, err)) || (rc = keep_list(&r, &l->key, err)))
+			if ((rc = write_view(&r, nx, l, err)))
 				goto out;
+			keep_list(&r, &l->key);
 		} else {
 			l->now = *l->old;
-			if (!exists(index_dir, idd_pack_list_relpath(&l->key, NULL)) &&
-			    (rc = keep_list(&r, &l->key, err)))
-				goto out;
+			if (!exists(index_dir, idd_pack_list_relpath(&l->key, NULL)))
+				keep_list(&r, &l->key);
 		}
 		nx->lists[nx->nlists++] = l->now;
 	}
