@@ -209,6 +209,15 @@ typedef struct idd_scan_opts {
 	uint32_t block_size;     /* 0: the index's, or the default for a new one */
 	int jobs;                /* 0: online CPUs */
 	bool no_wait;            /* lock held by another run: fail with IDD_EBUSY */
+	/* shard_n > 0: index only the files of shard shard_k (1..shard_n), a
+	 * stable partition by file id, into INDEX/shards/K-of-N/ (block lists in
+	 * the shared blocks/); the catalog is left alone.  Shards may run at
+	 * once, on different machines sharing the index directory. */
+	uint32_t shard_k, shard_n;
+	/* merge: write the catalog and the block table from the shards' results
+	 * (and, for a shard that has none, the catalog's own images of it),
+	 * reading no image; then remove the shard results */
+	bool merge;
 	const char *const *includes; /* extra glob patterns for image names */
 	size_t n_includes;
 	idd_progress_fn progress;
@@ -478,10 +487,12 @@ typedef struct idd_cache_image {
 	uint32_t block_size;
 	uint64_t size;      /* image size */
 	uint64_t disk_bytes;/* allocated on disk now */
-	uint64_t blocks;    /* distinct non-zero blocks indexed */
+	uint64_t blocks;    /* distinct non-zero blocks it holds (indexed, or journaled) */
 	int64_t last_used;  /* unix ns */
 	bool partial;       /* fetched in part by serve: present_blocks of data_blocks */
-	uint64_t present_blocks, data_blocks;
+	uint64_t present_blocks; /* partial: blocks of the image whose content it holds,
+	                            repeats included (a repeat is stored once) */
+	uint64_t data_blocks;    /* partial: the image's non-zero blocks, repeats included */
 	bool in_use;        /* an export or a deploy has it open (gc leaves it) */
 } idd_cache_image;
 

@@ -365,6 +365,9 @@ static int prepare_out(struct deploy *d, char **out)
 	if (!*out)
 		return IDD_ENOMEM;
 	snprintf(d->st->out_path, sizeof d->st->out_path, "%s", *out);
+	idd_error e2;
+	if (!o->out && idd_cache_migrate_name(o->cache_dir, d->ri, o->image, d->m, o->warn, o->ctx, &e2))
+		idd_warnf(o->warn, o->ctx, "warning: cache: %s", e2.msg);
 	struct stat sb;
 	if (!o->force && lstat(*out, &sb) == 0)
 		return idd_fail_code(d->err, IDD_EPERM, "%s: exists (use --force to replace it)", *out);

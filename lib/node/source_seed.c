@@ -103,6 +103,12 @@ static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *s
 			const char *fb = flat ? strrchr(flat, '/') : NULL;
 			match = fb && !strcmp(fb + 1, base);
 			free(flat);
+			if (!match) { /* or a cache of an older version */
+				flat = idd_cache_old_out(".", c->id, &e2);
+				fb = flat ? strrchr(flat, '/') : NULL;
+				match = fb && !strcmp(fb + 1, base);
+				free(flat);
+			}
 		}
 		if (match) {
 			if (found)
