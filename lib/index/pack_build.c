@@ -228,13 +228,13 @@ typedef struct run_ctx {
 
 /* The image's current map (map order is the view's order): the saved one
  * when it matches the catalog, else built from the block list. */
-static int image_map(run_ctx *rc_, const idd_image_info *im, idd_map **out, idd_error *err)
+static int image_map(run_ctx *r, const idd_image_info *im, idd_map **out, idd_error *err)
 {
 	idd_error e2;
 	idd_map *m = NULL;
-	if (idd_map_load(rc_->index_dir, im->id, &m, &e2) == IDD_OK) {
-		rc_->st->maps_read++;
-		if (!memcmp(m->list_key.b, im->list_key.b, 32) && m->block_size == rc_->bs &&
+	if (idd_map_load(r->index_dir, im->id, &m, &e2) == IDD_OK) {
+		r->st->maps_read++;
+		if (!memcmp(m->list_key.b, im->list_key.b, 32) && m->block_size == r->bs &&
 		    m->nblocks == im->nblocks) {
 			*out = m;
 			return IDD_OK;
@@ -244,13 +244,13 @@ static int image_map(run_ctx *rc_, const idd_image_info *im, idd_map **out, idd_
 	}
 	/* from the sparse list: a thin image costs its data, not its size */
 	idd_blocklist *bl = NULL;
-	if (idd_blocklist_open(rc_->index_dir, im, &bl, err))
+	if (idd_blocklist_open(r->index_dir, im, &bl, err))
 		return IDD_ERR;
-	rc_->st->lists_read++;
-	int rc = bl->block_size == rc_->bs
+	r->st->lists_read++;
+	int rc = bl->block_size == r->bs
 	         ? idd_map_build_list(bl, im->virtual_size, &m, err)
 	         : idd_fail(err, "block list of %u-byte blocks in an index of %u", bl->block_size,
-	                    rc_->bs);
+	                    r->bs);
 	idd_blocklist_free(bl);
 	if (rc) {
 		idd_error_prefix(err, "%s", im->id);
