@@ -301,6 +301,14 @@ typedef struct idd_pack_stats {
 	uint64_t failed;      /* blocks that could not be read or did not match their digest */
 	uint64_t views_written;
 	uint64_t data_bytes_written;
+	uint64_t index_bytes_written; /* the pack's index files written: runs (merges included),
+	                                 frame tables, views, the manifest */
+	uint64_t maps_read;   /* block maps read (those of the lists packed this run) */
+	uint64_t lists_read;  /* block lists read (maps missing or stale, lists gone, the
+	                         block table brought up to date) */
+	uint64_t runs;        /* runs of the pack's digest index after the run */
+	uint64_t runs_merged; /* merges of two runs this run */
+	bool upgraded;        /* an index of an older imgdedup was converted */
 	bool compacted;       /* the data files were rewritten (garbage above 25%, or a rebuild) */
 	bool changed;         /* anything was written */
 	bool committed;       /* the pack on disk reflects this run (the figures above are its) */

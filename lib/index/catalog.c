@@ -561,20 +561,15 @@ int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_
 	return IDD_OK;
 }
 
-int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
-                       idd_error *err)
+int idd_blocklist_open_path(const char *path, const idd_image_info *img, idd_blocklist **out,
+                            idd_error *err)
 {
-	char *path = idd_blocks_path(index_dir, &img->list_key, err);
-	if (!path)
-		return IDD_ERR;
 	void *file;
 	size_t flen;
 	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER), &file,
 	                       &flen, err);
-	if (rc) {
-		free(path);
+	if (rc)
 		return rc;
-	}
 	/* the name is the checksum: a file moved or copied under another name
 	 * is not another image's list */
 	if (flen < IDD_IF_TRAILER ||
@@ -586,7 +581,27 @@ int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blo
 	if (rc && rc != IDD_ENOENT)
 		idd_error_prefix(err, "%s", img->id);
 	free(file);
+	return rc;
+}
+
+int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
+                       idd_error *err)
+{
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	int rc = idd_blocklist_open_path(path, img, out, err);
 	free(path);
+	return rc;
+}
+
+int idd_blocklist_check_path(const char *path, const idd_digest *list_key, uint32_t *version,
+                             idd_error *err)
+{
+	idd_digest sum;
+	int rc = idd_indexfile_verify(path, BLOCKS_MAGIC, BLOCKS_VERSION, &sum, version, err);
+	if (!rc && memcmp(sum.b, list_key->b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: not the block list it is named after", path);
 	return rc;
 }
 

@@ -48,6 +48,12 @@ extern void *idd_catalog_load_hook_ctx;
  * be NULL) receives its format version.  IDD_ENOENT when missing. */
 int idd_blocklist_check(const char *index_dir, const idd_image_info *img, uint32_t *version,
                         idd_error *err);
+/* The same two for a list kept under another path (the pack keeps the
+ * lists its views were made from): its name is still its checksum. */
+int idd_blocklist_open_path(const char *path, const idd_image_info *img, idd_blocklist **out,
+                            idd_error *err);
+int idd_blocklist_check_path(const char *path, const idd_digest *list_key, uint32_t *version,
+                             idd_error *err);
 /* Parse a block list file already in memory (container included) against
  * what the catalog says (nblocks, zero blocks); name for messages. */
 int idd_blocklist_parse(const char *name, const void *file, size_t len, uint64_t nblocks,

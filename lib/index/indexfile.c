@@ -320,6 +320,9 @@ const char *idd_indexfile_kind(const char magic[8])
 		{"IDD-SIM", "similarity cache"},  {"IDD-CIX", "cache index"},
 		{"IDD-PRS", "partial image journal"},
 		{"IDD-ENT", "catalog entry"},     {"IDD-ENI", "entries index"},
+		{"IDD-PKI", "pack index"},        {"IDD-PKV", "pack view"},
+		{"IDD-PKR", "pack index run"},    {"IDD-PKF", "pack frame table"},
+		{"IDD-BTR", "block table run"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
 		if (!memcmp(kinds[i].magic, magic, 8))

@@ -21,6 +21,7 @@
 #include "index/catalog.h"
 #include "index/entries.h"
 #include "index/indexfile.h"
+#include "index/pack.h"
 #include "base/fetch.h"
 
 #include <dirent.h>
@@ -86,6 +87,9 @@ static int collect(const char *dir, const char *sub, int depth, struct files *ou
 		const char *nm = de->d_name;
 		if (nm[0] == '.' || strstr(nm, ".tmp.") ||
 		    (!sub[0] && (!strcmp(nm, "lock") || !strcmp(nm, PUBLISH_STATE))))
+			continue;
+		/* the pack's copies of block lists: blocks/ has them, no node reads them */
+		if (!strcmp(sub, IDD_PACK_DIR) && !strcmp(nm, &IDD_PACK_LISTS_DIR[sizeof IDD_PACK_DIR]))
 			continue;
 		char *rel = sub[0] ? idd_asprintf(err, "%s/%s", sub, nm) : idd_strdup(nm, err);
 		char *p = rel ? idd_path_join(dir, rel, err) : NULL;
