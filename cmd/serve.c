@@ -254,7 +254,8 @@ static bool relay_read(struct relay *r, int fd)
 
 static const char *const stat_keys[] = {
 	"reads", "bytes_read", "bytes_zero", "bytes_from_cache", "bytes_fetched", "bytes_from_peers",
-	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete"};
+	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete",
+	"cache_write_errors"};
 #define N_STATS (sizeof stat_keys / sizeof stat_keys[0])
 
 /* The plugin's stats file: one flat JSON object of counters. */

@@ -532,6 +532,7 @@ typedef struct idd_serve_stats {
 	uint64_t cache_damaged;    /* cached blocks that failed verification (refetched) */
 	uint64_t read_errors;      /* reads answered with an I/O error */
 	uint64_t exports_complete; /* exports whose image is now complete in the cache */
+	uint64_t cache_write_errors; /* verified blocks served but not cached (a full disk, ...) */
 } idd_serve_stats;
 
 typedef struct idd_server idd_server;

@@ -79,6 +79,8 @@ struct idd_export {
 	uint64_t *prefetch;
 	size_t nprefetch;
 	/* background work */
+	atomic_bool warned_cache_write;
+	atomic_bool cache_failing;    /* the last block could not be cached: no readahead */
 	atomic_int active_reads;
 	atomic_int_least64_t last_read_ns;
 	pthread_t fill_thread, prefetch_thread;
@@ -106,7 +108,7 @@ struct idd_server {
 	idd_profile pf;
 	/* counters */
 	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
-	    read_errors, exports_complete;
+	    read_errors, exports_complete, cache_write_errors;
 	/* what exports that were closed had fetched */
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
@@ -120,14 +122,32 @@ static int ensure_partial_locked(idd_export *e, idd_error *err)
 	idd_server *s = e->srv;
 	int rc = idd_partial_open(e->base, e->id, e->bs, e->size, idd_map_nonzero_blocks(e->m), &e->part,
 	                          err);
-	if (!rc)
-		rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path, e->size,
-		                             &e->part_entry, err);
+	if (!rc && (rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path,
+	                                         e->size, &e->part_entry, err))) {
+		idd_partial_close(e->part);
+		e->part = NULL;
+	}
 	return rc;
 }
 
+/* Caching is best effort: a block that was fetched and verified is served
+ * whether or not the cache can keep it (a full disk, a cache directory
+ * removed or tampered with).  Each failure is counted; the first one per
+ * export is a warning, the rest would only repeat it. */
+static void cache_write_failed(idd_export *e, const idd_error *why)
+{
+	idd_server *s = e->srv;
+	atomic_fetch_add(&s->cache_write_errors, 1);
+	atomic_store(&e->cache_failing, true);
+	if (!atomic_exchange(&e->warned_cache_write, true))
+		idd_warnf(s->o.warn, s->o.ctx,
+		          "warning: %s: the cache cannot keep fetched blocks: %s; they are served "
+		          "without being cached (counted as cache_write_errors)", e->id, why->msg);
+}
+
 /* A verified block into the partial file, known to the cache from now on,
- * journaled at the next flush. */
+ * journaled at the next flush.  A failure is counted and returned; readers
+ * serve the block anyway. */
 static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const unsigned char *buf,
                        idd_error *err)
 {
@@ -141,9 +161,9 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 		bool have = idd_u64set_has(&e->own, block);
 		rc = idd_partial_write(e->part, block, buf, (size_t)len, err);
 		if (!rc && !have)
-			rc = idd_u64set_add(&e->own, block, &added);
-		if (!rc && !have)
 			rc = idd_partial_note(e->part, block, d, err);
+		if (!rc && !have)
+			rc = idd_u64set_add(&e->own, block, &added);
 	}
 	size_t entry = e->part_entry;
 	pthread_mutex_unlock(&e->part_lock);
@@ -151,6 +171,10 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 		rc = idd_cache_add_block(e->srv->cache, entry, d, block, err);
 	if (!rc && added)
 		atomic_fetch_add(&e->srv->blocks_filled, 1);
+	if (rc)
+		cache_write_failed(e, err);
+	else
+		atomic_store(&e->cache_failing, false);
 	return rc;
 }
 
@@ -271,9 +295,11 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 			chain.src[chain.n++] = e->pack;
 		chain.src[chain.n++] = e->remote;
 		rc = idd_block_chain_read(&chain, mine, nmine, err);
-		for (size_t k = 0; !rc && k < nmine; k++)
+		for (size_t k = 0; !rc && k < nmine; k++) {
+			idd_error e2;
 			if (mine[k].status == IDD_OK)
-				rc = store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, err);
+				(void)store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
+		}
 	}
 	inflight_drop_mine(e);
 	for (size_t i = 0; !rc && i < n; i++) {
@@ -312,8 +338,9 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 				chain.src[chain.n++] = e->pack;
 			chain.src[chain.n++] = e->remote;
 			rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
+			idd_error e2;
 			if (!rc && reqs[i].status == IDD_OK)
-				rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+				(void)store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, &e2);
 		}
 	}
 	return rc;
@@ -344,7 +371,9 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	if (!len)
 		return IDD_OK;
 	uint64_t b0 = off / bs, b1 = (off + len + bs - 1) / bs;
-	uint64_t ra_blocks = readahead / bs;
+	/* blocks read ahead that the cache cannot keep would be fetched again
+	 * by the read that wants them */
+	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
 	size_t nmax = (size_t)(b1 - b0 + ra_blocks);
 	unsigned char *buf = idd_malloc(nmax * bs, err);
 	idd_block_req *reqs = idd_calloc(nmax, sizeof *reqs, err);
@@ -610,7 +639,13 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 		if (reqs[i].status != IDD_OK)
 			return idd_fail_code(err, IDD_ENET, "%s: block at offset %llu could not be had",
 			                     e->id, (unsigned long long)(reqs[i].block * e->bs));
-		rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+		/* fetched once per content: a repeat of it in this window is
+		 * written here; the image is complete only once every block is */
+		pthread_mutex_lock(&e->part_lock);
+		bool have = idd_u64set_has(&e->own, reqs[i].block);
+		pthread_mutex_unlock(&e->part_lock);
+		if (!have)
+			rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
 	}
 	return rc;
 }
@@ -702,9 +737,10 @@ static void flush_all(idd_server *s)
 		pthread_mutex_lock(&e->part_lock);
 		size_t n;
 		idd_error err;
-		if (e->part && !e->complete && idd_partial_flush(e->part, &n, &err))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: %s", err.msg);
+		bool failed = e->part && !e->complete && idd_partial_flush(e->part, &n, &err);
 		pthread_mutex_unlock(&e->part_lock);
+		if (failed) /* those blocks are served, and fetched again by the next run */
+			cache_write_failed(e, &err);
 	}
 	pthread_mutex_unlock(&s->lock);
 }
@@ -740,7 +776,7 @@ static void export_free(idd_export *e)
 		size_t n;
 		idd_error err;
 		if (!e->complete && idd_partial_flush(e->part, &n, &err))
-			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s", err.msg);
+			cache_write_failed(e, &err);
 		idd_partial_close(e->part);
 	}
 	idd_block_source *fetchers[] = {e->remote, e->pack};
@@ -782,6 +818,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	pthread_mutex_init(&e->rec_lock, NULL);
 	atomic_init(&e->active_reads, 0);
 	atomic_init(&e->last_read_ns, 0);
+	atomic_init(&e->warned_cache_write, false);
+	atomic_init(&e->cache_failing, false);
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
 	if (!rc)
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
@@ -978,6 +1016,7 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	st->blocks_filled = atomic_load(&s->blocks_filled);
 	st->read_errors = atomic_load(&s->read_errors);
 	st->exports_complete = atomic_load(&s->exports_complete);
+	st->cache_write_errors = atomic_load(&s->cache_write_errors);
 	st->bytes_fetched = atomic_load(&s->closed_fetched);
 	st->requests = atomic_load(&s->closed_requests);
 	if (s->ri) {

@@ -279,10 +279,11 @@ static void write_stats(const idd_serve_stats *st)
 	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
 	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
 	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
-	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64 "}\n",
+	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
+	        ",\"cache_write_errors\":%" PRIu64 "}\n",
 	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
 	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
-	        st->read_errors, st->exports_complete);
+	        st->read_errors, st->exports_complete, st->cache_write_errors);
 	bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
 	int e = errno;
 	if (fclose(f) != 0 && ok) {
