@@ -18,6 +18,7 @@
  * workers, which step aside while the guest reads. */
 #include "base/u64set.h"
 #include "node/cache.h"
+#include "node/negcache.h"
 #include "node/partial.h"
 #include "node/profile.h"
 #include "node/remote_index.h"
@@ -41,6 +42,11 @@
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
 #define REMOTE_READERS 2
+/* A block that failed is not fetched again for 1 s, then 2, 4, ... 60 s
+ * while it keeps failing: a guest retrying a failed read in a loop costs
+ * next to nothing. */
+#define FAIL_BACKOFF_NS ((int64_t)1000000000)
+#define FAIL_BACKOFF_MAX_NS ((int64_t)60 * 1000000000)
 
 struct inflight {
 	idd_digest d;
@@ -70,6 +76,7 @@ struct idd_export {
 	pthread_cond_t fl_done;
 	struct inflight *inflight;
 	size_t ninflight, cap_inflight;
+	idd_negcache failed;          /* content that failed recently: not fetched again yet */
 	/* --record: blocks in the order first read (under rec_lock) */
 	pthread_mutex_t rec_lock;
 	idd_u64set seen;
@@ -235,8 +242,36 @@ static void inflight_drop_mine(idd_export *e)
 	pthread_mutex_unlock(&e->fl_lock);
 }
 
+/* Where a block is asked for: peers, then SOURCE's pack, then its image. */
+static void fetch_chain(idd_export *e, idd_block_chain *chain)
+{
+	chain->n = 0;
+	if (e->srv->peer_src)
+		chain->src[chain->n++] = e->srv->peer_src;
+	if (e->pack)
+		chain->src[chain->n++] = e->pack;
+	chain->src[chain->n++] = e->remote;
+}
+
+/* What became of a fetch, remembered for the next reads of that content:
+ * a failure bars it for a while (negcache.h), a success forgets that. */
+static void note_outcome(idd_export *e, const idd_block_req *q)
+{
+	if (q->status == IDD_OK) {
+		idd_negcache_clear(&e->failed, &q->digest);
+		return;
+	}
+	idd_error e2;
+	if (idd_negcache_fail(&e->failed, &q->digest, q->status, idd_mono_ns(), &e2))
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %s", e->id, e2.msg);
+}
+
+enum fetch_role { BY_ME, BY_OTHER, DECIDED };
+
 /* Fetch the requests (not cached anywhere a moment ago): each distinct
- * digest once, by this thread unless another is already fetching it. */
+ * digest once, by this thread unless another is already fetching it; a
+ * digest that failed recently is not fetched at all (its status says why,
+ * e->failed how long it stays barred). */
 static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error *err)
 {
 	if (!n)
@@ -245,17 +280,21 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	if (rc)
 		return rc;
 	idd_block_req *mine = idd_calloc(n, sizeof *mine, err);
-	size_t *mine_of = idd_calloc(n, sizeof *mine_of, err);   /* req -> index in mine, or SIZE_MAX */
-	if (!mine || !mine_of) {
+	size_t *mine_of = idd_calloc(n, sizeof *mine_of, err);   /* req -> index in mine */
+	unsigned char *role = idd_calloc(n, 1, err);
+	if (!mine || !mine_of || !role) {
 		free(mine);
 		free(mine_of);
+		free(role);
 		return IDD_ENOMEM;
 	}
 	size_t nmine = 0;
 	bool waits = false;
+	int64_t now = idd_mono_ns();
 	idd_block_source *cs = e->srv->cache_src;
 	pthread_mutex_lock(&e->fl_lock);
 	for (size_t i = 0; i < n; i++) {
+		role[i] = BY_ME;
 		mine_of[i] = SIZE_MAX;
 		/* the same content twice in this batch: fetched once */
 		for (size_t k = 0; k < nmine; k++)
@@ -265,10 +304,17 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 			}
 		if (mine_of[i] != SIZE_MAX)
 			continue;
+		idd_negcache_info why;
+		if (idd_negcache_barred(&e->failed, &reqs[i].digest, now, &why)) {
+			reqs[i].status = why.code;
+			role[i] = DECIDED;
+			continue;
+		}
 		/* fetched by another thread since this one missed in the cache
 		 * (store_block adds to the cache before the fetch leaves the
 		 * in-flight list), or being fetched now: read it from the cache */
 		if (inflight_has(e, &reqs[i].digest) || cs->ops->has(cs, &reqs[i].digest)) {
+			role[i] = BY_OTHER;
 			waits = true;
 			continue;
 		}
@@ -288,15 +334,12 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	}
 	pthread_mutex_unlock(&e->fl_lock);
 	if (!rc && nmine) {
-		idd_block_chain chain = {.n = 0};
-		if (e->srv->peer_src)
-			chain.src[chain.n++] = e->srv->peer_src;
-		if (e->pack)
-			chain.src[chain.n++] = e->pack;
-		chain.src[chain.n++] = e->remote;
+		idd_block_chain chain;
+		fetch_chain(e, &chain);
 		rc = idd_block_chain_read(&chain, mine, nmine, err);
 		for (size_t k = 0; !rc && k < nmine; k++) {
 			idd_error e2;
+			note_outcome(e, &mine[k]);
 			if (mine[k].status == IDD_OK)
 				(void)store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
 		}
@@ -304,7 +347,7 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	inflight_drop_mine(e);
 	for (size_t i = 0; !rc && i < n; i++) {
 		size_t k = mine_of[i];
-		if (k == SIZE_MAX)
+		if (role[i] != BY_ME || k == SIZE_MAX)
 			continue;
 		if (mine[k].buf != reqs[i].buf && mine[k].status == IDD_OK)
 			memcpy(reqs[i].buf, mine[k].buf, e->bs);
@@ -312,37 +355,43 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	}
 	free(mine);
 	free(mine_of);
-	if (rc || !waits)
+	if (rc || !waits) {
+		free(role);
 		return rc;
+	}
 	/* the rest is being fetched by other threads: wait, then read it */
 	pthread_mutex_lock(&e->fl_lock);
 	for (;;) {
 		bool busy = false;
 		for (size_t i = 0; i < n && !busy; i++)
-			busy = reqs[i].status != IDD_OK && inflight_has(e, &reqs[i].digest);
+			busy = role[i] == BY_OTHER && inflight_has(e, &reqs[i].digest);
 		if (!busy)
 			break;
 		pthread_cond_wait(&e->fl_done, &e->fl_lock);
 	}
 	pthread_mutex_unlock(&e->fl_lock);
 	for (size_t i = 0; !rc && i < n; i++) {
-		if (reqs[i].status == IDD_OK)
+		if (role[i] != BY_OTHER)
 			continue;
 		rc = cs->ops->read(cs, &reqs[i], 1, err);
-		if (!rc && reqs[i].status != IDD_OK) {
-			/* the other fetch failed: try once more here */
-			idd_block_chain chain = {.n = 0};
-			if (e->srv->peer_src)
-				chain.src[chain.n++] = e->srv->peer_src;
-			if (e->pack)
-				chain.src[chain.n++] = e->pack;
-			chain.src[chain.n++] = e->remote;
-			rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
-			idd_error e2;
-			if (!rc && reqs[i].status == IDD_OK)
-				(void)store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, &e2);
+		if (rc || reqs[i].status == IDD_OK)
+			continue;
+		idd_negcache_info why;
+		if (idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &why)) {
+			reqs[i].status = why.code; /* the other fetch failed */
+			continue;
 		}
+		/* fetched, but the cache could not keep it: once more here */
+		idd_block_chain chain;
+		fetch_chain(e, &chain);
+		rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
+		idd_error e2;
+		if (!rc)
+			note_outcome(e, &reqs[i]);
+		if (!rc && reqs[i].status == IDD_OK)
+			(void)store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, &e2);
 	}
+	free(role);
 	return rc;
 }
 
@@ -359,10 +408,71 @@ static void maybe_refresh(idd_server *s)
 
 /* ---- reading a range ---- */
 
+/* Why a block could not be had, for the client's error message. */
+static const char *failure_reason(int code)
+{
+	switch (code) {
+	case IDD_ECORRUPT:
+		return "what the source holds does not match its digest: the source is damaged or "
+		       "changed since it was indexed, or the index is another repository's";
+	case IDD_ENOENT:
+		return "no source holds it";
+	default:
+		return "the source could not be read";
+	}
+}
+
+/* Readahead: the missing blocks after block b1, up to ra_blocks of them,
+ * fetched once the read's own blocks are in.  It stops at a block that
+ * failed recently: nothing is read ahead around a failure. */
+static void read_ahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
+{
+	uint32_t bs = e->bs;
+	uint64_t nb = e->m->nblocks;
+	if (!ra_blocks || b1 >= nb)
+		return;
+	ra_blocks = IDD_MIN(ra_blocks, nb - b1);
+	idd_error err;
+	unsigned char *buf = idd_malloc((size_t)ra_blocks * bs, &err);
+	idd_block_req *reqs = idd_calloc((size_t)ra_blocks, sizeof *reqs, &err);
+	if (!buf || !reqs) {
+		free(buf);
+		free(reqs);
+		return; /* only an optimisation */
+	}
+	idd_block_source *cs = e->srv->cache_src;
+	int64_t now = idd_mono_ns();
+	size_t n = 0, si = idd_map_span_index(e->m, b1);
+	for (uint64_t b = b1; b < b1 + ra_blocks; b++) {
+		while (e->m->runs[si].block + e->m->runs[si].count <= b)
+			si++;
+		uint32_t ref = idd_map_span_ref(&e->m->runs[si], b);
+		if (!ref)
+			continue;
+		const idd_digest *d = &e->m->digests[ref - 1];
+		if (idd_negcache_barred(&e->failed, d, now, NULL))
+			break;
+		if (cs->ops->has(cs, d))
+			continue;
+		reqs[n] = (idd_block_req){.digest = *d, .block = b,
+		                          .len = (uint32_t)IDD_MIN((uint64_t)bs, e->size - b * bs),
+		                          .buf = buf + n * bs, .status = IDD_ENOENT, .origin_fd = -1};
+		n++;
+	}
+	if (n && fetch_blocks(e, reqs, n, &err) == IDD_ENOMEM)
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: readahead: %s", e->id, err.msg);
+	free(buf);
+	free(reqs);
+}
+
 /* Make blocks covering [off, off+len) available and, when out is not NULL,
- * copy those bytes there.  readahead: also fetch up to that many bytes of
- * missing blocks after the range.  required: a block that cannot be had is
- * an error (else it is skipped). */
+ * copy those bytes there.  readahead: when the range missed, also fetch up
+ * to that many bytes of missing blocks after it.  required: a block that
+ * cannot be had is an error (else it is skipped).
+ *
+ * What one call may fetch is bounded: its own missing blocks, each once,
+ * then the readahead, and only when every one of its own blocks arrived; a
+ * block that failed recently is not fetched at all. */
 static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
                         uint64_t readahead, bool required, bool stats, idd_error *err)
 {
@@ -374,7 +484,7 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	/* blocks read ahead that the cache cannot keep would be fetched again
 	 * by the read that wants them */
 	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
-	size_t nmax = (size_t)(b1 - b0 + ra_blocks);
+	size_t nmax = (size_t)(b1 - b0);
 	unsigned char *buf = idd_malloc(nmax * bs, err);
 	idd_block_req *reqs = idd_calloc(nmax, sizeof *reqs, err);
 	if (!buf || !reqs) {
@@ -416,7 +526,7 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	for (size_t i = 0; i < n; i++)
 		if (reqs[i].status == IDD_OK)
 			from_cache += reqs[i].len;
-	/* gather the misses, then readahead: missing blocks after the range */
+	/* the misses to the front, then fetched */
 	size_t nf = 0;
 	for (size_t i = 0; i < n; i++)
 		if (reqs[i].status != IDD_OK) {
@@ -425,47 +535,27 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 			reqs[i] = reqs[nf];
 			reqs[nf++] = t;
 		}
-	size_t nreq_miss = nf;
-	if (!rc && nf && ra_blocks) {
-		unsigned char *rbuf = buf + (b1 - b0) * bs;
-		uint64_t nb = e->m->nblocks;
-		size_t si2 = b1 < nb ? idd_map_span_index(e->m, b1) : 0;
-		for (uint64_t b = b1; b < nb && b < b1 + ra_blocks; b++) {
-			while (e->m->runs[si2].block + e->m->runs[si2].count <= b)
-				si2++;
-			uint32_t ref = idd_map_span_ref(&e->m->runs[si2], b);
-			if (!ref || cs->ops->has(cs, &e->m->digests[ref - 1]))
-				continue;
-			reqs[n + (nf - nreq_miss)] = (idd_block_req){
-			    .digest = e->m->digests[ref - 1], .block = b,
-			    .len = (uint32_t)IDD_MIN((uint64_t)bs, e->size - b * bs), .buf = rbuf,
-			    .status = IDD_ENOENT, .origin_fd = -1};
-			rbuf += bs;
-			nf++;
-		}
+	if (!rc && nf)
+		rc = fetch_blocks(e, reqs, nf, err);
+	bool all_in = true;
+	for (size_t i = 0; !rc && i < nf; i++) {
+		if (reqs[i].status == IDD_OK)
+			continue;
+		all_in = false;
+		if (!required)
+			continue;
+		idd_negcache_info why = {0, reqs[i].status, 0};
+		bool barred = idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &why);
+		char again[96] = "";
+		if (barred && why.fails)
+			snprintf(again, sizeof again, "; failed %u time%s in a row, next attempt in %.1f s",
+			         why.fails, why.fails == 1 ? "" : "s", (double)why.wait_ns / 1e9);
+		rc = idd_fail_code(err, reqs[i].status == IDD_ENOENT ? IDD_ENET : reqs[i].status,
+		                   "%s: block at offset %llu: no source could supply it verified (%s)%s",
+		                   e->id, (unsigned long long)(reqs[i].block * bs),
+		                   failure_reason(why.code), again);
+		atomic_fetch_add(&s->read_errors, 1);
 	}
-	/* fetch: the misses (reqs[0..nreq_miss)) and the readahead (reqs[n..)) */
-	if (!rc && nf) {
-		size_t nra = nf - nreq_miss;
-		idd_block_req *all = idd_calloc(nf, sizeof *all, err);
-		if (!all)
-			rc = IDD_ENOMEM;
-		else {
-			memcpy(all, reqs, nreq_miss * sizeof *all);
-			memcpy(all + nreq_miss, reqs + n, nra * sizeof *all);
-			rc = fetch_blocks(e, all, nf, err);
-			memcpy(reqs, all, nreq_miss * sizeof *all);
-			free(all);
-		}
-	}
-	for (size_t i = 0; !rc && i < nreq_miss; i++)
-		if (reqs[i].status != IDD_OK && required) {
-			rc = idd_fail_code(err, reqs[i].status == IDD_ENOENT ? IDD_ENET : reqs[i].status,
-			                   "%s: block at offset %llu: no source could supply it verified "
-			                   "(the source is damaged, changed since it was indexed, or "
-			                   "unreachable)", e->id, (unsigned long long)(reqs[i].block * bs));
-			atomic_fetch_add(&s->read_errors, 1);
-		}
 	if (!rc && out)
 		memcpy(out, buf + (off - b0 * bs), (size_t)len);
 	if (stats) {
@@ -474,6 +564,8 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	}
 	free(buf);
 	free(reqs);
+	if (!rc && nf && all_in)
+		read_ahead(e, b1, ra_blocks);
 	return rc;
 }
 
@@ -796,6 +888,7 @@ static void export_free(idd_export *e)
 	free(e->seen.v);
 	free(e->order);
 	free(e->inflight);
+	idd_negcache_free(&e->failed);
 	free(e->prefetch);
 	pthread_mutex_destroy(&e->part_lock);
 	pthread_mutex_destroy(&e->remote_lock);
@@ -821,6 +914,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	atomic_init(&e->warned_cache_write, false);
 	atomic_init(&e->cache_failing, false);
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
+	if (!rc)
+		rc = idd_negcache_init(&e->failed, FAIL_BACKOFF_NS, FAIL_BACKOFF_MAX_NS, err);
 	if (!rc)
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
 	if (!rc)
