@@ -35,7 +35,7 @@
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
 	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--readahead SIZE] "
-	"[--connections N] [--timeout S] [--no-pack] [--json] [-q] IMAGE...";
+	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] IMAGE...";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -53,7 +53,7 @@ struct serve_args {
 	const char *source, *cache, *index, *socket_path, *record, *prefetch, *readahead;
 	const char **peers;
 	size_t n_peers;
-	long port, timeout_s, connections;
+	long port, timeout_s, read_timeout_s, connections;
 	bool fill, no_pack, json;
 	char **images;
 	size_t n_images;
@@ -196,6 +196,10 @@ static void argv_free(struct argv_buf *a)
 static void relay_line(const char *line)
 {
 	const char *p = line;
+	/* the plugin's shutdown watcher sleeps in nbdkit_nanosleep, which says
+	 * this when nbdkit stops it: nothing is wrong */
+	if (strstr(line, "aborting sleep because of server shut down"))
+		return;
 	if (!strncmp(p, "nbdkit: ", 8)) {
 		p += 8;
 		const char *sep = strstr(p, ": ");
@@ -319,6 +323,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"fill", no_argument, 0, 'F'},           {"record", required_argument, 0, 'r'},
 		{"prefetch", required_argument, 0, 'R'}, {"readahead", required_argument, 0, 'a'},
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
+		{"read-timeout", required_argument, 0, 'T'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
@@ -361,6 +366,11 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		case 't':
 			if (!cli_parse_int(optarg, 1, 86400, &a->timeout_s))
 				return cli_usage(usage, "--timeout must be 1 to 86400 seconds, not '%s'", optarg);
+			break;
+		case 'T':
+			if (!cli_parse_int(optarg, 1, 86400, &a->read_timeout_s))
+				return cli_usage(usage, "--read-timeout must be 1 to 86400 seconds, not '%s'",
+				                 optarg);
 			break;
 		case 'N': a->no_pack = true; break;
 		case 'J': a->json = true; break;
@@ -430,6 +440,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "connections=%ld", a->connections);
 	if (a->timeout_s)
 		argv_add(av, "timeout=%ld", a->timeout_s);
+	if (a->read_timeout_s)
+		argv_add(av, "read-timeout=%ld", a->read_timeout_s);
 	argv_add(av, "stats=%s", statsfile);
 }
 

@@ -47,10 +47,18 @@
  * next to nothing. */
 #define FAIL_BACKOFF_NS ((int64_t)1000000000)
 #define FAIL_BACKOFF_MAX_NS ((int64_t)60 * 1000000000)
+/* A client read fails after this long (the default of read_timeout_s). */
+#define READ_TIMEOUT_S 60
+/* A read whose block a readahead is fetching waits for it this long, then
+ * fetches the block itself: the readahead must not hold it up. */
+#define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
+/* Readahead is sized to what the source delivers in about this long. */
+#define READAHEAD_TARGET_NS ((int64_t)1000000000)
 
 struct inflight {
 	idd_digest d;
 	pthread_t owner;
+	bool speculative;             /* a readahead: readers wait for it briefly only */
 };
 
 struct idd_export {
@@ -77,6 +85,13 @@ struct idd_export {
 	struct inflight *inflight;
 	size_t ninflight, cap_inflight;
 	idd_negcache failed;          /* content that failed recently: not fetched again yet */
+	atomic_uint_least64_t rate;   /* bytes/s the source delivered lately; 0: not known yet */
+	/* readahead: a thread of its own fetches the range the last read asked for */
+	pthread_mutex_t ra_lock;
+	pthread_cond_t ra_wake;
+	uint64_t ra_block, ra_count;
+	bool ra_queued, ra_started;
+	pthread_t ra_thread;
 	/* --record: blocks in the order first read (under rec_lock) */
 	pthread_mutex_t rec_lock;
 	idd_u64set seen;
@@ -119,6 +134,18 @@ struct idd_server {
 	/* what exports that were closed had fetched */
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
+
+/* What start-up is doing now, for a progress display (o.progress). */
+static void progress(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
+static void progress(idd_server *s, const char *fmt, ...)
+{
+	if (!s->o.progress)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	idd_vwarnf(s->o.progress, s->o.ctx, fmt, ap);
+	va_end(ap);
+}
 
 /* ---- the partial image of an export ---- */
 
@@ -202,7 +229,7 @@ static int ensure_remote(idd_export *e, idd_error *err)
 		idd_server *s = e->srv;
 		char *tmp = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
 		idd_fetch_opts fo = {.connections = s->o.connections, .timeout_s = s->o.timeout_s,
-		                     .warn = s->o.warn, .ctx = s->o.ctx};
+		                     .warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
 		rc = tmp ? idd_remote_source_open(idd_source_root(s->ri->src), e->info, e->size, e->bs, tmp,
 		                                  REMOTE_READERS, &fo, s->o.warn, s->o.ctx, &e->remote, err)
 		         : IDD_ENOMEM;
@@ -221,12 +248,18 @@ static int ensure_remote(idd_export *e, idd_error *err)
 	return rc;
 }
 
-static bool inflight_has(idd_export *e, const idd_digest *d)
+/* Is d being fetched?  *firm: by a fetch that others must wait for (not
+ * only by a readahead). */
+static bool inflight_find(idd_export *e, const idd_digest *d, bool *firm)
 {
+	bool any = false;
+	*firm = false;
 	for (size_t i = 0; i < e->ninflight; i++)
-		if (!memcmp(e->inflight[i].d.b, d->b, IDD_DIGEST_SIZE))
-			return true;
-	return false;
+		if (!memcmp(e->inflight[i].d.b, d->b, IDD_DIGEST_SIZE)) {
+			any = true;
+			*firm = *firm || !e->inflight[i].speculative;
+		}
+	return any;
 }
 
 static void inflight_drop_mine(idd_export *e)
@@ -254,25 +287,80 @@ static void fetch_chain(idd_export *e, idd_block_chain *chain)
 }
 
 /* What became of a fetch, remembered for the next reads of that content:
- * a failure bars it for a while (negcache.h), a success forgets that. */
+ * a failure bars it for a while (negcache.h), a success forgets that.
+ * Running out of time or stopping says nothing about the block. */
 static void note_outcome(idd_export *e, const idd_block_req *q)
 {
 	if (q->status == IDD_OK) {
 		idd_negcache_clear(&e->failed, &q->digest);
 		return;
 	}
+	if (q->status == IDD_ETIMEDOUT || q->status == IDD_ECANCELED)
+		return;
 	idd_error e2;
 	if (idd_negcache_fail(&e->failed, &q->digest, q->status, idd_mono_ns(), &e2))
 		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %s", e->id, e2.msg);
 }
 
-enum fetch_role { BY_ME, BY_OTHER, DECIDED };
+/* How fast the source delivered a batch: the readahead is sized to what it
+ * brings in about READAHEAD_TARGET_NS (a trickling source gets little or
+ * none, so that the reads after it do not queue behind it). */
+static void note_rate(idd_export *e, uint64_t bytes, int64_t ns)
+{
+	if (!bytes || ns <= 0)
+		return;
+	uint64_t sample = (uint64_t)((double)bytes * 1e9 / (double)ns);
+	uint64_t old = atomic_load(&e->rate);
+	atomic_store(&e->rate, old ? (old + sample) / 2 : IDD_MAX(sample, 1));
+}
+
+enum fetch_role { PENDING, BY_ME, WAITING, DECIDED };
+
+/* Wait until none of the WAITING requests is being fetched by another
+ * thread, the read's deadline or a stop.  A readahead that is fetching a
+ * block is waited for SPECULATIVE_WAIT_NS at most: then the block is
+ * fetched here. */
+static void wait_for_others(idd_export *e, const idd_block_req *reqs, const unsigned char *role,
+                            size_t n)
+{
+	int64_t deadline = idd_fetch_deadline();
+	int64_t spec_until = idd_mono_ns() + SPECULATIVE_WAIT_NS;
+	pthread_mutex_lock(&e->fl_lock);
+	for (;;) {
+		bool busy = false, firm = false;
+		for (size_t i = 0; i < n; i++) {
+			bool f;
+			if (role[i] == WAITING && inflight_find(e, &reqs[i].digest, &f)) {
+				busy = true;
+				firm = firm || f;
+			}
+		}
+		int64_t now = idd_mono_ns();
+		if (!busy || atomic_load(&e->srv->stop) || (deadline && now >= deadline) ||
+		    (!firm && now >= spec_until))
+			break;
+		/* woken when a fetch ends; the clock and the stop flag are looked
+		 * at every 100 ms */
+		int64_t until = now + 100000000;
+		if (deadline && deadline < until)
+			until = deadline;
+		if (!firm && spec_until < until)
+			until = spec_until;
+		struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+		pthread_cond_clockwait(&e->fl_done, &e->fl_lock, CLOCK_MONOTONIC, &ts);
+	}
+	pthread_mutex_unlock(&e->fl_lock);
+}
 
 /* Fetch the requests (not cached anywhere a moment ago): each distinct
- * digest once, by this thread unless another is already fetching it; a
+ * digest once, by this thread unless another is already fetching it.  A
  * digest that failed recently is not fetched at all (its status says why,
- * e->failed how long it stays barred). */
-static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error *err)
+ * e->failed how long it stays barred).  speculative (readahead): nothing
+ * is waited for, a block someone else fetches is skipped (left
+ * IDD_ENOENT), and readers do not queue behind this fetch for long.  why
+ * (may be NULL) receives the message of a source that failed as a whole. */
+static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool speculative,
+                        idd_error *why, idd_error *err)
 {
 	if (!n)
 		return IDD_OK;
@@ -288,109 +376,130 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 		free(role);
 		return IDD_ENOMEM;
 	}
-	size_t nmine = 0;
-	bool waits = false;
-	int64_t now = idd_mono_ns();
 	idd_block_source *cs = e->srv->cache_src;
-	pthread_mutex_lock(&e->fl_lock);
-	for (size_t i = 0; i < n; i++) {
-		role[i] = BY_ME;
-		mine_of[i] = SIZE_MAX;
-		/* the same content twice in this batch: fetched once */
-		for (size_t k = 0; k < nmine; k++)
-			if (!memcmp(mine[k].digest.b, reqs[i].digest.b, IDD_DIGEST_SIZE)) {
-				mine_of[i] = k;
-				break;
+	/* Round 0 waits for other threads' fetches; what they could not
+	 * deliver (a readahead too slow, a copy the cache could not keep) is
+	 * fetched here in the next rounds. */
+	for (int round = 0; !rc && round < 3; round++) {
+		size_t nmine = 0;
+		bool waits = false;
+		int64_t now = idd_mono_ns();
+		pthread_mutex_lock(&e->fl_lock);
+		for (size_t i = 0; i < n; i++) {
+			if (role[i] != PENDING)
+				continue;
+			mine_of[i] = SIZE_MAX;
+			/* the same content twice in this batch: fetched once */
+			for (size_t k = 0; k < nmine; k++)
+				if (!memcmp(mine[k].digest.b, reqs[i].digest.b, IDD_DIGEST_SIZE)) {
+					mine_of[i] = k;
+					break;
+				}
+			if (mine_of[i] != SIZE_MAX) {
+				role[i] = BY_ME;
+				continue;
 			}
-		if (mine_of[i] != SIZE_MAX)
-			continue;
-		idd_negcache_info why;
-		if (idd_negcache_barred(&e->failed, &reqs[i].digest, now, &why)) {
-			reqs[i].status = why.code;
-			role[i] = DECIDED;
-			continue;
-		}
-		/* fetched by another thread since this one missed in the cache
-		 * (store_block adds to the cache before the fetch leaves the
-		 * in-flight list), or being fetched now: read it from the cache */
-		if (inflight_has(e, &reqs[i].digest) || cs->ops->has(cs, &reqs[i].digest)) {
-			role[i] = BY_OTHER;
-			waits = true;
-			continue;
-		}
-		if (e->ninflight == e->cap_inflight) {
-			size_t nc = e->cap_inflight ? e->cap_inflight * 2 : 256;
-			struct inflight *nv = realloc(e->inflight, nc * sizeof *nv);
-			if (!nv) {
-				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
-				break;
+			idd_negcache_info barred;
+			if (idd_negcache_barred(&e->failed, &reqs[i].digest, now, &barred)) {
+				reqs[i].status = barred.code;
+				role[i] = DECIDED;
+				continue;
 			}
-			e->inflight = nv;
-			e->cap_inflight = nc;
+			/* fetched by another thread since this one missed in the cache
+			 * (store_block adds to the cache before the fetch leaves the
+			 * in-flight list), or being fetched now: read from the cache
+			 * once it is there */
+			bool firm, busy = inflight_find(e, &reqs[i].digest, &firm);
+			if (busy || (round == 0 && cs->ops->has(cs, &reqs[i].digest))) {
+				if (speculative) {
+					reqs[i].status = IDD_ENOENT;
+					role[i] = DECIDED;
+					continue;
+				}
+				if (!busy || firm || round == 0) {
+					role[i] = WAITING;
+					waits = true;
+					continue;
+				}
+				/* only a readahead has it, and it took too long */
+			}
+			/* later rounds: what the cache claimed to hold failed to read */
+			if (e->ninflight == e->cap_inflight) {
+				size_t nc = e->cap_inflight ? e->cap_inflight * 2 : 256;
+				struct inflight *nv = realloc(e->inflight, nc * sizeof *nv);
+				if (!nv) {
+					rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+					break;
+				}
+				e->inflight = nv;
+				e->cap_inflight = nc;
+			}
+			e->inflight[e->ninflight++] =
+			    (struct inflight){reqs[i].digest, pthread_self(), speculative};
+			mine_of[i] = nmine;
+			role[i] = BY_ME;
+			mine[nmine++] = reqs[i];
 		}
-		e->inflight[e->ninflight++] = (struct inflight){reqs[i].digest, pthread_self()};
-		mine_of[i] = nmine;
-		mine[nmine++] = reqs[i];
-	}
-	pthread_mutex_unlock(&e->fl_lock);
-	if (!rc && nmine) {
-		idd_block_chain chain;
-		fetch_chain(e, &chain);
-		rc = idd_block_chain_read(&chain, mine, nmine, err);
-		for (size_t k = 0; !rc && k < nmine; k++) {
-			idd_error e2;
-			note_outcome(e, &mine[k]);
-			if (mine[k].status == IDD_OK)
+		pthread_mutex_unlock(&e->fl_lock);
+		if (!rc && nmine) {
+			idd_block_chain chain;
+			fetch_chain(e, &chain);
+			int64_t t0 = idd_mono_ns();
+			rc = idd_block_chain_read(&chain, mine, nmine, err);
+			uint64_t got = 0;
+			for (size_t k = 0; !rc && k < nmine; k++) {
+				idd_error e2;
+				note_outcome(e, &mine[k]);
+				if (mine[k].status != IDD_OK)
+					continue;
+				got += mine[k].len;
 				(void)store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
+			}
+			note_rate(e, got, idd_mono_ns() - t0);
+			if (why && chain.failure.code)
+				*why = chain.failure;
+		}
+		inflight_drop_mine(e);
+		for (size_t i = 0; !rc && i < n; i++) {
+			size_t k = mine_of[i];
+			if (role[i] != BY_ME || k == SIZE_MAX)
+				continue;
+			if (mine[k].buf != reqs[i].buf && mine[k].status == IDD_OK)
+				memcpy(reqs[i].buf, mine[k].buf, e->bs);
+			reqs[i].status = mine[k].status;
+			role[i] = DECIDED;
+		}
+		if (rc || !waits)
+			break;
+		wait_for_others(e, reqs, role, n);
+		int64_t deadline = idd_fetch_deadline();
+		for (size_t i = 0; !rc && i < n; i++) {
+			if (role[i] != WAITING)
+				continue;
+			rc = cs->ops->read(cs, &reqs[i], 1, err);
+			idd_negcache_info barred;
+			if (rc || reqs[i].status == IDD_OK) {
+				role[i] = DECIDED;
+			} else if (idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &barred)) {
+				reqs[i].status = barred.code; /* the other fetch failed */
+				role[i] = DECIDED;
+			} else if (atomic_load(&e->srv->stop)) {
+				reqs[i].status = IDD_ECANCELED;
+				role[i] = DECIDED;
+			} else if (deadline && idd_mono_ns() >= deadline) {
+				reqs[i].status = IDD_ETIMEDOUT;
+				role[i] = DECIDED;
+			} else {
+				reqs[i].status = IDD_ENOENT;
+				role[i] = PENDING;
+			}
 		}
 	}
-	inflight_drop_mine(e);
-	for (size_t i = 0; !rc && i < n; i++) {
-		size_t k = mine_of[i];
-		if (role[i] != BY_ME || k == SIZE_MAX)
-			continue;
-		if (mine[k].buf != reqs[i].buf && mine[k].status == IDD_OK)
-			memcpy(reqs[i].buf, mine[k].buf, e->bs);
-		reqs[i].status = mine[k].status;
-	}
+	for (size_t i = 0; i < n; i++)
+		if (role[i] == PENDING || role[i] == WAITING)
+			reqs[i].status = IDD_ENET;
 	free(mine);
 	free(mine_of);
-	if (rc || !waits) {
-		free(role);
-		return rc;
-	}
-	/* the rest is being fetched by other threads: wait, then read it */
-	pthread_mutex_lock(&e->fl_lock);
-	for (;;) {
-		bool busy = false;
-		for (size_t i = 0; i < n && !busy; i++)
-			busy = role[i] == BY_OTHER && inflight_has(e, &reqs[i].digest);
-		if (!busy)
-			break;
-		pthread_cond_wait(&e->fl_done, &e->fl_lock);
-	}
-	pthread_mutex_unlock(&e->fl_lock);
-	for (size_t i = 0; !rc && i < n; i++) {
-		if (role[i] != BY_OTHER)
-			continue;
-		rc = cs->ops->read(cs, &reqs[i], 1, err);
-		if (rc || reqs[i].status == IDD_OK)
-			continue;
-		idd_negcache_info why;
-		if (idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &why)) {
-			reqs[i].status = why.code; /* the other fetch failed */
-			continue;
-		}
-		/* fetched, but the cache could not keep it: once more here */
-		idd_block_chain chain;
-		fetch_chain(e, &chain);
-		rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
-		idd_error e2;
-		if (!rc)
-			note_outcome(e, &reqs[i]);
-		if (!rc && reqs[i].status == IDD_OK)
-			(void)store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, &e2);
-	}
 	free(role);
 	return rc;
 }
@@ -417,14 +526,19 @@ static const char *failure_reason(int code)
 		       "changed since it was indexed, or the index is another repository's";
 	case IDD_ENOENT:
 		return "no source holds it";
+	case IDD_ETIMEDOUT:
+		return "no answer within the read's time limit";
+	case IDD_ECANCELED:
+		return "the server is stopping";
 	default:
 		return "the source could not be read";
 	}
 }
 
-/* Readahead: the missing blocks after block b1, up to ra_blocks of them,
- * fetched once the read's own blocks are in.  It stops at a block that
- * failed recently: nothing is read ahead around a failure. */
+/* Readahead: the missing blocks after block b1, up to ra_blocks of them.
+ * It stops at a block that failed recently: nothing is read ahead around a
+ * failure.  Runs on the export's readahead thread, so that the read that
+ * asked for it is answered as soon as its own blocks are in. */
 static void read_ahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
 {
 	uint32_t bs = e->bs;
@@ -459,10 +573,58 @@ static void read_ahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
 		                          .buf = buf + n * bs, .status = IDD_ENOENT, .origin_fd = -1};
 		n++;
 	}
-	if (n && fetch_blocks(e, reqs, n, &err) == IDD_ENOMEM)
+	if (n && fetch_blocks(e, reqs, n, true, NULL, &err) == IDD_ENOMEM)
 		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: readahead: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
+}
+
+/* The readahead thread: the latest range asked for replaces one not
+ * started yet (a guest that moved on does not need the old one). */
+static void *readahead_main(void *arg)
+{
+	idd_export *e = arg;
+	idd_server *s = e->srv;
+	pthread_mutex_lock(&e->ra_lock);
+	while (!atomic_load(&s->stop)) {
+		if (!e->ra_queued) {
+			pthread_cond_wait(&e->ra_wake, &e->ra_lock);
+			continue;
+		}
+		uint64_t b1 = e->ra_block, count = e->ra_count;
+		e->ra_queued = false;
+		pthread_mutex_unlock(&e->ra_lock);
+		/* bounded like a read: a stalled source does not hold it forever */
+		idd_fetch_set_deadline(idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000);
+		read_ahead(e, b1, count);
+		idd_fetch_set_deadline(0);
+		pthread_mutex_lock(&e->ra_lock);
+	}
+	pthread_mutex_unlock(&e->ra_lock);
+	return NULL;
+}
+
+/* Ask for [b1, b1 + ra_blocks) to be read ahead, sized to the source's
+ * recent speed. */
+static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
+{
+	uint64_t rate = atomic_load(&e->rate);
+	if (rate) {
+		double fits = (double)rate * (double)READAHEAD_TARGET_NS / 1e9 / e->bs;
+		ra_blocks = IDD_MIN(ra_blocks, (uint64_t)fits);
+	}
+	if (!ra_blocks || b1 >= e->m->nblocks)
+		return;
+	pthread_mutex_lock(&e->ra_lock);
+	if (!e->ra_started && !atomic_load(&e->srv->stop))
+		e->ra_started = !pthread_create(&e->ra_thread, NULL, readahead_main, e);
+	if (e->ra_started) {
+		e->ra_block = b1;
+		e->ra_count = ra_blocks;
+		e->ra_queued = true;
+		pthread_cond_signal(&e->ra_wake);
+	}
+	pthread_mutex_unlock(&e->ra_lock);
 }
 
 /* Make blocks covering [off, off+len) available and, when out is not NULL,
@@ -535,8 +697,9 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 			reqs[i] = reqs[nf];
 			reqs[nf++] = t;
 		}
+	idd_error why = {{0}, IDD_OK};
 	if (!rc && nf)
-		rc = fetch_blocks(e, reqs, nf, err);
+		rc = fetch_blocks(e, reqs, nf, false, &why, err);
 	bool all_in = true;
 	for (size_t i = 0; !rc && i < nf; i++) {
 		if (reqs[i].status == IDD_OK)
@@ -544,17 +707,24 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 		all_in = false;
 		if (!required)
 			continue;
-		idd_negcache_info why = {0, reqs[i].status, 0};
-		bool barred = idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &why);
+		int code = reqs[i].status;
+		unsigned long long at = (unsigned long long)(reqs[i].block * bs);
+		idd_negcache_info barred = {0, code, 0};
+		if (code == IDD_ETIMEDOUT) { /* idd_export_read says which limit */
+			rc = idd_fail_code(err, code, "%s", why.code ? why.msg : "no answer from the source");
+			break;
+		}
+		if (code == IDD_ECANCELED) {
+			rc = idd_fail_code(err, code, "%s: the server is stopping", e->id);
+			break;
+		}
 		char again[96] = "";
-		if (barred && why.fails)
+		if (idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &barred))
 			snprintf(again, sizeof again, "; failed %u time%s in a row, next attempt in %.1f s",
-			         why.fails, why.fails == 1 ? "" : "s", (double)why.wait_ns / 1e9);
-		rc = idd_fail_code(err, reqs[i].status == IDD_ENOENT ? IDD_ENET : reqs[i].status,
+			         barred.fails, barred.fails == 1 ? "" : "s", (double)barred.wait_ns / 1e9);
+		rc = idd_fail_code(err, code == IDD_ENOENT ? IDD_ENET : code,
 		                   "%s: block at offset %llu: no source could supply it verified (%s)%s",
-		                   e->id, (unsigned long long)(reqs[i].block * bs),
-		                   failure_reason(why.code), again);
-		atomic_fetch_add(&s->read_errors, 1);
+		                   e->id, at, failure_reason(barred.code), again);
 	}
 	if (!rc && out)
 		memcpy(out, buf + (off - b0 * bs), (size_t)len);
@@ -564,8 +734,8 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	}
 	free(buf);
 	free(reqs);
-	if (!rc && nf && all_in)
-		read_ahead(e, b1, ra_blocks);
+	if (!rc && nf && all_in && ra_blocks)
+		schedule_readahead(e, b1, ra_blocks);
 	return rc;
 }
 
@@ -603,8 +773,15 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (!idd_add_ok(off, len, &end) || end > e->size)
 		return idd_fail_code(err, IDD_EPERM, "%s: read of %llu bytes at %llu is past the end", e->id,
 		                     (unsigned long long)len, (unsigned long long)off);
+	if (atomic_load(&s->stop))
+		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
-	uint64_t ra = s->o.readahead ? IDD_MIN(s->o.readahead, MAX_READAHEAD) : DEFAULT_READAHEAD;
+	uint64_t ra = s->o.readahead_off ? 0
+	            : s->o.readahead    ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
+	                                : DEFAULT_READAHEAD;
+	/* every wait and every request of this read ends by its deadline */
+	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
+	int64_t old_deadline = idd_fetch_set_deadline(deadline);
 	int rc = IDD_OK;
 	/* large reads in pieces: bounded memory per call */
 	for (uint64_t done = 0; !rc && done < len;) {
@@ -613,8 +790,17 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last ? ra : 0, true, true,
 		                  err);
 		done += piece;
+		if (!rc && done < len && idd_mono_ns() >= deadline)
+			rc = idd_fail_code(err, IDD_ETIMEDOUT, "at offset %llu", (unsigned long long)(off + done));
 	}
+	idd_fetch_set_deadline(old_deadline);
+	if (rc == IDD_ETIMEDOUT)
+		idd_error_prefix(err, "%s: read of %llu bytes at %llu not answered within the read time "
+		                 "limit (%ld s)", e->id, (unsigned long long)len, (unsigned long long)off,
+		                 s->o.read_timeout_s);
 	atomic_fetch_add(&s->reads, 1);
+	if (rc)
+		atomic_fetch_add(&s->read_errors, 1);
 	if (!rc) {
 		atomic_fetch_add(&s->bytes_read, len);
 		if (record_reads(e, off, len))
@@ -726,7 +912,7 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 		reqs[nf++] = t;
 	}
 	if (!rc && nf)
-		rc = fetch_blocks(e, reqs, nf, err);
+		rc = fetch_blocks(e, reqs, nf, false, NULL, err);
 	for (size_t i = 0; !rc && i < nf; i++) {
 		if (reqs[i].status != IDD_OK)
 			return idd_fail_code(err, IDD_ENET, "%s: block at offset %llu could not be had",
@@ -894,6 +1080,8 @@ static void export_free(idd_export *e)
 	pthread_mutex_destroy(&e->remote_lock);
 	pthread_mutex_destroy(&e->fl_lock);
 	pthread_cond_destroy(&e->fl_done);
+	pthread_mutex_destroy(&e->ra_lock);
+	pthread_cond_destroy(&e->ra_wake);
 	pthread_mutex_destroy(&e->rec_lock);
 	free(e);
 }
@@ -908,6 +1096,9 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	pthread_mutex_init(&e->remote_lock, NULL);
 	pthread_mutex_init(&e->fl_lock, NULL);
 	pthread_cond_init(&e->fl_done, NULL);
+	pthread_mutex_init(&e->ra_lock, NULL);
+	pthread_cond_init(&e->ra_wake, NULL);
+	atomic_init(&e->rate, 0);
 	pthread_mutex_init(&e->rec_lock, NULL);
 	atomic_init(&e->active_reads, 0);
 	atomic_init(&e->last_read_ns, 0);
@@ -918,8 +1109,10 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		rc = idd_negcache_init(&e->failed, FAIL_BACKOFF_NS, FAIL_BACKOFF_MAX_NS, err);
 	if (!rc)
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
-	if (!rc)
+	if (!rc) {
+		progress(s, "reading the block map of %s", id);
 		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
+	}
 	if (!rc) {
 		e->bs = e->m->block_size;
 		e->size = e->m->image_size;
@@ -1057,11 +1250,17 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	s->o.peers = NULL; /* the peer source keeps its own copies */
 	s->o.n_peers = 0;
 	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
-	                     .ctx = o->ctx};
-	if (!rc)
+	                     .ctx = o->ctx, .cancel = &s->stop};
+	if (s->o.read_timeout_s <= 0)
+		s->o.read_timeout_s = READ_TIMEOUT_S;
+	if (!rc) {
+		progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
 		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
-	if (!rc)
+	}
+	if (!rc) {
+		progress(s, "opening the cache %s", s->o.cache_dir);
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
+	}
 	if (!rc)
 		rc = idd_cache_prepare(s->cache, s->ri->block_size, err);
 	if (!rc)
@@ -1070,8 +1269,9 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
 	if (!rc && o->n_peers) {
 		/* peers are a shortcut: failing to open them is a warning */
-		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
+		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx, .cancel = &s->stop};
 		idd_error e2;
+		progress(s, "reading the peers' cache indexes");
 		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
 		                         &s->peer_src, &e2))
 			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
@@ -1143,11 +1343,34 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void idd_server_close(idd_server *s)
+void idd_server_stop(idd_server *s)
 {
 	if (!s)
 		return;
 	atomic_store(&s->stop, true);
+	/* wake whatever waits: fetches end by themselves (the sources' cancel
+	 * flag is s->stop) */
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->fl_lock);
+		pthread_cond_broadcast(&e->fl_done);
+		pthread_mutex_unlock(&e->fl_lock);
+		pthread_mutex_lock(&e->ra_lock);
+		pthread_cond_broadcast(&e->ra_wake);
+		pthread_mutex_unlock(&e->ra_lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->flush_lock);
+	pthread_cond_broadcast(&s->flush_wake);
+	pthread_mutex_unlock(&s->flush_lock);
+}
+
+void idd_server_close(idd_server *s)
+{
+	if (!s)
+		return;
+	idd_server_stop(s);
 	if (s->started) {
 		pthread_mutex_lock(&s->flush_lock);
 		pthread_cond_broadcast(&s->flush_wake);
@@ -1160,6 +1383,8 @@ void idd_server_close(idd_server *s)
 			pthread_join(e->prefetch_thread, NULL);
 		if (e->fill_started)
 			pthread_join(e->fill_thread, NULL);
+		if (e->ra_started)
+			pthread_join(e->ra_thread, NULL);
 	}
 	if (s->o.record) {
 		idd_error err;

@@ -16,6 +16,9 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,13 +61,90 @@ static struct {
 	bool fill, no_pack;
 	bool parallel, parallel_set;
 	uint64_t readahead;
+	bool readahead_off;
 	int connections;
-	long timeout_s;
+	long timeout_s, read_timeout_s;
 	char *owned[8 + MAX_PEERS]; /* absolute paths made here, freed on unload */
 	size_t n_owned;
 } cfg;
 
 static idd_server *server;
+
+/* ---- start-up progress ----
+ *
+ * Opening the repository reads its catalog and the exports' block maps;
+ * from a slow source that takes a while.  While it runs, a thread says
+ * every few seconds what is being read and how much has arrived. */
+#define PROGRESS_FIRST_S 2
+#define PROGRESS_EVERY_S 5
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	char stage[512];
+	bool done;
+	pthread_t thread;
+	bool started;
+} startup = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, "", false, 0, false};
+
+static void startup_stage(void *ctx, const char *msg)
+{
+	(void)ctx;
+	pthread_mutex_lock(&startup.lock);
+	snprintf(startup.stage, sizeof startup.stage, "%s", msg);
+	pthread_mutex_unlock(&startup.lock);
+}
+
+static void human(uint64_t v, char *out, size_t len)
+{
+	const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double d = (double)v;
+	size_t u = 0;
+	while (d >= 1024 && u + 1 < sizeof unit / sizeof unit[0]) {
+		d /= 1024;
+		u++;
+	}
+	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", d, unit[u]);
+}
+
+static void *startup_ticker(void *arg)
+{
+	(void)arg;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	long next = PROGRESS_FIRST_S;
+	pthread_mutex_lock(&startup.lock);
+	while (!startup.done) {
+		struct timespec until = {t0.tv_sec + next, t0.tv_nsec};
+		if (pthread_cond_clockwait(&startup.wake, &startup.lock, CLOCK_MONOTONIC, &until) == 0)
+			continue;
+		if (startup.done)
+			break;
+		char got[32];
+		human(idd_bytes_received(), got, sizeof got);
+		nbdkit_error("starting (%ld s): %s; %s received so far", next, startup.stage, got);
+		next += PROGRESS_EVERY_S;
+	}
+	pthread_mutex_unlock(&startup.lock);
+	return NULL;
+}
+
+/* The ticker runs only while get_ready does: it is gone before nbdkit forks. */
+static void startup_begin(void)
+{
+	startup.done = false;
+	startup.started = pthread_create(&startup.thread, NULL, startup_ticker, NULL) == 0;
+}
+
+static void startup_end(void)
+{
+	pthread_mutex_lock(&startup.lock);
+	startup.done = true;
+	pthread_cond_broadcast(&startup.wake);
+	pthread_mutex_unlock(&startup.lock);
+	if (startup.started)
+		pthread_join(startup.thread, NULL);
+	startup.started = false;
+}
 static idd_export *exports[MAX_IMAGES];
 static bool stats_written;
 
@@ -172,6 +252,7 @@ static int plugin_config(const char *key, const char *value)
 		if (v < 0)
 			return -1;
 		cfg.readahead = (uint64_t)v;
+		cfg.readahead_off = v == 0;
 		return 0;
 	} else if (!strcmp(key, "connections")) {
 		int v;
@@ -192,6 +273,16 @@ static int plugin_config(const char *key, const char *value)
 			return -1;
 		}
 		cfg.timeout_s = v;
+		return 0;
+	} else if (!strcmp(key, "read-timeout")) {
+		int v;
+		if (nbdkit_parse_int("read-timeout", value, &v) == -1)
+			return -1;
+		if (v < 1) {
+			nbdkit_error("read-timeout=%s: must be at least 1 second", value);
+			return -1;
+		}
+		cfg.read_timeout_s = v;
 		return 0;
 	}
 	nbdkit_error("unknown parameter '%s'", key);
@@ -231,20 +322,58 @@ static int plugin_get_ready(void)
 		.record = cfg.record,
 		.prefetch = cfg.prefetch,
 		.readahead = cfg.readahead,
+		.readahead_off = cfg.readahead_off,
+		.read_timeout_s = cfg.read_timeout_s,
 		.warn = plugin_warn,
+		.progress = startup_stage,
 	};
 	idd_error err = {{0}, 0};
+	startup_begin();
+	int rc = 0;
 	if (idd_server_open(&o, &server, &err)) {
 		nbdkit_error("%s", err.msg);
-		return -1;
+		rc = -1;
 	}
-	for (size_t i = 0; i < cfg.n_images; i++) {
+	for (size_t i = 0; !rc && i < cfg.n_images; i++) {
 		if (idd_export_open(server, cfg.images[i], &exports[i], &err)) {
 			nbdkit_error("%s", err.msg);
-			return -1;
+			rc = -1;
 		}
 	}
-	return 0;
+	startup_end();
+	return rc;
+}
+
+/* ---- stopping ----
+ *
+ * On SIGTERM nbdkit stops accepting requests but waits for the ones in
+ * progress; a read waiting for a stalled source would hold it up for its
+ * whole read timeout.  nbdkit_nanosleep returns early once nbdkit is
+ * shutting down: a thread sleeping in it tells the library to stop, which
+ * ends every fetch and read in progress at once. */
+static pthread_t watcher;
+static bool watcher_started;
+static atomic_bool watcher_done;
+
+static void *watch_shutdown(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&watcher_done)) {
+		if (nbdkit_nanosleep(0, 200000000) == -1) {
+			idd_server_stop(server);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void stop_watcher(void)
+{
+	if (!watcher_started)
+		return;
+	atomic_store(&watcher_done, true);
+	pthread_join(watcher, NULL);
+	watcher_started = false;
 }
 
 static int plugin_after_fork(void)
@@ -254,6 +383,9 @@ static int plugin_after_fork(void)
 		nbdkit_error("%s", err.msg);
 		return -1;
 	}
+	watcher_started = pthread_create(&watcher, NULL, watch_shutdown, NULL) == 0;
+	if (!watcher_started)
+		nbdkit_debug("no shutdown watcher: reads in progress finish before nbdkit stops");
 	return 0;
 }
 
@@ -305,6 +437,7 @@ static void write_stats(const idd_serve_stats *st)
  * running) and again from unload; the second call finds nothing to do. */
 static void shut_down(void)
 {
+	stop_watcher();
 	for (size_t i = 0; i < cfg.n_images; i++) {
 		if (exports[i]) {
 			idd_export_close(exports[i]);
@@ -442,9 +575,10 @@ static struct nbdkit_plugin plugin = {
 	               "fill=BOOL          fetch the rest of each image in the background\n"
 	               "record=FILE        write the order of first reads (a boot profile)\n"
 	               "prefetch=FILE      fetch a recorded profile's blocks ahead of the guest\n"
-	               "readahead=SIZE     bytes fetched past a read that missed (default 2M)\n"
+	               "readahead=SIZE     bytes fetched past a read that missed (default 2M, 0: none)\n"
 	               "connections=N      remote requests in flight per export (default 4)\n"
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
+	               "read-timeout=SECONDS  a client read fails (EIO) after this (default 60)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
 	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
