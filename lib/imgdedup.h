@@ -523,6 +523,8 @@ typedef struct idd_serve_opts {
 	uint64_t readahead;        /* bytes fetched past a read that missed; 0: 2 MiB (max 4 MiB) */
 	bool readahead_off;        /* no readahead at all (readahead is then ignored) */
 	long read_timeout_s;       /* a client read fails (EIO) after this long; 0: 60 */
+	uint64_t read_memory_budget; /* bytes of client reads being filled at once (the
+	                              * NBD server's buffers); more wait; 0: 128 MiB */
 	idd_warn_fn warn;
 	void *ctx;
 	/* told what start-up is doing (reading the catalog, a block map, ...)

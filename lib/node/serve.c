@@ -47,6 +47,8 @@
  * next to nothing. */
 #define FAIL_BACKOFF_NS ((int64_t)1000000000)
 #define FAIL_BACKOFF_MAX_NS ((int64_t)60 * 1000000000)
+/* Client read buffers filled at once (the default of read_memory_budget). */
+#define READ_MEMORY_BUDGET ((uint64_t)128 << 20)
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
 /* A read whose block a readahead is fetching waits for it this long, then
@@ -131,6 +133,10 @@ struct idd_server {
 	/* counters */
 	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
 	    read_errors, exports_complete, cache_write_errors;
+	/* the clients' read buffers being filled at once (read_memory_budget) */
+	pthread_mutex_t mem_lock;
+	pthread_cond_t mem_freed;
+	uint64_t mem_used, mem_budget;
 	/* what exports that were closed had fetched */
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
@@ -647,7 +653,11 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	 * by the read that wants them */
 	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
 	size_t nmax = (size_t)(b1 - b0);
-	unsigned char *buf = idd_malloc(nmax * bs, err);
+	/* Whole blocks inside the range are assembled in place, in the
+	 * caller's buffer (nothing reaches the client unless every block was
+	 * verified: a failed read returns no data); the partial first and last
+	 * blocks, or everything when there is no out, in a buffer of our own. */
+	unsigned char *buf = idd_malloc((out ? 2 : nmax) * (size_t)bs, err);
 	idd_block_req *reqs = idd_calloc(nmax, sizeof *reqs, err);
 	if (!buf || !reqs) {
 		free(buf);
@@ -661,7 +671,9 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 		while (e->m->runs[si].block + e->m->runs[si].count <= b)
 			si++;
 		const idd_map_span *sp = &e->m->runs[si];
-		unsigned char *dst = buf + (b - b0) * bs;
+		unsigned char *dst = !out ? buf + (b - b0) * bs
+		                   : b * bs >= off && (b + 1) * bs <= off + len ? out + (b * bs - off)
+		                   : buf + (b == b0 ? 0 : bs);
 		uint32_t ref = idd_map_span_ref(sp, b);
 		if (!ref) {
 			memset(dst, 0, bs);
@@ -726,8 +738,16 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 		                   "%s: block at offset %llu: no source could supply it verified (%s)%s",
 		                   e->id, at, failure_reason(barred.code), again);
 	}
-	if (!rc && out)
-		memcpy(out, buf + (off - b0 * bs), (size_t)len);
+	if (!rc && out) {
+		/* the partial edge blocks */
+		if (off > b0 * bs || off + len < (b0 + 1) * bs) {
+			uint64_t k = IDD_MIN(len, (b0 + 1) * bs - off);
+			memcpy(out, buf + (off - b0 * bs), (size_t)k);
+		}
+		uint64_t last = b1 - 1;
+		if (last > b0 && off + len < b1 * bs)
+			memcpy(out + (last * bs - off), buf + bs, (size_t)(off + len - last * bs));
+	}
 	if (stats) {
 		atomic_fetch_add(&s->bytes_zero, zero);
 		atomic_fetch_add(&s->bytes_from_cache, from_cache);
@@ -766,6 +786,44 @@ static int record_reads(idd_export *e, uint64_t off, uint64_t len)
 	return rc;
 }
 
+/* The NBD server allocates each request's buffer before the read, and the
+ * buffer costs memory once it is written: with many clients making large
+ * reads that grows with clients x request size.  A read takes its length
+ * from a server-wide budget before it touches its buffer and gives it
+ * back when done; a read that does not fit waits (until its deadline). */
+static int take_read_memory(idd_server *s, uint64_t n, int64_t deadline, idd_error *err)
+{
+	pthread_mutex_lock(&s->mem_lock);
+	int rc = IDD_OK;
+	while (s->mem_used && s->mem_used + n > s->mem_budget) {
+		int64_t now = idd_mono_ns();
+		if (atomic_load(&s->stop)) {
+			rc = idd_fail_code(err, IDD_ECANCELED, "the server is stopping");
+			break;
+		}
+		if (now >= deadline) {
+			rc = idd_fail_code(err, IDD_ETIMEDOUT, "waiting for memory for the read's buffer (%llu "
+			                   "bytes of reads in progress)", (unsigned long long)s->mem_used);
+			break;
+		}
+		int64_t until = IDD_MIN(deadline, now + 100000000);
+		struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+		pthread_cond_clockwait(&s->mem_freed, &s->mem_lock, CLOCK_MONOTONIC, &ts);
+	}
+	if (!rc)
+		s->mem_used += n;
+	pthread_mutex_unlock(&s->mem_lock);
+	return rc;
+}
+
+static void give_read_memory(idd_server *s, uint64_t n)
+{
+	pthread_mutex_lock(&s->mem_lock);
+	s->mem_used -= n;
+	pthread_cond_broadcast(&s->mem_freed);
+	pthread_mutex_unlock(&s->mem_lock);
+}
+
 int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_error *err)
 {
 	idd_server *s = e->srv;
@@ -782,7 +840,10 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
 	int64_t old_deadline = idd_fetch_set_deadline(deadline);
-	int rc = IDD_OK;
+	uint64_t mem = IDD_MIN(len, s->mem_budget);
+	int rc = take_read_memory(s, mem, deadline, err);
+	if (rc)
+		mem = 0;
 	/* large reads in pieces: bounded memory per call */
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
@@ -794,6 +855,8 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 			rc = idd_fail_code(err, IDD_ETIMEDOUT, "at offset %llu", (unsigned long long)(off + done));
 	}
 	idd_fetch_set_deadline(old_deadline);
+	if (mem)
+		give_read_memory(s, mem);
 	if (rc == IDD_ETIMEDOUT)
 		idd_error_prefix(err, "%s: read of %llu bytes at %llu not answered within the read time "
 		                 "limit (%ld s)", e->id, (unsigned long long)len, (unsigned long long)off,
@@ -1240,6 +1303,9 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->flush_lock, NULL);
 	pthread_cond_init(&s->flush_wake, NULL);
+	pthread_mutex_init(&s->mem_lock, NULL);
+	pthread_cond_init(&s->mem_freed, NULL);
+	s->mem_budget = o->read_memory_budget ? o->read_memory_budget : READ_MEMORY_BUDGET;
 	atomic_init(&s->stop, false);
 	atomic_init(&s->last_refresh_ns, 0);
 	int rc = IDD_OK;
@@ -1405,5 +1471,7 @@ void idd_server_close(idd_server *s)
 	pthread_mutex_destroy(&s->lock);
 	pthread_mutex_destroy(&s->flush_lock);
 	pthread_cond_destroy(&s->flush_wake);
+	pthread_mutex_destroy(&s->mem_lock);
+	pthread_cond_destroy(&s->mem_freed);
 	free(s);
 }

@@ -46,14 +46,18 @@
 #endif
 
 #define MAX_IMAGES 256
-#define MAX_PEERS 16
-/* The largest request a client may make; a read this size touches at most
- * 32 MiB / 512 B blocks, which the library handles without a huge buffer. */
+/* as many as the library takes (IDD_MAX_PEERS, docs/peers.md) */
+#define MAX_PEERS 64
+/* The largest request a client may make, advertised as the maximum block
+ * size and enforced (nbdkit 1.32 itself only refuses more than 64 MiB).
+ * nbdkit keeps each connection's request buffer, zeroed, at the size of
+ * its largest request: with many connections this is what bounds it. */
 #define MAX_REQUEST (32u << 20)
 
 static struct {
 	const char *source, *index, *cache_dir, *record, *prefetch;
 	char *stats_path; /* absolute: nbdkit may change directory */
+	int stats_fd;     /* stats-fd=N, -1 when not given */
 	const char *images[MAX_IMAGES];
 	size_t n_images;
 	const char *peers[MAX_PEERS];
@@ -191,6 +195,7 @@ static int parse_bool(const char *value, bool *out)
  * until nbdkit exits instead of being unloaded under it. */
 static void plugin_load(void)
 {
+	cfg.stats_fd = -1;
 	Dl_info info;
 	if (dladdr((void *)plugin_load, &info) && info.dli_fname)
 		dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
@@ -216,6 +221,16 @@ static int plugin_config(const char *key, const char *value)
 		free(cfg.stats_path);
 		cfg.stats_path = nbdkit_absolute_path(value);
 		return cfg.stats_path ? 0 : -1;
+	} else if (!strcmp(key, "stats-fd")) {
+		int v;
+		if (nbdkit_parse_int("stats-fd", value, &v) == -1)
+			return -1;
+		if (v < 0) {
+			nbdkit_error("stats-fd=%s: not a file descriptor", value);
+			return -1;
+		}
+		cfg.stats_fd = v;
+		return 0;
 	} else if (!strcmp(key, "image")) {
 		if (!*value) {
 			nbdkit_error("image=: an image id is required");
@@ -389,8 +404,46 @@ static int plugin_after_fork(void)
 	return 0;
 }
 
-/* stats=FILE: the serve counters as one JSON object, written through a
- * temporary file and renamed, so a reader never sees half of it. */
+/* The serve counters as one JSON object. */
+static int format_stats(char *out, size_t len, const idd_serve_stats *st)
+{
+	return snprintf(out, len,
+	        "{\"reads\":%" PRIu64 ",\"bytes_read\":%" PRIu64 ",\"bytes_zero\":%" PRIu64
+	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
+	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
+	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
+	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
+	        ",\"cache_write_errors\":%" PRIu64 "}\n",
+	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
+	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
+	        st->read_errors, st->exports_complete, st->cache_write_errors);
+}
+
+/* stats-fd=N: the counters into that file (serve passes an anonymous
+ * memory file and reads it once nbdkit has exited). */
+static void write_stats_fd(const idd_serve_stats *st)
+{
+	char text[2048];
+	int n = format_stats(text, sizeof text, st);
+	size_t done = 0;
+	if (n < 0 || (size_t)n >= sizeof text || ftruncate(cfg.stats_fd, 0) != 0) {
+		nbdkit_error("stats-fd=%d: %s", cfg.stats_fd, n < 0 ? "cannot format" : strerror(errno));
+		return;
+	}
+	while (done < (size_t)n) {
+		ssize_t w = pwrite(cfg.stats_fd, text + done, (size_t)n - done, (off_t)done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			nbdkit_error("stats-fd=%d: %s", cfg.stats_fd, w < 0 ? strerror(errno) : "short write");
+			return;
+		}
+		done += (size_t)w;
+	}
+}
+
+/* stats=FILE: written through a temporary file and renamed, so a reader
+ * never sees half of it. */
 static void write_stats(const idd_serve_stats *st)
 {
 	size_t n = strlen(cfg.stats_path) + 32;
@@ -406,16 +459,9 @@ static void write_stats(const idd_serve_stats *st)
 		free(tmp);
 		return;
 	}
-	fprintf(f,
-	        "{\"reads\":%" PRIu64 ",\"bytes_read\":%" PRIu64 ",\"bytes_zero\":%" PRIu64
-	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
-	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
-	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
-	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
-	        ",\"cache_write_errors\":%" PRIu64 "}\n",
-	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
-	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
-	        st->read_errors, st->exports_complete, st->cache_write_errors);
+	char text[2048];
+	format_stats(text, sizeof text, st);
+	fputs(text, f);
 	bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
 	int e = errno;
 	if (fclose(f) != 0 && ok) {
@@ -449,8 +495,11 @@ static void shut_down(void)
 		idd_server_stats(server, &st);
 		idd_server_close(server);
 		server = NULL;
-		if (cfg.stats_path && !stats_written) {
-			write_stats(&st);
+		if (!stats_written) {
+			if (cfg.stats_path)
+				write_stats(&st);
+			if (cfg.stats_fd >= 0)
+				write_stats_fd(&st);
 			stats_written = true;
 		}
 	}
@@ -522,13 +571,29 @@ static int plugin_is_rotational(void *handle) { return 0; }
 static int fail_request(const idd_error *err)
 {
 	nbdkit_error("%s", err->msg);
-	nbdkit_set_error(err->code == IDD_ENOMEM ? ENOMEM : EIO);
+	nbdkit_set_error(err->code == IDD_ENOMEM      ? ENOMEM
+	                 : err->code == IDD_ECANCELED ? ESHUTDOWN /* the server is stopping */
+	                                              : EIO);
+	return -1;
+}
+
+/* A request above the advertised maximum is refused, as nbdkit refuses
+ * what is above its own. */
+static int too_large(const char *what, uint32_t count)
+{
+	if (count <= MAX_REQUEST)
+		return 0;
+	nbdkit_error("%s of %" PRIu32 " bytes refused: more than the maximum of %u bytes this server "
+	             "advertises", what, count, MAX_REQUEST);
+	nbdkit_set_error(EINVAL);
 	return -1;
 }
 
 static int plugin_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
 	idd_error err = {{0}, 0};
+	if (too_large("read", count))
+		return -1;
 	if (idd_export_read(handle, buf, count, offset, &err))
 		return fail_request(&err);
 	return 0;
@@ -551,6 +616,8 @@ static int plugin_extents(void *handle, uint32_t count, uint64_t offset, uint32_
 static int plugin_cache(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
 	idd_error err = {{0}, 0};
+	if (too_large("cache request", count))
+		return -1;
 	if (idd_export_prefetch(handle, offset, count, &err))
 		return fail_request(&err);
 	return 0;
@@ -583,7 +650,8 @@ static struct nbdkit_plugin plugin = {
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
 	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
 	               "                   a client hangs up with requests in flight)\n"
-	               "stats=FILE         on exit, write the serve counters to FILE as JSON",
+	               "stats=FILE         on exit, write the serve counters to FILE as JSON\n"
+	               "stats-fd=N         the same into the open file descriptor N",
 	.get_ready = plugin_get_ready,
 	.after_fork = plugin_after_fork,
 	.cleanup = plugin_cleanup,

@@ -6,9 +6,12 @@
 #include "node/outpart.h"
 #include "node/partial.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -171,11 +174,44 @@ static void test_outpart(void **state)
 	free(dir);
 }
 
+/* An append that only partly fits says why (here a file size limit:
+ * EFBIG), not "Success" from a short write's untouched errno. */
+static void test_short_append_says_why(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *base = idd_path_join(dir, "img", NULL);
+	idd_partial *p;
+	idd_error err;
+	assert_int_equal(idd_partial_open(base, "img", BS, 64 * BS, 64, &p, &err), IDD_OK);
+	for (uint64_t b = 0; b < 8; b++)
+		add_block(p, b, 900 + b);
+	/* room for 10 more bytes of journal: the 8 records (384 bytes) are cut short */
+	struct rlimit old;
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	struct rlimit lim = {IDD_PARTIAL_HEADER + 10, old.rlim_max};
+	void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	size_t n = 0;
+	int rc = idd_partial_flush(p, &n, &err);
+	setrlimit(RLIMIT_FSIZE, &old);
+	signal(SIGXFSZ, old_sig);
+	assert_int_not_equal(rc, IDD_OK);
+	assert_int_equal(n, 0);
+	assert_null(strstr(err.msg, "Success"));
+	assert_non_null(strstr(err.msg, strerror(EFBIG)));
+	idd_partial_close(p);
+	tu_rmtree(dir);
+	free(base);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_journal),
 	    cmocka_unit_test(test_outpart),
+	    cmocka_unit_test(test_short_append_says_why),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
