@@ -879,12 +879,16 @@ int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *er
 	uint64_t end;
 	if (!idd_add_ok(off, len, &end) || end > e->size)
 		return idd_fail_code(err, IDD_EPERM, "%s: range past the end", e->id);
+	/* a client's request: bounded like a read */
+	int64_t old_deadline =
+	    idd_fetch_set_deadline(idd_mono_ns() + (int64_t)e->srv->o.read_timeout_s * 1000000000);
 	int rc = IDD_OK;
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
 		rc = access_range(e, off + done, piece, NULL, 0, false, false, err);
 		done += piece;
 	}
+	idd_fetch_set_deadline(old_deadline);
 	return rc;
 }
 
