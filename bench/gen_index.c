@@ -11,7 +11,11 @@
  *    earlier member, replacing 10-40% of its blocks (so it shares 60-90%)
  *    in 8-32 contiguous runs with content of its own;
  *  - 1% of each image's blocks repeat content from elsewhere in the image.
- * Digests are pseudo-random 32-byte values (no hashing needed). */
+ * Digests are pseudo-random 32-byte values (no hashing needed).
+ *
+ * With GEN_INDEX_WITHOUT=K in the environment, INDEX_DIR/without-K/catalog
+ * is also written: the same catalog less its last K images (their lists
+ * stay), so a benchmark can time "K images added" and "K removed". */
 #include "index/indexfile.h"
 #include "index/catalog.h"
 
@@ -179,6 +183,21 @@ int main(int argc, char **argv)
 	if (idd_catalog_save(index_dir, &cat, &err)) {
 		fprintf(stderr, "gen_index: %s\n", err.msg);
 		return 1;
+	}
+	const char *without = getenv("GEN_INDEX_WITHOUT");
+	uint64_t k = without ? strtoull(without, NULL, 10) : 0;
+	if (k && k < nimages) {
+		char sub[4096];
+		snprintf(sub, sizeof sub, "%s/without-%llu", index_dir, (unsigned long long)k);
+		idd_catalog less = cat;
+		less.count = nimages - k;
+		less.unique_blocks = 0;
+		for (uint64_t i = 0; i < less.count; i++)
+			less.unique_blocks += infos[i].distinct_blocks;
+		if (idd_mkdir_p(sub, &err) || idd_catalog_save(sub, &less, &err)) {
+			fprintf(stderr, "gen_index: %s\n", err.msg);
+			return 1;
+		}
 	}
 	printf("wrote %llu images x %llu blocks to %s\n", (unsigned long long)nimages,
 	       (unsigned long long)nblocks, index_dir);

@@ -214,6 +214,15 @@ typedef struct idd_scan_opts {
 	uint32_t block_size;     /* 0: the index's, or the default for a new one */
 	int jobs;                /* 0: online CPUs */
 	bool no_wait;            /* lock held by another run: fail with IDD_EBUSY */
+	/* shard_n > 0: index only the files of shard shard_k (1..shard_n), a
+	 * stable partition by file id, into INDEX/shards/K-of-N/ (block lists in
+	 * the shared blocks/); the catalog is left alone.  Shards may run at
+	 * once, on different machines sharing the index directory. */
+	uint32_t shard_k, shard_n;
+	/* merge: write the catalog and the block table from the shards' results
+	 * (and, for a shard that has none, the catalog's own images of it),
+	 * reading no image; then remove the shard results */
+	bool merge;
 	const char *const *includes; /* extra glob patterns for image names */
 	size_t n_includes;
 	idd_progress_fn progress;
@@ -297,6 +306,14 @@ typedef struct idd_pack_stats {
 	uint64_t failed;      /* blocks that could not be read or did not match their digest */
 	uint64_t views_written;
 	uint64_t data_bytes_written;
+	uint64_t index_bytes_written; /* the pack's index files written: runs (merges included),
+	                                 frame tables, views, the manifest */
+	uint64_t maps_read;   /* block maps read (those of the lists packed this run) */
+	uint64_t lists_read;  /* block lists read (maps missing or stale, lists gone, the
+	                         block table brought up to date) */
+	uint64_t runs;        /* runs of the pack's digest index after the run */
+	uint64_t runs_merged; /* merges of two runs this run */
+	bool upgraded;        /* an index of an older imgdedup was converted */
 	bool compacted;       /* the data files were rewritten (garbage above 25%, or a rebuild) */
 	bool changed;         /* anything was written */
 	bool committed;       /* the pack on disk reflects this run (the figures above are its) */
@@ -429,7 +446,7 @@ typedef struct idd_deploy_stats {
 	uint64_t bytes_from_cache; /* written from local data: cache, seeds, OUT itself (resume, repeats) */
 	uint64_t bytes_fetched;    /* block payload pulled from SOURCE (stored bytes: compressed if so) */
 	uint64_t requests;         /* fetch requests to SOURCE, index files and retries included */
-	uint64_t bytes_index;      /* index bytes read from SOURCE (catalog, map) */
+	uint64_t bytes_index;      /* index bytes read from SOURCE (entry or catalog, map, pack view) */
 	uint64_t bytes_resumed;    /* part of bytes_from_cache: found valid in an interrupted OUT */
 	uint64_t bytes_seed;       /* part of bytes_from_cache: read from --seed images */
 	uint64_t bytes_reflinked;  /* part of bytes_from_cache: cloned, not copied */
@@ -475,10 +492,12 @@ typedef struct idd_cache_image {
 	uint32_t block_size;
 	uint64_t size;      /* image size */
 	uint64_t disk_bytes;/* allocated on disk now */
-	uint64_t blocks;    /* distinct non-zero blocks indexed */
+	uint64_t blocks;    /* distinct non-zero blocks it holds (indexed, or journaled) */
 	int64_t last_used;  /* unix ns */
 	bool partial;       /* fetched in part by serve: present_blocks of data_blocks */
-	uint64_t present_blocks, data_blocks;
+	uint64_t present_blocks; /* partial: blocks of the image whose content it holds,
+	                            repeats included (a repeat is stored once) */
+	uint64_t data_blocks;    /* partial: the image's non-zero blocks, repeats included */
 	bool in_use;        /* an export or a deploy has it open (gc leaves it) */
 } idd_cache_image;
 

@@ -66,6 +66,45 @@ int idd_sha256(const void *data, size_t len, unsigned char out[32], idd_error *e
 	return IDD_OK;
 }
 
+struct idd_sha256_ctx {
+	EVP_MD_CTX *md;
+};
+
+idd_sha256_ctx *idd_sha256_begin(idd_error *err)
+{
+	pthread_once(&sha256_once, sha256_fetch);
+	idd_sha256_ctx *c = idd_calloc(1, sizeof *c, err);
+	if (!c)
+		return NULL;
+	if (!sha256_md || !(c->md = EVP_MD_CTX_new()) || EVP_DigestInit_ex2(c->md, sha256_md, NULL) != 1) {
+		idd_sha256_abort(c);
+		idd_fail(err, "OpenSSL: SHA-256 failed");
+		return NULL;
+	}
+	return c;
+}
+
+int idd_sha256_update(idd_sha256_ctx *c, const void *data, size_t len, idd_error *err)
+{
+	return EVP_DigestUpdate(c->md, data, len) == 1 ? IDD_OK : idd_fail(err, "OpenSSL: SHA-256 failed");
+}
+
+int idd_sha256_end(idd_sha256_ctx *c, unsigned char out[32], idd_error *err)
+{
+	unsigned int n = 0;
+	int ok = EVP_DigestFinal_ex(c->md, out, &n) == 1 && n == 32;
+	idd_sha256_abort(c);
+	return ok ? IDD_OK : idd_fail(err, "OpenSSL: SHA-256 failed");
+}
+
+void idd_sha256_abort(idd_sha256_ctx *c)
+{
+	if (!c)
+		return;
+	EVP_MD_CTX_free(c->md);
+	free(c);
+}
+
 int idd_sha256_2(const void *a, size_t alen, const void *b, size_t blen, unsigned char out[32],
                  idd_error *err)
 {

@@ -17,6 +17,13 @@ int idd_sha256(const void *data, size_t len, unsigned char out[32], idd_error *e
 /* SHA-256 of a followed by b. */
 int idd_sha256_2(const void *a, size_t alen, const void *b, size_t blen, unsigned char out[32],
                  idd_error *err);
+/* SHA-256 fed in pieces (files too large to hold). */
+typedef struct idd_sha256_ctx idd_sha256_ctx;
+idd_sha256_ctx *idd_sha256_begin(idd_error *err);
+int idd_sha256_update(idd_sha256_ctx *c, const void *data, size_t len, idd_error *err);
+/* Writes the digest and frees c (also on failure). */
+int idd_sha256_end(idd_sha256_ctx *c, unsigned char out[32], idd_error *err);
+void idd_sha256_abort(idd_sha256_ctx *c);
 bool idd_is_zero(const void *p, size_t len);
 /* Hash every block of buf (len a multiple of bs, or the tail zero-padded):
  * zero blocks get the zero digest and are not hashed.  *hashed counts the

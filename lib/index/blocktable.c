@@ -1,85 +1,375 @@
 /* blocktable.c - the repository-wide block table: for each distinct non-zero
- * digest, how many images hold it and one canonical (image, block) to read it
- * from.  Sharded by the digest's top bits so that building it needs memory
- * for one shard only.  Layout: docs/formats.md ("Block maps"). */
-#include "index/map.h"
+ * digest, how many images hold it.  Kept as a log-structured merge of sorted
+ * runs of signed counts (LevelDB's compaction is the model): a change of k
+ * images reads those k block lists, writes one run of +1/-1 entries, and
+ * merges runs of similar size, so a cron run costs what changed plus an
+ * amortised merge that grows with the logarithm of the repository.  A
+ * manifest names the runs and the images (with their lists) they count.
+ * Layout: docs/formats.md ("Block table"). */
+#include "index/blocktable.h"
+#include "index/catalog.h"
 #include "index/indexfile.h"
+#include "base/digest.h"
+#include "base/error.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 static const char BTI_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'T', 'I', 0};
-static const char BTS_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'T', 'S', 0};
-#define BT_VERSION 1
-#define BT_ENTRY 48
+static const char BTR_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'T', 'R', 0};
+#define BT_VERSION 2
+#define BT_ENTRY 36
 #define BT_INDEX_FILE "index"
-#define BT_MAX_SHARD_BITS 8
-/* Memory for one shard while building: about 128 bytes per distinct digest
- * (hash slot, aux, entry), so 1 GiB holds 8M digests. */
-#define BT_SHARD_ENTRIES (8u << 20)
+#define BT_RUN_PREFIX "run-"
+/* a run is merged into the one before it once it is at least 1/BT_RATIO of
+ * its size: at most log_BT_RATIO(table / change) runs exist */
+#define BT_RATIO 2
+#define BT_IO_BUF (1u << 20)
+/* a file whose mtime is this close to the manifest's writing may have been
+ * changed again within the timestamp granularity: check it by reading it */
+#define BT_RACY_NS ((int64_t)2 * 1000000000)
 
-int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err)
+size_t idd_blocktable_buffer_entries = (size_t)8 << 20; /* 288 MiB */
+
+/* Internal result: the table cannot be updated from what it says; count
+ * everything afresh. */
+#define BT_REBUILD 1
+
+struct bt_entry {
+	unsigned char d[32];
+	int32_t count;
+};
+
+static int64_t file_mtime_ns(const struct stat *st)
 {
-	idd_buf b = {0};
-	idd_buf_put_u32(&b, cat->block_size);
-	for (size_t i = 0; i < cat->count; i++) {
-		idd_buf_put_str(&b, cat->images[i].id);
-		idd_buf_put(&b, cat->images[i].list_key.b, 32);
+	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+/* ---- runs on disk ---- */
+
+static char *run_path(const char *dir, uint64_t seq, idd_error *err)
+{
+	return idd_asprintf(err, "%s/" BT_RUN_PREFIX "%016llx", dir, (unsigned long long)seq);
+}
+
+static void run_unmap(idd_bt_run *r)
+{
+	if (r->map)
+		munmap((void *)r->map, r->map_len);
+	r->map = NULL;
+}
+
+static const unsigned char *run_at(const idd_bt_run *r, uint64_t i)
+{
+	return r->map + IDD_IF_HEADER + i * BT_ENTRY;
+}
+
+/* Map a run and check its container header (not its checksum: that costs
+ * a read of the whole file, done when its file changed and by verify). */
+static int run_map(const char *dir, idd_bt_run *r, idd_error *err)
+{
+	char *path = run_path(dir, r->seq, err);
+	if (!path)
+		return IDD_ERR;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc = IDD_OK;
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st)) {
+		rc = idd_fail_errno(err, path, "cannot open");
+	} else if (!S_ISREG(st.st_mode) || st.st_size < IDD_IF_HEADER + IDD_IF_TRAILER ||
+	           ((uint64_t)st.st_size - IDD_IF_HEADER - IDD_IF_TRAILER) % BT_ENTRY) {
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: not a block table run (size %lld)", path,
+		                   (long long)st.st_size);
+	} else {
+		void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+		if (m == MAP_FAILED) {
+			rc = idd_fail_errno(err, path, "mmap");
+		} else {
+			r->map = m;
+			r->map_len = (size_t)st.st_size;
+			uint64_t payload = (uint64_t)st.st_size - IDD_IF_HEADER - IDD_IF_TRAILER;
+			if (memcmp(r->map, BTR_MAGIC, 8) || idd_le32(r->map + 8) != BT_VERSION ||
+			    idd_le32(r->map + 12) != 0 || idd_le64(r->map + 16) != payload ||
+			    idd_le64(r->map + 24) != payload || payload / BT_ENTRY != r->entries) {
+				rc = idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block table run header", path);
+				run_unmap(r);
+			}
+		}
 	}
-	int rc = b.failed ? idd_fail(err, "out of memory") : idd_sha256(b.data, b.len, key->b, err);
-	idd_buf_free(&b);
+	if (!rc) {
+		r->size = (uint64_t)st.st_size;
+		r->ino = (uint64_t)st.st_ino;
+		r->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	}
+	if (fd >= 0)
+		close(fd);
+	free(path);
 	return rc;
+}
+
+/* Drop the pages of a run's entries [dropped_to, upto) from this process's
+ * resident set: lookups and merges walk a run forwards and never come back,
+ * and the budget is memory, not the table's size. */
+static void run_drop_until(idd_bt_run *r, uint64_t upto)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t page = pg > 0 ? (uint64_t)pg : 4096;
+	uint64_t from = (IDD_IF_HEADER + r->dropped_to * BT_ENTRY) / page * page;
+	uint64_t to = (IDD_IF_HEADER + upto * BT_ENTRY) / page * page;
+	if (to > from)
+		madvise((void *)(r->map + from), (size_t)(to - from), MADV_DONTNEED);
+	if (upto > r->dropped_to)
+		r->dropped_to = upto;
+}
+
+/* Lookups in digest order drop what lies behind them once it is worth a
+ * syscall (256 KiB); random ones (pos going back) drop everything every
+ * few thousand lookups. */
+static void run_touch(idd_bt_run *r, uint64_t pos)
+{
+	if (pos >= r->dropped_to) {
+		if ((pos - r->dropped_to) * BT_ENTRY >= (256u << 10))
+			run_drop_until(r, pos);
+		return;
+	}
+	if (++r->touched >= 2048) {
+		madvise((void *)r->map, r->map_len, MADV_DONTNEED);
+		r->touched = 0;
+		r->dropped_to = 0;
+	}
+}
+
+/* Count of d in r, searching from *pos (lookups come in digest order:
+ * galloping forward from the last position); *pos ends at d's lower bound. */
+static int32_t run_seek(idd_bt_run *r, uint64_t *pos, const unsigned char *d)
+{
+	uint64_t lo = *pos, n = r->entries, step = 1, hi = lo;
+	while (hi < n && memcmp(run_at(r, hi), d, 32) < 0) {
+		lo = hi + 1;
+		hi += step;
+		step *= 2;
+	}
+	if (hi > n)
+		hi = n;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (memcmp(run_at(r, mid), d, 32) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*pos = lo;
+	run_touch(r, lo);
+	if (lo < n && !memcmp(run_at(r, lo), d, 32))
+		return (int32_t)idd_le32(run_at(r, lo) + 32);
+	return 0;
+}
+
+/* A run being written: entries streamed to PATH.tmp.PID after room for the
+ * header, then the header, the checksum over both (read back: the length is
+ * only known at the end), fsync, rename. */
+struct run_out {
+	int fd;
+	char *tmp, *path;
+	unsigned char *buf;
+	size_t fill;
+	uint64_t entries, off;
+	unsigned char last[32];
+};
+
+static int out_open(struct run_out *o, const char *dir, uint64_t seq, idd_error *err)
+{
+	memset(o, 0, sizeof *o);
+	o->fd = -1;
+	o->off = IDD_IF_HEADER;
+	if (!(o->path = run_path(dir, seq, err)) ||
+	    !(o->tmp = idd_asprintf(err, "%s.tmp.%ld", o->path, (long)getpid())) ||
+	    !(o->buf = idd_malloc(BT_IO_BUF, err)))
+		return IDD_ERR;
+	o->fd = open(o->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (o->fd < 0)
+		return idd_fail_errno(err, o->tmp, "cannot create");
+	return IDD_OK;
+}
+
+static void out_discard(struct run_out *o)
+{
+	if (o->fd >= 0) {
+		close(o->fd);
+		unlink(o->tmp);
+	}
+	free(o->tmp);
+	free(o->path);
+	free(o->buf);
+	o->fd = -1;
+	o->tmp = o->path = NULL;
+	o->buf = NULL;
+}
+
+static int out_flush(struct run_out *o, idd_error *err)
+{
+	if (o->fill && idd_pwrite_all(o->fd, o->buf, o->fill, o->off))
+		return idd_fail_errno(err, o->tmp, "write");
+	o->off += o->fill;
+	o->fill = 0;
+	return IDD_OK;
+}
+
+static int out_put(struct run_out *o, const unsigned char *d, int32_t count, idd_error *err)
+{
+	if (o->fill + BT_ENTRY > BT_IO_BUF && out_flush(o, err))
+		return IDD_ERR;
+	memcpy(o->buf + o->fill, d, 32);
+	idd_le32_put(o->buf + o->fill + 32, (uint32_t)count);
+	o->fill += BT_ENTRY;
+	o->entries++;
+	memcpy(o->last, d, 32);
+	return IDD_OK;
+}
+
+static int out_finish(struct run_out *o, idd_error *err)
+{
+	if (out_flush(o, err))
+		return IDD_ERR;
+	unsigned char hdr[IDD_IF_HEADER];
+	uint64_t payload = o->entries * BT_ENTRY;
+	memcpy(hdr, BTR_MAGIC, 8);
+	idd_le32_put(hdr + 8, BT_VERSION);
+	idd_le32_put(hdr + 12, 0);
+	idd_le64_put(hdr + 16, payload);
+	idd_le64_put(hdr + 24, payload);
+	if (idd_pwrite_all(o->fd, hdr, sizeof hdr, 0))
+		return idd_fail_errno(err, o->tmp, "write");
+	idd_sha256_ctx *c = idd_sha256_begin(err);
+	if (!c)
+		return IDD_ERR;
+	for (uint64_t at = 0; at < o->off;) {
+		size_t n = (size_t)IDD_MIN((uint64_t)BT_IO_BUF, o->off - at);
+		if (idd_pread_all(o->fd, o->buf, n, at)) {
+			idd_sha256_abort(c);
+			return idd_fail_errno(err, o->tmp, "read back");
+		}
+		if (idd_sha256_update(c, o->buf, n, err)) {
+			idd_sha256_abort(c);
+			return IDD_ERR;
+		}
+		at += n;
+	}
+	unsigned char sum[32];
+	if (idd_sha256_end(c, sum, err))
+		return IDD_ERR;
+	if (idd_pwrite_all(o->fd, sum, sizeof sum, o->off))
+		return idd_fail_errno(err, o->tmp, "write");
+	if (fsync(o->fd))
+		return idd_fail_errno(err, o->tmp, "fsync");
+	int fd = o->fd;
+	o->fd = -1;
+	if (close(fd)) {
+		unlink(o->tmp);
+		return idd_fail_errno(err, o->tmp, "close");
+	}
+	if (rename(o->tmp, o->path)) {
+		idd_fail_errno(err, o->path, "cannot rename temporary file into place");
+		unlink(o->tmp);
+		return IDD_ERR;
+	}
+	return IDD_OK;
+}
+
+/* ---- the manifest ---- */
+
+static void table_free_parts(idd_blocktable *bt)
+{
+	for (size_t i = 0; i < bt->nruns; i++)
+		run_unmap(&bt->runs[i]);
+	free(bt->runs);
+	for (size_t i = 0; i < bt->nimages; i++)
+		free(bt->images[i].id);
+	free(bt->images);
+	bt->runs = NULL;
+	bt->images = NULL;
+	bt->nruns = bt->nimages = 0;
 }
 
 void idd_blocktable_free(idd_blocktable *bt)
 {
 	if (!bt)
 		return;
-	for (size_t i = 0; i < bt->nids; i++)
-		free(bt->ids[i]);
-	free(bt->ids);
+	table_free_parts(bt);
+	free(bt->dir);
 	free(bt);
 }
 
-static char *shard_path(const char *index_dir, uint32_t s, idd_error *err)
+static int parse_manifest(const char *path, idd_blocktable *bt, const void *p, size_t len,
+                          idd_error *err)
 {
-	return idd_asprintf(err, "%s/%s/%02x", index_dir, IDD_BLOCKTABLE_DIR, s);
+	idd_reader r;
+	idd_reader_init(&r, p, len);
+	uint64_t nruns, nimg;
+	uint64_t written;
+	if (!idd_get_u64(&r, &bt->next_seq) || !idd_get_u64(&r, &written) ||
+	    !idd_get_u64(&r, &bt->entries) ||
+	    !idd_get_u64(&r, &nruns) || nruns > idd_reader_left(&r) / 40)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block table index", path);
+	bt->written_ns = (int64_t)written;
+	if (!(bt->runs = idd_calloc((size_t)nruns + 1, sizeof *bt->runs, err)))
+		return IDD_ERR;
+	for (uint64_t i = 0; i < nruns; i++) {
+		idd_bt_run *ru = &bt->runs[bt->nruns++];
+		uint64_t mt;
+		if (!idd_get_u64(&r, &ru->seq) || !idd_get_u64(&r, &ru->entries) ||
+		    !idd_get_u64(&r, &ru->size) || !idd_get_u64(&r, &ru->ino) || !idd_get_u64(&r, &mt) ||
+		    ru->seq >= bt->next_seq || (i && ru->seq <= bt->runs[i - 1].seq))
+			return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block table index", path);
+		ru->mtime_ns = (int64_t)mt;
+	}
+	if (!idd_get_u64(&r, &nimg) || nimg > idd_reader_left(&r) / 73)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block table index", path);
+	if (!(bt->images = idd_calloc((size_t)nimg + 1, sizeof *bt->images, err)))
+		return IDD_ERR;
+	for (uint64_t i = 0; i < nimg; i++) {
+		idd_bt_image *im = &bt->images[bt->nimages++];
+		uint64_t mt;
+		if (!idd_get_str(&r, &im->id, 4096) || !idd_get_bytes(&r, im->list_key.b, 32) ||
+		    !idd_get_u64(&r, &im->nblocks) || !idd_get_u64(&r, &im->zero_blocks) ||
+		    !idd_get_u64(&r, &im->list_size) || !idd_get_u64(&r, &im->list_ino) ||
+		    !idd_get_u64(&r, &mt) || (i && strcmp(bt->images[i - 1].id, im->id) >= 0))
+			return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block table index", path);
+		im->list_mtime_ns = (int64_t)mt;
+	}
+	if (idd_reader_left(&r))
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block table index (trailing bytes)",
+		                     path);
+	return IDD_OK;
 }
 
 int idd_blocktable_open(const char *index_dir, idd_blocktable **out, idd_error *err)
 {
-	char *path = idd_asprintf(err, "%s/%s/%s", index_dir, IDD_BLOCKTABLE_DIR, BT_INDEX_FILE);
-	if (!path)
-		return IDD_ERR;
-	void *p;
-	size_t len;
-	int rc = idd_indexfile_read(path, BTI_MAGIC, BT_VERSION, &p, &len, NULL, err);
-	if (rc) {
-		free(path);
-		return rc;
-	}
-	idd_reader r;
-	idd_reader_init(&r, p, len);
 	idd_blocktable *bt = idd_calloc(1, sizeof *bt, err);
-	uint64_t nids = 0;
-	rc = bt ? IDD_OK : IDD_ERR;
-	if (!rc && (!idd_get_bytes(&r, bt->key.b, 32) || !idd_get_u32(&r, &bt->shard_bits) ||
-	            !idd_get_u64(&r, &bt->entries) || !idd_get_u64(&r, &nids) ||
-	            bt->shard_bits > BT_MAX_SHARD_BITS || nids > idd_reader_left(&r)))
-		rc = idd_fail(err, "%s: corrupt block table index", path);
-	if (!rc && !(bt->ids = idd_calloc((size_t)nids, sizeof *bt->ids, err)))
-		rc = IDD_ERR;
-	for (uint64_t i = 0; !rc && i < nids; i++) {
-		bt->nids = (size_t)i + 1;
-		if (!idd_get_str(&r, &bt->ids[i], 4096))
-			rc = idd_fail(err, "%s: corrupt block table index", path);
-	}
-	if (!rc && idd_reader_left(&r))
-		rc = idd_fail(err, "%s: corrupt block table index (trailing bytes)", path);
+	if (!bt)
+		return IDD_ERR;
+	char *path = NULL;
+	void *p = NULL;
+	size_t len;
+	uint32_t version = 0;
+	int rc = (bt->dir = idd_path_join(index_dir, IDD_BLOCKTABLE_DIR, err)) &&
+	                 (path = idd_path_join(bt->dir, BT_INDEX_FILE, err))
+	             ? IDD_OK
+	             : IDD_ERR;
+	if (!rc)
+		rc = idd_indexfile_read(path, BTI_MAGIC, BT_VERSION, &p, &len, &version, err);
+	if (!rc && version < BT_VERSION)
+		rc = idd_fail_code(err, IDD_ENOENT, "%s: block table of an older imgdedup", path);
+	if (!rc)
+		rc = parse_manifest(path, bt, p, len, err);
+	for (size_t i = 0; !rc && i < bt->nruns; i++)
+		rc = run_map(bt->dir, &bt->runs[i], err);
 	free(p);
 	free(path);
 	if (rc) {
@@ -90,56 +380,121 @@ int idd_blocktable_open(const char *index_dir, idd_blocktable **out, idd_error *
 	return IDD_OK;
 }
 
-int idd_blocktable_shard(const char *index_dir, const idd_blocktable *bt, uint32_t s,
-                         idd_bt_entry **entries, size_t *n, idd_error *err)
+static int save_manifest(const idd_blocktable *bt, idd_error *err)
 {
-	if (s >= (1u << bt->shard_bits))
-		return idd_fail(err, "block table: no shard %u", s);
-	char *path = shard_path(index_dir, s, err);
-	if (!path)
-		return IDD_ERR;
-	void *p;
-	size_t len;
-	int rc = idd_indexfile_read(path, BTS_MAGIC, BT_VERSION, &p, &len, NULL, err);
-	if (rc) {
-		free(path);
-		return IDD_ERR;
+	idd_buf b = {0};
+	idd_buf_put_u64(&b, bt->next_seq);
+	idd_buf_put_u64(&b, (uint64_t)idd_now_ns());
+	idd_buf_put_u64(&b, bt->entries);
+	idd_buf_put_u64(&b, bt->nruns);
+	for (size_t i = 0; i < bt->nruns; i++) {
+		const idd_bt_run *r = &bt->runs[i];
+		idd_buf_put_u64(&b, r->seq);
+		idd_buf_put_u64(&b, r->entries);
+		idd_buf_put_u64(&b, r->size);
+		idd_buf_put_u64(&b, r->ino);
+		idd_buf_put_u64(&b, (uint64_t)r->mtime_ns);
 	}
-	idd_reader r;
-	idd_reader_init(&r, p, len);
-	idd_digest key;
-	uint32_t bits, shard;
-	uint64_t cnt;
-	if (!idd_get_bytes(&r, key.b, 32) || !idd_get_u32(&r, &bits) || !idd_get_u32(&r, &shard) ||
-	    !idd_get_u64(&r, &cnt) || bits != bt->shard_bits || shard != s ||
-	    cnt != idd_reader_left(&r) / BT_ENTRY || idd_reader_left(&r) % BT_ENTRY) {
-		rc = idd_fail(err, "%s: corrupt block table shard", path);
-	} else if (memcmp(key.b, bt->key.b, 32)) {
-		rc = idd_fail(err, "%s: block table shard from another build (run 'imgdedup map')", path);
-	} else {
-		idd_bt_entry *v = idd_calloc((size_t)cnt, sizeof *v, err);
-		rc = v ? IDD_OK : IDD_ERR;
-		const unsigned char *q = r.p + r.pos;
-		for (uint64_t i = 0; !rc && i < cnt; i++, q += BT_ENTRY) {
-			memcpy(v[i].digest.b, q, 32);
-			v[i].images = idd_le32(q + 32);
-			v[i].image = idd_le32(q + 36);
-			v[i].block = idd_le64(q + 40);
-			if (v[i].images == 0 || v[i].image >= bt->nids ||
-			    (i && memcmp(v[i - 1].digest.b, v[i].digest.b, 32) >= 0))
-				rc = idd_fail(err, "%s: corrupt block table shard (entry %llu)", path,
-				              (unsigned long long)i);
-		}
-		if (rc) {
-			free(v);
-		} else {
-			*entries = v;
-			*n = (size_t)cnt;
-		}
+	idd_buf_put_u64(&b, bt->nimages);
+	for (size_t i = 0; i < bt->nimages; i++) {
+		const idd_bt_image *im = &bt->images[i];
+		idd_buf_put_str(&b, im->id);
+		idd_buf_put(&b, im->list_key.b, 32);
+		idd_buf_put_u64(&b, im->nblocks);
+		idd_buf_put_u64(&b, im->zero_blocks);
+		idd_buf_put_u64(&b, im->list_size);
+		idd_buf_put_u64(&b, im->list_ino);
+		idd_buf_put_u64(&b, (uint64_t)im->list_mtime_ns);
 	}
-	free(p);
+	char *path = idd_path_join(bt->dir, BT_INDEX_FILE, err);
+	int rc = b.failed ? idd_fail(err, "out of memory writing the block table")
+	         : path  ? idd_indexfile_write(path, BTI_MAGIC, BT_VERSION, b.data, b.len, true, err)
+	                 : IDD_ERR;
 	free(path);
+	idd_buf_free(&b);
 	return rc;
+}
+
+static const idd_bt_image *find_image(const idd_blocktable *bt, const char *id)
+{
+	size_t lo = 0, hi = bt->nimages;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(bt->images[mid].id, id);
+		if (!c)
+			return &bt->images[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static bool counted(const idd_blocktable *bt, const idd_image_info *im)
+{
+	const idd_bt_image *b = find_image(bt, im->id);
+	return b && !memcmp(b->list_key.b, im->list_key.b, 32);
+}
+
+bool idd_blocktable_matches(const idd_blocktable *bt, const idd_catalog *cat)
+{
+	if (bt->nimages != cat->count)
+		return false;
+	for (size_t i = 0; i < cat->count; i++)
+		if (!counted(bt, &cat->images[i]))
+			return false;
+	return true;
+}
+
+int idd_blocktable_count(idd_blocktable *bt, const idd_digest *d, int64_t *count, idd_error *err)
+{
+	(void)err;
+	int64_t c = 0;
+	for (size_t i = 0; i < bt->nruns; i++) {
+		uint64_t pos = 0;
+		c += run_seek(&bt->runs[i], &pos, d->b);
+	}
+	*count = c;
+	return IDD_OK;
+}
+
+static bool stat_list(const char *index_dir, const idd_digest *key, uint64_t *size, uint64_t *ino,
+                      int64_t *mtime_ns)
+{
+	char *p = idd_blocks_path(index_dir, key, NULL);
+	struct stat st;
+	bool ok = p && lstat(p, &st) == 0 && S_ISREG(st.st_mode);
+	free(p);
+	if (ok) {
+		*size = (uint64_t)st.st_size;
+		*ino = (uint64_t)st.st_ino;
+		*mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	}
+	return ok;
+}
+
+bool idd_blocktable_list_trusted(const idd_blocktable *bt, const char *index_dir,
+                                 const idd_image_info *im, uint32_t *version)
+{
+	const idd_bt_image *b = find_image(bt, im->id);
+	uint64_t size, ino;
+	int64_t mt;
+	if (!b || memcmp(b->list_key.b, im->list_key.b, 32) || b->nblocks != im->nblocks ||
+	    b->zero_blocks != im->zero_blocks || !stat_list(index_dir, &im->list_key, &size, &ino, &mt) ||
+	    size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns ||
+	    mt + BT_RACY_NS > bt->written_ns)
+		return false;
+	char *p = idd_blocks_path(index_dir, &im->list_key, NULL);
+	int fd = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
+	unsigned char hdr[12];
+	bool ok = fd >= 0 && idd_pread_all(fd, hdr, sizeof hdr, 0) == 0;
+	if (fd >= 0)
+		close(fd);
+	free(p);
+	if (ok)
+		*version = idd_le32(hdr + 8);
+	return ok;
 }
 
 uint64_t idd_blocktable_bytes(const char *index_dir)
@@ -151,7 +506,7 @@ uint64_t idd_blocktable_bytes(const char *index_dir)
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.')
+		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
 			continue;
 		char *p = idd_path_join(dir, de->d_name, NULL);
 		struct stat st;
@@ -165,200 +520,470 @@ uint64_t idd_blocktable_bytes(const char *index_dir)
 	return total;
 }
 
-typedef struct bt_build {
-	idd_digest_set set; /* aux: index into the arrays below */
-	uint32_t *images, *image, *last;
-	uint64_t *block;
-	size_t n, cap;
-} bt_build;
+/* ---- updating ---- */
 
-static int cmp_digest_ptr(const void *a, const void *b, void *ctx)
+struct update {
+	idd_blocktable *bt;        /* the table as it is being changed */
+	struct bt_entry *buf;      /* changes not yet written as a run */
+	size_t n, cap;
+	idd_bt_update_stats *st;
+	idd_error *err;
+};
+
+static int cmp_entry(const void *a, const void *b)
 {
-	const idd_digest *slots = ctx;
-	return memcmp(slots[*(const size_t *)a].b, slots[*(const size_t *)b].b, 32);
+	return memcmp(((const struct bt_entry *)a)->d, ((const struct bt_entry *)b)->d, 32);
 }
 
-static int build_shard(const char *index_dir, const idd_catalog *cat, const idd_digest *key,
-                       uint32_t bits, uint32_t s, uint64_t *entries, idd_error *err)
+static int run_append(struct update *u, const idd_bt_run *r)
 {
-	bt_build b = {0};
-	uint64_t expect = cat->unique_blocks >> bits;
-	if (idd_digest_set_init(&b.set, (size_t)IDD_MIN(expect, (uint64_t)BT_SHARD_ENTRIES * 2), true, err))
+	idd_blocktable *bt = u->bt;
+	idd_bt_run *v = idd_realloc_array(bt->runs, bt->nruns + 1, sizeof *v, u->err);
+	if (!v)
+		return IDD_ERR;
+	bt->runs = v;
+	bt->runs[bt->nruns++] = *r;
+	return IDD_OK;
+}
+
+/* Merge runs i and i+1 (adjacent) into one new run in place of both.
+ * Merging into the oldest run drops the counts that fell to zero there;
+ * a count below zero at the bottom means the table was wrong. */
+static int merge_pair(struct update *u, size_t i)
+{
+	idd_blocktable *bt = u->bt;
+	idd_bt_run *a = &bt->runs[i], *b = &bt->runs[i + 1];
+	bool bottom = i == 0;
+	struct run_out o;
+	idd_bt_run nr = {.seq = bt->next_seq++};
+	int rc = out_open(&o, bt->dir, nr.seq, u->err);
+	uint64_t x = 0, y = 0, steps = 0;
+	const unsigned char *prev = NULL;
+	madvise((void *)a->map, a->map_len, MADV_SEQUENTIAL);
+	madvise((void *)b->map, b->map_len, MADV_SEQUENTIAL);
+	while (!rc && (x < a->entries || y < b->entries)) {
+		const unsigned char *ea = x < a->entries ? run_at(a, x) : NULL;
+		const unsigned char *eb = y < b->entries ? run_at(b, y) : NULL;
+		int c = !ea ? 1 : !eb ? -1 : memcmp(ea, eb, 32);
+		const unsigned char *d = c <= 0 ? ea : eb;
+		int64_t sum = 0;
+		if (c <= 0)
+			sum += (int32_t)idd_le32(ea + 32), x++;
+		if (c >= 0)
+			sum += (int32_t)idd_le32(eb + 32), y++;
+		if (prev && memcmp(prev, d, 32) >= 0) {
+			rc = BT_REBUILD; /* unsorted input */
+			break;
+		}
+		prev = d;
+		if (++steps % 8192 == 0) {
+			run_drop_until(a, x);
+			run_drop_until(b, y);
+		}
+		if (sum < 0 && bottom) {
+			rc = BT_REBUILD;
+			break;
+		}
+		if (sum > INT32_MAX || sum < INT32_MIN) {
+			rc = idd_fail(u->err, "%s: block table count overflow", bt->dir);
+			break;
+		}
+		if (sum)
+			rc = out_put(&o, d, (int32_t)sum, u->err);
+	}
+	if (!rc && o.entries == 0) { /* everything cancelled: no run at all */
+		out_discard(&o);
+	} else if (!rc && !(rc = out_finish(&o, u->err))) {
+		u->st->bytes_written += IDD_IF_HEADER + o.entries * BT_ENTRY + IDD_IF_TRAILER;
+		nr.entries = o.entries;
+		out_discard(&o);
+		rc = run_map(bt->dir, &nr, u->err);
+	} else {
+		out_discard(&o);
+	}
+	if (rc)
+		return rc;
+	run_unmap(a);
+	run_unmap(b);
+	if (nr.entries) {
+		bt->runs[i] = nr;
+		memmove(&bt->runs[i + 1], &bt->runs[i + 2], (bt->nruns - i - 2) * sizeof *bt->runs);
+		bt->nruns--;
+	} else {
+		memmove(&bt->runs[i], &bt->runs[i + 2], (bt->nruns - i - 2) * sizeof *bt->runs);
+		bt->nruns -= 2;
+	}
+	return IDD_OK;
+}
+
+static int compact(struct update *u)
+{
+	idd_blocktable *bt = u->bt;
+	while (bt->nruns >= 2 &&
+	       bt->runs[bt->nruns - 1].entries * BT_RATIO >= bt->runs[bt->nruns - 2].entries) {
+		int rc = merge_pair(u, bt->nruns - 2);
+		if (rc)
+			return rc;
+	}
+	return IDD_OK;
+}
+
+/* Write the buffered changes as a run: sort, sum equal digests, count the
+ * digests that appear or vanish against the runs already there. */
+static int flush(struct update *u)
+{
+	idd_blocktable *bt = u->bt;
+	if (!u->n)
+		return IDD_OK;
+	qsort(u->buf, u->n, sizeof *u->buf, cmp_entry);
+	size_t w = 0;
+	for (size_t i = 0; i < u->n;) {
+		int64_t sum = 0;
+		size_t j = i;
+		for (; j < u->n && !memcmp(u->buf[j].d, u->buf[i].d, 32); j++)
+			sum += u->buf[j].count;
+		if (sum) {
+			memcpy(u->buf[w].d, u->buf[i].d, 32);
+			u->buf[w].count = (int32_t)sum;
+			w++;
+		}
+		i = j;
+	}
+	u->n = 0;
+	if (!w)
+		return IDD_OK;
+	uint64_t *pos = idd_calloc(bt->nruns + 1, sizeof *pos, u->err);
+	if (!pos)
+		return IDD_ERR;
+	int64_t entries = (int64_t)bt->entries;
+	for (size_t i = 0; i < w; i++) {
+		int64_t old = 0;
+		for (size_t r = 0; r < bt->nruns; r++)
+			old += run_seek(&bt->runs[r], &pos[r], u->buf[i].d);
+		int64_t now = old + u->buf[i].count;
+		if (old < 0 || now < 0) {
+			free(pos);
+			return BT_REBUILD;
+		}
+		entries += (now > 0) - (old > 0);
+	}
+	free(pos);
+	for (size_t r = 0; r < bt->nruns; r++) { /* the next pass starts from the first entry */
+		run_drop_until(&bt->runs[r], bt->runs[r].entries);
+		bt->runs[r].dropped_to = 0;
+		bt->runs[r].touched = 0;
+	}
+	bt->entries = (uint64_t)entries;
+	struct run_out o;
+	idd_bt_run nr = {.seq = bt->next_seq++};
+	int rc = out_open(&o, bt->dir, nr.seq, u->err);
+	for (size_t i = 0; !rc && i < w; i++)
+		rc = out_put(&o, u->buf[i].d, u->buf[i].count, u->err);
+	if (!rc)
+		rc = out_finish(&o, u->err);
+	nr.entries = o.entries;
+	out_discard(&o);
+	if (!rc)
+		rc = run_map(bt->dir, &nr, u->err);
+	if (!rc) {
+		u->st->runs_written++;
+		u->st->bytes_written += nr.size;
+		rc = run_append(u, &nr);
+	}
+	return rc ? rc : compact(u);
+}
+
+/* Add (sign +1) or take away (-1) one image's distinct digests. */
+static int add_list(struct update *u, const idd_blocklist *bl, int sign)
+{
+	idd_digest_set set;
+	if (idd_digest_set_init(&set, (size_t)IDD_MAX(bl->ndata, 16), false, u->err))
 		return IDD_ERR;
 	int rc = IDD_OK;
-	for (size_t i = 0; !rc && i < cat->count; i++) {
-		idd_blocklist *bl = NULL;
-		if ((rc = idd_blocklist_open(index_dir, &cat->images[i], &bl, err)))
-			break;
-		/* only the non-zero blocks are visited */
-		for (uint64_t q = 0, r = 0; !rc && q < bl->ndata; q++) {
-			const idd_digest *dk = &bl->digests[q];
-			while (q >= bl->runs[r].first + bl->runs[r].count)
-				r++;
-			uint64_t k = bl->runs[r].block + (q - bl->runs[r].first);
-			if (bits && (idd_be32(dk->b) >> (32 - bits)) != s)
-				continue;
-			bool added;
-			size_t slot = idd_digest_set_add(&b.set, dk, &added, err);
-			if (slot == (size_t)-1) {
-				rc = IDD_ERR;
-				break;
-			}
-			if (added) {
-				if (b.n == b.cap) {
-					size_t nc = b.cap ? b.cap * 2 : 4096;
-					uint32_t *a1 = idd_realloc_array(b.images, nc, 4, err);
-					if (a1) b.images = a1;
-					uint32_t *a2 = a1 ? idd_realloc_array(b.image, nc, 4, err) : NULL;
-					if (a2) b.image = a2;
-					uint32_t *a3 = a2 ? idd_realloc_array(b.last, nc, 4, err) : NULL;
-					if (a3) b.last = a3;
-					uint64_t *a4 = a3 ? idd_realloc_array(b.block, nc, 8, err) : NULL;
-					if (!a4) {
-						rc = IDD_ERR;
-						break;
-					}
-					b.block = a4;
-					b.cap = nc;
-				}
-				b.set.aux[slot] = b.n;
-				b.images[b.n] = 1;
-				b.image[b.n] = (uint32_t)i;
-				b.last[b.n] = (uint32_t)i;
-				b.block[b.n] = k;
-				b.n++;
-			} else {
-				size_t e = (size_t)b.set.aux[slot];
-				if (b.last[e] != (uint32_t)i) {
-					b.last[e] = (uint32_t)i;
-					b.images[e]++;
-				}
-			}
-		}
-		idd_blocklist_free(bl);
-	}
-	size_t *order = NULL;
-	if (!rc && !(order = idd_calloc(b.n + 1, sizeof *order, err)))
-		rc = IDD_ERR;
-	if (!rc) {
-		size_t m = 0;
-		for (size_t j = 0; j < b.set.cap; j++)
-			if (!idd_digest_is_zero(&b.set.slots[j]))
-				order[m++] = j;
-		qsort_r(order, m, sizeof *order, cmp_digest_ptr, b.set.slots);
-		idd_buf out = {0};
-		idd_buf_put(&out, key->b, 32);
-		idd_buf_put_u32(&out, bits);
-		idd_buf_put_u32(&out, s);
-		idd_buf_put_u64(&out, m);
-		for (size_t j = 0; j < m; j++) {
-			size_t e = (size_t)b.set.aux[order[j]];
-			idd_buf_put(&out, b.set.slots[order[j]].b, 32);
-			idd_buf_put_u32(&out, b.images[e]);
-			idd_buf_put_u32(&out, b.image[e]);
-			idd_buf_put_u64(&out, b.block[e]);
-		}
-		char *path = shard_path(index_dir, s, err);
-		if (out.failed)
-			rc = idd_fail(err, "out of memory building the block table");
-		else if (!path)
+	for (uint64_t q = 0; q < bl->ndata; q++) {
+		bool added;
+		if (idd_digest_set_add(&set, &bl->digests[q], &added, u->err) == (size_t)-1) {
 			rc = IDD_ERR;
-		else
-			rc = idd_indexfile_write(path, BTS_MAGIC, BT_VERSION, out.data, out.len, true, err);
-		free(path);
-		idd_buf_free(&out);
-		*entries += m;
+			break;
+		}
 	}
-	free(order);
-	free(b.images);
-	free(b.image);
-	free(b.last);
-	free(b.block);
-	idd_digest_set_free(&b.set);
+	for (size_t s = 0; !rc && s < set.cap; s++) {
+		if (idd_digest_is_zero(&set.slots[s]))
+			continue;
+		if (u->n == u->cap && (rc = flush(u)))
+			break;
+		memcpy(u->buf[u->n].d, set.slots[s].b, 32);
+		u->buf[u->n].count = sign;
+		u->n++;
+	}
+	idd_digest_set_free(&set);
 	return rc;
 }
 
-int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool force, bool *rebuilt,
-                          bool *repaired, idd_warn_fn warn, void *ctx, idd_error *err)
+static int record_image(struct update *u, const char *index_dir, const idd_image_info *im)
 {
-	*rebuilt = false;
-	if (repaired)
-		*repaired = false;
-	idd_digest key;
-	if (idd_catalog_key(cat, &key, err))
+	idd_blocktable *bt = u->bt;
+	idd_bt_image *v = idd_realloc_array(bt->images, bt->nimages + 1, sizeof *v, u->err);
+	if (!v)
 		return IDD_ERR;
-	idd_blocktable *old = NULL;
-	idd_error e2;
-	int orc = idd_blocktable_open(index_dir, &old, &e2);
-	if (orc && orc != IDD_ENOENT) {
-		if (warn)
-			warn(ctx, e2.msg);
-		if (repaired)
-			*repaired = true;
-	}
-	if (!orc && !force && !memcmp(old->key.b, key.b, 32)) {
-		/* current: check every shard's checksum (constant memory), so a
-		 * damaged or lost shard is rebuilt by the next run */
-		bool complete = true;
-		for (uint32_t s = 0; complete && s < (1u << old->shard_bits); s++) {
-			char *p = shard_path(index_dir, s, err);
-			if (!p) {
-				idd_blocktable_free(old);
-				return IDD_ERR;
-			}
-			complete = idd_indexfile_verify(p, BTS_MAGIC, BT_VERSION, NULL, NULL, &e2) == IDD_OK;
+	bt->images = v;
+	idd_bt_image *b = &bt->images[bt->nimages];
+	memset(b, 0, sizeof *b);
+	if (!(b->id = idd_strdup(im->id, u->err)))
+		return IDD_ERR;
+	bt->nimages++;
+	b->list_key = im->list_key;
+	b->nblocks = im->nblocks;
+	b->zero_blocks = im->zero_blocks;
+	if (!stat_list(index_dir, &im->list_key, &b->list_size, &b->list_ino, &b->list_mtime_ns))
+		b->list_size = UINT64_MAX; /* never trusted without a read */
+	return IDD_OK;
+}
+
+static int cmp_bt_image(const void *a, const void *b)
+{
+	return strcmp(((const idd_bt_image *)a)->id, ((const idd_bt_image *)b)->id);
+}
+
+/* Is every run as it was written?  A run whose file changed (size, inode,
+ * mtime) is checked in full; damage means counting afresh. */
+static bool runs_intact(idd_blocktable *bt, idd_warn_fn warn, void *ctx)
+{
+	for (size_t i = 0; i < bt->nruns; i++) {
+		idd_bt_run *r = &bt->runs[i];
+		char *p = run_path(bt->dir, r->seq, NULL);
+		struct stat st;
+		bool same = p && stat(p, &st) == 0 && (uint64_t)st.st_size == r->size &&
+		            (uint64_t)st.st_ino == r->ino && file_mtime_ns(&st) == r->mtime_ns &&
+		            r->mtime_ns + BT_RACY_NS <= bt->written_ns;
+		idd_error e;
+		if (!same && p && idd_indexfile_verify(p, BTR_MAGIC, BT_VERSION, NULL, NULL, &e)) {
+			idd_warnf(warn, ctx, "%s; the block table is rebuilt", e.msg);
 			free(p);
+			return false;
 		}
+		free(p);
+	}
+	return true;
+}
+
+/* Remove run files the manifest does not name, and the shards of the
+ * table's older format. */
+static void remove_unnamed(const idd_blocktable *bt)
+{
+	DIR *d = opendir(bt->dir);
+	struct dirent *de;
+	bool changed = false;
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.' || !strcmp(de->d_name, BT_INDEX_FILE))
+			continue;
+		bool named = false;
+		unsigned long long seq;
+		char tail;
+		if (sscanf(de->d_name, BT_RUN_PREFIX "%16llx%c", &seq, &tail) == 1 &&
+		    strlen(de->d_name) == strlen(BT_RUN_PREFIX) + 16)
+			for (size_t i = 0; i < bt->nruns && !named; i++)
+				named = bt->runs[i].seq == seq;
+		if (named)
+			continue;
+		char *p = idd_path_join(bt->dir, de->d_name, NULL);
+		if (p && unlink(p) == 0)
+			changed = true;
+		free(p);
+	}
+	if (d)
+		closedir(d);
+	if (changed)
+		(void)idd_fsync_dir(bt->dir, NULL);
+}
+
+/* Highest run number any file in the directory uses, so that a new run
+ * never takes the name of one an older manifest may still name. */
+static uint64_t next_free_seq(const char *dir, uint64_t at_least)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		unsigned long long seq;
+		if (sscanf(de->d_name, BT_RUN_PREFIX "%16llx", &seq) == 1 && seq + 1 > at_least)
+			at_least = seq + 1;
+	}
+	if (d)
+		closedir(d);
+	return at_least;
+}
+
+/* One attempt: from the table as opened (or from nothing when old is NULL). */
+static int apply(struct update *u, const char *index_dir, const idd_catalog *cat,
+                 const idd_blocktable *old, bool *dropped, bool lists_checked, idd_warn_fn warn,
+                 void *ctx)
+{
+	idd_error *err = u->err;
+	/* images no longer counted as they were: take their old lists away */
+	for (size_t i = 0; old && i < old->nimages; i++) {
+		const idd_bt_image *b = &old->images[i];
+		const idd_image_info *now = idd_catalog_find(cat, b->id);
+		if (now && !memcmp(now->list_key.b, b->list_key.b, 32))
+			continue;
+		idd_image_info im = {.id = b->id, .list_key = b->list_key, .nblocks = b->nblocks,
+		                     .zero_blocks = b->zero_blocks};
+		idd_blocklist *bl;
+		idd_error e;
+		int orc = idd_blocklist_open(index_dir, &im, &bl, &e);
+		if (orc == IDD_ENOMEM) {
+			*err = e;
+			return IDD_ERR;
+		}
+		if (orc)
+			return BT_REBUILD; /* the old list is gone: the change cannot be undone */
+		u->st->lists_read++;
+		int rc = add_list(u, bl, -1);
+		idd_blocklist_free(bl);
+		if (rc)
+			return rc;
+	}
+	for (size_t i = 0; i < cat->count; i++) {
+		const idd_image_info *im = &cat->images[i];
+		if (old && counted(old, im)) {
+			if (record_image(u, index_dir, im))
+				return IDD_ERR;
+			if (!lists_checked) { /* a file that changed stays untrusted */
+				idd_bt_image *b = &u->bt->images[u->bt->nimages - 1];
+				const idd_bt_image *ob = find_image(old, im->id);
+				b->list_size = ob->list_size;
+				b->list_ino = ob->list_ino;
+				b->list_mtime_ns = ob->list_mtime_ns;
+			}
+			continue;
+		}
+		idd_blocklist *bl;
+		idd_error e;
+		int orc = idd_blocklist_open(index_dir, im, &bl, &e);
+		if (orc == IDD_ENOMEM || (orc && !dropped)) {
+			*err = e;
+			return IDD_ERR;
+		}
+		if (orc) {
+			idd_warnf(warn, ctx, "%s (dropped from the index; it is read again next run)", e.msg);
+			dropped[i] = true;
+			continue;
+		}
+		u->st->lists_read++;
+		int rc = add_list(u, bl, +1);
+		idd_blocklist_free(bl);
+		if (rc || (rc = record_image(u, index_dir, im)))
+			return rc;
+	}
+	int rc = flush(u);
+	if (rc)
+		return rc;
+	qsort(u->bt->images, u->bt->nimages, sizeof *u->bt->images, cmp_bt_image);
+	return IDD_OK;
+}
+
+/* Do the recorded file identities of the lists differ from what is on
+ * disk now (lists rewritten and checked since)?  A list recorded within a
+ * moment of the manifest is checked by reading it on every run rather
+ * than the manifest rewritten for it: a run that changes nothing writes
+ * nothing. */
+static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
+{
+	for (size_t i = 0; i < bt->nimages; i++) {
+		const idd_bt_image *b = &bt->images[i];
+		uint64_t size = UINT64_MAX, ino = 0;
+		int64_t mt = 0;
+		(void)stat_list(index_dir, &b->list_key, &size, &ino, &mt);
+		if (size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns)
+			return true;
+	}
+	return false;
+}
+
+int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool *dropped,
+                          bool lists_checked, idd_bt_update_stats *st, idd_warn_fn warn, void *ctx,
+                          idd_error *err)
+{
+	memset(st, 0, sizeof *st);
+	if (dropped)
+		memset(dropped, 0, cat->count * sizeof *dropped);
+	idd_blocktable *old = NULL;
+	idd_error e;
+	int orc = idd_blocktable_open(index_dir, &old, &e);
+	if (orc == IDD_ENOMEM) {
+		*err = e;
+		return IDD_ERR;
+	}
+	if (orc && orc != IDD_ENOENT) {
+		idd_warnf(warn, ctx, "%s; the block table is rebuilt", e.msg);
+		st->repaired = true;
+	}
+	if (old && !runs_intact(old, warn, ctx)) {
+		st->repaired = true;
 		idd_blocktable_free(old);
-		if (complete)
-			return IDD_OK;
-		if (warn)
-			warn(ctx, e2.msg);
-		if (repaired)
-			*repaired = true;
 		old = NULL;
 	}
-	idd_blocktable_free(old);
+	if (old && idd_blocktable_matches(old, cat) &&
+	    !(lists_checked && list_stats_stale(old, index_dir))) {
+		st->entries = old->entries;
+		idd_blocktable_free(old);
+		return IDD_OK;
+	}
 	char *dir = idd_path_join(index_dir, IDD_BLOCKTABLE_DIR, err);
 	if (!dir || idd_mkdir_p(dir, err)) {
 		free(dir);
+		idd_blocktable_free(old);
 		return IDD_ERR;
 	}
-	uint64_t unique = cat->unique_blocks;
-	if (!unique)
-		for (size_t i = 0; i < cat->count; i++)
-			unique += cat->images[i].distinct_blocks;
-	uint32_t bits = 0;
-	while (bits < BT_MAX_SHARD_BITS && (unique >> bits) > BT_SHARD_ENTRIES)
-		bits++;
-	uint64_t entries = 0;
-	int rc = IDD_OK;
-	for (uint32_t s = 0; !rc && s < (1u << bits); s++)
-		rc = build_shard(index_dir, cat, &key, bits, s, &entries, err);
-	if (!rc) {
-		idd_buf b = {0};
-		idd_buf_put(&b, key.b, 32);
-		idd_buf_put_u32(&b, bits);
-		idd_buf_put_u64(&b, entries);
-		idd_buf_put_u64(&b, cat->count);
-		for (size_t i = 0; i < cat->count; i++)
-			idd_buf_put_str(&b, cat->images[i].id);
-		char *path = idd_path_join(dir, BT_INDEX_FILE, err);
-		rc = b.failed ? idd_fail(err, "out of memory")
-		     : path ? idd_indexfile_write(path, BTI_MAGIC, BT_VERSION, b.data, b.len, true, err)
-		            : IDD_ERR;
-		free(path);
-		idd_buf_free(&b);
+	struct update u = {.st = st, .err = err, .cap = IDD_MAX(idd_blocktable_buffer_entries, 1)};
+	int rc = (u.buf = idd_calloc(u.cap, sizeof *u.buf, err)) ? IDD_OK : IDD_ERR;
+	for (int attempt = 0; !rc && attempt < 2; attempt++) {
+		bool fresh = !old || attempt == 1;
+		if (!(u.bt = idd_calloc(1, sizeof *u.bt, err)) || !(u.bt->dir = idd_strdup(dir, err))) {
+			rc = IDD_ERR;
+			break;
+		}
+		u.n = 0;
+		u.bt->next_seq = next_free_seq(dir, old ? old->next_seq : 0);
+		if (!fresh) { /* continue from the old runs, mapped afresh */
+			u.bt->entries = old->entries;
+			for (size_t i = 0; !rc && i < old->nruns; i++) {
+				idd_bt_run r = {.seq = old->runs[i].seq, .entries = old->runs[i].entries};
+				rc = run_map(dir, &r, err);
+				if (!rc && (rc = run_append(&u, &r)))
+					run_unmap(&r);
+			}
+		}
+		st->rebuilt = fresh;
+		st->lists_read = 0;
+		if (!rc)
+			rc = apply(&u, index_dir, cat, fresh ? NULL : old, dropped, lists_checked, warn, ctx);
+		if (rc == BT_REBUILD && !fresh) {
+			idd_warnf(warn, ctx, "%s: the block table does not match the block lists; rebuilt",
+			          dir);
+			st->repaired = true;
+			idd_blocktable_free(u.bt);
+			u.bt = NULL;
+			if (dropped)
+				memset(dropped, 0, cat->count * sizeof *dropped);
+			rc = IDD_OK;
+			continue;
+		}
+		if (rc == BT_REBUILD)
+			rc = idd_fail(err, "%s: block lists disagree with each other while counting", dir);
+		break;
 	}
-	/* drop shards a larger earlier table left behind */
-	for (uint32_t s = 1u << bits; !rc && s < (1u << BT_MAX_SHARD_BITS); s++) {
-		char *p = shard_path(index_dir, s, err);
-		if (p)
-			unlink(p);
-		free(p);
-	}
-	free(dir);
+	/* the runs' renames are durable before the manifest names them */
 	if (!rc)
-		*rebuilt = true;
+		rc = idd_fsync_dir(dir, err);
+	if (!rc)
+		rc = save_manifest(u.bt, err);
+	if (!rc) {
+		remove_unnamed(u.bt);
+		st->entries = u.bt->entries;
+	}
+	free(u.buf);
+	idd_blocktable_free(u.bt);
+	idd_blocktable_free(old);
+	free(dir);
 	return rc;
 }

@@ -3,6 +3,7 @@
 #include "index/map.h"
 #include "index/catalog.h"
 #include "index/indexfile.h"
+#include "index/blocktable.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -15,7 +16,10 @@
 static const char MAP_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
 static const char MAPIDX_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'I', 'X', 0};
 #define MAP_VERSION 1
-#define MAPIDX_VERSION 1
+#define MAPIDX_VERSION 2
+/* a map file modified this close to the maps index's writing may have been
+ * changed again within the timestamp granularity: checked by reading it */
+#define MAP_RACY_NS ((int64_t)2 * 1000000000)
 #define MAX_ID 4096
 #define MAPIDX_FILE "index"
 
@@ -102,6 +106,27 @@ uint64_t idd_map_nonzero_blocks(const idd_map *m)
 		if (m->runs[i].kind != IDD_RUN_ZERO)
 			n += m->runs[i].count;
 	return n;
+}
+
+int idd_map_content_key(const idd_map *m, idd_digest *out, idd_error *err)
+{
+	/* little-endian fields, so the key does not depend on the struct layout */
+	idd_buf b = {0};
+	idd_buf_put_u32(&b, m->block_size);
+	idd_buf_put_u64(&b, m->image_size);
+	idd_buf_put_u64(&b, m->ndistinct);
+	idd_buf_put(&b, m->digests, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
+	idd_buf_put_u64(&b, m->nruns);
+	for (size_t i = 0; i < m->nruns; i++) {
+		idd_buf_put_u64(&b, m->runs[i].block);
+		idd_buf_put_u64(&b, m->runs[i].count);
+		idd_buf_put_u32(&b, m->runs[i].ref);
+		idd_buf_put_u32(&b, m->runs[i].kind);
+	}
+	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory") :
+	                    idd_sha256(b.data, b.len, out->b, err);
+	idd_buf_free(&b);
+	return rc;
 }
 
 /* Building a map: the digest table grows in order of first occurrence, a
@@ -506,9 +531,12 @@ typedef struct mapidx_entry {
 	char *id;
 	idd_digest list_key;
 	uint64_t bytes;
+	uint64_t ino;     /* the map file as it was when written or checked: */
+	int64_t mtime_ns; /* one that still looks the same is not read again */
 } mapidx_entry;
 
 typedef struct mapidx {
+	int64_t written_ns; /* when this index was written (0: version 1) */
 	size_t n;
 	mapidx_entry *v; /* sorted by id */
 } mapidx;
@@ -530,16 +558,17 @@ static int mapidx_load(const char *index_dir, mapidx *x, idd_error *err)
 		return IDD_ERR;
 	void *p;
 	size_t len;
-	int rc = idd_indexfile_read(path, MAPIDX_MAGIC, MAPIDX_VERSION, &p, &len, NULL, err);
+	uint32_t version = 0;
+	int rc = idd_indexfile_read(path, MAPIDX_MAGIC, MAPIDX_VERSION, &p, &len, &version, err);
 	if (rc) {
 		free(path);
 		return rc;
 	}
 	idd_reader r;
 	idd_reader_init(&r, p, len);
-	uint64_t n;
+	uint64_t n, written = 0;
 	rc = IDD_OK;
-	if (!idd_get_u64(&r, &n) || n > len / 41) {
+	if ((version >= 2 && !idd_get_u64(&r, &written)) || !idd_get_u64(&r, &n) || n > len / 41) {
 		rc = idd_fail(err, "%s: corrupt maps index", path);
 	} else if (!(x->v = idd_calloc((size_t)n, sizeof *x->v, err))) {
 		rc = IDD_ERR;
@@ -547,12 +576,17 @@ static int mapidx_load(const char *index_dir, mapidx *x, idd_error *err)
 		for (uint64_t i = 0; i < n; i++) {
 			mapidx_entry *e = &x->v[i];
 			x->n = (size_t)i + 1;
+			uint64_t mt = 0;
 			if (!idd_get_str(&r, &e->id, MAX_ID) || !idd_get_bytes(&r, e->list_key.b, 32) ||
-			    !idd_get_u64(&r, &e->bytes) || (i && strcmp(x->v[i - 1].id, e->id) >= 0)) {
+			    !idd_get_u64(&r, &e->bytes) ||
+			    (version >= 2 && (!idd_get_u64(&r, &e->ino) || !idd_get_u64(&r, &mt))) ||
+			    (i && strcmp(x->v[i - 1].id, e->id) >= 0)) {
 				rc = idd_fail(err, "%s: corrupt maps index", path);
 				break;
 			}
+			e->mtime_ns = (int64_t)mt;
 		}
+		x->written_ns = (int64_t)written;
 		if (!rc && idd_reader_left(&r))
 			rc = idd_fail(err, "%s: corrupt maps index (trailing bytes)", path);
 	}
@@ -566,11 +600,14 @@ static int mapidx_load(const char *index_dir, mapidx *x, idd_error *err)
 static int mapidx_save(const char *index_dir, const mapidx *x, idd_error *err)
 {
 	idd_buf b = {0};
+	idd_buf_put_u64(&b, (uint64_t)idd_now_ns());
 	idd_buf_put_u64(&b, x->n);
 	for (size_t i = 0; i < x->n; i++) {
 		idd_buf_put_str(&b, x->v[i].id);
 		idd_buf_put(&b, x->v[i].list_key.b, 32);
 		idd_buf_put_u64(&b, x->v[i].bytes);
+		idd_buf_put_u64(&b, x->v[i].ino);
+		idd_buf_put_u64(&b, (uint64_t)x->v[i].mtime_ns);
 	}
 	if (b.failed) {
 		idd_buf_free(&b);
@@ -593,6 +630,22 @@ static mapidx_entry *mapidx_find(const mapidx *x, const char *id)
 {
 	mapidx_entry key = {.id = (char *)id};
 	return x->n ? bsearch(&key, x->v, x->n, sizeof key, cmp_entry_id) : NULL;
+}
+
+/* Size, inode and mtime of a map file; false when it is not there. */
+static bool map_file_ident(const char *index_dir, const char *id, uint64_t *size, uint64_t *ino,
+                           int64_t *mtime_ns)
+{
+	char *p = map_path(index_dir, id, NULL);
+	struct stat st;
+	bool ok = p && stat(p, &st) == 0 && S_ISREG(st.st_mode);
+	free(p);
+	if (ok) {
+		*size = (uint64_t)st.st_size;
+		*ino = (uint64_t)st.st_ino;
+		*mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	}
+	return ok;
 }
 
 static uint64_t file_bytes(const char *path)
@@ -641,6 +694,9 @@ static int map_one(const char *index_dir, uint32_t bs, const idd_image_info *im,
 	m->list_key = im->list_key;
 	rc = idd_map_save(index_dir, im->id, m, &e->bytes, err);
 	idd_map_free(m);
+	uint64_t size;
+	if (!rc && !map_file_ident(index_dir, im->id, &size, &e->ino, &e->mtime_ns))
+		e->ino = 0;
 	if (!rc) {
 		e->list_key = im->list_key;
 		if (!(e->id = idd_strdup(im->id, err)))
@@ -767,14 +823,24 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 			rc = IDD_ERR;
 			goto out;
 		}
-		uint64_t have = file_bytes(path);
 		free(path);
+		uint64_t have = UINT64_MAX, ino = 0;
+		int64_t mtime = 0;
+		if (!map_file_ident(index_dir, im->id, &have, &ino, &mtime))
+			have = UINT64_MAX;
 		bool recorded = prev && !memcmp(prev->list_key.b, im->list_key.b, 32);
 		bool current = recorded && have != UINT64_MAX && have == prev->bytes;
-		/* the maps index says current: check the map itself (checksum,
-		 * structure, the image and list it was built for), so a cron run
-		 * repairs a damaged, swapped or lost map */
-		if (selected && recorded) {
+		/* a map whose file is as it was when last written or checked (size,
+		 * inode, mtime, not modified within a moment of the maps index) is
+		 * trusted without reading it: a cron run costs what changed, and
+		 * verify reads everything */
+		bool trusted = current && ino == prev->ino && mtime == prev->mtime_ns &&
+		               mtime + MAP_RACY_NS <= old.written_ns;
+		/* otherwise the maps index says current: check the map itself
+		 * (checksum, structure, the image and list it was built for), so a
+		 * cron run repairs a damaged, swapped or lost map */
+		bool checked = false;
+		if (selected && recorded && !trusted) {
 			idd_error why;
 			if (!current) {
 				idd_warnf(o->warn, o->ctx, "%s: block map of %s is missing or has changed size; rebuilt",
@@ -782,6 +848,8 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 			} else if (map_file_check(index_dir, cat->block_size, im, &why)) {
 				idd_warnf(o->warn, o->ctx, "%s; rebuilt", why.msg);
 				current = false;
+			} else {
+				checked = true;
 			}
 			if (!current)
 				st->repaired++;
@@ -795,6 +863,15 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 			}
 			e->list_key = prev->list_key;
 			e->bytes = prev->bytes;
+			e->ino = prev->ino;
+			e->mtime_ns = prev->mtime_ns;
+			if (checked && (ino != prev->ino || mtime != prev->mtime_ns)) {
+				/* checked under a new identity (rewritten elsewhere, copied
+				 * back): remember it, so the next run trusts it */
+				e->ino = ino;
+				e->mtime_ns = mtime;
+				changed = true;
+			}
 			neu.n++;
 			if (selected)
 				st->unchanged++;
@@ -828,16 +905,14 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	}
 	for (size_t i = 0; i < neu.n; i++)
 		st->map_bytes += neu.v[i].bytes;
-	bool bt_repaired = false;
-	if ((rc = idd_blocktable_update(index_dir, cat, false, &st->blocktable_rebuilt, &bt_repaired,
-	                                o->warn, o->ctx, err)))
+	/* the block table follows the catalog (scan keeps it current; an index
+	 * written by an older imgdedup or a generator gets it here) */
+	idd_bt_update_stats bst;
+	if ((rc = idd_blocktable_update(index_dir, cat, NULL, false, &bst, o->warn, o->ctx, err)))
 		goto out;
-	st->repaired += bt_repaired;
-	idd_blocktable *bt = NULL;
-	if (idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK) {
-		st->blocktable_entries = bt->entries;
-		idd_blocktable_free(bt);
-	}
+	st->repaired += bst.repaired;
+	st->blocktable_rebuilt = bst.rebuilt || bst.runs_written;
+	st->blocktable_entries = bst.entries;
 	st->blocktable_bytes = idd_blocktable_bytes(index_dir);
 out:
 	mapidx_free(&old);
@@ -879,44 +954,16 @@ int idd_image_summary_get(const char *index_dir, const char *id, idd_image_summa
 	}
 	/* exclusive blocks: digests of this image the block table counts once */
 	idd_blocktable *bt = NULL;
-	idd_digest key;
-	if (m && out->has_map && idd_catalog_key(cat, &key, &e2) == IDD_OK &&
-	    idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK && !memcmp(bt->key.b, key.b, 32)) {
-		uint32_t shards = 1u << bt->shard_bits;
-		bool ok = true;
+	if (m && out->has_map && idd_blocktable_open(index_dir, &bt, &e2) == IDD_OK &&
+	    idd_blocktable_matches(bt, cat)) {
 		uint64_t excl = 0;
-		for (uint32_t s = 0; s < shards && ok; s++) {
-			idd_bt_entry *v;
-			size_t n;
-			if (idd_blocktable_shard(index_dir, bt, s, &v, &n, &e2)) {
-				ok = false;
-				break;
-			}
-			for (uint64_t k = 0; k < m->ndistinct; k++) {
-				const idd_digest *d = &m->digests[k];
-				uint32_t top = bt->shard_bits ? (uint32_t)(idd_be32(d->b) >> (32 - bt->shard_bits)) : 0;
-				if (top != s)
-					continue;
-				size_t lo = 0, hi = n;
-				while (lo < hi) {
-					size_t mid = lo + (hi - lo) / 2;
-					int c = memcmp(v[mid].digest.b, d->b, 32);
-					if (c == 0) {
-						lo = mid;
-						break;
-					}
-					if (c < 0)
-						lo = mid + 1;
-					else
-						hi = mid;
-				}
-				if (lo < n && !memcmp(v[lo].digest.b, d->b, 32) && v[lo].images == 1)
-					excl++;
-			}
-			free(v);
+		for (uint64_t k = 0; k < m->ndistinct; k++) {
+			int64_t c = 0;
+			(void)idd_blocktable_count(bt, &m->digests[k], &c, &e2);
+			excl += c == 1;
 		}
-		out->has_blocktable = ok;
-		out->exclusive_blocks = ok ? excl : 0;
+		out->has_blocktable = true;
+		out->exclusive_blocks = excl;
 	}
 	idd_blocktable_free(bt);
 	idd_map_free(m);

@@ -51,6 +51,10 @@ static inline uint32_t idd_map_span_ref(const idd_map_span *r, uint64_t b)
 /* Non-zero blocks of the map (counted with repeats). */
 uint64_t idd_map_nonzero_blocks(const idd_map *m);
 
+/* SHA-256 of everything the map says (sizes, digest table, runs): two maps
+ * with the same key describe the same image content. */
+int idd_map_content_key(const idd_map *m, idd_digest *out, idd_error *err);
+
 /* Build from a dense array of digests (zero blocks have the zero digest). */
 int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
                   uint64_t image_size, idd_map **out, idd_error *err);
@@ -78,39 +82,5 @@ int idd_map_load(const char *index_dir, const char *id, idd_map **out, idd_error
  * a fuzz harness may lower it to stay under its malloc limit. */
 extern uint64_t idd_map_parse_max_blocks;
 #define IDD_MAPS_DIR "maps"
-#define IDD_BLOCKTABLE_DIR "blocktable"
-
-/* The block table: for each distinct non-zero digest of the repository, how
- * many images hold it and one canonical location to read it from.  Built by
- * `map` (blocktable.c), sharded by the digest's top bits. */
-typedef struct idd_bt_entry {
-	idd_digest digest;
-	uint32_t images;   /* how many images hold this content */
-	uint32_t image;    /* index into idd_blocktable.ids of the canonical image */
-	uint64_t block;    /* block index inside that image */
-} idd_bt_entry;
-
-typedef struct idd_blocktable {
-	idd_digest key;    /* identity of the catalog state it describes */
-	uint32_t shard_bits;
-	size_t nids;
-	char **ids;        /* image ids, sorted */
-	uint64_t entries;  /* total distinct digests */
-} idd_blocktable;
-
-/* Build (or keep, when key matches and every file is intact) the block
- * table of cat.  *rebuilt says whether anything was written, *repaired (may
- * be NULL) whether that was because a file was damaged (warned about). */
-int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool force, bool *rebuilt,
-                          bool *repaired, idd_warn_fn warn, void *ctx, idd_error *err);
-/* The identity of a catalog state: SHA-256 over block size, ids and list keys. */
-int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err);
-int idd_blocktable_open(const char *index_dir, idd_blocktable **out, idd_error *err);
-void idd_blocktable_free(idd_blocktable *bt);
-/* Load shard s (0 .. 2^shard_bits - 1): entries sorted by digest. */
-int idd_blocktable_shard(const char *index_dir, const idd_blocktable *bt, uint32_t s,
-                         idd_bt_entry **entries, size_t *n, idd_error *err);
-/* Total bytes on disk of the block table files (0 when absent). */
-uint64_t idd_blocktable_bytes(const char *index_dir);
 
 #endif

@@ -14,6 +14,7 @@
 #include "base/error.h"
 #include "index/indexfile.h"
 #include "index/map.h"
+#include "index/catalog.h"
 
 #include <errno.h>
 #include <pthread.h>

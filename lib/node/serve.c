@@ -16,6 +16,7 @@
  * fl_lock).  Background threads: a flusher (every 100 ms: fetched data
  * made durable, then journaled), and per export --prefetch and --fill
  * workers, which step aside while the guest reads. */
+#include "base/file.h"
 #include "base/u64set.h"
 #include "node/cache.h"
 #include "node/negcache.h"
@@ -29,9 +30,11 @@
 #include "index/indexfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,8 +79,13 @@ struct idd_export {
 	pthread_mutex_t part_lock;
 	idd_partial *part;
 	size_t part_entry;
-	idd_u64set own;            /* blocks present in the partial file (under part_lock) */
+	idd_u64set own;               /* blocks present in the partial file; once complete, the
+	                                 blocks repaired in place (under part_lock) */
 	bool complete;                /* the partial file became the complete image */
+	/* a complete image that lacked a block: repaired in place (under part_lock) */
+	int repair_fd;
+	bool repair_warned;
+	atomic_bool repair_wanted;    /* the flusher starts the repair thread */
 	/* fetching */
 	pthread_mutex_t remote_lock;
 	idd_block_source *remote;
@@ -117,8 +125,12 @@ struct idd_server {
 	size_t nstrings;
 	idd_remote_index *ri;
 	idd_cache *cache;
+	/* set up at the first export, once the block size is known (the
+	 * index is fetched image by image): under lock, then read-only */
 	idd_block_source *cache_src;
 	idd_block_source *peer_src;   /* other nodes' caches (--peer), shared by the exports */
+	const char **peers;           /* their URLs (copies in strings) */
+	size_t npeers;
 	pthread_mutex_t lock;         /* guards exports */
 	idd_export **exports;
 	size_t nexports;
@@ -160,8 +172,7 @@ static int ensure_partial_locked(idd_export *e, idd_error *err)
 	if (e->part)
 		return IDD_OK;
 	idd_server *s = e->srv;
-	int rc = idd_partial_open(e->base, e->id, e->bs, e->size, idd_map_nonzero_blocks(e->m), &e->part,
-	                          err);
+	int rc = idd_partial_open(e->base, e->id, e->m, &e->part, err);
 	if (!rc && (rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path,
 	                                         e->size, &e->part_entry, err))) {
 		idd_partial_close(e->part);
@@ -185,6 +196,33 @@ static void cache_write_failed(idd_export *e, const idd_error *why)
 		          "without being cached (counted as cache_write_errors)", e->id, why->msg);
 }
 
+/* The complete image should have held it (damaged, or written for an older
+ * map): the verified block goes back into it, and the whole file gets
+ * checked.  Trouble writing there does not fail the read. */
+static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned char *buf)
+{
+	idd_error e2 = {{0}, 0};
+	if (e->repair_fd < 0) {
+		e->repair_fd = idd_open_regular(e->final_path, O_RDWR, IDD_FILE_NOFOLLOW, &e2);
+		if (e->repair_fd >= 0)
+			(void)flock(e->repair_fd, LOCK_SH | LOCK_NB); /* in use: gc leaves it */
+	}
+	uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
+	bool ok = e->repair_fd >= 0;
+	if (ok && idd_pwrite_all(e->repair_fd, buf, (size_t)len, block * e->bs)) {
+		idd_fail_errno(&e2, e->final_path, "write");
+		ok = false;
+	}
+	if (ok)
+		atomic_store(&e->repair_wanted, true);
+	else if (!e->repair_warned) {
+		e->repair_warned = true;
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: cannot repair the cached image: %s",
+		          e->id, e2.msg);
+	}
+	return ok;
+}
+
 /* A verified block into the partial file, known to the cache from now on,
  * journaled at the next flush.  A failure is counted and returned; readers
  * serve the block anyway. */
@@ -192,6 +230,16 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
                        idd_error *err)
 {
 	pthread_mutex_lock(&e->part_lock);
+	if (e->complete) {
+		/* own: here the blocks repaired (counted once, however often written) */
+		bool added = false;
+		if (repair_write_locked(e, block, buf) && idd_u64set_add(&e->own, block, &added))
+			added = false;
+		pthread_mutex_unlock(&e->part_lock);
+		if (added)
+			atomic_fetch_add(&e->srv->blocks_filled, 1);
+		return IDD_OK;
+	}
 	int rc = ensure_partial_locked(e, err);
 	bool added = false;
 	if (!rc) {
@@ -984,25 +1032,79 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 		if (reqs[i].status != IDD_OK)
 			return idd_fail_code(err, IDD_ENET, "%s: block at offset %llu could not be had",
 			                     e->id, (unsigned long long)(reqs[i].block * e->bs));
-		/* fetched once per content: a repeat of it in this window is
-		 * written here; the image is complete only once every block is */
-		pthread_mutex_lock(&e->part_lock);
-		bool have = idd_u64set_has(&e->own, reqs[i].block);
-		pthread_mutex_unlock(&e->part_lock);
-		if (!have)
-			rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+		/* every block of the window is written, also one fetch_blocks
+		 * stored already: a repeat of the same content, or a block being
+		 * repaired, is written only here */
+		rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
 	}
 	return rc;
 }
 
-static int finish_fill(idd_export *e, idd_error *err)
+struct block_list {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+static int list_block(void *ctx, uint64_t block)
+{
+	struct block_list *l = ctx;
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? l->cap * 2 : 256;
+		uint64_t *nv = realloc(l->v, nc * sizeof *nv);
+		if (!nv)
+			return IDD_ENOMEM;
+		l->v = nv;
+		l->cap = nc;
+	}
+	l->v[l->n++] = block;
+	return IDD_OK;
+}
+
+/* Nothing is the complete image before every block of it was checked
+ * against the map: blocks that do not match (the journal is only a hint)
+ * are had again, verified, and written, and the file is checked again. */
+static int check_and_repair(idd_export *e, int fd, const char *path, unsigned char *buf,
+                            idd_block_req *reqs, idd_error *err)
+{
+	for (int round = 0; round < 3 && !atomic_load(&e->srv->stop); round++) {
+		yield_to_guest(e);
+		struct block_list bad = {0};
+		int rc = idd_image_check(fd, path, e->m, list_block, &bad, err);
+		if (rc == IDD_ENOMEM)
+			idd_fail_code(err, rc, "out of memory");
+		if (!rc && bad.n)
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %zu blocks of %s do not match the "
+			          "block map; fetching them again", e->id, bad.n, path);
+		for (size_t i = 0; !rc && i < bad.n && !atomic_load(&e->srv->stop); i += FILL_WINDOW) {
+			yield_to_guest(e);
+			rc = fill_window(e, bad.v + i, IDD_MIN((size_t)FILL_WINDOW, bad.n - i), buf, reqs, err);
+		}
+		size_t nbad = bad.n;
+		free(bad.v);
+		if (rc || !nbad)
+			return rc;
+	}
+	return atomic_load(&e->srv->stop) ? IDD_OK
+	       : idd_fail_code(err, IDD_EIO, "%s: does not match the block map even after repair", path);
+}
+
+static int finish_fill(idd_export *e, unsigned char *buf, idd_block_req *reqs, idd_error *err)
 {
 	idd_server *s = e->srv;
 	pthread_mutex_lock(&e->part_lock);
-	size_t flushed;
 	int rc = ensure_partial_locked(e, err);
+	int fd = rc ? -1 : e->part->data_fd;
+	const char *path = rc ? NULL : e->part->data_path;
+	pthread_mutex_unlock(&e->part_lock);
 	if (!rc)
-		rc = idd_partial_flush(e->part, &flushed, err);
+		rc = check_and_repair(e, fd, path, buf, reqs, err);
+	if (rc || atomic_load(&s->stop))
+		return rc;
+	pthread_mutex_lock(&e->part_lock);
+	size_t flushed;
+	rc = idd_partial_flush(e->part, &flushed, err);
+	if (!rc)
+		rc = idd_partial_sync(e->part, err);
 	struct stat st;
 	if (!rc && lstat(e->final_path, &st) == 0)
 		rc = idd_fail_code(err, IDD_EPERM, "%s: exists: the filled image stays partial",
@@ -1056,12 +1158,47 @@ static void *fill_main(void *arg)
 		}
 	}
 	if (!rc && !atomic_load(&e->srv->stop))
-		rc = finish_fill(e, &err);
+		rc = finish_fill(e, buf, reqs, &err);
 	if (rc)
 		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: --fill stopped: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
 	free(blocks);
+	return NULL;
+}
+
+/* The complete image lacked blocks (damaged behind serve's back, or written
+ * for an older map of the image): all of it is checked against the map,
+ * what does not match is had again and written in place, and it is
+ * registered anew, so that the next run finds it whole. */
+static void *repair_main(void *arg)
+{
+	idd_export *e = arg;
+	idd_server *s = e->srv;
+	idd_error err = {{0}, 0};
+	unsigned char *buf = malloc((size_t)FILL_WINDOW * e->bs);
+	idd_block_req *reqs = calloc(FILL_WINDOW, sizeof *reqs);
+	int rc = (!buf || !reqs) ? idd_fail_code(&err, IDD_ENOMEM, "out of memory") : IDD_OK;
+	pthread_mutex_lock(&e->part_lock);
+	int fd = e->repair_fd;
+	pthread_mutex_unlock(&e->part_lock);
+	atomic_store(&e->repair_wanted, false);
+	yield_to_guest(e);
+	if (!rc)
+		rc = check_and_repair(e, fd, e->final_path, buf, reqs, &err);
+	if (!rc && !atomic_load(&s->stop)) {
+		if (fdatasync(fd))
+			rc = idd_fail_errno(&err, e->final_path, "fsync");
+		if (!rc)
+			rc = idd_cache_register(s->cache, e->final_path, e->m, &err);
+		if (!rc)
+			rc = idd_cache_adopt(s->cache, e->final_path, e->m, &err);
+	}
+	if (rc)
+		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: repairing the cached image stopped: %s", e->id,
+		          err.msg);
+	free(buf);
+	free(reqs);
 	return NULL;
 }
 
@@ -1083,6 +1220,8 @@ static void flush_all(idd_server *s)
 		size_t n;
 		idd_error err;
 		bool failed = e->part && !e->complete && idd_partial_flush(e->part, &n, &err);
+		if (atomic_load(&e->repair_wanted) && !e->fill_started && !atomic_load(&s->stop))
+			e->fill_started = !pthread_create(&e->fill_thread, NULL, repair_main, e);
 		pthread_mutex_unlock(&e->part_lock);
 		if (failed) /* those blocks are served, and fetched again by the next run */
 			cache_write_failed(e, &err);
@@ -1124,6 +1263,12 @@ static void export_free(idd_export *e)
 			cache_write_failed(e, &err);
 		idd_partial_close(e->part);
 	}
+	if (e->repair_fd >= 0) {
+		if (fdatasync(e->repair_fd))
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: fsync: %s", e->final_path,
+			          strerror(errno));
+		close(e->repair_fd);
+	}
 	idd_block_source *fetchers[] = {e->remote, e->pack};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(fetchers); i++) {
 		idd_block_source_counters c = {0};
@@ -1153,12 +1298,36 @@ static void export_free(idd_export *e)
 	free(e);
 }
 
+/* The node cache and the peers, for the repository's block size: at the
+ * first export (the index says the block size image by image).  Called
+ * under s->lock. */
+static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
+{
+	if (s->cache_src)
+		return IDD_OK;
+	int rc = idd_cache_prepare(s->cache, bs, err);
+	if (!rc)
+		rc = idd_cache_source_open(s->cache, bs, s->o.warn, s->o.ctx, &s->cache_src, err);
+	if (!rc && s->npeers) {
+		/* peers are a shortcut: failing to open them is a warning */
+		idd_fetch_opts pfo = {.warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
+		idd_error e2;
+		progress(s, "reading the peers' cache indexes");
+		if (idd_peer_source_open(s->peers, s->npeers, bs, &pfo, s->o.warn, s->o.ctx, &s->peer_src,
+		                         &e2))
+			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+	}
+	return rc;
+}
+
 static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	idd_export *e = idd_calloc(1, sizeof *e, err);
 	if (!e)
 		return IDD_ENOMEM;
 	e->srv = s;
+	e->repair_fd = -1;
+	atomic_init(&e->repair_wanted, false);
 	pthread_mutex_init(&e->part_lock, NULL);
 	pthread_mutex_init(&e->remote_lock, NULL);
 	pthread_mutex_init(&e->fl_lock, NULL);
@@ -1180,6 +1349,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		progress(s, "reading the block map of %s", id);
 		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
 	}
+	if (!rc)
+		rc = prepare_locked(s, e->m->block_size, err);
 	if (!rc) {
 		e->bs = e->m->block_size;
 		e->size = e->m->image_size;
@@ -1193,23 +1364,21 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		rc = dir ? idd_mkdir_p(dir, err) : IDD_ENOMEM;
 		free(dir);
 	}
+	idd_error e2;
+	if (!rc && idd_cache_migrate_name(s->cache->dir, s->ri, id, e->m, s->o.warn, s->o.ctx, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: cache: %s", e2.msg);
 	struct stat st;
-	if (!rc && lstat(e->final_path, &st) == 0)
+	if (!rc && lstat(e->final_path, &st) == 0) {
 		e->complete = true; /* deployed before: every block reads from the cache */
+		/* a block of it failing verification is fetched and written back */
+		idd_cache_set_rewritable(s->cache, e->final_path);
+		idd_partial_remove_unused(e->base);
+	}
 	if (!rc && !e->complete) {
-		/* what an earlier serve of this image fetched */
-		char *journal = idd_asprintf(err, "%s%s", e->base, IDD_PARTIAL_JOURNAL_SUFFIX);
-		idd_partial_header h;
-		uint64_t joff = 0;
-		idd_error e2;
-		if (!journal)
-			rc = IDD_ENOMEM;
-		else if (idd_partial_journal_read(journal, &h, &joff, own_record, e, &e2) == IDD_OK &&
-		         (h.block_size != e->bs || h.image_size != e->size)) {
-			free(e->own.v);
-			memset(&e->own, 0, sizeof e->own);
-		}
-		free(journal);
+		/* what an earlier serve of this image, with this very map, fetched */
+		int lrc = idd_partial_load(e->base, e->id, e->m, own_record, e, err);
+		if (lrc == IDD_ENOMEM)
+			rc = lrc;
 	}
 	for (size_t i = 0; !rc && i < s->pf.n; i++) {
 		if (strcmp(s->pf.ids[i], id) || s->pf.blocks[i] >= e->m->nblocks)
@@ -1317,7 +1486,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	                         &s->o.prefetch};
 	for (size_t i = 0; !rc && i < IDD_ARRAY_LEN(fields); i++)
 		rc = keep_string(s, fields[i], err);
-	s->o.peers = NULL; /* the peer source keeps its own copies */
+	s->o.peers = NULL; /* kept in s->peers */
 	s->o.n_peers = 0;
 	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
 	                     .ctx = o->ctx, .cancel = &s->stop};
@@ -1331,20 +1500,21 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		progress(s, "opening the cache %s", s->o.cache_dir);
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
 	}
-	if (!rc)
-		rc = idd_cache_prepare(s->cache, s->ri->block_size, err);
-	if (!rc)
-		rc = idd_cache_source_open(s->cache, s->ri->block_size, o->warn, o->ctx, &s->cache_src, err);
 	if (!rc && s->o.prefetch)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
-	if (!rc && o->n_peers) {
-		/* peers are a shortcut: failing to open them is a warning */
-		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx, .cancel = &s->stop};
-		idd_error e2;
-		progress(s, "reading the peers' cache indexes");
-		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
-		                         &s->peer_src, &e2))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+	/* the peers' addresses, for when the block size is known */
+	for (size_t i = 0; !rc && i < o->n_peers; i++) {
+		const char *p = o->peers[i];
+		if (!(rc = keep_string(s, &p, err))) {
+			const char **nv = realloc(s->peers, (i + 1) * sizeof *nv);
+			if (!nv)
+				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+			else {
+				s->peers = nv;
+				s->peers[i] = p;
+				s->npeers = i + 1;
+			}
+		}
 	}
 	if (rc) {
 		idd_server_close(s);
@@ -1391,13 +1561,13 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	}
 	if (s->cache)
 		st->cache_damaged = idd_cache_damaged_count(s->cache);
+	pthread_mutex_lock(&s->lock);
 	if (s->peer_src) {
 		idd_block_source_counters pc;
 		idd_block_source_counters_get(s->peer_src, &pc);
 		st->bytes_from_peers = pc.bytes;
 		st->requests += pc.requests;
 	}
-	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->remote_lock);
@@ -1472,6 +1642,7 @@ void idd_server_close(idd_server *s)
 	for (size_t i = 0; i < s->nstrings; i++)
 		free(s->strings[i]);
 	free(s->strings);
+	free(s->peers);
 	pthread_mutex_destroy(&s->lock);
 	pthread_mutex_destroy(&s->flush_lock);
 	pthread_cond_destroy(&s->flush_wake);

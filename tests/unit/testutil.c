@@ -1,6 +1,7 @@
 /* testutil.c - helpers for the cmocka unit tests. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -124,4 +125,22 @@ uint64_t tu_missing_bytes(const unsigned char *img, size_t len, uint64_t b0, uin
 	idd_digest_set_free(&hv);
 	idd_hasher_free(h);
 	return total;
+}
+
+char *tu_first_file(const char *dir, const char *sub, const char *prefix)
+{
+	char *d = idd_path_join(dir, sub, NULL);
+	DIR *dh = d ? opendir(d) : NULL;
+	char *found = NULL;
+	struct dirent *de;
+	while (dh && (de = readdir(dh)))
+		if (!strncmp(de->d_name, prefix, strlen(prefix)) && !strstr(de->d_name, ".tmp.") &&
+		    (!found || strcmp(de->d_name, strrchr(found, '/') + 1) < 0)) {
+			free(found);
+			found = idd_path_join(d, de->d_name, NULL);
+		}
+	if (dh)
+		closedir(dh);
+	free(d);
+	return found;
 }

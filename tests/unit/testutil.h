@@ -38,5 +38,7 @@ uint64_t tu_missing_bytes(const unsigned char *img, size_t len, uint64_t b0, uin
 void tu_flip_byte(const char *path, uint64_t off);
 void tu_truncate(const char *path, uint64_t len);
 uint64_t tu_file_size(const char *path);
+/* DIR/SUB/NAME of the first (by name) file of DIR/SUB whose name starts with PREFIX, or NULL. */
+char *tu_first_file(const char *dir, const char *sub, const char *prefix);
 
 #endif
