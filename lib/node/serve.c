@@ -1343,8 +1343,10 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
 	if (!rc)
 		rc = idd_negcache_init(&e->failed, FAIL_BACKOFF_NS, FAIL_BACKOFF_MAX_NS, err);
-	if (!rc)
+	if (!rc) {
+		progress(s, "reading the index entry of %s", id);
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
+	}
 	if (!rc) {
 		progress(s, "reading the block map of %s", id);
 		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
@@ -1493,7 +1495,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	if (s->o.read_timeout_s <= 0)
 		s->o.read_timeout_s = READ_TIMEOUT_S;
 	if (!rc) {
-		progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
+		progress(s, "opening the index of %s", s->o.index ? s->o.index : s->o.source);
 		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
 	}
 	if (!rc) {
