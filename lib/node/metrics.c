@@ -402,8 +402,7 @@ int idd_metrics_listen(const char *addr_port, idd_server *s, idd_metrics_server 
 		(void)setsockopt(m->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 		if (bind(m->fd, ai->ai_addr, ai->ai_addrlen) || listen(m->fd, 16))
 			rc = idd_fail(err, "metrics: cannot listen on %s: %s%s", addr_port, strerror(errno),
-			              errno == EADDRINUSE ? " (another program uses this port: give "
-			                                    "another one with --metrics)" : "");
+			              errno == EADDRINUSE ? " (another program listens on this port)" : "");
 	}
 	if (!rc && pipe2(m->wake, O_CLOEXEC))
 		rc = idd_fail(err, "metrics: pipe: %s", strerror(errno));
