@@ -320,6 +320,8 @@ int idd_metrics_render(const idd_serve_metrics *m, char **text, size_t *len, idd
 
 #define MAX_REQUEST 8192        /* request line and headers */
 #define IO_TIMEOUT_MS 5000      /* for a whole request, and again for its answer */
+#define DRAIN_MS 1000           /* after the answer, for the client to close */
+#define DRAIN_MAX (1u << 20)
 
 struct idd_metrics_server {
 	idd_server *srv;
@@ -401,7 +403,8 @@ int idd_metrics_listen(const char *addr_port, idd_server *s, idd_metrics_server 
 		 * connections at once; a port someone listens on stays taken */
 		(void)setsockopt(m->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 		if (bind(m->fd, ai->ai_addr, ai->ai_addrlen) || listen(m->fd, 16))
-			rc = idd_fail(err, "metrics: cannot listen on %s: %s%s", addr_port, strerror(errno),
+			rc = idd_fail(err, "metrics: cannot listen on %s (%s port %s): %s%s", addr_port, host, port,
+			              strerror(errno),
 			              errno == EADDRINUSE ? " (another program listens on this port)" : "");
 	}
 	if (!rc && pipe2(m->wake, O_CLOEXEC))
@@ -475,8 +478,8 @@ static void plain(idd_metrics_server *m, int c, int status, const char *reason, 
 }
 
 /* One connection: the request line and headers (bounded in size and time),
- * then the answer. */
-static void serve_connection(idd_metrics_server *m, int c)
+ * then the answer.  False when the client was dropped unanswered. */
+static bool serve_connection(idd_metrics_server *m, int c)
 {
 	char req[MAX_REQUEST + 1];
 	size_t len = 0;
@@ -487,21 +490,21 @@ static void serve_connection(idd_metrics_server *m, int c)
 			break;
 		if (len == MAX_REQUEST) {
 			plain(m, c, 431, "Request Header Fields Too Large", false, "");
-			return;
+			return true;
 		}
 		ssize_t r = recv(c, req + len, MAX_REQUEST - len, MSG_DONTWAIT);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			if (!wait_fd(m, c, POLLIN, deadline))
-				return; /* too slow, or stopping: dropped */
+				return false; /* too slow, or stopping: dropped */
 			continue;
 		}
 		if (r <= 0)
-			return; /* the client went away */
+			return false; /* the client went away */
 		if (memchr(req + len, 0, (size_t)r)) {
 			plain(m, c, 400, "Bad Request", false, "");
-			return;
+			return true;
 		}
 		len += (size_t)r;
 	}
@@ -512,19 +515,19 @@ static void serve_connection(idd_metrics_server *m, int c)
 	char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
 	if (!sp1 || !sp2 || strncmp(sp2 + 1, "HTTP/1.", 7) || strchr(sp2 + 1, ' ')) {
 		plain(m, c, 400, "Bad Request", false, "");
-		return;
+		return true;
 	}
 	*sp1 = *sp2 = 0;
 	const char *method = req, *target = sp1 + 1;
 	bool head = !strcmp(method, "HEAD");
 	if (!head && strcmp(method, "GET")) {
 		plain(m, c, 405, "Method Not Allowed", false, "Allow: GET, HEAD\r\n");
-		return;
+		return true;
 	}
 	size_t plen = strcspn(target, "?");
 	if (plen != 8 || strncmp(target, "/metrics", 8)) {
 		plain(m, c, 404, "Not Found", head, "");
-		return;
+		return true;
 	}
 	idd_serve_metrics sm;
 	idd_error err = {{0}, 0};
@@ -532,16 +535,39 @@ static void serve_connection(idd_metrics_server *m, int c)
 	size_t tlen = 0;
 	if (idd_server_metrics(m->srv, &sm, &err)) {
 		plain(m, c, 500, "Internal Server Error", head, "");
-		return;
+		return true;
 	}
 	int rc = idd_metrics_render(&sm, &text, &tlen, &err);
 	idd_serve_metrics_free(&sm);
 	if (rc) {
 		plain(m, c, 500, "Internal Server Error", head, "");
-		return;
+		return true;
 	}
 	respond(m, c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, tlen, head, "");
 	free(text);
+	return true;
+}
+
+/* After an answer: what the client still sends (the rest of a request too
+ * large) is read and dropped until it closes, so that closing does not
+ * reset the connection before the client has read the answer. */
+static void drain(idd_metrics_server *m, int c)
+{
+	char sink[4096];
+	int64_t deadline = idd_mono_ns() + (int64_t)DRAIN_MS * 1000000;
+	for (size_t total = 0; total < DRAIN_MAX;) {
+		ssize_t r = recv(c, sink, sizeof sink, MSG_DONTWAIT);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (!wait_fd(m, c, POLLIN, deadline))
+				return;
+			continue;
+		}
+		if (r <= 0)
+			return;
+		total += (size_t)r;
+	}
 }
 
 static void *metrics_main(void *arg)
@@ -559,8 +585,10 @@ static void *metrics_main(void *arg)
 		int c = accept4(m->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		if (c < 0)
 			continue; /* the client gave up already, or out of descriptors for now */
-		serve_connection(m, c);
+		bool answered = serve_connection(m, c);
 		shutdown(c, SHUT_WR);
+		if (answered)
+			drain(m, c);
 		close(c);
 	}
 	return NULL;
