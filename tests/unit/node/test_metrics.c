@@ -1,7 +1,10 @@
 /* test_metrics.c - serve's metrics as Prometheus text: the exact text for
  * given counters, label values escaped as the exposition format says
  * (backslash, double quote, line feed), latency histograms' bucket edges,
- * and the metrics address: parse errors and a port in use. */
+ * the metrics address: parse errors and a port in use; and the HTTP server
+ * over a real server's counters: what GET /metrics answers (the same
+ * counters as idd_server_stats), 404, 405, and a close that does not wait
+ * for an idle client. */
 #include "testutil.h"
 #include "node/metrics.h"
 
@@ -11,6 +14,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#define BS 4096u
+#define NB 64
 
 static idd_serve_metrics totals(void)
 {
@@ -297,6 +303,160 @@ static void test_port_in_use(void **state)
 	close(fd);
 }
 
+static void quiet(void *ctx, const char *msg) { (void)ctx; (void)msg; }
+
+static int connect_port(unsigned port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+	                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* One request, the whole answer (the server closes after it). */
+static char *http(unsigned port, const char *request)
+{
+	int fd = connect_port(port);
+	assert_true(fd >= 0);
+	size_t n = strlen(request);
+	assert_int_equal(write(fd, request, n), (ssize_t)n);
+	size_t cap = 1 << 16, len = 0;
+	char *out = malloc(cap + 1);
+	ssize_t r;
+	while ((r = read(fd, out + len, cap - len)) > 0) {
+		len += (size_t)r;
+		if (len == cap)
+			out = realloc(out, (cap *= 2) + 1);
+	}
+	out[len] = 0;
+	close(fd);
+	return out;
+}
+
+/* A port nobody listens on now: the metrics server listens there (another
+ * one is tried when something took it meanwhile). */
+static idd_metrics_server *listen_free(idd_server *s, unsigned *port)
+{
+	for (int tries = 0; tries < 5; tries++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		socklen_t sl = sizeof sa;
+		assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+		assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+		close(fd);
+		*port = ntohs(sa.sin_port);
+		char addr[32];
+		snprintf(addr, sizeof addr, "%u", *port);
+		idd_metrics_server *ms = NULL;
+		idd_error err;
+		if (!idd_metrics_listen(addr, s, &ms, &err))
+			return ms;
+		assert_non_null(strstr(err.msg, "Address already in use"));
+	}
+	fail_msg("no free port in 5 tries");
+	return NULL;
+}
+
+static void test_http_server(void **state)
+{
+	(void)state;
+	char *root = tu_mkdtemp();
+	char *repo = idd_path_join(root, "repo", NULL);
+	char *cache = idd_path_join(root, "cache", NULL);
+	idd_mkdir_p(repo, NULL);
+	unsigned char *img = calloc(NB, BS);
+	for (size_t i = 0; i < NB; i += 2) /* every other block zero */
+		tu_fill_random(img + i * BS, BS, 100 + i);
+	free(tu_write(repo, "a.raw", img, NB * BS));
+	idd_error err;
+	idd_scan_opts so = {.repo = repo, .warn = quiet};
+	idd_scan_stats ss;
+	idd_map_opts mo = {.repo = repo, .warn = quiet};
+	idd_map_stats mst;
+	assert_int_equal(idd_scan(&so, &ss, &err), IDD_OK);
+	assert_int_equal(idd_map_run(&mo, &mst, &err), IDD_OK);
+	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .readahead_off = true};
+	idd_server *s = NULL;
+	assert_int_equal(idd_server_open(&o, &s, &err), IDD_OK);
+	idd_export *e;
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	unsigned char *buf = malloc(NB * BS);
+	assert_int_equal(idd_export_read(e, buf, 8 * BS, 0, &err), IDD_OK);
+	assert_int_equal(idd_export_read(e, buf, 8 * BS, 0, &err), IDD_OK); /* from the cache now */
+	assert_memory_equal(buf, img, 8 * BS);
+
+	unsigned port;
+	idd_metrics_server *ms = listen_free(s, &port);
+	assert_int_equal(idd_metrics_start(ms, &err), IDD_OK);
+	char *got = http(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+	assert_true(!strncmp(got, "HTTP/1.1 200 OK\r\n", 17));
+	assert_non_null(strstr(got, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+	char *body = strstr(got, "\r\n\r\n") + 4;
+	char clen[64];
+	snprintf(clen, sizeof clen, "\r\nContent-Length: %zu\r\n", strlen(body));
+	assert_non_null(strstr(got, clen));
+	/* the same counters as idd_server_stats: 2 reads of 4 data blocks and
+	 * 4 zero blocks each, the first fetching, the second from the cache */
+	idd_serve_stats st;
+	idd_server_stats(s, &st);
+	assert_int_equal(st.reads, 2);
+	assert_int_equal(st.bytes_zero, 8 * BS);
+	assert_int_equal(st.bytes_from_cache, 4 * BS);
+	char line[128];
+	snprintf(line, sizeof line, "imgdedup_fetch_requests_total %llu", (unsigned long long)st.requests);
+	assert_true(has_line(body, line));
+	snprintf(line, sizeof line, "imgdedup_read_bytes_total{origin=\"repository\"} %llu",
+	         (unsigned long long)st.bytes_fetched);
+	assert_true(has_line(body, line));
+	assert_true(has_line(body, "imgdedup_reads_total 2"));
+	assert_true(has_line(body, "imgdedup_read_bytes_total{origin=\"zero\"} 32768"));
+	assert_true(has_line(body, "imgdedup_read_bytes_total{origin=\"cache\"} 16384"));
+	assert_true(has_line(body, "imgdedup_export_reads_total{export=\"a.raw\"} 2"));
+	assert_true(has_line(body, "imgdedup_export_served_bytes_total{export=\"a.raw\"} 65536"));
+	assert_true(has_line(body, "imgdedup_blocks_filled_total 4"));
+	assert_true(has_line(body, "imgdedup_partial_images 1"));
+	assert_true(has_line(body, "imgdedup_read_duration_seconds_count 2"));
+	assert_true(has_line(body, "imgdedup_export_fetch_duration_seconds_count{export=\"a.raw\"} 1"));
+	free(got);
+	got = http(port, "HEAD /metrics?x HTTP/1.0\r\n\r\n");
+	assert_true(!strncmp(got, "HTTP/1.1 200 OK\r\n", 17));
+	assert_non_null(strstr(got, "\r\n\r\n"));
+	assert_string_equal(strstr(got, "\r\n\r\n"), "\r\n\r\n"); /* no body */
+	free(got);
+	got = http(port, "GET /other HTTP/1.1\r\n\r\n");
+	assert_true(!strncmp(got, "HTTP/1.1 404 ", 13));
+	free(got);
+	got = http(port, "DELETE /metrics HTTP/1.1\r\n\r\n");
+	assert_true(!strncmp(got, "HTTP/1.1 405 ", 13));
+	assert_non_null(strstr(got, "\r\nAllow: GET, HEAD\r\n"));
+	free(got);
+	got = http(port, "GET /metrics\r\n\r\n"); /* HTTP/0.9 */
+	assert_true(!strncmp(got, "HTTP/1.1 400 ", 13));
+	free(got);
+
+	/* a client that connected and sends nothing does not hold up closing */
+	int idle = connect_port(port);
+	assert_true(idle >= 0);
+	idd_metrics_close(ms);
+	char c;
+	assert_true(read(idle, &c, 1) <= 0); /* dropped, unanswered */
+	close(idle);
+	assert_int_equal(connect_port(port), -1); /* nothing listens any more */
+
+	idd_server_close(s);
+	free(buf);
+	free(img);
+	tu_rmtree(root);
+	free(root);
+	free(repo);
+	free(cache);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -305,6 +465,7 @@ int main(void)
 	    cmocka_unit_test(test_histogram_edges),
 	    cmocka_unit_test(test_address_errors),
 	    cmocka_unit_test(test_port_in_use),
+	    cmocka_unit_test(test_http_server),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
