@@ -27,10 +27,13 @@
 #                  then `imgdedup profile publish`): serve prefetches it
 #   serve fill     family cached, --fill --no-profile
 # Reported per configuration, medians of RUNS (3): setup (deploy time, or
-# until the export's socket exists), replay, total stall (setup + replay -
-# the local replay), p50/p99 read latency, bytes nginx sent (index included),
-# serve's payload fetched against the ideal (distinct non-zero blocks read
-# that the node cache lacked), and total/local, total/best curl+cache.
+# until the export's socket exists), replay (virtual clock, see replay.py;
+# and wall time), total stall (setup + replay - the local replay), p50/p99
+# read latency, bytes nginx sent (index included), serve's payload fetched
+# against the ideal (distinct non-zero blocks read that the node cache
+# lacked; not for --fill, which fetches the whole image by design), and
+# total/local, total/best curl+cache, stall/stall of the best curl+cache
+# (the block size with the lower total at that RTT).
 #   IMGDEDUP=build/imgdedup RUNS=3 bench/bench_wait.sh
 # Skips cleanly without the corpus.  Never part of `make check`.
 set -euo pipefail
@@ -115,14 +118,14 @@ serve_up() { # NAME ARGS...: serve in the background; returns once its socket ex
   done
   fail "serve $name: no socket after 30 s: $(cat "$WORK/$name.err")"
 }
-replay() { # URI OUT.json: replays the trace, sets R_SECS R_P50 R_P99
+replay() { # URI OUT.json: replays the trace, sets R_SECS R_VSECS R_P50 R_P99
   "$PY" "$REPLAY" run "$TRACE" "$1" --json "$2" > /dev/null || fail "replay against $1 failed"
-  read -r R_SECS R_P50 R_P99 < <("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
-print(r["seconds"], r["p50_ms"], r["p99_ms"])' "$2")
+  read -r R_SECS R_VSECS R_P50 R_P99 < <("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
+print(r["seconds"], r["virtual_seconds"], r["p50_ms"], r["p99_ms"])' "$2")
 }
-declare -A SETUP RSECS P50 P99 NET PAYLOAD
+declare -A SETUP RSECS VSECS P50 P99 NET PAYLOAD
 note() { # KEY SETUP NET_BYTES [PAYLOAD]
-  SETUP[$1]+="$2 " RSECS[$1]+="$R_SECS " P50[$1]+="$R_P50 " P99[$1]+="$R_P99 " NET[$1]+="$3 "
+  SETUP[$1]+="$2 " RSECS[$1]+="$R_SECS " VSECS[$1]+="$R_VSECS " P50[$1]+="$R_P50 " P99[$1]+="$R_P99 " NET[$1]+="$3 "
   [ -z "${4:-}" ] || PAYLOAD[$1]+="$4 "
 }
 med() { local -n arr=$1; tr ' ' '\n' <<<"${arr[$2]:-}" | grep . | median; }
@@ -219,33 +222,38 @@ for run in $(seq "$RUNS"); do
   echo "run $run of $RUNS done"
 done
 
-# --- the table
-LOCAL=$(med RSECS local)
-total() { awk -v s="$(med SETUP "$1")" -v r="$(med RSECS "$1")" 'BEGIN {printf "%.3f", s + r}'; }
+# --- the table.  Stall and ratios use the virtual replay time (see
+# bench/replay.py: the wall time also holds the host's scheduling lateness).
+LOCAL=$(med VSECS local)
+total() { awk -v s="$(med SETUP "$1")" -v r="$(med VSECS "$1")" 'BEGIN {printf "%.3f", s + r}'; }
+stall() { awk -v t="$(total "$1")" -v l="$LOCAL" 'BEGIN {printf "%.3f", t - l}'; }
 printf '\n%s (%s cached where it says so), %d reads, %d bytes read, replayed; medians of %s runs\n' \
   "$IMAGE" "$FAMILY" "$NREADS" "$NBYTES" "$RUNS"
-printf 'nginx limit_rate 12500k (100 Mbit/s), RTT by bench/delayproxy.py; local replay %s s\n' "$LOCAL"
+printf 'nginx limit_rate 12500k (100 Mbit/s), RTT by bench/delayproxy.py; local replay %s s (virtual), %s s (wall)\n' \
+  "$LOCAL" "$(med RSECS local)"
 printf 'ideal fetch: %s bytes cold, %s bytes family cached\n' "$IDEAL_COLD" "$IDEAL_FAMILY"
-printf '%-22s %4s %8s %8s %8s %8s %9s %12s %8s %7s %7s\n' \
-  configuration rtt setup_s replay_s stall_s p50_ms p99_ms net_bytes fetch/id x_local x_curl
-row() { # KEY LABEL RTT BEST_CURL
-  local k=$1 tot ideal ratio="-" pay
+printf '%-22s %4s %7s %8s %8s %7s %7s %8s %11s %8s %7s %7s %7s\n' \
+  configuration rtt setup_s replay_s wall_s stall_s p50_ms p99_ms net_bytes fetch/id x_local x_curl stall/c
+row() { # KEY LABEL RTT BEST_CURL_KEY
+  local k=$1 tot ideal ratio="-" pay best=0 bstall=0
   tot=$(total "$k")
-  if [ -n "${PAYLOAD[$k]:-}" ]; then
+  [ -z "$4" ] || { best=$(total "$4"); bstall=$(stall "$4"); }
+  if [ -n "${PAYLOAD[$k]:-}" ] && [ "${k%@*}" != fill ]; then
     ideal=$IDEAL_FAMILY; [ "${k%@*}" = cold ] && ideal=$IDEAL_COLD
     pay=$(med PAYLOAD "$k")
     ratio=$(awk -v p="$pay" -v i="$ideal" 'BEGIN {printf "%.2f", i ? p / i : 0}')
   fi
-  printf '%-22s %4s %8s %8s %8s %8s %9s %12s %8s %7s %7s\n' "$2" "$3" \
-    "$(med SETUP "$k")" "$(med RSECS "$k")" \
-    "$(awk -v t="$tot" -v l="$LOCAL" 'BEGIN {printf "%.3f", t - l}')" \
+  printf '%-22s %4s %7s %8s %8s %7s %7s %8s %11s %8s %7s %7s %7s\n' "$2" "$3" \
+    "$(med SETUP "$k")" "$(med VSECS "$k")" "$(med RSECS "$k")" "$(stall "$k")" \
     "$(med P50 "$k")" "$(med P99 "$k")" "$(med NET "$k")" "$ratio" \
     "$(awk -v t="$tot" -v l="$LOCAL" 'BEGIN {printf "%.2f", t / l}')" \
-    "$(awk -v t="$tot" -v b="$4" 'BEGIN {if (b > 0) printf "%.2f", t / b; else print "-"}')"
+    "$(awk -v t="$tot" -v b="$best" 'BEGIN {if (b > 0) printf "%.2f", t / b; else print "-"}')" \
+    "$(awk -v t="$(stall "$k")" -v b="$bstall" 'BEGIN {if (b > 0) printf "%.2f", t / b; else print "-"}')"
 }
-row local "local file (floor)" - 0
+row local "local file (floor)" - ""
 for rtt in $RTTS; do
-  best=$(for bs in 64K 4K; do total "curl$bs@$rtt"; echo; done | sort -g | head -n 1)
+  # curl+cache at its best: the block size with the lower total
+  best=$(for bs in 64K 4K; do echo "$(total "curl$bs@$rtt") curl$bs@$rtt"; done | sort -g | head -n 1 | cut -d' ' -f2)
   row "deploy@$rtt" "deploy, then local" "$rtt" "$best"
   row "curl64K@$rtt" "curl+cache 64K" "$rtt" "$best"
   row "curl4K@$rtt" "curl+cache 4K" "$rtt" "$best"
