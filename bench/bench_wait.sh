@@ -261,6 +261,25 @@ for rtt in $RTTS; do
   row "family@$rtt" "serve, family cached" "$rtt" "$best"
   row "profile@$rtt" "serve, + profile" "$rtt" "$best"
   row "fill@$rtt" "serve --fill, family" "$rtt" "$best"
-  printf '%-22s %4s p99 with --fill / without: %s\n' "" "$rtt" \
-    "$(awk -v a="$(med P99 "fill@$rtt")" -v b="$(med P99 "family@$rtt")" 'BEGIN {printf "%.2f", b ? a / b : 0}')"
+done
+
+# --- the goals (family cached, 100 Mbit/s), each with the measured figure
+goal() { # LABEL VALUE LIMIT
+  awk -v l="$1" -v v="$2" -v m="$3" 'BEGIN {printf "  %-52s %6s (goal <= %s): %s\n", l, v, m, (v <= m) ? "met" : "missed"}'
+}
+xl() { awk -v t="$(total "$1")" -v l="$LOCAL" 'BEGIN {printf "%.2f", t / l}'; }
+echo "goals:"
+for rtt in $RTTS; do
+  best=$(for bs in 64K 4K; do echo "$(total "curl$bs@$rtt") curl$bs@$rtt"; done | sort -g | head -n 1 | cut -d' ' -f2)
+  lim=1.3 plim=1.05; [ "$rtt" -ge 20 ] && lim=2 plim=1.1
+  goal "RTT $rtt ms: serve, family cached / local" "$(xl "family@$rtt")" "$lim"
+  goal "RTT $rtt ms: serve + profile / local" "$(xl "profile@$rtt")" "$plim"
+  goal "RTT $rtt ms: serve family total / best curl+cache" \
+    "$(awk -v a="$(total "family@$rtt")" -v b="$(total "$best")" 'BEGIN {printf "%.2f", a / b}')" 0.5
+  goal "RTT $rtt ms: serve family stall / best curl+cache stall" \
+    "$(awk -v a="$(stall "family@$rtt")" -v b="$(stall "$best")" 'BEGIN {printf "%.2f", b > 0 ? a / b : 0}')" 0.5
+  goal "RTT $rtt ms: serve family payload / ideal" \
+    "$(awk -v p="$(med PAYLOAD "family@$rtt")" -v i="$IDEAL_FAMILY" 'BEGIN {printf "%.2f", p / i}')" 1.25
+  goal "RTT $rtt ms: p99 with --fill / without" \
+    "$(awk -v a="$(med P99 "fill@$rtt")" -v b="$(med P99 "family@$rtt")" 'BEGIN {printf "%.2f", b ? a / b : 0}')" 1.2
 done

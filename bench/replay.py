@@ -8,7 +8,7 @@
         read on the same connection that completed last before this one
         started, -1 if none; gap: seconds from that completion, or from the
         first read of the trace, to this read's start: the think time).
-    replay.py run TRACE NBD_URI [--json OUT]
+    replay.py run TRACE NBD_URI [--json OUT] [--think-scale F]
         Replays the trace through libnbd, one handle per recorded connection:
         each read is issued `gap` seconds after its `after` read completed in
         this replay (or after the replay started), so think times and the
@@ -17,7 +17,9 @@
         (wall time), virtual_seconds (the replay on a virtual clock: every
         read issued exactly its think time after the one it follows, with the
         latency it had: free of the host's scheduling lateness), reads,
-        bytes, p50_ms, p90_ms, p99_ms, max_ms, mean_ms.
+        bytes, p50_ms, p90_ms, p99_ms, max_ms, mean_ms.  --think-scale F
+        multiplies every think time by F (0.1: a guest ten times faster than
+        the TCG guest recorded, as under KVM).
     replay.py ideal TRACE IMAGE [CACHED_IMAGE...]
         The bytes of the distinct non-zero 4 KiB blocks the trace reads that
         none of CACHED_IMAGE holds: what a node with those images cached
@@ -96,9 +98,9 @@ def pct(sorted_vals, p):
     return sorted_vals[k]
 
 
-def run(trace, uri, json_out):
+def run(trace, uri, json_out, scale):
     import nbd
-    reads = load(trace)
+    reads = [r[:6] + (r[6] * scale,) for r in load(trace)]
     conns = sorted({r[0] for r in reads})
     issued = [None] * len(reads)
     done = [None] * len(reads)
@@ -223,8 +225,11 @@ def main():
     a = sys.argv[1:]
     if len(a) == 3 and a[0] == "parse":
         parse(a[1], a[2])
-    elif len(a) in (3, 5) and a[0] == "run":
-        run(a[1], a[2], a[4] if len(a) == 5 and a[3] == "--json" else None)
+    elif len(a) >= 3 and a[0] == "run":
+        opts = dict(zip(a[3::2], a[4::2]))
+        if len(a) % 2 == 0 or set(opts) - {"--json", "--think-scale"}:
+            sys.exit(__doc__)
+        run(a[1], a[2], opts.get("--json"), float(opts.get("--think-scale", 1)))
     elif len(a) >= 3 and a[0] == "ideal":
         ideal(a[1], a[2], a[3:])
     else:
