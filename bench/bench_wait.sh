@@ -35,6 +35,8 @@
 # total/local, total/best curl+cache, stall/stall of the best curl+cache
 # (the block size with the lower total at that RTT).
 #   IMGDEDUP=build/imgdedup RUNS=3 bench/bench_wait.sh
+# BENCH_WAIT_THINK_SCALE=0.1 replays the think times ten times shorter (a
+# guest as fast as under KVM, where the waiting is a larger share).
 # Skips cleanly without the corpus.  Never part of `make check`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,6 +47,7 @@ CORPUS=${CORPUS:-/work/corpus/images}
 IMAGE=${BENCH_WAIT_IMAGE:-debian12-minbase-v2.raw}
 FAMILY=${BENCH_WAIT_FAMILY:-debian12-minbase.raw}
 RTTS=${BENCH_WAIT_RTTS:-"2 20"}
+THINK=${BENCH_WAIT_THINK_SCALE:-1}
 GUEST_DIR_READ=${BENCH_GUEST_DIR:-usr/bin}
 PY=/usr/bin/python3
 REPLAY=$here/replay.py
@@ -119,7 +122,7 @@ serve_up() { # NAME ARGS...: serve in the background; returns once its socket ex
   fail "serve $name: no socket after 30 s: $(cat "$WORK/$name.err")"
 }
 replay() { # URI OUT.json: replays the trace, sets R_SECS R_VSECS R_P50 R_P99
-  "$PY" "$REPLAY" run "$TRACE" "$1" --json "$2" > /dev/null || fail "replay against $1 failed"
+  "$PY" "$REPLAY" run "$TRACE" "$1" --json "$2" --think-scale "$THINK" > /dev/null || fail "replay against $1 failed"
   read -r R_SECS R_VSECS R_P50 R_P99 < <("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
 print(r["seconds"], r["virtual_seconds"], r["p50_ms"], r["p99_ms"])' "$2")
 }
@@ -227,8 +230,8 @@ done
 LOCAL=$(med VSECS local)
 total() { awk -v s="$(med SETUP "$1")" -v r="$(med VSECS "$1")" 'BEGIN {printf "%.3f", s + r}'; }
 stall() { awk -v t="$(total "$1")" -v l="$LOCAL" 'BEGIN {printf "%.3f", t - l}'; }
-printf '\n%s (%s cached where it says so), %d reads, %d bytes read, replayed; medians of %s runs\n' \
-  "$IMAGE" "$FAMILY" "$NREADS" "$NBYTES" "$RUNS"
+printf '\n%s (%s cached where it says so), %d reads, %d bytes read, replayed (think times x %s); medians of %s runs\n' \
+  "$IMAGE" "$FAMILY" "$NREADS" "$NBYTES" "$THINK" "$RUNS"
 printf 'nginx limit_rate 12500k (100 Mbit/s), RTT by bench/delayproxy.py; local replay %s s (virtual), %s s (wall)\n' \
   "$LOCAL" "$(med RSECS local)"
 printf 'ideal fetch: %s bytes cold, %s bytes family cached\n' "$IDEAL_COLD" "$IDEAL_FAMILY"
