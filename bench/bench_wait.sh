@@ -280,7 +280,7 @@ for rtt in $RTTS; do
   goal "RTT $rtt ms: serve family total / best curl+cache" \
     "$(awk -v a="$(total "family@$rtt")" -v b="$(total "$best")" 'BEGIN {printf "%.2f", a / b}')" 0.5
   goal "RTT $rtt ms: serve family stall / best curl+cache stall" \
-    "$(awk -v a="$(stall "family@$rtt")" -v b="$(stall "$best")" 'BEGIN {printf "%.2f", b > 0 ? a / b : 0}')" 0.5
+    "$(awk -v a="$(stall "family@$rtt")" -v b="$(stall "$best")" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')" 0.5
   goal "RTT $rtt ms: serve family payload / ideal" \
     "$(awk -v p="$(med PAYLOAD "family@$rtt")" -v i="$IDEAL_FAMILY" 'BEGIN {printf "%.2f", p / i}')" 1.25
   goal "RTT $rtt ms: p99 with --fill / without" \
