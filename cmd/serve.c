@@ -36,7 +36,8 @@
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
 	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--readahead SIZE] "
-	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] IMAGE...";
+	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] "
+	"(IMAGE... | --all [--refresh S])";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -56,6 +57,9 @@ struct serve_args {
 	size_t n_peers;
 	long port, timeout_s, read_timeout_s, connections;
 	bool fill, no_pack, json;
+	bool all;           /* --all: every image of the catalog */
+	const char *refresh; /* --refresh S, checked */
+	long activated;     /* sockets passed by systemd (LISTEN_FDS), 0: none */
 	char **images;
 	size_t n_images;
 };
@@ -315,6 +319,18 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* systemd socket activation: how many listening sockets (from fd 3) were
+ * passed to this very process, else 0. */
+static long activation_fds(void)
+{
+	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+	long p, n;
+	if (!pid || !fds || !cli_parse_int(pid, 1, LONG_MAX, &p) || p != (long)getpid() ||
+	    !cli_parse_int(fds, 1, 1024, &n))
+		return 0;
+	return n;
+}
+
 static int parse_args(int argc, char **argv, struct serve_args *a)
 {
 	static const struct option opts[] = {
@@ -327,6 +343,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"read-timeout", required_argument, 0, 'T'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
+		{"all", no_argument, 0, 'A'},            {"refresh", required_argument, 0, 'G'},
 		{0, 0, 0, 0}};
 	int c;
 	optind = 1;
@@ -374,6 +391,14 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				                 optarg);
 			break;
 		case 'N': a->no_pack = true; break;
+		case 'A': a->all = true; break;
+		case 'G': {
+			long v;
+			if (!cli_parse_int(optarg, 0, 86400, &v))
+				return cli_usage(usage, "--refresh must be 0 to 86400 seconds, not '%s'", optarg);
+			a->refresh = optarg;
+			break;
+		}
 		case 'J': a->json = true; break;
 		case 'q': cli_quiet = true; break;
 		case 'h': printf("usage: %s\n", usage); return -1;
@@ -382,15 +407,25 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 	}
 	if (!a->source || !a->cache)
 		return cli_usage(usage, "--from SOURCE and --cache DIR are required");
-	if (!a->socket_path == !a->port)
+	a->activated = activation_fds();
+	if (a->activated && (a->socket_path || a->port))
+		return cli_usage(usage, "started with sockets passed by systemd (LISTEN_FDS): no --socket "
+		                 "or --port");
+	if (!a->activated && !a->socket_path == !a->port)
 		return cli_usage(usage, "give one of --socket PATH or --port N");
 	if (a->socket_path) {
 		if (!*a->socket_path || strlen(a->socket_path) >= sizeof ((struct sockaddr_un *)0)->sun_path)
 			return cli_usage(usage, "--socket: '%s' is too long for a unix socket path (%zu bytes at most)",
 			                 a->socket_path, sizeof ((struct sockaddr_un *)0)->sun_path - 1);
 	}
+	if (a->refresh && !a->all)
+		return cli_usage(usage, "--refresh applies to --all only");
+	if (a->all && optind < argc)
+		return cli_usage(usage, "--all exports every image of the catalog: no IMAGE with it");
+	if (a->all)
+		return EXIT_OK;
 	if (optind >= argc)
-		return cli_usage(usage, "expected at least one IMAGE");
+		return cli_usage(usage, "expected at least one IMAGE (or --all)");
 	a->images = argv + optind;
 	a->n_images = (size_t)(argc - optind);
 	for (size_t i = 0; i < a->n_images; i++) {
@@ -412,7 +447,9 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 	argv_add(av, "--log=stderr");
 	argv_add(av, "--readonly");
 	argv_add(av, "--pidfile=/dev/fd/%d", pid_fd);
-	if (a->socket_path) {
+	if (a->activated) {
+		/* nbdkit takes the inherited sockets (LISTEN_PID set in the child) */
+	} else if (a->socket_path) {
 		argv_add(av, "--unix=%s", a->socket_path);
 	} else {
 		argv_add(av, "--ipaddr=127.0.0.1");
@@ -423,6 +460,10 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 	argv_add(av, "cache=%s", a->cache);
 	for (size_t i = 0; i < a->n_images; i++)
 		argv_add(av, "image=%s", a->images[i]);
+	if (a->all)
+		argv_add(av, "all=true");
+	if (a->refresh)
+		argv_add(av, "refresh=%s", a->refresh);
 	if (a->index)
 		argv_add(av, "index=%s", a->index);
 	for (size_t i = 0; i < a->n_peers; i++)
@@ -449,8 +490,13 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 /* In the child: nbdkit with stdout and stderr into the relay pipe.  An exec
  * failure is reported through the close-on-exec errno pipe. */
 static void exec_nbdkit(char **argv, int out_fd, int errno_fd, const int *keep, size_t nkeep,
-                        const sigset_t *oldmask)
+                        const sigset_t *oldmask, bool activated)
 {
+	if (activated) { /* the sockets systemd passed are now nbdkit's */
+		char pid[32];
+		snprintf(pid, sizeof pid, "%ld", (long)getpid());
+		setenv("LISTEN_PID", pid, 1);
+	}
 	for (size_t i = 0; i < nkeep; i++) /* inherited by nbdkit, and only by it */
 		fcntl(keep[i], F_SETFD, 0);
 	signal(SIGTERM, SIG_DFL);
@@ -538,7 +584,7 @@ int cmd_serve(int argc, char **argv)
 	}
 	if (pid == 0) {
 		int keep[] = {pid_pipe[1], stats_fd};
-		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 2, &oldmask);
+		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 2, &oldmask, a.activated > 0);
 	}
 	child_pid = pid;
 	sigprocmask(SIG_SETMASK, &oldmask, NULL);
@@ -586,7 +632,14 @@ int cmd_serve(int argc, char **argv)
 			if (read(pid_pipe[0], pidbuf, sizeof pidbuf) > 0) {
 				ready = true;
 				t_ready = now_s();
-				if (!cli_quiet && !a.json) {
+				if (!cli_quiet && !a.json && a.activated) {
+					printf("serving %s on the sockets passed by systemd\n",
+					       a.all ? "every image of the catalog" : a.images[0]);
+				} else if (!cli_quiet && !a.json && a.all) {
+					printf("serving every image of %s at ", a.source);
+					print_uri(&a, "ID");
+					putchar('\n');
+				} else if (!cli_quiet && !a.json) {
 					for (size_t i = 0; i < a.n_images; i++) {
 						printf("serving %s at ", a.images[i]);
 						print_uri(&a, a.images[i]);
@@ -637,7 +690,8 @@ int cmd_serve(int argc, char **argv)
 		char h[6][32];
 		printf("%s%s: %llu reads, %s read (%s zero, %s from local data), %s fetched in %llu "
 		       "requests, %s from peers, %llu blocks cached, in %.1f s\n",
-		       a.images[0], a.n_images > 1 ? " and others" : "", (unsigned long long)v[0],
+		       a.all ? "all images" : a.images[0], a.n_images > 1 ? " and others" : "",
+		       (unsigned long long)v[0],
 		       cli_human(v[1], h[0]), cli_human(v[2], h[1]), cli_human(v[3], h[2]),
 		       cli_human(v[4], h[3]), (unsigned long long)v[6], cli_human(v[5], h[4]),
 		       (unsigned long long)v[7], served);

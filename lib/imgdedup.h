@@ -544,6 +544,13 @@ typedef struct idd_serve_opts {
 	long read_timeout_s;       /* a client read fails (EIO) after this long; 0: 60 */
 	uint64_t read_memory_budget; /* bytes of client reads being filled at once (the
 	                              * NBD server's buffers); more wait; 0: 128 MiB */
+	/* serve --all: the catalog's ids are read at open (a missing or
+	 * unreadable catalog fails there) and looked up by
+	 * idd_server_list_images / idd_server_find_image */
+	bool all;
+	/* --all: the catalog is checked for a change at most this often;
+	 * 0: 30 s; IDD_REFRESH_ALWAYS: at every lookup */
+	long refresh_s;
 	idd_warn_fn warn;
 	void *ctx;
 	/* told what start-up is doing (reading the catalog, a block map, ...)
@@ -580,6 +587,18 @@ void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);
+
+#define IDD_REFRESH_ALWAYS (-1L)
+
+/* serve --all.  Each image id of SOURCE's catalog, in id order, until fn
+ * returns non-zero (returned).  The catalog is re-read first when it
+ * changed and the last check is refresh_s old: a failed re-read is a
+ * warning, and the catalog read before answers. */
+typedef int (*idd_id_fn)(void *ctx, const char *id);
+int idd_server_list_images(idd_server *s, idd_id_fn fn, void *ctx, idd_error *err);
+/* serve --all: IDD_OK when id is an image of the catalog (re-read as
+ * above), else IDD_ENOENT, whatever id looks like. */
+int idd_server_find_image(idd_server *s, const char *id, idd_error *err);
 
 /* Open image ID (relative to SOURCE) for reading.  Opening the same ID
  * again returns the same export; exports live until the server closes, so

@@ -1044,6 +1044,11 @@ int idd_source_stat(idd_source *s, const char *rel, idd_remote_stat *st, idd_err
 		if (!rc) {
 			st->size = (uint64_t)sb.st_size;
 			st->mtime = (int64_t)sb.st_mtim.tv_sec;
+			/* what tells a replaced file (rename over it) or one
+			 * rewritten within the same second apart */
+			snprintf(st->etag, sizeof st->etag, "%llx-%llx-%lld.%09ld",
+			         (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino,
+			         (long long)sb.st_mtim.tv_sec, (long)sb.st_mtim.tv_nsec);
 		}
 		return rc;
 	}

@@ -135,6 +135,9 @@ struct idd_server {
 	idd_export **exports;
 	size_t nexports;
 	atomic_int_least64_t last_refresh_ns;
+	/* --all: when the catalog was last checked for a change (under cat_lock) */
+	pthread_mutex_t cat_lock;
+	int64_t cat_checked_ns;
 	atomic_bool stop;
 	bool started;
 	pthread_t flusher;
@@ -1436,6 +1439,48 @@ void idd_export_close(idd_export *e)
 	(void)e;
 }
 
+/* ---- --all: the catalog's images ---- */
+
+#define DEFAULT_REFRESH_S 30
+
+/* Re-read the catalog if it is due: checked at most every refresh_s. */
+static void catalog_current(idd_server *s)
+{
+	int64_t every = s->o.refresh_s == IDD_REFRESH_ALWAYS ? 0
+	                : (s->o.refresh_s > 0 ? s->o.refresh_s : DEFAULT_REFRESH_S) * (int64_t)1000000000;
+	pthread_mutex_lock(&s->cat_lock);
+	int64_t now = idd_now_ns();
+	if (now - s->cat_checked_ns >= every) {
+		idd_error e2;
+		if (idd_remote_index_catalog_refresh(s->ri, NULL, &e2))
+			idd_warnf(s->o.warn, s->o.ctx, "warning: the catalog was not re-read: %s", e2.msg);
+		/* a failure waits for the next check too: a source that is down
+		 * is not asked at every connection */
+		s->cat_checked_ns = idd_now_ns();
+	}
+	pthread_mutex_unlock(&s->cat_lock);
+}
+
+int idd_server_list_images(idd_server *s, idd_id_fn fn, void *ctx, idd_error *err)
+{
+	if (!s->o.all)
+		return idd_fail(err, "serve: the catalog's images are listed only with --all");
+	catalog_current(s);
+	return idd_remote_index_catalog_ids(s->ri, fn, ctx);
+}
+
+int idd_server_find_image(idd_server *s, const char *id, idd_error *err)
+{
+	if (s->o.all) {
+		catalog_current(s);
+		if (idd_remote_index_catalog_has(s->ri, id))
+			return IDD_OK;
+	}
+	/* the name is the client's: quoted with a bound, never used as a path */
+	return idd_fail_code(err, IDD_ENOENT, "%s: no image '%.200s%s' in the catalog",
+	                     idd_source_root(s->ri->src), id, strlen(id) > 200 ? "..." : "");
+}
+
 /* ---- the server ---- */
 
 static int keep_string(idd_server *s, const char **field, idd_error *err)
@@ -1476,6 +1521,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		return IDD_ENOMEM;
 	s->o = *o;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->cat_lock, NULL);
 	pthread_mutex_init(&s->flush_lock, NULL);
 	pthread_cond_init(&s->flush_wake, NULL);
 	pthread_mutex_init(&s->mem_lock, NULL);
@@ -1501,6 +1547,11 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	if (!rc) {
 		progress(s, "opening the cache %s", s->o.cache_dir);
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
+	}
+	if (!rc && s->o.all) {
+		progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
+		rc = idd_remote_index_catalog_refresh(s->ri, NULL, err);
+		s->cat_checked_ns = idd_now_ns();
 	}
 	if (!rc && s->o.prefetch)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
@@ -1646,6 +1697,7 @@ void idd_server_close(idd_server *s)
 	free(s->strings);
 	free(s->peers);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->cat_lock);
 	pthread_mutex_destroy(&s->flush_lock);
 	pthread_cond_destroy(&s->flush_wake);
 	pthread_mutex_destroy(&s->mem_lock);
