@@ -17,6 +17,19 @@
 #                              new_blocks cached_bytes nonzero_bytes"
 SERVE_PIDS=()
 
+# a clean handshake: with --all there is no default export, the list is asked
+serve_probe() {
+  local sock=$1 a
+  shift
+  for a in "$@"; do
+    if [ "$a" = --all ]; then
+      nbdinfo --list "nbd+unix:///?socket=$sock" >/dev/null 2>&1
+      return
+    fi
+  done
+  nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1
+}
+
 serve_start() {
   local name=$1 i
   shift
@@ -32,7 +45,7 @@ serve_start() {
     fi
     # the socket exists once nbdkit listens; a clean NBD handshake proves
     # the server is ready (a bare connect would leave an error in its log)
-    if [ -S "$SERVE_SOCK" ] && nbdinfo --size "nbd+unix:///?socket=$SERVE_SOCK" >/dev/null 2>&1; then
+    if [ -S "$SERVE_SOCK" ] && serve_probe "$SERVE_SOCK" "$@"; then
       return 0
     fi
     sleep 0.1
