@@ -17,13 +17,15 @@
 #                              new_blocks cached_bytes nonzero_bytes"
 SERVE_PIDS=()
 
-# a clean handshake: with --all there is no default export, the list is asked
+# a clean handshake: with --all there is no default export, the list of
+# exports is asked (and no export opened: a test sees their first use)
 serve_probe() {
   local sock=$1 a
   shift
   for a in "$@"; do
     if [ "$a" = --all ]; then
-      nbdinfo --list "nbd+unix:///?socket=$sock" >/dev/null 2>&1
+      /usr/bin/python3 -c 'import nbd, sys; h = nbd.NBD(); h.set_opt_mode(True)
+h.connect_unix(sys.argv[1]); h.opt_list(lambda name, desc: 0); h.opt_abort()' "$sock" >/dev/null 2>&1
       return
     fi
   done
