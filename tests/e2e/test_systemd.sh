@@ -9,10 +9,12 @@
 #    client starts it, nbdinfo --list lists the catalog, an image reads
 #    exact through nbdcopy, an image published while it runs reads exact,
 #    and SIGTERM stops it cleanly with its counters;
+#  - every system call the service made then (strace) is one its
+#    SystemCallFilter= allows;
 #  - serve given sockets by systemd and --socket too is a usage error.
 source "$(dirname "$0")/lib.sh"
 PY=/usr/bin/python3
-for c in systemd-analyze systemd-socket-activate nbdkit nbdinfo nbdcopy; do
+for c in systemd-analyze systemd-socket-activate strace nbdkit nbdinfo nbdcopy; do
   command -v $c >/dev/null || fail "$c missing (scripts/install-deps)"
 done
 UNITS=$TESTS_DIR/../../contrib/systemd
@@ -61,7 +63,9 @@ EOF
 [ "${CMD[0]}" = "$IMGDEDUP" ] || fail "ExecStart: ${CMD[*]}"
 echo "ExecStart: ${CMD[*]}"
 SOCK=$WORK/imgdedup.sock
-systemd-socket-activate -l "$SOCK" "${CMD[@]}" > "$WORK/svc.out" 2> "$WORK/svc.err" &
+# under strace, for the system calls the service makes (SystemCallFilter=)
+strace -f -qq -c -o "$WORK/strace.txt" systemd-socket-activate -l "$SOCK" "${CMD[@]}" \
+  > "$WORK/svc.out" 2> "$WORK/svc.err" &
 SVC=$!
 stop_svc() { kill -TERM "$SVC" 2>/dev/null; wait "$SVC" 2>/dev/null || true; }
 cleanup_fns+=(stop_svc)
@@ -79,10 +83,46 @@ mkimg "$REPO/os/c.raw" 3
 publish
 nbdcopy "nbd+unix:///os/c.raw?socket=$SOCK" "$WORK/c.out"
 check "socket activated: an image published while running reads exact" cmp "$WORK/c.out" "$REPO/os/c.raw"
-kill -TERM "$SVC"
+SERVE_PID=$(pgrep -P "$SVC" -x imgdedup) || fail "no service process under strace"
+kill -TERM "$SERVE_PID"
 rc=0
 wait "$SVC" || rc=$?
 check "SIGTERM stops the service with status 0" test "$rc" = 0
+# every system call serve and nbdkit made is one the unit's filter allows
+$PY - "$WORK/units/imgdedup-serve.service" "$WORK/strace.txt" <<'EOF' || fail "SystemCallFilter"
+import re, subprocess, sys
+out = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True, text=True,
+                     check=True).stdout
+groups, cur = {}, None
+for line in out.splitlines():
+    if line.startswith("@"):
+        cur = line.split()[0]
+        groups[cur] = []
+    elif cur and line.strip() and not line.strip().startswith("#"):
+        groups[cur].append(line.split()[0])
+def names(items):
+    res = set()
+    for it in items:
+        res |= names(groups[it]) if it.startswith("@") else {it}
+    return res
+allow, deny = None, set()
+for line in open(sys.argv[1]):
+    if line.startswith("SystemCallFilter="):
+        v = line.split("=", 1)[1].strip()
+        if v.startswith("~"):
+            deny |= names(v[1:].split())
+        else:
+            allow = (allow or set()) | names(v.split())
+used = set()
+for line in open(sys.argv[2]):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and re.fullmatch(r"[a-z_0-9]+", f[-1]) and f[-1] != "total":
+        used.add(f[-1])
+bad = sorted(s for s in used if s not in allow or s in deny)
+print(f"{len(used)} system calls made; outside SystemCallFilter: {bad}")
+sys.exit(1 if bad or len(used) < 20 else 0)
+EOF
+echo "ok: every system call the service made is allowed by SystemCallFilter="
 check "-q: nothing on stdout" test ! -s "$WORK/svc.out"
 grep -v -e '^Listening on' -e '^Communication attempt' -e '^Execing' "$WORK/svc.err" > "$WORK/svc.other" || true
 check "the service wrote no message" test ! -s "$WORK/svc.other"
