@@ -63,8 +63,12 @@ EOF
 [ "${CMD[0]}" = "$IMGDEDUP" ] || fail "ExecStart: ${CMD[*]}"
 echo "ExecStart: ${CMD[*]}"
 SOCK=$WORK/imgdedup.sock
-# under strace, for the system calls the service makes (SystemCallFilter=)
-strace -f -qq -c -o "$WORK/strace.txt" systemd-socket-activate -l "$SOCK" "${CMD[@]}" \
+# under strace, for the system calls the service makes (SystemCallFilter=);
+# systemd-socket-activate passes on only the variables named with -E, and
+# LeakSanitizer (a sanitizer build) cannot run under ptrace
+export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+strace -f -qq -c -o "$WORK/strace.txt" systemd-socket-activate -E PATH -E ASAN_OPTIONS -E UBSAN_OPTIONS \
+  -l "$SOCK" "${CMD[@]}" \
   > "$WORK/svc.out" 2> "$WORK/svc.err" &
 SVC=$!
 stop_svc() { kill -TERM "$SVC" 2>/dev/null; wait "$SVC" 2>/dev/null || true; }
