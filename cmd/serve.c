@@ -312,6 +312,26 @@ static void print_uri(const struct serve_args *a, const char *id)
 		printf("?socket=%s", a->socket_path);
 }
 
+/* Once the server accepts connections: where the exports are. */
+static void print_ready(const struct serve_args *a)
+{
+	if (a->activated) {
+		printf("serving %s on the sockets passed by systemd\n",
+		       a->all ? "every image of the catalog" : "the images given");
+	} else if (a->all) {
+		printf("serving every image of %s at ", a->source);
+		print_uri(a, "ID");
+		putchar('\n');
+	} else {
+		for (size_t i = 0; i < a->n_images; i++) {
+			printf("serving %s at ", a->images[i]);
+			print_uri(a, a->images[i]);
+			putchar('\n');
+		}
+	}
+	fflush(stdout);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -632,21 +652,8 @@ int cmd_serve(int argc, char **argv)
 			if (read(pid_pipe[0], pidbuf, sizeof pidbuf) > 0) {
 				ready = true;
 				t_ready = now_s();
-				if (!cli_quiet && !a.json && a.activated) {
-					printf("serving %s on the sockets passed by systemd\n",
-					       a.all ? "every image of the catalog" : a.images[0]);
-				} else if (!cli_quiet && !a.json && a.all) {
-					printf("serving every image of %s at ", a.source);
-					print_uri(&a, "ID");
-					putchar('\n');
-				} else if (!cli_quiet && !a.json) {
-					for (size_t i = 0; i < a.n_images; i++) {
-						printf("serving %s at ", a.images[i]);
-						print_uri(&a, a.images[i]);
-						putchar('\n');
-					}
-					fflush(stdout);
-				}
+				if (!cli_quiet && !a.json)
+					print_ready(&a);
 			}
 		}
 	}
