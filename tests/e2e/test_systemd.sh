@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # contrib/systemd: the node's service units.
-#  - systemd-analyze verify accepts imgdedup-serve.socket and .service;
+#  - systemd-analyze verify accepts imgdedup-serve.socket and .service, and
+#    docs/serve.md shows the service unit as it is;
 #  - systemd-analyze security (offline) rates the service's exposure at most
 #    1.5 (of 10: the hardening a network daemon should have);
 #  - the service's own ExecStart line (its variables set as serve.env and
@@ -30,6 +31,17 @@ systemd-analyze security --offline=yes "$WORK/units/imgdedup-serve.service" > "$
 tail -n 1 "$WORK/security.txt"
 exposure_ok() { systemd-analyze security --offline=yes --threshold=15 "$1" > /dev/null 2>&1; }
 check "the service's exposure is at most 1.5" exposure_ok "$WORK/units/imgdedup-serve.service"
+# docs/serve.md shows the service unit as it is
+$PY - "$UNITS/imgdedup-serve.service" "$TESTS_DIR/../../docs/serve.md" <<'EOF' || fail "docs/serve.md shows another unit"
+import sys
+unit = open(sys.argv[1]).read()
+unit = unit[unit.index("[Unit]"):]
+doc = open(sys.argv[2]).read()
+shown = doc[doc.index("```ini\n", doc.index("The service unit:")) + 7:]
+shown = shown[:shown.index("```")]
+sys.exit(0 if shown == unit else 1)
+EOF
+echo "ok: docs/serve.md shows the service unit as it is"
 grep -q '^ListenStream=/run/imgdedup/imgdedup.sock$' "$WORK/units/imgdedup-serve.socket" || fail "socket unit: ListenStream"
 
 REPO=$WORK/repo
