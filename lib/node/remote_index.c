@@ -303,6 +303,16 @@ bool idd_remote_index_catalog_has(idd_remote_index *ri, const char *id)
 	return has;
 }
 
+bool idd_remote_index_catalog_key(idd_remote_index *ri, const char *id, idd_digest *out)
+{
+	pthread_mutex_lock(&ri->mu);
+	const idd_image_info *im = ri->cat ? idd_catalog_find(ri->cat, id) : NULL;
+	if (im)
+		*out = im->list_key;
+	pthread_mutex_unlock(&ri->mu);
+	return im != NULL;
+}
+
 int idd_remote_index_catalog_ids(idd_remote_index *ri, int (*fn)(void *ctx, const char *id),
                                  void *ctx)
 {

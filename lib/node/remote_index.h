@@ -65,6 +65,9 @@ int idd_remote_index_catalog_refresh(idd_remote_index *ri, bool *changed, idd_er
  * id one of its images; each of its image ids, in id order, until fn
  * returns non-zero (returned).  No catalog read yet: no image. */
 bool idd_remote_index_catalog_has(idd_remote_index *ri, const char *id);
+/* The catalog as last read: the list key (content) of image id's record;
+ * false when it holds no such image. */
+bool idd_remote_index_catalog_key(idd_remote_index *ri, const char *id, idd_digest *out);
 int idd_remote_index_catalog_ids(idd_remote_index *ri, int (*fn)(void *ctx, const char *id),
                                  void *ctx);
 /* The repository's block size once an image was looked up, else 0. */

@@ -112,6 +112,7 @@ struct idd_export {
 	size_t nprefetch;
 	/* background work */
 	atomic_bool warned_cache_write;
+	atomic_bool warned_changed;   /* --all: the catalog holds other content under its id */
 	atomic_bool cache_failing;    /* the last block could not be cached: no readahead */
 	atomic_int active_reads;
 	atomic_int_least64_t last_read_ns;
@@ -1342,6 +1343,7 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	atomic_init(&e->active_reads, 0);
 	atomic_init(&e->last_read_ns, 0);
 	atomic_init(&e->warned_cache_write, false);
+	atomic_init(&e->warned_changed, false);
 	atomic_init(&e->cache_failing, false);
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
 	if (!rc)
@@ -1404,6 +1406,20 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	return IDD_OK;
 }
 
+/* --all: an image replaced under the same id is still served as it was
+ * opened (its block map is read once); said once per export. */
+static void warn_if_changed(idd_export *e)
+{
+	idd_digest now;
+	if (!e->srv->o.all || !idd_remote_index_catalog_key(e->srv->ri, e->id, &now) ||
+	    !memcmp(now.b, e->info->list_key.b, IDD_DIGEST_SIZE) ||
+	    atomic_exchange(&e->warned_changed, true))
+		return;
+	idd_warnf(e->srv->o.warn, e->srv->o.ctx,
+	          "warning: %s changed in the repository since it was first opened: it is served as it "
+	          "was until the service restarts (blocks no longer in SOURCE fail)", e->id);
+}
+
 int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	pthread_mutex_lock(&s->lock);
@@ -1411,6 +1427,7 @@ int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *
 		if (!strcmp(s->exports[i]->id, id)) {
 			*out = s->exports[i];
 			pthread_mutex_unlock(&s->lock);
+			warn_if_changed(*out);
 			return IDD_OK;
 		}
 	idd_export *e;

@@ -380,9 +380,19 @@ static int join_id(void *ctx, const char *id)
 	return 0;
 }
 
+static int warnings;
+static char last_warning[512];
+
+static void count_warning(void *ctx, const char *msg)
+{
+	(void)ctx;
+	warnings++;
+	snprintf(last_warning, sizeof last_warning, "%s", msg);
+}
+
 static idd_server *open_all(long refresh_s)
 {
-	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .all = true,
+	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = count_warning, .all = true,
 	                    .refresh_s = refresh_s};
 	idd_server *s = NULL;
 	idd_error err;
@@ -437,6 +447,21 @@ static void test_all(void **state)
 	assert_int_equal(idd_export_open(s, "c.raw", &e, &err), IDD_OK);
 	read_all_check(e, img, sizeof img, 3 * BS);
 	idd_export_close(e);
+	/* changed under the same id: served as first opened, with a warning */
+	warnings = 0;
+	unsigned char img2[5 * BS];
+	tu_fill_random(img2, sizeof img2, 98);
+	free(tu_write(repo, "c.raw", img2, sizeof img2));
+	republish();
+	idd_export *again;
+	assert_int_equal(idd_server_find_image(s, "c.raw", &err), IDD_OK); /* re-reads the catalog */
+	assert_int_equal(idd_export_open(s, "c.raw", &again, &err), IDD_OK);
+	assert_ptr_equal(again, e);
+	assert_int_equal(warnings, 1);
+	assert_non_null(strstr(last_warning, "c.raw changed in the repository"));
+	assert_int_equal(idd_export_open(s, "c.raw", &again, &err), IDD_OK);
+	assert_int_equal(warnings, 1); /* once */
+	read_all_check(e, img, sizeof img, 5 * BS); /* what the cache holds of it */
 	/* removed from the catalog: refused, the export opened before reads on */
 	unlink(c);
 	free(c);
