@@ -35,8 +35,8 @@
 
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
-	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--readahead SIZE] "
-	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] "
+	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--no-profile] "
+	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] "
 	"(IMAGE... | --all [--refresh S])";
 
 static volatile sig_atomic_t stop_signal;
@@ -56,7 +56,7 @@ struct serve_args {
 	const char **peers;
 	size_t n_peers;
 	long port, timeout_s, read_timeout_s, connections;
-	bool fill, no_pack, json;
+	bool fill, no_pack, no_profile, json;
 	bool all;           /* --all: every image of the catalog */
 	const char *refresh; /* --refresh S, checked */
 	long activated;     /* sockets passed by systemd (LISTEN_FDS), 0: none */
@@ -362,6 +362,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
 		{"read-timeout", required_argument, 0, 'T'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
+		{"no-profile", no_argument, 0, 'Z'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
 		{"all", no_argument, 0, 'A'},            {"refresh", required_argument, 0, 'G'},
 		{0, 0, 0, 0}};
@@ -388,6 +389,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				return cli_usage(usage, "--port must be 1 to 65535, not '%s'", optarg);
 			break;
 		case 'F': a->fill = true; break;
+		case 'Z': a->no_profile = true; break;
 		case 'r': a->record = optarg; break;
 		case 'R': a->prefetch = optarg; break;
 		case 'a': {
@@ -492,6 +494,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "fill=true");
 	if (a->no_pack)
 		argv_add(av, "no-pack=true");
+	if (a->no_profile)
+		argv_add(av, "no-profile=true");
 	if (a->record)
 		argv_add(av, "record=%s", a->record);
 	if (a->prefetch)
