@@ -22,6 +22,7 @@
 #include "node/negcache.h"
 #include "node/partial.h"
 #include "node/profile.h"
+#include "node/readahead.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
 #include "node/source_pack.h"
@@ -41,6 +42,8 @@
 
 #define DEFAULT_READAHEAD ((uint64_t)2 << 20)
 #define MAX_READAHEAD ((uint64_t)4 << 20)
+/* The first window of a sequential stream at least (readahead.h). */
+#define READAHEAD_MIN ((uint64_t)128 << 10)
 #define REFRESH_NS ((int64_t)100 * 1000000)
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
@@ -98,7 +101,9 @@ struct idd_export {
 	size_t ninflight, cap_inflight;
 	idd_negcache failed;          /* content that failed recently: not fetched again yet */
 	atomic_uint_least64_t rate;   /* bytes/s the source delivered lately; 0: not known yet */
-	/* readahead: a thread of its own fetches the range the last read asked for */
+	/* readahead: how much, from the evidence of the reads (readahead.h); a
+	 * thread of its own fetches the range the last read asked for */
+	idd_readahead ra_policy;
 	pthread_mutex_t ra_lock;
 	pthread_cond_t ra_wake;
 	uint64_t ra_block, ra_count;
@@ -808,7 +813,9 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	}
 	free(buf);
 	free(reqs);
-	if (!rc && nf && all_in && ra_blocks)
+	/* a stream through blocks the node holds reads ahead too: the first
+	 * block it lacks is then fetched before the guest gets there */
+	if (!rc && all_in && ra_blocks)
 		schedule_readahead(e, b1, ra_blocks);
 	return rc;
 }
@@ -888,9 +895,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (atomic_load(&s->stop))
 		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
-	uint64_t ra = s->o.readahead_off ? 0
-	            : s->o.readahead    ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
-	                                : DEFAULT_READAHEAD;
+	uint64_t ra = idd_readahead_window(&e->ra_policy, off, len);
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
 	int64_t old_deadline = idd_fetch_set_deadline(deadline);
@@ -1299,6 +1304,7 @@ static void export_free(idd_export *e)
 	pthread_mutex_destroy(&e->fl_lock);
 	pthread_cond_destroy(&e->fl_done);
 	pthread_mutex_destroy(&e->ra_lock);
+	idd_readahead_destroy(&e->ra_policy);
 	pthread_cond_destroy(&e->ra_wake);
 	pthread_mutex_destroy(&e->rec_lock);
 	free(e);
@@ -1360,6 +1366,10 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	pthread_mutex_init(&e->fl_lock, NULL);
 	pthread_cond_init(&e->fl_done, NULL);
 	pthread_mutex_init(&e->ra_lock, NULL);
+	idd_readahead_init(&e->ra_policy, READAHEAD_MIN,
+	                   s->o.readahead_off ? 0
+	                   : s->o.readahead   ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
+	                                      : DEFAULT_READAHEAD);
 	pthread_cond_init(&e->ra_wake, NULL);
 	atomic_init(&e->rate, 0);
 	pthread_mutex_init(&e->rec_lock, NULL);
