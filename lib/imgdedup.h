@@ -611,7 +611,7 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st);
 #define IDD_REFRESH_ALWAYS (-1L)
 
 /* serve --all.  Each image id of SOURCE's catalog, in id order, until fn
- * returns non-zero (returned).  The catalog is re-read first when it
+ * returns a positive value (returned; a negative IDD_* code is a failure).  The catalog is re-read first when it
  * changed and the last check is refresh_s old: a failed re-read is a
  * warning, and the catalog read before answers. */
 typedef int (*idd_id_fn)(void *ctx, const char *id);

@@ -146,6 +146,7 @@ struct idd_server {
 	/* --all: when the catalog was last checked for a change (under cat_lock) */
 	pthread_mutex_t cat_lock;
 	int64_t cat_checked_ns;
+	bool cat_checking;            /* a thread is checking it now */
 	atomic_bool stop;
 	bool started;
 	pthread_t flusher;
@@ -1495,21 +1496,29 @@ void idd_export_close(idd_export *e)
 
 #define DEFAULT_REFRESH_S 30
 
-/* Re-read the catalog if it is due: checked at most every refresh_s. */
+/* Re-read the catalog if it is due: checked at most every refresh_s, by
+ * one thread at a time; the others meanwhile answer from the catalog read
+ * before (a source that is slow or down holds up no connection but the
+ * one that checks). */
 static void catalog_current(idd_server *s)
 {
 	int64_t every = s->o.refresh_s == IDD_REFRESH_ALWAYS ? 0
 	                : (s->o.refresh_s > 0 ? s->o.refresh_s : DEFAULT_REFRESH_S) * (int64_t)1000000000;
 	pthread_mutex_lock(&s->cat_lock);
-	int64_t now = idd_now_ns();
-	if (now - s->cat_checked_ns >= every) {
-		idd_error e2;
-		if (idd_remote_index_catalog_refresh(s->ri, NULL, &e2))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: the catalog was not re-read: %s", e2.msg);
-		/* a failure waits for the next check too: a source that is down
-		 * is not asked at every connection */
-		s->cat_checked_ns = idd_now_ns();
-	}
+	bool due = !s->cat_checking && idd_now_ns() - s->cat_checked_ns >= every;
+	if (due)
+		s->cat_checking = true;
+	pthread_mutex_unlock(&s->cat_lock);
+	if (!due)
+		return;
+	idd_error e2;
+	if (idd_remote_index_catalog_refresh(s->ri, NULL, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: the catalog was not re-read: %s", e2.msg);
+	pthread_mutex_lock(&s->cat_lock);
+	/* a failure waits for the next check too: a source that is down is
+	 * not asked at every connection */
+	s->cat_checked_ns = idd_now_ns();
+	s->cat_checking = false;
 	pthread_mutex_unlock(&s->cat_lock);
 }
 

@@ -552,19 +552,42 @@ static void plugin_unload(void)
 	cfg.stats_path = NULL;
 }
 
+/* nbdkit 1.32 refuses a list of more than 10000 exports (MAX_EXPORTS)
+ * as a whole: the list stops there, every image can still be opened. */
+#define MAX_LISTED 10000
+
+struct listing {
+	struct nbdkit_exports *list;
+	size_t n;
+	bool failed;
+};
+
 static int add_export_name(void *ctx, const char *id)
 {
-	return nbdkit_add_export(ctx, id, NULL) == -1 ? -1 : 0;
+	struct listing *l = ctx;
+	if (l->n == MAX_LISTED)
+		return 1;
+	if (nbdkit_add_export(l->list, id, NULL) == -1) {
+		l->failed = true;
+		return 1;
+	}
+	l->n++;
+	return 0;
 }
 
 static int plugin_list_exports(int readonly, int is_tls, struct nbdkit_exports *list)
 {
 	if (cfg.all) {
 		idd_error err = {{0}, 0};
-		int rc = idd_server_list_images(server, add_export_name, list, &err);
-		if (rc > 0)
+		struct listing l = {list, 0, false};
+		int rc = idd_server_list_images(server, add_export_name, &l, &err);
+		if (rc < 0) {
 			nbdkit_error("%s", err.msg);
-		return rc ? -1 : 0;
+			return -1;
+		}
+		if (rc && !l.failed)
+			nbdkit_debug("export list cut at %d images (the most nbdkit lists)", MAX_LISTED);
+		return l.failed ? -1 : 0;
 	}
 	for (size_t i = 0; i < cfg.n_images; i++) {
 		if (nbdkit_add_export(list, cfg.images[i], NULL) == -1)
