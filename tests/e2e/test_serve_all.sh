@@ -14,6 +14,7 @@
 #    connection opened before keeps reading it;
 #  - a local SOURCE: a publish is seen through the catalog's inode/mtime with
 #    --refresh 0, and not before the interval with --refresh 3600;
+#  - --metrics counts the reads of each export opened on demand;
 #  - the same service as `nbdkit imgdedup all=true`.
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/nginx.sh"
@@ -49,7 +50,8 @@ listed() {   # URI: the export names nbdinfo --list prints, sorted
 }
 
 nginx_start "$REPO"
-serve_start h --all --refresh 0 --from "$NGINX_URL" --cache "$WORK/cache"
+MPORT=$(nginx_free_port)
+serve_start h --all --refresh 0 --from "$NGINX_URL" --cache "$WORK/cache" --metrics "127.0.0.1:$MPORT"
 LIST="nbd+unix:///?socket=$SERVE_SOCK"
 check "nbdinfo --list lists the catalog's 10 ids" test "$(listed "$LIST")" = "$(ids)"
 
@@ -83,6 +85,9 @@ print(f"{len(conns)} connections read, {len(bad)} wrong")
 sys.exit(1 if bad or len(conns) != 50 else 0)
 EOF
 echo "ok: 50 concurrent connections (10 images x 5) read byte-exact"
+curl -sf "http://127.0.0.1:$MPORT/metrics" > "$WORK/metrics.txt"
+per_export() { grep -c '^imgdedup_export_reads_total{export="os/img[0-9]*\.raw"} [1-9]' "$WORK/metrics.txt"; }
+check "--metrics: reads counted for each of the 10 exports opened on demand" test "$(per_export)" = 10
 
 # names that are no id of the catalog: ENOENT, whatever they look like
 long=$(head -c 4000 /dev/zero | tr '\0' a)
