@@ -3,7 +3,8 @@
  * continues a recent read (it starts inside it, at its end, or within the
  * window already read ahead of it) belongs to a stream, whose window starts
  * at twice the read and doubles with each further read of it, up to the
- * maximum; any other read starts a stream with no readahead, so random
+ * maximum (each read that missed: see idd_readahead_window); any other
+ * read starts a stream with no readahead, so random
  * reads get none.  A read at the start of the image starts a stream with
  * its first window (boots and copies begin there).  A few streams are
  * tracked at once (several guests' or a guest's threads reading different
@@ -12,6 +13,7 @@
 #define IDD_NODE_READAHEAD_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define IDD_RA_STREAMS 8
@@ -32,7 +34,10 @@ typedef struct idd_readahead {
 /* max 0: never read ahead. */
 void idd_readahead_init(idd_readahead *ra, uint64_t min, uint64_t max);
 void idd_readahead_destroy(idd_readahead *ra);
-/* A client read [off, off + len): the bytes to read ahead after it. */
-uint64_t idd_readahead_window(idd_readahead *ra, uint64_t off, uint64_t len);
+/* A client read [off, off + len), which missed (needed blocks fetched)
+ * or not: the bytes to read ahead after it.  Only misses grow a stream's
+ * window: a stream through blocks the node holds looks ahead by min only,
+ * so that what lies near the reads but is never read is not fetched. */
+uint64_t idd_readahead_window(idd_readahead *ra, uint64_t off, uint64_t len, bool missed);
 
 #endif
