@@ -635,8 +635,14 @@ static bool first_blocks(const idd_map *m, uint64_t *first)
 	uint64_t seen = 0;
 	for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
 		const idd_map_span *run = &m->runs[ri];
-		if (run->kind != IDD_RUN_SEQ) /* only SEQ runs introduce digests, in order */
+		if (run->kind == IDD_RUN_ZERO)
 			continue;
+		/* a new digest repeated at once is one run of that digest repeated */
+		if (run->kind == IDD_RUN_SAME) {
+			if (run->ref == seen + 1)
+				first[seen++] = run->block;
+			continue;
+		}
 		for (uint64_t b = run->block; b < run->block + run->count; b++)
 			if (idd_map_span_ref(run, b) == seen + 1)
 				first[seen++] = b;

@@ -476,6 +476,62 @@ static void test_migrate_name(void **state)
 	free(dir);
 }
 
+/* A block whose content is new and repeated at once (A A B C C 0 D D): the
+ * map holds its first occurrence in a run of one digest repeated.  Such an
+ * image is registered, adopted and recognised like any other. */
+static void test_register_repeat_at_first_occurrence(void **state)
+{
+	(void)state;
+	static const int pattern[] = {1, 1, 2, 3, 3, 0, 4, 4};
+	const size_t n = sizeof pattern / sizeof *pattern;
+	char *dir = tu_mkdtemp();
+	char *real = realpath(dir, NULL);
+	unsigned char *img = calloc(n, BS);
+	idd_digest *d = calloc(n, sizeof *d);
+	idd_hasher *h = idd_hasher_new(NULL);
+	for (size_t i = 0; i < n; i++) {
+		if (!pattern[i])
+			continue;
+		tu_fill_random(img + i * BS, BS, 500 + (uint64_t)pattern[i]);
+		assert_int_equal(idd_hasher_digest(h, img + i * BS, BS, &d[i], NULL), IDD_OK);
+	}
+	idd_map *m;
+	assert_int_equal(idd_map_build(d, n, BS, (uint64_t)n * BS, &m, NULL), IDD_OK);
+	assert_int_equal(m->ndistinct, 4);
+	char *imgs = idd_path_join(real, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgs, NULL), IDD_OK);
+	char *path = tu_write(imgs, "rep.raw", img, n * BS);
+	char *path2 = tu_write(imgs, "rep2.raw", img, n * BS);
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, path, m, &err), IDD_OK);
+	idd_cache_close(c);
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 1);
+	assert_true(idd_cache_entry_holds(&c->e[0], m));
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	static const uint64_t first[] = {0, 2, 3, 6};
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		size_t e;
+		uint64_t blk;
+		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
+		assert_int_equal(blk, first[k]);
+	}
+	assert_int_equal(idd_cache_adopt(c, path2, m, &err), IDD_OK);
+	idd_cache_close(c);
+	idd_hasher_free(h);
+	idd_map_free(m);
+	free(d);
+	free(img);
+	free(path);
+	free(path2);
+	free(imgs);
+	free(real);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -486,6 +542,7 @@ int main(void)
 		cmocka_unit_test(test_rebuild_index),
 		cmocka_unit_test(test_partial_images),
 		cmocka_unit_test(test_migrate_name),
+		cmocka_unit_test(test_register_repeat_at_first_occurrence),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
