@@ -47,7 +47,11 @@ static int open_shared(const char *path, idd_error *err)
 	int fd = idd_open_regular(path, O_RDONLY, IDD_FILE_NOFOLLOW, err);
 	if (fd < 0)
 		return -1;
-	(void)flock(fd, LOCK_SH | LOCK_NB);
+	if (idd_flock_shared(fd, path) == 1) { /* removed by gc while it was opened */
+		close(fd);
+		idd_fail_code(err, IDD_ENOENT, "%s: removed", path);
+		return -1;
+	}
 	return fd;
 }
 

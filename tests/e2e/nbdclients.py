@@ -191,7 +191,7 @@ def many(args):
         # fetching it), after part of the reply, or half-way through sending
         # the request
         way = i % 3
-        length = r.choice((1 << 20, 4 << 20)) if way != 2 else 65536
+        length = r.choice((1 << 20, 2 << 20)) if way != 2 else 65536
         off = r.randrange(0, size - length) & ~4095
         req = struct.pack(">IHHQQI", REQ_MAGIC, 0, NBD_CMD_READ, 1, off, length)
         try:

@@ -7,7 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BS 4096u
@@ -532,6 +536,63 @@ static void test_register_repeat_at_first_occurrence(void **state)
 	free(dir);
 }
 
+/* Another process's exclusive lock on a cache file (gc probing whether it
+ * is in use, an instant) let go of after a moment. */
+static void *release_after_a_moment(void *arg)
+{
+	struct timespec ts = {0, 50 * 1000000};
+	nanosleep(&ts, NULL);
+	close(*(int *)arg);
+	return NULL;
+}
+
+/* A serve opening its partial image at the instant a gc probes that file
+ * still gets its shared lock, so a later gc keeps the file (it used to go
+ * unlocked for good, and the next gc removed the partial in use). */
+static void test_gc_keeps_partial_opened_during_probe(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgs = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	idd_mkdir_p(imgs, NULL);
+	char *base = idd_path_join(imgs, "q.raw", NULL);
+	char *data = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_DATA_SUFFIX);
+	idd_map *m;
+	unsigned char *img = make_image(8, 8, 7, &m);
+	int probe = open(data, O_RDWR | O_CREAT, 0644);
+	assert_true(probe >= 0);
+	assert_int_equal(flock(probe, LOCK_EX | LOCK_NB), 0);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, release_after_a_moment, &probe), 0);
+	idd_partial *p;
+	idd_error err;
+	assert_int_equal(idd_partial_open(base, "q.raw", m, &p, &err), IDD_OK);
+	pthread_join(t, NULL);
+	idd_digest d = m->digests[idd_map_ref(m, 1) - 1];
+	assert_int_equal(idd_partial_write(p, 1, img + BS, BS, &err), IDD_OK);
+	assert_int_equal(idd_partial_note(p, 1, &d, &err), IDD_OK);
+	size_t flushed;
+	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
+	idd_cache_gc_stats st;
+	nwarn = 0;
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	assert_int_equal(access(data, F_OK), 0);
+	assert_true(strstr(last_warn, "in use; kept") != NULL);
+	idd_partial_close(p);
+	/* closed: the next gc removes it */
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 1);
+	assert_int_equal(access(data, F_OK), -1);
+	idd_map_free(m);
+	free(img);
+	free(data);
+	free(base);
+	free(imgs);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +604,7 @@ int main(void)
 		cmocka_unit_test(test_partial_images),
 		cmocka_unit_test(test_migrate_name),
 		cmocka_unit_test(test_register_repeat_at_first_occurrence),
+		cmocka_unit_test(test_gc_keeps_partial_opened_during_probe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
