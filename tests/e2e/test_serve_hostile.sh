@@ -175,15 +175,15 @@ check "concurrent: a deploy of third.raw (-o) beside the serves and gc succeeds 
 check "... and is exact" cmp "$WORK/b.third" "$WORK/third.ref"
 rc=0; wait "$d2" || rc=$?
 check "concurrent: a deploy of base.raw into the cache, served at the same time, succeeds (rc $rc)" test "$rc" = 0
-out=$(json_get "$WORK/bd2.json" output)
-if [ -e "$out" ]; then
-  check "... and is exact" cmp "$out" "$REPO/base.raw"
-else
-  check "... and was unused once written: a later gc removed it" grep -q '"images_removed":[1-9]' "$WORK"/gc.*.json
-fi
 for p in "${rpids[@]}"; do wait "$p" || fail "concurrent: a reader got wrong bytes: $(cat "$WORK"/b?.*.json)"; done
 wait "$gcpid"
 check "concurrent: cache gc ran 12 times beside them, every run exit 0" test ! -e "$WORK/gc.fail"
+out=$(json_get "$WORK/bd2.json" output)
+if [ -e "$out" ]; then
+  check "concurrent: the deploy of base.raw into the cache is exact" cmp "$out" "$REPO/base.raw"
+else
+  check "concurrent: the deployed base.raw, unused once written, was removed by a later gc" grep -q '"images_removed":[1-9]' "$WORK"/gc.*.json
+fi
 for e in b1.base.raw b1.sib.raw b2.sib.raw b2.third.raw; do
   check "concurrent: 2 readers read $e twice, all exact" readers_ok "$WORK/$e.json" $((2 * 2 * CHUNKS))
 done
