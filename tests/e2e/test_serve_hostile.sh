@@ -220,9 +220,9 @@ check "concurrent: no sanitizer report anywhere" no_sanitizer_report
 CT=$WORK/cache-tamper
 "$IMGDEDUP" deploy --from "$NGINX_URL" --cache "$CT" -q base.raw
 serve_start t1 --from "$NGINX_URL" --cache "$CT" sib.raw third.raw
-$CLIENTS readers "$(serve_uri t1 sib.raw)" "$REPO/sib.raw" 1 > "$WORK/t1.json" ||
-  fail "tamper: first read wrong: $(cat "$WORK/t1.json")"
-check "tamper: sib.raw read once, exact (most of it from the cached base.raw)" readers_ok "$WORK/t1.json" "$CHUNKS"
+$CLIENTS readers "$(serve_uri t1 sib.raw)" "$REPO/sib.raw" 1 > "$WORK/r-t1.json" ||
+  fail "tamper: first read wrong: $(cat "$WORK/r-t1.json")"
+check "tamper: sib.raw read once, exact (most of it from the cached base.raw)" readers_ok "$WORK/r-t1.json" "$CHUNKS"
 # flip N bytes at random offsets in the data of FILE (seed S), in place
 flip() {
   python3 - "$1" "$2" "$3" <<'PY'
@@ -240,16 +240,16 @@ PY
 }
 flip "$CT/images/base.raw" 60 41
 flip "$CT/images/sib.raw.partial" 60 42
-$CLIENTS readers "$(serve_uri t1 sib.raw)" "$REPO/sib.raw" 2 --chunk 4096 > "$WORK/t2.json" ||
-  fail "tamper: wrong bytes served after the cache files changed: $(cat "$WORK/t2.json")"
-check "tamper: cached image and partial changed under the export: never a wrong byte (eio $(field "$WORK/t2.json" eio))" \
-  test "$(field "$WORK/t2.json" wrong)" = 0
-check "tamper: ... every block refetched and right" readers_ok "$WORK/t2.json" $((2 * 1024))
+$CLIENTS readers "$(serve_uri t1 sib.raw)" "$REPO/sib.raw" 2 --chunk 4096 > "$WORK/r-t2.json" ||
+  fail "tamper: wrong bytes served after the cache files changed: $(cat "$WORK/r-t2.json")"
+check "tamper: cached image and partial changed under the export: never a wrong byte (eio $(field "$WORK/r-t2.json" eio))" \
+  test "$(field "$WORK/r-t2.json" wrong)" = 0
+check "tamper: ... every block refetched and right" readers_ok "$WORK/r-t2.json" $((2 * 1024))
 truncate -s 1M "$CT/images/base.raw"
 truncate -s 512K "$CT/images/sib.raw.partial"
-$CLIENTS readers "$(serve_uri t1 sib.raw)" "$REPO/sib.raw" 2 > "$WORK/t3.json" ||
-  fail "tamper: wrong bytes served after truncation: $(cat "$WORK/t3.json")"
-check "tamper: cached image and partial truncated under the export: every read exact" readers_ok "$WORK/t3.json" $((2 * CHUNKS))
+$CLIENTS readers "$(serve_uri t1 sib.raw)" "$REPO/sib.raw" 2 > "$WORK/r-t3.json" ||
+  fail "tamper: wrong bytes served after truncation: $(cat "$WORK/r-t3.json")"
+check "tamper: cached image and partial truncated under the export: every read exact" readers_ok "$WORK/r-t3.json" $((2 * CHUNKS))
 # the repository's third.raw changed in place (size and mtime kept) while it
 # is exported: 40 blocks of its second half, which only it holds
 python3 - "$REPO/third.raw" > "$WORK/changed.blocks" <<'PY'
@@ -264,11 +264,11 @@ with open(sys.argv[1], "r+b") as f:
 os.utime(sys.argv[1], ns=(st.st_atime_ns, st.st_mtime_ns))
 print(" ".join(map(str, blocks)))
 PY
-$CLIENTS readers "$(serve_uri t1 third.raw)" "$WORK/third.ref" 2 --chunk 4096 > "$WORK/t4.json" ||
-  fail "tamper: wrong bytes served from the changed repository image: $(cat "$WORK/t4.json")"
-check "tamper: repository image changed under the export: never a wrong byte" test "$(field "$WORK/t4.json" wrong)" = 0
-check "tamper: ... the 40 changed blocks are I/O errors to both readers" test "$(field "$WORK/t4.json" eio)" = 80
-check "tamper: ... every other block exact" test "$(field "$WORK/t4.json" ok)" = $((2 * (1024 - 40)))
+$CLIENTS readers "$(serve_uri t1 third.raw)" "$WORK/third.ref" 2 --chunk 4096 > "$WORK/r-t4.json" ||
+  fail "tamper: wrong bytes served from the changed repository image: $(cat "$WORK/r-t4.json")"
+check "tamper: repository image changed under the export: never a wrong byte" test "$(field "$WORK/r-t4.json" wrong)" = 0
+check "tamper: ... the 40 changed blocks are I/O errors to both readers" test "$(field "$WORK/r-t4.json" eio)" = 80
+check "tamper: ... every other block exact" test "$(field "$WORK/r-t4.json" ok)" = $((2 * (1024 - 40)))
 serve_stop t1
 check "tamper: serve stopped cleanly, the damage counted" test "$(serve_stat t1 cache_damaged)" -gt 0
 check "tamper: no sanitizer report" no_sanitizer_report
@@ -287,11 +287,11 @@ settle() {
 fds_idle=$(fds)
 for wave in 1 2; do
   $CLIENTS many "$WORK/m1.sock" base.raw "$REPO/base.raw" --clients 200 --hangups 50 --pid "$NBDKIT" \
-    --seed "$wave" > "$WORK/m$wave.json" || fail "wave $wave: wrong bytes: $(cat "$WORK/m$wave.json")"
-  check "wave $wave: 150 clients x 4 reads, all exact, none failed" readers_ok "$WORK/m$wave.json" 600
-  check "wave $wave: 50 clients hung up mid-request" test "$(field "$WORK/m$wave.json" hangups)" = 50
-  check "wave $wave: all 200 were connected at once ($(field "$WORK/m$wave.json" fds_connected) fds, $fds_idle idle)" \
-    test "$(field "$WORK/m$wave.json" fds_connected)" -ge $((fds_idle + 200))
+    --seed "$wave" > "$WORK/r-m$wave.json" || fail "wave $wave: wrong bytes: $(cat "$WORK/r-m$wave.json")"
+  check "wave $wave: 150 clients x 4 reads, all exact, none failed" readers_ok "$WORK/r-m$wave.json" 600
+  check "wave $wave: 50 clients hung up mid-request" test "$(field "$WORK/r-m$wave.json" hangups)" = 50
+  check "wave $wave: all 200 were connected at once ($(field "$WORK/r-m$wave.json" fds_connected) fds, $fds_idle idle)" \
+    test "$(field "$WORK/r-m$wave.json" fds_connected)" -ge $((fds_idle + 200))
   check "wave $wave: nbdkit is still up" kill -0 "$NBDKIT"
   [ "$wave" = 1 ] && { settle $((fds_idle + 16)) || true; fds_after1=$(fds); }
 done
