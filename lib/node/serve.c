@@ -222,8 +222,12 @@ static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned ch
 	idd_error e2 = {{0}, 0};
 	if (e->repair_fd < 0) {
 		e->repair_fd = idd_open_regular(e->final_path, O_RDWR, IDD_FILE_NOFOLLOW, &e2);
-		if (e->repair_fd >= 0)
-			(void)flock(e->repair_fd, LOCK_SH | LOCK_NB); /* in use: gc leaves it */
+		/* in use: gc leaves it; removed meanwhile: nothing to repair */
+		if (e->repair_fd >= 0 && idd_flock_shared(e->repair_fd, e->final_path) == 1) {
+			close(e->repair_fd);
+			e->repair_fd = -1;
+			idd_fail_code(&e2, IDD_ENOENT, "%s: removed", e->final_path);
+		}
 	}
 	uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
 	bool ok = e->repair_fd >= 0;
