@@ -514,6 +514,43 @@ typedef struct idd_cache_gc_stats {
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err);
 
+typedef struct idd_estimate_opts {
+	const char *source;       /* repository: a directory, URL or s3:// location */
+	const char *index;        /* its index; NULL: SOURCE/.imgdedup */
+	const char *cache_dir;    /* the node cache (absent: an empty cache; never created) */
+	const char *const *images; /* image ids */
+	size_t n_images;
+	uint64_t bandwidth;       /* bytes per second for `seconds`; 0: no time estimate */
+	bool no_pack;             /* price fetches from the images, as deploy --no-pack does */
+	int connections;          /* for the index requests; 0: 4 */
+	long timeout_s;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_estimate_opts;
+
+typedef struct idd_image_estimate {
+	const char *image;           /* the id asked for (the caller's string) */
+	uint64_t bytes_total;        /* the image's size */
+	uint64_t bytes_zero;         /* of which zero blocks */
+	uint64_t bytes_missing;      /* what a deploy would fetch from SOURCE now, as transferred
+	                                (compressed pack frames when SOURCE has a pack) */
+	bool from_pack;              /* SOURCE's pack would serve the fetches */
+	bool has_boot;               /* a boot profile applies: boot_bytes_missing is known */
+	uint64_t boot_bytes_missing; /* what a boot would fetch */
+	bool has_seconds;            /* bandwidth given: seconds is known */
+	double seconds;              /* bytes_missing at the bandwidth given */
+} idd_image_estimate;
+
+/* What this node still lacks of each image, from index data only (each
+ * image's entry, map and pack view: no block is fetched, nothing in the
+ * cache is written).  bytes_missing is what `deploy` of the image into this
+ * cache would report as bytes_fetched (without --peer and --seed, and
+ * counting an interrupted OUT.part as absent), computed by the deploy's own
+ * plan.  *out: n_images estimates in the order asked, freed with
+ * idd_cache_estimate_free. */
+int idd_cache_estimate(const idd_estimate_opts *o, idd_image_estimate **out, idd_error *err);
+void idd_cache_estimate_free(idd_image_estimate *v);
+
 /* ---- serve: on-demand access to images over NBD ----
  *
  * A server holds the node cache and the repository connection; each export
