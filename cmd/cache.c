@@ -97,12 +97,14 @@ static int cache_ls(int argc, char **argv)
 static int cache_gc(int argc, char **argv)
 {
 	static const struct option opts[] = {{"max-size", required_argument, 0, 'm'},
+	                                     {"policy", required_argument, 0, 'p'},
 	                                     {"json", no_argument, 0, 'J'},
 	                                     {"quiet", no_argument, 0, 'q'},
 	                                     {"help", no_argument, 0, 'h'},
 	                                     {0, 0, 0, 0}};
 	bool json = false, have_max = false;
 	uint64_t max = 0;
+	idd_gc_policy policy = IDD_GC_VALUE;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
@@ -111,6 +113,14 @@ static int cache_gc(int argc, char **argv)
 			if (!cli_parse_size(optarg, &max))
 				return cli_usage(usage, "--max-size takes a size such as 10G, not '%s'", optarg);
 			have_max = true;
+			break;
+		case 'p':
+			if (!strcmp(optarg, "value"))
+				policy = IDD_GC_VALUE;
+			else if (!strcmp(optarg, "lru"))
+				policy = IDD_GC_LRU;
+			else
+				return cli_usage(usage, "--policy is 'value' or 'lru', not '%s'", optarg);
 			break;
 		case 'J': json = true; break;
 		case 'q': cli_quiet = true; break;
@@ -124,7 +134,7 @@ static int cache_gc(int argc, char **argv)
 		return cli_usage(usage, "--max-size SIZE is required");
 	idd_cache_gc_stats st;
 	idd_error err = {{0}, 0};
-	if (idd_cache_gc(argv[optind], max, &st, cli_warn, NULL, &err)) {
+	if (idd_cache_gc_policy(argv[optind], max, policy, &st, cli_warn, NULL, &err)) {
 		cli_error("%s", err.msg);
 		return EXIT_FAIL;
 	}

@@ -513,6 +513,14 @@ typedef struct idd_cache_gc_stats {
  * forgotten; an image in use (open by serve or deploy) is never removed. */
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err);
+/* Which images go first (docs/deploy.md, "Eviction"): by value, the images
+ * whose removal loses the least per byte freed (the contents no other kept
+ * image holds, each worth the reuse likelihood of every cached image
+ * holding it, falling with how many images were read more recently); or
+ * the least recently read.  idd_cache_gc uses IDD_GC_VALUE. */
+typedef enum idd_gc_policy { IDD_GC_VALUE, IDD_GC_LRU } idd_gc_policy;
+int idd_cache_gc_policy(const char *dir, uint64_t max_size, idd_gc_policy policy,
+                        idd_cache_gc_stats *st, idd_warn_fn warn, void *ctx, idd_error *err);
 
 typedef struct idd_estimate_opts {
 	const char *source;       /* repository: a directory, URL or s3:// location */

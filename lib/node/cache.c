@@ -48,7 +48,31 @@ static int open_shared(const char *path, idd_error *err)
 	if (fd < 0)
 		return -1;
 	(void)flock(fd, LOCK_SH | LOCK_NB);
+	/* gc removes a file while it holds it locked: one opened meanwhile is
+	 * gone (reading it would be harmless, but would keep its space taken) */
+	struct stat st;
+	if (fstat(fd, &st) == 0 && st.st_nlink == 0) {
+		close(fd);
+		idd_fail_code(err, IDD_ENOENT, "%s: removed by cache gc", path);
+		return -1;
+	}
 	return fd;
+}
+
+/* How often a process marks a file it reads as read (its atime, which gc
+ * takes for the time it was last read). */
+#define READ_STAMP_NS ((int64_t)1000000000)
+
+static void stamp_read(idd_cache_entry *e)
+{
+	int64_t now = idd_now_ns();
+	int64_t prev = atomic_load(&e->read_stamp);
+	if (now - prev < READ_STAMP_NS || !atomic_compare_exchange_strong(&e->read_stamp, &prev, now))
+		return;
+	/* not being allowed to (a file registered from elsewhere, another
+	 * owner) only makes the file look older to gc */
+	struct timespec ts[2] = {{.tv_nsec = UTIME_NOW}, {.tv_nsec = UTIME_OMIT}};
+	(void)futimens(e->fd, ts);
 }
 
 static void entries_clear(idd_cache *c)
@@ -719,6 +743,17 @@ bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *
 	return found;
 }
 
+void idd_cache_release(idd_cache *c, const bool *needed)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++)
+		if (!needed[i] && c->e[i].fd >= 0) {
+			close(c->e[i].fd);
+			c->e[i].fd = -1;
+		}
+	pthread_rwlock_unlock(&c->lock);
+}
+
 uint64_t idd_cache_damaged_count(idd_cache *c)
 {
 	uint64_t n = 0;
@@ -819,6 +854,7 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			if (reqs[k].status == IDD_OK) {
 				pthread_rwlock_rdlock(&c->lock);
 				atomic_store(&c->e[loc[k].entry].used, true);
+				stamp_read(&c->e[loc[k].entry]);
 				pthread_rwlock_unlock(&c->lock);
 				break;
 			}

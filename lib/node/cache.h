@@ -38,6 +38,7 @@ typedef struct idd_cache_entry {
 	atomic_bool warned;  /* partial: damage reported once */
 	char *journal;       /* partial: its presence journal, and how far it was read */
 	uint64_t journal_off;
+	atomic_int_least64_t read_stamp; /* when this process last set the file's atime (ns) */
 } idd_cache_entry;
 
 typedef struct idd_cache {
@@ -70,6 +71,10 @@ bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *
  * several threads. */
 int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t *bytes_read,
                           idd_error *err);
+/* Close the entries that needed[i] says this run will not read from (their
+ * blocks are not found any more), so that gc may remove those files while
+ * this run goes on.  Before any thread reads. */
+void idd_cache_release(idd_cache *c, const bool *needed);
 /* Blocks read from, and damaged entries found, this run. */
 uint64_t idd_cache_damaged_count(idd_cache *c);
 /* Pick up what other processes added since: new records of partial images,

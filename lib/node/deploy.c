@@ -68,6 +68,25 @@ static void on_valid(void *ctx, uint64_t block, uint32_t ref)
 	idd_plan_have(&d->plan, block, ref);
 }
 
+/* Keep open only the cache files this deploy copies from: the others are
+ * free for gc to remove while it runs. */
+static int release_cache(struct deploy *d)
+{
+	bool *needed = idd_calloc(d->cache->count + 1, sizeof *needed, d->err);
+	if (!needed)
+		return IDD_ENOMEM;
+	for (uint64_t k = 1; k <= d->m->ndistinct; k++) {
+		size_t entry;
+		uint64_t block;
+		if (d->plan.origin[k] == IDD_PLAN_LOCAL &&
+		    idd_cache_find(d->cache, &d->m->digests[k - 1], &entry, &block))
+			needed[entry] = true;
+	}
+	idd_cache_release(d->cache, needed);
+	free(needed);
+	return IDD_OK;
+}
+
 /* Digests no local source holds yet, for the seeds to look for. */
 static int open_seeds(struct deploy *d)
 {
@@ -273,6 +292,8 @@ static int run(struct deploy *d)
 		goto out;
 	}
 	idd_plan_locate(&d->plan, d->cache_src);
+	if ((rc = release_cache(d)))
+		goto out;
 	if ((rc = open_seeds(d)))
 		goto out;
 	progress(d);
