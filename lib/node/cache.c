@@ -47,7 +47,12 @@ static int open_shared(const char *path, idd_error *err)
 	int fd = idd_open_regular(path, O_RDONLY, IDD_FILE_NOFOLLOW, err);
 	if (fd < 0)
 		return -1;
-	(void)flock(fd, LOCK_SH | LOCK_NB);
+	/* An exclusive lock on a cache file is held for moments only (gc or
+	 * cache ls asking whether it is in use, gc removing it): wait a little
+	 * rather than read the file unlocked, which would leave gc free to
+	 * remove it under us.  Past that, read it anyway (still verified). */
+	for (int tries = 0; flock(fd, LOCK_SH | LOCK_NB) && errno == EWOULDBLOCK && tries < 100; tries++)
+		usleep(1000);
 	/* gc removes a file while it holds it locked: one opened meanwhile is
 	 * gone (reading it would be harmless, but would keep its space taken) */
 	struct stat st;
