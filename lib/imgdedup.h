@@ -49,7 +49,9 @@ enum {
 	IDD_EIO = -5,      /* a local read, write or open failed */
 	IDD_ENET = -6,     /* a remote source failed (after retries) */
 	IDD_ENOMEM = -7,   /* out of memory */
-	IDD_EPERM = -8     /* refused: permission, a path outside the source, a non-regular file */
+	IDD_EPERM = -8,    /* refused: permission, a path outside the source, a non-regular file */
+	IDD_ETIMEDOUT = -9, /* a time limit passed (serve's --read-timeout) */
+	IDD_ECANCELED = -10 /* stopped on request (a server shutting down) */
 };
 
 typedef struct idd_error {
@@ -59,6 +61,9 @@ typedef struct idd_error {
 
 /* A short name for a code ("corrupt", "i/o error", "not found", ...). */
 const char *idd_strerror(int code);
+/* Body bytes this process received from remote sources so far (for
+ * progress reports while a slow source is read). */
+uint64_t idd_bytes_received(void);
 
 /* A block's content digest.  The all-zero value marks a zero block: SHA-256
  * never yields it in practice, and zero blocks are never hashed. */
@@ -580,8 +585,15 @@ typedef struct idd_serve_opts {
 	const char *record;        /* write the order of first reads here (a boot profile) */
 	const char *prefetch;      /* a recorded profile: fetch those blocks ahead of the guest */
 	uint64_t readahead;        /* bytes fetched past a read that missed; 0: 2 MiB (max 4 MiB) */
+	bool readahead_off;        /* no readahead at all (readahead is then ignored) */
+	long read_timeout_s;       /* a client read fails (EIO) after this long; 0: 60 */
+	uint64_t read_memory_budget; /* bytes of client reads being filled at once (the
+	                              * NBD server's buffers); more wait; 0: 128 MiB */
 	idd_warn_fn warn;
 	void *ctx;
+	/* told what start-up is doing (reading the catalog, a block map, ...)
+	 * as each step begins, for a progress display; may be NULL */
+	idd_warn_fn progress;
 } idd_serve_opts;
 
 typedef struct idd_serve_stats {
@@ -596,6 +608,7 @@ typedef struct idd_serve_stats {
 	uint64_t cache_damaged;    /* cached blocks that failed verification (refetched) */
 	uint64_t read_errors;      /* reads answered with an I/O error */
 	uint64_t exports_complete; /* exports whose image is now complete in the cache */
+	uint64_t cache_write_errors; /* verified blocks served but not cached (a full disk, ...) */
 } idd_serve_stats;
 
 typedef struct idd_server idd_server;
@@ -605,6 +618,10 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err);
 /* Start background work (--fill, --prefetch, durability flushes).  Call
  * once the process will not fork any more (nbdkit: after_fork). */
 int idd_server_start(idd_server *s, idd_error *err);
+/* Stop at once: reads in progress and later ones fail (IDD_ECANCELED),
+ * fetches in flight end within 100 ms, background work ends.  Thread-safe;
+ * for a server shutting down (idd_server_close still has to follow). */
+void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);

@@ -917,7 +917,8 @@ static int write_view(run_ctx *r, idd_pack_index *x, struct clist *l, idd_error 
 		goto out;
 	for (size_t k = 0; k < n; k++)
 		order[k] = k;
-	qsort_r(order, n, sizeof *order, cmp_k, m->digests);
+	if (n) /* an image of zero blocks has no arrays (qsort wants a pointer) */
+		qsort_r(order, n, sizeof *order, cmp_k, m->digests);
 	/* where each digest lies, looked up in digest order */
 	size_t nf = 0;
 	uint64_t packed = 0;
@@ -932,7 +933,8 @@ static int write_view(run_ctx *r, idd_pack_index *x, struct clist *l, idd_error 
 		frames[nf++] = loc[k].frame;
 		packed++;
 	}
-	qsort(frames, nf, sizeof *frames, cmp_u64);
+	if (nf)
+		qsort(frames, nf, sizeof *frames, cmp_u64);
 	size_t w = 0;
 	for (size_t i = 0; i < nf; i++)
 		if (!w || frames[w - 1] != frames[i])

@@ -223,7 +223,7 @@ int idd_partial_open(const char *base, const char *id, const idd_map *m, idd_par
 		 * trusted (reads verify them, completion checks every block), so
 		 * what did not change is still found there by this process's cache */
 		if (ftruncate(p->journal_fd, 0) || ftruncate(p->data_fd, (off_t)image_size) ||
-		    write(p->journal_fd, want, sizeof want) != (ssize_t)sizeof want ||
+		    idd_write_all(p->journal_fd, want, sizeof want) ||
 		    fsync(p->journal_fd))
 			rc = idd_fail_errno(err, p->journal_path, "cannot start");
 	} else if (fstat(p->data_fd, &st) || ((uint64_t)st.st_size != image_size &&
@@ -352,8 +352,9 @@ int idd_partial_flush(idd_partial *p, size_t *flushed, idd_error *err)
 		rc = IDD_ENOMEM;
 	for (size_t i = 0; !rc && i < n; i++)
 		record_encode(&v[i], buf + i * IDD_PARTIAL_RECORD);
-	/* one append: concurrent writers' records never interleave inside it */
-	if (!rc && (write(p->journal_fd, buf, n * IDD_PARTIAL_RECORD) != (ssize_t)(n * IDD_PARTIAL_RECORD) ||
+	/* one append: concurrent writers' records never interleave inside it
+	 * (a short one is followed by a write that says why it was short) */
+	if (!rc && (idd_write_all(p->journal_fd, buf, n * IDD_PARTIAL_RECORD) ||
 	            fdatasync(p->journal_fd)))
 		rc = idd_fail_errno(err, p->journal_path, "append");
 	if (!rc)

@@ -210,7 +210,7 @@ static void test_batch(void **state)
 	idd_error err;
 	char *p[3];
 	for (int i = 0; i < 3; i++) {
-		char name[8];
+		char name[16];
 		snprintf(name, sizeof name, "b%d", i);
 		p[i] = idd_path_join(dir, name, NULL);
 		assert_int_equal(idd_indexfile_batch_add(&b, p[i], MAGIC, 1, name, 2, i == 1, &err), IDD_OK);

@@ -8,10 +8,13 @@
 #include "node/outpart.h"
 #include "node/partial.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -358,6 +361,42 @@ static void test_outpart(void **state)
 	free(dir);
 }
 
+/* An append that only partly fits says why (here a file size limit:
+ * EFBIG), not "Success" from a short write's untouched errno. */
+static void test_short_append_says_why(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *base = idd_path_join(dir, "img", NULL);
+	idd_partial *p;
+	idd_error err;
+	idd_map *m;
+	unsigned char *img = make_image(900, &m);
+	assert_int_equal(idd_partial_open(base, "img", m, &p, &err), IDD_OK);
+	for (uint64_t b = 2; b < 10; b++)
+		add_block(p, img, m, b);
+	/* room for 10 more bytes of journal: the 8 records are cut short */
+	struct rlimit old;
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	struct rlimit lim = {IDD_PARTIAL_HEADER + 10, old.rlim_max};
+	void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	size_t n = 0;
+	int rc = idd_partial_flush(p, &n, &err);
+	setrlimit(RLIMIT_FSIZE, &old);
+	signal(SIGXFSZ, old_sig);
+	assert_int_not_equal(rc, IDD_OK);
+	assert_int_equal(n, 0);
+	assert_null(strstr(err.msg, "Success"));
+	assert_non_null(strstr(err.msg, strerror(EFBIG)));
+	idd_partial_close(p);
+	idd_map_free(m);
+	free(img);
+	tu_rmtree(dir);
+	free(base);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -366,6 +405,7 @@ int main(void)
 	    cmocka_unit_test(test_version1_journal),
 	    cmocka_unit_test(test_image_check),
 	    cmocka_unit_test(test_outpart),
+	    cmocka_unit_test(test_short_append_says_why),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
