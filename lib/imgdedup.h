@@ -589,6 +589,8 @@ typedef struct idd_serve_opts {
 	long read_timeout_s;       /* a client read fails (EIO) after this long; 0: 60 */
 	uint64_t read_memory_budget; /* bytes of client reads being filled at once (the
 	                              * NBD server's buffers); more wait; 0: 128 MiB */
+	uint64_t cache_max;        /* keep the node cache under this many bytes (cache gc's
+	                            * value policy, every second); 0: no limit */
 	idd_warn_fn warn;
 	void *ctx;
 	/* told what start-up is doing (reading the catalog, a block map, ...)
@@ -609,6 +611,7 @@ typedef struct idd_serve_stats {
 	uint64_t read_errors;      /* reads answered with an I/O error */
 	uint64_t exports_complete; /* exports whose image is now complete in the cache */
 	uint64_t cache_write_errors; /* verified blocks served but not cached (a full disk, ...) */
+	uint64_t cache_evicted;    /* cache files removed to stay under cache_max */
 } idd_serve_stats;
 
 typedef struct idd_server idd_server;

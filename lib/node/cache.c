@@ -443,6 +443,7 @@ static int grow_entries(idd_cache *c, idd_error *err)
 	atomic_init(&e->used, false);
 	atomic_init(&e->damaged, false);
 	atomic_init(&e->warned, false);
+	atomic_init(&e->readers, 0);
 	return IDD_OK;
 }
 
@@ -495,7 +496,7 @@ static int add_partial_locked(idd_cache *c, const char *data_path, const char *j
                               uint64_t size, uint32_t bs, size_t *entry, idd_error *err)
 {
 	for (size_t i = 0; i < c->count; i++)
-		if (c->e[i].partial && !strcmp(c->e[i].abs, data_path)) {
+		if (c->e[i].partial && !c->e[i].evicted && !strcmp(c->e[i].abs, data_path)) {
 			*entry = i;
 			return IDD_OK;
 		}
@@ -549,7 +550,7 @@ static int scan_partials(idd_cache *c, idd_error *err)
 		}
 		bool known = false;
 		for (size_t i = 0; i < c->count && !known; i++)
-			known = c->e[i].partial && !strcmp(c->e[i].abs, data);
+			known = c->e[i].partial && !c->e[i].evicted && !strcmp(c->e[i].abs, data);
 		idd_partial_header h;
 		uint64_t off = 0;
 		idd_error e2;
@@ -584,7 +585,7 @@ static int pick_up_index(idd_cache *c, idd_error *err)
 		idd_cache_entry *ne = &fresh->e[i];
 		bool known = ne->block_size != c->lookup_bs;
 		for (size_t k = 0; k < c->count && !known; k++)
-			known = !c->e[k].partial && !strcmp(c->e[k].abs, ne->abs);
+			known = !c->e[k].partial && !c->e[k].evicted && !strcmp(c->e[k].abs, ne->abs);
 		if (known)
 			continue;
 		if ((rc = grow_entries(c, err)))
@@ -759,6 +760,111 @@ void idd_cache_release(idd_cache *c, const bool *needed)
 	pthread_rwlock_unlock(&c->lock);
 }
 
+/* ---- lending files to a gc (serve's --cache-max) ---- */
+
+void idd_cache_lend_to_gc(idd_cache *c, bool (*keep)(void *ctx, const char *path), void *ctx)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		if (e->fd < 0 || e->lent || (keep && keep(ctx, e->abs)))
+			continue;
+		e->lent = !flock(e->fd, LOCK_UN);
+	}
+	pthread_rwlock_unlock(&c->lock);
+}
+
+/* Point the lookup of d at (entry, block) when the file it names was
+ * evicted.  Write lock held. */
+static int lookup_repoint(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
+                          idd_error *err)
+{
+	bool added;
+	size_t slot = idd_digest_set_add(&c->lookup, d, &added, err);
+	if (slot == (size_t)-1)
+		return IDD_ENOMEM;
+	size_t cur = (size_t)(c->lookup.aux[slot] >> 40);
+	if (added || cur >= c->count || c->e[cur].evicted)
+		c->lookup.aux[slot] = (uint64_t)entry << 40 | block;
+	return IDD_OK;
+}
+
+static int journal_repoint(void *ctx, const idd_partial_record *r)
+{
+	struct journal_ctx *j = ctx;
+	return lookup_repoint(j->c, j->entry, &r->digest, r->block, j->err);
+}
+
+int idd_cache_take_back(idd_cache *c, size_t *closed, idd_error *err)
+{
+	*closed = 0;
+	size_t *gone = NULL, ngone = 0;
+	int *fds = NULL;
+	pthread_rwlock_wrlock(&c->lock);
+	gone = idd_calloc(c->count ? c->count : 1, sizeof *gone, err);
+	fds = idd_calloc(c->count ? c->count : 1, sizeof *fds, err);
+	int rc = gone && fds ? IDD_OK : IDD_ENOMEM;
+	for (size_t i = 0; !rc && i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		if (!e->lent)
+			continue;
+		e->lent = false;
+		/* the same wait as open_shared: a gc holds the lock exclusively for
+		 * the moment it removes the file */
+		for (int tries = 0; flock(e->fd, LOCK_SH | LOCK_NB) && errno == EWOULDBLOCK && tries < 100;
+		     tries++)
+			usleep(1000);
+		struct stat st;
+		if (fstat(e->fd, &st) == 0 && st.st_nlink == 0) {
+			/* removed: no read starts on it from now on */
+			e->evicted = true;
+			fds[ngone] = e->fd;
+			gone[ngone++] = i;
+			e->fd = -1;
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	/* reads that found the file before it was taken out finish first */
+	for (size_t k = 0; !rc && k < ngone; k++) {
+		for (;;) {
+			pthread_rwlock_rdlock(&c->lock);
+			int busy = atomic_load(&c->e[gone[k]].readers);
+			pthread_rwlock_unlock(&c->lock);
+			if (!busy)
+				break;
+			usleep(1000);
+		}
+		close(fds[k]);
+		(*closed)++;
+	}
+	/* the contents the removed files held, where another file has them */
+	if (!rc && ngone && c->have_lookup) {
+		pthread_rwlock_wrlock(&c->lock);
+		for (size_t i = 0; !rc && i < c->count; i++) {
+			idd_cache_entry *e = &c->e[i];
+			if (e->fd < 0 || e->evicted || e->block_size != c->lookup_bs ||
+			    atomic_load(&e->damaged))
+				continue;
+			if (e->partial) {
+				idd_partial_header h;
+				uint64_t off = 0;
+				struct journal_ctx j = {c, i, err};
+				idd_error e2; /* unreadable now: its blocks are just not read there */
+				int jr = idd_partial_journal_read(e->journal, &h, &off, journal_repoint, &j, &e2);
+				if (jr == IDD_ENOMEM)
+					rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+				continue;
+			}
+			for (uint64_t k = 0; !rc && k < e->n; k++)
+				rc = lookup_repoint(c, i, &e->digests[k], e->blocks[k], err);
+		}
+		pthread_rwlock_unlock(&c->lock);
+	}
+	free(gone);
+	free(fds);
+	return rc;
+}
+
 uint64_t idd_cache_damaged_count(idd_cache *c)
 {
 	uint64_t n = 0;
@@ -817,6 +923,7 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			continue;
 		loc[i] = (struct cached_loc){ei, v & (((uint64_t)1 << 40) - 1), c->e[ei].fd, c->e[ei].size,
 		                             true};
+		atomic_fetch_add(&c->e[ei].readers, 1); /* fd stays open until the read is done */
 	}
 	pthread_rwlock_unlock(&c->lock);
 	for (size_t i = 0; i < n;) {
@@ -863,6 +970,10 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 				pthread_rwlock_unlock(&c->lock);
 				break;
 			}
+		pthread_rwlock_rdlock(&c->lock);
+		for (size_t k = i; k < j; k++)
+			atomic_fetch_sub(&c->e[loc[k].entry].readers, 1);
+		pthread_rwlock_unlock(&c->lock);
 		i = j;
 	}
 	free(loc);
