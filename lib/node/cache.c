@@ -774,6 +774,34 @@ void idd_cache_lend_to_gc(idd_cache *c, bool (*keep)(void *ctx, const char *path
 	pthread_rwlock_unlock(&c->lock);
 }
 
+uint64_t idd_cache_disk_upper(idd_cache *c)
+{
+	uint64_t total = 0;
+	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, NULL);
+	DIR *dh = dir ? opendir(dir) : NULL;
+	struct dirent *de;
+	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
+	while (dh && (de = readdir(dh))) {
+		size_t n = strlen(de->d_name);
+		struct stat st;
+		if (n > sl && !strcmp(de->d_name + n - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
+			continue; /* gc counts a partial image by its data file */
+		if (fstatat(dirfd(dh), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			total += (uint64_t)st.st_blocks * 512;
+	}
+	if (dh)
+		closedir(dh);
+	free(dir);
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++) {
+		struct stat st;
+		if (!c->e[i].owned && !c->e[i].evicted && stat(c->e[i].abs, &st) == 0)
+			total += (uint64_t)st.st_blocks * 512;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	return total;
+}
+
 /* Point the lookup of d at (entry, block) when the file it names was
  * evicted.  Write lock held. */
 static int lookup_repoint(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,

@@ -86,6 +86,11 @@ void idd_cache_lend_to_gc(idd_cache *c, bool (*keep)(void *ctx, const char *path
  * and their contents are read from the files still held that have them;
  * the others are share-locked again.  *closed counts the files closed. */
 int idd_cache_take_back(idd_cache *c, size_t *closed, idd_error *err);
+/* At least the bytes cache gc counts: every file in DIR/images but partial
+ * images' journals, and the images registered from elsewhere that this
+ * process knows.  Cheap (no index is read), for deciding whether a gc is
+ * due. */
+uint64_t idd_cache_disk_upper(idd_cache *c);
 /* Blocks read from, and damaged entries found, this run. */
 uint64_t idd_cache_damaged_count(idd_cache *c);
 /* Pick up what other processes added since: new records of partial images,

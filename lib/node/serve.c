@@ -1288,18 +1288,9 @@ static void budget_warn(void *ctx, const char *msg)
  * files it removes are closed here once no read uses them. */
 static void keep_under_budget(idd_server *s)
 {
-	idd_cache_image *v = NULL;
-	size_t n = 0;
 	idd_error err;
-	if (idd_cache_list(s->cache->dir, &v, &n, NULL, NULL, &err)) {
-		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", err.msg);
-		return;
-	}
-	uint64_t total = 0;
-	for (size_t i = 0; i < n; i++)
-		total += v[i].disk_bytes;
-	idd_cache_list_free(v, n);
-	if (total <= s->o.cache_max)
+	/* gc reads the whole cache index: only when it may be due */
+	if (idd_cache_disk_upper(s->cache) <= s->o.cache_max)
 		return;
 	struct kept_paths kept = {0};
 	pthread_mutex_lock(&s->lock);
