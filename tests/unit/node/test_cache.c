@@ -281,6 +281,14 @@ static void test_lend_to_gc(void **state)
 	uint64_t blk;
 	assert_true(idd_cache_find(c, &m->digests[0], &e, &blk));
 	assert_int_equal(e, 0); /* read from a.raw */
+	/* the cheap size is at least what gc counts */
+	idd_cache_image *v;
+	size_t nv;
+	assert_int_equal(idd_cache_list(dir, &v, &nv, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(nv, 2);
+	assert_true(idd_cache_disk_upper(c) >= v[0].disk_bytes + v[1].disk_bytes);
+	assert_true(v[0].disk_bytes > 0);
+	idd_cache_list_free(v, nv);
 	/* held: a gc removes neither */
 	idd_cache_gc_stats st;
 	nwarn = 0;
@@ -297,6 +305,7 @@ static void test_lend_to_gc(void **state)
 	assert_int_equal(idd_cache_take_back(c, &closed, &err), IDD_OK);
 	assert_int_equal(closed, 1);
 	assert_int_equal(c->e[0].fd, -1);
+	assert_true(idd_cache_disk_upper(c) > 0);
 	for (uint64_t k = 0; k < m->ndistinct; k++) {
 		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
 		assert_int_equal(e, 1); /* now from b.raw */
