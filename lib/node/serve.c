@@ -54,6 +54,8 @@
 #define READ_MEMORY_BUDGET ((uint64_t)128 << 20)
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
+/* Published profiles of other images fetched to choose one to borrow. */
+#define PROFILE_CANDIDATES 16
 /* A read whose block a readahead is fetching waits for it this long, then
  * fetches the block itself: the readahead must not hold it up. */
 #define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
@@ -1427,6 +1429,27 @@ static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
 	return rc;
 }
 
+/* Without a profile given, the one the repository publishes for the
+ * image, or borrowed from the image most like it: prefetched like one.
+ * A profile that cannot be had costs the guest nothing but the prefetch. */
+static int published_profile(idd_server *s, idd_export *e)
+{
+	progress(s, "reading the boot profiles for %s", e->id);
+	char *from = NULL;
+	idd_error e2;
+	int rc = idd_profile_choose(s->ri, e->id, e->m, PROFILE_CANDIDATES, &e->prefetch,
+	                            &e->nprefetch, &from, &e2);
+	if (rc == IDD_ENOMEM)
+		return rc;
+	if (rc)
+		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: boot profiles: %s", e->id, e2.msg);
+	else if (from) /* said once: which boot this image's guest is expected to repeat */
+		idd_warnf(s->o.warn, s->o.ctx, "%s: prefetching %zu blocks of the boot profile of %s",
+		          e->id, e->nprefetch, from);
+	free(from);
+	return IDD_OK;
+}
+
 static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	idd_export *e = idd_calloc(1, sizeof *e, err);
@@ -1500,6 +1523,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		e->prefetch = nv;
 		e->prefetch[e->nprefetch++] = s->pf.blocks[i];
 	}
+	if (!rc && !e->complete && !e->nprefetch && !s->o.no_profile)
+		rc = published_profile(s, e);
 	if (rc) {
 		export_free(e);
 		return rc;
@@ -1566,8 +1591,8 @@ static int write_profile(idd_server *s, idd_error *err)
 	idd_profile_writer w;
 	int rc = idd_profile_writer_begin(&w, err);
 	for (size_t i = 0; !rc && i < s->nexports; i++)
-		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->order,
-		                            s->exports[i]->norder, err);
+		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->m,
+		                            s->exports[i]->order, s->exports[i]->norder, err);
 	if (!rc)
 		rc = idd_profile_writer_commit(&w, s->o.record, err);
 	idd_profile_writer_free(&w);
