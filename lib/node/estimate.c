@@ -1,12 +1,16 @@
 /* estimate.c - what this node still lacks of an image, for a scheduler:
  * the bytes a deploy would fetch, found by running the deploy's own plan
  * (plan.c) against the node cache and pricing its fetches with the sources
- * in estimate mode, in the deploy's windows.  Only index data is read from
- * SOURCE (the image's entry, its map, its pack view); no block is
- * transferred and nothing in the cache is written.  docs/scheduler.md. */
+ * in estimate mode, in the deploy's windows; and the bytes a boot would
+ * fetch: the blocks of the boot profile serve would prefetch (the image's
+ * own published profile, else the one overlapping it most) that the node
+ * lacks, priced the same way.  Only index data is read from SOURCE (the
+ * image's entry, its map, its pack view, the published profiles); no block
+ * is transferred and nothing in the cache is written.  docs/scheduler.md. */
 #include "imgdedup.h"
 #include "node/cache.h"
 #include "node/plan.h"
+#include "node/profile.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
 
@@ -69,6 +73,65 @@ static int price_fetches(const idd_map *m, const idd_blist *fetch, idd_block_cha
 	return rc;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The profile's blocks the plan fetches (the others are zero, or local),
+ * priced by sources of their own: a boot starts with no frame cached. */
+static int estimate_boot(struct estimator *e, const char *id, const idd_image_info *info,
+                         const idd_map *m, const idd_plan *plan, idd_image_estimate *out,
+                         idd_error *err)
+{
+	uint64_t *blocks = NULL;
+	size_t n = 0;
+	char *from = NULL;
+	idd_error e2;
+	int rc = idd_profile_choose(e->ri, id, m, IDD_PROFILE_CANDIDATES, &blocks, &n, &from, &e2);
+	if (rc == IDD_ENOMEM) {
+		*err = e2;
+		return rc;
+	}
+	if (rc) /* unreadable profiles: the boot's cost is unknown, not an error */
+		idd_warnf(e->o->warn, e->o->ctx, "warning: %s: boot profiles: %s", id, e2.msg);
+	out->has_boot = !rc && from;
+	free(from);
+	if (!out->has_boot) {
+		free(blocks);
+		return IDD_OK;
+	}
+	idd_blist fetch = {0};
+	rc = IDD_OK;
+	for (size_t i = 0; !rc && i < n; i++) {
+		uint32_t ref = idd_map_ref(m, blocks[i]);
+		if (ref && plan->origin[ref] == IDD_PLAN_FETCH)
+			rc = idd_blist_push(&fetch, blocks[i], err);
+	}
+	free(blocks);
+	/* in block order, as the windows of a fetch are */
+	if (!rc && fetch.n)
+		qsort(fetch.v, fetch.n, sizeof *fetch.v, cmp_u64);
+	out->boot_bytes_missing = 0;
+	if (!rc && fetch.n) {
+		idd_fetch_sources fs = {0};
+		idd_fetch_sources_opts fo = {.no_pack = e->o->no_pack, .estimate = true,
+		                             .warn = e->o->warn, .ctx = e->o->ctx};
+		rc = idd_fetch_sources_open(&fs, e->ri, info, m, &fo, err);
+		idd_block_chain chain;
+		if (!rc) {
+			idd_fetch_sources_chain(&fs, &chain);
+			rc = price_fetches(m, &fetch, &chain, err);
+		}
+		if (!rc)
+			out->boot_bytes_missing = idd_fetch_sources_bytes(&fs);
+		idd_fetch_sources_close(&fs);
+	}
+	idd_blist_free(&fetch);
+	return rc;
+}
+
 static int estimate_one(struct estimator *e, const char *id, idd_image_estimate *out, idd_error *err)
 {
 	const idd_image_info *info;
@@ -107,9 +170,8 @@ static int estimate_one(struct estimator *e, const char *id, idd_image_estimate 
 			out->from_pack = fs.pack != NULL;
 		}
 	}
-	/* Boot profiles are not published into a repository's index yet: no
-	 * profile applies, and boot_bytes_missing stays unknown. */
-	out->has_boot = false;
+	if (!rc)
+		rc = estimate_boot(e, id, info, m, &plan, out, err);
 	if (!rc && e->o->bandwidth) {
 		out->has_seconds = true;
 		out->seconds = (double)out->bytes_missing / (double)e->o->bandwidth;

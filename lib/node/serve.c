@@ -55,7 +55,6 @@
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
 /* Published profiles of other images fetched to choose one to borrow. */
-#define PROFILE_CANDIDATES 16
 /* A read whose block a readahead is fetching waits for it this long, then
  * fetches the block itself: the readahead must not hold it up. */
 #define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
@@ -1437,7 +1436,7 @@ static int published_profile(idd_server *s, idd_export *e)
 	progress(s, "reading the boot profiles for %s", e->id);
 	char *from = NULL;
 	idd_error e2;
-	int rc = idd_profile_choose(s->ri, e->id, e->m, PROFILE_CANDIDATES, &e->prefetch,
+	int rc = idd_profile_choose(s->ri, e->id, e->m, IDD_PROFILE_CANDIDATES, &e->prefetch,
 	                            &e->nprefetch, &from, &e2);
 	if (rc == IDD_ENOMEM)
 		return rc;

@@ -9,9 +9,12 @@
 #    without a pack; with a pack, only the pack's frames (deploy no longer
 #    transfers the archive when the pack serves every block);
 # during every estimate nginx sees only index requests (entries, maps, pack
-# views), never a request for an image or for the pack's data; seconds is
-# bytes_missing / --bandwidth, null without it; boot_bytes_missing is null
-# (no boot profiles are published into a repository yet).
+# views, boot profiles), never a request for an image or for the pack's
+# data; seconds is bytes_missing / --bandwidth, null without it;
+# boot_bytes_missing is null while no boot profile is published, then, once
+# a.raw's is: for a.raw the bytes of its profile's blocks the cache lacks,
+# for an image never booted those of a.raw's profile that it holds and the
+# cache lacks (null for none), for the .tar.gz member the whole archive.
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/nginx.sh"
 cleanup_fns+=(nginx_stop)
@@ -44,8 +47,8 @@ estimate() {
   shift 2
   nginx_log_reset
   "$IMGDEDUP" cache estimate --cache "$cache" --from "$URL" --json "$@" "${IMAGES[@]}" > "$out"
-  if grep -v '^GET /\.imgdedup/\(entries/\|maps/\|pack/views/\)' "$NGINX_LOG" | grep -q .; then
-    fail "estimate made requests other than index requests: $(grep -v '^GET /\.imgdedup/\(entries\|maps\|pack/views\)/' "$NGINX_LOG" | head -n 3)"
+  if grep -v '^GET /\.imgdedup/\(entries/\|maps/\|pack/views/\|profiles/\)' "$NGINX_LOG" | grep -q .; then
+    fail "estimate made requests other than index requests: $(grep -v '^GET /\.imgdedup/\(entries/\|maps/\|pack/views/\|profiles/\)' "$NGINX_LOG" | head -n 3)"
   fi
 }
 # missing JSON ID -> bytes_missing of image ID
@@ -133,3 +136,72 @@ set +e
 set -e
 check "no --from: exit 2" test $rc = 2
 check "a bad --bandwidth: exit 2" test $rc2 = 2
+
+# --- boot profiles ---
+# a.raw's boot: every other of its data blocks, as `serve --record` writes
+# them (IMAGE, block, digest); published into the index
+python3 - "$R/a.raw" "$WORK/a.profile" <<'PY'
+import hashlib, sys
+d = open(sys.argv[1], "rb").read()
+with open(sys.argv[2], "w") as f:
+    f.write("# test profile\n")
+    k = 0
+    for b in range(len(d) // 4096):
+        blk = d[b * 4096:(b + 1) * 4096]
+        if blk.count(0) == 4096:
+            continue
+        if k % 2 == 0:
+            f.write("a.raw\t%d\t%s\n" % (b, hashlib.sha256(blk).hexdigest()))
+        k += 1
+PY
+"$IMGDEDUP" profile publish "$WORK/a.profile" a.raw "$R" > /dev/null
+# want CACHED... : the boot_bytes_missing expected of each image with those
+# images cached (raw prices: 4 KiB a block; the member: its whole archive)
+want() {
+  python3 - "$WORK/a.profile" "$R/app.tar.gz" "$R/a.raw" "$R/b.raw" "$R/big.raw" "$T/tgz/disk.img" "$@" <<'PY'
+import hashlib, json, os, sys
+prof, tgz, imgs, cached = sys.argv[1], sys.argv[2], sys.argv[3:7], sys.argv[7:]
+def digests(p):
+    d = open(p, "rb").read()
+    return {hashlib.sha256(d[i:i + 4096].ljust(4096, b"\0")).hexdigest()
+            for i in range(0, len(d), 4096) if d[i:i + 4096].count(0) != len(d[i:i + 4096])}
+P = [l.split("\t")[2].strip() for l in open(prof) if not l.startswith("#")]
+have = set().union(*[digests(c) for c in cached]) if cached else set()
+out = {}
+for name, path in zip(["a.raw", "b.raw", "big.raw", "app.tar.gz/disk.img"], imgs):
+    D = digests(path)
+    mine = [x for x in P if x in D]
+    lack = [x for x in mine if x not in have]
+    if not mine:
+        out[name] = None
+    elif name.startswith("app.tar.gz"):
+        out[name] = os.path.getsize(tgz) if lack else 0
+    else:
+        out[name] = 4096 * len(lack)
+print(json.dumps(out, sort_keys=True))
+PY
+}
+# boot JSON -> the boot_bytes_missing of each image, as want prints them
+boot() {
+  python3 -c 'import json,sys; print(json.dumps({e["image"]: e["boot_bytes_missing"] for e in json.load(open(sys.argv[1]))["images"]}, sort_keys=True))' "$1"
+}
+C5=$WORK/node5
+estimate "$C5" "$WORK/b0.json" --no-pack
+w=$(want)
+check "boot, empty cache: a.raw's profile, and the part of it each image holds ($w)" \
+  test "$(boot "$WORK/b0.json")" = "$w"
+check "... a.raw: its profile's blocks" \
+  test "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["a.raw"])' "$w")" = $(( $(grep -vc '^#' "$WORK/a.profile") * 4096 ))
+check "... b.raw, never booted, borrows a part of it" \
+  python3 -c 'import json,sys; w = json.loads(sys.argv[1]); assert 0 < w["b.raw"] < w["a.raw"]' "$w"
+"$IMGDEDUP" deploy --from "$URL" --cache "$C5" --no-pack -q b.raw
+estimate "$C5" "$WORK/b1.json" --no-pack
+w=$(want "$R/b.raw")
+check "boot, b.raw cached: what the cache lacks of each ($w)" test "$(boot "$WORK/b1.json")" = "$w"
+check "... a.raw lacks less than with nothing cached" \
+  python3 -c 'import json,sys; assert 0 < json.loads(sys.argv[1])["a.raw"] < json.loads(sys.argv[2])["a.raw"]' "$w" "$(want)"
+estimate "$C1" "$WORK/b2.json" --no-pack
+check "boot, everything cached: nothing missing" test "$(boot "$WORK/b2.json")" = "$(want "$R/a.raw" "$R/b.raw" "$R/big.raw" "$T/tgz/disk.img")"
+estimate "$C3" "$WORK/b3.json"
+check "boot, with the pack: a.raw's boot costs frames, more than nothing" \
+  python3 -c 'import json,sys; e = [x for x in json.load(open(sys.argv[1]))["images"] if x["image"] == "a.raw"][0]; assert 0 < e["boot_bytes_missing"] <= e["bytes_missing"], e' "$WORK/b3.json"
