@@ -2,7 +2,8 @@
  * (estimate.c) from a local source: blocks sorted by origin, first copies
  * and repeats, what a local source holds; the estimate equals the bytes a
  * deploy then fetches (empty cache, sibling cached, with a pack), seconds
- * from the bandwidth, no cache directory created, bad ids refused. */
+ * from the bandwidth, no cache directory created, bad ids refused; the
+ * boot's missing bytes from a published profile, own or borrowed. */
 #include "testutil.h"
 #include "imgdedup.h"
 #include "index/map.h"
@@ -228,12 +229,58 @@ static void test_estimate_refusals(void **state)
 	free(cache);
 }
 
+/* b.raw's boot (blocks 1-5, shared with a.raw, and 40-49, its own) is
+ * published: b lacks its 15 blocks, a.raw (never booted) borrows the 5 it
+ * holds; with a cached, b lacks its own 10 and a nothing. */
+static void test_estimate_boot(void **state)
+{
+	(void)state;
+	char *cache = idd_path_join(root, "cache-boot", NULL);
+	char *prof = idd_path_join(root, "b.profile", NULL);
+	FILE *f = fopen(prof, "w");
+	assert_non_null(f);
+	fprintf(f, "# recorded\n");
+	for (int b = 40; b < 50; b++)
+		fprintf(f, "b.raw\t%d\n", b);
+	for (int b = 1; b <= 5; b++)
+		fprintf(f, "b.raw\t%d\n", b);
+	assert_int_equal(fclose(f), 0);
+	idd_profile_publish_opts po = {.repo = repo, .file = prof, .image = "b.raw"};
+	uint64_t nd;
+	idd_error err;
+	assert_int_equal(idd_profile_publish(&po, &nd, &err), IDD_OK);
+	assert_int_equal(nd, 15);
+	static const char *const ids[] = {"a.raw", "b.raw"};
+	idd_estimate_opts o = {.source = repo, .cache_dir = cache, .images = ids, .n_images = 2,
+	                       .no_pack = true, .warn = quiet};
+	idd_image_estimate *v;
+	assert_int_equal(idd_cache_estimate(&o, &v, &err), IDD_OK);
+	assert_true(v[0].has_boot && v[1].has_boot);
+	assert_int_equal(v[1].boot_bytes_missing, 15 * BS);
+	assert_int_equal(v[0].boot_bytes_missing, 5 * BS);
+	idd_cache_estimate_free(v);
+	deployed(cache, "a.raw");
+	assert_int_equal(idd_cache_estimate(&o, &v, &err), IDD_OK);
+	assert_int_equal(v[1].boot_bytes_missing, 10 * BS);
+	assert_true(v[0].has_boot);
+	assert_int_equal(v[0].boot_bytes_missing, 0);
+	idd_cache_estimate_free(v);
+	/* unpublished: no profile applies again */
+	assert_int_equal(idd_profile_unpublish(&po, &err), IDD_OK);
+	assert_int_equal(idd_cache_estimate(&o, &v, &err), IDD_OK);
+	assert_false(v[0].has_boot || v[1].has_boot);
+	idd_cache_estimate_free(v);
+	free(prof);
+	free(cache);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plan_sort),
 		cmocka_unit_test(test_estimate_equals_deploy),
 		cmocka_unit_test(test_estimate_refusals),
+		cmocka_unit_test(test_estimate_boot),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
