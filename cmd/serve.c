@@ -38,7 +38,7 @@ static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
 	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--no-profile] "
 	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--cache-max SIZE] "
-	"[--no-pack] [--json] [-q] IMAGE...";
+	"[--no-pack] [--metrics [ADDR:]PORT] [--json] [-q] IMAGE...";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -55,6 +55,7 @@ static void on_stop(int sig)
 struct serve_args {
 	const char *source, *cache, *index, *socket_path, *record, *prefetch, *readahead;
 	uint64_t cache_max;
+	const char *metrics; /* [ADDR:]PORT for Prometheus (the plugin's metrics=) */
 	const char **peers;
 	size_t n_peers;
 	long port, timeout_s, read_timeout_s, connections;
@@ -327,9 +328,10 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"fill", no_argument, 0, 'F'},           {"record", required_argument, 0, 'r'},
 		{"prefetch", required_argument, 0, 'R'}, {"readahead", required_argument, 0, 'a'},
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
-		{"read-timeout", required_argument, 0, 'T'}, {"cache-max", required_argument, 0, 'M'},
+		{"read-timeout", required_argument, 0, 'T'}, {"cache-max", required_argument, 0, 'C'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
 		{"no-profile", no_argument, 0, 'Z'},
+		{"metrics", required_argument, 0, 'M'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
 	int c;
@@ -378,12 +380,17 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				return cli_usage(usage, "--read-timeout must be 1 to 86400 seconds, not '%s'",
 				                 optarg);
 			break;
-		case 'M': {
+		case 'C': {
 			if (!cli_parse_size(optarg, &a->cache_max) || a->cache_max == 0)
 				return cli_usage(usage, "--cache-max must be a size above 0, not '%s'", optarg);
 			break;
 		}
 		case 'N': a->no_pack = true; break;
+		case 'M':
+			if (!*optarg)
+				return cli_usage(usage, "--metrics needs [ADDR:]PORT");
+			a->metrics = optarg;
+			break;
 		case 'J': a->json = true; break;
 		case 'q': cli_quiet = true; break;
 		case 'h': printf("usage: %s\n", usage); return -1;
@@ -457,6 +464,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "read-timeout=%ld", a->read_timeout_s);
 	if (a->cache_max)
 		argv_add(av, "cache-max=%" PRIu64, a->cache_max);
+	if (a->metrics)
+		argv_add(av, "metrics=%s", a->metrics);
 	argv_add(av, "stats-fd=%d", stats_fd);
 }
 

@@ -88,9 +88,9 @@ static void test_digests(void **state)
 	free(d);
 	idd_profile_free(&p);
 	/* a digest that is not 64 lower-case hex digits */
-	const char *bad[] = {"a.raw\t1\tabc\n", "a.raw\t1\t"
-	                     "ZZ00000000000000000000000000000000000000000000000000000000000000\n",
-	                     "a.raw\t1\t\n"};
+	static const char upper[] =
+	    "a.raw\t1\tZZ00000000000000000000000000000000000000000000000000000000000000\n";
+	const char *bad[] = {"a.raw\t1\tabc\n", upper, "a.raw\t1\t\n"};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
 		free(tu_write(dir, "bad.profile", bad[i], strlen(bad[i])));
 		char *bp = idd_path_join(dir, "bad.profile", NULL);
