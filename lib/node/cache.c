@@ -47,18 +47,9 @@ static int open_shared(const char *path, idd_error *err)
 	int fd = idd_open_regular(path, O_RDONLY, IDD_FILE_NOFOLLOW, err);
 	if (fd < 0)
 		return -1;
-	/* An exclusive lock on a cache file is held for moments only (gc or
-	 * cache ls asking whether it is in use, gc removing it): wait a little
-	 * rather than read the file unlocked, which would leave gc free to
-	 * remove it under us.  Past that, read it anyway (still verified). */
-	for (int tries = 0; flock(fd, LOCK_SH | LOCK_NB) && errno == EWOULDBLOCK && tries < 100; tries++)
-		usleep(1000);
-	/* gc removes a file while it holds it locked: one opened meanwhile is
-	 * gone (reading it would be harmless, but would keep its space taken) */
-	struct stat st;
-	if (fstat(fd, &st) == 0 && st.st_nlink == 0) {
+	if (idd_flock_shared(fd, path) == 1) { /* removed by gc while it was opened */
 		close(fd);
-		idd_fail_code(err, IDD_ENOENT, "%s: removed by cache gc", path);
+		idd_fail_code(err, IDD_ENOENT, "%s: removed", path);
 		return -1;
 	}
 	return fd;
@@ -665,8 +656,14 @@ static bool first_blocks(const idd_map *m, uint64_t *first)
 	uint64_t seen = 0;
 	for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
 		const idd_map_span *run = &m->runs[ri];
-		if (run->kind != IDD_RUN_SEQ) /* only SEQ runs introduce digests, in order */
+		if (run->kind == IDD_RUN_ZERO)
 			continue;
+		/* a new digest repeated at once is one run of that digest repeated */
+		if (run->kind == IDD_RUN_SAME) {
+			if (run->ref == seen + 1)
+				first[seen++] = run->block;
+			continue;
+		}
 		for (uint64_t b = run->block; b < run->block + run->count; b++)
 			if (idd_map_span_ref(run, b) == seen + 1)
 				first[seen++] = b;
@@ -837,13 +834,8 @@ int idd_cache_take_back(idd_cache *c, size_t *closed, idd_error *err)
 		if (!e->lent)
 			continue;
 		e->lent = false;
-		/* the same wait as open_shared: a gc holds the lock exclusively for
-		 * the moment it removes the file */
-		for (int tries = 0; flock(e->fd, LOCK_SH | LOCK_NB) && errno == EWOULDBLOCK && tries < 100;
-		     tries++)
-			usleep(1000);
-		struct stat st;
-		if (fstat(e->fd, &st) == 0 && st.st_nlink == 0) {
+		/* a gc holds the lock exclusively for the moment it removes the file */
+		if (idd_flock_shared(e->fd, e->abs) == 1) {
 			/* removed: no read starts on it from now on */
 			e->evicted = true;
 			fds[ngone] = e->fd;

@@ -2,6 +2,7 @@
  * trimming it to a size: what goes first is evict.c's choice; a file in
  * use is never removed. */
 #include "node/cache.h"
+#include "base/file.h"
 #include "base/u64set.h"
 #include "node/evict.h"
 #include "node/partial.h"
@@ -256,13 +257,8 @@ void idd_cache_list_free(idd_cache_image *v, size_t n)
  * false when it is in use. */
 static bool lock_for_removal(const char *path, int *fd)
 {
-	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (*fd >= 0 && flock(*fd, LOCK_EX | LOCK_NB)) {
-		close(*fd);
-		*fd = -1;
-		return false;
-	}
-	return true;
+	*fd = idd_open_for_removal(path);
+	return *fd >= 0 || errno != EWOULDBLOCK;
 }
 
 static void remove_partial(idd_cache *c, const char *data)
