@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,8 +37,8 @@
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
 	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--no-profile] "
-	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--no-pack] "
-	"[--metrics [ADDR:]PORT] [--json] [-q] "
+	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--cache-max SIZE] "
+	"[--no-pack] [--metrics [ADDR:]PORT] [--json] [-q] "
 	"(IMAGE... | --all [--refresh S])";
 
 static volatile sig_atomic_t stop_signal;
@@ -54,6 +55,7 @@ static void on_stop(int sig)
 
 struct serve_args {
 	const char *source, *cache, *index, *socket_path, *record, *prefetch, *readahead;
+	uint64_t cache_max;
 	const char *metrics; /* [ADDR:]PORT for Prometheus (the plugin's metrics=) */
 	const char **peers;
 	size_t n_peers;
@@ -266,7 +268,7 @@ static bool relay_read(struct relay *r, int fd)
 static const char *const stat_keys[] = {
 	"reads", "bytes_read", "bytes_zero", "bytes_from_cache", "bytes_fetched", "bytes_from_peers",
 	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete",
-	"cache_write_errors"};
+	"cache_write_errors", "cache_evicted"};
 #define N_STATS (sizeof stat_keys / sizeof stat_keys[0])
 
 /* The plugin's counters (stats-fd): one flat JSON object. */
@@ -362,7 +364,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"fill", no_argument, 0, 'F'},           {"record", required_argument, 0, 'r'},
 		{"prefetch", required_argument, 0, 'R'}, {"readahead", required_argument, 0, 'a'},
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
-		{"read-timeout", required_argument, 0, 'T'},
+		{"read-timeout", required_argument, 0, 'T'}, {"cache-max", required_argument, 0, 'C'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
 		{"no-profile", no_argument, 0, 'Z'},
 		{"metrics", required_argument, 0, 'M'},
@@ -415,6 +417,11 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				return cli_usage(usage, "--read-timeout must be 1 to 86400 seconds, not '%s'",
 				                 optarg);
 			break;
+		case 'C': {
+			if (!cli_parse_size(optarg, &a->cache_max) || a->cache_max == 0)
+				return cli_usage(usage, "--cache-max must be a size above 0, not '%s'", optarg);
+			break;
+		}
 		case 'N': a->no_pack = true; break;
 		case 'A': a->all = true; break;
 		case 'G': {
@@ -516,6 +523,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "timeout=%ld", a->timeout_s);
 	if (a->read_timeout_s)
 		argv_add(av, "read-timeout=%ld", a->read_timeout_s);
+	if (a->cache_max)
+		argv_add(av, "cache-max=%" PRIu64, a->cache_max);
 	if (a->metrics)
 		argv_add(av, "metrics=%s", a->metrics);
 	argv_add(av, "stats-fd=%d", stats_fd);

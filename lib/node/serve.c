@@ -59,7 +59,6 @@
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
 /* Published profiles of other images fetched to choose one to borrow. */
-#define PROFILE_CANDIDATES 16
 /* A read whose block a readahead is fetching waits for it this long, then
  * fetches the block itself: the readahead must not hold it up. */
 #define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
@@ -161,6 +160,10 @@ struct idd_server {
 	atomic_bool stop;
 	bool started;
 	pthread_t flusher;
+	pthread_t budget;             /* --cache-max: keeps the cache under it */
+	bool budget_started;
+	bool budget_warned;           /* files in use keep the cache above it (said once) */
+	atomic_uint_least64_t cache_evicted;
 	pthread_mutex_t flush_lock;
 	pthread_cond_t flush_wake;
 	/* the profile given with --prefetch: (id, block) */
@@ -1283,6 +1286,109 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
+/* ---- --cache-max ---- */
+
+/* How often the cache's size is checked against --cache-max. */
+#define BUDGET_CHECK_MS 1000
+
+struct kept_paths {
+	char **v;
+	size_t n;
+};
+
+static bool is_kept(void *ctx, const char *path)
+{
+	const struct kept_paths *k = ctx;
+	for (size_t i = 0; i < k->n; i++)
+		if (k->v[i] && !strcmp(k->v[i], path))
+			return true;
+	return false;
+}
+
+/* gc's warnings about files in use are expected here (serve's own exports
+ * are in use): said once, below, rather than every second */
+static void budget_warn(void *ctx, const char *msg)
+{
+	idd_server *s = ctx;
+	if (!strstr(msg, "is in use; kept"))
+		idd_warnf(s->o.warn, s->o.ctx, "%s", msg);
+}
+
+/* Over --cache-max: cache gc (value policy) with the budget, lent the files
+ * this process holds except its exports' own (their partial and complete
+ * images).  gc skips what anyone else holds, a deploy's files included; the
+ * files it removes are closed here once no read uses them. */
+static void keep_under_budget(idd_server *s)
+{
+	idd_error err;
+	/* gc reads the whole cache index: only when it may be due */
+	if (idd_cache_disk_upper(s->cache) <= s->o.cache_max)
+		return;
+	struct kept_paths kept = {0};
+	pthread_mutex_lock(&s->lock);
+	kept.v = calloc(s->nexports * 2 + 1, sizeof *kept.v);
+	for (size_t i = 0; kept.v && i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->part_lock);
+		kept.v[kept.n++] = strdup(e->final_path);
+		kept.v[kept.n++] = e->part ? strdup(e->part->data_path) : NULL;
+		pthread_mutex_unlock(&e->part_lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!kept.v) {
+		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < kept.n; i += 2)
+		if (!kept.v[i]) { /* an export whose files cannot be named: lend nothing */
+			kept.n = 0;
+			goto out;
+		}
+	idd_cache_lend_to_gc(s->cache, is_kept, &kept);
+	idd_cache_gc_stats st;
+	int rc = idd_cache_gc_policy(s->cache->dir, s->o.cache_max, IDD_GC_VALUE, &st, budget_warn, s,
+	                             &err);
+	size_t closed;
+	idd_error e2;
+	if (idd_cache_take_back(s->cache, &closed, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", e2.msg);
+	if (rc) {
+		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", err.msg);
+		goto out;
+	}
+	atomic_fetch_add(&s->cache_evicted, st.images_removed);
+	if (st.bytes_after > s->o.cache_max && !s->budget_warned) {
+		s->budget_warned = true;
+		idd_warnf(s->o.warn, s->o.ctx,
+		          "warning: --cache-max: the cache takes %llu bytes, above %llu: the rest is in "
+		          "use by the exports or a deploy", (unsigned long long)st.bytes_after,
+		          (unsigned long long)s->o.cache_max);
+	}
+out:
+	for (size_t i = 0; i < kept.n; i++)
+		free(kept.v[i]);
+	free(kept.v);
+}
+
+static void *budget_main(void *arg)
+{
+	idd_server *s = arg;
+	pthread_mutex_lock(&s->flush_lock);
+	while (!atomic_load(&s->stop)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += BUDGET_CHECK_MS / 1000;
+		pthread_cond_timedwait(&s->flush_wake, &s->flush_lock, &ts);
+		if (atomic_load(&s->stop))
+			break;
+		pthread_mutex_unlock(&s->flush_lock);
+		keep_under_budget(s);
+		pthread_mutex_lock(&s->flush_lock);
+	}
+	pthread_mutex_unlock(&s->flush_lock);
+	return NULL;
+}
+
 /* ---- exports ---- */
 
 static void counters_add(struct read_counters *to, struct read_counters *from)
@@ -1375,7 +1481,7 @@ static int published_profile(idd_server *s, idd_export *e)
 	progress(s, "reading the boot profiles for %s", e->id);
 	char *from = NULL;
 	idd_error e2;
-	int rc = idd_profile_choose(s->ri, e->id, e->m, PROFILE_CANDIDATES, &e->prefetch,
+	int rc = idd_profile_choose(s->ri, e->id, e->m, IDD_PROFILE_CANDIDATES, &e->prefetch,
 	                            &e->nprefetch, &from, &e2);
 	if (rc == IDD_ENOMEM)
 		return rc;
@@ -1683,6 +1789,12 @@ int idd_server_start(idd_server *s, idd_error *err)
 			s->started = true;
 			for (size_t i = 0; i < s->nexports; i++)
 				start_export_threads(s->exports[i]);
+			if (s->o.cache_max)
+				s->budget_started = !pthread_create(&s->budget, NULL, budget_main, s);
+			if (s->o.cache_max && !s->budget_started)
+				idd_warnf(s->o.warn, s->o.ctx,
+				          "warning: --cache-max: cannot start its thread: the cache is not kept "
+				          "under it");
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -1748,6 +1860,7 @@ static int snapshot(idd_server *s, idd_serve_metrics *m, bool with_exports, idd_
 	idd_serve_stats *st = &m->total;
 	int rc = IDD_OK;
 	st->exports_complete = atomic_load(&s->exports_complete);
+	st->cache_evicted = atomic_load(&s->cache_evicted);
 	/* exports closed already (their fetch counters are in closed_fetched) */
 	idd_export_metrics closed = {0};
 	struct read_counters *c = &s->closed;
@@ -1860,6 +1973,8 @@ void idd_server_close(idd_server *s)
 		pthread_cond_broadcast(&s->flush_wake);
 		pthread_mutex_unlock(&s->flush_lock);
 		pthread_join(s->flusher, NULL);
+		if (s->budget_started)
+			pthread_join(s->budget, NULL);
 	}
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];

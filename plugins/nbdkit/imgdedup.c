@@ -70,6 +70,7 @@ static struct {
 	bool parallel, parallel_set;
 	uint64_t readahead;
 	bool readahead_off;
+	uint64_t cache_max;
 	int connections;
 	long timeout_s, read_timeout_s;
 	bool all;          /* all=true: every image of the catalog */
@@ -286,6 +287,16 @@ static int plugin_config(const char *key, const char *value)
 		cfg.readahead = (uint64_t)v;
 		cfg.readahead_off = v == 0;
 		return 0;
+	} else if (!strcmp(key, "cache-max")) {
+		int64_t v = nbdkit_parse_size(value);
+		if (v < 0)
+			return -1;
+		if (v == 0) {
+			nbdkit_error("cache-max=%s: must be above 0", value);
+			return -1;
+		}
+		cfg.cache_max = (uint64_t)v;
+		return 0;
 	} else if (!strcmp(key, "connections")) {
 		int v;
 		if (nbdkit_parse_int("connections", value, &v) == -1)
@@ -380,6 +391,7 @@ static int plugin_get_ready(void)
 		.read_timeout_s = cfg.read_timeout_s,
 		.all = cfg.all,
 		.refresh_s = cfg.refresh_set && cfg.refresh_s == 0 ? IDD_REFRESH_ALWAYS : cfg.refresh_s,
+		.cache_max = cfg.cache_max,
 		.warn = plugin_warn,
 		.progress = startup_stage,
 	};
@@ -464,10 +476,10 @@ static int format_stats(char *out, size_t len, const idd_serve_stats *st)
 	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
 	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
 	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
-	        ",\"cache_write_errors\":%" PRIu64 "}\n",
+	        ",\"cache_write_errors\":%" PRIu64 ",\"cache_evicted\":%" PRIu64 "}\n",
 	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
 	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
-	        st->read_errors, st->exports_complete, st->cache_write_errors);
+	        st->read_errors, st->exports_complete, st->cache_write_errors, st->cache_evicted);
 }
 
 /* stats-fd=N: the counters into that file (serve passes an anonymous
@@ -756,6 +768,8 @@ static struct nbdkit_plugin plugin = {
 	               "connections=N      remote requests in flight per export (default 4)\n"
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
 	               "read-timeout=SECONDS  a client read fails (EIO) after this (default 60)\n"
+	               "cache-max=SIZE     keep the node cache under SIZE (cache gc by value, every\n"
+	               "                   second; never a file an export or a deploy uses)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
 	               "no-profile=BOOL    do not prefetch the boot profiles SOURCE publishes\n"
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"

@@ -253,6 +253,99 @@ static void test_gc(void **state)
 	free(dir);
 }
 
+
+static bool keep_path(void *ctx, const char *path)
+{
+	return !strcmp(ctx, path);
+}
+
+/* serve's --cache-max: files lent to a gc run by the same process can be
+ * removed (the others stay), and are then closed, their contents read from
+ * the files still held; a file of the same name registered later is used. */
+static void test_lend_to_gc(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgdir = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgdir, NULL), IDD_OK);
+	idd_map *m;
+	unsigned char *img = make_image(32, 32, 4242, &m);
+	char *pa = tu_write(imgdir, "a.raw", img, 32 * BS);
+	char *pb = tu_write(imgdir, "b.raw", img, 32 * BS); /* the same contents */
+	char *ra = realpath(pa, NULL), *rb = realpath(pb, NULL);
+	idd_cache *c, *other;
+	idd_error err;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, ra, m, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, rb, m, &err), IDD_OK);
+	idd_cache_close(c);
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	size_t e;
+	uint64_t blk;
+	assert_true(idd_cache_find(c, &m->digests[0], &e, &blk));
+	assert_int_equal(e, 0); /* read from a.raw */
+	/* the cheap size is at least what gc counts */
+	idd_cache_image *v;
+	size_t nv;
+	assert_int_equal(idd_cache_list(dir, &v, &nv, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(nv, 2);
+	assert_true(idd_cache_disk_upper(c) >= v[0].disk_bytes + v[1].disk_bytes);
+	assert_true(v[0].disk_bytes > 0);
+	idd_cache_list_free(v, nv);
+	/* held: a gc removes neither */
+	idd_cache_gc_stats st;
+	nwarn = 0;
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	assert_int_equal(access(ra, F_OK), 0);
+	/* lent but b.raw: a gc removes a.raw */
+	idd_cache_lend_to_gc(c, keep_path, rb);
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 1);
+	assert_int_not_equal(access(ra, F_OK), 0);
+	assert_int_equal(access(rb, F_OK), 0);
+	size_t closed;
+	assert_int_equal(idd_cache_take_back(c, &closed, &err), IDD_OK);
+	assert_int_equal(closed, 1);
+	assert_int_equal(c->e[0].fd, -1);
+	assert_true(idd_cache_disk_upper(c) > 0);
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
+		assert_int_equal(e, 1); /* now from b.raw */
+	}
+	idd_block_req req = {.digest = m->digests[0]};
+	unsigned char buf[BS];
+	req.buf = buf;
+	uint64_t got;
+	assert_int_equal(idd_cache_read_blocks(c, &req, 1, &got, &err), IDD_OK);
+	assert_int_equal(req.status, IDD_OK);
+	assert_int_equal(got, BS);
+	/* b.raw is held again */
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	/* a.raw deployed again (another process): picked up under its old name */
+	free(tu_write(imgdir, "a.raw", img, 32 * BS));
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &other, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(other, ra, m, &err), IDD_OK);
+	idd_cache_close(other);
+	assert_int_equal(idd_cache_refresh(c, &err), IDD_OK);
+	bool seen = false;
+	for (size_t i = 0; i < c->count; i++)
+		seen |= !c->e[i].evicted && c->e[i].fd >= 0 && !strcmp(c->e[i].abs, ra);
+	assert_true(seen);
+	idd_cache_close(c);
+	idd_map_free(m);
+	free(img);
+	free(pa);
+	free(pb);
+	free(ra);
+	free(rb);
+	free(imgdir);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 /* The documented way back from a cache name to the id (docs/deploy.md):
  * NULL for a hashed name, which says only the id's start. */
 static char *decode_name(const char *name)
@@ -599,6 +692,7 @@ int main(void)
 		cmocka_unit_test(test_register_lookup_verify),
 		cmocka_unit_test(test_damaged_index),
 		cmocka_unit_test(test_gc),
+		cmocka_unit_test(test_lend_to_gc),
 		cmocka_unit_test(test_default_out),
 		cmocka_unit_test(test_rebuild_index),
 		cmocka_unit_test(test_partial_images),
