@@ -1,4 +1,5 @@
-/* cache.c - imgdedup cache ls|gc: inspect and trim a node cache. */
+/* cache.c - imgdedup cache ls|gc|estimate: inspect and trim a node cache,
+ * and say what it still lacks of images. */
 #include "cli.h"
 
 #include <getopt.h>
@@ -7,8 +8,11 @@
 #include <string.h>
 #include <time.h>
 
-static const char usage[] = "imgdedup cache ls [--json] DIR\n"
-                            "       imgdedup cache gc --max-size SIZE [--json] DIR";
+static const char usage[] =
+	"imgdedup cache ls [--json] DIR\n"
+	"       imgdedup cache gc --max-size SIZE [--policy value|lru] [--json] DIR\n"
+	"       imgdedup cache estimate --cache DIR --from SOURCE [--index DIR|URL] [--bandwidth B/s] "
+	"[--no-pack] [--json] IMAGE...";
 
 static int cache_ls(int argc, char **argv)
 {
@@ -93,12 +97,14 @@ static int cache_ls(int argc, char **argv)
 static int cache_gc(int argc, char **argv)
 {
 	static const struct option opts[] = {{"max-size", required_argument, 0, 'm'},
+	                                     {"policy", required_argument, 0, 'p'},
 	                                     {"json", no_argument, 0, 'J'},
 	                                     {"quiet", no_argument, 0, 'q'},
 	                                     {"help", no_argument, 0, 'h'},
 	                                     {0, 0, 0, 0}};
 	bool json = false, have_max = false;
 	uint64_t max = 0;
+	idd_gc_policy policy = IDD_GC_VALUE;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
@@ -107,6 +113,14 @@ static int cache_gc(int argc, char **argv)
 			if (!cli_parse_size(optarg, &max))
 				return cli_usage(usage, "--max-size takes a size such as 10G, not '%s'", optarg);
 			have_max = true;
+			break;
+		case 'p':
+			if (!strcmp(optarg, "value"))
+				policy = IDD_GC_VALUE;
+			else if (!strcmp(optarg, "lru"))
+				policy = IDD_GC_LRU;
+			else
+				return cli_usage(usage, "--policy is 'value' or 'lru', not '%s'", optarg);
 			break;
 		case 'J': json = true; break;
 		case 'q': cli_quiet = true; break;
@@ -120,7 +134,7 @@ static int cache_gc(int argc, char **argv)
 		return cli_usage(usage, "--max-size SIZE is required");
 	idd_cache_gc_stats st;
 	idd_error err = {{0}, 0};
-	if (idd_cache_gc(argv[optind], max, &st, cli_warn, NULL, &err)) {
+	if (idd_cache_gc_policy(argv[optind], max, policy, &st, cli_warn, NULL, &err)) {
 		cli_error("%s", err.msg);
 		return EXIT_FAIL;
 	}
@@ -140,10 +154,104 @@ static int cache_gc(int argc, char **argv)
 	return EXIT_OK;
 }
 
+/* A rate such as 100M, 1.5G or 12500k, optionally followed by "/s". */
+static bool parse_rate(const char *s, uint64_t *out)
+{
+	char buf[64];
+	size_t l = strlen(s);
+	if (l >= sizeof buf)
+		return false;
+	memcpy(buf, s, l + 1);
+	if (l > 2 && !strcmp(buf + l - 2, "/s"))
+		buf[l - 2] = 0;
+	return cli_parse_size(buf, out) && *out > 0;
+}
+
+static int cache_estimate(int argc, char **argv)
+{
+	static const struct option opts[] = {{"cache", required_argument, 0, 'c'},
+	                                     {"from", required_argument, 0, 'f'},
+	                                     {"index", required_argument, 0, 'i'},
+	                                     {"bandwidth", required_argument, 0, 'b'},
+	                                     {"no-pack", no_argument, 0, 'K'},
+	                                     {"json", no_argument, 0, 'J'},
+	                                     {"help", no_argument, 0, 'h'},
+	                                     {0, 0, 0, 0}};
+	idd_estimate_opts o = {.warn = cli_warn};
+	bool json = false;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': o.cache_dir = optarg; break;
+		case 'f': o.source = optarg; break;
+		case 'i': o.index = optarg; break;
+		case 'b':
+			if (!parse_rate(optarg, &o.bandwidth))
+				return cli_usage(usage, "--bandwidth takes bytes per second such as 100M or 1G/s, "
+				                 "not '%s'", optarg);
+			break;
+		case 'K': o.no_pack = true; break;
+		case 'J': json = true; break;
+		case 'h': printf("usage: %s\n", usage); return EXIT_OK;
+		default: return cli_usage(usage, "bad option");
+		}
+	}
+	if (!o.source || !o.cache_dir)
+		return cli_usage(usage, "--cache DIR and --from SOURCE are required");
+	if (optind >= argc)
+		return cli_usage(usage, "expected at least one IMAGE");
+	o.images = (const char *const *)argv + optind;
+	o.n_images = (size_t)(argc - optind);
+	idd_image_estimate *v;
+	idd_error err = {{0}, 0};
+	if (idd_cache_estimate(&o, &v, &err)) {
+		cli_error("%s", err.msg);
+		return EXIT_FAIL;
+	}
+	if (json) {
+		cli_json j;
+		cli_json_begin(&j, stdout);
+		cli_json_key_open(&j, "images", '[');
+		for (size_t i = 0; i < o.n_images; i++) {
+			cli_json_key_open(&j, NULL, '{');
+			cli_json_key_str(&j, "image", v[i].image);
+			cli_json_key_u64(&j, "bytes_missing", v[i].bytes_missing);
+			if (v[i].has_boot)
+				cli_json_key_u64(&j, "boot_bytes_missing", v[i].boot_bytes_missing);
+			else
+				cli_json_key_null(&j, "boot_bytes_missing");
+			if (v[i].has_seconds)
+				cli_json_key_double(&j, "seconds", v[i].seconds);
+			else
+				cli_json_key_null(&j, "seconds");
+			cli_json_key_u64(&j, "bytes_total", v[i].bytes_total);
+			cli_json_key_u64(&j, "bytes_zero", v[i].bytes_zero);
+			cli_json_key_bool(&j, "from_pack", v[i].from_pack);
+			cli_json_close(&j, '}');
+		}
+		cli_json_close(&j, ']');
+		cli_json_end(&j);
+	} else {
+		printf("%10s %10s %10s  %s\n", "MISSING", "BOOT", "SECONDS", "IMAGE");
+		for (size_t i = 0; i < o.n_images; i++) {
+			char a[32], b[32], s[32];
+			if (v[i].has_seconds)
+				snprintf(s, sizeof s, "%.1f", v[i].seconds);
+			else
+				snprintf(s, sizeof s, "-");
+			printf("%10s %10s %10s  %s\n", cli_human(v[i].bytes_missing, a),
+			       v[i].has_boot ? cli_human(v[i].boot_bytes_missing, b) : "-", s, v[i].image);
+		}
+	}
+	idd_cache_estimate_free(v);
+	return EXIT_OK;
+}
+
 int cmd_cache(int argc, char **argv)
 {
 	if (argc < 2)
-		return cli_usage(usage, "expected 'ls' or 'gc'");
+		return cli_usage(usage, "expected 'ls', 'gc' or 'estimate'");
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		printf("usage: %s\n", usage);
 		return EXIT_OK;
@@ -152,5 +260,7 @@ int cmd_cache(int argc, char **argv)
 		return cache_ls(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "gc"))
 		return cache_gc(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "estimate"))
+		return cache_estimate(argc - 1, argv + 1);
 	return cli_usage(usage, "unknown cache command '%s'", argv[1]);
 }

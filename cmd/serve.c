@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,8 +37,9 @@
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
 	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--no-profile] "
-	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--no-pack] "
-	"[--metrics [ADDR:]PORT] [--json] [-q] IMAGE...";
+	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--cache-max SIZE] "
+	"[--no-pack] [--metrics [ADDR:]PORT] [--json] [-q] "
+	"(IMAGE... | --all [--refresh S])";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -53,11 +55,15 @@ static void on_stop(int sig)
 
 struct serve_args {
 	const char *source, *cache, *index, *socket_path, *record, *prefetch, *readahead;
+	uint64_t cache_max;
 	const char *metrics; /* [ADDR:]PORT for Prometheus (the plugin's metrics=) */
 	const char **peers;
 	size_t n_peers;
 	long port, timeout_s, read_timeout_s, connections;
 	bool fill, no_pack, no_profile, json;
+	bool all;           /* --all: every image of the catalog */
+	const char *refresh; /* --refresh S, checked */
+	long activated;     /* sockets passed by systemd (LISTEN_FDS), 0: none */
 	char **images;
 	size_t n_images;
 };
@@ -262,7 +268,7 @@ static bool relay_read(struct relay *r, int fd)
 static const char *const stat_keys[] = {
 	"reads", "bytes_read", "bytes_zero", "bytes_from_cache", "bytes_fetched", "bytes_from_peers",
 	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete",
-	"cache_write_errors"};
+	"cache_write_errors", "cache_evicted"};
 #define N_STATS (sizeof stat_keys / sizeof stat_keys[0])
 
 /* The plugin's counters (stats-fd): one flat JSON object. */
@@ -310,11 +316,43 @@ static void print_uri(const struct serve_args *a, const char *id)
 		printf("?socket=%s", a->socket_path);
 }
 
+/* Once the server accepts connections: where the exports are. */
+static void print_ready(const struct serve_args *a)
+{
+	if (a->activated) {
+		printf("serving %s on the sockets passed by systemd\n",
+		       a->all ? "every image of the catalog" : "the images given");
+	} else if (a->all) {
+		printf("serving every image of %s at ", a->source);
+		print_uri(a, "ID");
+		putchar('\n');
+	} else {
+		for (size_t i = 0; i < a->n_images; i++) {
+			printf("serving %s at ", a->images[i]);
+			print_uri(a, a->images[i]);
+			putchar('\n');
+		}
+	}
+	fflush(stdout);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* systemd socket activation: how many listening sockets (from fd 3) were
+ * passed to this very process, else 0. */
+static long activation_fds(void)
+{
+	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+	long p, n;
+	if (!pid || !fds || !cli_parse_int(pid, 1, LONG_MAX, &p) || p != (long)getpid() ||
+	    !cli_parse_int(fds, 1, 1024, &n))
+		return 0;
+	return n;
 }
 
 static int parse_args(int argc, char **argv, struct serve_args *a)
@@ -326,11 +364,12 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"fill", no_argument, 0, 'F'},           {"record", required_argument, 0, 'r'},
 		{"prefetch", required_argument, 0, 'R'}, {"readahead", required_argument, 0, 'a'},
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
-		{"read-timeout", required_argument, 0, 'T'},
+		{"read-timeout", required_argument, 0, 'T'}, {"cache-max", required_argument, 0, 'C'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
 		{"no-profile", no_argument, 0, 'Z'},
 		{"metrics", required_argument, 0, 'M'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
+		{"all", no_argument, 0, 'A'},            {"refresh", required_argument, 0, 'G'},
 		{0, 0, 0, 0}};
 	int c;
 	optind = 1;
@@ -378,7 +417,20 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				return cli_usage(usage, "--read-timeout must be 1 to 86400 seconds, not '%s'",
 				                 optarg);
 			break;
+		case 'C': {
+			if (!cli_parse_size(optarg, &a->cache_max) || a->cache_max == 0)
+				return cli_usage(usage, "--cache-max must be a size above 0, not '%s'", optarg);
+			break;
+		}
 		case 'N': a->no_pack = true; break;
+		case 'A': a->all = true; break;
+		case 'G': {
+			long v;
+			if (!cli_parse_int(optarg, 0, 86400, &v))
+				return cli_usage(usage, "--refresh must be 0 to 86400 seconds, not '%s'", optarg);
+			a->refresh = optarg;
+			break;
+		}
 		case 'M':
 			if (!*optarg)
 				return cli_usage(usage, "--metrics needs [ADDR:]PORT");
@@ -392,15 +444,25 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 	}
 	if (!a->source || !a->cache)
 		return cli_usage(usage, "--from SOURCE and --cache DIR are required");
-	if (!a->socket_path == !a->port)
+	a->activated = activation_fds();
+	if (a->activated && (a->socket_path || a->port))
+		return cli_usage(usage, "started with sockets passed by systemd (LISTEN_FDS): no --socket "
+		                 "or --port");
+	if (!a->activated && !a->socket_path == !a->port)
 		return cli_usage(usage, "give one of --socket PATH or --port N");
 	if (a->socket_path) {
 		if (!*a->socket_path || strlen(a->socket_path) >= sizeof ((struct sockaddr_un *)0)->sun_path)
 			return cli_usage(usage, "--socket: '%s' is too long for a unix socket path (%zu bytes at most)",
 			                 a->socket_path, sizeof ((struct sockaddr_un *)0)->sun_path - 1);
 	}
+	if (a->refresh && !a->all)
+		return cli_usage(usage, "--refresh applies to --all only");
+	if (a->all && optind < argc)
+		return cli_usage(usage, "--all exports every image of the catalog: no IMAGE with it");
+	if (a->all)
+		return EXIT_OK;
 	if (optind >= argc)
-		return cli_usage(usage, "expected at least one IMAGE");
+		return cli_usage(usage, "expected at least one IMAGE (or --all)");
 	a->images = argv + optind;
 	a->n_images = (size_t)(argc - optind);
 	for (size_t i = 0; i < a->n_images; i++) {
@@ -422,7 +484,9 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 	argv_add(av, "--log=stderr");
 	argv_add(av, "--readonly");
 	argv_add(av, "--pidfile=/dev/fd/%d", pid_fd);
-	if (a->socket_path) {
+	if (a->activated) {
+		/* nbdkit takes the inherited sockets (LISTEN_PID set in the child) */
+	} else if (a->socket_path) {
 		argv_add(av, "--unix=%s", a->socket_path);
 	} else {
 		argv_add(av, "--ipaddr=127.0.0.1");
@@ -433,6 +497,10 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 	argv_add(av, "cache=%s", a->cache);
 	for (size_t i = 0; i < a->n_images; i++)
 		argv_add(av, "image=%s", a->images[i]);
+	if (a->all)
+		argv_add(av, "all=true");
+	if (a->refresh)
+		argv_add(av, "refresh=%s", a->refresh);
 	if (a->index)
 		argv_add(av, "index=%s", a->index);
 	for (size_t i = 0; i < a->n_peers; i++)
@@ -455,6 +523,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "timeout=%ld", a->timeout_s);
 	if (a->read_timeout_s)
 		argv_add(av, "read-timeout=%ld", a->read_timeout_s);
+	if (a->cache_max)
+		argv_add(av, "cache-max=%" PRIu64, a->cache_max);
 	if (a->metrics)
 		argv_add(av, "metrics=%s", a->metrics);
 	argv_add(av, "stats-fd=%d", stats_fd);
@@ -463,8 +533,13 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 /* In the child: nbdkit with stdout and stderr into the relay pipe.  An exec
  * failure is reported through the close-on-exec errno pipe. */
 static void exec_nbdkit(char **argv, int out_fd, int errno_fd, const int *keep, size_t nkeep,
-                        const sigset_t *oldmask)
+                        const sigset_t *oldmask, bool activated)
 {
+	if (activated) { /* the sockets systemd passed are now nbdkit's */
+		char pid[32];
+		snprintf(pid, sizeof pid, "%ld", (long)getpid());
+		setenv("LISTEN_PID", pid, 1);
+	}
 	for (size_t i = 0; i < nkeep; i++) /* inherited by nbdkit, and only by it */
 		fcntl(keep[i], F_SETFD, 0);
 	signal(SIGTERM, SIG_DFL);
@@ -552,7 +627,7 @@ int cmd_serve(int argc, char **argv)
 	}
 	if (pid == 0) {
 		int keep[] = {pid_pipe[1], stats_fd};
-		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 2, &oldmask);
+		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 2, &oldmask, a.activated > 0);
 	}
 	child_pid = pid;
 	sigprocmask(SIG_SETMASK, &oldmask, NULL);
@@ -600,14 +675,8 @@ int cmd_serve(int argc, char **argv)
 			if (read(pid_pipe[0], pidbuf, sizeof pidbuf) > 0) {
 				ready = true;
 				t_ready = now_s();
-				if (!cli_quiet && !a.json) {
-					for (size_t i = 0; i < a.n_images; i++) {
-						printf("serving %s at ", a.images[i]);
-						print_uri(&a, a.images[i]);
-						putchar('\n');
-					}
-					fflush(stdout);
-				}
+				if (!cli_quiet && !a.json)
+					print_ready(&a);
 			}
 		}
 	}
@@ -651,7 +720,8 @@ int cmd_serve(int argc, char **argv)
 		char h[6][32];
 		printf("%s%s: %llu reads, %s read (%s zero, %s from local data), %s fetched in %llu "
 		       "requests, %s from peers, %llu blocks cached, in %.1f s\n",
-		       a.images[0], a.n_images > 1 ? " and others" : "", (unsigned long long)v[0],
+		       a.all ? "all images" : a.images[0], a.n_images > 1 ? " and others" : "",
+		       (unsigned long long)v[0],
 		       cli_human(v[1], h[0]), cli_human(v[2], h[1]), cli_human(v[3], h[2]),
 		       cli_human(v[4], h[3]), (unsigned long long)v[6], cli_human(v[5], h[4]),
 		       (unsigned long long)v[7], served);

@@ -536,6 +536,51 @@ typedef struct idd_cache_gc_stats {
  * forgotten; an image in use (open by serve or deploy) is never removed. */
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err);
+/* Which images go first (docs/deploy.md, "Eviction"): by value, the images
+ * whose removal loses the least per byte freed (the contents no other kept
+ * image holds, each worth the reuse likelihood of every cached image
+ * holding it, falling with how many images were read more recently); or
+ * the least recently read.  idd_cache_gc uses IDD_GC_VALUE. */
+typedef enum idd_gc_policy { IDD_GC_VALUE, IDD_GC_LRU } idd_gc_policy;
+int idd_cache_gc_policy(const char *dir, uint64_t max_size, idd_gc_policy policy,
+                        idd_cache_gc_stats *st, idd_warn_fn warn, void *ctx, idd_error *err);
+
+typedef struct idd_estimate_opts {
+	const char *source;       /* repository: a directory, URL or s3:// location */
+	const char *index;        /* its index; NULL: SOURCE/.imgdedup */
+	const char *cache_dir;    /* the node cache (absent: an empty cache; never created) */
+	const char *const *images; /* image ids */
+	size_t n_images;
+	uint64_t bandwidth;       /* bytes per second for `seconds`; 0: no time estimate */
+	bool no_pack;             /* price fetches from the images, as deploy --no-pack does */
+	int connections;          /* for the index requests; 0: 4 */
+	long timeout_s;
+	idd_warn_fn warn;
+	void *ctx;
+} idd_estimate_opts;
+
+typedef struct idd_image_estimate {
+	const char *image;           /* the id asked for (the caller's string) */
+	uint64_t bytes_total;        /* the image's size */
+	uint64_t bytes_zero;         /* of which zero blocks */
+	uint64_t bytes_missing;      /* what a deploy would fetch from SOURCE now, as transferred
+	                                (compressed pack frames when SOURCE has a pack) */
+	bool from_pack;              /* SOURCE's pack would serve the fetches */
+	bool has_boot;               /* a boot profile applies: boot_bytes_missing is known */
+	uint64_t boot_bytes_missing; /* what a boot would fetch */
+	bool has_seconds;            /* bandwidth given: seconds is known */
+	double seconds;              /* bytes_missing at the bandwidth given */
+} idd_image_estimate;
+
+/* What this node still lacks of each image, from index data only (each
+ * image's entry, map and pack view: no block is fetched, nothing in the
+ * cache is written).  bytes_missing is what `deploy` of the image into this
+ * cache would report as bytes_fetched (without --peer and --seed, and
+ * counting an interrupted OUT.part as absent), computed by the deploy's own
+ * plan.  *out: n_images estimates in the order asked, freed with
+ * idd_cache_estimate_free. */
+int idd_cache_estimate(const idd_estimate_opts *o, idd_image_estimate **out, idd_error *err);
+void idd_cache_estimate_free(idd_image_estimate *v);
 
 /* ---- serve: on-demand access to images over NBD ----
  *
@@ -557,11 +602,20 @@ typedef struct idd_serve_opts {
 	bool fill;                 /* fetch the rest of each image in the background */
 	const char *record;        /* write the order of first reads here (a boot profile) */
 	const char *prefetch;      /* a recorded profile: fetch those blocks ahead of the guest */
-	uint64_t readahead;        /* bytes fetched past a read that missed; 0: 2 MiB (max 4 MiB) */
+	uint64_t readahead;        /* most read ahead of a sequential stream; 0: 2 MiB (max 4 MiB) */
 	bool readahead_off;        /* no readahead at all (readahead is then ignored) */
 	long read_timeout_s;       /* a client read fails (EIO) after this long; 0: 60 */
 	uint64_t read_memory_budget; /* bytes of client reads being filled at once (the
 	                              * NBD server's buffers); more wait; 0: 128 MiB */
+	/* serve --all: the catalog's ids are read at open (a missing or
+	 * unreadable catalog fails there) and looked up by
+	 * idd_server_list_images / idd_server_find_image */
+	bool all;
+	/* --all: the catalog is checked for a change at most this often;
+	 * 0: 30 s; IDD_REFRESH_ALWAYS: at every lookup */
+	long refresh_s;
+	uint64_t cache_max;        /* keep the node cache under this many bytes (cache gc's
+	                            * value policy, every second); 0: no limit */
 	idd_warn_fn warn;
 	void *ctx;
 	/* told what start-up is doing (reading the catalog, a block map, ...)
@@ -584,6 +638,7 @@ typedef struct idd_serve_stats {
 	uint64_t read_errors;      /* reads answered with an I/O error */
 	uint64_t exports_complete; /* exports whose image is now complete in the cache */
 	uint64_t cache_write_errors; /* verified blocks served but not cached (a full disk, ...) */
+	uint64_t cache_evicted;    /* cache files removed to stay under cache_max */
 } idd_serve_stats;
 
 typedef struct idd_server idd_server;
@@ -600,6 +655,18 @@ void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);
+
+#define IDD_REFRESH_ALWAYS (-1L)
+
+/* serve --all.  Each image id of SOURCE's catalog, in id order, until fn
+ * returns a positive value (returned; a negative IDD_* code is a failure).  The catalog is re-read first when it
+ * changed and the last check is refresh_s old: a failed re-read is a
+ * warning, and the catalog read before answers. */
+typedef int (*idd_id_fn)(void *ctx, const char *id);
+int idd_server_list_images(idd_server *s, idd_id_fn fn, void *ctx, idd_error *err);
+/* serve --all: IDD_OK when id is an image of the catalog (re-read as
+ * above), else IDD_ENOENT, whatever id looks like. */
+int idd_server_find_image(idd_server *s, const char *id, idd_error *err);
 
 /* Open image ID (relative to SOURCE) for reading.  Opening the same ID
  * again returns the same export; exports live until the server closes, so

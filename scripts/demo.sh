@@ -83,28 +83,31 @@ cmp "$DEMO/repo/base-v2.img" "$DEMO/node/base-v2.img" && echo "deployed base-v2.
 echo "(base-v2.img again, now that the cache holds it: nothing is fetched; as JSON, for scripts)"
 run "$IMGDEDUP" deploy --from "$DEMO/repo" --cache "$DEMO/node/cache" -o "$DEMO/node/base-v2-again.img" --json base-v2.img
 
-say "6. Serve sibling.img over NBD: blocks fetched when read, shared ones read from the cache"
+say "6. Serve the repository over NBD (every image an export): blocks fetched when read, shared ones read from the cache"
 if command -v nbdkit >/dev/null && command -v qemu-io >/dev/null && command -v nbdcopy >/dev/null &&
    [ -f "$(dirname "$IMGDEDUP")/nbdkit-imgdedup-plugin.so" ]; then
   SOCK=$DEMO/node/serve.sock
   serve_bg() { # starts serve in the background; returns once the export answers
-    printf '$ %s &\n' "$IMGDEDUP serve --from $DEMO/repo --cache $DEMO/node/cache --socket $SOCK $*"
-    "$IMGDEDUP" serve --from "$DEMO/repo" --cache "$DEMO/node/cache" --socket "$SOCK" "$@" &
+    printf '$ %s &\n' "$IMGDEDUP serve --all --from $DEMO/repo --cache $DEMO/node/cache --socket $SOCK $*"
+    "$IMGDEDUP" serve --all --from "$DEMO/repo" --cache "$DEMO/node/cache" --socket "$SOCK" "$@" &
     SERVE_PID=$!
     for _ in $(seq 100); do
-      nbdinfo --size "nbd+unix:///?socket=$SOCK" >/dev/null 2>&1 && return 0
+      nbdinfo --size "nbd+unix:///sibling.img?socket=$SOCK" >/dev/null 2>&1 && return 0
       sleep 0.1
     done
     echo "serve did not start" >&2; return 1
   }
-  serve_bg sibling.img
+  serve_bg
+  echo "(every image of the catalog is an export, named by its id:)"
+  printf '$ %s\n' "nbdinfo --list nbd+unix:///?socket=$SOCK | grep export="
+  nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep export=
   echo "(a VM would boot from it now: qemu ... -drive file=nbd+unix:///sibling.img?socket=$SOCK,format=raw)"
   echo "(reading the first 8 MiB of the disk, as a booting guest reads its beginning first:)"
   run qemu-io -r -f raw -c "read 0 8M" "nbd+unix:///sibling.img?socket=$SOCK"
   echo "(stopping the server prints what the reads cost:)"
   kill -INT "$SERVE_PID"; wait "$SERVE_PID"
   echo "(again, a full copy with nbdcopy: what was fetched stays in the cache; as JSON:)"
-  serve_bg --json sibling.img
+  serve_bg --json
   run nbdcopy "nbd+unix:///sibling.img?socket=$SOCK" "$DEMO/node/sibling-over-nbd.img"
   kill -TERM "$SERVE_PID"; wait "$SERVE_PID"
   cmp "$DEMO/repo/sibling.img" "$DEMO/node/sibling-over-nbd.img" &&

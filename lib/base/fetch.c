@@ -432,6 +432,15 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud)
 		return len;
 	}
 	if (r->kind == REQ_WHOLE) {
+		curl_off_t announced = -1;
+		/* a file announced past the limit is refused before it is read
+		 * (a hostile peer's endless index would be taken up to the limit) */
+		if (!r->body->len &&
+		    curl_easy_getinfo(req_easy(r), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced) == CURLE_OK &&
+		    announced > 0 && (uint64_t)announced > r->max) {
+			r->abort_why = "file too large (its announced size is past the limit)";
+			return 0;
+		}
 		if (r->body->len + len > r->max) {
 			r->abort_why = "file too large";
 			return 0;
@@ -1044,6 +1053,11 @@ int idd_source_stat(idd_source *s, const char *rel, idd_remote_stat *st, idd_err
 		if (!rc) {
 			st->size = (uint64_t)sb.st_size;
 			st->mtime = (int64_t)sb.st_mtim.tv_sec;
+			/* what tells a replaced file (rename over it) or one
+			 * rewritten within the same second apart */
+			snprintf(st->etag, sizeof st->etag, "%llx-%llx-%lld.%09ld",
+			         (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino,
+			         (long long)sb.st_mtim.tv_sec, (long)sb.st_mtim.tv_nsec);
 		}
 		return rc;
 	}

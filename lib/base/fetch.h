@@ -84,8 +84,8 @@ typedef struct idd_remote_stat {
 	char etag[80];  /* without quotes; "" when the server sent none */
 	int64_t mtime;  /* Last-Modified, unix seconds; -1 when unknown */
 } idd_remote_stat;
-/* HEAD (remote) or stat (local: etag "", mtime from st_mtime).  A missing
- * file returns IDD_ENOENT. */
+/* HEAD (remote) or stat (local: etag made of device, inode and mtime in
+ * ns, mtime from st_mtime).  A missing file returns IDD_ENOENT. */
 int idd_source_stat(idd_source *s, const char *rel, idd_remote_stat *st, idd_error *err);
 
 /* S3 only.  Every object whose key starts with the source's prefix + "/" +

@@ -47,8 +47,28 @@ static int open_shared(const char *path, idd_error *err)
 	int fd = idd_open_regular(path, O_RDONLY, IDD_FILE_NOFOLLOW, err);
 	if (fd < 0)
 		return -1;
-	(void)flock(fd, LOCK_SH | LOCK_NB);
+	if (idd_flock_shared(fd, path) == 1) { /* removed by gc while it was opened */
+		close(fd);
+		idd_fail_code(err, IDD_ENOENT, "%s: removed", path);
+		return -1;
+	}
 	return fd;
+}
+
+/* How often a process marks a file it reads as read (its atime, which gc
+ * takes for the time it was last read). */
+#define READ_STAMP_NS ((int64_t)1000000000)
+
+static void stamp_read(idd_cache_entry *e)
+{
+	int64_t now = idd_now_ns();
+	int64_t prev = atomic_load(&e->read_stamp);
+	if (now - prev < READ_STAMP_NS || !atomic_compare_exchange_strong(&e->read_stamp, &prev, now))
+		return;
+	/* not being allowed to (a file registered from elsewhere, another
+	 * owner) only makes the file look older to gc */
+	struct timespec ts[2] = {{.tv_nsec = UTIME_NOW}, {.tv_nsec = UTIME_OMIT}};
+	(void)futimens(e->fd, ts);
 }
 
 static void entries_clear(idd_cache *c)
@@ -414,6 +434,7 @@ static int grow_entries(idd_cache *c, idd_error *err)
 	atomic_init(&e->used, false);
 	atomic_init(&e->damaged, false);
 	atomic_init(&e->warned, false);
+	atomic_init(&e->readers, 0);
 	return IDD_OK;
 }
 
@@ -466,7 +487,7 @@ static int add_partial_locked(idd_cache *c, const char *data_path, const char *j
                               uint64_t size, uint32_t bs, size_t *entry, idd_error *err)
 {
 	for (size_t i = 0; i < c->count; i++)
-		if (c->e[i].partial && !strcmp(c->e[i].abs, data_path)) {
+		if (c->e[i].partial && !c->e[i].evicted && !strcmp(c->e[i].abs, data_path)) {
 			*entry = i;
 			return IDD_OK;
 		}
@@ -520,7 +541,7 @@ static int scan_partials(idd_cache *c, idd_error *err)
 		}
 		bool known = false;
 		for (size_t i = 0; i < c->count && !known; i++)
-			known = c->e[i].partial && !strcmp(c->e[i].abs, data);
+			known = c->e[i].partial && !c->e[i].evicted && !strcmp(c->e[i].abs, data);
 		idd_partial_header h;
 		uint64_t off = 0;
 		idd_error e2;
@@ -555,7 +576,7 @@ static int pick_up_index(idd_cache *c, idd_error *err)
 		idd_cache_entry *ne = &fresh->e[i];
 		bool known = ne->block_size != c->lookup_bs;
 		for (size_t k = 0; k < c->count && !known; k++)
-			known = !c->e[k].partial && !strcmp(c->e[k].abs, ne->abs);
+			known = !c->e[k].partial && !c->e[k].evicted && !strcmp(c->e[k].abs, ne->abs);
 		if (known)
 			continue;
 		if ((rc = grow_entries(c, err)))
@@ -635,8 +656,14 @@ static bool first_blocks(const idd_map *m, uint64_t *first)
 	uint64_t seen = 0;
 	for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
 		const idd_map_span *run = &m->runs[ri];
-		if (run->kind != IDD_RUN_SEQ) /* only SEQ runs introduce digests, in order */
+		if (run->kind == IDD_RUN_ZERO)
 			continue;
+		/* a new digest repeated at once is one run of that digest repeated */
+		if (run->kind == IDD_RUN_SAME) {
+			if (run->ref == seen + 1)
+				first[seen++] = run->block;
+			continue;
+		}
 		for (uint64_t b = run->block; b < run->block + run->count; b++)
 			if (idd_map_span_ref(run, b) == seen + 1)
 				first[seen++] = b;
@@ -719,6 +746,145 @@ bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *
 	return found;
 }
 
+void idd_cache_release(idd_cache *c, const bool *needed)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++)
+		if (!needed[i] && c->e[i].fd >= 0) {
+			close(c->e[i].fd);
+			c->e[i].fd = -1;
+		}
+	pthread_rwlock_unlock(&c->lock);
+}
+
+/* ---- lending files to a gc (serve's --cache-max) ---- */
+
+void idd_cache_lend_to_gc(idd_cache *c, bool (*keep)(void *ctx, const char *path), void *ctx)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		if (e->fd < 0 || e->lent || (keep && keep(ctx, e->abs)))
+			continue;
+		e->lent = !flock(e->fd, LOCK_UN);
+	}
+	pthread_rwlock_unlock(&c->lock);
+}
+
+uint64_t idd_cache_disk_upper(idd_cache *c)
+{
+	uint64_t total = 0;
+	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, NULL);
+	DIR *dh = dir ? opendir(dir) : NULL;
+	struct dirent *de;
+	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
+	while (dh && (de = readdir(dh))) {
+		size_t n = strlen(de->d_name);
+		struct stat st;
+		if (n > sl && !strcmp(de->d_name + n - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
+			continue; /* gc counts a partial image by its data file */
+		if (fstatat(dirfd(dh), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			total += (uint64_t)st.st_blocks * 512;
+	}
+	if (dh)
+		closedir(dh);
+	free(dir);
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++) {
+		struct stat st;
+		if (!c->e[i].owned && !c->e[i].evicted && stat(c->e[i].abs, &st) == 0)
+			total += (uint64_t)st.st_blocks * 512;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	return total;
+}
+
+/* Point the lookup of d at (entry, block) when the file it names was
+ * evicted.  Write lock held. */
+static int lookup_repoint(idd_cache *c, size_t entry, const idd_digest *d, uint64_t block,
+                          idd_error *err)
+{
+	bool added;
+	size_t slot = idd_digest_set_add(&c->lookup, d, &added, err);
+	if (slot == (size_t)-1)
+		return IDD_ENOMEM;
+	size_t cur = (size_t)(c->lookup.aux[slot] >> 40);
+	if (added || cur >= c->count || c->e[cur].evicted)
+		c->lookup.aux[slot] = (uint64_t)entry << 40 | block;
+	return IDD_OK;
+}
+
+static int journal_repoint(void *ctx, const idd_partial_record *r)
+{
+	struct journal_ctx *j = ctx;
+	return lookup_repoint(j->c, j->entry, &r->digest, r->block, j->err);
+}
+
+int idd_cache_take_back(idd_cache *c, size_t *closed, idd_error *err)
+{
+	*closed = 0;
+	size_t *gone = NULL, ngone = 0;
+	int *fds = NULL;
+	pthread_rwlock_wrlock(&c->lock);
+	gone = idd_calloc(c->count ? c->count : 1, sizeof *gone, err);
+	fds = idd_calloc(c->count ? c->count : 1, sizeof *fds, err);
+	int rc = gone && fds ? IDD_OK : IDD_ENOMEM;
+	for (size_t i = 0; !rc && i < c->count; i++) {
+		idd_cache_entry *e = &c->e[i];
+		if (!e->lent)
+			continue;
+		e->lent = false;
+		/* a gc holds the lock exclusively for the moment it removes the file */
+		if (idd_flock_shared(e->fd, e->abs) == 1) {
+			/* removed: no read starts on it from now on */
+			e->evicted = true;
+			fds[ngone] = e->fd;
+			gone[ngone++] = i;
+			e->fd = -1;
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	/* reads that found the file before it was taken out finish first */
+	for (size_t k = 0; !rc && k < ngone; k++) {
+		for (;;) {
+			pthread_rwlock_rdlock(&c->lock);
+			int busy = atomic_load(&c->e[gone[k]].readers);
+			pthread_rwlock_unlock(&c->lock);
+			if (!busy)
+				break;
+			usleep(1000);
+		}
+		close(fds[k]);
+		(*closed)++;
+	}
+	/* the contents the removed files held, where another file has them */
+	if (!rc && ngone && c->have_lookup) {
+		pthread_rwlock_wrlock(&c->lock);
+		for (size_t i = 0; !rc && i < c->count; i++) {
+			idd_cache_entry *e = &c->e[i];
+			if (e->fd < 0 || e->evicted || e->block_size != c->lookup_bs ||
+			    atomic_load(&e->damaged))
+				continue;
+			if (e->partial) {
+				idd_partial_header h;
+				uint64_t off = 0;
+				struct journal_ctx j = {c, i, err};
+				idd_error e2; /* unreadable now: its blocks are just not read there */
+				int jr = idd_partial_journal_read(e->journal, &h, &off, journal_repoint, &j, &e2);
+				if (jr == IDD_ENOMEM)
+					rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+				continue;
+			}
+			for (uint64_t k = 0; !rc && k < e->n; k++)
+				rc = lookup_repoint(c, i, &e->digests[k], e->blocks[k], err);
+		}
+		pthread_rwlock_unlock(&c->lock);
+	}
+	free(gone);
+	free(fds);
+	return rc;
+}
+
 uint64_t idd_cache_damaged_count(idd_cache *c)
 {
 	uint64_t n = 0;
@@ -792,6 +958,7 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			continue;
 		loc[i] = (struct cached_loc){ei, v & (((uint64_t)1 << 40) - 1), c->e[ei].fd, c->e[ei].size,
 		                             true};
+		atomic_fetch_add(&c->e[ei].readers, 1); /* fd stays open until the read is done */
 	}
 	pthread_rwlock_unlock(&c->lock);
 	for (size_t i = 0; i < n;) {
@@ -834,9 +1001,14 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			if (reqs[k].status == IDD_OK) {
 				pthread_rwlock_rdlock(&c->lock);
 				atomic_store(&c->e[loc[k].entry].used, true);
+				stamp_read(&c->e[loc[k].entry]);
 				pthread_rwlock_unlock(&c->lock);
 				break;
 			}
+		pthread_rwlock_rdlock(&c->lock);
+		for (size_t k = i; k < j; k++)
+			atomic_fetch_sub(&c->e[loc[k].entry].readers, 1);
+		pthread_rwlock_unlock(&c->lock);
 		i = j;
 	}
 	free(loc);

@@ -38,6 +38,10 @@ typedef struct idd_cache_entry {
 	atomic_bool warned;  /* partial: damage reported once */
 	char *journal;       /* partial: its presence journal, and how far it was read */
 	uint64_t journal_off;
+	atomic_int_least64_t read_stamp; /* when this process last set the file's atime (ns) */
+	atomic_int readers;  /* reads using fd right now (it is closed only when none is) */
+	bool lent;           /* share lock dropped for a gc (idd_cache_lend_to_gc) */
+	bool evicted;        /* removed by a gc while open: closed, its blocks read elsewhere */
 } idd_cache_entry;
 
 typedef struct idd_cache {
@@ -70,6 +74,23 @@ bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *
  * several threads. */
 int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t *bytes_read,
                           idd_error *err);
+/* Close the entries that needed[i] says this run will not read from (their
+ * blocks are not found any more), so that gc may remove those files while
+ * this run goes on.  Before any thread reads. */
+void idd_cache_release(idd_cache *c, const bool *needed);
+/* For a gc run by this process (serve's --cache-max): drop the share lock
+ * on every open file but those keep(ctx, path) claims, so that the gc may
+ * remove them; they stay open and readable meanwhile. */
+void idd_cache_lend_to_gc(idd_cache *c, bool (*keep)(void *ctx, const char *path), void *ctx);
+/* After that gc: the files it removed are closed (once no read uses them)
+ * and their contents are read from the files still held that have them;
+ * the others are share-locked again.  *closed counts the files closed. */
+int idd_cache_take_back(idd_cache *c, size_t *closed, idd_error *err);
+/* At least the bytes cache gc counts: every file in DIR/images but partial
+ * images' journals, and the images registered from elsewhere that this
+ * process knows.  Cheap (no index is read), for deciding whether a gc is
+ * due. */
+uint64_t idd_cache_disk_upper(idd_cache *c);
 /* Blocks read from, and damaged entries found, this run. */
 uint64_t idd_cache_damaged_count(idd_cache *c);
 /* What the cache's images take on disk now (allocated bytes; the index

@@ -1,7 +1,10 @@
 /* cache_gc.c - listing the node cache (complete and partial images) and
- * trimming it to a size, never removing a file in use. */
+ * trimming it to a size: what goes first is evict.c's choice; a file in
+ * use is never removed. */
 #include "node/cache.h"
+#include "base/file.h"
 #include "base/u64set.h"
+#include "node/evict.h"
 #include "node/partial.h"
 #include "index/indexfile.h"
 
@@ -16,7 +19,26 @@
 
 /* ---- listing and garbage collection ---- */
 
-static uint64_t disk_bytes(const char *path, bool *present)
+/* A cache file as gc sees it: what cache ls shows, and the contents it
+ * holds (evict.h's keys) when asked for. */
+struct listed {
+	idd_cache_image im;
+	uint64_t *keys;
+	size_t nkeys;
+};
+
+static void listed_free(struct listed *v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++) {
+		free(v[i].im.path);
+		free(v[i].keys);
+	}
+	free(v);
+}
+
+/* Allocated bytes and the time the file was last read (its atime: reads
+ * through the cache stamp it, see cache.c). */
+static uint64_t disk_bytes(const char *path, bool *present, int64_t *read_ns)
 {
 	struct stat st;
 	if (stat(path, &st)) {
@@ -24,6 +46,7 @@ static uint64_t disk_bytes(const char *path, bool *present)
 		return 0;
 	}
 	*present = true;
+	*read_ns = IDD_MAX(*read_ns, idd_ts_ns(st.st_atim));
 	return (uint64_t)st.st_blocks * 512;
 }
 
@@ -47,18 +70,15 @@ static bool file_in_use(const char *path)
 /* What a partial image holds: its distinct contents, and the blocks of the
  * image they cover (a block repeated in the image is written once). */
 struct present {
-	idd_u64set seen; /* first 8 bytes of each digest recorded */
+	idd_u64set seen; /* evict keys of the digests recorded */
 	uint64_t distinct, covered;
 };
 
 static int count_present(void *ctx, const idd_partial_record *r)
 {
 	struct present *p = ctx;
-	uint64_t key = idd_le64(r->digest.b);
 	bool added;
-	if (key == UINT64_MAX)
-		key--;
-	if (idd_u64set_add(&p->seen, key, &added))
+	if (idd_u64set_add(&p->seen, idd_evict_key(r->digest.b), &added))
 		return IDD_ENOMEM;
 	if (added) { /* a block journaled twice (written again) counts once */
 		p->distinct++;
@@ -67,31 +87,60 @@ static int count_present(void *ctx, const idd_partial_record *r)
 	return IDD_OK;
 }
 
-/* Every image of the cache: the index's, then the partial ones. */
-static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error *err)
+static int grow(struct listed **v, size_t *cap, size_t cnt, idd_error *err)
+{
+	if (cnt < *cap)
+		return IDD_OK;
+	size_t nc = *cap * 2;
+	struct listed *nv = idd_realloc_array(*v, nc, sizeof *nv, err);
+	if (!nv)
+		return IDD_ENOMEM;
+	memset(nv + *cap, 0, (nc - *cap) * sizeof *nv);
+	*v = nv;
+	*cap = nc;
+	return IDD_OK;
+}
+
+/* Every image of the cache: the index's (v[i] is entry i), then the
+ * partial ones; with their contents when keys is set. */
+static int list_images(idd_cache *c, bool keys, struct listed **out, size_t *n, idd_error *err)
 {
 	size_t cap = c->count + 16, cnt = 0;
-	idd_cache_image *v = idd_calloc(cap, sizeof *v, err);
+	struct listed *v = idd_calloc(cap, sizeof *v, err);
 	if (!v)
 		return IDD_ENOMEM;
-	for (size_t i = 0; i < c->count; i++) {
+	int rc = IDD_OK;
+	for (size_t i = 0; !rc && i < c->count; i++) {
 		idd_cache_entry *e = &c->e[i];
-		v[cnt].path = e->abs;
-		e->abs = NULL;
-		v[cnt].owned = e->owned;
-		v[cnt].block_size = e->block_size;
-		v[cnt].size = e->size;
-		v[cnt].blocks = e->n;
-		v[cnt].last_used = e->last_used;
-		v[cnt].disk_bytes = disk_bytes(v[cnt].path, &v[cnt].present);
-		v[cnt].in_use = v[cnt].present && file_in_use(v[cnt].path);
+		idd_cache_image *im = &v[cnt].im;
+		if (!(im->path = idd_strdup(e->abs, err))) {
+			rc = IDD_ENOMEM;
+			break;
+		}
+		im->owned = e->owned;
+		im->block_size = e->block_size;
+		im->size = e->size;
+		im->blocks = e->n;
+		im->last_used = e->last_used;
+		im->disk_bytes = disk_bytes(im->path, &im->present, &im->last_used);
+		im->in_use = im->present && file_in_use(im->path);
+		if (keys && e->n) {
+			if (!(v[cnt].keys = idd_calloc((size_t)e->n, sizeof *v[cnt].keys, err))) {
+				rc = IDD_ENOMEM;
+				break;
+			}
+			for (uint64_t k = 0; k < e->n; k++)
+				v[cnt].keys[k] = idd_evict_key(e->digests[k].b);
+			v[cnt].nkeys = (size_t)e->n;
+		}
 		cnt++;
 	}
-	char *dir = idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
+	char *dir = rc ? NULL : idd_path_join(c->dir, IDD_CACHE_IMAGES, err);
 	DIR *dh = dir ? opendir(dir) : NULL;
 	struct dirent *de;
 	size_t sl = strlen(IDD_PARTIAL_JOURNAL_SUFFIX);
-	int rc = dir ? IDD_OK : IDD_ENOMEM;
+	if (!rc && !dir)
+		rc = IDD_ENOMEM;
 	while (!rc && dh && (de = readdir(dh))) {
 		size_t l = strlen(de->d_name);
 		if (l <= sl || strcmp(de->d_name + l - sl, IDD_PARTIAL_JOURNAL_SUFFIX))
@@ -105,8 +154,9 @@ static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error
 		memset(&present, 0, sizeof present);
 		idd_error e2;
 		struct stat js;
-		if (!data) {
+		if (!data || (rc = grow(&v, &cap, cnt, err))) {
 			free(journal);
+			free(data);
 			rc = IDD_ENOMEM;
 			break;
 		}
@@ -118,26 +168,15 @@ static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error
 			rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
 			break;
 		}
-		idd_u64set_free(&present.seen);
 		if (jrc || stat(journal, &js)) {
+			idd_u64set_free(&present.seen);
 			memset(&h, 0, sizeof h); /* damaged: listed, so that gc can remove it */
 			memset(&present, 0, sizeof present);
 			js.st_mtim.tv_sec = 0;
 			js.st_mtim.tv_nsec = 0;
 		}
-		if (cnt == cap) {
-			cap *= 2;
-			idd_cache_image *nv = idd_realloc_array(v, cap, sizeof *nv, err);
-			if (!nv) {
-				free(journal);
-				free(data);
-				rc = IDD_ENOMEM;
-				break;
-			}
-			v = nv;
-		}
-		idd_cache_image *im = &v[cnt++];
-		memset(im, 0, sizeof *im);
+		struct listed *li = &v[cnt++];
+		idd_cache_image *im = &li->im;
 		im->path = data;
 		im->owned = true;
 		im->partial = true;
@@ -147,18 +186,25 @@ static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error
 		im->data_blocks = h.data_blocks;
 		im->blocks = present.distinct;
 		im->last_used = idd_ts_ns(js.st_mtim);
-		im->disk_bytes = disk_bytes(data, &im->present);
+		im->disk_bytes = disk_bytes(data, &im->present, &im->last_used);
 		im->in_use = im->present && file_in_use(data);
+		if (keys && present.seen.count) {
+			if (!(li->keys = idd_calloc(present.seen.count, sizeof *li->keys, err)))
+				rc = IDD_ENOMEM;
+			for (size_t k = 0; li->keys && k < present.seen.cap; k++)
+				if (present.seen.v[k] != UINT64_MAX)
+					li->keys[li->nkeys++] = present.seen.v[k];
+		}
+		idd_u64set_free(&present.seen);
 		free(journal);
 	}
 	if (dh)
 		closedir(dh);
 	free(dir);
 	if (rc) {
-		idd_cache_list_free(v, cnt);
+		listed_free(v, cnt);
 		return rc;
 	}
-	qsort(v, cnt, sizeof *v, cmp_lru);
 	*out = v;
 	*n = cnt;
 	return IDD_OK;
@@ -173,9 +219,26 @@ int idd_cache_list(const char *dir, idd_cache_image **out, size_t *n, idd_warn_f
 	idd_cache *c;
 	if (idd_cache_open(dir, warn, ctx, &c, err))
 		return IDD_ERR;
-	int rc = list_images(c, out, n, err);
+	struct listed *l;
+	size_t cnt;
+	int rc = list_images(c, false, &l, &cnt, err);
 	idd_cache_close(c);
-	return rc;
+	if (rc)
+		return rc;
+	idd_cache_image *v = idd_calloc(cnt ? cnt : 1, sizeof *v, err);
+	if (!v) {
+		listed_free(l, cnt);
+		return IDD_ENOMEM;
+	}
+	for (size_t i = 0; i < cnt; i++) {
+		v[i] = l[i].im;
+		l[i].im.path = NULL;
+	}
+	listed_free(l, cnt);
+	qsort(v, cnt, sizeof *v, cmp_lru);
+	*out = v;
+	*n = cnt;
+	return IDD_OK;
 }
 
 void idd_cache_list_free(idd_cache_image *v, size_t n)
@@ -185,6 +248,17 @@ void idd_cache_list_free(idd_cache_image *v, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(v[i].path);
 	free(v);
+}
+
+/* Take the file at path exclusively, unless a process has it open (serve
+ * and deploy share-lock what they read): the caller removes it while the
+ * lock is held, so no reader starts using it in between.  *fd is -1 when
+ * the file cannot be opened (gone, or not readable: removed unlocked);
+ * false when it is in use. */
+static bool lock_for_removal(const char *path, int *fd)
+{
+	*fd = idd_open_for_removal(path);
+	return *fd >= 0 || errno != EWOULDBLOCK;
 }
 
 static void remove_partial(idd_cache *c, const char *data)
@@ -200,8 +274,37 @@ static void remove_partial(idd_cache *c, const char *data)
 	free(journal);
 }
 
+/* Remove a file (owned files deleted, the others only forgotten); false
+ * when it is kept: in use after all, or it cannot be deleted. */
+static bool remove_file(idd_cache *c, const idd_cache_image *im)
+{
+	if (!im->present || !im->owned)
+		return true;
+	int fd;
+	if (!lock_for_removal(im->path, &fd)) {
+		idd_warnf(c->warn, c->ctx, "warning: cache: %s is in use; kept", im->path);
+		return false;
+	}
+	bool gone = true;
+	if (im->partial)
+		remove_partial(c, im->path);
+	else if (unlink(im->path) && errno != ENOENT) {
+		idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", im->path, strerror(errno));
+		gone = false;
+	}
+	if (fd >= 0)
+		close(fd);
+	return gone;
+}
+
 int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd_warn_fn warn,
                  void *ctx, idd_error *err)
+{
+	return idd_cache_gc_policy(dir, max_size, IDD_GC_VALUE, st, warn, ctx, err);
+}
+
+int idd_cache_gc_policy(const char *dir, uint64_t max_size, idd_gc_policy policy,
+                        idd_cache_gc_stats *st, idd_warn_fn warn, void *ctx, idd_error *err)
 {
 	memset(st, 0, sizeof *st);
 	struct stat sb;
@@ -211,42 +314,35 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 	int lockfd = -1;
 	if (idd_cache_open_locked(dir, warn, ctx, &c, &lockfd, err))
 		return IDD_ERR;
-	/* list_images takes the paths out of the entries: keep a copy of them */
-	char **abs = idd_calloc(c->count ? c->count : 1, sizeof *abs, err);
-	int rc = abs ? IDD_OK : IDD_ENOMEM;
-	size_t nidx = c->count;
-	for (size_t i = 0; !rc && i < nidx; i++)
-		if (!(abs[i] = idd_strdup(c->e[i].abs, err)))
-			rc = IDD_ENOMEM;
-	idd_cache_image *v = NULL;
+	struct listed *v = NULL;
 	size_t n = 0;
-	if (!rc)
-		rc = list_images(c, &v, &n, err);
-	for (size_t i = 0; !rc && i < nidx; i++) {
-		free(c->e[i].abs);
-		c->e[i].abs = abs[i];
-		abs[i] = NULL;
-	}
+	int rc = list_images(c, true, &v, &n, err);
 	uint64_t total = 0;
 	for (size_t i = 0; !rc && i < n; i++)
-		total += v[i].disk_bytes;
+		total += v[i].im.disk_bytes;
 	st->images_before = n;
 	st->bytes_before = total;
 	bool *drop = rc ? NULL : idd_calloc(n ? n : 1, sizeof *drop, err);
-	if (!rc && !drop)
+	idd_evict_item *items = rc ? NULL : idd_calloc(n ? n : 1, sizeof *items, err);
+	size_t *order = rc ? NULL : idd_calloc(n ? n : 1, sizeof *order, err);
+	if (!rc && (!drop || !items || !order))
 		rc = IDD_ENOMEM;
-	for (size_t i = 0; !rc && i < n; i++) /* vanished images leave the index */
-		drop[i] = !v[i].present && !v[i].partial;
-	for (size_t i = 0; !rc && i < n && total > max_size; i++) { /* v is in LRU order */
-		if (drop[i] || !v[i].present)
-			continue;
-		if (v[i].in_use) {
-			idd_warnf(c->warn, c->ctx, "warning: cache: %s is in use; kept", v[i].path);
-			continue;
-		}
-		drop[i] = true;
-		total -= v[i].disk_bytes;
+	size_t norder = 0;
+	for (size_t i = 0; !rc && i < n; i++) {
+		const idd_cache_image *im = &v[i].im;
+		drop[i] = !im->present && !im->partial; /* vanished images leave the index */
+		items[i] = (idd_evict_item){.last_read = im->last_used, .disk_bytes = im->disk_bytes,
+		                            .block_size = im->block_size, .keys = v[i].keys,
+		                            .nkeys = v[i].nkeys, .removable = im->present && !im->in_use};
+		if (im->present && im->in_use && total > max_size)
+			idd_warnf(c->warn, c->ctx, "warning: cache: %s is in use; kept", im->path);
 	}
+	if (!rc && total > max_size)
+		rc = idd_evict_choose(items, n, max_size,
+		                      policy == IDD_GC_LRU ? IDD_EVICT_LRU : IDD_EVICT_VALUE, order, &norder,
+		                      err);
+	for (size_t i = 0; !rc && i < norder; i++)
+		drop[order[i]] = true;
 	/* Delete first, then write the index: on a full disk the index can only
 	 * be written once space was freed.  A crash in between leaves entries
 	 * naming files that are gone, which readers skip and the next gc drops
@@ -255,36 +351,30 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 	for (size_t k = 0; !rc && k < n; k++) {
 		if (!drop[k])
 			continue;
-		if (v[k].present && v[k].owned && !v[k].partial && unlink(v[k].path) && errno != ENOENT) {
-			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
+		if (!remove_file(c, &v[k].im)) {
 			drop[k] = false; /* still there: it stays in the index */
-			total += v[k].disk_bytes;
 			continue;
 		}
-		if (v[k].present && v[k].owned && v[k].partial)
-			remove_partial(c, v[k].path);
+		total -= IDD_MIN(total, v[k].im.disk_bytes);
 		st->images_removed++;
 	}
 	if (!rc) {
-		size_t w = 0;
-		for (size_t i = 0; i < c->count; i++) {
-			bool gone = false;
-			for (size_t k = 0; k < n && !gone; k++)
-				gone = drop[k] && !v[k].partial && !strcmp(v[k].path, c->e[i].abs);
-			if (gone)
+		size_t w = 0, nidx = c->count;
+		for (size_t i = 0; i < nidx; i++) {
+			if (drop[i]) /* v[i] is entry i */
 				idd_cache_entry_free(&c->e[i]);
 			else
 				c->e[w++] = c->e[i];
 		}
-		bool changed = w != c->count;
 		c->count = w;
-		if (changed)
+		if (w != nidx)
 			rc = idd_cache_save_index(c, err);
 	}
 	st->bytes_after = total;
 	free(drop);
-	free(abs);
-	idd_cache_list_free(v, n);
+	free(items);
+	free(order);
+	listed_free(v, n);
 	idd_unlock(lockfd);
 	idd_cache_close(c);
 	return rc;

@@ -209,6 +209,9 @@ static void render(idd_buf *b, const idd_serve_metrics *m, const struct labels *
 	family(b, "imgdedup_exports_completed_total", "counter",
 	       "Exports whose image became complete in the node cache.");
 	sample(b, "imgdedup_exports_completed_total", "", t->exports_complete);
+	family(b, "imgdedup_cache_evicted_total", "counter",
+	       "Cache files removed to stay under --cache-max.");
+	sample(b, "imgdedup_cache_evicted_total", "", t->cache_evicted);
 	family(b, "imgdedup_fetches_in_flight", "gauge", "Blocks being fetched now.");
 	sample(b, "imgdedup_fetches_in_flight", "", m->fetches_in_flight);
 	family(b, "imgdedup_cache_bytes", "gauge",

@@ -51,6 +51,7 @@ int idd_profile_digests(const idd_profile *pf, const char *id, const idd_map *m,
  * the first block holding each digest) is empty and *from NULL when no
  * profile applies; *from names the image whose profile was taken.
  * At most max_candidates borrowed profiles are fetched. */
+#define IDD_PROFILE_CANDIDATES 16 /* serve's and cache estimate's max_candidates */
 int idd_profile_choose(idd_remote_index *ri, const char *id, const idd_map *m,
                        size_t max_candidates, uint64_t **blocks, size_t *n, char **from,
                        idd_error *err);

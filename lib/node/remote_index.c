@@ -41,6 +41,9 @@ void idd_remote_index_close(idd_remote_index *ri)
 		idd_source_close(ri->isrc);
 	idd_source_close(ri->src);
 	idd_catalog_free(ri->cat);
+	for (size_t i = 0; i < ri->nretired; i++)
+		idd_catalog_free(ri->retired[i]);
+	free(ri->retired);
 	for (size_t i = 0; i < ri->nimages; i++) {
 		idd_image_info_free(ri->images[i]);
 		free(ri->images[i]);
@@ -183,10 +186,22 @@ static int image_locked(idd_remote_index *ri, const char *id, const idd_image_in
 	int rc = catalog_locked(ri, err);
 	if (rc)
 		return rc;
-	*out = idd_catalog_find(ri->cat, id);
-	if (!*out)
+	const idd_image_info *found = idd_catalog_find(ri->cat, id);
+	if (!found)
 		return idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the source's index",
 		                     idd_source_root(ri->src), id);
+	/* a copy: the catalog may be replaced (idd_remote_index_catalog_refresh)
+	 * while the record is in use */
+	idd_image_info *im = idd_calloc(1, sizeof *im, err);
+	idd_image_info **nv = im ? idd_realloc_array(ri->images, ri->nimages + 1, sizeof *nv, err) : NULL;
+	if (nv)
+		ri->images = nv;
+	if (!nv || idd_image_info_copy(im, found, err)) {
+		free(im);
+		return IDD_ENOMEM;
+	}
+	ri->images[ri->nimages++] = im;
+	*out = im;
 	return IDD_OK;
 }
 
@@ -214,8 +229,98 @@ int idd_remote_index_catalog(idd_remote_index *ri, const idd_catalog **out, idd_
 {
 	pthread_mutex_lock(&ri->mu);
 	int rc = catalog_locked(ri, err);
+	if (!rc)
+		ri->cat_lent = true;
 	pthread_mutex_unlock(&ri->mu);
 	*out = rc ? NULL : ri->cat;
+	return rc;
+}
+
+static bool same_stat(const idd_remote_stat *a, const idd_remote_stat *b)
+{
+	return a->size == b->size && a->mtime == b->mtime && !strcmp(a->etag, b->etag);
+}
+
+int idd_remote_index_catalog_refresh(idd_remote_index *ri, bool *changed, idd_error *err)
+{
+	if (changed)
+		*changed = false;
+	char *path = idd_asprintf(err, "%s%s", ri->prefix, IDD_CATALOG_FILE);
+	if (!path)
+		return IDD_ENOMEM;
+	idd_remote_stat st;
+	int rc = idd_source_stat(ri->isrc, path, &st, err);
+	if (rc == IDD_ENOENT)
+		idd_error_prefix(err, "no index in the source (run 'imgdedup scan' and 'imgdedup map' there)");
+	pthread_mutex_lock(&ri->mu);
+	/* a server that sends neither ETag nor Last-Modified: the size alone
+	 * would miss a change, so the catalog is read every time */
+	bool opaque = !st.etag[0] && st.mtime < 0;
+	if (rc || (ri->cat && ri->cat_stat_known && !opaque && same_stat(&st, &ri->cat_stat)))
+		goto out;
+	void *file;
+	size_t flen;
+	char *fpath;
+	rc = get_index_file(ri, IDD_CATALOG_FILE, IDD_MAX_REMOTE_INDEX_FILE, &fpath, &file, &flen, err);
+	idd_catalog *cat = NULL;
+	if (!rc)
+		rc = idd_catalog_parse_file(fpath, file, flen, &cat, err);
+	free(file);
+	if (!rc && (rc = check_block_size(ri, cat->block_size, fpath, err)))
+		idd_catalog_free(cat);
+	free(fpath);
+	if (rc)
+		goto out;
+	if (ri->cat && ri->cat_lent) {
+		idd_catalog **nv = idd_realloc_array(ri->retired, ri->nretired + 1, sizeof *nv, err);
+		if (!nv) {
+			idd_catalog_free(cat);
+			rc = IDD_ENOMEM;
+			goto out;
+		}
+		ri->retired = nv;
+		ri->retired[ri->nretired++] = ri->cat;
+	} else {
+		idd_catalog_free(ri->cat);
+	}
+	ri->cat = cat;
+	ri->cat_lent = false;
+	ri->cat_stat = st;
+	ri->cat_stat_known = true;
+	if (changed)
+		*changed = true;
+out:
+	pthread_mutex_unlock(&ri->mu);
+	free(path);
+	return rc;
+}
+
+bool idd_remote_index_catalog_has(idd_remote_index *ri, const char *id)
+{
+	pthread_mutex_lock(&ri->mu);
+	bool has = ri->cat && idd_catalog_find(ri->cat, id);
+	pthread_mutex_unlock(&ri->mu);
+	return has;
+}
+
+bool idd_remote_index_catalog_key(idd_remote_index *ri, const char *id, idd_digest *out)
+{
+	pthread_mutex_lock(&ri->mu);
+	const idd_image_info *im = ri->cat ? idd_catalog_find(ri->cat, id) : NULL;
+	if (im)
+		*out = im->list_key;
+	pthread_mutex_unlock(&ri->mu);
+	return im != NULL;
+}
+
+int idd_remote_index_catalog_ids(idd_remote_index *ri, int (*fn)(void *ctx, const char *id),
+                                 void *ctx)
+{
+	int rc = 0;
+	pthread_mutex_lock(&ri->mu);
+	for (size_t i = 0; ri->cat && !rc && i < ri->cat->count; i++)
+		rc = fn(ctx, ri->cat->images[i].id);
+	pthread_mutex_unlock(&ri->mu);
 	return rc;
 }
 

@@ -29,6 +29,11 @@ typedef struct idd_remote_index {
 	idd_catalog *cat;    /* the whole catalog, fetched only when needed */
 	idd_image_info **images; /* entries fetched, each kept until close */
 	size_t nimages;
+	idd_catalog **retired;   /* catalogs replaced while lent out (idd_remote_index_catalog) */
+	size_t nretired;
+	bool cat_lent;           /* ri->cat was handed out: replaced, it is kept until close */
+	idd_remote_stat cat_stat; /* what identified the catalog when it was last read */
+	bool cat_stat_known;
 	uint32_t block_size; /* 0 until the first image is looked up */
 	uint64_t bytes;      /* index bytes read (entries, catalog, maps) */
 } idd_remote_index;
@@ -50,6 +55,22 @@ int idd_remote_index_image(idd_remote_index *ri, const char *id, const idd_image
 /* The whole catalog (fetched once): for what needs every image (seeds
  * matched by name).  Valid until close. */
 int idd_remote_index_catalog(idd_remote_index *ri, const idd_catalog **out, idd_error *err);
+/* Re-read the catalog if it changed since it was last read (or was never
+ * read): a HEAD for a remote index (ETag, Last-Modified, size), a stat for
+ * a local one (device, inode, mtime in ns, size); only a change fetches it.
+ * *changed (may be NULL) says whether it was read.  Records and catalogs
+ * handed out before stay valid until close.  On failure the catalog read
+ * before stays. */
+int idd_remote_index_catalog_refresh(idd_remote_index *ri, bool *changed, idd_error *err);
+/* The catalog as last read (idd_remote_index_catalog_refresh first): is
+ * id one of its images; each of its image ids, in id order, until fn
+ * returns non-zero (returned).  No catalog read yet: no image. */
+bool idd_remote_index_catalog_has(idd_remote_index *ri, const char *id);
+/* The catalog as last read: the list key (content) of image id's record;
+ * false when it holds no such image. */
+bool idd_remote_index_catalog_key(idd_remote_index *ri, const char *id, idd_digest *out);
+int idd_remote_index_catalog_ids(idd_remote_index *ri, int (*fn)(void *ctx, const char *id),
+                                 void *ctx);
 /* The repository's block size once an image was looked up, else 0. */
 uint32_t idd_remote_index_block_size(idd_remote_index *ri);
 /* Index bytes fetched so far. */

@@ -59,7 +59,6 @@
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
 /* Published profiles of other images fetched to choose one to borrow. */
-#define PROFILE_CANDIDATES 16
 /* A read whose block a readahead is fetching waits for it this long, then
  * fetches the block itself: the readahead must not hold it up. */
 #define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
@@ -127,6 +126,7 @@ struct idd_export {
 	size_t nprefetch;
 	/* background work */
 	atomic_bool warned_cache_write;
+	atomic_bool warned_changed;   /* --all: the catalog holds other content under its id */
 	atomic_bool cache_failing;    /* the last block could not be cached: no readahead */
 	atomic_int active_reads;
 	atomic_int_least64_t last_read_ns;
@@ -153,9 +153,17 @@ struct idd_server {
 	idd_export **exports;
 	size_t nexports;
 	atomic_int_least64_t last_refresh_ns;
+	/* --all: when the catalog was last checked for a change (under cat_lock) */
+	pthread_mutex_t cat_lock;
+	int64_t cat_checked_ns;
+	bool cat_checking;            /* a thread is checking it now */
 	atomic_bool stop;
 	bool started;
 	pthread_t flusher;
+	pthread_t budget;             /* --cache-max: keeps the cache under it */
+	bool budget_started;
+	bool budget_warned;           /* files in use keep the cache above it (said once) */
+	atomic_uint_least64_t cache_evicted;
 	pthread_mutex_t flush_lock;
 	pthread_cond_t flush_wake;
 	/* the profile given with --prefetch: (id, block) */
@@ -222,8 +230,12 @@ static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned ch
 	idd_error e2 = {{0}, 0};
 	if (e->repair_fd < 0) {
 		e->repair_fd = idd_open_regular(e->final_path, O_RDWR, IDD_FILE_NOFOLLOW, &e2);
-		if (e->repair_fd >= 0)
-			(void)flock(e->repair_fd, LOCK_SH | LOCK_NB); /* in use: gc leaves it */
+		/* in use: gc leaves it; removed meanwhile: nothing to repair */
+		if (e->repair_fd >= 0 && idd_flock_shared(e->repair_fd, e->final_path) == 1) {
+			close(e->repair_fd);
+			e->repair_fd = -1;
+			idd_fail_code(&e2, IDD_ENOENT, "%s: removed", e->final_path);
+		}
 	}
 	uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
 	bool ok = e->repair_fd >= 0;
@@ -712,16 +724,13 @@ static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
  * then the readahead, and only when every one of its own blocks arrived; a
  * block that failed recently is not fetched at all. */
 static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
-                        uint64_t readahead, bool required, bool stats, idd_error *err)
+                        bool readahead, bool required, bool stats, idd_error *err)
 {
 	idd_server *s = e->srv;
 	uint32_t bs = e->bs;
 	if (!len)
 		return IDD_OK;
 	uint64_t b0 = off / bs, b1 = (off + len + bs - 1) / bs;
-	/* blocks read ahead that the cache cannot keep would be fetched again
-	 * by the read that wants them */
-	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
 	size_t nmax = (size_t)(b1 - b0);
 	/* Whole blocks inside the range are assembled in place, in the
 	 * caller's buffer (nothing reaches the client unless every block was
@@ -824,8 +833,12 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	}
 	free(buf);
 	free(reqs);
-	/* a stream through blocks the node holds reads ahead too: the first
-	 * block it lacks is then fetched before the guest gets there */
+	/* how much to read ahead follows the reads (readahead.h); blocks read
+	 * ahead that the cache cannot keep would be fetched again by the read
+	 * that wants them */
+	uint64_t ra_blocks = 0;
+	if (readahead && !atomic_load(&e->cache_failing))
+		ra_blocks = idd_readahead_window(&e->ra_policy, off, len, nf > 0) / bs;
 	if (!rc && all_in && ra_blocks)
 		schedule_readahead(e, b1, ra_blocks);
 	return rc;
@@ -907,7 +920,6 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
 	int64_t t_start = idd_mono_ns();
-	uint64_t ra = idd_readahead_window(&e->ra_policy, off, len);
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
 	int64_t old_deadline = idd_fetch_set_deadline(deadline);
@@ -919,7 +931,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
 		bool last = done + piece == len;
-		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last ? ra : 0, true, true,
+		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last, true, true,
 		                  err);
 		done += piece;
 		if (!rc && done < len && idd_mono_ns() >= deadline)
@@ -957,7 +969,7 @@ int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *er
 	int rc = IDD_OK;
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
-		rc = access_range(e, off + done, piece, NULL, 0, false, false, err);
+		rc = access_range(e, off + done, piece, NULL, false, false, false, err);
 		done += piece;
 	}
 	idd_fetch_set_deadline(old_deadline);
@@ -1019,7 +1031,7 @@ static void *prefetch_main(void *arg)
 			j++;
 		if (access_range(e, e->prefetch[i] * e->bs,
 		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
-		                 0, false, false, &err))
+		                 false, false, false, &err))
 			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
 		i = j;
 	}
@@ -1274,6 +1286,109 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
+/* ---- --cache-max ---- */
+
+/* How often the cache's size is checked against --cache-max. */
+#define BUDGET_CHECK_MS 1000
+
+struct kept_paths {
+	char **v;
+	size_t n;
+};
+
+static bool is_kept(void *ctx, const char *path)
+{
+	const struct kept_paths *k = ctx;
+	for (size_t i = 0; i < k->n; i++)
+		if (k->v[i] && !strcmp(k->v[i], path))
+			return true;
+	return false;
+}
+
+/* gc's warnings about files in use are expected here (serve's own exports
+ * are in use): said once, below, rather than every second */
+static void budget_warn(void *ctx, const char *msg)
+{
+	idd_server *s = ctx;
+	if (!strstr(msg, "is in use; kept"))
+		idd_warnf(s->o.warn, s->o.ctx, "%s", msg);
+}
+
+/* Over --cache-max: cache gc (value policy) with the budget, lent the files
+ * this process holds except its exports' own (their partial and complete
+ * images).  gc skips what anyone else holds, a deploy's files included; the
+ * files it removes are closed here once no read uses them. */
+static void keep_under_budget(idd_server *s)
+{
+	idd_error err;
+	/* gc reads the whole cache index: only when it may be due */
+	if (idd_cache_disk_upper(s->cache) <= s->o.cache_max)
+		return;
+	struct kept_paths kept = {0};
+	pthread_mutex_lock(&s->lock);
+	kept.v = calloc(s->nexports * 2 + 1, sizeof *kept.v);
+	for (size_t i = 0; kept.v && i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->part_lock);
+		kept.v[kept.n++] = strdup(e->final_path);
+		kept.v[kept.n++] = e->part ? strdup(e->part->data_path) : NULL;
+		pthread_mutex_unlock(&e->part_lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!kept.v) {
+		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < kept.n; i += 2)
+		if (!kept.v[i]) { /* an export whose files cannot be named: lend nothing */
+			kept.n = 0;
+			goto out;
+		}
+	idd_cache_lend_to_gc(s->cache, is_kept, &kept);
+	idd_cache_gc_stats st;
+	int rc = idd_cache_gc_policy(s->cache->dir, s->o.cache_max, IDD_GC_VALUE, &st, budget_warn, s,
+	                             &err);
+	size_t closed;
+	idd_error e2;
+	if (idd_cache_take_back(s->cache, &closed, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", e2.msg);
+	if (rc) {
+		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", err.msg);
+		goto out;
+	}
+	atomic_fetch_add(&s->cache_evicted, st.images_removed);
+	if (st.bytes_after > s->o.cache_max && !s->budget_warned) {
+		s->budget_warned = true;
+		idd_warnf(s->o.warn, s->o.ctx,
+		          "warning: --cache-max: the cache takes %llu bytes, above %llu: the rest is in "
+		          "use by the exports or a deploy", (unsigned long long)st.bytes_after,
+		          (unsigned long long)s->o.cache_max);
+	}
+out:
+	for (size_t i = 0; i < kept.n; i++)
+		free(kept.v[i]);
+	free(kept.v);
+}
+
+static void *budget_main(void *arg)
+{
+	idd_server *s = arg;
+	pthread_mutex_lock(&s->flush_lock);
+	while (!atomic_load(&s->stop)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += BUDGET_CHECK_MS / 1000;
+		pthread_cond_timedwait(&s->flush_wake, &s->flush_lock, &ts);
+		if (atomic_load(&s->stop))
+			break;
+		pthread_mutex_unlock(&s->flush_lock);
+		keep_under_budget(s);
+		pthread_mutex_lock(&s->flush_lock);
+	}
+	pthread_mutex_unlock(&s->flush_lock);
+	return NULL;
+}
+
 /* ---- exports ---- */
 
 static void counters_add(struct read_counters *to, struct read_counters *from)
@@ -1366,7 +1481,7 @@ static int published_profile(idd_server *s, idd_export *e)
 	progress(s, "reading the boot profiles for %s", e->id);
 	char *from = NULL;
 	idd_error e2;
-	int rc = idd_profile_choose(s->ri, e->id, e->m, PROFILE_CANDIDATES, &e->prefetch,
+	int rc = idd_profile_choose(s->ri, e->id, e->m, IDD_PROFILE_CANDIDATES, &e->prefetch,
 	                            &e->nprefetch, &from, &e2);
 	if (rc == IDD_ENOMEM)
 		return rc;
@@ -1402,6 +1517,7 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	atomic_init(&e->active_reads, 0);
 	atomic_init(&e->last_read_ns, 0);
 	atomic_init(&e->warned_cache_write, false);
+	atomic_init(&e->warned_changed, false);
 	atomic_init(&e->cache_failing, false);
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
 	if (!rc)
@@ -1466,6 +1582,20 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	return IDD_OK;
 }
 
+/* --all: an image replaced under the same id is still served as it was
+ * opened (its block map is read once); said once per export. */
+static void warn_if_changed(idd_export *e)
+{
+	idd_digest now;
+	if (!e->srv->o.all || !idd_remote_index_catalog_key(e->srv->ri, e->id, &now) ||
+	    !memcmp(now.b, e->info->list_key.b, IDD_DIGEST_SIZE) ||
+	    atomic_exchange(&e->warned_changed, true))
+		return;
+	idd_warnf(e->srv->o.warn, e->srv->o.ctx,
+	          "warning: %s changed in the repository since it was first opened: it is served as it "
+	          "was until the service restarts (blocks no longer in SOURCE fail)", e->id);
+}
+
 int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	pthread_mutex_lock(&s->lock);
@@ -1473,6 +1603,7 @@ int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *
 		if (!strcmp(s->exports[i]->id, id)) {
 			*out = s->exports[i];
 			pthread_mutex_unlock(&s->lock);
+			warn_if_changed(*out);
 			return IDD_OK;
 		}
 	idd_export *e;
@@ -1499,6 +1630,56 @@ int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *
 void idd_export_close(idd_export *e)
 {
 	(void)e;
+}
+
+/* ---- --all: the catalog's images ---- */
+
+#define DEFAULT_REFRESH_S 30
+
+/* Re-read the catalog if it is due: checked at most every refresh_s, by
+ * one thread at a time; the others meanwhile answer from the catalog read
+ * before (a source that is slow or down holds up no connection but the
+ * one that checks). */
+static void catalog_current(idd_server *s)
+{
+	int64_t every = s->o.refresh_s == IDD_REFRESH_ALWAYS ? 0
+	                : (s->o.refresh_s > 0 ? s->o.refresh_s : DEFAULT_REFRESH_S) * (int64_t)1000000000;
+	pthread_mutex_lock(&s->cat_lock);
+	bool due = !s->cat_checking && idd_now_ns() - s->cat_checked_ns >= every;
+	if (due)
+		s->cat_checking = true;
+	pthread_mutex_unlock(&s->cat_lock);
+	if (!due)
+		return;
+	idd_error e2;
+	if (idd_remote_index_catalog_refresh(s->ri, NULL, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: the catalog was not re-read: %s", e2.msg);
+	pthread_mutex_lock(&s->cat_lock);
+	/* a failure waits for the next check too: a source that is down is
+	 * not asked at every connection */
+	s->cat_checked_ns = idd_now_ns();
+	s->cat_checking = false;
+	pthread_mutex_unlock(&s->cat_lock);
+}
+
+int idd_server_list_images(idd_server *s, idd_id_fn fn, void *ctx, idd_error *err)
+{
+	if (!s->o.all)
+		return idd_fail(err, "serve: the catalog's images are listed only with --all");
+	catalog_current(s);
+	return idd_remote_index_catalog_ids(s->ri, fn, ctx);
+}
+
+int idd_server_find_image(idd_server *s, const char *id, idd_error *err)
+{
+	if (s->o.all) {
+		catalog_current(s);
+		if (idd_remote_index_catalog_has(s->ri, id))
+			return IDD_OK;
+	}
+	/* the name is the client's: quoted with a bound, never used as a path */
+	return idd_fail_code(err, IDD_ENOENT, "%s: no image '%.200s%s' in the catalog",
+	                     idd_source_root(s->ri->src), id, strlen(id) > 200 ? "..." : "");
 }
 
 /* ---- the server ---- */
@@ -1541,6 +1722,7 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 		return IDD_ENOMEM;
 	s->o = *o;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->cat_lock, NULL);
 	pthread_mutex_init(&s->flush_lock, NULL);
 	pthread_cond_init(&s->flush_wake, NULL);
 	pthread_mutex_init(&s->mem_lock, NULL);
@@ -1566,6 +1748,11 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	if (!rc) {
 		progress(s, "opening the cache %s", s->o.cache_dir);
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
+	}
+	if (!rc && s->o.all) {
+		progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
+		rc = idd_remote_index_catalog_refresh(s->ri, NULL, err);
+		s->cat_checked_ns = idd_now_ns();
 	}
 	if (!rc && s->o.prefetch)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
@@ -1602,6 +1789,12 @@ int idd_server_start(idd_server *s, idd_error *err)
 			s->started = true;
 			for (size_t i = 0; i < s->nexports; i++)
 				start_export_threads(s->exports[i]);
+			if (s->o.cache_max)
+				s->budget_started = !pthread_create(&s->budget, NULL, budget_main, s);
+			if (s->o.cache_max && !s->budget_started)
+				idd_warnf(s->o.warn, s->o.ctx,
+				          "warning: --cache-max: cannot start its thread: the cache is not kept "
+				          "under it");
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -1667,6 +1860,7 @@ static int snapshot(idd_server *s, idd_serve_metrics *m, bool with_exports, idd_
 	idd_serve_stats *st = &m->total;
 	int rc = IDD_OK;
 	st->exports_complete = atomic_load(&s->exports_complete);
+	st->cache_evicted = atomic_load(&s->cache_evicted);
 	/* exports closed already (their fetch counters are in closed_fetched) */
 	idd_export_metrics closed = {0};
 	struct read_counters *c = &s->closed;
@@ -1779,6 +1973,8 @@ void idd_server_close(idd_server *s)
 		pthread_cond_broadcast(&s->flush_wake);
 		pthread_mutex_unlock(&s->flush_lock);
 		pthread_join(s->flusher, NULL);
+		if (s->budget_started)
+			pthread_join(s->budget, NULL);
 	}
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
@@ -1807,6 +2003,7 @@ void idd_server_close(idd_server *s)
 	free(s->strings);
 	free(s->peers);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->cat_lock);
 	pthread_mutex_destroy(&s->flush_lock);
 	pthread_cond_destroy(&s->flush_wake);
 	pthread_mutex_destroy(&s->mem_lock);

@@ -32,6 +32,7 @@ typedef struct pack_source {
 	size_t ncache;
 	uint64_t tick;
 	atomic_bool dead;       /* a fetch failed: the source answers nothing any more */
+	bool estimate;          /* count the frames a read would transfer, fetch none */
 	bool warned_damage;
 	uint64_t index_bytes;
 } pack_source;
@@ -98,7 +99,7 @@ static cached_frame *cache_slot(pack_source *ps, idd_error *err)
 		if (ps->cache[i].used < best->used)
 			best = &ps->cache[i];
 	}
-	if (!best->data &&
+	if (!best->data && !ps->estimate &&
 	    !(best->data = idd_malloc((size_t)ps->frame_max * ps->base.block_size, err)))
 		return NULL;
 	best->frame = UINT64_MAX;
@@ -124,6 +125,12 @@ static void deliver(pack_source *ps, const unsigned char *data, const want *w, s
                     idd_block_req *reqs)
 {
 	uint32_t bs = ps->base.block_size;
+	if (ps->estimate) {
+		for (size_t i = 0; i < n; i++)
+			reqs[w[i].req].status = IDD_OK;
+		atomic_fetch_add(&ps->base.blocks, n);
+		return;
+	}
 	for (size_t i = 0; i < n; i++) {
 		idd_block_req *r = &reqs[w[i].req];
 		memcpy(r->buf, data + (size_t)w[i].slot * bs, bs);
@@ -252,17 +259,18 @@ static int pack_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_err
 		while (b < nfr && (b == a || bytes + ps->view->frames[fr[b]].clen <= IDD_PACK_SOURCE_BATCH))
 			bytes += ps->view->frames[fr[b++]].clen;
 		free(batch);
-		if (!(batch = idd_malloc((size_t)bytes, err))) {
+		batch = NULL;
+		if (!ps->estimate && !(batch = idd_malloc((size_t)bytes, err))) {
 			rc = IDD_ENOMEM;
 			goto out;
 		}
 		uint64_t o = 0;
-		for (size_t i = a; i < b; i++) {
+		for (size_t i = a; batch && i < b; i++) {
 			bufs[i] = batch + o;
 			o += ps->view->frames[fr[i]].clen;
 		}
 		idd_error ferr;
-		int frc = fetch_frames(ps, fr + a, b - a, bufs + a, &ferr);
+		int frc = ps->estimate ? IDD_OK : fetch_frames(ps, fr + a, b - a, bufs + a, &ferr);
 		if (frc == IDD_ENOMEM || frc == IDD_ETIMEDOUT || frc == IDD_ECANCELED) {
 			/* out of memory, out of time, stopping: not the pack's fault */
 			*err = ferr;
@@ -289,7 +297,8 @@ static int pack_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_err
 				goto out;
 			}
 			idd_error derr;
-			if (idd_pack_frame_decode(ps->dctx, ps->base.name, bufs[i], (size_t)f->clen, f->nblocks,
+			if (!ps->estimate &&
+			    idd_pack_frame_decode(ps->dctx, ps->base.name, bufs[i], (size_t)f->clen, f->nblocks,
 			                          ps->base.block_size, c->data, &derr)) {
 				for (size_t q = wi; q < wj; q++)
 					reqs[w[q].req].status = IDD_ECORRUPT;
@@ -345,8 +354,8 @@ uint64_t idd_pack_source_index_bytes(const idd_block_source *s)
 	return s->ops == &pack_ops ? ((const pack_source *)s->priv)->index_bytes : 0;
 }
 
-int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_map *map,
-                         idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err)
+static int pack_open(idd_source *repo, const char *index_prefix, const idd_map *map, bool estimate,
+                     idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err)
 {
 	char *rel = idd_pack_view_relpath(&map->list_key, err);
 	char *full = rel ? idd_asprintf(err, "%s%s", index_prefix, rel) : NULL;
@@ -378,6 +387,7 @@ int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_m
 	atomic_init(&ps->dead, false);
 	ps->repo = repo;
 	ps->map = map;
+	ps->estimate = estimate;
 	ps->index_bytes = len;
 	ps->base.priv = ps;
 	char *name = idd_asprintf(err, "%s/%s", idd_source_root(repo), full);
@@ -418,4 +428,17 @@ int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_m
 	qsort_r(ps->order, (size_t)map->ndistinct, sizeof *ps->order, cmp_order, map->digests);
 	*out = &ps->base;
 	return IDD_OK;
+}
+
+int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_map *map,
+                         idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err)
+{
+	return pack_open(repo, index_prefix, map, false, warn, ctx, out, err);
+}
+
+int idd_pack_source_open_estimate(idd_source *repo, const char *index_prefix, const idd_map *map,
+                                  idd_warn_fn warn, void *ctx, idd_block_source **out,
+                                  idd_error *err)
+{
+	return pack_open(repo, index_prefix, map, true, warn, ctx, out, err);
 }

@@ -39,6 +39,15 @@
  * IDD_ECORRUPT, warned once). */
 int idd_pack_source_open(idd_source *repo, const char *index_prefix, const idd_map *map,
                          idd_warn_fn warn, void *ctx, idd_block_source **out, idd_error *err);
+/* The same source pricing reads instead of making them: it fetches the
+ * view only; read() answers every block the pack holds IDD_OK without
+ * writing its buffer, and counts in bytes (and blocks) what a source opened
+ * with idd_pack_source_open would transfer for the same sequence of read()
+ * calls: the same frames, coalesced and kept in the same bounded frame
+ * cache.  Nothing but the view is fetched. */
+int idd_pack_source_open_estimate(idd_source *repo, const char *index_prefix, const idd_map *map,
+                                  idd_warn_fn warn, void *ctx, idd_block_source **out,
+                                  idd_error *err);
 /* Index bytes the source fetched (its view), for bytes_index. */
 uint64_t idd_pack_source_index_bytes(const idd_block_source *s);
 

@@ -36,11 +36,15 @@ struct reader {
 	char *level_dir;       /* directory of the last backing file opened */
 	bool busy;
 	uint64_t requests_seen, retries_seen;
+	bool unopened;         /* a streamed member not extracted yet: done at the first read */
+	int finish_rc;         /* ... and why that failed (every later read fails alike) */
+	idd_error finish_err;
 };
 
 struct remote {
 	const idd_image_info *info;
 	uint64_t image_size;
+	char *tmp_dir;
 	int tmp_fd;            /* a streamed member, extracted here once */
 	struct reader *readers;
 	size_t nreaders;
@@ -161,8 +165,14 @@ static int extract_member(struct remote *r, idd_block_source *bs, idd_file *arch
 	return rc;
 }
 
+static int reader_finish(struct remote *r, idd_block_source *bs, struct reader *rd, idd_error *err);
+
+/* Open SOURCE and the file holding the image.  A member that must be
+ * streamed is extracted only when a block is first asked of it (reader_finish
+ * then): a deploy or serve that gets every block elsewhere (the pack)
+ * never transfers the archive. */
 static int reader_open(struct remote *r, idd_block_source *bs, struct reader *rd, const char *source,
-                       const idd_fetch_opts *fo, const char *tmp_dir, idd_error *err)
+                       const idd_fetch_opts *fo, idd_error *err)
 {
 	const idd_image_info *in = r->info;
 	int rc = idd_source_open(source, fo, &rd->src, err);
@@ -185,9 +195,24 @@ static int reader_open(struct remote *r, idd_block_source *bs, struct reader *rd
 	                          err);
 	if (rc)
 		return rc;
+	if (member && in->streamed) {
+		rd->unopened = true;
+		return IDD_OK;
+	}
+	return reader_finish(r, bs, rd, err);
+}
+
+/* The image inside the file: an extracted member, an archive member read
+ * in place, or the file itself; its format reader for other than raw. */
+static int reader_finish(struct remote *r, idd_block_source *bs, struct reader *rd, idd_error *err)
+{
+	const idd_image_info *in = r->info;
+	bool member = in->member[0] != 0;
+	int rc;
+	rd->unopened = false;
 	uint64_t len = rd->file->size;
 	if (member && in->streamed) {
-		if (r->tmp_fd < 0 && (rc = extract_member(r, bs, rd->file, tmp_dir, err)))
+		if (r->tmp_fd < 0 && (rc = extract_member(r, bs, rd->file, r->tmp_dir, err)))
 			return rc;
 		char *p = idd_asprintf(err, "/proc/self/fd/%d", r->tmp_fd);
 		if (!p)
@@ -550,6 +575,13 @@ static int remote_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_
 	struct window w;
 	memset(&w, 0, sizeof w);
 	int rc = IDD_OK;
+	if (rd->unopened && (rd->finish_rc = reader_finish(r, bs, rd, &rd->finish_err)))
+		rd->unopened = true;
+	if (rd->finish_rc) {
+		*err = rd->finish_err;
+		rc = rd->finish_rc;
+		n = 0;
+	}
 	size_t start = 0;
 	for (size_t i = 0; !rc && i < n; i++) {
 		reqs[i].status = IDD_ENOENT;
@@ -568,7 +600,7 @@ static int remote_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_
 	}
 	window_free(&w);
 	give_reader(bs, r, rd);
-	if (rc)
+	if (rc && !rd->finish_rc)
 		idd_error_prefix(err, "%s", r->info->id);
 	return rc;
 }
@@ -582,6 +614,7 @@ static void remote_close(idd_block_source *bs)
 		free(r->readers);
 		if (r->tmp_fd >= 0)
 			close(r->tmp_fd);
+		free(r->tmp_dir);
 		pthread_mutex_destroy(&r->lock);
 		pthread_cond_destroy(&r->freed);
 		free(r);
@@ -612,6 +645,8 @@ int idd_remote_source_open(const char *source, const idd_image_info *info, uint6
 	pthread_cond_init(&r->freed, NULL);
 	bs->priv = r;
 	int rc = idd_block_source_init(bs, &remote_ops, source, block_size, warn, ctx, err);
+	if (!rc && !(r->tmp_dir = idd_strdup(tmp_dir ? tmp_dir : "/tmp", err)))
+		rc = IDD_ENOMEM;
 	if (rc) {
 		remote_close(bs);
 		return rc;
@@ -626,7 +661,7 @@ int idd_remote_source_open(const char *source, const idd_image_info *info, uint6
 	}
 	for (int i = 0; i < readers; i++) {
 		r->nreaders = (size_t)i + 1;
-		rc = reader_open(r, bs, &r->readers[i], source, fo, tmp_dir, err);
+		rc = reader_open(r, bs, &r->readers[i], source, fo, err);
 		if (rc) {
 			remote_close(bs);
 			return rc;
@@ -637,6 +672,64 @@ int idd_remote_source_open(const char *source, const idd_image_info *info, uint6
 		atomic_fetch_add(&bs->retries, fs.retries);
 		r->readers[i].requests_seen = fs.requests;
 		r->readers[i].retries_seen = fs.retries;
+	}
+	*out = bs;
+	return IDD_OK;
+}
+
+/* ---- pricing reads (plan.h's estimate mode) ---- */
+
+struct remote_estimate {
+	const idd_image_info *info;
+	bool archive_paid; /* a streamed member: the archive is transferred once */
+};
+
+static int estimate_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_error *err)
+{
+	(void)err;
+	struct remote_estimate *re = bs->priv;
+	bool streamed = re->info->member[0] && re->info->streamed;
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < n; i++) {
+		reqs[i].status = IDD_OK;
+		reqs[i].origin_fd = -1;
+		bytes += streamed ? 0 : reqs[i].len;
+	}
+	if (streamed && n && !re->archive_paid) {
+		re->archive_paid = true;
+		bytes += re->info->file_size;
+	}
+	atomic_fetch_add(&bs->blocks, n);
+	atomic_fetch_add(&bs->bytes, bytes);
+	return IDD_OK;
+}
+
+static void estimate_close(idd_block_source *bs)
+{
+	free(bs->priv);
+	idd_block_source_fini(bs);
+	free(bs);
+}
+
+static const struct idd_block_source_ops estimate_ops = {"remote", NULL, estimate_read,
+                                                         estimate_close};
+
+int idd_remote_source_open_estimate(const idd_image_info *info, uint64_t image_size,
+                                    uint32_t block_size, idd_block_source **out, idd_error *err)
+{
+	(void)image_size;
+	idd_block_source *bs = idd_calloc(1, sizeof *bs, err);
+	struct remote_estimate *re = idd_calloc(1, sizeof *re, err);
+	if (!bs || !re) {
+		free(bs);
+		free(re);
+		return IDD_ENOMEM;
+	}
+	re->info = info;
+	bs->priv = re;
+	if (idd_block_source_init(bs, &estimate_ops, info->file, block_size, NULL, NULL, err)) {
+		estimate_close(bs);
+		return IDD_ENOMEM;
 	}
 	*out = bs;
 	return IDD_OK;

@@ -18,4 +18,14 @@ int idd_remote_source_open(const char *source, const idd_image_info *info, uint6
                            const idd_fetch_opts *fo, idd_warn_fn warn, void *ctx,
                            idd_block_source **out, idd_error *err);
 
+/* A source that prices reads of image `info` instead of making them: every
+ * request ends IDD_OK (its buffer untouched) and bytes counts what
+ * idd_remote_source_open's source would transfer: a block's bytes in the
+ * image (exact for raw images and members read in place; for qcow2 and VMDK
+ * the virtual bytes, which their compressed clusters would undercut), and
+ * the whole archive once for a member that has to be streamed.  Nothing is
+ * opened or fetched. */
+int idd_remote_source_open_estimate(const idd_image_info *info, uint64_t image_size,
+                                    uint32_t block_size, idd_block_source **out, idd_error *err);
+
 #endif

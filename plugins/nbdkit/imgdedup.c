@@ -2,8 +2,11 @@
  * read block by block through the node cache (libimgdedup's serve API).
  *
  *   nbdkit imgdedup from=SOURCE cache=DIR image=ID [image=ID]... [key=value]...
+ *   nbdkit imgdedup from=SOURCE cache=DIR all=true [refresh=SECONDS] [key=value]...
  *
  * Each image is an export named by its id; the first is the default export.
+ * With all=true every image of SOURCE's catalog is, looked up when a client
+ * connects, and there is no default export.
  * The plugin only parses nbdkit's configuration and forwards requests: the
  * library does the reading, verifying, fetching and caching.  Written against
  * nbdkit 1.32's plugin API, version 2.
@@ -67,8 +70,12 @@ static struct {
 	bool parallel, parallel_set;
 	uint64_t readahead;
 	bool readahead_off;
+	uint64_t cache_max;
 	int connections;
 	long timeout_s, read_timeout_s;
+	bool all;          /* all=true: every image of the catalog */
+	long refresh_s;    /* refresh=SECONDS; 0: the library's default */
+	bool refresh_set;
 	char *owned[8 + MAX_PEERS]; /* absolute paths made here, freed on unload */
 	size_t n_owned;
 } cfg;
@@ -280,6 +287,16 @@ static int plugin_config(const char *key, const char *value)
 		cfg.readahead = (uint64_t)v;
 		cfg.readahead_off = v == 0;
 		return 0;
+	} else if (!strcmp(key, "cache-max")) {
+		int64_t v = nbdkit_parse_size(value);
+		if (v < 0)
+			return -1;
+		if (v == 0) {
+			nbdkit_error("cache-max=%s: must be above 0", value);
+			return -1;
+		}
+		cfg.cache_max = (uint64_t)v;
+		return 0;
 	} else if (!strcmp(key, "connections")) {
 		int v;
 		if (nbdkit_parse_int("connections", value, &v) == -1)
@@ -299,6 +316,19 @@ static int plugin_config(const char *key, const char *value)
 			return -1;
 		}
 		cfg.timeout_s = v;
+		return 0;
+	} else if (!strcmp(key, "all")) {
+		return parse_bool(value, &cfg.all);
+	} else if (!strcmp(key, "refresh")) {
+		int v;
+		if (nbdkit_parse_int("refresh", value, &v) == -1)
+			return -1;
+		if (v < 0 || v > 86400) {
+			nbdkit_error("refresh=%s: must be 0 to 86400 seconds", value);
+			return -1;
+		}
+		cfg.refresh_s = v;
+		cfg.refresh_set = true;
 		return 0;
 	} else if (!strcmp(key, "read-timeout")) {
 		int v;
@@ -323,8 +353,16 @@ static int plugin_thread_model(void)
 
 static int plugin_config_complete(void)
 {
-	if (!cfg.source || !cfg.cache_dir || cfg.n_images == 0) {
-		nbdkit_error("from=SOURCE, cache=DIR and at least one image=ID are required");
+	if (!cfg.source || !cfg.cache_dir || (cfg.n_images == 0 && !cfg.all)) {
+		nbdkit_error("from=SOURCE, cache=DIR and at least one image=ID (or all=true) are required");
+		return -1;
+	}
+	if (cfg.all && cfg.n_images) {
+		nbdkit_error("all=true exports every image of the catalog: no image= with it");
+		return -1;
+	}
+	if (cfg.refresh_set && !cfg.all) {
+		nbdkit_error("refresh= applies to all=true only");
 		return -1;
 	}
 	return 0;
@@ -351,6 +389,9 @@ static int plugin_get_ready(void)
 		.readahead = cfg.readahead,
 		.readahead_off = cfg.readahead_off,
 		.read_timeout_s = cfg.read_timeout_s,
+		.all = cfg.all,
+		.refresh_s = cfg.refresh_set && cfg.refresh_s == 0 ? IDD_REFRESH_ALWAYS : cfg.refresh_s,
+		.cache_max = cfg.cache_max,
 		.warn = plugin_warn,
 		.progress = startup_stage,
 	};
@@ -435,10 +476,10 @@ static int format_stats(char *out, size_t len, const idd_serve_stats *st)
 	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
 	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
 	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
-	        ",\"cache_write_errors\":%" PRIu64 "}\n",
+	        ",\"cache_write_errors\":%" PRIu64 ",\"cache_evicted\":%" PRIu64 "}\n",
 	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
 	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
-	        st->read_errors, st->exports_complete, st->cache_write_errors);
+	        st->read_errors, st->exports_complete, st->cache_write_errors, st->cache_evicted);
 }
 
 /* stats-fd=N: the counters into that file (serve passes an anonymous
@@ -544,8 +585,43 @@ static void plugin_unload(void)
 	cfg.stats_path = NULL;
 }
 
+/* nbdkit 1.32 refuses a list of more than 10000 exports (MAX_EXPORTS)
+ * as a whole: the list stops there, every image can still be opened. */
+#define MAX_LISTED 10000
+
+struct listing {
+	struct nbdkit_exports *list;
+	size_t n;
+	bool failed;
+};
+
+static int add_export_name(void *ctx, const char *id)
+{
+	struct listing *l = ctx;
+	if (l->n == MAX_LISTED)
+		return 1;
+	if (nbdkit_add_export(l->list, id, NULL) == -1) {
+		l->failed = true;
+		return 1;
+	}
+	l->n++;
+	return 0;
+}
+
 static int plugin_list_exports(int readonly, int is_tls, struct nbdkit_exports *list)
 {
+	if (cfg.all) {
+		idd_error err = {{0}, 0};
+		struct listing l = {list, 0, false};
+		int rc = idd_server_list_images(server, add_export_name, &l, &err);
+		if (rc < 0) {
+			nbdkit_error("%s", err.msg);
+			return -1;
+		}
+		if (rc && !l.failed)
+			nbdkit_debug("export list cut at %d images (the most nbdkit lists)", MAX_LISTED);
+		return l.failed ? -1 : 0;
+	}
 	for (size_t i = 0; i < cfg.n_images; i++) {
 		if (nbdkit_add_export(list, cfg.images[i], NULL) == -1)
 			return -1;
@@ -553,15 +629,34 @@ static int plugin_list_exports(int readonly, int is_tls, struct nbdkit_exports *
 	return 0;
 }
 
+/* all=true: none; the empty name is then refused like any name that is
+ * not an image of the catalog. */
 static const char *plugin_default_export(int readonly, int is_tls)
 {
-	return cfg.n_images ? cfg.images[0] : NULL;
+	return cfg.n_images ? cfg.images[0] : "";
+}
+
+/* all=true: the image of the catalog the client named, opened at the
+ * first connection to it (exports live as long as the server, so a
+ * connection to an image removed from the catalog since keeps working). */
+static void *open_catalog_image(const char *name)
+{
+	idd_error err = {{0}, 0};
+	idd_export *e;
+	if (idd_server_find_image(server, name, &err) == IDD_OK &&
+	    idd_export_open(server, name, &e, &err) == IDD_OK)
+		return e;
+	nbdkit_error("%s", err.msg);
+	nbdkit_set_error(err.code == IDD_ENOENT || err.code == IDD_EPERM ? ENOENT : EIO);
+	return NULL;
 }
 
 /* The handle is the export itself: exports live as long as the server. */
 static void *plugin_open(int readonly)
 {
 	const char *name = nbdkit_export_name();
+	if (cfg.all)
+		return open_catalog_image(name ? name : "");
 	if (!name || !*name)
 		name = cfg.images[0];
 	for (size_t i = 0; i < cfg.n_images; i++) {
@@ -661,6 +756,9 @@ static struct nbdkit_plugin plugin = {
 	.config_help = "from=SOURCE        repository: a directory, http(s):// or s3:// (required)\n"
 	               "cache=DIR          the node cache (required)\n"
 	               "image=ID           an image to export (repeatable; the first is the default)\n"
+	               "all=BOOL           export every image of SOURCE's catalog (no image=)\n"
+	               "refresh=SECONDS    all=true: check the catalog for changes at most this\n"
+	               "                   often (default 30; 0: at every connection)\n"
 	               "index=DIR|URL      SOURCE's index (default SOURCE/.imgdedup)\n"
 	               "peer=URL           another node's cache over HTTP (repeatable)\n"
 	               "fill=BOOL          fetch the rest of each image in the background\n"
@@ -670,6 +768,8 @@ static struct nbdkit_plugin plugin = {
 	               "connections=N      remote requests in flight per export (default 4)\n"
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
 	               "read-timeout=SECONDS  a client read fails (EIO) after this (default 60)\n"
+	               "cache-max=SIZE     keep the node cache under SIZE (cache gc by value, every\n"
+	               "                   second; never a file an export or a deploy uses)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
 	               "no-profile=BOOL    do not prefetch the boot profiles SOURCE publishes\n"
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"

@@ -17,6 +17,21 @@
 #                              new_blocks cached_bytes nonzero_bytes"
 SERVE_PIDS=()
 
+# a clean handshake: with --all there is no default export, the list of
+# exports is asked (and no export opened: a test sees their first use)
+serve_probe() {
+  local sock=$1 a
+  shift
+  for a in "$@"; do
+    if [ "$a" = --all ]; then
+      /usr/bin/python3 -c 'import nbd, sys; h = nbd.NBD(); h.set_opt_mode(True)
+h.connect_unix(sys.argv[1]); h.opt_list(lambda name, desc: 0); h.opt_abort()' "$sock" >/dev/null 2>&1
+      return
+    fi
+  done
+  nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1
+}
+
 serve_start() {
   local name=$1 i
   shift
@@ -32,7 +47,7 @@ serve_start() {
     fi
     # the socket exists once nbdkit listens; a clean NBD handshake proves
     # the server is ready (a bare connect would leave an error in its log)
-    if [ -S "$SERVE_SOCK" ] && nbdinfo --size "nbd+unix:///?socket=$SERVE_SOCK" >/dev/null 2>&1; then
+    if [ -S "$SERVE_SOCK" ] && serve_probe "$SERVE_SOCK" "$@"; then
       return 0
     fi
     sleep 0.1

@@ -194,4 +194,23 @@ check "publish leaves out the pack's copies of block lists (blocks/ has them)" \
   [ -n "$kept" ] && [ "$(head_code "pack/lists/$kept")/$(head_code "blocks/$kept")" = 404/200 ]
 "$IMGDEDUP" deploy --from "$S3" --cache "$WORK/cache-pack" --json -q v1.raw > "$WORK/dp.json"
 check "deploy through the published pack: byte-exact" cmp "$REPO/v1.raw" "$WORK/cache-pack/images/v1.raw"
+# ---- serve --all from the store: the catalog checked by ETag (HEAD), an
+# image published while serving listed and read exact ----
+source "$TESTS_DIR/serve.sh"
+listed() { nbdinfo --list --json "nbd+unix:///?socket=$SERVE_SOCK" |
+  python3 -c 'import json,sys; print(" ".join(sorted(e["export-name"] for e in json.load(sys.stdin)["exports"])))'; }
+serve_start s3all --all --refresh 0 --from "$S3" --cache "$WORK/cache-all"
+check "serve --all from s3://: the catalog's 7 images listed" test "$(listed | wc -w)" = 7
+nbdcopy "$(serve_uri s3all moved/rep.raw)" "$WORK/rep-nbd.raw"
+check "serve --all from s3://: an image reads exact" cmp "$WORK/rep-nbd.raw" "$REPO/rep.raw"
+python3 -c 'import random,sys; open(sys.argv[1],"wb").write(random.Random(9).randbytes(200000))' "$T/late.raw"
+swift_put "$T/late.raw" imgs/repo/late.raw
+"$IMGDEDUP" scan -q --index "$WORK/idx" "$S3"
+"$IMGDEDUP" map -q --index "$WORK/idx" "$S3"
+"$IMGDEDUP" publish -q --index "$WORK/idx" "$S3"
+has_late() { listed | grep -qw late.raw; }
+check "serve --all from s3://: an image published while serving is listed" has_late
+nbdcopy "$(serve_uri s3all late.raw)" "$WORK/late-nbd.raw"
+check "serve --all from s3://: the published image reads exact" cmp "$WORK/late-nbd.raw" "$T/late.raw"
+serve_stop s3all
 echo "test_s3: all passed"

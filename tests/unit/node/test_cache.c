@@ -7,7 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BS 4096u
@@ -249,6 +253,99 @@ static void test_gc(void **state)
 	free(dir);
 }
 
+
+static bool keep_path(void *ctx, const char *path)
+{
+	return !strcmp(ctx, path);
+}
+
+/* serve's --cache-max: files lent to a gc run by the same process can be
+ * removed (the others stay), and are then closed, their contents read from
+ * the files still held; a file of the same name registered later is used. */
+static void test_lend_to_gc(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgdir = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgdir, NULL), IDD_OK);
+	idd_map *m;
+	unsigned char *img = make_image(32, 32, 4242, &m);
+	char *pa = tu_write(imgdir, "a.raw", img, 32 * BS);
+	char *pb = tu_write(imgdir, "b.raw", img, 32 * BS); /* the same contents */
+	char *ra = realpath(pa, NULL), *rb = realpath(pb, NULL);
+	idd_cache *c, *other;
+	idd_error err;
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, ra, m, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, rb, m, &err), IDD_OK);
+	idd_cache_close(c);
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	size_t e;
+	uint64_t blk;
+	assert_true(idd_cache_find(c, &m->digests[0], &e, &blk));
+	assert_int_equal(e, 0); /* read from a.raw */
+	/* the cheap size is at least what gc counts */
+	idd_cache_image *v;
+	size_t nv;
+	assert_int_equal(idd_cache_list(dir, &v, &nv, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(nv, 2);
+	assert_true(idd_cache_disk_upper(c) >= v[0].disk_bytes + v[1].disk_bytes);
+	assert_true(v[0].disk_bytes > 0);
+	idd_cache_list_free(v, nv);
+	/* held: a gc removes neither */
+	idd_cache_gc_stats st;
+	nwarn = 0;
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	assert_int_equal(access(ra, F_OK), 0);
+	/* lent but b.raw: a gc removes a.raw */
+	idd_cache_lend_to_gc(c, keep_path, rb);
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 1);
+	assert_int_not_equal(access(ra, F_OK), 0);
+	assert_int_equal(access(rb, F_OK), 0);
+	size_t closed;
+	assert_int_equal(idd_cache_take_back(c, &closed, &err), IDD_OK);
+	assert_int_equal(closed, 1);
+	assert_int_equal(c->e[0].fd, -1);
+	assert_true(idd_cache_disk_upper(c) > 0);
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
+		assert_int_equal(e, 1); /* now from b.raw */
+	}
+	idd_block_req req = {.digest = m->digests[0]};
+	unsigned char buf[BS];
+	req.buf = buf;
+	uint64_t got;
+	assert_int_equal(idd_cache_read_blocks(c, &req, 1, &got, &err), IDD_OK);
+	assert_int_equal(req.status, IDD_OK);
+	assert_int_equal(got, BS);
+	/* b.raw is held again */
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	/* a.raw deployed again (another process): picked up under its old name */
+	free(tu_write(imgdir, "a.raw", img, 32 * BS));
+	assert_int_equal(idd_cache_open(dir, warn_cb, NULL, &other, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(other, ra, m, &err), IDD_OK);
+	idd_cache_close(other);
+	assert_int_equal(idd_cache_refresh(c, &err), IDD_OK);
+	bool seen = false;
+	for (size_t i = 0; i < c->count; i++)
+		seen |= !c->e[i].evicted && c->e[i].fd >= 0 && !strcmp(c->e[i].abs, ra);
+	assert_true(seen);
+	idd_cache_close(c);
+	idd_map_free(m);
+	free(img);
+	free(pa);
+	free(pb);
+	free(ra);
+	free(rb);
+	free(imgdir);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 /* The documented way back from a cache name to the id (docs/deploy.md):
  * NULL for a hashed name, which says only the id's start. */
 static char *decode_name(const char *name)
@@ -476,16 +573,132 @@ static void test_migrate_name(void **state)
 	free(dir);
 }
 
+/* A block whose content is new and repeated at once (A A B C C 0 D D): the
+ * map holds its first occurrence in a run of one digest repeated.  Such an
+ * image is registered, adopted and recognised like any other. */
+static void test_register_repeat_at_first_occurrence(void **state)
+{
+	(void)state;
+	static const int pattern[] = {1, 1, 2, 3, 3, 0, 4, 4};
+	const size_t n = sizeof pattern / sizeof *pattern;
+	char *dir = tu_mkdtemp();
+	char *real = realpath(dir, NULL);
+	unsigned char *img = calloc(n, BS);
+	idd_digest *d = calloc(n, sizeof *d);
+	idd_hasher *h = idd_hasher_new(NULL);
+	for (size_t i = 0; i < n; i++) {
+		if (!pattern[i])
+			continue;
+		tu_fill_random(img + i * BS, BS, 500 + (uint64_t)pattern[i]);
+		assert_int_equal(idd_hasher_digest(h, img + i * BS, BS, &d[i], NULL), IDD_OK);
+	}
+	idd_map *m;
+	assert_int_equal(idd_map_build(d, n, BS, (uint64_t)n * BS, &m, NULL), IDD_OK);
+	assert_int_equal(m->ndistinct, 4);
+	char *imgs = idd_path_join(real, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgs, NULL), IDD_OK);
+	char *path = tu_write(imgs, "rep.raw", img, n * BS);
+	char *path2 = tu_write(imgs, "rep2.raw", img, n * BS);
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, path, m, &err), IDD_OK);
+	idd_cache_close(c);
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 1);
+	assert_true(idd_cache_entry_holds(&c->e[0], m));
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	static const uint64_t first[] = {0, 2, 3, 6};
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		size_t e;
+		uint64_t blk;
+		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
+		assert_int_equal(blk, first[k]);
+	}
+	assert_int_equal(idd_cache_adopt(c, path2, m, &err), IDD_OK);
+	idd_cache_close(c);
+	idd_hasher_free(h);
+	idd_map_free(m);
+	free(d);
+	free(img);
+	free(path);
+	free(path2);
+	free(imgs);
+	free(real);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Another process's exclusive lock on a cache file (gc probing whether it
+ * is in use, an instant) let go of after a moment. */
+static void *release_after_a_moment(void *arg)
+{
+	struct timespec ts = {0, 50 * 1000000};
+	nanosleep(&ts, NULL);
+	close(*(int *)arg);
+	return NULL;
+}
+
+/* A serve opening its partial image at the instant a gc probes that file
+ * still gets its shared lock, so a later gc keeps the file (it used to go
+ * unlocked for good, and the next gc removed the partial in use). */
+static void test_gc_keeps_partial_opened_during_probe(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgs = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	idd_mkdir_p(imgs, NULL);
+	char *base = idd_path_join(imgs, "q.raw", NULL);
+	char *data = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_DATA_SUFFIX);
+	idd_map *m;
+	unsigned char *img = make_image(8, 8, 7, &m);
+	int probe = open(data, O_RDWR | O_CREAT, 0644);
+	assert_true(probe >= 0);
+	assert_int_equal(flock(probe, LOCK_EX | LOCK_NB), 0);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, release_after_a_moment, &probe), 0);
+	idd_partial *p;
+	idd_error err;
+	assert_int_equal(idd_partial_open(base, "q.raw", m, &p, &err), IDD_OK);
+	pthread_join(t, NULL);
+	idd_digest d = m->digests[idd_map_ref(m, 1) - 1];
+	assert_int_equal(idd_partial_write(p, 1, img + BS, BS, &err), IDD_OK);
+	assert_int_equal(idd_partial_note(p, 1, &d, &err), IDD_OK);
+	size_t flushed;
+	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
+	idd_cache_gc_stats st;
+	nwarn = 0;
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	assert_int_equal(access(data, F_OK), 0);
+	assert_true(strstr(last_warn, "in use; kept") != NULL);
+	idd_partial_close(p);
+	/* closed: the next gc removes it */
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 1);
+	assert_int_equal(access(data, F_OK), -1);
+	idd_map_free(m);
+	free(img);
+	free(data);
+	free(base);
+	free(imgs);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_register_lookup_verify),
 		cmocka_unit_test(test_damaged_index),
 		cmocka_unit_test(test_gc),
+		cmocka_unit_test(test_lend_to_gc),
 		cmocka_unit_test(test_default_out),
 		cmocka_unit_test(test_rebuild_index),
 		cmocka_unit_test(test_partial_images),
 		cmocka_unit_test(test_migrate_name),
+		cmocka_unit_test(test_register_repeat_at_first_occurrence),
+		cmocka_unit_test(test_gc_keeps_partial_opened_during_probe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,7 @@ static idd_serve_metrics totals(void)
 	m.total.cache_write_errors = 8;
 	m.total.blocks_filled = 10;
 	m.total.exports_complete = 1;
+	m.total.cache_evicted = 12;
 	m.fetches_in_flight = 11;
 	m.cache_bytes = 1234567;
 	m.partial_images = 2;
@@ -88,6 +89,9 @@ static const char expected_totals[] =
 	"# HELP imgdedup_exports_completed_total Exports whose image became complete in the node cache.\n"
 	"# TYPE imgdedup_exports_completed_total counter\n"
 	"imgdedup_exports_completed_total 1\n"
+	"# HELP imgdedup_cache_evicted_total Cache files removed to stay under --cache-max.\n"
+	"# TYPE imgdedup_cache_evicted_total counter\n"
+	"imgdedup_cache_evicted_total 12\n"
 	"# HELP imgdedup_fetches_in_flight Blocks being fetched now.\n"
 	"# TYPE imgdedup_fetches_in_flight gauge\n"
 	"imgdedup_fetches_in_flight 11\n"

@@ -1,8 +1,9 @@
 /* test_remote_index.c - a node's view of a repository's index: one image's
  * record comes from its entry without the catalog being read, a missing
  * entry of an index with entries is "no image" without the catalog, an
- * index without entries falls back to the catalog, and an entry that is
- * another image's, or of another block size, is refused. */
+ * index without entries falls back to the catalog, an entry that is
+ * another image's, or of another block size, is refused, and the catalog
+ * is read again when (and only when) it changed. */
 #include "testutil.h"
 #include "index/entries.h"
 #include "index/map.h"
@@ -217,12 +218,139 @@ static void test_hostile_entries(void **state)
 	free(eb);
 }
 
+/* scan and map the repository again (an image added or removed) */
+static void republish(void)
+{
+	idd_error err;
+	idd_scan_opts so = {.repo = repo, .warn = quiet};
+	idd_scan_stats ss;
+	idd_map_opts mo = {.repo = repo, .warn = quiet};
+	idd_map_stats ms;
+	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err))
+		fail_msg("index: %s", err.msg);
+}
+
+struct id_list {
+	char text[256];
+};
+
+static int add_id(void *ctx, const char *id)
+{
+	struct id_list *l = ctx;
+	size_t n = strlen(l->text);
+	snprintf(l->text + n, sizeof l->text - n, "%s%s", n ? " " : "", id);
+	return 0;
+}
+
+static int stop_at_first(void *ctx, const char *id)
+{
+	(void)id;
+	++*(int *)ctx;
+	return 7;
+}
+
+static void assert_ids(idd_remote_index *ri, const char *want)
+{
+	struct id_list l = {""};
+	assert_int_equal(idd_remote_index_catalog_ids(ri, add_id, &l), 0);
+	assert_string_equal(l.text, want);
+}
+
+/* serve --all: the catalog is read again only when it changed, records and
+ * catalogs handed out before stay valid, and a failed re-read keeps the
+ * catalog read before. */
+static void test_catalog_refresh(void **state)
+{
+	(void)state;
+	idd_remote_index *ri = open_ri();
+	idd_error err;
+	bool changed = false;
+	assert_false(idd_remote_index_catalog_has(ri, "a.raw")); /* nothing read yet */
+	assert_ids(ri, "");
+	assert_int_equal(idd_remote_index_catalog_refresh(ri, &changed, &err), IDD_OK);
+	assert_true(changed);
+	assert_ids(ri, "a.raw sub/b.raw");
+	int calls = 0;
+	assert_int_equal(idd_remote_index_catalog_ids(ri, stop_at_first, &calls), 7);
+	assert_int_equal(calls, 1);
+	uint64_t bytes = idd_remote_index_bytes(ri);
+	assert_int_equal(idd_remote_index_catalog_refresh(ri, &changed, &err), IDD_OK);
+	assert_false(changed);
+	assert_int_equal(idd_remote_index_bytes(ri), bytes); /* a stat, nothing fetched */
+	assert_true(idd_remote_index_catalog_has(ri, "sub/b.raw"));
+	assert_false(idd_remote_index_catalog_has(ri, "sub"));
+	assert_false(idd_remote_index_catalog_has(ri, ""));
+	assert_false(idd_remote_index_catalog_has(ri, "../a.raw"));
+	/* handed out before the catalog changes */
+	const idd_catalog *lent;
+	assert_int_equal(idd_remote_index_catalog(ri, &lent, &err), IDD_OK);
+	const idd_image_info *a;
+	assert_int_equal(idd_remote_index_image(ri, "a.raw", &a, &err), IDD_OK);
+	unsigned char img[3 * 4096];
+	tu_fill_random(img, sizeof img, 3);
+	char *c = tu_write(repo, "c.raw", img, sizeof img);
+	republish();
+	assert_int_equal(idd_remote_index_catalog_refresh(ri, &changed, &err), IDD_OK);
+	assert_true(changed);
+	assert_ids(ri, "a.raw c.raw sub/b.raw");
+	assert_int_equal(lent->count, 2);
+	assert_string_equal(lent->images[1].id, "sub/b.raw");
+	assert_string_equal(a->id, "a.raw");
+	const idd_image_info *in;
+	assert_int_equal(idd_remote_index_image(ri, "c.raw", &in, &err), IDD_OK);
+	assert_int_equal(in->virtual_size, sizeof img);
+	/* damaged: the re-read fails, the catalog read before answers */
+	spoil_catalog();
+	assert_int_not_equal(idd_remote_index_catalog_refresh(ri, &changed, &err), IDD_OK);
+	assert_false(changed);
+	assert_non_null(strstr(err.msg, "catalog"));
+	assert_true(idd_remote_index_catalog_has(ri, "c.raw"));
+	restore_catalog();
+	/* removed */
+	unlink(c);
+	free(c);
+	republish();
+	assert_int_equal(idd_remote_index_catalog_refresh(ri, &changed, &err), IDD_OK);
+	assert_true(changed);
+	assert_ids(ri, "a.raw sub/b.raw");
+	idd_remote_index_close(ri);
+}
+
+/* An index without entries: records come from the catalog, and stay valid
+ * when it is replaced; an image added since is found in the new one. */
+static void test_catalog_refresh_without_entries(void **state)
+{
+	(void)state;
+	char *edir = index_file(IDD_ENTRIES_DIR);
+	tu_rmtree(edir);
+	idd_remote_index *ri = open_ri();
+	idd_error err;
+	const idd_image_info *a, *in;
+	assert_int_equal(idd_remote_index_image(ri, "a.raw", &a, &err), IDD_OK);
+	unsigned char img[2 * 4096];
+	tu_fill_random(img, sizeof img, 4);
+	char *d = tu_write(repo, "d.raw", img, sizeof img);
+	republish();
+	tu_rmtree(edir);
+	assert_int_equal(idd_remote_index_image(ri, "d.raw", &in, &err), IDD_ENOENT);
+	assert_int_equal(idd_remote_index_catalog_refresh(ri, NULL, &err), IDD_OK);
+	assert_int_equal(idd_remote_index_image(ri, "d.raw", &in, &err), IDD_OK);
+	assert_int_equal(in->virtual_size, sizeof img);
+	assert_string_equal(a->file, "a.raw");
+	idd_remote_index_close(ri);
+	unlink(d);
+	free(d);
+	free(edir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_entry_without_catalog, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_index_without_entries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hostile_entries, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_catalog_refresh, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_catalog_refresh_without_entries, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -372,6 +372,111 @@ static void test_repair_complete(void **state)
 	idd_server_close(s);
 }
 
+static int join_id(void *ctx, const char *id)
+{
+	char *l = ctx;
+	size_t n = strlen(l);
+	snprintf(l + n, 256 - n, "%s%s", n ? " " : "", id);
+	return 0;
+}
+
+static int warnings;
+static char last_warning[512];
+
+static void count_warning(void *ctx, const char *msg)
+{
+	(void)ctx;
+	warnings++;
+	snprintf(last_warning, sizeof last_warning, "%s", msg);
+}
+
+static idd_server *open_all(long refresh_s)
+{
+	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = count_warning, .all = true,
+	                    .refresh_s = refresh_s};
+	idd_server *s = NULL;
+	idd_error err;
+	if (idd_server_open(&o, &s, &err))
+		fail_msg("server: %s", err.msg);
+	return s;
+}
+
+static void republish(void)
+{
+	idd_error err;
+	idd_scan_opts so = {.repo = repo, .warn = quiet};
+	idd_scan_stats ss;
+	idd_map_opts mo = {.repo = repo, .warn = quiet};
+	idd_map_stats ms;
+	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err))
+		fail_msg("index: %s", err.msg);
+}
+
+/* --all: the catalog's ids, names outside it refused whatever their form,
+ * an image published while serving found (at once with IDD_REFRESH_ALWAYS,
+ * not before the interval otherwise) and read exact. */
+static void test_all(void **state)
+{
+	(void)state;
+	idd_server *s = open_all(IDD_REFRESH_ALWAYS);
+	idd_server *slow = open_all(3600);
+	idd_error err;
+	char ids[256] = "";
+	assert_int_equal(idd_server_list_images(s, join_id, ids, &err), 0);
+	assert_string_equal(ids, "a.raw b.raw");
+	assert_int_equal(idd_server_find_image(s, "b.raw", &err), IDD_OK);
+	char longname[5000];
+	memset(longname, 'a', sizeof longname - 1);
+	longname[sizeof longname - 1] = 0;
+	const char *bad[] = {"", "..", "../repo/a.raw", "/etc/passwd", "./a.raw", "a.raw/", ".imgdedup/catalog",
+	                     longname};
+	for (size_t i = 0; i < IDD_ARRAY_LEN(bad); i++) {
+		assert_int_equal(idd_server_find_image(s, bad[i], &err), IDD_ENOENT);
+		assert_true(strlen(err.msg) < 400);
+	}
+	unsigned char img[5 * BS];
+	tu_fill_random(img, sizeof img, 99);
+	char *c = tu_write(repo, "c.raw", img, sizeof img);
+	republish();
+	assert_int_equal(idd_server_find_image(s, "c.raw", &err), IDD_OK);
+	assert_int_equal(idd_server_find_image(slow, "c.raw", &err), IDD_ENOENT);
+	ids[0] = 0;
+	assert_int_equal(idd_server_list_images(slow, join_id, ids, &err), 0);
+	assert_string_equal(ids, "a.raw b.raw");
+	idd_export *e;
+	assert_int_equal(idd_export_open(s, "c.raw", &e, &err), IDD_OK);
+	read_all_check(e, img, sizeof img, 3 * BS);
+	idd_export_close(e);
+	/* changed under the same id: served as first opened, with a warning */
+	warnings = 0;
+	unsigned char img2[5 * BS];
+	tu_fill_random(img2, sizeof img2, 98);
+	free(tu_write(repo, "c.raw", img2, sizeof img2));
+	republish();
+	idd_export *again;
+	assert_int_equal(idd_server_find_image(s, "c.raw", &err), IDD_OK); /* re-reads the catalog */
+	assert_int_equal(idd_export_open(s, "c.raw", &again, &err), IDD_OK);
+	assert_ptr_equal(again, e);
+	assert_int_equal(warnings, 1);
+	assert_non_null(strstr(last_warning, "c.raw changed in the repository"));
+	assert_int_equal(idd_export_open(s, "c.raw", &again, &err), IDD_OK);
+	assert_int_equal(warnings, 1); /* once */
+	read_all_check(e, img, sizeof img, 5 * BS); /* what the cache holds of it */
+	/* removed from the catalog: refused, the export opened before reads on */
+	unlink(c);
+	free(c);
+	republish();
+	assert_int_equal(idd_server_find_image(s, "c.raw", &err), IDD_ENOENT);
+	read_all_check(e, img, sizeof img, 2 * BS);
+	idd_server_close(slow);
+	idd_server_close(s);
+	/* without --all nothing is listed or found */
+	s = open_server(false, 0);
+	assert_int_not_equal(idd_server_list_images(s, join_id, ids, &err), 0);
+	assert_int_equal(idd_server_find_image(s, "a.raw", &err), IDD_ENOENT);
+	idd_server_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -382,6 +487,7 @@ int main(void)
 	    cmocka_unit_test(test_fill),
 	    cmocka_unit_test(test_fill_checks_partial),
 	    cmocka_unit_test(test_repair_complete),
+	    cmocka_unit_test(test_all),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
