@@ -1458,9 +1458,13 @@ static int write_profile(idd_server *s, idd_error *err)
 {
 	idd_profile_writer w;
 	int rc = idd_profile_writer_begin(&w, err);
-	for (size_t i = 0; !rc && i < s->nexports; i++)
+	for (size_t i = 0; !rc && i < s->nexports; i++) {
+		/* reads may still be recording (idd_server_write_record) */
+		pthread_mutex_lock(&s->exports[i]->rec_lock);
 		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->order,
 		                            s->exports[i]->norder, err);
+		pthread_mutex_unlock(&s->exports[i]->rec_lock);
+	}
 	if (!rc)
 		rc = idd_profile_writer_commit(&w, s->o.record, err);
 	idd_profile_writer_free(&w);
@@ -1541,6 +1545,11 @@ int idd_server_start(idd_server *s, idd_error *err)
 	}
 	pthread_mutex_unlock(&s->lock);
 	return rc;
+}
+
+int idd_server_write_record(idd_server *s, idd_error *err)
+{
+	return s->o.record ? write_profile(s, err) : IDD_OK;
 }
 
 void idd_server_stats(idd_server *s, idd_serve_stats *st)

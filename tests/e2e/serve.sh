@@ -4,6 +4,8 @@
 #                              --json; ARGS are the other options and images.
 #                              Returns once the socket accepts connections.
 #                              Sets SERVE_SOCK; the pid is in $WORK/NAME.pid.
+#                              SERVE_SOCKET=PATH: that socket instead (a
+#                              restart on the socket of an earlier NAME).
 #   serve_stop NAME            SIGTERM, wait: exit status 0 and the stats
 #                              object in $WORK/NAME.json (stderr: NAME.err)
 #   serve_kill9 NAME           SIGKILL to nbdkit and to serve: nothing is
@@ -20,7 +22,8 @@ SERVE_PIDS=()
 serve_start() {
   local name=$1 i
   shift
-  SERVE_SOCK=$WORK/$name.sock
+  SERVE_SOCK=${SERVE_SOCKET:-$WORK/$name.sock}
+  echo "$SERVE_SOCK" > "$WORK/$name.sockpath"
   "$IMGDEDUP" serve --socket "$SERVE_SOCK" --json "$@" > "$WORK/$name.json" 2> "$WORK/$name.err" &
   local pid=$!
   echo "$pid" > "$WORK/$name.pid"
@@ -47,7 +50,7 @@ serve_stop() {
   wait "$pid" || rc=$?
   [ "$rc" = 0 ] || fail "serve $name exited with $rc: $(cat "$WORK/$name.err")"
   [ -s "$WORK/$name.json" ] || fail "serve $name printed no statistics"
-  [ ! -e "$WORK/$name.sock" ] || fail "serve $name left its socket behind"
+  [ ! -e "$(cat "$WORK/$name.sockpath")" ] || fail "serve $name left its socket behind"
 }
 
 serve_kill9() {
@@ -70,7 +73,7 @@ serve_cleanup() {
 }
 cleanup_fns+=(serve_cleanup)
 
-serve_uri() { echo "nbd+unix:///$2?socket=$WORK/$1.sock"; }
+serve_uri() { echo "nbd+unix:///$2?socket=$(cat "$WORK/$1.sockpath")"; }
 serve_stat() { json_get "$WORK/$1.json" "$2"; }
 
 serve_expect() {
