@@ -580,9 +580,10 @@ void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);
-/* --record: write the read order so far, while reads go on (for a process
- * about to end without idd_server_close, which writes it otherwise). */
-int idd_server_write_record(idd_server *s, idd_error *err);
+/* What idd_server_close saves, while reads go on: what was fetched made
+ * durable, the --record profile so far written.  For a process about to end
+ * without closing the server (its clients' requests left unanswered). */
+int idd_server_checkpoint(idd_server *s, idd_error *err);
 
 /* Open image ID (relative to SOURCE) for reading.  Opening the same ID
  * again returns the same export; exports live until the server closes, so

@@ -1547,8 +1547,17 @@ int idd_server_start(idd_server *s, idd_error *err)
 	return rc;
 }
 
-int idd_server_write_record(idd_server *s, idd_error *err)
+int idd_server_checkpoint(idd_server *s, idd_error *err)
 {
+	if (s->started)
+		flush_all(s);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->part_lock);
+		if (e->repair_fd >= 0 && fdatasync(e->repair_fd))
+			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: fsync: %s", e->final_path, strerror(errno));
+		pthread_mutex_unlock(&e->part_lock);
+	}
 	return s->o.record ? write_profile(s, err) : IDD_OK;
 }
 

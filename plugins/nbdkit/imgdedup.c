@@ -407,7 +407,8 @@ static void stop_watcher(void)
  * qemu passes an error reply to the guest as an I/O error, even with
  * reconnect-delay, which only covers a connection that is lost.  So a
  * stop that should not break clients ends the process instead: the
- * counters (and --record) are written, then _exit.  The connections close
+ * fetched data is made durable, --record and the counters are written,
+ * then _exit.  The connections close
  * with their requests unanswered, and a client that reconnects sends them
  * again to the next server.  Cache and partial files are meant to survive
  * a kill -9 at any moment; this is no worse.
@@ -434,8 +435,8 @@ static void *watch_drop(void *arg)
 			return NULL;
 	}
 	idd_error err = {{0}, 0};
-	if (idd_server_write_record(server, &err))
-		nbdkit_error("record: %s", err.msg);
+	if (idd_server_checkpoint(server, &err))
+		nbdkit_error("%s", err.msg);
 	idd_serve_stats st;
 	idd_server_stats(server, &st);
 	if (cfg.stats_path)
