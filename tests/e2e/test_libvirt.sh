@@ -7,7 +7,11 @@
 # a file, shows its marker; virsh destroy and undefine remove the domain.
 # The write is in the overlay, the export is unchanged, serve answered the
 # guest's reads.  Also checked: what libvirt 9.0 makes of <reconnect> in an
-# nbd source (dropped: docs/libvirt.md gives the way around it).
+# nbd source (dropped), and the way around it (docs/libvirt.md): a second
+# domain whose disk, with reconnect-delay, is on qemu's command line
+# (<qemu:commandline>) reads its whole disk three times over while serve is
+# stopped with SIGTERM and killed with SIGKILL, and started again, each time
+# on the same socket: no I/O error, everything read right.
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/guest.sh"
 source "$TESTS_DIR/serve.sh"
