@@ -35,8 +35,8 @@
 
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
-	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--readahead SIZE] "
-	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] IMAGE...";
+	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--no-profile] "
+	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] IMAGE...";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -67,7 +67,7 @@ struct serve_args {
 	const char **peers;
 	size_t n_peers;
 	long port, timeout_s, read_timeout_s, connections;
-	bool fill, no_pack, json;
+	bool fill, no_pack, no_profile, json;
 	char **images;
 	size_t n_images;
 };
@@ -338,6 +338,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
 		{"read-timeout", required_argument, 0, 'T'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
+		{"no-profile", no_argument, 0, 'Z'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
 	int c;
@@ -363,6 +364,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				return cli_usage(usage, "--port must be 1 to 65535, not '%s'", optarg);
 			break;
 		case 'F': a->fill = true; break;
+		case 'Z': a->no_profile = true; break;
 		case 'r': a->record = optarg; break;
 		case 'R': a->prefetch = optarg; break;
 		case 'a': {
@@ -443,6 +445,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "fill=true");
 	if (a->no_pack)
 		argv_add(av, "no-pack=true");
+	if (a->no_profile)
+		argv_add(av, "no-profile=true");
 	if (a->record)
 		argv_add(av, "record=%s", a->record);
 	if (a->prefetch)

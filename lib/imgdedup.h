@@ -284,6 +284,24 @@ typedef struct idd_verify_opts {
 /* IDD_OK when everything checked is intact, IDD_ERR otherwise. */
 int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
+/* ---- boot profiles, published into the index by content --------------- */
+
+typedef struct idd_profile_publish_opts {
+	const char *repo;      /* a local repository */
+	const char *index_dir; /* NULL: REPO/.imgdedup */
+	const char *file;      /* a profile serve --record wrote (publish only) */
+	const char *image;     /* the image whose boot it records */
+	bool no_wait;          /* index locked by another run: IDD_EBUSY */
+} idd_profile_publish_opts;
+
+/* Store what IMAGE's entries of FILE read (the digests recorded, or those
+ * IMAGE's block map gives the blocks) as IMAGE's boot profile in the index,
+ * where every node's serve finds it (docs/serve.md, "Boot profiles").
+ * *digests receives its length. */
+int idd_profile_publish(const idd_profile_publish_opts *o, uint64_t *digests, idd_error *err);
+/* Remove IMAGE's published profile (IDD_ENOENT: it has none). */
+int idd_profile_unpublish(const idd_profile_publish_opts *o, idd_error *err);
+
 /* ---- pack: a compressed copy of the repository's distinct blocks ------- */
 
 typedef struct idd_pack_opts {
@@ -549,6 +567,8 @@ typedef struct idd_serve_opts {
 	/* told what start-up is doing (reading the catalog, a block map, ...)
 	 * as each step begins, for a progress display; may be NULL */
 	idd_warn_fn progress;
+	bool no_profile;           /* without prefetch: do not prefetch the boot profile SOURCE
+	                            * publishes for an image (or a similar image's) */
 } idd_serve_opts;
 
 typedef struct idd_serve_stats {

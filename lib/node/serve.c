@@ -22,6 +22,7 @@
 #include "node/negcache.h"
 #include "node/partial.h"
 #include "node/profile.h"
+#include "node/readahead.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
 #include "node/source_pack.h"
@@ -41,6 +42,8 @@
 
 #define DEFAULT_READAHEAD ((uint64_t)2 << 20)
 #define MAX_READAHEAD ((uint64_t)4 << 20)
+/* The first window of a sequential stream at least (readahead.h). */
+#define READAHEAD_MIN ((uint64_t)128 << 10)
 #define REFRESH_NS ((int64_t)100 * 1000000)
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
@@ -54,6 +57,8 @@
 #define READ_MEMORY_BUDGET ((uint64_t)128 << 20)
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
+/* Published profiles of other images fetched to choose one to borrow. */
+#define PROFILE_CANDIDATES 16
 /* A read whose block a readahead is fetching waits for it this long, then
  * fetches the block itself: the readahead must not hold it up. */
 #define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
@@ -96,7 +101,9 @@ struct idd_export {
 	size_t ninflight, cap_inflight;
 	idd_negcache failed;          /* content that failed recently: not fetched again yet */
 	atomic_uint_least64_t rate;   /* bytes/s the source delivered lately; 0: not known yet */
-	/* readahead: a thread of its own fetches the range the last read asked for */
+	/* readahead: how much, from the evidence of the reads (readahead.h); a
+	 * thread of its own fetches the range the last read asked for */
+	idd_readahead ra_policy;
 	pthread_mutex_t ra_lock;
 	pthread_cond_t ra_wake;
 	uint64_t ra_block, ra_count;
@@ -802,7 +809,9 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	}
 	free(buf);
 	free(reqs);
-	if (!rc && nf && all_in && ra_blocks)
+	/* a stream through blocks the node holds reads ahead too: the first
+	 * block it lacks is then fetched before the guest gets there */
+	if (!rc && all_in && ra_blocks)
 		schedule_readahead(e, b1, ra_blocks);
 	return rc;
 }
@@ -882,9 +891,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (atomic_load(&s->stop))
 		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
-	uint64_t ra = s->o.readahead_off ? 0
-	            : s->o.readahead    ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
-	                                : DEFAULT_READAHEAD;
+	uint64_t ra = idd_readahead_window(&e->ra_policy, off, len);
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
 	int64_t old_deadline = idd_fetch_set_deadline(deadline);
@@ -1293,6 +1300,7 @@ static void export_free(idd_export *e)
 	pthread_mutex_destroy(&e->fl_lock);
 	pthread_cond_destroy(&e->fl_done);
 	pthread_mutex_destroy(&e->ra_lock);
+	idd_readahead_destroy(&e->ra_policy);
 	pthread_cond_destroy(&e->ra_wake);
 	pthread_mutex_destroy(&e->rec_lock);
 	free(e);
@@ -1320,6 +1328,27 @@ static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
 	return rc;
 }
 
+/* Without a profile given, the one the repository publishes for the
+ * image, or borrowed from the image most like it: prefetched like one.
+ * A profile that cannot be had costs the guest nothing but the prefetch. */
+static int published_profile(idd_server *s, idd_export *e)
+{
+	progress(s, "reading the boot profiles for %s", e->id);
+	char *from = NULL;
+	idd_error e2;
+	int rc = idd_profile_choose(s->ri, e->id, e->m, PROFILE_CANDIDATES, &e->prefetch,
+	                            &e->nprefetch, &from, &e2);
+	if (rc == IDD_ENOMEM)
+		return rc;
+	if (rc)
+		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: boot profiles: %s", e->id, e2.msg);
+	else if (from) /* said once: which boot this image's guest is expected to repeat */
+		idd_warnf(s->o.warn, s->o.ctx, "%s: prefetching %zu blocks of the boot profile of %s",
+		          e->id, e->nprefetch, from);
+	free(from);
+	return IDD_OK;
+}
+
 static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	idd_export *e = idd_calloc(1, sizeof *e, err);
@@ -1333,6 +1362,10 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	pthread_mutex_init(&e->fl_lock, NULL);
 	pthread_cond_init(&e->fl_done, NULL);
 	pthread_mutex_init(&e->ra_lock, NULL);
+	idd_readahead_init(&e->ra_policy, READAHEAD_MIN,
+	                   s->o.readahead_off ? 0
+	                   : s->o.readahead   ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
+	                                      : DEFAULT_READAHEAD);
 	pthread_cond_init(&e->ra_wake, NULL);
 	atomic_init(&e->rate, 0);
 	pthread_mutex_init(&e->rec_lock, NULL);
@@ -1393,6 +1426,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		e->prefetch = nv;
 		e->prefetch[e->nprefetch++] = s->pf.blocks[i];
 	}
+	if (!rc && !e->complete && !e->nprefetch && !s->o.no_profile)
+		rc = published_profile(s, e);
 	if (rc) {
 		export_free(e);
 		return rc;
@@ -1459,10 +1494,10 @@ static int write_profile(idd_server *s, idd_error *err)
 	idd_profile_writer w;
 	int rc = idd_profile_writer_begin(&w, err);
 	for (size_t i = 0; !rc && i < s->nexports; i++) {
-		/* reads may still be recording (idd_server_write_record) */
+		/* reads may still be recording (idd_server_checkpoint) */
 		pthread_mutex_lock(&s->exports[i]->rec_lock);
-		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->order,
-		                            s->exports[i]->norder, err);
+		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->m,
+		                            s->exports[i]->order, s->exports[i]->norder, err);
 		pthread_mutex_unlock(&s->exports[i]->rec_lock);
 	}
 	if (!rc)

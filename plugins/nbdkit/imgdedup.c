@@ -66,7 +66,7 @@ static struct {
 	size_t n_images;
 	const char *peers[MAX_PEERS];
 	size_t n_peers;
-	bool fill, no_pack;
+	bool fill, no_pack, no_profile;
 	bool parallel, parallel_set;
 	uint64_t readahead;
 	bool readahead_off;
@@ -264,6 +264,8 @@ static int plugin_config(const char *key, const char *value)
 		return parse_bool(value, &cfg.fill);
 	} else if (!strcmp(key, "no-pack")) {
 		return parse_bool(value, &cfg.no_pack);
+	} else if (!strcmp(key, "no-profile")) {
+		return parse_bool(value, &cfg.no_profile);
 	} else if (!strcmp(key, "parallel")) {
 		cfg.parallel_set = true;
 		return parse_bool(value, &cfg.parallel);
@@ -338,6 +340,7 @@ static int plugin_get_ready(void)
 		.connections = cfg.connections,
 		.timeout_s = cfg.timeout_s,
 		.no_pack = cfg.no_pack,
+		.no_profile = cfg.no_profile,
 		.fill = cfg.fill,
 		.record = cfg.record,
 		.prefetch = cfg.prefetch,
@@ -715,6 +718,7 @@ static struct nbdkit_plugin plugin = {
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
 	               "read-timeout=SECONDS  a client read fails (EIO) after this (default 60)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
+	               "no-profile=BOOL    do not prefetch the boot profiles SOURCE publishes\n"
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
 	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
 	               "                   a client hangs up with requests in flight)\n"
