@@ -81,15 +81,19 @@ domain_xml() {
 EOF
 }
 
-# wait_console REGEX: until the console shows it, or the domain stops
+# wait_console REGEX: until the console shows it, or the domain is off
 wait_console() {
-  local t0; t0=$(_guest_us)
+  local t0 st; t0=$(_guest_us)
   while [ $(( ($(_guest_us) - t0) / 1000000 )) -lt "${GUEST_TIMEOUT:-180}" ]; do
     grep -a -q -E "$1" "$CONSOLE" 2>/dev/null && return 0
-    [ "$(virsh_ domstate "$DOM")" = running ] || break
+    st=$(virsh_ domstate --reason "$DOM" 2>&1) || true
+    case $st in "shut off"*|crashed*) break ;; esac
     sleep 0.5
   done
-  grep -a -q -E "$1" "$CONSOLE" 2>/dev/null
+  grep -a -q -E "$1" "$CONSOLE" 2>/dev/null && return 0
+  echo "wait_console: no '$1'; the domain: $st; its qemu log ends:" >&2
+  tail -n 5 "$LIBVIRT_DIR/log/qemu/$DOM.log" | sed 's/^/    /' >&2
+  return 1
 }
 
 # libvirt 9.0 (Debian 12) has no <reconnect> for nbd disks (9.2 added it):
