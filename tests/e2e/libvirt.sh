@@ -58,7 +58,8 @@ for m in etc:/etc/libvirt run:/run/libvirt lib:/var/lib/libvirt cache:/var/cache
   mkdir -p "${m#*:}"
   mount --bind "$1/${m%%:*}" "${m#*:}"
 done
-exec libvirtd -f /etc/libvirt/libvirtd.conf
+# the pid file too (by default /run/libvirtd.pid, outside /run/libvirt)
+exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
 EOF
   unshare -m bash "$d/start.sh" "$d" 2> "$d/libvirtd.log" &
   LIBVIRT_PID=$!
