@@ -729,6 +729,21 @@ uint64_t idd_cache_damaged_count(idd_cache *c)
 	return n;
 }
 
+void idd_cache_usage(idd_cache *c, uint64_t *disk_bytes, uint64_t *partial_images)
+{
+	*disk_bytes = *partial_images = 0;
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++) {
+		const idd_cache_entry *e = &c->e[i];
+		struct stat st;
+		if (e->fd >= 0 ? fstat(e->fd, &st) != 0 : stat(e->abs, &st) != 0)
+			continue; /* gone: nothing on disk */
+		*disk_bytes += (uint64_t)st.st_blocks * 512;
+		*partial_images += e->partial;
+	}
+	pthread_rwlock_unlock(&c->lock);
+}
+
 struct cached_loc {
 	size_t entry;
 	uint64_t block;

@@ -59,6 +59,7 @@
 
 static struct {
 	const char *source, *index, *cache_dir, *record, *prefetch;
+	const char *metrics; /* metrics=ADDR:PORT: Prometheus text at /metrics */
 	char *stats_path; /* absolute: nbdkit may change directory */
 	int stats_fd;     /* stats-fd=N, -1 when not given */
 	int drop_fd;      /* drop-fd=N, -1 when not given */
@@ -77,6 +78,7 @@ static struct {
 } cfg;
 
 static idd_server *server;
+static idd_metrics_server *metrics;
 
 /* ---- start-up progress ----
  *
@@ -218,6 +220,13 @@ static int plugin_config(const char *key, const char *value)
 		return (cfg.record = local_path(value)) ? 0 : -1;
 	} else if (!strcmp(key, "prefetch")) {
 		return (cfg.prefetch = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "metrics")) {
+		if (!*value) {
+			nbdkit_error("metrics=: ADDR:PORT is required");
+			return -1;
+		}
+		cfg.metrics = value;
+		return 0;
 	} else if (!strcmp(key, "stats")) {
 		if (is_url(value)) {
 			nbdkit_error("stats=%s: must be a local file", value);
@@ -357,6 +366,12 @@ static int plugin_get_ready(void)
 		nbdkit_error("%s", err.msg);
 		rc = -1;
 	}
+	/* the port is taken before the exports are opened: one in use fails
+	 * start-up at once */
+	if (!rc && cfg.metrics && idd_metrics_listen(cfg.metrics, server, &metrics, &err)) {
+		nbdkit_error("%s", err.msg);
+		rc = -1;
+	}
 	for (size_t i = 0; !rc && i < cfg.n_images; i++) {
 		if (idd_export_open(server, cfg.images[i], &exports[i], &err)) {
 			nbdkit_error("%s", err.msg);
@@ -454,6 +469,10 @@ static int plugin_after_fork(void)
 {
 	idd_error err = {{0}, 0};
 	if (idd_server_start(server, &err)) {
+		nbdkit_error("%s", err.msg);
+		return -1;
+	}
+	if (metrics && idd_metrics_start(metrics, &err)) {
 		nbdkit_error("%s", err.msg);
 		return -1;
 	}
@@ -555,6 +574,8 @@ static void write_stats(const idd_serve_stats *st)
 static void shut_down(void)
 {
 	stop_watcher();
+	idd_metrics_close(metrics); /* it reads the server's counters */
+	metrics = NULL;
 	for (size_t i = 0; i < cfg.n_images; i++) {
 		if (exports[i]) {
 			idd_export_close(exports[i]);
@@ -722,6 +743,8 @@ static struct nbdkit_plugin plugin = {
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
 	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
 	               "                   a client hangs up with requests in flight)\n"
+	               "metrics=ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+	               "                   (PORT alone: on the loopback address)\n"
 	               "stats=FILE         on exit, write the serve counters to FILE as JSON\n"
 	               "stats-fd=N         the same into the open file descriptor N\n"
 	               "drop-fd=N          a pipe: when readable or closed, write the counters and\n"
