@@ -50,7 +50,7 @@ serve_stop() {
   wait "$pid" || rc=$?
   [ "$rc" = 0 ] || fail "serve $name exited with $rc: $(cat "$WORK/$name.err")"
   [ -s "$WORK/$name.json" ] || fail "serve $name printed no statistics"
-  [ ! -e "$(cat "$WORK/$name.sockpath")" ] || fail "serve $name left its socket behind"
+  [ ! -e "$(_serve_sock "$name")" ] || fail "serve $name left its socket behind"
 }
 
 serve_kill9() {
@@ -73,7 +73,9 @@ serve_cleanup() {
 }
 cleanup_fns+=(serve_cleanup)
 
-serve_uri() { echo "nbd+unix:///$2?socket=$(cat "$WORK/$1.sockpath")"; }
+# the socket serve_start NAME used ($WORK/NAME.sock for a serve started otherwise)
+_serve_sock() { if [ -s "$WORK/$1.sockpath" ]; then cat "$WORK/$1.sockpath"; else echo "$WORK/$1.sock"; fi; }
+serve_uri() { echo "nbd+unix:///$2?socket=$(_serve_sock "$1")"; }
 serve_stat() { json_get "$WORK/$1.json" "$2"; }
 
 serve_expect() {
