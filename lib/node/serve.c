@@ -1623,16 +1623,15 @@ int idd_server_start(idd_server *s, idd_error *err)
 
 int idd_server_checkpoint(idd_server *s, idd_error *err)
 {
-	/* what the readahead is fetching now would otherwise be lost, and
-	 * fetched again by the next run */
+	/* what the readahead is fetching, or was asked for, would otherwise be
+	 * lost, and fetched again by the next run */
 	atomic_store(&s->quiesce, true);
 	int64_t until = idd_mono_ns() + CHECKPOINT_RA_WAIT_NS;
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->ra_lock);
-		e->ra_queued = false;
-		while (e->ra_busy && idd_mono_ns() < until) {
+		while ((e->ra_busy || (e->ra_queued && e->ra_started)) && idd_mono_ns() < until) {
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_nsec += 50 * 1000000L;
@@ -1643,6 +1642,17 @@ int idd_server_checkpoint(idd_server *s, idd_error *err)
 			pthread_cond_timedwait(&e->ra_wake, &e->ra_lock, &ts);
 		}
 		pthread_mutex_unlock(&e->ra_lock);
+		/* a request that answered a read goes on receiving the blocks
+		 * read ahead behind it, and stores them */
+		for (;;) {
+			pthread_mutex_lock(&e->fl_lock);
+			size_t n = e->ninflight;
+			pthread_mutex_unlock(&e->fl_lock);
+			if (!n || idd_mono_ns() >= until)
+				break;
+			struct timespec ts = {0, 20 * 1000000L};
+			nanosleep(&ts, NULL);
+		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (s->started)
