@@ -19,6 +19,8 @@
 #   BENCH_SERVE_PACK=1: the repository also gets a pack; the serve rows then
 #   read it, and a row "serve --no-pack" boots without it.
 #   BENCH_SERVE_ONLY_SERVE=1: only the serve rows (no deploy, curl, floor).
+#   BENCH_SERVE_FILES: the corpus files put in the repository (default the
+#   three raw images), for other BENCH_SERVE_PAIRS.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -27,7 +29,8 @@ RUNS=${RUNS:-3}
 CORPUS=${CORPUS:-/work/corpus/images}
 GUEST_DIR_READ=${BENCH_GUEST_DIR:-usr/bin}
 PAIRS=${BENCH_SERVE_PAIRS:-"debian12-minbase-v2.raw:debian12-minbase.raw debian12-web.raw:debian12-minbase.raw"}
-for f in debian12-minbase.raw debian12-minbase-v2.raw debian12-web.raw; do
+FILES=${BENCH_SERVE_FILES:-debian12-minbase.raw debian12-minbase-v2.raw debian12-web.raw}
+for f in $FILES; do
   [ -f "$CORPUS/$f" ] || { echo "bench_serve: $CORPUS/$f missing (see /work/shared/corpus): skipped"; exit 0; }
 done
 for c in qemu-system-x86_64 nbdkit nbdinfo nginx; do
@@ -47,7 +50,7 @@ export GUEST_APPEND="imgdedup.dir=$GUEST_DIR_READ"
 
 REPO=$WORK/repo
 mkdir -p "$REPO"
-for f in debian12-minbase.raw debian12-minbase-v2.raw debian12-web.raw; do
+for f in $FILES; do
   ln "$CORPUS/$f" "$REPO/$f" 2>/dev/null || cp --sparse=always "$CORPUS/$f" "$REPO/$f"
 done
 echo "== indexing (scan + map)"

@@ -35,7 +35,7 @@ static bool continues(const idd_ra_stream *st, uint64_t off)
 	return off + reach >= st->start && off <= st->next + reach;
 }
 
-uint64_t idd_readahead_window(idd_readahead *ra, uint64_t off, uint64_t len)
+uint64_t idd_readahead_window(idd_readahead *ra, uint64_t off, uint64_t len, bool missed)
 {
 	if (!ra->max || !len)
 		return 0;
@@ -49,20 +49,29 @@ uint64_t idd_readahead_window(idd_readahead *ra, uint64_t off, uint64_t len)
 			lru = &ra->s[i];
 	}
 	uint64_t end = off + len, w;
+	bool sequential = st || off == 0;
 	if (st) {
-		w = st->window ? (st->window > ra->max / 2 ? ra->max : 2 * st->window)
-		               : first_window(ra, len);
+		/* the first miss of a stream may be a lone changed block: the
+		 * window opens on the second */
+		if (missed && st->missed)
+			st->window = st->window ? (st->window > ra->max / 2 ? ra->max : 2 * st->window)
+			                        : first_window(ra, len);
+		st->missed |= missed;
 		if (off > st->start)
 			st->start = off;
 		if (end > st->next)
 			st->next = end;
 	} else {
 		st = lru;
-		w = off == 0 ? first_window(ra, len) : 0;
-		*st = (idd_ra_stream){.start = off, .next = end};
+		*st = (idd_ra_stream){.start = off, .next = end, .missed = missed};
+		if (off == 0 && missed)
+			st->window = first_window(ra, len);
 	}
-	st->window = w;
 	st->used = ra->clock;
+	/* a sequential read the node could answer looks ahead a little only
+	 * when its stream has missed before (the blocks ahead may be missing
+	 * too); a stream that never missed waits for the evidence */
+	w = !sequential ? 0 : missed ? st->window : st->window < ra->min ? st->window : ra->min;
 	pthread_mutex_unlock(&ra->lock);
 	return w;
 }

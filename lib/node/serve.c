@@ -224,8 +224,12 @@ static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned ch
 	idd_error e2 = {{0}, 0};
 	if (e->repair_fd < 0) {
 		e->repair_fd = idd_open_regular(e->final_path, O_RDWR, IDD_FILE_NOFOLLOW, &e2);
-		if (e->repair_fd >= 0)
-			(void)flock(e->repair_fd, LOCK_SH | LOCK_NB); /* in use: gc leaves it */
+		/* in use: gc leaves it; removed meanwhile: nothing to repair */
+		if (e->repair_fd >= 0 && idd_flock_shared(e->repair_fd, e->final_path) == 1) {
+			close(e->repair_fd);
+			e->repair_fd = -1;
+			idd_fail_code(&e2, IDD_ENOENT, "%s: removed", e->final_path);
+		}
 	}
 	uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
 	bool ok = e->repair_fd >= 0;
@@ -717,16 +721,13 @@ static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
  * then the readahead, and only when every one of its own blocks arrived; a
  * block that failed recently is not fetched at all. */
 static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
-                        uint64_t readahead, bool required, bool stats, idd_error *err)
+                        bool readahead, bool required, bool stats, idd_error *err)
 {
 	idd_server *s = e->srv;
 	uint32_t bs = e->bs;
 	if (!len)
 		return IDD_OK;
 	uint64_t b0 = off / bs, b1 = (off + len + bs - 1) / bs;
-	/* blocks read ahead that the cache cannot keep would be fetched again
-	 * by the read that wants them */
-	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
 	size_t nmax = (size_t)(b1 - b0);
 	/* Whole blocks inside the range are assembled in place, in the
 	 * caller's buffer (nothing reaches the client unless every block was
@@ -829,8 +830,12 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	}
 	free(buf);
 	free(reqs);
-	/* a stream through blocks the node holds reads ahead too: the first
-	 * block it lacks is then fetched before the guest gets there */
+	/* how much to read ahead follows the reads (readahead.h); blocks read
+	 * ahead that the cache cannot keep would be fetched again by the read
+	 * that wants them */
+	uint64_t ra_blocks = 0;
+	if (readahead && !atomic_load(&e->cache_failing))
+		ra_blocks = idd_readahead_window(&e->ra_policy, off, len, nf > 0) / bs;
 	if (!rc && all_in && ra_blocks)
 		schedule_readahead(e, b1, ra_blocks);
 	return rc;
@@ -912,7 +917,6 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
 	int64_t t_start = idd_mono_ns();
-	uint64_t ra = idd_readahead_window(&e->ra_policy, off, len);
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
 	int64_t old_deadline = idd_fetch_set_deadline(deadline);
@@ -924,7 +928,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
 		bool last = done + piece == len;
-		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last ? ra : 0, true, true,
+		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last, true, true,
 		                  err);
 		done += piece;
 		if (!rc && done < len && idd_mono_ns() >= deadline)
@@ -962,7 +966,7 @@ int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *er
 	int rc = IDD_OK;
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
-		rc = access_range(e, off + done, piece, NULL, 0, false, false, err);
+		rc = access_range(e, off + done, piece, NULL, false, false, false, err);
 		done += piece;
 	}
 	idd_fetch_set_deadline(old_deadline);
@@ -1024,7 +1028,7 @@ static void *prefetch_main(void *arg)
 			j++;
 		if (access_range(e, e->prefetch[i] * e->bs,
 		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
-		                 0, false, false, &err))
+		                 false, false, false, &err))
 			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
 		i = j;
 	}
