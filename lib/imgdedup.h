@@ -655,6 +655,10 @@ void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);
+/* What idd_server_close saves, while reads go on: what was fetched made
+ * durable, the --record profile so far written.  For a process about to end
+ * without closing the server (its clients' requests left unanswered). */
+int idd_server_checkpoint(idd_server *s, idd_error *err);
 
 #define IDD_REFRESH_ALWAYS (-1L)
 
