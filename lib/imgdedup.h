@@ -338,12 +338,23 @@ typedef struct idd_similarity {
 	char **ids;            /* sorted, as in the catalog */
 	uint64_t *nonzero;     /* per image: non-zero blocks, counted with multiplicity */
 	uint64_t *distinct;    /* per image: distinct non-zero digests */
-	uint64_t *shared;      /* n x n: [a*n+b] = |U_a and U_b| (distinct digests in both) */
-	uint64_t *contained;   /* n x n: [a*n+b] = a's non-zero blocks whose content occurs in b */
-	bool from_cache;       /* reused from the index's similarity cache */
-	uint64_t signatures;   /* distinct image sets expanded into pairs */
-	uint64_t records;      /* (digest, image) records processed */
+	/* n x n pairs (shared, contained), 32 or 64 bits each: read them with
+	 * idd_similarity_shared() and idd_similarity_contained() */
+	void *counts;
+	bool counts_wide;
+	bool from_cache;       /* reused from the index's similarity cache as it was */
+	bool cache_updated;    /* the cache was brought up to date: rows of added (or changed)
+	                          images computed, rows of removed ones dropped */
+	size_t rows_computed;  /* images whose counts were computed from the block lists */
+	size_t rows_dropped;   /* images of the cache no longer in the index */
+	uint64_t signatures;   /* distinct image sets expanded into pairs (last full computation) */
+	uint64_t records;      /* (digest, image) records processed (last full computation) */
 } idd_similarity;
+
+/* |U_a and U_b| (distinct non-zero digests in both; the diagonal: |U_a|). */
+uint64_t idd_similarity_shared(const idd_similarity *s, size_t a, size_t b);
+/* a's non-zero blocks whose content occurs in b (the diagonal: a's non-zero blocks). */
+uint64_t idd_similarity_contained(const idd_similarity *s, size_t a, size_t b);
 
 /* Compute (or reuse the cached) similarity of every image in the index. */
 int idd_similarity_compute(const idd_similarity_opts *opts, idd_similarity **out, idd_error *err);
