@@ -177,6 +177,7 @@ typedef struct idd_blocklist {
 	/* internal: storage and growth */
 	void *storage;
 	size_t digests_cap, runs_cap;
+	bool borrowed;          /* digests live in a caller's buffer (idd_blocklist_open_reuse) */
 } idd_blocklist;
 
 /* Load and check the block list the catalog names for img (its checksum

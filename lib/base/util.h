@@ -34,6 +34,11 @@ int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
 /* A whole regular file into memory (at most max bytes); a missing file is
  * IDD_ENOENT. */
 int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err);
+/* The same into *data, a buffer of *cap bytes kept from call to call (grown
+ * when too small; the caller frees it), so that reading many files does not
+ * map and fault in fresh memory for each. */
+int idd_read_file_reuse(const char *path, size_t max, void **data, size_t *cap, size_t *len,
+                        idd_error *err);
 int64_t idd_now_ns(void);
 static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);

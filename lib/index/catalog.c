@@ -301,7 +301,7 @@ void idd_blocklist_clear(idd_blocklist *bl)
 {
 	if (bl->storage)
 		free(bl->storage);
-	else
+	else if (!bl->borrowed)
 		free(bl->digests);
 	free(bl->runs);
 	uint32_t bs = bl->block_size;
@@ -506,8 +506,11 @@ corrupt:
 	return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block list (%s)", name, why);
 }
 
-int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
-                        uint64_t zero_blocks, idd_blocklist **out, idd_error *err)
+/* Parse into bl; with pbuf, the payload goes into the caller's reusable
+ * buffer and a version 2 list borrows it (bl->borrowed). */
+static int blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
+                           uint64_t zero_blocks, void **pbuf, size_t *pcap, idd_blocklist *bl,
+                           idd_error *err)
 {
 	/* The payload a list of this image can need, by version, so that a
 	 * header declaring more is refused before anything is allocated. */
@@ -519,25 +522,28 @@ int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_
 	} else if (!idd_mul_ok(ndata, IDD_DIGEST_SIZE + 20, &limit) || !idd_add_ok(limit, 28, &limit)) {
 		limit = IDD_IF_MAX_PAYLOAD;
 	}
-	void *payload = NULL;
-	size_t len = 0;
-	int rc = idd_indexfile_parse_limit(name, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION,
-	                                   IDD_MAX(limit, 1), &payload, &len, &ver, err);
-	if (rc)
+	void *own = NULL;
+	size_t own_cap = 0, len = 0;
+	void **payload = pbuf ? pbuf : &own;
+	size_t *cap = pbuf ? pcap : &own_cap;
+	int rc = idd_indexfile_parse_reuse(name, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, IDD_MAX(limit, 1),
+	                                   payload, cap, &len, &ver, err);
+	if (rc) {
+		free(own);
 		return rc;
-	idd_blocklist *bl = idd_calloc(1, sizeof *bl, err);
-	if (!bl) {
-		free(payload);
-		idd_error_prefix(err, "%s", name);
-		return IDD_ENOMEM;
 	}
+	memset(bl, 0, sizeof *bl);
 	if (ver == 1) {
-		rc = parse_v1(name, payload, len, bl, err);
-		free(payload);
+		rc = parse_v1(name, *payload, len, bl, err);
+		free(own);
 	} else {
-		rc = parse_v2(name, payload, len, bl, err);
+		rc = parse_v2(name, *payload, len, bl, err);
 		if (rc)
-			free(payload);
+			free(own);
+		else if (pbuf) {
+			bl->storage = NULL;
+			bl->borrowed = true;
+		}
 	}
 	if (!rc && (bl->nblocks != nblocks || bl->nblocks - bl->ndata != zero_blocks ||
 	            !idd_is_power_of_two(bl->block_size)))
@@ -546,12 +552,60 @@ int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_
 		                   (unsigned long long)bl->nblocks,
 		                   (unsigned long long)(bl->nblocks - bl->ndata),
 		                   (unsigned long long)nblocks, (unsigned long long)zero_blocks);
+	if (rc)
+		idd_blocklist_clear(bl);
+	return rc;
+}
+
+int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
+                        uint64_t zero_blocks, idd_blocklist **out, idd_error *err)
+{
+	idd_blocklist *bl = idd_calloc(1, sizeof *bl, err);
+	if (!bl) {
+		idd_error_prefix(err, "%s", name);
+		return IDD_ENOMEM;
+	}
+	int rc = blocklist_parse(name, file, flen, nblocks, zero_blocks, NULL, NULL, bl, err);
 	if (rc) {
-		idd_blocklist_free(bl);
+		free(bl);
 		return rc;
 	}
 	*out = bl;
 	return IDD_OK;
+}
+
+int idd_blocklist_open_reuse(const char *index_dir, const idd_image_info *img,
+                             idd_blocklist_buffers *bufs, idd_blocklist *bl, idd_error *err)
+{
+	memset(bl, 0, sizeof *bl);
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	size_t flen;
+	int rc = idd_read_file_reuse(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER),
+	                             &bufs->file, &bufs->file_cap, &flen, err);
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	if (flen < IDD_IF_TRAILER ||
+	    memcmp((unsigned char *)bufs->file + flen - IDD_IF_TRAILER, img->list_key.b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block list is not the one the catalog names for %s",
+		                   path, img->id);
+	if (!rc)
+		rc = blocklist_parse(path, bufs->file, flen, img->nblocks, img->zero_blocks, &bufs->payload,
+		                     &bufs->payload_cap, bl, err);
+	if (rc && rc != IDD_ENOENT)
+		idd_error_prefix(err, "%s", img->id);
+	free(path);
+	return rc;
+}
+
+void idd_blocklist_buffers_free(idd_blocklist_buffers *b)
+{
+	free(b->file);
+	free(b->payload);
+	memset(b, 0, sizeof *b);
 }
 
 int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,

@@ -44,22 +44,21 @@
 
 enum { DIGIT = 11, RADIX = 1 << DIGIT, PASSES = 6 };
 
-void sim_sort_u64(uint64_t *a, uint64_t *tmp, size_t n)
+static void insertion_u64(uint64_t *a, size_t n)
 {
-	if (n < 2)
-		return;
-	if (n < 32) {
-		for (size_t i = 1; i < n; i++) {
-			uint64_t v = a[i];
-			size_t j = i;
-			while (j && a[j - 1] > v) {
-				a[j] = a[j - 1];
-				j--;
-			}
-			a[j] = v;
+	for (size_t i = 1; i < n; i++) {
+		uint64_t v = a[i];
+		size_t j = i;
+		while (j && a[j - 1] > v) {
+			a[j] = a[j - 1];
+			j--;
 		}
-		return;
+		a[j] = v;
 	}
+}
+
+static void lsd_u64(uint64_t *a, uint64_t *tmp, size_t n)
+{
 	size_t cnt[PASSES][RADIX];
 	memset(cnt, 0, sizeof cnt);
 	for (size_t i = 0; i < n; i++) {
@@ -87,6 +86,55 @@ void sim_sort_u64(uint64_t *a, uint64_t *tmp, size_t n)
 	}
 	if (src != a)
 		memcpy(a, src, n * sizeof *a);
+}
+
+/* Keys here are digest prefixes, uniform in their top bits: one pass on the
+ * top bits into buckets of about 4 keys, each finished by insertion; a
+ * bucket that is not small after all (keys far from uniform) is radix
+ * sorted on its own, so the worst case stays O(n). */
+void sim_sort_u64(uint64_t *a, uint64_t *tmp, size_t n)
+{
+	if (n < 64) {
+		insertion_u64(a, n);
+		return;
+	}
+	unsigned d = 8;
+	while (d < 16 && ((size_t)4 << d) < n)
+		d++;
+	size_t nb = (size_t)1 << d;
+	uint32_t stack_cnt[1u << 12];
+	uint32_t *cnt = nb <= IDD_ARRAY_LEN(stack_cnt) && n < UINT32_MAX ? stack_cnt : NULL;
+	if (!cnt) {
+		if (n >= UINT32_MAX || !(cnt = malloc((nb + 1) * sizeof *cnt))) {
+			lsd_u64(a, tmp, n);
+			return;
+		}
+	}
+	memset(cnt, 0, nb * sizeof *cnt);
+	int sh = 64 - (int)d;
+	for (size_t i = 0; i < n; i++)
+		cnt[a[i] >> sh]++;
+	uint32_t sum = 0;
+	for (size_t b = 0; b < nb; b++) {
+		uint32_t x = cnt[b];
+		cnt[b] = sum;
+		sum += x;
+	}
+	for (size_t i = 0; i < n; i++)
+		tmp[cnt[a[i] >> sh]++] = a[i];
+	/* cnt[b] is now the end of bucket b */
+	size_t start = 0;
+	for (size_t b = 0; b < nb; b++) {
+		size_t end = cnt[b], len = end - start;
+		if (len > 64)
+			lsd_u64(tmp + start, a + start, len);
+		else
+			insertion_u64(tmp + start, len);
+		start = end;
+	}
+	memcpy(a, tmp, n * sizeof *a);
+	if (cnt != stack_cnt)
+		free(cnt);
 }
 
 void sim_sort_samples(sim_sample *a, sim_sample *tmp, size_t n)
@@ -204,18 +252,46 @@ static int sigtab_grow(sim_sigtab *t, idd_error *err)
 	return IDD_OK;
 }
 
-int sim_sigtab_add(sim_sigtab *t, const uint32_t *pairs, uint32_t len, uint64_t weight,
-                   idd_error *err)
+static uint64_t sigtab_hash(const uint32_t *pairs, uint32_t len)
 {
-	const uint64_t *w64 = (const uint64_t *)(const void *)pairs; /* one pair = 8 bytes */
 	uint64_t h = 0x9e3779b97f4a7c15ULL ^ len;
 	for (uint32_t i = 0; i < len; i++) {
 		uint64_t v;
-		memcpy(&v, w64 + i, 8);
+		memcpy(&v, pairs + 2 * i, 8); /* one pair (image, mult) */
 		h = (h ^ v) * 0xff51afd7ed558ccdULL;
 		h ^= h >> 32;
 	}
-	h = sim_mix64(h);
+	return sim_mix64(h);
+}
+
+/* the cache lines a later add of hash h will touch first */
+static inline void sigtab_prefetch_slot(const sim_sigtab *t, uint64_t h)
+{
+	if (t->nslots)
+		__builtin_prefetch(&t->slots[h & (t->nslots - 1)]);
+}
+
+static inline void sigtab_prefetch_entry(const sim_sigtab *t, uint64_t h)
+{
+	if (t->nslots) {
+		uint64_t pos = t->slots[h & (t->nslots - 1)].pos;
+		if (pos)
+			__builtin_prefetch(t->arena + pos - 1);
+	}
+}
+
+static int sigtab_add_hashed(sim_sigtab *t, const uint32_t *pairs, uint32_t len, uint64_t weight,
+                             uint64_t h, idd_error *err);
+
+int sim_sigtab_add(sim_sigtab *t, const uint32_t *pairs, uint32_t len, uint64_t weight,
+                   idd_error *err)
+{
+	return sigtab_add_hashed(t, pairs, len, weight, sigtab_hash(pairs, len), err);
+}
+
+static int sigtab_add_hashed(sim_sigtab *t, const uint32_t *pairs, uint32_t len, uint64_t weight,
+                             uint64_t h, idd_error *err)
+{
 	if ((t->n + 1) * 2 > t->nslots && sigtab_grow(t, err))
 		return IDD_ERR;
 	size_t j = h & (t->nslots - 1);
@@ -344,6 +420,7 @@ typedef struct pass1_local {
 	uint32_t *hist;
 	sim_sample *samples;
 	size_t nsamples, samples_cap;
+	idd_blocklist_buffers bufs;
 } pass1_local;
 
 static int grow(void **p, size_t *cap, size_t need, size_t size, idd_error *err)
@@ -383,8 +460,8 @@ static int write_chunk(sim_count *c, pass1_local *l, uint32_t image, size_t q, c
 static int pass1_image(sim_count *c, pass1_local *l, size_t i, idd_error *err)
 {
 	const idd_image_info *im = &c->o.cat->images[i];
-	idd_blocklist *bl = NULL;
-	int rc = idd_blocklist_open(c->o.index_dir, im, &bl, err);
+	idd_blocklist list, *bl = &list;
+	int rc = idd_blocklist_open_reuse(c->o.index_dir, im, &l->bufs, bl, err);
 	if (rc)
 		return rc;
 	size_t nk = (size_t)bl->ndata;
@@ -400,13 +477,13 @@ static int pass1_image(sim_count *c, pass1_local *l, size_t i, idd_error *err)
 			free(l->tmp);
 			l->keys = l->tmp = NULL;
 			l->cap = 0;
-			idd_blocklist_free(bl);
+			idd_blocklist_clear(bl);
 			return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory for %zu non-zero blocks", im->id, nk);
 		}
 	}
 	for (size_t k = 0; k < nk; k++)
 		l->keys[k] = idd_be64(bl->digests[k].b);
-	idd_blocklist_free(bl);
+	idd_blocklist_clear(bl);
 	c->nonzero[i] = nk;
 	uint64_t *keys = l->keys;
 	sim_sort_u64(keys, l->tmp, nk);
@@ -496,6 +573,7 @@ static void pass1_worker(void *arg, int tid)
 	free(l.mults);
 	free(l.hist);
 	free(l.samples);
+	idd_blocklist_buffers_free(&l.bufs);
 }
 
 void sim_count_free(sim_count *c)
@@ -679,7 +757,33 @@ typedef struct pass2_local {
 	uint32_t *pairs;
 	uint64_t *distinct;
 	sim_sigtab sigs;
+	/* one bucket's signatures before they are added (prefetched ahead) */
+	uint32_t *bpairs;
+	size_t bpairs_cap;
+	struct batch_sig {
+		uint64_t hash;
+		size_t off;
+		uint32_t len;
+	} *batch;
+	size_t batch_cap;
 } pass2_local;
+
+/* add a bucket's signatures, each slot and entry asked for ahead of its use:
+ * the table is far larger than the caches and every lookup would wait */
+static int add_batch(pass2_local *l, size_t nbatch, idd_error *err)
+{
+	enum { AHEAD_SLOT = 16, AHEAD_ENTRY = 8 };
+	for (size_t i = 0; i < nbatch; i++) {
+		if (i + AHEAD_SLOT < nbatch)
+			sigtab_prefetch_slot(&l->sigs, l->batch[i + AHEAD_SLOT].hash);
+		if (i + AHEAD_ENTRY < nbatch)
+			sigtab_prefetch_entry(&l->sigs, l->batch[i + AHEAD_ENTRY].hash);
+		const struct batch_sig *b = &l->batch[i];
+		if (sigtab_add_hashed(&l->sigs, l->bpairs + b->off, b->len, 1, b->hash, err))
+			return IDD_ERR;
+	}
+	return IDD_OK;
+}
 
 static int cmp_side(const void *x, const void *y)
 {
@@ -773,27 +877,38 @@ static int pass2_group(sim_count *c, pass2_local *l, size_t q, idd_error *err)
 		sim_sort_u64(w, l->tmp, cnt);
 		while (si < ns && l->side[si].bucket < b)
 			si++; /* cannot happen for a consistent file; keeps the scan in step */
+		size_t nbatch = 0, bp = 0;
 		for (size_t i = 0; i < cnt;) {
 			uint64_t keybits = w[i] >> gb;
-			uint32_t len = 0;
 			size_t j = i;
-			for (; j < cnt && (w[j] >> gb) == keybits; j++) {
-				uint32_t img = (uint32_t)(w[j] & imask), mult = 1;
-				while (si < ns && l->side[si].bucket == b && l->side[si].word < w[j])
+			while (j < cnt && (w[j] >> gb) == keybits)
+				j++;
+			uint32_t len = (uint32_t)(j - i);
+			if (len > 1 && (grow((void **)&l->bpairs, &l->bpairs_cap, bp + 2 * (size_t)len, sizeof *l->bpairs,
+			                     err) ||
+			                grow((void **)&l->batch, &l->batch_cap, nbatch + 1, sizeof *l->batch, err)))
+				return IDD_ERR;
+			uint32_t *pr = len > 1 ? l->bpairs + bp : l->pairs;
+			for (size_t x = i; x < j; x++) {
+				uint32_t img = (uint32_t)(w[x] & imask), mult = 1;
+				while (si < ns && l->side[si].bucket == b && l->side[si].word < w[x])
 					si++;
-				if (si < ns && l->side[si].bucket == b && l->side[si].word == w[j])
+				if (si < ns && l->side[si].bucket == b && l->side[si].word == w[x])
 					mult = l->side[si++].mult;
-				if (j > i && img == l->pairs[2 * (len - 1)])
+				if (x > i && img == pr[2 * (x - i - 1)])
 					return idd_fail(err, "%s: an image's key appears twice", r.path);
-				l->pairs[2 * len] = img;
-				l->pairs[2 * len + 1] = mult;
-				len++;
+				pr[2 * (x - i)] = img;
+				pr[2 * (x - i) + 1] = mult;
 				l->distinct[img]++;
 			}
-			if (len > 1 && sim_sigtab_add(&l->sigs, l->pairs, len, 1, err))
-				return IDD_ERR;
+			if (len > 1) {
+				l->batch[nbatch++] = (struct batch_sig){sigtab_hash(pr, len), bp, len};
+				bp += 2 * (size_t)len;
+			}
 			i = j;
 		}
+		if (add_batch(l, nbatch, err))
+			return IDD_ERR;
 		start = end;
 	}
 	maybe_flush(c, &l->sigs);
@@ -847,6 +962,8 @@ static void pass2_worker(void *arg, int tid)
 	free(l.buf);
 	free(l.pairs);
 	free(l.distinct);
+	free(l.bpairs);
+	free(l.batch);
 }
 
 typedef struct expand_arg {
@@ -1102,6 +1219,7 @@ static void rows_worker(void *arg, int tid)
 	(void)tid;
 	rows_job *r = arg;
 	idd_error e;
+	idd_blocklist_buffers bufs = {0};
 	uint32_t *seen = calloc(r->nkeys + 1, sizeof *seen);
 	if (!seen) {
 		idd_fail_code(&e, IDD_ENOMEM, "out of memory");
@@ -1120,8 +1238,8 @@ static void rows_worker(void *arg, int tid)
 		pthread_mutex_unlock(&r->mu);
 		if (stop)
 			break;
-		idd_blocklist *bl;
-		int rc = idd_blocklist_open(r->index_dir, &r->cat->images[b], &bl, &e);
+		idd_blocklist list, *bl = &list;
+		int rc = idd_blocklist_open_reuse(r->index_dir, &r->cat->images[b], &bufs, bl, &e);
 		if (rc) {
 			pthread_mutex_lock(&r->mu);
 			if (!r->failed) {
@@ -1150,9 +1268,10 @@ static void rows_worker(void *arg, int tid)
 				}
 			}
 		}
-		idd_blocklist_free(bl);
+		idd_blocklist_clear(bl);
 	}
 	free(seen);
+	idd_blocklist_buffers_free(&bufs);
 }
 
 int sim_rows(const char *index_dir, const idd_catalog *cat, const size_t *sel, size_t k,
