@@ -102,46 +102,37 @@ static void write_json(FILE *f, const idd_similarity *s, idd_metric m, const siz
 	cli_json_end(&j);
 }
 
-static int write_top(FILE *f, const idd_similarity *s, size_t k, bool json, const size_t *order)
+static void write_top(FILE *f, const idd_top_seeds *t, bool json)
 {
-	size_t *top = calloc(k + 1, sizeof *top);
-	if (!top) {
-		cli_error("out of memory");
-		return EXIT_FAIL;
-	}
 	cli_json j;
 	if (json) {
 		cli_json_begin(&j, f);
-		cli_json_key_u64(&j, "k", k);
+		cli_json_key_u64(&j, "k", t->k);
 		cli_json_key_open(&j, "top", '[');
 	} else {
 		fputs("image,rank,seed,containment,jaccard,shared_blocks\n", f);
 	}
-	for (size_t r = 0; r < s->n; r++) {
-		size_t a = order[r];
-		size_t got = idd_similarity_top(s, a, k, top);
+	for (size_t a = 0; a < t->n; a++) {
 		if (json) {
 			cli_json_key_open(&j, NULL, '{');
-			cli_json_key_str(&j, "image", s->ids[a]);
+			cli_json_key_str(&j, "image", t->ids[a]);
 			cli_json_key_open(&j, "seeds", '[');
 		}
-		for (size_t i = 0; i < got; i++) {
-			size_t b = top[i];
-			double c = idd_similarity_value(s, IDD_METRIC_CONTAINMENT, a, b);
-			double jac = idd_similarity_value(s, IDD_METRIC_JACCARD, a, b);
-			unsigned long long sh = (unsigned long long)idd_similarity_shared(s, a, b);
+		for (size_t i = 0; i < t->count[a]; i++) {
+			const idd_seed *sd = &t->seeds[a * t->k + i];
 			if (json) {
 				cli_json_key_open(&j, NULL, '{');
-				cli_json_key_str(&j, "image", s->ids[b]);
-				cli_json_key_double(&j, "containment", c);
-				cli_json_key_double(&j, "jaccard", jac);
-				cli_json_key_u64(&j, "shared_blocks", sh);
+				cli_json_key_str(&j, "image", t->ids[sd->image]);
+				cli_json_key_double(&j, "containment", sd->containment);
+				cli_json_key_double(&j, "jaccard", sd->jaccard);
+				cli_json_key_u64(&j, "shared_blocks", sd->shared);
 				cli_json_close(&j, '}');
 			} else {
-				csv_field(f, s->ids[a]);
+				csv_field(f, t->ids[a]);
 				fprintf(f, ",%zu,", i + 1);
-				csv_field(f, s->ids[b]);
-				fprintf(f, ",%.6f,%.6f,%llu\n", c, jac, sh);
+				csv_field(f, t->ids[sd->image]);
+				fprintf(f, ",%.6f,%.6f,%llu\n", sd->containment, sd->jaccard,
+				        (unsigned long long)sd->shared);
 			}
 		}
 		if (json) {
@@ -153,8 +144,38 @@ static int write_top(FILE *f, const idd_similarity *s, size_t k, bool json, cons
 		cli_json_close(&j, ']');
 		cli_json_end(&j);
 	}
-	free(top);
-	return EXIT_OK;
+}
+
+/* --top: seeds without the matrix (lib/index/simtop.c) */
+static int run_top(idd_similarity_opts *o, size_t k, bool json, const char *out)
+{
+	idd_top_seeds *t = NULL;
+	idd_error err = {{0}, 0};
+	cli_progress prog;
+	cli_progress_init(&prog, "similarity", cli_quiet);
+	o->progress = cli_progress_cb;
+	o->warn = cli_warn;
+	o->ctx = &prog;
+	int r = idd_similarity_top_compute(o, k, &t, &err);
+	cli_progress_done(&prog);
+	if (r) {
+		cli_error("%s", err.msg);
+		return EXIT_FAIL;
+	}
+	idd_outfile out_file = {.f = stdout};
+	if (out && idd_outfile_open(&out_file, out, &err)) {
+		cli_error("%s", err.msg);
+		idd_top_seeds_free(t);
+		return EXIT_FAIL;
+	}
+	write_top(out_file.f, t, json);
+	int rc = EXIT_OK;
+	if (out && idd_outfile_commit(&out_file, &err)) {
+		cli_error("%s", err.msg);
+		rc = EXIT_FAIL;
+	}
+	idd_top_seeds_free(t);
+	return rc;
 }
 
 int cmd_similarity(int argc, char **argv)
@@ -218,9 +239,13 @@ int cmd_similarity(int argc, char **argv)
 	bool svg = !strcmp(format, "svg");
 	if (topk && svg)
 		return cli_usage(usage, "--top lists seeds as csv or json, not svg");
+	if (topk && cluster)
+		return cli_usage(usage, "--top lists images by id: --order cluster needs the whole matrix");
 	if (svg && !order_given)
 		cluster = true; /* the heatmap shows families as blocks */
 	o.repo = argv[optind];
+	if (topk)
+		return run_top(&o, (size_t)topk, !strcmp(format, "json"), out);
 	cli_progress prog;
 	cli_progress_init(&prog, "similarity", cli_quiet);
 	o.progress = cli_progress_cb;
@@ -259,9 +284,7 @@ int cmd_similarity(int argc, char **argv)
 	}
 	FILE *f = out_file.f;
 	int rc = EXIT_OK;
-	if (topk) {
-		rc = write_top(f, s, (size_t)topk, !strcmp(format, "json"), order);
-	} else if (svg) {
+	if (svg) {
 		size_t len;
 		char *doc = idd_similarity_svg(s, metric, order, &len, &err);
 		if (!doc) {

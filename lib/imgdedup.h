@@ -327,7 +327,9 @@ typedef struct idd_similarity_opts {
 	int jobs;               /* 0: online CPUs */
 	bool no_cache;          /* recompute even when the cached result is current */
 	const char *tmp_dir;    /* spill files; NULL: the index directory */
-	uint64_t mem_budget;    /* bytes for one partition in memory; 0: 512 MiB */
+	uint64_t mem_budget;    /* bytes for the keys being grouped in memory; 0: 512 MiB */
+	size_t top_candidates;  /* top-K: candidates verified per image (0: max(2K, K + 16)) */
+	uint32_t top_sample_rate; /* top-K: 1 in this many digests sampled (0: chosen by size) */
 	idd_progress_fn progress;
 	idd_warn_fn warn;
 	void *ctx;
@@ -366,6 +368,31 @@ double idd_similarity_value(const idd_similarity *s, idd_metric m, size_t a, siz
  * symmetrised as the mean of both directions).  order[0..n) receives the
  * dendrogram's leaf order: similar images adjacent, families contiguous. */
 int idd_similarity_cluster_order(const idd_similarity *s, idd_metric m, size_t *order, idd_error *err);
+/* Each image's k best cache seeds, without the n x n matrix: candidates
+ * from a consistent sample of the digests, then exact counts for those pairs
+ * only (docs/similarity.md).  Every value reported is exact; an image's true
+ * best seed can be missed (rarely: the benchmark measures the recall). */
+typedef struct idd_seed {
+	size_t image;          /* index into ids */
+	double containment;    /* share of the image's non-zero blocks the seed holds */
+	double jaccard;
+	uint64_t shared;       /* distinct digests in common */
+} idd_seed;
+
+typedef struct idd_top_seeds {
+	size_t n, k;
+	char **ids;            /* sorted, as in the catalog */
+	uint64_t *nonzero, *distinct;
+	size_t *count;         /* per image: seeds found (k unless fewer other images) */
+	idd_seed *seeds;       /* image a's seeds at a*k .. a*k+count[a], best first */
+	uint64_t candidates;   /* pairs counted exactly */
+	uint32_t sample_rate;  /* 1 in sample_rate digests sampled; 0: every pair counted */
+} idd_top_seeds;
+
+int idd_similarity_top_compute(const idd_similarity_opts *opts, size_t k, idd_top_seeds **out,
+                               idd_error *err);
+void idd_top_seeds_free(idd_top_seeds *t);
+
 /* The up-to-k images a shares most with, best cache seeds first
  * (containment(a, b) descending, then jaccard, then id).  Returns how many. */
 size_t idd_similarity_top(const idd_similarity *s, size_t a, size_t k, size_t *out);
