@@ -1194,6 +1194,11 @@ typedef struct rows_job {
 	uint64_t *entry_mult; /* its multiplicity */
 	uint32_t *slots;      /* hash of keys: index + 1 */
 	size_t mask;
+	/* a bit per 2^filter_shift-th of the key space holding a key: most
+	 * blocks of the other images are not among the selection's, and one
+	 * look in this small array (in cache) says so */
+	uint64_t *filter;
+	size_t filter_mask;
 	uint64_t *shared, *cab, *cba;
 	pthread_mutex_t mu;
 	size_t next;
@@ -1254,7 +1259,11 @@ static void rows_worker(void *arg, int tid)
 		 * grows each time; the distinct counts only the first time */
 		uint32_t mark = (uint32_t)b + 1;
 		for (uint64_t x = 0; x < bl->ndata; x++) {
-			size_t t = rows_find(r, idd_be64(bl->digests[x].b));
+			uint64_t key = idd_be64(bl->digests[x].b);
+			size_t fb = (size_t)(key >> 7) & r->filter_mask;
+			if (!(r->filter[fb >> 6] >> (fb & 63) & 1))
+				continue;
+			size_t t = rows_find(r, key);
 			if (t == SIZE_MAX)
 				continue;
 			bool first = seen[t] != mark;
@@ -1339,8 +1348,17 @@ int sim_rows(const char *index_dir, const idd_catalog *cat, const size_t *sel, s
 		while (ns < 2 * nk)
 			ns *= 2;
 		r.mask = ns - 1;
-		if (!(r.slots = idd_calloc(ns, sizeof *r.slots, err)))
+		size_t fbits = 1u << 16;
+		while (fbits < 32 * nk && fbits < ((size_t)1 << 30))
+			fbits *= 2;
+		r.filter_mask = fbits - 1;
+		if (!(r.slots = idd_calloc(ns, sizeof *r.slots, err)) ||
+		    !(r.filter = idd_calloc(fbits / 64, sizeof *r.filter, err)))
 			rc = IDD_ERR;
+		for (size_t t = 0; !rc && t < nk; t++) {
+			size_t fb = (size_t)(r.keys[t] >> 7) & r.filter_mask;
+			r.filter[fb >> 6] |= 1ull << (fb & 63);
+		}
 		for (size_t t = 0; !rc && t < nk; t++) {
 			size_t j = (size_t)(sim_mix64(r.keys[t]) & r.mask);
 			while (r.slots[j])
@@ -1364,5 +1382,6 @@ int sim_rows(const char *index_dir, const idd_catalog *cat, const size_t *sel, s
 	free(r.entry_sel);
 	free(r.entry_mult);
 	free(r.slots);
+	free(r.filter);
 	return rc;
 }

@@ -344,14 +344,20 @@ static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd
 		goto out;
 	if (!o->no_cache) {
 		idd_error e2;
+		int64_t t0 = idd_now_ns();
 		int crc = cache_load(index_dir, cat, o->mem_budget, &res, &added, &nadded, &dropped, &e2);
+		if (getenv("IDD_SIM_DEBUG"))
+			fprintf(stderr, "cache load %.2f s\n", (idd_now_ns() - t0) / 1e9);
 		if (crc == IDD_OK && res->from_cache)
 			goto out;
 		if (crc == IDD_OK) {
 			res->rows_dropped = dropped;
 			res->cache_updated = true;
+			int64_t t1 = idd_now_ns();
 			if ((rc = update_rows(o, index_dir, cat, res, added, nadded, err)))
 				goto out;
+			if (getenv("IDD_SIM_DEBUG"))
+				fprintf(stderr, "rows %.2f s\n", (idd_now_ns() - t1) / 1e9);
 			res->rows_computed = nadded;
 			goto save;
 		}
@@ -366,8 +372,11 @@ static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd
 		goto out;
 save:;
 	idd_error e3;
+	int64_t t2 = idd_now_ns();
 	if (cache_save(index_dir, cat, res, &e3) && o->warn) /* read-only index: still answer */
 		o->warn(o->ctx, e3.msg);
+	if (getenv("IDD_SIM_DEBUG"))
+		fprintf(stderr, "cache save %.2f s\n", (idd_now_ns() - t2) / 1e9);
 out:
 	if (rc) {
 		idd_similarity_free(res);
