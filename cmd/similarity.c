@@ -85,6 +85,10 @@ static void write_json(FILE *f, const idd_similarity *s, idd_metric m, const siz
 	cli_json_key_str(&j, "metric", metric_name(m));
 	cli_json_key_str(&j, "order", clustered ? "cluster" : "id");
 	cli_json_key_bool(&j, "from_cache", s->from_cache);
+	/* what this run computed: every image, none (cached), or the rows of
+	 * the images added or changed since the cache was written */
+	cli_json_key_u64(&j, "rows_computed", s->rows_computed);
+	cli_json_key_u64(&j, "rows_dropped", s->rows_dropped);
 	cli_json_key_open(&j, "images", '[');
 	for (size_t i = 0; i < s->n; i++) {
 		fputs(i ? "," : "", f);
