@@ -156,5 +156,15 @@ int main(int argc, char **argv)
 	printf("recall %.4f (%zu of %zu seeds of %zu sampled images in their exact top %zu); "
 	       "%zu reported values checked, %zu wrong; %zu lines\n",
 	       total ? (double)got / (double)total : 1.0, got, total, want, k, reported, wrong, lines);
+	free(perm);
+	free(sel);
+	free(slot);
+	free(sh);
+	free(cab);
+	free(cba);
+	free(row);
+	free(kth);
+	free(hits);
+	idd_catalog_free(cat);
 	return wrong ? 1 : 0;
 }

@@ -448,7 +448,8 @@ static int write_chunk(sim_count *c, pass1_local *l, uint32_t image, size_t q, c
 	chunk_head h = {.image = image, .nkeys = (uint32_t)nk, .nmult = (uint32_t)nm};
 	memcpy(l->chunk, &h, sizeof h);
 	memcpy(l->chunk + sizeof h, keys, nk * sizeof *keys);
-	memcpy(l->chunk + sizeof h + nk * sizeof *keys, mults, nm * sizeof *mults);
+	if (nm)
+		memcpy(l->chunk + sizeof h + nk * sizeof *keys, mults, nm * sizeof *mults);
 	uint64_t off = atomic_fetch_add(&c->file_len[q], (uint64_t)bytes);
 	if (idd_pwrite_all(c->fds[q], l->chunk, bytes, off))
 		return idd_fail_errno(err, c->paths[q], "write");
@@ -674,10 +675,7 @@ int sim_count_start(const sim_count_opts *o, sim_count **out, idd_error *err)
 	c->group_unit = bytes / groups;
 	c->total = bytes + c->group_unit * groups;
 	if (!rc) {
-		int64_t t0 = idd_now_ns();
 		sim_run_threads(c->threads, pass1_worker, c);
-		if (getenv("IDD_SIM_DEBUG"))
-			fprintf(stderr, "pass1 %.2f s (g %u gb %u ib %u)\n", (idd_now_ns() - t0) / 1e9, c->g, c->gb, c->ib);
 		if (c->failed) {
 			*err = c->err;
 			rc = c->vanished ? IDD_ENOENT : (c->err.code ? c->err.code : IDD_ERR);
@@ -981,19 +979,13 @@ int sim_count_finish(sim_count *c, const sim_sink *sink, idd_error *err)
 {
 	c->sink = sink;
 	c->next = 0;
-	int64_t t0 = idd_now_ns();
 	sim_run_threads(c->threads, pass2_worker, c);
-	if (getenv("IDD_SIM_DEBUG"))
-		fprintf(stderr, "pass2 %.2f s (sigs %zu, arena %zu)\n", (idd_now_ns() - t0) / 1e9, c->sigs.n, c->sigs.alen);
-	t0 = idd_now_ns();
 	if (c->failed) {
 		*err = c->err;
 		return c->err.code ? c->err.code : IDD_ERR;
 	}
 	expand_arg x = {c, c->threads};
 	sim_run_threads(c->threads, expand_worker, &x);
-	if (getenv("IDD_SIM_DEBUG"))
-		fprintf(stderr, "expand %.2f s\n", (idd_now_ns() - t0) / 1e9);
 	return IDD_OK;
 }
 

@@ -100,11 +100,7 @@ static int compute(const idd_similarity_opts *o, const char *index_dir, const id
 		return rc;
 	}
 	sim_sink sink = {sim_matrix_expand, &m};
-	int64_t t0 = idd_now_ns();
 	rc = sim_count_finish(c, &sink, err);
-	if (getenv("IDD_SIM_DEBUG"))
-		fprintf(stderr, "pass2+expand %.2f s, records %llu signatures %llu\n", (idd_now_ns() - t0) / 1e9,
-		        (unsigned long long)sim_count_records(c), (unsigned long long)sim_count_signatures(c));
 	if (!rc) {
 		sim_matrix_finish(&m, sim_count_nonzero(c), sim_count_distinct(c));
 		memcpy(res->nonzero, sim_count_nonzero(c), n * sizeof *res->nonzero);
@@ -344,20 +340,14 @@ static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd
 		goto out;
 	if (!o->no_cache) {
 		idd_error e2;
-		int64_t t0 = idd_now_ns();
 		int crc = cache_load(index_dir, cat, o->mem_budget, &res, &added, &nadded, &dropped, &e2);
-		if (getenv("IDD_SIM_DEBUG"))
-			fprintf(stderr, "cache load %.2f s\n", (idd_now_ns() - t0) / 1e9);
 		if (crc == IDD_OK && res->from_cache)
 			goto out;
 		if (crc == IDD_OK) {
 			res->rows_dropped = dropped;
 			res->cache_updated = true;
-			int64_t t1 = idd_now_ns();
 			if ((rc = update_rows(o, index_dir, cat, res, added, nadded, err)))
 				goto out;
-			if (getenv("IDD_SIM_DEBUG"))
-				fprintf(stderr, "rows %.2f s\n", (idd_now_ns() - t1) / 1e9);
 			res->rows_computed = nadded;
 			goto save;
 		}
@@ -372,11 +362,8 @@ static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd
 		goto out;
 save:;
 	idd_error e3;
-	int64_t t2 = idd_now_ns();
 	if (cache_save(index_dir, cat, res, &e3) && o->warn) /* read-only index: still answer */
 		o->warn(o->ctx, e3.msg);
-	if (getenv("IDD_SIM_DEBUG"))
-		fprintf(stderr, "cache save %.2f s\n", (idd_now_ns() - t2) / 1e9);
 out:
 	if (rc) {
 		idd_similarity_free(res);
