@@ -1279,6 +1279,8 @@ int sim_rows(const char *index_dir, const idd_catalog *cat, const size_t *sel, s
              int threads, uint64_t *shared, uint64_t *cab, uint64_t *cba, idd_error *err)
 {
 	size_t n = cat->count;
+	if (!k)
+		return IDD_OK;
 	rows_job r = {.index_dir = index_dir, .cat = cat, .n = n, .k = k,
 	              .shared = shared, .cab = cab, .cba = cba};
 	memset(shared, 0, k * n * sizeof *shared);

@@ -346,7 +346,7 @@ static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd
 		if (crc == IDD_OK) {
 			res->rows_dropped = dropped;
 			res->cache_updated = true;
-			if ((rc = update_rows(o, index_dir, cat, res, added, nadded, err)))
+			if (nadded && (rc = update_rows(o, index_dir, cat, res, added, nadded, err)))
 				goto out;
 			res->rows_computed = nadded;
 			goto save;

@@ -225,6 +225,20 @@ static void test_cache_update(void **state)
 	/* three removed: rows dropped, nothing computed */
 	mask[0] = mask[20] = mask[39] = false;
 	check_update(idx, mask, 3, 0, 3, true);
+	/* a removal reads no block list: it answers with every list gone */
+	mask[1] = false;
+	write_index(idx, mask, 31);
+	char *blocks = idd_path_join(idx, "blocks", NULL);
+	tu_rmtree(blocks);
+	free(blocks);
+	assert_int_equal(idd_similarity_compute(&o, &s, &err), IDD_OK);
+	assert_true(s->cache_updated);
+	assert_int_equal(s->rows_dropped, 1);
+	assert_int_equal(s->rows_computed, 0);
+	check_counts(s);
+	idd_similarity_free(s);
+	mask[1] = true;
+	check_update(idx, mask, 32, 1, 0, true);
 	/* one changed, one added, one removed */
 	content[5][150] = 99999999;
 	mask[0] = true;
