@@ -33,14 +33,15 @@ t_rerun=$(median_time "$IMGDEDUP" pack -q "$R")
 j() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
 blocks=$(j "$D/p.json" blocks); pbytes=$(j "$D/p.json" pack_bytes); raw=$(j "$D/p.json" raw_bytes)
 ondisk=$(du -B1 -c "$R"/*.raw "$R"/*.qcow2 "$R"/*.ova "$R"/*.box 2>/dev/null | tail -1 | cut -f1)
-idx_bytes=$(stat -c %s "$I/pack/index")
+# the pack's index: manifest, runs, frame tables
+idx_bytes=$(find "$I/pack/index" "$I/pack/runs" "$I/pack/data" -type f ! -name '*.zpk' -printf '%s\n' | awk '{s += $1} END {print s}')
 views=$(find "$I/pack/views" -type f | wc -l)
 view_bytes=$(find "$I/pack/views" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 peak=$( { rm -rf "$I/pack"; /usr/bin/time -f '%M' "$IMGDEDUP" pack -q "$R"; } 2>&1 | tail -1)
 echo "  build: ${t_build} s (peak RSS ${peak} KB); re-run over an unchanged index: ${t_rerun} s"
 echo "  pack: ${blocks} distinct blocks, ${raw} bytes of blocks -> ${pbytes} bytes on disk ($(ratio "$pbytes" "$raw") of the blocks)"
 echo "  the repository's images take ${ondisk} bytes on disk: the pack adds $(ratio "$pbytes" "$ondisk")x"
-echo "  pack index ${idx_bytes} bytes ($(ratio "$idx_bytes" "$blocks") B per block); ${views} views, ${view_bytes} bytes in all"
+echo "  pack index (manifest, runs, frame tables) ${idx_bytes} bytes ($(ratio "$idx_bytes" "$blocks") B per block); ${views} views, ${view_bytes} bytes in all"
 
 echo "== incremental: debian12-web.raw (and its compressed twin) removed, then web.raw added back"
 mkdir -p "$D/held"; mv "$R/debian12-web.raw" "$R/debian12-web-compressed.qcow2" "$D/held/"

@@ -67,12 +67,16 @@ static int cache_ls(int argc, char **argv)
 			time_t t = (time_t)(v[i].last_used / 1000000000);
 			struct tm tm;
 			strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
-			char part[64] = "";
-			if (v[i].partial)
-				snprintf(part, sizeof part, " (partial: %" PRIu64 " of %" PRIu64 " data blocks, %.0f%%)",
-				         v[i].present_blocks, v[i].data_blocks,
-				         v[i].data_blocks ? 100.0 * (double)v[i].present_blocks / (double)v[i].data_blocks
-				                          : 100.0);
+			char part[96] = "";
+			if (v[i].partial) {
+				/* rounded down: 100% only when every data block is there */
+				uint64_t d = v[i].data_blocks, p = v[i].present_blocks;
+				unsigned pct = d ? (unsigned)(p >= d ? 100 : (double)p * 100.0 / (double)d) : 100;
+				if (pct == 100 && p < d)
+					pct = 99;
+				snprintf(part, sizeof part,
+				         " (partial: %" PRIu64 " of %" PRIu64 " data blocks present, %u%%)", p, d, pct);
+			}
 			printf("%-19s %10s %10s %10" PRIu64 "  %s%s%s%s%s\n", when, cli_human(v[i].size, a),
 			       cli_human(v[i].disk_bytes, b), v[i].blocks, v[i].path,
 			       v[i].owned ? "" : " (registered from outside the cache)",

@@ -275,6 +275,8 @@ void cli_json_key_i64(cli_json *j, const char *k, int64_t v) { json_sep(j, k); f
 void cli_json_key_double(cli_json *j, const char *k, double v) { json_sep(j, k); fprintf(j->f, "%.6f", v); }
 void cli_json_key_bool(cli_json *j, const char *k, bool v) { json_sep(j, k); fputs(v ? "true" : "false", j->f); }
 
+void cli_json_key_null(cli_json *j, const char *k) { json_sep(j, k); fputs("null", j->f); }
+
 void cli_json_key_str(cli_json *j, const char *k, const char *v)
 {
 	json_sep(j, k);

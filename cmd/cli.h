@@ -60,6 +60,7 @@ void cli_json_key_i64(cli_json *j, const char *k, int64_t v);
 void cli_json_key_double(cli_json *j, const char *k, double v);
 void cli_json_key_str(cli_json *j, const char *k, const char *v);
 void cli_json_key_bool(cli_json *j, const char *k, bool v);
+void cli_json_key_null(cli_json *j, const char *k);
 void cli_json_key_open(cli_json *j, const char *k, char bracket); /* "k": { or [ ; k NULL inside arrays */
 void cli_json_close(cli_json *j, char bracket);
 void cli_json_str(FILE *f, const char *s); /* quoted, escaped */

@@ -71,6 +71,12 @@ int cmd_pack(int argc, char **argv)
 		cli_json_key_u64(&j, "failed", st.failed);
 		cli_json_key_u64(&j, "views_written", st.views_written);
 		cli_json_key_u64(&j, "data_bytes_written", st.data_bytes_written);
+		cli_json_key_u64(&j, "index_bytes_written", st.index_bytes_written);
+		cli_json_key_u64(&j, "maps_read", st.maps_read);
+		cli_json_key_u64(&j, "lists_read", st.lists_read);
+		cli_json_key_u64(&j, "runs", st.runs);
+		cli_json_key_u64(&j, "runs_merged", st.runs_merged);
+		cli_json_key_bool(&j, "upgraded", st.upgraded);
 		cli_json_key_bool(&j, "compacted", st.compacted);
 		cli_json_key_bool(&j, "changed", st.changed);
 		cli_json_end(&j);

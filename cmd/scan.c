@@ -6,7 +6,7 @@
 #include <string.h>
 
 static const char usage[] =
-	"imgdedup scan [--index DIR] [--block-size N] [--jobs N] [--include GLOB]... [--no-wait] [--json] [-q] REPO";
+	"imgdedup scan [--index DIR] [--block-size N] [--jobs N] [--include GLOB]... [--shard K/N | --merge] [--no-wait] [--json] [-q] REPO";
 
 int cmd_scan(int argc, char **argv)
 {
@@ -14,6 +14,7 @@ int cmd_scan(int argc, char **argv)
 		{"index", required_argument, 0, 'i'}, {"block-size", required_argument, 0, 'b'},
 		{"jobs", required_argument, 0, 'j'},  {"include", required_argument, 0, 'I'},
 		{"no-wait", no_argument, 0, 'W'},     {"json", no_argument, 0, 'J'},
+		{"shard", required_argument, 0, 'S'}, {"merge", no_argument, 0, 'M'},
 		{"quiet", no_argument, 0, 'q'},       {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
 	idd_scan_opts o = {0};
@@ -52,6 +53,18 @@ int cmd_scan(int argc, char **argv)
 			break;
 		}
 		case 'W': o.no_wait = true; break;
+		case 'S': {
+			unsigned k, n;
+			char tail;
+			if (sscanf(optarg, "%u/%u%c", &k, &n, &tail) != 2 || !n || !k || k > n || n > 1000000) {
+				free(includes);
+				return cli_usage(usage, "--shard takes K/N with 1 <= K <= N");
+			}
+			o.shard_k = k;
+			o.shard_n = n;
+			break;
+		}
+		case 'M': o.merge = true; break;
 		case 'J': json = true; break;
 		case 'q': cli_quiet = true; break;
 		case 'h': printf("usage: %s\n", usage); free(includes); return EXIT_OK;
@@ -92,7 +105,10 @@ int cmd_scan(int argc, char **argv)
 		cli_json_key_u64(&j, "bytes_hashed", st.bytes_hashed);
 		cli_json_key_u64(&j, "blocks", st.blocks);
 		cli_json_key_u64(&j, "zero_blocks", st.zero_blocks);
-		cli_json_key_u64(&j, "unique_blocks", st.unique_blocks);
+		if (st.unique_blocks == IDD_UNIQUE_UNKNOWN) /* a shard: the merge counts */
+			cli_json_key_null(&j, "unique_blocks");
+		else
+			cli_json_key_u64(&j, "unique_blocks", st.unique_blocks);
 		cli_json_end(&j);
 	} else if (!cli_quiet) {
 		char h[32];
@@ -104,8 +120,13 @@ int cmd_scan(int argc, char **argv)
 		       (unsigned long long)st.unchanged, (unsigned long long)st.renamed,
 		       (unsigned long long)st.removed, rep, st.failed ? ", some failed" : "",
 		       cli_human(st.bytes_hashed, h));
-		printf("%llu blocks: %llu zero, %llu distinct non-zero\n", (unsigned long long)st.blocks,
-		       (unsigned long long)st.zero_blocks, (unsigned long long)st.unique_blocks);
+		if (st.unique_blocks == IDD_UNIQUE_UNKNOWN)
+			printf("%llu blocks: %llu zero (shard %u of %u: 'imgdedup scan --merge' counts the rest)\n",
+			       (unsigned long long)st.blocks, (unsigned long long)st.zero_blocks, o.shard_k,
+			       o.shard_n);
+		else
+			printf("%llu blocks: %llu zero, %llu distinct non-zero\n", (unsigned long long)st.blocks,
+			       (unsigned long long)st.zero_blocks, (unsigned long long)st.unique_blocks);
 	}
 	rc = r ? EXIT_FAIL : EXIT_OK;
 	if (r)

@@ -20,6 +20,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -35,7 +36,7 @@
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
 	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--readahead SIZE] "
-	"[--connections N] [--timeout S] [--no-pack] [--json] [-q] IMAGE...";
+	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] IMAGE...";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -53,7 +54,7 @@ struct serve_args {
 	const char *source, *cache, *index, *socket_path, *record, *prefetch, *readahead;
 	const char **peers;
 	size_t n_peers;
-	long port, timeout_s, connections;
+	long port, timeout_s, read_timeout_s, connections;
 	bool fill, no_pack, json;
 	char **images;
 	size_t n_images;
@@ -196,6 +197,10 @@ static void argv_free(struct argv_buf *a)
 static void relay_line(const char *line)
 {
 	const char *p = line;
+	/* the plugin's shutdown watcher sleeps in nbdkit_nanosleep, which says
+	 * this when nbdkit stops it: nothing is wrong */
+	if (strstr(line, "aborting sleep because of server shut down"))
+		return;
 	if (!strncmp(p, "nbdkit: ", 8)) {
 		p += 8;
 		const char *sep = strstr(p, ": ");
@@ -254,21 +259,22 @@ static bool relay_read(struct relay *r, int fd)
 
 static const char *const stat_keys[] = {
 	"reads", "bytes_read", "bytes_zero", "bytes_from_cache", "bytes_fetched", "bytes_from_peers",
-	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete"};
+	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete",
+	"cache_write_errors"};
 #define N_STATS (sizeof stat_keys / sizeof stat_keys[0])
 
-/* The plugin's stats file: one flat JSON object of counters. */
-static bool read_stats(const char *path, uint64_t v[N_STATS])
+/* The plugin's counters (stats-fd): one flat JSON object. */
+static bool read_stats(int fd, uint64_t v[N_STATS])
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		cli_error("%s: nbdkit stopped without writing the plugin's counters: %s", path,
-		          strerror(errno));
+	char text[4096];
+	ssize_t n;
+	while ((n = pread(fd, text, sizeof text - 1, 0)) < 0 && errno == EINTR)
+		;
+	if (n <= 0) {
+		cli_error("nbdkit stopped without writing the plugin's counters%s%s",
+		          n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
 		return false;
 	}
-	char text[4096];
-	size_t n = fread(text, 1, sizeof text - 1, f);
-	fclose(f);
 	text[n] = 0;
 	for (size_t i = 0; i < N_STATS; i++) {
 		char key[64];
@@ -277,7 +283,7 @@ static bool read_stats(const char *path, uint64_t v[N_STATS])
 		char *end;
 		if (!p || (errno = 0, v[i] = strtoull(p + strlen(key), &end, 10), errno) ||
 		    end == p + strlen(key)) {
-			cli_error("%s: no counter '%s' in the plugin's statistics", path, stat_keys[i]);
+			cli_error("no counter '%s' in the plugin's statistics", stat_keys[i]);
 			return false;
 		}
 	}
@@ -318,6 +324,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"fill", no_argument, 0, 'F'},           {"record", required_argument, 0, 'r'},
 		{"prefetch", required_argument, 0, 'R'}, {"readahead", required_argument, 0, 'a'},
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
+		{"read-timeout", required_argument, 0, 'T'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
@@ -361,6 +368,11 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 			if (!cli_parse_int(optarg, 1, 86400, &a->timeout_s))
 				return cli_usage(usage, "--timeout must be 1 to 86400 seconds, not '%s'", optarg);
 			break;
+		case 'T':
+			if (!cli_parse_int(optarg, 1, 86400, &a->read_timeout_s))
+				return cli_usage(usage, "--read-timeout must be 1 to 86400 seconds, not '%s'",
+				                 optarg);
+			break;
 		case 'N': a->no_pack = true; break;
 		case 'J': a->json = true; break;
 		case 'q': cli_quiet = true; break;
@@ -392,14 +404,14 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 }
 
 static void build_argv(struct argv_buf *av, const struct serve_args *a, const char *plugin,
-                       const char *pidfile, const char *statsfile)
+                       int pid_fd, int stats_fd)
 {
 	argv_add(av, "nbdkit");
 	argv_add(av, "--foreground");
 	argv_add(av, "--exit-with-parent");
 	argv_add(av, "--log=stderr");
 	argv_add(av, "--readonly");
-	argv_add(av, "--pidfile=%s", pidfile);
+	argv_add(av, "--pidfile=/dev/fd/%d", pid_fd);
 	if (a->socket_path) {
 		argv_add(av, "--unix=%s", a->socket_path);
 	} else {
@@ -429,13 +441,18 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "connections=%ld", a->connections);
 	if (a->timeout_s)
 		argv_add(av, "timeout=%ld", a->timeout_s);
-	argv_add(av, "stats=%s", statsfile);
+	if (a->read_timeout_s)
+		argv_add(av, "read-timeout=%ld", a->read_timeout_s);
+	argv_add(av, "stats-fd=%d", stats_fd);
 }
 
 /* In the child: nbdkit with stdout and stderr into the relay pipe.  An exec
  * failure is reported through the close-on-exec errno pipe. */
-static void exec_nbdkit(char **argv, int out_fd, int errno_fd, const sigset_t *oldmask)
+static void exec_nbdkit(char **argv, int out_fd, int errno_fd, const int *keep, size_t nkeep,
+                        const sigset_t *oldmask)
 {
+	for (size_t i = 0; i < nkeep; i++) /* inherited by nbdkit, and only by it */
+		fcntl(keep[i], F_SETFD, 0);
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
 	signal(SIGHUP, SIG_DFL);
@@ -475,30 +492,27 @@ int cmd_serve(int argc, char **argv)
 		free(a.peers);
 		return EXIT_FAIL;
 	}
-	const char *tmpdir = getenv("TMPDIR");
-	char dir[PATH_MAX];
-	snprintf(dir, sizeof dir, "%s/imgdedup-serve.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
-	if (!mkdtemp(dir)) {
-		cli_error("%s: cannot create a temporary directory: %s", dir, strerror(errno));
-		free(plugin);
-		free(a.peers);
-		return EXIT_FAIL;
-	}
-	char pidfile[PATH_MAX + 16], statsfile[PATH_MAX + 16];
-	snprintf(pidfile, sizeof pidfile, "%s/nbdkit.pid", dir);
-	snprintf(statsfile, sizeof statsfile, "%s/stats.json", dir);
-
-	struct argv_buf av = {0};
-	build_argv(&av, &a, plugin, pidfile, statsfile);
-	free(plugin);
+	/* Nothing on disk that a kill -9 would leave behind: nbdkit writes its
+	 * pid file (the sign it is ready) into a pipe, and the plugin its
+	 * counters into an anonymous memory file, both inherited. */
 	int ret = EXIT_FAIL;
-	int out_pipe[2] = {-1, -1}, errno_pipe[2] = {-1, -1};
-	if (av.failed) {
-		cli_error("out of memory");
+	int out_pipe[2] = {-1, -1}, errno_pipe[2] = {-1, -1}, pid_pipe[2] = {-1, -1};
+	int stats_fd = memfd_create("imgdedup-serve-stats", MFD_CLOEXEC);
+	struct argv_buf av = {0};
+	if (stats_fd < 0) {
+		cli_error("memfd_create: %s", strerror(errno));
+		free(plugin);
 		goto out;
 	}
-	if (pipe2(out_pipe, O_CLOEXEC) || pipe2(errno_pipe, O_CLOEXEC)) {
+	if (pipe2(out_pipe, O_CLOEXEC) || pipe2(errno_pipe, O_CLOEXEC) || pipe2(pid_pipe, O_CLOEXEC)) {
 		cli_error("pipe: %s", strerror(errno));
+		free(plugin);
+		goto out;
+	}
+	build_argv(&av, &a, plugin, pid_pipe[1], stats_fd);
+	free(plugin);
+	if (av.failed) {
+		cli_error("out of memory");
 		goto out;
 	}
 
@@ -522,14 +536,18 @@ int cmd_serve(int argc, char **argv)
 		sigprocmask(SIG_SETMASK, &oldmask, NULL);
 		goto out;
 	}
-	if (pid == 0)
-		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], &oldmask);
+	if (pid == 0) {
+		int keep[] = {pid_pipe[1], stats_fd};
+		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 2, &oldmask);
+	}
 	child_pid = pid;
 	sigprocmask(SIG_SETMASK, &oldmask, NULL);
 	close(out_pipe[1]);
 	out_pipe[1] = -1;
 	close(errno_pipe[1]);
 	errno_pipe[1] = -1;
+	close(pid_pipe[1]);
+	pid_pipe[1] = -1;
 	int exec_errno = 0;
 	ssize_t got;
 	while ((got = read(errno_pipe[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR)
@@ -541,6 +559,7 @@ int cmd_serve(int argc, char **argv)
 		goto out;
 	}
 	fcntl(out_pipe[0], F_SETFL, O_NONBLOCK);
+	fcntl(pid_pipe[0], F_SETFL, O_NONBLOCK);
 
 	/* Relay nbdkit's messages until it exits; it is ready once it wrote
 	 * its pid file, which it does after its socket accepts connections. */
@@ -563,8 +582,8 @@ int cmd_serve(int argc, char **argv)
 				exited = true;
 		}
 		if (!ready && !exited) {
-			struct stat st;
-			if (stat(pidfile, &st) == 0 && st.st_size > 0) {
+			char pidbuf[32];
+			if (read(pid_pipe[0], pidbuf, sizeof pidbuf) > 0) {
 				ready = true;
 				t_ready = now_s();
 				if (!cli_quiet && !a.json) {
@@ -598,8 +617,13 @@ int cmd_serve(int argc, char **argv)
 		goto out;
 	}
 	uint64_t v[N_STATS];
-	if (!read_stats(statsfile, v))
+	if (!ready && stop_signal) {
+		/* stopped while opening SOURCE: nbdkit had no handler yet and
+		 * nothing was served */
+		memset(v, 0, sizeof v);
+	} else if (!read_stats(stats_fd, v)) {
 		goto out;
+	}
 	if (a.json) {
 		cli_json j;
 		cli_json_begin(&j, stdout);
@@ -625,15 +649,14 @@ int cmd_serve(int argc, char **argv)
 	ret = EXIT_OK;
 out:
 	for (int i = 0; i < 2; i++) {
-		if (out_pipe[i] >= 0)
-			close(out_pipe[i]);
-		if (errno_pipe[i] >= 0)
-			close(errno_pipe[i]);
+		int *fds[] = {out_pipe, errno_pipe, pid_pipe};
+		for (size_t k = 0; k < 3; k++)
+			if (fds[k][i] >= 0)
+				close(fds[k][i]);
 	}
+	if (stats_fd >= 0)
+		close(stats_fd);
 	argv_free(&av);
-	unlink(pidfile);
-	unlink(statsfile);
-	rmdir(dir);
 	free(a.peers);
 	return ret;
 }

@@ -1,6 +1,6 @@
 /* fuzz_index.c - libFuzzer target: the index-file container
  * (idd_indexfile_parse, including zstd decompression) and the catalog and
- * block map and block list parsers behind it.
+ * block map, block list and per-image entry parsers behind it.
  *
  * The first input byte is a mode, the rest the body:
  *   bit 0 clear: the body is a whole index file, parsed as a catalog and as
@@ -10,6 +10,8 @@
  *                lies behind the checksum:
  *     bit 1      block map (IDD-MAP) instead of catalog (IDD-CAT)
  *     bit 5      (with bit 1) block list (IDD-BLK, version 2) instead of a map
+ *     bit 6      (bit 1 clear) per-image catalog entry (IDD-ENT) and entries
+ *                index (IDD-ENI) instead of a catalog
  *     bit 2      the body is the payload, zstd-compressed by the harness
  *     bit 3      the body is le64 declared payload length + stored zstd
  *                bytes, as is: lying lengths, corrupt frames, bombs
@@ -17,6 +19,7 @@
  *     bit 4      (with bit 2) declare a payload length off by body[0]-128
  */
 #include "fuzz_common.h"
+#include "index/entries.h"
 #include "index/map.h"
 
 #include <zstd.h>
@@ -24,6 +27,7 @@
 static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
 static const char MAP_MAGIC[8] = {'I', 'D', 'D', '-', 'M', 'A', 'P', 0};
 static const char BLK_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'L', 'K', 0};
+static const char ENT_MAGIC[8] = {'I', 'D', 'D', '-', 'E', 'N', 'T', 0};
 
 /* want: the payload a well-formed container must give back (NULL: any). */
 static void parse_catalog_file(const unsigned char *file, size_t len, const void *want, size_t want_len)
@@ -74,6 +78,22 @@ static void parse_blocklist_file(const unsigned char *file, size_t len)
 	}
 }
 
+/* An entry asked for under its own id (the parser's id check passes, so
+ * what lies behind it is reached); the entries index. */
+static void parse_entry_file(const unsigned char *file, size_t len)
+{
+	idd_error err;
+	idd_image_info im;
+	uint32_t bs;
+	if (idd_entry_parse_file("fuzz-entry", file, len, "a.raw", &bs, &im, &err) == 0) {
+		if (strcmp(im.id, "a.raw") || !bs)
+			abort(); /* only a.raw's entry is a.raw's */
+		idd_image_info_free(&im);
+	}
+	idd_entries_index x;
+	(void)idd_entries_index_parse_file("fuzz-entries-index", file, len, &x, &err);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 {
 	/* map refs cost 4 bytes per block: stay far below libFuzzer's malloc limit. */
@@ -87,10 +107,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 		parse_catalog_file(body, blen, NULL, 0);
 		parse_map_file(body, blen);
 		parse_blocklist_file(body, blen);
+		parse_entry_file(body, blen);
 		return 0;
 	}
 	bool is_map = mode & 2, is_list = is_map && (mode & 32);
-	const char *magic = is_list ? BLK_MAGIC : is_map ? MAP_MAGIC : CATALOG_MAGIC;
+	bool is_entry = !is_map && (mode & 64);
+	const char *magic = is_list ? BLK_MAGIC : is_map ? MAP_MAGIC : is_entry ? ENT_MAGIC : CATALOG_MAGIC;
 	uint32_t version = is_list ? 2 : 1;
 	unsigned char *file = NULL, *z = NULL;
 	size_t flen;
@@ -118,6 +140,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 	}
 	if (is_list)
 		parse_blocklist_file(file, flen);
+	else if (is_entry)
+		parse_entry_file(file, flen);
 	else if (is_map)
 		parse_map_file(file, flen);
 	else

@@ -9,6 +9,7 @@
 #include "base/digest.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
+#include "index/entries.h"
 #include "index/map.h"
 #include "index/pack.h"
 
@@ -229,6 +230,15 @@ int main(int argc, char **argv)
 	put_mode(argv[1], "catalog-payload-zstd-badlen", 0x15, payload, plen);
 	free(file);
 	free(payload);
+	/* The entry of the first image, as a.raw (what fuzz_index asks for). */
+	idd_image_info a = im[0];
+	a.id = a.file = (char *)"a.raw";
+	idd_buf eb = {0};
+	idd_entry_payload(4096, &a, &eb);
+	if (eb.failed)
+		abort();
+	put_mode(argv[1], "entry-payload", 0x41, eb.data, eb.len);
+	idd_buf_free(&eb);
 
 	/* A map with zero runs, repeats and runs of new blocks. */
 	enum { N = 64 };

@@ -49,7 +49,9 @@ enum {
 	IDD_EIO = -5,      /* a local read, write or open failed */
 	IDD_ENET = -6,     /* a remote source failed (after retries) */
 	IDD_ENOMEM = -7,   /* out of memory */
-	IDD_EPERM = -8     /* refused: permission, a path outside the source, a non-regular file */
+	IDD_EPERM = -8,    /* refused: permission, a path outside the source, a non-regular file */
+	IDD_ETIMEDOUT = -9, /* a time limit passed (serve's --read-timeout) */
+	IDD_ECANCELED = -10 /* stopped on request (a server shutting down) */
 };
 
 typedef struct idd_error {
@@ -59,6 +61,9 @@ typedef struct idd_error {
 
 /* A short name for a code ("corrupt", "i/o error", "not found", ...). */
 const char *idd_strerror(int code);
+/* Body bytes this process received from remote sources so far (for
+ * progress reports while a slow source is read). */
+uint64_t idd_bytes_received(void);
 
 /* A block's content digest.  The all-zero value marks a zero block: SHA-256
  * never yields it in practice, and zero blocks are never hashed. */
@@ -210,6 +215,15 @@ typedef struct idd_scan_opts {
 	uint32_t block_size;     /* 0: the index's, or the default for a new one */
 	int jobs;                /* 0: online CPUs */
 	bool no_wait;            /* lock held by another run: fail with IDD_EBUSY */
+	/* shard_n > 0: index only the files of shard shard_k (1..shard_n), a
+	 * stable partition by file id, into INDEX/shards/K-of-N/ (block lists in
+	 * the shared blocks/); the catalog is left alone.  Shards may run at
+	 * once, on different machines sharing the index directory. */
+	uint32_t shard_k, shard_n;
+	/* merge: write the catalog and the block table from the shards' results
+	 * (and, for a shard that has none, the catalog's own images of it),
+	 * reading no image; then remove the shard results */
+	bool merge;
 	const char *const *includes; /* extra glob patterns for image names */
 	size_t n_includes;
 	idd_progress_fn progress;
@@ -293,6 +307,14 @@ typedef struct idd_pack_stats {
 	uint64_t failed;      /* blocks that could not be read or did not match their digest */
 	uint64_t views_written;
 	uint64_t data_bytes_written;
+	uint64_t index_bytes_written; /* the pack's index files written: runs (merges included),
+	                                 frame tables, views, the manifest */
+	uint64_t maps_read;   /* block maps read (those of the lists packed this run) */
+	uint64_t lists_read;  /* block lists read (maps missing or stale, lists gone, the
+	                         block table brought up to date) */
+	uint64_t runs;        /* runs of the pack's digest index after the run */
+	uint64_t runs_merged; /* merges of two runs this run */
+	bool upgraded;        /* an index of an older imgdedup was converted */
 	bool compacted;       /* the data files were rewritten (garbage above 25%, or a rebuild) */
 	bool changed;         /* anything was written */
 	bool committed;       /* the pack on disk reflects this run (the figures above are its) */
@@ -463,7 +485,7 @@ typedef struct idd_deploy_stats {
 	uint64_t bytes_from_cache; /* written from local data: cache, seeds, OUT itself (resume, repeats) */
 	uint64_t bytes_fetched;    /* block payload pulled from SOURCE (stored bytes: compressed if so) */
 	uint64_t requests;         /* fetch requests to SOURCE, index files and retries included */
-	uint64_t bytes_index;      /* index bytes read from SOURCE (catalog, map) */
+	uint64_t bytes_index;      /* index bytes read from SOURCE (entry or catalog, map, pack view) */
 	uint64_t bytes_resumed;    /* part of bytes_from_cache: found valid in an interrupted OUT */
 	uint64_t bytes_seed;       /* part of bytes_from_cache: read from --seed images */
 	uint64_t bytes_reflinked;  /* part of bytes_from_cache: cloned, not copied */
@@ -509,10 +531,12 @@ typedef struct idd_cache_image {
 	uint32_t block_size;
 	uint64_t size;      /* image size */
 	uint64_t disk_bytes;/* allocated on disk now */
-	uint64_t blocks;    /* distinct non-zero blocks indexed */
+	uint64_t blocks;    /* distinct non-zero blocks it holds (indexed, or journaled) */
 	int64_t last_used;  /* unix ns */
 	bool partial;       /* fetched in part by serve: present_blocks of data_blocks */
-	uint64_t present_blocks, data_blocks;
+	uint64_t present_blocks; /* partial: blocks of the image whose content it holds,
+	                            repeats included (a repeat is stored once) */
+	uint64_t data_blocks;    /* partial: the image's non-zero blocks, repeats included */
 	bool in_use;        /* an export or a deploy has it open (gc leaves it) */
 } idd_cache_image;
 
@@ -555,8 +579,15 @@ typedef struct idd_serve_opts {
 	const char *record;        /* write the order of first reads here (a boot profile) */
 	const char *prefetch;      /* a recorded profile: fetch those blocks ahead of the guest */
 	uint64_t readahead;        /* bytes fetched past a read that missed; 0: 2 MiB (max 4 MiB) */
+	bool readahead_off;        /* no readahead at all (readahead is then ignored) */
+	long read_timeout_s;       /* a client read fails (EIO) after this long; 0: 60 */
+	uint64_t read_memory_budget; /* bytes of client reads being filled at once (the
+	                              * NBD server's buffers); more wait; 0: 128 MiB */
 	idd_warn_fn warn;
 	void *ctx;
+	/* told what start-up is doing (reading the catalog, a block map, ...)
+	 * as each step begins, for a progress display; may be NULL */
+	idd_warn_fn progress;
 } idd_serve_opts;
 
 typedef struct idd_serve_stats {
@@ -571,6 +602,7 @@ typedef struct idd_serve_stats {
 	uint64_t cache_damaged;    /* cached blocks that failed verification (refetched) */
 	uint64_t read_errors;      /* reads answered with an I/O error */
 	uint64_t exports_complete; /* exports whose image is now complete in the cache */
+	uint64_t cache_write_errors; /* verified blocks served but not cached (a full disk, ...) */
 } idd_serve_stats;
 
 typedef struct idd_server idd_server;
@@ -580,6 +612,10 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err);
 /* Start background work (--fill, --prefetch, durability flushes).  Call
  * once the process will not fork any more (nbdkit: after_fork). */
 int idd_server_start(idd_server *s, idd_error *err);
+/* Stop at once: reads in progress and later ones fail (IDD_ECANCELED),
+ * fetches in flight end within 100 ms, background work ends.  Thread-safe;
+ * for a server shutting down (idd_server_close still has to follow). */
+void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);

@@ -53,6 +53,8 @@ const char *idd_strerror(int code)
 	case IDD_ENET: return "network error";
 	case IDD_ENOMEM: return "out of memory";
 	case IDD_EPERM: return "refused";
+	case IDD_ETIMEDOUT: return "timed out";
+	case IDD_ECANCELED: return "stopped";
 	default: return "error";
 	}
 }

@@ -59,6 +59,24 @@ bool idd_is_remote_location(const char *s)
 	return idd_is_url(s) || idd_is_s3(s);
 }
 
+/* The calling thread's deadline for remote requests (idd_fetch_set_deadline). */
+static _Thread_local int64_t thread_deadline;
+
+int64_t idd_fetch_set_deadline(int64_t mono_ns)
+{
+	int64_t old = thread_deadline;
+	thread_deadline = mono_ns > 0 ? mono_ns : 0;
+	return old;
+}
+
+int64_t idd_fetch_deadline(void) { return thread_deadline; }
+
+/* Body bytes received from remote sources by this process (progress at
+ * start-up: the index of a slow source takes a while). */
+static atomic_uint_least64_t bytes_received;
+
+uint64_t idd_bytes_received(void) { return atomic_load(&bytes_received); }
+
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
@@ -398,6 +416,7 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud)
 {
 	struct req *r = ud;
 	size_t len = size * n;
+	atomic_fetch_add(&bytes_received, len);
 	long status = 0;
 	curl_easy_getinfo(req_easy(r), CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200 || status >= 300) {
@@ -696,9 +715,23 @@ static int run_reqs(idd_source *s, struct req *reqs, size_t n, idd_fetch_stats *
 		session_put(s, x);
 		return IDD_ERR;
 	}
+	/* why the last attempt failed, for a batch that runs out of time */
+	char last_why[CURL_ERROR_SIZE + 512] = "";
+	int64_t deadline_ms = thread_deadline ? thread_deadline / 1000000 : 0;
 	while (done < n) {
 		int64_t now = mono_ms();
-		int64_t wait_ms = 1000;
+		/* checked at least every 100 ms (the poll below waits no longer) */
+		if (s->o.cancel && atomic_load(s->o.cancel)) {
+			rc = idd_fail_code(err, IDD_ECANCELED, "%s: stopped", reqs[0].name);
+			goto out;
+		}
+		if (deadline_ms && now >= deadline_ms) {
+			bool why = last_why[0] != 0;
+			rc = idd_fail_code(err, IDD_ETIMEDOUT, "%s: no answer in time%s%s%s", reqs[0].name,
+			                   why ? " (the last attempt: " : "", last_why, why ? ")" : "");
+			goto out;
+		}
+		int64_t wait_ms = 100;
 		for (size_t j = 0; j < nretry && active < s->o.connections;) {
 			struct req *r = &reqs[retry[j]];
 			if (r->not_before > now) {
@@ -742,10 +775,17 @@ static int run_reqs(idd_source *s, struct req *reqs, size_t n, idd_fetch_stats *
 				done++;
 				continue;
 			}
+			if (oc == OUT_RETRY)
+				snprintf(last_why, sizeof last_why, "%s", why);
+			long delay = s->o.backoff_ms << IDD_MIN(r->attempts, 10);
+			if (delay > 10000)
+				delay = 10000;
+			if (oc == OUT_RETRY && deadline_ms && mono_ms() + delay >= deadline_ms) {
+				/* a retry after the deadline would be cut short anyway */
+				rc = idd_fail_code(err, IDD_ETIMEDOUT, "%s: %s (no time left to retry)", r->name, why);
+				goto out;
+			}
 			if (oc == OUT_RETRY && r->attempts < s->o.max_retries) {
-				long delay = s->o.backoff_ms << IDD_MIN(r->attempts, 10);
-				if (delay > 10000)
-					delay = 10000;
 				r->attempts++;
 				r->not_before = mono_ms() + delay;
 				r->state = REQ_WAIT;

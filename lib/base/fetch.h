@@ -12,6 +12,8 @@
 #include "base/file.h"
 #include "base/s3.h"
 
+#include <stdatomic.h>
+
 /* Objects of a listing (keys relative to the source). */
 typedef struct idd_s3_object_list {
 	idd_s3_object *v;
@@ -26,7 +28,18 @@ typedef struct idd_fetch_opts {
 	                      connecting takes at most min(10, this) seconds; 0: 30 */
 	idd_warn_fn warn;  /* told about each retry (may be NULL) */
 	void *ctx;
+	/* when set and true, requests in flight and new ones end at once with
+	 * IDD_ECANCELED (a server shutting down); checked every 100 ms */
+	const atomic_bool *cancel;
 } idd_fetch_opts;
+
+/* A deadline for the calling thread's remote requests (CLOCK_MONOTONIC ns,
+ * 0: none): a request still running then, or a retry that would start
+ * after it, ends the batch with IDD_ETIMEDOUT.  Returns the previous one,
+ * for the caller to restore.  Block sources that wait for a connection or
+ * a lock honour it too (idd_fetch_deadline). */
+int64_t idd_fetch_set_deadline(int64_t mono_ns);
+int64_t idd_fetch_deadline(void);
 
 /* A repository root.  Paths given to it are relative to the root and are
  * checked: no absolute paths, no "..", no empty components; a local source

@@ -31,6 +31,10 @@ char *idd_path_join(const char *a, const char *b, idd_error *err);
  * 0, or -1 with errno set (EIO for an unexpected end of file). */
 int idd_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 int idd_pread_all(int fd, void *buf, size_t len, uint64_t off);
+/* The whole of buf to fd at its current offset (or its end, O_APPEND),
+ * retrying short writes and EINTR: a short write is followed by one that
+ * says why (ENOSPC, EFBIG, ...).  0, or -1 with errno set. */
+int idd_write_all(int fd, const void *buf, size_t len);
 /* A whole regular file into memory (at most max bytes); a missing file is
  * IDD_ENOENT. */
 int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err);
@@ -40,6 +44,9 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 int idd_read_file_reuse(const char *path, size_t max, void **data, size_t *cap, size_t *len,
                         idd_error *err);
 int64_t idd_now_ns(void);
+/* CLOCK_MONOTONIC in ns: for timeouts and backoffs, which must not move
+ * with the wall clock. */
+int64_t idd_mono_ns(void);
 static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);
 /* Threads for a --jobs option: jobs when positive, else the online CPUs (1

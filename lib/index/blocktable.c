@@ -113,13 +113,35 @@ static int run_map(const char *dir, idd_bt_run *r, idd_error *err)
 	return rc;
 }
 
-/* Drop a run's pages from this process's resident set now and then: lookups
- * touch a page per probe, and the budget is memory, not the table's size. */
-static void run_touch(idd_bt_run *r)
+/* Drop the pages of a run's entries [dropped_to, upto) from this process's
+ * resident set: lookups and merges walk a run forwards and never come back,
+ * and the budget is memory, not the table's size. */
+static void run_drop_until(idd_bt_run *r, uint64_t upto)
 {
-	if (++r->touched >= 16384) {
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t page = pg > 0 ? (uint64_t)pg : 4096;
+	uint64_t from = (IDD_IF_HEADER + r->dropped_to * BT_ENTRY) / page * page;
+	uint64_t to = (IDD_IF_HEADER + upto * BT_ENTRY) / page * page;
+	if (to > from)
+		madvise((void *)(r->map + from), (size_t)(to - from), MADV_DONTNEED);
+	if (upto > r->dropped_to)
+		r->dropped_to = upto;
+}
+
+/* Lookups in digest order drop what lies behind them once it is worth a
+ * syscall (256 KiB); random ones (pos going back) drop everything every
+ * few thousand lookups. */
+static void run_touch(idd_bt_run *r, uint64_t pos)
+{
+	if (pos >= r->dropped_to) {
+		if ((pos - r->dropped_to) * BT_ENTRY >= (256u << 10))
+			run_drop_until(r, pos);
+		return;
+	}
+	if (++r->touched >= 2048) {
 		madvise((void *)r->map, r->map_len, MADV_DONTNEED);
 		r->touched = 0;
+		r->dropped_to = 0;
 	}
 }
 
@@ -143,7 +165,7 @@ static int32_t run_seek(idd_bt_run *r, uint64_t *pos, const unsigned char *d)
 			hi = mid;
 	}
 	*pos = lo;
-	run_touch(r);
+	run_touch(r, lo);
 	if (lo < n && !memcmp(run_at(r, lo), d, 32))
 		return (int32_t)idd_le32(run_at(r, lo) + 32);
 	return 0;
@@ -554,9 +576,9 @@ static int merge_pair(struct update *u, size_t i)
 			break;
 		}
 		prev = d;
-		if (++steps % 65536 == 0) {
-			madvise((void *)a->map, IDD_IF_HEADER + x * BT_ENTRY, MADV_DONTNEED);
-			madvise((void *)b->map, IDD_IF_HEADER + y * BT_ENTRY, MADV_DONTNEED);
+		if (++steps % 8192 == 0) {
+			run_drop_until(a, x);
+			run_drop_until(b, y);
 		}
 		if (sum < 0 && bottom) {
 			rc = BT_REBUILD;
@@ -646,6 +668,11 @@ static int flush(struct update *u)
 		entries += (now > 0) - (old > 0);
 	}
 	free(pos);
+	for (size_t r = 0; r < bt->nruns; r++) { /* the next pass starts from the first entry */
+		run_drop_until(&bt->runs[r], bt->runs[r].entries);
+		bt->runs[r].dropped_to = 0;
+		bt->runs[r].touched = 0;
+	}
 	bt->entries = (uint64_t)entries;
 	struct run_out o;
 	idd_bt_run nr = {.seq = bt->next_seq++};

@@ -27,7 +27,8 @@ typedef struct idd_bt_run {
 	int64_t mtime_ns;
 	const unsigned char *map;
 	size_t map_len;
-	uint64_t touched; /* lookups since its pages were last dropped */
+	uint64_t touched;    /* lookups since its pages were last dropped */
+	uint64_t dropped_to; /* entries before this one are out of the resident set */
 } idd_bt_run;
 
 typedef struct idd_blocktable {

@@ -92,6 +92,49 @@ const idd_image_info *idd_catalog_find(const idd_catalog *cat, const char *id)
 	return cat->count ? bsearch(&key, cat->images, cat->count, sizeof key, cmp_id) : NULL;
 }
 
+bool idd_catalog_get_record(idd_reader *r, uint32_t block_size, idd_image_info *im)
+{
+	uint64_t mt, ct, at, nb;
+	uint8_t flags;
+	if (!idd_get_str(r, &im->id, MAX_ID) || !idd_get_str(r, &im->file, MAX_ID) ||
+	    !idd_get_str(r, &im->member, MAX_ID) || !idd_get_str(r, &im->format, 64) ||
+	    !idd_get_str(r, &im->container, 64) || !idd_get_u8(r, &flags) ||
+	    !idd_get_u64(r, &im->member_off) ||
+	    !idd_get_u64(r, &im->member_len) || !idd_get_u64(r, &im->dev) ||
+	    !idd_get_u64(r, &im->ino) || !idd_get_u64(r, &im->file_size) ||
+	    !idd_get_u64(r, &mt) || !idd_get_u64(r, &ct) ||
+	    !idd_get_u64(r, &im->virtual_size) || !idd_get_u64(r, &im->nblocks) ||
+	    !idd_get_u64(r, &im->zero_blocks) || !idd_get_u64(r, &im->distinct_blocks) ||
+	    !idd_get_u64(r, &at) || !idd_get_bytes(r, im->list_key.b, IDD_DIGEST_SIZE) ||
+	    !idd_get_varint(r, &nb) || nb > IDD_MAX_BACKING_DEPTH)
+		return false;
+	if (nb) {
+		/* each backing record takes at least 41 bytes */
+		if (nb > idd_reader_left(r) / 41 || !(im->backing = calloc((size_t)nb, sizeof *im->backing)))
+			return false;
+		for (uint64_t k = 0; k < nb; k++) {
+			idd_file_ident *b = &im->backing[k];
+			uint64_t bm, bc;
+			im->nbacking = (size_t)k + 1;
+			if (!idd_get_str(r, &b->path, MAX_ID) || !idd_get_u64(r, &b->dev) ||
+			    !idd_get_u64(r, &b->ino) || !idd_get_u64(r, &b->size) ||
+			    !idd_get_u64(r, &bm) || !idd_get_u64(r, &bc))
+				return false;
+			b->mtime_ns = (int64_t)bm;
+			b->ctime_ns = (int64_t)bc;
+		}
+	}
+	if (flags & ~1u)
+		return false;
+	im->streamed = flags & 1;
+	im->mtime_ns = (int64_t)mt;
+	im->ctime_ns = (int64_t)ct;
+	im->scanned_at = (int64_t)at;
+	uint64_t want = im->virtual_size / block_size + (im->virtual_size % block_size != 0);
+	return im->id[0] && im->nblocks == want && im->zero_blocks <= im->nblocks &&
+	       im->distinct_blocks <= im->nblocks - im->zero_blocks;
+}
+
 int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_catalog **out,
                       idd_error *err)
 {
@@ -121,46 +164,7 @@ int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_cat
 	for (uint64_t i = 0; i < count; i++) {
 		idd_image_info *im = &cat->images[i];
 		cat->count = (size_t)i + 1;
-		uint64_t mt, ct, at, nb;
-		uint8_t flags;
-		if (!idd_get_str(&r, &im->id, MAX_ID) || !idd_get_str(&r, &im->file, MAX_ID) ||
-		    !idd_get_str(&r, &im->member, MAX_ID) || !idd_get_str(&r, &im->format, 64) ||
-		    !idd_get_str(&r, &im->container, 64) || !idd_get_u8(&r, &flags) ||
-		    !idd_get_u64(&r, &im->member_off) ||
-		    !idd_get_u64(&r, &im->member_len) || !idd_get_u64(&r, &im->dev) ||
-		    !idd_get_u64(&r, &im->ino) || !idd_get_u64(&r, &im->file_size) ||
-		    !idd_get_u64(&r, &mt) || !idd_get_u64(&r, &ct) ||
-		    !idd_get_u64(&r, &im->virtual_size) || !idd_get_u64(&r, &im->nblocks) ||
-		    !idd_get_u64(&r, &im->zero_blocks) || !idd_get_u64(&r, &im->distinct_blocks) ||
-		    !idd_get_u64(&r, &at) || !idd_get_bytes(&r, im->list_key.b, IDD_DIGEST_SIZE) ||
-		    !idd_get_varint(&r, &nb) || nb > IDD_MAX_BACKING_DEPTH)
-			goto corrupt;
-		if (nb) {
-			im->backing = calloc((size_t)nb, sizeof *im->backing);
-			if (!im->backing)
-				goto corrupt;
-			for (uint64_t k = 0; k < nb; k++) {
-				idd_file_ident *b = &im->backing[k];
-				uint64_t bm, bc;
-				im->nbacking = (size_t)k + 1;
-				if (!idd_get_str(&r, &b->path, MAX_ID) || !idd_get_u64(&r, &b->dev) ||
-				    !idd_get_u64(&r, &b->ino) || !idd_get_u64(&r, &b->size) ||
-				    !idd_get_u64(&r, &bm) || !idd_get_u64(&r, &bc))
-					goto corrupt;
-				b->mtime_ns = (int64_t)bm;
-				b->ctime_ns = (int64_t)bc;
-			}
-		}
-		if (flags & ~1u)
-			goto corrupt;
-		im->streamed = flags & 1;
-		im->mtime_ns = (int64_t)mt;
-		im->ctime_ns = (int64_t)ct;
-		im->scanned_at = (int64_t)at;
-		uint64_t want = im->virtual_size / cat->block_size +
-		                (im->virtual_size % cat->block_size != 0);
-		if (!im->id[0] || im->nblocks != want || im->zero_blocks > im->nblocks ||
-		    im->distinct_blocks > im->nblocks - im->zero_blocks)
+		if (!idd_catalog_get_record(&r, cat->block_size, im))
 			goto corrupt;
 		if (i && strcmp(cat->images[i - 1].id, im->id) >= 0)
 			goto corrupt; /* ids are sorted and unique */
@@ -231,6 +235,39 @@ int idd_blocklist_open_id(const char *index_dir, const char *id, idd_blocklist *
 	}
 }
 
+void idd_catalog_put_record(idd_buf *b, const idd_image_info *im)
+{
+	idd_buf_put_str(b, im->id);
+	idd_buf_put_str(b, im->file);
+	idd_buf_put_str(b, im->member);
+	idd_buf_put_str(b, im->format);
+	idd_buf_put_str(b, im->container);
+	idd_buf_put_u8(b, im->streamed ? 1 : 0);
+	idd_buf_put_u64(b, im->member_off);
+	idd_buf_put_u64(b, im->member_len);
+	idd_buf_put_u64(b, im->dev);
+	idd_buf_put_u64(b, im->ino);
+	idd_buf_put_u64(b, im->file_size);
+	idd_buf_put_u64(b, (uint64_t)im->mtime_ns);
+	idd_buf_put_u64(b, (uint64_t)im->ctime_ns);
+	idd_buf_put_u64(b, im->virtual_size);
+	idd_buf_put_u64(b, im->nblocks);
+	idd_buf_put_u64(b, im->zero_blocks);
+	idd_buf_put_u64(b, im->distinct_blocks);
+	idd_buf_put_u64(b, (uint64_t)im->scanned_at);
+	idd_buf_put(b, im->list_key.b, IDD_DIGEST_SIZE);
+	idd_buf_put_varint(b, im->nbacking);
+	for (size_t k = 0; k < im->nbacking; k++) {
+		const idd_file_ident *f = &im->backing[k];
+		idd_buf_put_str(b, f->path);
+		idd_buf_put_u64(b, f->dev);
+		idd_buf_put_u64(b, f->ino);
+		idd_buf_put_u64(b, f->size);
+		idd_buf_put_u64(b, (uint64_t)f->mtime_ns);
+		idd_buf_put_u64(b, (uint64_t)f->ctime_ns);
+	}
+}
+
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err)
 {
 	idd_buf b = {0};
@@ -238,38 +275,8 @@ int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *e
 	idd_buf_put_u64(&b, cat->generation);
 	idd_buf_put_u64(&b, cat->unique_blocks);
 	idd_buf_put_u64(&b, cat->count);
-	for (size_t i = 0; i < cat->count; i++) {
-		const idd_image_info *im = &cat->images[i];
-		idd_buf_put_str(&b, im->id);
-		idd_buf_put_str(&b, im->file);
-		idd_buf_put_str(&b, im->member);
-		idd_buf_put_str(&b, im->format);
-		idd_buf_put_str(&b, im->container);
-		idd_buf_put_u8(&b, im->streamed ? 1 : 0);
-		idd_buf_put_u64(&b, im->member_off);
-		idd_buf_put_u64(&b, im->member_len);
-		idd_buf_put_u64(&b, im->dev);
-		idd_buf_put_u64(&b, im->ino);
-		idd_buf_put_u64(&b, im->file_size);
-		idd_buf_put_u64(&b, (uint64_t)im->mtime_ns);
-		idd_buf_put_u64(&b, (uint64_t)im->ctime_ns);
-		idd_buf_put_u64(&b, im->virtual_size);
-		idd_buf_put_u64(&b, im->nblocks);
-		idd_buf_put_u64(&b, im->zero_blocks);
-		idd_buf_put_u64(&b, im->distinct_blocks);
-		idd_buf_put_u64(&b, (uint64_t)im->scanned_at);
-		idd_buf_put(&b, im->list_key.b, IDD_DIGEST_SIZE);
-		idd_buf_put_varint(&b, im->nbacking);
-		for (size_t k = 0; k < im->nbacking; k++) {
-			const idd_file_ident *f = &im->backing[k];
-			idd_buf_put_str(&b, f->path);
-			idd_buf_put_u64(&b, f->dev);
-			idd_buf_put_u64(&b, f->ino);
-			idd_buf_put_u64(&b, f->size);
-			idd_buf_put_u64(&b, (uint64_t)f->mtime_ns);
-			idd_buf_put_u64(&b, (uint64_t)f->ctime_ns);
-		}
-	}
+	for (size_t i = 0; i < cat->count; i++)
+		idd_catalog_put_record(&b, &cat->images[i]);
 	if (b.failed) {
 		idd_buf_free(&b);
 		return idd_fail(err, "out of memory building the catalog");
@@ -608,20 +615,15 @@ void idd_blocklist_buffers_free(idd_blocklist_buffers *b)
 	memset(b, 0, sizeof *b);
 }
 
-int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
-                       idd_error *err)
+int idd_blocklist_open_path(const char *path, const idd_image_info *img, idd_blocklist **out,
+                            idd_error *err)
 {
-	char *path = idd_blocks_path(index_dir, &img->list_key, err);
-	if (!path)
-		return IDD_ERR;
 	void *file;
 	size_t flen;
 	int rc = idd_read_file(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER), &file,
 	                       &flen, err);
-	if (rc) {
-		free(path);
+	if (rc)
 		return rc;
-	}
 	/* the name is the checksum: a file moved or copied under another name
 	 * is not another image's list */
 	if (flen < IDD_IF_TRAILER ||
@@ -633,7 +635,27 @@ int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blo
 	if (rc && rc != IDD_ENOENT)
 		idd_error_prefix(err, "%s", img->id);
 	free(file);
+	return rc;
+}
+
+int idd_blocklist_open(const char *index_dir, const idd_image_info *img, idd_blocklist **out,
+                       idd_error *err)
+{
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	int rc = idd_blocklist_open_path(path, img, out, err);
 	free(path);
+	return rc;
+}
+
+int idd_blocklist_check_path(const char *path, const idd_digest *list_key, uint32_t *version,
+                             idd_error *err)
+{
+	idd_digest sum;
+	int rc = idd_indexfile_verify(path, BLOCKS_MAGIC, BLOCKS_VERSION, &sum, version, err);
+	if (!rc && memcmp(sum.b, list_key->b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: not the block list it is named after", path);
 	return rc;
 }
 

@@ -12,6 +12,13 @@
 #define IDD_MTIME_UNKNOWN INT64_MIN
 char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *err);
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err);
+/* One image's record, byte for byte as the catalog holds it (and the
+ * per-image entry files, entries.h). */
+void idd_catalog_put_record(idd_buf *b, const idd_image_info *im);
+/* Read one record, checking what block_size alone allows (nblocks against
+ * virtual_size, zero and distinct counts, flags).  False on a short or
+ * inconsistent record; *im then holds what was read (idd_image_info_free). */
+bool idd_catalog_get_record(idd_reader *r, uint32_t block_size, idd_image_info *im);
 /* The identity of a catalog state: SHA-256 over block size, ids and list keys. */
 int idd_catalog_key(const idd_catalog *cat, idd_digest *key, idd_error *err);
 /* Building a block list: init, append digests in block order (zero
@@ -41,6 +48,12 @@ extern void *idd_catalog_load_hook_ctx;
  * be NULL) receives its format version.  IDD_ENOENT when missing. */
 int idd_blocklist_check(const char *index_dir, const idd_image_info *img, uint32_t *version,
                         idd_error *err);
+/* The same two for a list kept under another path (the pack keeps the
+ * lists its views were made from): its name is still its checksum. */
+int idd_blocklist_open_path(const char *path, const idd_image_info *img, idd_blocklist **out,
+                            idd_error *err);
+int idd_blocklist_check_path(const char *path, const idd_digest *list_key, uint32_t *version,
+                             idd_error *err);
 /* Parse a block list file already in memory (container included) against
  * what the catalog says (nblocks, zero blocks); name for messages. */
 int idd_blocklist_parse(const char *name, const void *file, size_t len, uint64_t nblocks,

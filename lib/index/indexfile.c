@@ -188,6 +188,98 @@ static bool same_bytes(const char *path, const struct encoded *e)
 	return same;
 }
 
+int idd_indexfile_batch_add(idd_indexfile_batch *b, const char *path, const char magic[8],
+                            uint32_t version, const void *payload, size_t len, bool compress,
+                            idd_error *err)
+{
+	struct encoded e;
+	if (encode(path, magic, version, payload, len, compress, &e, err))
+		return IDD_ERR;
+	char *tmp = idd_asprintf(err, "%s.tmp.%ld", path, (long)getpid());
+	char *fin = tmp ? idd_strdup(path, err) : NULL;
+	int rc = fin ? IDD_OK : IDD_ENOMEM;
+	int fd = -1;
+	if (!rc && b->n == b->cap) {
+		size_t nc = b->cap ? b->cap * 2 : 64;
+		char **t = idd_realloc_array(b->tmp, nc, sizeof *t, err);
+		if (t)
+			b->tmp = t;
+		char **f = t ? idd_realloc_array(b->final, nc, sizeof *f, err) : NULL;
+		if (f)
+			b->final = f;
+		if (!t || !f)
+			rc = IDD_ENOMEM;
+		else
+			b->cap = nc;
+	}
+	if (!rc && (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644)) < 0)
+		rc = idd_fail_errno(err, tmp, "cannot create");
+	const void *parts[3] = {e.hdr, e.stored, e.sum};
+	size_t lens[3] = {sizeof e.hdr, e.stored_len, sizeof e.sum};
+	uint64_t off = 0;
+	for (size_t i = 0; !rc && i < 3; off += lens[i], i++)
+		if (idd_pwrite_all(fd, parts[i], lens[i], off))
+			rc = idd_fail_errno(err, tmp, "write");
+	if (fd >= 0 && close(fd) && !rc)
+		rc = idd_fail_errno(err, tmp, "close");
+	free(e.zbuf);
+	if (rc) {
+		if (fd >= 0)
+			unlink(tmp);
+		free(tmp);
+		free(fin);
+		return rc;
+	}
+	b->tmp[b->n] = tmp;
+	b->final[b->n++] = fin;
+	return IDD_OK;
+}
+
+static void batch_clear(idd_indexfile_batch *b, bool unlink_tmp)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		if (unlink_tmp && b->tmp[i])
+			unlink(b->tmp[i]);
+		free(b->tmp[i]);
+		free(b->final[i]);
+	}
+	b->n = 0;
+}
+
+int idd_indexfile_batch_commit(idd_indexfile_batch *b, const char *dir, idd_error *err)
+{
+	if (!b->n)
+		return IDD_OK;
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = dfd < 0 ? idd_fail_errno(err, dir, "cannot open directory") : IDD_OK;
+	/* every file's data is durable before any name points at it: one sync
+	 * of the filesystem instead of one per file */
+	if (!rc && syncfs(dfd))
+		rc = idd_fail_errno(err, dir, "syncfs");
+	for (size_t i = 0; !rc && i < b->n; i++) {
+		if (rename(b->tmp[i], b->final[i]))
+			rc = idd_fail_errno(err, b->final[i], "cannot rename temporary file into place");
+		else {
+			free(b->tmp[i]);
+			b->tmp[i] = NULL;
+		}
+	}
+	if (!rc && fsync(dfd) && errno != EINVAL)
+		rc = idd_fail_errno(err, dir, "fsync");
+	if (dfd >= 0)
+		close(dfd);
+	batch_clear(b, true);
+	return rc;
+}
+
+void idd_indexfile_batch_free(idd_indexfile_batch *b)
+{
+	batch_clear(b, true);
+	free(b->tmp);
+	free(b->final);
+	memset(b, 0, sizeof *b);
+}
+
 int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
                               const void *payload, size_t len, bool compress, idd_digest *sum,
                               idd_error *err)
@@ -227,6 +319,10 @@ const char *idd_indexfile_kind(const char magic[8])
 		{"IDD-BTI", "block table index"}, {"IDD-BTS", "block table shard"},
 		{"IDD-SIM", "similarity cache"},  {"IDD-CIX", "cache index"},
 		{"IDD-PRS", "partial image journal"},
+		{"IDD-ENT", "catalog entry"},     {"IDD-ENI", "entries index"},
+		{"IDD-PKI", "pack index"},        {"IDD-PKV", "pack view"},
+		{"IDD-PKR", "pack index run"},    {"IDD-PKF", "pack frame table"},
+		{"IDD-BTR", "block table run"},
 	};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(kinds); i++)
 		if (!memcmp(kinds[i].magic, magic, 8))

@@ -23,6 +23,19 @@ int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
 int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
                               const void *payload, size_t len, bool compress, idd_digest *sum,
                               idd_error *err);
+/* Many small index files of one directory written durably at the cost of
+ * one sync: add writes each to NAME.tmp.PID; commit syncs the filesystem
+ * once (syncfs), renames every file into place and fsyncs the directory;
+ * free removes the temporaries of files not committed. */
+typedef struct idd_indexfile_batch {
+	char **tmp, **final;
+	size_t n, cap;
+} idd_indexfile_batch;
+int idd_indexfile_batch_add(idd_indexfile_batch *b, const char *path, const char magic[8],
+                            uint32_t version, const void *payload, size_t len, bool compress,
+                            idd_error *err);
+int idd_indexfile_batch_commit(idd_indexfile_batch *b, const char *dir, idd_error *err);
+void idd_indexfile_batch_free(idd_indexfile_batch *b);
 /* Read and check PATH; *payload is malloc'd.  A missing file returns IDD_ENOENT
  * (with a message). */
 int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_version,

@@ -108,6 +108,27 @@ uint64_t idd_map_nonzero_blocks(const idd_map *m)
 	return n;
 }
 
+int idd_map_content_key(const idd_map *m, idd_digest *out, idd_error *err)
+{
+	/* little-endian fields, so the key does not depend on the struct layout */
+	idd_buf b = {0};
+	idd_buf_put_u32(&b, m->block_size);
+	idd_buf_put_u64(&b, m->image_size);
+	idd_buf_put_u64(&b, m->ndistinct);
+	idd_buf_put(&b, m->digests, (size_t)m->ndistinct * IDD_DIGEST_SIZE);
+	idd_buf_put_u64(&b, m->nruns);
+	for (size_t i = 0; i < m->nruns; i++) {
+		idd_buf_put_u64(&b, m->runs[i].block);
+		idd_buf_put_u64(&b, m->runs[i].count);
+		idd_buf_put_u32(&b, m->runs[i].ref);
+		idd_buf_put_u32(&b, m->runs[i].kind);
+	}
+	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory") :
+	                    idd_sha256(b.data, b.len, out->b, err);
+	idd_buf_free(&b);
+	return rc;
+}
+
 /* Building a map: the digest table grows in order of first occurrence, a
  * set finds repeats, runs absorb consecutive references. */
 struct map_builder {

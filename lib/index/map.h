@@ -51,6 +51,10 @@ static inline uint32_t idd_map_span_ref(const idd_map_span *r, uint64_t b)
 /* Non-zero blocks of the map (counted with repeats). */
 uint64_t idd_map_nonzero_blocks(const idd_map *m);
 
+/* SHA-256 of everything the map says (sizes, digest table, runs): two maps
+ * with the same key describe the same image content. */
+int idd_map_content_key(const idd_map *m, idd_digest *out, idd_error *err);
+
 /* Build from a dense array of digests (zero blocks have the zero digest). */
 int idd_map_build(const idd_digest *blocks, uint64_t nblocks, uint32_t block_size,
                   uint64_t image_size, idd_map **out, idd_error *err);

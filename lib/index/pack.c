@@ -1,6 +1,6 @@
-/* pack.c - the pack's files: parsing the pack index and views, looking a
- * block up, decoding a frame, and checking a pack (verify, info).  The
- * builder is pack_build.c.  Layout: docs/formats.md ("Pack"). */
+/* pack.c - the pack's files: views, decoding a frame, and checking a pack
+ * (verify, info).  The index is pack_index.c, the builder pack_build.c.
+ * Layout: docs/formats.md ("Pack"). */
 #include "index/pack.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
@@ -13,7 +13,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-static const char PKI_MAGIC[8] = {'I', 'D', 'D', '-', 'P', 'K', 'I', 0};
 static const char PKV_MAGIC[8] = {'I', 'D', 'D', '-', 'P', 'K', 'V', 0};
 #define PK_VERSION 1
 
@@ -34,19 +33,6 @@ char *idd_pack_data_relpath(const idd_digest *name, idd_error *err)
 }
 
 /* ---- frames ---- */
-
-size_t idd_pack_frame_of(const idd_pack_frame *frames, size_t nframes, uint64_t p)
-{
-	size_t lo = 0, hi = nframes;
-	while (hi - lo > 1) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (frames[mid].first <= p)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
-}
 
 int idd_pack_frame_decode(ZSTD_DCtx *dctx, const char *name, const void *frame, size_t clen,
                           uint32_t nblocks, uint32_t bs, void *out, idd_error *err)
@@ -73,156 +59,9 @@ int idd_pack_frame_decode(ZSTD_DCtx *dctx, const char *name, const void *frame, 
 	return IDD_OK;
 }
 
-/* ---- the pack index ---- */
-
-void idd_pack_index_free(idd_pack_index *x)
-{
-	if (!x)
-		return;
-	free(x->files);
-	free(x->frames);
-	free(x->views);
-	free(x->payload);
-	free(x);
-}
-
 static int corrupt(idd_error *err, const char *name, const char *what)
 {
 	return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt pack %s", name, what);
-}
-
-int idd_pack_index_parse(const char *name, const void *file, size_t len, idd_pack_index **out,
-                         idd_error *err)
-{
-	void *payload;
-	size_t plen;
-	int rc = idd_indexfile_parse_limit(name, file, len, PKI_MAGIC, PK_VERSION, IDD_PACK_MAX_INDEX,
-	                                   &payload, &plen, NULL, err);
-	if (rc)
-		return rc == IDD_ERR ? IDD_ECORRUPT : rc;
-	idd_pack_index *x = idd_calloc(1, sizeof *x, err);
-	if (!x) {
-		free(payload);
-		return IDD_ENOMEM;
-	}
-	x->payload = payload;
-	idd_reader r;
-	idd_reader_init(&r, payload, plen);
-	uint64_t nfiles, nframes, nentries, nviews;
-	if (!idd_get_u32(&r, &x->block_size) || !idd_get_u32(&r, &x->frame_blocks) ||
-	    !idd_get_u32(&r, &x->level) || !idd_get_u32(&r, &x->flags) ||
-	    !idd_get_bytes(&r, x->catalog_key.b, 32) || !idd_get_u64(&r, &nfiles) ||
-	    x->block_size < IDD_MIN_BLOCK_SIZE || x->block_size > IDD_MAX_BLOCK_SIZE ||
-	    !idd_is_power_of_two(x->block_size) || x->frame_blocks == 0 ||
-	    (uint64_t)x->frame_blocks * x->block_size > IDD_MAX(IDD_PACK_FRAME_BYTES, x->block_size) ||
-	    (x->flags & ~IDD_PACK_INCOMPLETE) || nfiles > idd_reader_left(&r) / 48) {
-		rc = corrupt(err, name, "index (header)");
-		goto fail;
-	}
-	x->nfiles = (size_t)nfiles;
-	if (nfiles && !(x->files = idd_calloc((size_t)nfiles, sizeof *x->files, err))) {
-		rc = IDD_ENOMEM;
-		goto fail;
-	}
-	uint64_t sum_frames = 0;
-	for (size_t i = 0; i < x->nfiles; i++) {
-		idd_pack_file *f = &x->files[i];
-		if (!idd_get_bytes(&r, f->name.b, 32) || !idd_get_u64(&r, &f->size) ||
-		    !idd_get_u64(&r, &f->nframes) || f->size < IDD_PACK_DATA_HEADER ||
-		    !idd_add_ok(sum_frames, f->nframes, &sum_frames)) {
-			rc = corrupt(err, name, "index (file list)");
-			goto fail;
-		}
-	}
-	if (!idd_get_u64(&r, &nframes) || nframes != sum_frames || nframes > idd_reader_left(&r) / 2) {
-		rc = corrupt(err, name, "index (frame count)");
-		goto fail;
-	}
-	x->nframes = (size_t)nframes;
-	if (nframes && !(x->frames = idd_calloc((size_t)nframes, sizeof *x->frames, err))) {
-		rc = IDD_ENOMEM;
-		goto fail;
-	}
-	size_t fi = 0;
-	uint64_t slots = 0;
-	for (uint32_t fno = 0; fno < x->nfiles; fno++) {
-		uint64_t off = IDD_PACK_DATA_HEADER;
-		for (uint64_t k = 0; k < x->files[fno].nframes; k++, fi++) {
-			uint64_t clen, nb, end;
-			idd_pack_frame *f = &x->frames[fi];
-			if (!idd_get_varint(&r, &clen) || !idd_get_varint(&r, &nb) || clen == 0 || nb == 0 ||
-			    nb > x->frame_blocks || !idd_add_ok(off, clen, &end) ||
-			    end > x->files[fno].size) {
-				rc = corrupt(err, name, "index (frame table)");
-				goto fail;
-			}
-			f->file = fno;
-			f->nblocks = (uint32_t)nb;
-			f->off = off;
-			f->clen = clen;
-			f->first = slots;
-			off = end;
-			slots += nb;
-		}
-		if (off != x->files[fno].size) {
-			rc = corrupt(err, name, "index (frames do not fill their data file)");
-			goto fail;
-		}
-	}
-	x->nslots = slots;
-	if (!idd_get_u64(&r, &nentries) || nentries > idd_reader_left(&r) / IDD_PACK_ENTRY ||
-	    nentries > slots) {
-		rc = corrupt(err, name, "index (entry count)");
-		goto fail;
-	}
-	x->nentries = nentries;
-	x->entries = idd_get_span(&r, (size_t)nentries * IDD_PACK_ENTRY);
-	for (uint64_t i = 0; i < nentries; i++) {
-		const unsigned char *e = x->entries + i * IDD_PACK_ENTRY;
-		if (idd_le64(e + 32) >= slots || idd_is_zero(e, 32) ||
-		    (i && memcmp(e - IDD_PACK_ENTRY, e, 32) >= 0)) {
-			rc = corrupt(err, name, "index (entries not sorted or past the frames)");
-			goto fail;
-		}
-	}
-	if (!idd_get_u64(&r, &nviews) || nviews != idd_reader_left(&r) / 32 ||
-	    idd_reader_left(&r) % 32) {
-		rc = corrupt(err, name, "index (view list)");
-		goto fail;
-	}
-	x->nviews = (size_t)nviews;
-	if (nviews && !(x->views = idd_calloc((size_t)nviews, sizeof *x->views, err))) {
-		rc = IDD_ENOMEM;
-		goto fail;
-	}
-	for (size_t i = 0; i < x->nviews; i++) {
-		idd_get_bytes(&r, x->views[i].b, 32);
-		if (i && memcmp(x->views[i - 1].b, x->views[i].b, 32) >= 0) {
-			rc = corrupt(err, name, "index (view list not sorted)");
-			goto fail;
-		}
-	}
-	*out = x;
-	return IDD_OK;
-fail:
-	idd_pack_index_free(x);
-	return rc;
-}
-
-int idd_pack_index_load(const char *index_dir, idd_pack_index **out, idd_error *err)
-{
-	char *path = idd_path_join(index_dir, IDD_PACK_INDEX_FILE, err);
-	if (!path)
-		return IDD_ENOMEM;
-	void *data;
-	size_t len;
-	int rc = idd_read_file(path, (size_t)IDD_PACK_MAX_INDEX, &data, &len, err);
-	if (!rc) {
-		rc = idd_pack_index_parse(path, data, len, out, err);
-		free(data);
-	}
-	free(path);
-	return rc;
 }
 
 static bool loc_of_ordinal(const idd_pack_frame *frames, size_t nframes, uint64_t p,
@@ -241,23 +80,6 @@ static bool loc_of_ordinal(const idd_pack_frame *frames, size_t nframes, uint64_
 	loc->clen = fr->clen;
 	loc->slot = (uint32_t)(p - fr->first);
 	return true;
-}
-
-bool idd_pack_lookup(const idd_pack_index *x, const idd_digest *d, idd_pack_loc *loc)
-{
-	uint64_t lo = 0, hi = x->nentries;
-	while (lo < hi) {
-		uint64_t mid = lo + (hi - lo) / 2;
-		const unsigned char *e = x->entries + mid * IDD_PACK_ENTRY;
-		int c = memcmp(e, d->b, 32);
-		if (c == 0)
-			return loc_of_ordinal(x->frames, x->nframes, idd_le64(e + 32), loc);
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return false;
 }
 
 /* ---- views ---- */
@@ -398,41 +220,6 @@ bool idd_pack_view_find(const idd_pack_view *v, uint64_t k, idd_pack_loc *loc)
 }
 
 /* ---- writing ---- */
-
-int idd_pack_index_save(const char *index_dir, const idd_pack_index *x, idd_error *err)
-{
-	idd_buf b = {0};
-	idd_buf_put_u32(&b, x->block_size);
-	idd_buf_put_u32(&b, x->frame_blocks);
-	idd_buf_put_u32(&b, x->level);
-	idd_buf_put_u32(&b, x->flags);
-	idd_buf_put(&b, x->catalog_key.b, 32);
-	idd_buf_put_u64(&b, x->nfiles);
-	for (size_t i = 0; i < x->nfiles; i++) {
-		idd_buf_put(&b, x->files[i].name.b, 32);
-		idd_buf_put_u64(&b, x->files[i].size);
-		idd_buf_put_u64(&b, x->files[i].nframes);
-	}
-	/* frames in file order, each file's frames back to back after its header */
-	idd_buf_put_u64(&b, x->nframes);
-	for (size_t i = 0; i < x->nframes; i++) {
-		idd_buf_put_varint(&b, x->frames[i].clen);
-		idd_buf_put_varint(&b, x->frames[i].nblocks);
-	}
-	idd_buf_put_u64(&b, x->nentries);
-	if (x->nentries)
-		idd_buf_put(&b, x->entries, (size_t)x->nentries * IDD_PACK_ENTRY);
-	idd_buf_put_u64(&b, x->nviews);
-	for (size_t i = 0; i < x->nviews; i++)
-		idd_buf_put(&b, x->views[i].b, 32);
-	char *path = idd_path_join(index_dir, IDD_PACK_INDEX_FILE, err);
-	int rc = b.failed ? idd_fail_code(err, IDD_ENOMEM, "out of memory writing the pack index")
-	         : !path  ? IDD_ENOMEM
-	                  : idd_indexfile_write(path, PKI_MAGIC, PK_VERSION, b.data, b.len, true, err);
-	free(path);
-	idd_buf_free(&b);
-	return rc;
-}
 
 static void put_zigzag_slot(idd_buf *b, int64_t delta)
 {
@@ -588,7 +375,7 @@ out:
 
 /* A view must list, in map order, every distinct digest of the image's
  * block list, each at the place the pack index gives it. */
-static void verify_view_deep(const char *path, const idd_pack_view *v, const idd_pack_index *x,
+static void verify_view_deep(const char *path, const idd_pack_view *v, idd_pack_index *x,
                              const char *index_dir, const idd_image_info *im, idd_warn_fn warn,
                              void *ctx, uint64_t *problems)
 {
@@ -661,9 +448,45 @@ void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, i
 		problem(warn, ctx, problems, "%s", e.msg);
 		deep = false;
 	}
-	for (uint64_t i = 0; slot_digest && i < x->nentries; i++) {
-		const unsigned char *en = x->entries + i * IDD_PACK_ENTRY;
-		slot_digest[idd_le64(en + 32)] = en;
+	idd_pack_iter it;
+	if (slot_digest && idd_pack_iter_init(&it, x, &e) == IDD_OK) {
+		const unsigned char *d;
+		uint64_t ord;
+		while (idd_pack_iter_next(&it, &d, &ord) > 0)
+			slot_digest[ord] = d;
+		idd_pack_iter_free(&it);
+	}
+	/* version 2: the runs and frame tables whole (opening checked their
+	 * headers and sizes, and in full those whose files changed), and the
+	 * block list kept for each view */
+	for (size_t i = 0; deep && x->version >= 2 && i < x->nruns; i++) {
+		char *path = idd_pack_run_path(index_dir, x->runs[i].seq, &e);
+		if (!path || idd_indexfile_verify(path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, NULL,
+		                                  NULL, &e))
+			problem(warn, ctx, problems, "%s (run 'imgdedup pack' to rebuild it)", e.msg);
+		free(path);
+	}
+	for (size_t i = 0; deep && x->version >= 2 && i < x->nfiles; i++) {
+		char *rel = idd_pack_ft_relpath(&x->files[i].name, &e);
+		char *path = rel ? idd_path_join(index_dir, rel, &e) : NULL;
+		if (!path || idd_indexfile_verify(path, IDD_PACK_FT_MAGIC, IDD_PACK_FT_VERSION, NULL,
+		                                  NULL, &e))
+			problem(warn, ctx, problems, "%s (run 'imgdedup pack' to rebuild it)", e.msg);
+		free(rel);
+		free(path);
+	}
+	for (size_t i = 0; x->version >= 2 && i < x->nlists; i++) {
+		char *rel = idd_pack_list_relpath(&x->lists[i].list_key, &e);
+		char *path = rel ? idd_path_join(index_dir, rel, &e) : NULL;
+		struct stat st;
+		if (!path)
+			problem(warn, ctx, problems, "%s", e.msg);
+		else if (stat(path, &st))
+			problem(warn, ctx, problems, "%s: missing (run 'imgdedup pack')", path);
+		else if (deep && idd_blocklist_check_path(path, &x->lists[i].list_key, NULL, &e))
+			problem(warn, ctx, problems, "%s", e.msg);
+		free(rel);
+		free(path);
 	}
 	for (uint32_t i = 0; i < x->nfiles; i++) {
 		char *rel = idd_pack_data_relpath(&x->files[i].name, &e);
@@ -684,8 +507,8 @@ void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, i
 	/* every view the index lists; with deep, those of the catalog's images
 	 * against their block lists (a catalog image without a view only means
 	 * the pack is older than the index, which is no damage) */
-	for (size_t i = 0; i < x->nviews; i++) {
-		char *rel = idd_pack_view_relpath(&x->views[i], &e);
+	for (size_t i = 0; i < x->nlists; i++) {
+		char *rel = idd_pack_view_relpath(&x->lists[i].list_key, &e);
 		char *path = rel ? idd_path_join(index_dir, rel, &e) : NULL;
 		void *data = NULL;
 		size_t len;
@@ -693,7 +516,7 @@ void idd_pack_verify(const char *index_dir, const idd_catalog *cat, bool deep, i
 		if (!path || idd_read_file(path, (size_t)IDD_PACK_MAX_VIEW + 64, &data, &len, &e) ||
 		    idd_pack_view_parse(path, data, len, 0, &v, &e)) {
 			problem(warn, ctx, problems, "%s (run 'imgdedup pack' to rebuild it)", e.msg);
-		} else if (memcmp(v->list_key.b, x->views[i].b, 32) || v->block_size != x->block_size) {
+		} else if (memcmp(v->list_key.b, x->lists[i].list_key.b, 32) || v->block_size != x->block_size) {
 			problem(warn, ctx, problems, "%s: a view of another block list", path);
 		} else if (deep) {
 			for (size_t j = 0; j < cat->count; j++) {

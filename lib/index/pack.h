@@ -4,18 +4,28 @@
  * Layout byte by byte, and the measurements that chose it: docs/formats.md
  * ("Pack").
  *
- *   pack/index              the pack index (container, magic IDD-PKI): data
- *                           files, frames, every packed digest sorted
+ *   pack/index              the manifest (magic IDD-PKI): data files, the
+ *                           runs of the digest index, the block lists the
+ *                           pack covers
+ *   pack/runs/<16 hex>      sorted runs of digest -> ordinal (a log-
+ *                           structured merge, newest wins), searched in
+ *                           place through mmap
  *   pack/data/<hex>.zpk     data files: a header (a zstd skippable frame),
  *                           then zstd frames back to back, each holding up
  *                           to 256 KiB of whole blocks
+ *   pack/data/<hex>.zpf     each data file's frame table (fixed records,
+ *                           searched in place)
  *   pack/views/<hex>        one view per block list (named by its list_key):
  *                           where each distinct digest of the image sits,
  *                           in the image's map order, and the frames holding
- *                           them; what a remote node fetches
+ *                           them; all a remote node fetches besides frames
+ *   pack/lists/<hex>        the block list each view was made from (a hard
+ *                           link to blocks/<hex>): what a later run takes
+ *                           away when that list leaves the catalog
  *
- * Producer: pack_build.c (`imgdedup pack`).  Consumers: the pack block
- * source (node/source_pack.c), verify, info. */
+ * Producer: pack_build.c (`imgdedup pack`).  The index: pack_index.c.
+ * Consumers: the pack block source (node/source_pack.c, views only),
+ * verify, info. */
 #ifndef IDD_INDEX_PACK_H
 #define IDD_INDEX_PACK_H
 
@@ -29,7 +39,10 @@
 #define IDD_PACK_INDEX_FILE "pack/index"
 #define IDD_PACK_VIEWS_DIR "pack/views"
 #define IDD_PACK_DATA_DIR "pack/data"
+#define IDD_PACK_RUNS_DIR "pack/runs"
+#define IDD_PACK_LISTS_DIR "pack/lists"
 #define IDD_PACK_DATA_SUFFIX ".zpk"
+#define IDD_PACK_FT_SUFFIX ".zpf"
 
 /* Raw bytes of whole blocks a frame holds at most (one block when blocks
  * are larger).  Measured on the corpus: 64 KiB frames 14.92 MB, 256 KiB
@@ -53,6 +66,15 @@ typedef struct idd_pack_file {
 	idd_digest name;  /* SHA-256 of the file's content: pack/data/<hex>.zpk */
 	uint64_t size;    /* bytes */
 	uint64_t nframes; /* frames it holds (index only) */
+	/* index only: */
+	uint64_t nslots;      /* blocks its frames hold */
+	uint64_t first;       /* ordinal of its first block */
+	uint64_t first_frame; /* index of its first frame among the pack's frames */
+	uint64_t ft_size, ft_ino; /* its frame table file as written (version 2) */
+	int64_t ft_mtime_ns;
+	const unsigned char *ft; /* the frame table's records, mapped on first use */
+	void *ft_map;
+	size_t ft_map_len;
 } idd_pack_file;
 
 typedef struct idd_pack_frame {
@@ -73,41 +95,149 @@ typedef struct idd_pack_loc {
 	uint32_t slot;    /* block within the frame, < nblocks */
 } idd_pack_loc;
 
-#define IDD_PACK_ENTRY 40 /* digest[32], u64 ordinal */
-/* Some blocks of the catalog could not be packed (unreadable, changed
- * since the scan): the next run tries them again even if nothing changed. */
+#define IDD_PACK_ENTRY 40 /* digest[32], u64 ordinal: index version 1 and runs */
+/* A run entry with this ordinal says the digest left the pack. */
+#define IDD_PACK_REMOVED UINT64_MAX
+/* Frame table record: u64 first (block of the file), u64 off, u32 clen,
+ * u32 nblocks. */
+#define IDD_PACK_FT_REC 24
+/* Version 1 only: some blocks of the catalog could not be packed. */
 #define IDD_PACK_INCOMPLETE 1u
+/* A list whose unpacked count is unknown (from a version 1 index that was
+ * incomplete): it is gone through again. */
+#define IDD_PACK_UNPACKED_UNKNOWN UINT64_MAX
+
+/* A sorted run of the digest index. */
+typedef struct idd_pack_idxrun {
+	uint64_t seq, entries;
+	uint64_t size, ino;     /* its file as written */
+	int64_t mtime_ns;
+	const unsigned char *recs; /* entries x IDD_PACK_ENTRY bytes, sorted */
+	void *map;              /* the mapped file (NULL: recs lie in the payload) */
+	size_t map_len;
+} idd_pack_idxrun;
+
+/* A block list the pack covers: it has a view, and its digests are packed
+ * (all but `unpacked`, which the next run tries again). */
+typedef struct idd_pack_list {
+	idd_digest list_key;
+	uint64_t nblocks, zero_blocks; /* to read its retained copy back */
+	uint64_t ndistinct;
+	uint64_t unpacked;
+} idd_pack_list;
 
 typedef struct idd_pack_index {
+	uint32_t version;      /* of the file: 1 (older imgdedup, one sorted table) or 2 */
 	uint32_t block_size;
 	uint32_t frame_blocks; /* most blocks in one frame */
 	uint32_t level;
-	uint32_t flags;         /* IDD_PACK_INCOMPLETE */
-	idd_digest catalog_key; /* the catalog state this pack was built for */
+	uint32_t flags;         /* version 1: IDD_PACK_INCOMPLETE */
+	idd_digest catalog_key; /* version 1: the catalog state it was built for */
+	int64_t written_ns;     /* version 2: when the manifest was written */
+	uint64_t next_seq;      /* version 2: the next run number */
 	size_t nfiles;
 	idd_pack_file *files;
-	size_t nframes;
-	idd_pack_frame *frames;
+	size_t nframes;         /* frames of all files */
+	idd_pack_frame *frames; /* all of them: version 1, or once loaded
+	                           (idd_pack_index_load); else NULL */
 	uint64_t nslots;        /* blocks in all frames (ordinals 0 .. nslots-1) */
 	uint64_t nentries;      /* packed digests (live blocks) */
-	const unsigned char *entries; /* nentries x 40 bytes, sorted by digest */
-	size_t nviews;
-	idd_digest *views;      /* list_keys with a view, sorted */
-	void *payload;          /* owns entries */
+	size_t nruns;
+	idd_pack_idxrun *runs;     /* oldest first; version 1: one, in the payload */
+	size_t nlists;
+	idd_pack_list *lists;   /* sorted by list_key: the views */
+	char *dir;              /* the index directory (runs and frame tables) */
+	void *payload;
 } idd_pack_index;
 
-/* Parse a whole pack index file (container included).  Everything is
- * checked: lengths against the payload, frames inside their files, entries
- * strictly sorted and pointing at existing slots. */
+/* Parse a pack index file (container included), either version.  Checked:
+ * every count against the payload, the files, runs and lists; version 1:
+ * frames inside and filling their files, entries strictly sorted and
+ * pointing at existing slots.  Runs are not opened. */
 int idd_pack_index_parse(const char *name, const void *file, size_t len, idd_pack_index **out,
                          idd_error *err);
-/* INDEX/pack/index; IDD_ENOENT when there is no pack. */
+/* INDEX/pack/index with its runs mapped (headers checked; a run whose file
+ * is not as the manifest recorded it has its checksum and order verified);
+ * IDD_ENOENT when there is no pack. */
+int idd_pack_index_open(const char *index_dir, idd_pack_index **out, idd_error *err);
+/* For tests: called after the manifest is read, before its runs are
+ * opened, to interleave a concurrent pack run deterministically. */
+extern void (*idd_pack_index_read_hook)(void *ctx, const char *index_dir);
+extern void *idd_pack_index_read_hook_ctx;
+/* The same, with every frame in x->frames (verify, tests). */
 int idd_pack_index_load(const char *index_dir, idd_pack_index **out, idd_error *err);
 void idd_pack_index_free(idd_pack_index *x);
-/* Binary search for d: false when the pack does not hold it. */
-bool idd_pack_lookup(const idd_pack_index *x, const idd_digest *d, idd_pack_loc *loc);
+/* The ordinal of d (newest run first); false when the pack does not hold it. */
+bool idd_pack_find(const idd_pack_index *x, const idd_digest *d, uint64_t *ordinal);
+/* Where ordinal p (< nslots) lies.  IDD_ECORRUPT for a damaged frame table. */
+int idd_pack_locate(idd_pack_index *x, uint64_t p, idd_pack_loc *loc, idd_error *err);
+/* find + locate: false when the pack does not hold d (or cannot say where). */
+bool idd_pack_lookup(idd_pack_index *x, const idd_digest *d, idd_pack_loc *loc);
 /* The frame holding ordinal p (p < nslots), by binary search. */
 size_t idd_pack_frame_of(const idd_pack_frame *frames, size_t nframes, uint64_t p);
+/* Is list_key covered (a view)?  Its entry, or NULL. */
+const idd_pack_list *idd_pack_index_list(const idd_pack_index *x, const idd_digest *list_key);
+
+/* Lookups in digest order: one position per run, galloping forward. */
+typedef struct idd_pack_seeker {
+	const idd_pack_index *x;
+	uint64_t *pos;
+} idd_pack_seeker;
+int idd_pack_seeker_init(idd_pack_seeker *s, const idd_pack_index *x, idd_error *err);
+void idd_pack_seeker_free(idd_pack_seeker *s);
+/* As idd_pack_find, for digests given in increasing order. */
+bool idd_pack_seek(idd_pack_seeker *s, const unsigned char d[32], uint64_t *ordinal);
+
+/* Every live entry in digest order (the runs merged, newest winning,
+ * removals skipped). */
+typedef struct idd_pack_iter {
+	const idd_pack_index *x;
+	uint64_t *pos;
+} idd_pack_iter;
+int idd_pack_iter_init(idd_pack_iter *it, const idd_pack_index *x, idd_error *err);
+void idd_pack_iter_free(idd_pack_iter *it);
+/* 1 with the next entry (*digest points into a run), 0 at the end. */
+int idd_pack_iter_next(idd_pack_iter *it, const unsigned char **digest, uint64_t *ordinal);
+
+/* ---- writing the index (pack_build.c) ---- */
+
+/* Bytes each of pack's external sorts holds in memory (at most three at
+ * once); beyond that they spill to files in INDEX/pack.  Tests lower it. */
+extern size_t idd_pack_sort_budget;
+
+/* A file of fixed-size records in the index container, uncompressed (so
+ * that it is searched in place), streamed to PATH.tmp.PID and renamed. */
+typedef struct idd_pack_out {
+	int fd;
+	char *tmp, *path;
+	unsigned char *buf;
+	size_t fill;
+	uint64_t off, records;
+	const char *magic;
+	uint32_t version;
+} idd_pack_out;
+int idd_pack_out_open(idd_pack_out *o, const char *path, const char magic[8], uint32_t version,
+                      idd_error *err);
+int idd_pack_out_put(idd_pack_out *o, const void *rec, size_t len, idd_error *err);
+/* Header, checksum, fsync, rename; *size receives the file's size. */
+int idd_pack_out_finish(idd_pack_out *o, uint64_t *size, idd_error *err);
+void idd_pack_out_discard(idd_pack_out *o);
+extern const char IDD_PACK_RUN_MAGIC[8];
+extern const char IDD_PACK_FT_MAGIC[8];
+#define IDD_PACK_RUN_VERSION 1
+#define IDD_PACK_FT_VERSION 1
+
+char *idd_pack_run_path(const char *index_dir, uint64_t seq, idd_error *err);
+char *idd_pack_ft_relpath(const idd_digest *name, idd_error *err);
+char *idd_pack_list_relpath(const idd_digest *list_key, idd_error *err);
+/* Map run r (seq, entries set) of the pack in index_dir, recording its
+ * file's identity. */
+int idd_pack_run_map(const char *index_dir, idd_pack_idxrun *r, idd_error *err);
+void idd_pack_run_unmap(idd_pack_idxrun *r);
+/* Record the identity of file f's frame table as it is on disk now. */
+int idd_pack_ft_stat(const char *index_dir, idd_pack_file *f, idd_error *err);
+/* Write INDEX/pack/index (version 2) atomically. */
+int idd_pack_index_save(const char *index_dir, const idd_pack_index *x, idd_error *err);
 
 /* A view: for one block list (list_key), every distinct non-zero digest in
  * map order (first occurrence) -> its slot among the view's frames. */
@@ -140,11 +270,8 @@ void idd_pack_view_free(idd_pack_view *v);
 /* Where digest k (map order) is; false when not packed or k is out of range. */
 bool idd_pack_view_find(const idd_pack_view *v, uint64_t k, idd_pack_loc *loc);
 
-/* Write INDEX/pack/index and INDEX/pack/views/<hex list_key> atomically
- * (temp, fsync, rename).  The index's frames must be in file order, each
- * file's frames back to back from its header; a view's frames sorted by
- * (file, offset), not overlapping. */
-int idd_pack_index_save(const char *index_dir, const idd_pack_index *x, idd_error *err);
+/* Write INDEX/pack/views/<hex list_key> atomically (temp, fsync, rename).
+ * Its frames sorted by (file, offset), not overlapping. */
 int idd_pack_view_save(const char *index_dir, const idd_pack_view *v, idd_error *err);
 
 /* Paths relative to the index directory (also used to build URLs). */

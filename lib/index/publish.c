@@ -7,6 +7,10 @@
  * catalog just before may find a newer block map, which deploy and serve
  * refuse cleanly ("older than the catalog"): run again.
  *
+ * Before anything is sent, the per-image entries (entries.h) are brought
+ * in line with the catalog, so that an index written before they existed
+ * is published with them; entries/index goes up after every entry.
+ *
  * A re-run over a large unchanged index should not read it all again:
  * block lists are named by their own checksum, so one the store holds under
  * its name with its size is that file; the MD5 of every other file is kept
@@ -15,7 +19,9 @@
 #include "base/util.h"
 #include "base/error.h"
 #include "index/catalog.h"
+#include "index/entries.h"
 #include "index/indexfile.h"
+#include "index/pack.h"
 #include "base/fetch.h"
 
 #include <dirent.h>
@@ -81,6 +87,9 @@ static int collect(const char *dir, const char *sub, int depth, struct files *ou
 		const char *nm = de->d_name;
 		if (nm[0] == '.' || strstr(nm, ".tmp.") ||
 		    (!sub[0] && (!strcmp(nm, "lock") || !strcmp(nm, PUBLISH_STATE))))
+			continue;
+		/* the pack's copies of block lists: blocks/ has them, no node reads them */
+		if (!strcmp(sub, IDD_PACK_DIR) && !strcmp(nm, &IDD_PACK_LISTS_DIR[sizeof IDD_PACK_DIR]))
 			continue;
 		char *rel = sub[0] ? idd_asprintf(err, "%s/%s", sub, nm) : idd_strdup(nm, err);
 		char *p = rel ? idd_path_join(dir, rel, err) : NULL;
@@ -313,6 +322,12 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 		idd_error_prefix(err, "nothing to publish (run 'imgdedup scan' and 'imgdedup map' first)");
 	if (rc)
 		goto out;
+	/* the per-image entries nodes read instead of the catalog: an index
+	 * written before they existed gets them here */
+	idd_entries_sync esy;
+	if ((rc = idd_entries_prepare(index_dir, cat, cat, &esy, err)) ||
+	    (rc = idd_entries_commit(index_dir, cat, cat, &esy, err)))
+		goto out;
 	idd_fetch_opts fo = {.connections = UPLOAD_THREADS, .warn = o->warn, .ctx = o->ctx};
 	if ((rc = idd_source_open(dest, &fo, &dst, err)))
 		goto out;
@@ -326,7 +341,7 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 	if (remote.n)
 		qsort(remote.v, remote.n, sizeof *remote.v, cmp_key);
 	/* what the store already holds is not sent again */
-	struct lfile *catalog = NULL;
+	struct lfile *catalog = NULL, *entries_index = NULL;
 	uint64_t total = 0;
 	state_load(index_dir, &files);
 	for (size_t i = 0; !rc && i < files.n; i++) {
@@ -361,6 +376,10 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 			catalog = f;
 			continue;
 		}
+		if (!strcmp(f->rel, IDD_ENTRIES_INDEX_FILE)) {
+			entries_index = f;
+			continue;
+		}
 		if (f->upload)
 			total += f->size;
 		else
@@ -372,11 +391,17 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 		rc = idd_fail(err, "%s: no catalog", index_dir);
 		goto out;
 	}
-	/* everything else first, the catalog last */
+	/* everything else first; then entries/index (a node that finds it
+	 * takes a missing entry for an image that is not there: every entry
+	 * is in place by then), the catalog last */
 	bool catalog_upload = catalog->upload;
 	catalog->upload = false;
+	bool eindex_upload = entries_index && entries_index->upload;
+	if (entries_index)
+		entries_index->upload = false;
 	struct uploader u = {.dst = dst, .dest_dir = dest_dir, .files = &files, .o = o,
-	                     .total_bytes = total + (catalog_upload ? catalog->size : 0)};
+	                     .total_bytes = total + (catalog_upload ? catalog->size : 0) +
+	                                    (eindex_upload ? entries_index->size : 0)};
 	pthread_mutex_init(&u.mu, NULL);
 	pthread_t tids[UPLOAD_THREADS];
 	int started = 0;
@@ -394,6 +419,15 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 		*err = u.err;
 		rc = u.rc;
 		goto out;
+	}
+	if (eindex_upload) {
+		entries_index->upload = true;
+		if ((rc = upload_one(&u, entries_index, err)))
+			goto out;
+		st->uploaded++;
+		st->bytes_uploaded += entries_index->size;
+	} else if (entries_index) {
+		st->unchanged++;
 	}
 	if (catalog_upload) {
 		catalog->upload = true;

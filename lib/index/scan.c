@@ -13,6 +13,7 @@
 #include "formats/archive.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
+#include "index/entries.h"
 #include "index/blocktable.h"
 #include "index/repo.h"
 #include "index/repo_s3.h"
@@ -160,6 +161,7 @@ struct scan {
 	const idd_scan_opts *o;
 	struct entries *kept;   /* entries carried over without reading */
 	const char *index_dir;
+	const char *catalog_dir;  /* where the catalog goes: index_dir, or a shard's directory */
 	uint32_t bs;
 	pthread_mutex_t mu;       /* job states, the task cursor, progress */
 	pthread_mutex_t finish_mu; /* finishing jobs: the distinct-count set, checkpoints */
@@ -646,7 +648,7 @@ static int save_checkpoint(struct scan *s, idd_error *err)
 	                   .unique_blocks = IDD_UNIQUE_UNKNOWN};
 	if (build_catalog(s, s->kept, true, &cat, err))
 		return IDD_ERR;
-	int rc = idd_catalog_save(s->index_dir, &cat, err);
+	int rc = idd_catalog_save(s->catalog_dir, &cat, err);
 	for (size_t i = 0; i < cat.count; i++)
 		idd_image_info_free(&cat.images[i]);
 	free(cat.images);
@@ -654,35 +656,137 @@ static int save_checkpoint(struct scan *s, idd_error *err)
 	return rc;
 }
 
+static int cmp_hex(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int add_keys(char ***keys, size_t *n, const idd_catalog *cat)
+{
+	char **v = realloc(*keys, (*n + cat->count + 1) * sizeof *v);
+	if (!v)
+		return IDD_ERR;
+	*keys = v;
+	for (size_t i = 0; i < cat->count; i++) {
+		char hex[2 * IDD_DIGEST_SIZE + 1];
+		idd_digest_hex(&cat->images[i].list_key, hex);
+		if (!(v[*n] = strdup(hex)))
+			return IDD_ERR;
+		(*n)++;
+	}
+	return IDD_OK;
+}
+
+/* The results shards left (INDEX/shards/K-of-N/catalog), by K; *n_out is
+ * N (0: none); more than one N is an error. */
+static int load_shards(const char *index_dir, idd_catalog ***out, uint32_t *n_out, idd_error *err)
+{
+	*out = NULL;
+	*n_out = 0;
+	char *dir = idd_path_join(index_dir, "shards", err);
+	if (!dir)
+		return IDD_ERR;
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int rc = IDD_OK;
+	idd_catalog **v = NULL;
+	uint32_t n = 0;
+	while (!rc && d && (de = readdir(d))) {
+		unsigned k, nn;
+		char tail;
+		if (sscanf(de->d_name, "%u-of-%u%c", &k, &nn, &tail) != 2 || !nn || !k || k > nn ||
+		    nn > 1000000)
+			continue;
+		if (n && nn != n) {
+			rc = idd_fail(err, "%s: results of shards of both %u and %u; re-run the shards of one partition",
+			              dir, n, nn);
+			break;
+		}
+		if (!n) {
+			n = nn;
+			if (!(v = idd_calloc(n + 1, sizeof *v, err))) {
+				rc = IDD_ERR;
+				break;
+			}
+		}
+		char *sub = idd_path_join(dir, de->d_name, err);
+		int lrc = sub ? idd_catalog_load(sub, &v[k - 1], err) : IDD_ERR;
+		if (lrc == IDD_ENOENT) /* a shard that never finished a checkpoint */
+			lrc = IDD_OK;
+		rc = lrc;
+		free(sub);
+	}
+	if (d)
+		closedir(d);
+	free(dir);
+	if (rc) {
+		for (uint32_t i = 0; v && i < n; i++)
+			idd_catalog_free(v[i]);
+		free(v);
+		return rc;
+	}
+	*out = v;
+	*n_out = n;
+	return IDD_OK;
+}
+
+static void free_shards(idd_catalog **v, uint32_t n)
+{
+	for (uint32_t i = 0; v && i < n; i++)
+		idd_catalog_free(v[i]);
+	free(v);
+}
+
 /* Remove block lists no catalog entry names, and temporaries of killed
- * runs.  Only after the new catalog is in place, under the lock. */
+ * runs.  Only after the new catalog is in place, under the lock.  Lists
+ * that shards' results name are kept; while shard results exist, so is any
+ * list written in the last hour (a shard running elsewhere may have written
+ * it and not yet its results: git's gc.pruneExpire, for the same race). */
 static void collect_garbage(const char *index_dir, const idd_catalog *cat)
 {
+	char **keys = NULL;
+	size_t nkeys = 0;
+	idd_catalog **shards = NULL;
+	uint32_t nshards = 0;
+	idd_error e;
+	char *shard_dir = idd_path_join(index_dir, "shards", NULL);
+	struct stat sst;
+	bool sharding = shard_dir && stat(shard_dir, &sst) == 0;
+	free(shard_dir);
+	if (add_keys(&keys, &nkeys, cat) || load_shards(index_dir, &shards, &nshards, &e))
+		goto out; /* keep everything rather than guess */
+	for (uint32_t i = 0; i < nshards; i++)
+		if (shards[i] && add_keys(&keys, &nkeys, shards[i]))
+			goto out;
+	if (nkeys)
+		qsort(keys, nkeys, sizeof *keys, cmp_hex);
 	char *dir = idd_path_join(index_dir, IDD_BLOCKS_DIR, NULL);
 	DIR *d = dir ? opendir(dir) : NULL;
-	if (!d) {
-		free(dir);
-		return;
-	}
 	struct dirent *de;
-	while ((de = readdir(d))) {
+	int64_t now = idd_now_ns();
+	while (d && (de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
-		bool used = false;
-		for (size_t i = 0; i < cat->count && !used; i++) {
-			char hex[2 * IDD_DIGEST_SIZE + 1];
-			idd_digest_hex(&cat->images[i].list_key, hex);
-			used = strcmp(hex, de->d_name) == 0;
-		}
-		if (!used) {
-			char *p = idd_path_join(dir, de->d_name, NULL);
-			if (p)
-				unlink(p);
-			free(p);
-		}
+		const char *name = de->d_name;
+		if (nkeys && bsearch(&name, keys, nkeys, sizeof *keys, cmp_hex))
+			continue;
+		char *p = idd_path_join(dir, de->d_name, NULL);
+		struct stat st;
+		bool young = sharding && p && stat(p, &st) == 0 &&
+		             now - ((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec) <
+		                 (int64_t)3600 * 1000000000;
+		if (p && !young)
+			unlink(p);
+		free(p);
 	}
-	closedir(d);
+	if (d)
+		closedir(d);
 	free(dir);
+out:
+	for (size_t i = 0; i < nkeys; i++)
+		free(keys[i]);
+	free(keys);
+	free_shards(shards, nshards);
 }
 
 /* Temporaries (NAME.tmp.PID) that a killed run left in the index directory:
@@ -824,7 +928,106 @@ struct scan_run {
 	size_t *by_id;                /* walked files sorted by id */
 	uint64_t upgraded;            /* kept lists rewritten in the current format */
 	idd_blocktable *table;        /* the block table as the last run left it, or NULL */
+	char *shard_dir;              /* --shard: INDEX/shards/K-of-N */
 };
+
+/* Shard of a file id among n (0-based): the top 64 bits of its SHA-256,
+ * so the same id always lands in the same shard for a given n. */
+static uint32_t shard_of(const char *file_id, uint32_t n)
+{
+	unsigned char h[32];
+	if (idd_sha256(file_id, strlen(file_id), h, NULL))
+		return 0;
+	return (uint32_t)(idd_be64(h) % n);
+}
+
+/* The images of cat whose file falls in shard k (0-based) of n, copied. */
+static int catalog_shard(const idd_catalog *cat, uint32_t k, uint32_t n, struct entries *out,
+                         idd_error *err)
+{
+	for (size_t i = 0; cat && i < cat->count; i++)
+		if (shard_of(cat->images[i].file, n) == k && entries_push_copy(out, &cat->images[i], err))
+			return IDD_ERR;
+	return IDD_OK;
+}
+
+/* --merge: every shard's result, or the catalog's own images of a shard
+ * that left none, become the kept entries. */
+static int merge_shards(struct scan_run *r, idd_error *err)
+{
+	idd_catalog **shards;
+	uint32_t n;
+	if (load_shards(r->index_dir, &shards, &n, err))
+		return IDD_ERR;
+	int rc = IDD_OK;
+	if (!n)
+		rc = idd_fail_code(err, IDD_ENOENT, "%s: no shard results to merge (run 'imgdedup scan --shard K/N' first)",
+		                   r->index_dir);
+	bool any = false;
+	for (uint32_t k = 0; !rc && k < n; k++) {
+		const idd_catalog *c = shards[k];
+		if (!c) {
+			rc = catalog_shard(r->s.old, k, n, &r->kept, err);
+			continue;
+		}
+		if (any && c->block_size != r->s.bs) {
+			rc = idd_fail(err, "%s: shard %u of %u used %u-byte blocks, another %u", r->index_dir, k + 1,
+			              n, c->block_size, r->s.bs);
+			break;
+		}
+		r->s.bs = c->block_size;
+		any = true;
+		for (size_t i = 0; !rc && i < c->count; i++) {
+			if (shard_of(c->images[i].file, n) != k)
+				rc = idd_fail(err, "%s: shard %u of %u holds %s, which is not of that shard",
+				              r->index_dir, k + 1, n, c->images[i].id);
+			else
+				rc = entries_push_copy(&r->kept, &c->images[i], err);
+		}
+	}
+	if (!rc && r->s.old && any && r->s.old->block_size != r->s.bs)
+		rc = idd_fail(err, "%s: the index uses %u-byte blocks, the shards %u", r->index_dir,
+		              r->s.old->block_size, r->s.bs);
+	r->st->unchanged = r->kept.n;
+	free_shards(shards, n);
+	return rc;
+}
+
+/* After a merge is in place: the shards' results are spent.  A shard
+ * running again right now keeps its lock and its directory. */
+static void remove_shard_results(const char *index_dir)
+{
+	char *dir = idd_path_join(index_dir, "shards", NULL);
+	DIR *d = dir ? opendir(dir) : NULL;
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *sub = idd_path_join(dir, de->d_name, NULL);
+		int fd = -1;
+		idd_error e;
+		if (sub && idd_lock(sub, true, &fd, &e) == IDD_OK) {
+			char *cat = idd_path_join(sub, IDD_CATALOG_FILE, NULL);
+			char *lock = idd_path_join(sub, "lock", NULL);
+			if (cat)
+				unlink(cat);
+			if (lock)
+				unlink(lock);
+			idd_unlock(fd);
+			rmdir(sub);
+			free(cat);
+			free(lock);
+		}
+		free(sub);
+	}
+	if (d)
+		closedir(d);
+	if (dir) {
+		rmdir(dir);
+		(void)idd_fsync_dir(index_dir, NULL);
+	}
+	free(dir);
+}
 
 /* Lock the index, load the previous catalog, settle the block size and
  * walk the repository. */
@@ -845,10 +1048,50 @@ static int phase_open(struct scan_run *r, idd_error *err)
 	}
 	if (idd_mkdir_p(r->index_dir, err))
 		return IDD_ERR;
-	int rc = idd_lock(r->index_dir, o->no_wait, &r->lock_fd, err);
+	r->s.catalog_dir = r->index_dir;
+	if (o->shard_n) {
+		/* a shard locks its own directory: shards run at once, each
+		 * writing its own results and content-named lists */
+		if (!o->shard_k || o->shard_k > o->shard_n)
+			return idd_fail(err, "--shard %u/%u: K must be from 1 to N", o->shard_k, o->shard_n);
+		if (!(r->shard_dir = idd_asprintf(err, "%s/shards/%u-of-%u", r->index_dir, o->shard_k,
+		                                  o->shard_n)) ||
+		    idd_mkdir_p(r->shard_dir, err))
+			return IDD_ERR;
+		r->s.catalog_dir = r->shard_dir;
+	}
+	int rc = idd_lock(r->shard_dir ? r->shard_dir : r->index_dir, o->no_wait, &r->lock_fd, err);
 	if (rc)
 		return rc;
 	int lrc = idd_catalog_load(r->index_dir, &r->s.old, err);
+	if (lrc == IDD_OK && r->shard_dir) {
+		/* the shard's own last result, else the catalog's images of it */
+		idd_catalog *mine = NULL;
+		int src = idd_catalog_load(r->shard_dir, &mine, err);
+		struct entries sub = {0};
+		if (src == IDD_ENOENT) {
+			if (catalog_shard(r->s.old, o->shard_k - 1, o->shard_n, &sub, err))
+				return IDD_ERR;
+			mine = idd_calloc(1, sizeof *mine, err);
+			if (!mine) {
+				entries_free(&sub);
+				return IDD_ERR;
+			}
+			mine->block_size = r->s.old->block_size;
+			mine->generation = r->s.old->generation;
+			mine->unique_blocks = IDD_UNIQUE_UNKNOWN;
+			mine->images = sub.v;
+			mine->count = sub.n;
+		} else if (src) {
+			return IDD_ERR;
+		}
+		idd_catalog_free(r->s.old);
+		r->s.old = mine;
+	} else if (lrc == IDD_ENOENT && r->shard_dir) {
+		idd_catalog *mine = NULL;
+		lrc = idd_catalog_load(r->shard_dir, &mine, err);
+		r->s.old = mine;
+	}
 	if (lrc == IDD_ENOENT) {
 		r->s.old = NULL;
 	} else if (lrc) {
@@ -866,9 +1109,21 @@ static int phase_open(struct scan_run *r, idd_error *err)
 		                r->index_dir, old->block_size, o->block_size);
 	if (!idd_is_power_of_two(r->s.bs) || r->s.bs < IDD_MIN_BLOCK_SIZE || r->s.bs > IDD_MAX_BLOCK_SIZE)
 		return idd_fail(err, "block size %u is not a power of two from 512 to 1048576", r->s.bs);
+	if (o->merge)
+		return merge_shards(r, err); /* reads no image: no walk */
 	if (idd_repo_walk(o->repo, r->index_dir, o->includes, o->n_includes, &r->files, o->warn, o->ctx,
 	                  err))
 		return IDD_ERR;
+	if (o->shard_n) { /* only this shard's files */
+		size_t w = 0;
+		for (size_t f = 0; f < r->files.n; f++) {
+			if (shard_of(r->files.v[f].id, o->shard_n) == o->shard_k - 1)
+				r->files.v[w++] = r->files.v[f];
+			else
+				idd_repo_entry_free(&r->files.v[f]);
+		}
+		r->files.n = w;
+	}
 	r->nold = old ? old->count : 0;
 	size_t nold = r->nold, nfiles = r->files.n;
 	r->s.old_dropped = idd_calloc(nold ? nold : 1, sizeof *r->s.old_dropped, err);
@@ -1097,6 +1352,36 @@ static int phase_reconcile(struct scan_run *r, idd_error *err)
 	return IDD_OK;
 }
 
+static void count_blocks(idd_scan_stats *st, const idd_catalog *cat)
+{
+	st->images = cat->count;
+	for (size_t i = 0; i < cat->count; i++) {
+		st->blocks += cat->images[i].nblocks;
+		st->zero_blocks += cat->images[i].zero_blocks;
+	}
+}
+
+/* A shard's result: its images, written to its own directory (the
+ * repository-wide counts are the merge's).  Takes cat's entries. */
+static int commit_shard(struct scan_run *r, idd_catalog *cat, idd_error *err)
+{
+	idd_scan_stats *st = r->st;
+	cat->generation = (r->s.old ? r->s.old->generation : 0) + 1;
+	cat->unique_blocks = IDD_UNIQUE_UNKNOWN;
+	int rc = idd_catalog_save(r->shard_dir, cat, err);
+	if (!rc)
+		st->committed = true;
+	count_blocks(st, cat);
+	st->unique_blocks = IDD_UNIQUE_UNKNOWN;
+	for (size_t i = 0; i < cat->count; i++)
+		idd_image_info_free(&cat->images[i]);
+	free(cat->images);
+	if (!rc && st->failed)
+		rc = idd_fail(err, "%llu image(s) could not be indexed (see the messages above)",
+		              (unsigned long long)st->failed);
+	return rc;
+}
+
 /* Count distinct blocks, assemble the catalog and, when anything changed,
  * write it and collect the block lists it no longer names. */
 static int phase_commit(struct scan_run *r, idd_error *err)
@@ -1105,10 +1390,12 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 	idd_scan_stats *st = r->st;
 	const idd_catalog *old = s->old;
 	bool changed = !old || st->scanned || st->removed || st->renamed || r->upgraded ||
-	               old->unique_blocks == IDD_UNIQUE_UNKNOWN;
+	               old->unique_blocks == IDD_UNIQUE_UNKNOWN || r->o->merge;
 	idd_catalog cat = {.block_size = s->bs};
 	if (build_catalog(s, &r->kept, false, &cat, err))
 		return IDD_ERR;
+	if (r->shard_dir)
+		return commit_shard(r, &cat, err);
 	/* the block table follows the change, reading only the lists of images
 	 * added, changed or removed; it counts the repository's distinct blocks.
 	 * A kept image whose list cannot be read is dropped, so the next run
@@ -1133,30 +1420,41 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 	free(dropped);
 	changed = changed || s->dropped || cat.count != r->nold ||
 	          (old && old->unique_blocks != bst.entries);
+	if (!rc) {
+		cat.generation = changed ? (old ? old->generation : 0) + 1 : old->generation;
+		cat.unique_blocks = changed ? bst.entries : old->unique_blocks;
+	}
+	/* the per-image entries a node reads instead of the catalog: written
+	 * before the catalog names them, the removed ones dropped after (an
+	 * index written before they existed gets them all, changed or not) */
+	idd_entries_sync esy;
+	if (!rc)
+		rc = idd_entries_prepare(r->index_dir, old, &cat, &esy, err);
 	if (rc) {
 		/* nothing to write */
 	} else if (!changed) {
-		cat.generation = old->generation;
-		cat.unique_blocks = old->unique_blocks;
 		st->committed = true;
 	} else {
-		cat.generation = (old ? old->generation : 0) + 1;
-		cat.unique_blocks = bst.entries;
 		rc = idd_catalog_save(r->index_dir, &cat, err);
 		if (!rc) {
 			st->committed = true;
+			if (r->o->merge)
+				remove_shard_results(r->index_dir);
 			collect_garbage(r->index_dir, &cat);
 		}
 	}
 	if (st->committed)
+		rc = idd_entries_commit(r->index_dir, old, &cat, &esy, err);
+	if (st->committed) {
 		remove_dead_temporaries(r->index_dir);
-	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */
-	st->images = cat.count;
-	st->unique_blocks = cat.unique_blocks;
-	for (size_t i = 0; i < cat.count; i++) {
-		st->blocks += cat.images[i].nblocks;
-		st->zero_blocks += cat.images[i].zero_blocks;
+		char *edir = idd_path_join(r->index_dir, IDD_ENTRIES_DIR, NULL);
+		if (edir)
+			remove_dead_temporaries(edir);
+		free(edir);
 	}
+	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */
+	count_blocks(st, &cat);
+	st->unique_blocks = cat.unique_blocks;
 	for (size_t i = 0; i < cat.count; i++)
 		idd_image_info_free(&cat.images[i]);
 	free(cat.images);
@@ -1180,6 +1478,7 @@ static void scan_run_free(struct scan_run *r)
 	free(s->old_dropped);
 	idd_catalog_free(s->old);
 	idd_blocktable_free(r->table);
+	free(r->shard_dir);
 	free(r->file_state);
 	free(r->old_file);
 	free(r->by_id);
@@ -1194,21 +1493,23 @@ static void scan_run_free(struct scan_run *r)
 int idd_scan(const idd_scan_opts *o, idd_scan_stats *st, idd_error *err)
 {
 	memset(st, 0, sizeof *st);
+	if (o->merge && o->shard_n)
+		return idd_fail(err, "--merge and --shard exclude each other");
 	struct scan_run r = {.o = o, .st = st, .lock_fd = -1};
 	r.s.o = o;
 	r.s.start_ns = idd_now_ns();
 	pthread_mutex_init(&r.s.mu, NULL);
 	pthread_mutex_init(&r.s.finish_mu, NULL);
 	int rc = phase_open(&r, err);
-	if (!rc)
+	if (!rc && !o->merge)
 		rc = phase_unchanged(&r, err);
-	if (!rc)
+	if (!rc && !o->merge)
 		rc = phase_renames(&r, err);
-	if (!rc)
+	if (!rc && !o->merge)
 		rc = phase_queue(&r, err);
-	if (!rc)
+	if (!rc && !o->merge)
 		rc = phase_hash(&r, err);
-	if (!rc)
+	if (!rc && !o->merge)
 		rc = phase_reconcile(&r, err);
 	if (!rc)
 		rc = phase_commit(&r, err);

@@ -7,6 +7,7 @@
 #include "index/repo_s3.h"
 #include "index/indexfile.h"
 #include "index/catalog.h"
+#include "index/entries.h"
 #include "index/map.h"
 #include "index/pack.h"
 
@@ -379,6 +380,7 @@ int idd_verify(const idd_verify_opts *o, uint64_t *problems, idd_error *err)
 	verify_tree(o, index_dir, "maps", maps, nmaps, problems);
 	verify_tree(o, index_dir, "blocktable", NULL, 0, problems);
 	verify_file(o, index_dir, "similarity", problems);
+	idd_entries_verify(index_dir, cat, o->warn, o->ctx, problems);
 	idd_pack_verify(index_dir, cat, o->deep, o->warn, o->ctx, problems);
 	for (size_t i = 0; i < nmaps; i++)
 		free(maps[i]);

@@ -90,6 +90,15 @@ int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_
 			rc = IDD_ENOMEM;
 			break;
 		}
+		if (src_rc == IDD_ETIMEDOUT || src_rc == IDD_ECANCELED) {
+			/* out of time, or stopping: no other source is asked */
+			c->failure = e2;
+			c->failure.code = src_rc;
+			for (size_t i = 0; i < n; i++)
+				if (reqs[i].status != IDD_OK)
+					reqs[i].status = src_rc;
+			break;
+		}
 		if (src_rc) {
 			/* the source failed as a whole: its requests go to the next one */
 			c->failure = e2;

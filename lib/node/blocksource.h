@@ -94,7 +94,9 @@ typedef struct idd_block_chain {
 /* Ask every source in turn.  Afterwards each request is IDD_OK, or says why
  * not: IDD_ENOENT (nobody holds it), IDD_ECORRUPT (a source held it but it
  * failed verification), or the code of a source that failed as a whole
- * (IDD_ENET, ...; c->failure has its message). */
+ * (IDD_ENET, ...; c->failure has its message).  A source that ran out of
+ * time (IDD_ETIMEDOUT, the thread's idd_fetch_deadline) or was stopped
+ * (IDD_ECANCELED) ends the chain: the rest get that code. */
 int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_error *err);
 
 #endif

@@ -263,11 +263,17 @@ static int rebuild_index(idd_cache *c, idd_error *err)
 	closedir(dh);
 	free(buf);
 	free(dg);
-	if (!rc)
-		rc = idd_cache_save_index(c, err);
-	if (!rc)
+	if (rc)
+		return rc;
+	/* the rebuilt index serves this process even when it cannot be saved
+	 * (a full disk): the next run rebuilds it again */
+	idd_error e2;
+	if (idd_cache_save_index(c, &e2))
+		idd_warnf(c->warn, c->ctx, "warning: cache: %s: index rebuilt from %zu images, not saved: %s",
+		          c->dir, c->count, e2.msg);
+	else
 		idd_warnf(c->warn, c->ctx, "warning: cache: %s: index rebuilt from %zu images", c->dir, c->count);
-	return rc;
+	return IDD_OK;
 }
 
 static int64_t index_mtime(const idd_cache *c)
@@ -468,6 +474,7 @@ static int add_partial_locked(idd_cache *c, const char *data_path, const char *j
 		return IDD_ENOMEM;
 	idd_cache_entry *e = &c->e[c->count];
 	e->partial = true;
+	e->rewritable = true;
 	e->owned = true;
 	e->abs = idd_strdup(data_path, err);
 	e->path = idd_strdup(data_path, err);
@@ -612,6 +619,86 @@ int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *jou
 	return rc;
 }
 
+void idd_cache_set_rewritable(idd_cache *c, const char *path)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++)
+		if (!c->e[i].partial && !strcmp(c->e[i].abs, path))
+			c->e[i].rewritable = true;
+	pthread_rwlock_unlock(&c->lock);
+}
+
+/* Digest k of m (numbered in order of first occurrence) first occurs at
+ * block first[k]; false when the map's digests are not in that order. */
+static bool first_blocks(const idd_map *m, uint64_t *first)
+{
+	uint64_t seen = 0;
+	for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
+		const idd_map_span *run = &m->runs[ri];
+		if (run->kind != IDD_RUN_SEQ) /* only SEQ runs introduce digests, in order */
+			continue;
+		for (uint64_t b = run->block; b < run->block + run->count; b++)
+			if (idd_map_span_ref(run, b) == seen + 1)
+				first[seen++] = b;
+	}
+	return seen == m->ndistinct;
+}
+
+bool idd_cache_entry_holds(const idd_cache_entry *e, const idd_map *m)
+{
+	if (e->block_size != m->block_size || e->size != m->image_size || e->n != m->ndistinct)
+		return false;
+	uint64_t *first = malloc((m->ndistinct ? m->ndistinct : 1) * sizeof *first);
+	bool same = first && first_blocks(m, first) &&
+	            !memcmp(e->digests, m->digests, (size_t)m->ndistinct * sizeof *e->digests) &&
+	            !memcmp(e->blocks, first, (size_t)m->ndistinct * sizeof *first);
+	free(first);
+	return same;
+}
+
+int idd_cache_adopt(idd_cache *c, const char *path, const idd_map *m, idd_error *err)
+{
+	uint64_t *first = idd_calloc(m->ndistinct ? m->ndistinct : 1, sizeof *first, err);
+	if (!first)
+		return IDD_ENOMEM;
+	if (!first_blocks(m, first)) {
+		free(first);
+		return idd_fail(err, "%s: map digests are not in order of first occurrence", path);
+	}
+	pthread_rwlock_wrlock(&c->lock);
+	int rc = IDD_OK;
+	if (c->have_lookup && m->block_size == c->lookup_bs && !(rc = grow_entries(c, err))) {
+		idd_cache_entry *e = &c->e[c->count];
+		size_t dl = strlen(c->dir);
+		e->owned = !strncmp(path, c->dir, dl) && path[dl] == '/';
+		e->rewritable = true;
+		e->abs = idd_strdup(path, err);
+		e->path = idd_strdup(e->owned ? path + dl + 1 : path, err);
+		e->block_size = m->block_size;
+		e->size = m->image_size;
+		idd_error e2; /* gone since: nothing to read there */
+		if (!e->abs || !e->path) {
+			idd_cache_entry_free(e);
+			rc = IDD_ENOMEM;
+		} else if ((e->fd = open_shared(path, &e2)) < 0) {
+			idd_cache_entry_free(e);
+		} else {
+			size_t idx = c->count++;
+			for (uint64_t k = 0; !rc && k < m->ndistinct; k++) {
+				bool added;
+				size_t slot = idd_digest_set_add(&c->lookup, &m->digests[k], &added, err);
+				if (slot == (size_t)-1)
+					rc = IDD_ENOMEM;
+				else /* the copy just checked: read it there from now on */
+					c->lookup.aux[slot] = (uint64_t)idx << 40 | first[k];
+			}
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	free(first);
+	return rc;
+}
+
 bool idd_cache_find(idd_cache *c, const idd_digest *d, size_t *entry, uint64_t *block)
 {
 	if (!c || idd_digest_is_zero(d))
@@ -656,7 +743,7 @@ static void mark_damaged(idd_cache *c, size_t ei, uint64_t block)
 {
 	pthread_rwlock_rdlock(&c->lock);
 	idd_cache_entry *e = &c->e[ei];
-	bool was = e->partial ? atomic_exchange(&e->warned, true) : atomic_exchange(&e->damaged, true);
+	bool was = e->rewritable ? atomic_exchange(&e->warned, true) : atomic_exchange(&e->damaged, true);
 	char *path = was ? NULL : strdup(e->abs);
 	pthread_rwlock_unlock(&c->lock);
 	if (path)
@@ -719,9 +806,9 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 			reqs[k].status = IDD_ECORRUPT;
 			mark_damaged(c, loc[k].entry, loc[k].block);
 			pthread_rwlock_rdlock(&c->lock);
-			bool partial = c->e[loc[k].entry].partial;
+			bool rewritable = c->e[loc[k].entry].rewritable;
 			pthread_rwlock_unlock(&c->lock);
-			if (partial)
+			if (rewritable)
 				continue; /* that block only: it is refetched and written back */
 			/* the rest of this file is not trusted either */
 			for (size_t m = k + 1; m < j; m++)
@@ -739,36 +826,6 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
 	}
 	free(loc);
 	return IDD_OK;
-}
-
-char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
-{
-	/* ids are relative paths; flatten them so images/ stays one level:
-	 * '/' becomes "%2F" and '%' "%25", so two ids never share a name */
-	idd_buf b = {0};
-	const char *pfx = IDD_CACHE_IMAGES "/";
-	idd_buf_put(&b, pfx, strlen(pfx));
-	for (const char *p = id; *p; p++) {
-		if (*p == '/')
-			idd_buf_put(&b, "%2F", 3);
-		else if (*p == '%')
-			idd_buf_put(&b, "%25", 3);
-		else
-			idd_buf_put_u8(&b, (uint8_t)*p);
-	}
-	size_t n = strlen(id);
-	bool rawname = (n > 4 && (!strcmp(id + n - 4, ".raw") || !strcmp(id + n - 4, ".img")));
-	if (!rawname)
-		idd_buf_put(&b, ".raw", 4);
-	idd_buf_put_u8(&b, 0);
-	if (b.failed) {
-		idd_buf_free(&b);
-		idd_fail_code(err, IDD_ENOMEM, "out of memory");
-		return NULL;
-	}
-	char *full = idd_path_join(dir, (char *)b.data, err);
-	idd_buf_free(&b);
-	return full;
 }
 
 static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
@@ -841,23 +898,10 @@ static int register_locked(idd_cache *c, const char *path, const idd_map *m, idd
 			rc = IDD_ERR;
 		} else {
 			/* digests are numbered in order of first occurrence */
-			uint64_t seen = 0;
-			for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
-				const idd_map_span *run = &m->runs[ri];
-				/* only SEQ runs introduce digests, in order */
-				if (run->kind != IDD_RUN_SEQ)
-					continue;
-				for (uint64_t b = run->block; b < run->block + run->count; b++) {
-					uint32_t ref = idd_map_span_ref(run, b);
-					if (ref == seen + 1) {
-						e->digests[seen] = m->digests[ref - 1];
-						e->blocks[seen] = b;
-						seen++;
-					}
-				}
-			}
-			if (seen != m->ndistinct)
+			if (!first_blocks(m, e->blocks))
 				rc = idd_fail(err, "%s: map digests are not in order of first occurrence", path);
+			else
+				memcpy(e->digests, m->digests, (size_t)m->ndistinct * sizeof *e->digests);
 		}
 	}
 	if (!rc)

@@ -30,9 +30,11 @@ typedef struct idd_cache_entry {
 	                        not (yet) usable */
 	atomic_bool used;    /* a block was read from it this run */
 	atomic_bool damaged; /* a block failed verification: not used again this run */
-	bool partial;        /* a partial image written by serve (not in the index file): a
-	                        block failing verification there is refetched and written
-	                        back, the rest of the file stays in use */
+	bool partial;        /* a partial image written by serve (not in the index file) */
+	bool rewritable;     /* this process writes verified blocks back into the file (a
+	                        partial image, or a complete image it repairs): a block
+	                        failing verification there is refetched and written back,
+	                        the rest of the file stays in use */
 	atomic_bool warned;  /* partial: damage reported once */
 	char *journal;       /* partial: its presence journal, and how far it was read */
 	uint64_t journal_off;
@@ -83,12 +85,38 @@ int idd_cache_add_block(idd_cache *c, size_t entry, const idd_digest *d, uint64_
  * absent). */
 int idd_cache_partial_entry(idd_cache *c, const char *data_path, const char *journal_path,
                             uint64_t size, size_t *entry, idd_error *err);
+/* This process repairs the complete image at path (absolute) in place: a
+ * block of it failing verification costs that block only. */
+void idd_cache_set_rewritable(idd_cache *c, const char *path);
+/* The file at path (absolute) was just checked to hold exactly m's image:
+ * every digest of m is read there (at its first occurrence) from now on. */
+int idd_cache_adopt(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
 /* Register an image (path absolute) with its map; entries using the same path
  * are replaced; entries used this run get last_used = now.  Re-reads the
  * index under the lock so concurrent deploys do not lose each other's work. */
 int idd_cache_register(idd_cache *c, const char *path, const idd_map *m, idd_error *err);
-/* Where deploy writes IMAGE when no -o is given (inside the cache dir). */
+/* Does the entry register exactly m's image (sizes, every digest at its
+ * first occurrence)? */
+bool idd_cache_entry_holds(const idd_cache_entry *e, const idd_map *m);
+
+/* ---- names (cache_name.c) ---- */
+/* Where deploy writes IMAGE when no -o is given, and serve keeps it: DIR/
+ * images/NAME, NAME the id escaped ('/' -> %2F, '%' -> %25, a leading '.'
+ * -> %2E), with "%.raw" appended unless the id ends in .raw or .img; an id
+ * too long for that is named by its start and its SHA-256. */
 char *idd_cache_default_out(const char *dir, const char *id, idd_error *err);
+/* The name older versions used (".raw" appended, no leading-dot escape):
+ * "X" and "X.raw" shared one. */
+char *idd_cache_old_out(const char *dir, const char *id, idd_error *err);
+struct idd_remote_index;
+/* An image cached under its old name moves to its name now, index entry
+ * included, when the cache index registers that file with exactly its
+ * map (m); and a file under id's name that is provably the image of the id
+ * that used to share that name (id without ".raw") moves to that id's name.
+ * Anything less certain stays where it is (its blocks are still read and
+ * verified like any cache file). */
+int idd_cache_migrate_name(const char *cache_dir, struct idd_remote_index *ri, const char *id,
+                           const idd_map *m, idd_warn_fn warn, void *ctx, idd_error *err);
 
 /* Shared by cache.c and cache_gc.c. */
 void idd_cache_entry_free(idd_cache_entry *e);

@@ -1,6 +1,7 @@
 /* cache_gc.c - listing the node cache (complete and partial images) and
  * trimming it to a size, never removing a file in use. */
 #include "node/cache.h"
+#include "base/u64set.h"
 #include "node/partial.h"
 #include "index/indexfile.h"
 
@@ -43,10 +44,26 @@ static bool file_in_use(const char *path)
 	return busy;
 }
 
+/* What a partial image holds: its distinct contents, and the blocks of the
+ * image they cover (a block repeated in the image is written once). */
+struct present {
+	idd_u64set seen; /* first 8 bytes of each digest recorded */
+	uint64_t distinct, covered;
+};
+
 static int count_present(void *ctx, const idd_partial_record *r)
 {
-	(void)r;
-	(*(uint64_t *)ctx)++;
+	struct present *p = ctx;
+	uint64_t key = idd_le64(r->digest.b);
+	bool added;
+	if (key == UINT64_MAX)
+		key--;
+	if (idd_u64set_add(&p->seen, key, &added))
+		return IDD_ENOMEM;
+	if (added) { /* a block journaled twice (written again) counts once */
+		p->distinct++;
+		p->covered += r->copies;
+	}
 	return IDD_OK;
 }
 
@@ -83,7 +100,9 @@ static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error
 		char *data = journal ? idd_asprintf(err, "%.*s%s", (int)(strlen(journal) - sl), journal,
 		                                    IDD_PARTIAL_DATA_SUFFIX) : NULL;
 		idd_partial_header h;
-		uint64_t off = 0, present = 0;
+		uint64_t off = 0;
+		struct present present;
+		memset(&present, 0, sizeof present);
 		idd_error e2;
 		struct stat js;
 		if (!data) {
@@ -91,9 +110,18 @@ static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error
 			rc = IDD_ENOMEM;
 			break;
 		}
-		if (idd_partial_journal_read(journal, &h, &off, count_present, &present, &e2) ||
-		    stat(journal, &js)) {
+		int jrc = idd_partial_journal_read(journal, &h, &off, count_present, &present, &e2);
+		if (jrc == IDD_ENOMEM) {
+			idd_u64set_free(&present.seen);
+			free(journal);
+			free(data);
+			rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+			break;
+		}
+		idd_u64set_free(&present.seen);
+		if (jrc || stat(journal, &js)) {
 			memset(&h, 0, sizeof h); /* damaged: listed, so that gc can remove it */
+			memset(&present, 0, sizeof present);
 			js.st_mtim.tv_sec = 0;
 			js.st_mtim.tv_nsec = 0;
 		}
@@ -115,9 +143,9 @@ static int list_images(idd_cache *c, idd_cache_image **out, size_t *n, idd_error
 		im->partial = true;
 		im->block_size = h.block_size;
 		im->size = h.image_size;
-		im->present_blocks = IDD_MIN(present, h.data_blocks);
+		im->present_blocks = IDD_MIN(present.covered, h.data_blocks);
 		im->data_blocks = h.data_blocks;
-		im->blocks = im->present_blocks;
+		im->blocks = present.distinct;
 		im->last_used = idd_ts_ns(js.st_mtim);
 		im->disk_bytes = disk_bytes(data, &im->present);
 		im->in_use = im->present && file_in_use(data);
@@ -219,8 +247,24 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 		drop[i] = true;
 		total -= v[i].disk_bytes;
 	}
-	/* Write the index first: a crash then leaves unreferenced files (space),
-	 * never an index naming deleted files. */
+	/* Delete first, then write the index: on a full disk the index can only
+	 * be written once space was freed.  A crash in between leaves entries
+	 * naming files that are gone, which readers skip and the next gc drops
+	 * (vanished images leave the index); never an unreferenced file that no
+	 * gc would find again. */
+	for (size_t k = 0; !rc && k < n; k++) {
+		if (!drop[k])
+			continue;
+		if (v[k].present && v[k].owned && !v[k].partial && unlink(v[k].path) && errno != ENOENT) {
+			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
+			drop[k] = false; /* still there: it stays in the index */
+			total += v[k].disk_bytes;
+			continue;
+		}
+		if (v[k].present && v[k].owned && v[k].partial)
+			remove_partial(c, v[k].path);
+		st->images_removed++;
+	}
 	if (!rc) {
 		size_t w = 0;
 		for (size_t i = 0; i < c->count; i++) {
@@ -232,19 +276,10 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 			else
 				c->e[w++] = c->e[i];
 		}
+		bool changed = w != c->count;
 		c->count = w;
-		rc = idd_cache_save_index(c, err);
-	}
-	for (size_t k = 0; !rc && k < n; k++) {
-		if (!drop[k])
-			continue;
-		st->images_removed++;
-		if (!v[k].present || !v[k].owned)
-			continue;
-		if (v[k].partial)
-			remove_partial(c, v[k].path);
-		else if (unlink(v[k].path) && errno != ENOENT)
-			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
+		if (changed)
+			rc = idd_cache_save_index(c, err);
 	}
 	st->bytes_after = total;
 	free(drop);

@@ -365,6 +365,9 @@ static int prepare_out(struct deploy *d, char **out)
 	if (!*out)
 		return IDD_ENOMEM;
 	snprintf(d->st->out_path, sizeof d->st->out_path, "%s", *out);
+	idd_error e2;
+	if (!o->out && idd_cache_migrate_name(o->cache_dir, d->ri, o->image, d->m, o->warn, o->ctx, &e2))
+		idd_warnf(o->warn, o->ctx, "warning: cache: %s", e2.msg);
 	struct stat sb;
 	if (!o->force && lstat(*out, &sb) == 0)
 		return idd_fail_code(d->err, IDD_EPERM, "%s: exists (use --force to replace it)", *out);
@@ -392,8 +395,8 @@ static int run(struct deploy *d)
 		rc = prepare_out(d, &out);
 	if (rc)
 		goto out;
-	d->bs = d->ri->block_size;
-	d->st->bytes_index = d->ri->bytes;
+	d->bs = d->m->block_size;
+	d->st->bytes_index = idd_remote_index_bytes(d->ri);
 	d->st->bytes_total = d->m->image_size;
 	if ((rc = idd_cache_open(o->cache_dir, o->warn, o->ctx, &d->cache, d->err)) ||
 	    (rc = idd_cache_prepare(d->cache, d->bs, d->err)) ||
@@ -467,6 +470,9 @@ int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 		idd_block_source_counters_get(d->pack_src, &kc);
 		st->requests = fs.requests + sc.requests + kc.requests;
 		st->retries = fs.retries + sc.retries + kc.retries;
+		/* what seeds looked up counts too */
+		st->bytes_index = idd_remote_index_bytes(d->ri) +
+		                  (d->pack_src ? idd_pack_source_index_bytes(d->pack_src) : 0);
 	}
 	if (d->part_open) {
 		/* keep OUT.part only when a re-run can resume it: a damaged or

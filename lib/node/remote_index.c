@@ -1,6 +1,9 @@
-/* remote_index.c - loading a repository's catalog and maps on a node. */
+/* remote_index.c - a repository's index on a node: the record of each
+ * image asked for (its entry, or the whole catalog of an index without
+ * entries) and its block map. */
 #include "node/remote_index.h"
 #include "index/catalog.h"
+#include "index/entries.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +14,7 @@ int idd_remote_index_open(const char *source, const char *index, const idd_fetch
 	idd_remote_index *ri = idd_calloc(1, sizeof *ri, err);
 	if (!ri)
 		return IDD_ENOMEM;
+	pthread_mutex_init(&ri->mu, NULL);
 	int rc = idd_source_open(source, fo, &ri->src, err);
 	if (!rc && index) {
 		rc = idd_source_open(index, fo, &ri->isrc, err);
@@ -21,27 +25,10 @@ int idd_remote_index_open(const char *source, const char *index, const idd_fetch
 	}
 	if (!rc && !ri->prefix)
 		rc = IDD_ENOMEM;
-	char *rel = rc ? NULL : idd_asprintf(err, "%s%s", ri->prefix, IDD_CATALOG_FILE);
-	if (!rc && !rel)
-		rc = IDD_ENOMEM;
-	void *file = NULL;
-	size_t flen = 0;
-	if (!rc) {
-		rc = idd_source_get(ri->isrc, rel, IDD_MAX_REMOTE_INDEX_FILE, &file, &flen, err);
-		if (rc == IDD_ENOENT)
-			idd_error_prefix(err, "no index in the source (run 'imgdedup scan' and 'imgdedup map' there)");
-	}
-	if (!rc) {
-		ri->bytes += flen;
-		rc = idd_catalog_parse_file(rel, file, flen, &ri->cat, err);
-	}
-	free(file);
-	free(rel);
 	if (rc) {
 		idd_remote_index_close(ri);
 		return rc;
 	}
-	ri->block_size = ri->cat->block_size;
 	*out = ri;
 	return IDD_OK;
 }
@@ -54,8 +41,153 @@ void idd_remote_index_close(idd_remote_index *ri)
 		idd_source_close(ri->isrc);
 	idd_source_close(ri->src);
 	idd_catalog_free(ri->cat);
+	for (size_t i = 0; i < ri->nimages; i++) {
+		idd_image_info_free(ri->images[i]);
+		free(ri->images[i]);
+	}
+	free(ri->images);
 	free(ri->prefix);
+	pthread_mutex_destroy(&ri->mu);
 	free(ri);
+}
+
+/* Every record comes from one repository: one block size. */
+static int check_block_size(idd_remote_index *ri, uint32_t bs, const char *name, idd_error *err)
+{
+	if (!ri->block_size)
+		ri->block_size = bs;
+	else if (bs != ri->block_size)
+		return idd_fail_code(err, IDD_ECORRUPT, "%s: %u-byte blocks, the index's other files say %u",
+		                     name, bs, ri->block_size);
+	return IDD_OK;
+}
+
+/* Fetch a file of the index: prefix + rel. */
+static int get_index_file(idd_remote_index *ri, const char *rel, size_t max, char **path,
+                          void **file, size_t *len, idd_error *err)
+{
+	*file = NULL;
+	*len = 0;
+	*path = idd_asprintf(err, "%s%s", ri->prefix, rel);
+	if (!*path)
+		return IDD_ENOMEM;
+	int rc = idd_source_get(ri->isrc, *path, max, file, len, err);
+	if (!rc)
+		ri->bytes += *len;
+	return rc;
+}
+
+static int catalog_locked(idd_remote_index *ri, idd_error *err)
+{
+	if (ri->cat)
+		return IDD_OK;
+	char *path;
+	void *file;
+	size_t flen;
+	int rc = get_index_file(ri, IDD_CATALOG_FILE, IDD_MAX_REMOTE_INDEX_FILE, &path, &file, &flen, err);
+	if (rc == IDD_ENOENT)
+		idd_error_prefix(err, "no index in the source (run 'imgdedup scan' and 'imgdedup map' there)");
+	idd_catalog *cat = NULL;
+	if (!rc)
+		rc = idd_catalog_parse_file(path, file, flen, &cat, err);
+	if (!rc && (rc = check_block_size(ri, cat->block_size, path, err)))
+		idd_catalog_free(cat);
+	else if (!rc)
+		ri->cat = cat;
+	free(file);
+	free(path);
+	return rc;
+}
+
+/* Does the index keep entries?  Asked once, when an entry is missing:
+ * entries/index says so; without it the index predates entries (or was
+ * copied without them) and the catalog is the only record. */
+static int layout_locked(idd_remote_index *ri, idd_error *err)
+{
+	if (ri->layout != IDD_LAYOUT_UNKNOWN)
+		return IDD_OK;
+	char *path;
+	void *file;
+	size_t flen;
+	int rc = get_index_file(ri, IDD_ENTRIES_INDEX_FILE, IDD_ENTRIES_INDEX_MAX_FILE, &path, &file,
+	                        &flen, err);
+	idd_entries_index x;
+	if (!rc && idd_entries_index_parse_file(path, file, flen, &x, err) == IDD_OK)
+		ri->layout = IDD_LAYOUT_ENTRIES;
+	else if (!rc || rc == IDD_ENOENT || rc == IDD_ECORRUPT) /* damaged: the catalog still says */
+		ri->layout = IDD_LAYOUT_CATALOG;
+	free(file);
+	free(path);
+	return ri->layout == IDD_LAYOUT_UNKNOWN ? rc : IDD_OK;
+}
+
+/* Fetch and check the entry of id: IDD_ENOENT when the index has none. */
+static int entry_locked(idd_remote_index *ri, const char *id, const idd_image_info **out,
+                        idd_error *err)
+{
+	char *rel = idd_entry_relpath(id, err);
+	if (!rel)
+		return IDD_ENOMEM;
+	char *path;
+	void *file;
+	size_t flen;
+	int rc = get_index_file(ri, rel, IDD_ENTRY_MAX_FILE, &path, &file, &flen, err);
+	free(rel);
+	idd_image_info *im = NULL;
+	idd_image_info **nv = NULL;
+	uint32_t bs = 0;
+	if (!rc && !(im = idd_calloc(1, sizeof *im, err)))
+		rc = IDD_ENOMEM;
+	if (!rc && !(rc = idd_entry_parse_file(path, file, flen, id, &bs, im, err)) &&
+	    !(rc = check_block_size(ri, bs, path, err))) {
+		nv = idd_realloc_array(ri->images, ri->nimages + 1, sizeof *nv, err);
+		if (!nv)
+			rc = IDD_ENOMEM;
+	}
+	if (!rc) {
+		ri->images = nv;
+		ri->images[ri->nimages++] = im;
+		ri->layout = IDD_LAYOUT_ENTRIES;
+		*out = im;
+	} else if (im) {
+		idd_image_info_free(im);
+		free(im);
+	}
+	free(file);
+	free(path);
+	return rc;
+}
+
+static int image_locked(idd_remote_index *ri, const char *id, const idd_image_info **out,
+                        idd_error *err)
+{
+	for (size_t i = 0; i < ri->nimages; i++)
+		if (!strcmp(ri->images[i]->id, id)) {
+			*out = ri->images[i];
+			return IDD_OK;
+		}
+	if (ri->layout != IDD_LAYOUT_CATALOG) {
+		idd_error e2;
+		int rc = entry_locked(ri, id, out, &e2);
+		if (rc != IDD_ENOENT) {
+			if (rc)
+				*err = e2;
+			return rc;
+		}
+		if ((rc = layout_locked(ri, err)))
+			return rc;
+		if (ri->layout == IDD_LAYOUT_ENTRIES)
+			return idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the source's index",
+			                     idd_source_root(ri->src), id);
+	}
+	int rc = catalog_locked(ri, err);
+	if (rc)
+		return rc;
+	*out = idd_catalog_find(ri->cat, id);
+	if (!*out)
+		return idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the source's index",
+		                     idd_source_root(ri->src), id);
+	return IDD_OK;
 }
 
 int idd_remote_index_image(idd_remote_index *ri, const char *id, const idd_image_info **out,
@@ -64,16 +196,43 @@ int idd_remote_index_image(idd_remote_index *ri, const char *id, const idd_image
 	if (!idd_relpath_ok(id))
 		return idd_fail_code(err, IDD_EPERM, "%s: refused: an image id must be a relative path "
 		                     "inside the source (no '..', no absolute path)", id);
-	const idd_image_info *in = idd_catalog_find(ri->cat, id);
-	if (!in)
-		return idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the source's index",
-		                     idd_source_root(ri->src), id);
-	/* The catalog is untrusted: the file it names must stay inside SOURCE. */
+	const idd_image_info *in = NULL;
+	pthread_mutex_lock(&ri->mu);
+	int rc = image_locked(ri, id, &in, err);
+	pthread_mutex_unlock(&ri->mu);
+	if (rc)
+		return rc;
+	/* The index is untrusted: the file it names must stay inside SOURCE. */
 	if (!idd_relpath_ok(in->file))
 		return idd_fail_code(err, IDD_EPERM, "%s: refused: the index names '%s', a path outside "
 		                     "the source", id, in->file);
 	*out = in;
 	return IDD_OK;
+}
+
+int idd_remote_index_catalog(idd_remote_index *ri, const idd_catalog **out, idd_error *err)
+{
+	pthread_mutex_lock(&ri->mu);
+	int rc = catalog_locked(ri, err);
+	pthread_mutex_unlock(&ri->mu);
+	*out = rc ? NULL : ri->cat;
+	return rc;
+}
+
+uint32_t idd_remote_index_block_size(idd_remote_index *ri)
+{
+	pthread_mutex_lock(&ri->mu);
+	uint32_t bs = ri->block_size;
+	pthread_mutex_unlock(&ri->mu);
+	return bs;
+}
+
+uint64_t idd_remote_index_bytes(idd_remote_index *ri)
+{
+	pthread_mutex_lock(&ri->mu);
+	uint64_t n = ri->bytes;
+	pthread_mutex_unlock(&ri->mu);
+	return n;
 }
 
 static bool digest_eq(const idd_digest *a, const idd_digest *b)
@@ -96,8 +255,12 @@ int idd_remote_index_map(idd_remote_index *ri, const idd_image_info *in, idd_map
 	int rc = idd_source_get(ri->isrc, mpath, IDD_MAX_REMOTE_INDEX_FILE, &file, &flen, err);
 	if (rc == IDD_ENOENT)
 		idd_error_prefix(err, "%s: no block map (run 'imgdedup map' in the source)", in->id);
+	uint32_t bs = 0;
 	if (!rc) {
+		pthread_mutex_lock(&ri->mu);
 		ri->bytes += flen;
+		bs = ri->block_size;
+		pthread_mutex_unlock(&ri->mu);
 		rc = idd_map_parse(mpath, file, flen, &m, err);
 		free(file);
 	}
@@ -106,8 +269,7 @@ int idd_remote_index_map(idd_remote_index *ri, const idd_image_info *in, idd_map
 		return rc;
 	static const idd_digest zero_key;
 	rc = IDD_ECORRUPT;
-	if (m->block_size != ri->block_size || m->image_size != in->virtual_size ||
-	    m->nblocks != in->nblocks) {
+	if (m->block_size != bs || m->image_size != in->virtual_size || m->nblocks != in->nblocks) {
 		idd_fail_code(err, rc, "%s: the block map does not match the catalog (size or block size); "
 		              "run 'imgdedup map' in the source", in->id);
 		goto out;

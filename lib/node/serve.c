@@ -16,8 +16,10 @@
  * fl_lock).  Background threads: a flusher (every 100 ms: fetched data
  * made durable, then journaled), and per export --prefetch and --fill
  * workers, which step aside while the guest reads. */
+#include "base/file.h"
 #include "base/u64set.h"
 #include "node/cache.h"
+#include "node/negcache.h"
 #include "node/partial.h"
 #include "node/profile.h"
 #include "node/remote_index.h"
@@ -28,9 +30,11 @@
 #include "index/indexfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,10 +45,25 @@
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
 #define REMOTE_READERS 2
+/* A block that failed is not fetched again for 1 s, then 2, 4, ... 60 s
+ * while it keeps failing: a guest retrying a failed read in a loop costs
+ * next to nothing. */
+#define FAIL_BACKOFF_NS ((int64_t)1000000000)
+#define FAIL_BACKOFF_MAX_NS ((int64_t)60 * 1000000000)
+/* Client read buffers filled at once (the default of read_memory_budget). */
+#define READ_MEMORY_BUDGET ((uint64_t)128 << 20)
+/* A client read fails after this long (the default of read_timeout_s). */
+#define READ_TIMEOUT_S 60
+/* A read whose block a readahead is fetching waits for it this long, then
+ * fetches the block itself: the readahead must not hold it up. */
+#define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
+/* Readahead is sized to what the source delivers in about this long. */
+#define READAHEAD_TARGET_NS ((int64_t)1000000000)
 
 struct inflight {
 	idd_digest d;
 	pthread_t owner;
+	bool speculative;             /* a readahead: readers wait for it briefly only */
 };
 
 struct idd_export {
@@ -60,8 +79,13 @@ struct idd_export {
 	pthread_mutex_t part_lock;
 	idd_partial *part;
 	size_t part_entry;
-	idd_u64set own;            /* blocks present in the partial file (under part_lock) */
+	idd_u64set own;               /* blocks present in the partial file; once complete, the
+	                                 blocks repaired in place (under part_lock) */
 	bool complete;                /* the partial file became the complete image */
+	/* a complete image that lacked a block: repaired in place (under part_lock) */
+	int repair_fd;
+	bool repair_warned;
+	atomic_bool repair_wanted;    /* the flusher starts the repair thread */
 	/* fetching */
 	pthread_mutex_t remote_lock;
 	idd_block_source *remote;
@@ -70,6 +94,14 @@ struct idd_export {
 	pthread_cond_t fl_done;
 	struct inflight *inflight;
 	size_t ninflight, cap_inflight;
+	idd_negcache failed;          /* content that failed recently: not fetched again yet */
+	atomic_uint_least64_t rate;   /* bytes/s the source delivered lately; 0: not known yet */
+	/* readahead: a thread of its own fetches the range the last read asked for */
+	pthread_mutex_t ra_lock;
+	pthread_cond_t ra_wake;
+	uint64_t ra_block, ra_count;
+	bool ra_queued, ra_started;
+	pthread_t ra_thread;
 	/* --record: blocks in the order first read (under rec_lock) */
 	pthread_mutex_t rec_lock;
 	idd_u64set seen;
@@ -79,6 +111,8 @@ struct idd_export {
 	uint64_t *prefetch;
 	size_t nprefetch;
 	/* background work */
+	atomic_bool warned_cache_write;
+	atomic_bool cache_failing;    /* the last block could not be cached: no readahead */
 	atomic_int active_reads;
 	atomic_int_least64_t last_read_ns;
 	pthread_t fill_thread, prefetch_thread;
@@ -91,8 +125,12 @@ struct idd_server {
 	size_t nstrings;
 	idd_remote_index *ri;
 	idd_cache *cache;
+	/* set up at the first export, once the block size is known (the
+	 * index is fetched image by image): under lock, then read-only */
 	idd_block_source *cache_src;
 	idd_block_source *peer_src;   /* other nodes' caches (--peer), shared by the exports */
+	const char **peers;           /* their URLs (copies in strings) */
+	size_t npeers;
 	pthread_mutex_t lock;         /* guards exports */
 	idd_export **exports;
 	size_t nexports;
@@ -106,10 +144,26 @@ struct idd_server {
 	idd_profile pf;
 	/* counters */
 	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
-	    read_errors, exports_complete;
+	    read_errors, exports_complete, cache_write_errors;
+	/* the clients' read buffers being filled at once (read_memory_budget) */
+	pthread_mutex_t mem_lock;
+	pthread_cond_t mem_freed;
+	uint64_t mem_used, mem_budget;
 	/* what exports that were closed had fetched */
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
+
+/* What start-up is doing now, for a progress display (o.progress). */
+static void progress(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
+static void progress(idd_server *s, const char *fmt, ...)
+{
+	if (!s->o.progress)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	idd_vwarnf(s->o.progress, s->o.ctx, fmt, ap);
+	va_end(ap);
+}
 
 /* ---- the partial image of an export ---- */
 
@@ -118,20 +172,74 @@ static int ensure_partial_locked(idd_export *e, idd_error *err)
 	if (e->part)
 		return IDD_OK;
 	idd_server *s = e->srv;
-	int rc = idd_partial_open(e->base, e->id, e->bs, e->size, idd_map_nonzero_blocks(e->m), &e->part,
-	                          err);
-	if (!rc)
-		rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path, e->size,
-		                             &e->part_entry, err);
+	int rc = idd_partial_open(e->base, e->id, e->m, &e->part, err);
+	if (!rc && (rc = idd_cache_partial_entry(s->cache, e->part->data_path, e->part->journal_path,
+	                                         e->size, &e->part_entry, err))) {
+		idd_partial_close(e->part);
+		e->part = NULL;
+	}
 	return rc;
 }
 
+/* Caching is best effort: a block that was fetched and verified is served
+ * whether or not the cache can keep it (a full disk, a cache directory
+ * removed or tampered with).  Each failure is counted; the first one per
+ * export is a warning, the rest would only repeat it. */
+static void cache_write_failed(idd_export *e, const idd_error *why)
+{
+	idd_server *s = e->srv;
+	atomic_fetch_add(&s->cache_write_errors, 1);
+	atomic_store(&e->cache_failing, true);
+	if (!atomic_exchange(&e->warned_cache_write, true))
+		idd_warnf(s->o.warn, s->o.ctx,
+		          "warning: %s: the cache cannot keep fetched blocks: %s; they are served "
+		          "without being cached (counted as cache_write_errors)", e->id, why->msg);
+}
+
+/* The complete image should have held it (damaged, or written for an older
+ * map): the verified block goes back into it, and the whole file gets
+ * checked.  Trouble writing there does not fail the read. */
+static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned char *buf)
+{
+	idd_error e2 = {{0}, 0};
+	if (e->repair_fd < 0) {
+		e->repair_fd = idd_open_regular(e->final_path, O_RDWR, IDD_FILE_NOFOLLOW, &e2);
+		if (e->repair_fd >= 0)
+			(void)flock(e->repair_fd, LOCK_SH | LOCK_NB); /* in use: gc leaves it */
+	}
+	uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
+	bool ok = e->repair_fd >= 0;
+	if (ok && idd_pwrite_all(e->repair_fd, buf, (size_t)len, block * e->bs)) {
+		idd_fail_errno(&e2, e->final_path, "write");
+		ok = false;
+	}
+	if (ok)
+		atomic_store(&e->repair_wanted, true);
+	else if (!e->repair_warned) {
+		e->repair_warned = true;
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: cannot repair the cached image: %s",
+		          e->id, e2.msg);
+	}
+	return ok;
+}
+
 /* A verified block into the partial file, known to the cache from now on,
- * journaled at the next flush. */
+ * journaled at the next flush.  A failure is counted and returned; readers
+ * serve the block anyway. */
 static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const unsigned char *buf,
                        idd_error *err)
 {
 	pthread_mutex_lock(&e->part_lock);
+	if (e->complete) {
+		/* own: here the blocks repaired (counted once, however often written) */
+		bool added = false;
+		if (repair_write_locked(e, block, buf) && idd_u64set_add(&e->own, block, &added))
+			added = false;
+		pthread_mutex_unlock(&e->part_lock);
+		if (added)
+			atomic_fetch_add(&e->srv->blocks_filled, 1);
+		return IDD_OK;
+	}
 	int rc = ensure_partial_locked(e, err);
 	bool added = false;
 	if (!rc) {
@@ -141,9 +249,9 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 		bool have = idd_u64set_has(&e->own, block);
 		rc = idd_partial_write(e->part, block, buf, (size_t)len, err);
 		if (!rc && !have)
-			rc = idd_u64set_add(&e->own, block, &added);
-		if (!rc && !have)
 			rc = idd_partial_note(e->part, block, d, err);
+		if (!rc && !have)
+			rc = idd_u64set_add(&e->own, block, &added);
 	}
 	size_t entry = e->part_entry;
 	pthread_mutex_unlock(&e->part_lock);
@@ -151,6 +259,10 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 		rc = idd_cache_add_block(e->srv->cache, entry, d, block, err);
 	if (!rc && added)
 		atomic_fetch_add(&e->srv->blocks_filled, 1);
+	if (rc)
+		cache_write_failed(e, err);
+	else
+		atomic_store(&e->cache_failing, false);
 	return rc;
 }
 
@@ -171,7 +283,7 @@ static int ensure_remote(idd_export *e, idd_error *err)
 		idd_server *s = e->srv;
 		char *tmp = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
 		idd_fetch_opts fo = {.connections = s->o.connections, .timeout_s = s->o.timeout_s,
-		                     .warn = s->o.warn, .ctx = s->o.ctx};
+		                     .warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
 		rc = tmp ? idd_remote_source_open(idd_source_root(s->ri->src), e->info, e->size, e->bs, tmp,
 		                                  REMOTE_READERS, &fo, s->o.warn, s->o.ctx, &e->remote, err)
 		         : IDD_ENOMEM;
@@ -190,12 +302,18 @@ static int ensure_remote(idd_export *e, idd_error *err)
 	return rc;
 }
 
-static bool inflight_has(idd_export *e, const idd_digest *d)
+/* Is d being fetched?  *firm: by a fetch that others must wait for (not
+ * only by a readahead). */
+static bool inflight_find(idd_export *e, const idd_digest *d, bool *firm)
 {
+	bool any = false;
+	*firm = false;
 	for (size_t i = 0; i < e->ninflight; i++)
-		if (!memcmp(e->inflight[i].d.b, d->b, IDD_DIGEST_SIZE))
-			return true;
-	return false;
+		if (!memcmp(e->inflight[i].d.b, d->b, IDD_DIGEST_SIZE)) {
+			any = true;
+			*firm = *firm || !e->inflight[i].speculative;
+		}
+	return any;
 }
 
 static void inflight_drop_mine(idd_export *e)
@@ -211,9 +329,92 @@ static void inflight_drop_mine(idd_export *e)
 	pthread_mutex_unlock(&e->fl_lock);
 }
 
+/* Where a block is asked for: peers, then SOURCE's pack, then its image. */
+static void fetch_chain(idd_export *e, idd_block_chain *chain)
+{
+	chain->n = 0;
+	if (e->srv->peer_src)
+		chain->src[chain->n++] = e->srv->peer_src;
+	if (e->pack)
+		chain->src[chain->n++] = e->pack;
+	chain->src[chain->n++] = e->remote;
+}
+
+/* What became of a fetch, remembered for the next reads of that content:
+ * a failure bars it for a while (negcache.h), a success forgets that.
+ * Running out of time or stopping says nothing about the block. */
+static void note_outcome(idd_export *e, const idd_block_req *q)
+{
+	if (q->status == IDD_OK) {
+		idd_negcache_clear(&e->failed, &q->digest);
+		return;
+	}
+	if (q->status == IDD_ETIMEDOUT || q->status == IDD_ECANCELED)
+		return;
+	idd_error e2;
+	if (idd_negcache_fail(&e->failed, &q->digest, q->status, idd_mono_ns(), &e2))
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %s", e->id, e2.msg);
+}
+
+/* How fast the source delivered a batch: the readahead is sized to what it
+ * brings in about READAHEAD_TARGET_NS (a trickling source gets little or
+ * none, so that the reads after it do not queue behind it). */
+static void note_rate(idd_export *e, uint64_t bytes, int64_t ns)
+{
+	if (!bytes || ns <= 0)
+		return;
+	uint64_t sample = (uint64_t)((double)bytes * 1e9 / (double)ns);
+	uint64_t old = atomic_load(&e->rate);
+	atomic_store(&e->rate, old ? (old + sample) / 2 : IDD_MAX(sample, 1));
+}
+
+enum fetch_role { PENDING, BY_ME, WAITING, DECIDED };
+
+/* Wait until none of the WAITING requests is being fetched by another
+ * thread, the read's deadline or a stop.  A readahead that is fetching a
+ * block is waited for SPECULATIVE_WAIT_NS at most: then the block is
+ * fetched here. */
+static void wait_for_others(idd_export *e, const idd_block_req *reqs, const unsigned char *role,
+                            size_t n)
+{
+	int64_t deadline = idd_fetch_deadline();
+	int64_t spec_until = idd_mono_ns() + SPECULATIVE_WAIT_NS;
+	pthread_mutex_lock(&e->fl_lock);
+	for (;;) {
+		bool busy = false, firm = false;
+		for (size_t i = 0; i < n; i++) {
+			bool f;
+			if (role[i] == WAITING && inflight_find(e, &reqs[i].digest, &f)) {
+				busy = true;
+				firm = firm || f;
+			}
+		}
+		int64_t now = idd_mono_ns();
+		if (!busy || atomic_load(&e->srv->stop) || (deadline && now >= deadline) ||
+		    (!firm && now >= spec_until))
+			break;
+		/* woken when a fetch ends; the clock and the stop flag are looked
+		 * at every 100 ms */
+		int64_t until = now + 100000000;
+		if (deadline && deadline < until)
+			until = deadline;
+		if (!firm && spec_until < until)
+			until = spec_until;
+		struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+		pthread_cond_clockwait(&e->fl_done, &e->fl_lock, CLOCK_MONOTONIC, &ts);
+	}
+	pthread_mutex_unlock(&e->fl_lock);
+}
+
 /* Fetch the requests (not cached anywhere a moment ago): each distinct
- * digest once, by this thread unless another is already fetching it. */
-static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error *err)
+ * digest once, by this thread unless another is already fetching it.  A
+ * digest that failed recently is not fetched at all (its status says why,
+ * e->failed how long it stays barred).  speculative (readahead): nothing
+ * is waited for, a block someone else fetches is skipped (left
+ * IDD_ENOENT), and readers do not queue behind this fetch for long.  why
+ * (may be NULL) receives the message of a source that failed as a whole. */
+static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool speculative,
+                        idd_error *why, idd_error *err)
 {
 	if (!n)
 		return IDD_OK;
@@ -221,101 +422,139 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, idd_error 
 	if (rc)
 		return rc;
 	idd_block_req *mine = idd_calloc(n, sizeof *mine, err);
-	size_t *mine_of = idd_calloc(n, sizeof *mine_of, err);   /* req -> index in mine, or SIZE_MAX */
-	if (!mine || !mine_of) {
+	size_t *mine_of = idd_calloc(n, sizeof *mine_of, err);   /* req -> index in mine */
+	unsigned char *role = idd_calloc(n, 1, err);
+	if (!mine || !mine_of || !role) {
 		free(mine);
 		free(mine_of);
+		free(role);
 		return IDD_ENOMEM;
 	}
-	size_t nmine = 0;
-	bool waits = false;
 	idd_block_source *cs = e->srv->cache_src;
-	pthread_mutex_lock(&e->fl_lock);
-	for (size_t i = 0; i < n; i++) {
-		mine_of[i] = SIZE_MAX;
-		/* the same content twice in this batch: fetched once */
-		for (size_t k = 0; k < nmine; k++)
-			if (!memcmp(mine[k].digest.b, reqs[i].digest.b, IDD_DIGEST_SIZE)) {
-				mine_of[i] = k;
-				break;
+	/* Round 0 waits for other threads' fetches; what they could not
+	 * deliver (a readahead too slow, a copy the cache could not keep) is
+	 * fetched here in the next rounds. */
+	for (int round = 0; !rc && round < 3; round++) {
+		size_t nmine = 0;
+		bool waits = false;
+		int64_t now = idd_mono_ns();
+		pthread_mutex_lock(&e->fl_lock);
+		for (size_t i = 0; i < n; i++) {
+			if (role[i] != PENDING)
+				continue;
+			mine_of[i] = SIZE_MAX;
+			/* the same content twice in this batch: fetched once */
+			for (size_t k = 0; k < nmine; k++)
+				if (!memcmp(mine[k].digest.b, reqs[i].digest.b, IDD_DIGEST_SIZE)) {
+					mine_of[i] = k;
+					break;
+				}
+			if (mine_of[i] != SIZE_MAX) {
+				role[i] = BY_ME;
+				continue;
 			}
-		if (mine_of[i] != SIZE_MAX)
-			continue;
-		/* fetched by another thread since this one missed in the cache
-		 * (store_block adds to the cache before the fetch leaves the
-		 * in-flight list), or being fetched now: read it from the cache */
-		if (inflight_has(e, &reqs[i].digest) || cs->ops->has(cs, &reqs[i].digest)) {
-			waits = true;
-			continue;
-		}
-		if (e->ninflight == e->cap_inflight) {
-			size_t nc = e->cap_inflight ? e->cap_inflight * 2 : 256;
-			struct inflight *nv = realloc(e->inflight, nc * sizeof *nv);
-			if (!nv) {
-				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
-				break;
+			idd_negcache_info barred;
+			if (idd_negcache_barred(&e->failed, &reqs[i].digest, now, &barred)) {
+				reqs[i].status = barred.code;
+				role[i] = DECIDED;
+				continue;
 			}
-			e->inflight = nv;
-			e->cap_inflight = nc;
+			/* fetched by another thread since this one missed in the cache
+			 * (store_block adds to the cache before the fetch leaves the
+			 * in-flight list), or being fetched now: read from the cache
+			 * once it is there */
+			bool firm, busy = inflight_find(e, &reqs[i].digest, &firm);
+			if (busy || (round == 0 && cs->ops->has(cs, &reqs[i].digest))) {
+				if (speculative) {
+					reqs[i].status = IDD_ENOENT;
+					role[i] = DECIDED;
+					continue;
+				}
+				if (!busy || firm || round == 0) {
+					role[i] = WAITING;
+					waits = true;
+					continue;
+				}
+				/* only a readahead has it, and it took too long */
+			}
+			/* later rounds: what the cache claimed to hold failed to read */
+			if (e->ninflight == e->cap_inflight) {
+				size_t nc = e->cap_inflight ? e->cap_inflight * 2 : 256;
+				struct inflight *nv = realloc(e->inflight, nc * sizeof *nv);
+				if (!nv) {
+					rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+					break;
+				}
+				e->inflight = nv;
+				e->cap_inflight = nc;
+			}
+			e->inflight[e->ninflight++] =
+			    (struct inflight){reqs[i].digest, pthread_self(), speculative};
+			mine_of[i] = nmine;
+			role[i] = BY_ME;
+			mine[nmine++] = reqs[i];
 		}
-		e->inflight[e->ninflight++] = (struct inflight){reqs[i].digest, pthread_self()};
-		mine_of[i] = nmine;
-		mine[nmine++] = reqs[i];
+		pthread_mutex_unlock(&e->fl_lock);
+		if (!rc && nmine) {
+			idd_block_chain chain;
+			fetch_chain(e, &chain);
+			int64_t t0 = idd_mono_ns();
+			rc = idd_block_chain_read(&chain, mine, nmine, err);
+			uint64_t got = 0;
+			for (size_t k = 0; !rc && k < nmine; k++) {
+				idd_error e2;
+				note_outcome(e, &mine[k]);
+				if (mine[k].status != IDD_OK)
+					continue;
+				got += mine[k].len;
+				(void)store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
+			}
+			note_rate(e, got, idd_mono_ns() - t0);
+			if (why && chain.failure.code)
+				*why = chain.failure;
+		}
+		inflight_drop_mine(e);
+		for (size_t i = 0; !rc && i < n; i++) {
+			size_t k = mine_of[i];
+			if (role[i] != BY_ME || k == SIZE_MAX)
+				continue;
+			if (mine[k].buf != reqs[i].buf && mine[k].status == IDD_OK)
+				memcpy(reqs[i].buf, mine[k].buf, e->bs);
+			reqs[i].status = mine[k].status;
+			role[i] = DECIDED;
+		}
+		if (rc || !waits)
+			break;
+		wait_for_others(e, reqs, role, n);
+		int64_t deadline = idd_fetch_deadline();
+		for (size_t i = 0; !rc && i < n; i++) {
+			if (role[i] != WAITING)
+				continue;
+			rc = cs->ops->read(cs, &reqs[i], 1, err);
+			idd_negcache_info barred;
+			if (rc || reqs[i].status == IDD_OK) {
+				role[i] = DECIDED;
+			} else if (idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &barred)) {
+				reqs[i].status = barred.code; /* the other fetch failed */
+				role[i] = DECIDED;
+			} else if (atomic_load(&e->srv->stop)) {
+				reqs[i].status = IDD_ECANCELED;
+				role[i] = DECIDED;
+			} else if (deadline && idd_mono_ns() >= deadline) {
+				reqs[i].status = IDD_ETIMEDOUT;
+				role[i] = DECIDED;
+			} else {
+				reqs[i].status = IDD_ENOENT;
+				role[i] = PENDING;
+			}
+		}
 	}
-	pthread_mutex_unlock(&e->fl_lock);
-	if (!rc && nmine) {
-		idd_block_chain chain = {.n = 0};
-		if (e->srv->peer_src)
-			chain.src[chain.n++] = e->srv->peer_src;
-		if (e->pack)
-			chain.src[chain.n++] = e->pack;
-		chain.src[chain.n++] = e->remote;
-		rc = idd_block_chain_read(&chain, mine, nmine, err);
-		for (size_t k = 0; !rc && k < nmine; k++)
-			if (mine[k].status == IDD_OK)
-				rc = store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, err);
-	}
-	inflight_drop_mine(e);
-	for (size_t i = 0; !rc && i < n; i++) {
-		size_t k = mine_of[i];
-		if (k == SIZE_MAX)
-			continue;
-		if (mine[k].buf != reqs[i].buf && mine[k].status == IDD_OK)
-			memcpy(reqs[i].buf, mine[k].buf, e->bs);
-		reqs[i].status = mine[k].status;
-	}
+	for (size_t i = 0; i < n; i++)
+		if (role[i] == PENDING || role[i] == WAITING)
+			reqs[i].status = IDD_ENET;
 	free(mine);
 	free(mine_of);
-	if (rc || !waits)
-		return rc;
-	/* the rest is being fetched by other threads: wait, then read it */
-	pthread_mutex_lock(&e->fl_lock);
-	for (;;) {
-		bool busy = false;
-		for (size_t i = 0; i < n && !busy; i++)
-			busy = reqs[i].status != IDD_OK && inflight_has(e, &reqs[i].digest);
-		if (!busy)
-			break;
-		pthread_cond_wait(&e->fl_done, &e->fl_lock);
-	}
-	pthread_mutex_unlock(&e->fl_lock);
-	for (size_t i = 0; !rc && i < n; i++) {
-		if (reqs[i].status == IDD_OK)
-			continue;
-		rc = cs->ops->read(cs, &reqs[i], 1, err);
-		if (!rc && reqs[i].status != IDD_OK) {
-			/* the other fetch failed: try once more here */
-			idd_block_chain chain = {.n = 0};
-			if (e->srv->peer_src)
-				chain.src[chain.n++] = e->srv->peer_src;
-			if (e->pack)
-				chain.src[chain.n++] = e->pack;
-			chain.src[chain.n++] = e->remote;
-			rc = idd_block_chain_read(&chain, &reqs[i], 1, err);
-			if (!rc && reqs[i].status == IDD_OK)
-				rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
-		}
-	}
+	free(role);
 	return rc;
 }
 
@@ -332,10 +571,124 @@ static void maybe_refresh(idd_server *s)
 
 /* ---- reading a range ---- */
 
+/* Why a block could not be had, for the client's error message. */
+static const char *failure_reason(int code)
+{
+	switch (code) {
+	case IDD_ECORRUPT:
+		return "what the source holds does not match its digest: the source is damaged or "
+		       "changed since it was indexed, or the index is another repository's";
+	case IDD_ENOENT:
+		return "no source holds it";
+	case IDD_ETIMEDOUT:
+		return "no answer within the read's time limit";
+	case IDD_ECANCELED:
+		return "the server is stopping";
+	default:
+		return "the source could not be read";
+	}
+}
+
+/* Readahead: the missing blocks after block b1, up to ra_blocks of them.
+ * It stops at a block that failed recently: nothing is read ahead around a
+ * failure.  Runs on the export's readahead thread, so that the read that
+ * asked for it is answered as soon as its own blocks are in. */
+static void read_ahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
+{
+	uint32_t bs = e->bs;
+	uint64_t nb = e->m->nblocks;
+	if (!ra_blocks || b1 >= nb)
+		return;
+	ra_blocks = IDD_MIN(ra_blocks, nb - b1);
+	idd_error err;
+	unsigned char *buf = idd_malloc((size_t)ra_blocks * bs, &err);
+	idd_block_req *reqs = idd_calloc((size_t)ra_blocks, sizeof *reqs, &err);
+	if (!buf || !reqs) {
+		free(buf);
+		free(reqs);
+		return; /* only an optimisation */
+	}
+	idd_block_source *cs = e->srv->cache_src;
+	int64_t now = idd_mono_ns();
+	size_t n = 0, si = idd_map_span_index(e->m, b1);
+	for (uint64_t b = b1; b < b1 + ra_blocks; b++) {
+		while (e->m->runs[si].block + e->m->runs[si].count <= b)
+			si++;
+		uint32_t ref = idd_map_span_ref(&e->m->runs[si], b);
+		if (!ref)
+			continue;
+		const idd_digest *d = &e->m->digests[ref - 1];
+		if (idd_negcache_barred(&e->failed, d, now, NULL))
+			break;
+		if (cs->ops->has(cs, d))
+			continue;
+		reqs[n] = (idd_block_req){.digest = *d, .block = b,
+		                          .len = (uint32_t)IDD_MIN((uint64_t)bs, e->size - b * bs),
+		                          .buf = buf + n * bs, .status = IDD_ENOENT, .origin_fd = -1};
+		n++;
+	}
+	if (n && fetch_blocks(e, reqs, n, true, NULL, &err) == IDD_ENOMEM)
+		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: readahead: %s", e->id, err.msg);
+	free(buf);
+	free(reqs);
+}
+
+/* The readahead thread: the latest range asked for replaces one not
+ * started yet (a guest that moved on does not need the old one). */
+static void *readahead_main(void *arg)
+{
+	idd_export *e = arg;
+	idd_server *s = e->srv;
+	pthread_mutex_lock(&e->ra_lock);
+	while (!atomic_load(&s->stop)) {
+		if (!e->ra_queued) {
+			pthread_cond_wait(&e->ra_wake, &e->ra_lock);
+			continue;
+		}
+		uint64_t b1 = e->ra_block, count = e->ra_count;
+		e->ra_queued = false;
+		pthread_mutex_unlock(&e->ra_lock);
+		/* bounded like a read: a stalled source does not hold it forever */
+		idd_fetch_set_deadline(idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000);
+		read_ahead(e, b1, count);
+		idd_fetch_set_deadline(0);
+		pthread_mutex_lock(&e->ra_lock);
+	}
+	pthread_mutex_unlock(&e->ra_lock);
+	return NULL;
+}
+
+/* Ask for [b1, b1 + ra_blocks) to be read ahead, sized to the source's
+ * recent speed. */
+static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
+{
+	uint64_t rate = atomic_load(&e->rate);
+	if (rate) {
+		double fits = (double)rate * (double)READAHEAD_TARGET_NS / 1e9 / e->bs;
+		ra_blocks = IDD_MIN(ra_blocks, (uint64_t)fits);
+	}
+	if (!ra_blocks || b1 >= e->m->nblocks)
+		return;
+	pthread_mutex_lock(&e->ra_lock);
+	if (!e->ra_started && !atomic_load(&e->srv->stop))
+		e->ra_started = !pthread_create(&e->ra_thread, NULL, readahead_main, e);
+	if (e->ra_started) {
+		e->ra_block = b1;
+		e->ra_count = ra_blocks;
+		e->ra_queued = true;
+		pthread_cond_signal(&e->ra_wake);
+	}
+	pthread_mutex_unlock(&e->ra_lock);
+}
+
 /* Make blocks covering [off, off+len) available and, when out is not NULL,
- * copy those bytes there.  readahead: also fetch up to that many bytes of
- * missing blocks after the range.  required: a block that cannot be had is
- * an error (else it is skipped). */
+ * copy those bytes there.  readahead: when the range missed, also fetch up
+ * to that many bytes of missing blocks after it.  required: a block that
+ * cannot be had is an error (else it is skipped).
+ *
+ * What one call may fetch is bounded: its own missing blocks, each once,
+ * then the readahead, and only when every one of its own blocks arrived; a
+ * block that failed recently is not fetched at all. */
 static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
                         uint64_t readahead, bool required, bool stats, idd_error *err)
 {
@@ -344,9 +697,15 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	if (!len)
 		return IDD_OK;
 	uint64_t b0 = off / bs, b1 = (off + len + bs - 1) / bs;
-	uint64_t ra_blocks = readahead / bs;
-	size_t nmax = (size_t)(b1 - b0 + ra_blocks);
-	unsigned char *buf = idd_malloc(nmax * bs, err);
+	/* blocks read ahead that the cache cannot keep would be fetched again
+	 * by the read that wants them */
+	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
+	size_t nmax = (size_t)(b1 - b0);
+	/* Whole blocks inside the range are assembled in place, in the
+	 * caller's buffer (nothing reaches the client unless every block was
+	 * verified: a failed read returns no data); the partial first and last
+	 * blocks, or everything when there is no out, in a buffer of our own. */
+	unsigned char *buf = idd_malloc((out ? 2 : nmax) * (size_t)bs, err);
 	idd_block_req *reqs = idd_calloc(nmax, sizeof *reqs, err);
 	if (!buf || !reqs) {
 		free(buf);
@@ -360,7 +719,9 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 		while (e->m->runs[si].block + e->m->runs[si].count <= b)
 			si++;
 		const idd_map_span *sp = &e->m->runs[si];
-		unsigned char *dst = buf + (b - b0) * bs;
+		unsigned char *dst = !out ? buf + (b - b0) * bs
+		                   : b * bs >= off && (b + 1) * bs <= off + len ? out + (b * bs - off)
+		                   : buf + (b == b0 ? 0 : bs);
 		uint32_t ref = idd_map_span_ref(sp, b);
 		if (!ref) {
 			memset(dst, 0, bs);
@@ -387,7 +748,7 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	for (size_t i = 0; i < n; i++)
 		if (reqs[i].status == IDD_OK)
 			from_cache += reqs[i].len;
-	/* gather the misses, then readahead: missing blocks after the range */
+	/* the misses to the front, then fetched */
 	size_t nf = 0;
 	for (size_t i = 0; i < n; i++)
 		if (reqs[i].status != IDD_OK) {
@@ -396,55 +757,53 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 			reqs[i] = reqs[nf];
 			reqs[nf++] = t;
 		}
-	size_t nreq_miss = nf;
-	if (!rc && nf && ra_blocks) {
-		unsigned char *rbuf = buf + (b1 - b0) * bs;
-		uint64_t nb = e->m->nblocks;
-		size_t si2 = b1 < nb ? idd_map_span_index(e->m, b1) : 0;
-		for (uint64_t b = b1; b < nb && b < b1 + ra_blocks; b++) {
-			while (e->m->runs[si2].block + e->m->runs[si2].count <= b)
-				si2++;
-			uint32_t ref = idd_map_span_ref(&e->m->runs[si2], b);
-			if (!ref || cs->ops->has(cs, &e->m->digests[ref - 1]))
-				continue;
-			reqs[n + (nf - nreq_miss)] = (idd_block_req){
-			    .digest = e->m->digests[ref - 1], .block = b,
-			    .len = (uint32_t)IDD_MIN((uint64_t)bs, e->size - b * bs), .buf = rbuf,
-			    .status = IDD_ENOENT, .origin_fd = -1};
-			rbuf += bs;
-			nf++;
+	idd_error why = {{0}, IDD_OK};
+	if (!rc && nf)
+		rc = fetch_blocks(e, reqs, nf, false, &why, err);
+	bool all_in = true;
+	for (size_t i = 0; !rc && i < nf; i++) {
+		if (reqs[i].status == IDD_OK)
+			continue;
+		all_in = false;
+		if (!required)
+			continue;
+		int code = reqs[i].status;
+		unsigned long long at = (unsigned long long)(reqs[i].block * bs);
+		idd_negcache_info barred = {0, code, 0};
+		if (code == IDD_ETIMEDOUT) { /* idd_export_read says which limit */
+			rc = idd_fail_code(err, code, "%s", why.code ? why.msg : "no answer from the source");
+			break;
 		}
+		if (code == IDD_ECANCELED) {
+			rc = idd_fail_code(err, code, "%s: the server is stopping", e->id);
+			break;
+		}
+		char again[96] = "";
+		if (idd_negcache_barred(&e->failed, &reqs[i].digest, idd_mono_ns(), &barred))
+			snprintf(again, sizeof again, "; failed %u time%s in a row, next attempt in %.1f s",
+			         barred.fails, barred.fails == 1 ? "" : "s", (double)barred.wait_ns / 1e9);
+		rc = idd_fail_code(err, code == IDD_ENOENT ? IDD_ENET : code,
+		                   "%s: block at offset %llu: no source could supply it verified (%s)%s",
+		                   e->id, at, failure_reason(barred.code), again);
 	}
-	/* fetch: the misses (reqs[0..nreq_miss)) and the readahead (reqs[n..)) */
-	if (!rc && nf) {
-		size_t nra = nf - nreq_miss;
-		idd_block_req *all = idd_calloc(nf, sizeof *all, err);
-		if (!all)
-			rc = IDD_ENOMEM;
-		else {
-			memcpy(all, reqs, nreq_miss * sizeof *all);
-			memcpy(all + nreq_miss, reqs + n, nra * sizeof *all);
-			rc = fetch_blocks(e, all, nf, err);
-			memcpy(reqs, all, nreq_miss * sizeof *all);
-			free(all);
+	if (!rc && out) {
+		/* the partial edge blocks */
+		if (off > b0 * bs || off + len < (b0 + 1) * bs) {
+			uint64_t k = IDD_MIN(len, (b0 + 1) * bs - off);
+			memcpy(out, buf + (off - b0 * bs), (size_t)k);
 		}
+		uint64_t last = b1 - 1;
+		if (last > b0 && off + len < b1 * bs)
+			memcpy(out + (last * bs - off), buf + bs, (size_t)(off + len - last * bs));
 	}
-	for (size_t i = 0; !rc && i < nreq_miss; i++)
-		if (reqs[i].status != IDD_OK && required) {
-			rc = idd_fail_code(err, reqs[i].status == IDD_ENOENT ? IDD_ENET : reqs[i].status,
-			                   "%s: block at offset %llu: no source could supply it verified "
-			                   "(the source is damaged, changed since it was indexed, or "
-			                   "unreachable)", e->id, (unsigned long long)(reqs[i].block * bs));
-			atomic_fetch_add(&s->read_errors, 1);
-		}
-	if (!rc && out)
-		memcpy(out, buf + (off - b0 * bs), (size_t)len);
 	if (stats) {
 		atomic_fetch_add(&s->bytes_zero, zero);
 		atomic_fetch_add(&s->bytes_from_cache, from_cache);
 	}
 	free(buf);
 	free(reqs);
+	if (!rc && nf && all_in && ra_blocks)
+		schedule_readahead(e, b1, ra_blocks);
 	return rc;
 }
 
@@ -475,6 +834,44 @@ static int record_reads(idd_export *e, uint64_t off, uint64_t len)
 	return rc;
 }
 
+/* The NBD server allocates each request's buffer before the read, and the
+ * buffer costs memory once it is written: with many clients making large
+ * reads that grows with clients x request size.  A read takes its length
+ * from a server-wide budget before it touches its buffer and gives it
+ * back when done; a read that does not fit waits (until its deadline). */
+static int take_read_memory(idd_server *s, uint64_t n, int64_t deadline, idd_error *err)
+{
+	pthread_mutex_lock(&s->mem_lock);
+	int rc = IDD_OK;
+	while (s->mem_used && s->mem_used + n > s->mem_budget) {
+		int64_t now = idd_mono_ns();
+		if (atomic_load(&s->stop)) {
+			rc = idd_fail_code(err, IDD_ECANCELED, "the server is stopping");
+			break;
+		}
+		if (now >= deadline) {
+			rc = idd_fail_code(err, IDD_ETIMEDOUT, "waiting for memory for the read's buffer (%llu "
+			                   "bytes of reads in progress)", (unsigned long long)s->mem_used);
+			break;
+		}
+		int64_t until = IDD_MIN(deadline, now + 100000000);
+		struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+		pthread_cond_clockwait(&s->mem_freed, &s->mem_lock, CLOCK_MONOTONIC, &ts);
+	}
+	if (!rc)
+		s->mem_used += n;
+	pthread_mutex_unlock(&s->mem_lock);
+	return rc;
+}
+
+static void give_read_memory(idd_server *s, uint64_t n)
+{
+	pthread_mutex_lock(&s->mem_lock);
+	s->mem_used -= n;
+	pthread_cond_broadcast(&s->mem_freed);
+	pthread_mutex_unlock(&s->mem_lock);
+}
+
 int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_error *err)
 {
 	idd_server *s = e->srv;
@@ -482,9 +879,19 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (!idd_add_ok(off, len, &end) || end > e->size)
 		return idd_fail_code(err, IDD_EPERM, "%s: read of %llu bytes at %llu is past the end", e->id,
 		                     (unsigned long long)len, (unsigned long long)off);
+	if (atomic_load(&s->stop))
+		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
-	uint64_t ra = s->o.readahead ? IDD_MIN(s->o.readahead, MAX_READAHEAD) : DEFAULT_READAHEAD;
-	int rc = IDD_OK;
+	uint64_t ra = s->o.readahead_off ? 0
+	            : s->o.readahead    ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
+	                                : DEFAULT_READAHEAD;
+	/* every wait and every request of this read ends by its deadline */
+	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
+	int64_t old_deadline = idd_fetch_set_deadline(deadline);
+	uint64_t mem = IDD_MIN(len, s->mem_budget);
+	int rc = take_read_memory(s, mem, deadline, err);
+	if (rc)
+		mem = 0;
 	/* large reads in pieces: bounded memory per call */
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
@@ -492,8 +899,19 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last ? ra : 0, true, true,
 		                  err);
 		done += piece;
+		if (!rc && done < len && idd_mono_ns() >= deadline)
+			rc = idd_fail_code(err, IDD_ETIMEDOUT, "at offset %llu", (unsigned long long)(off + done));
 	}
+	idd_fetch_set_deadline(old_deadline);
+	if (mem)
+		give_read_memory(s, mem);
+	if (rc == IDD_ETIMEDOUT)
+		idd_error_prefix(err, "%s: read of %llu bytes at %llu not answered within the read time "
+		                 "limit (%ld s)", e->id, (unsigned long long)len, (unsigned long long)off,
+		                 s->o.read_timeout_s);
 	atomic_fetch_add(&s->reads, 1);
+	if (rc)
+		atomic_fetch_add(&s->read_errors, 1);
 	if (!rc) {
 		atomic_fetch_add(&s->bytes_read, len);
 		if (record_reads(e, off, len))
@@ -509,12 +927,16 @@ int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *er
 	uint64_t end;
 	if (!idd_add_ok(off, len, &end) || end > e->size)
 		return idd_fail_code(err, IDD_EPERM, "%s: range past the end", e->id);
+	/* a client's request: bounded like a read */
+	int64_t old_deadline =
+	    idd_fetch_set_deadline(idd_mono_ns() + (int64_t)e->srv->o.read_timeout_s * 1000000000);
 	int rc = IDD_OK;
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
 		rc = access_range(e, off + done, piece, NULL, 0, false, false, err);
 		done += piece;
 	}
+	idd_fetch_set_deadline(old_deadline);
 	return rc;
 }
 
@@ -605,24 +1027,84 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 		reqs[nf++] = t;
 	}
 	if (!rc && nf)
-		rc = fetch_blocks(e, reqs, nf, err);
+		rc = fetch_blocks(e, reqs, nf, false, NULL, err);
 	for (size_t i = 0; !rc && i < nf; i++) {
 		if (reqs[i].status != IDD_OK)
 			return idd_fail_code(err, IDD_ENET, "%s: block at offset %llu could not be had",
 			                     e->id, (unsigned long long)(reqs[i].block * e->bs));
+		/* every block of the window is written, also one fetch_blocks
+		 * stored already: a repeat of the same content, or a block being
+		 * repaired, is written only here */
 		rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
 	}
 	return rc;
 }
 
-static int finish_fill(idd_export *e, idd_error *err)
+struct block_list {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+static int list_block(void *ctx, uint64_t block)
+{
+	struct block_list *l = ctx;
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? l->cap * 2 : 256;
+		uint64_t *nv = realloc(l->v, nc * sizeof *nv);
+		if (!nv)
+			return IDD_ENOMEM;
+		l->v = nv;
+		l->cap = nc;
+	}
+	l->v[l->n++] = block;
+	return IDD_OK;
+}
+
+/* Nothing is the complete image before every block of it was checked
+ * against the map: blocks that do not match (the journal is only a hint)
+ * are had again, verified, and written, and the file is checked again. */
+static int check_and_repair(idd_export *e, int fd, const char *path, unsigned char *buf,
+                            idd_block_req *reqs, idd_error *err)
+{
+	for (int round = 0; round < 3 && !atomic_load(&e->srv->stop); round++) {
+		yield_to_guest(e);
+		struct block_list bad = {0};
+		int rc = idd_image_check(fd, path, e->m, list_block, &bad, err);
+		if (rc == IDD_ENOMEM)
+			idd_fail_code(err, rc, "out of memory");
+		if (!rc && bad.n)
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %zu blocks of %s do not match the "
+			          "block map; fetching them again", e->id, bad.n, path);
+		for (size_t i = 0; !rc && i < bad.n && !atomic_load(&e->srv->stop); i += FILL_WINDOW) {
+			yield_to_guest(e);
+			rc = fill_window(e, bad.v + i, IDD_MIN((size_t)FILL_WINDOW, bad.n - i), buf, reqs, err);
+		}
+		size_t nbad = bad.n;
+		free(bad.v);
+		if (rc || !nbad)
+			return rc;
+	}
+	return atomic_load(&e->srv->stop) ? IDD_OK
+	       : idd_fail_code(err, IDD_EIO, "%s: does not match the block map even after repair", path);
+}
+
+static int finish_fill(idd_export *e, unsigned char *buf, idd_block_req *reqs, idd_error *err)
 {
 	idd_server *s = e->srv;
 	pthread_mutex_lock(&e->part_lock);
-	size_t flushed;
 	int rc = ensure_partial_locked(e, err);
+	int fd = rc ? -1 : e->part->data_fd;
+	const char *path = rc ? NULL : e->part->data_path;
+	pthread_mutex_unlock(&e->part_lock);
 	if (!rc)
-		rc = idd_partial_flush(e->part, &flushed, err);
+		rc = check_and_repair(e, fd, path, buf, reqs, err);
+	if (rc || atomic_load(&s->stop))
+		return rc;
+	pthread_mutex_lock(&e->part_lock);
+	size_t flushed;
+	rc = idd_partial_flush(e->part, &flushed, err);
+	if (!rc)
+		rc = idd_partial_sync(e->part, err);
 	struct stat st;
 	if (!rc && lstat(e->final_path, &st) == 0)
 		rc = idd_fail_code(err, IDD_EPERM, "%s: exists: the filled image stays partial",
@@ -676,12 +1158,47 @@ static void *fill_main(void *arg)
 		}
 	}
 	if (!rc && !atomic_load(&e->srv->stop))
-		rc = finish_fill(e, &err);
+		rc = finish_fill(e, buf, reqs, &err);
 	if (rc)
 		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: --fill stopped: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
 	free(blocks);
+	return NULL;
+}
+
+/* The complete image lacked blocks (damaged behind serve's back, or written
+ * for an older map of the image): all of it is checked against the map,
+ * what does not match is had again and written in place, and it is
+ * registered anew, so that the next run finds it whole. */
+static void *repair_main(void *arg)
+{
+	idd_export *e = arg;
+	idd_server *s = e->srv;
+	idd_error err = {{0}, 0};
+	unsigned char *buf = malloc((size_t)FILL_WINDOW * e->bs);
+	idd_block_req *reqs = calloc(FILL_WINDOW, sizeof *reqs);
+	int rc = (!buf || !reqs) ? idd_fail_code(&err, IDD_ENOMEM, "out of memory") : IDD_OK;
+	pthread_mutex_lock(&e->part_lock);
+	int fd = e->repair_fd;
+	pthread_mutex_unlock(&e->part_lock);
+	atomic_store(&e->repair_wanted, false);
+	yield_to_guest(e);
+	if (!rc)
+		rc = check_and_repair(e, fd, e->final_path, buf, reqs, &err);
+	if (!rc && !atomic_load(&s->stop)) {
+		if (fdatasync(fd))
+			rc = idd_fail_errno(&err, e->final_path, "fsync");
+		if (!rc)
+			rc = idd_cache_register(s->cache, e->final_path, e->m, &err);
+		if (!rc)
+			rc = idd_cache_adopt(s->cache, e->final_path, e->m, &err);
+	}
+	if (rc)
+		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: repairing the cached image stopped: %s", e->id,
+		          err.msg);
+	free(buf);
+	free(reqs);
 	return NULL;
 }
 
@@ -702,9 +1219,12 @@ static void flush_all(idd_server *s)
 		pthread_mutex_lock(&e->part_lock);
 		size_t n;
 		idd_error err;
-		if (e->part && !e->complete && idd_partial_flush(e->part, &n, &err))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: %s", err.msg);
+		bool failed = e->part && !e->complete && idd_partial_flush(e->part, &n, &err);
+		if (atomic_load(&e->repair_wanted) && !e->fill_started && !atomic_load(&s->stop))
+			e->fill_started = !pthread_create(&e->fill_thread, NULL, repair_main, e);
 		pthread_mutex_unlock(&e->part_lock);
+		if (failed) /* those blocks are served, and fetched again by the next run */
+			cache_write_failed(e, &err);
 	}
 	pthread_mutex_unlock(&s->lock);
 }
@@ -740,8 +1260,14 @@ static void export_free(idd_export *e)
 		size_t n;
 		idd_error err;
 		if (!e->complete && idd_partial_flush(e->part, &n, &err))
-			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s", err.msg);
+			cache_write_failed(e, &err);
 		idd_partial_close(e->part);
+	}
+	if (e->repair_fd >= 0) {
+		if (fdatasync(e->repair_fd))
+			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: fsync: %s", e->final_path,
+			          strerror(errno));
+		close(e->repair_fd);
 	}
 	idd_block_source *fetchers[] = {e->remote, e->pack};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(fetchers); i++) {
@@ -760,13 +1286,38 @@ static void export_free(idd_export *e)
 	free(e->seen.v);
 	free(e->order);
 	free(e->inflight);
+	idd_negcache_free(&e->failed);
 	free(e->prefetch);
 	pthread_mutex_destroy(&e->part_lock);
 	pthread_mutex_destroy(&e->remote_lock);
 	pthread_mutex_destroy(&e->fl_lock);
 	pthread_cond_destroy(&e->fl_done);
+	pthread_mutex_destroy(&e->ra_lock);
+	pthread_cond_destroy(&e->ra_wake);
 	pthread_mutex_destroy(&e->rec_lock);
 	free(e);
+}
+
+/* The node cache and the peers, for the repository's block size: at the
+ * first export (the index says the block size image by image).  Called
+ * under s->lock. */
+static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
+{
+	if (s->cache_src)
+		return IDD_OK;
+	int rc = idd_cache_prepare(s->cache, bs, err);
+	if (!rc)
+		rc = idd_cache_source_open(s->cache, bs, s->o.warn, s->o.ctx, &s->cache_src, err);
+	if (!rc && s->npeers) {
+		/* peers are a shortcut: failing to open them is a warning */
+		idd_fetch_opts pfo = {.warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
+		idd_error e2;
+		progress(s, "reading the peers' cache indexes");
+		if (idd_peer_source_open(s->peers, s->npeers, bs, &pfo, s->o.warn, s->o.ctx, &s->peer_src,
+		                         &e2))
+			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+	}
+	return rc;
 }
 
 static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
@@ -775,18 +1326,33 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	if (!e)
 		return IDD_ENOMEM;
 	e->srv = s;
+	e->repair_fd = -1;
+	atomic_init(&e->repair_wanted, false);
 	pthread_mutex_init(&e->part_lock, NULL);
 	pthread_mutex_init(&e->remote_lock, NULL);
 	pthread_mutex_init(&e->fl_lock, NULL);
 	pthread_cond_init(&e->fl_done, NULL);
+	pthread_mutex_init(&e->ra_lock, NULL);
+	pthread_cond_init(&e->ra_wake, NULL);
+	atomic_init(&e->rate, 0);
 	pthread_mutex_init(&e->rec_lock, NULL);
 	atomic_init(&e->active_reads, 0);
 	atomic_init(&e->last_read_ns, 0);
+	atomic_init(&e->warned_cache_write, false);
+	atomic_init(&e->cache_failing, false);
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
 	if (!rc)
+		rc = idd_negcache_init(&e->failed, FAIL_BACKOFF_NS, FAIL_BACKOFF_MAX_NS, err);
+	if (!rc) {
+		progress(s, "reading the index entry of %s", id);
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
-	if (!rc)
+	}
+	if (!rc) {
+		progress(s, "reading the block map of %s", id);
 		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
+	}
+	if (!rc)
+		rc = prepare_locked(s, e->m->block_size, err);
 	if (!rc) {
 		e->bs = e->m->block_size;
 		e->size = e->m->image_size;
@@ -800,23 +1366,21 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		rc = dir ? idd_mkdir_p(dir, err) : IDD_ENOMEM;
 		free(dir);
 	}
+	idd_error e2;
+	if (!rc && idd_cache_migrate_name(s->cache->dir, s->ri, id, e->m, s->o.warn, s->o.ctx, &e2))
+		idd_warnf(s->o.warn, s->o.ctx, "warning: cache: %s", e2.msg);
 	struct stat st;
-	if (!rc && lstat(e->final_path, &st) == 0)
+	if (!rc && lstat(e->final_path, &st) == 0) {
 		e->complete = true; /* deployed before: every block reads from the cache */
+		/* a block of it failing verification is fetched and written back */
+		idd_cache_set_rewritable(s->cache, e->final_path);
+		idd_partial_remove_unused(e->base);
+	}
 	if (!rc && !e->complete) {
-		/* what an earlier serve of this image fetched */
-		char *journal = idd_asprintf(err, "%s%s", e->base, IDD_PARTIAL_JOURNAL_SUFFIX);
-		idd_partial_header h;
-		uint64_t joff = 0;
-		idd_error e2;
-		if (!journal)
-			rc = IDD_ENOMEM;
-		else if (idd_partial_journal_read(journal, &h, &joff, own_record, e, &e2) == IDD_OK &&
-		         (h.block_size != e->bs || h.image_size != e->size)) {
-			free(e->own.v);
-			memset(&e->own, 0, sizeof e->own);
-		}
-		free(journal);
+		/* what an earlier serve of this image, with this very map, fetched */
+		int lrc = idd_partial_load(e->base, e->id, e->m, own_record, e, err);
+		if (lrc == IDD_ENOMEM)
+			rc = lrc;
 	}
 	for (size_t i = 0; !rc && i < s->pf.n; i++) {
 		if (strcmp(s->pf.ids[i], id) || s->pf.blocks[i] >= e->m->nblocks)
@@ -914,6 +1478,9 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->flush_lock, NULL);
 	pthread_cond_init(&s->flush_wake, NULL);
+	pthread_mutex_init(&s->mem_lock, NULL);
+	pthread_cond_init(&s->mem_freed, NULL);
+	s->mem_budget = o->read_memory_budget ? o->read_memory_budget : READ_MEMORY_BUDGET;
 	atomic_init(&s->stop, false);
 	atomic_init(&s->last_refresh_ns, 0);
 	int rc = IDD_OK;
@@ -921,27 +1488,35 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	                         &s->o.prefetch};
 	for (size_t i = 0; !rc && i < IDD_ARRAY_LEN(fields); i++)
 		rc = keep_string(s, fields[i], err);
-	s->o.peers = NULL; /* the peer source keeps its own copies */
+	s->o.peers = NULL; /* kept in s->peers */
 	s->o.n_peers = 0;
 	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
-	                     .ctx = o->ctx};
-	if (!rc)
+	                     .ctx = o->ctx, .cancel = &s->stop};
+	if (s->o.read_timeout_s <= 0)
+		s->o.read_timeout_s = READ_TIMEOUT_S;
+	if (!rc) {
+		progress(s, "opening the index of %s", s->o.index ? s->o.index : s->o.source);
 		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
-	if (!rc)
+	}
+	if (!rc) {
+		progress(s, "opening the cache %s", s->o.cache_dir);
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
-	if (!rc)
-		rc = idd_cache_prepare(s->cache, s->ri->block_size, err);
-	if (!rc)
-		rc = idd_cache_source_open(s->cache, s->ri->block_size, o->warn, o->ctx, &s->cache_src, err);
+	}
 	if (!rc && s->o.prefetch)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
-	if (!rc && o->n_peers) {
-		/* peers are a shortcut: failing to open them is a warning */
-		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
-		idd_error e2;
-		if (idd_peer_source_open(o->peers, o->n_peers, s->ri->block_size, &pfo, o->warn, o->ctx,
-		                         &s->peer_src, &e2))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+	/* the peers' addresses, for when the block size is known */
+	for (size_t i = 0; !rc && i < o->n_peers; i++) {
+		const char *p = o->peers[i];
+		if (!(rc = keep_string(s, &p, err))) {
+			const char **nv = realloc(s->peers, (i + 1) * sizeof *nv);
+			if (!nv)
+				rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
+			else {
+				s->peers = nv;
+				s->peers[i] = p;
+				s->npeers = i + 1;
+			}
+		}
 	}
 	if (rc) {
 		idd_server_close(s);
@@ -978,6 +1553,7 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	st->blocks_filled = atomic_load(&s->blocks_filled);
 	st->read_errors = atomic_load(&s->read_errors);
 	st->exports_complete = atomic_load(&s->exports_complete);
+	st->cache_write_errors = atomic_load(&s->cache_write_errors);
 	st->bytes_fetched = atomic_load(&s->closed_fetched);
 	st->requests = atomic_load(&s->closed_requests);
 	if (s->ri) {
@@ -987,13 +1563,13 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	}
 	if (s->cache)
 		st->cache_damaged = idd_cache_damaged_count(s->cache);
+	pthread_mutex_lock(&s->lock);
 	if (s->peer_src) {
 		idd_block_source_counters pc;
 		idd_block_source_counters_get(s->peer_src, &pc);
 		st->bytes_from_peers = pc.bytes;
 		st->requests += pc.requests;
 	}
-	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->remote_lock);
@@ -1009,11 +1585,34 @@ void idd_server_stats(idd_server *s, idd_serve_stats *st)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void idd_server_close(idd_server *s)
+void idd_server_stop(idd_server *s)
 {
 	if (!s)
 		return;
 	atomic_store(&s->stop, true);
+	/* wake whatever waits: fetches end by themselves (the sources' cancel
+	 * flag is s->stop) */
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->fl_lock);
+		pthread_cond_broadcast(&e->fl_done);
+		pthread_mutex_unlock(&e->fl_lock);
+		pthread_mutex_lock(&e->ra_lock);
+		pthread_cond_broadcast(&e->ra_wake);
+		pthread_mutex_unlock(&e->ra_lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->flush_lock);
+	pthread_cond_broadcast(&s->flush_wake);
+	pthread_mutex_unlock(&s->flush_lock);
+}
+
+void idd_server_close(idd_server *s)
+{
+	if (!s)
+		return;
+	idd_server_stop(s);
 	if (s->started) {
 		pthread_mutex_lock(&s->flush_lock);
 		pthread_cond_broadcast(&s->flush_wake);
@@ -1026,6 +1625,8 @@ void idd_server_close(idd_server *s)
 			pthread_join(e->prefetch_thread, NULL);
 		if (e->fill_started)
 			pthread_join(e->fill_thread, NULL);
+		if (e->ra_started)
+			pthread_join(e->ra_thread, NULL);
 	}
 	if (s->o.record) {
 		idd_error err;
@@ -1043,8 +1644,11 @@ void idd_server_close(idd_server *s)
 	for (size_t i = 0; i < s->nstrings; i++)
 		free(s->strings[i]);
 	free(s->strings);
+	free(s->peers);
 	pthread_mutex_destroy(&s->lock);
 	pthread_mutex_destroy(&s->flush_lock);
 	pthread_cond_destroy(&s->flush_wake);
+	pthread_mutex_destroy(&s->mem_lock);
+	pthread_cond_destroy(&s->mem_freed);
 	free(s);
 }

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct cached_frame {
 	uint64_t frame;     /* view frame index, UINT64_MAX when empty */
@@ -195,7 +196,16 @@ static int fetch_frames(pack_source *ps, const uint64_t *fr, size_t n, unsigned 
 static int pack_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_error *err)
 {
 	pack_source *ps = s->priv;
-	pthread_mutex_lock(&ps->mu);
+	/* one reader at a time; a thread with a deadline waits no longer */
+	int64_t deadline = idd_fetch_deadline();
+	if (deadline) {
+		struct timespec ts = {(time_t)(deadline / 1000000000), (long)(deadline % 1000000000)};
+		if (pthread_mutex_clocklock(&ps->mu, CLOCK_MONOTONIC, &ts))
+			return idd_fail_code(err, IDD_ETIMEDOUT, "%s: busy until the read's deadline",
+			                     s->name);
+	} else {
+		pthread_mutex_lock(&ps->mu);
+	}
 	int rc = IDD_OK;
 	want *w = NULL;
 	uint64_t *fr = NULL;
@@ -253,7 +263,8 @@ static int pack_read(idd_block_source *s, idd_block_req *reqs, size_t n, idd_err
 		}
 		idd_error ferr;
 		int frc = fetch_frames(ps, fr + a, b - a, bufs + a, &ferr);
-		if (frc == IDD_ENOMEM) {
+		if (frc == IDD_ENOMEM || frc == IDD_ETIMEDOUT || frc == IDD_ECANCELED) {
+			/* out of memory, out of time, stopping: not the pack's fault */
 			*err = ferr;
 			rc = frc;
 			goto out;

@@ -102,6 +102,9 @@ struct job {
 	idd_fetch_stats st;
 	uint64_t blocks, damage;
 	bool oom;
+	int64_t deadline;     /* the asking thread's (idd_fetch_deadline) */
+	int stopped;          /* IDD_ETIMEDOUT or IDD_ECANCELED: not the peer's fault */
+	idd_error why;        /* for stopped */
 };
 
 static int cmp_file(const void *a, const void *b, void *ctx)
@@ -129,6 +132,7 @@ static void *job_main(void *arg)
 	struct peers *P = j->P;
 	struct peer *p = &P->p[j->peer];
 	uint32_t bs = P->base.block_size;
+	int64_t old_deadline = idd_fetch_set_deadline(j->deadline);
 	idd_error e;
 	idd_hasher *hs = idd_hasher_new(&e);
 	size_t *mine = idd_calloc(j->n ? j->n : 1, sizeof *mine, &e);
@@ -161,6 +165,11 @@ static void *job_main(void *arg)
 		int rc = f ? idd_source_read_ranges_counted(p->src, f, rg, nr, &j->st, &e) : IDD_ERR;
 		if (rc == IDD_ENOMEM) {
 			j->oom = true;
+			break;
+		}
+		if (rc == IDD_ETIMEDOUT || rc == IDD_ECANCELED) {
+			j->stopped = rc;
+			j->why = e;
 			break;
 		}
 		if (rc == IDD_ENET) {
@@ -201,6 +210,7 @@ out:
 	idd_hasher_free(hs);
 	free(mine);
 	free(rg);
+	idd_fetch_set_deadline(old_deadline);
 	return NULL;
 }
 
@@ -261,7 +271,7 @@ static int peers_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_e
 		size_t busy = 0, last = 0;
 		for (size_t i = 0; i < P->n; i++) {
 			jobs[i] = (struct job){.P = P, .peer = (uint32_t)i, .reqs = reqs, .n = n, .who = who,
-			                       .damaged = damaged};
+			                       .damaged = damaged, .deadline = idd_fetch_deadline()};
 			if (load[i])
 				busy++, last = i;
 		}
@@ -291,6 +301,13 @@ static int peers_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_e
 			idd_fail_code(err, rc, "peers: out of memory");
 			break;
 		}
+		for (size_t i = 0; !rc && i < P->n; i++)
+			if (jobs[i].stopped) {
+				*err = jobs[i].why;
+				rc = jobs[i].stopped;
+			}
+		if (rc)
+			break;
 	}
 	for (size_t k = 0; k < n; k++)
 		if (reqs[k].status == IDD_ENOENT && damaged[k])

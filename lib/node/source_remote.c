@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A batch is fetched in windows of bounded memory. */
@@ -45,6 +46,7 @@ struct remote {
 	size_t nreaders;
 	pthread_mutex_t lock;  /* guards the readers' busy flags */
 	pthread_cond_t freed;
+	const atomic_bool *cancel; /* the fetch options' stop flag */
 };
 
 /* ---- opening the image ---- */
@@ -489,8 +491,11 @@ static int fetch_window(idd_block_source *bs, struct remote *r, struct reader *r
 	return IDD_OK;
 }
 
-static struct reader *take_reader(struct remote *r)
+/* A free reader; NULL when the thread's deadline passes or the source is
+ * stopped first (err says which). */
+static struct reader *take_reader(struct remote *r, idd_error *err)
 {
+	int64_t deadline = idd_fetch_deadline();
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
 		for (size_t i = 0; i < r->nreaders; i++)
@@ -499,7 +504,24 @@ static struct reader *take_reader(struct remote *r)
 				pthread_mutex_unlock(&r->lock);
 				return &r->readers[i];
 			}
-		pthread_cond_wait(&r->freed, &r->lock);
+		int64_t now = idd_mono_ns();
+		if (r->cancel && atomic_load(r->cancel)) {
+			pthread_mutex_unlock(&r->lock);
+			idd_fail_code(err, IDD_ECANCELED, "stopped");
+			return NULL;
+		}
+		if (deadline && now >= deadline) {
+			pthread_mutex_unlock(&r->lock);
+			idd_fail_code(err, IDD_ETIMEDOUT, "no connection to the source was free in time");
+			return NULL;
+		}
+		/* woken by give_reader; looks at the deadline and the stop flag
+		 * every 100 ms */
+		int64_t until = now + 100000000;
+		if (deadline && deadline < until)
+			until = deadline;
+		struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+		pthread_cond_clockwait(&r->freed, &r->lock, CLOCK_MONOTONIC, &ts);
 	}
 }
 
@@ -520,7 +542,11 @@ static void give_reader(idd_block_source *bs, struct remote *r, struct reader *r
 static int remote_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_error *err)
 {
 	struct remote *r = bs->priv;
-	struct reader *rd = take_reader(r);
+	struct reader *rd = take_reader(r, err);
+	if (!rd) {
+		idd_error_prefix(err, "%s", r->info->id);
+		return err->code;
+	}
 	struct window w;
 	memset(&w, 0, sizeof w);
 	int rc = IDD_OK;
@@ -580,6 +606,7 @@ int idd_remote_source_open(const char *source, const idd_image_info *info, uint6
 	}
 	r->info = info;
 	r->image_size = image_size;
+	r->cancel = fo ? fo->cancel : NULL;
 	r->tmp_fd = -1;
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->freed, NULL);

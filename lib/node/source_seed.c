@@ -60,9 +60,46 @@ static bool seed_block_is(idd_hasher *h, struct seed *sd, uint32_t bs, uint64_t 
 	return idd_pread_all(sd->fd, buf, n, off) == 0 && idd_block_verify(h, buf, bs, want);
 }
 
-/* The catalog image a seed is a copy of, if any: the seed's real path inside
- * a local SOURCE (*same_file when its identity is the one scanned), else an
- * image whose id or cache name ends like the seed's name, of the same size. */
+/* The record of image id, or NULL (not there, not a valid id, the source
+ * failing: the seed is then hashed, which is never wrong). */
+static const idd_image_info *record(idd_remote_index *ri, const char *id)
+{
+	const idd_image_info *in = NULL;
+	idd_error e;
+	return idd_remote_index_image(ri, id, &in, &e) ? NULL : in;
+}
+
+/* The id a seed named as deploy names its output would be (cache.h:
+ * '/' as "%2F", '%' as "%25", a leading '.' as "%2E", "%.raw" or, in older
+ * versions, ".raw" appended): suffix is the one to drop ("" for none);
+ * NULL when base does not end with it. */
+static char *unflatten(const char *base, const char *suffix)
+{
+	size_t n = strlen(base), sl = strlen(suffix);
+	if (n <= sl || strcmp(base + n - sl, suffix))
+		return NULL;
+	n -= sl;
+	char *id = malloc(n + 1), *w = id;
+	static const char codes[][3] = {"2F", "25", "2E"}, chars[] = "/%.";
+	for (size_t i = 0; id && i < n; i++) {
+		int k = -1;
+		for (int c = 0; k < 0 && c < 3 && i + 3 <= n && base[i] == '%'; c++)
+			if (!strncmp(base + i + 1, codes[c], 2))
+				k = c;
+		*w++ = k < 0 ? base[i] : chars[k];
+		if (k >= 0)
+			i += 2;
+	}
+	if (id)
+		*w = 0;
+	return id;
+}
+
+/* The repository image a seed is a copy of, if any: the seed's real path
+ * inside a local SOURCE (*same_file when its identity is the one scanned);
+ * else an image of the same size whose id is the seed's name, or whose
+ * cache name it is (one entry each); else, from the whole catalog, the one
+ * image of that size whose id or cache name ends like the seed's name. */
 static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *sd, bool *same_file)
 {
 	*same_file = false;
@@ -75,7 +112,7 @@ static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *s
 		char *real = realpath(sd->path, NULL);
 		size_t rl = root ? strlen(root) : 0;
 		if (root && real && !strncmp(real, root, rl) && real[rl] == '/')
-			in = idd_catalog_find(ri->cat, real + rl + 1);
+			in = record(ri, real + rl + 1);
 		free(root);
 		free(real);
 		if (in && !in->member[0] && !strcmp(in->format, "raw") && in->dev == (uint64_t)st.st_dev &&
@@ -89,9 +126,21 @@ static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *s
 		return in;
 	const char *base = strrchr(sd->path, '/');
 	base = base ? base + 1 : sd->path;
+	static const char *const suffixes[] = {"", "%.raw", ".raw"};
+	for (int k = 0; k < 4; k++) {
+		char *id = k == 0 ? strdup(base) : unflatten(base, suffixes[k - 1]);
+		in = id ? record(ri, id) : NULL;
+		free(id);
+		if (in && in->virtual_size == sd->size)
+			return in;
+	}
+	const idd_catalog *cat;
+	idd_error e;
+	if (idd_remote_index_catalog(ri, &cat, &e))
+		return NULL;
 	const idd_image_info *found = NULL;
-	for (size_t i = 0; i < ri->cat->count; i++) {
-		const idd_image_info *c = &ri->cat->images[i];
+	for (size_t i = 0; i < cat->count; i++) {
+		const idd_image_info *c = &cat->images[i];
 		if (c->virtual_size != sd->size)
 			continue;
 		const char *cb = strrchr(c->id, '/');
@@ -103,6 +152,12 @@ static const idd_image_info *seed_candidate(idd_remote_index *ri, struct seed *s
 			const char *fb = flat ? strrchr(flat, '/') : NULL;
 			match = fb && !strcmp(fb + 1, base);
 			free(flat);
+			if (!match) { /* or a cache of an older version */
+				flat = idd_cache_old_out(".", c->id, &e2);
+				fb = flat ? strrchr(flat, '/') : NULL;
+				match = fb && !strcmp(fb + 1, base);
+				free(flat);
+			}
 		}
 		if (match) {
 			if (found)
@@ -141,7 +196,7 @@ static bool seed_from_map(struct seeds *S, size_t s, idd_remote_index *ri, const
 		return false;
 	idd_map *loaded = NULL;
 	const idd_map *m = self_map; /* a copy of the very image being assembled */
-	if (in != self) {
+	if (in != self && (strcmp(in->id, self->id) || memcmp(in->list_key.b, self->list_key.b, 32))) {
 		idd_error e2; /* a missing or bad map is not an error: hash instead */
 		if (idd_remote_index_map(ri, in, &loaded, &e2))
 			return false;
@@ -288,7 +343,7 @@ int idd_seed_source_open(const char *const *paths, size_t n, idd_remote_index *r
 		return IDD_ENOMEM;
 	}
 	bs->priv = S;
-	S->bs = ri->block_size;
+	S->bs = self_map->block_size;
 	int rc = idd_block_source_init(bs, &seed_ops, n ? paths[0] : "seed", S->bs, warn, ctx, err);
 	if (!rc)
 		rc = idd_digest_set_init(&S->where, want->count + 16, true, err);

@@ -16,6 +16,9 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,14 +46,18 @@
 #endif
 
 #define MAX_IMAGES 256
-#define MAX_PEERS 16
-/* The largest request a client may make; a read this size touches at most
- * 32 MiB / 512 B blocks, which the library handles without a huge buffer. */
+/* as many as the library takes (IDD_MAX_PEERS, docs/peers.md) */
+#define MAX_PEERS 64
+/* The largest request a client may make, advertised as the maximum block
+ * size and enforced (nbdkit 1.32 itself only refuses more than 64 MiB).
+ * nbdkit keeps each connection's request buffer, zeroed, at the size of
+ * its largest request: with many connections this is what bounds it. */
 #define MAX_REQUEST (32u << 20)
 
 static struct {
 	const char *source, *index, *cache_dir, *record, *prefetch;
 	char *stats_path; /* absolute: nbdkit may change directory */
+	int stats_fd;     /* stats-fd=N, -1 when not given */
 	const char *images[MAX_IMAGES];
 	size_t n_images;
 	const char *peers[MAX_PEERS];
@@ -58,13 +65,90 @@ static struct {
 	bool fill, no_pack;
 	bool parallel, parallel_set;
 	uint64_t readahead;
+	bool readahead_off;
 	int connections;
-	long timeout_s;
+	long timeout_s, read_timeout_s;
 	char *owned[8 + MAX_PEERS]; /* absolute paths made here, freed on unload */
 	size_t n_owned;
 } cfg;
 
 static idd_server *server;
+
+/* ---- start-up progress ----
+ *
+ * Opening the repository reads its catalog and the exports' block maps;
+ * from a slow source that takes a while.  While it runs, a thread says
+ * every few seconds what is being read and how much has arrived. */
+#define PROGRESS_FIRST_S 2
+#define PROGRESS_EVERY_S 5
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	char stage[512];
+	bool done;
+	pthread_t thread;
+	bool started;
+} startup = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, "", false, 0, false};
+
+static void startup_stage(void *ctx, const char *msg)
+{
+	(void)ctx;
+	pthread_mutex_lock(&startup.lock);
+	snprintf(startup.stage, sizeof startup.stage, "%s", msg);
+	pthread_mutex_unlock(&startup.lock);
+}
+
+static void human(uint64_t v, char *out, size_t len)
+{
+	const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double d = (double)v;
+	size_t u = 0;
+	while (d >= 1024 && u + 1 < sizeof unit / sizeof unit[0]) {
+		d /= 1024;
+		u++;
+	}
+	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", d, unit[u]);
+}
+
+static void *startup_ticker(void *arg)
+{
+	(void)arg;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	long next = PROGRESS_FIRST_S;
+	pthread_mutex_lock(&startup.lock);
+	while (!startup.done) {
+		struct timespec until = {t0.tv_sec + next, t0.tv_nsec};
+		if (pthread_cond_clockwait(&startup.wake, &startup.lock, CLOCK_MONOTONIC, &until) == 0)
+			continue;
+		if (startup.done)
+			break;
+		char got[32];
+		human(idd_bytes_received(), got, sizeof got);
+		nbdkit_error("starting (%ld s): %s; %s received so far", next, startup.stage, got);
+		next += PROGRESS_EVERY_S;
+	}
+	pthread_mutex_unlock(&startup.lock);
+	return NULL;
+}
+
+/* The ticker runs only while get_ready does: it is gone before nbdkit forks. */
+static void startup_begin(void)
+{
+	startup.done = false;
+	startup.started = pthread_create(&startup.thread, NULL, startup_ticker, NULL) == 0;
+}
+
+static void startup_end(void)
+{
+	pthread_mutex_lock(&startup.lock);
+	startup.done = true;
+	pthread_cond_broadcast(&startup.wake);
+	pthread_mutex_unlock(&startup.lock);
+	if (startup.started)
+		pthread_join(startup.thread, NULL);
+	startup.started = false;
+}
 static idd_export *exports[MAX_IMAGES];
 static bool stats_written;
 
@@ -111,6 +195,7 @@ static int parse_bool(const char *value, bool *out)
  * until nbdkit exits instead of being unloaded under it. */
 static void plugin_load(void)
 {
+	cfg.stats_fd = -1;
 	Dl_info info;
 	if (dladdr((void *)plugin_load, &info) && info.dli_fname)
 		dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
@@ -136,6 +221,16 @@ static int plugin_config(const char *key, const char *value)
 		free(cfg.stats_path);
 		cfg.stats_path = nbdkit_absolute_path(value);
 		return cfg.stats_path ? 0 : -1;
+	} else if (!strcmp(key, "stats-fd")) {
+		int v;
+		if (nbdkit_parse_int("stats-fd", value, &v) == -1)
+			return -1;
+		if (v < 0) {
+			nbdkit_error("stats-fd=%s: not a file descriptor", value);
+			return -1;
+		}
+		cfg.stats_fd = v;
+		return 0;
 	} else if (!strcmp(key, "image")) {
 		if (!*value) {
 			nbdkit_error("image=: an image id is required");
@@ -172,6 +267,7 @@ static int plugin_config(const char *key, const char *value)
 		if (v < 0)
 			return -1;
 		cfg.readahead = (uint64_t)v;
+		cfg.readahead_off = v == 0;
 		return 0;
 	} else if (!strcmp(key, "connections")) {
 		int v;
@@ -192,6 +288,16 @@ static int plugin_config(const char *key, const char *value)
 			return -1;
 		}
 		cfg.timeout_s = v;
+		return 0;
+	} else if (!strcmp(key, "read-timeout")) {
+		int v;
+		if (nbdkit_parse_int("read-timeout", value, &v) == -1)
+			return -1;
+		if (v < 1) {
+			nbdkit_error("read-timeout=%s: must be at least 1 second", value);
+			return -1;
+		}
+		cfg.read_timeout_s = v;
 		return 0;
 	}
 	nbdkit_error("unknown parameter '%s'", key);
@@ -231,20 +337,58 @@ static int plugin_get_ready(void)
 		.record = cfg.record,
 		.prefetch = cfg.prefetch,
 		.readahead = cfg.readahead,
+		.readahead_off = cfg.readahead_off,
+		.read_timeout_s = cfg.read_timeout_s,
 		.warn = plugin_warn,
+		.progress = startup_stage,
 	};
 	idd_error err = {{0}, 0};
+	startup_begin();
+	int rc = 0;
 	if (idd_server_open(&o, &server, &err)) {
 		nbdkit_error("%s", err.msg);
-		return -1;
+		rc = -1;
 	}
-	for (size_t i = 0; i < cfg.n_images; i++) {
+	for (size_t i = 0; !rc && i < cfg.n_images; i++) {
 		if (idd_export_open(server, cfg.images[i], &exports[i], &err)) {
 			nbdkit_error("%s", err.msg);
-			return -1;
+			rc = -1;
 		}
 	}
-	return 0;
+	startup_end();
+	return rc;
+}
+
+/* ---- stopping ----
+ *
+ * On SIGTERM nbdkit stops accepting requests but waits for the ones in
+ * progress; a read waiting for a stalled source would hold it up for its
+ * whole read timeout.  nbdkit_nanosleep returns early once nbdkit is
+ * shutting down: a thread sleeping in it tells the library to stop, which
+ * ends every fetch and read in progress at once. */
+static pthread_t watcher;
+static bool watcher_started;
+static atomic_bool watcher_done;
+
+static void *watch_shutdown(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&watcher_done)) {
+		if (nbdkit_nanosleep(0, 200000000) == -1) {
+			idd_server_stop(server);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void stop_watcher(void)
+{
+	if (!watcher_started)
+		return;
+	atomic_store(&watcher_done, true);
+	pthread_join(watcher, NULL);
+	watcher_started = false;
 }
 
 static int plugin_after_fork(void)
@@ -254,11 +398,52 @@ static int plugin_after_fork(void)
 		nbdkit_error("%s", err.msg);
 		return -1;
 	}
+	watcher_started = pthread_create(&watcher, NULL, watch_shutdown, NULL) == 0;
+	if (!watcher_started)
+		nbdkit_debug("no shutdown watcher: reads in progress finish before nbdkit stops");
 	return 0;
 }
 
-/* stats=FILE: the serve counters as one JSON object, written through a
- * temporary file and renamed, so a reader never sees half of it. */
+/* The serve counters as one JSON object. */
+static int format_stats(char *out, size_t len, const idd_serve_stats *st)
+{
+	return snprintf(out, len,
+	        "{\"reads\":%" PRIu64 ",\"bytes_read\":%" PRIu64 ",\"bytes_zero\":%" PRIu64
+	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
+	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
+	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
+	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
+	        ",\"cache_write_errors\":%" PRIu64 "}\n",
+	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
+	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
+	        st->read_errors, st->exports_complete, st->cache_write_errors);
+}
+
+/* stats-fd=N: the counters into that file (serve passes an anonymous
+ * memory file and reads it once nbdkit has exited). */
+static void write_stats_fd(const idd_serve_stats *st)
+{
+	char text[2048];
+	int n = format_stats(text, sizeof text, st);
+	size_t done = 0;
+	if (n < 0 || (size_t)n >= sizeof text || ftruncate(cfg.stats_fd, 0) != 0) {
+		nbdkit_error("stats-fd=%d: %s", cfg.stats_fd, n < 0 ? "cannot format" : strerror(errno));
+		return;
+	}
+	while (done < (size_t)n) {
+		ssize_t w = pwrite(cfg.stats_fd, text + done, (size_t)n - done, (off_t)done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			nbdkit_error("stats-fd=%d: %s", cfg.stats_fd, w < 0 ? strerror(errno) : "short write");
+			return;
+		}
+		done += (size_t)w;
+	}
+}
+
+/* stats=FILE: written through a temporary file and renamed, so a reader
+ * never sees half of it. */
 static void write_stats(const idd_serve_stats *st)
 {
 	size_t n = strlen(cfg.stats_path) + 32;
@@ -274,15 +459,9 @@ static void write_stats(const idd_serve_stats *st)
 		free(tmp);
 		return;
 	}
-	fprintf(f,
-	        "{\"reads\":%" PRIu64 ",\"bytes_read\":%" PRIu64 ",\"bytes_zero\":%" PRIu64
-	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
-	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
-	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
-	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64 "}\n",
-	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
-	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
-	        st->read_errors, st->exports_complete);
+	char text[2048];
+	format_stats(text, sizeof text, st);
+	fputs(text, f);
 	bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
 	int e = errno;
 	if (fclose(f) != 0 && ok) {
@@ -304,6 +483,7 @@ static void write_stats(const idd_serve_stats *st)
  * running) and again from unload; the second call finds nothing to do. */
 static void shut_down(void)
 {
+	stop_watcher();
 	for (size_t i = 0; i < cfg.n_images; i++) {
 		if (exports[i]) {
 			idd_export_close(exports[i]);
@@ -315,8 +495,11 @@ static void shut_down(void)
 		idd_server_stats(server, &st);
 		idd_server_close(server);
 		server = NULL;
-		if (cfg.stats_path && !stats_written) {
-			write_stats(&st);
+		if (!stats_written) {
+			if (cfg.stats_path)
+				write_stats(&st);
+			if (cfg.stats_fd >= 0)
+				write_stats_fd(&st);
 			stats_written = true;
 		}
 	}
@@ -388,13 +571,29 @@ static int plugin_is_rotational(void *handle) { return 0; }
 static int fail_request(const idd_error *err)
 {
 	nbdkit_error("%s", err->msg);
-	nbdkit_set_error(err->code == IDD_ENOMEM ? ENOMEM : EIO);
+	nbdkit_set_error(err->code == IDD_ENOMEM      ? ENOMEM
+	                 : err->code == IDD_ECANCELED ? ESHUTDOWN /* the server is stopping */
+	                                              : EIO);
+	return -1;
+}
+
+/* A request above the advertised maximum is refused, as nbdkit refuses
+ * what is above its own. */
+static int too_large(const char *what, uint32_t count)
+{
+	if (count <= MAX_REQUEST)
+		return 0;
+	nbdkit_error("%s of %" PRIu32 " bytes refused: more than the maximum of %u bytes this server "
+	             "advertises", what, count, MAX_REQUEST);
+	nbdkit_set_error(EINVAL);
 	return -1;
 }
 
 static int plugin_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
 	idd_error err = {{0}, 0};
+	if (too_large("read", count))
+		return -1;
 	if (idd_export_read(handle, buf, count, offset, &err))
 		return fail_request(&err);
 	return 0;
@@ -417,6 +616,8 @@ static int plugin_extents(void *handle, uint32_t count, uint64_t offset, uint32_
 static int plugin_cache(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
 	idd_error err = {{0}, 0};
+	if (too_large("cache request", count))
+		return -1;
 	if (idd_export_prefetch(handle, offset, count, &err))
 		return fail_request(&err);
 	return 0;
@@ -441,14 +642,16 @@ static struct nbdkit_plugin plugin = {
 	               "fill=BOOL          fetch the rest of each image in the background\n"
 	               "record=FILE        write the order of first reads (a boot profile)\n"
 	               "prefetch=FILE      fetch a recorded profile's blocks ahead of the guest\n"
-	               "readahead=SIZE     bytes fetched past a read that missed (default 2M)\n"
+	               "readahead=SIZE     bytes fetched past a read that missed (default 2M, 0: none)\n"
 	               "connections=N      remote requests in flight per export (default 4)\n"
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
+	               "read-timeout=SECONDS  a client read fails (EIO) after this (default 60)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
 	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
 	               "                   a client hangs up with requests in flight)\n"
-	               "stats=FILE         on exit, write the serve counters to FILE as JSON",
+	               "stats=FILE         on exit, write the serve counters to FILE as JSON\n"
+	               "stats-fd=N         the same into the open file descriptor N",
 	.get_ready = plugin_get_ready,
 	.after_fork = plugin_after_fork,
 	.cleanup = plugin_cleanup,

@@ -11,6 +11,12 @@
 --trickle N   the first N GET requests for data files (after the 500s and
               drops) send their body at 2 bytes per second
 --redirect U  every request for a file outside .imgdedup/ answers 302 to U
+--rate B      every data body is sent at B bytes per second (in tenths)
+--stall N     the first N GET requests for data files send their headers and
+              then nothing, until the client hangs up
+--index-delay S  sleep S seconds before answering each request for an index
+              file (under .imgdedup/)
+Logs "done STATUS FILE RANGE LENGTH" once a data body was sent in full.
 Writes the port it listens on (127.0.0.1) to FILE once it is ready.
 """
 import argparse, os, re, socket, threading, time
@@ -18,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 args = None
 lock = threading.Lock()
-counters = {"fail500": 0, "drop": 0, "trickle": 0}
+counters = {"fail500": 0, "drop": 0, "trickle": 0, "stall": 0}
 
 
 def log(line):
@@ -57,6 +63,8 @@ class Handler(BaseHTTPRequestHandler):
             log("404 %s" % rel)
             return
         data_file = not rel.startswith(".imgdedup/")
+        if not data_file and args.index_delay:
+            time.sleep(args.index_delay)
         if data_file and args.redirect:
             self.send_response(302)
             self.send_header("Location", args.redirect)
@@ -78,6 +86,9 @@ class Handler(BaseHTTPRequestHandler):
                 elif counters["trickle"] < args.trickle:
                     counters["trickle"] += 1
                     fault = "trickle"
+                elif counters["stall"] < args.stall:
+                    counters["stall"] += 1
+                    fault = "stall"
         if fault == "500":
             body = b"injected failure\n"
             self.send_response(500)
@@ -113,6 +124,27 @@ class Handler(BaseHTTPRequestHandler):
         with open(path, "rb") as f:
             f.seek(start)
             body = f.read(length)
+        if fault == "stall":
+            self.connection.settimeout(None)
+            try:  # until the client hangs up
+                while self.connection.recv(4096):
+                    pass
+            except OSError:
+                pass
+            self.close_connection = True
+            return
+        if args.rate and data_file:
+            step = max(1, int(args.rate / 10))
+            try:
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                self.close_connection = True
+                return
+            log("done %d %s %s %d" % (status, rel, rng or "-", length))
+            return
         if fault == "trickle":
             try:
                 for i in range(0, len(body), 2):
@@ -132,6 +164,8 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             return
         self.wfile.write(body)
+        if data_file:
+            log("done %d %s %s %d" % (status, rel, rng or "-", length))
 
 
 def main():
@@ -144,6 +178,9 @@ def main():
     p.add_argument("--redirect")
     p.add_argument("--delay", type=float, default=0)
     p.add_argument("--trickle", type=int, default=0)
+    p.add_argument("--rate", type=int, default=0)
+    p.add_argument("--stall", type=int, default=0)
+    p.add_argument("--index-delay", type=float, default=0)
     p.add_argument("--log")
     args = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

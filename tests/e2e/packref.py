@@ -5,7 +5,9 @@ frames are decompressed with the zstd command-line tool; frames are cut out
 of the data files with dd.
 
 usage: packref.py INDEX_DIR BS ID=IMAGE_PATH...
-  Checks: the pack index and every view parse; each data file decodes whole
+  Checks: the pack index (manifest, runs merged newest first, frame tables)
+  and every view parse; every kept block list is named by its checksum;
+  each data file decodes whole
   (zstd -dc) and frame by frame to blocks whose SHA-256 are the digests the
   index gives; the index lists exactly the distinct non-zero blocks of the
   images; each image's view (named by its block list key, from
@@ -23,11 +25,11 @@ def varint(b, p):
         if c < 0x80:
             return v, p
 
-def container(path, magic):
+def container(path, magic, version=1):
     f = open(path, "rb").read()
     assert f[:8] == magic, f"{path}: magic"
     ver, flags, plen, slen = struct.unpack_from("<IIQQ", f, 8)
-    assert ver == 1 and len(f) == 32 + slen + 32, f"{path}: lengths"
+    assert ver == version and len(f) == 32 + slen + 32, f"{path}: lengths"
     assert hashlib.sha256(f[:32 + slen]).digest() == f[32 + slen:], f"{path}: checksum"
     p = f[32:32 + slen]
     if flags & 1:
@@ -55,36 +57,57 @@ def image_blocks(path, bs):
 
 idx, bs = sys.argv[1], int(sys.argv[2])
 images = [a.split("=", 1) for a in sys.argv[3:]]
-p = container(os.path.join(idx, "pack/index"), b"IDD-PKI\0")
+p = container(os.path.join(idx, "pack/index"), b"IDD-PKI\0", 2)
 block_size, frame_blocks, level, flags = struct.unpack_from("<IIII", p, 0)
 assert block_size == bs and frame_blocks * bs <= max(256 << 10, bs) and flags == 0
-pos = 16 + 32
-nfiles, = struct.unpack_from("<Q", p, pos); pos += 8
+written, next_seq, nlive, nfiles = struct.unpack_from("<QQQQ", p, 16); pos = 48
 files = []
 for _ in range(nfiles):
-    name = p[pos:pos + 32].hex(); size, nfr = struct.unpack_from("<QQ", p, pos + 32); pos += 48
-    files.append((name, size, nfr))
-nframes, = struct.unpack_from("<Q", p, pos); pos += 8
-frames, first = [], 0                     # (file, off, clen, nblocks, first ordinal)
-for fi, (name, size, nfr) in enumerate(files):
-    off = 32
-    for _ in range(nfr):
-        clen, pos = varint(p, pos); nb, pos = varint(p, pos)
+    name = p[pos:pos + 32].hex()
+    size, nfr, nslots, ft_size, ft_ino, ft_mt = struct.unpack_from("<QQQQQq", p, pos + 32); pos += 80
+    files.append((name, size, nfr, nslots))
+# frames, from each data file's frame table: (file, off, clen, nblocks, first ordinal)
+frames, first = [], 0
+for fi, (name, size, nfr, nslots) in enumerate(files):
+    t = container(os.path.join(idx, "pack/data", name + ".zpf"), b"IDD-PKF\0")
+    assert len(t) == 24 * nfr, "frame table length"
+    off, base = 32, first
+    for j in range(nfr):
+        f_first, f_off, clen, nb = struct.unpack_from("<QQII", t, 24 * j)
+        assert f_first == first - base and f_off == off and 1 <= nb <= frame_blocks, "frame table"
         frames.append((fi, off, clen, nb, first)); off += clen; first += nb
-    assert off == size, "frames fill the data file"
-assert len(frames) == nframes
-nent, = struct.unpack_from("<Q", p, pos); pos += 8
+    assert off == size and first - base == nslots, "frames fill the data file"
+# the digest index: runs, oldest first; the newest entry of a digest wins,
+# ordinal 2^64-1 says the digest left the pack
+nruns, = struct.unpack_from("<Q", p, pos); pos += 8
 entries = {}
-for i in range(nent):
-    d = p[pos:pos + 32]; ordinal, = struct.unpack_from("<Q", p, pos + 32); pos += 40
-    entries[d] = ordinal
-nviews, = struct.unpack_from("<Q", p, pos); pos += 8
-views = {p[pos + 32 * i:pos + 32 * i + 32].hex() for i in range(nviews)}
-assert pos + 32 * nviews == len(p), "trailing bytes"
+for _ in range(nruns):
+    seq, n, size, ino, mt = struct.unpack_from("<QQQQq", p, pos); pos += 40
+    r = container(os.path.join(idx, "pack/runs", "%016x" % seq), b"IDD-PKR\0")
+    assert len(r) == 40 * n, "run length"
+    prev = b""
+    for i in range(n):
+        d = r[40 * i:40 * i + 32]; ordinal, = struct.unpack_from("<Q", r, 40 * i + 32)
+        assert d > prev, "run not sorted"; prev = d
+        if ordinal == (1 << 64) - 1:
+            entries.pop(d, None)
+        else:
+            entries[d] = ordinal
+assert len(entries) == nlive, "live entry count"
+nlists, = struct.unpack_from("<Q", p, pos); pos += 8
+views = set()
+for i in range(nlists):
+    key = p[pos:pos + 32].hex(); pos += 64
+    views.add(key)
+    # the block list the view was made from, kept under its key
+    kept = open(os.path.join(idx, "pack/lists", key), "rb").read()
+    assert kept[:8] == b"IDD-BLK\0" and kept[-32:].hex() == key, f"kept list {key}"
+    assert hashlib.sha256(kept[:-32]).hexdigest() == key, f"kept list {key}: checksum"
+assert pos == len(p), "trailing bytes"
 
 # every data file: a header, then frames; decoded whole and frame by frame
 slot_digest = {}
-for fi, (name, size, nfr) in enumerate(files):
+for fi, (name, size, nfr, nslots) in enumerate(files):
     path = os.path.join(idx, "pack/data", name + ".zpk")
     assert os.path.getsize(path) == size, f"{path}: size"
     head = dd_slice(path, 0, 32)

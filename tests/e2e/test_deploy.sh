@@ -99,13 +99,13 @@ check "local seed via map: mapped" [ "$(json_get "$WORK/ds3.json" seeds_mapped)"
 check "local seed via map: fetched only what it lacks" [ "$(json_get "$WORK/ds3.json" bytes_fetched)" = "$want2" ]
 
 # 4c. fully cached: every block from the cache (verified on 2 threads), only
-# the catalog and the map requested; a tampered block is still caught
+# the image's entry and its map requested; a tampered block is still caught
 CF=$WORK/cache-full
 "$IMGDEDUP" deploy --from "$URL" --cache "$CF" -q sub/v2.raw
 "$IMGDEDUP" deploy --from "$URL" --cache "$CF" -o "$WORK/v2.full" --jobs 2 --json -q sub/v2.raw > "$WORK/df.json"
 check "fully cached: byte-exact" cmp "$REPO/sub/v2.raw" "$WORK/v2.full"
 check "fully cached: nothing fetched" [ "$(json_get "$WORK/df.json" bytes_fetched)" = 0 ]
-check "fully cached: 2 requests (catalog, map)" [ "$(json_get "$WORK/df.json" requests)" = 2 ]
+check "fully cached: 2 requests (entry, map)" [ "$(json_get "$WORK/df.json" requests)" = 2 ]
 check "fully cached: all data from the cache" [ "$(( $(json_get "$WORK/df.json" bytes_zero) + $(json_get "$WORK/df.json" bytes_from_cache) ))" = "$(stat -c %s "$REPO/sub/v2.raw")" ]
 doff=$(python3 - "$CF/images/sub%2Fv2.raw" <<'PY'
 import sys

@@ -159,7 +159,7 @@ cat "$WORK/bad.err"
 check "wrong secret: exit 1" [ "$rc/$rc2" = 1/1 ]
 check "wrong secret: one line on stderr" [ "$(wc -l < "$WORK/bad.err")" = 1 ]
 check "wrong secret: names the bucket and key, says access denied" \
-  grep -q "s3://imgs/repo/.imgdedup/catalog: access denied (HTTP 403" "$WORK/bad.err"
+  grep -q "s3://imgs/repo/.imgdedup/entries/$(printf %s v1.raw | sha256sum | cut -d' ' -f1): access denied (HTTP 403" "$WORK/bad.err"
 check "wrong secret: scan fails the same way" grep -q "s3://imgs: access denied" "$WORK/bad2.err"
 check "the secret is never printed" bash -c "! grep -q S3CR3T '$WORK/bad.err' '$WORK/bad2.err' '$WORK/bad.out'"
 set +e
@@ -179,4 +179,19 @@ check "500s reported" grep -q "HTTP 500 InternalError" "$WORK/t.err"
 want=$(missing_bytes "$REPO/sub/v2.raw")
 check "throttled deploy fetched each missing block once" [ "$(json_get "$WORK/t.json" bytes_fetched)" = "$want" ]
 stop_proxy
+
+# ---- a pack of the s3:// REPO: published without the pack's own copies of
+# block lists (blocks/ has them, no node reads them); deploy reads it ----
+"$IMGDEDUP" pack -q --index "$WORK/idx" "$S3"
+"$IMGDEDUP" publish -q --index "$WORK/idx" "$S3"
+head_code() { swift_s3 HEAD "imgs/repo/.imgdedup/$1" -I -o /dev/null -w '%{http_code}'; }
+view=$(cd "$WORK/idx" && ls pack/views | head -n 1)
+data=$(cd "$WORK/idx" && ls pack/data/*.zpk | head -n 1)
+kept=$(cd "$WORK/idx" && ls pack/lists | head -n 1)
+check "publish uploads the pack's index, views and data" \
+  [ "$(head_code pack/index)/$(head_code "pack/views/$view")/$(head_code "$data")" = 200/200/200 ]
+check "publish leaves out the pack's copies of block lists (blocks/ has them)" \
+  [ -n "$kept" ] && [ "$(head_code "pack/lists/$kept")/$(head_code "blocks/$kept")" = 404/200 ]
+"$IMGDEDUP" deploy --from "$S3" --cache "$WORK/cache-pack" --json -q v1.raw > "$WORK/dp.json"
+check "deploy through the published pack: byte-exact" cmp "$REPO/v1.raw" "$WORK/cache-pack/images/v1.raw"
 echo "test_s3: all passed"

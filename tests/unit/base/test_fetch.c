@@ -26,6 +26,7 @@ static struct {
 	pthread_t thr;
 	pthread_mutex_t mu;
 	int fail500, drop, status_override; /* faults for /f */
+	bool stall;                         /* /f: headers, then nothing until the client hangs up */
 	bool ignore_range, redirect;
 	int requests;                       /* requests for /f */
 	/* S3: /bkt/pre/f is /f; /bkt/?... lists; PUT and DELETE /bkt/pre/up */
@@ -175,6 +176,8 @@ static void *conn_main(void *arg)
 			srv.fail500--, fault = 1;
 		else if (srv.drop > 0 && !strcmp(method, "GET"))
 			srv.drop--, fault = 2;
+		else if (srv.stall && !strcmp(method, "GET"))
+			fault = 5;
 		int status_override = srv.status_override;
 		bool ignore = srv.ignore_range;
 		pthread_mutex_unlock(&srv.mu);
@@ -182,6 +185,15 @@ static void *conn_main(void *arg)
 			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\noops");
 			send_all(fd, hdr, (size_t)n);
 			continue;
+		}
+		if (fault == 5) {
+			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 200 OK\r\nContent-Length: %u\r\n\r\n",
+			                 FILE_SIZE);
+			send_all(fd, hdr, (size_t)n);
+			char c;
+			while (recv(fd, &c, 1, 0) > 0)
+				;
+			break;
 		}
 		if (fault == 3) {
 			int n = snprintf(hdr, sizeof hdr, "HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/f\r\n"
@@ -260,7 +272,7 @@ static void reset_faults(void)
 {
 	pthread_mutex_lock(&srv.mu);
 	srv.fail500 = srv.drop = srv.status_override = 0;
-	srv.ignore_range = srv.redirect = false;
+	srv.ignore_range = srv.redirect = srv.stall = false;
 	srv.requests = srv.slowdown = srv.list_requests = srv.deletes = 0;
 	srv.put_len = 0;
 	pthread_mutex_unlock(&srv.mu);
@@ -438,6 +450,62 @@ static void test_http_retries(void **state)
 	assert_int_not_equal(idd_source_read_ranges(s, f, r, 1, &err), IDD_OK);
 	assert_non_null(strstr(err.msg, "/f"));
 	assert_non_null(strstr(err.msg, "HTTP 500"));
+	free(buf);
+	idd_file_close(f);
+	idd_source_close(s);
+}
+
+/* A deadline (idd_fetch_set_deadline) ends a stalled transfer, and a retry
+ * that could only start after it; the cancel flag ends one at once. */
+static void *cancel_later(void *arg)
+{
+	usleep(200000);
+	atomic_store((atomic_bool *)arg, true);
+	return NULL;
+}
+
+static void test_http_deadline_and_cancel(void **state)
+{
+	(void)state;
+	char url[64];
+	snprintf(url, sizeof url, "http://127.0.0.1:%d/", srv.port);
+	atomic_bool cancel = false;
+	/* 30 s without progress would be the stall timeout, 2 s the first retry */
+	idd_fetch_opts o = {.connections = 2, .timeout_s = 30, .backoff_ms = 2000, .cancel = &cancel};
+	idd_source *s;
+	idd_error err;
+	assert_int_equal(idd_source_open(url, &o, &s, &err), IDD_OK);
+	reset_faults();
+	idd_file *f;
+	assert_int_equal(idd_source_open_file(s, "f", FILE_SIZE, &f, &err), IDD_OK);
+	unsigned char *buf = malloc(FILE_SIZE);
+	idd_range r = {0, 4096, buf};
+
+	srv.stall = true;
+	int64_t old = idd_fetch_set_deadline(idd_mono_ns() + 300000000);
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_ETIMEDOUT);
+	assert_non_null(strstr(err.msg, "no answer in time"));
+	idd_fetch_set_deadline(old);
+	assert_int_equal(idd_fetch_deadline(), old);
+
+	srv.stall = false;
+	srv.fail500 = 100;
+	idd_fetch_set_deadline(idd_mono_ns() + 500000000);
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_ETIMEDOUT);
+	assert_non_null(strstr(err.msg, "HTTP 500"));
+	assert_non_null(strstr(err.msg, "no time left to retry"));
+	idd_fetch_set_deadline(0);
+
+	srv.fail500 = 0;
+	srv.stall = true;
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, cancel_later, &cancel), 0);
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_ECANCELED);
+	pthread_join(t, NULL);
+	/* a stopped source stays stopped */
+	srv.stall = false;
+	assert_int_equal(idd_source_read_ranges(s, f, &r, 1, &err), IDD_ECANCELED);
+	reset_faults();
 	free(buf);
 	idd_file_close(f);
 	idd_source_close(s);
@@ -716,6 +784,7 @@ int main(void)
 		cmocka_unit_test(test_local),
 		cmocka_unit_test(test_http_coalesce),
 		cmocka_unit_test(test_http_retries),
+		cmocka_unit_test(test_http_deadline_and_cancel),
 		cmocka_unit_test(test_http_errors),
 		cmocka_unit_test(test_s3_requests),
 		cmocka_unit_test(test_s3_throttle_and_deny),

@@ -2,6 +2,8 @@
  * replacement, and rejection of truncated, corrupted and newer files. */
 #include "testutil.h"
 
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -199,6 +201,43 @@ static void test_lock(void **state)
 	idd_unlock(fd2);
 }
 
+/* A batch: nothing under a final name before commit; after it every file
+ * reads back; a batch freed without commit leaves no temporary. */
+static void test_batch(void **state)
+{
+	(void)state;
+	idd_indexfile_batch b = {0};
+	idd_error err;
+	char *p[3];
+	for (int i = 0; i < 3; i++) {
+		char name[16];
+		snprintf(name, sizeof name, "b%d", i);
+		p[i] = idd_path_join(dir, name, NULL);
+		assert_int_equal(idd_indexfile_batch_add(&b, p[i], MAGIC, 1, name, 2, i == 1, &err), IDD_OK);
+		assert_int_not_equal(access(p[i], F_OK), 0);
+	}
+	assert_int_equal(idd_indexfile_batch_commit(&b, dir, &err), IDD_OK);
+	for (int i = 0; i < 3; i++) {
+		void *got;
+		size_t len;
+		assert_int_equal(idd_indexfile_read(p[i], MAGIC, 1, &got, &len, NULL, &err), IDD_OK);
+		assert_int_equal(len, 2);
+		assert_memory_equal(got, i == 0 ? "b0" : i == 1 ? "b1" : "b2", 2);
+		free(got);
+		unlink(p[i]);
+	}
+	assert_int_equal(idd_indexfile_batch_add(&b, p[0], MAGIC, 1, "x", 1, false, &err), IDD_OK);
+	idd_indexfile_batch_free(&b);
+	assert_int_not_equal(access(p[0], F_OK), 0);
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	while ((de = readdir(d)))
+		assert_null(strstr(de->d_name, ".tmp."));
+	closedir(d);
+	for (int i = 0; i < 3; i++)
+		free(p[i]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -210,6 +249,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_header_disagrees_with_frame, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_magic_names_the_kind, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_batch, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("indexfile", tests, NULL, NULL);
 }

@@ -249,25 +249,71 @@ static void test_gc(void **state)
 	free(dir);
 }
 
+/* The documented way back from a cache name to the id (docs/deploy.md):
+ * NULL for a hashed name, which says only the id's start. */
+static char *decode_name(const char *name)
+{
+	if (strstr(name, "%="))
+		return NULL;
+	size_t n = strlen(name);
+	if (n > 5 && !strcmp(name + n - 5, "%.raw"))
+		n -= 5;
+	char *id = calloc(n + 1, 1), *w = id;
+	for (size_t i = 0; i < n; i++) {
+		if (name[i] != '%') {
+			*w++ = name[i];
+			continue;
+		}
+		const char *esc = name + i + 1;
+		*w++ = !strncmp(esc, "2F", 2) ? '/' : !strncmp(esc, "25", 2) ? '%' : '.';
+		assert_true(!strncmp(esc, "2F", 2) || !strncmp(esc, "25", 2) || !strncmp(esc, "2E", 2));
+		i += 2;
+	}
+	return id;
+}
+
 static void test_default_out(void **state)
 {
 	(void)state;
 	char *p = idd_cache_default_out("/c", "dir/x.qcow2", NULL);
-	assert_string_equal(p, "/c/images/dir%2Fx.qcow2.raw");
+	assert_string_equal(p, "/c/images/dir%2Fx.qcow2%.raw");
 	free(p);
 	p = idd_cache_default_out("/c", "y.raw", NULL);
 	assert_string_equal(p, "/c/images/y.raw");
 	free(p);
-	/* two ids never share a name */
-	char *q1 = idd_cache_default_out("/c", "sub/a.img", NULL);
-	char *q2 = idd_cache_default_out("/c", "sub__a.img", NULL);
-	char *q3 = idd_cache_default_out("/c", "sub%2Fa.img", NULL);
-	assert_string_not_equal(q1, q2);
-	assert_string_not_equal(q1, q3);
-	assert_string_not_equal(q2, q3);
-	free(q1);
-	free(q2);
-	free(q3);
+	p = idd_cache_old_out("/c", "dir/x.qcow2", NULL);
+	assert_string_equal(p, "/c/images/dir%2Fx.qcow2.raw");
+	free(p);
+	/* two ids never share a name, and every name leads back to its id */
+	char longa[300], longb[300];
+	memset(longa, 'd', 200);
+	longa[200] = '/';
+	memset(longa + 201, 'x', 66);
+	strcpy(longa + 267, ".raw"); /* 271 characters */
+	strcpy(longb, longa);
+	longb[250] = 'y';
+	const char *ids[] = {"sub/a.img", "sub__a.img", "sub%2Fa.img", "base.qcow2", "base.qcow2.raw",
+	                     "base.qcow2%.raw", ".hidden.raw", "%2Ehidden.raw", "a.img.raw", "a.img",
+	                     "x%", "x%.raw", longa, longb};
+	size_t n = sizeof ids / sizeof ids[0];
+	char *names[sizeof ids / sizeof ids[0]];
+	for (size_t i = 0; i < n; i++) {
+		names[i] = idd_cache_default_out("/c", ids[i], NULL);
+		assert_non_null(names[i]);
+		const char *name = names[i] + strlen("/c/images/");
+		assert_true(strlen(name) + strlen(".partial") <= 255);
+		assert_true(name[0] != '.');
+		char *back = decode_name(name);
+		if (strlen(ids[i]) < 200)
+			assert_string_equal(back, ids[i]);
+		else
+			assert_null(back); /* hashed */
+		free(back);
+		for (size_t k = 0; k < i; k++)
+			assert_string_not_equal(names[i], names[k]);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
 }
 
 /* A damaged index is rebuilt from the images in CACHE/images: they stay
@@ -321,13 +367,12 @@ static void test_partial_images(void **state)
 	char *base = idd_path_join(imgs, "p.raw", NULL);
 	idd_partial *p;
 	idd_error err;
-	assert_int_equal(idd_partial_open(base, "p.raw", BS, 8 * BS, 6, &p, &err), IDD_OK);
-	unsigned char blk[BS];
-	tu_fill_random(blk, BS, 5);
-	idd_digest d;
-	idd_hasher *h = idd_hasher_new(NULL);
-	idd_hasher_digest(h, blk, BS, &d, NULL);
-	assert_int_equal(idd_partial_write(p, 2, blk, BS, &err), IDD_OK);
+	idd_map *m;
+	/* 6 data blocks: 1, 4 and 7 hold one content, 3 and 6 another, 2 a third */
+	unsigned char *img = make_image(8, 3, 5, &m);
+	assert_int_equal(idd_partial_open(base, "p.raw", m, &p, &err), IDD_OK);
+	idd_digest d = m->digests[idd_map_ref(m, 2) - 1];
+	assert_int_equal(idd_partial_write(p, 2, img + 2 * BS, BS, &err), IDD_OK);
 	assert_int_equal(idd_partial_note(p, 2, &d, &err), IDD_OK);
 	size_t flushed;
 	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
@@ -339,6 +384,21 @@ static void test_partial_images(void **state)
 	assert_true(v[0].partial);
 	assert_int_equal(v[0].present_blocks, 1);
 	assert_int_equal(v[0].data_blocks, 6);
+	assert_int_equal(v[0].blocks, 1);
+	idd_cache_list_free(v, n);
+	/* a content the image holds three times: three blocks present, even
+	 * when two of its copies were journaled */
+	for (uint64_t b = 1; b <= 4; b += 3) {
+		idd_digest d4 = m->digests[idd_map_ref(m, b) - 1];
+		assert_int_equal(idd_partial_write(p, b, img + b * BS, BS, &err), IDD_OK);
+		assert_int_equal(idd_partial_note(p, b, &d4, &err), IDD_OK);
+	}
+	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
+	assert_int_equal(idd_cache_list(dir, &v, &n, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(v[0].present_blocks, 4);
+	assert_int_equal(v[0].data_blocks, 6);
+	assert_int_equal(v[0].blocks, 2);
 	assert_true(v[0].in_use);
 	idd_cache_list_free(v, n);
 	/* the cache finds the block through the journal */
@@ -362,9 +422,56 @@ static void test_partial_images(void **state)
 	assert_int_equal(access(journal, F_OK), -1);
 	free(data);
 	free(journal);
-	idd_hasher_free(h);
+	idd_map_free(m);
+	free(img);
 	free(base);
 	free(imgs);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* An image cached under the name of older versions moves to its own name,
+ * index entry included, only when the index registers it with exactly the
+ * image's map. */
+static void test_migrate_name(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *real = realpath(dir, NULL);
+	idd_map *m, *other;
+	unsigned char *img = make_image(16, 16, 40, &m);
+	unsigned char *img2 = make_image(16, 16, 80, &other);
+	char *imgs = idd_path_join(real, IDD_CACHE_IMAGES, NULL);
+	idd_mkdir_p(imgs, NULL);
+	char *old = idd_cache_old_out(real, "x.qcow2", NULL);
+	char *now = idd_cache_default_out(real, "x.qcow2", NULL);
+	free(tu_write(imgs, "x.qcow2.raw", img, 16 * BS));
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, old, m, &err), IDD_OK);
+	idd_cache_close(c);
+	/* another map: not this image's file, left alone */
+	assert_int_equal(idd_cache_migrate_name(real, NULL, "x.qcow2", other, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(access(old, F_OK), 0);
+	assert_int_equal(access(now, F_OK), -1);
+	assert_int_equal(idd_cache_migrate_name(real, NULL, "x.qcow2", m, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(access(old, F_OK), -1);
+	assert_int_equal(access(now, F_OK), 0);
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 1);
+	assert_string_equal(c->e[0].abs, now);
+	assert_true(idd_cache_entry_holds(&c->e[0], m));
+	assert_false(idd_cache_entry_holds(&c->e[0], other));
+	idd_cache_close(c);
+	free(old);
+	free(now);
+	free(imgs);
+	free(img);
+	free(img2);
+	idd_map_free(m);
+	idd_map_free(other);
+	free(real);
 	tu_rmtree(dir);
 	free(dir);
 }
@@ -378,6 +485,7 @@ int main(void)
 		cmocka_unit_test(test_default_out),
 		cmocka_unit_test(test_rebuild_index),
 		cmocka_unit_test(test_partial_images),
+		cmocka_unit_test(test_migrate_name),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

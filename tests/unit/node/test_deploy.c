@@ -380,6 +380,28 @@ static void test_seed_map(void **state)
 	free(la);
 }
 
+/* A seed named as another node's cache names the image (images/sub%2Fb.raw)
+ * is found through that image's entry: its map is used although the
+ * catalog cannot be read (damaged here), so deploy never needed it. */
+static void test_seed_by_cache_name(void **state)
+{
+	(void)state;
+	char *cat = idd_path_join(repo, IDD_INDEX_SUBDIR "/" IDD_CATALOG_FILE, NULL);
+	size_t clen;
+	char *saved = read_all(cat, &clen);
+	tu_flip_byte(cat, 40);
+	char *sb = copy_of("seeds-cache", "sub%2Fb.raw", img_b, NB * BS);
+	idd_deploy_stats st;
+	assert_int_equal(deploy_seeded(sb, "cache-s6", "s6.out", &st), IDD_OK);
+	assert_int_equal(st.seeds_mapped, 1);
+	assert_int_equal(st.bytes_fetched, 0);
+	idd_error err;
+	assert_int_equal(idd_write_file_atomic(cat, saved, clen, &err), IDD_OK);
+	free(saved);
+	free(sb);
+	free(cat);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -389,6 +411,7 @@ int main(void)
 		cmocka_unit_test(test_fully_cached),
 		cmocka_unit_test(test_tampered_cache_parallel),
 		cmocka_unit_test(test_seed_map),
+		cmocka_unit_test(test_seed_by_cache_name),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -144,6 +144,12 @@ static void test_cold_warm_sibling(void **state)
 		assert_true(v[i].partial);
 		assert_false(v[i].in_use); /* the servers are closed */
 		assert_true(v[i].present_blocks > 0 && v[i].present_blocks <= v[i].data_blocks);
+		/* a.raw was read in full: every data block of it is there, the
+		 * repeated ones included (b.raw's partial holds only its own 12) */
+		if (strstr(v[i].path, "/a.raw"))
+			assert_int_equal(v[i].present_blocks, v[i].data_blocks);
+		else
+			assert_int_equal(v[i].present_blocks, 12);
 	}
 	idd_cache_list_free(v, n);
 }
@@ -262,6 +268,110 @@ static void test_fill(void **state)
 	free(out);
 }
 
+static void wait_complete(idd_server *s)
+{
+	idd_serve_stats st;
+	for (int i = 0; i < 1000; i++) {
+		idd_server_stats(s, &st);
+		if (st.exports_complete)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.exports_complete, 1);
+}
+
+static void assert_file_is(const char *rel, const unsigned char *want, size_t size)
+{
+	char *full = idd_path_join(cache, rel, NULL);
+	size_t len;
+	void *data;
+	assert_int_equal(idd_read_file(full, 1 << 30, &data, &len, NULL), IDD_OK);
+	assert_int_equal(len, size);
+	assert_memory_equal(data, want, len);
+	free(data);
+	free(full);
+}
+
+/* --fill does not take the journal's word: blocks of the partial changed
+ * behind its back are found when it finishes, and fetched again. */
+static void test_fill_checks_partial(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	uint64_t size_a = NB * BS + 1000;
+	idd_server *s = open_server(false, 0);
+	idd_export *e;
+	idd_error err;
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	read_all_check(e, img_a, size_a, 16 * BS);
+	idd_export_close(e);
+	idd_server_close(s);
+	char *part = idd_path_join(cache, "images/a.raw.partial", NULL);
+	tu_flip_byte(part, 3 * BS + 1);
+	tu_flip_byte(part, 41 * BS + 100);
+	tu_flip_byte(part, NB * BS + 999); /* the short last block */
+	free(part);
+	s = open_server(true, 0);
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	assert_int_equal(idd_server_start(s, &err), IDD_OK);
+	wait_complete(s);
+	idd_serve_stats st;
+	idd_server_stats(s, &st);
+	assert_true(st.bytes_fetched > 0);
+	idd_export_close(e);
+	idd_server_close(s);
+	assert_file_is("images/a.raw", img_a, size_a);
+}
+
+/* A complete cached image damaged behind serve's back: a read of a damaged
+ * block fetches that block only, and the whole image is checked and
+ * repaired in place behind it. */
+static void test_repair_complete(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = "b.raw", .warn = quiet};
+	idd_deploy_stats ds;
+	idd_error err;
+	assert_int_equal(idd_deploy(&o, &ds, &err), IDD_OK);
+	char *full = idd_path_join(cache, "images/b.raw", NULL);
+	tu_flip_byte(full, 61 * BS + 5);
+	tu_flip_byte(full, 66 * BS + 7);
+	tu_flip_byte(full, 2 * BS + 9);
+	free(full);
+	idd_server *s = open_server(false, 0);
+	idd_export *e;
+	assert_int_equal(idd_export_open(s, "b.raw", &e, &err), IDD_OK);
+	assert_int_equal(idd_server_start(s, &err), IDD_OK);
+	unsigned char buf[BS];
+	assert_int_equal(idd_export_read(e, buf, BS, 61 * BS, &err), IDD_OK);
+	assert_memory_equal(buf, img_b + 61 * BS, BS);
+	idd_serve_stats st;
+	for (int i = 0; i < 1000; i++) {
+		idd_server_stats(s, &st);
+		if (st.blocks_filled >= 3)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.blocks_filled, 3);
+	assert_int_equal(st.bytes_fetched, 3 * BS);
+	idd_export_close(e);
+	idd_server_close(s);
+	assert_file_is("images/b.raw", img_b, NB * BS);
+	char *part = idd_path_join(cache, "images/b.raw.partial", NULL);
+	assert_int_equal(access(part, F_OK), -1); /* nothing went into a partial image */
+	free(part);
+	/* the next run reads it all locally */
+	s = open_server(false, 0);
+	assert_int_equal(idd_export_open(s, "b.raw", &e, &err), IDD_OK);
+	read_all_check(e, img_b, NB * BS, 8 * BS);
+	idd_server_stats(s, &st);
+	assert_int_equal(st.bytes_fetched, 0);
+	assert_int_equal(st.cache_damaged, 0);
+	idd_export_close(e);
+	idd_server_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -270,6 +380,8 @@ int main(void)
 	    cmocka_unit_test(test_damaged_source_block),
 	    cmocka_unit_test(test_tampered_cache),
 	    cmocka_unit_test(test_fill),
+	    cmocka_unit_test(test_fill_checks_partial),
+	    cmocka_unit_test(test_repair_complete),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
