@@ -33,7 +33,7 @@ index() {
     cp "$r/.imgdedup/catalog" "$r/.imgdedup/catalog.all"
     echo "generated $n images x $b blocks in $(cat "$D/gen.time") s ($(du -sh "$r/.imgdedup/blocks" | cut -f1) of block lists)" >&2
   fi
-  cat "$r/.imgdedup"/blocks/* > /dev/null
+  find "$r/.imgdedup/blocks" -type f -exec cat {} + > /dev/null
   echo "$r"
 }
 
