@@ -353,10 +353,10 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 	return rc;
 }
 
-int idd_indexfile_parse_reuse(const char *name, const void *file, size_t file_len,
-                              const char magic[8], uint32_t max_version, uint64_t max_payload,
-                              void **payload, size_t *cap, size_t *len, uint32_t *version,
-                              idd_error *err)
+/* With view, an uncompressed payload is not copied: *view points into file. */
+static int parse_into(const char *name, const void *file, size_t file_len, const char magic[8],
+                      uint32_t max_version, uint64_t max_payload, void **payload, size_t *cap,
+                      const void **view, size_t *len, uint32_t *version, idd_error *err)
 {
 	const unsigned char *f = file;
 	if (file_len < IDD_IF_HEADER + IDD_IF_TRAILER)
@@ -397,6 +397,13 @@ int idd_indexfile_parse_reuse(const char *name, const void *file, size_t file_le
 			                     "declared, the zstd frame holds %llu)", name,
 			                     (unsigned long long)raw_len, fcs);
 	}
+	if (view && !(flags & IDD_IF_ZSTD)) {
+		*view = f + IDD_IF_HEADER;
+		*len = (size_t)raw_len;
+		if (version)
+			*version = ver;
+		return IDD_OK;
+	}
 	if (!*payload || raw_len > *cap) {
 		free(*payload);
 		*cap = 0;
@@ -415,10 +422,30 @@ int idd_indexfile_parse_reuse(const char *name, const void *file, size_t file_le
 	} else {
 		memcpy(out, f + IDD_IF_HEADER, (size_t)raw_len);
 	}
+	if (view)
+		*view = out;
 	*len = (size_t)raw_len;
 	if (version)
 		*version = ver;
 	return IDD_OK;
+}
+
+int idd_indexfile_parse_reuse(const char *name, const void *file, size_t file_len,
+                              const char magic[8], uint32_t max_version, uint64_t max_payload,
+                              void **payload, size_t *cap, size_t *len, uint32_t *version,
+                              idd_error *err)
+{
+	return parse_into(name, file, file_len, magic, max_version, max_payload, payload, cap, NULL, len,
+	                  version, err);
+}
+
+int idd_indexfile_parse_view(const char *name, const void *file, size_t file_len,
+                             const char magic[8], uint32_t max_version, uint64_t max_payload,
+                             void **buf, size_t *cap, const void **payload, size_t *len,
+                             uint32_t *version, idd_error *err)
+{
+	return parse_into(name, file, file_len, magic, max_version, max_payload, buf, cap, payload, len,
+	                  version, err);
 }
 
 int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err)
