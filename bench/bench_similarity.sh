@@ -44,13 +44,16 @@ measure() {
   : > "$D/runs"
   for ((i = 0; i < RUNS; i++)); do
     $setup
-    /usr/bin/time -f '%e %M' -o "$D/run.time" "$@" > /dev/null || { echo "bench: $* failed" >&2; return 1; }
-    cat "$D/run.time" >> "$D/runs"
+    /usr/bin/time -f '%e %M %U %S' -o "$D/run.time" "$@" > /dev/null || { echo "bench: $* failed" >&2; return 1; }
+    awk '{print $1, $2, $3 + $4}' "$D/run.time" >> "$D/runs"
   done
-  local t m
-  t=$(awk '{print $1}' "$D/runs" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  m=$(awk '{print $2}' "$D/runs" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  echo "$label: $t s, peak RSS $((m / 1024)) MiB (median of $RUNS: $(awk '{printf "%s ", $1}' "$D/runs")s)"
+  local t m c
+  median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  t=$(awk '{print $1}' "$D/runs" | median)
+  m=$(awk '{print $2}' "$D/runs" | median)
+  c=$(awk '{print $3}' "$D/runs" | median)
+  # CPU time (user + system) too: on a shared machine it varies less than wall time
+  echo "$label: $t s, CPU $c s, peak RSS $((m / 1024)) MiB (median of $RUNS: $(awk '{printf "%s ", $1}' "$D/runs")s; load $(cut -d' ' -f1 /proc/loadavg))"
 }
 
 nothing() { :; }
