@@ -11,12 +11,16 @@
 #                the default cache block size (64K) and at 4K
 #   local file   boot from the image on local disk (the floor)
 # Reported: bytes nginx sent and requests it answered (index files
-# included), seconds from starting the method to the guest's marker;
+# included), seconds from starting the method to the guest's marker, and
+# for serve the payload fetched against the ideal (the distinct blocks the
+# guest read that the cache lacked, from the recorded profile's digests);
 # medians of RUNS (3) runs.  Skips cleanly without the corpus.
 #   IMGDEDUP=build/imgdedup RUNS=3 bench/bench_serve.sh
 #   BENCH_SERVE_PACK=1: the repository also gets a pack; the serve rows then
 #   read it, and a row "serve --no-pack" boots without it.
 #   BENCH_SERVE_ONLY_SERVE=1: only the serve rows (no deploy, curl, floor).
+#   BENCH_SERVE_FILES: the corpus files put in the repository (default the
+#   three raw images), for other BENCH_SERVE_PAIRS.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -25,7 +29,8 @@ RUNS=${RUNS:-3}
 CORPUS=${CORPUS:-/work/corpus/images}
 GUEST_DIR_READ=${BENCH_GUEST_DIR:-usr/bin}
 PAIRS=${BENCH_SERVE_PAIRS:-"debian12-minbase-v2.raw:debian12-minbase.raw debian12-web.raw:debian12-minbase.raw"}
-for f in debian12-minbase.raw debian12-minbase-v2.raw debian12-web.raw; do
+FILES=${BENCH_SERVE_FILES:-debian12-minbase.raw debian12-minbase-v2.raw debian12-web.raw}
+for f in $FILES; do
   [ -f "$CORPUS/$f" ] || { echo "bench_serve: $CORPUS/$f missing (see /work/shared/corpus): skipped"; exit 0; }
 done
 for c in qemu-system-x86_64 nbdkit nbdinfo nginx; do
@@ -45,7 +50,7 @@ export GUEST_APPEND="imgdedup.dir=$GUEST_DIR_READ"
 
 REPO=$WORK/repo
 mkdir -p "$REPO"
-for f in debian12-minbase.raw debian12-minbase-v2.raw debian12-web.raw; do
+for f in $FILES; do
   ln "$CORPUS/$f" "$REPO/$f" 2>/dev/null || cp --sparse=always "$CORPUS/$f" "$REPO/$f"
 done
 echo "== indexing (scan + map)"
@@ -58,7 +63,7 @@ URL=$NGINX_URL
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
-declare -A T BYTES REQS
+declare -A T BYTES REQS RATIO
 note() { # METHOD SECONDS: bytes and requests from nginx's log
   T[$1]+="$2 "
   BYTES[$1]+="$(nginx_bytes) "
@@ -81,7 +86,7 @@ for pair in $PAIRS; do
   echo "== $TARGET with $CACHED cached, guest reads /$GUEST_DIR_READ"
   rm -rf "$WORK/cache0"
   "$IMGDEDUP" deploy -q --from "$REPO" --cache "$WORK/cache0" "$CACHED"
-  T=() BYTES=() REQS=()
+  T=() BYTES=() REQS=() RATIO=()
   for run in $(seq "$RUNS"); do
     rm -rf "$WORK/c" && cp -a --sparse=always "$WORK/cache0" "$WORK/c" && sync
     # serve, cold but for the sibling; recording the boot profile
@@ -91,6 +96,16 @@ for pair in $PAIRS; do
     boot_or_die "file=nbd:unix:$WORK/s1.sock:exportname=$TARGET,format=raw,if=virtio,readonly=on" "$WORK/boot.log"
     serve_stop s1
     note serve "$(awk -v a="$(elapsed "$t0" "$t1")" -v s="$GUEST_SECS" 'BEGIN {printf "%.2f", a + s}')"
+    # the ideal: the distinct blocks the guest read that the cache lacked
+    IDEAL=$(python3 - "$WORK/profile" <("$IMGDEDUP" info --blocks "$REPO" "$CACHED") <<'PY'
+import sys
+have = set(l.strip() for l in open(sys.argv[2]))
+read = set(l.rstrip("\n").split("\t")[2] for l in open(sys.argv[1])
+           if not l.startswith("#") and l.count("\t") == 2)
+print(4096 * len(read - have))
+PY
+)
+    RATIO[serve]+="$(awk -v f="$(serve_stat s1 bytes_fetched)" -v i="$IDEAL" 'BEGIN {printf "%.2f", i ? f / i : 0}') "
     if [ -n "${BENCH_SERVE_PACK:-}" ]; then # the same boot, without the pack
       rm -rf "$WORK/c4" && cp -a --sparse=always "$WORK/cache0" "$WORK/c4" && sync
       nginx_log_reset; t0=$(now)
@@ -143,6 +158,8 @@ for pair in $PAIRS; do
   done
   printf '\n%s with %s cached, guest reads /%s, %s runs (medians)\n' "$TARGET" "$CACHED" "$GUEST_DIR_READ" "$RUNS"
   printf '%-44s %14s %9s %12s\n' "method" "bytes sent" "requests" "s to marker"
+  [ -n "${RATIO[serve]:-}" ] && printf 'imgdedup serve: bytes fetched / the ideal (distinct blocks read the cache lacked): %s\n' \
+    "$(tr ' ' '\n' <<<"${RATIO[serve]}" | grep . | median)"
   for m in serve serve_nopack serve_again prefetch deploy curl64K curl4K local; do
     [ -n "${BYTES[$m]:-}" ] || continue
     case $m in

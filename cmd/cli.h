@@ -77,5 +77,6 @@ int cmd_verify(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_publish(int argc, char **argv);
+int cmd_profile(int argc, char **argv);
 
 #endif

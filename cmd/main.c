@@ -20,6 +20,7 @@ static const struct {
 	{"info", cmd_info, "details of one indexed image"},
 	{"verify", cmd_verify, "check every index file (and with --deep, the images)"},
 	{"publish", cmd_publish, "copy the index into an object store, where nodes read it"},
+	{"profile", cmd_profile, "publish a recorded boot profile into the index, or remove one"},
 };
 
 static void usage(FILE *f)

@@ -35,8 +35,9 @@
 
 static const char usage[] =
 	"imgdedup serve --from SOURCE --cache DIR [--index DIR|URL] [--peer URL]... "
-	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--readahead SIZE] "
-	"[--connections N] [--timeout S] [--read-timeout S] [--no-pack] [--json] [-q] IMAGE...";
+	"(--socket PATH | --port N) [--fill] [--record FILE] [--prefetch FILE] [--no-profile] "
+	"[--readahead SIZE] [--connections N] [--timeout S] [--read-timeout S] [--no-pack] "
+	"[--metrics [ADDR:]PORT] [--json] [-q] IMAGE...";
 
 static volatile sig_atomic_t stop_signal;
 static volatile pid_t child_pid;
@@ -52,10 +53,11 @@ static void on_stop(int sig)
 
 struct serve_args {
 	const char *source, *cache, *index, *socket_path, *record, *prefetch, *readahead;
+	const char *metrics; /* [ADDR:]PORT for Prometheus (the plugin's metrics=) */
 	const char **peers;
 	size_t n_peers;
 	long port, timeout_s, read_timeout_s, connections;
-	bool fill, no_pack, json;
+	bool fill, no_pack, no_profile, json;
 	char **images;
 	size_t n_images;
 };
@@ -326,6 +328,8 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 		{"connections", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
 		{"read-timeout", required_argument, 0, 'T'},
 		{"no-pack", no_argument, 0, 'N'},        {"json", no_argument, 0, 'J'},
+		{"no-profile", no_argument, 0, 'Z'},
+		{"metrics", required_argument, 0, 'M'},
 		{"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0}};
 	int c;
@@ -351,6 +355,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				return cli_usage(usage, "--port must be 1 to 65535, not '%s'", optarg);
 			break;
 		case 'F': a->fill = true; break;
+		case 'Z': a->no_profile = true; break;
 		case 'r': a->record = optarg; break;
 		case 'R': a->prefetch = optarg; break;
 		case 'a': {
@@ -374,6 +379,11 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 				                 optarg);
 			break;
 		case 'N': a->no_pack = true; break;
+		case 'M':
+			if (!*optarg)
+				return cli_usage(usage, "--metrics needs [ADDR:]PORT");
+			a->metrics = optarg;
+			break;
 		case 'J': a->json = true; break;
 		case 'q': cli_quiet = true; break;
 		case 'h': printf("usage: %s\n", usage); return -1;
@@ -431,6 +441,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "fill=true");
 	if (a->no_pack)
 		argv_add(av, "no-pack=true");
+	if (a->no_profile)
+		argv_add(av, "no-profile=true");
 	if (a->record)
 		argv_add(av, "record=%s", a->record);
 	if (a->prefetch)
@@ -443,6 +455,8 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 		argv_add(av, "timeout=%ld", a->timeout_s);
 	if (a->read_timeout_s)
 		argv_add(av, "read-timeout=%ld", a->read_timeout_s);
+	if (a->metrics)
+		argv_add(av, "metrics=%s", a->metrics);
 	argv_add(av, "stats-fd=%d", stats_fd);
 }
 

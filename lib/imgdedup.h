@@ -285,6 +285,24 @@ typedef struct idd_verify_opts {
 /* IDD_OK when everything checked is intact, IDD_ERR otherwise. */
 int idd_verify(const idd_verify_opts *opts, uint64_t *problems, idd_error *err);
 
+/* ---- boot profiles, published into the index by content --------------- */
+
+typedef struct idd_profile_publish_opts {
+	const char *repo;      /* a local repository */
+	const char *index_dir; /* NULL: REPO/.imgdedup */
+	const char *file;      /* a profile serve --record wrote (publish only) */
+	const char *image;     /* the image whose boot it records */
+	bool no_wait;          /* index locked by another run: IDD_EBUSY */
+} idd_profile_publish_opts;
+
+/* Store what IMAGE's entries of FILE read (the digests recorded, or those
+ * IMAGE's block map gives the blocks) as IMAGE's boot profile in the index,
+ * where every node's serve finds it (docs/serve.md, "Boot profiles").
+ * *digests receives its length. */
+int idd_profile_publish(const idd_profile_publish_opts *o, uint64_t *digests, idd_error *err);
+/* Remove IMAGE's published profile (IDD_ENOENT: it has none). */
+int idd_profile_unpublish(const idd_profile_publish_opts *o, idd_error *err);
+
 /* ---- pack: a compressed copy of the repository's distinct blocks ------- */
 
 typedef struct idd_pack_opts {
@@ -588,6 +606,8 @@ typedef struct idd_serve_opts {
 	/* told what start-up is doing (reading the catalog, a block map, ...)
 	 * as each step begins, for a progress display; may be NULL */
 	idd_warn_fn progress;
+	bool no_profile;           /* without prefetch: do not prefetch the boot profile SOURCE
+	                            * publishes for an image (or a similar image's) */
 } idd_serve_opts;
 
 typedef struct idd_serve_stats {
@@ -636,6 +656,64 @@ int idd_export_extents(idd_export *e, uint64_t off, uint64_t len, idd_extent_fn 
                        idd_error *err);
 /* Make [off, off+len) local without returning it (NBD_CMD_CACHE). */
 int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *err);
+
+/* ---- serve metrics: live counters, Prometheus text (docs/serve.md) ----
+ *
+ * The same counters as idd_server_stats, with more detail: per export,
+ * latency histograms and gauges.  A snapshot is taken with
+ * idd_server_metrics, turned into Prometheus text exposition format
+ * (version 0.0.4) by idd_metrics_render, and served over HTTP at /metrics
+ * by a metrics server (idd_metrics_listen). */
+#define IDD_LATENCY_BUCKETS 16 /* finite upper bounds, 0.5 ms to 60 s (metrics.c) */
+typedef struct idd_latency {
+	uint64_t bucket[IDD_LATENCY_BUCKETS + 1]; /* observations per bucket, not cumulative;
+	                                             the last: above every bound */
+	uint64_t sum_ns;
+} idd_latency;
+
+typedef struct idd_export_metrics {
+	char *id;
+	uint64_t reads, read_errors, bytes_read, bytes_zero, bytes_from_cache;
+	uint64_t bytes_from_pack, bytes_from_repository; /* payload fetched, as transferred */
+	uint64_t requests;             /* fetch requests to the pack and the image */
+	uint64_t blocks_filled, cache_write_errors;
+	uint64_t fetch_errors;         /* blocks a fetch could not deliver */
+	uint64_t verify_failures_pack, verify_failures_repository;
+	uint64_t fetches_in_flight;    /* blocks being fetched now */
+	bool complete;                 /* the image is complete in the cache */
+	idd_latency read_latency;      /* client reads */
+	idd_latency fetch_latency;     /* fetches: one batch of blocks through peers, pack, image */
+} idd_export_metrics;
+
+typedef struct idd_serve_metrics {
+	idd_serve_stats total;         /* what idd_server_stats says at the same moment */
+	uint64_t bytes_from_pack, bytes_from_repository; /* total.bytes_fetched, by origin */
+	uint64_t fetch_errors, fetches_in_flight;
+	uint64_t verify_failures_cache, verify_failures_peer, verify_failures_pack,
+	    verify_failures_repository;
+	uint64_t cache_bytes;          /* allocated on disk by the node cache's images */
+	uint64_t partial_images;       /* partial images in the node cache */
+	idd_latency read_latency, fetch_latency; /* every export's */
+	idd_export_metrics *exports;   /* in the order they were opened */
+	size_t n_exports;
+} idd_serve_metrics;
+
+int idd_server_metrics(idd_server *s, idd_serve_metrics *m, idd_error *err);
+void idd_serve_metrics_free(idd_serve_metrics *m);
+/* m as Prometheus text exposition format 0.0.4 into *text (malloc'd,
+ * NUL-terminated, *len bytes).  Depends on m only. */
+int idd_metrics_render(const idd_serve_metrics *m, char **text, size_t *len, idd_error *err);
+
+typedef struct idd_metrics_server idd_metrics_server;
+/* Listen on ADDR:PORT (or PORT, or :PORT: the loopback address; [V6]:PORT)
+ * for HTTP GET /metrics, answered with s's metrics.  Binds now, so that an
+ * address in use fails here; answers once started. */
+int idd_metrics_listen(const char *addr_port, idd_server *s, idd_metrics_server **out,
+                       idd_error *err);
+/* Start answering (a thread: call once the process will not fork any more). */
+int idd_metrics_start(idd_metrics_server *m, idd_error *err);
+/* Stop answering, close the socket (before s is closed). */
+void idd_metrics_close(idd_metrics_server *m);
 
 #ifdef __cplusplus
 }

@@ -432,6 +432,15 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud)
 		return len;
 	}
 	if (r->kind == REQ_WHOLE) {
+		curl_off_t announced = -1;
+		/* a file announced past the limit is refused before it is read
+		 * (a hostile peer's endless index would be taken up to the limit) */
+		if (!r->body->len &&
+		    curl_easy_getinfo(req_easy(r), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced) == CURLE_OK &&
+		    announced > 0 && (uint64_t)announced > r->max) {
+			r->abort_why = "file too large (its announced size is past the limit)";
+			return 0;
+		}
 		if (r->body->len + len > r->max) {
 			r->abort_why = "file too large";
 			return 0;

@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -253,4 +255,33 @@ void idd_file_close(idd_file *f)
 		f->ops->close(f);
 	free(f->name);
 	free(f);
+}
+
+int idd_flock_shared(int fd, const char *path)
+{
+	/* up to a second: a probe holds its lock for microseconds, a removal
+	 * for as long as one unlink takes */
+	for (int i = 0; flock(fd, LOCK_SH | LOCK_NB); i++) {
+		if ((errno != EWOULDBLOCK && errno != EINTR) || i >= 1000)
+			return -1;
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL);
+	}
+	struct stat a, b;
+	if (fstat(fd, &a) || lstat(path, &b) || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+		return 1;
+	return 0;
+}
+
+int idd_open_for_removal(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return -1;
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		close(fd);
+		errno = EWOULDBLOCK;
+		return -1;
+	}
+	return fd;
 }

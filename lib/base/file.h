@@ -37,6 +37,19 @@ int idd_file_open_local(const char *path, idd_file **out, idd_error *err);
  * a negative code with err filled (IDD_ENOENT when it does not exist). */
 int idd_open_regular(const char *path, int oflags, unsigned flags, idd_error *err);
 int idd_file_open_local_flags(const char *path, unsigned flags, idd_file **out, idd_error *err);
+
+/* ---- files in use (flock) ----
+ * A reader share-locks a file it keeps open; whoever removes such a file
+ * (cache gc) first takes the lock exclusively and holds it while it
+ * unlinks.  idd_flock_shared waits a little for an exclusive holder (a
+ * probe or a removal lets go within moments) rather than go unprotected,
+ * then checks that path still names fd's file: 0 locked, 1 the file was
+ * removed or replaced meanwhile (fd is of no use), -1 no lock (someone
+ * holds it exclusively for longer: used unprotected, as without locks). */
+int idd_flock_shared(int fd, const char *path);
+/* path opened and locked exclusively, for removal: the descriptor, or -1
+ * when it is in use (share-locked) or not there (errno ENOENT). */
+int idd_open_for_removal(const char *path);
 /* A window [off, off+len) of parent.  With owns_parent the slice closes
  * parent when it is closed (also on failure); else parent must outlive it. */
 int idd_file_open_slice(idd_file *parent, bool owns_parent, uint64_t off, uint64_t len,

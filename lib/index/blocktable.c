@@ -474,10 +474,10 @@ static bool stat_list(const char *index_dir, const idd_digest *key, uint64_t *si
 	return ok;
 }
 
-bool idd_blocktable_list_trusted(const idd_blocktable *bt, const char *index_dir,
-                                 const idd_image_info *im, uint32_t *version)
+bool idd_blocktable_list_trusted(idd_blocktable *bt, const char *index_dir,
+                                 const idd_image_info *im)
 {
-	const idd_bt_image *b = find_image(bt, im->id);
+	idd_bt_image *b = (idd_bt_image *)find_image(bt, im->id);
 	uint64_t size, ino;
 	int64_t mt;
 	if (!b || memcmp(b->list_key.b, im->list_key.b, 32) || b->nblocks != im->nblocks ||
@@ -485,16 +485,8 @@ bool idd_blocktable_list_trusted(const idd_blocktable *bt, const char *index_dir
 	    size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns ||
 	    mt + BT_RACY_NS > bt->written_ns)
 		return false;
-	char *p = idd_blocks_path(index_dir, &im->list_key, NULL);
-	int fd = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
-	unsigned char hdr[12];
-	bool ok = fd >= 0 && idd_pread_all(fd, hdr, sizeof hdr, 0) == 0;
-	if (fd >= 0)
-		close(fd);
-	free(p);
-	if (ok)
-		*version = idd_le32(hdr + 8);
-	return ok;
+	b->seen = true;
+	return true;
 }
 
 uint64_t idd_blocktable_bytes(const char *index_dir)
@@ -720,7 +712,25 @@ static int add_list(struct update *u, const idd_blocklist *bl, int sign)
 	return rc;
 }
 
-static int record_image(struct update *u, const char *index_dir, const idd_image_info *im)
+/* Is the list in the current format?  Only those have their identity
+ * recorded, so that a list trusted by its identity needs no upgrade. */
+static bool list_is_current(const char *index_dir, const idd_digest *key)
+{
+	char *p = idd_blocks_path(index_dir, key, NULL);
+	int fd = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
+	unsigned char hdr[12];
+	bool ok = fd >= 0 && idd_pread_all(fd, hdr, sizeof hdr, 0) == 0 &&
+	          idd_le32(hdr + 8) == IDD_BLOCKLIST_VERSION;
+	if (fd >= 0)
+		close(fd);
+	free(p);
+	return ok;
+}
+
+/* keep: the image's record in the old table, whose file identity still
+ * holds (NULL: take it from the file now). */
+static int record_image(struct update *u, const char *index_dir, const idd_image_info *im,
+                        const idd_bt_image *keep)
 {
 	idd_blocktable *bt = u->bt;
 	idd_bt_image *v = idd_realloc_array(bt->images, bt->nimages + 1, sizeof *v, u->err);
@@ -735,7 +745,13 @@ static int record_image(struct update *u, const char *index_dir, const idd_image
 	b->list_key = im->list_key;
 	b->nblocks = im->nblocks;
 	b->zero_blocks = im->zero_blocks;
-	if (!stat_list(index_dir, &im->list_key, &b->list_size, &b->list_ino, &b->list_mtime_ns))
+	if (keep) {
+		b->list_size = keep->list_size;
+		b->list_ino = keep->list_ino;
+		b->list_mtime_ns = keep->list_mtime_ns;
+	} else if (!stat_list(index_dir, &im->list_key, &b->list_size, &b->list_ino,
+	                      &b->list_mtime_ns) ||
+	           !list_is_current(index_dir, &im->list_key))
 		b->list_size = UINT64_MAX; /* never trusted without a read */
 	return IDD_OK;
 }
@@ -845,15 +861,11 @@ static int apply(struct update *u, const char *index_dir, const idd_catalog *cat
 	for (size_t i = 0; i < cat->count; i++) {
 		const idd_image_info *im = &cat->images[i];
 		if (old && counted(old, im)) {
-			if (record_image(u, index_dir, im))
+			/* a file that changed stays untrusted; one found as
+			 * recorded this run keeps its record */
+			const idd_bt_image *ob = find_image(old, im->id);
+			if (record_image(u, index_dir, im, !lists_checked || ob->seen ? ob : NULL))
 				return IDD_ERR;
-			if (!lists_checked) { /* a file that changed stays untrusted */
-				idd_bt_image *b = &u->bt->images[u->bt->nimages - 1];
-				const idd_bt_image *ob = find_image(old, im->id);
-				b->list_size = ob->list_size;
-				b->list_ino = ob->list_ino;
-				b->list_mtime_ns = ob->list_mtime_ns;
-			}
 			continue;
 		}
 		idd_blocklist *bl;
@@ -871,7 +883,7 @@ static int apply(struct update *u, const char *index_dir, const idd_catalog *cat
 		u->st->lists_read++;
 		int rc = add_list(u, bl, +1);
 		idd_blocklist_free(bl);
-		if (rc || (rc = record_image(u, index_dir, im)))
+		if (rc || (rc = record_image(u, index_dir, im, NULL)))
 			return rc;
 	}
 	int rc = flush(u);
@@ -890,6 +902,8 @@ static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
 {
 	for (size_t i = 0; i < bt->nimages; i++) {
 		const idd_bt_image *b = &bt->images[i];
+		if (b->seen)
+			continue;
 		uint64_t size = UINT64_MAX, ino = 0;
 		int64_t mt = 0;
 		(void)stat_list(index_dir, &b->list_key, &size, &ino, &mt);
@@ -899,16 +913,19 @@ static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
 	return false;
 }
 
-int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool *dropped,
+int idd_blocktable_update(const char *index_dir, idd_blocktable *opened, const idd_catalog *cat,
+                          bool *dropped,
                           bool lists_checked, idd_bt_update_stats *st, idd_warn_fn warn, void *ctx,
                           idd_error *err)
 {
 	memset(st, 0, sizeof *st);
 	if (dropped)
 		memset(dropped, 0, cat->count * sizeof *dropped);
-	idd_blocktable *old = NULL;
+	idd_blocktable *old = opened, *own = NULL;
 	idd_error e;
-	int orc = idd_blocktable_open(index_dir, &old, &e);
+	int orc = old ? IDD_OK : idd_blocktable_open(index_dir, &own, &e);
+	if (!opened)
+		old = own;
 	if (orc == IDD_ENOMEM) {
 		*err = e;
 		return IDD_ERR;
@@ -919,19 +936,19 @@ int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool *d
 	}
 	if (old && !runs_intact(old, warn, ctx)) {
 		st->repaired = true;
-		idd_blocktable_free(old);
-		old = NULL;
+		idd_blocktable_free(own);
+		old = own = NULL;
 	}
 	if (old && idd_blocktable_matches(old, cat) &&
 	    !(lists_checked && list_stats_stale(old, index_dir))) {
 		st->entries = old->entries;
-		idd_blocktable_free(old);
+		idd_blocktable_free(own);
 		return IDD_OK;
 	}
 	char *dir = idd_path_join(index_dir, IDD_BLOCKTABLE_DIR, err);
 	if (!dir || idd_mkdir_p(dir, err)) {
 		free(dir);
-		idd_blocktable_free(old);
+		idd_blocktable_free(own);
 		return IDD_ERR;
 	}
 	struct update u = {.st = st, .err = err, .cap = IDD_MAX(idd_blocktable_buffer_entries, 1)};
@@ -983,7 +1000,7 @@ int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool *d
 	}
 	free(u.buf);
 	idd_blocktable_free(u.bt);
-	idd_blocktable_free(old);
+	idd_blocktable_free(own);
 	free(dir);
 	return rc;
 }

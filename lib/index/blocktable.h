@@ -17,6 +17,7 @@ typedef struct idd_bt_image {
 	uint64_t nblocks, zero_blocks;
 	uint64_t list_size, list_ino;
 	int64_t list_mtime_ns;
+	bool seen; /* in memory: this run found the list's file as recorded */
 } idd_bt_image;
 
 /* A sorted run of (digest, signed count) entries; a digest's count is the
@@ -65,17 +66,22 @@ bool idd_blocktable_matches(const idd_blocktable *bt, const idd_catalog *cat);
 /* How many images hold d (0: none). */
 int idd_blocktable_count(idd_blocktable *bt, const idd_digest *d, int64_t *count, idd_error *err);
 /* Was im's block list counted by this table, and does its file look as it
- * did then (size, inode, mtime)?  *version receives its format version. */
-bool idd_blocktable_list_trusted(const idd_blocktable *bt, const char *index_dir,
-                                 const idd_image_info *im, uint32_t *version);
+ * did then (size, inode, mtime)?  Only lists in the current format are
+ * trusted so; the image is marked seen for the update that follows. */
+bool idd_blocktable_list_trusted(idd_blocktable *bt, const char *index_dir,
+                                 const idd_image_info *im);
 /* Bring the table to the catalog's images, reading only the block lists of
  * images added, changed or removed since it was written (all of them when
  * there is no usable table).  Caller holds the index lock.  dropped (may be
  * NULL, else cat->count flags): a catalog image whose list cannot be read
  * is flagged and left out; with NULL that is an error.  lists_checked: the
- * caller checked every list of cat in full this run (scan), so their file
- * identities may be recorded as trusted. */
-int idd_blocktable_update(const char *index_dir, const idd_catalog *cat, bool *dropped,
+ * caller checked every list of cat this run (scan), by reading it or by
+ * idd_blocktable_list_trusted on opened, so their file identities may be
+ * recorded as trusted.  opened (may be NULL): the table as the caller
+ * opened it under the same lock, used rather than read again (and still
+ * the caller's to free). */
+int idd_blocktable_update(const char *index_dir, idd_blocktable *opened, const idd_catalog *cat,
+                          bool *dropped,
                           bool lists_checked, idd_bt_update_stats *st, idd_warn_fn warn, void *ctx,
                           idd_error *err);
 /* Bytes the table's files take. */

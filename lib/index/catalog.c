@@ -16,7 +16,7 @@
 static const char CATALOG_MAGIC[8] = {'I', 'D', 'D', '-', 'C', 'A', 'T', 0};
 static const char BLOCKS_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'L', 'K', 0};
 #define CATALOG_VERSION 1
-#define BLOCKS_VERSION 2
+#define BLOCKS_VERSION IDD_BLOCKLIST_VERSION
 #define MAX_ID 4096
 
 int idd_index_path(const char *repo, const char *index_opt, char **out, idd_error *err)

@@ -11,6 +11,9 @@
  * file, so the next scan reads it again (scan.c) */
 #define IDD_MTIME_UNKNOWN INT64_MIN
 char *idd_blocks_path(const char *index_dir, const idd_digest *key, idd_error *err);
+/* The format version block lists are written in (1: the dense lists of
+ * imgdedup 0.1, upgraded when met). */
+#define IDD_BLOCKLIST_VERSION 2
 int idd_catalog_save(const char *index_dir, const idd_catalog *cat, idd_error *err);
 /* One image's record, byte for byte as the catalog holds it (and the
  * per-image entry files, entries.h). */

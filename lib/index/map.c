@@ -908,7 +908,7 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 	/* the block table follows the catalog (scan keeps it current; an index
 	 * written by an older imgdedup or a generator gets it here) */
 	idd_bt_update_stats bst;
-	if ((rc = idd_blocktable_update(index_dir, cat, NULL, false, &bst, o->warn, o->ctx, err)))
+	if ((rc = idd_blocktable_update(index_dir, NULL, cat, NULL, false, &bst, o->warn, o->ctx, err)))
 		goto out;
 	st->repaired += bst.repaired;
 	st->blocktable_rebuilt = bst.rebuilt || bst.runs_written;

@@ -1187,7 +1187,7 @@ static int blocktable_for(run_ctx *r, idd_blocktable **bt, idd_error *err)
 	idd_blocktable_free(*bt);
 	*bt = NULL;
 	idd_bt_update_stats bst;
-	int rc = idd_blocktable_update(r->index_dir, r->cat, NULL, false, &bst, r->o->warn, r->o->ctx,
+	int rc = idd_blocktable_update(r->index_dir, NULL, r->cat, NULL, false, &bst, r->o->warn, r->o->ctx,
 	                               err);
 	r->st->lists_read += bst.lists_read;
 	return rc ? rc : idd_blocktable_open(r->index_dir, bt, err);

@@ -1152,8 +1152,8 @@ static bool list_usable(struct scan_run *r, const idd_image_info *im, bool *dens
 {
 	idd_error e;
 	uint32_t version = 0;
-	if (r->table && idd_blocktable_list_trusted(r->table, r->index_dir, im, &version)) {
-		*dense = version == 1;
+	if (r->table && idd_blocktable_list_trusted(r->table, r->index_dir, im)) {
+		*dense = false;
 		return true;
 	}
 	if (idd_blocklist_check(r->index_dir, im, &version, &e)) {
@@ -1402,7 +1402,7 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 	 * reads it again rather than failing every run from now on. */
 	bool *dropped = idd_calloc(cat.count + 1, sizeof *dropped, err);
 	idd_bt_update_stats bst;
-	int rc = dropped ? idd_blocktable_update(r->index_dir, &cat, dropped, true, &bst, r->o->warn,
+	int rc = dropped ? idd_blocktable_update(r->index_dir, r->table, &cat, dropped, true, &bst, r->o->warn,
 	                                         r->o->ctx, err)
 	                 : IDD_ERR;
 	if (!rc) {

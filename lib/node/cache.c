@@ -47,7 +47,11 @@ static int open_shared(const char *path, idd_error *err)
 	int fd = idd_open_regular(path, O_RDONLY, IDD_FILE_NOFOLLOW, err);
 	if (fd < 0)
 		return -1;
-	(void)flock(fd, LOCK_SH | LOCK_NB);
+	if (idd_flock_shared(fd, path) == 1) { /* removed by gc while it was opened */
+		close(fd);
+		idd_fail_code(err, IDD_ENOENT, "%s: removed", path);
+		return -1;
+	}
 	return fd;
 }
 
@@ -635,8 +639,14 @@ static bool first_blocks(const idd_map *m, uint64_t *first)
 	uint64_t seen = 0;
 	for (size_t ri = 0; ri < m->nruns && seen < m->ndistinct; ri++) {
 		const idd_map_span *run = &m->runs[ri];
-		if (run->kind != IDD_RUN_SEQ) /* only SEQ runs introduce digests, in order */
+		if (run->kind == IDD_RUN_ZERO)
 			continue;
+		/* a new digest repeated at once is one run of that digest repeated */
+		if (run->kind == IDD_RUN_SAME) {
+			if (run->ref == seen + 1)
+				first[seen++] = run->block;
+			continue;
+		}
 		for (uint64_t b = run->block; b < run->block + run->count; b++)
 			if (idd_map_span_ref(run, b) == seen + 1)
 				first[seen++] = b;
@@ -727,6 +737,21 @@ uint64_t idd_cache_damaged_count(idd_cache *c)
 		n += atomic_load(&c->e[i].damaged) || atomic_load(&c->e[i].warned);
 	pthread_rwlock_unlock(&c->lock);
 	return n;
+}
+
+void idd_cache_usage(idd_cache *c, uint64_t *disk_bytes, uint64_t *partial_images)
+{
+	*disk_bytes = *partial_images = 0;
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t i = 0; i < c->count; i++) {
+		const idd_cache_entry *e = &c->e[i];
+		struct stat st;
+		if (e->fd >= 0 ? fstat(e->fd, &st) != 0 : stat(e->abs, &st) != 0)
+			continue; /* gone: nothing on disk */
+		*disk_bytes += (uint64_t)st.st_blocks * 512;
+		*partial_images += e->partial;
+	}
+	pthread_rwlock_unlock(&c->lock);
 }
 
 struct cached_loc {

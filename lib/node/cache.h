@@ -72,6 +72,9 @@ int idd_cache_read_blocks(idd_cache *c, idd_block_req *reqs, size_t n, uint64_t 
                           idd_error *err);
 /* Blocks read from, and damaged entries found, this run. */
 uint64_t idd_cache_damaged_count(idd_cache *c);
+/* What the cache's images take on disk now (allocated bytes; the index
+ * files not included), and how many of them are partial (serve's). */
+void idd_cache_usage(idd_cache *c, uint64_t *disk_bytes, uint64_t *partial_images);
 /* Pick up what other processes added since: new records of partial images,
  * new partial images, images a deploy registered.  Safe from several
  * threads; cheap when nothing changed. */

@@ -1,6 +1,7 @@
 /* cache_gc.c - listing the node cache (complete and partial images) and
  * trimming it to a size, never removing a file in use. */
 #include "node/cache.h"
+#include "base/file.h"
 #include "base/u64set.h"
 #include "node/partial.h"
 #include "index/indexfile.h"
@@ -255,14 +256,31 @@ int idd_cache_gc(const char *dir, uint64_t max_size, idd_cache_gc_stats *st, idd
 	for (size_t k = 0; !rc && k < n; k++) {
 		if (!drop[k])
 			continue;
-		if (v[k].present && v[k].owned && !v[k].partial && unlink(v[k].path) && errno != ENOENT) {
-			idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path, strerror(errno));
-			drop[k] = false; /* still there: it stays in the index */
-			total += v[k].disk_bytes;
-			continue;
+		if (v[k].present && v[k].owned) {
+			/* Locked exclusively while it is unlinked: a reader that
+			 * opened it since the listing keeps it, and one opening it
+			 * now finds it gone (idd_flock_shared). */
+			int lk = idd_open_for_removal(v[k].path);
+			if (lk < 0 && errno == EWOULDBLOCK) {
+				idd_warnf(c->warn, c->ctx, "warning: cache: %s is in use; kept", v[k].path);
+				drop[k] = false;
+				total += v[k].disk_bytes;
+				continue;
+			}
+			if (v[k].partial) {
+				remove_partial(c, v[k].path);
+			} else if (unlink(v[k].path) && errno != ENOENT) {
+				idd_warnf(c->warn, c->ctx, "warning: cache: cannot remove %s: %s", v[k].path,
+				          strerror(errno));
+				drop[k] = false; /* still there: it stays in the index */
+				total += v[k].disk_bytes;
+				if (lk >= 0)
+					close(lk);
+				continue;
+			}
+			if (lk >= 0)
+				close(lk);
 		}
-		if (v[k].present && v[k].owned && v[k].partial)
-			remove_partial(c, v[k].path);
 		st->images_removed++;
 	}
 	if (!rc) {

@@ -146,11 +146,15 @@ static int count_record(void *ctx, const idd_partial_record *r)
 
 static int open_file(const char *path, int flags, idd_error *err)
 {
-	int fd = idd_open_regular(path, flags | O_CREAT, IDD_FILE_NOFOLLOW, err);
-	if (fd < 0)
-		return -1;
-	(void)flock(fd, LOCK_SH | LOCK_NB);
-	return fd;
+	/* a file gc removed while it was being opened is created anew */
+	for (int tries = 0;; tries++) {
+		int fd = idd_open_regular(path, flags | O_CREAT, IDD_FILE_NOFOLLOW, err);
+		if (fd < 0)
+			return -1;
+		if (idd_flock_shared(fd, path) != 1 || tries == 3)
+			return fd;
+		close(fd);
+	}
 }
 
 void idd_partial_close(idd_partial *p)
@@ -248,26 +252,27 @@ int idd_partial_open(const char *base, const char *id, const idd_map *m, idd_par
 	return IDD_OK;
 }
 
-/* Is the file at path there and held open by no one (no shared lock)? */
-static bool unused_file(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0)
-		return false;
-	bool free_to_go = flock(fd, LOCK_EX | LOCK_NB) == 0;
-	close(fd);
-	return free_to_go;
-}
-
 void idd_partial_remove_unused(const char *base)
 {
 	char *data = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_DATA_SUFFIX);
 	char *journal = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_JOURNAL_SUFFIX);
-	/* the journal first: a crash leaves data without records (space, no lies) */
-	if (journal && unused_file(journal) && (!data || access(data, F_OK) || unused_file(data)))
-		(void)unlink(journal);
-	if (data && journal && access(journal, F_OK) && unused_file(data))
-		(void)unlink(data);
+	/* Each file locked exclusively while it is unlinked: one that a serve
+	 * opens meanwhile is either in use (kept) or found gone by it.  The
+	 * journal first: a crash leaves data without records (space, no lies). */
+	int dfd = data ? idd_open_for_removal(data) : -1;
+	bool data_gone = dfd < 0 && errno == ENOENT;
+	if (journal && (dfd >= 0 || data_gone)) {
+		int jfd = idd_open_for_removal(journal);
+		if (jfd >= 0) {
+			(void)unlink(journal);
+			close(jfd);
+		}
+	}
+	if (dfd >= 0) {
+		if (journal && access(journal, F_OK))
+			(void)unlink(data);
+		close(dfd);
+	}
 	free(data);
 	free(journal);
 }

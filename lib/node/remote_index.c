@@ -313,3 +313,41 @@ void idd_remote_index_fetch_stats(const idd_remote_index *ri, idd_fetch_stats *s
 		st->retries += is.retries;
 	}
 }
+
+int idd_remote_index_profiles(idd_remote_index *ri, idd_profiles_index *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	char *path;
+	void *file;
+	size_t flen;
+	pthread_mutex_lock(&ri->mu);
+	int rc = get_index_file(ri, IDD_PROFILES_INDEX_FILE, IDD_PROFILES_INDEX_MAX_FILE, &path, &file,
+	                        &flen, err);
+	pthread_mutex_unlock(&ri->mu);
+	if (!rc)
+		rc = idd_profiles_index_parse(path, file, flen, out, err);
+	free(file);
+	free(path);
+	return rc;
+}
+
+int idd_remote_index_profile(idd_remote_index *ri, const char *id, idd_boot_profile *out,
+                             idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	char *rel = idd_boot_profile_relpath(id, err);
+	if (!rel)
+		return IDD_ENOMEM;
+	char *path;
+	void *file;
+	size_t flen;
+	pthread_mutex_lock(&ri->mu);
+	int rc = get_index_file(ri, rel, IDD_PROFILE_MAX_FILE, &path, &file, &flen, err);
+	pthread_mutex_unlock(&ri->mu);
+	free(rel);
+	if (!rc)
+		rc = idd_boot_profile_parse(path, file, flen, id, out, err);
+	free(file);
+	free(path);
+	return rc;
+}

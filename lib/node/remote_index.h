@@ -8,6 +8,7 @@
 #include "base/util.h"
 #include "base/error.h"
 #include "index/map.h"
+#include "index/profiles.h"
 #include "base/fetch.h"
 
 #include <pthread.h>
@@ -58,6 +59,12 @@ uint64_t idd_remote_index_bytes(idd_remote_index *ri);
  * was built from) and every reference must fall inside its digest table. */
 int idd_remote_index_map(idd_remote_index *ri, const idd_image_info *in, idd_map **out,
                          idd_error *err);
+/* The boot profiles the index holds (profiles/index): IDD_ENOENT when
+ * none was published. */
+int idd_remote_index_profiles(idd_remote_index *ri, idd_profiles_index *out, idd_error *err);
+/* Image id's published boot profile: IDD_ENOENT when it has none. */
+int idd_remote_index_profile(idd_remote_index *ri, const char *id, idd_boot_profile *out,
+                             idd_error *err);
 /* Requests and retries of both sources. */
 void idd_remote_index_fetch_stats(const idd_remote_index *ri, idd_fetch_stats *st);
 

@@ -19,9 +19,11 @@
 #include "base/file.h"
 #include "base/u64set.h"
 #include "node/cache.h"
+#include "node/metrics.h"
 #include "node/negcache.h"
 #include "node/partial.h"
 #include "node/profile.h"
+#include "node/readahead.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
 #include "node/source_pack.h"
@@ -41,6 +43,8 @@
 
 #define DEFAULT_READAHEAD ((uint64_t)2 << 20)
 #define MAX_READAHEAD ((uint64_t)4 << 20)
+/* The first window of a sequential stream at least (readahead.h). */
+#define READAHEAD_MIN ((uint64_t)128 << 10)
 #define REFRESH_NS ((int64_t)100 * 1000000)
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
@@ -54,6 +58,8 @@
 #define READ_MEMORY_BUDGET ((uint64_t)128 << 20)
 /* A client read fails after this long (the default of read_timeout_s). */
 #define READ_TIMEOUT_S 60
+/* Published profiles of other images fetched to choose one to borrow. */
+#define PROFILE_CANDIDATES 16
 /* A read whose block a readahead is fetching waits for it this long, then
  * fetches the block itself: the readahead must not hold it up. */
 #define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
@@ -64,6 +70,13 @@ struct inflight {
 	idd_digest d;
 	pthread_t owner;
 	bool speculative;             /* a readahead: readers wait for it briefly only */
+};
+
+/* What the reads of one export did (summed over the exports for the server's
+ * totals, idd_server_stats). */
+struct read_counters {
+	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
+	    read_errors, cache_write_errors, fetch_errors;
 };
 
 struct idd_export {
@@ -96,7 +109,9 @@ struct idd_export {
 	size_t ninflight, cap_inflight;
 	idd_negcache failed;          /* content that failed recently: not fetched again yet */
 	atomic_uint_least64_t rate;   /* bytes/s the source delivered lately; 0: not known yet */
-	/* readahead: a thread of its own fetches the range the last read asked for */
+	/* readahead: how much, from the evidence of the reads (readahead.h); a
+	 * thread of its own fetches the range the last read asked for */
+	idd_readahead ra_policy;
 	pthread_mutex_t ra_lock;
 	pthread_cond_t ra_wake;
 	uint64_t ra_block, ra_count;
@@ -117,6 +132,9 @@ struct idd_export {
 	atomic_int_least64_t last_read_ns;
 	pthread_t fill_thread, prefetch_thread;
 	bool fill_started, prefetch_started;
+	/* counters */
+	struct read_counters c;
+	idd_latency_hist read_ns, fetch_ns;
 };
 
 struct idd_server {
@@ -142,14 +160,14 @@ struct idd_server {
 	pthread_cond_t flush_wake;
 	/* the profile given with --prefetch: (id, block) */
 	idd_profile pf;
-	/* counters */
-	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
-	    read_errors, exports_complete, cache_write_errors;
+	/* counters: the exports' own, and these */
+	atomic_uint_least64_t exports_complete;
 	/* the clients' read buffers being filled at once (read_memory_budget) */
 	pthread_mutex_t mem_lock;
 	pthread_cond_t mem_freed;
 	uint64_t mem_used, mem_budget;
-	/* what exports that were closed had fetched */
+	/* what exports that were closed had read and fetched */
+	struct read_counters closed;
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
 
@@ -188,7 +206,7 @@ static int ensure_partial_locked(idd_export *e, idd_error *err)
 static void cache_write_failed(idd_export *e, const idd_error *why)
 {
 	idd_server *s = e->srv;
-	atomic_fetch_add(&s->cache_write_errors, 1);
+	atomic_fetch_add(&e->c.cache_write_errors, 1);
 	atomic_store(&e->cache_failing, true);
 	if (!atomic_exchange(&e->warned_cache_write, true))
 		idd_warnf(s->o.warn, s->o.ctx,
@@ -204,8 +222,12 @@ static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned ch
 	idd_error e2 = {{0}, 0};
 	if (e->repair_fd < 0) {
 		e->repair_fd = idd_open_regular(e->final_path, O_RDWR, IDD_FILE_NOFOLLOW, &e2);
-		if (e->repair_fd >= 0)
-			(void)flock(e->repair_fd, LOCK_SH | LOCK_NB); /* in use: gc leaves it */
+		/* in use: gc leaves it; removed meanwhile: nothing to repair */
+		if (e->repair_fd >= 0 && idd_flock_shared(e->repair_fd, e->final_path) == 1) {
+			close(e->repair_fd);
+			e->repair_fd = -1;
+			idd_fail_code(&e2, IDD_ENOENT, "%s: removed", e->final_path);
+		}
 	}
 	uint64_t len = IDD_MIN((uint64_t)e->bs, e->size - block * e->bs);
 	bool ok = e->repair_fd >= 0;
@@ -237,7 +259,7 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 			added = false;
 		pthread_mutex_unlock(&e->part_lock);
 		if (added)
-			atomic_fetch_add(&e->srv->blocks_filled, 1);
+			atomic_fetch_add(&e->c.blocks_filled, 1);
 		return IDD_OK;
 	}
 	int rc = ensure_partial_locked(e, err);
@@ -258,7 +280,7 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 	if (!rc)
 		rc = idd_cache_add_block(e->srv->cache, entry, d, block, err);
 	if (!rc && added)
-		atomic_fetch_add(&e->srv->blocks_filled, 1);
+		atomic_fetch_add(&e->c.blocks_filled, 1);
 	if (rc)
 		cache_write_failed(e, err);
 	else
@@ -349,6 +371,8 @@ static void note_outcome(idd_export *e, const idd_block_req *q)
 		idd_negcache_clear(&e->failed, &q->digest);
 		return;
 	}
+	if (q->status != IDD_ECANCELED)
+		atomic_fetch_add(&e->c.fetch_errors, 1);
 	if (q->status == IDD_ETIMEDOUT || q->status == IDD_ECANCELED)
 		return;
 	idd_error e2;
@@ -509,7 +533,9 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool specu
 				got += mine[k].len;
 				(void)store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
 			}
-			note_rate(e, got, idd_mono_ns() - t0);
+			int64_t took = idd_mono_ns() - t0;
+			note_rate(e, got, took);
+			idd_latency_observe(&e->fetch_ns, took);
 			if (why && chain.failure.code)
 				*why = chain.failure;
 		}
@@ -690,16 +716,13 @@ static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
  * then the readahead, and only when every one of its own blocks arrived; a
  * block that failed recently is not fetched at all. */
 static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
-                        uint64_t readahead, bool required, bool stats, idd_error *err)
+                        bool readahead, bool required, bool stats, idd_error *err)
 {
 	idd_server *s = e->srv;
 	uint32_t bs = e->bs;
 	if (!len)
 		return IDD_OK;
 	uint64_t b0 = off / bs, b1 = (off + len + bs - 1) / bs;
-	/* blocks read ahead that the cache cannot keep would be fetched again
-	 * by the read that wants them */
-	uint64_t ra_blocks = atomic_load(&e->cache_failing) ? 0 : readahead / bs;
 	size_t nmax = (size_t)(b1 - b0);
 	/* Whole blocks inside the range are assembled in place, in the
 	 * caller's buffer (nothing reaches the client unless every block was
@@ -797,12 +820,18 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 			memcpy(out + (last * bs - off), buf + bs, (size_t)(off + len - last * bs));
 	}
 	if (stats) {
-		atomic_fetch_add(&s->bytes_zero, zero);
-		atomic_fetch_add(&s->bytes_from_cache, from_cache);
+		atomic_fetch_add(&e->c.bytes_zero, zero);
+		atomic_fetch_add(&e->c.bytes_from_cache, from_cache);
 	}
 	free(buf);
 	free(reqs);
-	if (!rc && nf && all_in && ra_blocks)
+	/* how much to read ahead follows the reads (readahead.h); blocks read
+	 * ahead that the cache cannot keep would be fetched again by the read
+	 * that wants them */
+	uint64_t ra_blocks = 0;
+	if (readahead && !atomic_load(&e->cache_failing))
+		ra_blocks = idd_readahead_window(&e->ra_policy, off, len, nf > 0) / bs;
+	if (!rc && all_in && ra_blocks)
 		schedule_readahead(e, b1, ra_blocks);
 	return rc;
 }
@@ -882,9 +911,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (atomic_load(&s->stop))
 		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
 	atomic_fetch_add(&e->active_reads, 1);
-	uint64_t ra = s->o.readahead_off ? 0
-	            : s->o.readahead    ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
-	                                : DEFAULT_READAHEAD;
+	int64_t t_start = idd_mono_ns();
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
 	int64_t old_deadline = idd_fetch_set_deadline(deadline);
@@ -896,7 +923,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
 		bool last = done + piece == len;
-		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last ? ra : 0, true, true,
+		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last, true, true,
 		                  err);
 		done += piece;
 		if (!rc && done < len && idd_mono_ns() >= deadline)
@@ -909,16 +936,17 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		idd_error_prefix(err, "%s: read of %llu bytes at %llu not answered within the read time "
 		                 "limit (%ld s)", e->id, (unsigned long long)len, (unsigned long long)off,
 		                 s->o.read_timeout_s);
-	atomic_fetch_add(&s->reads, 1);
+	atomic_fetch_add(&e->c.reads, 1);
 	if (rc)
-		atomic_fetch_add(&s->read_errors, 1);
+		atomic_fetch_add(&e->c.read_errors, 1);
 	if (!rc) {
-		atomic_fetch_add(&s->bytes_read, len);
+		atomic_fetch_add(&e->c.bytes_read, len);
 		if (record_reads(e, off, len))
 			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: out of memory recording the read order", e->id);
 	}
 	atomic_store(&e->last_read_ns, idd_now_ns());
 	atomic_fetch_sub(&e->active_reads, 1);
+	idd_latency_observe(&e->read_ns, idd_mono_ns() - t_start);
 	return rc;
 }
 
@@ -933,7 +961,7 @@ int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *er
 	int rc = IDD_OK;
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
-		rc = access_range(e, off + done, piece, NULL, 0, false, false, err);
+		rc = access_range(e, off + done, piece, NULL, false, false, false, err);
 		done += piece;
 	}
 	idd_fetch_set_deadline(old_deadline);
@@ -995,7 +1023,7 @@ static void *prefetch_main(void *arg)
 			j++;
 		if (access_range(e, e->prefetch[i] * e->bs,
 		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
-		                 0, false, false, &err))
+		                 false, false, false, &err))
 			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
 		i = j;
 	}
@@ -1252,6 +1280,18 @@ static void *flusher_main(void *arg)
 
 /* ---- exports ---- */
 
+static void counters_add(struct read_counters *to, struct read_counters *from)
+{
+	atomic_uint_least64_t *t[] = {&to->reads, &to->bytes_read, &to->bytes_zero,
+	                              &to->bytes_from_cache, &to->blocks_filled, &to->read_errors,
+	                              &to->cache_write_errors, &to->fetch_errors};
+	atomic_uint_least64_t *f[] = {&from->reads, &from->bytes_read, &from->bytes_zero,
+	                              &from->bytes_from_cache, &from->blocks_filled, &from->read_errors,
+	                              &from->cache_write_errors, &from->fetch_errors};
+	for (size_t i = 0; i < IDD_ARRAY_LEN(t); i++)
+		atomic_fetch_add(t[i], atomic_load(f[i]));
+}
+
 static void export_free(idd_export *e)
 {
 	if (!e)
@@ -1276,6 +1316,7 @@ static void export_free(idd_export *e)
 		atomic_fetch_add(&e->srv->closed_fetched, c.bytes);
 		atomic_fetch_add(&e->srv->closed_requests, c.requests);
 	}
+	counters_add(&e->srv->closed, &e->c);
 	idd_block_source_close(e->pack);
 	idd_block_source_close(e->remote);
 	idd_map_free(e->m);
@@ -1293,6 +1334,7 @@ static void export_free(idd_export *e)
 	pthread_mutex_destroy(&e->fl_lock);
 	pthread_cond_destroy(&e->fl_done);
 	pthread_mutex_destroy(&e->ra_lock);
+	idd_readahead_destroy(&e->ra_policy);
 	pthread_cond_destroy(&e->ra_wake);
 	pthread_mutex_destroy(&e->rec_lock);
 	free(e);
@@ -1320,6 +1362,27 @@ static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
 	return rc;
 }
 
+/* Without a profile given, the one the repository publishes for the
+ * image, or borrowed from the image most like it: prefetched like one.
+ * A profile that cannot be had costs the guest nothing but the prefetch. */
+static int published_profile(idd_server *s, idd_export *e)
+{
+	progress(s, "reading the boot profiles for %s", e->id);
+	char *from = NULL;
+	idd_error e2;
+	int rc = idd_profile_choose(s->ri, e->id, e->m, PROFILE_CANDIDATES, &e->prefetch,
+	                            &e->nprefetch, &from, &e2);
+	if (rc == IDD_ENOMEM)
+		return rc;
+	if (rc)
+		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: boot profiles: %s", e->id, e2.msg);
+	else if (from) /* said once: which boot this image's guest is expected to repeat */
+		idd_warnf(s->o.warn, s->o.ctx, "%s: prefetching %zu blocks of the boot profile of %s",
+		          e->id, e->nprefetch, from);
+	free(from);
+	return IDD_OK;
+}
+
 static int export_new(idd_server *s, const char *id, idd_export **out, idd_error *err)
 {
 	idd_export *e = idd_calloc(1, sizeof *e, err);
@@ -1333,6 +1396,10 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	pthread_mutex_init(&e->fl_lock, NULL);
 	pthread_cond_init(&e->fl_done, NULL);
 	pthread_mutex_init(&e->ra_lock, NULL);
+	idd_readahead_init(&e->ra_policy, READAHEAD_MIN,
+	                   s->o.readahead_off ? 0
+	                   : s->o.readahead   ? IDD_MIN(s->o.readahead, MAX_READAHEAD)
+	                                      : DEFAULT_READAHEAD);
 	pthread_cond_init(&e->ra_wake, NULL);
 	atomic_init(&e->rate, 0);
 	pthread_mutex_init(&e->rec_lock, NULL);
@@ -1393,6 +1460,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		e->prefetch = nv;
 		e->prefetch[e->nprefetch++] = s->pf.blocks[i];
 	}
+	if (!rc && !e->complete && !e->nprefetch && !s->o.no_profile)
+		rc = published_profile(s, e);
 	if (rc) {
 		export_free(e);
 		return rc;
@@ -1459,8 +1528,8 @@ static int write_profile(idd_server *s, idd_error *err)
 	idd_profile_writer w;
 	int rc = idd_profile_writer_begin(&w, err);
 	for (size_t i = 0; !rc && i < s->nexports; i++)
-		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->order,
-		                            s->exports[i]->norder, err);
+		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->m,
+		                            s->exports[i]->order, s->exports[i]->norder, err);
 	if (!rc)
 		rc = idd_profile_writer_commit(&w, s->o.record, err);
 	idd_profile_writer_free(&w);
@@ -1543,46 +1612,142 @@ int idd_server_start(idd_server *s, idd_error *err)
 	return rc;
 }
 
-void idd_server_stats(idd_server *s, idd_serve_stats *st)
+/* An export's counters into em, added to the totals in m (st: the
+ * idd_serve_stats part).  Called under s->lock. */
+static void export_snapshot(idd_export *e, idd_export_metrics *em, idd_serve_metrics *m)
 {
-	memset(st, 0, sizeof *st);
-	st->reads = atomic_load(&s->reads);
-	st->bytes_read = atomic_load(&s->bytes_read);
-	st->bytes_zero = atomic_load(&s->bytes_zero);
-	st->bytes_from_cache = atomic_load(&s->bytes_from_cache);
-	st->blocks_filled = atomic_load(&s->blocks_filled);
-	st->read_errors = atomic_load(&s->read_errors);
+	idd_serve_stats *st = &m->total;
+	em->reads = atomic_load(&e->c.reads);
+	em->bytes_read = atomic_load(&e->c.bytes_read);
+	em->bytes_zero = atomic_load(&e->c.bytes_zero);
+	em->bytes_from_cache = atomic_load(&e->c.bytes_from_cache);
+	em->blocks_filled = atomic_load(&e->c.blocks_filled);
+	em->read_errors = atomic_load(&e->c.read_errors);
+	em->cache_write_errors = atomic_load(&e->c.cache_write_errors);
+	em->fetch_errors = atomic_load(&e->c.fetch_errors);
+	pthread_mutex_lock(&e->remote_lock);
+	idd_block_source_counters pc = {0}, rc = {0};
+	idd_block_source_counters_get(e->pack, &pc);
+	idd_block_source_counters_get(e->remote, &rc);
+	pthread_mutex_unlock(&e->remote_lock);
+	em->bytes_from_pack = pc.bytes;
+	em->bytes_from_repository = rc.bytes;
+	em->requests = pc.requests + rc.requests;
+	em->verify_failures_pack = pc.damaged;
+	em->verify_failures_repository = rc.damaged;
+	pthread_mutex_lock(&e->fl_lock);
+	em->fetches_in_flight = e->ninflight;
+	pthread_mutex_unlock(&e->fl_lock);
+	pthread_mutex_lock(&e->part_lock);
+	em->complete = e->complete;
+	pthread_mutex_unlock(&e->part_lock);
+	idd_latency_get(&e->read_ns, &em->read_latency);
+	idd_latency_get(&e->fetch_ns, &em->fetch_latency);
+
+	st->reads += em->reads;
+	st->bytes_read += em->bytes_read;
+	st->bytes_zero += em->bytes_zero;
+	st->bytes_from_cache += em->bytes_from_cache;
+	st->blocks_filled += em->blocks_filled;
+	st->read_errors += em->read_errors;
+	st->cache_write_errors += em->cache_write_errors;
+	st->bytes_fetched += em->bytes_from_pack + em->bytes_from_repository;
+	st->requests += em->requests;
+	m->bytes_from_pack += em->bytes_from_pack;
+	m->bytes_from_repository += em->bytes_from_repository;
+	m->fetch_errors += em->fetch_errors;
+	m->fetches_in_flight += em->fetches_in_flight;
+	m->verify_failures_pack += em->verify_failures_pack;
+	m->verify_failures_repository += em->verify_failures_repository;
+	idd_latency_add(&m->read_latency, &em->read_latency);
+	idd_latency_add(&m->fetch_latency, &em->fetch_latency);
+}
+
+/* Every counter at one moment: idd_server_stats and idd_server_metrics
+ * read the same ones.  with_exports: m->exports filled (else left NULL). */
+static int snapshot(idd_server *s, idd_serve_metrics *m, bool with_exports, idd_error *err)
+{
+	memset(m, 0, sizeof *m);
+	idd_serve_stats *st = &m->total;
+	int rc = IDD_OK;
 	st->exports_complete = atomic_load(&s->exports_complete);
-	st->cache_write_errors = atomic_load(&s->cache_write_errors);
+	/* exports closed already (their fetch counters are in closed_fetched) */
+	idd_export_metrics closed = {0};
+	struct read_counters *c = &s->closed;
+	st->reads = atomic_load(&c->reads);
+	st->bytes_read = atomic_load(&c->bytes_read);
+	st->bytes_zero = atomic_load(&c->bytes_zero);
+	st->bytes_from_cache = atomic_load(&c->bytes_from_cache);
+	st->blocks_filled = atomic_load(&c->blocks_filled);
+	st->read_errors = atomic_load(&c->read_errors);
+	st->cache_write_errors = atomic_load(&c->cache_write_errors);
+	m->fetch_errors = atomic_load(&c->fetch_errors);
 	st->bytes_fetched = atomic_load(&s->closed_fetched);
 	st->requests = atomic_load(&s->closed_requests);
+	/* what closed exports fetched is not split by origin any more */
+	m->bytes_from_repository = st->bytes_fetched;
 	if (s->ri) {
 		idd_fetch_stats fs;
 		idd_remote_index_fetch_stats(s->ri, &fs);
 		st->requests += fs.requests;
 	}
-	if (s->cache)
+	if (s->cache) {
 		st->cache_damaged = idd_cache_damaged_count(s->cache);
+		if (with_exports)
+			idd_cache_usage(s->cache, &m->cache_bytes, &m->partial_images);
+	}
 	pthread_mutex_lock(&s->lock);
+	if (s->cache_src)
+		m->verify_failures_cache = atomic_load(&s->cache_src->damaged);
 	if (s->peer_src) {
 		idd_block_source_counters pc;
 		idd_block_source_counters_get(s->peer_src, &pc);
 		st->bytes_from_peers = pc.bytes;
 		st->requests += pc.requests;
+		m->verify_failures_peer = pc.damaged;
 	}
-	for (size_t i = 0; i < s->nexports; i++) {
+	if (with_exports && s->nexports) {
+		m->exports = idd_calloc(s->nexports, sizeof *m->exports, err);
+		if (!m->exports)
+			rc = IDD_ENOMEM;
+	}
+	for (size_t i = 0; !rc && i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
-		pthread_mutex_lock(&e->remote_lock);
-		idd_block_source *fetchers[] = {e->remote, e->pack};
-		for (size_t k = 0; k < IDD_ARRAY_LEN(fetchers); k++) {
-			idd_block_source_counters c = {0};
-			idd_block_source_counters_get(fetchers[k], &c);
-			st->bytes_fetched += c.bytes;
-			st->requests += c.requests;
+		idd_export_metrics *em = m->exports ? &m->exports[i] : &closed;
+		if (m->exports) {
+			if (!(em->id = idd_strdup(e->id, err))) {
+				rc = IDD_ENOMEM;
+				break;
+			}
+			m->n_exports = i + 1;
 		}
-		pthread_mutex_unlock(&e->remote_lock);
+		export_snapshot(e, em, m);
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (rc)
+		idd_serve_metrics_free(m);
+	return rc;
+}
+
+void idd_server_stats(idd_server *s, idd_serve_stats *st)
+{
+	idd_serve_metrics m;
+	(void)snapshot(s, &m, false, NULL); /* without the exports' list nothing can fail */
+	*st = m.total;
+}
+
+int idd_server_metrics(idd_server *s, idd_serve_metrics *m, idd_error *err)
+{
+	return snapshot(s, m, true, err);
+}
+
+void idd_serve_metrics_free(idd_serve_metrics *m)
+{
+	for (size_t i = 0; i < m->n_exports; i++)
+		free(m->exports[i].id);
+	free(m->exports);
+	m->exports = NULL;
+	m->n_exports = 0;
 }
 
 void idd_server_stop(idd_server *s)

@@ -56,13 +56,14 @@
 
 static struct {
 	const char *source, *index, *cache_dir, *record, *prefetch;
+	const char *metrics; /* metrics=ADDR:PORT: Prometheus text at /metrics */
 	char *stats_path; /* absolute: nbdkit may change directory */
 	int stats_fd;     /* stats-fd=N, -1 when not given */
 	const char *images[MAX_IMAGES];
 	size_t n_images;
 	const char *peers[MAX_PEERS];
 	size_t n_peers;
-	bool fill, no_pack;
+	bool fill, no_pack, no_profile;
 	bool parallel, parallel_set;
 	uint64_t readahead;
 	bool readahead_off;
@@ -73,6 +74,7 @@ static struct {
 } cfg;
 
 static idd_server *server;
+static idd_metrics_server *metrics;
 
 /* ---- start-up progress ----
  *
@@ -213,6 +215,13 @@ static int plugin_config(const char *key, const char *value)
 		return (cfg.record = local_path(value)) ? 0 : -1;
 	} else if (!strcmp(key, "prefetch")) {
 		return (cfg.prefetch = local_path(value)) ? 0 : -1;
+	} else if (!strcmp(key, "metrics")) {
+		if (!*value) {
+			nbdkit_error("metrics=: ADDR:PORT is required");
+			return -1;
+		}
+		cfg.metrics = value;
+		return 0;
 	} else if (!strcmp(key, "stats")) {
 		if (is_url(value)) {
 			nbdkit_error("stats=%s: must be a local file", value);
@@ -259,6 +268,8 @@ static int plugin_config(const char *key, const char *value)
 		return parse_bool(value, &cfg.fill);
 	} else if (!strcmp(key, "no-pack")) {
 		return parse_bool(value, &cfg.no_pack);
+	} else if (!strcmp(key, "no-profile")) {
+		return parse_bool(value, &cfg.no_profile);
 	} else if (!strcmp(key, "parallel")) {
 		cfg.parallel_set = true;
 		return parse_bool(value, &cfg.parallel);
@@ -333,6 +344,7 @@ static int plugin_get_ready(void)
 		.connections = cfg.connections,
 		.timeout_s = cfg.timeout_s,
 		.no_pack = cfg.no_pack,
+		.no_profile = cfg.no_profile,
 		.fill = cfg.fill,
 		.record = cfg.record,
 		.prefetch = cfg.prefetch,
@@ -346,6 +358,12 @@ static int plugin_get_ready(void)
 	startup_begin();
 	int rc = 0;
 	if (idd_server_open(&o, &server, &err)) {
+		nbdkit_error("%s", err.msg);
+		rc = -1;
+	}
+	/* the port is taken before the exports are opened: one in use fails
+	 * start-up at once */
+	if (!rc && cfg.metrics && idd_metrics_listen(cfg.metrics, server, &metrics, &err)) {
 		nbdkit_error("%s", err.msg);
 		rc = -1;
 	}
@@ -395,6 +413,10 @@ static int plugin_after_fork(void)
 {
 	idd_error err = {{0}, 0};
 	if (idd_server_start(server, &err)) {
+		nbdkit_error("%s", err.msg);
+		return -1;
+	}
+	if (metrics && idd_metrics_start(metrics, &err)) {
 		nbdkit_error("%s", err.msg);
 		return -1;
 	}
@@ -484,6 +506,8 @@ static void write_stats(const idd_serve_stats *st)
 static void shut_down(void)
 {
 	stop_watcher();
+	idd_metrics_close(metrics); /* it reads the server's counters */
+	metrics = NULL;
 	for (size_t i = 0; i < cfg.n_images; i++) {
 		if (exports[i]) {
 			idd_export_close(exports[i]);
@@ -647,9 +671,12 @@ static struct nbdkit_plugin plugin = {
 	               "timeout=SECONDS    a stalled remote transfer fails after this (default 30)\n"
 	               "read-timeout=SECONDS  a client read fails (EIO) after this (default 60)\n"
 	               "no-pack=BOOL       ignore SOURCE's pack\n"
+	               "no-profile=BOOL    do not prefetch the boot profiles SOURCE publishes\n"
 	               "parallel=BOOL      answer a connection's requests in parallel (default:\n"
 	               "                   false with nbdkit 1.32.4 to 1.33.9, which can abort when\n"
 	               "                   a client hangs up with requests in flight)\n"
+	               "metrics=ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+	               "                   (PORT alone: on the loopback address)\n"
 	               "stats=FILE         on exit, write the serve counters to FILE as JSON\n"
 	               "stats-fd=N         the same into the open file descriptor N",
 	.get_ready = plugin_get_ready,

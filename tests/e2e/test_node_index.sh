@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A node fetches only its image's part of the index: deploy and serve of one
 # image from a repository of 200 (nginx counting every request) ask for that
-# image's entry, map and pack view, nothing else of the index (never the
+# image's entry, map and pack view (serve also for the list of published
+# boot profiles), nothing else of the index (never the
 # catalog, the pack index or entries/index), the same 3 requests as from a
 # repository of 2; output byte-exact.  An image that is not there is said so
 # without the catalog.  An index without entries (an older version's) still
@@ -80,7 +81,10 @@ nbdcopy "$(serve_uri s1 img042.raw)" "$WORK/serve.out"
 serve_stop s1
 check "serve from 200 images byte-exact" cmp "$BIG/img042.raw" "$WORK/serve.out"
 index_requests www-big > "$WORK/r2"
-check "serve from 200 images: its entry, map and pack view only" diff "$WORK/r2" <(parts_of img042.raw "$BIG")
+# serve also asks which boot profiles are published (none here: a 404)
+serve_parts() { { parts_of "$1" "$2"; echo "404 profiles/index"; } | sort; }
+check "serve from 200 images: its entry, map and pack view, and the list of boot profiles" \
+  diff "$WORK/r2" <(serve_parts img042.raw "$BIG")
 
 # ---- an image that is not there: said so, the catalog not fetched ----
 nginx_log_reset
@@ -131,5 +135,6 @@ AWS_ENDPOINT_URL=$PROXY_URL serve_start s3 --from s3://nodes/repo --cache "$WORK
 nbdcopy "$(serve_uri s3 img042.raw)" "$WORK/s3serve.out"
 serve_stop s3
 check "serve from s3:// byte-exact" cmp "$BIG/img042.raw" "$WORK/s3serve.out"
-check "... its entry, map and pack view: 3 index requests" diff <(s3_index_requests) <(parts_of img042.raw "$BIG")
+check "... its entry, map and pack view, and the list of boot profiles" \
+  diff <(s3_index_requests) <(serve_parts img042.raw "$BIG")
 echo "test_node_index: all passed"

@@ -523,6 +523,13 @@ static void test_http_errors(void **state)
 	assert_memory_equal(data, "hello index", 11);
 	free(data);
 	assert_int_equal(idd_source_get(s, ".imgdedup/x", 5, &data, &len, &err), IDD_ERR); /* too big */
+	/* announced larger than allowed: refused at its headers, not read up
+	 * to the limit first */
+	uint64_t before = idd_bytes_received();
+	assert_int_equal(idd_source_get(s, "f", FILE_SIZE / 2, &data, &len, &err), IDD_ERR);
+	assert_non_null(strstr(err.msg, "too large"));
+	assert_true(idd_bytes_received() - before < FILE_SIZE / 4);
+	reset_faults();
 	assert_int_equal(idd_source_get(s, "missing", 100, &data, &len, &err), IDD_ENOENT);
 	assert_non_null(strstr(err.msg, "404"));
 	idd_file *f;

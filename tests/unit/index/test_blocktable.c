@@ -93,7 +93,7 @@ static idd_bt_update_stats update(const char *idx)
 	assert_int_equal(idd_catalog_load(idx, &cat, &err), IDD_OK);
 	bool dropped[MAXIMG + 1];
 	idd_bt_update_stats st;
-	assert_int_equal(idd_blocktable_update(idx, cat, dropped, false, &st, NULL, NULL, &err), IDD_OK);
+	assert_int_equal(idd_blocktable_update(idx, NULL, cat, dropped, false, &st, NULL, NULL, &err), IDD_OK);
 	for (size_t i = 0; i < cat->count; i++)
 		assert_false(dropped[i]);
 	idd_catalog_free(cat);
@@ -294,29 +294,27 @@ static void test_list_trust(void **state)
 	age(l0);
 	age(l1);
 	idd_bt_update_stats st;
-	assert_int_equal(idd_blocktable_update(idx, cat, NULL, true, &st, NULL, NULL, &err), IDD_OK);
+	assert_int_equal(idd_blocktable_update(idx, NULL, cat, NULL, true, &st, NULL, NULL, &err), IDD_OK);
 	idd_blocktable *bt;
 	assert_int_equal(idd_blocktable_open(idx, &bt, &err), IDD_OK);
-	uint32_t version = 0;
-	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[0], &version));
-	assert_int_equal(version, 2);
-	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[1], &version));
+	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[0]));
+	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[1]));
 	/* a list written to (its mtime moves) is no longer trusted */
 	tu_flip_byte(l1, 50);
-	assert_false(idd_blocktable_list_trusted(bt, idx, &cat->images[1], &version));
+	assert_false(idd_blocktable_list_trusted(bt, idx, &cat->images[1]));
 	/* nor one the table did not count, nor one modified just before the
 	 * table was written (within the timestamp granularity) */
 	idd_image_info other = cat->images[0];
 	other.id = (char *)"other.raw";
-	assert_false(idd_blocktable_list_trusted(bt, idx, &other, &version));
+	assert_false(idd_blocktable_list_trusted(bt, idx, &other));
 	idd_blocktable_free(bt);
 	tu_rmtree(idx);
 	write_repo(idx, &r);
 	idd_catalog_free(cat);
 	assert_int_equal(idd_catalog_load(idx, &cat, &err), IDD_OK);
-	assert_int_equal(idd_blocktable_update(idx, cat, NULL, true, &st, NULL, NULL, &err), IDD_OK);
+	assert_int_equal(idd_blocktable_update(idx, NULL, cat, NULL, true, &st, NULL, NULL, &err), IDD_OK);
 	assert_int_equal(idd_blocktable_open(idx, &bt, &err), IDD_OK);
-	assert_false(idd_blocktable_list_trusted(bt, idx, &cat->images[0], &version));
+	assert_false(idd_blocktable_list_trusted(bt, idx, &cat->images[0]));
 	idd_blocktable_free(bt);
 	idd_catalog_free(cat);
 	free(l0);
@@ -325,6 +323,57 @@ static void test_list_trust(void **state)
 }
 
 /* An index of n images of nb unique blocks each, written directly. */
+/* An update given the table the caller checked the lists against keeps
+ * the records of the lists found as recorded and takes a fresh identity
+ * for the others, so that every list is trusted by the next run. */
+static void test_update_from_checked_table(void **state)
+{
+	(void)state;
+	char *idx = idd_path_join(dir, "idx", NULL);
+	struct repo r = {0};
+	fill_image(&r, 0);
+	fill_image(&r, 1);
+	write_repo(idx, &r);
+	idd_catalog *cat;
+	idd_error err;
+	assert_int_equal(idd_catalog_load(idx, &cat, &err), IDD_OK);
+	char *l0 = idd_blocks_path(idx, &cat->images[0].list_key, &err);
+	char *l1 = idd_blocks_path(idx, &cat->images[1].list_key, &err);
+	age(l0);
+	age(l1);
+	idd_bt_update_stats st;
+	assert_int_equal(idd_blocktable_update(idx, NULL, cat, NULL, true, &st, NULL, NULL, &err), IDD_OK);
+	idd_blocktable *bt;
+	assert_int_equal(idd_blocktable_open(idx, &bt, &err), IDD_OK);
+	/* l1 is rewritten with the same bytes: a new inode, checked by reading */
+	char *tmp = idd_path_join(dir, "copy", NULL);
+	void *data;
+	size_t len;
+	assert_int_equal(idd_read_file(l1, 1 << 20, &data, &len, &err), IDD_OK);
+	FILE *f = fopen(tmp, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(data, 1, len, f), len);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(rename(tmp, l1), 0);
+	age(l1);
+	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[0]));
+	assert_false(idd_blocktable_list_trusted(bt, idx, &cat->images[1]));
+	assert_int_equal(idd_blocktable_update(idx, bt, cat, NULL, true, &st, NULL, NULL, &err), IDD_OK);
+	assert_int_equal(st.lists_read, 0);
+	idd_blocktable_free(bt);
+	assert_int_equal(idd_blocktable_open(idx, &bt, &err), IDD_OK);
+	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[0]));
+	assert_true(idd_blocktable_list_trusted(bt, idx, &cat->images[1]));
+	idd_blocktable_free(bt);
+	check_counts(idx, &r);
+	free(data);
+	free(tmp);
+	free(l0);
+	free(l1);
+	idd_catalog_free(cat);
+	free(idx);
+}
+
 static void write_big(const char *idx, size_t n, uint64_t nb)
 {
 	idd_error err;
@@ -364,7 +413,7 @@ static long update_rss(const char *idx)
 		idd_error err;
 		idd_bt_update_stats st;
 		int rc = idd_catalog_load(idx, &cat, &err) ||
-		         idd_blocktable_update(idx, cat, NULL, false, &st, NULL, NULL, &err);
+		         idd_blocktable_update(idx, NULL, cat, NULL, false, &st, NULL, NULL, &err);
 		_exit(rc ? 1 : 0);
 	}
 	int status;
@@ -415,6 +464,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_follows_changes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_leftovers_and_damage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_trust, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_update_from_checked_table, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_memory_bound, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

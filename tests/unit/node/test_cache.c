@@ -7,7 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BS 4096u
@@ -476,6 +480,119 @@ static void test_migrate_name(void **state)
 	free(dir);
 }
 
+/* A block whose content is new and repeated at once (A A B C C 0 D D): the
+ * map holds its first occurrence in a run of one digest repeated.  Such an
+ * image is registered, adopted and recognised like any other. */
+static void test_register_repeat_at_first_occurrence(void **state)
+{
+	(void)state;
+	static const int pattern[] = {1, 1, 2, 3, 3, 0, 4, 4};
+	const size_t n = sizeof pattern / sizeof *pattern;
+	char *dir = tu_mkdtemp();
+	char *real = realpath(dir, NULL);
+	unsigned char *img = calloc(n, BS);
+	idd_digest *d = calloc(n, sizeof *d);
+	idd_hasher *h = idd_hasher_new(NULL);
+	for (size_t i = 0; i < n; i++) {
+		if (!pattern[i])
+			continue;
+		tu_fill_random(img + i * BS, BS, 500 + (uint64_t)pattern[i]);
+		assert_int_equal(idd_hasher_digest(h, img + i * BS, BS, &d[i], NULL), IDD_OK);
+	}
+	idd_map *m;
+	assert_int_equal(idd_map_build(d, n, BS, (uint64_t)n * BS, &m, NULL), IDD_OK);
+	assert_int_equal(m->ndistinct, 4);
+	char *imgs = idd_path_join(real, IDD_CACHE_IMAGES, NULL);
+	assert_int_equal(idd_mkdir_p(imgs, NULL), IDD_OK);
+	char *path = tu_write(imgs, "rep.raw", img, n * BS);
+	char *path2 = tu_write(imgs, "rep2.raw", img, n * BS);
+	idd_cache *c;
+	idd_error err;
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(idd_cache_register(c, path, m, &err), IDD_OK);
+	idd_cache_close(c);
+	assert_int_equal(idd_cache_open(real, warn_cb, NULL, &c, &err), IDD_OK);
+	assert_int_equal(c->count, 1);
+	assert_true(idd_cache_entry_holds(&c->e[0], m));
+	assert_int_equal(idd_cache_prepare(c, BS, &err), IDD_OK);
+	static const uint64_t first[] = {0, 2, 3, 6};
+	for (uint64_t k = 0; k < m->ndistinct; k++) {
+		size_t e;
+		uint64_t blk;
+		assert_true(idd_cache_find(c, &m->digests[k], &e, &blk));
+		assert_int_equal(blk, first[k]);
+	}
+	assert_int_equal(idd_cache_adopt(c, path2, m, &err), IDD_OK);
+	idd_cache_close(c);
+	idd_hasher_free(h);
+	idd_map_free(m);
+	free(d);
+	free(img);
+	free(path);
+	free(path2);
+	free(imgs);
+	free(real);
+	tu_rmtree(dir);
+	free(dir);
+}
+
+/* Another process's exclusive lock on a cache file (gc probing whether it
+ * is in use, an instant) let go of after a moment. */
+static void *release_after_a_moment(void *arg)
+{
+	struct timespec ts = {0, 50 * 1000000};
+	nanosleep(&ts, NULL);
+	close(*(int *)arg);
+	return NULL;
+}
+
+/* A serve opening its partial image at the instant a gc probes that file
+ * still gets its shared lock, so a later gc keeps the file (it used to go
+ * unlocked for good, and the next gc removed the partial in use). */
+static void test_gc_keeps_partial_opened_during_probe(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp();
+	char *imgs = idd_path_join(dir, IDD_CACHE_IMAGES, NULL);
+	idd_mkdir_p(imgs, NULL);
+	char *base = idd_path_join(imgs, "q.raw", NULL);
+	char *data = idd_asprintf(NULL, "%s%s", base, IDD_PARTIAL_DATA_SUFFIX);
+	idd_map *m;
+	unsigned char *img = make_image(8, 8, 7, &m);
+	int probe = open(data, O_RDWR | O_CREAT, 0644);
+	assert_true(probe >= 0);
+	assert_int_equal(flock(probe, LOCK_EX | LOCK_NB), 0);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, release_after_a_moment, &probe), 0);
+	idd_partial *p;
+	idd_error err;
+	assert_int_equal(idd_partial_open(base, "q.raw", m, &p, &err), IDD_OK);
+	pthread_join(t, NULL);
+	idd_digest d = m->digests[idd_map_ref(m, 1) - 1];
+	assert_int_equal(idd_partial_write(p, 1, img + BS, BS, &err), IDD_OK);
+	assert_int_equal(idd_partial_note(p, 1, &d, &err), IDD_OK);
+	size_t flushed;
+	assert_int_equal(idd_partial_flush(p, &flushed, &err), IDD_OK);
+	idd_cache_gc_stats st;
+	nwarn = 0;
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 0);
+	assert_int_equal(access(data, F_OK), 0);
+	assert_true(strstr(last_warn, "in use; kept") != NULL);
+	idd_partial_close(p);
+	/* closed: the next gc removes it */
+	assert_int_equal(idd_cache_gc(dir, 0, &st, warn_cb, NULL, &err), IDD_OK);
+	assert_int_equal(st.images_removed, 1);
+	assert_int_equal(access(data, F_OK), -1);
+	idd_map_free(m);
+	free(img);
+	free(data);
+	free(base);
+	free(imgs);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -486,6 +603,8 @@ int main(void)
 		cmocka_unit_test(test_rebuild_index),
 		cmocka_unit_test(test_partial_images),
 		cmocka_unit_test(test_migrate_name),
+		cmocka_unit_test(test_register_repeat_at_first_occurrence),
+		cmocka_unit_test(test_gc_keeps_partial_opened_during_probe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
