@@ -46,11 +46,23 @@ static volatile pid_t child_pid;
 
 /* The first stop signal is passed on to nbdkit, which closes its clients,
  * lets the plugin write its counters, and exits. */
+/* Once nbdkit serves, a stop goes through the plugin's drop-fd (a byte into
+ * the pipe): nbdkit's own SIGTERM handling would answer the requests in
+ * progress with errors, which qemu hands to its guest even when it is set
+ * to reconnect.  Before, the signal is forwarded. */
+static volatile sig_atomic_t child_ready;
+static int drop_fd = -1;
+
 static void on_stop(int sig)
 {
 	stop_signal = sig;
-	if (child_pid > 0)
+	if (child_ready && drop_fd >= 0) {
+		char c = 0;
+		ssize_t w = write(drop_fd, &c, 1);
+		(void)w;
+	} else if (child_pid > 0) {
 		kill(child_pid, sig);
+	}
 }
 
 struct serve_args {
@@ -476,7 +488,7 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 }
 
 static void build_argv(struct argv_buf *av, const struct serve_args *a, const char *plugin,
-                       int pid_fd, int stats_fd)
+                       int pid_fd, int stats_fd, int drop_read_fd)
 {
 	argv_add(av, "nbdkit");
 	argv_add(av, "--foreground");
@@ -528,6 +540,7 @@ static void build_argv(struct argv_buf *av, const struct serve_args *a, const ch
 	if (a->metrics)
 		argv_add(av, "metrics=%s", a->metrics);
 	argv_add(av, "stats-fd=%d", stats_fd);
+	argv_add(av, "drop-fd=%d", drop_read_fd);
 }
 
 /* In the child: nbdkit with stdout and stderr into the relay pipe.  An exec
@@ -586,6 +599,7 @@ int cmd_serve(int argc, char **argv)
 	 * counters into an anonymous memory file, both inherited. */
 	int ret = EXIT_FAIL;
 	int out_pipe[2] = {-1, -1}, errno_pipe[2] = {-1, -1}, pid_pipe[2] = {-1, -1};
+	int drop_pipe[2] = {-1, -1};
 	int stats_fd = memfd_create("imgdedup-serve-stats", MFD_CLOEXEC);
 	struct argv_buf av = {0};
 	if (stats_fd < 0) {
@@ -593,12 +607,13 @@ int cmd_serve(int argc, char **argv)
 		free(plugin);
 		goto out;
 	}
-	if (pipe2(out_pipe, O_CLOEXEC) || pipe2(errno_pipe, O_CLOEXEC) || pipe2(pid_pipe, O_CLOEXEC)) {
+	if (pipe2(out_pipe, O_CLOEXEC) || pipe2(errno_pipe, O_CLOEXEC) || pipe2(pid_pipe, O_CLOEXEC) ||
+	    pipe2(drop_pipe, O_CLOEXEC)) {
 		cli_error("pipe: %s", strerror(errno));
 		free(plugin);
 		goto out;
 	}
-	build_argv(&av, &a, plugin, pid_pipe[1], stats_fd);
+	build_argv(&av, &a, plugin, pid_pipe[1], stats_fd, drop_pipe[0]);
 	free(plugin);
 	if (av.failed) {
 		cli_error("out of memory");
@@ -626,10 +641,16 @@ int cmd_serve(int argc, char **argv)
 		goto out;
 	}
 	if (pid == 0) {
-		int keep[] = {pid_pipe[1], stats_fd};
-		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 2, &oldmask, a.activated > 0);
+		int keep[] = {pid_pipe[1], stats_fd, drop_pipe[0]};
+		exec_nbdkit(av.v, out_pipe[1], errno_pipe[1], keep, 3, &oldmask, a.activated > 0);
 	}
 	child_pid = pid;
+	/* the write end stays here: when serve dies, its closing tells the
+	 * plugin to go the same way */
+	fcntl(drop_pipe[1], F_SETFL, O_NONBLOCK);
+	drop_fd = drop_pipe[1];
+	close(drop_pipe[0]);
+	drop_pipe[0] = -1;
 	sigprocmask(SIG_SETMASK, &oldmask, NULL);
 	close(out_pipe[1]);
 	out_pipe[1] = -1;
@@ -674,6 +695,7 @@ int cmd_serve(int argc, char **argv)
 			char pidbuf[32];
 			if (read(pid_pipe[0], pidbuf, sizeof pidbuf) > 0) {
 				ready = true;
+				child_ready = 1;
 				t_ready = now_s();
 				if (!cli_quiet && !a.json)
 					print_ready(&a);
@@ -681,6 +703,7 @@ int cmd_serve(int argc, char **argv)
 		}
 	}
 	child_pid = 0;
+	child_ready = 0;
 	int sock_err;
 	if (a.socket_path && socket_state(a.socket_path, &sock_err) == SOCK_DEAD)
 		unlink(a.socket_path);
@@ -733,8 +756,8 @@ int cmd_serve(int argc, char **argv)
 	ret = EXIT_OK;
 out:
 	for (int i = 0; i < 2; i++) {
-		int *fds[] = {out_pipe, errno_pipe, pid_pipe};
-		for (size_t k = 0; k < 3; k++)
+		int *fds[] = {out_pipe, errno_pipe, pid_pipe, drop_pipe};
+		for (size_t k = 0; k < 4; k++)
 			if (fds[k][i] >= 0)
 				close(fds[k][i]);
 	}

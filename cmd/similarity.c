@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,6 +27,26 @@ static void csv_field(FILE *f, const char *s)
 	fputc('"', f);
 }
 
+/* v with 6 decimals, as printf("%.6f") writes it, without printf's cost
+ * (a 10,000-image matrix has 10^8 values): the value times 10^6 is rounded
+ * here unless it lies so close to a half that the product's own rounding
+ * could decide, where printf itself is asked. */
+static size_t put_fixed6(char *out, double v)
+{
+	double x = v * 1e6;
+	if (!(v >= 0.0 && v <= 1.0) || fabs(x - floor(x) - 0.5) < 1e-6)
+		return (size_t)snprintf(out, 16, "%.6f", v);
+	unsigned long r = (unsigned long)(x + 0.5);
+	out[0] = (char)('0' + r / 1000000);
+	out[1] = '.';
+	r %= 1000000;
+	for (int i = 7; i >= 2; i--) {
+		out[i] = (char)('0' + r % 10);
+		r /= 10;
+	}
+	return 8;
+}
+
 static void write_csv(FILE *f, const idd_similarity *s, idd_metric m, const size_t *order)
 {
 	fputs("image", f);
@@ -34,11 +55,20 @@ static void write_csv(FILE *f, const idd_similarity *s, idd_metric m, const size
 		csv_field(f, s->ids[order[c]]);
 	}
 	fputc('\n', f);
+	char buf[4096 + 32];
 	for (size_t r = 0; r < s->n; r++) {
 		csv_field(f, s->ids[order[r]]);
-		for (size_t c = 0; c < s->n; c++)
-			fprintf(f, ",%.6f", idd_similarity_value(s, m, order[r], order[c]));
-		fputc('\n', f);
+		size_t len = 0;
+		for (size_t c = 0; c < s->n; c++) {
+			buf[len++] = ',';
+			len += put_fixed6(buf + len, idd_similarity_value(s, m, order[r], order[c]));
+			if (len > 4096) {
+				fwrite(buf, 1, len, f);
+				len = 0;
+			}
+		}
+		buf[len++] = '\n';
+		fwrite(buf, 1, len, f);
 	}
 }
 
@@ -55,6 +85,10 @@ static void write_json(FILE *f, const idd_similarity *s, idd_metric m, const siz
 	cli_json_key_str(&j, "metric", metric_name(m));
 	cli_json_key_str(&j, "order", clustered ? "cluster" : "id");
 	cli_json_key_bool(&j, "from_cache", s->from_cache);
+	/* what this run computed: every image, none (cached), or the rows of
+	 * the images added or changed since the cache was written */
+	cli_json_key_u64(&j, "rows_computed", s->rows_computed);
+	cli_json_key_u64(&j, "rows_dropped", s->rows_dropped);
 	cli_json_key_open(&j, "images", '[');
 	for (size_t i = 0; i < s->n; i++) {
 		fputs(i ? "," : "", f);
@@ -72,46 +106,37 @@ static void write_json(FILE *f, const idd_similarity *s, idd_metric m, const siz
 	cli_json_end(&j);
 }
 
-static int write_top(FILE *f, const idd_similarity *s, size_t k, bool json, const size_t *order)
+static void write_top(FILE *f, const idd_top_seeds *t, bool json)
 {
-	size_t *top = calloc(k + 1, sizeof *top);
-	if (!top) {
-		cli_error("out of memory");
-		return EXIT_FAIL;
-	}
 	cli_json j;
 	if (json) {
 		cli_json_begin(&j, f);
-		cli_json_key_u64(&j, "k", k);
+		cli_json_key_u64(&j, "k", t->k);
 		cli_json_key_open(&j, "top", '[');
 	} else {
 		fputs("image,rank,seed,containment,jaccard,shared_blocks\n", f);
 	}
-	for (size_t r = 0; r < s->n; r++) {
-		size_t a = order[r];
-		size_t got = idd_similarity_top(s, a, k, top);
+	for (size_t a = 0; a < t->n; a++) {
 		if (json) {
 			cli_json_key_open(&j, NULL, '{');
-			cli_json_key_str(&j, "image", s->ids[a]);
+			cli_json_key_str(&j, "image", t->ids[a]);
 			cli_json_key_open(&j, "seeds", '[');
 		}
-		for (size_t i = 0; i < got; i++) {
-			size_t b = top[i];
-			double c = idd_similarity_value(s, IDD_METRIC_CONTAINMENT, a, b);
-			double jac = idd_similarity_value(s, IDD_METRIC_JACCARD, a, b);
-			unsigned long long sh = (unsigned long long)s->shared[a * s->n + b];
+		for (size_t i = 0; i < t->count[a]; i++) {
+			const idd_seed *sd = &t->seeds[a * t->k + i];
 			if (json) {
 				cli_json_key_open(&j, NULL, '{');
-				cli_json_key_str(&j, "image", s->ids[b]);
-				cli_json_key_double(&j, "containment", c);
-				cli_json_key_double(&j, "jaccard", jac);
-				cli_json_key_u64(&j, "shared_blocks", sh);
+				cli_json_key_str(&j, "image", t->ids[sd->image]);
+				cli_json_key_double(&j, "containment", sd->containment);
+				cli_json_key_double(&j, "jaccard", sd->jaccard);
+				cli_json_key_u64(&j, "shared_blocks", sd->shared);
 				cli_json_close(&j, '}');
 			} else {
-				csv_field(f, s->ids[a]);
+				csv_field(f, t->ids[a]);
 				fprintf(f, ",%zu,", i + 1);
-				csv_field(f, s->ids[b]);
-				fprintf(f, ",%.6f,%.6f,%llu\n", c, jac, sh);
+				csv_field(f, t->ids[sd->image]);
+				fprintf(f, ",%.6f,%.6f,%llu\n", sd->containment, sd->jaccard,
+				        (unsigned long long)sd->shared);
 			}
 		}
 		if (json) {
@@ -123,8 +148,38 @@ static int write_top(FILE *f, const idd_similarity *s, size_t k, bool json, cons
 		cli_json_close(&j, ']');
 		cli_json_end(&j);
 	}
-	free(top);
-	return EXIT_OK;
+}
+
+/* --top: seeds without the matrix (lib/index/simtop.c) */
+static int run_top(idd_similarity_opts *o, size_t k, bool json, const char *out)
+{
+	idd_top_seeds *t = NULL;
+	idd_error err = {{0}, 0};
+	cli_progress prog;
+	cli_progress_init(&prog, "similarity", cli_quiet);
+	o->progress = cli_progress_cb;
+	o->warn = cli_warn;
+	o->ctx = &prog;
+	int r = idd_similarity_top_compute(o, k, &t, &err);
+	cli_progress_done(&prog);
+	if (r) {
+		cli_error("%s", err.msg);
+		return EXIT_FAIL;
+	}
+	idd_outfile out_file = {.f = stdout};
+	if (out && idd_outfile_open(&out_file, out, &err)) {
+		cli_error("%s", err.msg);
+		idd_top_seeds_free(t);
+		return EXIT_FAIL;
+	}
+	write_top(out_file.f, t, json);
+	int rc = EXIT_OK;
+	if (out && idd_outfile_commit(&out_file, &err)) {
+		cli_error("%s", err.msg);
+		rc = EXIT_FAIL;
+	}
+	idd_top_seeds_free(t);
+	return rc;
 }
 
 int cmd_similarity(int argc, char **argv)
@@ -188,9 +243,13 @@ int cmd_similarity(int argc, char **argv)
 	bool svg = !strcmp(format, "svg");
 	if (topk && svg)
 		return cli_usage(usage, "--top lists seeds as csv or json, not svg");
+	if (topk && cluster)
+		return cli_usage(usage, "--top lists images by id: --order cluster needs the whole matrix");
 	if (svg && !order_given)
 		cluster = true; /* the heatmap shows families as blocks */
 	o.repo = argv[optind];
+	if (topk)
+		return run_top(&o, (size_t)topk, !strcmp(format, "json"), out);
 	cli_progress prog;
 	cli_progress_init(&prog, "similarity", cli_quiet);
 	o.progress = cli_progress_cb;
@@ -229,9 +288,7 @@ int cmd_similarity(int argc, char **argv)
 	}
 	FILE *f = out_file.f;
 	int rc = EXIT_OK;
-	if (topk) {
-		rc = write_top(f, s, (size_t)topk, !strcmp(format, "json"), order);
-	} else if (svg) {
+	if (svg) {
 		size_t len;
 		char *doc = idd_similarity_svg(s, metric, order, &len, &err);
 		if (!doc) {

@@ -182,6 +182,7 @@ typedef struct idd_blocklist {
 	/* internal: storage and growth */
 	void *storage;
 	size_t digests_cap, runs_cap;
+	bool borrowed;          /* digests live in a caller's buffer (idd_blocklist_open_reuse) */
 } idd_blocklist;
 
 /* Load and check the block list the catalog names for img (its checksum
@@ -366,7 +367,9 @@ typedef struct idd_similarity_opts {
 	int jobs;               /* 0: online CPUs */
 	bool no_cache;          /* recompute even when the cached result is current */
 	const char *tmp_dir;    /* spill files; NULL: the index directory */
-	uint64_t mem_budget;    /* bytes for one partition in memory; 0: 512 MiB */
+	uint64_t mem_budget;    /* bytes for the keys being grouped in memory; 0: 512 MiB */
+	size_t top_candidates;  /* top-K: candidates verified per image (0: max(2K, K + 16)) */
+	uint32_t top_sample_rate; /* top-K: 1 in this many digests sampled (0: chosen by size) */
 	idd_progress_fn progress;
 	idd_warn_fn warn;
 	void *ctx;
@@ -378,12 +381,23 @@ typedef struct idd_similarity {
 	char **ids;            /* sorted, as in the catalog */
 	uint64_t *nonzero;     /* per image: non-zero blocks, counted with multiplicity */
 	uint64_t *distinct;    /* per image: distinct non-zero digests */
-	uint64_t *shared;      /* n x n: [a*n+b] = |U_a and U_b| (distinct digests in both) */
-	uint64_t *contained;   /* n x n: [a*n+b] = a's non-zero blocks whose content occurs in b */
-	bool from_cache;       /* reused from the index's similarity cache */
-	uint64_t signatures;   /* distinct image sets expanded into pairs */
-	uint64_t records;      /* (digest, image) records processed */
+	/* n x n pairs (shared, contained), 32 or 64 bits each: read them with
+	 * idd_similarity_shared() and idd_similarity_contained() */
+	void *counts;
+	bool counts_wide;
+	bool from_cache;       /* reused from the index's similarity cache as it was */
+	bool cache_updated;    /* the cache was brought up to date: rows of added (or changed)
+	                          images computed, rows of removed ones dropped */
+	size_t rows_computed;  /* images whose counts were computed from the block lists */
+	size_t rows_dropped;   /* images of the cache no longer in the index */
+	uint64_t signatures;   /* distinct image sets expanded into pairs (last full computation) */
+	uint64_t records;      /* (digest, image) records processed (last full computation) */
 } idd_similarity;
+
+/* |U_a and U_b| (distinct non-zero digests in both; the diagonal: |U_a|). */
+uint64_t idd_similarity_shared(const idd_similarity *s, size_t a, size_t b);
+/* a's non-zero blocks whose content occurs in b (the diagonal: a's non-zero blocks). */
+uint64_t idd_similarity_contained(const idd_similarity *s, size_t a, size_t b);
 
 /* Compute (or reuse the cached) similarity of every image in the index. */
 int idd_similarity_compute(const idd_similarity_opts *opts, idd_similarity **out, idd_error *err);
@@ -394,6 +408,31 @@ double idd_similarity_value(const idd_similarity *s, idd_metric m, size_t a, siz
  * symmetrised as the mean of both directions).  order[0..n) receives the
  * dendrogram's leaf order: similar images adjacent, families contiguous. */
 int idd_similarity_cluster_order(const idd_similarity *s, idd_metric m, size_t *order, idd_error *err);
+/* Each image's k best cache seeds, without the n x n matrix: candidates
+ * from a consistent sample of the digests, then exact counts for those pairs
+ * only (docs/similarity.md).  Every value reported is exact; an image's true
+ * best seed can be missed (rarely: the benchmark measures the recall). */
+typedef struct idd_seed {
+	size_t image;          /* index into ids */
+	double containment;    /* share of the image's non-zero blocks the seed holds */
+	double jaccard;
+	uint64_t shared;       /* distinct digests in common */
+} idd_seed;
+
+typedef struct idd_top_seeds {
+	size_t n, k;
+	char **ids;            /* sorted, as in the catalog */
+	uint64_t *nonzero, *distinct;
+	size_t *count;         /* per image: seeds found (k unless fewer other images) */
+	idd_seed *seeds;       /* image a's seeds at a*k .. a*k+count[a], best first */
+	uint64_t candidates;   /* pairs counted exactly */
+	uint32_t sample_rate;  /* 1 in sample_rate digests sampled; 0: every pair counted */
+} idd_top_seeds;
+
+int idd_similarity_top_compute(const idd_similarity_opts *opts, size_t k, idd_top_seeds **out,
+                               idd_error *err);
+void idd_top_seeds_free(idd_top_seeds *t);
+
 /* The up-to-k images a shares most with, best cache seeds first
  * (containment(a, b) descending, then jaccard, then id).  Returns how many. */
 size_t idd_similarity_top(const idd_similarity *s, size_t a, size_t k, size_t *out);
@@ -655,6 +694,10 @@ void idd_server_stop(idd_server *s);
 /* Stops background work, makes what was fetched durable, releases the cache. */
 void idd_server_close(idd_server *s);
 void idd_server_stats(idd_server *s, idd_serve_stats *st);
+/* What idd_server_close saves, while reads go on: what was fetched made
+ * durable, the --record profile so far written.  For a process about to end
+ * without closing the server (its clients' requests left unanswered). */
+int idd_server_checkpoint(idd_server *s, idd_error *err);
 
 #define IDD_REFRESH_ALWAYS (-1L)
 

@@ -322,7 +322,8 @@ bool idd_get_str(idd_reader *r, char **out, size_t max)
 	return true;
 }
 
-int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
+int idd_read_file_reuse(const char *path, size_t max, void **data, size_t *cap, size_t *len,
+                        idd_error *err)
 {
 	/* O_NONBLOCK: a FIFO in place of an index file is refused below instead
 	 * of waiting for a writer forever */
@@ -347,27 +348,42 @@ int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_er
 		return idd_fail_code(err, IDD_ECORRUPT, "%s: larger than %zu bytes", path, max);
 	}
 	size_t n = (size_t)st.st_size, got = 0;
-	unsigned char *buf = malloc(n ? n : 1);
-	if (!buf) {
-		close(fd);
-		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory reading its %zu bytes", path, n);
+	if (!*data || n > *cap) {
+		free(*data);
+		*cap = 0;
+		if (!(*data = malloc(n ? n : 1))) {
+			close(fd);
+			return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory reading its %zu bytes", path, n);
+		}
+		*cap = n;
 	}
+	unsigned char *buf = *data;
 	while (got < n) {
 		ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0) {
 			r < 0 ? idd_fail_errno(err, path, "read") : idd_fail(err, "%s: shrank while being read", path);
-			free(buf);
 			close(fd);
 			return IDD_ERR;
 		}
 		got += (size_t)r;
 	}
 	close(fd);
-	*data = buf;
 	*len = n;
 	return IDD_OK;
+}
+
+int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err)
+{
+	void *buf = NULL;
+	size_t cap = 0;
+	int rc = idd_read_file_reuse(path, max, &buf, &cap, len, err);
+	if (rc)
+		free(buf);
+	else
+		*data = buf;
+	return rc;
 }
 
 bool idd_relpath_ok(const char *rel)

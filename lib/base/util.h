@@ -38,6 +38,11 @@ int idd_write_all(int fd, const void *buf, size_t len);
 /* A whole regular file into memory (at most max bytes); a missing file is
  * IDD_ENOENT. */
 int idd_read_file(const char *path, size_t max, void **data, size_t *len, idd_error *err);
+/* The same into *data, a buffer of *cap bytes kept from call to call (grown
+ * when too small; the caller frees it), so that reading many files does not
+ * map and fault in fresh memory for each. */
+int idd_read_file_reuse(const char *path, size_t max, void **data, size_t *cap, size_t *len,
+                        idd_error *err);
 int64_t idd_now_ns(void);
 /* CLOCK_MONOTONIC in ns: for timeouts and backoffs, which must not move
  * with the wall clock. */

@@ -308,7 +308,7 @@ void idd_blocklist_clear(idd_blocklist *bl)
 {
 	if (bl->storage)
 		free(bl->storage);
-	else
+	else if (!bl->borrowed)
 		free(bl->digests);
 	free(bl->runs);
 	uint32_t bs = bl->block_size;
@@ -498,9 +498,11 @@ static int parse_v2(const char *name, unsigned char *p, size_t len, idd_blocklis
 	if (sum != ndata || idd_reader_left(&r) != ndata * IDD_DIGEST_SIZE)
 		goto corrupt;
 	bl->digests = (idd_digest *)(p + r.pos);
+	why = "zero digest for a non-zero block";
 	for (uint64_t k = 0; k < ndata; k++) {
-		why = "zero digest for a non-zero block";
-		if (idd_digest_is_zero(&bl->digests[k]))
+		uint64_t w[4]; /* inline: this runs for every block of every list read */
+		memcpy(w, bl->digests[k].b, sizeof w);
+		if (!(w[0] | w[1] | w[2] | w[3]))
 			goto corrupt;
 	}
 	bl->nblocks = nblocks;
@@ -513,8 +515,11 @@ corrupt:
 	return idd_fail_code(err, IDD_ECORRUPT, "%s: corrupt block list (%s)", name, why);
 }
 
-int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
-                        uint64_t zero_blocks, idd_blocklist **out, idd_error *err)
+/* Parse into bl; with pbuf, the payload goes into the caller's reusable
+ * buffer and a version 2 list borrows it (bl->borrowed). */
+static int blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
+                           uint64_t zero_blocks, void **pbuf, size_t *pcap, idd_blocklist *bl,
+                           idd_error *err)
 {
 	/* The payload a list of this image can need, by version, so that a
 	 * header declaring more is refused before anything is allocated. */
@@ -526,25 +531,37 @@ int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_
 	} else if (!idd_mul_ok(ndata, IDD_DIGEST_SIZE + 20, &limit) || !idd_add_ok(limit, 28, &limit)) {
 		limit = IDD_IF_MAX_PAYLOAD;
 	}
-	void *payload = NULL;
-	size_t len = 0;
-	int rc = idd_indexfile_parse_limit(name, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION,
-	                                   IDD_MAX(limit, 1), &payload, &len, &ver, err);
-	if (rc)
-		return rc;
-	idd_blocklist *bl = idd_calloc(1, sizeof *bl, err);
-	if (!bl) {
-		free(payload);
-		idd_error_prefix(err, "%s", name);
-		return IDD_ENOMEM;
-	}
-	if (ver == 1) {
-		rc = parse_v1(name, payload, len, bl, err);
-		free(payload);
+	void *own = NULL;
+	size_t own_cap = 0, len = 0;
+	unsigned char *p;
+	int rc;
+	if (pbuf) {
+		/* uncompressed (digests do not compress): read in place, no copy */
+		const void *view;
+		rc = idd_indexfile_parse_view(name, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, IDD_MAX(limit, 1),
+		                              pbuf, pcap, &view, &len, &ver, err);
+		p = (unsigned char *)(uintptr_t)view;
 	} else {
-		rc = parse_v2(name, payload, len, bl, err);
+		rc = idd_indexfile_parse_reuse(name, file, flen, BLOCKS_MAGIC, BLOCKS_VERSION, IDD_MAX(limit, 1),
+		                               &own, &own_cap, &len, &ver, err);
+		p = own;
+	}
+	if (rc) {
+		free(own);
+		return rc;
+	}
+	memset(bl, 0, sizeof *bl);
+	if (ver == 1) {
+		rc = parse_v1(name, p, len, bl, err);
+		free(own);
+	} else {
+		rc = parse_v2(name, p, len, bl, err);
 		if (rc)
-			free(payload);
+			free(own);
+		else if (pbuf) {
+			bl->storage = NULL;
+			bl->borrowed = true;
+		}
 	}
 	if (!rc && (bl->nblocks != nblocks || bl->nblocks - bl->ndata != zero_blocks ||
 	            !idd_is_power_of_two(bl->block_size)))
@@ -553,12 +570,60 @@ int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_
 		                   (unsigned long long)bl->nblocks,
 		                   (unsigned long long)(bl->nblocks - bl->ndata),
 		                   (unsigned long long)nblocks, (unsigned long long)zero_blocks);
+	if (rc)
+		idd_blocklist_clear(bl);
+	return rc;
+}
+
+int idd_blocklist_parse(const char *name, const void *file, size_t flen, uint64_t nblocks,
+                        uint64_t zero_blocks, idd_blocklist **out, idd_error *err)
+{
+	idd_blocklist *bl = idd_calloc(1, sizeof *bl, err);
+	if (!bl) {
+		idd_error_prefix(err, "%s", name);
+		return IDD_ENOMEM;
+	}
+	int rc = blocklist_parse(name, file, flen, nblocks, zero_blocks, NULL, NULL, bl, err);
 	if (rc) {
-		idd_blocklist_free(bl);
+		free(bl);
 		return rc;
 	}
 	*out = bl;
 	return IDD_OK;
+}
+
+int idd_blocklist_open_reuse(const char *index_dir, const idd_image_info *img,
+                             idd_blocklist_buffers *bufs, idd_blocklist *bl, idd_error *err)
+{
+	memset(bl, 0, sizeof *bl);
+	char *path = idd_blocks_path(index_dir, &img->list_key, err);
+	if (!path)
+		return IDD_ERR;
+	size_t flen;
+	int rc = idd_read_file_reuse(path, (size_t)(IDD_IF_MAX_PAYLOAD + IDD_IF_HEADER + IDD_IF_TRAILER),
+	                             &bufs->file, &bufs->file_cap, &flen, err);
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	if (flen < IDD_IF_TRAILER ||
+	    memcmp((unsigned char *)bufs->file + flen - IDD_IF_TRAILER, img->list_key.b, IDD_DIGEST_SIZE))
+		rc = idd_fail_code(err, IDD_ECORRUPT, "%s: block list is not the one the catalog names for %s",
+		                   path, img->id);
+	if (!rc)
+		rc = blocklist_parse(path, bufs->file, flen, img->nblocks, img->zero_blocks, &bufs->payload,
+		                     &bufs->payload_cap, bl, err);
+	if (rc && rc != IDD_ENOENT)
+		idd_error_prefix(err, "%s", img->id);
+	free(path);
+	return rc;
+}
+
+void idd_blocklist_buffers_free(idd_blocklist_buffers *b)
+{
+	free(b->file);
+	free(b->payload);
+	memset(b, 0, sizeof *b);
 }
 
 int idd_blocklist_open_path(const char *path, const idd_image_info *img, idd_blocklist **out,

@@ -61,6 +61,16 @@ int idd_blocklist_check_path(const char *path, const idd_digest *list_key, uint3
  * what the catalog says (nblocks, zero blocks); name for messages. */
 int idd_blocklist_parse(const char *name, const void *file, size_t len, uint64_t nblocks,
                         uint64_t zero_blocks, idd_blocklist **out, idd_error *err);
+/* Reading many lists one after the other: the file and its payload go into
+ * buffers kept from list to list (freed by idd_blocklist_buffers_free); bl
+ * borrows them until the next open and is released with idd_blocklist_clear. */
+typedef struct idd_blocklist_buffers {
+	void *file, *payload;
+	size_t file_cap, payload_cap;
+} idd_blocklist_buffers;
+int idd_blocklist_open_reuse(const char *index_dir, const idd_image_info *img,
+                             idd_blocklist_buffers *bufs, idd_blocklist *bl, idd_error *err);
+void idd_blocklist_buffers_free(idd_blocklist_buffers *b);
 int idd_catalog_parse(const char *name, const void *payload, size_t len, idd_catalog **out,
                       idd_error *err);
 /* A whole catalog file (container included) already in memory, e.g. fetched. */

@@ -342,6 +342,22 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
                               const char magic[8], uint32_t max_version, uint64_t max_payload,
                               void **payload, size_t *len, uint32_t *version, idd_error *err)
 {
+	void *buf = NULL;
+	size_t cap = 0;
+	int rc = idd_indexfile_parse_reuse(name, file, file_len, magic, max_version, max_payload, &buf, &cap,
+	                                   len, version, err);
+	if (rc)
+		free(buf);
+	else
+		*payload = buf;
+	return rc;
+}
+
+/* With view, an uncompressed payload is not copied: *view points into file. */
+static int parse_into(const char *name, const void *file, size_t file_len, const char magic[8],
+                      uint32_t max_version, uint64_t max_payload, void **payload, size_t *cap,
+                      const void **view, size_t *len, uint32_t *version, idd_error *err)
+{
 	const unsigned char *f = file;
 	if (file_len < IDD_IF_HEADER + IDD_IF_TRAILER)
 		return idd_fail(err, "%s: truncated (%zu bytes, smaller than any index file)", name, file_len);
@@ -381,25 +397,55 @@ int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_le
 			                     "declared, the zstd frame holds %llu)", name,
 			                     (unsigned long long)raw_len, fcs);
 	}
-	void *out = malloc(raw_len ? (size_t)raw_len : 1);
-	if (!out)
-		return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory for its %llu-byte payload", name,
-		                     (unsigned long long)raw_len);
+	if (view && !(flags & IDD_IF_ZSTD)) {
+		*view = f + IDD_IF_HEADER;
+		*len = (size_t)raw_len;
+		if (version)
+			*version = ver;
+		return IDD_OK;
+	}
+	if (!*payload || raw_len > *cap) {
+		free(*payload);
+		*cap = 0;
+		if (!(*payload = malloc(raw_len ? (size_t)raw_len : 1)))
+			return idd_fail_code(err, IDD_ENOMEM, "%s: out of memory for its %llu-byte payload", name,
+			                     (unsigned long long)raw_len);
+		*cap = (size_t)raw_len;
+	}
+	void *out = *payload;
 	if (flags & IDD_IF_ZSTD) {
 		size_t z = ZSTD_decompress(out, (size_t)raw_len, f + IDD_IF_HEADER, (size_t)stored_len);
 		if (ZSTD_isError(z) || z != raw_len) {
-			free(out);
 			return idd_fail(err, "%s: corrupt compressed payload (%s)", name,
 			                ZSTD_isError(z) ? ZSTD_getErrorName(z) : "wrong length");
 		}
 	} else {
 		memcpy(out, f + IDD_IF_HEADER, (size_t)raw_len);
 	}
-	*payload = out;
+	if (view)
+		*view = out;
 	*len = (size_t)raw_len;
 	if (version)
 		*version = ver;
 	return IDD_OK;
+}
+
+int idd_indexfile_parse_reuse(const char *name, const void *file, size_t file_len,
+                              const char magic[8], uint32_t max_version, uint64_t max_payload,
+                              void **payload, size_t *cap, size_t *len, uint32_t *version,
+                              idd_error *err)
+{
+	return parse_into(name, file, file_len, magic, max_version, max_payload, payload, cap, NULL, len,
+	                  version, err);
+}
+
+int idd_indexfile_parse_view(const char *name, const void *file, size_t file_len,
+                             const char magic[8], uint32_t max_version, uint64_t max_payload,
+                             void **buf, size_t *cap, const void **payload, size_t *len,
+                             uint32_t *version, idd_error *err)
+{
+	return parse_into(name, file, file_len, magic, max_version, max_payload, buf, cap, payload, len,
+	                  version, err);
 }
 
 int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err)

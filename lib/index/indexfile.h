@@ -45,6 +45,19 @@ int idd_indexfile_read(const char *path, const char magic[8], uint32_t max_versi
 int idd_indexfile_parse_limit(const char *name, const void *file, size_t file_len,
                               const char magic[8], uint32_t max_version, uint64_t max_payload,
                               void **payload, size_t *len, uint32_t *version, idd_error *err);
+/* The same into *payload, a buffer of *cap bytes the caller keeps from call
+ * to call (grown when too small, left to the caller on failure too). */
+int idd_indexfile_parse_reuse(const char *name, const void *file, size_t file_len,
+                              const char magic[8], uint32_t max_version, uint64_t max_payload,
+                              void **payload, size_t *cap, size_t *len, uint32_t *version,
+                              idd_error *err);
+/* The same, but an uncompressed payload is not copied: *payload points
+ * into file (valid while file is); a compressed one is decompressed into
+ * *buf (*cap bytes, kept by the caller as above). */
+int idd_indexfile_parse_view(const char *name, const void *file, size_t file_len,
+                             const char magic[8], uint32_t max_version, uint64_t max_payload,
+                             void **buf, size_t *cap, const void **payload, size_t *len,
+                             uint32_t *version, idd_error *err);
 /* Same checks on bytes already in memory (fetched over HTTP, fuzzing). */
 int idd_indexfile_parse(const char *name, const void *file, size_t file_len,
                         const char magic[8], uint32_t max_version,

@@ -1,435 +1,40 @@
-/* similarity.c - exact pairwise similarity of every image in the index.
- *
- * Algorithm (docs/similarity.md):
- *  1. per image: its non-zero digests, truncated to 64 bits, sorted and
- *     counted -> (key, image, multiplicity) records, appended in image order
- *     to 2^p partition files by the key's top p bits (memory: one image);
- *  2. per partition: a stable radix sort by key groups each digest's images
- *     (already in image order); each group is a "signature" (the list of
- *     (image, multiplicity)) interned with a weight = how many digests have it;
- *  3. each distinct signature is expanded into pairs once, weighted.
- * So a block held by every image costs one signature, not images^2 per block.
- * The result is cached in the index (similarity file) keyed by the catalog. */
+/* similarity.c - exact pairwise similarity of every image in the index:
+ * the counts come from the engine of simcount.c (docs/similarity.md); this
+ * file keeps them in the index's similarity cache and updates that cache
+ * when images are added or removed (only the added images' rows are
+ * computed), and derives the metrics, the clustering order and the top seeds
+ * from them. */
 #include "base/util.h"
 #include "base/error.h"
 #include "index/indexfile.h"
-#include "index/map.h"
 #include "index/catalog.h"
+#include "index/simcount.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char SIM_MAGIC[8] = {'I', 'D', 'D', '-', 'S', 'I', 'M', 0};
-#define SIM_VERSION 1
+#define SIM_VERSION 2
 #define SIM_FILE "similarity"
-#define MAX_PART_BITS 10
+/* an update computes the rows of at most this share of the images (1/4);
+ * beyond it a fresh computation costs about as much */
+#define UPDATE_MAX_SHARE 4
 
-typedef struct rec {
-	uint64_t key;
-	uint32_t image, mult;
-} rec;
-
-/* ---- radix sorts (stable LSD) ---- */
-
-static void radix_u64(uint64_t *a, uint64_t *tmp, size_t n)
+uint64_t idd_similarity_shared(const idd_similarity *s, size_t a, size_t b)
 {
-	if (n < 2)
-		return; /* nothing to sort; a and tmp may be NULL */
-	size_t cnt[256];
-	for (int shift = 0; shift < 64; shift += 8) {
-		memset(cnt, 0, sizeof cnt);
-		for (size_t i = 0; i < n; i++)
-			cnt[(a[i] >> shift) & 255]++;
-		if (n && cnt[(a[0] >> shift) & 255] == n)
-			continue; /* all share this digit */
-		size_t sum = 0;
-		for (int d = 0; d < 256; d++) {
-			size_t c = cnt[d];
-			cnt[d] = sum;
-			sum += c;
-		}
-		for (size_t i = 0; i < n; i++)
-			tmp[cnt[(a[i] >> shift) & 255]++] = a[i];
-		memcpy(a, tmp, n * sizeof *a);
-	}
+	return sim_cell_get(s->counts, s->counts_wide, 2 * (a * s->n + b));
 }
 
-static void radix_rec(rec *a, rec *tmp, size_t n)
+uint64_t idd_similarity_contained(const idd_similarity *s, size_t a, size_t b)
 {
-	if (n < 2)
-		return;
-	size_t *cnt = calloc(65536, sizeof *cnt);
-	if (!cnt) { /* tiny fallback: insertion sort is still correct */
-		for (size_t i = 1; i < n; i++) {
-			rec r = a[i];
-			size_t j = i;
-			while (j && a[j - 1].key > r.key) {
-				a[j] = a[j - 1];
-				j--;
-			}
-			a[j] = r;
-		}
-		return;
-	}
-	rec *src = a, *dst = tmp;
-	for (int shift = 0; shift < 64; shift += 16) {
-		memset(cnt, 0, 65536 * sizeof *cnt);
-		for (size_t i = 0; i < n; i++)
-			cnt[(src[i].key >> shift) & 65535]++;
-		if (n && cnt[(src[0].key >> shift) & 65535] == n)
-			continue;
-		size_t sum = 0;
-		for (size_t d = 0; d < 65536; d++) {
-			size_t c = cnt[d];
-			cnt[d] = sum;
-			sum += c;
-		}
-		for (size_t i = 0; i < n; i++)
-			dst[cnt[(src[i].key >> shift) & 65535]++] = src[i];
-		rec *t = src;
-		src = dst;
-		dst = t;
-	}
-	if (src != a)
-		memcpy(a, src, n * sizeof *a);
-	free(cnt);
+	return sim_cell_get(s->counts, s->counts_wide, 2 * (a * s->n + b) + 1);
 }
 
-/* ---- signature table: distinct lists of (image, mult) with weights ---- */
-
-typedef struct sig {
-	uint64_t hash, off, weight;
-	uint32_t len;
-} sig;
-
-typedef struct sigtab {
-	sig *v;
-	size_t n, cap;
-	uint32_t *arena; /* pairs image, mult */
-	size_t alen, acap;
-	size_t *slots; /* index + 1, 0 = empty */
-	size_t nslots;
-} sigtab;
-
-static void sigtab_free(sigtab *t)
+static void set_pair(idd_similarity *s, size_t a, size_t b, uint64_t shared, uint64_t contained)
 {
-	free(t->v);
-	free(t->arena);
-	free(t->slots);
-	memset(t, 0, sizeof *t);
-}
-
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
-}
-
-static int sigtab_grow(sigtab *t, idd_error *err)
-{
-	size_t ns = t->nslots ? t->nslots * 2 : 4096;
-	size_t *s = idd_calloc(ns, sizeof *s, err);
-	if (!s)
-		return IDD_ERR;
-	for (size_t i = 0; i < t->n; i++) {
-		size_t j = t->v[i].hash & (ns - 1);
-		while (s[j])
-			j = (j + 1) & (ns - 1);
-		s[j] = i + 1;
-	}
-	free(t->slots);
-	t->slots = s;
-	t->nslots = ns;
-	return IDD_OK;
-}
-
-/* pairs: len x (image, mult) */
-static int sigtab_add(sigtab *t, const uint32_t *pairs, uint32_t len, uint64_t weight, idd_error *err)
-{
-	uint64_t h = 0x9e3779b97f4a7c15ULL ^ len;
-	for (uint32_t i = 0; i < 2 * len; i++)
-		h = mix64(h ^ pairs[i]) + i;
-	if ((t->n + 1) * 2 > t->nslots && sigtab_grow(t, err))
-		return IDD_ERR;
-	size_t j = h & (t->nslots - 1);
-	while (t->slots[j]) {
-		sig *s = &t->v[t->slots[j] - 1];
-		if (s->hash == h && s->len == len &&
-		    !memcmp(t->arena + s->off, pairs, (size_t)len * 2 * sizeof *pairs)) {
-			s->weight += weight;
-			return IDD_OK;
-		}
-		j = (j + 1) & (t->nslots - 1);
-	}
-	if (t->n == t->cap) {
-		size_t nc = t->cap ? t->cap * 2 : 1024;
-		sig *v = idd_realloc_array(t->v, nc, sizeof *v, err);
-		if (!v)
-			return IDD_ERR;
-		t->v = v;
-		t->cap = nc;
-	}
-	if (t->alen + 2 * (size_t)len > t->acap) {
-		size_t nc = t->acap ? t->acap : 4096;
-		while (nc < t->alen + 2 * (size_t)len)
-			nc *= 2;
-		uint32_t *a = idd_realloc_array(t->arena, nc, sizeof *a, err);
-		if (!a)
-			return IDD_ERR;
-		t->arena = a;
-		t->acap = nc;
-	}
-	memcpy(t->arena + t->alen, pairs, (size_t)len * 2 * sizeof *pairs);
-	t->v[t->n] = (sig){.hash = h, .off = t->alen, .weight = weight, .len = len};
-	t->alen += 2 * (size_t)len;
-	t->slots[j] = ++t->n;
-	return IDD_OK;
-}
-
-/* ---- the computation ---- */
-
-typedef struct job {
-	const char *index_dir;
-	const idd_catalog *cat;
-	uint32_t pbits;
-	FILE **parts;          /* 2^pbits spill files */
-	char **part_paths;
-	idd_similarity *res;
-	pthread_mutex_t mu;
-	pthread_cond_t turn;
-	size_t next_image;     /* next image to take */
-	size_t next_write;     /* image whose records are written next */
-	size_t next_part;
-	bool failed;
-	bool vanished;         /* a block list vanished: a scan replaced the catalog */
-	idd_error err;
-	sigtab sigs;           /* merged signatures */
-	uint64_t done, total, part_unit; /* progress in bytes of virtual disk, twice */
-	const idd_similarity_opts *o;
-} job;
-
-static void job_fail(job *j, const idd_error *e)
-{
-	pthread_mutex_lock(&j->mu);
-	if (!j->failed) {
-		j->failed = true;
-		j->err = *e;
-	}
-	pthread_cond_broadcast(&j->turn);
-	pthread_mutex_unlock(&j->mu);
-}
-
-static void job_progress(job *j, uint64_t inc)
-{
-	pthread_mutex_lock(&j->mu);
-	j->done += inc;
-	if (j->o->progress)
-		j->o->progress(j->o->ctx, j->done, j->total);
-	pthread_mutex_unlock(&j->mu);
-}
-
-static void *pass1_worker(void *arg)
-{
-	job *j = arg;
-	idd_error e;
-	uint64_t *keys = NULL, *tmp = NULL;
-	rec *out = NULL;
-	size_t cap = 0;
-	for (;;) {
-		pthread_mutex_lock(&j->mu);
-		size_t i = j->next_image++;
-		bool stop = j->failed || i >= j->cat->count;
-		pthread_mutex_unlock(&j->mu);
-		if (stop)
-			break;
-		const idd_image_info *im = &j->cat->images[i];
-		idd_blocklist *bl = NULL;
-		int orc = idd_blocklist_open(j->index_dir, im, &bl, &e);
-		if (orc) {
-			if (orc == IDD_ENOENT)
-				j->vanished = true;
-			job_fail(j, &e);
-			break;
-		}
-		/* memory for the non-zero blocks only: a thin image costs its data */
-		if (bl->ndata > cap) {
-			free(keys);
-			free(tmp);
-			free(out);
-			cap = (size_t)bl->ndata;
-			keys = malloc(cap * sizeof *keys);
-			tmp = malloc(cap * sizeof *tmp);
-			out = malloc(cap * sizeof *out);
-			if (!keys || !tmp || !out) {
-				idd_blocklist_free(bl);
-				idd_fail_code(&e, IDD_ENOMEM, "%s: out of memory for %llu non-zero blocks", im->id,
-				              (unsigned long long)cap);
-				cap = 0;
-				job_fail(j, &e);
-				break;
-			}
-		}
-		size_t nk = (size_t)bl->ndata;
-		for (size_t k = 0; k < nk; k++)
-			keys[k] = idd_be64(bl->digests[k].b);
-		idd_blocklist_free(bl);
-		radix_u64(keys, tmp, nk);
-		size_t no = 0;
-		for (size_t k = 0; k < nk;) {
-			size_t m = k + 1;
-			while (m < nk && keys[m] == keys[k])
-				m++;
-			out[no++] = (rec){.key = keys[k], .image = (uint32_t)i,
-			                  .mult = (uint32_t)IDD_MIN(m - k, (size_t)UINT32_MAX)};
-			k = m;
-		}
-		j->res->nonzero[i] = nk;
-		j->res->distinct[i] = no;
-		/* write in image order so partitions stay image-sorted */
-		pthread_mutex_lock(&j->mu);
-		while (j->next_write != i && !j->failed)
-			pthread_cond_wait(&j->turn, &j->mu);
-		bool ok = !j->failed;
-		pthread_mutex_unlock(&j->mu);
-		if (!ok)
-			break;
-		size_t k = 0;
-		uint32_t parts = 1u << j->pbits;
-		for (uint32_t p = 0; p < parts && ok; p++) {
-			size_t s = k;
-			while (k < no && (j->pbits == 0 || (out[k].key >> (64 - j->pbits)) == p))
-				k++;
-			if (k > s && fwrite(out + s, sizeof *out, k - s, j->parts[p]) != k - s) {
-				idd_fail_errno(&e, j->part_paths[p], "write");
-				ok = false;
-			}
-		}
-		pthread_mutex_lock(&j->mu);
-		j->next_write++;
-		pthread_cond_broadcast(&j->turn);
-		pthread_mutex_unlock(&j->mu);
-		if (!ok) {
-			job_fail(j, &e);
-			break;
-		}
-		job_progress(j, im->nblocks * j->cat->block_size);
-	}
-	free(keys);
-	free(tmp);
-	free(out);
-	return NULL;
-}
-
-static int read_part(const char *path, rec **out, size_t *n, idd_error *err)
-{
-	void *data;
-	size_t len;
-	int rc = idd_read_file(path, SIZE_MAX / 2, &data, &len, err);
-	if (rc)
-		return IDD_ERR;
-	if (len % sizeof(rec)) {
-		free(data);
-		return idd_fail(err, "%s: spill file has a partial record", path);
-	}
-	*out = data;
-	*n = len / sizeof(rec);
-	return IDD_OK;
-}
-
-static void *pass2_worker(void *arg)
-{
-	job *j = arg;
-	idd_error e;
-	sigtab local = {0};
-	uint32_t *pairs = malloc(2 * (j->cat->count + 1) * sizeof *pairs);
-	if (!pairs) {
-		idd_fail(&e, "out of memory");
-		job_fail(j, &e);
-		return NULL;
-	}
-	for (;;) {
-		pthread_mutex_lock(&j->mu);
-		size_t p = j->next_part++;
-		bool stop = j->failed || p >= (1u << j->pbits);
-		pthread_mutex_unlock(&j->mu);
-		if (stop)
-			break;
-		rec *r = NULL, *tmp = NULL;
-		size_t n = 0;
-		if (read_part(j->part_paths[p], &r, &n, &e)) {
-			job_fail(j, &e);
-			break;
-		}
-		unlink(j->part_paths[p]);
-		tmp = malloc((n ? n : 1) * sizeof *tmp);
-		if (!tmp) {
-			free(r);
-			idd_fail(&e, "out of memory sorting %zu records", n);
-			job_fail(j, &e);
-			break;
-		}
-		radix_rec(r, tmp, n);
-		free(tmp);
-		bool ok = true;
-		for (size_t k = 0; k < n && ok;) {
-			size_t m = k;
-			uint32_t len = 0;
-			while (m < n && r[m].key == r[k].key) {
-				pairs[2 * len] = r[m].image;
-				pairs[2 * len + 1] = r[m].mult;
-				len++;
-				m++;
-			}
-			if (sigtab_add(&local, pairs, len, 1, &e))
-				ok = false;
-			k = m;
-		}
-		free(r);
-		if (!ok) {
-			job_fail(j, &e);
-			break;
-		}
-		job_progress(j, j->part_unit);
-	}
-	/* merge into the shared table */
-	pthread_mutex_lock(&j->mu);
-	for (size_t i = 0; i < local.n && !j->failed; i++) {
-		if (sigtab_add(&j->sigs, local.arena + local.v[i].off, local.v[i].len, local.v[i].weight, &e)) {
-			j->failed = true;
-			j->err = e;
-		}
-	}
-	pthread_mutex_unlock(&j->mu);
-	sigtab_free(&local);
-	free(pairs);
-	return NULL;
-}
-
-static int run_threads(job *j, int nthreads, void *(*fn)(void *), idd_error *err)
-{
-	pthread_t th[64];
-	int started = 0;
-	for (int t = 0; t < nthreads && t < 64; t++) {
-		if (pthread_create(&th[t], NULL, fn, j))
-			break;
-		started++;
-	}
-	if (!started)
-		fn(j);
-	for (int t = 0; t < started; t++)
-		pthread_join(th[t], NULL);
-	if (j->failed) {
-		*err = j->err;
-		return IDD_ERR;
-	}
-	return IDD_OK;
+	sim_cell_set(s->counts, s->counts_wide, 2 * (a * s->n + b), shared);
+	sim_cell_set(s->counts, s->counts_wide, 2 * (a * s->n + b) + 1, contained);
 }
 
 void idd_similarity_free(idd_similarity *s)
@@ -441,29 +46,36 @@ void idd_similarity_free(idd_similarity *s)
 	free(s->ids);
 	free(s->nonzero);
 	free(s->distinct);
-	free(s->shared);
-	free(s->contained);
+	free(s->counts);
 	free(s);
 }
 
-static idd_similarity *sim_alloc(size_t n, idd_error *err)
+/* 64-bit counts only when an image may hold 2^32 non-zero blocks or more */
+static bool needs_wide(const idd_catalog *cat)
 {
+	for (size_t i = 0; i < cat->count; i++)
+		if (cat->images[i].nblocks - IDD_MIN(cat->images[i].zero_blocks, cat->images[i].nblocks) >=
+		    UINT32_MAX)
+			return true;
+	return false;
+}
+
+/* ids, per-image arrays; counts NULL (the caller fills them) */
+static idd_similarity *sim_alloc(const idd_catalog *cat, idd_error *err)
+{
+	size_t n = cat->count;
 	idd_similarity *s = idd_calloc(1, sizeof *s, err);
 	if (!s)
 		return NULL;
 	s->n = n;
-	size_t nn;
-	if (__builtin_mul_overflow(n, n, &nn)) {
-		idd_fail(err, "too many images (%zu)", n);
-		free(s);
-		return NULL;
-	}
+	s->counts_wide = needs_wide(cat);
 	s->ids = idd_calloc(n + 1, sizeof *s->ids, err);
 	s->nonzero = s->ids ? idd_calloc(n + 1, sizeof *s->nonzero, err) : NULL;
 	s->distinct = s->nonzero ? idd_calloc(n + 1, sizeof *s->distinct, err) : NULL;
-	s->shared = s->distinct ? idd_calloc(nn + 1, sizeof *s->shared, err) : NULL;
-	s->contained = s->shared ? idd_calloc(nn + 1, sizeof *s->contained, err) : NULL;
-	if (!s->contained) {
+	bool ok = s->distinct;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = (s->ids[i] = idd_strdup(cat->images[i].id, err));
+	if (!ok) {
 		idd_similarity_free(s);
 		return NULL;
 	}
@@ -474,110 +86,60 @@ static int compute(const idd_similarity_opts *o, const char *index_dir, const id
                    idd_similarity *res, idd_error *err)
 {
 	size_t n = cat->count;
-	uint64_t records = 0;
-	for (size_t i = 0; i < n; i++)
-		records += cat->images[i].distinct_blocks;
-	uint64_t budget = o->mem_budget ? o->mem_budget : (512ull << 20);
-	uint64_t per_part = IDD_MAX(budget / (2 * sizeof(rec)), (uint64_t)1024);
-	uint32_t pbits = 0;
-	while (pbits < MAX_PART_BITS && (records >> pbits) > per_part)
-		pbits++;
-	job j = {.index_dir = index_dir, .cat = cat, .pbits = pbits, .res = res, .o = o};
-	uint32_t parts = 1u << pbits;
-	char *tmpdir = idd_asprintf(err, "%s/.similarity.XXXXXX", o->tmp_dir ? o->tmp_dir : index_dir);
-	if (!tmpdir)
+	int threads = idd_threads_for_jobs(o->jobs);
+	sim_matrix m;
+	if (sim_matrix_init(&m, n, res->counts_wide, threads, err))
 		return IDD_ERR;
-	if (!mkdtemp(tmpdir)) {
-		int rc = idd_fail_errno(err, tmpdir, "cannot create a temporary directory");
-		free(tmpdir);
+	sim_count_opts co = {.index_dir = index_dir, .cat = cat, .threads = threads,
+	                     .mem_budget = o->mem_budget, .tmp_dir = o->tmp_dir,
+	                     .progress = o->progress, .ctx = o->ctx};
+	sim_count *c;
+	int rc = sim_count_start(&co, &c, err);
+	if (rc) {
+		sim_matrix_free(&m);
 		return rc;
 	}
-	int rc = IDD_OK;
-	j.parts = idd_calloc(parts, sizeof *j.parts, err);
-	j.part_paths = j.parts ? idd_calloc(parts, sizeof *j.part_paths, err) : NULL;
-	if (!j.part_paths)
-		rc = IDD_ERR;
-	for (uint32_t p = 0; !rc && p < parts; p++) {
-		if (!(j.part_paths[p] = idd_asprintf(err, "%s/%04x", tmpdir, p)))
-			rc = IDD_ERR;
-		else if (!(j.parts[p] = fopen(j.part_paths[p], "wb")))
-			rc = idd_fail_errno(err, j.part_paths[p], "cannot create spill file");
-	}
-	pthread_mutex_init(&j.mu, NULL);
-	pthread_cond_init(&j.turn, NULL);
-	int nthreads = idd_threads_for_jobs(o->jobs);
-	uint64_t bytes = 0;
-	for (size_t i = 0; i < n; i++)
-		bytes += cat->images[i].nblocks * cat->block_size;
-	j.part_unit = bytes / parts;
-	j.total = bytes + j.part_unit * parts;
-	if (!rc)
-		rc = run_threads(&j, nthreads, pass1_worker, err);
-	if (rc && j.vanished)
-		rc = IDD_ENOENT;
-	for (uint32_t p = 0; j.parts && p < parts; p++) {
-		if (j.parts[p] && fclose(j.parts[p]) && !rc)
-			rc = idd_fail_errno(err, j.part_paths[p], "write");
-		j.parts[p] = NULL;
-	}
-	if (!rc)
-		rc = run_threads(&j, nthreads, pass2_worker, err);
-	for (uint32_t p = 0; j.part_paths && p < parts; p++) {
-		if (j.part_paths[p])
-			unlink(j.part_paths[p]);
-		free(j.part_paths[p]);
-	}
-	rmdir(tmpdir);
-	free(tmpdir);
-	free(j.parts);
-	free(j.part_paths);
-	pthread_mutex_destroy(&j.mu);
-	pthread_cond_destroy(&j.turn);
+	sim_sink sink = {sim_matrix_expand, &m};
+	rc = sim_count_finish(c, &sink, err);
 	if (!rc) {
-		/* expand each distinct signature into pairs, once, weighted */
-		for (size_t k = 0; k < j.sigs.n; k++) {
-			const sig *s = &j.sigs.v[k];
-			const uint32_t *pr = j.sigs.arena + s->off;
-			for (uint32_t x = 0; x < s->len; x++) {
-				size_t a = pr[2 * x];
-				uint64_t wa = s->weight * pr[2 * x + 1];
-				uint64_t *sh = res->shared + a * n, *co = res->contained + a * n;
-				for (uint32_t y = 0; y < s->len; y++) {
-					size_t b = pr[2 * y];
-					sh[b] += s->weight;
-					co[b] += wa;
-				}
-			}
-		}
-		res->signatures = j.sigs.n;
-		res->records = records;
+		sim_matrix_finish(&m, sim_count_nonzero(c), sim_count_distinct(c));
+		memcpy(res->nonzero, sim_count_nonzero(c), n * sizeof *res->nonzero);
+		memcpy(res->distinct, sim_count_distinct(c), n * sizeof *res->distinct);
+		res->counts = m.cells;
+		m.cells = NULL;
+		res->signatures = sim_count_signatures(c);
+		res->records = sim_count_records(c);
+		res->rows_computed = n;
 	}
-	sigtab_free(&j.sigs);
+	sim_matrix_free(&m);
+	sim_count_free(c);
 	return rc;
 }
 
-/* ---- the cache ---- */
+/* ---- the cache (docs/formats.md, "Similarity cache") ---- */
 
-static int cache_save(const char *index_dir, const idd_digest *key, const idd_similarity *s,
+static int cache_save(const char *index_dir, const idd_catalog *cat, const idd_similarity *s,
                       idd_error *err)
 {
 	idd_buf b = {0};
 	size_t n = s->n;
-	idd_buf_put(&b, key->b, 32);
+	idd_buf_put_u32(&b, cat->block_size);
 	idd_buf_put_u64(&b, n);
 	idd_buf_put_u64(&b, s->signatures);
 	idd_buf_put_u64(&b, s->records);
 	for (size_t i = 0; i < n; i++) {
 		idd_buf_put_str(&b, s->ids[i]);
+		idd_buf_put(&b, cat->images[i].list_key.b, IDD_DIGEST_SIZE);
 		idd_buf_put_varint(&b, s->nonzero[i]);
 		idd_buf_put_varint(&b, s->distinct[i]);
 	}
 	for (size_t a = 0; a < n; a++)
-		for (size_t c = a; c < n; c++)
-			idd_buf_put_varint(&b, s->shared[a * n + c]);
+		for (size_t c = a + 1; c < n; c++)
+			idd_buf_put_varint(&b, idd_similarity_shared(s, a, c));
 	for (size_t a = 0; a < n; a++)
 		for (size_t c = 0; c < n; c++)
-			idd_buf_put_varint(&b, s->contained[a * n + c] - s->shared[a * n + c]);
+			if (c != a)
+				idd_buf_put_varint(&b, idd_similarity_contained(s, a, c) - idd_similarity_shared(s, a, c));
 	char *path = idd_path_join(index_dir, SIM_FILE, err);
 	int rc = b.failed ? idd_fail(err, "out of memory caching the similarity")
 	         : path ? idd_indexfile_write(path, SIM_MAGIC, SIM_VERSION, b.data, b.len, true, err)
@@ -587,60 +149,179 @@ static int cache_save(const char *index_dir, const idd_digest *key, const idd_si
 	return rc;
 }
 
-/* IDD_OK with *out when the cache matches key; IDD_ENOENT when absent or stale. */
-static int cache_load(const char *index_dir, const idd_digest *key, const idd_catalog *cat,
-                      idd_similarity **out, idd_error *err)
+typedef struct cache_entry {
+	char *id;
+	idd_digest key;
+	uint64_t nonzero, distinct;
+} cache_entry;
+
+/* Read the cache against the catalog.  IDD_OK: *out holds the counts of
+ * every image the cache still describes (same id, same block list), and
+ * (*added)[0..*nadded) lists the catalog images it does not; IDD_ENOENT:
+ * absent, of another block size or format version, or too far behind to
+ * be worth updating. */
+static int cache_load(const char *index_dir, const idd_catalog *cat, uint64_t mem_budget,
+                      idd_similarity **out, size_t **added, size_t *nadded, size_t *dropped,
+                      idd_error *err)
 {
+	*out = NULL;
+	*added = NULL;
+	*nadded = *dropped = 0;
 	char *path = idd_path_join(index_dir, SIM_FILE, err);
 	if (!path)
 		return IDD_ERR;
-	void *p;
+	void *p = NULL;
 	size_t len;
-	int rc = idd_indexfile_read(path, SIM_MAGIC, SIM_VERSION, &p, &len, NULL, err);
+	uint32_t version;
+	int rc = idd_indexfile_read(path, SIM_MAGIC, SIM_VERSION, &p, &len, &version, err);
 	if (rc) {
 		free(path);
 		return rc;
 	}
 	idd_reader r;
 	idd_reader_init(&r, p, len);
-	idd_digest k;
-	uint64_t n = 0;
+	uint32_t bs = 0;
+	uint64_t on = 0, sigs = 0, recs = 0;
+	cache_entry *old = NULL;
+	size_t *map = NULL, *add = NULL;
 	idd_similarity *s = NULL;
+	size_t n = cat->count, nold = 0;
 	rc = IDD_ENOENT;
-	if (!idd_get_bytes(&r, k.b, 32) || memcmp(k.b, key->b, 32) || !idd_get_u64(&r, &n) ||
-	    n != cat->count)
+	if (version < SIM_VERSION) /* written by an earlier release: recomputed, no warning */
 		goto out;
-	if (!(s = sim_alloc((size_t)n, err))) {
+	bool ok = idd_get_u32(&r, &bs) && idd_get_u64(&r, &on) && idd_get_u64(&r, &sigs) &&
+	          idd_get_u64(&r, &recs) && on <= idd_reader_left(&r) / (IDD_DIGEST_SIZE + 3);
+	if (ok && !(old = idd_calloc((size_t)on + 1, sizeof *old, err))) {
 		rc = IDD_ERR;
 		goto out;
 	}
-	bool ok = idd_get_u64(&r, &s->signatures) && idd_get_u64(&r, &s->records);
-	for (size_t i = 0; ok && i < n; i++)
-		ok = idd_get_str(&r, &s->ids[i], 4096) && !strcmp(s->ids[i], cat->images[i].id) &&
-		     idd_get_varint(&r, &s->nonzero[i]) && idd_get_varint(&r, &s->distinct[i]);
-	for (size_t a = 0; ok && a < n; a++)
-		for (size_t c = a; ok && c < n; c++) {
-			ok = idd_get_varint(&r, &s->shared[a * n + c]);
-			s->shared[c * n + a] = s->shared[a * n + c];
+	for (size_t i = 0; ok && i < on; i++, nold++)
+		ok = idd_get_str(&r, &old[i].id, 4096) && idd_get_bytes(&r, old[i].key.b, IDD_DIGEST_SIZE) &&
+		     idd_get_varint(&r, &old[i].nonzero) && idd_get_varint(&r, &old[i].distinct) &&
+		     (i == 0 || strcmp(old[i - 1].id, old[i].id) < 0);
+	if (!ok) {
+		rc = idd_fail(err, "%s: corrupt similarity cache", path);
+		goto out;
+	}
+	if (bs != cat->block_size)
+		goto out;
+	/* both lists are sorted by id: match them in one merge */
+	map = idd_malloc((nold + 1) * sizeof *map, err);
+	add = map ? idd_malloc((n + 1) * sizeof *add, err) : NULL;
+	if (!add) {
+		rc = IDD_ERR;
+		goto out;
+	}
+	size_t i = 0, j = 0, kept = 0;
+	while (i < nold || j < n) {
+		int c = i == nold ? 1 : j == n ? -1 : strcmp(old[i].id, cat->images[j].id);
+		if (c == 0 && !memcmp(old[i].key.b, cat->images[j].list_key.b, IDD_DIGEST_SIZE)) {
+			map[i++] = j++;
+			kept++;
+		} else if (c == 0) { /* changed: its row is recomputed */
+			map[i++] = SIZE_MAX;
+			add[(*nadded)++] = j++;
+		} else if (c < 0) {
+			map[i++] = SIZE_MAX;
+		} else {
+			add[(*nadded)++] = j++;
 		}
-	for (size_t a = 0; ok && a < n; a++)
-		for (size_t c = 0; ok && c < n; c++) {
-			uint64_t extra;
-			ok = idd_get_varint(&r, &extra) &&
-			     idd_add_ok(extra, s->shared[a * n + c], &s->contained[a * n + c]);
+	}
+	*dropped = nold - kept;
+	/* an update reads every list once and holds the added images' keys */
+	uint64_t add_keys = 0;
+	for (size_t k = 0; k < *nadded; k++)
+		add_keys += cat->images[add[k]].nblocks - IDD_MIN(cat->images[add[k]].zero_blocks,
+		                                                 cat->images[add[k]].nblocks);
+	uint64_t budget = mem_budget ? mem_budget : (512ull << 20);
+	if (*nadded * UPDATE_MAX_SHARE > n || add_keys * 40 + (uint64_t)*nadded * n * 24 > budget)
+		goto out;
+	if (!(s = sim_alloc(cat, err))) {
+		rc = IDD_ERR;
+		goto out;
+	}
+	size_t cells;
+	if (__builtin_mul_overflow(n, n, &cells) ||
+	    !(s->counts = calloc(cells ? 2 * cells : 1, s->counts_wide ? 8 : 4))) {
+		rc = idd_fail_code(err, IDD_ENOMEM, "out of memory for the %zu x %zu similarity matrix", n, n);
+		goto out;
+	}
+	s->signatures = sigs;
+	s->records = recs;
+	for (size_t a = 0; a < nold; a++)
+		if (map[a] != SIZE_MAX) {
+			s->nonzero[map[a]] = old[a].nonzero;
+			s->distinct[map[a]] = old[a].distinct;
+			set_pair(s, map[a], map[a], old[a].distinct, old[a].nonzero);
+		}
+	for (size_t a = 0; ok && a < nold; a++)
+		for (size_t c = a + 1; ok && c < nold; c++) {
+			uint64_t v;
+			ok = idd_get_varint(&r, &v);
+			if (map[a] != SIZE_MAX && map[c] != SIZE_MAX) {
+				sim_cell_set(s->counts, s->counts_wide, 2 * (map[a] * n + map[c]), v);
+				sim_cell_set(s->counts, s->counts_wide, 2 * (map[c] * n + map[a]), v);
+			}
+		}
+	for (size_t a = 0; ok && a < nold; a++)
+		for (size_t c = 0; ok && c < nold; c++) {
+			if (c == a)
+				continue;
+			uint64_t extra, v;
+			ok = idd_get_varint(&r, &extra);
+			if (ok && map[a] != SIZE_MAX && map[c] != SIZE_MAX) {
+				ok = idd_add_ok(extra, idd_similarity_shared(s, map[a], map[c]), &v) &&
+				     v <= old[a].nonzero;
+				sim_cell_set(s->counts, s->counts_wide, 2 * (map[a] * n + map[c]) + 1, v);
+			}
 		}
 	if (!ok || idd_reader_left(&r)) {
 		rc = idd_fail(err, "%s: corrupt similarity cache", path);
 		goto out;
 	}
-	s->from_cache = true;
+	s->from_cache = *nadded == 0 && *dropped == 0;
 	*out = s;
 	s = NULL;
+	*added = add;
+	add = NULL;
 	rc = IDD_OK;
 out:
+	for (size_t k = 0; old && k < nold; k++)
+		free(old[k].id);
+	free(old);
+	free(map);
+	free(add);
 	idd_similarity_free(s);
 	free(p);
 	free(path);
+	if (rc)
+		*nadded = *dropped = 0;
+	return rc;
+}
+
+/* Compute the rows of the images added[0..k) (new or changed) into s. */
+static int update_rows(const idd_similarity_opts *o, const char *index_dir, const idd_catalog *cat,
+                       idd_similarity *s, const size_t *added, size_t k, idd_error *err)
+{
+	size_t n = cat->count;
+	uint64_t *sh = idd_calloc(k * n + 1, sizeof *sh, err);
+	uint64_t *cab = sh ? idd_calloc(k * n + 1, sizeof *cab, err) : NULL;
+	uint64_t *cba = cab ? idd_calloc(k * n + 1, sizeof *cba, err) : NULL;
+	int rc = cba ? sim_rows(index_dir, cat, added, k, idd_threads_for_jobs(o->jobs), sh, cab, cba, err)
+	             : IDD_ERR;
+	for (size_t j = 0; !rc && j < k; j++) {
+		size_t a = added[j];
+		for (size_t b = 0; b < n; b++) {
+			size_t x = j * n + b;
+			set_pair(s, a, b, sh[x], cab[x]);
+			set_pair(s, b, a, sh[x], cba[x]);
+		}
+		s->distinct[a] = sh[j * n + a];
+		s->nonzero[a] = cab[j * n + a];
+	}
+	free(sh);
+	free(cab);
+	free(cba);
 	return rc;
 }
 
@@ -651,35 +332,37 @@ static int compute_once(const idd_similarity_opts *o, const char *index_dir, idd
 {
 	idd_catalog *cat = NULL;
 	idd_similarity *res = NULL;
-	idd_digest key;
+	size_t *added = NULL, nadded = 0, dropped = 0;
 	int rc = idd_catalog_load(index_dir, &cat, err);
 	if (rc == IDD_ENOENT)
 		rc = IDD_ERR; /* no index at all: nothing to retry */
-	if (!rc)
-		rc = idd_catalog_key(cat, &key, err);
 	if (rc)
 		goto out;
 	if (!o->no_cache) {
 		idd_error e2;
-		int crc = cache_load(index_dir, &key, cat, &res, &e2);
-		if (crc == IDD_OK)
+		int crc = cache_load(index_dir, cat, o->mem_budget, &res, &added, &nadded, &dropped, &e2);
+		if (crc == IDD_OK && res->from_cache)
 			goto out;
+		if (crc == IDD_OK) {
+			res->rows_dropped = dropped;
+			res->cache_updated = true;
+			if (nadded && (rc = update_rows(o, index_dir, cat, res, added, nadded, err)))
+				goto out;
+			res->rows_computed = nadded;
+			goto save;
+		}
 		if (crc != IDD_ENOENT && o->warn) /* damaged cache: say so, recompute */
 			o->warn(o->ctx, e2.msg);
 	}
-	if (!(res = sim_alloc(cat->count, err))) {
+	if (!(res = sim_alloc(cat, err))) {
 		rc = IDD_ERR;
 		goto out;
 	}
-	for (size_t i = 0; i < cat->count; i++)
-		if (!(res->ids[i] = idd_strdup(cat->images[i].id, err))) {
-			rc = IDD_ERR;
-			goto out;
-		}
 	if ((rc = compute(o, index_dir, cat, res, err)))
 		goto out;
+save:;
 	idd_error e3;
-	if (cache_save(index_dir, &key, res, &e3) && o->warn) /* read-only index: still answer */
+	if (cache_save(index_dir, cat, res, &e3) && o->warn) /* read-only index: still answer */
 		o->warn(o->ctx, e3.msg);
 out:
 	if (rc) {
@@ -687,6 +370,7 @@ out:
 		res = NULL;
 	}
 	*out = res;
+	free(added);
 	idd_catalog_free(cat);
 	return rc;
 }
@@ -710,13 +394,12 @@ double idd_similarity_value(const idd_similarity *s, idd_metric m, size_t a, siz
 {
 	if (a == b)
 		return 1.0;
-	size_t n = s->n;
 	if (m == IDD_METRIC_CONTAINMENT) {
-		uint64_t tot = s->contained[a * n + a]; /* = a's non-zero blocks */
-		return tot ? (double)s->contained[a * n + b] / (double)tot : 0.0;
+		uint64_t tot = s->nonzero[a];
+		return tot ? (double)idd_similarity_contained(s, a, b) / (double)tot : 0.0;
 	}
-	uint64_t inter = s->shared[a * n + b];
-	uint64_t uni = s->shared[a * n + a] + s->shared[b * n + b] - inter;
+	uint64_t inter = idd_similarity_shared(s, a, b);
+	uint64_t uni = s->distinct[a] + s->distinct[b] - inter;
 	return uni ? (double)inter / (double)uni : 0.0;
 }
 
@@ -885,7 +568,7 @@ int idd_image_top_similar(const char *index_dir, const char *id, size_t k, idd_s
 		size_t b = top[i];
 		v[i].containment = idd_similarity_value(s, IDD_METRIC_CONTAINMENT, a, b);
 		v[i].jaccard = idd_similarity_value(s, IDD_METRIC_JACCARD, a, b);
-		v[i].shared = s->shared[a * s->n + b];
+		v[i].shared = idd_similarity_shared(s, a, b);
 		if (!(v[i].id = idd_strdup(s->ids[b], err)))
 			rc = IDD_ERR;
 	}

@@ -115,6 +115,7 @@ struct idd_export {
 	pthread_cond_t ra_wake;
 	uint64_t ra_block, ra_count;
 	bool ra_queued, ra_started;
+	bool ra_busy; /* read_ahead running (idd_server_checkpoint waits for it) */
 	pthread_t ra_thread;
 	/* --record: blocks in the order first read (under rec_lock) */
 	pthread_mutex_t rec_lock;
@@ -158,6 +159,7 @@ struct idd_server {
 	int64_t cat_checked_ns;
 	bool cat_checking;            /* a thread is checking it now */
 	atomic_bool stop;
+	atomic_bool quiesce; /* idd_server_checkpoint: no new readahead */
 	bool started;
 	pthread_t flusher;
 	pthread_t budget;             /* --cache-max: keeps the cache under it */
@@ -681,12 +683,15 @@ static void *readahead_main(void *arg)
 		}
 		uint64_t b1 = e->ra_block, count = e->ra_count;
 		e->ra_queued = false;
+		e->ra_busy = true;
 		pthread_mutex_unlock(&e->ra_lock);
 		/* bounded like a read: a stalled source does not hold it forever */
 		idd_fetch_set_deadline(idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000);
 		read_ahead(e, b1, count);
 		idd_fetch_set_deadline(0);
 		pthread_mutex_lock(&e->ra_lock);
+		e->ra_busy = false;
+		pthread_cond_broadcast(&e->ra_wake);
 	}
 	pthread_mutex_unlock(&e->ra_lock);
 	return NULL;
@@ -701,7 +706,7 @@ static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
 		double fits = (double)rate * (double)READAHEAD_TARGET_NS / 1e9 / e->bs;
 		ra_blocks = IDD_MIN(ra_blocks, (uint64_t)fits);
 	}
-	if (!ra_blocks || b1 >= e->m->nblocks)
+	if (!ra_blocks || b1 >= e->m->nblocks || atomic_load(&e->srv->quiesce))
 		return;
 	pthread_mutex_lock(&e->ra_lock);
 	if (!e->ra_started && !atomic_load(&e->srv->stop))
@@ -1704,9 +1709,13 @@ static int write_profile(idd_server *s, idd_error *err)
 {
 	idd_profile_writer w;
 	int rc = idd_profile_writer_begin(&w, err);
-	for (size_t i = 0; !rc && i < s->nexports; i++)
+	for (size_t i = 0; !rc && i < s->nexports; i++) {
+		/* reads may still be recording (idd_server_checkpoint) */
+		pthread_mutex_lock(&s->exports[i]->rec_lock);
 		rc = idd_profile_writer_add(&w, s->exports[i]->id, s->exports[i]->m,
 		                            s->exports[i]->order, s->exports[i]->norder, err);
+		pthread_mutex_unlock(&s->exports[i]->rec_lock);
+	}
 	if (!rc)
 		rc = idd_profile_writer_commit(&w, s->o.record, err);
 	idd_profile_writer_free(&w);
@@ -1799,6 +1808,56 @@ int idd_server_start(idd_server *s, idd_error *err)
 	}
 	pthread_mutex_unlock(&s->lock);
 	return rc;
+}
+
+/* How long idd_server_checkpoint lets a readahead in progress finish: one
+ * is sized to about a second of the source's recent speed. */
+#define CHECKPOINT_RA_WAIT_NS (3 * 1000000000LL)
+
+int idd_server_checkpoint(idd_server *s, idd_error *err)
+{
+	/* what the readahead is fetching, or was asked for, would otherwise be
+	 * lost, and fetched again by the next run */
+	atomic_store(&s->quiesce, true);
+	int64_t until = idd_mono_ns() + CHECKPOINT_RA_WAIT_NS;
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->ra_lock);
+		while ((e->ra_busy || (e->ra_queued && e->ra_started)) && idd_mono_ns() < until) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&e->ra_wake, &e->ra_lock, &ts);
+		}
+		pthread_mutex_unlock(&e->ra_lock);
+		/* a request that answered a read goes on receiving the blocks
+		 * read ahead behind it, and stores them */
+		for (;;) {
+			pthread_mutex_lock(&e->fl_lock);
+			size_t n = e->ninflight;
+			pthread_mutex_unlock(&e->fl_lock);
+			if (!n || idd_mono_ns() >= until)
+				break;
+			struct timespec ts = {0, 20 * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (s->started)
+		flush_all(s);
+	for (size_t i = 0; i < s->nexports; i++) {
+		idd_export *e = s->exports[i];
+		pthread_mutex_lock(&e->part_lock);
+		if (e->repair_fd >= 0 && fdatasync(e->repair_fd))
+			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: fsync: %s", e->final_path, strerror(errno));
+		pthread_mutex_unlock(&e->part_lock);
+	}
+	return s->o.record ? write_profile(s, err) : IDD_OK;
 }
 
 /* An export's counters into em, added to the totals in m (st: the

@@ -19,8 +19,11 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -62,6 +65,7 @@ static struct {
 	const char *metrics; /* metrics=ADDR:PORT: Prometheus text at /metrics */
 	char *stats_path; /* absolute: nbdkit may change directory */
 	int stats_fd;     /* stats-fd=N, -1 when not given */
+	int drop_fd;      /* drop-fd=N, -1 when not given */
 	const char *images[MAX_IMAGES];
 	size_t n_images;
 	const char *peers[MAX_PEERS];
@@ -205,6 +209,7 @@ static int parse_bool(const char *value, bool *out)
 static void plugin_load(void)
 {
 	cfg.stats_fd = -1;
+	cfg.drop_fd = -1;
 	Dl_info info;
 	if (dladdr((void *)plugin_load, &info) && info.dli_fname)
 		dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
@@ -237,15 +242,15 @@ static int plugin_config(const char *key, const char *value)
 		free(cfg.stats_path);
 		cfg.stats_path = nbdkit_absolute_path(value);
 		return cfg.stats_path ? 0 : -1;
-	} else if (!strcmp(key, "stats-fd")) {
+	} else if (!strcmp(key, "stats-fd") || !strcmp(key, "drop-fd")) {
 		int v;
-		if (nbdkit_parse_int("stats-fd", value, &v) == -1)
+		if (nbdkit_parse_int(key, value, &v) == -1)
 			return -1;
 		if (v < 0) {
-			nbdkit_error("stats-fd=%s: not a file descriptor", value);
+			nbdkit_error("%s=%s: not a file descriptor", key, value);
 			return -1;
 		}
-		cfg.stats_fd = v;
+		*(key[0] == 's' ? &cfg.stats_fd : &cfg.drop_fd) = v;
 		return 0;
 	} else if (!strcmp(key, "image")) {
 		if (!*value) {
@@ -427,6 +432,8 @@ static int plugin_get_ready(void)
  * ends every fetch and read in progress at once. */
 static pthread_t watcher;
 static bool watcher_started;
+static pthread_t dropper; /* drop-fd, below */
+static bool dropper_started;
 static atomic_bool watcher_done;
 
 static void *watch_shutdown(void *arg)
@@ -443,11 +450,60 @@ static void *watch_shutdown(void *arg)
 
 static void stop_watcher(void)
 {
-	if (!watcher_started)
-		return;
 	atomic_store(&watcher_done, true);
-	pthread_join(watcher, NULL);
+	if (watcher_started)
+		pthread_join(watcher, NULL);
 	watcher_started = false;
+	if (dropper_started)
+		pthread_join(dropper, NULL);
+	dropper_started = false;
+}
+
+/* ---- dropping (drop-fd=N) ----
+ *
+ * On SIGTERM nbdkit answers every request it has not handed to the plugin
+ * yet with ESHUTDOWN, and the reads the watcher above cancels fail too:
+ * qemu passes an error reply to the guest as an I/O error, even with
+ * reconnect-delay, which only covers a connection that is lost.  So a
+ * stop that should not break clients ends the process instead: the
+ * fetched data is made durable, --record and the counters are written,
+ * then _exit.  The connections close
+ * with their requests unanswered, and a client that reconnects sends them
+ * again to the next server.  Cache and partial files are meant to survive
+ * a kill -9 at any moment; this is no worse.
+ *
+ * DROP_FD is the read end of a pipe: a byte, or its writer closing (the
+ * parent died), triggers it.  nbdkit's --exit-with-parent would send
+ * SIGTERM, hence ESHUTDOWN replies, on the parent's death: SIGKILL instead. */
+static void write_stats_fd(const idd_serve_stats *st);
+static void write_stats(const idd_serve_stats *st);
+
+static void *watch_drop(void *arg)
+{
+	(void)arg;
+	struct pollfd pfd = {.fd = cfg.drop_fd, .events = POLLIN};
+	for (;;) {
+		int r = poll(&pfd, 1, 200);
+		if (r > 0)
+			break;
+		if (r < 0 && errno != EINTR) {
+			nbdkit_error("drop-fd=%d: %s", cfg.drop_fd, strerror(errno));
+			return NULL;
+		}
+		if (atomic_load(&watcher_done))
+			return NULL;
+	}
+	idd_error err = {{0}, 0};
+	if (idd_server_checkpoint(server, &err))
+		nbdkit_error("%s", err.msg);
+	idd_serve_stats st;
+	idd_server_stats(server, &st);
+	if (cfg.stats_path)
+		write_stats(&st);
+	if (cfg.stats_fd >= 0)
+		write_stats_fd(&st);
+	nbdkit_debug("drop-fd: ending with the connections open");
+	_exit(0);
 }
 
 static int plugin_after_fork(void)
@@ -464,6 +520,18 @@ static int plugin_after_fork(void)
 	watcher_started = pthread_create(&watcher, NULL, watch_shutdown, NULL) == 0;
 	if (!watcher_started)
 		nbdkit_debug("no shutdown watcher: reads in progress finish before nbdkit stops");
+	if (cfg.drop_fd >= 0) {
+		/* after_fork runs on the thread that --exit-with-parent set up */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1) {
+			nbdkit_error("drop-fd: %s", getppid() == 1 ? "the parent is gone" : strerror(errno));
+			return -1;
+		}
+		dropper_started = pthread_create(&dropper, NULL, watch_drop, NULL) == 0;
+		if (!dropper_started) {
+			nbdkit_error("drop-fd: cannot start its thread");
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -778,7 +846,11 @@ static struct nbdkit_plugin plugin = {
 	               "metrics=ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics\n"
 	               "                   (PORT alone: on the loopback address)\n"
 	               "stats=FILE         on exit, write the serve counters to FILE as JSON\n"
-	               "stats-fd=N         the same into the open file descriptor N",
+	               "stats-fd=N         the same into the open file descriptor N\n"
+	               "drop-fd=N          a pipe: when readable or closed, write the counters and\n"
+	               "                   end at once, requests in progress unanswered (their\n"
+	               "                   clients may reconnect and send them again); imgdedup\n"
+	               "                   serve's SIGTERM",
 	.get_ready = plugin_get_ready,
 	.after_fork = plugin_after_fork,
 	.cleanup = plugin_cleanup,

@@ -31,8 +31,13 @@
 #   imgdedup.mount=auto|ro|rw  ext4 on /dev/vda1 read-only if the disk is
 #                              read-only (auto, the default), else read-write
 #   imgdedup.dir=SUBDIR        the part of the filesystem to read (default: all)
+#   imgdedup.passes=N          N > 1: then read the whole disk (md5sum of
+#                              /dev/vda) and every file N more times, the page
+#                              cache dropped before each pass ("imgdedup-guest:
+#                              pass K start|done" on the console), each pass
+#                              reading what the first did
 # It lists SUBDIR (ls -laR), md5sums every regular file under it and prints
-#   IMGDEDUP-GUEST-OK mode=ro|rw files=N entries=N digest=MD5 [wrote=MD5] uptime=S
+#   IMGDEDUP-GUEST-OK mode=ro|rw files=N entries=N digest=MD5 [passes=N disk=MD5] [wrote=MD5] uptime=S
 # where digest is the md5 of the sorted "md5  ./path" lines (guest_tree_digest
 # computes the same on the host).  Read-write, it also writes the list of sums
 # (after a header line) to /imgdedup-guest-write, syncs, and reports that
@@ -72,11 +77,12 @@ quietk() { echo 1 > /proc/sys/kernel/printk; }
 fin() { quietk; echo "$1"; cd /; umount /mnt 2>/dev/null; sync; poweroff -f; exit 1; }
 die() { fin "IMGDEDUP-GUEST-FAIL $*"; }
 echo "imgdedup-guest: /init at $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
-mode=auto dir=.
+mode=auto dir=. passes=1
 for o in $(cat /proc/cmdline); do
   case $o in
     imgdedup.mount=*) mode=${o#*=} ;;
     imgdedup.dir=*) dir=${o#*=} ;;
+    imgdedup.passes=*) passes=${o#*=} ;;
   esac
 done
 for m in $(cat /etc/modules); do
@@ -103,6 +109,23 @@ find . -type f ! -path ./imgdedup-guest-write -exec md5sum {} + > /tmp/sums || d
 files=$(wc -l < /tmp/sums)
 digest=$(sort /tmp/sums | md5sum | cut -d' ' -f1)
 res="mode=$mode files=$files entries=$entries digest=$digest"
+if [ "$passes" -gt 1 ]; then
+  # a workload: read the whole disk and every file again, from the disk
+  # each time (page cache dropped), comparing with the first read
+  p=1
+  while [ $p -le "$passes" ]; do
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    echo "imgdedup-guest: pass $p start"
+    d=$(md5sum < /dev/vda | cut -d' ' -f1) || die "pass $p: reading /dev/vda"
+    [ $p = 1 ] && disk=$d
+    [ "$d" = "$disk" ] || die "pass $p: /dev/vda reads $d, pass 1 read $disk"
+    find . -type f ! -path ./imgdedup-guest-write -exec md5sum {} + > /tmp/sums2 || die "pass $p: md5sum"
+    [ "$(sort /tmp/sums2 | md5sum | cut -d' ' -f1)" = "$digest" ] || die "pass $p: the files read differently"
+    echo "imgdedup-guest: pass $p done"
+    p=$((p + 1))
+  done
+  res="$res passes=$passes disk=$disk"
+fi
 if [ $mode = rw ]; then
   { echo "written by the imgdedup test guest"; sort /tmp/sums; } > /mnt/imgdedup-guest-write &&
     sync || die "write"
@@ -297,18 +320,45 @@ _guest_tee() {
 }
 
 guest_boot() {
-  local drive=$1 log=$2 t0 rc=0 line
+  guest_boot_start "$@"
+  guest_boot_wait
+}
+
+# guest_boot_start DRIVE_SPEC LOG [QEMU_ARGS...]: guest_boot in the
+# background (an empty DRIVE_SPEC: no -drive, the disk is in QEMU_ARGS);
+# guest_boot_wait waits for it and returns what guest_boot would;
+# guest_wait_line REGEX waits (as long as the guest runs) for a console line
+guest_boot_start() {
+  local drive=$1 log=$2
   shift 2
   guest_prepare
-  GUEST_RESULT= GUEST_SECS=
-  t0=$(_guest_us)
+  GUEST_RESULT= GUEST_SECS= GUEST_LOG=$log
+  GUEST_T0=$(_guest_us)
+  local disk=()
+  [ -z "$drive" ] || disk=(-drive "$drive")
+  : > "$log"
   # tcg, not kvm: kvm hangs under the nested virtualisation of our machines
-  timeout -k 5 "${GUEST_TIMEOUT:-120}" qemu-system-x86_64 -accel tcg -m 512 -smp 1 \
-    -nographic -no-reboot -net none \
-    -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" \
-    -append "console=ttyS0 panic=-1 ${GUEST_APPEND:-}" \
-    -drive "$drive" "$@" < /dev/null 2>&1 | _guest_tee "$log" "$t0" || rc=$?
-  local total; total=$(_guest_secs "$t0")
+  { timeout -k 5 "${GUEST_TIMEOUT:-120}" qemu-system-x86_64 -accel tcg -m 512 -smp 1 \
+      -nographic -no-reboot -net none \
+      -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" \
+      -append "console=ttyS0 panic=-1 ${GUEST_APPEND:-}" \
+      "${disk[@]}" "$@" < /dev/null 2>&1 | _guest_tee "$log" "$GUEST_T0"
+    exit "${PIPESTATUS[0]}"; } &
+  GUEST_JOB=$!
+}
+
+guest_wait_line() {
+  while kill -0 "$GUEST_JOB" 2>/dev/null; do
+    grep -a -q -E "$1" "$GUEST_LOG" && return 0
+    sleep 0.1
+  done
+  grep -a -q -E "$1" "$GUEST_LOG"
+}
+
+guest_boot_wait() {
+  local log=$GUEST_LOG rc=0 line
+  wait "$GUEST_JOB" || rc=$?
+  local total; total=$(_guest_secs "$GUEST_T0")
   line=$(grep -a -o 'IMGDEDUP-GUEST-OK .*' "$log" | head -n 1) || true
   if [ -z "$line" ]; then
     echo "guest_boot: no IMGDEDUP-GUEST-OK (qemu status $rc after $total s); end of $log:" >&2

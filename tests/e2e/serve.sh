@@ -4,6 +4,8 @@
 #                              --json; ARGS are the other options and images.
 #                              Returns once the socket accepts connections.
 #                              Sets SERVE_SOCK; the pid is in $WORK/NAME.pid.
+#                              SERVE_SOCKET=PATH: that socket instead (a
+#                              restart on the socket of an earlier NAME).
 #   serve_stop NAME            SIGTERM, wait: exit status 0 and the stats
 #                              object in $WORK/NAME.json (stderr: NAME.err)
 #   serve_kill9 NAME           SIGKILL to nbdkit and to serve: nothing is
@@ -35,7 +37,8 @@ h.connect_unix(sys.argv[1]); h.opt_list(lambda name, desc: 0); h.opt_abort()' "$
 serve_start() {
   local name=$1 i
   shift
-  SERVE_SOCK=$WORK/$name.sock
+  SERVE_SOCK=${SERVE_SOCKET:-$WORK/$name.sock}
+  echo "$SERVE_SOCK" > "$WORK/$name.sockpath"
   "$IMGDEDUP" serve --socket "$SERVE_SOCK" --json "$@" > "$WORK/$name.json" 2> "$WORK/$name.err" &
   local pid=$!
   echo "$pid" > "$WORK/$name.pid"
@@ -62,7 +65,7 @@ serve_stop() {
   wait "$pid" || rc=$?
   [ "$rc" = 0 ] || fail "serve $name exited with $rc: $(cat "$WORK/$name.err")"
   [ -s "$WORK/$name.json" ] || fail "serve $name printed no statistics"
-  [ ! -e "$WORK/$name.sock" ] || fail "serve $name left its socket behind"
+  [ ! -e "$(_serve_sock "$name")" ] || fail "serve $name left its socket behind"
 }
 
 serve_kill9() {
@@ -85,7 +88,9 @@ serve_cleanup() {
 }
 cleanup_fns+=(serve_cleanup)
 
-serve_uri() { echo "nbd+unix:///$2?socket=$WORK/$1.sock"; }
+# the socket serve_start NAME used ($WORK/NAME.sock for a serve started otherwise)
+_serve_sock() { if [ -s "$WORK/$1.sockpath" ]; then cat "$WORK/$1.sockpath"; else echo "$WORK/$1.sock"; fi; }
+serve_uri() { echo "nbd+unix:///$2?socket=$(_serve_sock "$1")"; }
 serve_stat() { json_get "$WORK/$1.json" "$2"; }
 
 serve_expect() {

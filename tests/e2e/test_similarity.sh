@@ -62,8 +62,23 @@ head -c 8192 /dev/urandom | dd of="$R/b.raw" bs=4096 seek=3 conv=notrunc 2>/dev/
 "$IMGDEDUP" scan -q "$R"
 "$IMGDEDUP" similarity --format json "$R" > "$WORK/s2.json"
 check "changed index recomputed" test "$(json_get "$WORK/s2.json" from_cache)" = False
+check "only the changed image's row computed" test "$(json_get "$WORK/s2.json" rows_computed)" = 1
 "$IMGDEDUP" similarity "$R" > "$WORK/j2.csv"
 check "jaccard after change matches python" $REF check "$WORK/j2.csv" jaccard 4096 "$R"
+# an image added, then one removed: the cache is updated, not recomputed
+cat "$R/e.raw" "$R/a.raw" > "$R/f.raw"
+"$IMGDEDUP" scan -q "$R"
+"$IMGDEDUP" similarity --format json "$R" > "$WORK/s3.json"
+check "added image: one row computed" test "$(json_get "$WORK/s3.json" rows_computed)" = 1
+"$IMGDEDUP" similarity --metric containment "$R" > "$WORK/c3.csv"
+check "containment after an addition matches python" $REF check "$WORK/c3.csv" containment 4096 "$R"
+rm "$R/d.img"
+"$IMGDEDUP" scan -q "$R"
+"$IMGDEDUP" similarity --format json "$R" > "$WORK/s4.json"
+check "removed image: its row dropped, none computed" \
+  test "$(json_get "$WORK/s4.json" rows_dropped)" = 1 -a "$(json_get "$WORK/s4.json" rows_computed)" = 0
+"$IMGDEDUP" similarity "$R" > "$WORK/j4.csv"
+check "jaccard after a removal matches python" $REF check "$WORK/j4.csv" jaccard 4096 "$R"
 # usage and failures
 set +e
 "$IMGDEDUP" similarity --metric cosine "$R" 2>/dev/null; rc1=$?

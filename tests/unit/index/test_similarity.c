@@ -210,12 +210,13 @@ static void test_cluster_small_and_ties(void **state)
 	(void)state;
 	/* identical images (all distances 0) and n = 0..3 must not loop */
 	for (size_t n = 0; n <= 5; n++) {
-		idd_similarity s = {.n = n};
-		uint64_t sh[25], co[25];
-		for (size_t i = 0; i < 25; i++)
-			sh[i] = co[i] = 10;
-		s.shared = sh;
-		s.contained = co;
+		uint32_t counts[50];
+		uint64_t nz[5], dist[5];
+		for (size_t i = 0; i < 50; i++)
+			counts[i] = 10;
+		for (size_t i = 0; i < 5; i++)
+			nz[i] = dist[i] = 10;
+		idd_similarity s = {.n = n, .counts = counts, .nonzero = nz, .distinct = dist};
 		size_t order[5];
 		idd_error err;
 		assert_int_equal(idd_similarity_cluster_order(&s, IDD_METRIC_JACCARD, order, &err), IDD_OK);

@@ -4,6 +4,7 @@
  * for that block only, --fill leaving a complete cached image, extents. */
 #include "testutil.h"
 #include "index/map.h"
+#include "node/profile.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,6 +153,50 @@ static void test_cold_warm_sibling(void **state)
 			assert_int_equal(v[i].present_blocks, 12);
 	}
 	idd_cache_list_free(v, n);
+}
+
+/* idd_server_checkpoint, while the server is open (a process about to end
+ * without closing it): the fetched blocks are in the cache's journal, the
+ * record file holds the reads so far. */
+static void test_checkpoint(void **state)
+{
+	(void)state;
+	tu_rmtree(cache);
+	char *rec = idd_path_join(root, "boot.rec", NULL);
+	unlink(rec);
+	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .record = rec};
+	idd_server *s = NULL;
+	idd_error err;
+	assert_int_equal(idd_server_open(&o, &s, &err), IDD_OK);
+	assert_int_equal(idd_server_start(s, &err), IDD_OK);
+	idd_export *e;
+	assert_int_equal(idd_export_open(s, "a.raw", &e, &err), IDD_OK);
+	unsigned char buf[3 * BS];
+	/* blocks 10 (zero: never recorded, nothing to fetch), 11 and 12 */
+	assert_int_equal(idd_export_read(e, buf, 3 * BS, 10 * BS, &err), IDD_OK);
+	assert_memory_equal(buf, img_a + 10 * BS, 3 * BS);
+	struct stat st;
+	assert_int_not_equal(stat(rec, &st), 0);
+	assert_int_equal(idd_server_checkpoint(s, &err), IDD_OK);
+
+	idd_profile pf;
+	assert_int_equal(idd_profile_load(rec, &pf, &err), IDD_OK);
+	assert_int_equal(pf.n, 2);
+	assert_string_equal(pf.ids[0], "a.raw");
+	assert_int_equal(pf.blocks[0], 11);
+	assert_int_equal(pf.blocks[1], 12);
+	idd_profile_free(&pf);
+	idd_cache_image *v;
+	size_t n;
+	assert_int_equal(idd_cache_list(cache, &v, &n, quiet, NULL, &err), IDD_OK);
+	assert_int_equal(n, 1);
+	assert_true(v[0].partial);
+	assert_true(v[0].in_use);
+	assert_true(v[0].present_blocks >= 2);
+	idd_cache_list_free(v, n);
+	idd_export_close(e);
+	idd_server_close(s);
+	free(rec);
 }
 
 static int count_extent(void *ctx, uint64_t off, uint64_t len, bool zero)
@@ -482,6 +527,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_cold_warm_sibling),
 	    cmocka_unit_test(test_extents),
+	    cmocka_unit_test(test_checkpoint),
 	    cmocka_unit_test(test_damaged_source_block),
 	    cmocka_unit_test(test_tampered_cache),
 	    cmocka_unit_test(test_fill),
