@@ -61,7 +61,12 @@ CONF
   NGINX_URL=http://127.0.0.1:$port
   local i
   for i in $(seq 50); do
-    curl -s -o /dev/null "$NGINX_URL/" && return 0
+    if curl -s -o /dev/null "$NGINX_URL/"; then
+      # nginx logs a request after answering it: wait for the probe's line,
+      # so that a log reset that follows cannot miss it and leave it behind
+      for i in $(seq 50); do [ -s "$NGINX_LOG" ] && return 0; sleep 0.1; done
+      return 0
+    fi
     sleep 0.1
   done
   echo "nginx did not come up" >&2
