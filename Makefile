@@ -98,7 +98,7 @@ unit: check-build
 	@scripts/run-unit.sh $(or $(RESULTS),-) $(TESTS)
 
 e2e: $(BUILD)/imgdedup $(PLUGIN)
-	IMGDEDUP=$(abspath $(BUILD)/imgdedup) RESULTS=$(RESULTS) tests/e2e/run-all.sh
+	IMGDEDUP=$(abspath $(BUILD)/imgdedup) RESULTS=$(RESULTS) E2E_SANITIZED=$(SAN) tests/e2e/run-all.sh
 
 check-one: unit e2e
 

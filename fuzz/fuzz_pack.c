@@ -22,17 +22,23 @@ static void index_file(const unsigned char *file, size_t len)
 	idd_pack_index *x;
 	if (idd_pack_index_parse("fuzz-index", file, len, &x, &err))
 		return;
-	/* look up every entry (each must be found where it says) and a few others */
-	for (uint64_t i = 0; i < x->nentries && i < 4096; i++) {
-		idd_digest d;
-		memcpy(d.b, x->entries + i * IDD_PACK_ENTRY, 32);
-		idd_pack_loc loc;
-		if (!idd_pack_lookup(x, &d, &loc) || loc.slot >= loc.nblocks || loc.frame >= x->nframes)
-			abort();
-		d.b[31] ^= 1;
-		idd_pack_lookup(x, &d, &loc);
+	/* look up every entry of the runs the file holds (version 1: one, in
+	 * the payload; version 2 names runs of other files, not opened here):
+	 * each must be found where it says, and a few others */
+	uint64_t looked = 0;
+	for (size_t r = 0; r < x->nruns && x->frames; r++) {
+		const idd_pack_idxrun *run = &x->runs[r];
+		for (uint64_t i = 0; run->recs && i < run->entries && looked < 4096; i++, looked++) {
+			idd_digest d;
+			memcpy(d.b, run->recs + i * IDD_PACK_ENTRY, 32);
+			idd_pack_loc loc;
+			if (!idd_pack_lookup(x, &d, &loc) || loc.slot >= loc.nblocks || loc.frame >= x->nframes)
+				abort();
+			d.b[31] ^= 1;
+			idd_pack_lookup(x, &d, &loc);
+		}
 	}
-	for (size_t f = 0; f < x->nframes; f++) /* frames hold >= 1 block: firsts increase */
+	for (size_t f = 0; x->frames && f < x->nframes; f++) /* frames hold >= 1 block: firsts increase */
 		if (idd_pack_frame_of(x->frames, x->nframes, x->frames[f].first) != f)
 			abort();
 	idd_pack_index_free(x);

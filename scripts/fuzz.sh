@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz.sh - build the libFuzzer targets in fuzz/ and run each of them.
-#   FUZZ_MODE=fuzz-smoke  (make fuzz-smoke, part of make check): FUZZ_TIME s each, default 25
+#   FUZZ_MODE=fuzz-smoke  (make fuzz-smoke, part of make check): FUZZ_TIME s each, default 10
 #   FUZZ_MODE=fuzz        (make fuzz): FUZZ_TIME s each, default 600
 #   FUZZ_TARGETS="qcow2 vmdk"  run only these
 # The library is rebuilt into build/fuzz/ with clang -fsanitize=fuzzer-no-link,
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${FUZZ_MODE:-fuzz-smoke}
 case $mode in
-  fuzz-smoke) secs=${FUZZ_TIME:-25} ;;
+  fuzz-smoke) secs=${FUZZ_TIME:-10} ;;
   fuzz) secs=${FUZZ_TIME:-600} ;;
   *) echo "fuzz.sh: FUZZ_MODE must be fuzz-smoke or fuzz" >&2; exit 2 ;;
 esac
