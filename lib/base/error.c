@@ -36,10 +36,7 @@ int idd_fail_errno(idd_error *err, const char *path, const char *what)
 	         : e == ENOMEM ? IDD_ENOMEM
 	         : (e == EACCES || e == EPERM || e == ELOOP) ? IDD_EPERM
 	         : IDD_EIO;
-	idd_fail(err, "%s: %s: %s", path, what, strerror(e));
-	if (err)
-		err->code = code;
-	return IDD_ERR;
+	return idd_fail_code(err, code, "%s: %s: %s", path, what, strerror(e));
 }
 
 const char *idd_strerror(int code)

@@ -4,12 +4,15 @@
 
 #include "base/util.h"
 
-/* Fill err (if non-NULL) with code IDD_ERR and return IDD_ERR. */
+/* Each of these returns the code it puts into err (and returns it when err
+ * is NULL too), so a caller passes a failure on with `return idd_fail...`.
+ * Fill err (if non-NULL) with code IDD_ERR and return IDD_ERR. */
 int idd_fail(idd_error *err, const char *fmt, ...) IDD_PRINTF(2, 3);
 /* Fill err with the given code and return it. */
 int idd_fail_code(idd_error *err, int code, const char *fmt, ...) IDD_PRINTF(3, 4);
 /* "PATH: WHAT: strerror(errno)", code from errno (ENOENT: IDD_ENOENT,
- * ENOMEM: IDD_ENOMEM, EACCES/EPERM/ELOOP: IDD_EPERM, else IDD_EIO). */
+ * ENOMEM: IDD_ENOMEM, EACCES/EPERM/ELOOP: IDD_EPERM, else IDD_EIO); returns
+ * that code. */
 int idd_fail_errno(idd_error *err, const char *path, const char *what);
 /* One warning line through a warn callback (nothing when warn is NULL). */
 void idd_warnf(idd_warn_fn warn, void *ctx, const char *fmt, ...) IDD_PRINTF(3, 4);

@@ -89,9 +89,7 @@ int idd_open_regular(const char *path, int oflags, unsigned flags, idd_error *er
 	if (fd < 0) {
 		if (errno == ELOOP && (flags & IDD_FILE_NOFOLLOW))
 			return idd_fail_code(err, IDD_EPERM, "%s: is a symbolic link; not followed", path);
-		int e = errno;
-		idd_fail_errno(err, path, "cannot open");
-		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
+		return idd_fail_errno(err, path, "cannot open");
 	}
 	struct stat st;
 	if (fstat(fd, &st)) {

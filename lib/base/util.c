@@ -329,15 +329,13 @@ int idd_read_file_reuse(const char *path, size_t max, void **data, size_t *cap, 
 	 * of waiting for a writer forever */
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
-		int e = errno;
-		idd_fail_errno(err, path, "cannot open");
-		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
+		return idd_fail_errno(err, path, "cannot open");
 	}
 	struct stat st;
 	if (fstat(fd, &st)) {
-		idd_fail_errno(err, path, "stat");
+		int rc = idd_fail_errno(err, path, "stat");
 		close(fd);
-		return IDD_ERR;
+		return rc;
 	}
 	if (!S_ISREG(st.st_mode)) {
 		close(fd);

@@ -275,9 +275,9 @@ static int out_finish(struct run_out *o, idd_error *err)
 		return idd_fail_errno(err, o->tmp, "close");
 	}
 	if (rename(o->tmp, o->path)) {
-		idd_fail_errno(err, o->path, "cannot rename temporary file into place");
+		int rc = idd_fail_errno(err, o->path, "cannot rename temporary file into place");
 		unlink(o->tmp);
-		return IDD_ERR;
+		return rc;
 	}
 	return IDD_OK;
 }

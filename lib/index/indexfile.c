@@ -467,9 +467,7 @@ int idd_indexfile_verify(const char *path, const char magic[8], uint32_t max_ver
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
-		int e = errno;
-		idd_fail_errno(err, path, "cannot open");
-		return e == ENOENT ? IDD_ENOENT : IDD_ERR;
+		return idd_fail_errno(err, path, "cannot open");
 	}
 	struct stat st;
 	unsigned char hdr[IDD_IF_HEADER], trailer[IDD_IF_TRAILER], got[32];

@@ -789,9 +789,8 @@ int idd_map_run(const idd_map_opts *o, idd_map_stats *st, idd_error *err)
 		goto out;
 	for (size_t i = 0; i < o->n_images; i++) {
 		if (!idd_catalog_find(cat, o->images[i])) {
-			rc = idd_fail(err, "%s: no image '%s' in the index", index_dir, o->images[i]);
-			if (rc == IDD_ERR)
-				rc = IDD_ENOENT;
+			rc = idd_fail_code(err, IDD_ENOENT, "%s: no image '%s' in the index", index_dir,
+			                   o->images[i]);
 			goto out;
 		}
 	}

@@ -851,9 +851,9 @@ int idd_pack_out_finish(idd_pack_out *o, uint64_t *size, idd_error *err)
 		return idd_fail_errno(err, o->tmp, "close");
 	}
 	if (rename(o->tmp, o->path)) {
-		idd_fail_errno(err, o->path, "cannot rename temporary file into place");
+		int rc = idd_fail_errno(err, o->path, "cannot rename temporary file into place");
 		unlink(o->tmp);
-		return IDD_ERR;
+		return rc;
 	}
 	*size = o->off + sizeof sum;
 	return IDD_OK;

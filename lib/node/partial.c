@@ -150,7 +150,7 @@ static int open_file(const char *path, int flags, idd_error *err)
 	for (int tries = 0;; tries++) {
 		int fd = idd_open_regular(path, flags | O_CREAT, IDD_FILE_NOFOLLOW, err);
 		if (fd < 0)
-			return -1;
+			return fd;
 		if (idd_flock_shared(fd, path) != 1 || tries == 3)
 			return fd;
 		close(fd);
@@ -208,9 +208,9 @@ int idd_partial_open(const char *base, const char *id, const idd_map *m, idd_par
 	if (!rc && (!p->copies || !p->data_path || !p->journal_path))
 		rc = IDD_ENOMEM;
 	if (!rc && (p->data_fd = open_file(p->data_path, O_RDWR, err)) < 0)
-		rc = err->code ? err->code : IDD_EIO;
+		rc = p->data_fd;
 	if (!rc && (p->journal_fd = open_file(p->journal_path, O_RDWR | O_APPEND, err)) < 0)
-		rc = err->code ? err->code : IDD_EIO;
+		rc = p->journal_fd;
 	if (rc) {
 		idd_partial_close(p);
 		return rc;

@@ -516,9 +516,9 @@ static int fetch_window(idd_block_source *bs, struct remote *r, struct reader *r
 	return IDD_OK;
 }
 
-/* A free reader; NULL when the thread's deadline passes or the source is
- * stopped first (err says which). */
-static struct reader *take_reader(struct remote *r, idd_error *err)
+/* A free reader into *out; IDD_ETIMEDOUT when the thread's deadline passes
+ * first, IDD_ECANCELED when the source is stopped. */
+static int take_reader(struct remote *r, struct reader **out, idd_error *err)
 {
 	int64_t deadline = idd_fetch_deadline();
 	pthread_mutex_lock(&r->lock);
@@ -527,18 +527,18 @@ static struct reader *take_reader(struct remote *r, idd_error *err)
 			if (!r->readers[i].busy) {
 				r->readers[i].busy = true;
 				pthread_mutex_unlock(&r->lock);
-				return &r->readers[i];
+				*out = &r->readers[i];
+				return IDD_OK;
 			}
 		int64_t now = idd_mono_ns();
 		if (r->cancel && atomic_load(r->cancel)) {
 			pthread_mutex_unlock(&r->lock);
-			idd_fail_code(err, IDD_ECANCELED, "stopped");
-			return NULL;
+			return idd_fail_code(err, IDD_ECANCELED, "stopped");
 		}
 		if (deadline && now >= deadline) {
 			pthread_mutex_unlock(&r->lock);
-			idd_fail_code(err, IDD_ETIMEDOUT, "no connection to the source was free in time");
-			return NULL;
+			return idd_fail_code(err, IDD_ETIMEDOUT,
+			                     "no connection to the source was free in time");
 		}
 		/* woken by give_reader; looks at the deadline and the stop flag
 		 * every 100 ms */
@@ -567,14 +567,14 @@ static void give_reader(idd_block_source *bs, struct remote *r, struct reader *r
 static int remote_read(idd_block_source *bs, idd_block_req *reqs, size_t n, idd_error *err)
 {
 	struct remote *r = bs->priv;
-	struct reader *rd = take_reader(r, err);
-	if (!rd) {
+	struct reader *rd = NULL;
+	int rc = take_reader(r, &rd, err);
+	if (rc) {
 		idd_error_prefix(err, "%s", r->info->id);
-		return err->code;
+		return rc;
 	}
 	struct window w;
 	memset(&w, 0, sizeof w);
-	int rc = IDD_OK;
 	if (rd->unopened && (rd->finish_rc = reader_finish(r, bs, rd, &rd->finish_err)))
 		rd->unopened = true;
 	if (rd->finish_rc) {

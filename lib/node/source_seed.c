@@ -39,7 +39,7 @@ static int seed_open(struct seed *sd, const char *path, idd_error *err)
 	sd->fd = idd_open_regular(path, O_RDONLY, 0, err);
 	if (sd->fd < 0) {
 		idd_error_prefix(err, "seed");
-		return err->code;
+		return sd->fd; /* the code */
 	}
 	struct stat st;
 	if (fstat(sd->fd, &st))

@@ -4,6 +4,8 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void test_fail_sets_message_and_code(void **state)
@@ -36,14 +38,43 @@ static void test_fail_errno_codes(void **state)
 		idd_error err = {{0}, 0};
 		errno = cases[i].e;
 		int rc = idd_fail_errno(&err, "/srv/repo/a.raw", "cannot open");
-		assert_true(rc < 0);
+		assert_int_equal(rc, cases[i].code);
 		assert_int_equal(err.code, cases[i].code);
 		char want[512];
 		snprintf(want, sizeof want, "/srv/repo/a.raw: cannot open: %s", strerror(cases[i].e));
 		assert_string_equal(err.msg, want);
 	}
 	errno = ENOENT;
-	assert_true(idd_fail_errno(NULL, "x", "y") < 0);
+	assert_int_equal(idd_fail_errno(NULL, "x", "y"), IDD_ENOENT);
+	errno = EACCES;
+	assert_int_equal(idd_fail_errno(NULL, "x", "y"), IDD_EPERM);
+}
+
+/* The file helpers built on idd_fail_errno return the code they put into
+ * the error, so callers pass it on instead of working it out again. */
+static void test_open_failures_return_their_code(void **state)
+{
+	(void)state;
+	static const char *const paths[] = {"/nonexistent-dir/a.raw", "/dev/null/a.raw"};
+	static const int codes[] = {IDD_ENOENT, IDD_EIO}; /* ENOENT, ENOTDIR */
+	for (size_t i = 0; i < IDD_ARRAY_LEN(paths); i++) {
+		idd_error err = {{0}, 0};
+		int rc = idd_open_regular(paths[i], O_RDONLY, 0, &err);
+		assert_int_equal(rc, codes[i]);
+		assert_int_equal(err.code, codes[i]);
+		void *data = NULL;
+		size_t cap = 0, len = 0;
+		memset(&err, 0, sizeof err);
+		rc = idd_read_file_reuse(paths[i], 1024, &data, &cap, &len, &err);
+		assert_int_equal(rc, codes[i]);
+		assert_int_equal(err.code, codes[i]);
+		free(data);
+		idd_digest sum;
+		memset(&err, 0, sizeof err);
+		rc = idd_indexfile_verify(paths[i], "IDDTEST\0", 1, &sum, NULL, &err);
+		assert_int_equal(rc, codes[i]);
+		assert_int_equal(err.code, codes[i]);
+	}
 }
 
 static void test_prefix(void **state)
@@ -143,6 +174,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fail_sets_message_and_code),
 		cmocka_unit_test(test_fail_errno_codes),
+		cmocka_unit_test(test_open_failures_return_their_code),
 		cmocka_unit_test(test_prefix),
 		cmocka_unit_test(test_truncation),
 		cmocka_unit_test(test_warnf),
