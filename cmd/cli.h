@@ -2,6 +2,9 @@
 #ifndef IDD_CLI_H
 #define IDD_CLI_H
 
+/* the front ends are built with this very library: the block list's runs,
+ * the output-file helper */
+#define IDD_STATIC_LINKING_ONLY
 #include "imgdedup.h"
 
 #include <stdbool.h>

@@ -42,7 +42,7 @@ static int run(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (!strcmp(argv[1], "--version")) {
-		printf("imgdedup %s\n", IDD_VERSION);
+		printf("imgdedup %s\n", idd_version());
 		return EXIT_OK;
 	}
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {

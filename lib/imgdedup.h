@@ -6,10 +6,18 @@
  * idd_error whose message names the file and the reason; the library never
  * prints and never exits.
  *
- * Compatibility: the structs of this header (options, statistics, results)
- * only ever gain fields at their end, and a field added later means, when zero, what the library did
+ * Two tiers.  The stable tier is everything a program gets by including
+ * this header: handles are opaque (idd_server, idd_export, idd_blocklist,
+ * ...: only pointers to them, used through functions), and the structs it
+ * defines (options, statistics, results) only ever gain fields at their
+ * end, where a field added later means, when zero, what the library did
  * before it existed; so zero-initialise them ({0} or memset) and set what
- * you need.
+ * you need.  The unstable tier, after the stable one, is compiled in only
+ * when IDD_STATIC_LINKING_ONLY is defined before the header is included:
+ * layouts of internal storage (a block list's runs and digests) and the
+ * output-file helper the front ends share.  It may change in any release,
+ * fields moved or removed; use it only linking the static library of the
+ * very version whose header you compiled with.
  * This header is self-contained (C11 or C++).  Build against the installed
  * library with `pkg-config --cflags --libs libimgdedup`; the library is a
  * static archive, so a program calling more than idd_strerror also links
@@ -29,6 +37,11 @@
 extern "C" {
 #endif
 
+/* The version compiled against; idd_version() says which library is linked. */
+#define IDD_VERSION_MAJOR 0
+#define IDD_VERSION_MINOR 1
+#define IDD_VERSION_PATCH 0
+#define IDD_VERSION_NUMBER (IDD_VERSION_MAJOR * 10000 + IDD_VERSION_MINOR * 100 + IDD_VERSION_PATCH)
 #define IDD_VERSION "0.1.0"
 
 #define IDD_DIGEST_SIZE 32
@@ -59,6 +72,11 @@ typedef struct idd_error {
 	int code; /* the IDD_E* code of the failure (IDD_ERR when unspecified) */
 } idd_error;
 
+/* The linked library's version: "MAJOR.MINOR.PATCH", and as
+ * IDD_VERSION_NUMBER computes it. */
+const char *idd_version(void);
+unsigned idd_version_number(void);
+
 /* A short name for a code ("corrupt", "i/o error", "not found", ...). */
 const char *idd_strerror(int code);
 /* Body bytes this process received from remote sources so far (for
@@ -88,33 +106,6 @@ typedef void (*idd_warn_fn)(void *ctx, const char *msg);
 
 /* The index directory of REPO: INDEX_OPT when given, else REPO/.imgdedup. */
 int idd_index_path(const char *repo, const char *index_opt, char **out, idd_error *err);
-
-/* ---- output files (-o PATH) ---------------------------------------------
- *
- * A regular file (or a new name) is written through a temporary file created
- * exclusively in the target's directory, then fsynced and renamed into
- * place: PATH shows the old content or the complete new one, never a part.
- * A symbolic link at PATH is written through: its target is replaced, the
- * link stays.  A dangling link, a directory, a block device or a socket is
- * refused.  A character device or a FIFO (/dev/null, /dev/stdout, a pipe)
- * is written directly: nothing is renamed over it.  "-" is standard output.
- * Every write is checked: the first error is kept and reported by commit. */
-typedef struct idd_outfile {
-	FILE *f;         /* write here */
-	char *name;      /* PATH as given, for messages ("stdout" for "-") */
-	char *target;    /* the regular file replaced on commit (links resolved), or NULL */
-	char *tmp;       /* the temporary beside target, or NULL when writing directly */
-	int fd;          /* the descriptor under f (-1 for stdout) */
-	int write_errno; /* first write error, 0 if none */
-} idd_outfile;
-
-int idd_outfile_open(idd_outfile *o, const char *path, idd_error *err);
-/* Flush, check every write, fsync and rename into place (direct outputs:
- * flush and close).  On failure nothing replaces the target and the
- * temporary is removed; the message names PATH and the reason. */
-int idd_outfile_commit(idd_outfile *o, idd_error *err);
-/* Give up: close and remove the temporary (the target is untouched). */
-void idd_outfile_abort(idd_outfile *o);
 
 /* ---- catalog: what scan knows about each image ----------------------- */
 
@@ -161,29 +152,9 @@ void idd_catalog_free(idd_catalog *cat);
 const idd_image_info *idd_catalog_find(const idd_catalog *cat, const char *id);
 
 /* The per-block digests of one image, held sparsely: only non-zero blocks
- * cost memory (32 bytes each, plus one run per stretch of consecutive
- * non-zero blocks), so a thin 4 TiB image costs what its data costs.  Runs
- * are in block order, each holds count >= 1 non-zero blocks, and two runs
- * never touch (a zero block lies between them): every block outside the
- * runs is a zero block. */
-typedef struct idd_block_run {
-	uint64_t block; /* first block of the run */
-	uint64_t count; /* non-zero blocks in the run */
-	uint64_t first; /* digests[first .. first + count) are theirs */
-} idd_block_run;
-
-typedef struct idd_blocklist {
-	uint32_t block_size;
-	uint64_t nblocks;       /* all blocks of the image, zero ones included */
-	uint64_t ndata;         /* non-zero blocks: digests held */
-	idd_digest *digests;    /* ndata digests in block order, none all-zero */
-	idd_block_run *runs;    /* nruns runs in block order */
-	size_t nruns;
-	/* internal: storage and growth */
-	void *storage;
-	size_t digests_cap, runs_cap;
-	bool borrowed;          /* digests live in a caller's buffer (idd_blocklist_open_reuse) */
-} idd_blocklist;
+ * cost memory, so a thin 4 TiB image costs what its data costs.  Read it
+ * with idd_blocklist_get (its storage is in the unstable tier). */
+typedef struct idd_blocklist idd_blocklist;
 
 /* Load and check the block list the catalog names for img (its checksum
  * must equal its name, its counts the catalog entry's). */
@@ -198,8 +169,9 @@ int idd_blocklist_open_id(const char *index_dir, const char *id, idd_blocklist *
                           idd_error *err);
 /* The digest of block b (< nblocks), NULL for a zero block (binary search). */
 const idd_digest *idd_blocklist_get(const idd_blocklist *bl, uint64_t b);
-/* Index of the first run ending after block b (nruns when none). */
-size_t idd_blocklist_run_after(const idd_blocklist *bl, uint64_t b);
+/* The image's blocks, zero ones included, and their size. */
+uint64_t idd_blocklist_nblocks(const idd_blocklist *bl);
+uint32_t idd_blocklist_block_size(const idd_blocklist *bl);
 
 /* Dense form for small images and tests: nblocks digests, zero blocks
  * all-zero.  Costs 32 bytes per block of virtual size: big images must use
@@ -790,3 +762,74 @@ void idd_metrics_close(idd_metrics_server *m);
 }
 #endif
 #endif
+
+/* ==== unstable tier: IDD_STATIC_LINKING_ONLY ==========================
+ *
+ * Internal layouts, for the front ends, the nbdkit plugin and the tests
+ * built with this very library.  Nothing here is kept compatible. */
+#if defined(IDD_STATIC_LINKING_ONLY) && !defined(IMGDEDUP_H_STATIC_LINKING_ONLY)
+#define IMGDEDUP_H_STATIC_LINKING_ONLY
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The per-block digests of one image, held sparsely: only non-zero blocks
+ * cost memory (32 bytes each, plus one run per stretch of consecutive
+ * non-zero blocks), so a thin 4 TiB image costs what its data costs.  Runs
+ * are in block order, each holds count >= 1 non-zero blocks, and two runs
+ * never touch (a zero block lies between them): every block outside the
+ * runs is a zero block. */
+typedef struct idd_block_run {
+	uint64_t block; /* first block of the run */
+	uint64_t count; /* non-zero blocks in the run */
+	uint64_t first; /* digests[first .. first + count) are theirs */
+} idd_block_run;
+
+struct idd_blocklist {
+	uint32_t block_size;
+	uint64_t nblocks;       /* all blocks of the image, zero ones included */
+	uint64_t ndata;         /* non-zero blocks: digests held */
+	idd_digest *digests;    /* ndata digests in block order, none all-zero */
+	idd_block_run *runs;    /* nruns runs in block order */
+	size_t nruns;
+	/* internal: storage and growth */
+	void *storage;
+	size_t digests_cap, runs_cap;
+	bool borrowed;          /* digests live in a caller's buffer (idd_blocklist_open_reuse) */
+};
+
+/* Index of the first run ending after block b (nruns when none). */
+size_t idd_blocklist_run_after(const idd_blocklist *bl, uint64_t b);
+
+/* ---- output files (-o PATH) ---------------------------------------------
+ *
+ * A regular file (or a new name) is written through a temporary file created
+ * exclusively in the target's directory, then fsynced and renamed into
+ * place: PATH shows the old content or the complete new one, never a part.
+ * A symbolic link at PATH is written through: its target is replaced, the
+ * link stays.  A dangling link, a directory, a block device or a socket is
+ * refused.  A character device or a FIFO (/dev/null, /dev/stdout, a pipe)
+ * is written directly: nothing is renamed over it.  "-" is standard output.
+ * Every write is checked: the first error is kept and reported by commit. */
+typedef struct idd_outfile {
+	FILE *f;         /* write here */
+	char *name;      /* PATH as given, for messages ("stdout" for "-") */
+	char *target;    /* the regular file replaced on commit (links resolved), or NULL */
+	char *tmp;       /* the temporary beside target, or NULL when writing directly */
+	int fd;          /* the descriptor under f (-1 for stdout) */
+	int write_errno; /* first write error, 0 if none */
+} idd_outfile;
+
+int idd_outfile_open(idd_outfile *o, const char *path, idd_error *err);
+/* Flush, check every write, fsync and rename into place (direct outputs:
+ * flush and close).  On failure nothing replaces the target and the
+ * temporary is removed; the message names PATH and the reason. */
+int idd_outfile_commit(idd_outfile *o, idd_error *err);
+/* Give up: close and remove the temporary (the target is untouched). */
+void idd_outfile_abort(idd_outfile *o);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* IDD_STATIC_LINKING_ONLY */

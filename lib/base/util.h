@@ -3,6 +3,10 @@
 #ifndef IDD_BASE_UTIL_H
 #define IDD_BASE_UTIL_H
 
+/* the library sees its own internal layouts */
+#ifndef IDD_STATIC_LINKING_ONLY
+#define IDD_STATIC_LINKING_ONLY
+#endif
 #include "imgdedup.h"
 
 #include <stdarg.h>

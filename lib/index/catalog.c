@@ -371,6 +371,16 @@ int idd_blocklist_finish(idd_blocklist *bl, uint64_t nblocks, idd_error *err)
 	return IDD_OK;
 }
 
+uint64_t idd_blocklist_nblocks(const idd_blocklist *bl)
+{
+	return bl->nblocks;
+}
+
+uint32_t idd_blocklist_block_size(const idd_blocklist *bl)
+{
+	return bl->block_size;
+}
+
 size_t idd_blocklist_run_after(const idd_blocklist *bl, uint64_t b)
 {
 	size_t lo = 0, hi = bl->nruns;

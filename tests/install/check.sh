@@ -38,6 +38,16 @@ out=$("$tmp/strerror")
 $CXX -std=c++11 -pedantic -Wall -Wextra -Werror $($PKG_CONFIG --cflags libimgdedup) \
   "$here/header.cc" -o "$tmp/header" $($PKG_CONFIG --libs libimgdedup)
 "$tmp/header" || fail "the C++ program failed"
+# shellcheck disable=SC2046
+$CXX -std=c++11 -pedantic -Wall -Wextra -Werror -DIDD_STATIC_LINKING_ONLY \
+  $($PKG_CONFIG --cflags libimgdedup) "$here/header.cc" -o "$tmp/header-static" \
+  $($PKG_CONFIG --libs libimgdedup)
+# The stable tier keeps internal layouts out of reach.
+# shellcheck disable=SC2046
+if $CC -std=c11 -c $($PKG_CONFIG --cflags libimgdedup) "$here/opaque.c" -o "$tmp/opaque.o" \
+     2>/dev/null; then
+  fail "a block list's layout is visible without IDD_STATIC_LINKING_ONLY"
+fi
 
 # Beyond the error functions the static library needs its dependencies, the
 # packages libimgdedup.pc lists as Requires.private (shared libraries here:

@@ -53,6 +53,9 @@ static void test_round_trip(void **state)
 	idd_blocklist *got;
 	assert_int_equal(idd_blocklist_open(dir, &im, &got, &err), IDD_OK);
 	assert_int_equal(got->nblocks, NPAT + 1000);
+	/* the stable tier's view of the same handle */
+	assert_int_equal(idd_blocklist_nblocks(got), NPAT + 1000);
+	assert_int_equal(idd_blocklist_block_size(got), got->block_size);
 	for (size_t i = 0; i < NPAT + 1000; i++) {
 		const idd_digest *g = idd_blocklist_get(got, i);
 		if (i < NPAT && pattern[i])
