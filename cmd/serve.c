@@ -277,14 +277,9 @@ static bool relay_read(struct relay *r, int fd)
 	}
 }
 
-static const char *const stat_keys[] = {
-	"reads", "bytes_read", "bytes_zero", "bytes_from_cache", "bytes_fetched", "bytes_from_peers",
-	"requests", "blocks_filled", "cache_damaged", "read_errors", "exports_complete",
-	"cache_write_errors", "cache_evicted"};
-#define N_STATS (sizeof stat_keys / sizeof stat_keys[0])
-
-/* The plugin's counters (stats-fd): one flat JSON object. */
-static bool read_stats(int fd, uint64_t v[N_STATS])
+/* The plugin's counters (stats-fd): one flat JSON object, read by the
+ * library's table of idd_serve_stats. */
+static bool read_stats(int fd, idd_serve_stats *st)
 {
 	char text[4096];
 	ssize_t n;
@@ -296,16 +291,10 @@ static bool read_stats(int fd, uint64_t v[N_STATS])
 		return false;
 	}
 	text[n] = 0;
-	for (size_t i = 0; i < N_STATS; i++) {
-		char key[64];
-		snprintf(key, sizeof key, "\"%s\":", stat_keys[i]);
-		const char *p = strstr(text, key);
-		char *end;
-		if (!p || (errno = 0, v[i] = strtoull(p + strlen(key), &end, 10), errno) ||
-		    end == p + strlen(key)) {
-			cli_error("no counter '%s' in the plugin's statistics", stat_keys[i]);
-			return false;
-		}
+	idd_error err;
+	if (idd_record_parse(&idd_serve_stats_record, text, st, &err)) {
+		cli_error("%s in the plugin's statistics", err.msg);
+		return false;
 	}
 	return true;
 }
@@ -722,32 +711,29 @@ int cmd_serve(int argc, char **argv)
 		          WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
 		goto out;
 	}
-	uint64_t v[N_STATS];
-	if (!ready && stop_signal) {
-		/* stopped while opening SOURCE: nbdkit had no handler yet and
-		 * nothing was served */
-		memset(v, 0, sizeof v);
-	} else if (!read_stats(stats_fd, v)) {
+	idd_serve_stats st;
+	memset(&st, 0, sizeof st);
+	/* stopped while opening SOURCE: nbdkit had no handler yet and nothing
+	 * was served (the counters stay zero) */
+	if ((ready || !stop_signal) && !read_stats(stats_fd, &st))
 		goto out;
-	}
 	if (a.json) {
 		cli_json j;
 		cli_json_begin(&j, stdout);
-		for (size_t i = 0; i < N_STATS; i++)
-			cli_json_key_u64(&j, stat_keys[i], v[i]);
+		const idd_record_type *t = &idd_serve_stats_record;
+		for (size_t i = 0; i < t->n_fields; i++)
+			cli_json_key_u64(&j, t->fields[i].name, idd_field_u64(&t->fields[i], &st));
 		cli_json_key_double(&j, "seconds", served);
 		cli_json_end(&j);
 	} else if (!cli_quiet) {
-		/* v[]: reads, bytes_read, bytes_zero, bytes_from_cache, bytes_fetched,
-		 * bytes_from_peers, requests, blocks_filled, ... */
 		char h[6][32];
 		printf("%s%s: %llu reads, %s read (%s zero, %s from local data), %s fetched in %llu "
 		       "requests, %s from peers, %llu blocks cached, in %.1f s\n",
 		       a.all ? "all images" : a.images[0], a.n_images > 1 ? " and others" : "",
-		       (unsigned long long)v[0],
-		       cli_human(v[1], h[0]), cli_human(v[2], h[1]), cli_human(v[3], h[2]),
-		       cli_human(v[4], h[3]), (unsigned long long)v[6], cli_human(v[5], h[4]),
-		       (unsigned long long)v[7], served);
+		       (unsigned long long)st.reads, cli_human(st.bytes_read, h[0]),
+		       cli_human(st.bytes_zero, h[1]), cli_human(st.bytes_from_cache, h[2]),
+		       cli_human(st.bytes_fetched, h[3]), (unsigned long long)st.requests,
+		       cli_human(st.bytes_from_peers, h[4]), (unsigned long long)st.blocks_filled, served);
 	}
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		cli_error("stdout: %s", strerror(errno));

@@ -652,6 +652,36 @@ typedef struct idd_serve_stats {
 	uint64_t cache_evicted;    /* cache files removed to stay under cache_max */
 } idd_serve_stats;
 
+/* ---- records: a field table per statistics struct ----
+ *
+ * Each statistics struct a program passes between processes has a table:
+ * field name (its JSON key), type, offset.  The JSON writer and reader
+ * below go by the table, so a new counter is one line in it. */
+typedef enum idd_field_type { IDD_FIELD_U64 = 1 } idd_field_type;
+typedef struct idd_field {
+	const char *name;    /* the JSON key */
+	idd_field_type type;
+	size_t offset;       /* of the member in its struct */
+} idd_field;
+typedef struct idd_record_type {
+	const idd_field *fields;
+	size_t n_fields;
+} idd_record_type;
+
+/* idd_serve_stats, in the order its JSON object lists the fields. */
+extern const idd_record_type idd_serve_stats_record;
+
+/* A field's value in rec (a struct of the table's type). */
+uint64_t idd_field_u64(const idd_field *f, const void *rec);
+/* rec as one flat JSON object ({"reads":1,"bytes_read":4096,...}, the
+ * table's order) into out, NUL-terminated, cut at len like snprintf;
+ * returns the length of the whole object. */
+size_t idd_record_json(const idd_record_type *t, const void *rec, char *out, size_t len);
+/* Fill rec from a flat JSON object that has every field of the table (more
+ * keys are allowed).  IDD_ECORRUPT names the first field missing or not a
+ * number. */
+int idd_record_parse(const idd_record_type *t, const char *text, void *rec, idd_error *err);
+
 typedef struct idd_server idd_server;
 typedef struct idd_export idd_export;
 

@@ -535,19 +535,16 @@ static int plugin_after_fork(void)
 	return 0;
 }
 
-/* The serve counters as one JSON object. */
+/* The serve counters as one JSON object and a newline (snprintf's
+ * return convention: the length the whole line needs). */
 static int format_stats(char *out, size_t len, const idd_serve_stats *st)
 {
-	return snprintf(out, len,
-	        "{\"reads\":%" PRIu64 ",\"bytes_read\":%" PRIu64 ",\"bytes_zero\":%" PRIu64
-	        ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_fetched\":%" PRIu64
-	        ",\"bytes_from_peers\":%" PRIu64 ",\"requests\":%" PRIu64
-	        ",\"blocks_filled\":%" PRIu64 ",\"cache_damaged\":%" PRIu64
-	        ",\"read_errors\":%" PRIu64 ",\"exports_complete\":%" PRIu64
-	        ",\"cache_write_errors\":%" PRIu64 ",\"cache_evicted\":%" PRIu64 "}\n",
-	        st->reads, st->bytes_read, st->bytes_zero, st->bytes_from_cache, st->bytes_fetched,
-	        st->bytes_from_peers, st->requests, st->blocks_filled, st->cache_damaged,
-	        st->read_errors, st->exports_complete, st->cache_write_errors, st->cache_evicted);
+	size_t n = idd_record_json(&idd_serve_stats_record, st, out, len);
+	if (n + 1 < len) {
+		out[n] = '\n';
+		out[n + 1] = 0;
+	}
+	return (int)(n + 1);
 }
 
 /* stats-fd=N: the counters into that file (serve passes an anonymous
