@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -136,150 +137,164 @@ static void histogram(idd_buf *b, const char *name, const char *labels, const id
 	put(b, "%s_count%s%s%s %" PRIu64 "\n", name, open, labels, close, cum);
 }
 
-/* The per-export families: each export's label, and its value of one field. */
+/* Each export's label: export="ID", escaped. */
 struct labels {
-	char **v; /* export="ID", escaped */
+	char **v;
 	size_t n;
 };
 
-typedef uint64_t (*export_field)(const idd_export_metrics *e);
-#define FIELD(f)                                                                                  \
-	static uint64_t field_##f(const idd_export_metrics *e) { return e->f; }
-FIELD(reads)
-FIELD(read_errors)
-FIELD(bytes_read)
-FIELD(bytes_zero)
-FIELD(bytes_from_cache)
-FIELD(bytes_from_pack)
-FIELD(bytes_from_repository)
-FIELD(requests)
-FIELD(fetch_errors)
-FIELD(verify_failures_pack)
-FIELD(verify_failures_repository)
-FIELD(cache_write_errors)
-FIELD(blocks_filled)
-FIELD(fetches_in_flight)
-FIELD(complete)
-#undef FIELD
+/* One row per sample line (or histogram): a row with a name opens a
+ * family (HELP and TYPE lines), a row without one adds a sample of the
+ * family above it.  A new metric is one row. */
+enum value_kind { V_U64, V_BOOL, V_SIZE, V_HISTOGRAM };
+struct metric_row {
+	const char *name, *type, *help;
+	const char *labels; /* escaped; "" for none */
+	size_t offset;      /* of the value in idd_serve_metrics or idd_export_metrics */
+	enum value_kind kind;
+};
 
-static void per_export(idd_buf *b, const idd_serve_metrics *m, const struct labels *lb,
-                       const char *name, const char *extra, export_field f)
+#define SRV(field) offsetof(idd_serve_metrics, field)
+#define FAM(name, type, help, labels, field, kind) {name, type, help, labels, SRV(field), kind}
+#define MORE(labels, field) {NULL, NULL, NULL, labels, SRV(field), V_U64}
+static const struct metric_row server_rows[] = {
+	FAM("imgdedup_reads_total", "counter", "Client read requests (failed ones included).", "",
+	    total.reads, V_U64),
+	FAM("imgdedup_read_errors_total", "counter", "Client reads answered with an I/O error.", "",
+	    total.read_errors, V_U64),
+	FAM("imgdedup_served_bytes_total", "counter", "Bytes the clients read.", "",
+	    total.bytes_read, V_U64),
+	FAM("imgdedup_read_bytes_total", "counter",
+	    "Bytes by origin: zero and cache count the blocks of client reads answered without "
+	    "a fetch; peer, pack and repository the payload fetched from there, as transferred.",
+	    "origin=\"zero\"", total.bytes_zero, V_U64),
+	MORE("origin=\"cache\"", total.bytes_from_cache),
+	MORE("origin=\"peer\"", total.bytes_from_peers),
+	MORE("origin=\"pack\"", bytes_from_pack),
+	MORE("origin=\"repository\"", bytes_from_repository),
+	FAM("imgdedup_fetch_requests_total", "counter",
+	    "Requests made to peers and the repository (index, pack, images).", "", total.requests,
+	    V_U64),
+	FAM("imgdedup_fetch_errors_total", "counter",
+	    "Blocks a fetch could not deliver verified (no source, timeouts, failures).", "",
+	    fetch_errors, V_U64),
+	FAM("imgdedup_verify_failures_total", "counter",
+	    "Blocks that failed verification against their digest, by origin.", "origin=\"cache\"",
+	    verify_failures_cache, V_U64),
+	MORE("origin=\"peer\"", verify_failures_peer),
+	MORE("origin=\"pack\"", verify_failures_pack),
+	MORE("origin=\"repository\"", verify_failures_repository),
+	FAM("imgdedup_cache_write_errors_total", "counter",
+	    "Verified blocks served but not cached (a full disk, ...).", "", total.cache_write_errors,
+	    V_U64),
+	FAM("imgdedup_blocks_filled_total", "counter", "Blocks written into the node cache.", "",
+	    total.blocks_filled, V_U64),
+	FAM("imgdedup_exports_completed_total", "counter",
+	    "Exports whose image became complete in the node cache.", "", total.exports_complete,
+	    V_U64),
+	FAM("imgdedup_cache_evicted_total", "counter", "Cache files removed to stay under --cache-max.",
+	    "", total.cache_evicted, V_U64),
+	FAM("imgdedup_fetches_in_flight", "gauge", "Blocks being fetched now.", "", fetches_in_flight,
+	    V_U64),
+	FAM("imgdedup_cache_bytes", "gauge", "Bytes the node cache's images take on disk (allocated).",
+	    "", cache_bytes, V_U64),
+	FAM("imgdedup_partial_images", "gauge", "Partial images in the node cache.", "",
+	    partial_images, V_U64),
+	FAM("imgdedup_exports", "gauge", "Exports open.", "", n_exports, V_SIZE),
+	FAM("imgdedup_read_duration_seconds", "histogram", "Time to answer a client read.", "",
+	    read_latency, V_HISTOGRAM),
+	FAM("imgdedup_fetch_duration_seconds", "histogram",
+	    "Time to fetch a batch of blocks (through peers, pack, repository).", "", fetch_latency,
+	    V_HISTOGRAM),
+};
+#undef FAM
+#undef MORE
+#undef SRV
+
+/* The same per export, each sample labelled export="ID" (before labels). */
+#define EXP(field) offsetof(idd_export_metrics, field)
+#define FAM(name, type, help, labels, field, kind) {name, type, help, labels, EXP(field), kind}
+#define MORE(labels, field) {NULL, NULL, NULL, labels, EXP(field), V_U64}
+static const struct metric_row export_rows[] = {
+	FAM("imgdedup_export_reads_total", "counter", "Client read requests of the export.", "",
+	    reads, V_U64),
+	FAM("imgdedup_export_read_errors_total", "counter",
+	    "Client reads of the export answered with an I/O error.", "", read_errors, V_U64),
+	FAM("imgdedup_export_served_bytes_total", "counter", "Bytes the clients read from the export.",
+	    "", bytes_read, V_U64),
+	FAM("imgdedup_export_read_bytes_total", "counter",
+	    "The export's bytes by origin (as imgdedup_read_bytes_total; peers are shared by the "
+	    "exports and counted there only).", "origin=\"zero\"", bytes_zero, V_U64),
+	MORE("origin=\"cache\"", bytes_from_cache),
+	MORE("origin=\"pack\"", bytes_from_pack),
+	MORE("origin=\"repository\"", bytes_from_repository),
+	FAM("imgdedup_export_fetch_requests_total", "counter",
+	    "Requests made for the export's blocks to the pack and the image.", "", requests, V_U64),
+	FAM("imgdedup_export_fetch_errors_total", "counter",
+	    "Blocks of the export a fetch could not deliver verified.", "", fetch_errors, V_U64),
+	FAM("imgdedup_export_verify_failures_total", "counter",
+	    "Blocks fetched for the export that failed verification, by origin.", "origin=\"pack\"",
+	    verify_failures_pack, V_U64),
+	MORE("origin=\"repository\"", verify_failures_repository),
+	FAM("imgdedup_export_cache_write_errors_total", "counter",
+	    "Verified blocks of the export served but not cached.", "", cache_write_errors, V_U64),
+	FAM("imgdedup_export_blocks_filled_total", "counter",
+	    "Blocks of the export written into the node cache.", "", blocks_filled, V_U64),
+	FAM("imgdedup_export_fetches_in_flight", "gauge", "Blocks of the export being fetched now.",
+	    "", fetches_in_flight, V_U64),
+	FAM("imgdedup_export_complete", "gauge",
+	    "1 when the export's image is complete in the node cache, else 0.", "", complete, V_BOOL),
+	FAM("imgdedup_export_read_duration_seconds", "histogram",
+	    "Time to answer a client read of the export.", "", read_latency, V_HISTOGRAM),
+	FAM("imgdedup_export_fetch_duration_seconds", "histogram",
+	    "Time to fetch a batch of the export's blocks.", "", fetch_latency, V_HISTOGRAM),
+};
+#undef FAM
+#undef MORE
+#undef EXP
+
+static uint64_t row_value(const struct metric_row *r, const void *rec)
 {
-	for (size_t i = 0; i < m->n_exports; i++)
-		put(b, "%s{%s%s%s} %" PRIu64 "\n", name, lb->v[i], *extra ? "," : "", extra,
-		    f(&m->exports[i]));
+	const char *p = (const char *)rec + r->offset;
+	switch (r->kind) {
+	case V_BOOL: return *(const bool *)p;
+	case V_SIZE: return *(const size_t *)p;
+	default: return *(const uint64_t *)p;
+	}
 }
 
 static void render(idd_buf *b, const idd_serve_metrics *m, const struct labels *lb)
 {
-	const idd_serve_stats *t = &m->total;
-	family(b, "imgdedup_reads_total", "counter", "Client read requests (failed ones included).");
-	sample(b, "imgdedup_reads_total", "", t->reads);
-	family(b, "imgdedup_read_errors_total", "counter",
-	       "Client reads answered with an I/O error.");
-	sample(b, "imgdedup_read_errors_total", "", t->read_errors);
-	family(b, "imgdedup_served_bytes_total", "counter", "Bytes the clients read.");
-	sample(b, "imgdedup_served_bytes_total", "", t->bytes_read);
-	family(b, "imgdedup_read_bytes_total", "counter",
-	       "Bytes by origin: zero and cache count the blocks of client reads answered without "
-	       "a fetch; peer, pack and repository the payload fetched from there, as transferred.");
-	sample(b, "imgdedup_read_bytes_total", "origin=\"zero\"", t->bytes_zero);
-	sample(b, "imgdedup_read_bytes_total", "origin=\"cache\"", t->bytes_from_cache);
-	sample(b, "imgdedup_read_bytes_total", "origin=\"peer\"", t->bytes_from_peers);
-	sample(b, "imgdedup_read_bytes_total", "origin=\"pack\"", m->bytes_from_pack);
-	sample(b, "imgdedup_read_bytes_total", "origin=\"repository\"", m->bytes_from_repository);
-	family(b, "imgdedup_fetch_requests_total", "counter",
-	       "Requests made to peers and the repository (index, pack, images).");
-	sample(b, "imgdedup_fetch_requests_total", "", t->requests);
-	family(b, "imgdedup_fetch_errors_total", "counter",
-	       "Blocks a fetch could not deliver verified (no source, timeouts, failures).");
-	sample(b, "imgdedup_fetch_errors_total", "", m->fetch_errors);
-	family(b, "imgdedup_verify_failures_total", "counter",
-	       "Blocks that failed verification against their digest, by origin.");
-	sample(b, "imgdedup_verify_failures_total", "origin=\"cache\"", m->verify_failures_cache);
-	sample(b, "imgdedup_verify_failures_total", "origin=\"peer\"", m->verify_failures_peer);
-	sample(b, "imgdedup_verify_failures_total", "origin=\"pack\"", m->verify_failures_pack);
-	sample(b, "imgdedup_verify_failures_total", "origin=\"repository\"",
-	       m->verify_failures_repository);
-	family(b, "imgdedup_cache_write_errors_total", "counter",
-	       "Verified blocks served but not cached (a full disk, ...).");
-	sample(b, "imgdedup_cache_write_errors_total", "", t->cache_write_errors);
-	family(b, "imgdedup_blocks_filled_total", "counter", "Blocks written into the node cache.");
-	sample(b, "imgdedup_blocks_filled_total", "", t->blocks_filled);
-	family(b, "imgdedup_exports_completed_total", "counter",
-	       "Exports whose image became complete in the node cache.");
-	sample(b, "imgdedup_exports_completed_total", "", t->exports_complete);
-	family(b, "imgdedup_cache_evicted_total", "counter",
-	       "Cache files removed to stay under --cache-max.");
-	sample(b, "imgdedup_cache_evicted_total", "", t->cache_evicted);
-	family(b, "imgdedup_fetches_in_flight", "gauge", "Blocks being fetched now.");
-	sample(b, "imgdedup_fetches_in_flight", "", m->fetches_in_flight);
-	family(b, "imgdedup_cache_bytes", "gauge",
-	       "Bytes the node cache's images take on disk (allocated).");
-	sample(b, "imgdedup_cache_bytes", "", m->cache_bytes);
-	family(b, "imgdedup_partial_images", "gauge", "Partial images in the node cache.");
-	sample(b, "imgdedup_partial_images", "", m->partial_images);
-	family(b, "imgdedup_exports", "gauge", "Exports open.");
-	sample(b, "imgdedup_exports", "", m->n_exports);
-	family(b, "imgdedup_read_duration_seconds", "histogram", "Time to answer a client read.");
-	histogram(b, "imgdedup_read_duration_seconds", "", &m->read_latency);
-	family(b, "imgdedup_fetch_duration_seconds", "histogram",
-	       "Time to fetch a batch of blocks (through peers, pack, repository).");
-	histogram(b, "imgdedup_fetch_duration_seconds", "", &m->fetch_latency);
-
+	const char *name = NULL;
+	for (size_t k = 0; k < IDD_ARRAY_LEN(server_rows); k++) {
+		const struct metric_row *r = &server_rows[k];
+		if (r->name) {
+			name = r->name;
+			family(b, name, r->type, r->help);
+		}
+		if (r->kind == V_HISTOGRAM)
+			histogram(b, name, r->labels, (const idd_latency *)((const char *)m + r->offset));
+		else
+			sample(b, name, r->labels, row_value(r, m));
+	}
 	if (!m->n_exports)
 		return;
-	static const struct {
-		const char *name, *type, *help, *extra;
-		export_field f;
-	} fams[] = {
-		{"imgdedup_export_reads_total", "counter", "Client read requests of the export.", "",
-		 field_reads},
-		{"imgdedup_export_read_errors_total", "counter",
-		 "Client reads of the export answered with an I/O error.", "", field_read_errors},
-		{"imgdedup_export_served_bytes_total", "counter", "Bytes the clients read from the export.",
-		 "", field_bytes_read},
-		{"imgdedup_export_read_bytes_total", "counter",
-		 "The export's bytes by origin (as imgdedup_read_bytes_total; peers are shared by the "
-		 "exports and counted there only).", "origin=\"zero\"", field_bytes_zero},
-		{NULL, NULL, NULL, "origin=\"cache\"", field_bytes_from_cache},
-		{NULL, NULL, NULL, "origin=\"pack\"", field_bytes_from_pack},
-		{NULL, NULL, NULL, "origin=\"repository\"", field_bytes_from_repository},
-		{"imgdedup_export_fetch_requests_total", "counter",
-		 "Requests made for the export's blocks to the pack and the image.", "", field_requests},
-		{"imgdedup_export_fetch_errors_total", "counter",
-		 "Blocks of the export a fetch could not deliver verified.", "", field_fetch_errors},
-		{"imgdedup_export_verify_failures_total", "counter",
-		 "Blocks fetched for the export that failed verification, by origin.", "origin=\"pack\"",
-		 field_verify_failures_pack},
-		{NULL, NULL, NULL, "origin=\"repository\"", field_verify_failures_repository},
-		{"imgdedup_export_cache_write_errors_total", "counter",
-		 "Verified blocks of the export served but not cached.", "", field_cache_write_errors},
-		{"imgdedup_export_blocks_filled_total", "counter",
-		 "Blocks of the export written into the node cache.", "", field_blocks_filled},
-		{"imgdedup_export_fetches_in_flight", "gauge", "Blocks of the export being fetched now.",
-		 "", field_fetches_in_flight},
-		{"imgdedup_export_complete", "gauge",
-		 "1 when the export's image is complete in the node cache, else 0.", "", field_complete},
-	};
-	const char *name = NULL;
-	for (size_t k = 0; k < IDD_ARRAY_LEN(fams); k++) {
-		if (fams[k].name) {
-			name = fams[k].name;
-			family(b, name, fams[k].type, fams[k].help);
+	for (size_t k = 0; k < IDD_ARRAY_LEN(export_rows); k++) {
+		const struct metric_row *r = &export_rows[k];
+		if (r->name) {
+			name = r->name;
+			family(b, name, r->type, r->help);
 		}
-		per_export(b, m, lb, name, fams[k].extra, fams[k].f);
+		for (size_t i = 0; i < m->n_exports; i++) {
+			const idd_export_metrics *e = &m->exports[i];
+			if (r->kind == V_HISTOGRAM)
+				histogram(b, name, lb->v[i],
+				          (const idd_latency *)((const char *)e + r->offset));
+			else
+				put(b, "%s{%s%s%s} %" PRIu64 "\n", name, lb->v[i], *r->labels ? "," : "",
+				    r->labels, row_value(r, e));
+		}
 	}
-	family(b, "imgdedup_export_read_duration_seconds", "histogram",
-	       "Time to answer a client read of the export.");
-	for (size_t i = 0; i < m->n_exports; i++)
-		histogram(b, "imgdedup_export_read_duration_seconds", lb->v[i],
-		          &m->exports[i].read_latency);
-	family(b, "imgdedup_export_fetch_duration_seconds", "histogram",
-	       "Time to fetch a batch of the export's blocks.");
-	for (size_t i = 0; i < m->n_exports; i++)
-		histogram(b, "imgdedup_export_fetch_duration_seconds", lb->v[i],
-		          &m->exports[i].fetch_latency);
 }
 
 int idd_metrics_render(const idd_serve_metrics *m, char **text, size_t *len, idd_error *err)
