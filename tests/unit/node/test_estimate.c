@@ -274,6 +274,34 @@ static void test_estimate_boot(void **state)
 	free(cache);
 }
 
+/* The JSON that cache estimate --json and serve's /estimate send: every
+ * key in its place, null for what is unknown, ids escaped. */
+static void test_estimate_json(void **state)
+{
+	(void)state;
+	idd_image_estimate v[2] = {
+		{.image = "a \"q\"\\\n\x01.raw", .bytes_total = 8192, .bytes_zero = 4096,
+		 .bytes_missing = 4096, .from_pack = true, .has_boot = true, .boot_bytes_missing = 12,
+		 .has_seconds = true, .seconds = 0.25},
+		{.image = "b.raw", .bytes_total = 1, .bytes_missing = 0},
+	};
+	char *text;
+	size_t len;
+	idd_error err = {{0}, 0};
+	assert_int_equal(idd_cache_estimate_json(v, 2, &text, &len, &err), IDD_OK);
+	const char *want =
+		"{\"images\":[{\"image\":\"a \\\"q\\\"\\\\\\n\\u0001.raw\",\"bytes_missing\":4096,"
+		"\"boot_bytes_missing\":12,\"seconds\":0.250000,\"bytes_total\":8192,\"bytes_zero\":4096,"
+		"\"from_pack\":true},{\"image\":\"b.raw\",\"bytes_missing\":0,\"boot_bytes_missing\":null,"
+		"\"seconds\":null,\"bytes_total\":1,\"bytes_zero\":0,\"from_pack\":false}]}\n";
+	assert_string_equal(text, want);
+	assert_int_equal(len, strlen(want));
+	free(text);
+	assert_int_equal(idd_cache_estimate_json(v, 0, &text, &len, &err), IDD_OK);
+	assert_string_equal(text, "{\"images\":[]}\n");
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -281,6 +309,7 @@ int main(void)
 		cmocka_unit_test(test_estimate_equals_deploy),
 		cmocka_unit_test(test_estimate_refusals),
 		cmocka_unit_test(test_estimate_boot),
+		cmocka_unit_test(test_estimate_json),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
