@@ -4,6 +4,7 @@
 #include "index/catalog.h"
 #include "index/indexfile.h"
 #include "index/blocktable.h"
+#include "base/digest.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -244,11 +245,9 @@ fail:
 
 char *idd_map_relpath(const char *id, idd_error *err)
 {
-	idd_digest h;
-	if (idd_sha256(id, strlen(id), h.b, err))
-		return NULL;
 	char hex[2 * IDD_DIGEST_SIZE + 1];
-	idd_digest_hex(&h, hex);
+	if (idd_id_hex(id, hex, err))
+		return NULL;
 	return idd_asprintf(err, "%s/%s.map", IDD_MAPS_DIR, hex);
 }
 
