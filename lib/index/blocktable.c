@@ -9,6 +9,7 @@
 #include "index/blocktable.h"
 #include "index/catalog.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "base/digest.h"
 #include "base/error.h"
 
@@ -418,22 +419,7 @@ bool idd_blocktable_list_trusted(idd_blocktable *bt, const char *index_dir,
 uint64_t idd_blocktable_bytes(const char *index_dir)
 {
 	char *dir = idd_path_join(index_dir, IDD_BLOCKTABLE_DIR, NULL);
-	if (!dir)
-		return 0;
-	uint64_t total = 0;
-	DIR *d = opendir(dir);
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		struct stat st;
-		if (p && stat(p, &st) == 0 && S_ISREG(st.st_mode))
-			total += (uint64_t)st.st_size;
-		free(p);
-	}
-	if (d)
-		closedir(d);
+	uint64_t total = dir ? idd_dir_bytes(dir, false) : 0;
 	free(dir);
 	return total;
 }

@@ -84,7 +84,7 @@ static int walk(struct walk *w, const char *dir, int depth, idd_error *err)
 			break;
 		}
 		idd_dir_entry e = {.name = de->d_name, .path = p};
-		e.rel = strlen(p) >= w->root_len ? p + w->root_len : p;
+		e.rel = p + w->root_len;
 		if (lstat(p, &e.st)) {
 			if (errno != ENOENT) /* removed since it was listed: gone is fine */
 				rc = idd_fail_errno(err, p, "cannot stat");
@@ -105,8 +105,9 @@ static int walk(struct walk *w, const char *dir, int depth, idd_error *err)
 int idd_dir_for_each(const char *dir, unsigned flags, idd_dir_fn on_file, idd_dir_fn on_leftover,
                      void *ctx, idd_error *err)
 {
+	size_t n = strlen(dir);
 	struct walk w = {.flags = flags, .on_file = on_file, .on_leftover = on_leftover, .ctx = ctx,
-	                 .root_len = strlen(dir) + 1};
+	                 .root_len = n && dir[n - 1] == '/' ? n : n + 1}; /* as idd_path_join joins */
 	return walk(&w, dir, 0, err);
 }
 

@@ -46,6 +46,7 @@
  * first run, its frames the files' frame tables; no block is recompressed. */
 #include "index/pack.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "index/catalog.h"
 #include "index/blocktable.h"
 #include "index/map.h"
@@ -531,7 +532,9 @@ static int write_data(run_ctx *r, idd_extsort *todo, uint64_t first_ordinal, idd
 	pthread_mutex_init(&b.open_mu, NULL);
 	atomic_init(&b.failed, 0);
 	char *dir = idd_path_join(r->index_dir, IDD_PACK_DATA_DIR, err);
-	char *tmp = dir ? idd_asprintf(err, "%s/new.tmp.%ld", dir, (long)getpid()) : NULL;
+	char *newpath = dir ? idd_path_join(dir, "new", err) : NULL;
+	char *tmp = newpath ? idd_tmp_path(newpath, err) : NULL;
+	free(newpath);
 	char *ftpath = dir ? idd_asprintf(err, "%s/new%s", dir, IDD_PACK_FT_SUFFIX) : NULL;
 	int fd = -1, rc = IDD_OK;
 	idd_indexfile_out ft = {.fd = -1};
@@ -1048,30 +1051,29 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Delete from SUB every file not in keep (sorted names), temporaries
- * included: we hold the lock, so nothing else writes there. */
-static void remove_unlisted(const char *index_dir, const char *sub, char **keep, size_t nkeep)
+struct name_keep {
+	char **names; /* sorted */
+	size_t n;
+};
+
+static bool keep_named(void *ctx, const idd_dir_entry *e)
 {
-	char *dir = idd_path_join(index_dir, sub, NULL);
-	DIR *d = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	bool changed = false;
-	while (d && (de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		const char *name = de->d_name;
-		if (nkeep && bsearch(&name, keep, nkeep, sizeof *keep, cmp_str))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		if (p && unlink(p) == 0)
-			changed = true;
-		free(p);
-	}
-	if (d) {
-		closedir(d);
-		if (changed)
-			idd_fsync_dir(dir, NULL);
-	}
+	const struct name_keep *k = ctx;
+	const char *name = e->name;
+	return e->kind == IDD_ENTRY_FILE && k->n && bsearch(&name, k->names, k->n, sizeof *k->names, cmp_str);
+}
+
+/* Delete from SUB every file not in keep (sorted names), and temporaries
+ * of dead writers: we hold the lock, so nothing else writes there.  A
+ * failure is a warning: the new index is in place, the next run retries. */
+static void remove_unlisted(const idd_pack_opts *o, const char *index_dir, const char *sub, char **keep,
+                            size_t nkeep)
+{
+	struct name_keep k = {.names = keep, .n = nkeep};
+	idd_error e;
+	char *dir = idd_path_join(index_dir, sub, &e);
+	if (!dir || idd_dir_gc(dir, keep_named, &k, NULL, &e))
+		idd_warnf(o->warn, o->ctx, "%s", e.msg);
 	free(dir);
 }
 
@@ -1083,7 +1085,7 @@ static char *base_name(char *rel)
 	return b;
 }
 
-static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
+static void remove_unnamed(const idd_pack_opts *o, const char *index_dir, const idd_pack_index *x)
 {
 	size_t cap = 2 * x->nfiles + x->nlists + x->nruns + 1;
 	char **keep = calloc(cap, sizeof *keep);
@@ -1097,7 +1099,7 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 	}
 	if (ok) {
 		qsort(keep, n, sizeof *keep, cmp_str);
-		remove_unlisted(index_dir, IDD_PACK_DATA_DIR, keep, n);
+		remove_unlisted(o, index_dir, IDD_PACK_DATA_DIR, keep, n);
 	}
 	for (size_t i = 0; i < n; i++)
 		free(keep[i]);
@@ -1105,8 +1107,8 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 	for (size_t i = 0; ok && i < x->nlists; i++)
 		ok = (keep[n++] = base_name(idd_pack_view_relpath(&x->lists[i].list_key, NULL))) != NULL;
 	if (ok) { /* lists are sorted by key: so are their hex names */
-		remove_unlisted(index_dir, IDD_PACK_VIEWS_DIR, keep, n);
-		remove_unlisted(index_dir, IDD_PACK_LISTS_DIR, keep, n);
+		remove_unlisted(o, index_dir, IDD_PACK_VIEWS_DIR, keep, n);
+		remove_unlisted(o, index_dir, IDD_PACK_LISTS_DIR, keep, n);
 	}
 	for (size_t i = 0; i < n; i++)
 		free(keep[i]);
@@ -1117,7 +1119,7 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 		ok = (keep[n++] = strdup(name)) != NULL;
 	}
 	if (ok)
-		remove_unlisted(index_dir, IDD_PACK_RUNS_DIR, keep, n); /* seqs grow: sorted */
+		remove_unlisted(o, index_dir, IDD_PACK_RUNS_DIR, keep, n); /* seqs grow: sorted */
 	for (size_t i = 0; i < n; i++)
 		free(keep[i]);
 	free(keep);
@@ -1128,20 +1130,7 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 static uint64_t dir_bytes(const char *index_dir, const char *sub, bool only_own)
 {
 	char *dir = idd_path_join(index_dir, sub, NULL);
-	DIR *d = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	uint64_t total = 0;
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		struct stat st;
-		if (p && stat(p, &st) == 0 && S_ISREG(st.st_mode) && (!only_own || st.st_nlink == 1))
-			total += (uint64_t)st.st_size;
-		free(p);
-	}
-	if (d)
-		closedir(d);
+	uint64_t total = dir ? idd_dir_bytes(dir, only_own) : 0;
 	free(dir);
 	return total;
 }
@@ -1676,7 +1665,7 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	st->runs = nx->nruns;
 
 	/* only now: files the new index does not name */
-	remove_unnamed(index_dir, nx);
+	remove_unnamed(o, index_dir, nx);
 	st->pack_bytes = pack_bytes(index_dir);
 	if (st->failed)
 		rc = idd_fail(err, "%llu blocks could not be packed (see the warnings); the rest is packed",
