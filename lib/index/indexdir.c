@@ -121,8 +121,7 @@ struct gc {
 static int gc_entry(void *ctx, const idd_dir_entry *e, idd_error *err)
 {
 	struct gc *g = ctx;
-	if (e->kind == IDD_ENTRY_DOT || e->kind == IDD_ENTRY_OTHER ||
-	    (e->kind == IDD_ENTRY_TEMP && e->writer_alive) || (g->keep && g->keep(g->ctx, e)))
+	if (e->kind == IDD_ENTRY_DOT || e->kind == IDD_ENTRY_OTHER || (g->keep && g->keep(g->ctx, e)))
 		return IDD_OK;
 	if (unlink(e->path)) {
 		if (errno == ENOENT)
@@ -169,4 +168,10 @@ uint64_t idd_dir_bytes(const char *dir, bool only_own)
 	struct bytes b = {.only_own = only_own};
 	idd_dir_for_each(dir, 0, add_bytes, NULL, &b, NULL);
 	return b.total;
+}
+
+bool idd_keep_live_temporaries(void *ctx, const idd_dir_entry *e)
+{
+	(void)ctx;
+	return e->kind != IDD_ENTRY_TEMP || e->pid <= 0 || e->writer_alive;
 }

@@ -51,16 +51,21 @@ int idd_dir_for_each(const char *dir, unsigned flags, idd_dir_fn on_file, idd_di
                      void *ctx, idd_error *err);
 
 /* ---- collecting garbage ---- */
-/* Whether to keep E, a file or the temporary of a writer that is gone. */
+/* Whether to keep E, a file or a temporary. */
 typedef bool (*idd_keep_fn)(void *ctx, const idd_dir_entry *e);
-/* Remove from DIR (one level) every file and every temporary of a dead
- * writer that keep rejects (keep NULL: all of them).  Never removed:
- * dotfiles (not the index's: an NFS client's .nfsXXXX, say), directories
- * and other kinds of files, and the temporaries of running writers.  When
- * anything was removed, DIR is fsynced.  *removed (may be NULL) counts the
- * files, not temporaries, removed.  Failures to remove or sync are
- * reported; the caller holds the index lock. */
+/* Remove from DIR (one level) every file and temporary that keep rejects
+ * (keep NULL: all of them).  Never removed: dotfiles (not the index's: an
+ * NFS client's .nfsXXXX, say), directories and other kinds of files.  In a
+ * directory whose writers hold the index lock, as the caller does, every
+ * temporary is a dead run's; elsewhere keep spares running writers' (see
+ * idd_keep_live_temporaries).  When anything was removed, DIR is fsynced.
+ * *removed (may be NULL) counts the files, not temporaries, removed.
+ * Failures to remove or sync are reported. */
 int idd_dir_gc(const char *dir, idd_keep_fn keep, void *ctx, uint64_t *removed, idd_error *err);
+/* Keep every index file, and the temporaries of running writers and of
+ * writers that cannot be told (no pid in the name): only dead writers'
+ * temporaries go. */
+bool idd_keep_live_temporaries(void *ctx, const idd_dir_entry *e);
 
 /* ---- size ---- */
 /* Bytes of the index files (regular, neither temporaries nor dotfiles)

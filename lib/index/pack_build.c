@@ -1063,8 +1063,8 @@ static bool keep_named(void *ctx, const idd_dir_entry *e)
 	return e->kind == IDD_ENTRY_FILE && k->n && bsearch(&name, k->names, k->n, sizeof *k->names, cmp_str);
 }
 
-/* Delete from SUB every file not in keep (sorted names), and temporaries
- * of dead writers: we hold the lock, so nothing else writes there.  A
+/* Delete from SUB every file not in keep (sorted names), temporaries
+ * included: we hold the lock, so nothing else writes there.  A
  * failure is a warning: the new index is in place, the next run retries. */
 static void remove_unlisted(const idd_pack_opts *o, const char *index_dir, const char *sub, char **keep,
                             size_t nkeep)

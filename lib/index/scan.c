@@ -794,12 +794,6 @@ out:
 	free_shards(shards, nshards);
 }
 
-/* Temporaries only: every index file stays. */
-static bool keep_index_files(void *ctx, const idd_dir_entry *e)
-{
-	return e->kind != IDD_ENTRY_TEMP || e->pid <= 0;
-}
-
 /* Temporaries (NAME.tmp.PID) that a killed run left in DIR: removed when
  * their process is gone.  Writers of index files hold the lock this run
  * holds, and a live process's temporary is left alone (a similarity cache
@@ -807,7 +801,7 @@ static bool keep_index_files(void *ctx, const idd_dir_entry *e)
 static void remove_dead_temporaries(const struct scan *s, const char *dir)
 {
 	idd_error e;
-	if (idd_dir_gc(dir, keep_index_files, NULL, NULL, &e))
+	if (idd_dir_gc(dir, idd_keep_live_temporaries, NULL, NULL, &e))
 		warn_gc(s, &e);
 }
 
