@@ -1,10 +1,10 @@
 /* indexdir.c - the files of an index directory: temporaries' names, the
  * iterator, the garbage collector and directory sizes (indexdir.h). */
 #include "index/indexdir.h"
-#include "index/indexfile.h"
 #include "base/error.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -13,6 +13,44 @@
 
 #define TMP_MARK ".tmp."
 #define MAX_DEPTH 8
+
+int idd_mkdir_p(const char *path, idd_error *err)
+{
+	char *p = idd_strdup(path, err);
+	if (!p)
+		return IDD_ERR;
+	for (char *s = p + 1;; s++) {
+		if (*s == '/' || *s == 0) {
+			char c = *s;
+			*s = 0;
+			if (mkdir(p, 0777) && errno != EEXIST) {
+				int rc = idd_fail_errno(err, p, "cannot create directory");
+				free(p);
+				return rc;
+			}
+			*s = c;
+			if (!c)
+				break;
+		}
+	}
+	free(p);
+	struct stat st;
+	if (stat(path, &st) || !S_ISDIR(st.st_mode))
+		return idd_fail(err, "%s: not a directory", path);
+	return IDD_OK;
+}
+
+int idd_fsync_dir(const char *dir, idd_error *err)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return idd_fail_errno(err, dir, "cannot open directory");
+	int rc = IDD_OK;
+	if (fsync(fd) && errno != EINVAL)
+		rc = idd_fail_errno(err, dir, "fsync");
+	close(fd);
+	return rc;
+}
 
 char *idd_tmp_path(const char *final, idd_error *err)
 {

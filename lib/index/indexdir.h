@@ -10,6 +10,10 @@
 
 #include <sys/stat.h>
 
+/* ---- directories ---- */
+int idd_fsync_dir(const char *dir, idd_error *err);
+int idd_mkdir_p(const char *path, idd_error *err);
+
 /* ---- names ---- */
 /* The temporary this process writes before renaming onto FINAL:
  * FINAL.tmp.PID (so that a later run can tell whether its writer lives). */

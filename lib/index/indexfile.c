@@ -17,44 +17,6 @@
 #include <openssl/evp.h>
 #include <zstd.h>
 
-int idd_mkdir_p(const char *path, idd_error *err)
-{
-	char *p = idd_strdup(path, err);
-	if (!p)
-		return IDD_ERR;
-	for (char *s = p + 1;; s++) {
-		if (*s == '/' || *s == 0) {
-			char c = *s;
-			*s = 0;
-			if (mkdir(p, 0777) && errno != EEXIST) {
-				int rc = idd_fail_errno(err, p, "cannot create directory");
-				free(p);
-				return rc;
-			}
-			*s = c;
-			if (!c)
-				break;
-		}
-	}
-	free(p);
-	struct stat st;
-	if (stat(path, &st) || !S_ISDIR(st.st_mode))
-		return idd_fail(err, "%s: not a directory", path);
-	return IDD_OK;
-}
-
-int idd_fsync_dir(const char *dir, idd_error *err)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return idd_fail_errno(err, dir, "cannot open directory");
-	int rc = IDD_OK;
-	if (fsync(fd) && errno != EINVAL)
-		rc = idd_fail_errno(err, dir, "fsync");
-	close(fd);
-	return rc;
-}
-
 /* Write pieces to PATH.tmp.PID, fsync it, rename over PATH, fsync the
  * directory: readers see the old file or the new one, never a mix. */
 static int write_atomic_iov(const char *path, const void *const *parts, const size_t *lens,

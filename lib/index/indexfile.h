@@ -1,9 +1,10 @@
 /* indexfile.h - the container every index file uses, atomic file writes,
- * directory helpers and the index lock (indexfile.c). */
+ * streamed index files and the index lock (indexfile.c). */
 #ifndef IDD_INDEX_INDEXFILE_H
 #define IDD_INDEX_INDEXFILE_H
 
 #include "base/util.h"
+#include "index/indexdir.h" /* idd_fsync_dir, idd_mkdir_p */
 
 /* ---- index files (indexfile.c) ---- */
 /* Every index file: magic[8], u32 version, u32 flags, u64 payload length,
@@ -103,8 +104,6 @@ int idd_indexfile_verify(const char *path, const char magic[8], uint32_t max_ver
 int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err);
 /* Write a whole file atomically (temp, fsync, rename, fsync dir). */
 int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_error *err);
-int idd_fsync_dir(const char *dir, idd_error *err);
-int idd_mkdir_p(const char *path, idd_error *err);
 
 /* Exclusive lock on DIR/lock (flock).  Waits unless no_wait, in which case a
  * held lock returns IDD_EBUSY. */
