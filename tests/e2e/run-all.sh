@@ -4,7 +4,7 @@
 # passes when it exits 0 having reported at least one named check: one that
 # exits 0 without any did not test anything and counts as failed, unless it
 # said why it could not run (skip_script in lib.sh: a "SKIP: " line), which
-# counts as skipped.  With
+# counts as skipped.  E2E_TESTS="test_a test_b" runs only those.  With
 # RESULTS set, appends "e2e PASSED FAILED" (scripts) to that file.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,11 +21,17 @@ mkdir -p "$logs" && rm -f "$logs"/test_*.log
 SAN_SKIP=" test_guest_boot test_libvirt test_serve_restart_guest test_serve_vm test_serve_all
  test_serve_cache_unwritable test_serve_concurrent_first test_serve_failed_blocks test_serve_faults
  test_serve_limits test_serve_metrics test_serve_profile test_serve_slow test_systemd "
+# the fixtures (corpora built and indexed once: fixture in lib.sh) the
+# scripts of this run share
+E2E_FIXTURES=$(mktemp -d "${TMPDIR:-/tmp}/idd-fixtures.XXXXXX") || exit 1
+export E2E_FIXTURES
+trap 'rm -rf "$E2E_FIXTURES"' EXIT
 pass=0 fail=0 skipped=0 failed=()
 all_start=$(date +%s)
 for t in "$here"/test_*.sh; do
   [ -e "$t" ] || continue
   name=$(basename "$t" .sh)
+  [ -z "${E2E_TESTS:-}" ] || [[ " $E2E_TESTS " == *" $name "* ]] || continue
   if [ "${E2E_SANITIZED:-0}" = 1 ] && [[ "$SAN_SKIP" == *" $name "* ]]; then
     echo "skip $name (plugin or guest only: run by the normal pass)"
     continue
