@@ -76,13 +76,21 @@ CONF
   return 1
 }
 
+# PID has not exited: nginx runs as a daemon, reaped by whoever adopted it,
+# so an exited nginx may stay a zombie for a while (kill -0 still succeeds)
+_nginx_running() {
+  local state
+  { read -r _ _ state _ < "/proc/$1/stat"; } 2>/dev/null || return 1
+  [ "$state" != Z ]
+}
+
 nginx_stop() {
   if [ -n "${NGINX_PREFIX:-}" ] && [ -f "$NGINX_PREFIX/nginx.pid" ]; then
     local pid
     pid=$(cat "$NGINX_PREFIX/nginx.pid")
     kill "$pid" 2>/dev/null || true
     local i
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for i in $(seq 250); do _nginx_running "$pid" || break; sleep 0.02; done
   fi
   [ -n "${NGINX_PREFIX:-}" ] && rm -rf "$NGINX_PREFIX"
   NGINX_PREFIX=
