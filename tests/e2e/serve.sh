@@ -96,7 +96,20 @@ cleanup_fns+=(serve_cleanup)
 # the socket serve_start NAME used ($WORK/NAME.sock for a serve started otherwise)
 _serve_sock() { if [ -s "$WORK/$1.sockpath" ]; then cat "$WORK/$1.sockpath"; else echo "$WORK/$1.sock"; fi; }
 serve_uri() { echo "nbd+unix:///$2?socket=$(_serve_sock "$1")"; }
-serve_stat() { json_get "$WORK/$1.json" "$2"; }
+# the counters of NAME.json as "KEY<TAB>VALUE" lines (what json_get prints),
+# made once per version of the file: a python start per counter cost most
+# of the time of the scripts that check many
+serve_stat() {
+  local json=$WORK/$1.json flat=$WORK/.stats/$1
+  if [ ! -e "$flat" ] || [ "$json" -nt "$flat" ]; then
+    mkdir -p "$WORK/.stats"
+    python3 -c 'import json, sys
+for k, v in json.load(open(sys.argv[1])).items():
+    print("%s\t%s" % (k, v))' "$json" > "$flat.tmp" && mv "$flat.tmp" "$flat" || return 1
+  fi
+  awk -F '\t' -v k="$2" '$1 == k {print substr($0, length(k) + 2); found = 1; exit}
+    END {if (!found) {print "serve_stat: no " k " in " FILENAME > "/dev/stderr"; exit 1}}' "$flat"
+}
 
 serve_expect() {
   python3 - "$TESTS_DIR" "$@" <<'PY'
