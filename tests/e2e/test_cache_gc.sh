@@ -26,7 +26,6 @@ fill() {
   deploy "$1" sib2.raw
 }
 
-# ---- 1. the budget, and what goes first ------------------------------------
 C=$WORK/cv
 fill "$C"
 total=$(disk "$C")
@@ -63,7 +62,6 @@ set +e
 set -e
 check "an unknown --policy: exit 2" test $rc = 2
 
-# ---- 2. never a file in use -------------------------------------------------
 # a deploy copying from sib1 (slow.raw starts with it), its fetch slowed
 C=$WORK/cu
 deploy "$C" sib1.raw   # first in the cache index: its copies of shared content are read
