@@ -39,7 +39,9 @@ fixture() {
   flock "$lk"
   if [ ! -e "$FIXTURE.done" ]; then
     rm -rf "$FIXTURE" && mkdir -p "$FIXTURE"
-    "$build" "$FIXTURE" || { rm -rf "$FIXTURE"; fail "fixture $name: $build failed"; }
+    # not under || (that would turn errexit off inside BUILD): a failure
+    # ends the script, and the fixture without its .done is built again
+    "$build" "$FIXTURE"
     : > "$FIXTURE.done"
   fi
   exec {lk}>&-
