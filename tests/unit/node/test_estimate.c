@@ -30,28 +30,9 @@ static int setup(void **state)
 	(void)state;
 	root = tu_mkdtemp();
 	repo = idd_path_join(root, "repo", NULL);
-	idd_mkdir_p(repo, NULL);
-	img_a = calloc(NB * BS + 1000, 1);
-	for (size_t i = 0; i < NB; i++)
-		if (i % 6)
-			tu_fill_random(img_a + i * BS, BS, 500 + i % 30);
-	tu_fill_random(img_a + NB * BS, 1000, 9);
-	img_b = malloc(NB * BS);
-	memcpy(img_b, img_a, NB * BS);
-	for (size_t i = 40; i < 50; i++)
-		tu_fill_random(img_b + i * BS, BS, 9000 + i);
-	free(tu_write(repo, "a.raw", img_a, NB * BS + 1000));
-	free(tu_write(repo, "b.raw", img_b, NB * BS));
-	idd_error err;
-	idd_scan_opts so = {.repo = repo, .warn = quiet};
-	idd_scan_stats ss;
-	idd_map_opts mo = {.repo = repo, .warn = quiet};
-	idd_map_stats ms;
-	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err)) {
-		fprintf(stderr, "index: %s\n", err.msg);
-		return -1;
-	}
-	return 0;
+	tu_pair_spec spec = {.nb = NB, .pool = 30, .zero_every = 6, .seed = 500, .tail = 1000,
+	                     .tail_seed = 9, .changed = 40, .nchanged = 10, .changed_seed = 9000};
+	return tu_pair_repo(repo, &spec, &img_a, &img_b);
 }
 
 static int teardown(void **state)
