@@ -751,7 +751,11 @@ static bool keep_block_list(void *ctx, const idd_dir_entry *e)
 	const char *name = e->name;
 	if (k->nkeys && bsearch(&name, k->keys, k->nkeys, sizeof *k->keys, cmp_hex))
 		return true;
-	return k->sharding && k->now - idd_ts_ns(e->st.st_mtim) < (int64_t)3600 * 1000000000;
+	/* a shard's list written within the hour may belong to a shard still
+	 * running */
+	struct stat st;
+	return k->sharding && (lstat(e->path, &st) || k->now - idd_ts_ns(st.st_mtim) <
+	                                                   (int64_t)3600 * 1000000000);
 }
 
 static void warn_gc(const struct scan *s, const idd_error *e)
