@@ -1,7 +1,7 @@
-/* repo.c - the repository: which files are images, walking the tree, and
- * opening an image with its backing files confined to the repository. */
-#include "index/repo.h"
-#include "index/repo_s3.h"
+/* repo_local.c - repositories in a local directory (repo_store.h): walking
+ * the tree, opening an image with its backing files confined to the
+ * repository, and file identities by stat. */
+#include "index/repo_store.h"
 #include "base/util.h"
 #include "base/error.h"
 #include "base/file.h"
@@ -16,47 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes)
-{
-	if (idd_image_name_matches(name) || idd_archive_name_matches(name))
-		return true;
-	for (size_t i = 0; i < n_includes; i++)
-		if (fnmatch(includes[i], name, 0) == 0)
-			return true;
-	return false;
-}
-
-void idd_repo_entry_free(idd_repo_entry *e)
-{
-	if (e->spooled)
-		close(e->spool_fd);
-	free(e->id);
-	free(e->path);
-	free(e->member);
-	free(e->container);
-	memset(e, 0, sizeof *e);
-}
-
-void idd_repo_list_free(idd_repo_list *l)
-{
-	for (size_t i = 0; i < l->n; i++)
-		idd_repo_entry_free(&l->v[i]);
-	free(l->v);
-	l->v = NULL;
-	l->n = 0;
-}
-
-/* Takes ownership of e's strings. */
-int idd_repo_list_push(idd_repo_list *l, const idd_repo_entry *e, idd_error *err)
-{
-	idd_repo_entry *v = idd_realloc_array(l->v, l->n + 1, sizeof *v, err);
-	if (!v)
-		return IDD_ERR;
-	l->v = v;
-	l->v[l->n++] = *e;
-	return IDD_OK;
-}
 
 struct walk {
 	const char *root;
@@ -163,12 +122,10 @@ static int walk_dir(struct walk *w, const char *rel, idd_error *err)
 	return rc;
 }
 
-int idd_repo_walk(const char *repo, const char *index_dir, const char *const *includes,
-                  size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
-                  idd_error *err)
+static int local_walk(const char *repo, const char *index_dir, const char *const *includes,
+                      size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
+                      idd_error *err)
 {
-	if (idd_repo_is_s3(repo))
-		return idd_repo_s3_walk(repo, includes, n_includes, out, warn, ctx, err);
 	struct stat st;
 	if (stat(repo, &st))
 		return idd_fail_errno(err, repo, "cannot open repository");
@@ -272,19 +229,8 @@ static int backing_open(void *vctx, const char *name, idd_file **out, idd_error 
 	return IDD_OK;
 }
 
-void idd_chain_free(idd_chain *c)
+static bool local_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 {
-	for (size_t i = 0; i < c->n; i++)
-		free(c->v[i].path);
-	free(c->v);
-	c->v = NULL;
-	c->n = 0;
-}
-
-bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
-{
-	if (idd_repo_is_s3(repo))
-		return idd_repo_s3_chain_unchanged(repo, v, n);
 	for (size_t i = 0; i < n; i++) {
 		char *p = idd_path_join(repo, v[i].path, NULL);
 		struct stat st;
@@ -299,54 +245,9 @@ bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 	return true;
 }
 
-int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
+static int local_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
+                                  idd_image **out, idd_error *err)
 {
-	memset(out, 0, sizeof *out);
-	idd_archive_members m;
-	if (idd_repo_is_s3(archive->path) ? idd_repo_s3_archive_members(archive, &m, err)
-	                                  : idd_archive_list(archive->path, &m, err))
-		return IDD_ERR;
-	int rc = IDD_OK;
-	for (size_t i = 0; !rc && i < m.n; i++) {
-		idd_repo_entry e = {0};
-		e.id = idd_asprintf(err, "%s/%s", archive->id, m.v[i].name);
-		e.path = idd_strdup(archive->path, err);
-		e.member = idd_strdup(m.v[i].name, err);
-		e.container = idd_strdup(m.container, err);
-		e.member_off = m.v[i].off;
-		e.member_len = m.v[i].len;
-		e.streamed = m.v[i].streamed;
-		if (m.v[i].spool_fd >= 0) {
-			e.spooled = true; /* the entry owns the descriptor now */
-			e.spool_fd = m.v[i].spool_fd;
-			m.v[i].spool_fd = -1;
-		}
-		e.dev = archive->dev;
-		e.ino = archive->ino;
-		e.size = archive->size;
-		e.mtime_ns = archive->mtime_ns;
-		e.ctime_ns = archive->ctime_ns;
-		if (!e.id || !e.path || !e.member || !e.container || idd_repo_list_push(out, &e, err)) {
-			idd_repo_entry_free(&e);
-			rc = IDD_ERR;
-		}
-	}
-	idd_archive_members_free(&m);
-	if (rc)
-		idd_repo_list_free(out);
-	return rc;
-}
-
-int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **out, idd_error *err)
-{
-	return idd_repo_open_image_chain(repo, e, NULL, out, err);
-}
-
-int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
-                              idd_image **out, idd_error *err)
-{
-	if (idd_repo_is_s3(repo))
-		return idd_repo_s3_open_image_chain(repo, e, chain, out, err);
 	if (e->member) {
 		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
 		                        e->spooled ? e->spool_fd : -1};
@@ -363,3 +264,59 @@ int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_cha
 	free(bc.dir);
 	return rc;
 }
+
+static bool local_claims(const char *repo_or_path)
+{
+	(void)repo_or_path;
+	return true;
+}
+
+static bool local_owns_ident(const idd_file_ident *id)
+{
+	(void)id;
+	return true;
+}
+
+static int local_archive_members(const idd_repo_entry *archive, idd_archive_members *out,
+                                 idd_error *err)
+{
+	return idd_archive_list(archive->path, out, err);
+}
+
+static int local_file_ident(const char *path, idd_file_ident *out, idd_error *err)
+{
+	memset(out, 0, sizeof *out);
+	struct stat st;
+	if (stat(path, &st))
+		return idd_fail_errno(err, path, "cannot stat");
+	*out = (idd_file_ident){NULL, (uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
+	                        idd_ts_ns(st.st_mtim), idd_ts_ns(st.st_ctim)};
+	return IDD_OK;
+}
+
+static bool local_ident_same(const idd_file_ident *a, const idd_file_ident *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
+}
+
+static int local_file_open(const char *path, uint64_t size_hint, idd_file **out, idd_error *err)
+{
+	(void)size_hint;
+	return idd_file_open_local(path, out, err);
+}
+
+/* Claims whatever no other store claims: it comes last. */
+const idd_repo_store idd_repo_store_local = {
+	.name = "local",
+	.remote = false,
+	.claims = local_claims,
+	.owns_ident = local_owns_ident,
+	.walk = local_walk,
+	.open_image_chain = local_open_image_chain,
+	.archive_members = local_archive_members,
+	.chain_unchanged = local_chain_unchanged,
+	.file_ident = local_file_ident,
+	.ident_same = local_ident_same,
+	.file_open = local_file_open,
+};
