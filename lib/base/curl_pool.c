@@ -526,6 +526,8 @@ int idd_curl_run(idd_curl_pool *p, const idd_curl_target *t, idd_http_req *reqs,
 				a->q->retry = true;
 				any_retry = true;
 				idd_fail_code(err, IDD_SRC_RETRY, "%s: %s", a->q->name, why);
+				free(a->q->why);
+				a->q->why = idd_asprintf(NULL, "%s: %s", a->q->name, why);
 				continue;
 			}
 			int code = oc == OUT_NOTFOUND ? IDD_ENOENT : oc == OUT_DENIED ? IDD_EPERM : IDD_ERR;
@@ -559,6 +561,7 @@ int idd_curl_head(idd_curl_pool *p, const idd_curl_target *t, const char *url, c
 {
 	idd_http_req q = {.url = url, .name = name, .kind = IDD_HTTP_HEAD};
 	int rc = idd_curl_run(p, t, &q, 1, fs, err);
+	free(q.why); /* one request: err says it */
 	if (rc)
 		return rc;
 	st->size = q.length;
@@ -571,21 +574,27 @@ int idd_curl_get(idd_curl_pool *p, const idd_curl_target *t, const char *url, co
                  size_t max, idd_buf *body, idd_fetch_stats *fs, idd_error *err)
 {
 	idd_http_req q = {.url = url, .name = name, .kind = IDD_HTTP_WHOLE, .body = body, .max = max};
-	return idd_curl_run(p, t, &q, 1, fs, err);
+	int rc = idd_curl_run(p, t, &q, 1, fs, err);
+	free(q.why);
+	return rc;
 }
 
 int idd_curl_put_fd(idd_curl_pool *p, const idd_curl_target *t, const char *url, const char *name,
                     int fd, uint64_t len, idd_fetch_stats *fs, idd_error *err)
 {
 	idd_http_req q = {.url = url, .name = name, .kind = IDD_HTTP_PUT, .fd = fd, .len = len};
-	return idd_curl_run(p, t, &q, 1, fs, err);
+	int rc = idd_curl_run(p, t, &q, 1, fs, err);
+	free(q.why);
+	return rc;
 }
 
 int idd_curl_delete(idd_curl_pool *p, const idd_curl_target *t, const char *url, const char *name,
                     idd_fetch_stats *fs, idd_error *err)
 {
 	idd_http_req q = {.url = url, .name = name, .kind = IDD_HTTP_DELETE};
-	return idd_curl_run(p, t, &q, 1, fs, err);
+	int rc = idd_curl_run(p, t, &q, 1, fs, err);
+	free(q.why);
+	return rc;
 }
 
 int idd_curl_read_ios(idd_curl_pool *p, const idd_curl_target *t, const char *url,
@@ -595,13 +604,26 @@ int idd_curl_read_ios(idd_curl_pool *p, const idd_curl_target *t, const char *ur
 	idd_http_req *q = idd_calloc(n ? n : 1, sizeof *q, err);
 	if (!q)
 		return IDD_ERR;
+	size_t *of = idd_calloc(n ? n : 1, sizeof *of, err);
+	if (!of) {
+		free(q);
+		return IDD_ERR;
+	}
 	size_t k = 0;
-	for (size_t i = 0; i < n; i++)
-		if (io[i].got < io[i].len)
+	for (size_t i = 0; i < n; i++) {
+		free(io[i].why);
+		io[i].why = NULL;
+		if (io[i].got < io[i].len) {
+			of[k] = i;
 			q[k++] = (idd_http_req){.url = url, .name = name, .kind = IDD_HTTP_RANGE,
 			                        .off = io[i].off, .len = io[i].len, .buf = io[i].buf,
 			                        .got = &io[i].got};
+		}
+	}
 	int rc = idd_curl_run(p, t, q, k, fs, err);
+	for (size_t j = 0; j < k; j++)
+		io[of[j]].why = q[j].why; /* the io owns it now */
+	free(of);
 	free(q);
 	return rc;
 }

@@ -41,7 +41,8 @@ typedef struct idd_http_req {
 	size_t max;
 	int fd;                /* PUT: read from offset 0 on every attempt */
 	/* results */
-	bool retry;            /* this attempt failed transiently */
+	bool retry;            /* this attempt failed transiently ... */
+	char *why;             /* ... and why, "NAME: WHY" (the caller frees it) */
 	uint64_t length;       /* HEAD: Content-Length */
 	char etag[80];         /* HEAD: the ETag header, unquoted */
 	int64_t mtime;         /* HEAD: Last-Modified, -1 when absent */

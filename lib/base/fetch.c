@@ -160,49 +160,61 @@ struct call {
 	idd_s3_page *pg;
 	idd_src_io *io;      /* read */
 	size_t nio;
+	const char **why;    /* read: the failures of the last attempt */
+	size_t nwhy;
 };
 
-static int stat_attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static int stat_attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                         idd_error *err)
 {
 	struct call *c = arg;
 	(void)failed;
 	return c->s->b->stat(c->s->impl, c->rel, c->st, fs, err);
 }
 
-static int get_attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static int get_attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                         idd_error *err)
 {
 	struct call *c = arg;
 	(void)failed;
 	return c->s->b->get(c->s->impl, c->rel, c->max, c->body, fs, err);
 }
 
-static int put_attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static int put_attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                         idd_error *err)
 {
 	struct call *c = arg;
 	(void)failed;
 	return c->s->b->put_fd(c->s->impl, c->rel, c->fd, c->len, fs, err);
 }
 
-static int remove_attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static int remove_attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                         idd_error *err)
 {
 	struct call *c = arg;
 	(void)failed;
 	return c->s->b->remove(c->s->impl, c->rel, fs, err);
 }
 
-static int list_attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static int list_attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                         idd_error *err)
 {
 	struct call *c = arg;
 	(void)failed;
 	return c->s->b->list_page(c->s->impl, c->prefix, c->token, c->page, c->pg, fs, err);
 }
 
-static int read_attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static int read_attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                        idd_error *err)
 {
 	struct call *c = arg;
 	int rc = c->s->b->read_ranges(c->s->impl, c->rel, c->io, c->nio, fs, err);
+	c->nwhy = 0;
 	for (size_t i = 0; rc == IDD_SRC_RETRY && i < c->nio; i++)
-		*failed += c->io[i].got < c->io[i].len;
+		if (c->io[i].why)
+			c->why[c->nwhy++] = c->io[i].why;
+	failed->why = c->why;
+	failed->n = c->nwhy;
 	return rc;
 }
 
@@ -637,8 +649,12 @@ int idd_source_read_ranges_counted(idd_source *s, idd_file *f, const idd_range *
 	}
 	if (!rc) {
 		struct call c = {.s = s, .rel = rm->rel, .io = io, .nio = q};
-		rc = run(s, read_attempt, &c, batch, err);
+		c.why = idd_calloc(q ? q : 1, sizeof *c.why, err);
+		rc = c.why ? run(s, read_attempt, &c, batch, err) : IDD_ERR;
+		free(c.why);
 	}
+	for (size_t i = 0; io && i < q; i++)
+		free(io[i].why);
 	for (size_t k = 0; k < ns; k++) {
 		if (!sp[k].stage)
 			continue;

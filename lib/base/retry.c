@@ -40,7 +40,7 @@ int idd_retry_run(const idd_retry_policy *p, const char *name, idd_attempt_fn fn
 	char last[sizeof err->msg] = "";
 	for (int attempt = 0;; attempt++) {
 		idd_error e = {0};
-		unsigned failed = 0;
+		idd_retry_failures failed = {0};
 		int rc = fn(arg, &failed, fs, &e);
 		if (rc != IDD_SRC_RETRY) {
 			if (rc == IDD_ETIMEDOUT && last[0])
@@ -59,10 +59,15 @@ int idd_retry_run(const idd_retry_policy *p, const char *name, idd_attempt_fn fn
 		if (attempt >= p->max_retries)
 			return idd_fail_code(err, IDD_ENET, "%s: %s (gave up after %d retries)", name, why,
 			                     attempt);
-		fs->retries += failed ? failed : 1;
-		if (p->warn) {
-			char msg[sizeof e.msg + 128];
-			snprintf(msg, sizeof msg, "warning: %s: %s; retrying in %ld ms (%d of %d)", name, why,
+		const char *one = e.msg;
+		if (!failed.n) {
+			failed.why = &one;
+			failed.n = 1;
+		}
+		fs->retries += failed.n;
+		for (size_t i = 0; p->warn && i < failed.n; i++) {
+			char msg[sizeof e.msg + 640];
+			snprintf(msg, sizeof msg, "warning: %s; retrying in %ld ms (%d of %d)", failed.why[i],
 			         delay, attempt + 1, p->max_retries);
 			p->warn(p->ctx, msg);
 		}

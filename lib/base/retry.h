@@ -16,9 +16,17 @@ typedef struct idd_retry_policy {
 	const atomic_bool *cancel;
 } idd_retry_policy;
 
-/* One attempt.  *failed: how many requests of it failed transiently (each
- * counts as a retry when the layer tries again). */
-typedef int (*idd_attempt_fn)(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err);
+/* The requests of an attempt that failed transiently, each "NAME: WHY"
+ * (owned by the attempt's caller, valid until the next attempt); each is
+ * reported and counted as one retry.  None: the attempt's error is the one. */
+typedef struct idd_retry_failures {
+	const char **why;
+	size_t n;
+} idd_retry_failures;
+
+/* One attempt. */
+typedef int (*idd_attempt_fn)(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs,
+                              idd_error *err);
 
 /* Run fn until it returns anything but IDD_SRC_RETRY.  name is how messages
  * name the target.  Gives up with IDD_ENET ("... (gave up after N

@@ -22,6 +22,7 @@ typedef struct idd_src_io {
 	uint64_t off, len;
 	unsigned char *buf;
 	uint64_t got;
+	char *why;     /* the last attempt failed transiently: why ("NAME: WHY"), owned */
 } idd_src_io;
 
 /* Operations take the backend's own state (impl) and paths relative to the

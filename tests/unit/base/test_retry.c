@@ -16,14 +16,20 @@ struct op {
 	int calls;
 };
 
-static int attempt(void *arg, unsigned *failed, idd_fetch_stats *fs, idd_error *err)
+static const char *const whys[] = {"http://h/f: HTTP 503", "http://h/g: HTTP 500"};
+
+static int attempt(void *arg, idd_retry_failures *failed, idd_fetch_stats *fs, idd_error *err)
 {
 	struct op *o = arg;
 	o->calls++;
 	fs->requests += 1;
 	if (o->transient > 0) {
 		o->transient--;
-		*failed = o->per_attempt;
+		/* several failed requests: each is named; one: the error says it */
+		if (o->per_attempt > 1) {
+			failed->why = (const char **)whys;
+			failed->n = o->per_attempt;
+		}
 		return idd_fail_code(err, IDD_SRC_RETRY, "http://h/f: HTTP 503");
 	}
 	if (o->final)
@@ -53,14 +59,14 @@ static void test_retries_then_succeeds(void **state)
 	assert_int_equal(o.calls, 4);
 	assert_int_equal(fs.requests, 4);
 	assert_int_equal(fs.retries, 6); /* every failed request of an attempt counts */
-	assert_int_equal(nwarned, 3);
-	assert_string_equal(warned, "warning: http://h/f: HTTP 503; retrying in 4 ms (3 of 6)");
+	assert_int_equal(nwarned, 6); /* one warning per failed request */
+	assert_string_equal(warned, "warning: http://h/g: HTTP 500; retrying in 4 ms (3 of 6)");
 }
 
 static void test_gives_up_after_limit(void **state)
 {
 	(void)state;
-	idd_retry_policy p = {.max_retries = 2, .backoff_ms = 1};
+	idd_retry_policy p = {.max_retries = 2, .backoff_ms = 1, .warn = warn};
 	struct op o = {.transient = 100, .per_attempt = 1};
 	idd_fetch_stats fs = {0};
 	idd_error err = {{0}, 0};
@@ -68,6 +74,7 @@ static void test_gives_up_after_limit(void **state)
 	assert_int_equal(err.code, IDD_ENET);
 	assert_int_equal(o.calls, 3);
 	assert_int_equal(fs.retries, 2);
+	assert_string_equal(warned, "warning: http://h/f: HTTP 503; retrying in 2 ms (2 of 2)");
 	assert_string_equal(err.msg, "http://h/f: HTTP 503 (gave up after 2 retries)");
 }
 
