@@ -59,7 +59,7 @@ static void session_free(idd_curl_pool *p, struct session *x)
 	free(x);
 }
 
-int idd_curl_pool_new(int connections, const char *name, idd_curl_pool **out, idd_error *err)
+int idd_curl_pool_new(int connections, idd_curl_pool **out, idd_error *err)
 {
 	pthread_once(&curl_once, curl_init_once);
 	idd_curl_pool *p = idd_calloc(1, sizeof *p, err);
@@ -67,7 +67,6 @@ int idd_curl_pool_new(int connections, const char *name, idd_curl_pool **out, id
 		return IDD_ERR;
 	p->connections = connections > 0 ? connections : 1;
 	pthread_mutex_init(&p->mu, NULL);
-	(void)name;
 	*out = p;
 	return IDD_OK;
 }

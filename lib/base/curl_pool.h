@@ -49,7 +49,7 @@ typedef struct idd_http_req {
 } idd_http_req;
 
 /* A pool of up to `connections` requests in flight per batch. */
-int idd_curl_pool_new(int connections, const char *name, idd_curl_pool **out, idd_error *err);
+int idd_curl_pool_new(int connections, idd_curl_pool **out, idd_error *err);
 void idd_curl_pool_free(idd_curl_pool *p);
 
 /* One attempt at each of n requests, at most `connections` at once, on a

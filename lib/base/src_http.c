@@ -33,7 +33,7 @@ static int http_open(const char *root, const idd_fetch_opts *o, void **impl, cha
 	h->t = (idd_curl_target){.https = !strncasecmp(root, "https://", 8), .follow_redirects = true,
 	                         .timeout_s = o->timeout_s, .cancel = o->cancel};
 	h->root = idd_strdup(root, err);
-	if (!h->root || idd_curl_pool_new(o->connections, root, &h->pool, err)) {
+	if (!h->root || idd_curl_pool_new(o->connections, &h->pool, err)) {
 		http_close(h);
 		return IDD_ERR;
 	}

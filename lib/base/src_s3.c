@@ -58,7 +58,7 @@ static int s3_open(const char *root, const idd_fetch_opts *o, void **impl, char 
 		idd_fail(err, "out of memory");
 		goto fail_display;
 	}
-	if (idd_curl_pool_new(o->connections, *display, &s->pool, err))
+	if (idd_curl_pool_new(o->connections, &s->pool, err))
 		goto fail_display;
 	s->t = (idd_curl_target){
 		.https = !strncasecmp(s->c.endpoint, "https://", 8),
