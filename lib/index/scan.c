@@ -17,7 +17,6 @@
 #include "index/entries.h"
 #include "index/blocktable.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 
 #include <errno.h>
 #include <signal.h>

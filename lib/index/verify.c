@@ -4,7 +4,6 @@
 #include "base/fetch.h"
 #include "formats/image.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 #include "index/indexfile.h"
 #include "index/indexdir.h"
 #include "index/catalog.h"
