@@ -17,7 +17,6 @@
 #include "index/entries.h"
 #include "index/blocktable.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -1032,7 +1031,7 @@ static int phase_open(struct scan_run *r, idd_error *err)
 	r->s.index_dir = r->index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
-	if (idd_repo_is_s3(o->repo)) {
+	if (idd_repo_is_remote(o->repo)) {
 		/* an object store: the walk finds out whether it is there */
 	} else if (stat(o->repo, &rst)) {
 		return idd_fail_errno(err, o->repo, "cannot open repository");
