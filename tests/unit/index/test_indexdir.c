@@ -232,7 +232,8 @@ static void test_gc_reports_failure(void **state)
 	idd_error err;
 	/* not a directory: the walk's failure is the collector's */
 	char *f = put("plain", 1);
-	assert_int_equal(idd_dir_gc(f, NULL, NULL, NULL, &err), IDD_ERR);
+	assert_int_equal(idd_dir_gc(f, NULL, NULL, NULL, &err), IDD_EIO); /* ENOTDIR */
+	assert_int_equal(err.code, IDD_EIO);
 	assert_non_null(strstr(err.msg, "plain"));
 	free(f);
 	if (geteuid() == 0)

@@ -255,7 +255,8 @@ static void test_missing_repo(void **state)
 	idd_scan_opts o = {.repo = typo};
 	idd_scan_stats st;
 	idd_error err;
-	assert_int_equal(idd_scan(&o, &st, &err), IDD_ERR);
+	assert_int_equal(idd_scan(&o, &st, &err), IDD_ENOENT);
+	assert_int_equal(err.code, IDD_ENOENT);
 	assert_non_null(strstr(err.msg, "no-such-dir"));
 	assert_false(st.committed);
 	assert_int_not_equal(access(typo, F_OK), 0);

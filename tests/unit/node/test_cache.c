@@ -242,7 +242,8 @@ static void test_gc(void **state)
 	assert_int_equal(n, 0);
 	idd_cache_list_free(v, n);
 	/* not a directory: a clear error */
-	assert_int_equal(idd_cache_gc("/nonexistent/cache", 0, &st, NULL, NULL, &err), IDD_ERR);
+	assert_int_equal(idd_cache_gc("/nonexistent/cache", 0, &st, NULL, NULL, &err), IDD_ENOENT);
+	assert_int_equal(err.code, IDD_ENOENT);
 	assert_non_null(strstr(err.msg, "/nonexistent/cache"));
 	for (int i = 0; i < 3; i++) {
 		idd_map_free(m[i]);
