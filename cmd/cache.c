@@ -210,28 +210,15 @@ static int cache_estimate(int argc, char **argv)
 		return EXIT_FAIL;
 	}
 	if (json) {
-		cli_json j;
-		cli_json_begin(&j, stdout);
-		cli_json_key_open(&j, "images", '[');
-		for (size_t i = 0; i < o.n_images; i++) {
-			cli_json_key_open(&j, NULL, '{');
-			cli_json_key_str(&j, "image", v[i].image);
-			cli_json_key_u64(&j, "bytes_missing", v[i].bytes_missing);
-			if (v[i].has_boot)
-				cli_json_key_u64(&j, "boot_bytes_missing", v[i].boot_bytes_missing);
-			else
-				cli_json_key_null(&j, "boot_bytes_missing");
-			if (v[i].has_seconds)
-				cli_json_key_double(&j, "seconds", v[i].seconds);
-			else
-				cli_json_key_null(&j, "seconds");
-			cli_json_key_u64(&j, "bytes_total", v[i].bytes_total);
-			cli_json_key_u64(&j, "bytes_zero", v[i].bytes_zero);
-			cli_json_key_bool(&j, "from_pack", v[i].from_pack);
-			cli_json_close(&j, '}');
+		char *text;
+		size_t len;
+		if (idd_cache_estimate_json(v, o.n_images, &text, &len, &err)) {
+			idd_cache_estimate_free(v);
+			cli_error("%s", err.msg);
+			return EXIT_FAIL;
 		}
-		cli_json_close(&j, ']');
-		cli_json_end(&j);
+		fwrite(text, 1, len, stdout);
+		free(text);
 	} else {
 		printf("%10s %10s %10s  %s\n", "MISSING", "BOOT", "SECONDS", "IMAGE");
 		for (size_t i = 0; i < o.n_images; i++) {

@@ -620,6 +620,12 @@ typedef struct idd_image_estimate {
  * idd_cache_estimate_free. */
 int idd_cache_estimate(const idd_estimate_opts *o, idd_image_estimate **out, idd_error *err);
 void idd_cache_estimate_free(idd_image_estimate *v);
+/* The estimates as `cache estimate --json` prints them (one line, with its
+ * newline): {"images":[{"image", "bytes_missing", "boot_bytes_missing",
+ * "seconds", "bytes_total", "bytes_zero", "from_pack"}...]}.  *text is
+ * NUL-terminated, *len excludes the NUL; free() it. */
+int idd_cache_estimate_json(const idd_image_estimate *v, size_t n, char **text, size_t *len,
+                            idd_error *err);
 
 /* ---- serve: on-demand access to images over NBD ----
  *
@@ -770,6 +776,12 @@ typedef struct idd_serve_metrics {
 } idd_serve_metrics;
 
 int idd_server_metrics(idd_server *s, idd_serve_metrics *m, idd_error *err);
+/* idd_cache_estimate for this server's SOURCE, index and cache (its
+ * pack choice, connections and timeout too): what the node lacks of any
+ * image of SOURCE, exported or not.  Thread-safe: it reads only the
+ * server's options and opens its own view of the index and the cache. */
+int idd_server_estimate(idd_server *s, const char *const *images, size_t n, uint64_t bandwidth,
+                        idd_image_estimate **out, idd_error *err);
 void idd_serve_metrics_free(idd_serve_metrics *m);
 /* m as Prometheus text exposition format 0.0.4 into *text (malloc'd,
  * NUL-terminated, *len bytes).  Depends on m only. */

@@ -142,6 +142,15 @@ void idd_digest_hex(const idd_digest *d, char out[2 * IDD_DIGEST_SIZE + 1])
 	out[2 * IDD_DIGEST_SIZE] = 0;
 }
 
+int idd_id_hex(const char *id, char hex[2 * IDD_DIGEST_SIZE + 1], idd_error *err)
+{
+	idd_digest h;
+	if (idd_sha256(id, strlen(id), h.b, err))
+		return IDD_ERR;
+	idd_digest_hex(&h, hex);
+	return IDD_OK;
+}
+
 int idd_hash_blocks(idd_hasher *h, const unsigned char *buf, size_t len, uint32_t bs,
                     idd_digest *out, uint64_t *hashed, idd_error *err)
 {

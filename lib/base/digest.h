@@ -24,6 +24,9 @@ int idd_sha256_update(idd_sha256_ctx *c, const void *data, size_t len, idd_error
 /* Writes the digest and frees c (also on failure). */
 int idd_sha256_end(idd_sha256_ctx *c, unsigned char out[32], idd_error *err);
 void idd_sha256_abort(idd_sha256_ctx *c);
+/* Lowercase hex of the SHA-256 of an image id: the file name that entries,
+ * maps and boot profiles of that image use in the index. */
+int idd_id_hex(const char *id, char hex[2 * IDD_DIGEST_SIZE + 1], idd_error *err);
 bool idd_is_zero(const void *p, size_t len);
 /* Hash every block of buf (len a multiple of bs, or the tail zero-padded):
  * zero blocks get the zero digest and are not hashed.  *hashed counts the

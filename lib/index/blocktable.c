@@ -9,6 +9,7 @@
 #include "index/blocktable.h"
 #include "index/catalog.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "base/digest.h"
 #include "base/error.h"
 
@@ -30,7 +31,6 @@ static const char BTR_MAGIC[8] = {'I', 'D', 'D', '-', 'B', 'T', 'R', 0};
 /* a run is merged into the one before it once it is at least 1/BT_RATIO of
  * its size: at most log_BT_RATIO(table / change) runs exist */
 #define BT_RATIO 2
-#define BT_IO_BUF (1u << 20)
 /* a file whose mtime is this close to the manifest's writing may have been
  * changed again within the timestamp granularity: check it by reading it */
 #define BT_RACY_NS ((int64_t)2 * 1000000000)
@@ -171,115 +171,42 @@ static int32_t run_seek(idd_bt_run *r, uint64_t *pos, const unsigned char *d)
 	return 0;
 }
 
-/* A run being written: entries streamed to PATH.tmp.PID after room for the
- * header, then the header, the checksum over both (read back: the length is
- * only known at the end), fsync, rename. */
+/* A run being written: entries streamed into an index file
+ * (idd_indexfile_out), counted. */
 struct run_out {
-	int fd;
-	char *tmp, *path;
-	unsigned char *buf;
-	size_t fill;
-	uint64_t entries, off;
-	unsigned char last[32];
+	idd_indexfile_out f;
+	uint64_t entries;
 };
 
 static int out_open(struct run_out *o, const char *dir, uint64_t seq, idd_error *err)
 {
 	memset(o, 0, sizeof *o);
-	o->fd = -1;
-	o->off = IDD_IF_HEADER;
-	if (!(o->path = run_path(dir, seq, err)) ||
-	    !(o->tmp = idd_asprintf(err, "%s.tmp.%ld", o->path, (long)getpid())) ||
-	    !(o->buf = idd_malloc(BT_IO_BUF, err)))
-		return IDD_ERR;
-	o->fd = open(o->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (o->fd < 0)
-		return idd_fail_errno(err, o->tmp, "cannot create");
-	return IDD_OK;
+	o->f.fd = -1;
+	char *path = run_path(dir, seq, err);
+	int rc = path ? idd_indexfile_out_begin(&o->f, path, BTR_MAGIC, BT_VERSION, err) : IDD_ERR;
+	free(path);
+	return rc;
 }
 
 static void out_discard(struct run_out *o)
 {
-	if (o->fd >= 0) {
-		close(o->fd);
-		unlink(o->tmp);
-	}
-	free(o->tmp);
-	free(o->path);
-	free(o->buf);
-	o->fd = -1;
-	o->tmp = o->path = NULL;
-	o->buf = NULL;
-}
-
-static int out_flush(struct run_out *o, idd_error *err)
-{
-	if (o->fill && idd_pwrite_all(o->fd, o->buf, o->fill, o->off))
-		return idd_fail_errno(err, o->tmp, "write");
-	o->off += o->fill;
-	o->fill = 0;
-	return IDD_OK;
+	idd_indexfile_out_abort(&o->f);
 }
 
 static int out_put(struct run_out *o, const unsigned char *d, int32_t count, idd_error *err)
 {
-	if (o->fill + BT_ENTRY > BT_IO_BUF && out_flush(o, err))
+	unsigned char e[BT_ENTRY];
+	memcpy(e, d, 32);
+	idd_le32_put(e + 32, (uint32_t)count);
+	if (idd_indexfile_out_append(&o->f, e, sizeof e, err))
 		return IDD_ERR;
-	memcpy(o->buf + o->fill, d, 32);
-	idd_le32_put(o->buf + o->fill + 32, (uint32_t)count);
-	o->fill += BT_ENTRY;
 	o->entries++;
-	memcpy(o->last, d, 32);
 	return IDD_OK;
 }
 
 static int out_finish(struct run_out *o, idd_error *err)
 {
-	if (out_flush(o, err))
-		return IDD_ERR;
-	unsigned char hdr[IDD_IF_HEADER];
-	uint64_t payload = o->entries * BT_ENTRY;
-	memcpy(hdr, BTR_MAGIC, 8);
-	idd_le32_put(hdr + 8, BT_VERSION);
-	idd_le32_put(hdr + 12, 0);
-	idd_le64_put(hdr + 16, payload);
-	idd_le64_put(hdr + 24, payload);
-	if (idd_pwrite_all(o->fd, hdr, sizeof hdr, 0))
-		return idd_fail_errno(err, o->tmp, "write");
-	idd_sha256_ctx *c = idd_sha256_begin(err);
-	if (!c)
-		return IDD_ERR;
-	for (uint64_t at = 0; at < o->off;) {
-		size_t n = (size_t)IDD_MIN((uint64_t)BT_IO_BUF, o->off - at);
-		if (idd_pread_all(o->fd, o->buf, n, at)) {
-			idd_sha256_abort(c);
-			return idd_fail_errno(err, o->tmp, "read back");
-		}
-		if (idd_sha256_update(c, o->buf, n, err)) {
-			idd_sha256_abort(c);
-			return IDD_ERR;
-		}
-		at += n;
-	}
-	unsigned char sum[32];
-	if (idd_sha256_end(c, sum, err))
-		return IDD_ERR;
-	if (idd_pwrite_all(o->fd, sum, sizeof sum, o->off))
-		return idd_fail_errno(err, o->tmp, "write");
-	if (fsync(o->fd))
-		return idd_fail_errno(err, o->tmp, "fsync");
-	int fd = o->fd;
-	o->fd = -1;
-	if (close(fd)) {
-		unlink(o->tmp);
-		return idd_fail_errno(err, o->tmp, "close");
-	}
-	if (rename(o->tmp, o->path)) {
-		idd_fail_errno(err, o->path, "cannot rename temporary file into place");
-		unlink(o->tmp);
-		return IDD_ERR;
-	}
-	return IDD_OK;
+	return idd_indexfile_out_finish(&o->f, NULL, err);
 }
 
 /* ---- the manifest ---- */
@@ -492,22 +419,7 @@ bool idd_blocktable_list_trusted(idd_blocktable *bt, const char *index_dir,
 uint64_t idd_blocktable_bytes(const char *index_dir)
 {
 	char *dir = idd_path_join(index_dir, IDD_BLOCKTABLE_DIR, NULL);
-	if (!dir)
-		return 0;
-	uint64_t total = 0;
-	DIR *d = opendir(dir);
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		struct stat st;
-		if (p && stat(p, &st) == 0 && S_ISREG(st.st_mode))
-			total += (uint64_t)st.st_size;
-		free(p);
-	}
-	if (d)
-		closedir(d);
+	uint64_t total = dir ? idd_dir_bytes(dir, false) : 0;
 	free(dir);
 	return total;
 }

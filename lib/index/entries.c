@@ -22,19 +22,10 @@ static const char ENTRIES_INDEX_MAGIC[8] = {'I', 'D', 'D', '-', 'E', 'N', 'I', 0
  * each made the first scan of 5,000 tiny images 3.5x slower) */
 #define ENTRY_BATCH 4096
 
-static int id_hex(const char *id, char hex[HEX_LEN + 1], idd_error *err)
-{
-	idd_digest h;
-	if (idd_sha256(id, strlen(id), h.b, err))
-		return IDD_ERR;
-	idd_digest_hex(&h, hex);
-	return IDD_OK;
-}
-
 char *idd_entry_relpath(const char *id, idd_error *err)
 {
 	char hex[HEX_LEN + 1];
-	return id_hex(id, hex, err) ? NULL : idd_asprintf(err, "%s/%s", IDD_ENTRIES_DIR, hex);
+	return idd_id_hex(id, hex, err) ? NULL : idd_asprintf(err, "%s/%s", IDD_ENTRIES_DIR, hex);
 }
 
 void idd_entry_payload(uint32_t block_size, const idd_image_info *im, idd_buf *b)
@@ -265,7 +256,7 @@ static int remove_strays(const char *index_dir, const idd_catalog *cat, idd_entr
 		return IDD_ENOMEM;
 	for (size_t i = 0; i < cat->count; i++) {
 		char hex[HEX_LEN + 1];
-		if (id_hex(cat->images[i].id, hex, err)) {
+		if (idd_id_hex(cat->images[i].id, hex, err)) {
 			free(names);
 			return IDD_ERR;
 		}

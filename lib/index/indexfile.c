@@ -4,6 +4,7 @@
 #include "base/util.h"
 #include "base/error.h"
 #include "base/digest.h"
+#include "index/indexdir.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,50 +17,12 @@
 #include <openssl/evp.h>
 #include <zstd.h>
 
-int idd_mkdir_p(const char *path, idd_error *err)
-{
-	char *p = idd_strdup(path, err);
-	if (!p)
-		return IDD_ERR;
-	for (char *s = p + 1;; s++) {
-		if (*s == '/' || *s == 0) {
-			char c = *s;
-			*s = 0;
-			if (mkdir(p, 0777) && errno != EEXIST) {
-				int rc = idd_fail_errno(err, p, "cannot create directory");
-				free(p);
-				return rc;
-			}
-			*s = c;
-			if (!c)
-				break;
-		}
-	}
-	free(p);
-	struct stat st;
-	if (stat(path, &st) || !S_ISDIR(st.st_mode))
-		return idd_fail(err, "%s: not a directory", path);
-	return IDD_OK;
-}
-
-int idd_fsync_dir(const char *dir, idd_error *err)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return idd_fail_errno(err, dir, "cannot open directory");
-	int rc = IDD_OK;
-	if (fsync(fd) && errno != EINVAL)
-		rc = idd_fail_errno(err, dir, "fsync");
-	close(fd);
-	return rc;
-}
-
 /* Write pieces to PATH.tmp.PID, fsync it, rename over PATH, fsync the
  * directory: readers see the old file or the new one, never a mix. */
 static int write_atomic_iov(const char *path, const void *const *parts, const size_t *lens,
                             size_t nparts, idd_error *err)
 {
-	char *tmp = idd_asprintf(err, "%s.tmp.%ld", path, (long)getpid());
+	char *tmp = idd_tmp_path(path, err);
 	if (!tmp)
 		return IDD_ERR;
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -195,7 +158,7 @@ int idd_indexfile_batch_add(idd_indexfile_batch *b, const char *path, const char
 	struct encoded e;
 	if (encode(path, magic, version, payload, len, compress, &e, err))
 		return IDD_ERR;
-	char *tmp = idd_asprintf(err, "%s.tmp.%ld", path, (long)getpid());
+	char *tmp = idd_tmp_path(path, err);
 	char *fin = tmp ? idd_strdup(path, err) : NULL;
 	int rc = fin ? IDD_OK : IDD_ENOMEM;
 	int fd = -1;
@@ -588,4 +551,151 @@ void idd_unlock(int fd)
 {
 	if (fd >= 0)
 		close(fd); /* releases the flock */
+}
+
+/* ---- streamed index files ---- */
+
+#define OUT_BUF (1u << 20)
+
+int idd_indexfile_out_begin(idd_indexfile_out *o, const char *path, const char magic[8],
+                            uint32_t version, idd_error *err)
+{
+	memset(o, 0, sizeof *o);
+	o->fd = -1;
+	o->off = IDD_IF_HEADER;
+	memcpy(o->magic, magic, 8);
+	o->version = version;
+	if (!(o->path = idd_strdup(path, err)) || !(o->tmp = idd_tmp_path(path, err)) ||
+	    !(o->buf = idd_malloc(OUT_BUF, err))) {
+		idd_indexfile_out_abort(o);
+		return IDD_ENOMEM;
+	}
+	o->fd = open(o->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (o->fd < 0) {
+		int rc = idd_fail_errno(err, o->tmp, "cannot create");
+		idd_indexfile_out_abort(o);
+		return rc;
+	}
+	return IDD_OK;
+}
+
+static void out_release(idd_indexfile_out *o, bool remove_tmp)
+{
+	if (o->fd >= 0)
+		close(o->fd);
+	if (remove_tmp && o->tmp)
+		unlink(o->tmp);
+	free(o->tmp);
+	free(o->path);
+	free(o->buf);
+	memset(o, 0, sizeof *o);
+	o->fd = -1;
+}
+
+void idd_indexfile_out_abort(idd_indexfile_out *o)
+{
+	out_release(o, o->fd >= 0);
+}
+
+static int out_flush(idd_indexfile_out *o, idd_error *err)
+{
+	if (o->fill && idd_pwrite_all(o->fd, o->buf, o->fill, o->off))
+		return idd_fail_errno(err, o->tmp, "write");
+	o->off += o->fill;
+	o->fill = 0;
+	return IDD_OK;
+}
+
+int idd_indexfile_out_append(idd_indexfile_out *o, const void *data, size_t len, idd_error *err)
+{
+	if (o->fill + len > OUT_BUF && out_flush(o, err))
+		return IDD_ERR;
+	if (len > OUT_BUF) { /* larger than the buffer: straight to the file */
+		if (idd_pwrite_all(o->fd, data, len, o->off))
+			return idd_fail_errno(err, o->tmp, "write");
+		o->off += len;
+		return IDD_OK;
+	}
+	memcpy(o->buf + o->fill, data, len);
+	o->fill += len;
+	return IDD_OK;
+}
+
+uint64_t idd_indexfile_out_payload(const idd_indexfile_out *o)
+{
+	return o->off + o->fill - IDD_IF_HEADER;
+}
+
+int idd_indexfile_out_retarget(idd_indexfile_out *o, const char *path, idd_error *err)
+{
+	char *p = idd_strdup(path, err);
+	if (!p)
+		return IDD_ENOMEM;
+	free(o->path);
+	o->path = p;
+	return IDD_OK;
+}
+
+/* SHA-256 of the first o->off bytes of the file, read back through o->buf. */
+static int out_checksum(idd_indexfile_out *o, unsigned char sum[32], idd_error *err)
+{
+	idd_sha256_ctx *c = idd_sha256_begin(err);
+	if (!c)
+		return IDD_ERR;
+	for (uint64_t at = 0; at < o->off;) {
+		size_t n = (size_t)IDD_MIN((uint64_t)OUT_BUF, o->off - at);
+		if (idd_pread_all(o->fd, o->buf, n, at)) {
+			idd_sha256_abort(c);
+			return idd_fail_errno(err, o->tmp, "read back");
+		}
+		if (idd_sha256_update(c, o->buf, n, err)) {
+			idd_sha256_abort(c);
+			return IDD_ERR;
+		}
+		at += n;
+	}
+	return idd_sha256_end(c, sum, err);
+}
+
+static int out_finish(idd_indexfile_out *o, uint64_t *size, idd_error *err)
+{
+	if (out_flush(o, err))
+		return IDD_ERR;
+	unsigned char hdr[IDD_IF_HEADER];
+	uint64_t payload = o->off - IDD_IF_HEADER;
+	memcpy(hdr, o->magic, 8);
+	idd_le32_put(hdr + 8, o->version);
+	idd_le32_put(hdr + 12, 0);
+	idd_le64_put(hdr + 16, payload);
+	idd_le64_put(hdr + 24, payload);
+	if (idd_pwrite_all(o->fd, hdr, sizeof hdr, 0))
+		return idd_fail_errno(err, o->tmp, "write");
+	unsigned char sum[IDD_IF_TRAILER];
+	if (out_checksum(o, sum, err))
+		return IDD_ERR;
+	if (idd_pwrite_all(o->fd, sum, sizeof sum, o->off))
+		return idd_fail_errno(err, o->tmp, "write");
+	if (fsync(o->fd))
+		return idd_fail_errno(err, o->tmp, "fsync");
+	int fd = o->fd;
+	o->fd = -1;
+	if (close(fd)) {
+		unlink(o->tmp);
+		return idd_fail_errno(err, o->tmp, "close");
+	}
+	if (rename(o->tmp, o->path)) {
+		idd_fail_errno(err, o->path, "cannot rename temporary file into place");
+		unlink(o->tmp);
+		return IDD_ERR;
+	}
+	if (size)
+		*size = o->off + sizeof sum;
+	return IDD_OK;
+}
+
+int idd_indexfile_out_finish(idd_indexfile_out *o, uint64_t *size, idd_error *err)
+{
+	int rc = out_finish(o, size, err);
+	out_release(o, rc != IDD_OK);
+	return rc;
 }

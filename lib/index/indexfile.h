@@ -1,9 +1,10 @@
 /* indexfile.h - the container every index file uses, atomic file writes,
- * directory helpers and the index lock (indexfile.c). */
+ * streamed index files and the index lock (indexfile.c). */
 #ifndef IDD_INDEX_INDEXFILE_H
 #define IDD_INDEX_INDEXFILE_H
 
 #include "base/util.h"
+#include "index/indexdir.h" /* idd_fsync_dir, idd_mkdir_p */
 
 /* ---- index files (indexfile.c) ---- */
 /* Every index file: magic[8], u32 version, u32 flags, u64 payload length,
@@ -23,6 +24,34 @@ int idd_indexfile_write(const char *path, const char magic[8], uint32_t version,
 int idd_indexfile_write_named(const char *dir, const char magic[8], uint32_t version,
                               const void *payload, size_t len, bool compress, idd_digest *sum,
                               idd_error *err);
+/* An uncompressed index file streamed out in pieces (larger than memory,
+ * or searched in place): begin creates PATH.tmp.PID and leaves room for the
+ * header; append buffers pieces; finish writes the header and the SHA-256
+ * trailer (reading back what was streamed, since the checksum covers the
+ * header and the length is known only at the end), fsyncs, renames over the
+ * final name and releases the writer, also on failure; abort removes the
+ * temporary and releases it.  Abort is harmless on a zeroed, finished or
+ * aborted writer.  The caller fsyncs the directory (once for many files). */
+typedef struct idd_indexfile_out {
+	int fd;
+	char *tmp, *path;
+	unsigned char *buf;
+	size_t fill;
+	uint64_t off; /* bytes in the file so far, the header's room included */
+	char magic[8];
+	uint32_t version;
+} idd_indexfile_out;
+int idd_indexfile_out_begin(idd_indexfile_out *o, const char *path, const char magic[8],
+                            uint32_t version, idd_error *err);
+int idd_indexfile_out_append(idd_indexfile_out *o, const void *data, size_t len, idd_error *err);
+/* Payload bytes appended so far. */
+uint64_t idd_indexfile_out_payload(const idd_indexfile_out *o);
+/* Rename to PATH rather than to the name begun with (a file named after
+ * the checksum of something written alongside it). */
+int idd_indexfile_out_retarget(idd_indexfile_out *o, const char *path, idd_error *err);
+/* *size (may be NULL) receives the size of the file. */
+int idd_indexfile_out_finish(idd_indexfile_out *o, uint64_t *size, idd_error *err);
+void idd_indexfile_out_abort(idd_indexfile_out *o);
 /* Many small index files of one directory written durably at the cost of
  * one sync: add writes each to NAME.tmp.PID; commit syncs the filesystem
  * once (syncfs), renames every file into place and fsyncs the directory;
@@ -75,8 +104,6 @@ int idd_indexfile_verify(const char *path, const char magic[8], uint32_t max_ver
 int idd_indexfile_check(const char *name, const void *file, size_t len, idd_error *err);
 /* Write a whole file atomically (temp, fsync, rename, fsync dir). */
 int idd_write_file_atomic(const char *path, const void *data, size_t len, idd_error *err);
-int idd_fsync_dir(const char *dir, idd_error *err);
-int idd_mkdir_p(const char *path, idd_error *err);
 
 /* Exclusive lock on DIR/lock (flock).  Waits unless no_wait, in which case a
  * held lock returns IDD_EBUSY. */

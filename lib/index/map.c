@@ -3,7 +3,9 @@
 #include "index/map.h"
 #include "index/catalog.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "index/blocktable.h"
+#include "base/digest.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -244,11 +246,9 @@ fail:
 
 char *idd_map_relpath(const char *id, idd_error *err)
 {
-	idd_digest h;
-	if (idd_sha256(id, strlen(id), h.b, err))
-		return NULL;
 	char hex[2 * IDD_DIGEST_SIZE + 1];
-	idd_digest_hex(&h, hex);
+	if (idd_id_hex(id, hex, err))
+		return NULL;
 	return idd_asprintf(err, "%s/%s.map", IDD_MAPS_DIR, hex);
 }
 
@@ -705,6 +705,29 @@ static int map_one(const char *index_dir, uint32_t bs, const idd_image_info *im,
 	return rc;
 }
 
+struct map_keep {
+	char **names; /* sorted file names of the maps to keep */
+	size_t n;
+	uint64_t removed_maps;
+};
+
+static int cmp_name(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool keep_map(void *ctx, const idd_dir_entry *e)
+{
+	struct map_keep *k = ctx;
+	const char *name = e->name;
+	if (e->kind == IDD_ENTRY_FILE &&
+	    (!strcmp(name, MAPIDX_FILE) || (k->n && bsearch(&name, k->names, k->n, sizeof *k->names, cmp_name))))
+		return true;
+	if (e->kind == IDD_ENTRY_FILE && strstr(name, ".map"))
+		k->removed_maps++;
+	return false;
+}
+
 /* Delete every file in maps/ that is neither the maps index nor the map of
  * an image in keep (temporaries of crashed runs included: we hold the lock). */
 static int remove_stale(const char *index_dir, const mapidx *keep, uint64_t *removed, idd_error *err)
@@ -712,55 +735,27 @@ static int remove_stale(const char *index_dir, const mapidx *keep, uint64_t *rem
 	char *dir = idd_path_join(index_dir, IDD_MAPS_DIR, err);
 	if (!dir)
 		return IDD_ERR;
-	DIR *d = opendir(dir);
-	if (!d) {
-		int rc = errno == ENOENT ? IDD_OK : idd_fail_errno(err, dir, "cannot list");
-		free(dir);
-		return rc;
-	}
-	/* names of the maps to keep */
-	char **names = idd_calloc(keep->n + 1, sizeof *names, err);
-	int rc = names ? IDD_OK : IDD_ERR;
+	struct map_keep k = {.names = idd_calloc(keep->n + 1, sizeof *k.names, err)};
+	int rc = k.names ? IDD_OK : IDD_ERR;
 	for (size_t i = 0; !rc && i < keep->n; i++) {
 		char *rel = idd_map_relpath(keep->v[i].id, err);
 		if (!rel) {
 			rc = IDD_ERR;
 			break;
 		}
-		names[i] = idd_strdup(rel + strlen(IDD_MAPS_DIR) + 1, err);
+		k.names[k.n] = idd_strdup(rel + strlen(IDD_MAPS_DIR) + 1, err);
 		free(rel);
-		if (!names[i])
+		if (!k.names[k.n++])
 			rc = IDD_ERR;
 	}
-	bool changed = false;
-	struct dirent *de;
-	while (!rc && (de = readdir(d))) {
-		const char *nm = de->d_name;
-		if (nm[0] == '.' || !strcmp(nm, MAPIDX_FILE))
-			continue;
-		bool keepit = false;
-		for (size_t i = 0; i < keep->n && !keepit; i++)
-			keepit = !strcmp(names[i], nm);
-		if (keepit)
-			continue;
-		char *p = idd_path_join(dir, nm, err);
-		if (!p) {
-			rc = IDD_ERR;
-			break;
-		}
-		if (unlink(p) && errno != ENOENT)
-			rc = idd_fail_errno(err, p, "cannot remove stale map");
-		else if (strstr(nm, ".map") && !strstr(nm, ".tmp."))
-			(*removed)++;
-		changed = true;
-		free(p);
+	if (!rc) {
+		qsort(k.names, k.n, sizeof *k.names, cmp_name);
+		rc = idd_dir_gc(dir, keep_map, &k, NULL, err);
+		*removed += k.removed_maps;
 	}
-	closedir(d);
-	if (!rc && changed)
-		rc = idd_fsync_dir(dir, err);
-	for (size_t i = 0; names && i < keep->n; i++)
-		free(names[i]);
-	free(names);
+	for (size_t i = 0; i < k.n; i++)
+		free(k.names[i]);
+	free(k.names);
 	free(dir);
 	return rc;
 }

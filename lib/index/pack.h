@@ -205,23 +205,6 @@ int idd_pack_iter_next(idd_pack_iter *it, const unsigned char **digest, uint64_t
  * once); beyond that they spill to files in INDEX/pack.  Tests lower it. */
 extern size_t idd_pack_sort_budget;
 
-/* A file of fixed-size records in the index container, uncompressed (so
- * that it is searched in place), streamed to PATH.tmp.PID and renamed. */
-typedef struct idd_pack_out {
-	int fd;
-	char *tmp, *path;
-	unsigned char *buf;
-	size_t fill;
-	uint64_t off, records;
-	const char *magic;
-	uint32_t version;
-} idd_pack_out;
-int idd_pack_out_open(idd_pack_out *o, const char *path, const char magic[8], uint32_t version,
-                      idd_error *err);
-int idd_pack_out_put(idd_pack_out *o, const void *rec, size_t len, idd_error *err);
-/* Header, checksum, fsync, rename; *size receives the file's size. */
-int idd_pack_out_finish(idd_pack_out *o, uint64_t *size, idd_error *err);
-void idd_pack_out_discard(idd_pack_out *o);
 extern const char IDD_PACK_RUN_MAGIC[8];
 extern const char IDD_PACK_FT_MAGIC[8];
 #define IDD_PACK_RUN_VERSION 1

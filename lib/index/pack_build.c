@@ -46,6 +46,7 @@
  * first run, its frames the files' frame tables; no block is recompressed. */
 #include "index/pack.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "index/catalog.h"
 #include "index/blocktable.h"
 #include "index/map.h"
@@ -531,10 +532,12 @@ static int write_data(run_ctx *r, idd_extsort *todo, uint64_t first_ordinal, idd
 	pthread_mutex_init(&b.open_mu, NULL);
 	atomic_init(&b.failed, 0);
 	char *dir = idd_path_join(r->index_dir, IDD_PACK_DATA_DIR, err);
-	char *tmp = dir ? idd_asprintf(err, "%s/new.tmp.%ld", dir, (long)getpid()) : NULL;
+	char *newpath = dir ? idd_path_join(dir, "new", err) : NULL;
+	char *tmp = newpath ? idd_tmp_path(newpath, err) : NULL;
+	free(newpath);
 	char *ftpath = dir ? idd_asprintf(err, "%s/new%s", dir, IDD_PACK_FT_SUFFIX) : NULL;
 	int fd = -1, rc = IDD_OK;
-	idd_pack_out ft = {.fd = -1};
+	idd_indexfile_out ft = {.fd = -1};
 	EVP_MD_CTX *sha = EVP_MD_CTX_new();
 	uint8_t *okbuf = NULL;
 	size_t cap = ZSTD_compressBound((size_t)r->frame_blocks * r->bs);
@@ -572,7 +575,7 @@ static int write_data(run_ctx *r, idd_extsort *todo, uint64_t first_ordinal, idd
 		rc = idd_fail_errno(err, tmp, "cannot create");
 		goto out;
 	}
-	if ((rc = idd_pack_out_open(&ft, ftpath, IDD_PACK_FT_MAGIC, IDD_PACK_FT_VERSION, err)))
+	if ((rc = idd_indexfile_out_begin(&ft, ftpath, IDD_PACK_FT_MAGIC, IDD_PACK_FT_VERSION, err)))
 		goto out;
 	unsigned char hdr[IDD_PACK_DATA_HEADER] = {0};
 	idd_le32_put(hdr, IDD_PACK_SKIPPABLE_MAGIC);
@@ -630,7 +633,7 @@ static int write_data(run_ctx *r, idd_extsort *todo, uint64_t first_ordinal, idd
 			idd_le64_put(fr + 8, off);
 			idd_le32_put(fr + 16, (uint32_t)jb->clen);
 			idd_le32_put(fr + 20, jb->nok);
-			if ((rc = idd_pack_out_put(&ft, fr, sizeof fr, err)))
+			if ((rc = idd_indexfile_out_append(&ft, fr, sizeof fr, err)))
 				goto out;
 			for (size_t q = 0; q < jb->count; q++) {
 				if (!jb->ok[q])
@@ -690,10 +693,11 @@ static int write_data(run_ctx *r, idd_extsort *todo, uint64_t first_ordinal, idd
 		rc = idd_fail_errno(err, path, "cannot rename the new data file into place");
 	free(path);
 	/* the frame table takes the data file's name */
-	free(ft.path);
-	ft.path = ftfinal;
 	uint64_t ftsize = 0;
-	if (!rc && !(rc = idd_pack_out_finish(&ft, &ftsize, err)))
+	if (!rc)
+		rc = idd_indexfile_out_retarget(&ft, ftfinal, err);
+	free(ftfinal);
+	if (!rc && !(rc = idd_indexfile_out_finish(&ft, &ftsize, err)))
 		r->st->index_bytes_written += ftsize;
 	if (!rc)
 		rc = idd_pack_ft_stat(r->index_dir, f, err);
@@ -708,7 +712,7 @@ out:
 		close(fd);
 	if (rc && tmp)
 		unlink(tmp);
-	idd_pack_out_discard(&ft);
+	idd_indexfile_out_abort(&ft);
 	if (b.imgs) {
 		close_images(&b, true);
 		for (size_t i = 0; i < r->cat->count; i++)
@@ -743,16 +747,16 @@ static int runs_push(idd_pack_index *x, const idd_pack_idxrun *r, idd_error *err
 }
 
 /* Finish a run being written: an empty one is no file at all. */
-static int run_close(run_ctx *r, idd_pack_out *o, idd_pack_idxrun *run, idd_error *err)
+static int run_close(run_ctx *r, idd_indexfile_out *o, idd_pack_idxrun *run, idd_error *err)
 {
-	run->entries = o->records;
-	if (!o->records) {
-		idd_pack_out_discard(o);
+	run->entries = idd_indexfile_out_payload(o) / IDD_PACK_ENTRY;
+	if (!run->entries) {
+		idd_indexfile_out_abort(o);
 		return IDD_OK;
 	}
 	uint64_t size;
-	int rc = idd_pack_out_finish(o, &size, err);
-	idd_pack_out_discard(o);
+	int rc = idd_indexfile_out_finish(o, &size, err);
+	idd_indexfile_out_abort(o);
 	if (!rc) {
 		r->st->index_bytes_written += size;
 		rc = idd_pack_run_map(r->index_dir, run, err);
@@ -767,8 +771,8 @@ static int write_run(run_ctx *r, idd_extsort *entries, uint64_t seq, idd_pack_id
 	memset(run, 0, sizeof *run);
 	run->seq = seq;
 	char *path = idd_pack_run_path(r->index_dir, seq, err);
-	idd_pack_out o = {.fd = -1};
-	int rc = path ? idd_pack_out_open(&o, path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, err)
+	idd_indexfile_out o = {.fd = -1};
+	int rc = path ? idd_indexfile_out_begin(&o, path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, err)
 	              : IDD_ENOMEM;
 	free(path);
 	unsigned char prev[32];
@@ -784,10 +788,10 @@ static int write_run(run_ctx *r, idd_extsort *entries, uint64_t seq, idd_pack_id
 			continue;
 		memcpy(prev, rec, 32);
 		have = true;
-		rc = idd_pack_out_put(&o, rec, IDD_PACK_ENTRY, err);
+		rc = idd_indexfile_out_append(&o, rec, IDD_PACK_ENTRY, err);
 	}
 	if (rc) {
-		idd_pack_out_discard(&o);
+		idd_indexfile_out_abort(&o);
 		return rc;
 	}
 	return run_close(r, &o, run, err);
@@ -801,8 +805,8 @@ static int merge_pair(run_ctx *r, idd_pack_index *x, size_t i, idd_error *err)
 	bool bottom = i == 0;
 	idd_pack_idxrun nr = {.seq = x->next_seq++};
 	char *path = idd_pack_run_path(r->index_dir, nr.seq, err);
-	idd_pack_out o = {.fd = -1};
-	int rc = path ? idd_pack_out_open(&o, path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, err)
+	idd_indexfile_out o = {.fd = -1};
+	int rc = path ? idd_indexfile_out_begin(&o, path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, err)
 	              : IDD_ENOMEM;
 	free(path);
 	uint64_t p = 0, q = 0;
@@ -817,10 +821,10 @@ static int merge_pair(run_ctx *r, idd_pack_index *x, size_t i, idd_error *err)
 			q++;
 		if (bottom && idd_le64(e + 32) == IDD_PACK_REMOVED)
 			continue;
-		rc = idd_pack_out_put(&o, e, IDD_PACK_ENTRY, err);
+		rc = idd_indexfile_out_append(&o, e, IDD_PACK_ENTRY, err);
 	}
 	if (rc) {
-		idd_pack_out_discard(&o);
+		idd_indexfile_out_abort(&o);
 		return rc;
 	}
 	if ((rc = run_close(r, &o, &nr, err)))
@@ -1047,30 +1051,29 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Delete from SUB every file not in keep (sorted names), temporaries
- * included: we hold the lock, so nothing else writes there. */
-static void remove_unlisted(const char *index_dir, const char *sub, char **keep, size_t nkeep)
+struct name_keep {
+	char **names; /* sorted */
+	size_t n;
+};
+
+static bool keep_named(void *ctx, const idd_dir_entry *e)
 {
-	char *dir = idd_path_join(index_dir, sub, NULL);
-	DIR *d = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	bool changed = false;
-	while (d && (de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		const char *name = de->d_name;
-		if (nkeep && bsearch(&name, keep, nkeep, sizeof *keep, cmp_str))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		if (p && unlink(p) == 0)
-			changed = true;
-		free(p);
-	}
-	if (d) {
-		closedir(d);
-		if (changed)
-			idd_fsync_dir(dir, NULL);
-	}
+	const struct name_keep *k = ctx;
+	const char *name = e->name;
+	return e->kind == IDD_ENTRY_FILE && k->n && bsearch(&name, k->names, k->n, sizeof *k->names, cmp_str);
+}
+
+/* Delete from SUB every file not in keep (sorted names), temporaries
+ * included: we hold the lock, so nothing else writes there.  A
+ * failure is a warning: the new index is in place, the next run retries. */
+static void remove_unlisted(const idd_pack_opts *o, const char *index_dir, const char *sub, char **keep,
+                            size_t nkeep)
+{
+	struct name_keep k = {.names = keep, .n = nkeep};
+	idd_error e;
+	char *dir = idd_path_join(index_dir, sub, &e);
+	if (!dir || idd_dir_gc(dir, keep_named, &k, NULL, &e))
+		idd_warnf(o->warn, o->ctx, "%s", e.msg);
 	free(dir);
 }
 
@@ -1082,7 +1085,7 @@ static char *base_name(char *rel)
 	return b;
 }
 
-static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
+static void remove_unnamed(const idd_pack_opts *o, const char *index_dir, const idd_pack_index *x)
 {
 	size_t cap = 2 * x->nfiles + x->nlists + x->nruns + 1;
 	char **keep = calloc(cap, sizeof *keep);
@@ -1096,7 +1099,7 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 	}
 	if (ok) {
 		qsort(keep, n, sizeof *keep, cmp_str);
-		remove_unlisted(index_dir, IDD_PACK_DATA_DIR, keep, n);
+		remove_unlisted(o, index_dir, IDD_PACK_DATA_DIR, keep, n);
 	}
 	for (size_t i = 0; i < n; i++)
 		free(keep[i]);
@@ -1104,8 +1107,8 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 	for (size_t i = 0; ok && i < x->nlists; i++)
 		ok = (keep[n++] = base_name(idd_pack_view_relpath(&x->lists[i].list_key, NULL))) != NULL;
 	if (ok) { /* lists are sorted by key: so are their hex names */
-		remove_unlisted(index_dir, IDD_PACK_VIEWS_DIR, keep, n);
-		remove_unlisted(index_dir, IDD_PACK_LISTS_DIR, keep, n);
+		remove_unlisted(o, index_dir, IDD_PACK_VIEWS_DIR, keep, n);
+		remove_unlisted(o, index_dir, IDD_PACK_LISTS_DIR, keep, n);
 	}
 	for (size_t i = 0; i < n; i++)
 		free(keep[i]);
@@ -1116,7 +1119,7 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 		ok = (keep[n++] = strdup(name)) != NULL;
 	}
 	if (ok)
-		remove_unlisted(index_dir, IDD_PACK_RUNS_DIR, keep, n); /* seqs grow: sorted */
+		remove_unlisted(o, index_dir, IDD_PACK_RUNS_DIR, keep, n); /* seqs grow: sorted */
 	for (size_t i = 0; i < n; i++)
 		free(keep[i]);
 	free(keep);
@@ -1127,20 +1130,7 @@ static void remove_unnamed(const char *index_dir, const idd_pack_index *x)
 static uint64_t dir_bytes(const char *index_dir, const char *sub, bool only_own)
 {
 	char *dir = idd_path_join(index_dir, sub, NULL);
-	DIR *d = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	uint64_t total = 0;
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		struct stat st;
-		if (p && stat(p, &st) == 0 && S_ISREG(st.st_mode) && (!only_own || st.st_nlink == 1))
-			total += (uint64_t)st.st_size;
-		free(p);
-	}
-	if (d)
-		closedir(d);
+	uint64_t total = dir ? idd_dir_bytes(dir, only_own) : 0;
 	free(dir);
 	return total;
 }
@@ -1375,8 +1365,8 @@ static int upgrade(run_ctx *r, idd_pack_index *old, struct clist *cl, size_t ncl
 		char *rel = idd_pack_ft_relpath(&f->name, err);
 		char *path = rel ? idd_path_join(r->index_dir, rel, err) : NULL;
 		free(rel);
-		idd_pack_out o = {.fd = -1};
-		rc = path ? idd_pack_out_open(&o, path, IDD_PACK_FT_MAGIC, IDD_PACK_FT_VERSION, err)
+		idd_indexfile_out o = {.fd = -1};
+		rc = path ? idd_indexfile_out_begin(&o, path, IDD_PACK_FT_MAGIC, IDD_PACK_FT_VERSION, err)
 		          : IDD_ENOMEM;
 		free(path);
 		for (uint64_t j = 0; !rc && j < f->nframes; j++) {
@@ -1386,12 +1376,12 @@ static int upgrade(run_ctx *r, idd_pack_index *old, struct clist *cl, size_t ncl
 			idd_le64_put(rec + 8, fr->off);
 			idd_le32_put(rec + 16, (uint32_t)fr->clen);
 			idd_le32_put(rec + 20, fr->nblocks);
-			rc = idd_pack_out_put(&o, rec, sizeof rec, err);
+			rc = idd_indexfile_out_append(&o, rec, sizeof rec, err);
 		}
 		uint64_t size;
-		if (!rc && !(rc = idd_pack_out_finish(&o, &size, err)))
+		if (!rc && !(rc = idd_indexfile_out_finish(&o, &size, err)))
 			r->st->index_bytes_written += size;
-		idd_pack_out_discard(&o);
+		idd_indexfile_out_abort(&o);
 		if (!rc)
 			rc = idd_pack_ft_stat(r->index_dir, f, err);
 	}
@@ -1403,9 +1393,9 @@ static int upgrade(run_ctx *r, idd_pack_index *old, struct clist *cl, size_t ncl
 		rc = blocktable_for(r, bt, err);
 	idd_pack_idxrun base = {.seq = nx.next_seq++};
 	char *path = rc ? NULL : idd_pack_run_path(r->index_dir, base.seq, err);
-	idd_pack_out o = {.fd = -1};
+	idd_indexfile_out o = {.fd = -1};
 	if (!rc)
-		rc = path ? idd_pack_out_open(&o, path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, err)
+		rc = path ? idd_indexfile_out_begin(&o, path, IDD_PACK_RUN_MAGIC, IDD_PACK_RUN_VERSION, err)
 		          : IDD_ENOMEM;
 	free(path);
 	for (uint64_t i = 0; !rc && old->nruns && i < old->runs[0].entries; i++) {
@@ -1417,12 +1407,12 @@ static int upgrade(run_ctx *r, idd_pack_index *old, struct clist *cl, size_t ncl
 			r->st->removed++;
 			continue;
 		}
-		rc = idd_pack_out_put(&o, e, IDD_PACK_ENTRY, err);
+		rc = idd_indexfile_out_append(&o, e, IDD_PACK_ENTRY, err);
 	}
 	if (!rc)
 		rc = run_close(r, &o, &base, err);
 	else
-		idd_pack_out_discard(&o);
+		idd_indexfile_out_abort(&o);
 	if (!rc && base.entries)
 		nx.runs[nx.nruns++] = base;
 	nx.nentries = base.entries;
@@ -1675,7 +1665,7 @@ static int pack_locked(const idd_pack_opts *o, const char *index_dir, idd_pack_s
 	st->runs = nx->nruns;
 
 	/* only now: files the new index does not name */
-	remove_unnamed(index_dir, nx);
+	remove_unnamed(o, index_dir, nx);
 	st->pack_bytes = pack_bytes(index_dir);
 	if (st->failed)
 		rc = idd_fail(err, "%llu blocks could not be packed (see the warnings); the rest is packed",

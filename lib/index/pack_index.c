@@ -35,7 +35,6 @@ const char IDD_PACK_FT_MAGIC[8] = {'I', 'D', 'D', '-', 'P', 'K', 'F', 0};
 #define PKI_VERSION 2
 #define PKR_VERSION IDD_PACK_RUN_VERSION
 #define PKF_VERSION IDD_PACK_FT_VERSION
-#define IO_BUF (1u << 20)
 /* a file whose mtime is this close to the manifest's writing may have been
  * changed again within the timestamp granularity: check it by reading it */
 #define RACY_NS ((int64_t)2 * 1000000000)
@@ -756,108 +755,6 @@ int idd_pack_iter_next(idd_pack_iter *it, const unsigned char **digest, uint64_t
 }
 
 /* ---- writing ---- */
-
-int idd_pack_out_open(idd_pack_out *o, const char *path, const char magic[8], uint32_t version,
-                      idd_error *err)
-{
-	memset(o, 0, sizeof *o);
-	o->fd = -1;
-	o->off = IDD_IF_HEADER;
-	o->magic = magic;
-	o->version = version;
-	if (!(o->path = idd_strdup(path, err)) ||
-	    !(o->tmp = idd_asprintf(err, "%s.tmp.%ld", path, (long)getpid())) ||
-	    !(o->buf = idd_malloc(IO_BUF, err)))
-		return IDD_ENOMEM;
-	o->fd = open(o->tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (o->fd < 0)
-		return idd_fail_errno(err, o->tmp, "cannot create");
-	return IDD_OK;
-}
-
-void idd_pack_out_discard(idd_pack_out *o)
-{
-	if (o->fd >= 0) {
-		close(o->fd);
-		unlink(o->tmp);
-	}
-	free(o->tmp);
-	free(o->path);
-	free(o->buf);
-	o->fd = -1;
-	o->tmp = o->path = NULL;
-	o->buf = NULL;
-}
-
-static int out_flush(idd_pack_out *o, idd_error *err)
-{
-	if (o->fill && idd_pwrite_all(o->fd, o->buf, o->fill, o->off))
-		return idd_fail_errno(err, o->tmp, "write");
-	o->off += o->fill;
-	o->fill = 0;
-	return IDD_OK;
-}
-
-int idd_pack_out_put(idd_pack_out *o, const void *rec, size_t len, idd_error *err)
-{
-	if (o->fill + len > IO_BUF && out_flush(o, err))
-		return IDD_ERR;
-	memcpy(o->buf + o->fill, rec, len);
-	o->fill += len;
-	o->records++;
-	return IDD_OK;
-}
-
-int idd_pack_out_finish(idd_pack_out *o, uint64_t *size, idd_error *err)
-{
-	if (out_flush(o, err))
-		return IDD_ERR;
-	unsigned char hdr[IDD_IF_HEADER];
-	uint64_t payload = o->off - IDD_IF_HEADER;
-	memcpy(hdr, o->magic, 8);
-	idd_le32_put(hdr + 8, o->version);
-	idd_le32_put(hdr + 12, 0);
-	idd_le64_put(hdr + 16, payload);
-	idd_le64_put(hdr + 24, payload);
-	if (idd_pwrite_all(o->fd, hdr, sizeof hdr, 0))
-		return idd_fail_errno(err, o->tmp, "write");
-	/* the checksum covers the header: read back what was streamed out */
-	idd_sha256_ctx *c = idd_sha256_begin(err);
-	if (!c)
-		return IDD_ERR;
-	for (uint64_t at = 0; at < o->off;) {
-		size_t n = (size_t)IDD_MIN((uint64_t)IO_BUF, o->off - at);
-		if (idd_pread_all(o->fd, o->buf, n, at)) {
-			idd_sha256_abort(c);
-			return idd_fail_errno(err, o->tmp, "read back");
-		}
-		if (idd_sha256_update(c, o->buf, n, err)) {
-			idd_sha256_abort(c);
-			return IDD_ERR;
-		}
-		at += n;
-	}
-	unsigned char sum[32];
-	if (idd_sha256_end(c, sum, err))
-		return IDD_ERR;
-	if (idd_pwrite_all(o->fd, sum, sizeof sum, o->off))
-		return idd_fail_errno(err, o->tmp, "write");
-	if (fsync(o->fd))
-		return idd_fail_errno(err, o->tmp, "fsync");
-	int fd = o->fd;
-	o->fd = -1;
-	if (close(fd)) {
-		unlink(o->tmp);
-		return idd_fail_errno(err, o->tmp, "close");
-	}
-	if (rename(o->tmp, o->path)) {
-		idd_fail_errno(err, o->path, "cannot rename temporary file into place");
-		unlink(o->tmp);
-		return IDD_ERR;
-	}
-	*size = o->off + sizeof sum;
-	return IDD_OK;
-}
 
 int idd_pack_index_save(const char *index_dir, const idd_pack_index *x, idd_error *err)
 {

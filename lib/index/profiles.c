@@ -32,11 +32,9 @@ void idd_profiles_index_free(idd_profiles_index *x)
 
 char *idd_boot_profile_relpath(const char *id, idd_error *err)
 {
-	idd_digest h;
 	char hex[2 * IDD_DIGEST_SIZE + 1];
-	if (idd_sha256(id, strlen(id), h.b, err))
+	if (idd_id_hex(id, hex, err))
 		return NULL;
-	idd_digest_hex(&h, hex);
 	return idd_asprintf(err, "%s/%s", IDD_PROFILES_DIR, hex);
 }
 

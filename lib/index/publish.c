@@ -21,6 +21,7 @@
 #include "index/catalog.h"
 #include "index/entries.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "index/pack.h"
 #include "base/fetch.h"
 
@@ -63,61 +64,40 @@ static void files_free(struct files *f)
 	memset(f, 0, sizeof *f);
 }
 
-/* Regular files under dir/sub, the lock and temporaries of running or
- * killed runs excluded. */
-static int collect(const char *dir, const char *sub, int depth, struct files *out, idd_error *err)
+/* The pack's copies of block lists: blocks/ has them, no node reads them. */
+static bool pack_list_copy(const char *rel)
 {
-	char *abs = sub[0] ? idd_path_join(dir, sub, err) : idd_strdup(dir, err);
-	if (!abs)
+	size_t n = strlen(IDD_PACK_LISTS_DIR);
+	return !strncmp(rel, IDD_PACK_LISTS_DIR, n) && rel[n] == '/';
+}
+
+static int collect_file(void *ctx, const idd_dir_entry *e, idd_error *err)
+{
+	struct files *out = ctx;
+	if (!S_ISREG(e->st.st_mode) || !strcmp(e->rel, "lock") || !strcmp(e->rel, PUBLISH_STATE) ||
+	    pack_list_copy(e->rel))
+		return IDD_OK;
+	struct lfile *v = idd_realloc_array(out->v, out->n + 1, sizeof *v, err);
+	if (!v)
 		return IDD_ERR;
-	if (depth > 8) {
-		int rc = idd_fail(err, "%s: index directory nested too deeply", abs);
-		free(abs);
-		return rc;
+	out->v = v;
+	struct lfile f = {.rel = idd_strdup(e->rel, err), .path = idd_strdup(e->path, err),
+	                  .size = (uint64_t)e->st.st_size, .ino = (uint64_t)e->st.st_ino,
+	                  .mtime_ns = idd_ts_ns(e->st.st_mtim)};
+	if (!f.rel || !f.path) {
+		free(f.rel);
+		free(f.path);
+		return IDD_ERR;
 	}
-	DIR *d = opendir(abs);
-	if (!d) {
-		int rc = idd_fail_errno(err, abs, "cannot open directory");
-		free(abs);
-		return rc;
-	}
-	int rc = IDD_OK;
-	struct dirent *de;
-	while (!rc && (de = readdir(d))) {
-		const char *nm = de->d_name;
-		if (nm[0] == '.' || strstr(nm, ".tmp.") ||
-		    (!sub[0] && (!strcmp(nm, "lock") || !strcmp(nm, PUBLISH_STATE))))
-			continue;
-		/* the pack's copies of block lists: blocks/ has them, no node reads them */
-		if (!strcmp(sub, IDD_PACK_DIR) && !strcmp(nm, &IDD_PACK_LISTS_DIR[sizeof IDD_PACK_DIR]))
-			continue;
-		char *rel = sub[0] ? idd_asprintf(err, "%s/%s", sub, nm) : idd_strdup(nm, err);
-		char *p = rel ? idd_path_join(dir, rel, err) : NULL;
-		struct stat st;
-		if (!p) {
-			rc = IDD_ERR;
-		} else if (lstat(p, &st)) {
-			rc = idd_fail_errno(err, p, "cannot stat");
-		} else if (S_ISDIR(st.st_mode)) {
-			rc = collect(dir, rel, depth + 1, out, err);
-		} else if (S_ISREG(st.st_mode)) {
-			struct lfile *v = idd_realloc_array(out->v, out->n + 1, sizeof *v, err);
-			if (!v) {
-				rc = IDD_ERR;
-			} else {
-				out->v = v;
-				out->v[out->n++] = (struct lfile){.rel = rel, .path = p, .size = (uint64_t)st.st_size,
-				                                  .ino = (uint64_t)st.st_ino,
-				                                  .mtime_ns = idd_ts_ns(st.st_mtim)};
-				rel = p = NULL;
-			}
-		}
-		free(rel);
-		free(p);
-	}
-	closedir(d);
-	free(abs);
-	return rc;
+	out->v[out->n++] = f;
+	return IDD_OK;
+}
+
+/* Regular files under dir, the lock, temporaries of running or killed runs
+ * and dotfiles excluded. */
+static int collect(const char *dir, struct files *out, idd_error *err)
+{
+	return idd_dir_for_each(dir, IDD_DIR_RECURSE | IDD_DIR_STAT, collect_file, NULL, out, err);
 }
 
 static int md5_file(int fd, const char *path, uint64_t size, char hex[33], idd_error *err)
@@ -331,7 +311,7 @@ int idd_publish(const idd_publish_opts *o, idd_publish_stats *st, idd_error *err
 	idd_fetch_opts fo = {.connections = UPLOAD_THREADS, .warn = o->warn, .ctx = o->ctx};
 	if ((rc = idd_source_open(dest, &fo, &dst, err)))
 		goto out;
-	if ((rc = collect(index_dir, "", 0, &files, err)))
+	if ((rc = collect(index_dir, &files, err)))
 		goto out;
 	if (files.n)
 		qsort(files.v, files.n, sizeof *files.v, cmp_rel);

@@ -12,11 +12,11 @@
 #include "formats/image.h"
 #include "formats/archive.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "index/catalog.h"
 #include "index/entries.h"
 #include "index/blocktable.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -737,83 +737,75 @@ static void free_shards(idd_catalog **v, uint32_t n)
 	free(v);
 }
 
+struct block_keep {
+	char **keys; /* sorted hex names of the lists to keep */
+	size_t nkeys;
+	bool sharding;
+	int64_t now;
+};
+
+static bool keep_block_list(void *ctx, const idd_dir_entry *e)
+{
+	const struct block_keep *k = ctx;
+	const char *name = e->name;
+	if (k->nkeys && bsearch(&name, k->keys, k->nkeys, sizeof *k->keys, cmp_hex))
+		return true;
+	/* a shard's list written within the hour may belong to a shard still
+	 * running */
+	struct stat st;
+	return k->sharding && (lstat(e->path, &st) || k->now - idd_ts_ns(st.st_mtim) <
+	                                                   (int64_t)3600 * 1000000000);
+}
+
+static void warn_gc(const struct scan *s, const idd_error *e)
+{
+	if (s->o->warn)
+		s->o->warn(s->o->ctx, e->msg);
+}
+
 /* Remove block lists no catalog entry names, and temporaries of killed
  * runs.  Only after the new catalog is in place, under the lock.  Lists
  * that shards' results name are kept; while shard results exist, so is any
  * list written in the last hour (a shard running elsewhere may have written
- * it and not yet its results: git's gc.pruneExpire, for the same race). */
-static void collect_garbage(const char *index_dir, const idd_catalog *cat)
+ * it and not yet its results: git's gc.pruneExpire, for the same race).
+ * A failure is a warning: the catalog is committed, the next run retries. */
+static void collect_garbage(const struct scan *s, const char *index_dir, const idd_catalog *cat)
 {
-	char **keys = NULL;
-	size_t nkeys = 0;
+	struct block_keep k = {.now = idd_now_ns()};
 	idd_catalog **shards = NULL;
 	uint32_t nshards = 0;
 	idd_error e;
 	char *shard_dir = idd_path_join(index_dir, "shards", NULL);
 	struct stat sst;
-	bool sharding = shard_dir && stat(shard_dir, &sst) == 0;
+	k.sharding = shard_dir && stat(shard_dir, &sst) == 0;
 	free(shard_dir);
-	if (add_keys(&keys, &nkeys, cat) || load_shards(index_dir, &shards, &nshards, &e))
+	if (add_keys(&k.keys, &k.nkeys, cat) || load_shards(index_dir, &shards, &nshards, &e))
 		goto out; /* keep everything rather than guess */
 	for (uint32_t i = 0; i < nshards; i++)
-		if (shards[i] && add_keys(&keys, &nkeys, shards[i]))
+		if (shards[i] && add_keys(&k.keys, &k.nkeys, shards[i]))
 			goto out;
-	if (nkeys)
-		qsort(keys, nkeys, sizeof *keys, cmp_hex);
-	char *dir = idd_path_join(index_dir, IDD_BLOCKS_DIR, NULL);
-	DIR *d = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	int64_t now = idd_now_ns();
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		const char *name = de->d_name;
-		if (nkeys && bsearch(&name, keys, nkeys, sizeof *keys, cmp_hex))
-			continue;
-		char *p = idd_path_join(dir, de->d_name, NULL);
-		struct stat st;
-		bool young = sharding && p && stat(p, &st) == 0 &&
-		             now - ((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec) <
-		                 (int64_t)3600 * 1000000000;
-		if (p && !young)
-			unlink(p);
-		free(p);
-	}
-	if (d)
-		closedir(d);
+	if (k.nkeys)
+		qsort(k.keys, k.nkeys, sizeof *k.keys, cmp_hex);
+	char *dir = idd_path_join(index_dir, IDD_BLOCKS_DIR, &e);
+	if (!dir || idd_dir_gc(dir, keep_block_list, &k, NULL, &e))
+		warn_gc(s, &e);
 	free(dir);
 out:
-	for (size_t i = 0; i < nkeys; i++)
-		free(keys[i]);
-	free(keys);
+	for (size_t i = 0; i < k.nkeys; i++)
+		free(k.keys[i]);
+	free(k.keys);
 	free_shards(shards, nshards);
 }
 
-/* Temporaries (NAME.tmp.PID) that a killed run left in the index directory:
- * removed when their process is gone.  Writers of index files hold the
- * lock this run holds, and a live process's temporary is left alone (a
- * similarity cache being written, say). */
-static void remove_dead_temporaries(const char *index_dir)
+/* Temporaries (NAME.tmp.PID) that a killed run left in DIR: removed when
+ * their process is gone.  Writers of index files hold the lock this run
+ * holds, and a live process's temporary is left alone (a similarity cache
+ * being written, say). */
+static void remove_dead_temporaries(const struct scan *s, const char *dir)
 {
-	DIR *d = opendir(index_dir);
-	if (!d)
-		return;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		const char *t = strstr(de->d_name, ".tmp.");
-		if (!t || de->d_name[0] == '.')
-			continue;
-		char *end;
-		errno = 0;
-		long pid = strtol(t + 5, &end, 10);
-		if (errno || *end || pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-			continue;
-		char *p = idd_path_join(index_dir, de->d_name, NULL);
-		if (p)
-			unlink(p);
-		free(p);
-	}
-	closedir(d);
+	idd_error e;
+	if (idd_dir_gc(dir, idd_keep_live_temporaries, NULL, NULL, &e))
+		warn_gc(s, &e);
 }
 
 static int cmp_file_id(const void *a, const void *b, void *ctx)
@@ -1039,7 +1031,7 @@ static int phase_open(struct scan_run *r, idd_error *err)
 	r->s.index_dir = r->index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
-	if (idd_repo_is_s3(o->repo)) {
+	if (idd_repo_is_remote(o->repo)) {
 		/* an object store: the walk finds out whether it is there */
 	} else if (stat(o->repo, &rst)) {
 		return idd_fail_errno(err, o->repo, "cannot open repository");
@@ -1440,16 +1432,16 @@ static int phase_commit(struct scan_run *r, idd_error *err)
 			st->committed = true;
 			if (r->o->merge)
 				remove_shard_results(r->index_dir);
-			collect_garbage(r->index_dir, &cat);
+			collect_garbage(s, r->index_dir, &cat);
 		}
 	}
 	if (st->committed)
 		rc = idd_entries_commit(r->index_dir, old, &cat, &esy, err);
 	if (st->committed) {
-		remove_dead_temporaries(r->index_dir);
+		remove_dead_temporaries(s, r->index_dir);
 		char *edir = idd_path_join(r->index_dir, IDD_ENTRIES_DIR, NULL);
 		if (edir)
-			remove_dead_temporaries(edir);
+			remove_dead_temporaries(s, edir);
 		free(edir);
 	}
 	st->failed += s->dropped; /* a damaged index is worth an exit status of 1 */

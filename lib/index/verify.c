@@ -4,8 +4,8 @@
 #include "base/fetch.h"
 #include "formats/image.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 #include "index/indexfile.h"
+#include "index/indexdir.h"
 #include "index/catalog.h"
 #include "index/entries.h"
 #include "index/map.h"
@@ -55,14 +55,14 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	 * may not lead out (a link), and the file itself is opened without
 	 * following a link (idd_repo_open_image) */
 	char real[PATH_MAX], root[PATH_MAX];
-	if (idd_repo_is_s3(o->repo)) {
+	if (idd_repo_is_remote(o->repo)) {
 		/* an object store: the key is REPO's prefix + a checked relative path */
 	} else if (!realpath(o->repo, root) || !realpath(path, real)) {
 		idd_fail_errno(&e, path, "cannot open");
 		report(o, problems, e.msg);
 		goto out;
 	}
-	size_t rl = idd_repo_is_s3(o->repo) ? 0 : strlen(root);
+	size_t rl = idd_repo_is_remote(o->repo) ? 0 : strlen(root);
 	if (rl && (strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != 0))) {
 		char *m = idd_asprintf(NULL, "%s: leads outside the repository (to %s); not read", path, real);
 		report(o, problems, m ? m : "outside the repository");
@@ -279,29 +279,37 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* skip: sorted relative paths already checked (maps of catalog images) */
+struct tree {
+	const idd_verify_opts *o;
+	const char *index_dir, *sub;
+	char **skip; /* sorted relative paths already checked (maps of catalog images) */
+	size_t nskip;
+	uint64_t *problems;
+};
+
+/* Files and what is not a file (reported as damage); temporaries of a
+ * running or killed run and dotfiles are not index files. */
+static int verify_entry(void *ctx, const idd_dir_entry *e, idd_error *err)
+{
+	struct tree *t = ctx;
+	if (e->kind == IDD_ENTRY_TEMP || e->kind == IDD_ENTRY_DOT)
+		return IDD_OK;
+	char *rel = idd_asprintf(NULL, "%s/%s", t->sub, e->name);
+	bool done = rel && t->nskip && bsearch(&rel, t->skip, t->nskip, sizeof *t->skip, cmp_str);
+	if (rel && !done)
+		verify_file(t->o, t->index_dir, rel, t->problems);
+	free(rel);
+	return IDD_OK;
+}
+
 static void verify_tree(const idd_verify_opts *o, const char *index_dir, const char *sub,
                         char **skip, size_t nskip, uint64_t *problems)
 {
+	struct tree t = {.o = o, .index_dir = index_dir, .sub = sub, .skip = skip, .nskip = nskip,
+	                 .problems = problems};
 	char *dir = idd_path_join(index_dir, sub, NULL);
-	DIR *d = dir ? opendir(dir) : NULL;
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || strstr(de->d_name, ".tmp."))
-			continue; /* temporaries of a running or killed run are not index files */
-		char *name = de->d_name;
-		char *relname = idd_asprintf(NULL, "%s/%s", sub, name);
-		bool done = relname && nskip && bsearch(&relname, skip, nskip, sizeof *skip, cmp_str);
-		free(relname);
-		if (done)
-			continue;
-		char *rel = idd_asprintf(NULL, "%s/%s", sub, de->d_name);
-		if (rel)
-			verify_file(o, index_dir, rel, problems);
-		free(rel);
-	}
-	if (d)
-		closedir(d);
+	if (dir)
+		idd_dir_for_each(dir, 0, verify_entry, verify_entry, &t, NULL);
 	free(dir);
 }
 

@@ -7,6 +7,7 @@
 #include "node/partial.h"
 #include "node/remote_index.h"
 #include "index/indexfile.h"
+#include "base/digest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -80,13 +81,11 @@ char *idd_cache_default_out(const char *dir, const char *id, idd_error *err)
 	idd_buf_free(&b);
 	memset(&b, 0, sizeof b);
 	put_escaped(&b, id, true, HASHED_KEEP);
-	idd_digest sum;
-	if (idd_sha256(id, strlen(id), sum.b, err)) {
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	if (idd_id_hex(id, hex, err)) {
 		idd_buf_free(&b);
 		return NULL;
 	}
-	char hex[2 * IDD_DIGEST_SIZE + 1];
-	idd_digest_hex(&sum, hex);
 	idd_buf_put(&b, "%=", 2);
 	idd_buf_put(&b, hex, strlen(hex));
 	idd_buf_put(&b, ".raw", 4);

@@ -13,8 +13,11 @@
 #include "node/profile.h"
 #include "node/remote_index.h"
 #include "node/source_cache.h"
+#include "base/util.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -224,4 +227,68 @@ int idd_cache_estimate(const idd_estimate_opts *o, idd_image_estimate **out, idd
 void idd_cache_estimate_free(idd_image_estimate *v)
 {
 	free(v);
+}
+
+/* ---- the estimates as JSON (cache estimate --json, serve's /estimate) ---- */
+
+static void json_str(idd_buf *b, const char *s)
+{
+	idd_buf_put(b, "\"", 1);
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+		char esc[8];
+		switch (*c) {
+		case '"': idd_buf_put(b, "\\\"", 2); break;
+		case '\\': idd_buf_put(b, "\\\\", 2); break;
+		case '\n': idd_buf_put(b, "\\n", 2); break;
+		case '\t': idd_buf_put(b, "\\t", 2); break;
+		case '\r': idd_buf_put(b, "\\r", 2); break;
+		default:
+			if (*c < 0x20) {
+				snprintf(esc, sizeof esc, "\\u%04x", *c);
+				idd_buf_put(b, esc, 6);
+			} else {
+				idd_buf_put(b, c, 1);
+			}
+		}
+	}
+	idd_buf_put(b, "\"", 1);
+}
+
+static void json_key_u64(idd_buf *b, const char *k, uint64_t v)
+{
+	char num[48];
+	int n = snprintf(num, sizeof num, ",\"%s\":%" PRIu64, k, v);
+	idd_buf_put(b, num, (size_t)n);
+}
+
+int idd_cache_estimate_json(const idd_image_estimate *v, size_t n, char **text, size_t *len,
+                            idd_error *err)
+{
+	idd_buf b = {0};
+	idd_buf_put(&b, "{\"images\":[", 11);
+	for (size_t i = 0; i < n; i++) {
+		idd_buf_put(&b, i ? ",{\"image\":" : "{\"image\":", i ? 10 : 9);
+		json_str(&b, v[i].image);
+		json_key_u64(&b, "bytes_missing", v[i].bytes_missing);
+		if (v[i].has_boot)
+			json_key_u64(&b, "boot_bytes_missing", v[i].boot_bytes_missing);
+		else
+			idd_buf_put(&b, ",\"boot_bytes_missing\":null", 26);
+		char num[64];
+		int k = v[i].has_seconds ? snprintf(num, sizeof num, ",\"seconds\":%.6f", v[i].seconds)
+		                         : snprintf(num, sizeof num, ",\"seconds\":null");
+		idd_buf_put(&b, num, (size_t)k);
+		json_key_u64(&b, "bytes_total", v[i].bytes_total);
+		json_key_u64(&b, "bytes_zero", v[i].bytes_zero);
+		k = snprintf(num, sizeof num, ",\"from_pack\":%s}", v[i].from_pack ? "true" : "false");
+		idd_buf_put(&b, num, (size_t)k);
+	}
+	idd_buf_put(&b, "]}\n", 4); /* with the NUL, left out of *len */
+	if (b.failed) {
+		idd_buf_free(&b);
+		return idd_fail_code(err, IDD_ENOMEM, "estimate: out of memory");
+	}
+	*text = (char *)b.data;
+	*len = b.len - 1;
+	return IDD_OK;
 }

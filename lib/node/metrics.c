@@ -1,6 +1,7 @@
 /* metrics.c - serve's live counters for Prometheus: latency histograms, the
  * text exposition format (version 0.0.4), and a small HTTP/1.1 server that
- * answers GET /metrics.
+ * answers GET /metrics, and GET /estimate for a scheduler (what the node
+ * lacks of an image, as `cache estimate --json` prints it).
  *
  * The server is one thread answering one connection at a time: a scrape is
  * a few kilobytes, and a client that is slow to send its request or to
@@ -325,6 +326,7 @@ int idd_metrics_render(const idd_serve_metrics *m, char **text, size_t *len, idd
 #define IO_TIMEOUT_MS 5000      /* for a whole request, and again for its answer */
 #define DRAIN_MS 1000           /* after the answer, for the client to close */
 #define DRAIN_MAX (1u << 20)
+#define ESTIMATE_MAX_IMAGES 64 /* image= parameters of one /estimate request */
 
 struct idd_metrics_server {
 	idd_server *srv;
@@ -480,6 +482,128 @@ static void plain(idd_metrics_server *m, int c, int status, const char *reason, 
 	respond(m, c, status, reason, "text/plain; charset=utf-8", body, (size_t)n, head, extra);
 }
 
+/* An error with its reason in the body, for a client to show. */
+static void plain_msg(idd_metrics_server *m, int c, int status, const char *reason, bool head,
+                      const char *msg)
+{
+	char body[sizeof ((idd_error *)0)->msg + 160];
+	int n = snprintf(body, sizeof body, "%d %s: %s\n", status, reason, msg);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof body)
+		n = (int)sizeof body - 1;
+	respond(m, c, status, reason, "text/plain; charset=utf-8", body, (size_t)n, head, "");
+}
+
+static int hex_digit(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Decode a query component in place as HTML forms encode it ('+' is a
+ * space, %XX a byte); false on a bad escape or an encoded NUL. */
+static bool form_decode(char *s)
+{
+	char *w = s;
+	for (const char *r = s; *r; r++) {
+		if (*r == '+') {
+			*w++ = ' ';
+		} else if (*r == '%') {
+			int hi = hex_digit(r[1]), lo = hi < 0 ? -1 : hex_digit(r[2]);
+			if (lo < 0 || (hi == 0 && lo == 0))
+				return false;
+			*w++ = (char)(hi * 16 + lo);
+			r += 2;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = 0;
+	return true;
+}
+
+/* GET /estimate?image=ID[&image=ID...][&bandwidth=BYTES_PER_SECOND]: what
+ * `cache estimate --json` would print for this server's SOURCE and cache.
+ * It reads index data from SOURCE, so it can take as long as the server's
+ * transfer timeout; scrapes of /metrics wait behind it meanwhile. */
+static void answer_estimate(idd_metrics_server *m, int c, char *query, bool head)
+{
+	const char *images[ESTIMATE_MAX_IMAGES];
+	size_t n = 0;
+	uint64_t bandwidth = 0;
+	char msg[160];
+	char *save = NULL;
+	for (char *tok = strtok_r(query, "&", &save); tok; tok = strtok_r(NULL, "&", &save)) {
+		char *eq = strchr(tok, '=');
+		if (eq)
+			*eq = 0;
+		if (!eq || !form_decode(tok) || !form_decode(eq + 1)) {
+			plain_msg(m, c, 400, "Bad Request", head, "expected NAME=VALUE parameters, "
+			          "percent-encoded");
+			return;
+		}
+		const char *val = eq + 1;
+		if (!strcmp(tok, "image")) {
+			if (n == ESTIMATE_MAX_IMAGES) {
+				snprintf(msg, sizeof msg, "at most %d images per request",
+				         ESTIMATE_MAX_IMAGES);
+				plain_msg(m, c, 400, "Bad Request", head, msg);
+				return;
+			}
+			images[n++] = val;
+		} else if (!strcmp(tok, "bandwidth")) {
+			char *end;
+			errno = 0;
+			unsigned long long v = strtoull(val, &end, 10);
+			if (*val < '0' || *val > '9' || *end || errno || v == 0) {
+				plain_msg(m, c, 400, "Bad Request", head,
+				          "bandwidth takes a whole number of bytes per second above 0");
+				return;
+			}
+			bandwidth = v;
+		} else {
+			snprintf(msg, sizeof msg, "unknown parameter '%.64s' (expected image, bandwidth)",
+			         tok);
+			plain_msg(m, c, 400, "Bad Request", head, msg);
+			return;
+		}
+	}
+	if (!n) {
+		plain_msg(m, c, 400, "Bad Request", head, "expected image=ID");
+		return;
+	}
+	idd_image_estimate *v;
+	idd_error err = {{0}, 0};
+	int rc = idd_server_estimate(m->srv, images, n, bandwidth, &v, &err);
+	if (rc) {
+		if (rc == IDD_ENOENT)
+			plain_msg(m, c, 404, "Not Found", head, err.msg);
+		else if (rc == IDD_EPERM)
+			plain_msg(m, c, 400, "Bad Request", head, err.msg);
+		else if (rc == IDD_ENET || rc == IDD_ETIMEDOUT)
+			plain_msg(m, c, 502, "Bad Gateway", head, err.msg);
+		else
+			plain_msg(m, c, 500, "Internal Server Error", head, err.msg);
+		return;
+	}
+	char *text = NULL;
+	size_t tlen = 0;
+	rc = idd_cache_estimate_json(v, n, &text, &tlen, &err);
+	idd_cache_estimate_free(v);
+	if (rc) {
+		plain_msg(m, c, 500, "Internal Server Error", head, err.msg);
+		return;
+	}
+	respond(m, c, 200, "OK", "application/json", text, tlen, head, "");
+	free(text);
+}
+
 /* One connection: the request line and headers (bounded in size and time),
  * then the answer.  False when the client was dropped unanswered. */
 static bool serve_connection(idd_metrics_server *m, int c)
@@ -528,6 +652,10 @@ static bool serve_connection(idd_metrics_server *m, int c)
 		return true;
 	}
 	size_t plen = strcspn(target, "?");
+	if (plen == 9 && !strncmp(target, "/estimate", 9)) {
+		answer_estimate(m, c, target[plen] ? (char *)target + plen + 1 : (char *)"", head);
+		return true;
+	}
 	if (plen != 8 || strncmp(target, "/metrics", 8)) {
 		plain(m, c, 404, "Not Found", head, "");
 		return true;

@@ -2064,3 +2064,13 @@ void idd_server_close(idd_server *s)
 	pthread_cond_destroy(&s->mem_freed);
 	free(s);
 }
+
+int idd_server_estimate(idd_server *s, const char *const *images, size_t n, uint64_t bandwidth,
+                        idd_image_estimate **out, idd_error *err)
+{
+	idd_estimate_opts o = {.source = s->o.source, .index = s->o.index, .cache_dir = s->o.cache_dir,
+	                       .images = images, .n_images = n, .bandwidth = bandwidth,
+	                       .no_pack = s->o.no_pack, .connections = s->o.connections,
+	                       .timeout_s = s->o.timeout_s, .warn = s->o.warn, .ctx = s->o.ctx};
+	return idd_cache_estimate(&o, out, err);
+}

@@ -15,39 +15,20 @@ MODE (the cache index is served faithfully unless said otherwise):
   hugeindex  the index is an endless stream claiming 4 GiB
 Logs "GET PATH RANGE" per request, and "SENT BYTES" when an endless body ends.  Writes its port once ready.
 """
-import argparse, os, re, socket, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import argparse
+from httpfiles import BadRange, FileHandler, Log, byte_range, serve_forever
 
 args = None
-lock = threading.Lock()
+log = None
 
 
-def log(line):
-    if args.log:
-        with lock, open(args.log, "a") as f:
-            f.write(line + "\n")
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+class Handler(FileHandler):
     def do_GET(self):
-        rel = self.path.split("?")[0].lstrip("/")
+        rel, path = self.file_path()
         rng = self.headers.get("Range")
         log("GET %s %s" % (rel, rng or "-"))
-        path = os.path.realpath(os.path.join(args.root, rel))
-        if not path.startswith(os.path.realpath(args.root) + os.sep) or not os.path.isfile(path):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+        if path is None:
+            return self.send_simple(404)
         try:
             if rel == "index" and args.mode == "hugeindex":
                 self.endless(200, {"Content-Length": str(4 << 30)})
@@ -75,38 +56,32 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             log("SENT %d" % sent)
 
-    def plain(self, path, rng):
+    @staticmethod
+    def read(path, rng):
+        """the file's bytes and the range asked (None: the whole file)"""
         data = open(path, "rb").read()
-        m = re.match(r"bytes=(\d+)-(\d+)", rng or "")
-        if m:
-            a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
-            body = data[a:b + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", "bytes %d-%d/%d" % (a, b, len(data)))
-        else:
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            return data, byte_range(rng, len(data))
+        except BadRange:
+            return data, None
+
+    def plain(self, path, rng):
+        data, r = self.read(path, rng)
+        if r is None:
+            return self.send_simple(200, data)
+        a, b = r
+        self.send_simple(206, data[a:b + 1], [("Content-Range", "bytes %d-%d/%d" % (a, b, len(data)))])
 
     def image(self, path, rng):
-        data = open(path, "rb").read()
-        m = re.match(r"bytes=(\d+)-(\d+)", rng or "")
-        if not m:
+        data, r = self.read(path, rng)
+        if r is None:
             return self.plain(path, rng)
-        a, b = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+        a, b = r
         body = data[a:b + 1]
         cr = "bytes %d-%d/%d" % (a, b, len(data))
         mode = args.mode
         if mode == "hang":
-            try:
-                while self.connection.recv(4096):
-                    pass
-            except OSError:
-                pass
-            self.close_connection = True
-            return
+            return self.hold_until_hangup()
         if mode == "huge":
             return self.endless(206, {"Content-Range": cr}, body)
         if mode == "norange":
@@ -118,15 +93,11 @@ class Handler(BaseHTTPRequestHandler):
             body = bytes(body)
         if mode == "truncated":
             body = body[:max(1, len(body) // 2)]
-        self.send_response(206)
-        self.send_header("Content-Range", cr)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_simple(206, body, [("Content-Range", cr)])
 
 
 def main():
-    global args
+    global args, log
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
     ap.add_argument("--port-file", required=True)
@@ -134,13 +105,9 @@ def main():
                     choices=["wrong", "truncated", "hang", "huge", "norange", "hugeindex"])
     ap.add_argument("--log")
     args = ap.parse_args()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(srv.server_address[1]))
-    os.rename(tmp, args.port_file)
-    srv.serve_forever()
+    log = Log(args.log)
+    Handler.root = args.root
+    serve_forever(Handler, args.port_file)
 
 
 if __name__ == "__main__":

@@ -19,32 +19,16 @@
 Logs "done STATUS FILE RANGE LENGTH" once a data body was sent in full.
 Writes the port it listens on (127.0.0.1) to FILE once it is ready.
 """
-import argparse, os, re, socket, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import argparse, os, threading, time
+from httpfiles import BadRange, FileHandler, Log, byte_range, serve_forever
 
 args = None
+log = None
 lock = threading.Lock()
 counters = {"fail500": 0, "drop": 0, "trickle": 0, "stall": 0}
 
 
-def log(line):
-    if args.log:
-        with lock, open(args.log, "a") as f:
-            f.write(line + "\n")
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def setup(self):
-        super().setup()
-        # headers and body go out in separate writes: without this, Nagle and
-        # delayed ACKs cost 40 ms per request
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+class Handler(FileHandler):
     def do_HEAD(self):
         self.serve(head=True)
 
@@ -52,24 +36,16 @@ class Handler(BaseHTTPRequestHandler):
         self.serve(head=False)
 
     def serve(self, head):
-        rel = self.path.split("?")[0].lstrip("/")
-        path = os.path.realpath(os.path.join(args.root, rel))
-        if not path.startswith(os.path.realpath(args.root) + os.sep) or not os.path.isfile(path):
-            body = b"not found\n"
-            self.send_response(404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        rel, path = self.file_path()
+        if path is None:
+            self.send_simple(404, b"not found\n")
             log("404 %s" % rel)
             return
         data_file = not rel.startswith(".imgdedup/")
         if not data_file and args.index_delay:
             time.sleep(args.index_delay)
         if data_file and args.redirect:
-            self.send_response(302)
-            self.send_header("Location", args.redirect)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_simple(302, headers=[("Location", args.redirect)])
             log("302 %s" % rel)
             return
         fault = None
@@ -90,27 +66,18 @@ class Handler(BaseHTTPRequestHandler):
                     counters["stall"] += 1
                     fault = "stall"
         if fault == "500":
-            body = b"injected failure\n"
-            self.send_response(500)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_simple(500, b"injected failure\n")
             log("500 %s" % rel)
             return
         size = os.path.getsize(path)
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
-        if rng:
-            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
-            if not m or int(m.group(1)) >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", "bytes */%d" % size)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            start = int(m.group(1))
-            end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
-            status = 206
+        try:
+            r = byte_range(rng, size)
+        except BadRange:
+            return self.send_simple(416, headers=[("Content-Range", "bytes */%d" % size)])
+        if r is not None:
+            (start, end), status = r, 206
         length = end - start + 1
         self.send_response(status)
         self.send_header("Content-Length", str(length))
@@ -125,14 +92,7 @@ class Handler(BaseHTTPRequestHandler):
             f.seek(start)
             body = f.read(length)
         if fault == "stall":
-            self.connection.settimeout(None)
-            try:  # until the client hangs up
-                while self.connection.recv(4096):
-                    pass
-            except OSError:
-                pass
-            self.close_connection = True
-            return
+            return self.hold_until_hangup()
         if args.rate and data_file:
             step = max(1, int(args.rate / 10))
             try:
@@ -169,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global args
+    global args, log
     p = argparse.ArgumentParser()
     p.add_argument("--root", required=True)
     p.add_argument("--port-file", required=True)
@@ -183,13 +143,9 @@ def main():
     p.add_argument("--index-delay", type=float, default=0)
     p.add_argument("--log")
     args = p.parse_args()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(srv.server_address[1]))
-    os.rename(tmp, args.port_file)
-    srv.serve_forever()
+    log = Log(args.log)
+    Handler.root = args.root
+    serve_forever(Handler, args.port_file)
 
 
 if __name__ == "__main__":

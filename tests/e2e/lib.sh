@@ -7,7 +7,45 @@ cleanup_fns=()
 on_exit() { local f; for f in "${cleanup_fns[@]}"; do $f || true; done; rm -rf "$WORK"; }
 trap on_exit EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# skip_script REASON: the script cannot run here (run-all.sh counts it as
+# skipped, where an exit 0 without any named check counts as a failure)
+skip_script() { echo "SKIP: $*"; exit 0; }
 check() { local what=$1; shift; if "$@"; then echo "ok: $what"; else fail "$what"; fi; }
+# need_commands CMD...: each is on PATH (scripts/install-deps installs them)
+need_commands() {
+  local c
+  for c in "$@"; do command -v "$c" >/dev/null || fail "$c missing (scripts/install-deps)"; done
+}
+# expect_status STATUS WHAT CMD...: CMD exits with STATUS, and with a message
+# on stderr unless STATUS is 0 (kept in $WORK/e.out, $WORK/e.err)
+expect_status() {
+  local want=$1 what=$2 rc=0; shift 2
+  "$@" > "$WORK/e.out" 2> "$WORK/e.err" || rc=$?
+  [ "$rc" = "$want" ] || fail "$what: exit $rc, want $want ($(cat "$WORK/e.err"))"
+  [ "$want" = 0 ] || [ -s "$WORK/e.err" ] || fail "$what: no message"
+  echo "ok: $what: exit $rc: $(head -n 1 "$WORK/e.err")"
+}
+# fixture NAME BUILD: sets FIXTURE to the directory of a test fixture (a
+# corpus built and indexed once, read-only for the tests), made by the
+# function BUILD DIR the first time a script asks for NAME.  run-all.sh
+# shares E2E_FIXTURES among its scripts, so the scripts a feature was split
+# into pay for its setup once; a script run alone builds its own.
+: "${E2E_FIXTURES:=$WORK/fixtures}"
+fixture() {
+  local name=$1 build=$2 lk
+  FIXTURE=$E2E_FIXTURES/$name
+  mkdir -p "$E2E_FIXTURES"
+  exec {lk}> "$E2E_FIXTURES/$name.lock"
+  flock "$lk"
+  if [ ! -e "$FIXTURE.done" ]; then
+    rm -rf "$FIXTURE" && mkdir -p "$FIXTURE"
+    # not under || (that would turn errexit off inside BUILD): a failure
+    # ends the script, and the fixture without its .done is built again
+    "$build" "$FIXTURE"
+    : > "$FIXTURE.done"
+  fi
+  exec {lk}>&-
+}
 # json_get FILE KEY -> value of a top-level key of the JSON object in FILE
 json_get() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 # mkext4 IMAGE SIZE_MB DIR: an ext4 image of DIR's files, 4 KiB blocks, deterministic

@@ -3,6 +3,8 @@
 #   nginx_start ROOT   -> NGINX_URL (http://127.0.0.1:PORT), NGINX_PREFIX, NGINX_LOG
 #   nginx_bytes        -> sum of $body_bytes_sent in the access log so far
 #   nginx_requests     -> requests in the access log so far
+#   nginx_file_bytes F -> bytes sent of the file /F, nginx_file_requests F its requests
+#   nginx_file_overlaps F -> ranges of /F that overlap an earlier one (a byte sent twice)
 #   nginx_log_reset    -> empty the access log (nginx reopens it)
 #   nginx_stop
 # NGINX_LIMIT_RATE=12500k (optional) caps each connection's rate (limit_rate).
@@ -15,7 +17,8 @@ nginx_free_port() {
 nginx_start() {
   local root port
   root=$(cd "$1" && pwd)
-  NGINX_PREFIX=$(mktemp -d "${TMPDIR:-/tmp}/idd-nginx.XXXXXX")
+  # in the test's own work directory when there is one (its log with the rest)
+  NGINX_PREFIX=$(mktemp -d "${WORK:-${TMPDIR:-/tmp}}/idd-nginx.XXXXXX")
   mkdir -p "$NGINX_PREFIX/logs" "$NGINX_PREFIX/tmp"
   NGINX_LOG=$NGINX_PREFIX/logs/access.log
   local user_line=""
@@ -73,13 +76,21 @@ CONF
   return 1
 }
 
+# PID has not exited: nginx runs as a daemon, reaped by whoever adopted it,
+# so an exited nginx may stay a zombie for a while (kill -0 still succeeds)
+_nginx_running() {
+  local state
+  { read -r _ _ state _ < "/proc/$1/stat"; } 2>/dev/null || return 1
+  [ "$state" != Z ]
+}
+
 nginx_stop() {
   if [ -n "${NGINX_PREFIX:-}" ] && [ -f "$NGINX_PREFIX/nginx.pid" ]; then
     local pid
     pid=$(cat "$NGINX_PREFIX/nginx.pid")
     kill "$pid" 2>/dev/null || true
     local i
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for i in $(seq 250); do _nginx_running "$pid" || break; sleep 0.02; done
   fi
   [ -n "${NGINX_PREFIX:-}" ] && rm -rf "$NGINX_PREFIX"
   NGINX_PREFIX=
@@ -95,4 +106,13 @@ nginx_bytes() {
 
 nginx_requests() {
   wc -l < "$NGINX_LOG" | tr -d ' '
+}
+
+nginx_file_bytes() { awk -v u="/$1" '$2 == u {s += $4} END {print s + 0}' "$NGINX_LOG"; }
+nginx_file_requests() { awk -v u="/$1" '$2 == u {n++} END {print n + 0}' "$NGINX_LOG"; }
+nginx_file_overlaps() {
+  awk -v u="/$1" '$2 == u {print $5}' "$NGINX_LOG" | python3 -c '
+import re, sys
+rs = sorted(tuple(map(int, m.groups())) for m in (re.search(r"bytes=(\d+)-(\d+)", l) for l in sys.stdin) if m)
+print(sum(1 for a, b in zip(rs, rs[1:]) if b[0] <= a[1]))'
 }

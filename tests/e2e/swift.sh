@@ -27,7 +27,8 @@ PY
 }
 
 swift_start() {
-  SWIFT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/idd-swift.XXXXXX")
+  # in the test's own work directory when there is one (its logs with the rest)
+  SWIFT_DIR=$(mktemp -d "${WORK:-${TMPDIR:-/tmp}}/idd-swift.XXXXXX")
   local d=$SWIFT_DIR ports
   ports=($(swift_free_ports 5))
   local p_mc=${ports[0]} p_acc=${ports[1]} p_con=${ports[2]} p_obj=${ports[3]} p_proxy=${ports[4]}

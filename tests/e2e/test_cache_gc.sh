@@ -12,33 +12,11 @@
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/nginx.sh"
 source "$TESTS_DIR/serve.sh"
+source "$TESTS_DIR/cachebudget.sh"
 cleanup_fns+=(nginx_stop)
 
-R=$WORK/repo
-T=$WORK/t
-mkdir -p "$R" "$T/base" "$T/own"
-cp -r /usr/share/common-licenses "$T/base/lic"
-python3 -c 'import random,sys; r=random.Random(3); open(sys.argv[1],"wb").write(r.randbytes(600000))' "$T/base/r.bin"
-cp -r /usr/share/zoneinfo/Europe "$T/own/eu" 2>/dev/null || cp -r /usr/share/doc "$T/own/doc"
-python3 -c 'import random,sys; r=random.Random(5); open(sys.argv[1],"wb").write(r.randbytes(600000))' "$T/own/r.bin"
-mkext4 "$R/old.raw" 8 "$T/own"        # content of its own
-mkext4 "$R/sib1.raw" 8 "$T/base"      # two siblings: sib2 is sib1 plus a file
-cp -r "$T/base" "$T/base2"
-echo "sib2 only" > "$T/base2/extra.txt"
-mkext4 "$R/sib2.raw" 8 "$T/base2"
-# sib1 and 1.5 MB more: what a deploy of it copies comes from sib1 alone
-python3 - "$R/sib1.raw" "$R/slow.raw" <<'PY'
-import random, sys
-open(sys.argv[2], "wb").write(open(sys.argv[1], "rb").read() + random.Random(4).randbytes(1536000))
-PY
-age_files "$R"
-"$IMGDEDUP" scan -q "$R"
-"$IMGDEDUP" map -q "$R"
-nginx_start "$R"
-URL=$NGINX_URL
-
-deploy() { "$IMGDEDUP" deploy --from "$URL" --cache "$1" --json "$2" > "$WORK/d.json"; }
-disk() { "$IMGDEDUP" cache ls --json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["disk_bytes"])'; }
+own=/usr/share/zoneinfo/Europe; [ -d "$own" ] || own=/usr/share/doc
+budget_corpus 600000 "$own"
 # fill CACHE: old, then sib1, then sib2 (read in that order)
 fill() {
   deploy "$1" old.raw
@@ -48,7 +26,6 @@ fill() {
   deploy "$1" sib2.raw
 }
 
-# ---- 1. the budget, and what goes first ------------------------------------
 C=$WORK/cv
 fill "$C"
 total=$(disk "$C")
@@ -85,7 +62,6 @@ set +e
 set -e
 check "an unknown --policy: exit 2" test $rc = 2
 
-# ---- 2. never a file in use -------------------------------------------------
 # a deploy copying from sib1 (slow.raw starts with it), its fetch slowed
 C=$WORK/cu
 deploy "$C" sib1.raw   # first in the cache index: its copies of shared content are read

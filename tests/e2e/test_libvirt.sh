@@ -17,10 +17,7 @@ source "$TESTS_DIR/guest.sh"
 source "$TESTS_DIR/serve.sh"
 source "$TESTS_DIR/libvirt.sh"
 why=$(libvirt_skip_reason)
-if [ -n "$why" ]; then
-  echo "SKIP: test_libvirt: $why"
-  exit 0
-fi
+[ -z "$why" ] || skip_script "$why"
 for c in qemu-system-x86_64 qemu-img nbdkit nbdinfo nbdcopy debugfs; do
   command -v $c >/dev/null || fail "$c missing (scripts/install-deps)"
 done

@@ -16,32 +16,10 @@
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/nginx.sh"
 source "$TESTS_DIR/serve.sh"
+source "$TESTS_DIR/cachebudget.sh"
 cleanup_fns+=(nginx_stop)
 
-R=$WORK/repo
-T=$WORK/t
-mkdir -p "$R" "$T/base" "$T/own"
-cp -r /usr/share/common-licenses "$T/base/lic"
-python3 -c 'import random,sys; r=random.Random(3); open(sys.argv[1],"wb").write(r.randbytes(600000))' "$T/base/r.bin"
-python3 -c 'import random,sys; r=random.Random(5); open(sys.argv[1],"wb").write(r.randbytes(3000000))' "$T/own/r.bin"
-mkext4 "$R/old.raw" 8 "$T/own"        # content of its own
-mkext4 "$R/sib1.raw" 8 "$T/base"      # two siblings: sib2 is sib1 plus a file
-cp -r "$T/base" "$T/base2"
-echo "sib2 only" > "$T/base2/extra.txt"
-mkext4 "$R/sib2.raw" 8 "$T/base2"
-# sib1 and 1.5 MB more
-python3 - "$R/sib1.raw" "$R/slow.raw" <<'PY'
-import random, sys
-open(sys.argv[2], "wb").write(open(sys.argv[1], "rb").read() + random.Random(4).randbytes(1536000))
-PY
-age_files "$R"
-"$IMGDEDUP" scan -q "$R"
-"$IMGDEDUP" map -q "$R"
-nginx_start "$R"
-URL=$NGINX_URL
-
-deploy() { "$IMGDEDUP" deploy --from "$URL" --cache "$1" --json "$2" > "$WORK/d.json"; }
-disk() { "$IMGDEDUP" cache ls --json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["disk_bytes"])'; }
+budget_corpus 3000000
 du1() { du -B1 "$1" | cut -f1; }
 # wait_gone FILE...: until serve removed them (it checks every second)
 wait_gone() {

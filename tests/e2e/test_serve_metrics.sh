@@ -9,7 +9,10 @@
 # string are answered, other paths and methods are refused (404, 405), an
 # oversized request gets 431, an idle client does not keep others out, a
 # port in use fails start-up with a clear message, and nothing listens once
-# serve has stopped.
+# serve has stopped.  GET /estimate?image=ID... answers what `cache estimate
+# --json` prints for the service's source and cache (checked byte for byte,
+# and against a deploy: lacking nothing of an image deployed meanwhile), and
+# refuses unknown images (404) and bad requests (400).
 source "$(dirname "$0")/lib.sh"
 source "$TESTS_DIR/serve.sh"
 for c in nbdkit nbdcopy nbdinfo curl promtool; do
@@ -214,6 +217,44 @@ got = s.recv(100)
 print(got)
 sys.exit(0 if got.startswith(b"HTTP/1.1 400 ") else 1)
 PY
+# ---- GET /estimate: what `cache estimate --json` says, live ----
+EST="http://127.0.0.1:$MPORT/estimate"
+cli_estimate() {
+  "$IMGDEDUP" cache estimate --cache "$WORK/cache2" --from "$REPO" --json "$@"
+}
+curl -sS -D "$WORK/est.h" --max-time 30 "$EST?image=a.raw&image=b.raw&bandwidth=1000000" > "$WORK/est1.json"
+cli_estimate --bandwidth 1000000 a.raw b.raw > "$WORK/cli1.json"
+check "/estimate answers what cache estimate --json prints, byte for byte" \
+  cmp "$WORK/cli1.json" "$WORK/est1.json"
+check "... as JSON" grep -qi '^content-type: application/json' "$WORK/est.h"
+check "... b.raw lacks bytes, and seconds = bytes_missing / bandwidth" python3 - "$WORK/est1.json" <<'PY'
+import json, sys
+v = {i["image"]: i for i in json.load(open(sys.argv[1]))["images"]}
+b = v["b.raw"]
+print(b)
+sys.exit(0 if b["bytes_missing"] > 0 and abs(b["seconds"] - b["bytes_missing"] / 1e6) < 1e-5 else 1)
+PY
+"$IMGDEDUP" deploy -q --from "$REPO" --cache "$WORK/cache2" b.raw
+check "after a deploy of b.raw into the node cache, the service says it lacks nothing of it" \
+  python3 - "$EST?image=b.raw" <<'PY'
+import json, sys, urllib.request
+v = json.load(urllib.request.urlopen(sys.argv[1], timeout=30))["images"]
+print(v)
+sys.exit(0 if [i["image"] for i in v] == ["b.raw"] and v[0]["bytes_missing"] == 0
+         and v[0]["seconds"] is None else 1)
+PY
+check "a percent-encoded id is decoded" \
+  eq "$(curl -sS --max-time 30 "$EST?image=b%2Eraw" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["image"])')" b.raw
+check "HEAD /estimate: 200" eq "$(code -I "$EST?image=a.raw")" 200
+check "an image not in the catalog: 404" eq "$(code "$EST?image=nosuch.raw")" 404
+check "... naming it" bash -c "curl -sS --max-time 30 '$EST?image=nosuch.raw' | grep -q nosuch.raw"
+check "an id outside the source: 400" eq "$(code "$EST?image=..%2Fetc%2Fpasswd")" 400
+check "no image: 400" eq "$(code "$EST")" 400
+check "a bad bandwidth: 400" eq "$(code "$EST?image=a.raw&bandwidth=fast")" 400
+check "an unknown parameter: 400" eq "$(code "$EST?image=a.raw&x=1")" 400
+check "an encoded NUL: 400" eq "$(code "$EST?image=a%00.raw")" 400
+check "65 images: 400" eq "$(code "$EST?$(printf 'image=a.raw&%.0s' $(seq 65))")" 400
+check "metrics still answer after the estimates" promtool check metrics < <(scrape)
 serve_stop s2
 M=$WORK/m3.txt
 check "origin pack = bytes_fetched" eq "$(metric $M 'imgdedup_read_bytes_total{origin="pack"}')" \

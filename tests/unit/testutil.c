@@ -1,5 +1,7 @@
 /* testutil.c - helpers for the cmocka unit tests. */
 #include "testutil.h"
+#include "imgdedup.h"
+#include "index/map.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -143,4 +145,45 @@ char *tu_first_file(const char *dir, const char *sub, const char *prefix)
 		closedir(dh);
 	free(d);
 	return found;
+}
+
+static void quiet(void *ctx, const char *msg) { (void)ctx; (void)msg; }
+
+int tu_index_repo(const char *repo)
+{
+	idd_error err;
+	idd_scan_opts so = {.repo = repo, .warn = quiet};
+	idd_scan_stats ss;
+	idd_map_opts mo = {.repo = repo, .warn = quiet};
+	idd_map_stats ms;
+	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err)) {
+		fprintf(stderr, "index %s: %s\n", repo, err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+int tu_pair_repo(const char *repo, const tu_pair_spec *s, unsigned char **a, unsigned char **b)
+{
+	const size_t bs = 4096;
+	unsigned char *ia = calloc(s->nb * bs + s->tail, 1), *ib = malloc(s->nb * bs);
+	if (!ia || !ib) {
+		free(ia);
+		free(ib);
+		fprintf(stderr, "tu_pair_repo: out of memory\n");
+		return -1;
+	}
+	for (size_t i = 0; i < s->nb; i++)
+		if (i % s->zero_every)
+			tu_fill_random(ia + i * bs, bs, s->seed + i % s->pool);
+	tu_fill_random(ia + s->nb * bs, s->tail, s->tail_seed);
+	memcpy(ib, ia, s->nb * bs);
+	for (size_t i = s->changed; i < s->changed + s->nchanged; i++)
+		tu_fill_random(ib + i * bs, bs, s->changed_seed + i);
+	*a = ia;
+	*b = ib;
+	idd_mkdir_p(repo, NULL);
+	free(tu_write(repo, "a.raw", ia, s->nb * bs + s->tail));
+	free(tu_write(repo, "b.raw", ib, s->nb * bs));
+	return tu_index_repo(repo);
 }

@@ -41,4 +41,19 @@ uint64_t tu_file_size(const char *path);
 /* DIR/SUB/NAME of the first (by name) file of DIR/SUB whose name starts with PREFIX, or NULL. */
 char *tu_first_file(const char *dir, const char *sub, const char *prefix);
 
+/* A test image and its sibling, in 4 KiB blocks.  a: nb blocks drawn from a
+ * pool of `pool` patterns (block i has the content of seed + i % pool:
+ * repeats), every zero_every-th block zero (block 0 included), then tail
+ * bytes of tail_seed.  b: a's nb blocks (no tail), blocks changed ..
+ * changed + nchanged - 1 replaced by new content (block i: changed_seed + i). */
+typedef struct {
+	size_t nb, pool, zero_every, tail, changed, nchanged;
+	uint64_t seed, tail_seed, changed_seed;
+} tu_pair_spec;
+/* Builds both images (malloc'd), writes them as REPO/a.raw and REPO/b.raw
+ * (REPO created) and indexes REPO: 0, or -1 with the reason on stderr. */
+int tu_pair_repo(const char *repo, const tu_pair_spec *s, unsigned char **a, unsigned char **b);
+/* scan then map REPO, warnings discarded: 0, or -1 with the reason on stderr. */
+int tu_index_repo(const char *repo);
+
 #endif

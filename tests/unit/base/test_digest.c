@@ -29,6 +29,18 @@ static void test_sha256_known_vector(void **state)
 	idd_hasher_free(h);
 }
 
+/* The name of an image's files: the hex SHA-256 of its id. */
+static void test_id_hex(void **state)
+{
+	(void)state;
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	idd_error err;
+	assert_int_equal(idd_id_hex("abc", hex, &err), IDD_OK);
+	assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	assert_int_equal(idd_id_hex("", hex, &err), IDD_OK);
+	assert_string_equal(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
 static void test_is_zero(void **state)
 {
 	(void)state;
@@ -115,6 +127,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sha256_known_vector),
+		cmocka_unit_test(test_id_hex),
 		cmocka_unit_test(test_is_zero),
 		cmocka_unit_test(test_hash_blocks_zero_and_tail),
 		cmocka_unit_test(test_digest_set),

@@ -456,6 +456,7 @@ static void test_changed_image_and_leftovers(void **state)
 		free(tu_write(junk[i], slash + 1, "junk", 4));
 		*slash = '/';
 	}
+	char *dotfile = tu_write(idx, "pack/data/.nfs0000000001", "nfs", 3);
 	assert_int_equal(pg_pack(repo, &st, &err), IDD_OK);
 	assert_int_equal(st.added, 2);
 	assert_int_equal(st.blocks, n);
@@ -464,6 +465,9 @@ static void test_changed_image_and_leftovers(void **state)
 		assert_int_equal(access(junk[i], F_OK), -1);
 		free(junk[i]);
 	}
+	/* a dotfile is not the pack's (an NFS client's silly rename): kept */
+	assert_int_equal(access(dotfile, F_OK), 0);
+	free(dotfile);
 	check_contents(all, n);
 	verify_ok(true);
 

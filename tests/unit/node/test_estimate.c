@@ -30,28 +30,9 @@ static int setup(void **state)
 	(void)state;
 	root = tu_mkdtemp();
 	repo = idd_path_join(root, "repo", NULL);
-	idd_mkdir_p(repo, NULL);
-	img_a = calloc(NB * BS + 1000, 1);
-	for (size_t i = 0; i < NB; i++)
-		if (i % 6)
-			tu_fill_random(img_a + i * BS, BS, 500 + i % 30);
-	tu_fill_random(img_a + NB * BS, 1000, 9);
-	img_b = malloc(NB * BS);
-	memcpy(img_b, img_a, NB * BS);
-	for (size_t i = 40; i < 50; i++)
-		tu_fill_random(img_b + i * BS, BS, 9000 + i);
-	free(tu_write(repo, "a.raw", img_a, NB * BS + 1000));
-	free(tu_write(repo, "b.raw", img_b, NB * BS));
-	idd_error err;
-	idd_scan_opts so = {.repo = repo, .warn = quiet};
-	idd_scan_stats ss;
-	idd_map_opts mo = {.repo = repo, .warn = quiet};
-	idd_map_stats ms;
-	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err)) {
-		fprintf(stderr, "index: %s\n", err.msg);
-		return -1;
-	}
-	return 0;
+	tu_pair_spec spec = {.nb = NB, .pool = 30, .zero_every = 6, .seed = 500, .tail = 1000,
+	                     .tail_seed = 9, .changed = 40, .nchanged = 10, .changed_seed = 9000};
+	return tu_pair_repo(repo, &spec, &img_a, &img_b);
 }
 
 static int teardown(void **state)
@@ -274,6 +255,34 @@ static void test_estimate_boot(void **state)
 	free(cache);
 }
 
+/* The JSON that cache estimate --json and serve's /estimate send: every
+ * key in its place, null for what is unknown, ids escaped. */
+static void test_estimate_json(void **state)
+{
+	(void)state;
+	idd_image_estimate v[2] = {
+		{.image = "a \"q\"\\\n\x01.raw", .bytes_total = 8192, .bytes_zero = 4096,
+		 .bytes_missing = 4096, .from_pack = true, .has_boot = true, .boot_bytes_missing = 12,
+		 .has_seconds = true, .seconds = 0.25},
+		{.image = "b.raw", .bytes_total = 1, .bytes_missing = 0},
+	};
+	char *text;
+	size_t len;
+	idd_error err = {{0}, 0};
+	assert_int_equal(idd_cache_estimate_json(v, 2, &text, &len, &err), IDD_OK);
+	const char *want =
+		"{\"images\":[{\"image\":\"a \\\"q\\\"\\\\\\n\\u0001.raw\",\"bytes_missing\":4096,"
+		"\"boot_bytes_missing\":12,\"seconds\":0.250000,\"bytes_total\":8192,\"bytes_zero\":4096,"
+		"\"from_pack\":true},{\"image\":\"b.raw\",\"bytes_missing\":0,\"boot_bytes_missing\":null,"
+		"\"seconds\":null,\"bytes_total\":1,\"bytes_zero\":0,\"from_pack\":false}]}\n";
+	assert_string_equal(text, want);
+	assert_int_equal(len, strlen(want));
+	free(text);
+	assert_int_equal(idd_cache_estimate_json(v, 0, &text, &len, &err), IDD_OK);
+	assert_string_equal(text, "{\"images\":[]}\n");
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -281,6 +290,7 @@ int main(void)
 		cmocka_unit_test(test_estimate_equals_deploy),
 		cmocka_unit_test(test_estimate_refusals),
 		cmocka_unit_test(test_estimate_boot),
+		cmocka_unit_test(test_estimate_json),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

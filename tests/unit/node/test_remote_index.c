@@ -31,16 +31,7 @@ static int setup(void **state)
 	tu_fill_random(img, sizeof img, 2);
 	free(tu_write(sub, "b.raw", img, sizeof img - 100));
 	free(sub);
-	idd_error err;
-	idd_scan_opts so = {.repo = repo, .warn = quiet};
-	idd_scan_stats ss;
-	idd_map_opts mo = {.repo = repo, .warn = quiet};
-	idd_map_stats ms;
-	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err)) {
-		fprintf(stderr, "index: %s\n", err.msg);
-		return -1;
-	}
-	return 0;
+	return tu_index_repo(repo);
 }
 
 static int teardown(void **state)
@@ -221,13 +212,7 @@ static void test_hostile_entries(void **state)
 /* scan and map the repository again (an image added or removed) */
 static void republish(void)
 {
-	idd_error err;
-	idd_scan_opts so = {.repo = repo, .warn = quiet};
-	idd_scan_stats ss;
-	idd_map_opts mo = {.repo = repo, .warn = quiet};
-	idd_map_stats ms;
-	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err))
-		fail_msg("index: %s", err.msg);
+	assert_int_equal(tu_index_repo(repo), 0);
 }
 
 struct id_list {

@@ -22,39 +22,15 @@ static void quiet(void *ctx, const char *msg) { (void)ctx; (void)msg; }
 
 /* A: pool of 40 patterns (repeats), every 5th block zero, a 1000-byte tail.
  * B: A with 12 blocks replaced. */
-static void build_images(void)
-{
-	img_a = calloc(NB * BS + 1000, 1);
-	for (size_t i = 0; i < NB; i++)
-		if (i % 5)
-			tu_fill_random(img_a + i * BS, BS, 700 + i % 40);
-	tu_fill_random(img_a + NB * BS, 1000, 11);
-	img_b = malloc(NB * BS);
-	memcpy(img_b, img_a, NB * BS);
-	for (size_t i = 60; i < 72; i++)
-		tu_fill_random(img_b + i * BS, BS, 7000 + i);
-}
-
 static int setup(void **state)
 {
 	(void)state;
 	root = tu_mkdtemp();
 	repo = idd_path_join(root, "repo", NULL);
 	cache = idd_path_join(root, "cache", NULL);
-	idd_mkdir_p(repo, NULL);
-	build_images();
-	free(tu_write(repo, "a.raw", img_a, NB * BS + 1000));
-	free(tu_write(repo, "b.raw", img_b, NB * BS));
-	idd_error err;
-	idd_scan_opts so = {.repo = repo, .warn = quiet};
-	idd_scan_stats ss;
-	idd_map_opts mo = {.repo = repo, .warn = quiet};
-	idd_map_stats ms;
-	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err)) {
-		fprintf(stderr, "index: %s\n", err.msg);
-		return -1;
-	}
-	return 0;
+	tu_pair_spec spec = {.nb = NB, .pool = 40, .zero_every = 5, .seed = 700, .tail = 1000,
+	                     .tail_seed = 11, .changed = 60, .nchanged = 12, .changed_seed = 7000};
+	return tu_pair_repo(repo, &spec, &img_a, &img_b);
 }
 
 static int teardown(void **state)
@@ -448,13 +424,7 @@ static idd_server *open_all(long refresh_s)
 
 static void republish(void)
 {
-	idd_error err;
-	idd_scan_opts so = {.repo = repo, .warn = quiet};
-	idd_scan_stats ss;
-	idd_map_opts mo = {.repo = repo, .warn = quiet};
-	idd_map_stats ms;
-	if (idd_scan(&so, &ss, &err) || idd_map_run(&mo, &ms, &err))
-		fail_msg("index: %s", err.msg);
+	assert_int_equal(tu_index_repo(repo), 0);
 }
 
 /* --all: the catalog's ids, names outside it refused whatever their form,
