@@ -53,6 +53,14 @@ bool idd_block_verify(idd_hasher *h, const void *buf, uint32_t block_size, const
 	       !memcmp(got.b, d->b, IDD_DIGEST_SIZE);
 }
 
+void idd_block_chain_of(idd_block_chain *c, idd_block_source *const *src, size_t n)
+{
+	memset(c, 0, sizeof *c);
+	for (size_t i = 0; i < n && c->n < IDD_ARRAY_LEN(c->src); i++)
+		if (src[i])
+			c->src[c->n++] = src[i];
+}
+
 int idd_block_chain_read(idd_block_chain *c, idd_block_req *reqs, size_t n, idd_error *err)
 {
 	idd_block_req **pending = idd_calloc(n ? n : 1, sizeof *pending, err);

@@ -91,6 +91,14 @@ typedef struct idd_block_chain {
 	idd_error failure; /* the last source that failed as a whole (failure.code < 0) */
 } idd_block_chain;
 
+/* The chain of sources, in the order given; NULL entries (a source this
+ * run does not have: no seeds, no pack, no peers) are left out.  Every
+ * chain deploy and serve ask is assembled here. */
+void idd_block_chain_of(idd_block_chain *c, idd_block_source *const *src, size_t n);
+#define IDD_BLOCK_CHAIN_OF(c, ...)                                                                 \
+	idd_block_chain_of((c), (idd_block_source *const[]){__VA_ARGS__},                              \
+	                   sizeof((idd_block_source *const[]){__VA_ARGS__}) / sizeof(idd_block_source *))
+
 /* Ask every source in turn.  Afterwards each request is IDD_OK, or says why
  * not: IDD_ENOENT (nobody holds it), IDD_ECORRUPT (a source held it but it
  * failed verification), or the code of a source that failed as a whole

@@ -133,10 +133,8 @@ static int run_fill(struct deploy *d, idd_block_chain *chain, idd_blist *l, uint
  * verification joins the fetches. */
 static int copy_local(struct deploy *d, idd_blist *local, idd_blist *fetch)
 {
-	idd_block_chain chain = {.n = 0};
-	chain.src[chain.n++] = d->cache_src;
-	if (d->seed_src)
-		chain.src[chain.n++] = d->seed_src;
+	idd_block_chain chain;
+	IDD_BLOCK_CHAIN_OF(&chain, d->cache_src, d->seed_src);
 	idd_fill f;
 	int rc = run_fill(d, &chain, local, IDD_PLAN_LOCAL_WINDOW_BYTES, d->o->jobs, &f);
 	if (!rc) {
@@ -219,8 +217,8 @@ static int copy_repeats(struct deploy *d, idd_blist *repeat)
 	int rc = idd_output_source_open(&d->part, d->m, d->plan.pos, &d->out_src, d->err);
 	if (rc)
 		return rc;
-	idd_block_chain chain = {.n = 0};
-	chain.src[chain.n++] = d->out_src;
+	idd_block_chain chain;
+	IDD_BLOCK_CHAIN_OF(&chain, d->out_src);
 	idd_fill f;
 	rc = run_fill(d, &chain, repeat, IDD_PLAN_LOCAL_WINDOW_BYTES, d->o->jobs, &f);
 	if (!rc) {

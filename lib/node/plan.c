@@ -181,13 +181,7 @@ int idd_fetch_sources_open(idd_fetch_sources *fs, idd_remote_index *ri, const id
 
 void idd_fetch_sources_chain(const idd_fetch_sources *fs, idd_block_chain *c)
 {
-	c->n = 0;
-	if (fs->peer)
-		c->src[c->n++] = fs->peer;
-	if (fs->pack)
-		c->src[c->n++] = fs->pack;
-	if (fs->remote)
-		c->src[c->n++] = fs->remote;
+	IDD_BLOCK_CHAIN_OF(c, fs->peer, fs->pack, fs->remote);
 }
 
 uint64_t idd_fetch_sources_bytes(const idd_fetch_sources *fs)

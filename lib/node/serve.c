@@ -364,12 +364,7 @@ static void inflight_drop_mine(idd_export *e)
 /* Where a block is asked for: peers, then SOURCE's pack, then its image. */
 static void fetch_chain(idd_export *e, idd_block_chain *chain)
 {
-	chain->n = 0;
-	if (e->srv->peer_src)
-		chain->src[chain->n++] = e->srv->peer_src;
-	if (e->pack)
-		chain->src[chain->n++] = e->pack;
-	chain->src[chain->n++] = e->remote;
+	IDD_BLOCK_CHAIN_OF(chain, e->srv->peer_src, e->pack, e->remote);
 }
 
 /* What became of a fetch, remembered for the next reads of that content:

@@ -127,6 +127,34 @@ static void test_damage_and_failure_reported(void **state)
 	idd_block_source_close(ch.src[0]);
 }
 
+/* The chain as deploy and serve assemble it: the sources in the order
+ * given, the ones a run lacks (NULL) left out, nothing from a previous use. */
+static void test_chain_of_skips_absent(void **state)
+{
+	(void)state;
+	struct fake a = {.lo = 0, .hi = 9}, c = {.lo = 0, .hi = 255};
+	idd_block_source *sa = fake(&a, "a"), *sc = fake(&c, "c");
+	idd_block_chain ch;
+	memset(&ch, 0x5a, sizeof ch);
+	IDD_BLOCK_CHAIN_OF(&ch, NULL, sa, NULL, sc);
+	assert_int_equal(ch.n, 2);
+	assert_ptr_equal(ch.src[0], sa);
+	assert_ptr_equal(ch.src[1], sc);
+	assert_int_equal(ch.failure.code, 0);
+	unsigned char buf[2][BS];
+	idd_block_req r[2] = {{.digest = dg(3, 40), .buf = buf[0]}, {.digest = dg(90, 41), .buf = buf[1]}};
+	idd_error err;
+	assert_int_equal(idd_block_chain_read(&ch, r, 2, &err), IDD_OK);
+	assert_int_equal(r[0].status, IDD_OK);
+	assert_int_equal(r[1].status, IDD_OK);
+	assert_int_equal(a.calls, 1);
+	assert_int_equal(c.calls, 1); /* only for what a lacked */
+	IDD_BLOCK_CHAIN_OF(&ch, NULL);
+	assert_int_equal(ch.n, 0);
+	idd_block_source_close(sa);
+	idd_block_source_close(sc);
+}
+
 static void test_verify(void **state)
 {
 	(void)state;
@@ -147,6 +175,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_order_and_fallback),
 	    cmocka_unit_test(test_damage_and_failure_reported),
+	    cmocka_unit_test(test_chain_of_skips_absent),
 	    cmocka_unit_test(test_verify),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
