@@ -2,7 +2,9 @@
  * publish, for an object store) read a repository from and write its index
  * to: a local directory (or NFS mount), an http:// / https:// URL, or an
  * s3://BUCKET/PREFIX location in an S3-compatible object store, through
- * libcurl.  Internal. */
+ * libcurl.  Each kind is a backend (source.h: src_local.c, src_http.c,
+ * src_s3.c) chosen from fetch.c's table; retries are the layer of retry.h
+ * around every backend operation.  Internal. */
 #ifndef IDD_BASE_FETCH_H
 #define IDD_BASE_FETCH_H
 

@@ -101,6 +101,22 @@ struct walk {
 	size_t root_len; /* strlen of the walked directory plus its '/' */
 };
 
+/* The file type the directory entry tells (0: the file system does not
+ * say): a listing of blocks/ or entries/ then costs no stat per file. */
+static mode_t dirent_type(const struct dirent *de)
+{
+	switch (de->d_type) {
+	case DT_REG: return S_IFREG;
+	case DT_DIR: return S_IFDIR;
+	case DT_LNK: return S_IFLNK;
+	case DT_FIFO: return S_IFIFO;
+	case DT_SOCK: return S_IFSOCK;
+	case DT_CHR: return S_IFCHR;
+	case DT_BLK: return S_IFBLK;
+	default: return 0;
+	}
+}
+
 static int walk(struct walk *w, const char *dir, int depth, idd_error *err)
 {
 	if (depth > MAX_DEPTH)
@@ -123,7 +139,10 @@ static int walk(struct walk *w, const char *dir, int depth, idd_error *err)
 		}
 		idd_dir_entry e = {.name = de->d_name, .path = p};
 		e.rel = p + w->root_len;
-		if (lstat(p, &e.st)) {
+		mode_t type = (w->flags & IDD_DIR_STAT) ? 0 : dirent_type(de);
+		if (type) {
+			e.st.st_mode = type;
+		} else if (lstat(p, &e.st)) {
 			if (errno != ENOENT) /* removed since it was listed: gone is fine */
 				rc = idd_fail_errno(err, p, "cannot stat");
 			free(p);
@@ -204,7 +223,7 @@ static int add_bytes(void *ctx, const idd_dir_entry *e, idd_error *err)
 uint64_t idd_dir_bytes(const char *dir, bool only_own)
 {
 	struct bytes b = {.only_own = only_own};
-	idd_dir_for_each(dir, 0, add_bytes, NULL, &b, NULL);
+	idd_dir_for_each(dir, IDD_DIR_STAT, add_bytes, NULL, &b, NULL);
 	return b.total;
 }
 

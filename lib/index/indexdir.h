@@ -35,7 +35,8 @@ typedef struct idd_dir_entry {
 	const char *name; /* within its directory */
 	const char *rel;  /* relative to the directory walked */
 	const char *path; /* the full path */
-	struct stat st;   /* lstat: links are not followed */
+	struct stat st;   /* lstat (links not followed) with IDD_DIR_STAT; else only
+	                   * st_mode's file type is sure to be set */
 	idd_entry_kind kind;
 	long pid;         /* a temporary's writer, 0 when unknown */
 	bool writer_alive; /* a temporary whose writer is still running */
@@ -46,6 +47,8 @@ typedef struct idd_dir_entry {
 typedef int (*idd_dir_fn)(void *ctx, const idd_dir_entry *e, idd_error *err);
 
 #define IDD_DIR_RECURSE 1u /* descend into subdirectories (at most 8 deep) */
+#define IDD_DIR_STAT 2u    /* fill every entry's st (a stat per file; without it the
+                            * directory listing's file types suffice where known) */
 
 /* Every entry of DIR ("." and ".." aside): index files to on_file, the rest
  * (temporaries, dotfiles, other kinds) to on_leftover; either may be NULL.
@@ -55,7 +58,8 @@ int idd_dir_for_each(const char *dir, unsigned flags, idd_dir_fn on_file, idd_di
                      void *ctx, idd_error *err);
 
 /* ---- collecting garbage ---- */
-/* Whether to keep E, a file or a temporary. */
+/* Whether to keep E, a file or a temporary (E's st holds its file type
+ * only: see IDD_DIR_STAT). */
 typedef bool (*idd_keep_fn)(void *ctx, const idd_dir_entry *e);
 /* Remove from DIR (one level) every file and temporary that keep rejects
  * (keep NULL: all of them).  Never removed: dotfiles (not the index's: an

@@ -97,7 +97,7 @@ static int collect_file(void *ctx, const idd_dir_entry *e, idd_error *err)
  * and dotfiles excluded. */
 static int collect(const char *dir, struct files *out, idd_error *err)
 {
-	return idd_dir_for_each(dir, IDD_DIR_RECURSE, collect_file, NULL, out, err);
+	return idd_dir_for_each(dir, IDD_DIR_RECURSE | IDD_DIR_STAT, collect_file, NULL, out, err);
 }
 
 static int md5_file(int fd, const char *path, uint64_t size, char hex[33], idd_error *err)

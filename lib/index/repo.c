@@ -1,310 +1,72 @@
-/* repo.c - the repository: which files are images, walking the tree, and
- * opening an image with its backing files confined to the repository. */
-#include "index/repo.h"
-#include "index/repo_s3.h"
+/* repo.c - the repository, whichever store holds it (repo_store.h): each
+ * call goes to the first store of the table that claims the repository or
+ * the file path. */
+#include "index/repo_store.h"
 #include "base/util.h"
 #include "base/error.h"
-#include "base/file.h"
-#include "formats/image.h"
-#include "formats/archive.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fnmatch.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-bool idd_repo_name_matches(const char *name, const char *const *includes, size_t n_includes)
+/* Asked in this order; the local store claims whatever is left. */
+static const idd_repo_store *const stores[] = {&idd_repo_store_s3, &idd_repo_store_local};
+
+static const idd_repo_store *store_of(const char *repo_or_path)
 {
-	if (idd_image_name_matches(name) || idd_archive_name_matches(name))
-		return true;
-	for (size_t i = 0; i < n_includes; i++)
-		if (fnmatch(includes[i], name, 0) == 0)
-			return true;
-	return false;
+	for (size_t i = 0;; i++)
+		if (stores[i]->claims(repo_or_path) || i + 1 == sizeof stores / sizeof *stores)
+			return stores[i];
 }
 
-void idd_repo_entry_free(idd_repo_entry *e)
+bool idd_repo_is_remote(const char *repo_or_path)
 {
-	if (e->spooled)
-		close(e->spool_fd);
-	free(e->id);
-	free(e->path);
-	free(e->member);
-	free(e->container);
-	memset(e, 0, sizeof *e);
-}
-
-void idd_repo_list_free(idd_repo_list *l)
-{
-	for (size_t i = 0; i < l->n; i++)
-		idd_repo_entry_free(&l->v[i]);
-	free(l->v);
-	l->v = NULL;
-	l->n = 0;
-}
-
-/* Takes ownership of e's strings. */
-int idd_repo_list_push(idd_repo_list *l, const idd_repo_entry *e, idd_error *err)
-{
-	idd_repo_entry *v = idd_realloc_array(l->v, l->n + 1, sizeof *v, err);
-	if (!v)
-		return IDD_ERR;
-	l->v = v;
-	l->v[l->n++] = *e;
-	return IDD_OK;
-}
-
-struct walk {
-	const char *root;
-	dev_t idx_dev;
-	ino_t idx_ino;
-	bool have_idx;
-	const char *const *includes;
-	size_t n_includes;
-	idd_repo_list *out;
-	idd_warn_fn warn;
-	void *ctx;
-	int depth;
-};
-
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int walk_dir(struct walk *w, const char *rel, idd_error *err)
-{
-	char *abs = rel[0] ? idd_path_join(w->root, rel, err) : idd_strdup(w->root, err);
-	if (!abs)
-		return IDD_ERR;
-	if (++w->depth > 64) {
-		int rc = idd_fail(err, "%s: directory tree deeper than 64 levels", abs);
-		free(abs);
-		return rc;
-	}
-	DIR *d = opendir(abs);
-	if (!d) {
-		int rc = idd_fail_errno(err, abs, "cannot open directory");
-		free(abs);
-		w->depth--;
-		return rc;
-	}
-	char **names = NULL;
-	size_t n = 0;
-	int rc = IDD_OK;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		char **nn = idd_realloc_array(names, n + 1, sizeof *nn, err);
-		char *s = nn ? idd_strdup(de->d_name, err) : NULL;
-		if (!s) {
-			if (nn)
-				names = nn;
-			rc = IDD_ERR;
-			break;
-		}
-		names = nn;
-		names[n++] = s;
-	}
-	closedir(d);
-	if (!rc && n)
-		qsort(names, n, sizeof *names, cmp_str); /* stable, sorted ids */
-	for (size_t i = 0; !rc && i < n; i++) {
-		char *r = rel[0] ? idd_asprintf(err, "%s/%s", rel, names[i]) : idd_strdup(names[i], err);
-		char *p = r ? idd_path_join(w->root, r, err) : NULL;
-		if (!p) {
-			free(r);
-			rc = IDD_ERR;
-			break;
-		}
-		struct stat st;
-		/* lstat: symlinks are not followed, so the index never reaches
-		 * outside the repository and never counts an image twice. */
-		if (lstat(p, &st)) {
-			if (w->warn) {
-				idd_error e;
-				idd_fail_errno(&e, p, "cannot stat");
-				w->warn(w->ctx, e.msg);
-			}
-		} else if (S_ISDIR(st.st_mode)) {
-			if (!(w->have_idx && st.st_dev == w->idx_dev && st.st_ino == w->idx_ino) &&
-			    strcmp(names[i], IDD_INDEX_SUBDIR) != 0)
-				rc = walk_dir(w, r, err);
-		} else if (S_ISREG(st.st_mode) &&
-		           idd_repo_name_matches(names[i], w->includes, w->n_includes)) {
-			idd_repo_entry e = {0};
-			e.id = r;
-			e.path = p;
-			r = p = NULL;
-			e.dev = (uint64_t)st.st_dev;
-			e.ino = (uint64_t)st.st_ino;
-			e.size = (uint64_t)st.st_size;
-			e.mtime_ns = idd_ts_ns(st.st_mtim);
-			e.ctime_ns = idd_ts_ns(st.st_ctim);
-			e.container = idd_strdup("", err);
-			if (!e.container || idd_repo_list_push(w->out, &e, err)) {
-				idd_repo_entry_free(&e);
-				rc = IDD_ERR;
-			}
-		}
-		free(r);
-		free(p);
-	}
-	for (size_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	free(abs);
-	w->depth--;
-	return rc;
+	return store_of(repo_or_path)->remote;
 }
 
 int idd_repo_walk(const char *repo, const char *index_dir, const char *const *includes,
                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
                   idd_error *err)
 {
-	if (idd_repo_is_s3(repo))
-		return idd_repo_s3_walk(repo, includes, n_includes, out, warn, ctx, err);
-	struct stat st;
-	if (stat(repo, &st))
-		return idd_fail_errno(err, repo, "cannot open repository");
-	if (!S_ISDIR(st.st_mode))
-		return idd_fail(err, "%s: repository is not a directory", repo);
-	struct walk w = {.root = repo, .includes = includes, .n_includes = n_includes,
-	                 .out = out, .warn = warn, .ctx = ctx};
-	if (index_dir && stat(index_dir, &st) == 0) {
-		w.have_idx = true;
-		w.idx_dev = st.st_dev;
-		w.idx_ino = st.st_ino;
-	}
-	memset(out, 0, sizeof *out);
-	int rc = walk_dir(&w, "", err);
-	if (rc)
-		idd_repo_list_free(out);
-	return rc;
+	return store_of(repo)->walk(repo, index_dir, includes, n_includes, out, warn, ctx, err);
 }
 
-/* ---- backing files ----
- * Relative names resolve against the directory of the image naming them,
- * and the result must stay inside the repository.  The image reader opens
- * a chain top down, one level per call, so the context follows it: after
- * each file it opens, that file's directory is where the next name
- * resolves. */
-struct backing_ctx {
-	const char *repo;  /* root: nothing outside it is opened */
-	char *dir;         /* directory of the image naming the next backing file (owned) */
-	idd_chain *chain;  /* if set, every backing file opened is recorded here */
-};
-
-/* dir := the directory part of path ("." when there is none). */
-static int set_dir(struct backing_ctx *c, const char *path, idd_error *err)
+int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
+                              idd_image **out, idd_error *err)
 {
-	char *dir = idd_strdup(path, err);
-	if (!dir)
-		return IDD_ERR;
-	char *slash = strrchr(dir, '/');
-	if (slash && slash != dir)
-		*slash = 0;
-	else if (slash)
-		slash[1] = 0; /* "/x": the root */
-	else
-		strcpy(dir, ".");
-	free(c->dir);
-	c->dir = dir;
-	return IDD_OK;
-}
-
-/* Remember what the image was read with, for the catalog. */
-static int chain_add(idd_chain *chain, const char *real, size_t root_len, int fd, idd_error *err)
-{
-	struct stat st;
-	idd_file_ident *v = idd_realloc_array(chain->v, chain->n + 1, sizeof *v, err);
-	if (!v)
-		return IDD_ERR;
-	chain->v = v;
-	char *rel = idd_strdup(real[root_len] ? real + root_len + 1 : "", err);
-	if (!rel)
-		return IDD_ERR;
-	if (fstat(fd, &st)) {
-		free(rel);
-		return idd_fail_errno(err, real, "stat");
-	}
-	chain->v[chain->n++] = (idd_file_ident){rel, (uint64_t)st.st_dev, (uint64_t)st.st_ino,
-	                                        (uint64_t)st.st_size, idd_ts_ns(st.st_mtim),
-	                                        idd_ts_ns(st.st_ctim)};
-	return IDD_OK;
-}
-
-static int backing_open(void *vctx, const char *name, idd_file **out, idd_error *err)
-{
-	struct backing_ctx *c = vctx;
-	char *cand = name[0] == '/' ? idd_strdup(name, err) : idd_path_join(c->dir, name, err);
-	if (!cand)
-		return IDD_ERR;
-	char real[PATH_MAX], root[PATH_MAX];
-	if (!realpath(cand, real)) {
-		int rc = idd_fail_errno(err, cand, "backing file");
-		free(cand);
-		return rc;
-	}
-	if (!realpath(c->repo, root)) {
-		int rc = idd_fail_errno(err, c->repo, "repository");
-		free(cand);
-		return rc;
-	}
-	size_t rl = strlen(root);
-	if (strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != 0)) {
-		int rc = idd_fail(err, "%s: backing file lies outside the repository; refused", cand);
-		free(cand);
-		return rc;
-	}
-	free(cand);
-	if (idd_file_open_local(real, out, err))
-		return IDD_ERR;
-	if ((c->chain && chain_add(c->chain, real, rl, (*out)->fd, err)) || set_dir(c, real, err)) {
-		idd_file_close(*out);
-		return IDD_ERR;
-	}
-	return IDD_OK;
-}
-
-void idd_chain_free(idd_chain *c)
-{
-	for (size_t i = 0; i < c->n; i++)
-		free(c->v[i].path);
-	free(c->v);
-	c->v = NULL;
-	c->n = 0;
+	return store_of(repo)->open_image_chain(repo, e, chain, out, err);
 }
 
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 {
-	if (idd_repo_is_s3(repo))
-		return idd_repo_s3_chain_unchanged(repo, v, n);
-	for (size_t i = 0; i < n; i++) {
-		char *p = idd_path_join(repo, v[i].path, NULL);
-		struct stat st;
-		bool same = p && stat(p, &st) == 0 && (uint64_t)st.st_dev == v[i].dev &&
-		            (uint64_t)st.st_ino == v[i].ino && (uint64_t)st.st_size == v[i].size &&
-		            idd_ts_ns(st.st_mtim) == v[i].mtime_ns &&
-		            idd_ts_ns(st.st_ctim) == v[i].ctime_ns;
-		free(p);
-		if (!same)
-			return false;
+	return store_of(repo)->chain_unchanged(repo, v, n);
+}
+
+int idd_repo_file_ident(const char *path, idd_file_ident *out, idd_error *err)
+{
+	return store_of(path)->file_ident(path, out, err);
+}
+
+bool idd_repo_ident_same(const idd_file_ident *a, const idd_file_ident *b)
+{
+	/* an identity is read by the store that made it; two stores' never match */
+	for (size_t i = 0; i < sizeof stores / sizeof *stores; i++) {
+		bool oa = stores[i]->owns_ident(a), ob = stores[i]->owns_ident(b);
+		if (oa || ob)
+			return oa && ob && stores[i]->ident_same(a, b);
 	}
-	return true;
+	return false;
+}
+
+int idd_repo_file_open(const char *path, uint64_t size_hint, idd_file **out, idd_error *err)
+{
+	return store_of(path)->file_open(path, size_hint, out, err);
 }
 
 int idd_repo_list_archive(const idd_repo_entry *archive, idd_repo_list *out, idd_error *err)
 {
 	memset(out, 0, sizeof *out);
 	idd_archive_members m;
-	if (idd_repo_is_s3(archive->path) ? idd_repo_s3_archive_members(archive, &m, err)
-	                                  : idd_archive_list(archive->path, &m, err))
+	if (store_of(archive->path)->archive_members(archive, &m, err))
 		return IDD_ERR;
 	int rc = IDD_OK;
 	for (size_t i = 0; !rc && i < m.n; i++) {
@@ -342,24 +104,3 @@ int idd_repo_open_image(const char *repo, const idd_repo_entry *e, idd_image **o
 	return idd_repo_open_image_chain(repo, e, NULL, out, err);
 }
 
-int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
-                              idd_image **out, idd_error *err)
-{
-	if (idd_repo_is_s3(repo))
-		return idd_repo_s3_open_image_chain(repo, e, chain, out, err);
-	if (e->member) {
-		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
-		                        e->spooled ? e->spool_fd : -1};
-		return idd_archive_open_member(e->path, &m, out, err);
-	}
-	struct backing_ctx bc = {repo, NULL, chain};
-	if (set_dir(&bc, e->path, err))
-		return IDD_ERR;
-	idd_file *f;
-	/* the walk lists regular files only: a link put there since is not followed */
-	int rc = idd_file_open_local_flags(e->path, IDD_FILE_NOFOLLOW, &f, err);
-	if (!rc)
-		rc = idd_image_open(f, true, backing_open, &bc, out, err);
-	free(bc.dir);
-	return rc;
-}

@@ -1,5 +1,5 @@
 /* repo.h - the repository tree: image files, archive members, backing
- * chains (repo.c). */
+ * chains (repo.c, through the stores of repo_store.h). */
 #ifndef IDD_INDEX_REPO_H
 #define IDD_INDEX_REPO_H
 
@@ -55,7 +55,20 @@ void idd_chain_free(idd_chain *c);
  * and must stay inside repo; chains stop at IDD_MAX_BACKING_DEPTH. */
 int idd_repo_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
                               idd_image **out, idd_error *err);
-/* Are the files of a chain still what was recorded (stat under repo)? */
+/* Are the files of a chain still what was recorded (their store's
+ * identity: stat under repo, HEAD in an object store)? */
 bool idd_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n);
+
+/* Is the repository (or a file path) somewhere else than a local directory? */
+bool idd_repo_is_remote(const char *repo_or_path);
+/* The identity of the file at path in the catalog's terms, as its store
+ * defines it (repo_store.h); out->path is NULL. */
+int idd_repo_file_ident(const char *path, idd_file_ident *out, idd_error *err);
+/* Do two identities of one file say it is unchanged?  Asked of the store
+ * that made them; identities of two stores never match. */
+bool idd_repo_ident_same(const idd_file_ident *a, const idd_file_ident *b);
+/* Open the file at path; size_hint (UINT64_MAX: unknown) spares a remote
+ * store a request. */
+int idd_repo_file_open(const char *path, uint64_t size_hint, idd_file **out, idd_error *err);
 
 #endif

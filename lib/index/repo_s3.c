@@ -1,7 +1,7 @@
 /* repo_s3.c - repositories in an S3-compatible object store (repo_s3.h):
  * the walk over ListObjectsV2, opening images and their backing files by
- * key, and object identities.  Requests go through the fetch layer
- * (node/fetch.h), one source per bucket kept in a pool. */
+ * key, and object identities.  Requests go through the source layer
+ * (base/fetch.h), one source per bucket kept in a pool. */
 #include "index/repo_s3.h"
 #include "base/digest.h"
 #include "base/error.h"
@@ -17,11 +17,6 @@
  * this large: one request per window instead of one per cluster. */
 #define S3_READAHEAD ((size_t)2 << 20)
 #define S3_MAX_BACKING_DEPTH 16
-
-bool idd_repo_is_s3(const char *repo_or_path)
-{
-	return idd_is_s3(repo_or_path);
-}
 
 /* ---- the pool: one source per bucket ---- */
 
@@ -118,17 +113,9 @@ static void object_ident(idd_file_ident *out, const char *etag, uint64_t size, i
 	out->ctime_ns = mtime > 0 ? mtime * 1000000000 : 0;
 }
 
-int idd_repo_file_ident(const char *path, idd_file_ident *out, idd_error *err)
+static int s3_file_ident(const char *path, idd_file_ident *out, idd_error *err)
 {
 	memset(out, 0, sizeof *out);
-	if (!idd_is_s3(path)) {
-		struct stat st;
-		if (stat(path, &st))
-			return idd_fail_errno(err, path, "cannot stat");
-		*out = (idd_file_ident){NULL, (uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-		                        idd_ts_ns(st.st_mtim), idd_ts_ns(st.st_ctim)};
-		return IDD_OK;
-	}
 	idd_source *src;
 	const char *key;
 	idd_remote_stat rs;
@@ -140,18 +127,16 @@ int idd_repo_file_ident(const char *path, idd_file_ident *out, idd_error *err)
 	return rc;
 }
 
-bool idd_repo_ident_same(const idd_file_ident *a, const idd_file_ident *b)
+/* Same ETag and size (HEAD and listings spell Last-Modified differently). */
+static bool s3_ident_same(const idd_file_ident *a, const idd_file_ident *b)
 {
-	if (a->dev == IDD_S3_DEV || b->dev == IDD_S3_DEV)
-		return a->dev == b->dev && a->ino == b->ino && a->size == b->size;
-	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
+	return a->ino == b->ino && a->size == b->size;
 }
 
-int idd_repo_file_open(const char *path, uint64_t size_hint, idd_file **out, idd_error *err)
+static bool s3_owns_ident(const idd_file_ident *id) { return id->dev == IDD_S3_DEV; }
+
+static int s3_file_open(const char *path, uint64_t size_hint, idd_file **out, idd_error *err)
 {
-	if (!idd_is_s3(path))
-		return idd_file_open_local(path, out, err);
 	idd_source *src;
 	const char *key;
 	int rc = bucket_of(path, &src, &key, err);
@@ -177,9 +162,15 @@ static bool in_index_dir(const char *rel)
 	return false;
 }
 
-int idd_repo_s3_walk(const char *repo, const char *const *includes, size_t n_includes,
-                     idd_repo_list *out, idd_warn_fn warn, void *ctx, idd_error *err)
+/* The objects under repo that look like images (the walk's rules: the
+ * index directory's name anywhere and "directory" placeholders skipped),
+ * sorted by id; keys that are not safe relative paths are skipped with a
+ * warning.  The index of an S3 repository is local: index_dir is not in it. */
+static int s3_walk(const char *repo, const char *index_dir, const char *const *includes,
+                   size_t n_includes, idd_repo_list *out, idd_warn_fn warn, void *ctx,
+                   idd_error *err)
 {
+	(void)index_dir;
 	memset(out, 0, sizeof *out);
 	idd_source *src;
 	const char *key;
@@ -318,9 +309,9 @@ static int s3_backing_open(void *vctx, const char *name, idd_file **out, idd_err
 	}
 	char *path = idd_asprintf(err, "%s%s", c->bucket, key);
 	idd_file_ident id;
-	int rc = path ? idd_repo_file_ident(path, &id, err) : IDD_ERR;
+	int rc = path ? s3_file_ident(path, &id, err) : IDD_ERR;
 	if (!rc)
-		rc = idd_repo_file_open(path, id.size, out, err);
+		rc = s3_file_open(path, id.size, out, err);
 	if (!rc && c->chain) { /* what the image was read with, for the catalog */
 		idd_file_ident *v = idd_realloc_array(c->chain->v, c->chain->n + 1, sizeof *v, err);
 		char *rel = v ? idd_strdup(key + pl, err) : NULL;
@@ -343,13 +334,13 @@ static int s3_backing_open(void *vctx, const char *name, idd_file **out, idd_err
 	return rc;
 }
 
-int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
-                                 idd_image **out, idd_error *err)
+static int s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_chain *chain,
+                               idd_image **out, idd_error *err)
 {
 	if (e->member) {
 		/* by range inside the object, or streamed through it (spooled) */
 		idd_file *arch;
-		if (idd_repo_file_open(e->path, e->dev == IDD_S3_DEV ? e->size : UINT64_MAX, &arch, err))
+		if (s3_file_open(e->path, e->dev == IDD_S3_DEV ? e->size : UINT64_MAX, &arch, err))
 			return IDD_ERR;
 		idd_archive_member m = {e->member, e->member_off, e->member_len, e->streamed,
 		                        e->spooled ? e->spool_fd : -1};
@@ -368,7 +359,7 @@ int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_
 	/* entries from the walk know the size; others (verify's) ask */
 	idd_file *f = NULL;
 	if (!rc)
-		rc = idd_repo_file_open(e->path, e->dev == IDD_S3_DEV ? e->size : UINT64_MAX, &f, err);
+		rc = s3_file_open(e->path, e->dev == IDD_S3_DEV ? e->size : UINT64_MAX, &f, err);
 	if (!rc)
 		rc = idd_image_open(f, true, s3_backing_open, &bc, out, err);
 	free(bc.prefix);
@@ -377,13 +368,13 @@ int idd_repo_s3_open_image_chain(const char *repo, const idd_repo_entry *e, idd_
 	return rc;
 }
 
-bool idd_repo_s3_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
+static bool s3_chain_unchanged(const char *repo, const idd_file_ident *v, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		char *p = idd_path_join(repo, v[i].path, NULL);
 		idd_file_ident now;
 		idd_error e;
-		bool same = p && idd_repo_file_ident(p, &now, &e) == IDD_OK && idd_repo_ident_same(&now, &v[i]);
+		bool same = p && s3_file_ident(p, &now, &e) == IDD_OK && s3_ident_same(&now, &v[i]);
 		free(p);
 		if (!same)
 			return false;
@@ -391,14 +382,28 @@ bool idd_repo_s3_chain_unchanged(const char *repo, const idd_file_ident *v, size
 	return true;
 }
 
-int idd_repo_s3_archive_members(const idd_repo_entry *archive, idd_archive_members *out,
-                                idd_error *err)
+static int s3_archive_members(const idd_repo_entry *archive, idd_archive_members *out,
+                              idd_error *err)
 {
 	memset(out, 0, sizeof *out);
 	idd_file *f;
-	if (idd_repo_file_open(archive->path, archive->size, &f, err))
+	if (s3_file_open(archive->path, archive->size, &f, err))
 		return IDD_ERR;
 	int rc = idd_archive_list_file(f, archive->path, out, err);
 	idd_file_close(f);
 	return rc;
 }
+
+const idd_repo_store idd_repo_store_s3 = {
+	.name = "s3",
+	.remote = true,
+	.claims = idd_is_s3,
+	.owns_ident = s3_owns_ident,
+	.walk = s3_walk,
+	.open_image_chain = s3_open_image_chain,
+	.archive_members = s3_archive_members,
+	.chain_unchanged = s3_chain_unchanged,
+	.file_ident = s3_file_ident,
+	.ident_same = s3_ident_same,
+	.file_open = s3_file_open,
+};

@@ -17,7 +17,6 @@
 #include "index/entries.h"
 #include "index/blocktable.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -751,7 +750,11 @@ static bool keep_block_list(void *ctx, const idd_dir_entry *e)
 	const char *name = e->name;
 	if (k->nkeys && bsearch(&name, k->keys, k->nkeys, sizeof *k->keys, cmp_hex))
 		return true;
-	return k->sharding && k->now - idd_ts_ns(e->st.st_mtim) < (int64_t)3600 * 1000000000;
+	/* a shard's list written within the hour may belong to a shard still
+	 * running */
+	struct stat st;
+	return k->sharding && (lstat(e->path, &st) || k->now - idd_ts_ns(st.st_mtim) <
+	                                                   (int64_t)3600 * 1000000000);
 }
 
 static void warn_gc(const struct scan *s, const idd_error *e)
@@ -1028,7 +1031,7 @@ static int phase_open(struct scan_run *r, idd_error *err)
 	r->s.index_dir = r->index_dir;
 	/* a mistyped REPO must not be created (mkdir -p) and indexed as empty */
 	struct stat rst;
-	if (idd_repo_is_s3(o->repo)) {
+	if (idd_repo_is_remote(o->repo)) {
 		/* an object store: the walk finds out whether it is there */
 	} else if (stat(o->repo, &rst)) {
 		return idd_fail_errno(err, o->repo, "cannot open repository");

@@ -4,7 +4,6 @@
 #include "base/fetch.h"
 #include "formats/image.h"
 #include "index/repo.h"
-#include "index/repo_s3.h"
 #include "index/indexfile.h"
 #include "index/indexdir.h"
 #include "index/catalog.h"
@@ -56,14 +55,14 @@ static void verify_deep(const idd_verify_opts *o, const idd_catalog *cat, const 
 	 * may not lead out (a link), and the file itself is opened without
 	 * following a link (idd_repo_open_image) */
 	char real[PATH_MAX], root[PATH_MAX];
-	if (idd_repo_is_s3(o->repo)) {
+	if (idd_repo_is_remote(o->repo)) {
 		/* an object store: the key is REPO's prefix + a checked relative path */
 	} else if (!realpath(o->repo, root) || !realpath(path, real)) {
 		idd_fail_errno(&e, path, "cannot open");
 		report(o, problems, e.msg);
 		goto out;
 	}
-	size_t rl = idd_repo_is_s3(o->repo) ? 0 : strlen(root);
+	size_t rl = idd_repo_is_remote(o->repo) ? 0 : strlen(root);
 	if (rl && (strncmp(real, root, rl) != 0 || (real[rl] != '/' && real[rl] != 0))) {
 		char *m = idd_asprintf(NULL, "%s: leads outside the repository (to %s); not read", path, real);
 		report(o, problems, m ? m : "outside the repository");
