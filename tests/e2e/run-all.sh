@@ -33,7 +33,7 @@ for t in "$here"/test_*.sh; do
   name=$(basename "$t" .sh)
   [ -z "${E2E_TESTS:-}" ] || [[ " $E2E_TESTS " == *" $name "* ]] || continue
   if [ "${E2E_SANITIZED:-0}" = 1 ] && [[ "$SAN_SKIP" == *" $name "* ]]; then
-    echo "skip $name (plugin or guest only: run by the normal pass)"
+    skipped=$((skipped + 1)); echo "skip $name (plugin or guest only: run by the normal pass)"
     continue
   fi
   start=$(date +%s)
