@@ -476,17 +476,6 @@ static const char *xml_find(const char *p, const char *end, const char *tag, con
 	return NULL;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static void put_utf8(idd_buf *b, uint32_t cp)
 {
 	if (cp < 0x80) {
@@ -540,7 +529,7 @@ static char *xml_text(const char *s, const char *e, bool url, idd_error *err)
 			if (i >= n)
 				goto bad;
 			for (; i < n; i++) {
-				int d = hex ? hexval(name[i]) : (name[i] >= '0' && name[i] <= '9' ? name[i] - '0' : -1);
+				int d = hex ? idd_hex_value(name[i]) : (name[i] >= '0' && name[i] <= '9' ? name[i] - '0' : -1);
 				if (d < 0)
 					goto bad;
 				cp = cp * (hex ? 16 : 10) + (uint32_t)d;
@@ -560,8 +549,8 @@ static char *xml_text(const char *s, const char *e, bool url, idd_error *err)
 		for (size_t r = 0; r < b.len; r++) {
 			unsigned char c = b.data[r];
 			if (c == '%') {
-				int hi = r + 2 < b.len ? hexval((char)b.data[r + 1]) : -1;
-				int lo = r + 2 < b.len ? hexval((char)b.data[r + 2]) : -1;
+				int hi = r + 2 < b.len ? idd_hex_value((char)b.data[r + 1]) : -1;
+				int lo = r + 2 < b.len ? idd_hex_value((char)b.data[r + 2]) : -1;
 				if (hi < 0 || lo < 0)
 					goto bad;
 				c = (unsigned char)(hi << 4 | lo);

@@ -144,6 +144,17 @@ int64_t idd_mono_ns(void)
 	return idd_ts_ns(ts);
 }
 
+int idd_hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 bool idd_is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
 
 int idd_threads_for_jobs(int jobs)

@@ -53,6 +53,8 @@ int64_t idd_now_ns(void);
 int64_t idd_mono_ns(void);
 static inline int64_t idd_ts_ns(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 bool idd_is_power_of_two(uint64_t v);
+/* The value of a hexadecimal digit (either case); -1 for any other char. */
+int idd_hex_value(char c);
 /* Threads for a --jobs option: jobs when positive, else the online CPUs (1
  * when unknown); never more than IDD_MAX_THREADS. */
 #define IDD_MAX_THREADS 64

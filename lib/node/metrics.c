@@ -510,17 +510,6 @@ static void plain_msg(idd_metrics_server *m, int c, int status, const char *reas
 	respond(m, c, status, reason, "text/plain; charset=utf-8", body, (size_t)n, head, "");
 }
 
-static int hex_digit(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 /* Decode a query component in place as HTML forms encode it ('+' is a
  * space, %XX a byte); false on a bad escape or an encoded NUL. */
 static bool form_decode(char *s)
@@ -530,7 +519,7 @@ static bool form_decode(char *s)
 		if (*r == '+') {
 			*w++ = ' ';
 		} else if (*r == '%') {
-			int hi = hex_digit(r[1]), lo = hi < 0 ? -1 : hex_digit(r[2]);
+			int hi = idd_hex_value(r[1]), lo = hi < 0 ? -1 : idd_hex_value(r[2]);
 			if (lo < 0 || (hi == 0 && lo == 0))
 				return false;
 			*w++ = (char)(hi * 16 + lo);

@@ -197,6 +197,13 @@ static void test_checked_arithmetic(void **state)
 	assert_false(idd_is_power_of_two(0));
 	assert_false(idd_is_power_of_two(4095));
 	assert_false(idd_is_power_of_two(UINT64_MAX));
+	assert_int_equal(idd_hex_value('0'), 0);
+	assert_int_equal(idd_hex_value('9'), 9);
+	assert_int_equal(idd_hex_value('a'), 10);
+	assert_int_equal(idd_hex_value('F'), 15);
+	assert_int_equal(idd_hex_value('g'), -1);
+	assert_int_equal(idd_hex_value('/'), -1);
+	assert_int_equal(idd_hex_value(0), -1);
 	/* Allocation sizes that overflow are refused, with a message. */
 	idd_error err = {{0}, 0};
 	assert_null(idd_realloc_array(NULL, SIZE_MAX / 2, 3, &err));
