@@ -229,6 +229,8 @@ void idd_blocktable_free(idd_blocktable *bt)
 	if (!bt)
 		return;
 	table_free_parts(bt);
+	if (bt->lists_fd_open && bt->lists_fd >= 0)
+		close(bt->lists_fd);
 	free(bt->dir);
 	free(bt);
 }
@@ -386,13 +388,20 @@ int idd_blocktable_count(idd_blocktable *bt, const idd_digest *d, int64_t *count
 	return IDD_OK;
 }
 
-static bool stat_list(const char *index_dir, const idd_digest *key, uint64_t *size, uint64_t *ino,
-                      int64_t *mtime_ns)
+static bool stat_list(idd_blocktable *bt, const char *index_dir, const idd_digest *key,
+                      uint64_t *size, uint64_t *ino, int64_t *mtime_ns)
 {
-	char *p = idd_blocks_path(index_dir, key, NULL);
+	if (!bt->lists_fd_open) {
+		char *d = idd_path_join(index_dir, IDD_BLOCKS_DIR, NULL);
+		bt->lists_fd = d ? open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+		bt->lists_fd_open = true;
+		free(d);
+	}
+	char hex[2 * IDD_DIGEST_SIZE + 1];
+	idd_digest_hex(key, hex);
 	struct stat st;
-	bool ok = p && lstat(p, &st) == 0 && S_ISREG(st.st_mode);
-	free(p);
+	bool ok = bt->lists_fd >= 0 && fstatat(bt->lists_fd, hex, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	          S_ISREG(st.st_mode);
 	if (ok) {
 		*size = (uint64_t)st.st_size;
 		*ino = (uint64_t)st.st_ino;
@@ -408,7 +417,7 @@ bool idd_blocktable_list_trusted(idd_blocktable *bt, const char *index_dir,
 	uint64_t size, ino;
 	int64_t mt;
 	if (!b || memcmp(b->list_key.b, im->list_key.b, 32) || b->nblocks != im->nblocks ||
-	    b->zero_blocks != im->zero_blocks || !stat_list(index_dir, &im->list_key, &size, &ino, &mt) ||
+	    b->zero_blocks != im->zero_blocks || !stat_list(bt, index_dir, &im->list_key, &size, &ino, &mt) ||
 	    size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns ||
 	    mt + BT_RACY_NS > bt->written_ns)
 		return false;
@@ -661,7 +670,7 @@ static int record_image(struct update *u, const char *index_dir, const idd_image
 		b->list_size = keep->list_size;
 		b->list_ino = keep->list_ino;
 		b->list_mtime_ns = keep->list_mtime_ns;
-	} else if (!stat_list(index_dir, &im->list_key, &b->list_size, &b->list_ino,
+	} else if (!stat_list(bt, index_dir, &im->list_key, &b->list_size, &b->list_ino,
 	                      &b->list_mtime_ns) ||
 	           !list_is_current(index_dir, &im->list_key))
 		b->list_size = UINT64_MAX; /* never trusted without a read */
@@ -810,7 +819,7 @@ static int apply(struct update *u, const char *index_dir, const idd_catalog *cat
  * moment of the manifest is checked by reading it on every run rather
  * than the manifest rewritten for it: a run that changes nothing writes
  * nothing. */
-static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
+static bool list_stats_stale(idd_blocktable *bt, const char *index_dir)
 {
 	for (size_t i = 0; i < bt->nimages; i++) {
 		const idd_bt_image *b = &bt->images[i];
@@ -818,7 +827,7 @@ static bool list_stats_stale(const idd_blocktable *bt, const char *index_dir)
 			continue;
 		uint64_t size = UINT64_MAX, ino = 0;
 		int64_t mt = 0;
-		(void)stat_list(index_dir, &b->list_key, &size, &ino, &mt);
+		(void)stat_list(bt, index_dir, &b->list_key, &size, &ino, &mt);
 		if (size != b->list_size || ino != b->list_ino || mt != b->list_mtime_ns)
 			return true;
 	}

@@ -42,6 +42,9 @@ typedef struct idd_blocktable {
 	idd_bt_run *runs;       /* oldest (largest) first */
 	size_t nimages;
 	idd_bt_image *images;   /* sorted by id */
+	int lists_fd;           /* blocks/, opened on first use: the lists are
+	                           stat'ed relative to it, one lookup each */
+	bool lists_fd_open;
 } idd_blocktable;
 
 typedef struct idd_bt_update_stats {

@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -144,14 +145,17 @@ static bool agrees_with(const idd_entries_index *x, bool have, const idd_catalog
 	       x->count == old->count && x->block_size == old->block_size;
 }
 
-/* Is the file at path the entry with this payload?  quick: compare the
- * size only (the entries agree with a catalog holding this very record). */
-static bool entry_current(const char *path, const idd_buf *want, bool quick)
+/* Is the file at path (name in the directory dfd) the entry with this
+ * payload?  quick: compare the size only (the entries agree with a catalog
+ * holding this very record), by one lookup relative to the directory. */
+static bool entry_current(int dfd, const char *name, const char *path, const idd_buf *want,
+                          bool quick)
 {
 	size_t flen = IDD_IF_HEADER + want->len + IDD_IF_TRAILER;
 	if (quick) {
 		struct stat st;
-		return !lstat(path, &st) && S_ISREG(st.st_mode) && (uint64_t)st.st_size == flen;
+		return dfd >= 0 && !fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) && S_ISREG(st.st_mode) &&
+		       (uint64_t)st.st_size == flen;
 	}
 	void *file = NULL, *payload = NULL;
 	size_t len = 0, plen = 0;
@@ -190,6 +194,8 @@ int idd_entries_prepare(const char *index_dir, const idd_catalog *old, const idd
 	char *edir = rc ? NULL : idd_path_join(index_dir, IDD_ENTRIES_DIR, err);
 	if (!rc && !edir)
 		rc = IDD_ENOMEM;
+	/* -1 (not openable): no entry is taken as current, each is written */
+	int dfd = rc ? -1 : open(edir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	for (size_t i = 0; !rc && i < cat->count; i++) {
 		const idd_image_info *im = &cat->images[i];
 		const idd_image_info *prev = NULL;
@@ -211,10 +217,15 @@ int idd_entries_prepare(const char *index_dir, const idd_catalog *old, const idd
 			rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
 			break;
 		}
-		char *path;
-		if ((rc = entry_path(index_dir, im->id, &path, err)))
+		char hex[HEX_LEN + 1];
+		if ((rc = idd_id_hex(im->id, hex, err)))
 			break;
-		if (!entry_current(path, &want, unchanged)) {
+		char *path = idd_path_join(edir, hex, err);
+		if (!path) {
+			rc = IDD_ENOMEM;
+			break;
+		}
+		if (!entry_current(dfd, hex, path, &want, unchanged)) {
 			/* from the first write on, which entries are current is
 			 * unknown until commit: a run killed meanwhile leaves the
 			 * next one checking them all */
@@ -236,6 +247,8 @@ int idd_entries_prepare(const char *index_dir, const idd_catalog *old, const idd
 	if (!rc)
 		rc = idd_indexfile_batch_commit(&batch, edir, err);
 	idd_indexfile_batch_free(&batch);
+	if (dfd >= 0)
+		close(dfd);
 	free(edir);
 	idd_buf_free(&want);
 	idd_buf_free(&was);

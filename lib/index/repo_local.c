@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -70,7 +71,6 @@ static int walk_dir(struct walk *w, const char *rel, idd_error *err)
 		names = nn;
 		names[n++] = s;
 	}
-	closedir(d);
 	if (!rc && n)
 		qsort(names, n, sizeof *names, cmp_str); /* stable, sorted ids */
 	for (size_t i = 0; !rc && i < n; i++) {
@@ -82,9 +82,9 @@ static int walk_dir(struct walk *w, const char *rel, idd_error *err)
 			break;
 		}
 		struct stat st;
-		/* lstat: symlinks are not followed, so the index never reaches
+		/* symlinks are not followed, so the index never reaches
 		 * outside the repository and never counts an image twice. */
-		if (lstat(p, &st)) {
+		if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW)) {
 			if (w->warn) {
 				idd_error e;
 				idd_fail_errno(&e, p, "cannot stat");
@@ -114,6 +114,7 @@ static int walk_dir(struct walk *w, const char *rel, idd_error *err)
 		free(r);
 		free(p);
 	}
+	closedir(d); /* open until here: each name is stat'ed relative to it */
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);
 	free(names);
