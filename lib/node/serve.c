@@ -43,8 +43,11 @@
 
 #define DEFAULT_READAHEAD ((uint64_t)2 << 20)
 #define MAX_READAHEAD ((uint64_t)4 << 20)
-/* The first window of a sequential stream at least (readahead.h). */
-#define READAHEAD_MIN ((uint64_t)128 << 10)
+/* The first window of a sequential stream at least (readahead.h): four
+ * 4 KiB pages, Linux's first window for a one-page read.  A stream of small
+ * reads that stops soon (a boot's metadata reads) then costs a few blocks,
+ * not 128 KiB; a real stream's window doubles with each miss. */
+#define READAHEAD_MIN ((uint64_t)16 << 10)
 #define REFRESH_NS ((int64_t)100 * 1000000)
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
