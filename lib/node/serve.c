@@ -16,6 +16,7 @@
  * fl_lock).  Background threads: a flusher (every 100 ms: fetched data
  * made durable, then journaled), and per export --prefetch and --fill
  * workers, which step aside while the guest reads. */
+#include "node/serve_internal.h"
 #include "base/file.h"
 #include "base/u64set.h"
 #include "node/cache.h"
@@ -41,152 +42,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_READAHEAD ((uint64_t)2 << 20)
-#define MAX_READAHEAD ((uint64_t)4 << 20)
-/* The first window of a sequential stream at least (readahead.h): four
- * 4 KiB pages, Linux's first window for a one-page read.  A stream of small
- * reads that stops soon (a boot's metadata reads) then costs a few blocks,
- * not 128 KiB; a real stream's window doubles with each miss. */
-#define READAHEAD_MIN ((uint64_t)16 << 10)
-#define REFRESH_NS ((int64_t)100 * 1000000)
-#define FLUSH_MS 100
-#define FILL_WINDOW 256
-#define REMOTE_READERS 2
-/* A block that failed is not fetched again for 1 s, then 2, 4, ... 60 s
- * while it keeps failing: a guest retrying a failed read in a loop costs
- * next to nothing. */
-#define FAIL_BACKOFF_NS ((int64_t)1000000000)
-#define FAIL_BACKOFF_MAX_NS ((int64_t)60 * 1000000000)
-/* Client read buffers filled at once (the default of read_memory_budget). */
-#define READ_MEMORY_BUDGET ((uint64_t)128 << 20)
-/* A client read fails after this long (the default of read_timeout_s). */
-#define READ_TIMEOUT_S 60
-/* Published profiles of other images fetched to choose one to borrow. */
-/* A read whose block a readahead is fetching waits for it this long, then
- * fetches the block itself: the readahead must not hold it up. */
-#define SPECULATIVE_WAIT_NS ((int64_t)1000000000)
-/* Readahead is sized to what the source delivers in about this long. */
-#define READAHEAD_TARGET_NS ((int64_t)1000000000)
 
-struct inflight {
-	idd_digest d;
-	pthread_t owner;
-	bool speculative;             /* a readahead: readers wait for it briefly only */
-};
-
-/* What the reads of one export did (summed over the exports for the server's
- * totals, idd_server_stats). */
-struct read_counters {
-	atomic_uint_least64_t reads, bytes_read, bytes_zero, bytes_from_cache, blocks_filled,
-	    read_errors, cache_write_errors, fetch_errors;
-};
-
-struct idd_export {
-	idd_server *srv;
-	char *id;
-	const idd_image_info *info;
-	idd_map *m;
-	uint32_t bs;
-	uint64_t size;
-	char *base;                   /* CACHE/images/NAME */
-	char *final_path;             /* where a complete image goes */
-	/* the partial image, opened at the first fetch */
-	pthread_mutex_t part_lock;
-	idd_partial *part;
-	size_t part_entry;
-	idd_u64set own;               /* blocks present in the partial file; once complete, the
-	                                 blocks repaired in place (under part_lock) */
-	bool complete;                /* the partial file became the complete image */
-	/* a complete image that lacked a block: repaired in place (under part_lock) */
-	int repair_fd;
-	bool repair_warned;
-	atomic_bool repair_wanted;    /* the flusher starts the repair thread */
-	/* fetching */
-	pthread_mutex_t remote_lock;
-	idd_block_source *remote;
-	idd_block_source *pack;       /* SOURCE's pack for this image, when it has one */
-	pthread_mutex_t fl_lock;      /* guards inflight */
-	pthread_cond_t fl_done;
-	struct inflight *inflight;
-	size_t ninflight, cap_inflight;
-	idd_negcache failed;          /* content that failed recently: not fetched again yet */
-	atomic_uint_least64_t rate;   /* bytes/s the source delivered lately; 0: not known yet */
-	/* readahead: how much, from the evidence of the reads (readahead.h); a
-	 * thread of its own fetches the range the last read asked for */
-	idd_readahead ra_policy;
-	pthread_mutex_t ra_lock;
-	pthread_cond_t ra_wake;
-	uint64_t ra_block, ra_count;
-	bool ra_queued, ra_started;
-	bool ra_busy; /* read_ahead running (idd_server_checkpoint waits for it) */
-	pthread_t ra_thread;
-	/* --record: blocks in the order first read (under rec_lock) */
-	pthread_mutex_t rec_lock;
-	idd_u64set seen;
-	uint64_t *order;
-	size_t norder, cap_order;
-	/* --prefetch: this export's blocks of the profile */
-	uint64_t *prefetch;
-	size_t nprefetch;
-	/* background work */
-	atomic_bool warned_cache_write;
-	atomic_bool warned_changed;   /* --all: the catalog holds other content under its id */
-	atomic_bool cache_failing;    /* the last block could not be cached: no readahead */
-	atomic_int active_reads;
-	atomic_int_least64_t last_read_ns;
-	pthread_t fill_thread, prefetch_thread;
-	bool fill_started, prefetch_started;
-	/* counters */
-	struct read_counters c;
-	idd_latency_hist read_ns, fetch_ns;
-};
-
-struct idd_server {
-	idd_serve_opts o;
-	char **strings;               /* copies of the option strings */
-	size_t nstrings;
-	idd_remote_index *ri;
-	idd_cache *cache;
-	/* set up at the first export, once the block size is known (the
-	 * index is fetched image by image): under lock, then read-only */
-	idd_block_source *cache_src;
-	idd_block_source *peer_src;   /* other nodes' caches (--peer), shared by the exports */
-	const char **peers;           /* their URLs (copies in strings) */
-	size_t npeers;
-	pthread_mutex_t lock;         /* guards exports */
-	idd_export **exports;
-	size_t nexports;
-	atomic_int_least64_t last_refresh_ns;
-	/* --all: when the catalog was last checked for a change (under cat_lock) */
-	pthread_mutex_t cat_lock;
-	int64_t cat_checked_ns;
-	bool cat_checking;            /* a thread is checking it now */
-	atomic_bool stop;
-	atomic_bool quiesce; /* idd_server_checkpoint: no new readahead */
-	bool started;
-	pthread_t flusher;
-	pthread_t budget;             /* --cache-max: keeps the cache under it */
-	bool budget_started;
-	bool budget_warned;           /* files in use keep the cache above it (said once) */
-	atomic_uint_least64_t cache_evicted;
-	pthread_mutex_t flush_lock;
-	pthread_cond_t flush_wake;
-	/* the profile given with --prefetch: (id, block) */
-	idd_profile pf;
-	/* counters: the exports' own, and these */
-	atomic_uint_least64_t exports_complete;
-	/* the clients' read buffers being filled at once (read_memory_budget) */
-	pthread_mutex_t mem_lock;
-	pthread_cond_t mem_freed;
-	uint64_t mem_used, mem_budget;
-	/* what exports that were closed had read and fetched */
-	struct read_counters closed;
-	atomic_uint_least64_t closed_fetched, closed_requests;
-};
-
-/* What start-up is doing now, for a progress display (o.progress). */
-static void progress(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
-static void progress(idd_server *s, const char *fmt, ...)
+void serve_progress(idd_server *s, const char *fmt, ...)
 {
 	if (!s->o.progress)
 		return;
@@ -198,7 +55,7 @@ static void progress(idd_server *s, const char *fmt, ...)
 
 /* ---- the partial image of an export ---- */
 
-static int ensure_partial_locked(idd_export *e, idd_error *err)
+int serve_partial_open_locked(idd_export *e, idd_error *err)
 {
 	if (e->part)
 		return IDD_OK;
@@ -216,7 +73,7 @@ static int ensure_partial_locked(idd_export *e, idd_error *err)
  * whether or not the cache can keep it (a full disk, a cache directory
  * removed or tampered with).  Each failure is counted; the first one per
  * export is a warning, the rest would only repeat it. */
-static void cache_write_failed(idd_export *e, const idd_error *why)
+void serve_cache_write_failed(idd_export *e, const idd_error *why)
 {
 	idd_server *s = e->srv;
 	atomic_fetch_add(&e->c.cache_write_errors, 1);
@@ -261,7 +118,7 @@ static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned ch
 /* A verified block into the partial file, known to the cache from now on,
  * journaled at the next flush.  A failure is counted and returned; readers
  * serve the block anyway. */
-static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const unsigned char *buf,
+int serve_store_block(idd_export *e, uint64_t block, const idd_digest *d, const unsigned char *buf,
                        idd_error *err)
 {
 	pthread_mutex_lock(&e->part_lock);
@@ -275,7 +132,7 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 			atomic_fetch_add(&e->c.blocks_filled, 1);
 		return IDD_OK;
 	}
-	int rc = ensure_partial_locked(e, err);
+	int rc = serve_partial_open_locked(e, err);
 	bool added = false;
 	if (!rc) {
 		/* a block this file already holds is fetched only when its copy
@@ -295,7 +152,7 @@ static int store_block(idd_export *e, uint64_t block, const idd_digest *d, const
 	if (!rc && added)
 		atomic_fetch_add(&e->c.blocks_filled, 1);
 	if (rc)
-		cache_write_failed(e, err);
+		serve_cache_write_failed(e, err);
 	else
 		atomic_store(&e->cache_failing, false);
 	return rc;
@@ -445,7 +302,7 @@ static void wait_for_others(idd_export *e, const idd_block_req *reqs, const unsi
  * is waited for, a block someone else fetches is skipped (left
  * IDD_ENOENT), and readers do not queue behind this fetch for long.  why
  * (may be NULL) receives the message of a source that failed as a whole. */
-static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool speculative,
+int serve_fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool speculative,
                         idd_error *why, idd_error *err)
 {
 	if (!n)
@@ -492,7 +349,7 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool specu
 				continue;
 			}
 			/* fetched by another thread since this one missed in the cache
-			 * (store_block adds to the cache before the fetch leaves the
+			 * (serve_store_block adds to the cache before the fetch leaves the
 			 * in-flight list), or being fetched now: read from the cache
 			 * once it is there */
 			bool firm, busy = inflight_find(e, &reqs[i].digest, &firm);
@@ -539,7 +396,7 @@ static int fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool specu
 				if (mine[k].status != IDD_OK)
 					continue;
 				got += mine[k].len;
-				(void)store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
+				(void)serve_store_block(e, mine[k].block, &mine[k].digest, mine[k].buf, &e2);
 			}
 			int64_t took = idd_mono_ns() - t0;
 			note_rate(e, got, took);
@@ -661,7 +518,7 @@ static void read_ahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
 		                          .buf = buf + n * bs, .status = IDD_ENOENT, .origin_fd = -1};
 		n++;
 	}
-	if (n && fetch_blocks(e, reqs, n, true, NULL, &err) == IDD_ENOMEM)
+	if (n && serve_fetch_blocks(e, reqs, n, true, NULL, &err) == IDD_ENOMEM)
 		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: readahead: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
@@ -697,7 +554,7 @@ static void *readahead_main(void *arg)
 
 /* Ask for [b1, b1 + ra_blocks) to be read ahead, sized to the source's
  * recent speed. */
-static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
+void serve_schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
 {
 	uint64_t rate = atomic_load(&e->rate);
 	if (rate) {
@@ -726,7 +583,7 @@ static void schedule_readahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
  * What one call may fetch is bounded: its own missing blocks, each once,
  * then the readahead, and only when every one of its own blocks arrived; a
  * block that failed recently is not fetched at all. */
-static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
+int serve_access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char *out,
                         bool readahead, bool required, bool stats, idd_error *err)
 {
 	idd_server *s = e->srv;
@@ -793,7 +650,7 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 		}
 	idd_error why = {{0}, IDD_OK};
 	if (!rc && nf)
-		rc = fetch_blocks(e, reqs, nf, false, &why, err);
+		rc = serve_fetch_blocks(e, reqs, nf, false, &why, err);
 	bool all_in = true;
 	for (size_t i = 0; !rc && i < nf; i++) {
 		if (reqs[i].status == IDD_OK)
@@ -843,7 +700,7 @@ static int access_range(idd_export *e, uint64_t off, uint64_t len, unsigned char
 	if (readahead && !atomic_load(&e->cache_failing))
 		ra_blocks = idd_readahead_window(&e->ra_policy, off, len, nf > 0) / bs;
 	if (!rc && all_in && ra_blocks)
-		schedule_readahead(e, b1, ra_blocks);
+		serve_schedule_readahead(e, b1, ra_blocks);
 	return rc;
 }
 
@@ -891,7 +748,7 @@ static int take_read_memory(idd_server *s, uint64_t n, int64_t deadline, idd_err
 		}
 		if (now >= deadline) {
 			rc = idd_fail_code(err, IDD_ETIMEDOUT, "waiting for memory for the read's buffer (%llu "
-			                   "bytes of reads in progress)", (unsigned long long)s->mem_used);
+			                   "bytes of reads in serve_progress)", (unsigned long long)s->mem_used);
 			break;
 		}
 		int64_t until = IDD_MIN(deadline, now + 100000000);
@@ -934,7 +791,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
 		bool last = done + piece == len;
-		rc = access_range(e, off + done, piece, (unsigned char *)buf + done, last, true, true,
+		rc = serve_access_range(e, off + done, piece, (unsigned char *)buf + done, last, true, true,
 		                  err);
 		done += piece;
 		if (!rc && done < len && idd_mono_ns() >= deadline)
@@ -972,7 +829,7 @@ int idd_export_prefetch(idd_export *e, uint64_t off, uint64_t len, idd_error *er
 	int rc = IDD_OK;
 	for (uint64_t done = 0; !rc && done < len;) {
 		uint64_t piece = IDD_MIN(len - done, (uint64_t)8 << 20);
-		rc = access_range(e, off + done, piece, NULL, false, false, false, err);
+		rc = serve_access_range(e, off + done, piece, NULL, false, false, false, err);
 		done += piece;
 	}
 	idd_fetch_set_deadline(old_deadline);
@@ -1032,7 +889,7 @@ static void *prefetch_main(void *arg)
 		size_t j = i + 1;
 		while (j < e->nprefetch && j - i < 64 && e->prefetch[j] == e->prefetch[j - 1] + 1)
 			j++;
-		if (access_range(e, e->prefetch[i] * e->bs,
+		if (serve_access_range(e, e->prefetch[i] * e->bs,
 		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
 		                 false, false, false, &err))
 			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
@@ -1058,7 +915,7 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 	size_t nf = 0;
 	for (size_t i = 0; !rc && i < n; i++) {
 		if (reqs[i].status == IDD_OK) {
-			rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+			rc = serve_store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
 			continue;
 		}
 		idd_block_req t = reqs[i];
@@ -1066,15 +923,15 @@ static int fill_window(idd_export *e, const uint64_t *blocks, size_t n, unsigned
 		reqs[nf++] = t;
 	}
 	if (!rc && nf)
-		rc = fetch_blocks(e, reqs, nf, false, NULL, err);
+		rc = serve_fetch_blocks(e, reqs, nf, false, NULL, err);
 	for (size_t i = 0; !rc && i < nf; i++) {
 		if (reqs[i].status != IDD_OK)
 			return idd_fail_code(err, IDD_ENET, "%s: block at offset %llu could not be had",
 			                     e->id, (unsigned long long)(reqs[i].block * e->bs));
-		/* every block of the window is written, also one fetch_blocks
+		/* every block of the window is written, also one serve_fetch_blocks
 		 * stored already: a repeat of the same content, or a block being
 		 * repaired, is written only here */
-		rc = store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
+		rc = serve_store_block(e, reqs[i].block, &reqs[i].digest, reqs[i].buf, err);
 	}
 	return rc;
 }
@@ -1131,7 +988,7 @@ static int finish_fill(idd_export *e, unsigned char *buf, idd_block_req *reqs, i
 {
 	idd_server *s = e->srv;
 	pthread_mutex_lock(&e->part_lock);
-	int rc = ensure_partial_locked(e, err);
+	int rc = serve_partial_open_locked(e, err);
 	int fd = rc ? -1 : e->part->data_fd;
 	const char *path = rc ? NULL : e->part->data_path;
 	pthread_mutex_unlock(&e->part_lock);
@@ -1241,7 +1098,7 @@ static void *repair_main(void *arg)
 	return NULL;
 }
 
-static void start_export_threads(idd_export *e)
+void serve_start_export_threads(idd_export *e)
 {
 	idd_server *s = e->srv;
 	if (e->nprefetch && !e->prefetch_started)
@@ -1250,7 +1107,7 @@ static void start_export_threads(idd_export *e)
 		e->fill_started = !pthread_create(&e->fill_thread, NULL, fill_main, e);
 }
 
-static void flush_all(idd_server *s)
+void serve_flush_all(idd_server *s)
 {
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
@@ -1263,12 +1120,12 @@ static void flush_all(idd_server *s)
 			e->fill_started = !pthread_create(&e->fill_thread, NULL, repair_main, e);
 		pthread_mutex_unlock(&e->part_lock);
 		if (failed) /* those blocks are served, and fetched again by the next run */
-			cache_write_failed(e, &err);
+			serve_cache_write_failed(e, &err);
 	}
 	pthread_mutex_unlock(&s->lock);
 }
 
-static void *flusher_main(void *arg)
+void *serve_flusher_main(void *arg)
 {
 	idd_server *s = arg;
 	pthread_mutex_lock(&s->flush_lock);
@@ -1282,7 +1139,7 @@ static void *flusher_main(void *arg)
 		}
 		pthread_cond_timedwait(&s->flush_wake, &s->flush_lock, &ts);
 		pthread_mutex_unlock(&s->flush_lock);
-		flush_all(s);
+		serve_flush_all(s);
 		pthread_mutex_lock(&s->flush_lock);
 	}
 	pthread_mutex_unlock(&s->flush_lock);
@@ -1373,7 +1230,7 @@ out:
 	free(kept.v);
 }
 
-static void *budget_main(void *arg)
+void *serve_budget_main(void *arg)
 {
 	idd_server *s = arg;
 	pthread_mutex_lock(&s->flush_lock);
@@ -1406,7 +1263,7 @@ static void counters_add(struct read_counters *to, struct read_counters *from)
 		atomic_fetch_add(t[i], atomic_load(f[i]));
 }
 
-static void export_free(idd_export *e)
+void serve_export_free(idd_export *e)
 {
 	if (!e)
 		return;
@@ -1414,7 +1271,7 @@ static void export_free(idd_export *e)
 		size_t n;
 		idd_error err;
 		if (!e->complete && idd_partial_flush(e->part, &n, &err))
-			cache_write_failed(e, &err);
+			serve_cache_write_failed(e, &err);
 		idd_partial_close(e->part);
 	}
 	if (e->repair_fd >= 0) {
@@ -1468,7 +1325,7 @@ static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
 		/* peers are a shortcut: failing to open them is a warning */
 		idd_fetch_opts pfo = {.warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
 		idd_error e2;
-		progress(s, "reading the peers' cache indexes");
+		serve_progress(s, "reading the peers' cache indexes");
 		if (idd_peer_source_open(s->peers, s->npeers, bs, &pfo, s->o.warn, s->o.ctx, &s->peer_src,
 		                         &e2))
 			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
@@ -1481,7 +1338,7 @@ static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
  * A profile that cannot be had costs the guest nothing but the prefetch. */
 static int published_profile(idd_server *s, idd_export *e)
 {
-	progress(s, "reading the boot profiles for %s", e->id);
+	serve_progress(s, "reading the boot profiles for %s", e->id);
 	char *from = NULL;
 	idd_error e2;
 	int rc = idd_profile_choose(s->ri, e->id, e->m, IDD_PROFILE_CANDIDATES, &e->prefetch,
@@ -1526,11 +1383,11 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	if (!rc)
 		rc = idd_negcache_init(&e->failed, FAIL_BACKOFF_NS, FAIL_BACKOFF_MAX_NS, err);
 	if (!rc) {
-		progress(s, "reading the index entry of %s", id);
+		serve_progress(s, "reading the index entry of %s", id);
 		rc = idd_remote_index_image(s->ri, id, &e->info, err);
 	}
 	if (!rc) {
-		progress(s, "reading the block map of %s", id);
+		serve_progress(s, "reading the block map of %s", id);
 		rc = idd_remote_index_map(s->ri, e->info, &e->m, err);
 	}
 	if (!rc)
@@ -1578,7 +1435,7 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	if (!rc && !e->complete && !e->nprefetch && !s->o.no_profile)
 		rc = published_profile(s, e);
 	if (rc) {
-		export_free(e);
+		serve_export_free(e);
 		return rc;
 	}
 	*out = e;
@@ -1614,13 +1471,13 @@ int idd_export_open(idd_server *s, const char *id, idd_export **out, idd_error *
 	if (!rc) {
 		idd_export **nv = realloc(s->exports, (s->nexports + 1) * sizeof *nv);
 		if (!nv) {
-			export_free(e);
+			serve_export_free(e);
 			rc = idd_fail_code(err, IDD_ENOMEM, "out of memory");
 		} else {
 			s->exports = nv;
 			s->exports[s->nexports++] = e;
 			if (s->started)
-				start_export_threads(e);
+				serve_start_export_threads(e);
 			*out = e;
 		}
 	}
@@ -1749,15 +1606,15 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	if (s->o.read_timeout_s <= 0)
 		s->o.read_timeout_s = READ_TIMEOUT_S;
 	if (!rc) {
-		progress(s, "opening the index of %s", s->o.index ? s->o.index : s->o.source);
+		serve_progress(s, "opening the index of %s", s->o.index ? s->o.index : s->o.source);
 		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
 	}
 	if (!rc) {
-		progress(s, "opening the cache %s", s->o.cache_dir);
+		serve_progress(s, "opening the cache %s", s->o.cache_dir);
 		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
 	}
 	if (!rc && s->o.all) {
-		progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
+		serve_progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
 		rc = idd_remote_index_catalog_refresh(s->ri, NULL, err);
 		s->cat_checked_ns = idd_now_ns();
 	}
@@ -1790,14 +1647,14 @@ int idd_server_start(idd_server *s, idd_error *err)
 	pthread_mutex_lock(&s->lock);
 	int rc = IDD_OK;
 	if (!s->started) {
-		if (pthread_create(&s->flusher, NULL, flusher_main, s))
+		if (pthread_create(&s->flusher, NULL, serve_flusher_main, s))
 			rc = idd_fail_code(err, IDD_ENOMEM, "cannot start the flusher thread");
 		else {
 			s->started = true;
 			for (size_t i = 0; i < s->nexports; i++)
-				start_export_threads(s->exports[i]);
+				serve_start_export_threads(s->exports[i]);
 			if (s->o.cache_max)
-				s->budget_started = !pthread_create(&s->budget, NULL, budget_main, s);
+				s->budget_started = !pthread_create(&s->budget, NULL, serve_budget_main, s);
 			if (s->o.cache_max && !s->budget_started)
 				idd_warnf(s->o.warn, s->o.ctx,
 				          "warning: --cache-max: cannot start its thread: the cache is not kept "
@@ -1808,7 +1665,7 @@ int idd_server_start(idd_server *s, idd_error *err)
 	return rc;
 }
 
-/* How long idd_server_checkpoint lets a readahead in progress finish: one
+/* How long idd_server_checkpoint lets a readahead in serve_progress finish: one
  * is sized to about a second of the source's recent speed. */
 #define CHECKPOINT_RA_WAIT_NS (3 * 1000000000LL)
 
@@ -1847,7 +1704,7 @@ int idd_server_checkpoint(idd_server *s, idd_error *err)
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (s->started)
-		flush_all(s);
+		serve_flush_all(s);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->part_lock);
@@ -2048,7 +1905,7 @@ void idd_server_close(idd_server *s)
 			idd_warnf(s->o.warn, s->o.ctx, "warning: --record: %s", err.msg);
 	}
 	for (size_t i = 0; i < s->nexports; i++)
-		export_free(s->exports[i]);
+		serve_export_free(s->exports[i]);
 	free(s->exports);
 	idd_block_source_close(s->cache_src);
 	idd_block_source_close(s->peer_src);
