@@ -55,6 +55,7 @@
 #include "node/remote_index.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 
 #define DEFAULT_READAHEAD ((uint64_t)2 << 20)
 #define MAX_READAHEAD ((uint64_t)4 << 20)
@@ -199,9 +200,17 @@ struct idd_server {
 	atomic_uint_least64_t closed_fetched, closed_requests;
 };
 
-/* serve.c */
 /* What start-up is doing now, for a progress display (o.progress). */
-void serve_progress(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
+static inline void serve_progress(idd_server *s, const char *fmt, ...) IDD_PRINTF(2, 3);
+static inline void serve_progress(idd_server *s, const char *fmt, ...)
+{
+	if (!s->o.progress)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	idd_vwarnf(s->o.progress, s->o.ctx, fmt, ap);
+	va_end(ap);
+}
 
 /* serve_store.c */
 int serve_partial_open_locked(idd_export *e, idd_error *err);
