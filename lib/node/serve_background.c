@@ -5,6 +5,7 @@
 #include "node/serve_internal.h"
 #include "base/file.h"
 #include "index/indexfile.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>

@@ -2,6 +2,7 @@
  * cache gc, sparing the exports' own files. */
 #include "node/serve_internal.h"
 #include "node/cache.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

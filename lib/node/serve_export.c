@@ -6,6 +6,7 @@
 #include "index/indexfile.h"
 #include "node/source_cache.h"
 #include "node/source_peer.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,7 @@ void serve_export_free(idd_export *e)
 			          strerror(errno));
 		close(e->repair_fd);
 	}
-	idd_block_source *fetchers[] = {e->remote, e->pack};
+	idd_block_source *fetchers[] = {e->fetch.remote, e->fetch.pack};
 	for (size_t i = 0; i < IDD_ARRAY_LEN(fetchers); i++) {
 		idd_block_source_counters c = {0};
 		idd_block_source_counters_get(fetchers[i], &c);
@@ -57,8 +58,7 @@ void serve_export_free(idd_export *e)
 		atomic_fetch_add(&e->srv->closed_requests, c.requests);
 	}
 	counters_add(&e->srv->closed, &e->c);
-	idd_block_source_close(e->pack);
-	idd_block_source_close(e->remote);
+	idd_fetch_sources_close(&e->fetch);
 	idd_map_free(e->m);
 	free(e->id);
 	free(e->base);

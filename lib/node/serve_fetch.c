@@ -4,8 +4,8 @@
  * barred for a while (negcache.h); the source's recent rate sizes the
  * readahead. */
 #include "node/serve_internal.h"
-#include "node/source_pack.h"
-#include "node/source_remote.h"
+#include "base/file.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -14,24 +14,17 @@ static int ensure_remote(idd_export *e, idd_error *err)
 {
 	pthread_mutex_lock(&e->remote_lock);
 	int rc = IDD_OK;
-	if (!e->remote) {
+	if (!e->fetch.remote) {
 		idd_server *s = e->srv;
 		char *tmp = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
-		idd_fetch_opts fo = {.connections = s->o.connections, .timeout_s = s->o.timeout_s,
-		                     .warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
-		rc = tmp ? idd_remote_source_open(idd_source_root(s->ri->src), e->info, e->size, e->bs, tmp,
-		                                  REMOTE_READERS, &fo, s->o.warn, s->o.ctx, &e->remote, err)
-		         : IDD_ENOMEM;
+		/* the pack means fewer bytes when SOURCE has one; trouble with it
+		 * is a warning and the image is read instead */
+		idd_fetch_sources_opts fo = {.shared_peer = s->peer_src, .no_pack = s->o.no_pack,
+		                             .connections = s->o.connections, .timeout_s = s->o.timeout_s,
+		                             .tmp_dir = tmp, .readers = REMOTE_READERS, .cancel = &s->stop,
+		                             .name = e->id, .warn = s->o.warn, .ctx = s->o.ctx};
+		rc = tmp ? idd_fetch_sources_open(&e->fetch, s->ri, e->info, e->m, &fo, err) : IDD_ENOMEM;
 		free(tmp);
-		if (!rc && !s->o.no_pack) {
-			/* fewer bytes when SOURCE has a pack; trouble with it is a
-			 * warning and the image is read instead */
-			idd_error e2;
-			int prc = idd_pack_source_open(s->ri->isrc, s->ri->prefix, e->m, s->o.warn, s->o.ctx,
-			                               &e->pack, &e2);
-			if (prc && prc != IDD_ENOENT)
-				idd_warnf(s->o.warn, s->o.ctx, "warning: %s: pack not used: %s", e->id, e2.msg);
-		}
 	}
 	pthread_mutex_unlock(&e->remote_lock);
 	return rc;
@@ -62,12 +55,6 @@ static void inflight_drop_mine(idd_export *e)
 	e->ninflight = w;
 	pthread_cond_broadcast(&e->fl_done);
 	pthread_mutex_unlock(&e->fl_lock);
-}
-
-/* Where a block is asked for: peers, then SOURCE's pack, then its image. */
-static void fetch_chain(idd_export *e, idd_block_chain *chain)
-{
-	IDD_BLOCK_CHAIN_OF(chain, e->srv->peer_src, e->pack, e->remote);
 }
 
 /* What became of a fetch, remembered for the next reads of that content:
@@ -229,7 +216,7 @@ int serve_fetch_blocks(idd_export *e, idd_block_req *reqs, size_t n, bool specul
 		pthread_mutex_unlock(&e->fl_lock);
 		if (!rc && nmine) {
 			idd_block_chain chain;
-			fetch_chain(e, &chain);
+			idd_fetch_sources_chain(&e->fetch, &chain);
 			int64_t t0 = idd_mono_ns();
 			rc = idd_block_chain_read(&chain, mine, nmine, err);
 			uint64_t got = 0;

@@ -21,7 +21,7 @@
  *   s->mem_lock     mem_used (with mem_freed)
  *   e->part_lock    part, part_entry, own, complete, repair_fd,
  *                   repair_warned (fill_started is set under s->lock)
- *   e->remote_lock  remote and pack while they are opened (first fetch)
+ *   e->remote_lock  fetch (its sources) while they are opened (first fetch)
  *   e->fl_lock      inflight, ninflight (with fl_done)
  *   e->ra_lock      ra_block, ra_count, ra_queued, ra_started, ra_busy
  *                   (with ra_wake)
@@ -50,6 +50,7 @@
 #include "node/metrics.h"
 #include "node/negcache.h"
 #include "node/partial.h"
+#include "node/plan.h"
 #include "node/profile.h"
 #include "node/readahead.h"
 #include "node/remote_index.h"
@@ -119,8 +120,8 @@ struct idd_export {
 	atomic_bool repair_wanted;    /* the flusher starts the repair thread */
 	/* fetching */
 	pthread_mutex_t remote_lock;
-	idd_block_source *remote;
-	idd_block_source *pack;       /* SOURCE's pack for this image, when it has one */
+	idd_fetch_sources fetch;      /* the server's peers (shared), SOURCE's pack for this image
+	                                 when it has one, SOURCE's image: opened at the first fetch */
 	pthread_mutex_t fl_lock;      /* guards inflight */
 	pthread_cond_t fl_done;
 	struct inflight *inflight;

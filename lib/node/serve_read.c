@@ -2,6 +2,7 @@
  * misses fetched, verified and kept; the server-wide budget of read
  * buffers; --record's order of first reads; extents. */
 #include "node/serve_internal.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

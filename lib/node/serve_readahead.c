@@ -2,6 +2,7 @@
  * a read that missed, fetched behind it so that the read is answered as
  * soon as its own blocks are in. */
 #include "node/serve_internal.h"
+
 #include <stdlib.h>
 
 /* Readahead: the missing blocks after block b1, up to ra_blocks of them.

@@ -1,6 +1,7 @@
 /* serve_snapshot.c - the server's counters at one moment, for
  * idd_server_stats and idd_server_metrics. */
 #include "node/serve_internal.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,8 +20,8 @@ static void export_snapshot(idd_export *e, idd_export_metrics *em, idd_serve_met
 	em->fetch_errors = atomic_load(&e->c.fetch_errors);
 	pthread_mutex_lock(&e->remote_lock);
 	idd_block_source_counters pc = {0}, rc = {0};
-	idd_block_source_counters_get(e->pack, &pc);
-	idd_block_source_counters_get(e->remote, &rc);
+	idd_block_source_counters_get(e->fetch.pack, &pc);
+	idd_block_source_counters_get(e->fetch.remote, &rc);
 	pthread_mutex_unlock(&e->remote_lock);
 	em->bytes_from_pack = pc.bytes;
 	em->bytes_from_repository = rc.bytes;

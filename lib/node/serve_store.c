@@ -3,6 +3,7 @@
  * back into it in place (a repair). */
 #include "node/serve_internal.h"
 #include "base/file.h"
+
 #include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
