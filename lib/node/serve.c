@@ -164,29 +164,19 @@ int idd_server_checkpoint(idd_server *s, idd_error *err)
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
+		/* woken when the readahead ends (ra_wake) and when a fetch ends
+		 * (fl_done), bounded by until */
+		struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
 		pthread_mutex_lock(&e->ra_lock);
-		while ((e->ra_busy || (e->ra_queued && e->ra_started)) && idd_mono_ns() < until) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 50 * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&e->ra_wake, &e->ra_lock, &ts);
-		}
+		while ((e->ra_busy || (e->ra_queued && e->ra_started)) && idd_mono_ns() < until)
+			pthread_cond_clockwait(&e->ra_wake, &e->ra_lock, CLOCK_MONOTONIC, &ts);
 		pthread_mutex_unlock(&e->ra_lock);
 		/* a request that answered a read goes on receiving the blocks
 		 * read ahead behind it, and stores them */
-		for (;;) {
-			pthread_mutex_lock(&e->fl_lock);
-			size_t n = e->ninflight;
-			pthread_mutex_unlock(&e->fl_lock);
-			if (!n || idd_mono_ns() >= until)
-				break;
-			struct timespec ts = {0, 20 * 1000000L};
-			nanosleep(&ts, NULL);
-		}
+		pthread_mutex_lock(&e->fl_lock);
+		while (e->ninflight && idd_mono_ns() < until)
+			pthread_cond_clockwait(&e->fl_done, &e->fl_lock, CLOCK_MONOTONIC, &ts);
+		pthread_mutex_unlock(&e->fl_lock);
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (s->started)
@@ -217,6 +207,7 @@ void idd_server_stop(idd_server *s)
 		pthread_mutex_lock(&e->ra_lock);
 		pthread_cond_broadcast(&e->ra_wake);
 		pthread_mutex_unlock(&e->ra_lock);
+		idd_workq_stop(e->bg);
 	}
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_lock(&s->flush_lock);
@@ -239,10 +230,8 @@ void idd_server_close(idd_server *s)
 	}
 	for (size_t i = 0; i < s->nexports; i++) {
 		idd_export *e = s->exports[i];
-		if (e->prefetch_started)
-			pthread_join(e->prefetch_thread, NULL);
-		if (e->fill_started)
-			pthread_join(e->fill_thread, NULL);
+		idd_workq_free(e->bg); /* waits for its items to return */
+		e->bg = NULL;
 		if (e->ra_started)
 			pthread_join(e->ra_thread, NULL);
 	}

@@ -12,18 +12,14 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Guest reads first: background work waits while they run. */
+/* Guest reads first: background work waits while they run, and for a
+ * moment after (workq.h). */
 static void yield_to_guest(idd_export *e)
 {
-	while (!atomic_load(&e->srv->stop) &&
-	       (atomic_load(&e->active_reads) > 0 ||
-	        idd_now_ns() - atomic_load(&e->last_read_ns) < 5 * 1000000)) {
-		struct timespec ts = {0, 2 * 1000000};
-		nanosleep(&ts, NULL);
-	}
+	(void)idd_workq_yield(e->bg);
 }
 
-static void *prefetch_main(void *arg)
+static void prefetch_main(void *arg)
 {
 	idd_export *e = arg;
 	idd_error err;
@@ -38,7 +34,6 @@ static void *prefetch_main(void *arg)
 			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
 		i = j;
 	}
-	return NULL;
 }
 
 /* Every non-zero block into the partial file; then it is the complete
@@ -166,7 +161,7 @@ static int finish_fill(idd_export *e, unsigned char *buf, idd_block_req *reqs, i
 	return rc;
 }
 
-static void *fill_main(void *arg)
+static void fill_main(void *arg)
 {
 	idd_export *e = arg;
 	idd_error err;
@@ -203,14 +198,13 @@ static void *fill_main(void *arg)
 	free(buf);
 	free(reqs);
 	free(blocks);
-	return NULL;
 }
 
 /* The complete image lacked blocks (damaged behind serve's back, or written
  * for an older map of the image): all of it is checked against the map,
  * what does not match is had again and written in place, and it is
  * registered anew, so that the next run finds it whole. */
-static void *repair_main(void *arg)
+static void repair_main(void *arg)
 {
 	idd_export *e = arg;
 	idd_server *s = e->srv;
@@ -238,16 +232,16 @@ static void *repair_main(void *arg)
 		          err.msg);
 	free(buf);
 	free(reqs);
-	return NULL;
 }
 
 void serve_start_export_threads(idd_export *e)
 {
 	idd_server *s = e->srv;
+	idd_error err; /* only a stopping queue refuses work */
 	if (e->nprefetch && !e->prefetch_started)
-		e->prefetch_started = !pthread_create(&e->prefetch_thread, NULL, prefetch_main, e);
+		e->prefetch_started = !idd_workq_submit(e->bg, 1, prefetch_main, NULL, e, &err);
 	if (s->o.fill && !e->fill_started && !e->complete)
-		e->fill_started = !pthread_create(&e->fill_thread, NULL, fill_main, e);
+		e->fill_started = !idd_workq_submit(e->bg, 0, fill_main, NULL, e, &err);
 }
 
 void serve_flush_all(idd_server *s)
@@ -257,10 +251,10 @@ void serve_flush_all(idd_server *s)
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->part_lock);
 		size_t n;
-		idd_error err;
+		idd_error err, e3;
 		bool failed = e->part && !e->complete && idd_partial_flush(e->part, &n, &err);
 		if (atomic_load(&e->repair_wanted) && !e->fill_started && !atomic_load(&s->stop))
-			e->fill_started = !pthread_create(&e->fill_thread, NULL, repair_main, e);
+			e->fill_started = !idd_workq_submit(e->bg, 0, repair_main, NULL, e, &e3);
 		pthread_mutex_unlock(&e->part_lock);
 		if (failed) /* those blocks are served, and fetched again by the next run */
 			serve_cache_write_failed(e, &err);

@@ -37,6 +37,7 @@ void serve_export_free(idd_export *e)
 {
 	if (!e)
 		return;
+	idd_workq_free(e->bg); /* its items use the export */
 	if (e->part) {
 		size_t n;
 		idd_error err;
@@ -143,12 +144,12 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 	pthread_cond_init(&e->ra_wake, NULL);
 	atomic_init(&e->rate, 0);
 	pthread_mutex_init(&e->rec_lock, NULL);
-	atomic_init(&e->active_reads, 0);
-	atomic_init(&e->last_read_ns, 0);
 	atomic_init(&e->warned_cache_write, false);
 	atomic_init(&e->warned_changed, false);
 	atomic_init(&e->cache_failing, false);
 	int rc = (e->id = idd_strdup(id, err)) ? IDD_OK : IDD_ENOMEM;
+	if (!rc)
+		rc = idd_workq_open(BACKGROUND_WORKERS, GUEST_QUIET_NS, &e->bg, err);
 	if (!rc)
 		rc = idd_negcache_init(&e->failed, FAIL_BACKOFF_NS, FAIL_BACKOFF_MAX_NS, err);
 	if (!rc) {

@@ -26,7 +26,7 @@
  *   e->ra_lock      ra_block, ra_count, ra_queued, ra_started, ra_busy
  *                   (with ra_wake)
  *   e->rec_lock     seen, order, norder (--record)
- * Counters, flags and last_read_ns are atomics and need no lock.
+ * Counters and flags are atomics and need no lock.
  *
  * Lock order: s->lock may be held while taking one of an export's locks
  * (part_lock, remote_lock, fl_lock, ra_lock: the flusher, --cache-max,
@@ -35,7 +35,9 @@
  * and fl_lock may be held while calling into the cache (cache.h) and the
  * negative cache (negcache.h), whose own locks are taken last.  cat_lock,
  * flush_lock, mem_lock and rec_lock are leaves: nothing else is taken
- * under them, and they are not taken under another serve lock.  Held across
+ * under them, and they are not taken under another serve lock.  An
+ * export's work queue (workq.h) has a lock of its own, a leaf: taken under
+ * s->lock and part_lock when the queue is stopped or given work.  Held across
  * blocking work: s->lock while an export is opened (its index entry and
  * map are read), remote_lock while the export's sources are opened,
  * part_lock around writes, flushes and syncs of the partial file (and the
@@ -54,6 +56,7 @@
 #include "node/profile.h"
 #include "node/readahead.h"
 #include "node/remote_index.h"
+#include "node/workq.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -69,6 +72,10 @@
 #define FLUSH_MS 100
 #define FILL_WINDOW 256
 #define REMOTE_READERS 2
+/* An export's background work (--prefetch, --fill, repair) runs on this
+ * many threads, and waits while the guest reads and this long after. */
+#define BACKGROUND_WORKERS 2
+#define GUEST_QUIET_NS ((int64_t)5 * 1000000)
 /* A block that failed is not fetched again for 1 s, then 2, 4, ... 60 s
  * while it keeps failing: a guest retrying a failed read in a loop costs
  * next to nothing. */
@@ -149,10 +156,8 @@ struct idd_export {
 	atomic_bool warned_cache_write;
 	atomic_bool warned_changed;   /* --all: the catalog holds other content under its id */
 	atomic_bool cache_failing;    /* the last block could not be cached: no readahead */
-	atomic_int active_reads;
-	atomic_int_least64_t last_read_ns;
-	pthread_t fill_thread, prefetch_thread;
-	bool fill_started, prefetch_started;
+	idd_workq *bg;                /* --prefetch, --fill, repair: guest reads preempt them */
+	bool fill_started, prefetch_started; /* submitted to bg */
 	/* counters */
 	struct read_counters c;
 	idd_latency_hist read_ns, fetch_ns;

@@ -242,7 +242,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		                     (unsigned long long)len, (unsigned long long)off);
 	if (atomic_load(&s->stop))
 		return idd_fail_code(err, IDD_ECANCELED, "%s: the server is stopping", e->id);
-	atomic_fetch_add(&e->active_reads, 1);
+	idd_workq_guest_begin(e->bg);
 	int64_t t_start = idd_mono_ns();
 	/* every wait and every request of this read ends by its deadline */
 	int64_t deadline = idd_mono_ns() + (int64_t)s->o.read_timeout_s * 1000000000;
@@ -276,8 +276,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 		if (record_reads(e, off, len))
 			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: out of memory recording the read order", e->id);
 	}
-	atomic_store(&e->last_read_ns, idd_now_ns());
-	atomic_fetch_sub(&e->active_reads, 1);
+	idd_workq_guest_end(e->bg);
 	idd_latency_observe(&e->read_ns, idd_mono_ns() - t_start);
 	return rc;
 }
