@@ -144,13 +144,17 @@ int idd_fetch_sources_open(idd_fetch_sources *fs, idd_remote_index *ri, const id
 		rc = idd_remote_source_open_estimate(info, m->image_size, m->block_size, &fs->remote, err);
 	} else {
 		idd_fetch_opts fo = {.connections = o->connections, .warn = o->warn, .ctx = o->ctx,
-		                     .timeout_s = o->timeout_s};
+		                     .timeout_s = o->timeout_s, .cancel = o->cancel};
 		rc = idd_remote_source_open(idd_source_root(ri->src), info, m->image_size, m->block_size,
-		                            o->tmp_dir, 1, &fo, o->warn, o->ctx, &fs->remote, err);
+		                            o->tmp_dir, o->readers > 0 ? o->readers : 1, &fo, o->warn,
+		                            o->ctx, &fs->remote, err);
 	}
 	if (rc)
 		return rc;
-	if (o->n_peers && !o->estimate) {
+	if (o->shared_peer && !o->estimate) {
+		fs->peer = o->shared_peer;
+		fs->peer_shared = true;
+	} else if (o->n_peers && !o->estimate) {
 		/* peers are a shortcut: failing to open them is a warning */
 		idd_fetch_opts pfo = {.warn = o->warn, .ctx = o->ctx};
 		idd_error e2;
@@ -171,7 +175,9 @@ int idd_fetch_sources_open(idd_fetch_sources *fs, idd_remote_index *ri, const id
 			idd_fetch_sources_close(fs);
 			return prc;
 		}
-		if (prc && prc != IDD_ENOENT)
+		if (prc && prc != IDD_ENOENT && o->name)
+			idd_warnf(o->warn, o->ctx, "warning: %s: pack not used: %s", o->name, e2.msg);
+		else if (prc && prc != IDD_ENOENT)
 			idd_warnf(o->warn, o->ctx, "warning: pack not used: %s", e2.msg);
 		if (!prc)
 			fs->index_bytes = idd_pack_source_index_bytes(fs->pack);
@@ -194,7 +200,8 @@ uint64_t idd_fetch_sources_bytes(const idd_fetch_sources *fs)
 
 void idd_fetch_sources_close(idd_fetch_sources *fs)
 {
-	idd_block_source_close(fs->peer);
+	if (!fs->peer_shared)
+		idd_block_source_close(fs->peer);
 	idd_block_source_close(fs->pack);
 	idd_block_source_close(fs->remote);
 	memset(fs, 0, sizeof *fs);

@@ -84,11 +84,18 @@ typedef struct idd_fetch_sources_opts {
 	bool estimate;
 	idd_warn_fn warn;
 	void *ctx;
+	/* Peers opened already and shared by several images (serve's exports):
+	 * asked first, never closed here; peers and n_peers are then unused. */
+	idd_block_source *shared_peer;
+	int readers;                /* the image's source's parallel readers (0: one) */
+	const atomic_bool *cancel;  /* the image's source stops when it is set (NULL: never) */
+	const char *name;           /* warnings about the pack name it (NULL: they name nothing) */
 } idd_fetch_sources_opts;
 
 typedef struct idd_fetch_sources {
 	idd_block_source *peer, *pack, *remote;
 	uint64_t index_bytes; /* the pack's view */
+	bool peer_shared;     /* peer is the caller's (shared_peer): not closed here */
 } idd_fetch_sources;
 
 /* Open the sources for image `info` (map m) of ri.  A pack that SOURCE
@@ -96,7 +103,8 @@ typedef struct idd_fetch_sources {
  * out (with a warning for trouble); the image's source is required. */
 int idd_fetch_sources_open(idd_fetch_sources *fs, idd_remote_index *ri, const idd_image_info *info,
                            const idd_map *m, const idd_fetch_sources_opts *o, idd_error *err);
-/* The chain to ask, in order. */
+/* The chain to ask, in order: every fetch of deploy, estimate and serve
+ * asks this one. */
 void idd_fetch_sources_chain(const idd_fetch_sources *fs, idd_block_chain *c);
 /* Payload bytes transferred from SOURCE (the pack's compressed frames and
  * the image's stored bytes; peers not included). */
