@@ -177,27 +177,27 @@ static int cache_estimate(int argc, char **argv)
 	                                     {"json", no_argument, 0, 'J'},
 	                                     {"help", no_argument, 0, 'h'},
 	                                     {0, 0, 0, 0}};
-	idd_estimate_opts o = {.warn = cli_warn};
+	idd_estimate_opts o = {.node = {.warn = cli_warn}};
 	bool json = false;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c': o.cache_dir = optarg; break;
-		case 'f': o.source = optarg; break;
-		case 'i': o.index = optarg; break;
+		case 'c': o.node.cache_dir = optarg; break;
+		case 'f': o.node.source = optarg; break;
+		case 'i': o.node.index = optarg; break;
 		case 'b':
 			if (!parse_rate(optarg, &o.bandwidth))
 				return cli_usage(usage, "--bandwidth takes bytes per second such as 100M or 1G/s, "
 				                 "not '%s'", optarg);
 			break;
-		case 'K': o.no_pack = true; break;
+		case 'K': o.node.no_pack = true; break;
 		case 'J': json = true; break;
 		case 'h': printf("usage: %s\n", usage); return EXIT_OK;
 		default: return cli_usage(usage, "bad option");
 		}
 	}
-	if (!o.source || !o.cache_dir)
+	if (!o.node.source || !o.node.cache_dir)
 		return cli_usage(usage, "--cache DIR and --from SOURCE are required");
 	if (optind >= argc)
 		return cli_usage(usage, "expected at least one IMAGE");

@@ -83,10 +83,10 @@ int cmd_deploy(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "o:qh", opts, NULL)) != -1) {
 		switch (c) {
-		case 'f': o.source = optarg; break;
-		case 'c': o.cache_dir = optarg; break;
+		case 'f': o.node.source = optarg; break;
+		case 'c': o.node.cache_dir = optarg; break;
 		case 'o': o.out = optarg; break;
-		case 'i': o.index = optarg; break;
+		case 'i': o.node.index = optarg; break;
 		case 's': {
 			const char **n = realloc(seeds, (nseeds + 1) * sizeof *n);
 			if (!n) {
@@ -104,7 +104,7 @@ int cmd_deploy(int argc, char **argv)
 				free(seeds);
 				return cli_usage(usage, "--connections must be 1 to 64, not '%s'", optarg);
 			}
-			o.connections = (int)v;
+			o.node.connections = (int)v;
 			break;
 		}
 		case 'j': {
@@ -123,14 +123,14 @@ int cmd_deploy(int argc, char **argv)
 			}
 			peers[npeers++] = optarg;
 			break;
-		case 'K': o.no_pack = true; break;
+		case 'K': o.node.no_pack = true; break;
 		case 'T': {
 			long v;
 			if (!cli_parse_int(optarg, 1, 3600, &v)) {
 				free(seeds);
 				return cli_usage(usage, "--timeout must be 1 to 3600 seconds, not '%s'", optarg);
 			}
-			o.timeout_s = v;
+			o.node.timeout_s = v;
 			break;
 		}
 		case 'F': o.force = true; break;
@@ -144,19 +144,19 @@ int cmd_deploy(int argc, char **argv)
 		free(seeds);
 		return cli_usage(usage, "expected one IMAGE");
 	}
-	if (!o.source || !o.cache_dir) {
+	if (!o.node.source || !o.node.cache_dir) {
 		free(seeds);
 		return cli_usage(usage, "--from SOURCE and --cache DIR are required");
 	}
 	o.image = argv[optind];
 	o.seeds = seeds;
 	o.n_seeds = nseeds;
-	o.peers = peers;
-	o.n_peers = npeers;
+	o.node.peers = peers;
+	o.node.n_peers = npeers;
 	struct prog p = {.enabled = !cli_quiet && isatty(STDERR_FILENO)};
 	o.progress = on_progress;
-	o.warn = on_warn;
-	o.ctx = &p;
+	o.node.warn = on_warn;
+	o.node.ctx = &p;
 	idd_deploy_stats st;
 	idd_error err = {{0}, 0};
 	double t0 = now_s();

@@ -39,10 +39,10 @@ extern "C" {
 
 /* The version compiled against; idd_version() says which library is linked. */
 #define IDD_VERSION_MAJOR 0
-#define IDD_VERSION_MINOR 1
+#define IDD_VERSION_MINOR 2
 #define IDD_VERSION_PATCH 0
 #define IDD_VERSION_NUMBER (IDD_VERSION_MAJOR * 10000 + IDD_VERSION_MINOR * 100 + IDD_VERSION_PATCH)
-#define IDD_VERSION "0.1.0"
+#define IDD_VERSION "0.2.0"
 
 #define IDD_DIGEST_SIZE 32
 #define IDD_DEFAULT_BLOCK_SIZE 4096u
@@ -489,24 +489,30 @@ typedef struct idd_deploy_stats {
 
 typedef void (*idd_deploy_progress_fn)(void *ctx, const idd_deploy_stats *st);
 
-typedef struct idd_deploy_opts {
-	const char *source;    /* repository: a directory or an http(s):// URL */
+/* What a node needs to reach a repository and hold its blocks: shared by
+ * deploy (idd_deploy_opts.node) and serve (idd_serve_opts.node). */
+typedef struct idd_node_opts {
+	const char *source;    /* repository: a directory, http(s):// or s3:// */
 	const char *index;     /* its index (dir or URL); NULL: SOURCE/.imgdedup */
 	const char *cache_dir; /* the node cache */
+	const char *const *peers; /* other nodes' caches over HTTP, asked before SOURCE */
+	size_t n_peers;
+	int connections;       /* requests in flight (deploy: in all; serve: per export); 0: 4 */
+	long timeout_s;        /* remote transfer below 1 KiB/s this long fails (retried); 0: 30 */
+	bool no_pack;          /* ignore SOURCE's pack */
+	idd_warn_fn warn;      /* warnings; may be NULL */
+	void *ctx;             /* passed to warn (and to deploy's progress) */
+} idd_node_opts;
+
+typedef struct idd_deploy_opts {
+	idd_node_opts node;
 	const char *image;     /* image id, relative to SOURCE */
 	const char *out;       /* NULL: inside the cache dir (images/ID) */
 	const char *const *seeds; /* read-only local raw images used as further sources */
 	size_t n_seeds;
-	int connections;       /* HTTP requests in flight; 0: 4 */
 	bool force;            /* replace an existing OUT */
 	idd_deploy_progress_fn progress;
-	idd_warn_fn warn;
-	void *ctx;
 	int jobs;              /* threads verifying local copies; 0: online CPUs */
-	long timeout_s;        /* remote transfer below 1 KiB/s this long fails (retried); 0: 30 */
-	const char *const *peers; /* other nodes' caches over HTTP, asked before SOURCE */
-	size_t n_peers;
-	bool no_pack;          /* ignore SOURCE's pack */
 } idd_deploy_opts;
 
 /* Materialise IMAGE as a raw file.  On failure OUT is untouched (an
@@ -557,17 +563,12 @@ int idd_cache_gc_policy(const char *dir, uint64_t max_size, idd_gc_policy policy
                         idd_cache_gc_stats *st, idd_warn_fn warn, void *ctx, idd_error *err);
 
 typedef struct idd_estimate_opts {
-	const char *source;       /* repository: a directory, URL or s3:// location */
-	const char *index;        /* its index; NULL: SOURCE/.imgdedup */
-	const char *cache_dir;    /* the node cache (absent: an empty cache; never created) */
+	/* as deploy's (the cache absent: an empty cache, never created; no_pack:
+	 * fetches priced from the images, as deploy --no-pack does; peers unused) */
+	idd_node_opts node;
 	const char *const *images; /* image ids */
 	size_t n_images;
 	uint64_t bandwidth;       /* bytes per second for `seconds`; 0: no time estimate */
-	bool no_pack;             /* price fetches from the images, as deploy --no-pack does */
-	int connections;          /* for the index requests; 0: 4 */
-	long timeout_s;
-	idd_warn_fn warn;
-	void *ctx;
 } idd_estimate_opts;
 
 typedef struct idd_image_estimate {
@@ -608,14 +609,7 @@ int idd_cache_estimate_json(const idd_image_estimate *v, size_t n, char **text, 
  * SOURCE), verified, written into the cache and answered.  Every function
  * is safe to call from several threads at once. */
 typedef struct idd_serve_opts {
-	const char *source;        /* repository: a directory, http(s):// or s3:// */
-	const char *index;         /* its index; NULL: SOURCE/.imgdedup */
-	const char *cache_dir;     /* the node cache */
-	const char *const *peers;  /* other nodes' caches over HTTP, asked before SOURCE */
-	size_t n_peers;
-	int connections;           /* requests in flight per export; 0: 4 */
-	long timeout_s;            /* remote transfer slower than the floor this long fails; 0: 30 */
-	bool no_pack;              /* ignore SOURCE's pack */
+	idd_node_opts node;
 	bool fill;                 /* fetch the rest of each image in the background */
 	const char *record;        /* write the order of first reads here (a boot profile) */
 	const char *prefetch;      /* a recorded profile: fetch those blocks ahead of the guest */
@@ -633,8 +627,6 @@ typedef struct idd_serve_opts {
 	long refresh_s;
 	uint64_t cache_max;        /* keep the node cache under this many bytes (cache gc's
 	                            * value policy, every second); 0: no limit */
-	idd_warn_fn warn;
-	void *ctx;
 	/* told what start-up is doing (reading the catalog, a block map, ...)
 	 * as each step begins, for a progress display; may be NULL */
 	idd_warn_fn progress;

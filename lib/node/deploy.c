@@ -50,7 +50,7 @@ static void progress(struct deploy *d)
 	idd_block_source_counters rc = {0};
 	idd_block_source_counters_get(d->fetch.remote, &rc);
 	d->st->requests = fs.requests + rc.requests;
-	d->o->progress(d->o->ctx, d->st);
+	d->o->progress(d->o->node.ctx, d->st);
 }
 
 static void fill_progress(void *ctx, uint64_t written)
@@ -104,7 +104,7 @@ static int open_seeds(struct deploy *d)
 			rc = IDD_ENOMEM;
 	}
 	if (!rc)
-		rc = idd_seed_source_open(o->seeds, o->n_seeds, d->ri, d->info, d->m, &want, o->warn, o->ctx,
+		rc = idd_seed_source_open(o->seeds, o->n_seeds, d->ri, d->info, d->m, &want, o->node.warn, o->node.ctx,
 		                          &d->st->seeds_mapped, &d->seed_src, d->err);
 	idd_digest_set_free(&want);
 	if (!rc)
@@ -172,10 +172,10 @@ static int fetch_missing(struct deploy *d, idd_blist *fetch)
 	char *dir = idd_strdup(d->part.part, d->err);
 	if (!dir)
 		return IDD_ENOMEM;
-	idd_fetch_sources_opts fo = {.peers = d->o->peers, .n_peers = d->o->n_peers,
-	                             .no_pack = d->o->no_pack, .connections = d->o->connections,
-	                             .timeout_s = d->o->timeout_s, .tmp_dir = dirname(dir),
-	                             .warn = d->o->warn, .ctx = d->o->ctx};
+	idd_fetch_sources_opts fo = {.peers = d->o->node.peers, .n_peers = d->o->node.n_peers,
+	                             .no_pack = d->o->node.no_pack, .connections = d->o->node.connections,
+	                             .timeout_s = d->o->node.timeout_s, .tmp_dir = dirname(dir),
+	                             .warn = d->o->node.warn, .ctx = d->o->node.ctx};
 	int rc = idd_fetch_sources_open(&d->fetch, d->ri, d->info, d->m, &fo, d->err);
 	free(dir);
 	if (rc)
@@ -235,15 +235,16 @@ static int copy_repeats(struct deploy *d, idd_blist *repeat)
 static int prepare_out(struct deploy *d, char **out)
 {
 	const idd_deploy_opts *o = d->o;
-	if (idd_mkdir_p(o->cache_dir, d->err))
+	if (idd_mkdir_p(o->node.cache_dir, d->err))
 		return IDD_ERR;
-	*out = o->out ? idd_strdup(o->out, d->err) : idd_cache_default_out(o->cache_dir, o->image, d->err);
+	*out = o->out ? idd_strdup(o->out, d->err) : idd_cache_default_out(o->node.cache_dir, o->image, d->err);
 	if (!*out)
 		return IDD_ENOMEM;
 	snprintf(d->st->out_path, sizeof d->st->out_path, "%s", *out);
 	idd_error e2;
-	if (!o->out && idd_cache_migrate_name(o->cache_dir, d->ri, o->image, d->m, o->warn, o->ctx, &e2))
-		idd_warnf(o->warn, o->ctx, "warning: cache: %s", e2.msg);
+	if (!o->out && idd_cache_migrate_name(o->node.cache_dir, d->ri, o->image, d->m, o->node.warn,
+	                                      o->node.ctx, &e2))
+		idd_warnf(o->node.warn, o->node.ctx, "warning: cache: %s", e2.msg);
 	struct stat sb;
 	if (!o->force && lstat(*out, &sb) == 0)
 		return idd_fail_code(d->err, IDD_EPERM, "%s: exists (use --force to replace it)", *out);
@@ -259,10 +260,10 @@ static int prepare_out(struct deploy *d, char **out)
 static int run(struct deploy *d)
 {
 	const idd_deploy_opts *o = d->o;
-	idd_fetch_opts fo = {.connections = o->connections, .warn = o->warn, .ctx = o->ctx,
-	                     .timeout_s = o->timeout_s};
+	idd_fetch_opts fo = {.connections = o->node.connections, .warn = o->node.warn, .ctx = o->node.ctx,
+	                     .timeout_s = o->node.timeout_s};
 	char *out = NULL;
-	int rc = idd_remote_index_open(o->source, o->index, &fo, &d->ri, d->err);
+	int rc = idd_remote_index_open(o->node.source, o->node.index, &fo, &d->ri, d->err);
 	if (!rc)
 		rc = idd_remote_index_image(d->ri, o->image, &d->info, d->err);
 	if (!rc)
@@ -274,9 +275,9 @@ static int run(struct deploy *d)
 	d->bs = d->m->block_size;
 	d->st->bytes_index = idd_remote_index_bytes(d->ri);
 	d->st->bytes_total = d->m->image_size;
-	if ((rc = idd_cache_open(o->cache_dir, o->warn, o->ctx, &d->cache, d->err)) ||
+	if ((rc = idd_cache_open(o->node.cache_dir, o->node.warn, o->node.ctx, &d->cache, d->err)) ||
 	    (rc = idd_cache_prepare(d->cache, d->bs, d->err)) ||
-	    (rc = idd_cache_source_open(d->cache, d->bs, o->warn, o->ctx, &d->cache_src, d->err)))
+	    (rc = idd_cache_source_open(d->cache, d->bs, o->node.warn, o->node.ctx, &d->cache_src, d->err)))
 		goto out;
 	if ((rc = idd_plan_init(&d->plan, d->m, d->err)))
 		goto out;
@@ -318,8 +319,8 @@ static int run(struct deploy *d)
 	char *abs = realpath(out, NULL);
 	idd_error e2;
 	if (!abs || idd_cache_register(d->cache, abs, d->m, &e2))
-		idd_warnf(o->warn, o->ctx, "warning: cache: %s: could not register the image: %s",
-		          o->cache_dir, abs ? e2.msg : strerror(errno));
+		idd_warnf(o->node.warn, o->node.ctx, "warning: cache: %s: could not register the image: %s",
+		          o->node.cache_dir, abs ? e2.msg : strerror(errno));
 	free(abs);
 out:
 	free(out);
@@ -329,7 +330,7 @@ out:
 int idd_deploy(const idd_deploy_opts *o, idd_deploy_stats *st, idd_error *err)
 {
 	memset(st, 0, sizeof *st);
-	if (!o->source || !o->cache_dir || !o->image)
+	if (!o->node.source || !o->node.cache_dir || !o->image)
 		return idd_fail(err, "deploy: SOURCE, cache directory and IMAGE are required");
 	if (!idd_relpath_ok(o->image))
 		return idd_fail_code(err, IDD_EPERM, "%s: refused: an image id must be a relative path "

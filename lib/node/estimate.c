@@ -38,7 +38,7 @@ static int prepare_cache(struct estimator *e, uint32_t bs, idd_error *err)
 	e->cache_src = NULL;
 	int rc = idd_cache_prepare(e->cache, bs, err);
 	if (!rc)
-		rc = idd_cache_source_open(e->cache, bs, e->o->warn, e->o->ctx, &e->cache_src, err);
+		rc = idd_cache_source_open(e->cache, bs, e->o->node.warn, e->o->node.ctx, &e->cache_src, err);
 	if (!rc)
 		e->prepared_bs = bs;
 	return rc;
@@ -98,7 +98,7 @@ static int estimate_boot(struct estimator *e, const char *id, const idd_image_in
 		return rc;
 	}
 	if (rc) /* unreadable profiles: the boot's cost is unknown, not an error */
-		idd_warnf(e->o->warn, e->o->ctx, "warning: %s: boot profiles: %s", id, e2.msg);
+		idd_warnf(e->o->node.warn, e->o->node.ctx, "warning: %s: boot profiles: %s", id, e2.msg);
 	out->has_boot = !rc && from;
 	free(from);
 	if (!out->has_boot) {
@@ -119,8 +119,8 @@ static int estimate_boot(struct estimator *e, const char *id, const idd_image_in
 	out->boot_bytes_missing = 0;
 	if (!rc && fetch.n) {
 		idd_fetch_sources fs = {0};
-		idd_fetch_sources_opts fo = {.no_pack = e->o->no_pack, .estimate = true,
-		                             .warn = e->o->warn, .ctx = e->o->ctx};
+		idd_fetch_sources_opts fo = {.no_pack = e->o->node.no_pack, .estimate = true,
+		                             .warn = e->o->node.warn, .ctx = e->o->node.ctx};
 		rc = idd_fetch_sources_open(&fs, e->ri, info, m, &fo, err);
 		idd_block_chain chain;
 		if (!rc) {
@@ -160,8 +160,8 @@ static int estimate_one(struct estimator *e, const char *id, idd_image_estimate 
 	out->bytes_total = m->image_size;
 	out->bytes_zero = settled.bytes_zero;
 	if (!rc && fetch.n) {
-		idd_fetch_sources_opts fo = {.no_pack = e->o->no_pack, .estimate = true,
-		                             .warn = e->o->warn, .ctx = e->o->ctx};
+		idd_fetch_sources_opts fo = {.no_pack = e->o->node.no_pack, .estimate = true,
+		                             .warn = e->o->node.warn, .ctx = e->o->node.ctx};
 		rc = idd_fetch_sources_open(&fs, e->ri, info, m, &fo, err);
 		idd_block_chain chain;
 		if (!rc) {
@@ -190,7 +190,7 @@ static int estimate_one(struct estimator *e, const char *id, idd_image_estimate 
 int idd_cache_estimate(const idd_estimate_opts *o, idd_image_estimate **out, idd_error *err)
 {
 	*out = NULL;
-	if (!o->source || !o->cache_dir || !o->n_images)
+	if (!o->node.source || !o->node.cache_dir || !o->n_images)
 		return idd_fail_code(err, IDD_EPERM, "estimate: SOURCE, cache directory and IMAGE are required");
 	for (size_t i = 0; i < o->n_images; i++)
 		if (!idd_relpath_ok(o->images[i]))
@@ -200,15 +200,15 @@ int idd_cache_estimate(const idd_estimate_opts *o, idd_image_estimate **out, idd
 	if (!v)
 		return IDD_ENOMEM;
 	struct estimator e = {.o = o};
-	idd_fetch_opts fo = {.connections = o->connections, .warn = o->warn, .ctx = o->ctx,
-	                     .timeout_s = o->timeout_s};
-	int rc = idd_remote_index_open(o->source, o->index, &fo, &e.ri, err);
+	idd_fetch_opts fo = {.connections = o->node.connections, .warn = o->node.warn, .ctx = o->node.ctx,
+	                     .timeout_s = o->node.timeout_s};
+	int rc = idd_remote_index_open(o->node.source, o->node.index, &fo, &e.ri, err);
 	/* no cache directory yet: nothing is here (and none is created) */
 	struct stat st;
-	if (!rc && stat(o->cache_dir, &st) == 0)
-		rc = idd_cache_open(o->cache_dir, o->warn, o->ctx, &e.cache, err);
+	if (!rc && stat(o->node.cache_dir, &st) == 0)
+		rc = idd_cache_open(o->node.cache_dir, o->node.warn, o->node.ctx, &e.cache, err);
 	else if (!rc && errno != ENOENT)
-		rc = idd_fail_errno(err, o->cache_dir, "cannot open cache directory");
+		rc = idd_fail_errno(err, o->node.cache_dir, "cannot open cache directory");
 	for (size_t i = 0; !rc && i < o->n_images; i++) {
 		v[i].image = o->images[i];
 		rc = estimate_one(&e, o->images[i], &v[i], err);

@@ -65,7 +65,7 @@ static int write_profile(idd_server *s, idd_error *err)
 
 int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 {
-	if (!o->source || !o->cache_dir)
+	if (!o->node.source || !o->node.cache_dir)
 		return idd_fail(err, "serve: SOURCE and the cache directory are required");
 	idd_server *s = idd_calloc(1, sizeof *s, err);
 	if (!s)
@@ -81,34 +81,34 @@ int idd_server_open(const idd_serve_opts *o, idd_server **out, idd_error *err)
 	atomic_init(&s->stop, false);
 	atomic_init(&s->last_refresh_ns, 0);
 	int rc = IDD_OK;
-	const char **fields[] = {&s->o.source, &s->o.index, &s->o.cache_dir, &s->o.record,
+	const char **fields[] = {&s->o.node.source, &s->o.node.index, &s->o.node.cache_dir, &s->o.record,
 	                         &s->o.prefetch};
 	for (size_t i = 0; !rc && i < IDD_ARRAY_LEN(fields); i++)
 		rc = keep_string(s, fields[i], err);
-	s->o.peers = NULL; /* kept in s->peers */
-	s->o.n_peers = 0;
-	idd_fetch_opts fo = {.connections = o->connections, .timeout_s = o->timeout_s, .warn = o->warn,
-	                     .ctx = o->ctx, .cancel = &s->stop};
+	s->o.node.peers = NULL; /* kept in s->peers */
+	s->o.node.n_peers = 0;
+	idd_fetch_opts fo = {.connections = o->node.connections, .timeout_s = o->node.timeout_s, .warn = o->node.warn,
+	                     .ctx = o->node.ctx, .cancel = &s->stop};
 	if (s->o.read_timeout_s <= 0)
 		s->o.read_timeout_s = READ_TIMEOUT_S;
 	if (!rc) {
-		serve_progress(s, "opening the index of %s", s->o.index ? s->o.index : s->o.source);
-		rc = idd_remote_index_open(s->o.source, s->o.index, &fo, &s->ri, err);
+		serve_progress(s, "opening the index of %s", s->o.node.index ? s->o.node.index : s->o.node.source);
+		rc = idd_remote_index_open(s->o.node.source, s->o.node.index, &fo, &s->ri, err);
 	}
 	if (!rc) {
-		serve_progress(s, "opening the cache %s", s->o.cache_dir);
-		rc = idd_cache_open(s->o.cache_dir, o->warn, o->ctx, &s->cache, err);
+		serve_progress(s, "opening the cache %s", s->o.node.cache_dir);
+		rc = idd_cache_open(s->o.node.cache_dir, o->node.warn, o->node.ctx, &s->cache, err);
 	}
 	if (!rc && s->o.all) {
-		serve_progress(s, "reading the catalog of %s", s->o.index ? s->o.index : s->o.source);
+		serve_progress(s, "reading the catalog of %s", s->o.node.index ? s->o.node.index : s->o.node.source);
 		rc = idd_remote_index_catalog_refresh(s->ri, NULL, err);
 		s->cat_checked_ns = idd_now_ns();
 	}
 	if (!rc && s->o.prefetch)
 		rc = idd_profile_load(s->o.prefetch, &s->pf, err);
 	/* the peers' addresses, for when the block size is known */
-	for (size_t i = 0; !rc && i < o->n_peers; i++) {
-		const char *p = o->peers[i];
+	for (size_t i = 0; !rc && i < o->node.n_peers; i++) {
+		const char *p = o->node.peers[i];
 		if (!(rc = keep_string(s, &p, err))) {
 			const char **nv = realloc(s->peers, (i + 1) * sizeof *nv);
 			if (!nv)
@@ -142,7 +142,7 @@ int idd_server_start(idd_server *s, idd_error *err)
 			if (s->o.cache_max)
 				s->budget_started = !pthread_create(&s->budget, NULL, serve_budget_main, s);
 			if (s->o.cache_max && !s->budget_started)
-				idd_warnf(s->o.warn, s->o.ctx,
+				idd_warnf(s->o.node.warn, s->o.node.ctx,
 				          "warning: --cache-max: cannot start its thread: the cache is not kept "
 				          "under it");
 		}
@@ -185,7 +185,7 @@ int idd_server_checkpoint(idd_server *s, idd_error *err)
 		idd_export *e = s->exports[i];
 		pthread_mutex_lock(&e->part_lock);
 		if (e->repair_fd >= 0 && fdatasync(e->repair_fd))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: fsync: %s", e->final_path, strerror(errno));
+			idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: %s: fsync: %s", e->final_path, strerror(errno));
 		pthread_mutex_unlock(&e->part_lock);
 	}
 	return s->o.record ? write_profile(s, err) : IDD_OK;
@@ -238,7 +238,7 @@ void idd_server_close(idd_server *s)
 	if (s->o.record) {
 		idd_error err;
 		if (write_profile(s, &err))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: --record: %s", err.msg);
+			idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: --record: %s", err.msg);
 	}
 	for (size_t i = 0; i < s->nexports; i++)
 		serve_export_free(s->exports[i]);
@@ -264,9 +264,7 @@ void idd_server_close(idd_server *s)
 int idd_server_estimate(idd_server *s, const char *const *images, size_t n, uint64_t bandwidth,
                         idd_image_estimate **out, idd_error *err)
 {
-	idd_estimate_opts o = {.source = s->o.source, .index = s->o.index, .cache_dir = s->o.cache_dir,
-	                       .images = images, .n_images = n, .bandwidth = bandwidth,
-	                       .no_pack = s->o.no_pack, .connections = s->o.connections,
-	                       .timeout_s = s->o.timeout_s, .warn = s->o.warn, .ctx = s->o.ctx};
+	idd_estimate_opts o = {.node = s->o.node, .images = images, .n_images = n,
+	                       .bandwidth = bandwidth};
 	return idd_cache_estimate(&o, out, err);
 }

@@ -31,7 +31,7 @@ static void prefetch_main(void *arg)
 		if (serve_access_range(e, e->prefetch[i] * e->bs,
 		                 IDD_MIN((uint64_t)(j - i) * e->bs, e->size - e->prefetch[i] * e->bs), NULL,
 		                 false, false, false, &err))
-			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
+			idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: prefetch: %s", e->id, err.msg);
 		i = j;
 	}
 }
@@ -107,7 +107,7 @@ static int check_and_repair(idd_export *e, int fd, const char *path, unsigned ch
 		if (rc == IDD_ENOMEM)
 			idd_fail_code(err, rc, "out of memory");
 		if (!rc && bad.n)
-			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %zu blocks of %s do not match the "
+			idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: %zu blocks of %s do not match the "
 			          "block map; fetching them again", e->id, bad.n, path);
 		for (size_t i = 0; !rc && i < bad.n && !atomic_load(&e->srv->stop); i += FILL_WINDOW) {
 			yield_to_guest(e);
@@ -194,7 +194,7 @@ static void fill_main(void *arg)
 	if (!rc && !atomic_load(&e->srv->stop))
 		rc = finish_fill(e, buf, reqs, &err);
 	if (rc)
-		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: --fill stopped: %s", e->id, err.msg);
+		idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: --fill stopped: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
 	free(blocks);
@@ -228,7 +228,7 @@ static void repair_main(void *arg)
 			rc = idd_cache_adopt(s->cache, e->final_path, e->m, &err);
 	}
 	if (rc)
-		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: repairing the cached image stopped: %s", e->id,
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: %s: repairing the cached image stopped: %s", e->id,
 		          err.msg);
 	free(buf);
 	free(reqs);

@@ -30,7 +30,7 @@ static void budget_warn(void *ctx, const char *msg)
 {
 	idd_server *s = ctx;
 	if (!strstr(msg, "is in use; kept"))
-		idd_warnf(s->o.warn, s->o.ctx, "%s", msg);
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "%s", msg);
 }
 
 /* Over --cache-max: cache gc (value policy) with the budget, lent the files
@@ -55,7 +55,7 @@ static void keep_under_budget(idd_server *s)
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (!kept.v) {
-		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: out of memory");
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: --cache-max: out of memory");
 		return;
 	}
 	for (size_t i = 0; i < kept.n; i += 2)
@@ -70,15 +70,15 @@ static void keep_under_budget(idd_server *s)
 	size_t closed;
 	idd_error e2;
 	if (idd_cache_take_back(s->cache, &closed, &e2))
-		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", e2.msg);
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: --cache-max: %s", e2.msg);
 	if (rc) {
-		idd_warnf(s->o.warn, s->o.ctx, "warning: --cache-max: %s", err.msg);
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: --cache-max: %s", err.msg);
 		goto out;
 	}
 	atomic_fetch_add(&s->cache_evicted, st.images_removed);
 	if (st.bytes_after > s->o.cache_max && !s->budget_warned) {
 		s->budget_warned = true;
-		idd_warnf(s->o.warn, s->o.ctx,
+		idd_warnf(s->o.node.warn, s->o.node.ctx,
 		          "warning: --cache-max: the cache takes %llu bytes, above %llu: the rest is in "
 		          "use by the exports or a deploy", (unsigned long long)st.bytes_after,
 		          (unsigned long long)s->o.cache_max);

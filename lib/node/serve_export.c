@@ -47,7 +47,7 @@ void serve_export_free(idd_export *e)
 	}
 	if (e->repair_fd >= 0) {
 		if (fdatasync(e->repair_fd))
-			idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: fsync: %s", e->final_path,
+			idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: fsync: %s", e->final_path,
 			          strerror(errno));
 		close(e->repair_fd);
 	}
@@ -90,15 +90,15 @@ static int prepare_locked(idd_server *s, uint32_t bs, idd_error *err)
 		return IDD_OK;
 	int rc = idd_cache_prepare(s->cache, bs, err);
 	if (!rc)
-		rc = idd_cache_source_open(s->cache, bs, s->o.warn, s->o.ctx, &s->cache_src, err);
+		rc = idd_cache_source_open(s->cache, bs, s->o.node.warn, s->o.node.ctx, &s->cache_src, err);
 	if (!rc && s->npeers) {
 		/* peers are a shortcut: failing to open them is a warning */
-		idd_fetch_opts pfo = {.warn = s->o.warn, .ctx = s->o.ctx, .cancel = &s->stop};
+		idd_fetch_opts pfo = {.warn = s->o.node.warn, .ctx = s->o.node.ctx, .cancel = &s->stop};
 		idd_error e2;
 		serve_progress(s, "reading the peers' cache indexes");
-		if (idd_peer_source_open(s->peers, s->npeers, bs, &pfo, s->o.warn, s->o.ctx, &s->peer_src,
+		if (idd_peer_source_open(s->peers, s->npeers, bs, &pfo, s->o.node.warn, s->o.node.ctx, &s->peer_src,
 		                         &e2))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: peers not used: %s", e2.msg);
+			idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: peers not used: %s", e2.msg);
 	}
 	return rc;
 }
@@ -116,9 +116,9 @@ static int published_profile(idd_server *s, idd_export *e)
 	if (rc == IDD_ENOMEM)
 		return rc;
 	if (rc)
-		idd_warnf(s->o.warn, s->o.ctx, "warning: %s: boot profiles: %s", e->id, e2.msg);
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: %s: boot profiles: %s", e->id, e2.msg);
 	else if (from) /* said once: which boot this image's guest is expected to repeat */
-		idd_warnf(s->o.warn, s->o.ctx, "%s: prefetching %zu blocks of the boot profile of %s",
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "%s: prefetching %zu blocks of the boot profile of %s",
 		          e->id, e->nprefetch, from);
 	free(from);
 	return IDD_OK;
@@ -176,8 +176,8 @@ static int export_new(idd_server *s, const char *id, idd_export **out, idd_error
 		free(dir);
 	}
 	idd_error e2;
-	if (!rc && idd_cache_migrate_name(s->cache->dir, s->ri, id, e->m, s->o.warn, s->o.ctx, &e2))
-		idd_warnf(s->o.warn, s->o.ctx, "warning: cache: %s", e2.msg);
+	if (!rc && idd_cache_migrate_name(s->cache->dir, s->ri, id, e->m, s->o.node.warn, s->o.node.ctx, &e2))
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: cache: %s", e2.msg);
 	struct stat st;
 	if (!rc && lstat(e->final_path, &st) == 0) {
 		e->complete = true; /* deployed before: every block reads from the cache */
@@ -221,7 +221,7 @@ static void warn_if_changed(idd_export *e)
 	    !memcmp(now.b, e->info->list_key.b, IDD_DIGEST_SIZE) ||
 	    atomic_exchange(&e->warned_changed, true))
 		return;
-	idd_warnf(e->srv->o.warn, e->srv->o.ctx,
+	idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx,
 	          "warning: %s changed in the repository since it was first opened: it is served as it "
 	          "was until the service restarts (blocks no longer in SOURCE fail)", e->id);
 }
@@ -283,7 +283,7 @@ static void catalog_current(idd_server *s)
 		return;
 	idd_error e2;
 	if (idd_remote_index_catalog_refresh(s->ri, NULL, &e2))
-		idd_warnf(s->o.warn, s->o.ctx, "warning: the catalog was not re-read: %s", e2.msg);
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: the catalog was not re-read: %s", e2.msg);
 	pthread_mutex_lock(&s->cat_lock);
 	/* a failure waits for the next check too: a source that is down is
 	 * not asked at every connection */

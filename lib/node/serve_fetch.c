@@ -19,10 +19,10 @@ static int ensure_remote(idd_export *e, idd_error *err)
 		char *tmp = idd_path_join(s->cache->dir, IDD_CACHE_IMAGES, err);
 		/* the pack means fewer bytes when SOURCE has one; trouble with it
 		 * is a warning and the image is read instead */
-		idd_fetch_sources_opts fo = {.shared_peer = s->peer_src, .no_pack = s->o.no_pack,
-		                             .connections = s->o.connections, .timeout_s = s->o.timeout_s,
+		idd_fetch_sources_opts fo = {.shared_peer = s->peer_src, .no_pack = s->o.node.no_pack,
+		                             .connections = s->o.node.connections, .timeout_s = s->o.node.timeout_s,
 		                             .tmp_dir = tmp, .readers = REMOTE_READERS, .cancel = &s->stop,
-		                             .name = e->id, .warn = s->o.warn, .ctx = s->o.ctx};
+		                             .name = e->id, .warn = s->o.node.warn, .ctx = s->o.node.ctx};
 		rc = tmp ? idd_fetch_sources_open(&e->fetch, s->ri, e->info, e->m, &fo, err) : IDD_ENOMEM;
 		free(tmp);
 	}
@@ -72,7 +72,7 @@ static void note_outcome(idd_export *e, const idd_block_req *q)
 		return;
 	idd_error e2;
 	if (idd_negcache_fail(&e->failed, &q->digest, q->status, idd_mono_ns(), &e2))
-		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: %s", e->id, e2.msg);
+		idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: %s", e->id, e2.msg);
 }
 
 /* How fast the source delivered a batch: the readahead is sized to what it

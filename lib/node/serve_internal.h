@@ -214,7 +214,7 @@ static inline void serve_progress(idd_server *s, const char *fmt, ...)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
-	idd_vwarnf(s->o.progress, s->o.ctx, fmt, ap);
+	idd_vwarnf(s->o.progress, s->o.node.ctx, fmt, ap);
 	va_end(ap);
 }
 

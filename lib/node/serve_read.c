@@ -16,7 +16,7 @@ static void maybe_refresh(idd_server *s)
 		return;
 	idd_error e2;
 	if (idd_cache_refresh(s->cache, &e2))
-		idd_warnf(s->o.warn, s->o.ctx, "warning: cache: %s", e2.msg);
+		idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: cache: %s", e2.msg);
 }
 
 
@@ -274,7 +274,7 @@ int idd_export_read(idd_export *e, void *buf, uint64_t len, uint64_t off, idd_er
 	if (!rc) {
 		atomic_fetch_add(&e->c.bytes_read, len);
 		if (record_reads(e, off, len))
-			idd_warnf(s->o.warn, s->o.ctx, "warning: %s: out of memory recording the read order", e->id);
+			idd_warnf(s->o.node.warn, s->o.node.ctx, "warning: %s: out of memory recording the read order", e->id);
 	}
 	idd_workq_guest_end(e->bg);
 	idd_latency_observe(&e->read_ns, idd_mono_ns() - t_start);

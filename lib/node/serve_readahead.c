@@ -44,7 +44,7 @@ static void read_ahead(idd_export *e, uint64_t b1, uint64_t ra_blocks)
 		n++;
 	}
 	if (n && serve_fetch_blocks(e, reqs, n, true, NULL, &err) == IDD_ENOMEM)
-		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: readahead: %s", e->id, err.msg);
+		idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: readahead: %s", e->id, err.msg);
 	free(buf);
 	free(reqs);
 }

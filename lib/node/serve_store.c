@@ -32,7 +32,7 @@ void serve_cache_write_failed(idd_export *e, const idd_error *why)
 	atomic_fetch_add(&e->c.cache_write_errors, 1);
 	atomic_store(&e->cache_failing, true);
 	if (!atomic_exchange(&e->warned_cache_write, true))
-		idd_warnf(s->o.warn, s->o.ctx,
+		idd_warnf(s->o.node.warn, s->o.node.ctx,
 		          "warning: %s: the cache cannot keep fetched blocks: %s; they are served "
 		          "without being cached (counted as cache_write_errors)", e->id, why->msg);
 }
@@ -62,7 +62,7 @@ static bool repair_write_locked(idd_export *e, uint64_t block, const unsigned ch
 		atomic_store(&e->repair_wanted, true);
 	else if (!e->repair_warned) {
 		e->repair_warned = true;
-		idd_warnf(e->srv->o.warn, e->srv->o.ctx, "warning: %s: cannot repair the cached image: %s",
+		idd_warnf(e->srv->o.node.warn, e->srv->o.node.ctx, "warning: %s: cannot repair the cached image: %s",
 		          e->id, e2.msg);
 	}
 	return ok;

@@ -379,14 +379,17 @@ static int plugin_config_complete(void)
 static int plugin_get_ready(void)
 {
 	idd_serve_opts o = {
-		.source = cfg.source,
-		.index = cfg.index,
-		.cache_dir = cfg.cache_dir,
-		.peers = cfg.peers,
-		.n_peers = cfg.n_peers,
-		.connections = cfg.connections,
-		.timeout_s = cfg.timeout_s,
-		.no_pack = cfg.no_pack,
+		.node = {
+			.source = cfg.source,
+			.index = cfg.index,
+			.cache_dir = cfg.cache_dir,
+			.peers = cfg.peers,
+			.n_peers = cfg.n_peers,
+			.connections = cfg.connections,
+			.timeout_s = cfg.timeout_s,
+			.no_pack = cfg.no_pack,
+			.warn = plugin_warn,
+		},
 		.no_profile = cfg.no_profile,
 		.fill = cfg.fill,
 		.record = cfg.record,
@@ -397,7 +400,6 @@ static int plugin_get_ready(void)
 		.all = cfg.all,
 		.refresh_s = cfg.refresh_set && cfg.refresh_s == 0 ? IDD_REFRESH_ALWAYS : cfg.refresh_s,
 		.cache_max = cfg.cache_max,
-		.warn = plugin_warn,
 		.progress = startup_stage,
 	};
 	idd_error err = {{0}, 0};

@@ -83,8 +83,8 @@ static char *read_all(const char *path, size_t *len)
 
 static int deploy(const char *image, const char *out, bool force, idd_deploy_stats *st, idd_error *err)
 {
-	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = image, .out = out,
-	                     .force = force, .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                     .image = image, .out = out, .force = force};
 	return idd_deploy(&o, st, err);
 }
 
@@ -142,8 +142,8 @@ static void test_resume(void **state)
 	close(fd);
 	/* a cache that knows nothing: the resumed part is the only local data */
 	char *empty = idd_path_join(root, "cache-empty", NULL);
-	idd_deploy_opts o = {.source = repo, .cache_dir = empty, .image = "sub/b.raw", .out = out,
-	                     .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = empty, .warn = quiet},
+	                     .image = "sub/b.raw", .out = out};
 	idd_deploy_stats st;
 	idd_error err;
 	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
@@ -204,8 +204,8 @@ static void test_refusals(void **state)
 	char *src = idd_path_join(repo, "sub/b.raw", NULL);
 	tu_flip_byte(src, 45 * BS + 3);
 	char *empty = idd_path_join(root, "cache-empty2", NULL);
-	idd_deploy_opts o = {.source = repo, .cache_dir = empty, .image = "sub/b.raw", .out = o2,
-	                     .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = empty, .warn = quiet},
+	                     .image = "sub/b.raw", .out = o2};
 	assert_true(idd_deploy(&o, &st, &err) < 0);
 	assert_non_null(strstr(err.msg, "sub/b.raw"));
 	char off[64];
@@ -253,7 +253,8 @@ static void test_fully_cached(void **state)
 {
 	(void)state;
 	char *c = idd_path_join(root, "cache-full", NULL);
-	idd_deploy_opts o = {.source = repo, .cache_dir = c, .image = "a.raw", .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = c, .warn = quiet},
+	                     .image = "a.raw"};
 	idd_deploy_stats st;
 	idd_error err;
 	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
@@ -282,7 +283,8 @@ static void test_tampered_cache_parallel(void **state)
 {
 	(void)state;
 	char *c = idd_path_join(root, "cache-tamper", NULL);
-	idd_deploy_opts o = {.source = repo, .cache_dir = c, .image = "a.raw", .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = c, .warn = quiet},
+	                     .image = "a.raw"};
 	idd_deploy_stats st;
 	idd_error err;
 	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
@@ -290,7 +292,7 @@ static void test_tampered_cache_parallel(void **state)
 	char *out = idd_path_join(root, "tamper.out", NULL);
 	o.out = out;
 	o.jobs = 2;
-	o.warn = collect;
+	o.node.warn = collect;
 	warnings[0] = 0;
 	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
 	assert_int_equal(st.cache_damaged, 1);
@@ -311,8 +313,8 @@ static int deploy_seeded(const char *seed, const char *cdir, const char *out, id
 	const char *seeds[] = {seed};
 	char *c = idd_path_join(root, cdir, NULL);
 	char *o = idd_path_join(root, out, NULL);
-	idd_deploy_opts opts = {.source = repo, .cache_dir = c, .image = "sub/b.raw", .out = o,
-	                        .seeds = seeds, .n_seeds = 1, .warn = collect};
+	idd_deploy_opts opts = {.node = {.source = repo, .cache_dir = c, .warn = collect},
+	                        .image = "sub/b.raw", .out = o, .seeds = seeds, .n_seeds = 1};
 	idd_error err;
 	warnings[0] = 0;
 	int rc = idd_deploy(&opts, st, &err);

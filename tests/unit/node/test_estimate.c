@@ -119,7 +119,8 @@ static void test_plan_sort(void **state)
 
 static uint64_t deployed(const char *cache, const char *id)
 {
-	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = id, .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                     .image = id};
 	idd_deploy_stats st;
 	idd_error err;
 	assert_int_equal(idd_deploy(&o, &st, &err), IDD_OK);
@@ -129,8 +130,8 @@ static uint64_t deployed(const char *cache, const char *id)
 static void estimate(const char *cache, uint64_t bandwidth, idd_image_estimate **v)
 {
 	static const char *const ids[] = {"a.raw", "b.raw"};
-	idd_estimate_opts o = {.source = repo, .cache_dir = cache, .images = ids, .n_images = 2,
-	                       .bandwidth = bandwidth, .warn = quiet};
+	idd_estimate_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                       .images = ids, .n_images = 2, .bandwidth = bandwidth};
 	idd_error err;
 	int rc = idd_cache_estimate(&o, v, &err);
 	if (rc)
@@ -195,8 +196,8 @@ static void test_estimate_refusals(void **state)
 	idd_image_estimate *v = NULL;
 	idd_error err;
 	const char *bad[] = {"../etc/passwd"};
-	idd_estimate_opts o = {.source = repo, .cache_dir = cache, .images = bad, .n_images = 1,
-	                       .warn = quiet};
+	idd_estimate_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                       .images = bad, .n_images = 1};
 	assert_true(idd_cache_estimate(&o, &v, &err) < 0);
 	assert_non_null(strstr(err.msg, "refused"));
 	const char *nope[] = {"a.raw", "nope.raw"};
@@ -232,8 +233,8 @@ static void test_estimate_boot(void **state)
 	assert_int_equal(idd_profile_publish(&po, &nd, &err), IDD_OK);
 	assert_int_equal(nd, 15);
 	static const char *const ids[] = {"a.raw", "b.raw"};
-	idd_estimate_opts o = {.source = repo, .cache_dir = cache, .images = ids, .n_images = 2,
-	                       .no_pack = true, .warn = quiet};
+	idd_estimate_opts o = {.node = {.source = repo, .cache_dir = cache, .no_pack = true, .warn = quiet},
+	                       .images = ids, .n_images = 2};
 	idd_image_estimate *v;
 	assert_int_equal(idd_cache_estimate(&o, &v, &err), IDD_OK);
 	assert_true(v[0].has_boot && v[1].has_boot);

@@ -384,7 +384,8 @@ static void test_http_server(void **state)
 	idd_map_stats mst;
 	assert_int_equal(idd_scan(&so, &ss, &err), IDD_OK);
 	assert_int_equal(idd_map_run(&mo, &mst, &err), IDD_OK);
-	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .readahead_off = true};
+	idd_serve_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                    .readahead_off = true};
 	idd_server *s = NULL;
 	assert_int_equal(idd_server_open(&o, &s, &err), IDD_OK);
 	idd_export *e;

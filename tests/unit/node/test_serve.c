@@ -47,8 +47,8 @@ static int teardown(void **state)
 
 static idd_server *open_server(bool fill, uint64_t readahead)
 {
-	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .fill = fill,
-	                    .readahead = readahead};
+	idd_serve_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                    .fill = fill, .readahead = readahead};
 	idd_server *s = NULL;
 	idd_error err;
 	if (idd_server_open(&o, &s, &err))
@@ -140,7 +140,8 @@ static void test_checkpoint(void **state)
 	tu_rmtree(cache);
 	char *rec = idd_path_join(root, "boot.rec", NULL);
 	unlink(rec);
-	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = quiet, .record = rec};
+	idd_serve_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                    .record = rec};
 	idd_server *s = NULL;
 	idd_error err;
 	assert_int_equal(idd_server_open(&o, &s, &err), IDD_OK);
@@ -280,7 +281,8 @@ static void test_fill(void **state)
 	free(data);
 	free(full);
 	/* a deploy of it now copies everything from the cache */
-	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = "b.raw", .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                     .image = "b.raw"};
 	char *out = idd_path_join(root, "b.out", NULL);
 	o.out = out;
 	idd_deploy_stats ds;
@@ -351,7 +353,8 @@ static void test_repair_complete(void **state)
 {
 	(void)state;
 	tu_rmtree(cache);
-	idd_deploy_opts o = {.source = repo, .cache_dir = cache, .image = "b.raw", .warn = quiet};
+	idd_deploy_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = quiet},
+	                     .image = "b.raw"};
 	idd_deploy_stats ds;
 	idd_error err;
 	assert_int_equal(idd_deploy(&o, &ds, &err), IDD_OK);
@@ -413,8 +416,8 @@ static void count_warning(void *ctx, const char *msg)
 
 static idd_server *open_all(long refresh_s)
 {
-	idd_serve_opts o = {.source = repo, .cache_dir = cache, .warn = count_warning, .all = true,
-	                    .refresh_s = refresh_s};
+	idd_serve_opts o = {.node = {.source = repo, .cache_dir = cache, .warn = count_warning},
+	                    .all = true, .refresh_s = refresh_s};
 	idd_server *s = NULL;
 	idd_error err;
 	if (idd_server_open(&o, &s, &err))
